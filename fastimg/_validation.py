@@ -1,0 +1,42 @@
+"""Input checks shared by the stages: one clear ValueError per user mistake."""
+from __future__ import annotations
+
+import numpy as np
+
+FLOAT_DTYPES = (np.float16, np.float32, np.float64)
+
+
+def check_feature_matrix(x, *, name: str = "X", n_features: int | None = None,
+                         check_finite: bool = True) -> np.ndarray:
+    """Return ``x`` as a 2-D float array (no copy when possible) or raise ValueError."""
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D matrix (samples x features), got shape {x.shape}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name} is empty: shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        raise ValueError(f"{name} must hold real numbers, got dtype {x.dtype}")
+    if x.dtype not in FLOAT_DTYPES:
+        x = x.astype(np.float32)
+    if n_features is not None and x.shape[1] != n_features:
+        raise ValueError(
+            f"{name} has {x.shape[1]} features but the layout was fitted on {n_features}")
+    if check_finite and not np.isfinite(x).all():
+        bad_rows = np.flatnonzero(~np.isfinite(x).all(axis=1))
+        raise ValueError(
+            f"{name} contains NaN or infinite values (rows {bad_rows[:5].tolist()}"
+            f"{' ...' if bad_rows.size > 5 else ''}); clean or impute them first")
+    return x
+
+
+def check_grid(shape) -> tuple[int, int]:
+    """Normalise ``50`` or ``(50, 40)`` to ``(height, width)``; both must be >= 2."""
+    if isinstance(shape, (int, np.integer)):
+        shape = (int(shape), int(shape))
+    try:
+        height, width = (int(s) for s in shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"grid must be an int or a (height, width) pair, got {shape!r}") from None
+    if height < 2 or width < 2:
+        raise ValueError(f"grid must be at least 2 x 2 pixels, got {height} x {width}")
+    return height, width

@@ -1,0 +1,112 @@
+"""2-D embeddings of the features (the points of the transposed matrix), one registry.
+
+``tsne`` has three backends: ``cuml`` (GPU), ``opentsne`` (CPU default: FFT-accelerated and
+multi-threaded) and ``sklearn`` (what pyDeepInsight uses, for parity). ``pca`` and ``kpca`` are
+the other two methods DeepInsight offers.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from fastimg._registry import Registry, has_module
+
+logger = logging.getLogger("fastimg.layout")
+
+METHODS = ("tsne", "pca", "kpca")
+
+
+def _cuda_available() -> bool:
+    if not (has_module("cuml") and has_module("cupy")):
+        return False
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # noqa: BLE001 - any driver/runtime failure means "no GPU"
+        return False
+
+
+def _load_opentsne():
+    import openTSNE
+
+    def fit(points, *, perplexity, metric, random_state, n_jobs):
+        # exact neighbours are cheap at a few thousand points and keep results reproducible
+        neighbors = "exact" if points.shape[0] <= 10_000 else "auto"
+        tsne = openTSNE.TSNE(n_components=2, perplexity=perplexity, metric=metric,
+                             random_state=random_state, n_jobs=n_jobs, neighbors=neighbors,
+                             initialization="pca")
+        return np.asarray(tsne.fit(points))
+
+    return fit
+
+
+def _load_sklearn_tsne():
+    from sklearn.manifold import TSNE
+
+    def fit(points, *, perplexity, metric, random_state, n_jobs):
+        tsne = TSNE(n_components=2, perplexity=perplexity, metric=metric,
+                    random_state=random_state, n_jobs=n_jobs)
+        return tsne.fit_transform(points)
+
+    return fit
+
+
+def _load_cuml_tsne():
+    import cupy
+    from cuml.manifold import TSNE
+
+    def fit(points, *, perplexity, metric, random_state, n_jobs):
+        tsne = TSNE(n_components=2, perplexity=perplexity, metric=metric,
+                    random_state=random_state)
+        return cupy.asnumpy(tsne.fit_transform(cupy.asarray(points, dtype=cupy.float32)))
+
+    return fit
+
+
+TSNE_BACKENDS = Registry("t-SNE")
+TSNE_BACKENDS.add("cuml", _load_cuml_tsne, available=_cuda_available, priority=2, extra="gpu")
+TSNE_BACKENDS.add("opentsne", _load_opentsne, priority=1)
+TSNE_BACKENDS.add("sklearn", _load_sklearn_tsne, priority=0)
+
+
+def min_points_for_perplexity(perplexity: float) -> int:
+    """t-SNE needs more than ``3 * perplexity`` points to build its neighbourhoods."""
+    return int(np.floor(3 * perplexity)) + 1
+
+
+def embed_points(points: np.ndarray, method: str = "tsne", *, backend: str = "auto",
+                 perplexity: float = 30.0, metric: str = "cosine", random_state: int | None = 0,
+                 n_jobs: int = -1) -> tuple[np.ndarray, str]:
+    """Embed ``points`` [n_points, dim] in 2-D.
+
+    Returns
+    -------
+    coords : ndarray, shape (n_points, 2)
+    backend : str
+        The backend actually used (``"auto"`` resolved), e.g. ``"opentsne"``.
+    """
+    if method == "pca":
+        from sklearn.decomposition import PCA
+
+        return PCA(n_components=2, random_state=random_state).fit_transform(points), "sklearn"
+    if method == "kpca":
+        from sklearn.decomposition import KernelPCA
+
+        kpca = KernelPCA(n_components=2, kernel="rbf", random_state=random_state)
+        return kpca.fit_transform(points), "sklearn"
+    if method != "tsne":
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    needed = min_points_for_perplexity(perplexity)
+    if points.shape[0] < needed:
+        raise ValueError(
+            f"t-SNE with perplexity {perplexity:g} needs at least {needed} features (the points "
+            f"of the transposed matrix), got {points.shape[0]}: lower `perplexity` or use "
+            f"method='pca'")
+    name, fit = TSNE_BACKENDS.get(backend)
+    logger.info("t-SNE (%s) on %d points x %d dims, perplexity %g, metric %s", name,
+                points.shape[0], points.shape[1], perplexity, metric)
+    coords = fit(np.ascontiguousarray(points, dtype=np.float32 if name == "cuml" else np.float64),
+                 perplexity=perplexity, metric=metric, random_state=random_state, n_jobs=n_jobs)
+    return np.asarray(coords, dtype=np.float64), name

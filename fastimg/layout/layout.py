@@ -1,0 +1,250 @@
+"""``DeepInsightLayout``: fit the feature-to-pixel map once, then turn any matrix into images."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+from fastimg._validation import check_feature_matrix, check_grid
+from fastimg.kernels import RasterPlan
+
+from .embedding import METHODS, TSNE_BACKENDS, embed_points
+from .pixels import ASSIGNMENTS, assign_pixels, rotate_to_bounding_rectangle
+from .scaling import SCALINGS, FeatureScaler
+
+logger = logging.getLogger("fastimg.layout")
+
+LAYOUT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class LayoutConfig:
+    """How a layout is fitted (saved with every layout and every store).
+
+    Parameters
+    ----------
+    grid : int or (int, int)
+        Image size ``(height, width)``; an int means a square grid.
+    scaling : {"norm2", "minmax", "none"}
+        Feature scaling fitted on the training rows.
+    method : {"tsne", "pca", "kpca"}
+        2-D embedding of the features.
+    backend : {"auto", "opentsne", "sklearn", "cuml"}
+        t-SNE implementation; ``"auto"`` prefers cuML on a GPU, then openTSNE.
+    perplexity : float
+        t-SNE perplexity; needs more than ``3 * perplexity`` features.
+    metric : str
+        Distance between features for t-SNE (DeepInsight uses ``"cosine"``).
+    pca_components : int or None
+        Reduce the transposed matrix to this many dimensions with PCA before t-SNE when it has
+        more samples than that (40k training rows become 50 dimensions); ``None`` disables it.
+    assignment : {"bin", "assignment"}
+        ``bin`` lets features share a pixel (DeepInsight's default); ``assignment`` gives each
+        feature (or feature cluster) its own pixel.
+    fill_value : float
+        Value of pixels no feature falls on.
+    random_state : int or None
+        Seed for every random step; the same seed gives the same layout.
+    n_jobs : int
+        CPU threads for t-SNE (-1: all cores).
+    """
+
+    grid: tuple[int, int] = (50, 50)
+    scaling: str = "norm2"
+    method: str = "tsne"
+    backend: str = "auto"
+    perplexity: float = 30.0
+    metric: str = "cosine"
+    pca_components: int | None = 50
+    assignment: str = "bin"
+    fill_value: float = 0.0
+    random_state: int | None = 0
+    n_jobs: int = -1
+
+    def __post_init__(self):
+        object.__setattr__(self, "grid", check_grid(self.grid))
+        for name, value, allowed in (("scaling", self.scaling, SCALINGS),
+                                     ("method", self.method, METHODS),
+                                     ("assignment", self.assignment, ASSIGNMENTS)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        TSNE_BACKENDS.resolve(self.backend)  # unknown names fail here, not after the fit
+        if self.perplexity <= 0:
+            raise ValueError(f"perplexity must be positive, got {self.perplexity}")
+        if self.pca_components is not None and self.pca_components < 2:
+            raise ValueError(f"pca_components must be >= 2 or None, got {self.pca_components}")
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["grid"] = list(self.grid)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LayoutConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: (tuple(v) if k == "grid" else v) for k, v in data.items() if k in known})
+
+
+class DeepInsightLayout:
+    """DeepInsight's feature-to-pixel layout with an sklearn-style API.
+
+    Parameters
+    ----------
+    config : LayoutConfig, optional
+        All settings; keyword arguments override its fields (``DeepInsightLayout(grid=32)``).
+
+    Attributes
+    ----------
+    pixel_index_ : ndarray of int64, shape (n_features,)
+        Flat pixel index (``row * width + col``) of every feature.
+    coords_ : ndarray, shape (n_features, 2)
+        Rotated 2-D coordinates of the features.
+    scaler_ : FeatureScaler
+    backend_ : str
+        Embedding backend actually used.
+    fit_seconds_ : float
+
+    Examples
+    --------
+    >>> layout = DeepInsightLayout(grid=(50, 50), random_state=0).fit(X_train)  # doctest: +SKIP
+    >>> images = layout.transform(X_test)                                       # doctest: +SKIP
+    """
+
+    def __init__(self, config: LayoutConfig | None = None, **overrides):
+        base = config or LayoutConfig()
+        self.config = LayoutConfig.from_dict({**base.to_dict(), **overrides}) if overrides else base
+
+    # -- fitting -----------------------------------------------------------------------------
+    def fit(self, X, y=None) -> "DeepInsightLayout":
+        """Fit scaling and pixel map on the training matrix ``X`` [n_samples, n_features]."""
+        cfg = self.config
+        start = time.perf_counter()
+        X = check_feature_matrix(X)
+        if X.shape[0] < 2:
+            raise ValueError(f"need at least 2 samples to lay features out, got {X.shape[0]}")
+        self.scaler_ = FeatureScaler.fit(X, cfg.scaling)
+        points = self.scaler_.transform(X).T  # features are the points, samples the dimensions
+        if cfg.pca_components is not None and points.shape[1] > cfg.pca_components \
+                and points.shape[0] > cfg.pca_components:
+            from sklearn.decomposition import PCA
+
+            logger.info("PCA pre-reduction: %d -> %d dimensions", points.shape[1],
+                        cfg.pca_components)
+            points = PCA(n_components=cfg.pca_components, svd_solver="randomized",
+                         random_state=cfg.random_state).fit_transform(points)
+        embedded, self.backend_ = embed_points(
+            points, cfg.method, backend=cfg.backend, perplexity=cfg.perplexity,
+            metric=cfg.metric, random_state=cfg.random_state, n_jobs=cfg.n_jobs)
+        self.coords_ = rotate_to_bounding_rectangle(embedded)
+        self.pixel_index_ = assign_pixels(self.coords_, cfg.grid, cfg.assignment,
+                                          random_state=cfg.random_state)
+        self.fit_seconds_ = time.perf_counter() - start
+        logger.info("layout fitted in %.1f s: %d features on %d x %d pixels (%d occupied)",
+                    self.fit_seconds_, X.shape[1], *cfg.grid, self.n_occupied_pixels)
+        return self
+
+    def _check_fitted(self):
+        if not hasattr(self, "pixel_index_"):
+            raise RuntimeError("this DeepInsightLayout is not fitted yet: call fit(X) first")
+
+    @property
+    def n_features(self) -> int:
+        self._check_fitted()
+        return int(self.pixel_index_.shape[0])
+
+    @property
+    def n_occupied_pixels(self) -> int:
+        return int(np.unique(self.pixel_index_).size)
+
+    def raster_plan(self) -> RasterPlan:
+        """The kernel contract for this layout (scaling fused)."""
+        self._check_fitted()
+        return RasterPlan.from_pixels(self.pixel_index_, self.config.grid,
+                                      scaling=self.scaler_.method, shift=self.scaler_.shift,
+                                      scale=self.scaler_.scale, fill_value=self.config.fill_value)
+
+    # -- transforming ------------------------------------------------------------------------
+    def transform(self, X, *, backend: str = "auto", out=None) -> np.ndarray:
+        """Images of the rows of ``X``: float32 array [n_samples, height, width]."""
+        from fastimg.raster import rasterize
+
+        self._check_fitted()
+        X = check_feature_matrix(X, n_features=self.n_features, check_finite=False)
+        return rasterize(X, self.raster_plan(), backend=backend, out=out)
+
+    def fit_transform(self, X, y=None, **kwargs) -> np.ndarray:
+        return self.fit(X).transform(X, **kwargs)
+
+    # -- persistence -------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """JSON-safe description of the fitted layout (stored in zarr attrs by the pipeline)."""
+        self._check_fitted()
+        from fastimg import __version__
+
+        return {
+            "format": LAYOUT_FORMAT,
+            "config": self.config.to_dict(),
+            "backend": self.backend_,
+            "pixel_index": self.pixel_index_.tolist(),
+            "coords": self.coords_.tolist(),
+            "scaler": self.scaler_.to_dict(),
+            "versions": _versions(self.backend_, __version__),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DeepInsightLayout":
+        if data.get("format") != LAYOUT_FORMAT:
+            raise ValueError(f"unsupported layout format {data.get('format')!r}")
+        layout = cls(LayoutConfig.from_dict(data["config"]))
+        layout.backend_ = data["backend"]
+        layout.pixel_index_ = np.asarray(data["pixel_index"], dtype=np.int64)
+        layout.coords_ = np.asarray(data["coords"], dtype=np.float64).reshape(-1, 2)
+        layout.scaler_ = FeatureScaler.from_dict(data["scaler"])
+        layout.versions_ = data.get("versions", {})
+        return layout
+
+    def save(self, path) -> None:
+        """Write the fitted layout to ``path``: ``.json`` (one JSON document) or ``.npz``
+        (arrays plus a JSON header; loaded without pickle)."""
+        data = self.to_dict()
+        path = os.fspath(path)
+        if path.endswith(".npz"):
+            arrays = {k: np.asarray(data.pop(k)) for k in ("pixel_index", "coords")}
+            scaler = data.pop("scaler")
+            np.savez(path, header=json.dumps({**data, "scaler_method": scaler["method"]}),
+                     shift=np.asarray(scaler["shift"], np.float32),
+                     scale=np.asarray(scaler["scale"], np.float32), **arrays)
+        else:
+            with open(path, "w", encoding="utf-8") as fh:
+                json.dump(data, fh)
+
+    @classmethod
+    def load(cls, path) -> "DeepInsightLayout":
+        path = os.fspath(path)
+        if path.endswith(".npz"):
+            with np.load(path, allow_pickle=False) as npz:
+                header = json.loads(str(npz["header"]))
+                header["scaler"] = {"method": header.pop("scaler_method"),
+                                    "shift": npz["shift"], "scale": npz["scale"]}
+                header["pixel_index"] = npz["pixel_index"]
+                header["coords"] = npz["coords"]
+            return cls.from_dict(header)
+        with open(path, encoding="utf-8") as fh:
+            return cls.from_dict(json.load(fh))
+
+
+def _versions(backend: str, fastimg_version: str) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"fastimg": fastimg_version, "numpy": np.__version__}
+    for package in {"opentsne": "openTSNE", "sklearn": "scikit-learn",
+                    "cuml": "cuml"}.get(backend, "scikit-learn"), "scikit-learn", "scipy":
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return out

@@ -1,0 +1,70 @@
+"""Feature scaling fitted on the training rows: ``norm2`` (DeepInsight), ``minmax``, ``none``.
+
+The fitted parameters are expressed as the per-feature ``shift`` / ``scale`` pair the kernels
+apply (see :data:`fastimg.kernels.SCALING_CODES`), so fitting happens here once and the
+scaling itself is fused into the rasterisation pass.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fastimg.kernels import SCALING_CODES, scale_features
+
+SCALINGS = tuple(SCALING_CODES)
+_BLOCK_ROWS = 8192
+
+
+def _blocks(n_rows):
+    for start in range(0, n_rows, _BLOCK_ROWS):
+        yield slice(start, min(n_rows, start + _BLOCK_ROWS))
+
+
+@dataclass(frozen=True, eq=False)
+class FeatureScaler:
+    """Fitted per-feature scaling.
+
+    ``norm2`` follows DeepInsight's log normalisation (pyDeepInsight's ``Norm2Scaler``):
+    ``log(x + |min_f| + 1) / max`` with the minimum per feature and the maximum global, clipped to
+    [0, 1] for new data. ``minmax`` is ``(x - min_f) / (max_f - min_f)`` clipped to [0, 1].
+    """
+
+    method: str
+    shift: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def fit(cls, x: np.ndarray, method: str = "norm2") -> "FeatureScaler":
+        if method not in SCALINGS:
+            raise ValueError(f"scaling must be one of {SCALINGS}, got {method!r}")
+        n_features = x.shape[1]
+        if method == "none":
+            return cls(method, np.zeros(n_features, np.float32), np.ones(n_features, np.float32))
+        col_min = np.min([x[b].min(axis=0) for b in _blocks(x.shape[0])], axis=0).astype(
+            np.float64)
+        if method == "minmax":
+            col_max = np.max([x[b].max(axis=0) for b in _blocks(x.shape[0])], axis=0).astype(
+                np.float64)
+            span = col_max - col_min
+            scale = np.divide(1.0, span, out=np.zeros_like(span), where=span > 0)
+            return cls(method, (-col_min).astype(np.float32), scale.astype(np.float32))
+        shift = np.abs(col_min) + 1.0
+        log_max = max(float(np.log(x[b].astype(np.float64) + shift).max())
+                      for b in _blocks(x.shape[0]))
+        scale = 1.0 / log_max if log_max > 0 else 1.0
+        return cls(method, shift.astype(np.float32),
+                   np.full(n_features, scale, dtype=np.float32))
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """Scaled copy of ``x`` in float64 (the kernels fuse this step; this is for the layout fit
+        and for inspection)."""
+        return scale_features(x, self.method, self.shift, self.scale)
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "shift": self.shift.tolist(), "scale": self.scale.tolist()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FeatureScaler":
+        return cls(data["method"], np.asarray(data["shift"], np.float32),
+                   np.asarray(data["scale"], np.float32))

@@ -1,0 +1,127 @@
+"""Rasterisation stage: backend registry, in-memory ``rasterize`` and the streaming zarr driver."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from fastimg._registry import Registry, has_module
+from fastimg.kernels import RasterPlan, raster_reference
+
+logger = logging.getLogger("fastimg.raster")
+
+IMAGE_DTYPES = ("float16", "float32", "uint8")
+
+
+def _cuda_available() -> bool:
+    if not has_module("numba.cuda"):
+        return False
+    try:
+        from numba import cuda
+
+        return cuda.is_available()
+    except Exception:  # noqa: BLE001 - any driver failure means "no GPU"
+        return False
+
+
+def _load_cpu():
+    from fastimg.kernels.cpu import raster_cpu
+
+    return raster_cpu
+
+
+def _load_cuda():
+    from fastimg.kernels.cuda import CudaPlan, raster_cuda
+
+    cache: dict[int, CudaPlan] = {}
+
+    def run(x, plan, out):
+        # upload the plan once per plan object, not once per block
+        device_plan = cache.get(id(plan))
+        if device_plan is None or device_plan.plan is not plan:
+            device_plan = cache[id(plan)] = CudaPlan(plan)
+        return raster_cuda(x, device_plan, out)
+
+    return run
+
+
+def _load_numpy():
+    def run(x, plan, out):
+        raster_reference(x, plan, out)
+        return int((~np.isfinite(np.asarray(x))).sum())
+
+    return run
+
+
+RASTER_BACKENDS = Registry("raster")
+RASTER_BACKENDS.add("cuda", _load_cuda, available=_cuda_available, priority=2, extra="gpu")
+RASTER_BACKENDS.add("cpu", _load_cpu, priority=1)
+RASTER_BACKENDS.add("numpy", _load_numpy, priority=0)
+
+
+def _check_block(n_bad: int, start: int, stop: int) -> None:
+    if n_bad:
+        raise ValueError(f"input rows {start}..{stop - 1} contain {n_bad} NaN or infinite "
+                         f"values; clean or impute them first")
+
+
+def rasterize(x, plan: RasterPlan, *, backend: str = "auto", out=None) -> np.ndarray:
+    """Images of every row of ``x`` [n, F] as float32 [n, H, W], in memory.
+
+    Raises ValueError on NaN or infinite input.
+    """
+    x = np.asarray(x)
+    if x.ndim != 2 or x.shape[1] != plan.n_features:
+        raise ValueError(f"expected a matrix with {plan.n_features} features, got shape {x.shape}")
+    if x.dtype not in (np.float16, np.float32):
+        x = x.astype(np.float32)
+    if out is None:
+        out = np.empty((x.shape[0], plan.height, plan.width), dtype=np.float32)
+    _, kernel = RASTER_BACKENDS.get(backend)
+    _check_block(kernel(x, plan, out), 0, x.shape[0])
+    return out
+
+
+def to_image_dtype(images: np.ndarray, dtype: str) -> np.ndarray:
+    """Convert float32 images to the stored dtype; ``uint8`` maps [0, 1] to 0..255."""
+    if dtype == "uint8":
+        return np.rint(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return images.astype(dtype, copy=False)
+
+
+def rasterize_to_array(source, plan: RasterPlan, target, *, backend: str = "auto",
+                       block_rows: int | None = None, start_row: int = 0,
+                       progress: bool = True) -> None:
+    """Stream ``source`` [N, F] (numpy, memmap or zarr array) block by block into ``target``
+    [N, H, W] (a zarr array, or anything that takes slice assignment).
+
+    Memory is bounded by ``block_rows`` (default: a multiple of the target's row chunk near 4096
+    rows), not by N. Rows before ``start_row`` are skipped, which lets an interrupted run resume
+    from the first unfinished chunk.
+    """
+    n_rows = source.shape[0]
+    if source.shape[1] != plan.n_features:
+        raise ValueError(f"source has {source.shape[1]} features, the layout {plan.n_features}")
+    if tuple(target.shape) != (n_rows, plan.height, plan.width):
+        raise ValueError(f"target shape {tuple(target.shape)} does not match "
+                         f"({n_rows}, {plan.height}, {plan.width})")
+    chunk_rows = getattr(target, "chunks", (1,))[0]
+    if block_rows is None:
+        block_rows = max(chunk_rows, (4096 // chunk_rows) * chunk_rows)
+    name, kernel = RASTER_BACKENDS.get(backend)
+    logger.info("rasterising %d rows with the %s backend, %d rows per block", n_rows, name,
+                block_rows)
+    buffer = np.empty((block_rows, plan.height, plan.width), dtype=np.float32)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=n_rows, initial=start_row, unit="img", desc="rasterise",
+              disable=not progress) as bar:
+        for start in range(start_row, n_rows, block_rows):
+            stop = min(n_rows, start + block_rows)
+            block = np.asarray(source[start:stop])
+            if block.dtype not in (np.float16, np.float32):
+                block = block.astype(np.float32)
+            images = buffer[: stop - start]
+            _check_block(kernel(block, plan, images), start, stop)
+            target[start:stop] = to_image_dtype(images, np.dtype(target.dtype).name)
+            bar.update(stop - start)

@@ -1,0 +1,100 @@
+"""Numba CUDA rasterisation kernel: the same contract as :mod:`fastimg.kernels.cpu`.
+
+One thread per (sample, pixel), grid-stride in both directions; writes are coalesced along the
+pixels of a row and every feature is read, scaled and summed exactly once. Runs on the CPU under
+``NUMBA_ENABLE_CUDASIM=1`` (set before numba is first imported), which is how the tests check it
+on machines without a GPU.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .plan import RasterPlan
+
+try:
+    from numba import cuda
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "the CUDA rasteriser needs numba's CUDA target: pip install 'fastimg[gpu]'"
+    ) from exc
+
+_THREADS = (128, 2)
+
+
+@cuda.jit
+def _raster_kernel(x, order, starts, inv_count, shift, scale, code, fill, out, n_bad):
+    p0, i0 = cuda.grid(2)
+    p_step, i_step = cuda.gridsize(2)
+    n_rows = x.shape[0]
+    n_pixels = out.shape[1]
+    for i in range(i0, n_rows, i_step):
+        for p in range(p0, n_pixels, p_step):
+            lo = starts[p]
+            hi = starts[p + 1]
+            if hi == lo:
+                out[i, p] = fill
+                continue
+            acc = np.float32(0.0)
+            bad = 0
+            for k in range(lo, hi):
+                f = order[k]
+                v = np.float32(x[i, f])
+                if math.isinf(v) or math.isnan(v):
+                    bad += 1
+                if code == 1:
+                    v = min(max((v + shift[f]) * scale[f], np.float32(0.0)), np.float32(1.0))
+                elif code == 2:
+                    v = min(max(math.log(v + shift[f]) * scale[f], np.float32(0.0)),
+                            np.float32(1.0))
+                acc += v
+            out[i, p] = acc * inv_count[p]
+            if bad:
+                cuda.atomic.add(n_bad, 0, bad)
+
+
+class CudaPlan:
+    """A :class:`RasterPlan` whose arrays live on the GPU, made once and reused for every block."""
+
+    def __init__(self, plan: RasterPlan):
+        self.plan = plan
+        self.order = cuda.to_device(plan.order)
+        self.starts = cuda.to_device(plan.starts)
+        self.inv_count = cuda.to_device(plan.inv_count)
+        self.shift = cuda.to_device(plan.shift)
+        self.scale = cuda.to_device(plan.scale)
+
+
+def _as_device(array):
+    if hasattr(array, "__cuda_array_interface__"):
+        return cuda.as_cuda_array(array), False
+    return cuda.to_device(np.ascontiguousarray(array)), True
+
+
+def raster_cuda(x, plan, out) -> int:
+    """Rasterise ``x`` [n, F] (float16 or float32; host or device array) into ``out`` [n, H, W].
+
+    ``plan`` is a :class:`RasterPlan` or a :class:`CudaPlan` (reuse one across calls). ``out`` is
+    a float32 host array (filled on return) or a device array. Returns the number of non-finite
+    input values seen.
+    """
+    device_plan = plan if isinstance(plan, CudaPlan) else CudaPlan(plan)
+    host_plan = device_plan.plan
+    if np.dtype(x.dtype) not in (np.dtype(np.float16), np.dtype(np.float32)):
+        raise TypeError(f"raster_cuda takes float16 or float32 input, got {x.dtype}")
+    d_x, _ = _as_device(x)
+    n_rows = d_x.shape[0]
+    d_out, out_on_host = _as_device(out) if hasattr(out, "__cuda_array_interface__") else (
+        cuda.device_array((n_rows, host_plan.n_pixels), dtype=np.float32), True)
+    d_out2d = d_out.reshape(n_rows, host_plan.n_pixels) if d_out.ndim == 3 else d_out
+    n_bad = cuda.to_device(np.zeros(1, dtype=np.int64))
+    blocks = (min(math.ceil(host_plan.n_pixels / _THREADS[0]), 64),
+              min(max(math.ceil(n_rows / _THREADS[1]), 1), 4096))
+    _raster_kernel[blocks, _THREADS](
+        d_x, device_plan.order, device_plan.starts, device_plan.inv_count, device_plan.shift,
+        device_plan.scale, host_plan.scaling_code, np.float32(host_plan.fill_value), d_out2d,
+        n_bad)
+    if out_on_host:
+        out.reshape(n_rows, host_plan.n_pixels)[...] = d_out2d.copy_to_host()
+    return int(n_bad.copy_to_host()[0])
