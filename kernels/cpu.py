@@ -30,7 +30,7 @@ def _scale_scatter_finish(buf, acc, code, shift, scale, pixel_of_feature, inv_co
             buf[f] = min(max(v, np.float32(0.0)), np.float32(1.0))
     elif code == 2:
         for f in range(n_features):
-            v = np.log(buf[f] + shift[f]) * scale[f]
+            v = np.log(max(buf[f] + shift[f], np.float32(1.0))) * scale[f]
             buf[f] = min(max(v, np.float32(0.0)), np.float32(1.0))
     acc[:] = 0.0
     for f in range(n_features):

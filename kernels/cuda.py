@@ -46,7 +46,7 @@ def _raster_kernel(x, order, starts, inv_count, shift, scale, code, fill, out, n
                 if code == 1:
                     v = min(max((v + shift[f]) * scale[f], np.float32(0.0)), np.float32(1.0))
                 elif code == 2:
-                    v = min(max(math.log(v + shift[f]) * scale[f], np.float32(0.0)),
+                    v = min(math.log(max(v + shift[f], np.float32(1.0))) * scale[f],
                             np.float32(1.0))
                 acc += v
             out[i, p] = acc * inv_count[p]

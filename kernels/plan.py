@@ -13,7 +13,8 @@ import numpy as np
 #: Feature scaling applied inside the kernels, per feature ``f`` and value ``x``:
 #: ``none``   -> x
 #: ``minmax`` -> clip((x + shift[f]) * scale[f], 0, 1)
-#: ``norm2``  -> clip(log(x + shift[f]) * scale[f], 0, 1)   (DeepInsight's log normalisation)
+#: ``norm2``  -> min(log(max(x + shift[f], 1)) * scale[f], 1)   (DeepInsight's log normalisation;
+#:               values below the training minimum give 0, where pyDeepInsight gives NaN)
 SCALING_CODES = {"none": 0, "minmax": 1, "norm2": 2}
 
 

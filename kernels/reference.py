@@ -15,7 +15,7 @@ def scale_features(x: np.ndarray, scaling: str, shift: np.ndarray, scale: np.nda
         return x
     if scaling == "minmax":
         return np.clip((x + shift) * scale, 0.0, 1.0)
-    return np.clip(np.log(x + shift) * scale, 0.0, 1.0)
+    return np.clip(np.log(np.maximum(x + shift, 1.0)) * scale, 0.0, 1.0)
 
 
 def raster_reference(x: np.ndarray, plan: RasterPlan, out: np.ndarray) -> np.ndarray:

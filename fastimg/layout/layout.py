@@ -86,7 +86,7 @@ class LayoutConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "LayoutConfig":
         known = {f.name for f in fields(cls)}
-        return cls(**{k: (tuple(v) if k == "grid" else v) for k, v in data.items() if k in known})
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 class DeepInsightLayout:

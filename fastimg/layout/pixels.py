@@ -16,7 +16,9 @@ def rotate_to_bounding_rectangle(coords: np.ndarray) -> np.ndarray:
     """Rotate ``coords`` so that their minimum-area bounding rectangle is axis-aligned.
 
     Same construction as DeepInsight: the optimal rectangle has one side collinear with an edge of
-    the convex hull, so only the hull's edge angles are tried.
+    the convex hull, so only the hull's edge angles are tried. Each candidate rotates by minus the
+    edge angle, which puts that edge on the x axis (pyDeepInsight rotates by plus the angle, so its
+    "minimum" rectangle is usually not minimal), and the hull is closed (its last edge counts).
     """
     from scipy.spatial import ConvexHull, QhullError
 
@@ -27,7 +29,7 @@ def rotate_to_bounding_rectangle(coords: np.ndarray) -> np.ndarray:
     edges = np.diff(np.vstack([hull, hull[:1]]), axis=0)
     angles = np.unique(np.abs(np.mod(np.arctan2(edges[:, 1], edges[:, 0]), np.pi / 2)))
     cos, sin = np.cos(angles), np.sin(angles)
-    rotations = np.stack([np.stack([cos, -sin], -1), np.stack([sin, cos], -1)], axis=1)
+    rotations = np.stack([np.stack([cos, sin], -1), np.stack([-sin, cos], -1)], axis=1)
     rotated_hull = np.einsum("rij,nj->rni", rotations, hull)
     extent = rotated_hull.max(axis=1) - rotated_hull.min(axis=1)
     best = rotations[np.argmin(extent[:, 0] * extent[:, 1])]

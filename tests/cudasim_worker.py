@@ -1,0 +1,22 @@
+"""Run the CUDA kernel on cases from an .npz file; launched by test_kernels_cudasim.py in a fresh
+process with NUMBA_ENABLE_CUDASIM=1 (the simulator must be chosen before numba is imported)."""
+import sys
+
+import numpy as np
+
+from fastimg.kernels import RasterPlan
+from fastimg.kernels.cuda import raster_cuda
+
+cases = np.load(sys.argv[1], allow_pickle=False)
+results = {}
+for key in sorted({k.split("__")[0] for k in cases.files}):
+    shape = tuple(cases[f"{key}__shape"])
+    plan = RasterPlan.from_pixels(cases[f"{key}__pixels"], shape,
+                                  scaling=str(cases[f"{key}__scaling"]),
+                                  shift=cases[f"{key}__shift"], scale=cases[f"{key}__scale"],
+                                  fill_value=float(cases[f"{key}__fill"]))
+    x = cases[f"{key}__x"]
+    out = np.empty((x.shape[0], *shape), np.float32)
+    results[f"{key}__images"] = out
+    results[f"{key}__bad"] = np.array(raster_cuda(x, plan, out))
+np.savez(sys.argv[2], **results)

@@ -1,0 +1,92 @@
+"""Contract tests: every in-process kernel backend against the numpy reference."""
+import numpy as np
+import pytest
+
+from fastimg.kernels import RasterPlan, raster_reference
+from fastimg.raster import RASTER_BACKENDS, rasterize
+
+BACKENDS = ["cpu", "numpy"]
+
+
+def make_plan(rng, n_features, shape, scaling="none", fill_value=0.0):
+    pixels = rng.integers(0, shape[0] * shape[1], n_features)
+    shift = rng.random(n_features).astype(np.float32) + 1.0
+    scale = rng.random(n_features).astype(np.float32) + 0.1
+    return RasterPlan.from_pixels(pixels, shape, scaling=scaling, shift=shift, scale=scale,
+                                  fill_value=fill_value)
+
+
+def reference(x, plan):
+    out = np.empty((x.shape[0], plan.height, plan.width))
+    return raster_reference(x, plan, out)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("scaling", ["none", "minmax", "norm2"])
+@pytest.mark.parametrize("shape,n_features", [((16, 16), 40), ((16, 16), 700), ((7, 13), 300)])
+def test_backend_matches_reference(rng, backend, dtype, scaling, shape, n_features):
+    plan = make_plan(rng, n_features, shape, scaling, fill_value=-0.5)
+    x = rng.random((37, n_features)).astype(dtype)
+    got = rasterize(x, plan, backend=backend)
+    assert got.shape == (37, *shape) and got.dtype == np.float32
+    np.testing.assert_allclose(got, reference(x, plan), atol=1e-5, rtol=0)
+
+
+def test_reference_is_the_mean_of_each_pixel():
+    # features 0 and 2 share pixel (0, 1); feature 1 sits alone on (1, 0); the rest is empty
+    plan = RasterPlan.from_pixels([1, 2, 1], (2, 2), fill_value=9.0)
+    x = np.array([[1.0, 5.0, 3.0]])
+    got = reference(x, plan)
+    np.testing.assert_array_equal(got[0], [[9.0, 2.0], [5.0, 9.0]])
+
+
+def test_empty_pixels_get_fill_value_and_others_do_not(rng):
+    plan = make_plan(rng, 10, (8, 8), fill_value=-7.0)
+    got = rasterize(rng.random((5, 10)).astype(np.float32), plan, backend="cpu")
+    occupied = np.zeros(64, bool)
+    occupied[plan.pixel_of_feature] = True
+    flat = got.reshape(5, -1)
+    assert (flat[:, ~occupied] == -7.0).all()
+    assert (flat[:, occupied] != -7.0).all()
+
+
+def test_cpu_kernel_is_deterministic(rng):
+    plan = make_plan(rng, 500, (20, 20), "norm2")
+    x = rng.random((300, 500)).astype(np.float16)
+    first = rasterize(x, plan, backend="cpu")
+    for _ in range(3):
+        np.testing.assert_array_equal(rasterize(x, plan, backend="cpu"), first)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_input_is_a_value_error(rng, backend, dtype, bad):
+    plan = make_plan(rng, 30, (6, 6))
+    x = rng.random((10, 30)).astype(dtype)
+    x[4, 17] = bad
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        rasterize(x, plan, backend=backend)
+
+
+def test_feature_count_mismatch_is_a_value_error(rng):
+    plan = make_plan(rng, 30, (6, 6))
+    with pytest.raises(ValueError, match="30 features"):
+        rasterize(rng.random((4, 31)), plan, backend="cpu")
+
+
+def test_plan_rejects_pixels_outside_the_grid():
+    with pytest.raises(ValueError, match="pixel_index"):
+        RasterPlan.from_pixels([0, 4], (2, 2))
+
+
+def test_unknown_backend_lists_the_choices():
+    with pytest.raises(ValueError, match="cpu"):
+        RASTER_BACKENDS.resolve("tpu")
+
+
+def test_auto_resolves_to_cpu_without_a_gpu():
+    from fastimg.raster import _cuda_available
+
+    assert RASTER_BACKENDS.resolve("auto") == ("cuda" if _cuda_available() else "cpu")

@@ -1,0 +1,125 @@
+import numpy as np
+import pytest
+
+from fastimg.layout import DeepInsightLayout, LayoutConfig, assign_pixels
+from fastimg.layout.pixels import rotate_to_bounding_rectangle
+from conftest import structured_matrix
+
+
+@pytest.fixture
+def matrix(rng):
+    return structured_matrix(rng, 120, 400)
+
+
+def test_same_seed_same_layout_other_seed_other_layout(matrix):
+    a = DeepInsightLayout(grid=16, random_state=3).fit(matrix)
+    b = DeepInsightLayout(grid=16, random_state=3).fit(matrix)
+    c = DeepInsightLayout(grid=16, random_state=4).fit(matrix)
+    np.testing.assert_array_equal(a.pixel_index_, b.pixel_index_)
+    assert not np.array_equal(a.pixel_index_, c.pixel_index_)
+
+
+def test_correlated_features_land_close(rng):
+    # two groups of features driven by two independent factors must form two regions
+    factors = rng.standard_normal((200, 2))
+    x = np.repeat(factors, 100, axis=1) + 0.05 * rng.standard_normal((200, 200))
+    layout = DeepInsightLayout(grid=20, scaling="minmax", perplexity=10).fit(x)
+    rows, cols = np.divmod(layout.pixel_index_, 20)
+    pos = np.stack([rows, cols], 1).astype(float)
+    within = np.linalg.norm(pos[:100] - pos[:100].mean(0), axis=1).mean()
+    between = np.linalg.norm(pos[:100].mean(0) - pos[100:].mean(0))
+    assert between > 2 * within
+
+
+@pytest.mark.parametrize("fmt", ["json", "npz"])
+def test_save_load_round_trip(matrix, tmp_path, fmt):
+    layout = DeepInsightLayout(grid=(12, 9), scaling="minmax").fit(matrix)
+    layout.save(tmp_path / f"layout.{fmt}")
+    loaded = DeepInsightLayout.load(tmp_path / f"layout.{fmt}")
+    np.testing.assert_array_equal(loaded.pixel_index_, layout.pixel_index_)
+    assert loaded.config == layout.config
+    new = matrix[:7] * 1.5
+    np.testing.assert_array_equal(loaded.transform(new), layout.transform(new))
+
+
+@pytest.mark.parametrize("method", ["pca", "kpca"])
+def test_other_embedding_methods(matrix, method):
+    layout = DeepInsightLayout(grid=10, method=method).fit(matrix)
+    assert layout.pixel_index_.shape == (400,)
+    assert 10 < layout.n_occupied_pixels <= 100
+
+
+def test_sklearn_tsne_backend(matrix):
+    layout = DeepInsightLayout(grid=10, backend="sklearn", pca_components=None).fit(matrix)
+    assert layout.backend_ == "sklearn"
+
+
+def test_assignment_gives_each_feature_its_own_pixel_on_non_square_grid(rng):
+    x = structured_matrix(rng, 80, 100)
+    layout = DeepInsightLayout(grid=(8, 15), assignment="assignment", perplexity=10).fit(x)
+    assert np.unique(layout.pixel_index_).size == 100
+    assert layout.pixel_index_.max() < 120
+    assert layout.transform(x).shape == (80, 8, 15)
+
+
+def test_assignment_with_more_features_than_pixels_clusters_first(rng):
+    coords = rng.random((300, 2))
+    pixels = assign_pixels(coords, (5, 7), "assignment")
+    assert np.unique(pixels).size == 35  # every pixel used, none twice per cluster
+
+
+def test_bin_matches_floor_of_scaled_coordinates():
+    coords = np.array([[0.0, 0.0], [1.0, 1.0], [0.49, 0.99], [0.5, 0.2]])
+    pixels = assign_pixels(coords, (2, 4), "bin")
+    np.testing.assert_array_equal(pixels, [0, 7, 3, 4])
+
+
+def test_rotation_aligns_a_tilted_rectangle(rng):
+    corners = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    base = np.vstack([corners, rng.random((500, 2))]) * [10.0, 1.0]  # its MBR is the 10 x 1 box
+    angle = 0.6
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    rotated = rotate_to_bounding_rectangle(base @ rot.T)
+    extent = np.ptp(rotated, axis=0)
+    assert extent.prod() == pytest.approx(10.0, rel=1e-9)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_training_data_is_a_value_error(matrix, bad):
+    matrix[3, 5] = bad
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        DeepInsightLayout(grid=10).fit(matrix)
+
+
+def test_feature_mismatch_between_fit_and_transform(matrix):
+    layout = DeepInsightLayout(grid=10).fit(matrix)
+    with pytest.raises(ValueError, match="399 features but the layout was fitted on 400"):
+        layout.transform(matrix[:, :399])
+
+
+@pytest.mark.parametrize("grid", [1, (1, 5), (5, 0)])
+def test_grid_smaller_than_two_by_two(grid):
+    with pytest.raises(ValueError, match="at least 2 x 2"):
+        LayoutConfig(grid=grid)
+
+
+def test_too_few_features_for_perplexity(rng):
+    with pytest.raises(ValueError, match="perplexity 30 needs at least 91 features"):
+        DeepInsightLayout(grid=10).fit(rng.random((50, 60)))
+
+
+def test_too_few_samples(rng):
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        DeepInsightLayout(grid=10).fit(rng.random((1, 200)))
+
+
+def test_unknown_options_are_value_errors():
+    with pytest.raises(ValueError, match="scaling"):
+        LayoutConfig(scaling="log")
+    with pytest.raises(ValueError, match="t-SNE backend"):
+        LayoutConfig(backend="tsnecuda")
+
+
+def test_transform_before_fit():
+    with pytest.raises(RuntimeError, match="not fitted"):
+        DeepInsightLayout().transform(np.zeros((2, 3)))
