@@ -21,20 +21,23 @@ _F16_EXPONENT_ADJUST = np.float32(2.0**112)
 
 
 @njit(cache=True, inline="always")
-def _scale_scatter_finish(buf, acc, code, shift, scale, pixel_of_feature, inv_count, empty_fill,
-                          out_row):
+def _scale_scatter_finish(buf, adjust, acc, code, shift, scale, pixel_of_feature, inv_count,
+                          empty_fill, out_row):
+    # ``buf[f] * adjust`` is the input value (adjust finishes the float16 widening)
     n_features = buf.shape[0]
     if code == 1:
         for f in range(n_features):
-            v = (buf[f] + shift[f]) * scale[f]
+            v = (buf[f] * adjust + shift[f]) * scale[f]
             buf[f] = min(max(v, np.float32(0.0)), np.float32(1.0))
+        adjust = np.float32(1.0)
     elif code == 2:
         for f in range(n_features):
-            v = np.log(max(buf[f] + shift[f], np.float32(1.0))) * scale[f]
+            v = np.log(max(buf[f] * adjust + shift[f], np.float32(1.0))) * scale[f]
             buf[f] = min(max(v, np.float32(0.0)), np.float32(1.0))
+        adjust = np.float32(1.0)
     acc[:] = 0.0
     for f in range(n_features):
-        acc[pixel_of_feature[f]] += buf[f]
+        acc[pixel_of_feature[f]] += buf[f] * adjust
     for p in range(out_row.shape[0]):
         out_row[p] = acc[p] * inv_count[p] + empty_fill[p]
 
@@ -53,8 +56,8 @@ def _raster_f32(x, pixel_of_feature, inv_count, empty_fill, shift, scale, code, 
                 v = x[i, f]
                 bad += not (abs(v) < np.inf)
                 buf[f] = v
-            _scale_scatter_finish(buf, acc, code, shift, scale, pixel_of_feature, inv_count,
-                                  empty_fill, out[i])
+            _scale_scatter_finish(buf, np.float32(1.0), acc, code, shift, scale,
+                                  pixel_of_feature, inv_count, empty_fill, out[i])
         n_bad += bad
     return n_bad
 
@@ -74,10 +77,8 @@ def _raster_f16(x_bits, pixel_of_feature, inv_count, empty_fill, shift, scale, c
                 h = np.uint32(x_bits[i, f])
                 bad += (h & 0x7C00) == 0x7C00  # exponent all ones: inf or nan
                 bits[f] = ((h & 0x8000) << 16) | ((h & 0x7FFF) << 13)
-            for f in range(n_features):
-                buf[f] *= _F16_EXPONENT_ADJUST
-            _scale_scatter_finish(buf, acc, code, shift, scale, pixel_of_feature, inv_count,
-                                  empty_fill, out[i])
+            _scale_scatter_finish(buf, _F16_EXPONENT_ADJUST, acc, code, shift, scale,
+                                  pixel_of_feature, inv_count, empty_fill, out[i])
         n_bad += bad
     return n_bad
 

@@ -1,0 +1,61 @@
+"""Shared timing and reporting for every suite."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from importlib.metadata import PackageNotFoundError, version
+
+
+def median_time(fn, *, repeats: int, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` untimed runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    versions = {}
+    for package in ("fastimg", "numpy", "numba", "zarr", "openTSNE", "scikit-learn", "torch",
+                    "pyDeepInsight"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    gpu = None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return {"cores": os.cpu_count(), "cpu": cpu, "gpu": gpu, "python": platform.python_version(),
+            "versions": versions}
+
+
+def report(result: dict, json_path: str | None) -> dict:
+    """Add the ratio and the machine, print a summary, write JSON."""
+    result = {**result, "ratio": result["baseline_s"] / result["fastimg_s"], "machine": machine()}
+    width = max(len(k) for k in result)
+    for key, value in result.items():
+        if key != "machine":
+            shown = f"{value:.4g}" if isinstance(value, float) else value
+            print(f"{key:<{width}}  {shown}")
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as fh:
+            json.dump(result, fh, indent=2)
+    return result

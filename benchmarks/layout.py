@@ -1,0 +1,62 @@
+"""Layout fit: fastimg (norm2 + PCA pre-reduction + openTSNE) against pyDeepInsight's default fit
+(Norm2Scaler + sklearn t-SNE, cosine metric) on the same matrix.
+
+Both maps are scored with the same metric: the trustworthiness (k = 5) of the 2-D feature
+map with respect to the cosine distances between the scaled features, i.e. how much of the
+neighbourhood structure of the transposed matrix the layout keeps.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+
+from benchmarks._harness import report
+from fastimg.images import synthetic_matrix
+from fastimg.layout import DeepInsightLayout
+
+
+def _cosine_distances(points: np.ndarray) -> np.ndarray:
+    unit = points / np.maximum(np.linalg.norm(points, axis=1, keepdims=True), 1e-12)
+    dist = 1.0 - unit @ unit.T
+    np.fill_diagonal(dist, 0.0)
+    return np.clip(dist, 0.0, None)
+
+
+def trustworthiness(distances: np.ndarray, coords: np.ndarray, k: int = 5) -> float:
+    from sklearn.manifold import trustworthiness as sk_trustworthiness
+
+    return float(sk_trustworthiness(distances, coords, n_neighbors=k, metric="precomputed"))
+
+
+def run(quick: bool = False, json_path: str | None = None) -> dict:
+    from pyDeepInsight import ImageTransformer
+    from pyDeepInsight.utils import Norm2Scaler
+
+    n_rows, n_features = (2_000, 768) if quick else (40_000, 4_608)
+    x = synthetic_matrix(n_rows, n_features, rank=32, seed=0, dtype=np.float32)
+
+    start = time.perf_counter()
+    layout = DeepInsightLayout(grid=50, random_state=0).fit(x)
+    fast_s = time.perf_counter() - start
+
+    start = time.perf_counter()
+    scaled = Norm2Scaler().fit_transform(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        it = ImageTransformer(feature_extractor="tsne", pixels=50)
+    it._fe.set_params(random_state=0)
+    it.fit(scaled)
+    base_s = time.perf_counter() - start
+
+    distances = _cosine_distances(scaled.T.astype(np.float32))
+    return report({
+        "suite": "layout", "baseline": "pyDeepInsight Norm2Scaler + ImageTransformer('tsne').fit",
+        "shape": [n_rows, n_features], "grid": [50, 50],
+        "fastimg_s": fast_s, "baseline_s": base_s, "fastimg_backend": layout.backend_,
+        "trustworthiness_fastimg": trustworthiness(distances, layout.coords_),
+        "trustworthiness_baseline": trustworthiness(distances, it._xrot),
+        "occupied_pixels_fastimg": layout.n_occupied_pixels,
+        "occupied_pixels_baseline": int(np.unique(it.coords(), axis=0).shape[0]),
+    }, json_path)

@@ -1,0 +1,25 @@
+"""Every benchmark suite runs end to end at its --quick size and writes the agreed JSON."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytest.importorskip("pyDeepInsight")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suite", ["raster", "layout"])
+def test_suite_quick(tmp_path, suite):
+    path = tmp_path / f"{suite}.json"
+    subprocess.run([sys.executable, "-m", "benchmarks", suite, "--quick", "--json", str(path)],
+                   cwd=ROOT, check=True, capture_output=True, timeout=300)
+    result = json.loads(path.read_text())
+    for key in ("suite", "baseline", "fastimg_s", "baseline_s", "ratio", "machine"):
+        assert key in result
+    assert result["suite"] == suite and result["fastimg_s"] > 0
+    assert result["ratio"] == pytest.approx(result["baseline_s"] / result["fastimg_s"])
+    if suite == "raster":
+        assert result["max_abs_diff"] <= 1e-5

@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+import zarr
+
+from fastimg import store
+from fastimg.cli import main
+from fastimg.layout import DeepInsightLayout
+from conftest import structured_matrix
+
+
+def test_images_from_npy_end_to_end(rng, tmp_path, capsys):
+    x = structured_matrix(rng, 150, 200).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "imgs.zarr"
+    assert main(["images", "--input", str(tmp_path / "x.npy"), "--out", str(out),
+                 "--pixels", "12x16", "--fit-rows", "100", "--quiet", "--dtype", "float32"]) == 0
+    assert "150 images of 12 x 16" in capsys.readouterr().out
+    assert store.is_complete(out) and not store.partial_path(out).exists()
+    group = store.open_store(out)
+    attrs = group.attrs[store.ATTRS_KEY]
+    assert attrs["summary"]["fit_rows"] == 100
+    # the stored layout turns the same rows into the same images
+    layout = DeepInsightLayout.from_dict(attrs["layout"])
+    np.testing.assert_array_equal(group[store.IMAGES][:], layout.transform(x))
+    assert main(["info", str(out)]) == 0
+    assert '"rows": 150' in capsys.readouterr().out
+
+
+def test_synthetic_demo_and_existing_store_needs_force(tmp_path, capsys):
+    out = tmp_path / "demo.zarr"
+    args = ["images", "--synthetic", "300x120", "--out", str(out), "--pixels", "10", "--quiet"]
+    assert main(args) == 0
+    assert main(args) == 2
+    assert "already exists; pass --force" in capsys.readouterr().err
+    assert main([*args, "--force"]) == 0
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--input", "missing.npy"], "does not exist"),
+    (["--synthetic", "100x40"], "needs at least 91 features"),
+    (["--synthetic", "100x200", "--pixels", "1"], "at least 2 x 2"),
+])
+def test_user_mistakes_exit_2_with_one_line_and_no_store(tmp_path, capsys, argv, message):
+    out = tmp_path / "bad.zarr"
+    assert main(["images", *argv, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not out.exists() and not store.partial_path(out).exists()
+
+
+def test_nan_input_exit_2(rng, tmp_path, capsys):
+    x = rng.random((120, 150))
+    x[7, 7] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    assert main(["images", "--input", str(tmp_path / "x.npy"), "--out",
+                 str(tmp_path / "o.zarr"), "--quiet"]) == 2
+    assert "NaN or infinite" in capsys.readouterr().err
+
+
+def test_unfinished_store_is_refused(tmp_path, capsys):
+    group = zarr.open_group(str(tmp_path / "half.zarr"), mode="w")
+    group.attrs[store.ATTRS_KEY] = {"format_version": store.FORMAT_VERSION}
+    assert main(["info", str(tmp_path / "half.zarr")]) == 2
+    assert "not a complete fastimg store" in capsys.readouterr().err

@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+import zarr
+
+from fastimg.kernels import RasterPlan
+from fastimg.raster import rasterize, rasterize_to_array
+
+
+@pytest.fixture
+def plan(rng):
+    return RasterPlan.from_pixels(rng.integers(0, 48, 90), (6, 8), scaling="minmax",
+                                  shift=np.zeros(90, np.float32), scale=np.ones(90, np.float32))
+
+
+def zarr_target(tmp_path, n, dtype="float16", chunk=16, name="images.zarr"):
+    return zarr.create_array(str(tmp_path / name), shape=(n, 6, 8), dtype=dtype,
+                             chunks=(chunk, 6, 8))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_streamed_memmap_equals_in_memory(rng, tmp_path, plan, dtype):
+    source = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.float16,
+                                       shape=(100, 90))
+    source[:] = rng.random((100, 90))
+    target = zarr_target(tmp_path, 100, dtype)
+    rasterize_to_array(source, plan, target, block_rows=32, progress=False)
+    expected = rasterize(np.asarray(source), plan).astype(dtype)
+    np.testing.assert_array_equal(target[:], expected)
+
+
+def test_zarr_source_and_uint8_images(rng, tmp_path, plan):
+    source = zarr.create_array(str(tmp_path / "x.zarr"), shape=(50, 90), dtype="float32",
+                               chunks=(20, 90))
+    source[:] = rng.random((50, 90)).astype(np.float32)
+    target = zarr_target(tmp_path, 50, "uint8")
+    rasterize_to_array(source, plan, target, progress=False)
+    expected = np.rint(rasterize(source[:], plan) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(target[:], expected)
+
+
+def test_resume_skips_rows_before_start_row(rng, tmp_path, plan):
+    x = rng.random((64, 90)).astype(np.float32)
+    target = zarr_target(tmp_path, 64, "float32")
+    target[:] = -1.0
+    rasterize_to_array(x, plan, target, start_row=32, block_rows=16, progress=False)
+    assert (target[:32] == -1.0).all()
+    np.testing.assert_array_equal(target[32:], rasterize(x[32:], plan))
+
+
+def test_nan_in_a_block_names_the_rows(rng, tmp_path, plan):
+    x = rng.random((64, 90)).astype(np.float32)
+    x[40, 3] = np.nan
+    with pytest.raises(ValueError, match=r"rows 32\.\.47"):
+        rasterize_to_array(x, plan, zarr_target(tmp_path, 64), block_rows=16, progress=False)
+
+
+def test_shape_mismatches(rng, tmp_path, plan):
+    with pytest.raises(ValueError, match="features"):
+        rasterize_to_array(rng.random((10, 91)), plan, zarr_target(tmp_path, 10), progress=False)
+    with pytest.raises(ValueError, match="target shape"):
+        rasterize_to_array(rng.random((11, 90)), plan, zarr_target(tmp_path, 10, name="b.zarr"),
+                           progress=False)
