@@ -1,0 +1,56 @@
+"""GPU tests: the real CUDA backends on hardware (skipped without a CUDA GPU).
+
+The CUDA raster kernel's logic is also checked everywhere under the simulator
+(``test_kernels_cudasim.py``); these tests check what the simulator cannot: real launches, device
+arrays in and out, float16 loads on the device.
+"""
+import numpy as np
+import pytest
+
+from fastimg.kernels import RasterPlan, raster_reference
+
+pytestmark = pytest.mark.gpu
+
+
+def _plan(rng, n_features, shape, scaling):
+    pixels = rng.integers(0, shape[0] * shape[1], n_features)
+    return RasterPlan.from_pixels(pixels, shape, scaling=scaling,
+                                  shift=rng.random(n_features).astype(np.float32) + 1.0,
+                                  scale=rng.random(n_features).astype(np.float32) + 0.1,
+                                  fill_value=-0.25)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("scaling", ["none", "minmax", "norm2"])
+@pytest.mark.parametrize("shape,n_features", [((50, 50), 4608), ((7, 13), 300), ((16, 16), 40)])
+def test_cuda_kernel_matches_reference_on_hardware(rng, dtype, scaling, shape, n_features):
+    from fastimg.raster import rasterize
+
+    plan = _plan(rng, n_features, shape, scaling)
+    x = rng.random((1031, n_features)).astype(dtype)
+    got = rasterize(x, plan, backend="cuda")
+    want = raster_reference(x, plan, np.empty((x.shape[0], *shape)))
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+def test_cuda_kernel_takes_device_arrays_and_counts_non_finite(rng):
+    from numba import cuda
+
+    from fastimg.kernels.cuda import CudaPlan, raster_cuda
+
+    plan = _plan(rng, 500, (20, 20), "norm2")
+    x = rng.random((300, 500)).astype(np.float16)
+    x[7, 3] = np.nan
+    d_out = cuda.device_array((300, 20, 20), dtype=np.float32)
+    n_bad = raster_cuda(cuda.to_device(x), CudaPlan(plan), d_out)
+    assert n_bad == 1
+    x[7, 3] = 0
+    raster_cuda(cuda.to_device(x), CudaPlan(plan), d_out)
+    want = raster_reference(x, plan, np.empty((300, 20, 20)))
+    np.testing.assert_allclose(d_out.copy_to_host(), want, atol=1e-5, rtol=0)
+
+
+def test_auto_backend_is_cuda_on_a_gpu():
+    from fastimg.raster import RASTER_BACKENDS
+
+    assert RASTER_BACKENDS.resolve("auto") == "cuda"
