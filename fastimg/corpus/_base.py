@@ -1,0 +1,194 @@
+"""The corpus stage's config, result and error types."""
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+DATASETS = ("imdb",)
+SPLIT_MODES = ("auto", "column", "paper", "random")
+SPLIT_NAMES = ("train", "val", "test")
+PAPER_VAL_FRACTION = 0.2
+
+
+class CorpusError(ValueError):
+    """A mistake in the corpus input or its settings, described in one line."""
+
+    def __init__(self, message: str):
+        super().__init__(re.sub(r"\s*[\r\n]+\s*", " ", str(message)))
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """How to load a labelled text corpus.
+
+    Parameters
+    ----------
+    input : str or None
+        A CSV, TSV, JSONL or Parquet file (each optionally ``.gz``-compressed), an aclImdb
+        folder (``{train,test}/{pos,neg}/*.txt``, or a folder holding ``aclImdb/``) or an
+        aclImdb tarball. Exactly one of ``input`` and ``dataset`` is given.
+    dataset : {"imdb"} or None
+        A built-in recipe; ``"imdb"`` finds the data with :func:`fastimg.corpus.resolve_imdb`.
+    text_columns : tuple of str
+        The text column(s); several are joined with a newline (e.g. a title and a body).
+    label_column : str
+        The label column. String labels are mapped to integers in sorted order and the
+        class names kept; integer labels keep their values.
+    id_column : str or None
+        The row-id column (ids must be unique and non-empty). ``None``: the source's own ids
+        (aclImdb, the imdb recipe) or else the 0-based row number.
+    split_column : str or None
+        A column of split names: ``train``; ``test``; ``val``/``valid``/``validation``/``dev``
+        (-> ``val``). ``None``: the source's own split (aclImdb, the imdb recipe), if any.
+    limit : int or None
+        Keep a seeded random sample of this many rows, stratified by (split, label);
+        ``None`` keeps all. A limit above the number of rows keeps all and warns.
+    split : {"auto", "column", "paper", "random"}
+        ``"column"``: the split column's split; when it has no ``val`` rows, ``val`` is
+        carved from ``train`` with ``val_fraction`` (seeded, stratified by label).
+        ``"paper"``: pool every row, ignore any split column, and split train/val
+        80/20 stratified by label (the paper's 40k/10k on the 50k IMDB reviews).
+        ``"random"``: the same pooling with ``val_fraction``. ``"auto"``: ``"column"``
+        when there is a split column, else ``"random"``.
+    val_fraction : float
+        Share of the validation split, in (0, 1). ``"paper"`` needs the default 0.2.
+    seed : int
+        Seed of the sample and of the splits: the same seed gives the same corpus.
+    """
+
+    input: str | None = None
+    dataset: str | None = None
+    text_columns: tuple[str, ...] = ("text",)
+    label_column: str = "label"
+    id_column: str | None = None
+    split_column: str | None = None
+    limit: int | None = None
+    split: str = "auto"
+    val_fraction: float = PAPER_VAL_FRACTION
+    seed: int = 0
+
+    def __post_init__(self):
+        if (self.input is None) == (self.dataset is None):
+            raise CorpusError("give exactly one of an input path and a dataset name")
+        if self.input is not None:
+            object.__setattr__(self, "input", str(self.input))
+        if self.dataset is not None and self.dataset not in DATASETS:
+            raise CorpusError(f"unknown dataset {self.dataset!r}; built-in: {', '.join(DATASETS)}")
+        columns = (self.text_columns,) if isinstance(self.text_columns, str) else self.text_columns
+        columns = tuple(columns)
+        if not columns or not all(isinstance(c, str) and c for c in columns):
+            raise CorpusError(f"text_columns must be one or more column names, got {columns!r}")
+        object.__setattr__(self, "text_columns", columns)
+        if not self.label_column:
+            raise CorpusError("label_column must be a column name")
+        if self.split not in SPLIT_MODES:
+            raise CorpusError(f"split must be one of {', '.join(SPLIT_MODES)}, got {self.split!r}")
+        fraction = float(self.val_fraction)
+        if not (math.isfinite(fraction) and 0.0 < fraction < 1.0):
+            raise CorpusError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
+        object.__setattr__(self, "val_fraction", fraction)
+        if self.split == "paper" and fraction != PAPER_VAL_FRACTION:
+            raise CorpusError(f"split 'paper' is an 80/20 train/val split; val_fraction "
+                              f"{fraction} needs split 'random'")
+        if self.limit is not None:
+            if isinstance(self.limit, bool) or int(self.limit) != self.limit or self.limit < 1:
+                raise CorpusError(f"limit must be a positive integer, got {self.limit!r}")
+            object.__setattr__(self, "limit", int(self.limit))
+        if isinstance(self.seed, bool) or int(self.seed) != self.seed or self.seed < 0:
+            raise CorpusError(f"seed must be a non-negative integer, got {self.seed!r}")
+        object.__setattr__(self, "seed", int(self.seed))
+
+    def to_dict(self) -> dict:
+        """The settings as a JSON-serialisable dict (tuples become lists)."""
+        out = asdict(self)
+        out["text_columns"] = list(self.text_columns)
+        return out
+
+
+@dataclass(frozen=True, eq=False)
+class Corpus:
+    """A loaded corpus: one entry per row, in the source's order.
+
+    Attributes
+    ----------
+    ids : np.ndarray of str
+        Unique row ids.
+    texts : list of str
+    labels : np.ndarray of int64
+        String labels: indices into ``class_names``. Integer labels: their own values.
+    class_names : list of str
+        String labels: the sorted distinct labels. Integer labels: the string of each distinct
+        integer in increasing order (the imdb recipe and aclImdb: ``["neg", "pos"]``);
+        ``targets`` maps labels to indices into this list.
+    split : np.ndarray of str
+        ``"train"``, ``"val"`` or ``"test"`` per row.
+    source : str
+        The file or folder read.
+    split_mode : str
+        The split mode used (``"column"``, ``"paper"`` or ``"random"``).
+    n_empty_texts : int
+        Rows whose text is empty or whitespace (kept, and warned about).
+    limit_shortfall : int
+        How many rows ``limit`` asked for beyond those available (0: none).
+    warnings : tuple of str
+        The warnings logged while loading.
+    class_values : tuple of int or None
+        Integer labels: the value of each class in ``class_names`` (increasing); ``None`` for
+        string labels.
+    """
+
+    ids: np.ndarray
+    texts: list
+    labels: np.ndarray
+    class_names: list
+    split: np.ndarray
+    source: str = ""
+    split_mode: str = "column"
+    n_empty_texts: int = 0
+    limit_shortfall: int = 0
+    warnings: tuple = field(default=())
+    class_values: tuple | None = None
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def targets(self) -> np.ndarray:
+        """Labels as 0-based indices into ``class_names`` (the same as ``labels`` unless integer
+        labels are not 0..K-1)."""
+        if self.class_values is None:
+            return self.labels
+        values = np.asarray(self.class_values, dtype=np.int64)
+        return np.searchsorted(values, self.labels).astype(np.int64)
+
+    def counts(self) -> dict:
+        """``{split: {class_name: rows}}`` for the splits present."""
+        names = self.class_names
+        targets = self.targets
+        out = {}
+        for name in SPLIT_NAMES:
+            mask = self.split == name
+            if mask.any():
+                tally = Counter(targets[mask].tolist())
+                out[name] = {names[k]: int(tally.get(k, 0)) for k in range(len(names))}
+        return out
+
+    def summary(self) -> dict:
+        """A JSON-serialisable account of the corpus (for logs and the store's attrs)."""
+        return {
+            "source": self.source,
+            "n_rows": len(self),
+            "n_classes": len(self.class_names),
+            "class_names": list(self.class_names),
+            "class_values": None if self.class_values is None else list(self.class_values),
+            "split_mode": self.split_mode,
+            "counts": self.counts(),
+            "n_empty_texts": int(self.n_empty_texts),
+            "limit_shortfall": int(self.limit_shortfall),
+            "warnings": list(self.warnings),
+        }
+

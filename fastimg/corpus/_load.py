@@ -1,0 +1,266 @@
+"""``load_corpus``: a :class:`Table` -> checked ids, texts, labels and splits."""
+from __future__ import annotations
+
+import logging
+import math
+import re
+
+import numpy as np
+
+from fastimg.corpus._base import PAPER_VAL_FRACTION, Corpus, CorpusConfig, CorpusError
+from fastimg.corpus.imdb import IMDB_LABEL_NAMES, resolve_imdb
+from fastimg.corpus.readers import Table, read_table
+
+logger = logging.getLogger("fastimg.corpus")
+
+SPLIT_ALIASES = {"train": "train", "test": "test", "val": "val", "valid": "val",
+                 "validation": "val", "dev": "val"}
+MISSING_LABELS = {"", "nan", "na", "n/a", "null", "none"}
+_INTEGER = re.compile(r"^[+-]?\d+(?:\.0*)?$")
+
+
+def load_corpus(config: CorpusConfig) -> Corpus:
+    """Load, check, sample and split a labelled corpus as ``config`` says.
+
+    Raises
+    ------
+    CorpusError
+        One line per problem: missing or empty input, unreadable format, a missing column
+        (listing those that exist), non-UTF-8 bytes, a missing label, a single class, a
+        duplicate or empty id, an unknown split name (each naming the row).
+    """
+    if config.dataset == "imdb":
+        table = read_table(resolve_imdb())
+        table.id_column = table.id_column or "id"
+        table.split_column = table.split_column or "split"
+        table.label_names = table.label_names or dict(IMDB_LABEL_NAMES)
+    else:
+        table = read_table(config.input)
+    notes: list[str] = []
+
+    id_column = config.id_column or table.id_column
+    split_column = config.split_column or table.split_column
+    mode = config.split
+    if mode == "auto":
+        mode = "column" if split_column else "random"
+    if mode == "column" and not split_column:
+        raise CorpusError(f"split 'column' needs a split column; columns of {table.source}: "
+                          f"{_names(table)}")
+    if mode != "column" and not config.split_column:
+        split_column = None  # a source's own split is not used when pooling
+    for role, name in [("text", c) for c in config.text_columns] + [
+            ("label", config.label_column), ("id", id_column), ("split", split_column)]:
+        if name is not None and name not in table.columns:
+            raise CorpusError(f"{table.source} has no {role} column {name!r}; its columns: "
+                              f"{_names(table)}")
+
+    ids = _ids(table, id_column)
+    labels, class_names, class_values = _labels(table, config.label_column)
+    if len(class_names) < 2:
+        raise CorpusError(f"label column {config.label_column!r} has a single class "
+                          f"({class_names[0]!r}); a classifier needs at least two")
+    split = _split_values(table, split_column) if mode == "column" else None
+
+    rows = np.arange(table.n_rows)
+    shortfall = 0
+    if config.limit is not None:
+        if config.limit > table.n_rows:
+            shortfall = config.limit - table.n_rows
+            notes.append(f"limit {config.limit} is larger than the {table.n_rows} rows of "
+                         f"{table.source}; using all {table.n_rows}")
+        elif config.limit < table.n_rows:
+            strata = labels if split is None else _pair_codes(split, labels)
+            rng = np.random.default_rng([config.seed, 1])
+            rows = np.sort(_stratified_pick(strata, config.limit, rng))
+            if np.unique(labels[rows]).size < 2:
+                raise CorpusError(f"limit {config.limit} keeps a single class; raise it")
+
+    labels = labels[rows]
+    ids = ids[rows]
+    texts = _texts(table, config.text_columns, rows)
+    empty = [i for i, t in enumerate(texts) if not t.strip()]
+    if empty:
+        notes.append(f"{len(empty)} of {len(texts)} texts are empty or blank (first: "
+                     f"{table.where(int(rows[empty[0]]))}, id {ids[empty[0]]!r}); kept")
+
+    rng = np.random.default_rng([config.seed, 2])
+    fraction = PAPER_VAL_FRACTION if mode == "paper" else config.val_fraction
+    if mode == "column":
+        split = split[rows]
+        present = set(split.tolist())
+        if "train" not in present:
+            raise CorpusError(f"split column {split_column!r} has no train rows "
+                              f"(found: {', '.join(sorted(present))})")
+        if "val" not in present:
+            train = np.flatnonzero(split == "train")
+            val = train[_split_off(labels[train], fraction, rng, "the train split")]
+            split[val] = "val"
+            logger.info("carved %d validation rows from %d train rows (val_fraction %.3g)",
+                        val.size, train.size, fraction)
+    else:
+        split = np.full(len(rows), "train", dtype="<U5")
+        split[_split_off(labels, fraction, rng, "the corpus")] = "val"
+
+    for note in notes:
+        logger.warning("%s", note)
+    return Corpus(ids=ids, texts=texts, labels=labels, class_names=class_names,
+                  split=split.astype("<U5"), source=table.source, split_mode=mode,
+                  n_empty_texts=len(empty), limit_shortfall=shortfall, warnings=tuple(notes),
+                  class_values=class_values)
+
+
+def _names(table: Table) -> str:
+    return ", ".join(repr(n) for n in table.columns)
+
+
+def _is_missing(value) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float):
+        return math.isnan(value)
+    return isinstance(value, str) and value.strip().lower() in MISSING_LABELS
+
+
+def _first(values, predicate) -> int:
+    return next(i for i, v in enumerate(values) if predicate(v))
+
+
+def _id_text(value) -> str:
+    if _is_missing(value):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def _ids(table: Table, column: str | None) -> np.ndarray:
+    if column is None:
+        return np.arange(table.n_rows).astype(str)
+    values = table.columns[column]
+    if all(type(v) is str for v in values):
+        ids = [v.strip() for v in values]
+    else:
+        ids = [_id_text(v) for v in values]
+    if "" in set(ids):
+        raise CorpusError(f"id column {column!r} is empty at {table.where(ids.index(''))}")
+    if len(set(ids)) != len(ids):
+        first = {}
+        for i, key in enumerate(ids):
+            if key in first:
+                raise CorpusError(f"duplicate id {key!r} in column {column!r} "
+                                  f"({table.where(first[key])} and {table.where(i)})")
+            first[key] = i
+    return np.asarray(ids, dtype=str)
+
+
+def _labels(table: Table, column: str):
+    """-> (labels int64, class_names, class_values or None); each distinct value parsed once."""
+    values = _hashable(table, column)
+    distinct = list(dict.fromkeys(values))
+    if any(_is_missing(v) for v in distinct):
+        raise CorpusError(f"label is missing (NaN or empty) in column {column!r} at "
+                          f"{table.where(_first(values, _is_missing))}; drop or fix that row")
+    numbers = {}
+    for value in distinct:
+        number = _as_integer(value)
+        if number is None:
+            break
+        if number is False:
+            raise CorpusError(f"label column {column!r} holds a non-integer number ({value}) at "
+                              f"{table.where(_first(values, lambda v: v == value))}; labels "
+                              f"must be classes")
+        numbers[value] = number
+    else:
+        labels = np.fromiter((numbers[v] for v in values), dtype=np.int64, count=len(values))
+        class_values = tuple(sorted(set(numbers.values())))
+        names = table.label_names if set(class_values) <= set(table.label_names) else {}
+        return labels, [names.get(v, str(v)) for v in class_values], class_values
+    strings = {v: str(v).strip() for v in distinct}
+    class_names = sorted(set(strings.values()))
+    index = {v: class_names.index(name) for v, name in strings.items()}
+    labels = np.fromiter((index[v] for v in values), dtype=np.int64, count=len(values))
+    return labels, class_names, None
+
+
+def _hashable(table: Table, column: str) -> list:
+    values = table.columns[column]
+    for i, value in enumerate(values):
+        if isinstance(value, (list, dict)):
+            raise CorpusError(f"column {column!r} holds a JSON {type(value).__name__} at "
+                              f"{table.where(i)}; expected a single value")
+    return values
+
+
+def _as_integer(value):
+    """An int, ``None`` (not a number: string labels) or ``False`` (a non-integral number)."""
+    if isinstance(value, (bool, np.bool_, int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return int(value) if float(value).is_integer() else False
+    if isinstance(value, str) and _INTEGER.match(value.strip()):
+        return int(float(value)) if "." in value else int(value)
+    return None
+
+
+def _split_values(table: Table, column: str) -> np.ndarray:
+    values = _hashable(table, column)
+    names = {}
+    for value in dict.fromkeys(values):
+        name = None if _is_missing(value) else SPLIT_ALIASES.get(str(value).strip().lower())
+        if name is None:
+            where = table.where(_first(values, lambda v: v is value or v == value))
+            raise CorpusError(f"split column {column!r} has {value!r} at {where}; "
+                              f"expected train, test or val (valid, validation, dev)")
+        names[value] = name
+    return np.asarray([names[v] for v in values], dtype="<U5")
+
+
+def _pair_codes(split: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    codes = {"train": 0, "val": 1, "test": 2}
+    return np.asarray([codes[s] for s in split.tolist()], dtype=np.int64) * (
+        int(labels.max()) - int(labels.min()) + 1) + (labels - labels.min())
+
+
+def _allocate(counts: np.ndarray, total: int) -> np.ndarray:
+    """Split ``total`` over strata in proportion to ``counts`` (largest remainder, exact)."""
+    quota = counts * (total / counts.sum())
+    take = np.floor(quota).astype(np.int64)
+    order = np.argsort(-(quota - take), kind="stable")
+    take[order[:total - int(take.sum())]] += 1
+    return np.minimum(take, counts)
+
+
+def _stratified_pick(strata: np.ndarray, total: int, rng) -> np.ndarray:
+    """``total`` indices drawn without replacement, each stratum in proportion to its size."""
+    keys, inverse, counts = np.unique(strata, return_inverse=True, return_counts=True)
+    take = _allocate(counts, total)
+    picked = [rng.choice(np.flatnonzero(inverse == k), size=int(n), replace=False)
+              for k, n in enumerate(take) if n]
+    return np.concatenate(picked) if picked else np.empty(0, dtype=np.int64)
+
+
+def _split_off(labels: np.ndarray, fraction: float, rng, what: str) -> np.ndarray:
+    """Indices (into ``labels``) of a stratified validation share ``fraction``."""
+    if labels.size < 2:
+        raise CorpusError(f"{what} has {labels.size} row(s), too few to split off validation "
+                          f"rows")
+    n_val = min(max(int(round(labels.size * fraction)), 1), labels.size - 1)
+    return _stratified_pick(labels, n_val, rng)
+
+
+def _texts(table: Table, columns, rows: np.ndarray) -> list:
+    selected = [table.columns[c] for c in columns]
+    texts = []
+    for i in rows.tolist():
+        parts = [_text(col[i]) for col in selected]
+        texts.append(parts[0] if len(parts) == 1 else "\n".join(p for p in parts if p))
+    return texts
+
+
+def _text(value) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value)
+

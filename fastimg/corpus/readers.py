@@ -1,0 +1,267 @@
+"""Readers: a file or folder -> a :class:`Table` of columns, decoded strictly as UTF-8.
+
+Formats: CSV and TSV (stdlib ``csv``), JSON Lines, Parquet (pyarrow, imported lazily), each
+optionally gzip-compressed (found by magic bytes), the aclImdb folder layout and the aclImdb
+tarball (members read in place, never extracted).
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import re
+import sys
+import tarfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastimg.corpus._base import CorpusError
+
+GZIP_MAGIC = b"\x1f\x8b"
+TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl",
+                  ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+ACLIMDB_SPLITS = ("train", "test")
+ACLIMDB_LABELS = ("neg", "pos")  # label 0, 1
+ACLIMDB_MEMBER = re.compile(r"^(?:\./)?(?:[^/]+/)?(train|test)/(neg|pos)/(\d+)_(\d+)\.txt$")
+ACLIMDB_MAX_REVIEW_BYTES = 1 << 20
+SUPPORTED = ("give a .csv, .tsv, .jsonl or .parquet file (optionally .gz), an aclImdb folder or "
+             "an aclImdb tarball")
+
+
+@dataclass
+class Table:
+    """Columns of equal length read from one source.
+
+    ``where(i)`` names row ``i`` in error messages. ``id_column`` and ``split_column`` are the
+    source's own (used when the config names none) and ``label_names`` names integer labels.
+    """
+
+    columns: dict
+    source: str
+    locations: list | None = None
+    location_kind: str = "row"
+    id_column: str | None = None
+    split_column: str | None = None
+    label_names: dict = field(default_factory=dict)
+
+    @property
+    def n_rows(self) -> int:
+        return len(next(iter(self.columns.values()))) if self.columns else 0
+
+    def where(self, i: int) -> str:
+        if self.locations is None:
+            return f"row {i + 1}"
+        return f"{self.location_kind} {self.locations[i]}"
+
+
+def read_table(path) -> Table:
+    """Read ``path`` into a :class:`Table`, or raise :class:`CorpusError` with one line."""
+    path = Path(path)
+    if not path.exists():
+        raise CorpusError(f"input {path} does not exist")
+    if path.is_dir():
+        return read_aclimdb_folder(path)
+    name = path.name.lower()
+    if path.is_file() and path.stat().st_size == 0:
+        raise CorpusError(f"input {path} is empty")
+    if name.endswith(TAR_SUFFIXES):
+        return read_aclimdb_tar(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CorpusError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not raw:
+        raise CorpusError(f"input {path} is empty")
+    stem = name
+    if name.endswith(".gz"):
+        stem = name[:-3]
+        if not raw.startswith(GZIP_MAGIC):
+            raise CorpusError(f"{path} is named .gz but is not gzip-compressed")
+    if raw.startswith(GZIP_MAGIC):
+        raw = _gunzip(raw, path)
+        if not raw:
+            raise CorpusError(f"input {path} is empty (after decompression)")
+    kind = TABLE_SUFFIXES.get(Path(stem).suffix)
+    if kind is None:
+        raise CorpusError(f"unsupported input format {path.name!r}: {SUPPORTED}")
+    if kind == "parquet":
+        return _read_parquet(raw, path)
+    text = _decode(raw, path, kind)
+    if kind == "jsonl":
+        return _read_jsonl(text, path)
+    return _read_delimited(text, path, "\t" if kind == "tsv" else ",")
+
+
+def _gunzip(raw: bytes, path: Path) -> bytes:
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise CorpusError(f"cannot decompress {path}: {exc}") from None
+
+
+def _decode(raw: bytes, path: Path, kind: str) -> str:
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        where = f"line {line}"
+        if kind != "jsonl":
+            where = f"row {_csv_row_at(raw, exc.start, kind)} (line {line})"
+        raise CorpusError(f"{path} is not valid UTF-8: bad byte {raw[exc.start]:#04x} at "
+                          f"{where}; re-encode the file as UTF-8") from None
+
+
+def _csv_row_at(raw: bytes, offset: int, kind: str) -> int:
+    """The 1-based data row (header excluded) holding byte ``offset``."""
+    prefix = raw[:offset].decode("utf-8-sig", errors="replace")
+    _raise_field_limit()
+    try:
+        rows = sum(1 for r in csv.reader(io.StringIO(prefix, newline=""),
+                                          delimiter="\t" if kind == "tsv" else ",") if r)
+    except csv.Error:
+        rows = prefix.count("\n") + 1
+    # the record holding the bad byte is partly in the prefix (or starts right after it)
+    if prefix.endswith(("\n", "\r")) or not prefix:
+        rows += 1
+    return max(rows - 1, 1)
+
+
+def _raise_field_limit() -> None:
+    limit = min(sys.maxsize, 2**31 - 1)
+    if csv.field_size_limit() < limit:
+        csv.field_size_limit(limit)
+
+
+def _read_delimited(text: str, path: Path, delimiter: str) -> Table:
+    _raise_field_limit()
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        rows = [row for row in reader if row]
+    except csv.Error as exc:
+        raise CorpusError(f"cannot parse {path} as {'TSV' if delimiter == chr(9) else 'CSV'} "
+                          f"near line {reader.line_num}: {exc}") from None
+    if not rows:
+        raise CorpusError(f"input {path} is empty")
+    header, body = rows[0], rows[1:]
+    _check_header(header, path)
+    if not body:
+        raise CorpusError(f"{path} has a header but no data rows")
+    width = len(header)
+    if set(map(len, body)) != {width}:
+        i, row = next((i, row) for i, row in enumerate(body) if len(row) != width)
+        raise CorpusError(f"{path}: row {i + 1} has {len(row)} fields but the header has "
+                          f"{width} (wrong delimiter or unbalanced quotes?)")
+    return Table({name: list(values) for name, values in zip(header, zip(*body))}, str(path))
+
+
+def _check_header(header, path: Path) -> None:
+    seen = set()
+    for name in header:
+        if name in seen:
+            raise CorpusError(f"{path} has the column {name!r} twice")
+        seen.add(name)
+
+
+def _read_jsonl(text: str, path: Path) -> Table:
+    records, lines = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CorpusError(f"{path}: line {number} is not valid JSON ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise CorpusError(f"{path}: line {number} is a JSON {type(record).__name__}, "
+                              f"not an object")
+        records.append(record)
+        lines.append(number)
+    if not records:
+        raise CorpusError(f"input {path} is empty")
+    names = list(dict.fromkeys(key for record in records for key in record))
+    columns = {name: [record.get(name) for record in records] for name in names}
+    return Table(columns, str(path), locations=lines, location_kind="line")
+
+
+def _read_parquet(raw: bytes, path: Path) -> Table:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise CorpusError(f"reading {path.name} needs pyarrow: pip install pyarrow") from None
+    try:
+        table = pq.read_table(pa.BufferReader(raw))
+    except (pa.ArrowException, OSError) as exc:
+        raise CorpusError(f"cannot read {path} as Parquet: {exc}") from None
+    if table.num_rows == 0:
+        raise CorpusError(f"{path} has no data rows")
+    return Table({name: table.column(name).to_pylist() for name in table.column_names},
+                 str(path))
+
+
+def _aclimdb_table(reviews, source: str) -> Table:
+    """reviews: (split, label, number, rating, text) tuples -> a Table in release order."""
+    if not reviews:
+        raise CorpusError(f"{source} holds no aclImdb reviews "
+                          f"({{train,test}}/{{pos,neg}}/ID_RATING.txt); {SUPPORTED}")
+    reviews.sort(key=lambda r: (ACLIMDB_SPLITS.index(r[0]), ACLIMDB_LABELS.index(r[1]), r[2]))
+    ids = [f"{s}/{lab}/{n}_{rating}" for s, lab, n, rating, _ in reviews]
+    columns = {"id": ids, "split": [r[0] for r in reviews],
+               "label": [ACLIMDB_LABELS.index(r[1]) for r in reviews],
+               "rating": [r[3] for r in reviews], "text": [r[4] for r in reviews]}
+    return Table(columns, source, locations=[i + ".txt" for i in ids], location_kind="file",
+                 id_column="id", split_column="split",
+                 label_names={i: name for i, name in enumerate(ACLIMDB_LABELS)})
+
+
+def _decode_review(data: bytes, name: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CorpusError(f"{name} is not valid UTF-8 (bad byte at offset {exc.start})") from None
+
+
+def read_aclimdb_folder(path: Path) -> Table:
+    """The aclImdb release folder (or a folder holding ``aclImdb/``); ``unsup`` is left out."""
+    root = path / "aclImdb" if (path / "aclImdb").is_dir() else path
+    reviews = []
+    for split in ACLIMDB_SPLITS:
+        for label in ACLIMDB_LABELS:
+            folder = root / split / label
+            if not folder.is_dir():
+                continue
+            for file in folder.iterdir():
+                match = ACLIMDB_MEMBER.match(f"{split}/{label}/{file.name}")
+                if match is None or not file.is_file() or file.is_symlink():
+                    continue
+                text = _decode_review(file.read_bytes(), str(file))
+                reviews.append((split, label, int(match[3]), int(match[4]), text))
+    if not reviews and not any((root / s).is_dir() for s in ACLIMDB_SPLITS):
+        raise CorpusError(f"folder {path} is not an aclImdb layout (no train/ or test/ with "
+                          f"pos/ and neg/ inside); {SUPPORTED}")
+    return _aclimdb_table(reviews, str(path))
+
+
+def read_aclimdb_tar(path: Path) -> Table:
+    """The aclImdb tarball, read member by member: only regular files named like
+    ``aclImdb/{train,test}/{pos,neg}/ID_RATING.txt`` are read; nothing is written to disk."""
+    reviews = []
+    try:
+        with tarfile.open(path, mode="r:*") as archive:
+            for member in archive:
+                match = ACLIMDB_MEMBER.match(member.name)
+                if match is None or not member.isreg():
+                    continue
+                if member.size > ACLIMDB_MAX_REVIEW_BYTES:
+                    raise CorpusError(f"{path}: member {member.name} is {member.size} bytes, "
+                                      f"too large for a review; is this the aclImdb tarball?")
+                handle = archive.extractfile(member)
+                text = _decode_review(handle.read(), f"{path}:{member.name}")
+                reviews.append((match[1], match[2], int(match[3]), int(match[4]), text))
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CorpusError(f"cannot read {path} as a tar archive ({reason})") from None
+    return _aclimdb_table(reviews, str(path))

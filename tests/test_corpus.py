@@ -1,0 +1,478 @@
+"""fastimg.corpus: every reader, labels, ids, limit sampling, splits, the imdb recipe, bad input."""
+import csv
+import gzip
+import hashlib
+import importlib.util
+import io
+import json
+import logging
+import tarfile
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastimg.corpus import (Corpus, CorpusConfig, CorpusError, load_corpus, read_table,
+                            resolve_imdb)
+from fastimg.corpus import imdb as imdb_mod
+
+SHARED_IMDB = Path(__file__).resolve().parents[2] / "shared/data/imdb/imdb.csv.gz"
+HAS_PYARROW = importlib.util.find_spec("pyarrow") is not None
+
+
+def write_csv(path, header, rows, delimiter=","):
+    buf = io.StringIO(newline="")
+    writer = csv.writer(buf, delimiter=delimiter, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    data = buf.getvalue().encode("utf-8")
+    path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
+    return path
+
+
+def write_jsonl(path, records):
+    data = "".join(json.dumps(r) + "\n" for r in records).encode("utf-8")
+    path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
+    return path
+
+
+def sorted_corpus(tmp_path, n_neg=60, n_pos=40, name="sorted.csv", split=None):
+    """A label-sorted CSV: all negatives first, like the shared IMDB file."""
+    rows = [[f"r{i}", f"text {i}", "neg" if i < n_neg else "pos"] + ([split(i)] if split else [])
+            for i in range(n_neg + n_pos)]
+    header = ["id", "text", "label"] + (["split"] if split else [])
+    return write_csv(tmp_path / name, header, rows)
+
+
+def cfg(path, **kw):
+    return CorpusConfig(input=str(path), **kw)
+
+
+# ---------------------------------------------------------------- readers
+
+def test_csv_with_quoted_multiline_fields_and_big_field(tmp_path):
+    big = "x" * 200_000  # above csv's default field limit of 131072
+    path = write_csv(tmp_path / "a.csv", ["text", "label"],
+                     [['line one\nline "two", quoted', "a"], [big, "b"], ["plain", "a"]])
+    corpus = load_corpus(cfg(path))
+    assert corpus.texts == ['line one\nline "two", quoted', big, "plain"]
+    assert corpus.ids.tolist() == ["0", "1", "2"]
+    assert corpus.class_names == ["a", "b"] and corpus.labels.tolist() == [0, 1, 0]
+    assert corpus.labels.dtype == np.int64 and corpus.class_values is None
+
+
+def test_tsv_jsonl_and_gzip_variants_read_the_same(tmp_path):
+    rows = [["t1", "1"], ["t2", "0"], ["t3", "1"]]
+    tables = [read_table(write_csv(tmp_path / "a.tsv", ["text", "label"], rows, "\t")),
+              read_table(write_csv(tmp_path / "a.csv.gz", ["text", "label"], rows)),
+              read_table(write_csv(tmp_path / "b.tsv.gz", ["text", "label"], rows, "\t"))]
+    for table in tables:
+        assert table.columns == {"text": ["t1", "t2", "t3"], "label": ["1", "0", "1"]}
+    records = [{"text": t, "label": int(lab)} for t, lab in rows]
+    for name in ("a.jsonl", "a.jsonl.gz"):
+        table = read_table(write_jsonl(tmp_path / name, records))
+        assert table.columns == {"text": ["t1", "t2", "t3"], "label": [1, 0, 1]}
+    # gzip found by magic bytes even without the .gz suffix
+    (tmp_path / "hidden.csv").write_bytes(gzip.compress(b"text,label\nt1,1\nt2,0\n"))
+    assert read_table(tmp_path / "hidden.csv").columns["text"] == ["t1", "t2"]
+
+
+@pytest.mark.skipif(not HAS_PYARROW, reason="needs pyarrow")
+def test_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"doc": ["a", "b", "c", "d"], "y": [3, 5, 3, 5],
+                             "key": ["k1", "k2", "k3", "k4"]}), tmp_path / "d.parquet")
+    corpus = load_corpus(cfg(tmp_path / "d.parquet", text_columns=("doc",), label_column="y",
+                             id_column="key", split="random", val_fraction=0.5))
+    assert corpus.texts == ["a", "b", "c", "d"] and corpus.ids.tolist() == ["k1", "k2", "k3", "k4"]
+    assert corpus.labels.tolist() == [3, 5, 3, 5] and corpus.class_names == ["3", "5"]
+    assert corpus.targets.tolist() == [0, 1, 0, 1]
+    assert sorted(corpus.split.tolist()) == ["train", "train", "val", "val"]
+
+
+def test_parquet_without_pyarrow_names_the_install(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_pyarrow(name, *args, **kwargs):
+        if name.startswith("pyarrow"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    (tmp_path / "d.parquet").write_bytes(b"PAR1 not really")
+    monkeypatch.setattr(builtins, "__import__", no_pyarrow)
+    with pytest.raises(CorpusError, match="pip install pyarrow"):
+        read_table(tmp_path / "d.parquet")
+
+
+def test_several_text_columns_are_joined(tmp_path):
+    records = [{"title": "Great", "body": "Loved it.", "label": "pos"},
+               {"title": "", "body": "Meh.", "label": "neg"},
+               {"title": "Bad", "body": None, "label": "neg"}]
+    corpus = load_corpus(cfg(write_jsonl(tmp_path / "t.jsonl", records),
+                             text_columns=("title", "body")))
+    assert corpus.texts == ["Great\nLoved it.", "Meh.", "Bad"]
+
+
+def test_string_labels_mapped_and_integer_labels_kept(tmp_path):
+    path = write_csv(tmp_path / "s.csv", ["text", "label"],
+                     [["a", " spam"], ["b", "ham"], ["c", "eggs"], ["d", "spam"]])
+    corpus = load_corpus(cfg(path))
+    assert corpus.class_names == ["eggs", "ham", "spam"]
+    assert corpus.labels.tolist() == [2, 1, 0, 2]
+    path = write_csv(tmp_path / "i.csv", ["text", "label"],
+                     [["a", "7"], ["b", "2"], ["c", "7"], ["d", "4"]])
+    corpus = load_corpus(cfg(path))
+    assert corpus.labels.tolist() == [7, 2, 7, 4]  # values keep their meaning
+    assert corpus.class_names == ["2", "4", "7"] and corpus.class_values == (2, 4, 7)
+    assert corpus.targets.tolist() == [2, 0, 2, 1]
+    json_path = write_jsonl(tmp_path / "f.jsonl", [{"text": "a", "label": 1.0},
+                                                  {"text": "b", "label": 0}])
+    assert load_corpus(cfg(json_path)).labels.tolist() == [1, 0]
+
+
+def make_acl_tree(root, n=3):
+    for split in ("train", "test"):
+        for label in ("neg", "pos"):
+            folder = root / "aclImdb" / split / label
+            folder.mkdir(parents=True)
+            for i in range(n):
+                (folder / f"{i}_{7 if label == 'pos' else 2}.txt").write_text(
+                    f"{split} {label} review {i} \u00e9", encoding="utf-8")
+    (root / "aclImdb" / "train" / "unsup").mkdir()
+    (root / "aclImdb" / "train" / "unsup" / "0_0.txt").write_text("unlabelled")
+    (root / "aclImdb" / "README").write_text("readme")
+    return root / "aclImdb"
+
+
+def check_acl_corpus(corpus):
+    assert len(corpus) == 12
+    assert corpus.ids[0] == "train/neg/0_2" and corpus.ids[-1] == "test/pos/2_7"
+    assert corpus.class_names == ["neg", "pos"]
+    by_id = dict(zip(corpus.ids.tolist(), corpus.labels.tolist()))
+    assert by_id["train/pos/1_7"] == 1 and by_id["test/neg/2_2"] == 0
+    assert corpus.texts[0] == "train neg review 0 \u00e9"
+    test = corpus.split == "test"
+    assert test.sum() == 6 and all(i.startswith("test/") for i in corpus.ids[test])
+    assert set(corpus.split[~test].tolist()) == {"train", "val"}  # val carved from train
+
+
+def test_aclimdb_folder(tmp_path):
+    root = make_acl_tree(tmp_path)
+    check_acl_corpus(load_corpus(cfg(root, val_fraction=0.34)))
+    check_acl_corpus(load_corpus(cfg(tmp_path, val_fraction=0.34)))  # the parent works too
+
+
+def test_aclimdb_tarball_reads_only_expected_members(tmp_path):
+    make_acl_tree(tmp_path / "src")
+    tar_path = tmp_path / "aclImdb_v1.tar.gz"
+    with tarfile.open(tar_path, "w:gz") as archive:
+        archive.add(tmp_path / "src" / "aclImdb", arcname="aclImdb")
+        evil = tarfile.TarInfo("../../etc/train/pos/9_9.txt")  # path trick: not matched
+        payload = b"evil"
+        evil.size = len(payload)
+        archive.addfile(evil, io.BytesIO(payload))
+        link = tarfile.TarInfo("aclImdb/test/pos/99_9.txt")  # a link, not a regular file
+        link.type = tarfile.SYMTYPE
+        link.linkname = "/etc/passwd"
+        archive.addfile(link)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    corpus = load_corpus(cfg(tar_path, val_fraction=0.34))
+    check_acl_corpus(corpus)
+    assert "evil" not in corpus.texts and "test/pos/99_9" not in corpus.ids
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing extracted
+
+
+# ---------------------------------------------------------------- ids, limit, splits
+
+def test_row_ids_default_to_row_numbers_and_id_column_is_used(tmp_path):
+    path = sorted_corpus(tmp_path, 3, 3)
+    assert load_corpus(cfg(path)).ids.tolist() == [str(i) for i in range(6)]
+    assert load_corpus(cfg(path, id_column="id")).ids.tolist() == [f"r{i}" for i in range(6)]
+
+
+def test_limit_is_a_seeded_stratified_sample_not_the_first_rows(tmp_path):
+    path = sorted_corpus(tmp_path, n_neg=600, n_pos=400)
+    a = load_corpus(cfg(path, id_column="id", limit=100, seed=3))
+    assert len(a) == 100
+    assert np.bincount(a.labels).tolist() == [60, 40]  # both classes, in proportion
+    b = load_corpus(cfg(path, id_column="id", limit=100, seed=3))
+    assert a.ids.tolist() == b.ids.tolist() and a.split.tolist() == b.split.tolist()
+    c = load_corpus(cfg(path, id_column="id", limit=100, seed=4))
+    assert a.ids.tolist() != c.ids.tolist()
+    assert not set(a.ids.tolist()) <= {f"r{i}" for i in range(100)}
+    assert a.limit_shortfall == 0 and a.warnings == ()
+
+
+def test_limit_keeps_each_splits_share(tmp_path):
+    path = sorted_corpus(tmp_path, 500, 500, split=lambda i: "train" if i % 5 else "test")
+    corpus = load_corpus(cfg(path, split_column="split", limit=200, val_fraction=0.25))
+    counts = corpus.counts()
+    assert counts["test"] == {"neg": 20, "pos": 20}
+    assert counts["train"] == {"neg": 60, "pos": 60} and counts["val"] == {"neg": 20, "pos": 20}
+
+
+def test_limit_larger_than_data_keeps_all_and_says_so(tmp_path, caplog):
+    path = sorted_corpus(tmp_path, 5, 5)
+    with caplog.at_level(logging.WARNING, logger="fastimg.corpus"):
+        corpus = load_corpus(cfg(path, limit=25, val_fraction=0.2))
+    assert len(corpus) == 10 and corpus.limit_shortfall == 15
+    assert "larger than the 10 rows" in caplog.text
+    assert corpus.summary()["limit_shortfall"] == 15
+
+
+def test_split_column_names_are_mapped(tmp_path):
+    names = ["train", "TRAIN", "valid", "dev", "validation", "val", "test", " Test ", "train",
+             "train"]
+    rows = [[f"t{i}", str(i % 2), s] for i, s in enumerate(names)]
+    path = write_csv(tmp_path / "s.csv", ["text", "label", "part"], rows)
+    corpus = load_corpus(cfg(path, split_column="part"))
+    assert corpus.split.tolist() == ["train", "train", "val", "val", "val", "val", "test",
+                                     "test", "train", "train"]
+    assert corpus.split_mode == "column"
+
+
+def test_train_and_test_only_get_a_stratified_val_carved_from_train(tmp_path):
+    path = sorted_corpus(tmp_path, 100, 100, split=lambda i: "test" if i % 2 else "train")
+    corpus = load_corpus(cfg(path, split_column="split", val_fraction=0.2, seed=1))
+    assert corpus.counts() == {"train": {"neg": 40, "pos": 40}, "val": {"neg": 10, "pos": 10},
+                               "test": {"neg": 50, "pos": 50}}
+    again = load_corpus(cfg(path, split_column="split", val_fraction=0.2, seed=1))
+    assert corpus.split.tolist() == again.split.tolist()
+
+
+def test_paper_split_pools_everything_80_20(tmp_path):
+    path = sorted_corpus(tmp_path, 250, 250, split=lambda i: "test" if i % 2 else "train")
+    corpus = load_corpus(cfg(path, split_column="split", split="paper"))
+    assert corpus.split_mode == "paper"
+    assert corpus.counts() == {"train": {"neg": 200, "pos": 200}, "val": {"neg": 50, "pos": 50}}
+    with pytest.raises(CorpusError, match="split 'random'"):
+        cfg(path, split="paper", val_fraction=0.1)
+    random = load_corpus(cfg(path, split="random", val_fraction=0.1))
+    assert random.split_mode == "random" and (random.split == "val").sum() == 50
+
+
+def test_config_to_dict_is_json_and_validates():
+    config = CorpusConfig(input=Path("x.csv"), text_columns="body", limit=10)
+    assert config.text_columns == ("body",)
+    data = json.loads(json.dumps(config.to_dict()))
+    assert data["text_columns"] == ["body"] and data["input"] == "x.csv" and data["limit"] == 10
+    for bad in ({}, {"input": "a", "dataset": "imdb"}, {"dataset": "mnist"},
+                {"input": "a", "limit": 0}, {"input": "a", "val_fraction": 1.0},
+                {"input": "a", "split": "kfold"}, {"input": "a", "text_columns": ()}):
+        with pytest.raises(CorpusError):
+            CorpusConfig(**bad)
+
+
+def test_summary_is_json_serialisable(tmp_path):
+    corpus = load_corpus(cfg(sorted_corpus(tmp_path, 10, 10)))
+    summary = json.loads(json.dumps(corpus.summary()))
+    assert summary["n_rows"] == 20 and summary["class_names"] == ["neg", "pos"]
+    assert isinstance(corpus, Corpus)
+
+
+# ---------------------------------------------------------------- bad input
+
+def error(path_or_config, **kw) -> str:
+    config = path_or_config if isinstance(path_or_config, CorpusConfig) else cfg(path_or_config,
+                                                                                  **kw)
+    with pytest.raises(CorpusError) as info:
+        load_corpus(config)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_missing_and_empty_files(tmp_path):
+    assert "does not exist" in error(tmp_path / "nope.csv")
+    (tmp_path / "empty.csv").write_bytes(b"")
+    assert "is empty" in error(tmp_path / "empty.csv")
+    (tmp_path / "empty.csv.gz").write_bytes(gzip.compress(b""))
+    assert "empty" in error(tmp_path / "empty.csv.gz")
+    (tmp_path / "header.csv").write_text("text,label\n")
+    assert "no data rows" in error(tmp_path / "header.csv")
+    (tmp_path / "blank.jsonl").write_text("\n\n")
+    assert "is empty" in error(tmp_path / "blank.jsonl")
+
+
+def test_unreadable_formats(tmp_path):
+    (tmp_path / "a.xlsx").write_bytes(b"PK\x03\x04")
+    assert "unsupported input format" in error(tmp_path / "a.xlsx")
+    (tmp_path / "a.csv.gz").write_bytes(b"text,label\n")
+    assert "not gzip-compressed" in error(tmp_path / "a.csv.gz")
+    (tmp_path / "b.csv.gz").write_bytes(gzip.compress(b"text,label\na,1\n")[:-12])
+    assert "cannot decompress" in error(tmp_path / "b.csv.gz")
+    (tmp_path / "c.jsonl").write_text('{"text": "a", "label": 1}\n{"text": oops}\n')
+    assert "line 2 is not valid JSON" in error(tmp_path / "c.jsonl")
+    (tmp_path / "d.jsonl").write_text('[1, 2]\n')
+    assert "not an object" in error(tmp_path / "d.jsonl")
+    (tmp_path / "e.csv").write_text("text,label\na,1\nb,0,extra\n")
+    assert "row 2 has 3 fields" in error(tmp_path / "e.csv")
+    (tmp_path / "f.tar.gz").write_bytes(gzip.compress(b"not a tar at all" * 100))
+    assert "tar archive" in error(tmp_path / "f.tar.gz")
+    (tmp_path / "folder").mkdir()
+    assert "not an aclImdb layout" in error(tmp_path / "folder")
+    if HAS_PYARROW:
+        (tmp_path / "g.parquet").write_bytes(b"PAR1 but not parquet")
+        assert "cannot read" in error(tmp_path / "g.parquet")
+
+
+def test_missing_columns_list_those_that_exist(tmp_path):
+    path = write_csv(tmp_path / "a.csv", ["body", "y"], [["a", "1"], ["b", "0"]])
+    message = error(path)
+    assert "no text column 'text'" in message and "'body', 'y'" in message
+    assert "no label column 'label'" in error(path, text_columns=("body",))
+    assert "no id column 'key'" in error(path, text_columns=("body",), label_column="y",
+                                         id_column="key")
+    assert "no split column 'part'" in error(path, text_columns=("body",), label_column="y",
+                                            split_column="part")
+    assert "needs a split column" in error(path, text_columns=("body",), label_column="y",
+                                          split="column")
+
+
+def test_non_utf8_bytes_name_the_row(tmp_path):
+    data = 'text,label\nfine,1\n"multi\nline",0\n"caf\xe9 here",1\n'.encode("latin-1")
+    (tmp_path / "a.csv").write_bytes(data)
+    message = error(tmp_path / "a.csv")
+    assert "not valid UTF-8" in message and "row 3" in message and "line 5" in message
+    (tmp_path / "a.jsonl").write_bytes(b'{"text": "ok", "label": 1}\n{"text": "\xff", "label": 0}\n')
+    assert "line 2" in error(tmp_path / "a.jsonl")
+    root = make_acl_tree(tmp_path / "acl", n=1)
+    (root / "test" / "pos" / "5_9.txt").write_bytes(b"bad \xff byte")
+    assert "5_9.txt is not valid UTF-8" in error(root)
+
+
+def test_missing_labels_name_the_row(tmp_path):
+    for bad in ("", "NaN", "  "):
+        path = write_csv(tmp_path / "a.csv", ["text", "label"], [["a", "1"], ["b", bad],
+                                                                  ["c", "0"]])
+        assert "label is missing" in error(path) and "row 2" in error(path)
+    path = write_jsonl(tmp_path / "a.jsonl", [{"text": "a", "label": 1}, {"text": "b"},
+                                              {"text": "c", "label": float("nan")}])
+    assert "line 2" in error(path)
+    path = write_jsonl(tmp_path / "b.jsonl", [{"text": "a", "label": 0.5},
+                                              {"text": "b", "label": 1}])
+    assert "non-integer number" in error(path)
+    path = write_jsonl(tmp_path / "c.jsonl", [{"text": "a", "label": 1},
+                                              {"text": "b", "label": [0, 1]}])
+    assert "JSON list at line 2" in error(path)
+
+
+def test_single_class_and_duplicate_or_empty_ids(tmp_path):
+    path = write_csv(tmp_path / "a.csv", ["id", "text", "label"], [["x", "a", "pos"],
+                                                                    ["y", "b", "pos"]])
+    assert "single class ('pos')" in error(path)
+    path = write_csv(tmp_path / "b.csv", ["id", "text", "label"],
+                     [["x", "a", "1"], ["y", "b", "0"], ["x", "c", "1"]])
+    message = error(path, id_column="id")
+    assert "duplicate id 'x'" in message and "row 1 and row 3" in message
+    path = write_csv(tmp_path / "c.csv", ["id", "text", "label"],
+                     [["x", "a", "1"], ["", "b", "0"]])
+    assert "id column 'id' is empty at row 2" in error(path, id_column="id")
+
+
+def test_unknown_split_value_and_no_train_rows(tmp_path):
+    path = write_csv(tmp_path / "a.csv", ["text", "label", "split"],
+                     [["a", "1", "train"], ["b", "0", "holdout"]])
+    assert "'holdout' at row 2" in error(path, split_column="split")
+    path = write_csv(tmp_path / "b.csv", ["text", "label", "split"],
+                     [["a", "1", "test"], ["b", "0", "test"]])
+    assert "no train rows" in error(path, split_column="split")
+
+
+def test_empty_texts_are_kept_counted_and_warned(tmp_path, caplog):
+    path = write_csv(tmp_path / "a.csv", ["text", "label"],
+                     [["a", "1"], ["", "0"], ["   ", "1"], ["d", "0"], ["e", "1"]])
+    with caplog.at_level(logging.WARNING, logger="fastimg.corpus"):
+        corpus = load_corpus(cfg(path))
+    assert len(corpus) == 5 and corpus.n_empty_texts == 2
+    assert "2 of 5 texts are empty" in caplog.text and "row 2" in caplog.text
+    assert corpus.summary()["n_empty_texts"] == 2
+
+
+# ---------------------------------------------------------------- the imdb recipe
+
+@pytest.mark.skipif(not SHARED_IMDB.is_file(), reason="needs ../shared/data/imdb/imdb.csv.gz")
+def test_imdb_recipe_reads_fastimg_data(monkeypatch, tmp_path):
+    monkeypatch.setenv("FASTIMG_DATA", str(SHARED_IMDB.parents[1]))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(imdb_mod, "_urlopen", None)  # would fail if called
+    assert resolve_imdb() == SHARED_IMDB
+    corpus = load_corpus(CorpusConfig(dataset="imdb", limit=400, seed=0))
+    assert corpus.class_names == ["neg", "pos"]
+    assert corpus.counts()["test"] == {"neg": 100, "pos": 100}  # the file is sorted by label
+    assert corpus.counts()["train"] == {"neg": 80, "pos": 80}
+    assert all(i.startswith(("train/", "test/")) for i in corpus.ids)
+    paper = load_corpus(CorpusConfig(dataset="imdb", split="paper", limit=500))
+    assert paper.counts() == {"train": {"neg": 200, "pos": 200}, "val": {"neg": 50, "pos": 50}}
+
+
+def tiny_tarball(tmp_path) -> bytes:
+    make_acl_tree(tmp_path / "tiny", n=2)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as archive:
+        archive.add(tmp_path / "tiny" / "aclImdb", arcname="aclImdb")
+    return buf.getvalue()
+
+
+class FakeResponse(io.BytesIO):
+    pass
+
+
+def test_imdb_finds_folder_and_tarball_in_order(tmp_path, monkeypatch):
+    monkeypatch.setattr(imdb_mod, "_urlopen", None)
+    data = tmp_path / "data"
+    (data / "aclImdb").mkdir(parents=True)
+    (data / "aclImdb_v1.tar.gz").write_bytes(b"x")
+    assert resolve_imdb(data, cache=tmp_path / "cache") == data / "aclImdb"
+    (data / "aclImdb").rmdir()
+    assert resolve_imdb(data, cache=tmp_path / "cache") == data / "aclImdb_v1.tar.gz"
+    cache = tmp_path / "fastimg"
+    cache.mkdir()
+    (cache / "aclImdb_v1.tar.gz").write_bytes(b"x")
+    monkeypatch.delenv("FASTIMG_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert resolve_imdb() == cache / "aclImdb_v1.tar.gz"
+    assert "not found" in str(pytest.raises(CorpusError, resolve_imdb, tmp_path / "empty",
+                                            download=False, cache=tmp_path / "none").value)
+
+
+def test_imdb_download_verifies_and_caches(tmp_path, monkeypatch):
+    payload = tiny_tarball(tmp_path)
+    calls = []
+
+    def opener(url, timeout):
+        calls.append(url)
+        return FakeResponse(payload)
+
+    monkeypatch.setattr(imdb_mod, "_urlopen", opener)
+    monkeypatch.setattr(imdb_mod, "IMDB_MD5", hashlib.md5(payload).hexdigest())
+    monkeypatch.setenv("FASTIMG_DATA", str(tmp_path / "nothing-here"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    path = resolve_imdb()
+    assert path == tmp_path / "xdg" / "fastimg" / "aclImdb_v1.tar.gz"
+    assert path.read_bytes() == payload and calls == [imdb_mod.IMDB_URL]
+    assert [p.name for p in path.parent.iterdir()] == ["aclImdb_v1.tar.gz"]
+    corpus = load_corpus(CorpusConfig(dataset="imdb", val_fraction=0.5))
+    assert len(corpus) == 8 and corpus.class_names == ["neg", "pos"]
+    assert resolve_imdb() == path and len(calls) == 1  # cached: no second download
+
+
+def test_imdb_download_checksum_mismatch_and_network_failure(tmp_path, monkeypatch):
+    monkeypatch.setattr(imdb_mod, "_urlopen", lambda url, timeout: FakeResponse(b"corrupt"))
+    cache = tmp_path / "cache"
+    with pytest.raises(CorpusError, match="corrupt: MD5"):
+        resolve_imdb(tmp_path / "none", cache=cache)
+    assert list(cache.iterdir()) == []  # the partial download is gone
+
+    def offline(url, timeout):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(imdb_mod, "_urlopen", offline)
+    with pytest.raises(CorpusError, match="FASTIMG_DATA") as info:
+        resolve_imdb(tmp_path / "none", cache=cache)
+    assert "Name or service not known" in str(info.value) and list(cache.iterdir()) == []
