@@ -339,7 +339,8 @@ def test_non_utf8_bytes_name_the_row(tmp_path):
     (tmp_path / "a.csv").write_bytes(data)
     message = error(tmp_path / "a.csv")
     assert "not valid UTF-8" in message and "row 3" in message and "line 5" in message
-    (tmp_path / "a.jsonl").write_bytes(b'{"text": "ok", "label": 1}\n{"text": "\xff", "label": 0}\n')
+    (tmp_path / "a.jsonl").write_bytes(b'{"text": "ok", "label": 1}\n'
+                                       b'{"text": "\xff", "label": 0}\n')
     assert "line 2" in error(tmp_path / "a.jsonl")
     root = make_acl_tree(tmp_path / "acl", n=1)
     (root / "test" / "pos" / "5_9.txt").write_bytes(b"bad \xff byte")
