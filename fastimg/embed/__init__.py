@@ -1,0 +1,30 @@
+"""Encoder stage: texts -> [CLS] (or mean) vectors of chosen transformer layers, concatenated.
+
+>>> from fastimg.embed import EncoderConfig, encode
+>>> x = encode(["a fine film", "a dull one"], EncoderConfig(model="minilm"))  # doctest: +SKIP
+>>> x.shape, x.dtype  # doctest: +SKIP
+((2, 2304), dtype('float16'))
+"""
+from fastimg.embed.config import EncoderConfig, resolve_layers
+from fastimg.embed.encoder import (
+    ENCODE_DEVICES,
+    EmptyTextWarning,
+    check_texts,
+    encode,
+    encode_to_array,
+    model_flops,
+    run_settings,
+)
+from fastimg.embed.models import (
+    MODEL_ALIASES,
+    LoadedModel,
+    ModelNotAvailableError,
+    load_model,
+    resolve_model,
+)
+
+__all__ = [
+    "ENCODE_DEVICES", "EmptyTextWarning", "EncoderConfig", "LoadedModel", "MODEL_ALIASES",
+    "ModelNotAvailableError", "check_texts", "encode", "encode_to_array", "load_model",
+    "model_flops", "resolve_layers", "resolve_model", "run_settings",
+]

@@ -1,0 +1,62 @@
+"""Pure helpers for the encoder: length sorting, token-budget batches, order restore,
+head+tail truncation and padding. No torch here."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def length_order(lengths, *, sort: bool = True) -> np.ndarray:
+    """Positions of ``lengths`` longest first (stable), or the identity when ``sort`` is false."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if not sort:
+        return np.arange(lengths.size, dtype=np.int64)
+    return np.argsort(-lengths, kind="stable").astype(np.int64)
+
+
+def budget_batches(lengths, token_budget: int, max_batch_size: int) -> list[tuple[int, int]]:
+    """Cut ``lengths`` (in processing order) into ``(start, stop)`` batches whose padded size
+    ``rows * max(length)`` stays within ``token_budget`` (a single text always fits)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    batches = []
+    start = 0
+    longest = 0
+    for i, n in enumerate(lengths.tolist()):
+        rows = i - start
+        candidate = max(longest, n)
+        if rows and (candidate * (rows + 1) > token_budget or rows >= max_batch_size):
+            batches.append((start, i))
+            start, candidate = i, n
+        longest = candidate
+    if start < lengths.size:
+        batches.append((start, int(lengths.size)))
+    return batches
+
+
+def inverse_permutation(order) -> np.ndarray:
+    """``inv`` such that ``x[order][inv] == x``."""
+    order = np.asarray(order, dtype=np.int64)
+    inv = np.empty_like(order)
+    inv[order] = np.arange(order.size, dtype=np.int64)
+    return inv
+
+
+def head_tail(ids, max_length: int, head_tokens: int, cls_id: int, sep_id: int) -> list[int]:
+    """``[CLS] + first head_tokens + last (max_length - 2 - head_tokens) + [SEP]`` of the content
+    token ids ``ids`` (no special tokens); short texts are kept whole."""
+    room = max_length - 2
+    ids = list(ids)
+    if len(ids) > room:
+        tail = room - head_tokens
+        ids = ids[:head_tokens] + (ids[len(ids) - tail:] if tail else [])
+    return [cls_id, *ids, sep_id]
+
+
+def pad_batch(seqs, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad token id lists to ``(ids int64 [B, T], mask bool [B, T])``."""
+    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    width = int(lengths.max()) if lengths.size else 0
+    ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
+    for row, seq in enumerate(seqs):
+        ids[row, : len(seq)] = seq
+    mask = np.arange(width)[None, :] < lengths[:, None]
+    return ids, mask

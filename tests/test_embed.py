@@ -1,0 +1,355 @@
+"""The encoder stage on a tiny random BertModel (no download): batching, layers, resume, errors."""
+from __future__ import annotations
+
+import json
+import string
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from fastimg.embed import (  # noqa: E402
+    ENCODE_DEVICES,
+    EmptyTextWarning,
+    EncoderConfig,
+    ModelNotAvailableError,
+    encode,
+    encode_to_array,
+    load_model,
+    model_flops,
+    resolve_layers,
+    resolve_model,
+)
+from fastimg.embed import encoder as encoder_mod  # noqa: E402
+from fastimg.embed import models as models_mod  # noqa: E402
+from fastimg.embed.batching import (  # noqa: E402
+    budget_batches,
+    head_tail,
+    inverse_permutation,
+    length_order,
+    pad_batch,
+)
+
+WORDS = ("the a film movie good bad was is and not very plot actor it of to i this story "
+         "acting great awful scene end music").split()
+VOCAB = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS + list(string.ascii_lowercase)
+         + [f"##{c}" for c in string.ascii_lowercase] + list(".,!?'"))
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A 12-layer, 32-wide random BertModel and a WordPiece tokenizer, saved like a hub model."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tok = BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)})
+    tok.save_pretrained(path)
+    cfg = BertConfig(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=12,
+                     num_attention_heads=4, intermediate_size=64, max_position_embeddings=128)
+    torch.manual_seed(0)
+    BertModel(cfg).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_dir):
+    return load_model(str(tiny_dir))
+
+
+def make_texts(n, seed=0, max_words=60):
+    rng = np.random.default_rng(seed)
+    vocab = WORDS + ["zebra", "quixotic", "fjord", "!", "."]
+    return [" ".join(rng.choice(vocab, size=int(rng.integers(1, max_words)))) for _ in range(n)]
+
+
+def cfg(tiny_dir, **kw):
+    kw.setdefault("output_dtype", "float32")
+    kw.setdefault("device", "cpu")
+    return EncoderConfig(model=str(tiny_dir), **kw)
+
+
+def direct(tiny, texts, layers, pooling="cls", max_length=512):
+    """One text at a time through the plain transformers forward (the oracle)."""
+    rows = []
+    with torch.no_grad():
+        for text in texts:
+            enc = tiny.tokenizer(text, return_tensors="pt", truncation=True,
+                                 max_length=max_length)
+            hs = tiny.model(**enc, output_hidden_states=True).hidden_states
+            pick = [hs[i][:, 0] if pooling == "cls" else hs[i].mean(1) for i in layers]
+            rows.append(torch.cat(pick, dim=1)[0].numpy())
+    return np.stack(rows)
+
+
+# --- config and pure helpers ------------------------------------------------------------------
+
+
+def test_config_json_round_trip():
+    c = EncoderConfig(layers=[6, 7, -1], pooling="mean", truncation="head+tail", head_tokens=64)
+    assert c.layers == (6, 7, -1)
+    again = EncoderConfig.from_json(json.dumps(c.to_dict()))
+    assert again == c
+    assert EncoderConfig.from_dict(EncoderConfig().to_dict()) == EncoderConfig()
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(layers="first6"), "layers"), (dict(layers=[]), "empty"), (dict(pooling="max"), "pooling"),
+    (dict(truncation="tail"), "truncation"), (dict(max_length=2), "max_length"),
+    (dict(dtype="int8"), "dtype"), (dict(token_budget=100), "token_budget"),
+    (dict(truncation="head+tail", max_length=64, head_tokens=63), "head_tokens"),
+])
+def test_config_rejects_bad_values(kw, match):
+    with pytest.raises(ValueError, match=match):
+        EncoderConfig(**kw)
+    with pytest.raises(ValueError, match="unknown"):
+        EncoderConfig.from_dict({"modle": "x"})
+
+
+def test_resolve_layers():
+    assert resolve_layers("last6", 12) == (7, 8, 9, 10, 11, 12)
+    assert resolve_layers("last6", 6) == (1, 2, 3, 4, 5, 6)
+    assert resolve_layers("author", 12) == (6, 7, 8, 9, 10, 11)
+    assert resolve_layers((0, -1, 3), 6) == (0, 6, 3)
+    with pytest.raises(ValueError, match="at least 11 layers; this one has 6"):
+        resolve_layers("author", 6)
+    with pytest.raises(ValueError, match="at least 6 layers"):
+        resolve_layers("last6", 4)
+    with pytest.raises(ValueError, match="out of range .* 6 layers"):
+        resolve_layers((7,), 6)
+    with pytest.raises(ValueError, match="out of range"):
+        resolve_layers((-8,), 6)
+
+
+def test_batching_helpers():
+    lengths = np.array([5, 30, 7, 30, 1, 12])
+    order = length_order(lengths)
+    assert lengths[order].tolist() == [30, 30, 12, 7, 5, 1] and order[:2].tolist() == [1, 3]
+    assert length_order(lengths, sort=False).tolist() == list(range(6))
+    batches = budget_batches(lengths[order], token_budget=60, max_batch_size=3)
+    assert batches[0][0] == 0 and batches[-1][1] == 6
+    assert all(b == c for (_, b), (c, _) in zip(batches, batches[1:]))
+    for a, b in batches:
+        assert (b - a) * lengths[order][a:b].max() <= 60 or b - a == 1
+        assert b - a <= 3
+    assert budget_batches([100, 1], token_budget=10, max_batch_size=8) == [(0, 1), (1, 2)]
+    inv = inverse_permutation(order)
+    assert (lengths[order][inv] == lengths).all()
+    assert head_tail(range(10), 8, 2, 101, 102) == [101, 0, 1, 6, 7, 8, 9, 102]
+    assert head_tail(range(10), 8, 6, 101, 102) == [101, 0, 1, 2, 3, 4, 5, 102]
+    assert head_tail(range(3), 8, 2, 101, 102) == [101, 0, 1, 2, 102]
+    ids, mask = pad_batch([[1, 2, 3], [4]], pad_id=0)
+    assert ids.tolist() == [[1, 2, 3], [4, 0, 0]] and mask.sum(1).tolist() == [3, 1]
+
+
+# --- correctness against the plain forward -----------------------------------------------------
+
+
+@pytest.mark.parametrize("layers, pooling", [
+    ("last6", "cls"), ("author", "cls"), ((0, 3, -1), "mean"), ((2, 5), "cls")])
+def test_batched_sorted_equals_one_at_a_time(tiny, tiny_dir, layers, pooling):
+    texts = make_texts(37)
+    stats = {}
+    # small chunks and budget: several chunks, several batches per chunk, padding inside batches
+    got = encode(texts, cfg(tiny_dir, layers=layers, pooling=pooling, chunk_rows=16,
+                            token_budget=600, max_length=64), model=tiny, stats=stats)
+    want = direct(tiny, texts, resolve_layers(layers, 12), pooling, max_length=64)
+    assert got.shape == (37, len(resolve_layers(layers, 12)) * 32) and got.dtype == np.float32
+    assert stats["batches"] > 3 and stats["padded_tokens"] > stats["tokens"]
+    np.testing.assert_allclose(got, want, atol=1e-3, rtol=0)
+
+
+def test_generic_path_matches_fast_path(tiny, tiny_dir, monkeypatch):
+    texts = make_texts(20, seed=3)
+    c = cfg(tiny_dir, layers="author", pooling="mean", token_budget=400, max_length=64)
+    fast = encode(texts, c, model=tiny)
+    monkeypatch.setattr(encoder_mod, "_fast_path_ok", lambda model: False)
+    generic = encode(texts, c, model=tiny)
+    np.testing.assert_allclose(fast, generic, atol=1e-4, rtol=0)
+
+
+def test_order_is_restored(tiny, tiny_dir):
+    texts = make_texts(30, seed=1)
+    c = cfg(tiny_dir, max_length=64, token_budget=300)
+    base = encode(texts, c, model=tiny)
+    perm = np.random.default_rng(5).permutation(30)
+    shuffled = encode([texts[i] for i in perm], c, model=tiny)
+    np.testing.assert_allclose(shuffled, base[perm], atol=1e-4, rtol=0)
+    unsorted = encode(texts, cfg(tiny_dir, max_length=64, token_budget=300,
+                                 sort_by_length=False), model=tiny)
+    np.testing.assert_allclose(unsorted, base, atol=1e-4, rtol=0)
+
+
+def test_default_output_is_float16(tiny, tiny_dir):
+    texts = make_texts(5)
+    x = encode(texts, EncoderConfig(model=str(tiny_dir), device="cpu"), model=tiny)
+    assert x.dtype == np.float16 and x.shape == (5, 6 * 32)
+    ref = encode(texts, cfg(tiny_dir), model=tiny)
+    np.testing.assert_array_equal(x, ref.astype(np.float16))
+
+
+def test_long_texts_are_truncated_head(tiny, tiny_dir):
+    texts = [" ".join(["good film"] * 200), "bad"]
+    got = encode(texts, cfg(tiny_dir, max_length=40), model=tiny)
+    want = direct(tiny, texts, resolve_layers("last6", 12), max_length=40)
+    np.testing.assert_allclose(got, want, atol=1e-3, rtol=0)
+
+
+def test_head_tail_truncation(tiny, tiny_dir):
+    words = ["the", "film", "was", "good", "bad", "plot"]
+    long_text = " ".join(words[i % 6] + " " + words[(i * 7) % 6] for i in range(100))
+    texts = [long_text, "short one"]
+    c = cfg(tiny_dir, max_length=32, truncation="head+tail", head_tokens=10)
+    got = encode(texts, c, model=tiny)
+    tok = tiny.tokenizer
+    content = tok(long_text, add_special_tokens=False)["input_ids"]
+    ids = [tok.cls_token_id] + content[:10] + content[-20:] + [tok.sep_token_id]
+    with torch.no_grad():
+        hs = tiny.model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
+    want = torch.cat([hs[i][:, 0] for i in range(7, 13)], dim=1)[0].numpy()
+    np.testing.assert_allclose(got[0], want, atol=1e-3, rtol=0)
+    head_only = encode(texts, cfg(tiny_dir, max_length=32), model=tiny)
+    assert np.abs(head_only[0] - got[0]).max() > 1e-3  # the tail changed the long text
+    np.testing.assert_allclose(head_only[1], got[1], atol=1e-4, rtol=0)
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+
+def test_empty_list(tiny, tiny_dir):
+    x = encode([], cfg(tiny_dir, layers=(1, 2)), model=tiny)
+    assert x.shape == (0, 64)
+
+
+def test_empty_and_whitespace_texts_warn_and_encode(tiny, tiny_dir):
+    c = cfg(tiny_dir)
+    with pytest.warns(EmptyTextWarning, match="2 of 3 texts"):
+        x = encode(["", "  \n\t", "good film"], c, model=tiny)
+    want = direct(tiny, [""], resolve_layers("last6", 12))[0]
+    np.testing.assert_allclose(x[0], want, atol=1e-3, rtol=0)
+    np.testing.assert_allclose(x[1], want, atol=1e-3, rtol=0)
+    assert np.isfinite(x).all()
+
+
+@pytest.mark.parametrize("bad, match", [
+    ("a single string", "single str"), (["ok", 3], r"texts\[1\] is int"),
+    (["ok", None], r"texts\[1\] is NoneType"), ([b"bytes"], "bytes"), (42, "sequence of str")])
+def test_non_str_input_raises_type_error(tiny, tiny_dir, bad, match):
+    with pytest.raises(TypeError, match=match):
+        encode(bad, cfg(tiny_dir), model=tiny)
+
+
+def test_layers_checked_against_model_depth(tiny, tiny_dir):
+    with pytest.raises(ValueError, match="out of range for a model with 12 layers"):
+        encode(["x"], cfg(tiny_dir, layers=(13,)), model=tiny)
+
+
+def test_unknown_model_offline_fails_with_one_clear_message(monkeypatch, tmp_path):
+    monkeypatch.setattr(models_mod, "_hub_endpoint_reachable", lambda timeout=3.0: False)
+    with pytest.raises(ModelNotAvailableError, match="not in the Hugging Face cache, and the hub "
+                                                     "is unreachable") as info:
+        resolve_model("no-such-org/no-such-model-fastimg")
+    assert info.value.__cause__ is None
+    with pytest.raises(ModelNotAvailableError, match="does not exist"):
+        load_model(str(tmp_path / "missing"))
+    with pytest.raises(ModelNotAvailableError, match="no config.json"):
+        load_model(str(tmp_path))
+    with pytest.raises(ModelNotAvailableError, match="unreachable"):
+        encode(["x"], EncoderConfig(model="no-such-org/no-such-model-fastimg"))
+
+
+def test_device_registry():
+    assert ENCODE_DEVICES.resolve("cpu") == "cpu"
+    assert ENCODE_DEVICES.resolve("auto") in ("cpu", "cuda")
+    with pytest.raises(ValueError, match="unknown encode device"):
+        ENCODE_DEVICES.resolve("tpu")
+
+
+def test_model_flops():
+    # 1 layer, H=2, I=4, one sequence of 3 tokens: 2*3*(16+16) + 4*9*2
+    assert model_flops([3], 1, 2, 4) == 2 * 3 * 32 + 72
+    assert model_flops([3, 3], 2, 2, 4) == 4 * (2 * 3 * 32 + 72)
+
+
+# --- streaming to zarr, resume ----------------------------------------------------------------
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interruption_is_byte_identical(tiny, tiny_dir, tmp_path):
+    import zarr
+
+    texts = make_texts(50, seed=7)
+    c = cfg(tiny_dir, output_dtype="float16", chunk_rows=8, token_budget=300, max_length=64)
+    full = encode_to_array(texts, c, tmp_path / "full.zarr", model=tiny, progress=False)
+    assert full.chunks == (8, 192) and full.attrs["fastimg_embed"]["complete"]
+
+    def stop_after_three(rows_done):
+        if rows_done >= 24:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        encode_to_array(texts, c, tmp_path / "cut.zarr", model=tiny, progress=False,
+                        on_chunk=stop_after_three)
+    cut = zarr.open_group(str(tmp_path / "cut.zarr"), mode="r")["embeddings"]
+    meta = cut.attrs["fastimg_embed"]
+    assert meta["rows_done"] == 24 and not meta["complete"]
+    assert not np.asarray(cut[24:]).any()  # nothing after the last complete chunk
+
+    seen = []
+    stats = {}
+    again = encode_to_array(texts, c, tmp_path / "cut.zarr", model=tiny, progress=False,
+                            on_chunk=seen.append, stats=stats)
+    assert seen == [32, 40, 48, 50]  # finished chunks were not encoded again
+    assert stats["tokens"] < sum(len(tiny.tokenizer(t)["input_ids"]) for t in texts)
+    assert again.attrs["fastimg_embed"]["complete"]
+    np.testing.assert_array_equal(np.asarray(again[:]), np.asarray(full[:]))
+    assert np.asarray(again[:]).tobytes() == np.asarray(full[:]).tobytes()
+    # and the in-memory encoder gives the same bytes
+    np.testing.assert_array_equal(encode(texts, c, model=tiny), np.asarray(full[:]))
+    # a complete array is left alone
+    done = encode_to_array(texts, c, tmp_path / "cut.zarr", model=tiny, progress=False,
+                           on_chunk=seen.append)
+    assert seen == [32, 40, 48, 50] and done.shape == (50, 192)
+
+
+@pytest.mark.parametrize("change, field", [
+    (dict(pooling="mean"), "pooling"), (dict(max_length=32), "max_length"),
+    (dict(layers="author"), "layers"), (dict(truncation="head+tail"), "truncation"),
+    (dict(output_dtype="float32"), "output_dtype"), (dict(dtype="bfloat16"), "compute_dtype")])
+def test_resume_with_other_settings_is_refused(tiny, tiny_dir, tmp_path, change, field):
+    texts = make_texts(20, seed=2)
+    base = dict(output_dtype="float16", chunk_rows=8, max_length=64)
+    c = cfg(tiny_dir, **base)
+
+    def stop(rows_done):
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        encode_to_array(texts, c, tmp_path / "e.zarr", model=tiny, progress=False, on_chunk=stop)
+    other = cfg(tiny_dir, **{**base, **change})
+    with pytest.raises(ValueError, match=f"cannot resume 'embeddings'.*{field}: stored"):
+        encode_to_array(texts, other, tmp_path / "e.zarr", model=tiny, progress=False)
+
+
+def test_resume_with_other_texts_or_model_is_refused(tiny, tiny_dir, tmp_path):
+    texts = make_texts(20, seed=2)
+    c = cfg(tiny_dir, chunk_rows=8, max_length=64)
+
+    def stop(rows_done):
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        encode_to_array(texts, c, tmp_path / "e.zarr", model=tiny, progress=False, on_chunk=stop)
+    edited = [*texts[:-1], texts[-1] + " !"]
+    with pytest.raises(ValueError, match="texts_sha256"):
+        encode_to_array(edited, c, tmp_path / "e.zarr", model=tiny, progress=False)
+    with pytest.raises(ValueError, match="n_texts"):
+        encode_to_array(texts[:10], c, tmp_path / "e.zarr", model=tiny, progress=False)
+    with pytest.raises(ValueError, match="model_fingerprint"):
+        encode_to_array(texts, EncoderConfig(model="minilm", device="cpu", chunk_rows=8,
+                                             max_length=64, output_dtype="float32"),
+                        tmp_path / "e.zarr", progress=False)
