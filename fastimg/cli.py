@@ -86,6 +86,68 @@ def _cmd_images(args) -> int:
     return 0
 
 
+def _layers(text: str):
+    if text in ("last6", "author"):
+        return text
+    try:
+        return tuple(int(p) for p in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected last6, author or comma-separated hidden-state indices, got {text!r}"
+        ) from None
+
+
+def _store_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _cmd_build_dataset(args) -> int:
+    from fastimg.corpus import CorpusConfig
+    from fastimg.dataset import DatasetConfig, build_dataset
+    from fastimg.embed import EncoderConfig
+    from fastimg.layout import LayoutConfig
+
+    corpus = CorpusConfig(
+        input=None if args.input is None else str(args.input), dataset=args.dataset,
+        text_columns=tuple(args.text_column or ("text",)), label_column=args.label_column,
+        id_column=args.id_column, split_column=args.split_column, limit=args.limit,
+        split=args.split, val_fraction=args.val_fraction, seed=args.seed)
+    encoder = EncoderConfig(model=args.model, revision=args.revision, layers=args.layers,
+                            pooling=args.pooling, max_length=args.max_length,
+                            truncation=args.truncation, device=args.device)
+    layout = LayoutConfig(grid=args.pixels, scaling=args.scaling, method=args.method,
+                          backend=args.tsne_backend, perplexity=args.perplexity,
+                          assignment=args.assignment, random_state=args.seed)
+    config = DatasetConfig(fit_on=args.fit_on, image_dtype=args.dtype,
+                           raster_backend=args.device)
+    start = time.perf_counter()
+
+    def announce(stage):
+        if not args.quiet:
+            print(f"[{time.perf_counter() - start:7.1f} s] {stage}", file=sys.stderr)
+
+    summary = build_dataset(args.out, corpus, encoder, layout, config, force=args.force,
+                            progress=not args.quiet, on_stage=announce)
+    timings = ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in summary["timings"].items())
+    counts = "; ".join(f"{split} " + "/".join(str(n) for n in per_class.values())
+                       for split, per_class in summary["counts"].items())
+    print(f"wrote {args.out}: {summary['rows']} rows, {summary['classes']} classes "
+          f"({', '.join(summary['class_names'])}; {counts}), images "
+          f"{summary['image_shape'][0]} x {summary['image_shape'][1]} {summary['image_dtype']} "
+          f"from {summary['features']} features on {summary['occupied_pixels']} pixels; "
+          f"{timings}; total {time.perf_counter() - start:.1f} s; "
+          f"{_store_size(args.out) / 2**20:.1f} MiB")
+    return 0
+
+
+def _cmd_show(args) -> int:
+    from fastimg.show import show_store
+
+    show_store(args.store, args.out, n_per_class=args.per_class, seed=args.seed)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def _cmd_info(args) -> int:
     from fastimg import store
 
@@ -93,6 +155,9 @@ def _cmd_info(args) -> int:
     attrs = dict(group.attrs[store.ATTRS_KEY])
     attrs["layout"] = {k: v for k, v in attrs["layout"].items()
                        if k not in ("pixel_index", "coords", "scaler")}
+    attrs["arrays"] = {name: {"shape": list(group[name].shape), "dtype": str(group[name].dtype)}
+                       for name in sorted(group.array_keys())}
+    attrs["size_MiB"] = round(_store_size(args.store) / 2**20, 2)
     print(json.dumps(attrs, indent=2))
     return 0
 
@@ -127,6 +192,64 @@ def build_parser() -> argparse.ArgumentParser:
     images.add_argument("--quiet", action="store_true", help="no progress bars")
     images.set_defaults(func=_cmd_images)
 
+    build = sub.add_parser(
+        "build-dataset", help="text corpus -> embeddings -> layout -> zarr image dataset",
+        description="Encode a labelled text corpus with a BERT-family model, fit a DeepInsight "
+                    "layout on the training rows and write every row's image into one zarr "
+                    "store. Rerunning an interrupted build resumes it.")
+    source = build.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", choices=["imdb"],
+                        help="built-in recipe (looks in $FASTIMG_DATA, then the user cache)")
+    source.add_argument("--input", type=Path,
+                        help="CSV, TSV, JSONL or Parquet file (optionally .gz), or an aclImdb "
+                             "folder or tarball")
+    build.add_argument("--out", type=Path, required=True, help="zarr store to write")
+    build.add_argument("--text-column", action="append", metavar="NAME",
+                       help="text column; repeat to join several (default: text)")
+    build.add_argument("--label-column", default="label")
+    build.add_argument("--id-column", default=None)
+    build.add_argument("--split-column", default=None)
+    build.add_argument("--split", default="auto", choices=["auto", "column", "paper", "random"],
+                       help="auto: the split column if any, else random; paper: pool all rows, "
+                            "80/20 train/val (40k/10k on IMDB)")
+    build.add_argument("--val-fraction", type=float, default=0.2)
+    build.add_argument("--limit", type=int, default=None,
+                       help="seeded sample of N rows, stratified by split and label")
+    build.add_argument("--model", default="minilm",
+                       help="alias (minilm: offline default), hub id or local folder")
+    build.add_argument("--revision", default=None, help="hub revision of --model")
+    build.add_argument("--layers", type=_layers, default="last6",
+                       help="last6 (paper), author (hidden_states[6:12]) or indices, e.g. 1,2,3")
+    build.add_argument("--pooling", default="cls", choices=["cls", "mean"])
+    build.add_argument("--max-length", type=int, default=512, help="tokens per text (512)")
+    build.add_argument("--truncation", default="head", choices=["head", "head+tail"])
+    build.add_argument("--pixels", type=_grid, default=(50, 50), metavar="N|HxW",
+                       help="image size (default 50)")
+    build.add_argument("--scaling", default="norm2", choices=["norm2", "minmax", "none"])
+    build.add_argument("--method", default="tsne", choices=["tsne", "pca", "kpca"])
+    build.add_argument("--tsne-backend", default="auto",
+                       help="auto|opentsne|sklearn|cuml")
+    build.add_argument("--perplexity", type=float, default=30.0)
+    build.add_argument("--assignment", default="bin", choices=["bin", "assignment"])
+    build.add_argument("--fit-on", default="train", choices=["train", "all"],
+                       help="rows the layout is fitted on; all = the author's leaky variant")
+    build.add_argument("--dtype", default="float16", choices=["float16", "float32", "uint8"],
+                       help="stored image dtype")
+    build.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                       help="encoder and raster device")
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--force", action="store_true",
+                       help="overwrite an existing store or an unfinished build")
+    build.add_argument("--quiet", action="store_true", help="no progress bars")
+    build.set_defaults(func=_cmd_build_dataset)
+
+    show = sub.add_parser("show", help="PNG of sample images, class means and the layout")
+    show.add_argument("store", type=Path)
+    show.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    show.add_argument("--per-class", type=int, default=4, help="sample images per class")
+    show.add_argument("--seed", type=int, default=0)
+    show.set_defaults(func=_cmd_show)
+
     info = sub.add_parser("info", help="summary of a store")
     info.add_argument("store", type=Path)
     info.set_defaults(func=_cmd_info)
@@ -139,7 +262,7 @@ def main(argv=None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (UserError, ValueError, TypeError, ImportError, FileNotFoundError) as exc:
+    except (UserError, ValueError, TypeError, ImportError, OSError) as exc:
         print(f"fastimg {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

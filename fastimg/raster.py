@@ -91,13 +91,14 @@ def to_image_dtype(images: np.ndarray, dtype: str) -> np.ndarray:
 
 def rasterize_to_array(source, plan: RasterPlan, target, *, backend: str = "auto",
                        block_rows: int | None = None, start_row: int = 0,
-                       progress: bool = True) -> None:
+                       progress: bool = True, on_block=None) -> None:
     """Stream ``source`` [N, F] (numpy, memmap or zarr array) block by block into ``target``
     [N, H, W] (a zarr array, or anything that takes slice assignment).
 
     Memory is bounded by ``block_rows`` (default: a multiple of the target's row chunk near 4096
     rows), not by N. Rows before ``start_row`` are skipped, which lets an interrupted run resume
-    from the first unfinished chunk.
+    from the first unfinished chunk; ``on_block(stop)`` is called after rows ``..stop`` are
+    written, so a caller can record how far it got.
     """
     n_rows = source.shape[0]
     if source.shape[1] != plan.n_features:
@@ -125,3 +126,5 @@ def rasterize_to_array(source, plan: RasterPlan, target, *, backend: str = "auto
             _check_block(kernel(block, plan, images), start, stop)
             target[start:stop] = to_image_dtype(images, np.dtype(target.dtype).name)
             bar.update(stop - start)
+            if on_block is not None:
+                on_block(stop)

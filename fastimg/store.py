@@ -13,7 +13,15 @@ from pathlib import Path
 
 FORMAT_VERSION = 1
 IMAGES = "images"
+IDS = "ids"
+LABELS = "labels"
+SPLIT = "split"
+EMBEDDINGS = "embeddings"
+#: ``split`` holds int8 codes: indices into this tuple
+SPLIT_NAMES = ("train", "val", "test")
 ATTRS_KEY = "fastimg"
+#: attrs of an unfinished dataset build: its settings and the stages done so far
+BUILD_KEY = "fastimg_build"
 COMPLETE = "complete"
 PARTIAL_SUFFIX = ".partial"
 IMAGE_CHUNK_ROWS = 1024
@@ -70,6 +78,64 @@ def create_partial(path, *, force: bool = False):
     return zarr.open_group(os.fspath(tmp), mode="w", zarr_format=3)
 
 
+def _json_normalised(value):
+    return json.loads(json.dumps(value, sort_keys=True))
+
+
+def resume_or_create_partial(path, settings: dict, *, force: bool = False):
+    """Open the unfinished build of ``path`` when it was started with the same ``settings``,
+    otherwise start a new one.
+
+    Returns
+    -------
+    (zarr.Group, bool)
+        The ``.partial`` group and whether it resumes an earlier run.
+
+    Raises
+    ------
+    StoreError
+        When a store already exists at ``path``, or an unfinished build with other settings
+        does, and ``force`` is false.
+    """
+    import zarr
+
+    path = Path(path)
+    if path.exists() and not force:
+        what = "a complete fastimg store" if is_complete(path) else "something that is not a store"
+        raise StoreError(f"{path} already exists ({what}); pass --force to overwrite it")
+    settings = _json_normalised(settings)
+    tmp = partial_path(path)
+    if tmp.exists() and not force:
+        try:
+            group = zarr.open_group(os.fspath(tmp), mode="r+")
+            old = group.attrs.get(BUILD_KEY, {}).get("settings")
+        except Exception:  # noqa: BLE001 - an unreadable leftover is not resumable
+            old = None
+        if old == settings:
+            return group, True
+        if old is None:
+            raise StoreError(f"{tmp} exists but is not an unfinished fastimg build; remove it or "
+                             f"pass --force")
+        diffs = [f"{key}" for key in sorted(set(old) | set(settings))
+                 if old.get(key) != settings.get(key)]
+        raise StoreError(f"an unfinished build with other settings is at {tmp} (they differ in: "
+                         f"{', '.join(diffs)}); rerun with the same settings to resume it, or pass "
+                         f"--force to start over")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    group = zarr.open_group(os.fspath(tmp), mode="w", zarr_format=3)
+    group.attrs[BUILD_KEY] = {"settings": settings}
+    return group, False
+
+
+def update_build_state(group, **state) -> dict:
+    """Merge ``state`` into the unfinished build's attrs (written at once, JSON only)."""
+    build = dict(group.attrs.get(BUILD_KEY, {}))
+    build.update(_json_normalised(state))
+    group.attrs[BUILD_KEY] = build
+    return build
+
+
 def discard_partial(path) -> None:
     """Remove the unfinished build of ``path``, if any."""
     shutil.rmtree(partial_path(path), ignore_errors=True)
@@ -77,6 +143,8 @@ def discard_partial(path) -> None:
 
 def finish(group, path, attrs: dict) -> None:
     """Write the final attributes with the completion marker, then move the store in place."""
+    if BUILD_KEY in group.attrs:
+        del group.attrs[BUILD_KEY]
     group.attrs[ATTRS_KEY] = {**attrs, "format_version": FORMAT_VERSION, COMPLETE: True}
     path = Path(path)
     if path.exists():
