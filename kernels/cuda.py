@@ -1,7 +1,12 @@
 """Numba CUDA rasterisation kernel: the same contract as :mod:`fastimg.kernels.cpu`.
 
-One thread per (sample, pixel), grid-stride in both directions; writes are coalesced along the
-pixels of a row and every feature is read, scaled and summed exactly once. Runs on the CPU under
+One thread block per image (grid-stride over the rows): the block reads the image's feature row
+once with coalesced loads, scales it into a shared-memory buffer, synchronises, and then each
+thread computes whole pixels by gathering their features (``plan.order`` / ``plan.starts``) from
+shared memory and writes them with coalesced stores. There are no atomics, so each pixel is summed
+in feature order and results are deterministic. (The earlier one-thread-per-(sample, pixel)
+kernel read every feature from global memory in pixel order, i.e. scattered 2-byte loads; it is
+kept as the fallback for rows too long for shared memory.) Runs on the CPU under
 ``NUMBA_ENABLE_CUDASIM=1`` (set before numba is first imported), which is how the tests check it
 on machines without a GPU.
 """
@@ -15,16 +20,61 @@ from .plan import RasterPlan
 
 try:
     from numba import cuda
+    from numba import float32 as _nb_float32
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "the CUDA rasteriser needs numba's CUDA target: pip install 'fastimg[gpu]'"
     ) from exc
 
-_THREADS = (128, 2)
+_THREADS = 256
+_MAX_BLOCKS = 16384
+# dynamic shared memory above 48 KiB needs an opt-in numba does not expose: longer rows use the
+# global-memory kernel
+_MAX_SHARED_FEATURES = 48 * 1024 // 4
+_GLOBAL_THREADS = (128, 2)
 
 
 @cuda.jit
 def _raster_kernel(x, order, starts, inv_count, shift, scale, code, fill, out, n_bad):
+    # one block per image (grid-stride over rows): the block reads the feature row once,
+    # coalesced, scales it into shared memory, then each thread gathers whole pixels from there
+    row = cuda.shared.array(0, dtype=_nb_float32)
+    tid = cuda.threadIdx.x
+    n_threads = cuda.blockDim.x
+    n_rows = x.shape[0]
+    n_features = x.shape[1]
+    n_pixels = out.shape[1]
+    for i in range(cuda.blockIdx.x, n_rows, cuda.gridDim.x):
+        bad = 0
+        for f in range(tid, n_features, n_threads):
+            v = np.float32(x[i, f])
+            if math.isinf(v) or math.isnan(v):
+                bad += 1
+            if code == 1:
+                v = min(max((v + shift[f]) * scale[f], np.float32(0.0)), np.float32(1.0))
+            elif code == 2:
+                v = min(max(math.log(max(v + shift[f], np.float32(1.0))) * scale[f],
+                            np.float32(0.0)), np.float32(1.0))
+            row[f] = v
+        if bad:
+            cuda.atomic.add(n_bad, 0, bad)
+        cuda.syncthreads()
+        for p in range(tid, n_pixels, n_threads):
+            lo = starts[p]
+            hi = starts[p + 1]
+            if hi == lo:
+                out[i, p] = fill
+            else:
+                acc = np.float32(0.0)
+                for k in range(lo, hi):
+                    acc += row[order[k]]
+                out[i, p] = acc * inv_count[p]
+        cuda.syncthreads()  # the next row overwrites the shared buffer
+
+
+@cuda.jit
+def _raster_kernel_global(x, order, starts, inv_count, shift, scale, code, fill, out, n_bad):
+    # one thread per (sample, pixel), features read from global memory
     p0, i0 = cuda.grid(2)
     p_step, i_step = cuda.gridsize(2)
     n_rows = x.shape[0]
@@ -46,8 +96,8 @@ def _raster_kernel(x, order, starts, inv_count, shift, scale, code, fill, out, n
                 if code == 1:
                     v = min(max((v + shift[f]) * scale[f], np.float32(0.0)), np.float32(1.0))
                 elif code == 2:
-                    v = min(math.log(max(v + shift[f], np.float32(1.0))) * scale[f],
-                            np.float32(1.0))
+                    v = min(max(math.log(max(v + shift[f], np.float32(1.0))) * scale[f],
+                                np.float32(0.0)), np.float32(1.0))
                 acc += v
             out[i, p] = acc * inv_count[p]
             if bad:
@@ -89,9 +139,14 @@ def raster_cuda(x, plan, out) -> int:
         cuda.device_array((n_rows, host_plan.n_pixels), dtype=np.float32), True)
     d_out2d = d_out.reshape(n_rows, host_plan.n_pixels) if d_out.ndim == 3 else d_out
     n_bad = cuda.to_device(np.zeros(1, dtype=np.int64))
-    blocks = (min(math.ceil(host_plan.n_pixels / _THREADS[0]), 64),
-              min(max(math.ceil(n_rows / _THREADS[1]), 1), 4096))
-    _raster_kernel[blocks, _THREADS](
+    if host_plan.n_features <= _MAX_SHARED_FEATURES:
+        launch = _raster_kernel[max(1, min(n_rows, _MAX_BLOCKS)), _THREADS, 0,
+                                4 * host_plan.n_features]
+    else:
+        launch = _raster_kernel_global[
+            (min(math.ceil(host_plan.n_pixels / _GLOBAL_THREADS[0]), 64),
+             min(max(math.ceil(n_rows / _GLOBAL_THREADS[1]), 1), 4096)), _GLOBAL_THREADS]
+    launch(
         d_x, device_plan.order, device_plan.starts, device_plan.inv_count, device_plan.shift,
         device_plan.scale, host_plan.scaling_code, np.float32(host_plan.fill_value), d_out2d,
         n_bad)

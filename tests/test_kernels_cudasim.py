@@ -16,6 +16,8 @@ CASES = {  # name: (n_rows, n_features, grid, scaling, dtype, fill)
     "square_more_features": (6, 300, (10, 10), "norm2", np.float16, 0.0),
     "square_fewer_features": (5, 40, (10, 10), "minmax", np.float32, -1.0),
     "non_square": (4, 90, (5, 12), "none", np.float32, 0.5),
+    # the worker forces the global-memory fallback (used for rows too long for shared memory)
+    "global_fallback": (5, 120, (6, 7), "norm2", np.float16, -0.5),
 }
 
 
@@ -44,7 +46,8 @@ def simulated(tmp_path_factory):
     return np.load(tmp / "out.npz"), expected
 
 
-@pytest.mark.parametrize("name", ["square_more_features", "square_fewer_features"])
+@pytest.mark.parametrize("name", ["square_more_features", "square_fewer_features",
+                                  "global_fallback"])
 def test_cuda_kernel_matches_reference(simulated, name):
     got, expected = simulated
     assert int(got[f"{name}__bad"]) == 0
