@@ -123,3 +123,14 @@ def test_unknown_options_are_value_errors():
 def test_transform_before_fit():
     with pytest.raises(RuntimeError, match="not fitted"):
         DeepInsightLayout().transform(np.zeros((2, 3)))
+
+
+@pytest.mark.parametrize("backend", ["opentsne", "sklearn"])
+def test_features_constant_on_the_training_rows_get_a_pixel(rng, backend):
+    # scaled to all-zero vectors, they have no cosine distance: NaN in t-SNE unless handled
+    x = rng.standard_normal((30, 120))
+    x[:, [3, 50, 77]] = 1.5
+    layout = DeepInsightLayout(grid=(10, 10), backend=backend, perplexity=5,
+                               random_state=0).fit(x)
+    assert layout.pixel_index_.shape == (120,)
+    assert np.isfinite(layout.coords_).all()

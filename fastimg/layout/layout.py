@@ -128,6 +128,8 @@ class DeepInsightLayout:
             raise ValueError(f"need at least 2 samples to lay features out, got {X.shape[0]}")
         self.scaler_ = FeatureScaler.fit(X, cfg.scaling)
         points = self.scaler_.transform(X).T  # features are the points, samples the dimensions
+        if cfg.metric == "cosine":
+            points = _lift_zero_vectors(points)
         if cfg.pca_components is not None and points.shape[1] > cfg.pca_components \
                 and points.shape[0] > cfg.pca_components:
             from sklearn.decomposition import PCA
@@ -235,6 +237,18 @@ class DeepInsightLayout:
             return cls.from_dict(header)
         with open(path, encoding="utf-8") as fh:
             return cls.from_dict(json.load(fh))
+
+
+def _lift_zero_vectors(points: np.ndarray) -> np.ndarray:
+    """Give features that are constant on the training rows (all-zero after scaling; real
+    encoders have a few) a tiny constant vector: a zero vector has no cosine distance (NaN in
+    every t-SNE backend), a constant one is equidistant from everything else."""
+    zero = ~points.any(axis=1)
+    if zero.any():
+        logger.info("%d features are constant on the fitted rows", int(zero.sum()))
+        points = points.copy()
+        points[zero] = np.finfo(np.float32).tiny ** 0.5
+    return points
 
 
 def _versions(backend: str, fastimg_version: str) -> dict:
