@@ -134,6 +134,11 @@ def test_batching_helpers():
         assert (b - a) * lengths[order][a:b].max() <= 60 or b - a == 1
         assert b - a <= 3
     assert budget_batches([100, 1], token_budget=10, max_batch_size=8) == [(0, 1), (1, 2)]
+    # padding guard: once a batch holds min_tokens, stop before padding exceeds 10 %
+    sorted_lengths = [100, 100, 95, 60, 59, 58]
+    assert budget_batches(sorted_lengths, 10_000, 64) == [(0, 6)]
+    assert budget_batches(sorted_lengths, 10_000, 64, max_padding=0.1,
+                          min_tokens=150) == [(0, 3), (3, 6)]
     inv = inverse_permutation(order)
     assert (lengths[order][inv] == lengths).all()
     assert head_tail(range(10), 8, 2, 101, 102) == [101, 0, 1, 6, 7, 8, 9, 102]

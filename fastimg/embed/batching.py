@@ -13,20 +13,33 @@ def length_order(lengths, *, sort: bool = True) -> np.ndarray:
     return np.argsort(-lengths, kind="stable").astype(np.int64)
 
 
-def budget_batches(lengths, token_budget: int, max_batch_size: int) -> list[tuple[int, int]]:
-    """Cut ``lengths`` (in processing order) into ``(start, stop)`` batches whose padded size
-    ``rows * max(length)`` stays within ``token_budget`` (a single text always fits)."""
+def budget_batches(lengths, token_budget: int, max_batch_size: int, *,
+                   max_padding: float | None = None, min_tokens: int = 1024
+                   ) -> list[tuple[int, int]]:
+    """Cut ``lengths`` (in processing order) into ``(start, stop)`` batches.
+
+    A batch's padded size ``rows * max(length)`` stays within ``token_budget`` and its row count
+    within ``max_batch_size`` (a single text always fits). With ``max_padding``, a batch that
+    already holds ``min_tokens`` padded tokens is also cut before padding would exceed that
+    fraction of its real tokens (on CPUs, padding is pure waste once batches are big enough).
+    """
     lengths = np.asarray(lengths, dtype=np.int64)
     batches = []
     start = 0
     longest = 0
+    real = 0
     for i, n in enumerate(lengths.tolist()):
         rows = i - start
         candidate = max(longest, n)
-        if rows and (candidate * (rows + 1) > token_budget or rows >= max_batch_size):
+        padded = candidate * (rows + 1)
+        cut = rows and (padded > token_budget or rows >= max_batch_size)
+        if rows and not cut and max_padding is not None and longest * rows >= min_tokens:
+            cut = padded > (1.0 + max_padding) * (real + n)
+        if cut:
             batches.append((start, i))
-            start, candidate = i, n
+            start, candidate, real = i, n, 0
         longest = candidate
+        real += n
     if start < lengths.size:
         batches.append((start, int(lengths.size)))
     return batches

@@ -29,6 +29,9 @@ logger = logging.getLogger("fastimg.embed")
 ATTRS_KEY = "fastimg_embed"
 DEFAULT_ARRAY = "embeddings"
 DEFAULT_BUDGET = {"cpu": 8192, "cuda": 65536}
+# padding allowed per batch (fraction of real tokens) once a batch holds 1024 tokens: on CPU
+# bigger batches gain little, so padding is cut; on GPUs bigger batches matter more
+MAX_PADDING = {"cpu": 0.1, "cuda": None}
 _FAST_PATH_TYPES = ("bert",)
 
 
@@ -154,7 +157,8 @@ class _Producer(threading.Thread):
                 lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
                 order = length_order(lengths, sort=self.config.sort_by_length)
                 for a, b in budget_batches(lengths[order], self.plan.token_budget,
-                                           self.config.max_batch_size):
+                                           self.config.max_batch_size,
+                                           max_padding=MAX_PADDING[self.plan.device]):
                     rows = order[a:b]
                     ids, mask = pad_batch([seqs[r] for r in rows], self.pad_id)
                     ids, mask = torch.from_numpy(ids), torch.from_numpy(mask)
@@ -176,7 +180,9 @@ class _Producer(threading.Thread):
 def _fast_path_ok(model) -> bool:
     """True for BERT encoders whose layers we can run ourselves (and stop early)."""
     cfg = model.config
-    if getattr(cfg, "model_type", None) not in _FAST_PATH_TYPES or getattr(cfg, "is_decoder", False):
+    if getattr(cfg, "model_type", None) not in _FAST_PATH_TYPES:
+        return False
+    if getattr(cfg, "is_decoder", False):
         return False
     if getattr(cfg, "position_embedding_type", "absolute") != "absolute":
         return False
@@ -197,7 +203,22 @@ def _pool(h, mask_f, pooling):
     return (h * mask_f).sum(dim=1) / mask_f.sum(dim=1).clamp_min(1.0)
 
 
-def _bert_layer(layer, h, attn_mask, query_first_only: bool):
+def _fused_qkv(model) -> list:
+    """Per layer, the query, key and value projections stacked into one ``[3H, H]`` weight
+    (one GEMM instead of three)."""
+    import torch
+
+    fused = []
+    with torch.no_grad():
+        for layer in model.encoder.layer:
+            sa = layer.attention.self
+            weight = torch.cat([sa.query.weight, sa.key.weight, sa.value.weight]).contiguous()
+            bias = torch.cat([sa.query.bias, sa.key.bias, sa.value.bias]).contiguous()
+            fused.append((weight, bias))
+    return fused
+
+
+def _bert_layer(layer, qkv, h, attn_mask, query_first_only: bool):
     """One BERT layer (post-LN) with SDPA; with ``query_first_only`` only the first token's
     output is computed (all tokens still serve as keys and values)."""
     import torch.nn.functional as F
@@ -205,22 +226,33 @@ def _bert_layer(layer, h, attn_mask, query_first_only: bool):
     sa = layer.attention.self
     batch, length, _ = h.shape
     nh, hd = sa.num_attention_heads, sa.attention_head_size
-    hq = h[:, :1] if query_first_only else h
-    q = sa.query(hq).view(batch, hq.shape[1], nh, hd).transpose(1, 2)
-    k = sa.key(h).view(batch, length, nh, hd).transpose(1, 2)
-    v = sa.value(h).view(batch, length, nh, hd).transpose(1, 2)
+    width = nh * hd
+    weight, bias = qkv
+    if query_first_only:
+        hq = h[:, :1]
+        q = F.linear(hq, weight[:width], bias[:width]).view(batch, 1, nh, hd).transpose(1, 2)
+        kv = F.linear(h, weight[width:], bias[width:]).view(batch, length, 2, nh, hd)
+        kv = kv.permute(2, 0, 3, 1, 4)
+        k, v = kv[0], kv[1]
+    else:
+        hq = h
+        qkv_out = F.linear(h, weight, bias).view(batch, length, 3, nh, hd).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv_out[0], qkv_out[1], qkv_out[2]
     a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=sa.scaling)
-    a = a.transpose(1, 2).reshape(batch, hq.shape[1], nh * hd)
+    a = a.transpose(1, 2).reshape(batch, hq.shape[1], width)
     a = layer.attention.output(a, hq)
     return layer.output(layer.intermediate(a), a)
 
 
-def _forward(model, ids, mask, layers, pooling, fast: bool, padded: bool):
-    """Pooled vectors of ``layers`` (indices into hidden_states), concatenated: [B, L*H]."""
+def _forward(model, ids, mask, layers, pooling, fused, padded: bool):
+    """Pooled vectors of ``layers`` (indices into hidden_states), concatenated: [B, L*H].
+
+    ``fused`` is :func:`_fused_qkv` of the model (the fast path) or None (the generic
+    transformers forward with ``output_hidden_states``)."""
     import torch
 
     mask_f = mask.unsqueeze(-1).to(torch.float32) if (pooling == "mean" and padded) else None
-    if not fast:
+    if fused is None:
         out = model(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True)
         return torch.cat([_pool(out.hidden_states[i], mask_f, pooling) for i in layers], dim=1)
     wanted = set(layers)
@@ -230,20 +262,28 @@ def _forward(model, ids, mask, layers, pooling, fast: bool, padded: bool):
     pooled = {0: _pool(h, mask_f, pooling)} if 0 in wanted else {}
     for i in range(1, last + 1):
         first_only = pooling == "cls" and i == last
-        h = _bert_layer(model.encoder.layer[i - 1], h, attn_mask, first_only)
+        h = _bert_layer(model.encoder.layer[i - 1], fused[i - 1], h, attn_mask, first_only)
         if i in wanted:
             pooled[i] = _pool(h, mask_f, pooling)
     return torch.cat([pooled[i] for i in layers], dim=1)
 
 
-def model_flops(lengths, n_layers_run: int, hidden: int, intermediate: int) -> float:
-    """Matmul FLOPs of a full BERT forward over sequences of ``lengths`` (no padding):
-    per layer ``2*T*(4*H*H + 2*H*I)`` for the projections and FFN plus ``4*T*T*H`` for
-    attention scores and weighted values."""
-    lengths = np.asarray(lengths, dtype=np.float64)
-    per_layer = 2.0 * lengths * (4 * hidden * hidden + 2 * hidden * intermediate) \
-        + 4.0 * lengths ** 2 * hidden
-    return float(per_layer.sum() * n_layers_run)
+def model_flops(lengths, n_layers_run: int, hidden: int, intermediate: int, *,
+                first_token_last_layer: bool = False) -> float:
+    """Matmul FLOPs of a BERT forward over sequences of ``lengths`` tokens (no padding).
+
+    A full layer costs ``2*T*(4*H*H + 2*H*I)`` for the projections and the FFN plus ``4*T*T*H``
+    for attention scores and weighted values. With ``first_token_last_layer`` (what the encoder
+    runs for [CLS] pooling) the last layer computes keys and values for all ``T`` tokens but
+    queries, attention, output projection and FFN for the first token only.
+    """
+    t = np.asarray(lengths, dtype=np.float64)
+    h, i = float(hidden), float(intermediate)
+    full = 2.0 * t * (4 * h * h + 2 * h * i) + 4.0 * t ** 2 * h
+    if not first_token_last_layer:
+        return float(full.sum() * n_layers_run)
+    last = 2.0 * t * (2 * h * h) + 2.0 * (2 * h * h + 2 * h * i) + 4.0 * t * h
+    return float(full.sum() * (n_layers_run - 1) + last.sum())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,6 +306,7 @@ def _iter_chunks(texts, config, loaded: LoadedModel, plan: _Plan, start_row: int
         model.to(device)
     model.eval()
     fast = _fast_path_ok(model)
+    fused = _fused_qkv(model) if fast else None
     out_dtype = getattr(torch, config.output_dtype)
     if plan.compute_dtype == "float32":
         autocast = contextlib.nullcontext
@@ -307,7 +348,8 @@ def _iter_chunks(texts, config, loaded: LoadedModel, plan: _Plan, start_row: int
                 ids = ids.to(device, non_blocking=non_blocking)
                 mask = mask.to(device, non_blocking=non_blocking)
                 with autocast():
-                    pooled = _forward(model, ids, mask, plan.layers, config.pooling, fast, padded)
+                    pooled = _forward(model, ids, mask, plan.layers, config.pooling, fused,
+                                      padded)
                 chunk_out[torch.from_numpy(rows).to(device, non_blocking=non_blocking)] = \
                     pooled.to(out_dtype)
                 stats["tokens"] += n_tokens
@@ -483,9 +525,11 @@ def encode_to_array(texts, config: EncoderConfig | None, target, *, name: str = 
         diffs = _differences(meta["settings"], settings)
         if diffs:
             raise ValueError(f"cannot resume {name!r}: it was encoded with other settings ("
-                             + "; ".join(diffs) + "). Use another target or delete it to start over")
+                             + "; ".join(diffs)
+                             + "). Use another target or delete it to start over")
         if tuple(array.shape) != shape:
-            raise ValueError(f"cannot resume {name!r}: shape {tuple(array.shape)}, expected {shape}")
+            raise ValueError(f"cannot resume {name!r}: shape {tuple(array.shape)}, "
+                             f"expected {shape}")
         rows_done = int(meta.get("rows_done", 0))
         chunk_rows = int(array.chunks[0])
         if chunk_rows != config.chunk_rows:

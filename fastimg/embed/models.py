@@ -152,7 +152,8 @@ def resolve_model(name: str, revision: str | None = None) -> ModelSource:
     try:
         found = config_file(False)
     except OSError as exc:
-        raise _unavailable(name, f"the hub did not provide it ({str(exc).splitlines()[0]})") from None
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise _unavailable(name, f"the hub did not provide it ({first_line})") from None
     if not found:
         raise _unavailable(name, "the hub has no config.json for it")
     return ModelSource(name, target, revision, False, os.fspath(Path(found).parent))
