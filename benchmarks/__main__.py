@@ -1,8 +1,9 @@
 import argparse
 import importlib
+import inspect
 import logging
 
-SUITES = ("raster", "layout")
+SUITES = ("raster", "layout", "encode")
 
 
 def main():
@@ -10,6 +11,8 @@ def main():
     parser.add_argument("suite", choices=[*SUITES, "all"])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (CI smoke run)")
     parser.add_argument("--json", help="write the result(s) here (all: PATH.SUITE.json)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="device for suites that take one (encode); auto picks CUDA if present")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     for suite in SUITES if args.suite == "all" else (args.suite,):
@@ -17,7 +20,9 @@ def main():
         path = args.json
         if path and args.suite == "all":
             path = f"{path.removesuffix('.json')}.{suite}.json"
-        importlib.import_module(f"benchmarks.{suite}").run(quick=args.quick, json_path=path)
+        run = importlib.import_module(f"benchmarks.{suite}").run
+        extra = {"device": args.device} if "device" in inspect.signature(run).parameters else {}
+        run(quick=args.quick, json_path=path, **extra)
 
 
 if __name__ == "__main__":

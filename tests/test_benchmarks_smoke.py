@@ -11,7 +11,7 @@ pytest.importorskip("pyDeepInsight")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("suite", ["raster", "layout"])
+@pytest.mark.parametrize("suite", ["raster", "layout", "encode"])
 def test_suite_quick(tmp_path, suite):
     path = tmp_path / f"{suite}.json"
     subprocess.run([sys.executable, "-m", "benchmarks", suite, "--quick", "--json", str(path)],
@@ -23,3 +23,8 @@ def test_suite_quick(tmp_path, suite):
     assert result["ratio"] == pytest.approx(result["baseline_s"] / result["fastimg_s"])
     if suite == "raster":
         assert result["max_abs_diff"] <= 1e-5
+    if suite == "encode":
+        for key in ("fastimg_docs_per_s", "baseline_docs_per_s", "fastimg_tokens_per_s",
+                    "fastimg_gflops", "matmul_gflops", "max_abs_diff"):
+            assert result[key] > 0
+        assert result["max_abs_diff"] < 0.05 * result["max_abs_value"]
