@@ -1,8 +1,11 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   installs into .venv and runs the main job offline
+#   make demo   installs into .venv and builds a 2,000-review IMDB image dataset offline
 #   make test   installs into .venv and runs the tests and a smoke run of every benchmark
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# the IMDB reviews beside the checkout (never committed); --dataset imdb looks here first
+FASTIMG_DATA ?= $(abspath ../shared/data)
+export FASTIMG_DATA
 STAMP := $(VENV)/.fastimg-installed
 
 .PHONY: install demo test bench
@@ -18,8 +21,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/fastimg images --synthetic 5000x768 --out demo.zarr --force
-	$(VENV)/bin/fastimg info demo.zarr
+	$(VENV)/bin/fastimg build-dataset --dataset imdb --limit 2000 --max-length 256 --out imdb-demo.zarr --force
+	$(VENV)/bin/fastimg show imdb-demo.zarr --out imdb-demo.png
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -5,7 +5,8 @@ __version__ = "0.1.0"
 
 logging.getLogger("fastimg").addHandler(logging.NullHandler())
 
-__all__ = ["__version__", "DeepInsightLayout", "LayoutConfig", "rasterize"]
+__all__ = ["__version__", "DeepInsightLayout", "LayoutConfig", "rasterize", "build_dataset",
+           "DatasetConfig", "texts_to_images"]
 
 
 def __getattr__(name):
@@ -14,6 +15,10 @@ def __getattr__(name):
         from fastimg import layout
 
         return getattr(layout, name)
+    if name in ("build_dataset", "DatasetConfig", "texts_to_images"):
+        from fastimg import dataset
+
+        return getattr(dataset, name)
     if name == "rasterize":
         from fastimg.raster import rasterize
 
