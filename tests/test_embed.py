@@ -358,3 +358,28 @@ def test_resume_with_other_texts_or_model_is_refused(tiny, tiny_dir, tmp_path):
         encode_to_array(texts, EncoderConfig(model="minilm", device="cpu", chunk_rows=8,
                                              max_length=64, output_dtype="float32"),
                         tmp_path / "e.zarr", progress=False)
+
+
+def test_autocast_path_runs_on_cpu(tiny, tiny_dir):
+    """The reduced-precision (autocast) branch, as used on CUDA with float16, here in bfloat16."""
+    texts = make_texts(12, seed=4)
+    stats = {}
+    low = encode(texts, cfg(tiny_dir, dtype="bfloat16", token_budget=300, max_length=64),
+                 model=tiny, stats=stats)
+    assert stats["compute_dtype"] == "bfloat16" and np.isfinite(low).all()
+    ref = encode(texts, cfg(tiny_dir, token_budget=300, max_length=64), model=tiny)
+    np.testing.assert_allclose(low, ref, atol=0.15, rtol=0)
+
+
+def test_interrupted_run_stops_the_tokenizer_thread(tiny, tiny_dir, tmp_path):
+    import threading
+
+    texts = make_texts(40, seed=9)
+    c = cfg(tiny_dir, chunk_rows=4, max_length=64)
+
+    def stop(rows_done):
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        encode_to_array(texts, c, tmp_path / "e.zarr", model=tiny, progress=False, on_chunk=stop)
+    assert not [t for t in threading.enumerate() if t.name == "fastimg-tokenize"]

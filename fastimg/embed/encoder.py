@@ -29,9 +29,9 @@ logger = logging.getLogger("fastimg.embed")
 ATTRS_KEY = "fastimg_embed"
 DEFAULT_ARRAY = "embeddings"
 DEFAULT_BUDGET = {"cpu": 8192, "cuda": 65536}
-# padding allowed per batch (fraction of real tokens) once a batch holds 1024 tokens: on CPU
-# bigger batches gain little, so padding is cut; on GPUs bigger batches matter more
-MAX_PADDING = {"cpu": 0.1, "cuda": None}
+# (padding allowed per batch as a fraction of its real tokens, once the batch holds this many
+# padded tokens): past a size where the matmuls run at full speed, padding is pure waste
+PADDING_GUARD = {"cpu": (0.1, 1024), "cuda": (0.1, 16384)}
 _FAST_PATH_TYPES = ("bert",)
 
 
@@ -156,9 +156,10 @@ class _Producer(threading.Thread):
                 seqs = _tokenize(self.tokenizer, self.texts[start:stop], self.config)
                 lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
                 order = length_order(lengths, sort=self.config.sort_by_length)
+                max_padding, min_tokens = PADDING_GUARD[self.plan.device]
                 for a, b in budget_batches(lengths[order], self.plan.token_budget,
-                                           self.config.max_batch_size,
-                                           max_padding=MAX_PADDING[self.plan.device]):
+                                           self.config.max_batch_size, max_padding=max_padding,
+                                           min_tokens=min_tokens):
                     rows = order[a:b]
                     ids, mask = pad_batch([seqs[r] for r in rows], self.pad_id)
                     ids, mask = torch.from_numpy(ids), torch.from_numpy(mask)
@@ -425,8 +426,10 @@ def encode(texts, config: EncoderConfig | None = None, *, model: LoadedModel | N
     _warn_empty(texts)
     if model is None:
         model = load_model(config.model, config.revision)
-    for start, stop, block in _iter_chunks(texts, config, model, plan, 0, progress, stats):
-        out[start:stop] = block
+    with contextlib.closing(_iter_chunks(texts, config, model, plan, 0, progress,
+                                         stats)) as chunks:
+        for start, stop, block in chunks:
+            out[start:stop] = block
     return out
 
 
@@ -553,12 +556,14 @@ def encode_to_array(texts, config: EncoderConfig | None, target, *, name: str = 
             _warn_empty(texts)
         if model is None:
             model = load_model(config.model, config.revision)
-        for start, stop, block in _iter_chunks(texts, config, model, plan, rows_done, progress,
-                                               stats):
-            array[start:stop] = block
-            meta = {**meta, "rows_done": stop}
-            array.attrs[ATTRS_KEY] = meta
-            if on_chunk is not None:
-                on_chunk(stop)
+        # closing(): an exception here stops the tokeniser thread at once
+        with contextlib.closing(_iter_chunks(texts, config, model, plan, rows_done, progress,
+                                             stats)) as chunks:
+            for start, stop, block in chunks:
+                array[start:stop] = block
+                meta = {**meta, "rows_done": stop}
+                array.attrs[ATTRS_KEY] = meta
+                if on_chunk is not None:
+                    on_chunk(stop)
     array.attrs[ATTRS_KEY] = {**meta, "rows_done": len(texts), "complete": True}
     return array
