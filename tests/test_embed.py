@@ -383,3 +383,11 @@ def test_interrupted_run_stops_the_tokenizer_thread(tiny, tiny_dir, tmp_path):
     with pytest.raises(Interrupt):
         encode_to_array(texts, c, tmp_path / "e.zarr", model=tiny, progress=False, on_chunk=stop)
     assert not [t for t in threading.enumerate() if t.name == "fastimg-tokenize"]
+
+
+def test_callbacks_run_outside_inference_mode(tiny, tiny_dir, tmp_path):
+    modes = []
+    encode_to_array(make_texts(9), cfg(tiny_dir, chunk_rows=4, max_length=64), tmp_path / "e.zarr",
+                    model=tiny, progress=False,
+                    on_chunk=lambda rows: modes.append(torch.is_inference_mode_enabled()))
+    assert modes == [False, False, False]

@@ -327,39 +327,39 @@ def _iter_chunks(texts, config, loaded: LoadedModel, plan: _Plan, start_row: int
                smoothing=0.1)
     producer.start()
     try:
-        with torch.inference_mode():
-            while True:
-                item = producer.queue.get()
-                kind = item[0]
-                if kind == "error":
-                    raise item[1]
-                if kind == "done":
-                    break
-                if kind == "chunk":
-                    _, start, stop = item
-                    result = chunk_out[: stop - start].cpu().numpy()
-                    chunk_out = None
-                    yield start, stop, result
-                    continue
-                _, rows, ids, mask, n_tokens = item
+        while True:
+            item = producer.queue.get()
+            kind = item[0]
+            if kind == "error":
+                raise item[1]
+            if kind == "done":
+                break
+            if kind == "chunk":
+                _, start, stop = item
+                result = chunk_out[: stop - start].cpu().numpy()
+                chunk_out = None
+                yield start, stop, result  # outside inference mode: the caller's code runs here
+                continue
+            _, rows, ids, mask, n_tokens = item
+            padded = bool(ids.shape[0] * ids.shape[1] != n_tokens)
+            with torch.inference_mode():
                 if chunk_out is None:
                     chunk_out = torch.empty((config.chunk_rows, plan.n_features), dtype=out_dtype,
                                             device=device)
-                padded = bool(ids.shape[0] * ids.shape[1] != n_tokens)
                 ids = ids.to(device, non_blocking=non_blocking)
                 mask = mask.to(device, non_blocking=non_blocking)
                 with autocast():
                     pooled = _forward(model, ids, mask, plan.layers, config.pooling, fused,
                                       padded)
-                chunk_out[torch.from_numpy(rows).to(device, non_blocking=non_blocking)] = \
-                    pooled.to(out_dtype)
-                stats["tokens"] += n_tokens
-                stats["padded_tokens"] += int(ids.numel())
-                stats["batches"] += 1
-                bar.update(len(rows))
-                elapsed = time.perf_counter() - t0
-                bar.set_postfix_str(f"{stats['tokens'] / max(elapsed, 1e-9):,.0f} tok/s",
-                                    refresh=False)
+                positions = torch.from_numpy(rows).to(device, non_blocking=non_blocking)
+                chunk_out[positions] = pooled.to(out_dtype)
+            stats["tokens"] += n_tokens
+            stats["padded_tokens"] += int(ids.numel())
+            stats["batches"] += 1
+            bar.update(len(rows))
+            elapsed = time.perf_counter() - t0
+            bar.set_postfix_str(f"{stats['tokens'] / max(elapsed, 1e-9):,.0f} tok/s",
+                                refresh=False)
     finally:
         producer.stop.set()
         bar.close()
