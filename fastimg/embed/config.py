@@ -51,6 +51,8 @@ class EncoderConfig:
         Texts per chunk: the unit of length sorting, of streaming to zarr and of resuming.
     sort_by_length : bool
         Sort each chunk by token length before batching (results are put back in input order).
+        Without sorting, batches are cut by ``token_budget`` and ``max_batch_size`` alone (plain
+        batching, kept for comparison).
     """
 
     model: str = "minilm"

@@ -157,6 +157,8 @@ class _Producer(threading.Thread):
                 lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
                 order = length_order(lengths, sort=self.config.sort_by_length)
                 max_padding, min_tokens = PADDING_GUARD[self.plan.device]
+                if not self.config.sort_by_length:  # plain batching: cut by the budget only
+                    max_padding = None
                 for a, b in budget_batches(lengths[order], self.plan.token_budget,
                                            self.config.max_batch_size, max_padding=max_padding,
                                            min_tokens=min_tokens):
