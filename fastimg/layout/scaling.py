@@ -50,16 +50,40 @@ class FeatureScaler:
             scale = np.divide(1.0, span, out=np.zeros_like(span), where=span > 0)
             return cls(method, (-col_min).astype(np.float32), scale.astype(np.float32))
         shift = np.abs(col_min) + 1.0
-        log_max = max(float(np.log(x[b].astype(np.float64) + shift).max())
-                      for b in _blocks(x.shape[0]))
+        # log is monotonic, so max(log(x + shift)) = log(max_f(col_max_f + shift_f)): one
+        # min/max pass instead of a float64 log of the whole matrix (same value, in float64)
+        col_max = np.max([x[b].max(axis=0) for b in _blocks(x.shape[0])], axis=0).astype(
+            np.float64)
+        log_max = float(np.log(col_max + shift).max())
         scale = 1.0 / log_max if log_max > 0 else 1.0
         return cls(method, shift.astype(np.float32),
                    np.full(n_features, scale, dtype=np.float32))
 
-    def transform(self, x: np.ndarray) -> np.ndarray:
-        """Scaled copy of ``x`` in float64 (the kernels fuse this step; this is for the layout fit
-        and for inspection)."""
-        return scale_features(x, self.method, self.shift, self.scale)
+    def transform(self, x: np.ndarray, dtype=np.float64) -> np.ndarray:
+        """Scaled copy of ``x`` (the kernels fuse this step; this is for the layout fit and for
+        inspection).
+
+        ``dtype=np.float64`` (the default) computes in float64 like the numpy oracle;
+        ``np.float32`` computes block by block in place in one float32 output array (no
+        float64 temporaries: 4x less memory traffic, used by the layout fit).
+        """
+        if np.dtype(dtype) == np.float64:
+            return scale_features(x, self.method, self.shift, self.scale)
+        if np.dtype(dtype) != np.float32:
+            raise ValueError(f"dtype must be float32 or float64, got {np.dtype(dtype)}")
+        out = np.empty(x.shape, dtype=np.float32)
+        for b in _blocks(x.shape[0]):
+            block = out[b]
+            if self.method == "none":
+                block[...] = x[b]
+                continue
+            np.add(x[b], self.shift, out=block)
+            if self.method == "norm2":
+                np.maximum(block, 1.0, out=block)
+                np.log(block, out=block)
+            np.multiply(block, self.scale, out=block)
+            np.clip(block, 0.0, 1.0, out=block)
+        return out
 
     def to_dict(self) -> dict:
         return {"method": self.method, "shift": self.shift.tolist(), "scale": self.scale.tolist()}
