@@ -1,0 +1,12 @@
+"""Training on a dataset store: frozen pretrained extractors (the paper's five cuts), the
+paper's conv head and dense classifier, DALI or torch loaders, honest evaluation.
+
+>>> from fastimg.train import TrainConfig, fit
+>>> result = fit("imdb.zarr", TrainConfig(extractor="alexnet", epochs=10), out_dir="runs/a")
+"""
+from fastimg.train.config import TrainConfig
+from fastimg.train.extractors import EXTRACTORS, WeightsUnavailableError, build_extractor
+from fastimg.train.fit import TrainResult, fit, linear_probe
+
+__all__ = ["EXTRACTORS", "TrainConfig", "TrainResult", "WeightsUnavailableError",
+           "build_extractor", "fit", "linear_probe"]

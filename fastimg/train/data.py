@@ -1,0 +1,355 @@
+"""Reading a dataset store for training: targets, splits, images, normalisation, loaders.
+
+Two loaders stream the same batches: a torch DataLoader and an NVIDIA DALI pipeline
+(``fn.external_source`` fed from the store, normalisation on the pipeline, on the GPU or as a
+CPU pipeline). Both read the rows of :func:`epoch_order` in the same order, so for one seed
+they give the same batches.
+"""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+from fastimg import store
+from fastimg._registry import Registry, has_module
+
+logger = logging.getLogger("fastimg.train")
+
+#: added to the variance before the square root, in both loaders (empty images stay finite)
+EPS = 1e-5
+
+
+def epoch_order(n_rows: int, seed: int, epoch: int) -> np.ndarray:
+    """The order of one training epoch: ``np.random.default_rng(seed + epoch).permutation``."""
+    return np.random.default_rng(seed + epoch).permutation(n_rows)
+
+
+class ChunkedReader:
+    """Rows of a chunked array (zarr, or numpy) as float32, decoding each chunk once.
+
+    Decoded chunks are kept (least recently used first out) up to ``cache_bytes``, so a
+    store that fits is decoded once and later epochs gather from memory, and a larger one
+    streams chunk by chunk.
+    """
+
+    def __init__(self, array, *, cache_bytes: int = 4 << 30):
+        self.array = array
+        self.shape = tuple(array.shape)
+        self.chunk_rows = int(getattr(array, "chunks", (self.shape[0],))[0]) or 1
+        row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * 4
+        self.max_chunks = max(2, cache_bytes // max(1, row_bytes * self.chunk_rows))
+        self._chunks: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def _chunk(self, index: int) -> np.ndarray:
+        chunk = self._chunks.get(index)
+        if chunk is None:
+            start = index * self.chunk_rows
+            chunk = np.asarray(self.array[start:start + self.chunk_rows], dtype=np.float32)
+            self._chunks[index] = chunk
+            while len(self._chunks) > self.max_chunks:
+                self._chunks.popitem(last=False)
+        else:
+            self._chunks.move_to_end(index)
+        return chunk
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """float32 rows ``rows`` (any order, repeats allowed), shape ``(len(rows), ...)``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((rows.size, *self.shape[1:]), dtype=np.float32)
+        which = rows // self.chunk_rows
+        for index in np.unique(which):
+            mask = which == index
+            out[mask] = self._chunk(int(index))[rows[mask] - index * self.chunk_rows]
+        return out
+
+
+class StoreData:
+    """The labelled arrays of a finished dataset store.
+
+    Parameters
+    ----------
+    path : str or path
+        A store written by ``fastimg build-dataset``.
+
+    Attributes
+    ----------
+    targets : ndarray of int64
+        Class indices 0..K-1 (the stored labels mapped through the corpus's class values).
+    split : ndarray of int8
+        Codes into :data:`fastimg.store.SPLIT_NAMES`.
+    class_names : list of str
+    images : zarr.Array
+    embeddings : zarr.Array or None
+    """
+
+    def __init__(self, path):
+        group = store.open_store(path)
+        attrs = dict(group.attrs[store.ATTRS_KEY])
+        if store.LABELS not in group or store.SPLIT not in group:
+            raise ValueError(f"{path} has no labels (stores made by `fastimg images` have "
+                             f"none); build a labelled one with `fastimg build-dataset`")
+        self.path = path
+        self.images = group[store.IMAGES]
+        self.embeddings = group[store.EMBEDDINGS] if store.EMBEDDINGS in group else None
+        labels = np.asarray(group[store.LABELS][:], dtype=np.int64)
+        class_values = (attrs.get("corpus") or {}).get("class_values")
+        if class_values is not None:
+            values = np.asarray(class_values, dtype=np.int64)
+            targets = np.searchsorted(values, labels)
+            if np.any(targets >= values.size) or np.any(values[np.minimum(
+                    targets, values.size - 1)] != labels):
+                raise ValueError(f"{path}: labels outside the corpus's class values {class_values}")
+        else:
+            targets = labels
+        self.targets = targets.astype(np.int64)
+        names = (attrs.get("summary") or {}).get("class_names")
+        n_classes = len(names) if names else int(self.targets.max()) + 1
+        self.class_names = [str(n) for n in names] if names else [str(i) for i in range(n_classes)]
+        if self.targets.size and (self.targets.min() < 0 or self.targets.max() >= n_classes):
+            raise ValueError(f"{path}: labels do not index its {n_classes} classes")
+        self.split = np.asarray(group[store.SPLIT][:], dtype=np.int8)
+        self.image_shape = tuple(self.images.shape[1:])
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    def rows(self, split: str) -> np.ndarray:
+        """Row indices of ``split`` ("train", "val" or "test"), ascending."""
+        return np.flatnonzero(self.split == store.SPLIT_NAMES.index(split))
+
+
+def pixel_stats(reader: ChunkedReader, rows: np.ndarray, *, block: int = 4096):
+    """Per-pixel mean and ``1 / sqrt(var + EPS)`` over ``rows`` (float64 sums, float32 out)."""
+    total = np.zeros(reader.shape[1:], dtype=np.float64)
+    squares = np.zeros_like(total)
+    for start in range(0, rows.size, block):
+        x = reader.read(rows[start:start + block]).astype(np.float64)
+        total += x.sum(0)
+        squares += (x * x).sum(0)
+    n = max(1, rows.size)
+    mean = total / n
+    var = np.maximum(squares / n - mean * mean, 0.0)
+    return mean.astype(np.float32), (1.0 / np.sqrt(var + EPS)).astype(np.float32)
+
+
+class Normaliser:
+    """One normalisation mode and, for ``"dataset"``, the training split's pixel statistics.
+
+    Parameters
+    ----------
+    mode : {"image", "dataset", "none"}
+    mean, inv_std : ndarray, optional
+        Per-pixel statistics (``"dataset"`` only), from :func:`pixel_stats`.
+    """
+
+    def __init__(self, mode: str, mean=None, inv_std=None):
+        if mode == "dataset" and (mean is None or inv_std is None):
+            raise ValueError("dataset normalisation needs the training split's pixel statistics")
+        self.mode = mode
+        self.mean = mean
+        self.inv_std = inv_std
+        self._torch = {}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise a ``[B, H, W]`` float32 batch (the torch loader's path)."""
+        if self.mode == "image":
+            mean = x.mean(dim=(1, 2), keepdim=True)
+            var = ((x - mean) ** 2).mean(dim=(1, 2), keepdim=True)
+            return (x - mean) / torch.sqrt(var + EPS)
+        if self.mode == "dataset":
+            key = x.device
+            if key not in self._torch:
+                self._torch[key] = (torch.from_numpy(self.mean).to(x.device),
+                                    torch.from_numpy(self.inv_std).to(x.device))
+            mean, inv_std = self._torch[key]
+            return (x - mean) * inv_std
+        return x
+
+    def to_dict(self) -> dict:
+        return {"mode": self.mode}
+
+
+class BatchSource:
+    """The batches of one split: rows in :func:`epoch_order` (shuffled) or ascending.
+
+    ``batch(epoch, i)`` returns raw float32 images ``[b, H, W]``, int64 targets and the store
+    row of each sample; both loaders are thin wrappers over it.
+    """
+
+    def __init__(self, reader: ChunkedReader, targets: np.ndarray, rows: np.ndarray,
+                 batch_size: int, *, shuffle: bool, seed: int = 0):
+        self.reader = reader
+        self.targets = targets
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self._order_epoch, self._order = None, None
+
+    def __len__(self) -> int:
+        return -(-self.rows.size // self.batch_size)
+
+    def order(self, epoch: int) -> np.ndarray:
+        """Store rows of ``epoch`` in the order they are served."""
+        if not self.shuffle:
+            return self.rows
+        if self._order_epoch != epoch:
+            self._order = self.rows[epoch_order(self.rows.size, self.seed, epoch)]
+            self._order_epoch = epoch
+        return self._order
+
+    def batch(self, epoch: int, index: int):
+        rows = self.order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
+        return self.reader.read(rows), self.targets[rows], rows
+
+
+class TorchLoader:
+    """A torch DataLoader over a :class:`BatchSource` (one dataset item = one batch)."""
+
+    name = "torch"
+
+    def __init__(self, source: BatchSource, normaliser: Normaliser, device, *,
+                 num_workers: int = 0):
+        self.source = source
+        self.normaliser = normaliser
+        self.device = torch.device(device)
+        self.num_workers = num_workers
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def epoch(self, epoch: int):
+        """Iterate the batches of ``epoch``: (images [B, H, W], targets [B], rows [B])."""
+        dataset = _EpochBatches(self.source, epoch)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=None, shuffle=False, num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda", collate_fn=_to_tensors)
+        for images, targets, rows in loader:
+            images = images.to(self.device, non_blocking=True)
+            yield (self.normaliser(images), targets.to(self.device, non_blocking=True), rows)
+
+
+def _to_tensors(item):
+    images, targets, rows = item
+    return torch.from_numpy(images), torch.from_numpy(targets), torch.from_numpy(rows)
+
+
+class _EpochBatches(torch.utils.data.Dataset):
+    def __init__(self, source: BatchSource, epoch: int):
+        self.source, self.epoch_index = source, epoch
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, index):
+        return self.source.batch(self.epoch_index, index)
+
+
+class DaliLoader:
+    """An NVIDIA DALI pipeline fed by ``fn.external_source`` from a :class:`BatchSource`.
+
+    Normalisation runs on the pipeline (``fn.normalize`` per image, or the training split's
+    pixel statistics as ``fn.constant`` tensors); with a CUDA ``device`` the batch moves to
+    the GPU inside the pipeline, without one it runs as a CPU pipeline (``device_id=None``).
+    Epochs must be iterated in order 0, 1, 2, ... (the pipeline prefetches the next batches).
+    """
+
+    name = "dali"
+
+    def __init__(self, source: BatchSource, normaliser: Normaliser, device, *,
+                 num_workers: int = 0):
+        from nvidia.dali import fn, pipeline_def, types
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+        self.source = source
+        self.device = torch.device(device)
+        gpu = self.device.type == "cuda"
+        device_id = (self.device.index or 0) if gpu else None
+        feed = _DaliFeed(source)
+        height, width = source.reader.shape[1:]
+
+        @pipeline_def(batch_size=source.batch_size, num_threads=max(1, num_workers or 2),
+                      device_id=device_id, exec_dynamic=True, prefetch_queue_depth=2)
+        def pipe():
+            images, targets, rows = fn.external_source(
+                source=feed, num_outputs=3, batch=True, dtype=[types.FLOAT, types.INT64,
+                                                               types.INT64],
+                ndim=[2, 0, 0], cycle="raise")
+            if gpu:
+                images, targets = images.gpu(), targets.gpu()
+            if normaliser.mode == "image":
+                images = fn.normalize(images, axes=[0, 1], epsilon=EPS)
+            elif normaliser.mode == "dataset":
+                mean = fn.constant(fdata=normaliser.mean.ravel().tolist(),
+                                   shape=[height, width], dtype=types.FLOAT,
+                                   device="gpu" if gpu else "cpu")
+                inv_std = fn.constant(fdata=normaliser.inv_std.ravel().tolist(),
+                                      shape=[height, width], dtype=types.FLOAT,
+                                      device="gpu" if gpu else "cpu")
+                images = (images - mean) * inv_std
+            return images, targets, rows
+
+        self.pipeline = pipe()
+        self.pipeline.build()
+        self._iterator = DALIGenericIterator([self.pipeline], ["images", "targets", "rows"],
+                                             size=-1, auto_reset=False)
+        self._feed = feed
+        self._next_epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def epoch(self, epoch: int):
+        """Iterate the batches of ``epoch`` (epochs must come in order)."""
+        if epoch != self._next_epoch:
+            raise ValueError(f"the DALI loader serves epochs in order: expected epoch "
+                             f"{self._next_epoch}, got {epoch}")
+        self._next_epoch += 1
+        for out in self._iterator:
+            batch = out[0]
+            yield batch["images"], batch["targets"].to(self.device), batch["rows"]
+        self._iterator.reset()
+
+
+class _DaliFeed:
+    """An iterable ``external_source``: each ``iter()`` starts the next epoch's order."""
+
+    def __init__(self, source: BatchSource):
+        self.source = source
+        self.epoch = -1
+        self.index = 0
+
+    def __iter__(self):
+        self.epoch += 1
+        self.index = 0
+        return self
+
+    def __next__(self):
+        if self.index >= len(self.source):
+            raise StopIteration
+        images, targets, rows = self.source.batch(self.epoch, self.index)
+        self.index += 1
+        return images, targets, rows
+
+
+LOADERS = Registry("loader")
+LOADERS.add("dali", lambda: (__import__("nvidia.dali.plugin.pytorch"), DaliLoader)[1],
+            available=lambda: has_module("nvidia.dali"), priority=1, extra="dali")
+LOADERS.add("torch", lambda: TorchLoader, priority=0)
+
+
+def make_loader(kind: str, source: BatchSource, normaliser: Normaliser, device, *,
+                num_workers: int = 0):
+    """A loader of ``kind`` (``"auto" | "dali" | "torch"``) over ``source``.
+
+    Raises
+    ------
+    ImportError
+        ``kind="dali"`` without NVIDIA DALI; the message names ``pip install 'fastimg[dali]'``.
+    """
+    _, cls = LOADERS.get(kind)
+    return cls(source, normaliser, device, num_workers=num_workers)

@@ -1,0 +1,225 @@
+"""The paper's frozen extractor cuts, and where their ImageNet weights come from.
+
+Each entry of :data:`EXTRACTORS` builds the torchvision model, loads its weights, and keeps
+the early layers the paper keeps, as an ``nn.Sequential`` of blocks (the unit that
+``unfreeze_fraction`` counts).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+logger = logging.getLogger("fastimg.train")
+
+#: Seconds the download of missing ImageNet weights may wait for the server.
+DOWNLOAD_TIMEOUT_S = 15.0
+
+#: (head, classifier) learning rates per extractor. The paper's Table I lists per-extractor
+#: values, but its numbers were not available when this was written: every extractor uses
+#: Adam's usual 1e-3 for both until someone checks Table I.
+DEFAULT_LR = {name: (1e-3, 1e-3) for name in (
+    "alexnet", "wide_resnet50_2", "resnext50_32x4d", "shufflenet_v2_x1_0", "vgg16")}
+
+
+class WeightsUnavailableError(OSError):
+    """ImageNet weights are neither in the torch hub cache nor downloadable."""
+
+
+def _cut_alexnet(model):
+    # features: conv(64) relu pool conv(192) relu | pool ...: the first two convs, 192 maps
+    return list(model.features[:5])
+
+
+def _cut_resnet(model):
+    return [model.conv1, model.bn1, model.relu, model.maxpool, *model.layer1]
+
+
+def _cut_shufflenet(model):
+    # conv1 is Conv + BN + ReLU; its max-pool sits between conv1 and stage2 in torchvision
+    return [model.conv1, model.maxpool, *model.stage2]
+
+
+def _cut_vgg16(model):
+    return list(model.features[:12])
+
+
+@dataclass(frozen=True)
+class ExtractorSpec:
+    """One registry entry: the torchvision builder name, the cut, and its output channels."""
+
+    name: str
+    cut: Callable
+    channels: int
+
+
+EXTRACTORS = {
+    "alexnet": ExtractorSpec("alexnet", _cut_alexnet, 192),
+    "wide_resnet50_2": ExtractorSpec("wide_resnet50_2", _cut_resnet, 256),
+    "resnext50_32x4d": ExtractorSpec("resnext50_32x4d", _cut_resnet, 256),
+    "shufflenet_v2_x1_0": ExtractorSpec("shufflenet_v2_x1_0", _cut_shufflenet, 116),
+    "vgg16": ExtractorSpec("vgg16", _cut_vgg16, 256),
+}
+
+
+def _hub_checkpoint(url: str) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def _download(url: str, dest: Path, timeout: float) -> None:
+    """Fetch ``url`` into ``dest`` atomically (a partial download never looks complete)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - https only
+        with tempfile.NamedTemporaryFile(dir=dest.parent, delete=False, suffix=".part") as tmp:
+            try:
+                shutil.copyfileobj(response, tmp)
+            except BaseException:
+                os.unlink(tmp.name)
+                raise
+    os.replace(tmp.name, dest)
+
+
+def resolve_weights(name: str, weights, *, timeout: float = DOWNLOAD_TIMEOUT_S):
+    """The state_dict to load into torchvision's ``name`` model, or None for random init.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`EXTRACTORS`.
+    weights : {"DEFAULT", None, "none"} or path
+        ``"DEFAULT"``: torchvision's ImageNet weights, read from
+        ``torch.hub.get_dir()/checkpoints/<file name of the weights URL>`` when present, or
+        downloaded there. ``None``: random init. A path: a state_dict saved with
+        ``torch.save``, loaded with ``weights_only=True``.
+
+    Raises
+    ------
+    WeightsUnavailableError
+        When ``"DEFAULT"`` is not cached and cannot be downloaded; the message names the
+        exact path to put the file at and the URL to get it from.
+    FileNotFoundError
+        When a weights path does not exist.
+    """
+    if weights is None or (isinstance(weights, str) and weights.lower() == "none"):
+        logger.info("%s: random initialisation (weights=None), not ImageNet weights", name)
+        return None
+    if isinstance(weights, str) and weights.upper() == "DEFAULT":
+        import torchvision
+
+        url = torchvision.models.get_model_weights(name).DEFAULT.url
+        path = _hub_checkpoint(url)
+        if not path.is_file():
+            logger.info("%s: downloading ImageNet weights from %s to %s", name, url, path)
+            try:
+                _download(url, path, timeout)
+            except (urllib.error.URLError, OSError, TimeoutError) as exc:
+                raise WeightsUnavailableError(
+                    f"ImageNet weights of {name} are not in the torch hub cache and could not "
+                    f"be downloaded ({exc}); download {url} and put the file at {path} (or pass "
+                    f"weights=None / --weights none for random init, or a state_dict path)"
+                ) from None
+        else:
+            logger.info("%s: ImageNet weights from %s", name, path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist (give a state_dict saved "
+                                f"with torch.save, 'DEFAULT' or 'none')")
+    logger.info("%s: weights from %s", name, path)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def build_extractor(name: str, weights="DEFAULT", *, unfreeze_fraction: float = 0.0):
+    """The frozen early layers of a pretrained CNN, as the paper cuts them.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`EXTRACTORS`.
+    weights : {"DEFAULT", None, "none"} or path
+        See :func:`resolve_weights`.
+    unfreeze_fraction : float
+        The last ``ceil(fraction * n)`` of the cut's ``n`` blocks with parameters stay
+        trainable; the rest are frozen.
+
+    Returns
+    -------
+    FrozenExtractor
+        Input ``[B, 3, H, W]``, output ``[B, channels, h, w]``.
+    """
+    import torchvision
+
+    if name not in EXTRACTORS:
+        raise ValueError(f"unknown extractor {name!r}; choose one of {sorted(EXTRACTORS)}")
+    spec = EXTRACTORS[name]
+    state = resolve_weights(name, weights)
+    # build on the meta device: only the cut is materialised (the dense layers of alexnet
+    # and vgg16 hold most of their parameters and would take seconds to initialise)
+    with torch.device("meta"):
+        model = torchvision.models.get_model(name, weights=None)
+    qualnames = {id(m): n for n, m in model.named_modules()}
+    blocks = spec.cut(model)
+    extractor = FrozenExtractor(blocks, spec.channels, unfreeze_fraction).to_empty(device="cpu")
+    if state is None:
+        for module in extractor.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()  # PyTorch's default init; BN stats reset too
+    else:
+        sub = {}
+        for i, block in enumerate(blocks):
+            prefix = qualnames[id(block)]
+            for key in block.state_dict():
+                full = f"{prefix}.{key}"
+                if full not in state:
+                    raise ValueError(f"the {name} weights lack {full!r}: give a state_dict of "
+                                     f"torchvision's whole {name} model")
+                sub[f"{i}.{key}"] = state[full]
+        extractor.load_state_dict(sub)
+    return extractor
+
+
+class FrozenExtractor(nn.Sequential):
+    """Blocks of a pretrained CNN; frozen blocks keep ``requires_grad=False`` and stay in eval
+    mode (their BatchNorm running statistics never move) even under ``.train()``.
+
+    Parameters
+    ----------
+    blocks : sequence of nn.Module
+    channels : int
+        Output channels of the last block.
+    unfreeze_fraction : float
+        The last ``ceil(fraction * n)`` of the ``n`` blocks with parameters stay trainable.
+    """
+
+    def __init__(self, blocks, channels: int, unfreeze_fraction: float = 0.0):
+        super().__init__(*blocks)
+        self.channels = channels
+        with_params = [i for i, b in enumerate(self) if any(True for _ in b.parameters())]
+        n_open = math.ceil(unfreeze_fraction * len(with_params))
+        self.trainable_blocks = frozenset(with_params[len(with_params) - n_open:] if n_open
+                                          else ())
+        for i, block in enumerate(self):
+            block.requires_grad_(i in self.trainable_blocks)
+        self.train(False)
+
+    @property
+    def fully_frozen(self) -> bool:
+        """True when no block trains (its outputs can be cached)."""
+        return not self.trainable_blocks
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for i, block in enumerate(self):
+            if i not in self.trainable_blocks:
+                block.train(False)
+        return self

@@ -1,0 +1,381 @@
+"""The training loop, honest evaluation, the linear-probe baseline and the run folder."""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from fastimg.train.cache import build_cache
+from fastimg.train.config import TrainConfig
+from fastimg.train.data import (LOADERS, BatchSource, ChunkedReader, Normaliser, StoreData,
+                                epoch_order, make_loader, pixel_stats)
+from fastimg.train.extractors import DEFAULT_LR, build_extractor
+from fastimg.train.head import ImageClassifier, feature_shape, to_extractor_input
+
+logger = logging.getLogger("fastimg.train")
+
+METRICS_FILE = "metrics.json"
+CHECKPOINT_FILE = "best.pt"
+CONFIG_FILE = "config.json"
+
+
+@dataclass
+class TrainResult:
+    """What :func:`fit` returns.
+
+    Attributes
+    ----------
+    best_epoch : int
+        1-based epoch with the best validation accuracy (its weights are in ``model``).
+    val_accuracy, test_accuracy : float or None
+        Accuracy of the best model on the validation and test splits (None: no such split).
+    probe : dict or None
+        The linear-probe baseline on the stored embeddings (``val_accuracy``,
+        ``test_accuracy``, ...), or None when it was not run.
+    history : list of dict
+        Per epoch: ``train_loss``, ``train_accuracy``, ``val_loss``, ``val_accuracy``,
+        ``seconds``; validation computed afresh every epoch.
+    metrics : dict
+        Everything written to ``metrics.json``.
+    model : torch.nn.Module
+        The classifier with the best epoch's weights, in eval mode.
+    run_dir : pathlib.Path or None
+    """
+
+    best_epoch: int
+    val_accuracy: float
+    test_accuracy: float | None
+    probe: dict | None
+    history: list = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    model: nn.Module | None = None
+    run_dir: Path | None = None
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU (logged)."""
+    if name == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        logger.info("train device 'auto' resolved to %s", device)
+        return device
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda[:N], got {name!r}")
+    return device
+
+
+def _confusion(targets: np.ndarray, predictions: np.ndarray, n_classes: int) -> list:
+    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(matrix, (targets, predictions), 1)
+    return matrix.tolist()
+
+
+def linear_probe(data: StoreData, *, seed: int = 0, max_iter: int = 1000) -> dict | None:
+    """Logistic regression on the stored embeddings, fitted on the training split and scored
+    on the validation and test splits (the baseline the image route should match).
+
+    Returns None when the store has no embeddings.
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if data.embeddings is None:
+        return None
+    start = time.perf_counter()
+    reader = ChunkedReader(data.embeddings)
+    train = data.rows("train")
+    if np.unique(data.targets[train]).size < 2:
+        return None
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter,
+                                                               random_state=seed))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        probe.fit(reader.read(train), data.targets[train])
+    out = {"model": "StandardScaler + LogisticRegression(C=1)",
+           "converged": not any(issubclass(w.category, ConvergenceWarning) for w in caught),
+           "train_accuracy": float(probe.score(reader.read(train), data.targets[train]))}
+    for split in ("val", "test"):
+        rows = data.rows(split)
+        out[f"{split}_accuracy"] = (float(probe.score(reader.read(rows), data.targets[rows]))
+                                    if rows.size else None)
+    out["seconds"] = time.perf_counter() - start
+    return out
+
+
+class _Run:
+    """State of one fit: the model, the optimiser and the batch iterators of each split."""
+
+    def __init__(self, data: StoreData, config: TrainConfig, device: torch.device, run_dir):
+        self.data, self.config, self.device, self.run_dir = data, config, device, run_dir
+        cuda = device.type == "cuda"
+        self.amp = config.amp and cuda
+        self.memory_format = (torch.channels_last if cuda and config.channels_last
+                              else torch.contiguous_format)
+        self.rows = {s: data.rows(s) for s in ("train", "val", "test")}
+        self.images = ChunkedReader(data.images)
+        if config.normalize == "dataset":
+            mean, inv_std = pixel_stats(self.images, self.rows["train"])
+            self.normaliser = Normaliser("dataset", mean, inv_std)
+        else:
+            self.normaliser = Normaliser(config.normalize)
+        self.loader_name = LOADERS.resolve(config.loader)
+        self.embeddings = None
+        if config.fuse_embedding:
+            if data.embeddings is None:
+                raise ValueError(f"{data.path} has no embeddings to fuse")
+            self.embeddings = ChunkedReader(data.embeddings)
+        extractor = build_extractor(config.extractor, config.weights,
+                                    unfreeze_fraction=config.unfreeze_fraction)
+        self.feature_shape = feature_shape(extractor, data.image_shape, config.upsample)
+        self.model = ImageClassifier(
+            extractor, self.feature_shape, data.n_classes, head_channels=config.head_channels,
+            hidden=config.hidden, dropout=config.dropout,
+            embedding_dim=data.embeddings.shape[1] if config.fuse_embedding else None,
+            embedding_hidden=config.embedding_hidden, upsample=config.upsample)
+        self.model.to(device=device, memory_format=self.memory_format)
+        lr_head, lr_cls = DEFAULT_LR[config.extractor]
+        head_params = [p for m in (self.model.head, self.model.embedding_mlp, extractor)
+                       if m is not None for p in m.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(
+            [{"params": head_params, "lr": config.lr_head or lr_head},
+             {"params": list(self.model.classifier.parameters()),
+              "lr": config.lr_classifier or lr_cls}], weight_decay=config.weight_decay)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.loss_fn = nn.CrossEntropyLoss()
+        self._loaders, self._calls = {}, {}
+        self.caches = {}
+
+    def autocast(self):
+        if self.amp:
+            return torch.autocast(device_type="cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def loader(self, split: str, shuffle: bool):
+        key = (split, shuffle)
+        if key not in self._loaders:
+            source = BatchSource(self.images, self.data.targets, self.rows[split],
+                                 self.config.batch_size, shuffle=shuffle, seed=self.config.seed)
+            self._loaders[key] = make_loader(self.loader_name, source, self.normaliser,
+                                             self.device, num_workers=self.config.num_workers)
+            self._calls[key] = 0
+        return self._loaders[key]
+
+    def _epoch_of(self, split, shuffle, epoch=None):
+        """Batches of the loader of (split, shuffle): the given epoch, or its next pass."""
+        loader = self.loader(split, shuffle)
+        key = (split, shuffle)
+        epoch = self._calls[key] if epoch is None else epoch
+        self._calls[key] = epoch + 1
+        return loader.epoch(epoch)
+
+    def build_caches(self, where: str):
+        for split, rows in self.rows.items():
+            if rows.size:
+                path = (Path(self.run_dir) / "feature_cache" / split) if self.run_dir else None
+                if where == "zarr" and path is None:
+                    raise ValueError("cache='zarr' needs a run folder (out_dir)")
+                self.caches[split] = build_cache(
+                    self.model, self.loader(split, False), rows, self.data.targets, where=where,
+                    path=path, autocast=self.autocast, progress=self.config.progress,
+                    desc=f"features {split}", dtype=self.config.cache_dtype)
+                self._calls[(split, False)] = 1
+
+    def batches(self, split: str, *, train: bool, epoch: int = 0):
+        """(inputs, embeddings, targets, is_features) of one pass over ``split``."""
+        if self.caches:
+            cache = self.caches[split]
+            n = len(cache)
+            order = epoch_order(n, self.config.seed, epoch) if train else np.arange(n)
+            size = self.config.batch_size
+            for start in range(0, n, size):
+                positions = order[start:start + size]
+                rows = cache.rows[positions]
+                feats = cache.get(positions).to(self.device, non_blocking=True)
+                yield (feats.contiguous(memory_format=self.memory_format), self._emb(rows),
+                       torch.from_numpy(self.data.targets[rows]).to(self.device), True)
+        else:
+            for images, targets, rows in self._epoch_of(split, train, epoch if train else None):
+                yield images, self._emb(np.asarray(rows.cpu())), targets.to(self.device), False
+
+    def _emb(self, rows):
+        if self.embeddings is None:
+            return None
+        return torch.from_numpy(self.embeddings.read(rows)).to(self.device, non_blocking=True)
+
+    def forward(self, inputs, emb, is_features):
+        if is_features:
+            return self.model.forward_features(inputs, emb)
+        x = to_extractor_input(inputs, self.model.upsample).contiguous(
+            memory_format=self.memory_format)
+        return self.model.forward_features(self.model.extractor(x), emb)
+
+    def train_epoch(self, epoch: int) -> tuple[float, float]:
+        self.model.train()
+        total, correct, loss_sum = 0, 0, 0.0
+        n_batches = -(-self.rows["train"].size // self.config.batch_size)
+        bar = tqdm(self.batches("train", train=True, epoch=epoch), total=n_batches,
+                   desc=f"epoch {epoch + 1}", leave=False, disable=not self.config.progress)
+        for inputs, emb, targets, is_features in bar:
+            if targets.shape[0] < 2:
+                continue  # BatchNorm cannot train on a single sample (a last batch of one)
+            with self.autocast():
+                logits = self.forward(inputs, emb, is_features)
+                loss = self.loss_fn(logits.float(), targets)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            loss_sum += float(loss.detach()) * targets.shape[0]
+            correct += int((logits.argmax(1) == targets).sum())
+            total += targets.shape[0]
+        return loss_sum / max(1, total), correct / max(1, total)
+
+    @torch.no_grad()
+    def evaluate(self, split: str) -> dict:
+        self.model.eval()
+        preds, trues, loss_sum = [], [], 0.0
+        for inputs, emb, targets, is_features in self.batches(split, train=False):
+            with self.autocast():
+                logits = self.forward(inputs, emb, is_features).float()
+            loss_sum += float(self.loss_fn(logits, targets)) * targets.shape[0]
+            preds.append(logits.argmax(1).cpu().numpy())
+            trues.append(targets.cpu().numpy())
+        pred = np.concatenate(preds) if preds else np.zeros(0, np.int64)
+        true = np.concatenate(trues) if trues else np.zeros(0, np.int64)
+        n = max(1, true.size)
+        return {"rows": int(true.size), "accuracy": float((pred == true).sum() / n),
+                "loss": loss_sum / n, "predictions": pred, "targets": true}
+
+
+def fit(store, config: TrainConfig | None = None, *, out_dir=None) -> TrainResult:
+    """Train the image route on a dataset store and evaluate it honestly.
+
+    Parameters
+    ----------
+    store : str or path
+        A store written by ``fastimg build-dataset`` (labels, split, images, embeddings).
+    config : TrainConfig, optional
+    out_dir : str or path, optional
+        Run folder: ``metrics.json``, ``best.pt`` (the best epoch's ``state_dict``, reload with
+        ``torch.load(path, weights_only=True)``), ``config.json``. Nothing is written without it.
+
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    ValueError
+        The store has no labels, no training or validation rows, or settings do not fit it.
+    fastimg.train.extractors.WeightsUnavailableError
+        ImageNet weights are missing and cannot be downloaded.
+    ImportError
+        ``loader="dali"`` without NVIDIA DALI installed.
+
+    Notes
+    -----
+    The global torch RNG is forked for the run (``torch.random.fork_rng``) and seeded with
+    ``config.seed``: initialisation and dropout are reproducible and the caller's random
+    state is restored afterwards. Every epoch's order comes from
+    ``np.random.default_rng(seed + epoch)``.
+    """
+    config = config or TrainConfig()
+    data = StoreData(store)
+    for split in ("train", "val"):
+        if data.rows(split).size == 0:
+            raise ValueError(f"{store} has no {split} rows; training needs train and val splits")
+    device = resolve_device(config.device)
+    run_dir = Path(out_dir) if out_dir is not None else None
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(config.seed)
+        return _fit(data, config, device, run_dir)
+
+
+def _fit(data, config, device, run_dir) -> TrainResult:
+    start = time.perf_counter()
+    run = _Run(data, config, device, run_dir)
+    cache_mode = config.resolved_cache
+    if cache_mode != "none" and not run.model.extractor.fully_frozen:
+        raise ValueError("the feature cache needs a fully frozen extractor")
+    timings = {}
+    if cache_mode != "none":
+        t0 = time.perf_counter()
+        run.build_caches(cache_mode)
+        timings["cache_s"] = time.perf_counter() - t0
+    logger.info("training %s (%s weights) on %s, loader %s, cache %s, normalise %s",
+                config.extractor, config.weights, device, run.loader_name, cache_mode,
+                config.normalize)
+
+    history, best, best_state = [], None, None
+    t0 = time.perf_counter()
+    bar = tqdm(range(config.epochs), desc="train", unit="epoch", disable=not config.progress)
+    for epoch in bar:
+        e0 = time.perf_counter()
+        train_loss, train_acc = run.train_epoch(epoch)
+        val = run.evaluate("val")
+        history.append({"epoch": epoch + 1, "train_loss": train_loss,
+                        "train_accuracy": train_acc, "val_loss": val["loss"],
+                        "val_accuracy": val["accuracy"], "seconds": time.perf_counter() - e0})
+        if best is None or val["accuracy"] > history[best]["val_accuracy"]:
+            best = epoch
+            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in
+                                        run.model.state_dict().items()})
+        bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val['accuracy']:.3f}")
+        logger.info("epoch %d: train loss %.4f, val accuracy %.4f", epoch + 1, train_loss,
+                    val["accuracy"])
+    timings["train_s"] = time.perf_counter() - t0
+
+    run.model.load_state_dict(best_state)
+    final = {}
+    for split in ("val", "test"):
+        if run.rows[split].size:
+            result = run.evaluate(split)
+            final[split] = {"rows": result["rows"], "accuracy": result["accuracy"],
+                            "loss": result["loss"],
+                            "confusion_matrix": _confusion(result["targets"],
+                                                           result["predictions"], data.n_classes)}
+        else:
+            final[split] = None
+
+    probe = None
+    if config.probe:
+        probe = linear_probe(data, seed=config.seed)
+    timings["total_s"] = time.perf_counter() - start
+    metrics = {
+        "store": str(data.path), "config": config.to_dict(),
+        "extractor": {"name": config.extractor, "weights": config.weights,
+                      "feature_shape": list(run.feature_shape),
+                      "frozen": run.model.extractor.fully_frozen},
+        "device": str(device), "loader": run.loader_name, "cache": cache_mode,
+        "amp": run.amp, "class_names": data.class_names,
+        "rows": {s: int(r.size) for s, r in run.rows.items()},
+        "epochs": history, "best_epoch": best + 1, "final": final, "probe": probe,
+        "timings": timings,
+    }
+    if run_dir is not None:
+        torch.save(best_state, run_dir / CHECKPOINT_FILE)
+        (run_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2),
+                                           encoding="utf-8")
+        (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    run.model.eval()
+    return TrainResult(
+        best_epoch=best + 1, val_accuracy=final["val"]["accuracy"],
+        test_accuracy=final["test"]["accuracy"] if final["test"] else None, probe=probe,
+        history=history, metrics=metrics, model=run.model, run_dir=run_dir)

@@ -1,0 +1,117 @@
+"""The trainable part: the paper's conv head ("Conv-AE"), the dense classifier, and the
+optional MLP of the raw embedding for fusion."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def _xavier(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+class ConvHead(nn.Module):
+    """Four 3 x 3 conv layers, each followed by ReLU and BatchNorm, then flattened.
+
+    The spatial grid is kept (no global pooling): in a DeepInsight image a position is a
+    group of embedding features, so pooling it away would discard the meaning.
+    """
+
+    def __init__(self, in_channels: int, channels=(128, 128, 64, 32)):
+        super().__init__()
+        layers, prev = [], in_channels
+        for out in channels:
+            layers += [nn.Conv2d(prev, out, 3, padding=1), nn.ReLU(inplace=True),
+                       nn.BatchNorm2d(out)]
+            prev = out
+        self.body = nn.Sequential(*layers)
+        _xavier(self)
+
+    def forward(self, x):
+        return torch.flatten(self.body(x), 1)
+
+
+class Classifier(nn.Module):
+    """Three fully connected layers, dropout after the first two."""
+
+    def __init__(self, in_features: int, n_classes: int, hidden=(256, 64), dropout=0.3):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Linear(in_features, hidden[0]), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(hidden[0], hidden[1]), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(hidden[1], n_classes))
+        _xavier(self)
+
+    def forward(self, x):
+        return self.body(x)
+
+
+class EmbeddingMLP(nn.Module):
+    """BatchNorm -> Linear -> ReLU of the raw embedding, fused before the classifier.
+
+    BatchNorm standardises each embedding feature over the data (a per-row LayerNorm would
+    remove a row's mean, which can carry the class)."""
+
+    def __init__(self, in_features: int, hidden: int = 256):
+        super().__init__()
+        self.body = nn.Sequential(nn.BatchNorm1d(in_features), nn.Linear(in_features, hidden),
+                                  nn.ReLU(inplace=True))
+        _xavier(self)
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def to_extractor_input(images: torch.Tensor, upsample: int = 1) -> torch.Tensor:
+    """``[B, H, W]`` grey images -> ``[B, 3, H * k, W * k]`` (nearest upsampling by ``k``)."""
+    x = images.unsqueeze(1)
+    if upsample > 1:
+        x = F.interpolate(x, scale_factor=upsample, mode="nearest")
+    return x.expand(-1, 3, -1, -1)
+
+
+class ImageClassifier(nn.Module):
+    """extractor -> conv head (-> concat embedding MLP) -> classifier.
+
+    ``forward(images, embeddings=None)`` takes normalised ``[B, H, W]`` images;
+    ``forward_features(features, embeddings=None)`` takes the extractor's outputs (the path
+    used with the feature cache).
+    """
+
+    def __init__(self, extractor, feature_shape, n_classes: int, *, head_channels=(128, 128, 64, 32),
+                 hidden=(256, 64), dropout=0.3, embedding_dim: int | None = None,
+                 embedding_hidden: int = 256, upsample: int = 1):
+        super().__init__()
+        self.extractor = extractor
+        self.upsample = upsample
+        self.head = ConvHead(feature_shape[0], head_channels)
+        with torch.no_grad():
+            n_flat = self.head.body(torch.zeros(1, *feature_shape)).numel()
+        self.embedding_mlp = (EmbeddingMLP(embedding_dim, embedding_hidden)
+                              if embedding_dim else None)
+        n_in = n_flat + (embedding_hidden if embedding_dim else 0)
+        self.classifier = Classifier(n_in, n_classes, hidden, dropout)
+
+    def extract(self, images):
+        return self.extractor(to_extractor_input(images, self.upsample))
+
+    def forward_features(self, features, embeddings=None):
+        z = self.head(features)
+        if self.embedding_mlp is not None:
+            z = torch.cat([z, self.embedding_mlp(embeddings)], dim=1)
+        return self.classifier(z)
+
+    def forward(self, images, embeddings=None):
+        return self.forward_features(self.extract(images), embeddings)
+
+
+def feature_shape(extractor, image_shape, upsample: int = 1) -> tuple:
+    """Output shape ``(C, h, w)`` of ``extractor`` on one ``image_shape`` image."""
+    with torch.no_grad():
+        out = extractor(to_extractor_input(torch.zeros(1, *image_shape), upsample))
+    return tuple(out.shape[1:])

@@ -1,0 +1,377 @@
+"""fastimg.train: extractors, loaders, cache, the training loop and its run folder."""
+from __future__ import annotations
+
+import json
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+
+from fastimg import store
+from fastimg.train import EXTRACTORS, TrainConfig, WeightsUnavailableError, build_extractor, fit
+from fastimg.train import extractors as extractors_module
+from fastimg.train.data import (BatchSource, ChunkedReader, Normaliser, StoreData, epoch_order,
+                                make_loader, pixel_stats)
+from fastimg.train.head import feature_shape
+
+
+def write_store(path, *, n_rows=240, grid=(50, 50), class_values=(3, 7), test=True,
+                labels=True, seed=0, blob=0.8):
+    """A finished store with two classes whose images differ by a bright blob."""
+    rng = np.random.default_rng(seed)
+    height, width = grid
+    y = rng.integers(0, 2, n_rows)
+    images = 0.2 * rng.random((n_rows, height, width))
+    bh, bw = height // 3, width // 3
+    images[y == 0, :bh, :bw] += blob
+    images[y == 1, -bh:, -bw:] += blob
+    embeddings = rng.standard_normal((n_rows, 24)) + 2.0 * np.outer(2 * y - 1, np.tile([1, -1], 12))
+    n_train, n_val = int(n_rows * 0.6), int(n_rows * 0.2)
+    split = np.zeros(n_rows, np.int8)
+    split[n_train:n_train + n_val] = 1
+    split[n_train + n_val:] = 2 if test else 1
+    group = store.create_partial(path)
+    arrays = {store.IMAGES: images.astype(np.float16), store.SPLIT: split,
+              store.EMBEDDINGS: embeddings.astype(np.float16),
+              store.IDS: np.array([f"r{i}" for i in range(n_rows)])}
+    if labels:
+        values = np.asarray(class_values if class_values is not None else (0, 1))
+        arrays[store.LABELS] = values[y].astype(np.int64)
+    for name, data in arrays.items():
+        chunks = (64, *data.shape[1:])
+        array = group.create_array(name, shape=data.shape, chunks=chunks,
+                                   dtype=str if data.dtype.kind == "U" else data.dtype)
+        array[:] = data
+    attrs = {"summary": {"image_shape": list(grid)}}
+    if labels:
+        attrs = {"kind": "dataset", "corpus": {"class_values": None if class_values is None
+                                                else list(class_values)},
+                 "summary": {"class_names": ["neg", "pos"], "image_shape": list(grid)}}
+    store.finish(group, path, attrs)
+    return y
+
+
+@pytest.fixture(scope="module")
+def blob_store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("train") / "blobs.zarr"
+    y = write_store(path)
+    return path, y
+
+
+FAST = dict(weights=None, epochs=3, batch_size=32, progress=False, loader="torch",
+            head_channels=(16, 16, 8, 8), hidden=(32, 16))
+
+
+# -- extractors -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,shape", [("alexnet", (192, 5, 5)), ("wide_resnet50_2", (256, 13, 13)),
+                                        ("resnext50_32x4d", (256, 13, 13)),
+                                        ("shufflenet_v2_x1_0", (116, 7, 7)),
+                                        ("vgg16", (256, 12, 12))])
+def test_extractor_output_shape_on_50x50(name, shape):
+    extractor = build_extractor(name, None)
+    assert feature_shape(extractor, (50, 50)) == shape
+    assert shape[0] == EXTRACTORS[name].channels == extractor.channels
+    assert all(not p.requires_grad for p in extractor.parameters())
+    assert not extractor.training and extractor.fully_frozen
+
+
+def test_weights_from_a_path_match_torchvisions_cut(tmp_path):
+    import torchvision
+
+    torch.manual_seed(0)
+    full = torchvision.models.shufflenet_v2_x1_0(weights=None).eval()
+    torch.save(full.state_dict(), tmp_path / "w.pt")
+    extractor = build_extractor("shufflenet_v2_x1_0", str(tmp_path / "w.pt"))
+    x = torch.randn(2, 3, 50, 50)
+    with torch.no_grad():
+        expected = full.stage2(full.maxpool(full.conv1(x)))
+        torch.testing.assert_close(extractor(x), expected)
+
+
+def test_weights_missing_offline_is_one_clear_error(tmp_path, monkeypatch):
+    import torchvision
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+
+    def offline(url, timeout=None):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(extractors_module.urllib.request, "urlopen", offline)
+    url = torchvision.models.get_model_weights("alexnet").DEFAULT.url
+    expected = tmp_path / "hub" / "checkpoints" / url.rsplit("/", 1)[1]
+    with pytest.raises(WeightsUnavailableError) as info:
+        build_extractor("alexnet", "DEFAULT")
+    message = str(info.value)
+    assert str(expected) in message and url in message and "none" in message
+    assert not expected.exists()
+
+
+def test_weights_default_read_from_the_hub_cache(tmp_path, monkeypatch):
+    import torchvision
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(extractors_module.urllib.request, "urlopen",
+                        lambda *a, **k: pytest.fail("must not download a cached file"))
+    url = torchvision.models.get_model_weights("shufflenet_v2_x1_0").DEFAULT.url
+    cached = tmp_path / "hub" / "checkpoints" / url.rsplit("/", 1)[1]
+    cached.parent.mkdir(parents=True)
+    torch.manual_seed(1)
+    full = torchvision.models.shufflenet_v2_x1_0(weights=None)
+    torch.save(full.state_dict(), cached)
+    extractor = build_extractor("shufflenet_v2_x1_0", "DEFAULT")
+    torch.testing.assert_close(extractor[0][0].weight, full.conv1[0].weight)
+
+
+def test_unfreeze_fraction_opens_the_last_blocks():
+    extractor = build_extractor("wide_resnet50_2", None, unfreeze_fraction=0.5)
+    # blocks with parameters: conv1, bn1, layer1.0, layer1.1, layer1.2 -> the last 3 open
+    assert extractor.trainable_blocks == frozenset({4, 5, 6})
+    assert not extractor[0].weight.requires_grad
+    assert all(p.requires_grad for p in extractor[6].parameters())
+    extractor.train()
+    assert not extractor[1].training and extractor[6].training
+
+
+# -- store reading and loaders ----------------------------------------------------------------
+
+def test_store_data_maps_class_values_to_indices(blob_store):
+    path, y = blob_store
+    data = StoreData(path)
+    np.testing.assert_array_equal(data.targets, y)
+    assert data.class_names == ["neg", "pos"] and data.image_shape == (50, 50)
+    assert data.rows("train").size == 144 and data.rows("test").size == 48
+
+
+def test_store_without_labels_is_one_clear_error(tmp_path):
+    write_store(tmp_path / "images.zarr", n_rows=32, labels=False)
+    with pytest.raises(ValueError, match="no labels.*build-dataset"):
+        fit(tmp_path / "images.zarr", TrainConfig(**FAST))
+
+
+def test_chunked_reader_gathers_any_order():
+    data = np.arange(50 * 4, dtype=np.float16).reshape(50, 2, 2)
+
+    class Chunked:  # an array-like with zarr's chunks attribute
+        shape, chunks = data.shape, (7, 2, 2)
+
+        def __getitem__(self, key):
+            return data[key]
+
+    reader = ChunkedReader(Chunked(), cache_bytes=3 * 7 * 16)
+    rows = np.array([49, 0, 13, 13, 48, 7, 22])
+    np.testing.assert_array_equal(reader.read(rows), data[rows].astype(np.float32))
+    assert len(reader._chunks) <= reader.max_chunks
+
+
+def test_normalisation_modes(blob_store):
+    path, _ = blob_store
+    data = StoreData(path)
+    reader = ChunkedReader(data.images)
+    rows = data.rows("train")
+    x = torch.from_numpy(reader.read(rows))
+    z = Normaliser("image")(x)
+    torch.testing.assert_close(z.mean(dim=(1, 2)), torch.zeros(len(rows)), atol=1e-4, rtol=0)
+    torch.testing.assert_close(z.std(dim=(1, 2), correction=0), torch.ones(len(rows)), atol=1e-3,
+                               rtol=0)
+    d = Normaliser("dataset", *pixel_stats(reader, rows))(x)
+    torch.testing.assert_close(d.mean(0), torch.zeros(50, 50), atol=1e-4, rtol=0)
+    torch.testing.assert_close(d.std(0, correction=0), torch.ones(50, 50), atol=5e-3, rtol=0)
+    assert torch.equal(Normaliser("none")(x), x)
+
+
+def _source(path, shuffle=True, batch_size=40):
+    data = StoreData(path)
+    reader = ChunkedReader(data.images)
+    rows = data.rows("train")
+    return data, reader, BatchSource(reader, data.targets, rows, batch_size, shuffle=shuffle,
+                                     seed=5)
+
+
+def test_torch_loader_serves_the_epoch_order(blob_store):
+    path, _ = blob_store
+    data, reader, source = _source(path)
+    loader = make_loader("torch", source, Normaliser("none"), "cpu")
+    for epoch in (0, 1):
+        batches = list(loader.epoch(epoch))
+        assert len(batches) == len(source) == 4 and batches[-1][0].shape[0] == 144 - 120
+        rows = torch.cat([b[2] for b in batches]).numpy()
+        np.testing.assert_array_equal(rows, data.rows("train")[epoch_order(144, 5, epoch)])
+        np.testing.assert_array_equal(torch.cat([b[1] for b in batches]).numpy(),
+                                      data.targets[rows])
+        np.testing.assert_array_equal(torch.cat([b[0] for b in batches]).numpy(),
+                                      reader.read(rows))
+    assert not np.array_equal(epoch_order(144, 5, 0), epoch_order(144, 5, 1))
+
+
+@pytest.mark.parametrize("mode", ["none", "image", "dataset"])
+def test_dali_and_torch_loaders_give_identical_batches(blob_store, mode):
+    pytest.importorskip("nvidia.dali")
+    path, _ = blob_store
+    data, reader, source = _source(path)
+    stats = pixel_stats(reader, data.rows("train")) if mode == "dataset" else (None, None)
+    normaliser = Normaliser(mode, *stats)
+    ours = make_loader("torch", source, normaliser, "cpu")
+    dali = make_loader("dali", source, normaliser, "cpu")
+    for epoch in range(3):
+        a, b = list(ours.epoch(epoch)), list(dali.epoch(epoch))
+        assert len(a) == len(b) == len(source)
+        for (xa, ta, ra), (xb, tb, rb) in zip(a, b):
+            assert torch.equal(ra, rb) and torch.equal(ta.cpu(), tb.cpu())
+            assert xb.dtype == torch.float32 and xb.shape == xa.shape
+            if mode == "image":  # DALI's reduction order differs in the last bits
+                torch.testing.assert_close(xb.cpu(), xa, atol=1e-5, rtol=0)
+            else:
+                assert torch.equal(xb.cpu(), xa)
+    with pytest.raises(ValueError, match="in order"):
+        next(iter(dali.epoch(7)))
+
+
+def test_unknown_loader_and_missing_dali(monkeypatch, blob_store):
+    from fastimg.train import data as data_module
+
+    path, _ = blob_store
+    _, _, source = _source(path)
+    with pytest.raises(ValueError, match="unknown loader backend"):
+        make_loader("fast", source, Normaliser("none"), "cpu")
+
+    def missing():
+        raise ImportError("No module named 'nvidia.dali'")
+
+    monkeypatch.setitem(data_module.LOADERS._backends, "dali",
+                        data_module.LOADERS._backends["dali"].__class__(
+                            "dali", missing, lambda: False, 1, "dali"))
+    with pytest.raises(ImportError, match=r"pip install 'fastimg\[dali\]'"):
+        make_loader("dali", source, Normaliser("none"), "cpu")
+
+
+# -- config -----------------------------------------------------------------------------------
+
+def test_config_round_trips_through_json_and_rejects_bad_values():
+    config = TrainConfig(extractor="vgg16", weights="none", upsample=3, fuse_embedding=True)
+    assert config.weights is None
+    again = TrainConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again == config
+    for bad in ({"extractor": "resnet18"}, {"normalize": "batch"}, {"epochs": 0},
+                {"unfreeze_fraction": 0.5, "cache": "memory"}, {"loader": "ffcv"},
+                {"head_channels": (8, 8)}):
+        with pytest.raises(ValueError):
+            TrainConfig(**bad)
+    with pytest.raises(ValueError, match="unknown"):
+        TrainConfig.from_dict({"epochs": 2, "colour": "red"})
+    assert TrainConfig(unfreeze_fraction=0.5).resolved_cache == "none"
+    assert TrainConfig().resolved_cache == "memory"
+
+
+# -- training ---------------------------------------------------------------------------------
+
+def test_two_separable_classes_reach_090_on_cpu(blob_store, tmp_path):
+    path, _ = blob_store
+    result = fit(path, TrainConfig(extractor="alexnet", **{**FAST, "epochs": 4}),
+                 out_dir=tmp_path / "run")
+    assert result.val_accuracy > 0.9
+    assert result.test_accuracy is not None and result.test_accuracy > 0.9
+    assert result.metrics["cache"] == "memory"
+
+
+def test_metrics_json_and_checkpoint(blob_store, tmp_path):
+    path, _ = blob_store
+    run = tmp_path / "run"
+    config = TrainConfig(extractor="shufflenet_v2_x1_0", **FAST)
+    result = fit(path, config, out_dir=run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics == json.loads(json.dumps(result.metrics))
+    assert TrainConfig.from_dict(metrics["config"]) == config
+    assert TrainConfig.from_dict(json.loads((run / "config.json").read_text())) == config
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3]
+    for epoch in metrics["epochs"]:
+        assert epoch["train_loss"] > 0 and 0 <= epoch["val_accuracy"] <= 1
+    best = metrics["best_epoch"]
+    assert metrics["epochs"][best - 1]["val_accuracy"] == max(
+        e["val_accuracy"] for e in metrics["epochs"])
+    # the best weights are what is evaluated at the end: validation accuracy afresh, not a
+    # running average over the epochs
+    assert metrics["final"]["val"]["accuracy"] == pytest.approx(
+        metrics["epochs"][best - 1]["val_accuracy"])
+    for split, n in (("val", 48), ("test", 48)):
+        matrix = np.array(metrics["final"][split]["confusion_matrix"])
+        assert matrix.shape == (2, 2) and matrix.sum() == n
+        assert np.trace(matrix) / n == pytest.approx(metrics["final"][split]["accuracy"])
+    assert metrics["class_names"] == ["neg", "pos"]
+    assert metrics["rows"] == {"train": 144, "val": 48, "test": 48}
+    probe = metrics["probe"]
+    assert probe["val_accuracy"] > 0.9 and probe["test_accuracy"] > 0.9
+    state = torch.load(run / "best.pt", weights_only=True)
+    assert set(state) == set(result.model.state_dict())
+    for key, value in result.model.state_dict().items():
+        torch.testing.assert_close(state[key], value.cpu())
+
+
+def test_frozen_parameters_and_bn_stats_unchanged_by_training(blob_store):
+    path, _ = blob_store
+    # recompute the extractor every epoch (no cache) so it runs inside the training loop
+    config = TrainConfig(extractor="shufflenet_v2_x1_0", cache="none", **{**FAST, "epochs": 1})
+    torch.manual_seed(0)
+    reference = build_extractor("shufflenet_v2_x1_0", None)
+    result = fit(path, config)
+    trained = result.model.extractor
+    # same seed -> same random init, so the frozen extractor must equal a fresh build
+    before = {k: v for k, v in reference.state_dict().items()}
+    after = trained.state_dict()
+    assert any("running_mean" in k for k in after)
+    for key, value in before.items():
+        assert torch.equal(after[key].cpu(), value), key
+    head_bn = result.model.head.body[2]
+    assert head_bn.num_batches_tracked > 0  # the head's BN does train
+
+
+def test_unfrozen_blocks_train_and_frozen_ones_do_not(blob_store):
+    path, _ = blob_store
+    config = TrainConfig(extractor="shufflenet_v2_x1_0", unfreeze_fraction=0.25,
+                         **{**FAST, "epochs": 1})
+    torch.manual_seed(0)
+    reference = build_extractor("shufflenet_v2_x1_0", None, unfreeze_fraction=0.25)
+    result = fit(path, config)
+    trained = result.model.extractor
+    assert result.metrics["cache"] == "none" and not result.metrics["extractor"]["frozen"]
+    for i, (old, new) in enumerate(zip(reference, trained)):
+        same = all(torch.equal(a, b.cpu()) for a, b in zip(old.state_dict().values(),
+                                                           new.state_dict().values()))
+        assert same == (i not in trained.trainable_blocks), i
+
+
+def test_cache_gives_the_same_model_as_recomputing(blob_store):
+    path, _ = blob_store
+    base = {**FAST, "epochs": 2, "probe": False, "dropout": 0.0}
+    cached = fit(path, TrainConfig(extractor="alexnet", cache="memory", cache_dtype="float32",
+                                   **base))
+    fresh = fit(path, TrainConfig(extractor="alexnet", cache="none", **base))
+    for a, b in zip(cached.history, fresh.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+
+
+def test_fusion_no_test_split_and_zarr_cache(tmp_path):
+    path = tmp_path / "notest.zarr"
+    write_store(path, n_rows=120, class_values=None, test=False, blob=0.0)
+    result = fit(path, TrainConfig(extractor="alexnet", fuse_embedding=True, cache="zarr",
+                                   **{**FAST, "epochs": 4}), out_dir=tmp_path / "run")
+    assert result.test_accuracy is None and result.metrics["final"]["test"] is None
+    assert result.probe["test_accuracy"] is None
+    assert (tmp_path / "run" / "feature_cache" / "train").is_dir()
+    # without the blob the images carry nothing; the fused embedding does
+    assert result.val_accuracy > 0.9
+    assert result.model.embedding_mlp is not None
+
+
+def test_fit_seeded_and_leaves_global_rng_alone(blob_store):
+    path, _ = blob_store
+    config = TrainConfig(extractor="alexnet", **{**FAST, "epochs": 1, "probe": False})
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    a = fit(path, config)
+    assert torch.equal(torch.rand(3), expected)
+    b = fit(path, config)
+    assert a.history[0]["train_loss"] == b.history[0]["train_loss"]
