@@ -163,6 +163,33 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from fastimg.train import TrainConfig, fit
+
+    if not args.store.exists():
+        raise UserError(f"store {args.store} does not exist")
+    weights = None if args.weights.lower() == "none" else args.weights
+    config = TrainConfig(
+        extractor=args.extractor, weights=weights, epochs=args.epochs,
+        batch_size=args.batch_size, lr_head=args.lr_head, lr_classifier=args.lr_classifier,
+        normalize=args.normalize, upsample=args.upsample,
+        unfreeze_fraction=args.unfreeze_fraction, fuse_embedding=args.fuse_embedding,
+        cache=args.cache, loader=args.loader, device=args.device, amp=not args.no_amp,
+        probe=not args.no_probe, num_workers=args.num_workers, seed=args.seed,
+        progress=not args.quiet)
+    result = fit(args.store, config, out_dir=args.out)
+    test = "absent" if result.test_accuracy is None else f"{result.test_accuracy:.4f}"
+    probe = result.probe or {}
+    probe_text = ("not run" if not probe else
+                  f"val {probe['val_accuracy']:.4f}" + ("" if probe.get("test_accuracy") is None
+                                                        else f", test {probe['test_accuracy']:.4f}"))
+    print(f"trained {args.extractor} on {args.store}: best epoch {result.best_epoch}/"
+          f"{args.epochs}, val accuracy {result.val_accuracy:.4f}, test accuracy {test}; "
+          f"linear probe on the embeddings: {probe_text}; "
+          f"{result.metrics['timings']['total_s']:.1f} s; run folder {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastimg", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log each stage")
@@ -252,6 +279,43 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--per-class", type=int, default=4, help="sample images per class")
     show.add_argument("--seed", type=int, default=0)
     show.set_defaults(func=_cmd_show)
+
+    train = sub.add_parser(
+        "train", help="train a frozen pretrained extractor + conv head on a dataset store",
+        description="Train the paper's image route on a store written by build-dataset: a "
+                    "frozen ImageNet extractor, a conv head and a dense classifier; writes "
+                    "metrics.json, best.pt and config.json into --out and reports the "
+                    "validation and test accuracy beside a linear probe on the embeddings.")
+    train.add_argument("store", type=Path)
+    train.add_argument("--extractor", default="alexnet",
+                       choices=["alexnet", "wide_resnet50_2", "resnext50_32x4d",
+                                "shufflenet_v2_x1_0", "vgg16"])
+    train.add_argument("--weights", default="DEFAULT",
+                       help="DEFAULT (torchvision ImageNet weights), none (random init) or "
+                            "the path of a state_dict")
+    train.add_argument("--out", type=Path, required=True, help="run folder to write")
+    train.add_argument("--epochs", type=int, default=20)
+    train.add_argument("--batch-size", type=int, default=128)
+    train.add_argument("--lr-head", type=float, default=None)
+    train.add_argument("--lr-classifier", type=float, default=None)
+    train.add_argument("--normalize", default="dataset", choices=["dataset", "image", "none"],
+                       help="dataset: per-pixel statistics of the training split (default); "
+                            "image: per-image z-normalisation (the paper)")
+    train.add_argument("--upsample", type=int, default=1, help="integer upsampling (author: 3)")
+    train.add_argument("--unfreeze-fraction", type=float, default=0.0,
+                       help="also train the last fraction of the extractor's blocks")
+    train.add_argument("--fuse-embedding", action="store_true",
+                       help="concatenate an MLP of the stored embedding before the classifier")
+    train.add_argument("--cache", default="auto", choices=["auto", "memory", "zarr", "none"],
+                       help="frozen-feature cache; none recomputes the extractor every epoch")
+    train.add_argument("--loader", default="auto", choices=["auto", "dali", "torch"])
+    train.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
+    train.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    train.add_argument("--no-probe", action="store_true", help="skip the linear probe")
+    train.add_argument("--num-workers", type=int, default=0)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.set_defaults(func=_cmd_train)
 
     info = sub.add_parser("info", help="summary of a store")
     info.add_argument("store", type=Path)

@@ -11,7 +11,7 @@ pytest.importorskip("pyDeepInsight")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("suite", ["raster", "layout", "encode"])
+@pytest.mark.parametrize("suite", ["raster", "layout", "encode", "train"])
 def test_suite_quick(tmp_path, suite):
     path = tmp_path / f"{suite}.json"
     subprocess.run([sys.executable, "-m", "benchmarks", suite, "--quick", "--json", str(path)],
@@ -28,3 +28,9 @@ def test_suite_quick(tmp_path, suite):
                     "fastimg_gflops", "matmul_gflops", "max_abs_diff"):
             assert result[key] > 0
         assert result["max_abs_diff"] < 0.05 * result["max_abs_value"]
+    if suite == "train":
+        for key in ("torch_cold_images_per_s", "torch_warm_images_per_s", "png_pil_images_per_s",
+                    "epoch_cached_s", "epoch_recomputed_s", "cache_build_s"):
+            assert result[key] > 0
+        assert result["epoch_ratio"] == pytest.approx(
+            result["epoch_recomputed_s"] / result["epoch_cached_s"])

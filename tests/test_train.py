@@ -154,7 +154,7 @@ def test_chunked_reader_gathers_any_order():
     data = np.arange(50 * 4, dtype=np.float16).reshape(50, 2, 2)
 
     class Chunked:  # an array-like with zarr's chunks attribute
-        shape, chunks = data.shape, (7, 2, 2)
+        shape, chunks, dtype = data.shape, (7, 2, 2), data.dtype
 
         def __getitem__(self, key):
             return data[key]

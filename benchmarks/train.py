@@ -1,0 +1,157 @@
+"""Training data path: (1) loader throughput from a store, (2) the frozen-feature cache.
+
+(1) One shuffled epoch of a synthetic 50,000 x 50 x 50 float16 store (sparse like real
+DeepInsight images: 35% of the pixels occupied), per-image normalisation, batch 512, read
+from a freshly opened store (so the zarr decode is inside the time), through
+fastimg's DALI CPU pipeline and its torch DataLoader, against the naive way TINTOlib-style
+tools do it: one 8-bit PNG per image, each read with PIL and converted with numpy. The PNGs
+are written first (untimed, the same images); the naive read is timed on all of them.
+``fastimg_s`` is the cold DALI epoch when DALI is installed (else the torch one),
+``baseline_s`` the PNG epoch, both for the same number of images; warm epochs (the store
+already decoded in memory, as in every epoch after the first) are reported beside them.
+
+(2) Epoch time of ``fit`` with ``wide_resnet50_2`` (random init: the same arithmetic as the
+ImageNet weights) when its outputs are cached (the default) against recomputing the extractor
+every epoch, as the paper did; an epoch is a training pass plus the validation pass. Reported:
+both epoch times, their ratio, and the one-off cost of building the cache.
+"""
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks._harness import report
+from fastimg import store
+
+
+def write_store(path, n_rows: int, *, grid=(50, 50), seed: int = 0, val_fraction=0.0):
+    """A finished labelled store of sparse random images (fast: numpy + the store helpers)."""
+    rng = np.random.default_rng(seed)
+    occupied = rng.random(grid) < 0.35
+    group = store.create_partial(path, force=True)
+    chunk = store.IMAGE_CHUNK_ROWS
+    images = group.create_array(store.IMAGES, shape=(n_rows, *grid), dtype="float16",
+                                chunks=(min(chunk, n_rows), *grid))
+    labels = rng.integers(0, 2, n_rows)
+    for start in range(0, n_rows, chunk):
+        stop = min(n_rows, start + chunk)
+        block = rng.random((stop - start, *grid), dtype=np.float32) * occupied
+        block[labels[start:stop] == 1, :10, :10] += 0.5
+        images[start:stop] = block.astype(np.float16)
+    split = np.zeros(n_rows, np.int8)
+    split[rng.random(n_rows) < val_fraction] = 1
+    for name, data in ((store.LABELS, labels.astype(np.int64)), (store.SPLIT, split),
+                       (store.EMBEDDINGS, rng.standard_normal((n_rows, 8)).astype(np.float16))):
+        array = group.create_array(name, shape=data.shape, dtype=data.dtype,
+                                   chunks=(min(65536, n_rows), *data.shape[1:]))
+        array[:] = data
+    store.finish(group, path, {"kind": "dataset", "corpus": {"class_values": None},
+                               "summary": {"class_names": ["a", "b"]}})
+
+
+def _loader_epochs(path, kind: str, batch_size: int) -> tuple[float, float]:
+    """Seconds of a first (cold: opens the store, decodes it) and a second (warm) epoch."""
+    from fastimg.train.data import (BatchSource, ChunkedReader, Normaliser, StoreData,
+                                    make_loader)
+
+    start = time.perf_counter()
+    data = StoreData(path)
+    rows = data.rows("train")
+    source = BatchSource(ChunkedReader(data.images), data.targets, rows, batch_size,
+                         shuffle=True, seed=0)
+    loader = make_loader(kind, source, Normaliser("image"), "cpu")
+    times = []
+    for epoch in (0, 1):
+        seen = 0
+        for images, _, _ in loader.epoch(epoch):
+            seen += images.shape[0]
+        if seen != rows.size:
+            raise RuntimeError(f"{kind} loader served {seen} of {rows.size} images")
+        times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+    return times[0], times[1]
+
+
+def _write_pngs(path, folder: Path, n_rows: int) -> list:
+    from PIL import Image
+
+    images = store.open_store(path)[store.IMAGES]
+    files = []
+    for start in range(0, n_rows, 4096):
+        block = np.asarray(images[start:start + 4096], dtype=np.float32)
+        for i, image in enumerate(block):
+            file = folder / f"{start + i:06d}.png"
+            Image.fromarray(np.clip(image * 255.0, 0, 255).astype(np.uint8)).save(file)
+            files.append(file)
+    return files
+
+
+def _png_epoch(files: list, batch_size: int) -> float:
+    from PIL import Image
+
+    start = time.perf_counter()
+    order = np.random.default_rng(0).permutation(len(files))
+    for b in range(0, len(files), batch_size):
+        batch = np.stack([np.asarray(Image.open(files[i]), dtype=np.float32) / 255.0
+                          for i in order[b:b + batch_size]])
+        mean = batch.mean(axis=(1, 2), keepdims=True)
+        batch = (batch - mean) / np.sqrt(batch.var(axis=(1, 2), keepdims=True) + 1e-5)
+    return time.perf_counter() - start
+
+
+def _cache_vs_recompute(folder: Path, n_rows: int, epochs: int) -> dict:
+    from fastimg.train import TrainConfig, fit
+
+    path = folder / "fit.zarr"
+    write_store(path, n_rows, val_fraction=0.1, seed=1)
+    base = dict(extractor="wide_resnet50_2", weights=None, epochs=epochs, batch_size=128,
+                loader="torch", probe=False, progress=False, normalize="image")
+    cached = fit(path, TrainConfig(cache="memory", **base))
+    fresh = fit(path, TrainConfig(cache="none", **base))
+    cached_epoch = statistics.median(e["seconds"] for e in cached.history)
+    fresh_epoch = statistics.median(e["seconds"] for e in fresh.history)
+    return {"fit_rows": n_rows, "fit_epochs": epochs,
+            "epoch_cached_s": cached_epoch, "epoch_recomputed_s": fresh_epoch,
+            "epoch_ratio": fresh_epoch / cached_epoch,
+            "cache_build_s": cached.metrics["timings"]["cache_s"]}
+
+
+def run(quick: bool = False, json_path: str | None = None) -> dict:
+    from fastimg._registry import has_module
+
+    n_rows = 1_000 if quick else 50_000
+    batch_size = 512
+    repeats = 1 if quick else 3
+    with tempfile.TemporaryDirectory(prefix="fastimg-bench-train-") as tmp:
+        folder = Path(tmp)
+        path = folder / "loader.zarr"
+        write_store(path, n_rows)
+        kinds = ["torch"] + (["dali"] if has_module("nvidia.dali") else [])
+        cold, warm = {}, {}
+        for kind in kinds:
+            _loader_epochs(path, kind, batch_size)  # warm-up: imports, pipeline build
+            runs = [_loader_epochs(path, kind, batch_size) for _ in range(repeats)]
+            cold[kind] = statistics.median(c for c, _ in runs)
+            warm[kind] = statistics.median(w for _, w in runs)
+        pngs = folder / "png"
+        pngs.mkdir()
+        start = time.perf_counter()
+        files = _write_pngs(path, pngs, n_rows)
+        png_write_s = time.perf_counter() - start
+        png_s = statistics.median(_png_epoch(files, batch_size) for _ in range(repeats))
+        fit_result = _cache_vs_recompute(folder, 128 if quick else 2_000, 2)
+    ours = "dali" if "dali" in cold else "torch"
+    rate = {f"{kind}_{when}_images_per_s": n_rows / table[kind]
+            for kind in ("dali", "torch") for when, table in (("cold", cold), ("warm", warm))
+            if kind in table}
+    return report({
+        "suite": "train", "baseline": "one PNG per image, read with PIL + numpy (TINTOlib-style)",
+        "images": n_rows, "image_shape": [50, 50], "batch_size": batch_size,
+        "fastimg_loader": ours, "fastimg_s": cold[ours], "baseline_s": png_s, **rate,
+        "png_pil_images_per_s": n_rows / png_s, "png_write_s": png_write_s,
+        **fit_result,
+    }, json_path)

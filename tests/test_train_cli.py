@@ -1,0 +1,48 @@
+"""`fastimg train`: the summary line, the run folder, and one-line errors with exit code 2."""
+import json
+
+import pytest
+
+from fastimg.cli import main
+from test_train import write_store
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "s.zarr"
+    write_store(path, n_rows=100)
+    return path
+
+
+def test_train_writes_the_run_folder_and_prints_a_summary(small_store, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", str(small_store), "--extractor", "alexnet", "--weights", "none",
+                 "--epochs", "2", "--batch-size", "16", "--loader", "torch", "--quiet",
+                 "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "best epoch" in printed and "val accuracy" in printed and "linear probe" in printed
+    assert str(out) in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["weights"] is None and len(metrics["epochs"]) == 2
+    assert (out / "best.pt").is_file()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--extractor", "alexnet", "--epochs", "0"], "epochs must be a positive integer"),
+    (["--weights", "/no/such/weights.pt"], "does not exist"),
+    (["--loader", "torch", "--unfreeze-fraction", "2"], "unfreeze_fraction"),
+])
+def test_train_user_errors_exit_2_with_one_line(small_store, tmp_path, capsys, argv, message):
+    code = main(["train", str(small_store), "--quiet", "--out", str(tmp_path / "r"), *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and "\n" not in err
+
+
+def test_train_on_a_store_without_labels_or_missing(tmp_path, capsys):
+    write_store(tmp_path / "images.zarr", n_rows=20, labels=False)
+    code = main(["train", str(tmp_path / "images.zarr"), "--weights", "none", "--quiet",
+                 "--out", str(tmp_path / "r")])
+    assert code == 2 and "no labels" in capsys.readouterr().err
+    code = main(["train", str(tmp_path / "missing.zarr"), "--out", str(tmp_path / "r")])
+    assert code == 2 and "does not exist" in capsys.readouterr().err
