@@ -375,3 +375,34 @@ def test_fit_seeded_and_leaves_global_rng_alone(blob_store):
     assert torch.equal(torch.rand(3), expected)
     b = fit(path, config)
     assert a.history[0]["train_loss"] == b.history[0]["train_loss"]
+
+
+# -- CUDA (skipped without a GPU) -------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("loader", ["torch", "dali"])
+def test_cuda_fit_with_amp_channels_last(blob_store, loader):
+    if loader == "dali":
+        pytest.importorskip("nvidia.dali")
+    path, _ = blob_store
+    for cache in ("memory", "none"):
+        result = fit(path, TrainConfig(extractor="alexnet", device="cuda", cache=cache,
+                                       **{**FAST, "loader": loader, "epochs": 4}))
+        assert result.metrics["amp"] and result.metrics["device"].startswith("cuda")
+        assert result.val_accuracy > 0.9
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["image", "dataset"])
+def test_dali_gpu_pipeline_matches_torch_on_cuda(blob_store, mode):
+    pytest.importorskip("nvidia.dali")
+    path, _ = blob_store
+    data, reader, source = _source(path)
+    stats = pixel_stats(reader, data.rows("train")) if mode == "dataset" else (None, None)
+    normaliser = Normaliser(mode, *stats)
+    ours = make_loader("torch", source, normaliser, "cuda")
+    dali = make_loader("dali", source, normaliser, "cuda")
+    for (xa, ta, ra), (xb, tb, rb) in zip(ours.epoch(0), dali.epoch(0)):
+        assert xa.is_cuda and xb.is_cuda and torch.equal(ra.cpu(), rb.cpu())
+        assert torch.equal(ta, tb)
+        torch.testing.assert_close(xb, xa, atol=1e-5, rtol=0)

@@ -323,11 +323,11 @@ class DaliLoader:
                 images = fn.normalize(images, axes=[0, 1], epsilon=EPS)
             elif normaliser.mode == "dataset":
                 mean = fn.constant(fdata=normaliser.mean.ravel().tolist(),
-                                   shape=[height, width], dtype=types.FLOAT,
-                                   device="gpu" if gpu else "cpu")
+                                   shape=[height, width], dtype=types.FLOAT)
                 inv_std = fn.constant(fdata=normaliser.inv_std.ravel().tolist(),
-                                      shape=[height, width], dtype=types.FLOAT,
-                                      device="gpu" if gpu else "cpu")
+                                      shape=[height, width], dtype=types.FLOAT)
+                if gpu:
+                    mean, inv_std = mean.gpu(), inv_std.gpu()
                 images = (images - mean) * inv_std
             return images, targets, rows
 

@@ -20,7 +20,7 @@ from fastimg.train.config import TrainConfig
 from fastimg.train.data import (LOADERS, BatchSource, ChunkedReader, Normaliser, StoreData,
                                 epoch_order, make_loader, pixel_stats)
 from fastimg.train.extractors import DEFAULT_LR, build_extractor
-from fastimg.train.head import ImageClassifier, feature_shape, to_extractor_input
+from fastimg.train.head import ImageClassifier, feature_shape
 
 logger = logging.getLogger("fastimg.train")
 
@@ -147,6 +147,7 @@ class _Run:
             embedding_dim=data.embeddings.shape[1] if config.fuse_embedding else None,
             embedding_hidden=config.embedding_hidden, upsample=config.upsample)
         self.model.to(device=device, memory_format=self.memory_format)
+        self.model.memory_format = self.memory_format
         lr_head, lr_cls = DEFAULT_LR[config.extractor]
         head_params = [p for m in (self.model.head, self.model.embedding_mlp, extractor)
                        if m is not None for p in m.parameters() if p.requires_grad]
@@ -186,8 +187,6 @@ class _Run:
         for split, rows in self.rows.items():
             if rows.size:
                 path = (Path(self.run_dir) / "feature_cache" / split) if self.run_dir else None
-                if where == "zarr" and path is None:
-                    raise ValueError("cache='zarr' needs a run folder (out_dir)")
                 self.caches[split] = build_cache(
                     self.model, self.loader(split, False), rows, self.data.targets, where=where,
                     path=path, autocast=self.autocast, progress=self.config.progress,
@@ -219,9 +218,7 @@ class _Run:
     def forward(self, inputs, emb, is_features):
         if is_features:
             return self.model.forward_features(inputs, emb)
-        x = to_extractor_input(inputs, self.model.upsample).contiguous(
-            memory_format=self.memory_format)
-        return self.model.forward_features(self.model.extractor(x), emb)
+        return self.model(inputs, emb)
 
     def train_epoch(self, epoch: int) -> tuple[float, float]:
         self.model.train()
@@ -298,6 +295,8 @@ def fit(store, config: TrainConfig | None = None, *, out_dir=None) -> TrainResul
     for split in ("train", "val"):
         if data.rows(split).size == 0:
             raise ValueError(f"{store} has no {split} rows; training needs train and val splits")
+    if config.resolved_cache == "zarr" and out_dir is None:
+        raise ValueError("cache='zarr' keeps the features in the run folder: give out_dir")
     device = resolve_device(config.device)
     run_dir = Path(out_dir) if out_dir is not None else None
     if run_dir is not None:

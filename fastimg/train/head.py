@@ -89,6 +89,8 @@ class ImageClassifier(nn.Module):
         super().__init__()
         self.extractor = extractor
         self.upsample = upsample
+        #: memory format of the extractor's input (channels_last on CUDA)
+        self.memory_format = torch.contiguous_format
         self.head = ConvHead(feature_shape[0], head_channels)
         with torch.no_grad():
             n_flat = self.head.body(torch.zeros(1, *feature_shape)).numel()
@@ -98,7 +100,8 @@ class ImageClassifier(nn.Module):
         self.classifier = Classifier(n_in, n_classes, hidden, dropout)
 
     def extract(self, images):
-        return self.extractor(to_extractor_input(images, self.upsample))
+        x = to_extractor_input(images, self.upsample).contiguous(memory_format=self.memory_format)
+        return self.extractor(x)
 
     def forward_features(self, features, embeddings=None):
         z = self.head(features)
