@@ -90,3 +90,17 @@ def test_auto_resolves_to_cpu_without_a_gpu():
     from fastimg.raster import _cuda_available
 
     assert RASTER_BACKENDS.resolve("auto") == ("cuda" if _cuda_available() else "cpu")
+
+
+@pytest.mark.parametrize("scaling", ["none", "norm2"])
+def test_cpu_blocks_shared_by_threads_match_reference(rng, monkeypatch, scaling):
+    from fastimg.kernels import cpu
+
+    monkeypatch.setattr(cpu, "_ROWS_PER_BLOCK", 8)  # many blocks, a partial last one
+    plan = make_plan(rng, 300, (12, 12), scaling, fill_value=0.25)
+    x = rng.random((101, 300)).astype(np.float16)
+    out = np.empty((101, 12, 12), np.float32)
+    assert cpu.raster_cpu(x, plan, out) == 0
+    np.testing.assert_allclose(out, reference(x, plan), atol=1e-5, rtol=0)
+    x[[3, 50, 50, 100], [0, 1, 2, 299]] = [np.nan, np.inf, -np.inf, np.nan]
+    assert cpu.raster_cpu(x, plan, out) == 4
