@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import string
 
 import numpy as np
 import pytest
@@ -32,25 +31,13 @@ from fastimg.embed.batching import (  # noqa: E402
     pad_batch,
 )
 
-WORDS = ("the a film movie good bad was is and not very plot actor it of to i this story "
-         "acting great awful scene end music").split()
-VOCAB = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS + list(string.ascii_lowercase)
-         + [f"##{c}" for c in string.ascii_lowercase] + list(".,!?'"))
+from conftest import TINY_WORDS as WORDS  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory):
-    """A 12-layer, 32-wide random BertModel and a WordPiece tokenizer, saved like a hub model."""
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    path = tmp_path_factory.mktemp("tiny-bert")
-    tok = BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)})
-    tok.save_pretrained(path)
-    cfg = BertConfig(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=12,
-                     num_attention_heads=4, intermediate_size=64, max_position_embeddings=128)
-    torch.manual_seed(0)
-    BertModel(cfg).save_pretrained(path)
-    return path
+def tiny_dir(tiny_bert_dir):
+    """A 12-layer, 32-wide random BertModel and a WordPiece tokenizer (see conftest)."""
+    return tiny_bert_dir
 
 
 @pytest.fixture(scope="session")

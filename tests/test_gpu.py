@@ -54,3 +54,22 @@ def test_auto_backend_is_cuda_on_a_gpu():
     from fastimg.raster import RASTER_BACKENDS
 
     assert RASTER_BACKENDS.resolve("auto") == "cuda"
+
+
+def test_encoder_fp16_on_cuda_matches_fp32_on_cpu(tiny_bert_dir):
+    from fastimg.embed import EncoderConfig, encode
+
+    texts = [" ".join(["good film"] * n) + " the end" for n in range(1, 40)]
+    common = dict(model=str(tiny_bert_dir), output_dtype="float32", max_length=96)
+    stats = {}
+    on_gpu = encode(texts, EncoderConfig(device="cuda", **common), stats=stats)
+    on_cpu = encode(texts, EncoderConfig(device="cpu", **common))
+    assert stats["device"] == "cuda" and stats["compute_dtype"] == "float16"
+    scale = float(np.abs(on_cpu).max())
+    assert float(np.abs(on_gpu - on_cpu).max()) < 2e-2 * scale
+
+
+def test_encoder_auto_device_is_cuda_on_a_gpu():
+    from fastimg.embed import ENCODE_DEVICES
+
+    assert ENCODE_DEVICES.resolve("auto") == "cuda"
