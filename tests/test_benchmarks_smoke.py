@@ -11,7 +11,7 @@ pytest.importorskip("pyDeepInsight")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("suite", ["raster", "layout", "encode", "train"])
+@pytest.mark.parametrize("suite", ["raster", "layout", "encode", "build", "train"])
 def test_suite_quick(tmp_path, suite):
     path = tmp_path / f"{suite}.json"
     subprocess.run([sys.executable, "-m", "benchmarks", suite, "--quick", "--json", str(path)],
@@ -28,6 +28,11 @@ def test_suite_quick(tmp_path, suite):
                     "fastimg_gflops", "matmul_gflops", "max_abs_diff"):
             assert result[key] > 0
         assert result["max_abs_diff"] < 0.05 * result["max_abs_value"]
+    if suite == "build":
+        stages = ("encode_s", "layout_s", "raster_s")
+        assert all(result["fastimg_stages_s"][k] > 0 and result["baseline_stages_s"][k] > 0
+                   for k in stages)
+        assert 0 < result["fastimg_share_not_encoding"] < 1
     if suite == "train":
         for key in ("torch_cold_images_per_s", "torch_warm_images_per_s", "png_pil_images_per_s",
                     "epoch_cached_s", "epoch_recomputed_s", "cache_build_s"):
