@@ -222,7 +222,10 @@ class _Run:
 
     def train_epoch(self, epoch: int) -> tuple[float, float]:
         self.model.train()
-        total, correct, loss_sum = 0, 0, 0.0
+        # sums stay on the device: no host sync per step
+        total = 0
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        loss_sum = torch.zeros((), dtype=torch.float32, device=self.device)
         n_batches = -(-self.rows["train"].size // self.config.batch_size)
         bar = tqdm(self.batches("train", train=True, epoch=epoch), total=n_batches,
                    desc=f"epoch {epoch + 1}", leave=False, disable=not self.config.progress)
@@ -236,10 +239,10 @@ class _Run:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            loss_sum += float(loss.detach()) * targets.shape[0]
-            correct += int((logits.argmax(1) == targets).sum())
+            loss_sum += loss.detach() * targets.shape[0]
+            correct += (logits.detach().argmax(1) == targets).sum()
             total += targets.shape[0]
-        return loss_sum / max(1, total), correct / max(1, total)
+        return float(loss_sum) / max(1, total), int(correct) / max(1, total)
 
     @torch.no_grad()
     def evaluate(self, split: str) -> dict:
