@@ -41,7 +41,8 @@ class TrainConfig:
         random weights (ImageNet weights could not be downloaded on the measuring machine),
         cached features, batch 64, 15 epochs, seed 0: best validation accuracy 0.675
         (dataset), 0.51 (image), 0.50 (none); with image and none the head never left
-        chance, even on the training split. The linear probe on the embeddings got 0.795.
+        chance, even on the training split. shufflenet_v2_x1_0 (random weights, 10 epochs):
+        0.705 (dataset) vs 0.615 (image). The linear probe on the embeddings got 0.795.
     upsample : int
         Integer nearest-neighbour upsampling of the images before the extractor (the author
         used 3x: 50 x 50 -> 150 x 150). Nearest keeps every feature's pixel a block of pixels.
