@@ -91,11 +91,13 @@ def _count_bad_f32(row):
 
 @njit(cache=True, inline="always")
 def _log_ge1(buf, bits, expo):
-    """``buf[f] = log(buf[f])`` for finite ``buf[f] >= 1``, vectorised.
+    """``expo[f] = log(buf[f])`` for finite ``buf[f] >= 1`` (``bits`` is ``buf``'s uint32
+    view; ``buf`` is clobbered), vectorised.
 
     ``x = m * 2**e`` with ``m`` in [sqrt(1/2), sqrt(2)), ``log x = e * ln 2 + log m`` and
     ``log m = 2 atanh(t)``, ``t = (m - 1) / (m + 1)``, ``|t| <= 0.172``: the odd series to
-    ``t**9`` leaves a truncation error below 1e-9.
+    ``t**9`` leaves a truncation error below 1e-9. The result goes to ``expo`` rather than back
+    to ``buf``: a loop that reads and writes ``buf`` through two views is not vectorised.
     """
     n = buf.shape[0]
     for f in range(n):
@@ -114,7 +116,7 @@ def _log_ge1(buf, bits, expo):
         p = p * t2 + np.float32(1.0 / 5.0)
         p = p * t2 + np.float32(1.0 / 3.0)
         p = p * t2 + np.float32(1.0)
-        buf[f] = expo[f] * _LN2 + np.float32(2.0) * t * p
+        expo[f] = expo[f] * _LN2 + np.float32(2.0) * t * p
 
 
 @njit(cache=True, inline="always")
@@ -130,7 +132,7 @@ def _scale_row(buf, bits, expo, adjust, code, shift, scale):
             buf[f] = max(buf[f] * adjust + shift[f], np.float32(1.0))
         _log_ge1(buf, bits, expo)
         for f in range(n):
-            buf[f] = min(max(buf[f] * scale[f], np.float32(0.0)), np.float32(1.0))
+            buf[f] = min(max(expo[f] * scale[f], np.float32(0.0)), np.float32(1.0))
 
 
 def _make_kernel(widen, count_bad, mag_inf):
@@ -183,7 +185,10 @@ def _make_kernel(widen, count_bad, mag_inf):
 
     # without parallel=True, prange is range: the serial kernel releases the GIL and is run on
     # blocks of rows by a pool of Python threads (see raster_cpu)
-    return njit(nogil=True, cache=True)(kernel), njit(parallel=True, cache=True)(kernel)
+    # error_model="numpy": no ZeroDivisionError branch on the division in _log_ge1, which
+    # otherwise keeps that loop scalar (the denominator is m + 1 >= 1.7 anyway)
+    return (njit(nogil=True, cache=True, error_model="numpy")(kernel),
+            njit(parallel=True, cache=True, error_model="numpy")(kernel))
 
 
 _raster_f16, _raster_f16_prange = _make_kernel(_widen_f16, _count_bad_f16,
