@@ -8,7 +8,8 @@ the warm one is the second epoch, through
 fastimg's DALI CPU pipeline and its torch DataLoader, against the naive way TINTOlib-style
 tools do it: one 8-bit PNG per image, each read with PIL and converted with numpy. The PNGs
 are written first (untimed, the same images); the naive read is timed on all of them.
-``fastimg_s`` is the cold DALI epoch when DALI is installed (else the torch one),
+``fastimg_s`` is the cold epoch of the loader ``loader="auto"`` picks here (DALI with a GPU,
+else torch),
 ``baseline_s`` the PNG epoch, both for the same number of images; warm epochs (the store
 already decoded in memory, as in every epoch after the first) are reported beside them.
 
@@ -153,7 +154,9 @@ def run(quick: bool = False, json_path: str | None = None) -> dict:
         png_write_s = time.perf_counter() - start
         png_s = statistics.median(_png_epoch(files, batch_size) for _ in range(repeats))
         fit_result = _cache_vs_recompute(folder, 128 if quick else 2_000, 2)
-    ours = "dali" if "dali" in cold else "torch"
+    from fastimg.train.data import LOADERS
+
+    ours = LOADERS.resolve("auto")  # what fit(loader="auto") uses on this machine
     rate = {f"{kind}_{when}_images_per_s": n_rows / table[kind]
             for kind in ("dali", "torch") for when, table in (("cold", cold), ("warm", warm))
             if kind in table}

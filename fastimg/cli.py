@@ -120,7 +120,7 @@ def _cmd_build_dataset(args) -> int:
                           backend=args.tsne_backend, perplexity=args.perplexity,
                           assignment=args.assignment, random_state=args.seed)
     config = DatasetConfig(fit_on=args.fit_on, image_dtype=args.dtype,
-                           raster_backend=args.device)
+                           raster_backend=args.raster_backend)
     start = time.perf_counter()
 
     def announce(stage):
@@ -266,7 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--dtype", default="float16", choices=["float16", "float32", "uint8"],
                        help="stored image dtype")
     build.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                       help="encoder and raster device")
+                       help="encoder device")
+    build.add_argument("--raster-backend", default="auto",
+                       choices=["auto", "cpu", "cuda", "numpy"],
+                       help="rasterisation kernel (auto: the CPU kernel, fastest for images "
+                            "that go to disk)")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--force", action="store_true",
                        help="overwrite an existing store or an unfinished build")

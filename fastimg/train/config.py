@@ -62,7 +62,8 @@ class TrainConfig:
         dtype the cached features are kept in (float16 halves the memory).
     loader : {"auto", "dali", "torch"}
         ``"dali"`` streams batches through an NVIDIA DALI pipeline (GPU, or CPU without one),
-        ``"torch"`` through a torch DataLoader; ``"auto"`` picks DALI when it is installed.
+        ``"torch"`` through a torch DataLoader; ``"auto"`` picks DALI when it is installed and a
+        GPU is present, else torch (faster than DALI's CPU pipeline here: see RESULTS.md).
         Both give identical batches for the same seed.
     device : str
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
