@@ -61,17 +61,22 @@ def _load_matrix(path: Path):
     return matrix
 
 
+def _layout_config(args):
+    from fastimg.layout import LayoutConfig
+
+    return LayoutConfig(grid=args.pixels, scaling=args.scaling, method=args.method,
+                        backend=args.tsne_backend, perplexity=args.perplexity,
+                        assignment=args.assignment, random_state=args.seed)
+
+
 def _cmd_images(args) -> int:
     from fastimg.images import ImagesConfig, build_image_store, synthetic_matrix
-    from fastimg.layout import LayoutConfig
 
     if args.synthetic:
         matrix = synthetic_matrix(*args.synthetic, seed=args.seed)
     else:
         matrix = _load_matrix(args.input)
-    layout_config = LayoutConfig(grid=args.pixels, scaling=args.scaling, method=args.method,
-                                 backend=args.backend, perplexity=args.perplexity,
-                                 assignment=args.assignment, random_state=args.seed)
+    layout_config = _layout_config(args)
     config = ImagesConfig(fit_rows=args.fit_rows, image_dtype=args.dtype,
                           raster_backend=args.device)
     start = time.perf_counter()
@@ -105,7 +110,6 @@ def _cmd_build_dataset(args) -> int:
     from fastimg.corpus import CorpusConfig
     from fastimg.dataset import DatasetConfig, build_dataset
     from fastimg.embed import EncoderConfig
-    from fastimg.layout import LayoutConfig
 
     corpus = CorpusConfig(
         input=None if args.input is None else str(args.input), dataset=args.dataset,
@@ -116,9 +120,7 @@ def _cmd_build_dataset(args) -> int:
                             pooling=args.pooling, max_length=args.max_length,
                             truncation=args.truncation, chunk_rows=args.chunk_rows,
                             device=args.device)
-    layout = LayoutConfig(grid=args.pixels, scaling=args.scaling, method=args.method,
-                          backend=args.tsne_backend, perplexity=args.perplexity,
-                          assignment=args.assignment, random_state=args.seed)
+    layout = _layout_config(args)
     config = DatasetConfig(fit_on=args.fit_on, image_dtype=args.dtype,
                            raster_backend=args.raster_backend)
     start = time.perf_counter()
@@ -208,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="image size (default 50)")
     images.add_argument("--scaling", default="norm2", choices=["norm2", "minmax", "none"])
     images.add_argument("--method", default="tsne", choices=["tsne", "pca", "kpca"])
-    images.add_argument("--backend", default="auto", help="t-SNE backend: auto|opentsne|sklearn|cuml")
+    images.add_argument("--tsne-backend", "--backend", dest="tsne_backend", default="auto",
+                        help="t-SNE backend: auto|opentsne|sklearn|cuml")
     images.add_argument("--perplexity", type=float, default=30.0)
     images.add_argument("--assignment", default="bin", choices=["bin", "assignment"])
     images.add_argument("--fit-rows", type=int, default=None,

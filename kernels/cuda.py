@@ -34,6 +34,17 @@ _MAX_SHARED_FEATURES = 48 * 1024 // 4
 _GLOBAL_THREADS = (128, 2)
 
 
+@cuda.jit(device=True)
+def _scaled(v, shift, scale, code):
+    # the contract's scaling (plan.SCALING_CODES): none, minmax, norm2
+    if code == 1:
+        return min(max((v + shift) * scale, np.float32(0.0)), np.float32(1.0))
+    if code == 2:
+        return min(max(math.log(max(v + shift, np.float32(1.0))) * scale, np.float32(0.0)),
+                   np.float32(1.0))
+    return v
+
+
 @cuda.jit
 def _raster_kernel(x, order, starts, inv_count, shift, scale, code, fill, out, n_bad):
     # one block per image (grid-stride over rows): the block reads the feature row once,
@@ -50,12 +61,7 @@ def _raster_kernel(x, order, starts, inv_count, shift, scale, code, fill, out, n
             v = np.float32(x[i, f])
             if math.isinf(v) or math.isnan(v):
                 bad += 1
-            if code == 1:
-                v = min(max((v + shift[f]) * scale[f], np.float32(0.0)), np.float32(1.0))
-            elif code == 2:
-                v = min(max(math.log(max(v + shift[f], np.float32(1.0))) * scale[f],
-                            np.float32(0.0)), np.float32(1.0))
-            row[f] = v
+            row[f] = _scaled(v, shift[f], scale[f], code)
         if bad:
             cuda.atomic.add(n_bad, 0, bad)
         cuda.syncthreads()
@@ -93,12 +99,7 @@ def _raster_kernel_global(x, order, starts, inv_count, shift, scale, code, fill,
                 v = np.float32(x[i, f])
                 if math.isinf(v) or math.isnan(v):
                     bad += 1
-                if code == 1:
-                    v = min(max((v + shift[f]) * scale[f], np.float32(0.0)), np.float32(1.0))
-                elif code == 2:
-                    v = min(max(math.log(max(v + shift[f], np.float32(1.0))) * scale[f],
-                                np.float32(0.0)), np.float32(1.0))
-                acc += v
+                acc += _scaled(v, shift[f], scale[f], code)
             out[i, p] = acc * inv_count[p]
             if bad:
                 cuda.atomic.add(n_bad, 0, bad)
