@@ -70,7 +70,7 @@ def run(quick: bool = False, json_path: str | None = None) -> dict:
     from fastimg.embed import EncoderConfig
     from fastimg.layout import LayoutConfig
 
-    n_rows, max_length = (64, 64) if quick else (2000, 512)
+    n_rows, max_length = (64, 64) if quick else (5000, 512)
     os.environ.setdefault("FASTIMG_DATA", str(imdb_path().parents[1]))
     corpus_config = CorpusConfig(dataset="imdb", limit=n_rows, seed=0)
     corpus = load_corpus(corpus_config)

@@ -54,7 +54,8 @@ def show_store(path, out, *, n_per_class: int = 4, seed: int = 0) -> None:
     try:
         import matplotlib
     except ImportError as exc:
-        raise ImportError("fastimg show needs matplotlib: pip install matplotlib") from exc
+        raise ImportError("fastimg show needs matplotlib (a dependency of fastimg): "
+                          "pip install matplotlib") from exc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

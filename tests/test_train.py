@@ -205,15 +205,19 @@ def test_torch_loader_serves_the_epoch_order(blob_store):
     assert not np.array_equal(epoch_order(144, 5, 0), epoch_order(144, 5, 1))
 
 
-@pytest.mark.parametrize("mode", ["none", "image", "dataset"])
-def test_dali_and_torch_loaders_give_identical_batches(blob_store, mode):
+def _torch_and_dali_loaders(blob_store, mode, device):
     pytest.importorskip("nvidia.dali")
     path, _ = blob_store
     data, reader, source = _source(path)
     stats = pixel_stats(reader, data.rows("train")) if mode == "dataset" else (None, None)
     normaliser = Normaliser(mode, *stats)
-    ours = make_loader("torch", source, normaliser, "cpu")
-    dali = make_loader("dali", source, normaliser, "cpu")
+    return (make_loader("torch", source, normaliser, device),
+            make_loader("dali", source, normaliser, device), source)
+
+
+@pytest.mark.parametrize("mode", ["none", "image", "dataset"])
+def test_dali_and_torch_loaders_give_identical_batches(blob_store, mode):
+    ours, dali, source = _torch_and_dali_loaders(blob_store, mode, "cpu")
     for epoch in range(3):
         a, b = list(ours.epoch(epoch)), list(dali.epoch(epoch))
         assert len(a) == len(b) == len(source)
@@ -395,13 +399,7 @@ def test_cuda_fit_with_amp_channels_last(blob_store, loader):
 @pytest.mark.gpu
 @pytest.mark.parametrize("mode", ["image", "dataset"])
 def test_dali_gpu_pipeline_matches_torch_on_cuda(blob_store, mode):
-    pytest.importorskip("nvidia.dali")
-    path, _ = blob_store
-    data, reader, source = _source(path)
-    stats = pixel_stats(reader, data.rows("train")) if mode == "dataset" else (None, None)
-    normaliser = Normaliser(mode, *stats)
-    ours = make_loader("torch", source, normaliser, "cuda")
-    dali = make_loader("dali", source, normaliser, "cuda")
+    ours, dali, _ = _torch_and_dali_loaders(blob_store, mode, "cuda")
     for (xa, ta, ra), (xb, tb, rb) in zip(ours.epoch(0), dali.epoch(0)):
         assert xa.is_cuda and xb.is_cuda and torch.equal(ra.cpu(), rb.cpu())
         assert torch.equal(ta, tb)
