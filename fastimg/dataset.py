@@ -149,7 +149,7 @@ def build_dataset(out, corpus_config, encoder_config=None, layout_config=None,
         For bad input or settings; nothing that looks complete is left behind.
     """
     from fastimg.corpus import load_corpus
-    from fastimg.embed import EncoderConfig, encode_to_array
+    from fastimg.embed import EncoderConfig, encode_to_array, resolve_model
     from fastimg.layout import DeepInsightLayout, LayoutConfig
 
     encoder_config = encoder_config or EncoderConfig()
@@ -164,6 +164,8 @@ def build_dataset(out, corpus_config, encoder_config=None, layout_config=None,
     on_stage("corpus")
     corpus = load_corpus(corpus_config)
     timings["corpus_s"] = time.perf_counter() - start
+    # a model that cannot be found fails here, before anything is written
+    resolve_model(encoder_config.model, encoder_config.revision)
 
     group, resumed = store.resume_or_create_partial(out, {"configs": configs}, force=force)
     state = dict(group.attrs.get(store.BUILD_KEY, {}))

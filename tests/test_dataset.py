@@ -224,6 +224,16 @@ def test_bad_input_is_one_line_and_exit_2(case, tmp_path, tiny_bert_dir, capsys)
     assert not store.is_complete(out) and not out.exists()
 
 
+def test_an_unknown_model_fails_before_anything_is_written(tmp_path, capsys):
+    path = _write_csv(tmp_path / "ok.csv", _reviews(20))
+    out = tmp_path / "out.zarr"
+    code = main(["build-dataset", "--input", str(path), "--out", str(out), "--model",
+                 str(tmp_path / "no-such-model"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "no-such-model" in err and len(err.splitlines()) == 1
+    assert not out.exists() and not store.partial_path(out).exists()
+
+
 def test_missing_text_column_names_the_columns_that_exist(tmp_path, tiny_bert_dir, capsys):
     path = _write_csv(tmp_path / "cols.csv", _reviews(20), ("id", "body", "label"))
     assert main(["build-dataset", "--input", str(path), "--out", str(tmp_path / "o.zarr"),
