@@ -6,16 +6,22 @@ import numpy as np
 from .plan import RasterPlan
 
 
-def scale_features(x: np.ndarray, scaling: str, shift: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """Apply per-feature scaling (see ``SCALING_CODES``) in float64."""
-    x = np.asarray(x, dtype=np.float64)
-    shift = np.asarray(shift, dtype=np.float64)
-    scale = np.asarray(scale, dtype=np.float64)
+def scale_features(x: np.ndarray, scaling: str, shift: np.ndarray, scale: np.ndarray,
+                   dtype=np.float64) -> np.ndarray:
+    """Apply per-feature scaling (see ``SCALING_CODES``) to a copy of ``x`` in ``dtype``.
+
+    float64 (the default) is the oracle's precision; the layout fit asks for float32. Every step
+    after the one copy runs in place, so no temporaries of the matrix's size are made.
+    """
+    out = np.array(x, dtype=dtype)
     if scaling == "none":
-        return x
-    if scaling == "minmax":
-        return np.clip((x + shift) * scale, 0.0, 1.0)
-    return np.clip(np.log(np.maximum(x + shift, 1.0)) * scale, 0.0, 1.0)
+        return out
+    out += np.asarray(shift, dtype=dtype)
+    if scaling == "norm2":
+        np.maximum(out, 1.0, out=out)
+        np.log(out, out=out)
+    out *= np.asarray(scale, dtype=dtype)
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def raster_reference(x: np.ndarray, plan: RasterPlan, out: np.ndarray) -> np.ndarray:
