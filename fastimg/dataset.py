@@ -104,11 +104,8 @@ def _rasterise(group, layout, config, rows_done, progress) -> None:
 
     embeddings = group[store.EMBEDDINGS]
     n_rows = embeddings.shape[0]
-    height, width = layout.config.grid
     if store.IMAGES not in group:
-        group.create_array(store.IMAGES, shape=(n_rows, height, width), dtype=config.image_dtype,
-                           chunks=(max(1, min(store.IMAGE_CHUNK_ROWS, n_rows)), height, width),
-                           fill_value=0)
+        store.create_images(group, n_rows, layout.config.grid, config.image_dtype)
 
     def record(stop):
         store.update_build_state(group, raster_rows_done=stop)

@@ -56,9 +56,7 @@ def _fill_store(group, matrix, fit_rows, layout_config, config, progress):
     layout = DeepInsightLayout(layout_config).fit(train)
     timings["layout_s"] = time.perf_counter() - start
     height, width = layout_config.grid
-    images = group.create_array(
-        store.IMAGES, shape=(n_rows, height, width), dtype=config.image_dtype,
-        chunks=(min(store.IMAGE_CHUNK_ROWS, n_rows), height, width))
+    images = store.create_images(group, n_rows, (height, width), config.image_dtype)
     start = time.perf_counter()
     rasterize_to_array(matrix, layout.raster_plan(), images, backend=config.raster_backend,
                        progress=progress)

@@ -78,6 +78,15 @@ def create_partial(path, *, force: bool = False):
     return zarr.open_group(os.fspath(tmp), mode="w", zarr_format=3)
 
 
+def create_images(group, n_rows: int, grid, dtype: str):
+    """The ``images`` array [N, H, W] of a store, chunked by ``IMAGE_CHUNK_ROWS`` rows (the
+    layout every reader expects)."""
+    height, width = grid
+    return group.create_array(IMAGES, shape=(n_rows, height, width), dtype=dtype,
+                              chunks=(max(1, min(IMAGE_CHUNK_ROWS, n_rows)), height, width),
+                              fill_value=0)
+
+
 def _json_normalised(value):
     return json.loads(json.dumps(value, sort_keys=True))
 
