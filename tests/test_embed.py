@@ -271,6 +271,14 @@ class Interrupt(Exception):
     pass
 
 
+def _interrupt_after_first_chunk(texts, config, target, model):
+    def stop(rows_done):
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        encode_to_array(texts, config, target, model=model, progress=False, on_chunk=stop)
+
+
 def test_resume_after_interruption_is_byte_identical(tiny, tiny_dir, tmp_path):
     import zarr
 
@@ -317,11 +325,7 @@ def test_resume_with_other_settings_is_refused(tiny, tiny_dir, tmp_path, change,
     base = dict(output_dtype="float16", chunk_rows=8, max_length=64)
     c = cfg(tiny_dir, **base)
 
-    def stop(rows_done):
-        raise Interrupt
-
-    with pytest.raises(Interrupt):
-        encode_to_array(texts, c, tmp_path / "e.zarr", model=tiny, progress=False, on_chunk=stop)
+    _interrupt_after_first_chunk(texts, c, tmp_path / "e.zarr", tiny)
     other = cfg(tiny_dir, **{**base, **change})
     with pytest.raises(ValueError, match=f"cannot resume 'embeddings'.*{field}: stored"):
         encode_to_array(texts, other, tmp_path / "e.zarr", model=tiny, progress=False)
@@ -331,11 +335,7 @@ def test_resume_with_other_texts_or_model_is_refused(tiny, tiny_dir, tmp_path):
     texts = make_texts(20, seed=2)
     c = cfg(tiny_dir, chunk_rows=8, max_length=64)
 
-    def stop(rows_done):
-        raise Interrupt
-
-    with pytest.raises(Interrupt):
-        encode_to_array(texts, c, tmp_path / "e.zarr", model=tiny, progress=False, on_chunk=stop)
+    _interrupt_after_first_chunk(texts, c, tmp_path / "e.zarr", tiny)
     edited = [*texts[:-1], texts[-1] + " !"]
     with pytest.raises(ValueError, match="texts_sha256"):
         encode_to_array(edited, c, tmp_path / "e.zarr", model=tiny, progress=False)
@@ -364,11 +364,7 @@ def test_interrupted_run_stops_the_tokenizer_thread(tiny, tiny_dir, tmp_path):
     texts = make_texts(40, seed=9)
     c = cfg(tiny_dir, chunk_rows=4, max_length=64)
 
-    def stop(rows_done):
-        raise Interrupt
-
-    with pytest.raises(Interrupt):
-        encode_to_array(texts, c, tmp_path / "e.zarr", model=tiny, progress=False, on_chunk=stop)
+    _interrupt_after_first_chunk(texts, c, tmp_path / "e.zarr", tiny)
     assert not [t for t in threading.enumerate() if t.name == "fastimg-tokenize"]
 
 
