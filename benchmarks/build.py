@@ -65,6 +65,7 @@ def _naive(corpus, max_length: int, folder: Path) -> dict:
 
 
 def run(quick: bool = False, json_path: str | None = None) -> dict:
+    from fastimg import store
     from fastimg.corpus import CorpusConfig, load_corpus
     from fastimg.dataset import build_dataset
     from fastimg.embed import EncoderConfig
@@ -86,8 +87,7 @@ def run(quick: bool = False, json_path: str | None = None) -> dict:
         fast_s = time.perf_counter() - start
         fast = dict(summary["timings"])
         fast["store_and_other_s"] = fast_s - sum(fast.values())
-        store_mib = sum(f.stat().st_size for f in (folder / "fast.zarr").rglob("*")
-                        if f.is_file()) / 2**20
+        store_mib = store.size_bytes(folder / "fast.zarr") / 2**20
 
         naive = _naive(corpus, max_length, folder)
         naive_mib = sum(f.stat().st_size for f in folder.glob("naive_*.npy")) / 2**20

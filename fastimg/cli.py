@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from fastimg import store
+
 EXIT_USAGE = 2
 
 
@@ -82,12 +84,12 @@ def _cmd_images(args) -> int:
     start = time.perf_counter()
     summary = build_image_store(matrix, args.out, layout_config, config, force=args.force,
                                 progress=not args.quiet)
-    size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
     print(f"wrote {args.out}: {summary['rows']} images of {summary['image_shape'][0]} x "
           f"{summary['image_shape'][1]} ({summary['image_dtype']}), {summary['features']} "
           f"features on {summary['occupied_pixels']} pixels; layout "
           f"{summary['timings']['layout_s']:.1f} s, raster {summary['timings']['raster_s']:.2f} s,"
-          f" total {time.perf_counter() - start:.1f} s, {size / 2**20:.1f} MiB")
+          f" total {time.perf_counter() - start:.1f} s, "
+          f"{store.size_bytes(args.out) / 2**20:.1f} MiB")
     return 0
 
 
@@ -100,10 +102,6 @@ def _layers(text: str):
         raise argparse.ArgumentTypeError(
             f"expected last6, author or comma-separated hidden-state indices, got {text!r}"
         ) from None
-
-
-def _store_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def _cmd_build_dataset(args) -> int:
@@ -139,7 +137,7 @@ def _cmd_build_dataset(args) -> int:
           f"{summary['image_shape'][0]} x {summary['image_shape'][1]} {summary['image_dtype']} "
           f"from {summary['features']} features on {summary['occupied_pixels']} pixels; "
           f"{timings}; total {time.perf_counter() - start:.1f} s; "
-          f"{_store_size(args.out) / 2**20:.1f} MiB")
+          f"{store.size_bytes(args.out) / 2**20:.1f} MiB")
     return 0
 
 
@@ -152,15 +150,13 @@ def _cmd_show(args) -> int:
 
 
 def _cmd_info(args) -> int:
-    from fastimg import store
-
     group = store.open_store(args.store)
     attrs = dict(group.attrs[store.ATTRS_KEY])
     attrs["layout"] = {k: v for k, v in attrs["layout"].items()
                        if k not in ("pixel_index", "coords", "scaler")}
     attrs["arrays"] = {name: {"shape": list(group[name].shape), "dtype": str(group[name].dtype)}
                        for name in sorted(group.array_keys())}
-    attrs["size_MiB"] = round(_store_size(args.store) / 2**20, 2)
+    attrs["size_MiB"] = round(store.size_bytes(args.store) / 2**20, 2)
     print(json.dumps(attrs, indent=2))
     return 0
 

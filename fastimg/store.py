@@ -78,6 +78,11 @@ def create_partial(path, *, force: bool = False):
     return zarr.open_group(os.fspath(tmp), mode="w", zarr_format=3)
 
 
+def size_bytes(path) -> int:
+    """Bytes a store takes on disk (every file under it)."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
 def create_images(group, n_rows: int, grid, dtype: str):
     """The ``images`` array [N, H, W] of a store, chunked by ``IMAGE_CHUNK_ROWS`` rows (the
     layout every reader expects)."""
