@@ -20,6 +20,16 @@ def has_module(name: str) -> bool:
         return False
 
 
+def torch_cuda_available() -> bool:
+    """True when torch sees a CUDA GPU (any driver failure counts as no GPU)."""
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # noqa: BLE001 - any driver failure means "no GPU"
+        return False
+
+
 @dataclass(frozen=True)
 class Backend:
     name: str

@@ -235,8 +235,9 @@ def texts_to_images(path, texts, *, progress: bool = False) -> np.ndarray:
     ndarray of float32, shape (len(texts), height, width)
     """
     from fastimg.embed import EncoderConfig, encode
+    from fastimg.layout import DeepInsightLayout
 
     attrs = store.open_store(path).attrs[store.ATTRS_KEY]
     encoder_config = EncoderConfig.from_dict(attrs["config"]["encoder"])
     features = encode(texts, encoder_config, progress=progress)
-    return load_layout(path).transform(features)
+    return DeepInsightLayout.from_dict(attrs["layout"]).transform(features)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastimg._registry import Registry
+from fastimg._registry import Registry, torch_cuda_available
 from fastimg.embed.batching import budget_batches, head_tail, length_order, pad_batch
 from fastimg.embed.config import EncoderConfig, resolve_layers
 from fastimg.embed.models import LoadedModel, load_model, resolve_model
@@ -39,18 +39,9 @@ class EmptyTextWarning(UserWarning):
     """Some texts are empty or whitespace-only (they are encoded as ``[CLS] [SEP]``)."""
 
 
-def _cuda_available() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except Exception:  # noqa: BLE001 - any driver failure means "no GPU"
-        return False
-
-
 #: Device of the encoder: ``"auto"`` picks CUDA when torch sees a GPU, else the CPU.
 ENCODE_DEVICES = Registry("encode device")
-ENCODE_DEVICES.add("cuda", lambda: "cuda", available=_cuda_available, priority=2)
+ENCODE_DEVICES.add("cuda", lambda: "cuda", available=torch_cuda_available, priority=2)
 ENCODE_DEVICES.add("cpu", lambda: "cpu", priority=1)
 
 

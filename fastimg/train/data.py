@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from fastimg import store
-from fastimg._registry import Registry, has_module
+from fastimg._registry import Registry, has_module, torch_cuda_available
 
 logger = logging.getLogger("fastimg.train")
 
@@ -378,11 +378,7 @@ def _dali_on_gpu() -> bool:
     # "auto" takes DALI where it pays: with a GPU. On the 2-core CPU machine its CPU pipeline
     # read 26.5k images/s cold against 46k for the torch path (benchmarks/RESULTS.md, train);
     # loader="dali" still gives the CPU pipeline.
-    if not has_module("nvidia.dali"):
-        return False
-    import torch
-
-    return torch.cuda.is_available()
+    return has_module("nvidia.dali") and torch_cuda_available()
 
 
 LOADERS = Registry("loader")
