@@ -35,10 +35,8 @@ def write_store(path, n_rows: int, *, grid=(50, 50), seed: int = 0, val_fraction
     """A finished labelled store of sparse random images (fast: numpy + the store helpers)."""
     rng = np.random.default_rng(seed)
     occupied = rng.random(grid) < 0.35
-    group = store.create_partial(path, force=True)
     chunk = store.IMAGE_CHUNK_ROWS
-    images = group.create_array(store.IMAGES, shape=(n_rows, *grid), dtype="float16",
-                                chunks=(min(chunk, n_rows), *grid))
+    images = np.empty((n_rows, *grid), dtype=np.float16)
     labels = rng.integers(0, 2, n_rows)
     for start in range(0, n_rows, chunk):
         stop = min(n_rows, start + chunk)
@@ -47,13 +45,11 @@ def write_store(path, n_rows: int, *, grid=(50, 50), seed: int = 0, val_fraction
         images[start:stop] = block.astype(np.float16)
     split = np.zeros(n_rows, np.int8)
     split[rng.random(n_rows) < val_fraction] = 1
-    for name, data in ((store.LABELS, labels.astype(np.int64)), (store.SPLIT, split),
-                       (store.EMBEDDINGS, rng.standard_normal((n_rows, 8)).astype(np.float16))):
-        array = group.create_array(name, shape=data.shape, dtype=data.dtype,
-                                   chunks=(min(65536, n_rows), *data.shape[1:]))
-        array[:] = data
-    store.finish(group, path, {"kind": "dataset", "corpus": {"class_values": None},
-                               "summary": {"class_names": ["a", "b"]}})
+    store.write_store(path, {store.IMAGES: images, store.LABELS: labels.astype(np.int64),
+                             store.SPLIT: split,
+                             store.EMBEDDINGS: rng.standard_normal((n_rows, 8)).astype(np.float16)},
+                      {"kind": "dataset", "corpus": {"class_values": None},
+                       "summary": {"class_names": ["a", "b"]}}, force=True)
 
 
 def _loader_epochs(path, kind: str, batch_size: int) -> tuple[float, float, float]:
@@ -88,7 +84,7 @@ def _loader_epochs(path, kind: str, batch_size: int) -> tuple[float, float, floa
 def _write_pngs(path, folder: Path, n_rows: int) -> list:
     from PIL import Image
 
-    images = store.open_store(path)[store.IMAGES]
+    images = store.StoreReader(path).group[store.IMAGES]
     files = []
     for start in range(0, n_rows, 4096):
         block = np.asarray(images[start:start + 4096], dtype=np.float32)

@@ -128,16 +128,32 @@ def _cmd_build_dataset(args) -> int:
             print(f"[{time.perf_counter() - start:7.1f} s] {stage}", file=sys.stderr)
 
     summary = build_dataset(args.out, corpus, encoder, layout, config, force=args.force,
-                            progress=not args.quiet, on_stage=announce)
+                            reuse=not args.no_reuse, progress=not args.quiet, on_stage=announce)
+    _print_dataset_summary(args.out, summary, time.perf_counter() - start)
+    return 0
+
+
+def _print_dataset_summary(out, summary: dict, seconds: float) -> None:
     timings = ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in summary["timings"].items())
     counts = "; ".join(f"{split} " + "/".join(str(n) for n in per_class.values())
                        for split, per_class in summary["counts"].items())
-    print(f"wrote {args.out}: {summary['rows']} rows, {summary['classes']} classes "
+    reused = f"reused {', '.join(summary['reused'])}; " if summary.get("reused") else ""
+    print(f"wrote {out}: {summary['rows']} rows, {summary['classes']} classes "
           f"({', '.join(summary['class_names'])}; {counts}), images "
           f"{summary['image_shape'][0]} x {summary['image_shape'][1]} {summary['image_dtype']} "
           f"from {summary['features']} features on {summary['occupied_pixels']} pixels; "
-          f"{timings}; total {time.perf_counter() - start:.1f} s; "
-          f"{store.size_bytes(args.out) / 2**20:.1f} MiB")
+          f"{reused}{timings}; total {seconds:.1f} s; {store.size_bytes(out) / 2**20:.1f} MiB")
+
+
+def _cmd_relayout(args) -> int:
+    from fastimg.dataset import DatasetConfig, relayout
+
+    config = DatasetConfig(fit_on=args.fit_on, image_dtype=args.dtype,
+                           raster_backend=args.raster_backend)
+    start = time.perf_counter()
+    summary = relayout(args.src, args.out, _layout_config(args), config, force=args.force,
+                       progress=not args.quiet)
+    _print_dataset_summary(args.out, summary, time.perf_counter() - start)
     return 0
 
 
@@ -150,13 +166,12 @@ def _cmd_show(args) -> int:
 
 
 def _cmd_info(args) -> int:
-    group = store.open_store(args.store)
-    attrs = dict(group.attrs[store.ATTRS_KEY])
+    reader = store.StoreReader(args.store)
+    attrs = dict(reader.attrs)
     attrs["layout"] = {k: v for k, v in attrs["layout"].items()
                        if k not in ("pixel_index", "coords", "scaler")}
-    attrs["arrays"] = {name: {"shape": list(group[name].shape), "dtype": str(group[name].dtype)}
-                       for name in sorted(group.array_keys())}
-    attrs["size_MiB"] = round(store.size_bytes(args.store) / 2**20, 2)
+    attrs["arrays"] = reader.array_info()
+    attrs["size_MiB"] = round(reader.size_bytes() / 2**20, 2)
     print(json.dumps(attrs, indent=2))
     return 0
 
@@ -186,6 +201,26 @@ def _cmd_train(args) -> int:
           f"linear probe on the embeddings: {probe_text}; "
           f"{result.metrics['timings']['total_s']:.1f} s; run folder {args.out}")
     return 0
+
+
+def _add_layout_options(parser) -> None:
+    """The layout and image options shared by build-dataset and relayout."""
+    parser.add_argument("--pixels", type=_grid, default=(50, 50), metavar="N|HxW",
+                        help="image size (default 50)")
+    parser.add_argument("--scaling", default="norm2", choices=["norm2", "minmax", "none"])
+    parser.add_argument("--method", default="tsne", choices=["tsne", "pca", "kpca"])
+    parser.add_argument("--tsne-backend", default="auto",
+                        choices=["auto", "opentsne", "sklearn", "cuml"])
+    parser.add_argument("--perplexity", type=float, default=30.0)
+    parser.add_argument("--assignment", default="bin", choices=["bin", "assignment"])
+    parser.add_argument("--fit-on", default="train", choices=["train", "all"],
+                        help="rows the layout is fitted on; all = the author's leaky variant")
+    parser.add_argument("--dtype", default="float16", choices=["float16", "float32", "uint8"],
+                        help="stored image dtype")
+    parser.add_argument("--raster-backend", default="auto",
+                        choices=["auto", "cpu", "cuda", "numpy"],
+                        help="rasterisation kernel (auto: the CPU kernel, fastest for images "
+                             "that go to disk; the backend does not change the images)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -252,29 +287,30 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--truncation", default="head", choices=["head", "head+tail"])
     build.add_argument("--chunk-rows", type=int, default=1024,
                        help="texts per encoding chunk: the unit an interrupted build resumes at")
-    build.add_argument("--pixels", type=_grid, default=(50, 50), metavar="N|HxW",
-                       help="image size (default 50)")
-    build.add_argument("--scaling", default="norm2", choices=["norm2", "minmax", "none"])
-    build.add_argument("--method", default="tsne", choices=["tsne", "pca", "kpca"])
-    build.add_argument("--tsne-backend", default="auto",
-                       help="auto|opentsne|sklearn|cuml")
-    build.add_argument("--perplexity", type=float, default=30.0)
-    build.add_argument("--assignment", default="bin", choices=["bin", "assignment"])
-    build.add_argument("--fit-on", default="train", choices=["train", "all"],
-                       help="rows the layout is fitted on; all = the author's leaky variant")
-    build.add_argument("--dtype", default="float16", choices=["float16", "float32", "uint8"],
-                       help="stored image dtype")
+    _add_layout_options(build)
     build.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                        help="encoder device")
-    build.add_argument("--raster-backend", default="auto",
-                       choices=["auto", "cpu", "cuda", "numpy"],
-                       help="rasterisation kernel (auto: the CPU kernel, fastest for images "
-                            "that go to disk)")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--force", action="store_true",
-                       help="overwrite an existing store or an unfinished build")
+                       help="replace an existing store (its stages whose settings match are "
+                            "reused)")
+    build.add_argument("--no-reuse", action="store_true",
+                       help="recompute every stage, even those an earlier build has")
     build.add_argument("--quiet", action="store_true", help="no progress bars")
     build.set_defaults(func=_cmd_build_dataset)
+
+    again = sub.add_parser(
+        "relayout", help="a new store from an existing store's embeddings, with a new layout",
+        description="Lay out the embeddings of a store again (new image size, map, scaling, "
+                    "dtype) without encoding: the images equal those of a fresh build-dataset "
+                    "with the same settings.")
+    again.add_argument("src", type=Path, help="a store written by build-dataset")
+    again.add_argument("--out", type=Path, required=True, help="zarr store to write")
+    _add_layout_options(again)
+    again.add_argument("--seed", type=int, default=0)
+    again.add_argument("--force", action="store_true", help="replace an existing store")
+    again.add_argument("--quiet", action="store_true", help="no progress bars")
+    again.set_defaults(func=_cmd_relayout)
 
     show = sub.add_parser("show", help="PNG of sample images, class means and the layout")
     show.add_argument("store", type=Path)

@@ -1,16 +1,17 @@
-"""The main job until the encoder stage lands: a feature matrix -> layout -> zarr image store."""
+"""`fastimg images`: a feature matrix you already have -> layout -> zarr image store."""
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from fastimg import store
 from fastimg._validation import check_feature_matrix
-from fastimg.layout import DeepInsightLayout, LayoutConfig
-from fastimg.raster import IMAGE_DTYPES, rasterize_to_array
+from fastimg.layout import LayoutConfig
+from fastimg.raster import IMAGE_DTYPES
+from fastimg.store import StoreWriter
 
 logger = logging.getLogger("fastimg")
 
@@ -48,43 +49,48 @@ def synthetic_matrix(n_samples: int, n_features: int, *, rank: int = 16, seed: i
     return (factors @ loadings / np.sqrt(rank) + noise).astype(dtype)
 
 
-def _fill_store(group, matrix, fit_rows, layout_config, config, progress):
-    n_rows = matrix.shape[0]
-    timings = {}
-    start = time.perf_counter()
-    train = check_feature_matrix(np.asarray(matrix[:fit_rows]), name="input matrix")
-    layout = DeepInsightLayout(layout_config).fit(train)
-    timings["layout_s"] = time.perf_counter() - start
-    height, width = layout_config.grid
-    images = store.create_images(group, n_rows, (height, width), config.image_dtype)
-    start = time.perf_counter()
-    rasterize_to_array(matrix, layout.raster_plan(), images, backend=config.raster_backend,
-                       progress=progress)
-    timings["raster_s"] = time.perf_counter() - start
-    summary = {
-        "rows": n_rows, "features": int(matrix.shape[1]), "image_shape": [height, width],
-        "image_dtype": config.image_dtype, "fit_rows": fit_rows,
-        "occupied_pixels": layout.n_occupied_pixels, "timings": timings,
-    }
-    return layout, summary
+def matrix_digest(matrix, block_rows: int = 8192) -> str:
+    """sha256 of a matrix's shape, dtype and values, read block by block."""
+    digest = hashlib.sha256(json.dumps([list(matrix.shape), str(matrix.dtype)]).encode())
+    for start in range(0, matrix.shape[0], block_rows):
+        digest.update(np.ascontiguousarray(matrix[start:start + block_rows]).tobytes())
+    return digest.hexdigest()
 
 
 def build_image_store(matrix, out, layout_config: LayoutConfig | None = None,
                       config: ImagesConfig | None = None, *, force: bool = False,
                       progress: bool = True) -> dict:
     """Fit a layout on ``matrix`` (or its first ``fit_rows`` rows) and write every row's image
-    into a new zarr store at ``out``. Returns the summary written into the store's attrs."""
+    into a new zarr store at ``out``. Returns the summary written into the store's attrs.
+
+    An interrupted run resumes (the layout and the finished image blocks are kept) when it is
+    started again on the same matrix with the same settings.
+    """
+    from fastimg.dataset import (StagePlan, _open_existing, _run_images, _run_layout,
+                                 images_settings, layout_settings)
+
     layout_config = layout_config or LayoutConfig()
     config = config or ImagesConfig()
-    fit_rows = min(config.fit_rows or matrix.shape[0], matrix.shape[0])
-    group = store.create_partial(out, force=force)
-    try:
-        layout, summary = _fill_store(group, matrix, fit_rows, layout_config, config, progress)
-    except Exception:
-        # a failed build leaves nothing behind; an interrupted one (Ctrl-C) keeps its .partial
-        store.discard_partial(out)
-        raise
-    store.finish(group, out, {"config": {"layout": layout_config.to_dict(),
-                                         "images": asdict(config)},
-                              "layout": layout.to_dict(), "summary": summary})
+    n_rows = matrix.shape[0]
+    fit_rows = np.arange(min(config.fit_rows or n_rows, n_rows))
+    check_feature_matrix(np.asarray(matrix[:fit_rows.size]), name="input matrix")
+    plan = (StagePlan()
+            .add("input", {"sha256": matrix_digest(matrix), "shape": list(matrix.shape)})
+            .add("layout", layout_settings(layout_config, "first_rows", fit_rows))
+            .add("images", images_settings(config)))
+    _open_existing(out, plan, force=force)
+    timings = {}
+    with StoreWriter.open(out) as writer:
+        writer.begin("input", plan.keys["input"], plan.settings["input"])
+        layout = _run_layout(writer, plan, layout_config, fit_rows, matrix, timings)
+        _run_images(writer, plan, layout, matrix, config, progress, timings)
+        height, width = layout_config.grid
+        summary = {
+            "rows": n_rows, "features": int(matrix.shape[1]), "image_shape": [height, width],
+            "image_dtype": config.image_dtype, "fit_rows": int(fit_rows.size),
+            "occupied_pixels": layout.n_occupied_pixels, "timings": timings,
+        }
+        writer.finish({"kind": "images",
+                       "config": {"layout": layout_config.to_dict(), "images": asdict(config)},
+                       "layout": layout.to_dict(), "summary": summary})
     return summary

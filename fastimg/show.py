@@ -59,19 +59,19 @@ def show_store(path, out, *, n_per_class: int = 4, seed: int = 0) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    group = store.open_store(path)
-    attrs = group.attrs[store.ATTRS_KEY]
-    if store.LABELS not in group:
+    reader = store.StoreReader(path)
+    if not reader.has_labels:
         raise store.StoreError(f"{path} holds images without labels (made by `fastimg images`); "
                                f"show needs a dataset built by `fastimg build-dataset`")
-    images, labels = group[store.IMAGES], group[store.LABELS][:]
-    names = attrs.get("summary", {}).get("class_names") or [str(v) for v in np.unique(labels)]
+    images, labels = reader.images, reader.labels()
+    names = reader.class_names
     values = np.unique(labels)
     rows = _class_rows(labels, n_per_class, seed)
     means = _mean_images(images, labels)
-    pixel_index = np.asarray(attrs["layout"]["pixel_index"], dtype=np.int64)
-    grid = tuple(attrs["layout"]["config"]["grid"])
-    n_layers = len(attrs.get("provenance", {}).get("layers") or [])
+    layout = reader.layout()
+    grid = tuple(layout.config.grid)
+    n_layers = len(reader.provenance.get("layers") or [])
+    pixel_index = np.asarray(layout.pixel_index_, dtype=np.int64)
     group_size = pixel_index.size // n_layers if n_layers else None
     counts, dominant = layout_map(pixel_index, grid, group_size)
 

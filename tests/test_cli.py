@@ -16,7 +16,7 @@ def test_images_from_npy_end_to_end(rng, tmp_path, capsys):
                  "--pixels", "12x16", "--fit-rows", "100", "--quiet", "--dtype", "float32"]) == 0
     assert "150 images of 12 x 16" in capsys.readouterr().out
     assert store.is_complete(out) and not store.partial_path(out).exists()
-    group = store.open_store(out)
+    group = store.StoreReader(out).group
     attrs = group.attrs[store.ATTRS_KEY]
     assert attrs["summary"]["fit_rows"] == 100
     # the stored layout turns the same rows into the same images
@@ -31,7 +31,8 @@ def test_synthetic_demo_and_existing_store_needs_force(tmp_path, capsys):
     args = ["images", "--synthetic", "300x120", "--out", str(out), "--pixels", "10", "--quiet"]
     assert main(args) == 0
     assert main(args) == 2
-    assert "already exists; pass --force" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "already exists, with these settings" in err and "pass --force" in err
     assert main([*args, "--force"]) == 0
 
 

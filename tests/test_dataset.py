@@ -53,7 +53,7 @@ def test_imdb_store_is_complete_and_consistent(imdb_store):
     from fastimg.corpus import CorpusConfig, load_corpus
 
     path, summary = imdb_store
-    group = store.open_store(path)
+    group = store.StoreReader(path).group
     attrs = group.attrs[store.ATTRS_KEY]
     corpus = load_corpus(CorpusConfig(dataset="imdb", limit=200, seed=0))
     assert group[store.IDS][:].tolist() == corpus.ids.tolist()
@@ -76,7 +76,7 @@ def test_imdb_store_is_complete_and_consistent(imdb_store):
 def test_images_are_the_stored_layout_applied_to_the_embeddings(imdb_store):
     from fastimg.dataset import load_layout
 
-    group = store.open_store(imdb_store[0])
+    group = store.StoreReader(imdb_store[0]).group
     images = load_layout(imdb_store[0]).transform(group[store.EMBEDDINGS][:])
     np.testing.assert_allclose(group[store.IMAGES][:].astype(np.float32), images, atol=1e-3)
 
@@ -86,7 +86,7 @@ def test_layout_is_fitted_on_the_training_rows_only(imdb_store):
     from fastimg.dataset import load_layout
     from fastimg.layout import DeepInsightLayout
 
-    group = store.open_store(imdb_store[0])
+    group = store.StoreReader(imdb_store[0]).group
     stored = load_layout(imdb_store[0])
     train = group[store.SPLIT][:] == store.SPLIT_NAMES.index("train")
     assert 0 < train.sum() < train.size
@@ -103,7 +103,7 @@ def test_new_texts_get_the_images_the_store_gave_them(imdb_store):
     corpus = load_corpus(CorpusConfig(dataset="imdb", limit=200, seed=0))
     rows = [3, 50, 177]
     images = texts_to_images(imdb_store[0], [corpus.texts[i] for i in rows])
-    stored = store.open_store(imdb_store[0])[store.IMAGES][rows].astype(np.float32)
+    stored = store.StoreReader(imdb_store[0]).group[store.IMAGES][rows].astype(np.float32)
     np.testing.assert_allclose(images, stored, atol=5e-3)
 
 
@@ -157,10 +157,11 @@ def test_a_killed_build_resumes_to_the_same_bytes(tmp_path, capsys, imdb_env):
 
     # other settings are refused while an unfinished build is there
     assert main([*args[:-1], "--max-length", "64", "--out", str(out), "--quiet"]) == 2
-    assert "unfinished build with other settings" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unfinished build with other settings" in err and "encode.max_length: 96 -> 64" in err
 
     assert main([*args, "--out", str(out)]) == 0
-    resumed, ref = store.open_store(out), store.open_store(reference)
+    resumed, ref = store.StoreReader(out).group, store.StoreReader(reference).group
     assert resumed.attrs[store.ATTRS_KEY]["summary"]["resumed"] is True
     for name in (store.IDS, store.LABELS, store.SPLIT, store.EMBEDDINGS, store.IMAGES):
         np.testing.assert_array_equal(resumed[name][:], ref[name][:], err_msg=name)
@@ -258,7 +259,7 @@ def test_empty_texts_and_a_large_limit_warn_and_build(tmp_path, tiny_bert_dir, c
                      "--out", str(out), "--model", str(tiny_bert_dir), "--method", "pca",
                      "--pixels", "8x12", "--dtype", "uint8", "--quiet"])
     assert code == 0
-    group = store.open_store(out)
+    group = store.StoreReader(out).group
     assert group[store.IMAGES].shape == (60, 8, 12) and group[store.IMAGES].dtype == np.uint8
     assert group[store.EMBEDDINGS].shape == (60, 6 * 32)
     assert group[store.IDS][5] == "r5"

@@ -31,24 +31,18 @@ def write_store(path, *, n_rows=240, grid=(50, 50), class_values=(3, 7), test=Tr
     split = np.zeros(n_rows, np.int8)
     split[n_train:n_train + n_val] = 1
     split[n_train + n_val:] = 2 if test else 1
-    group = store.create_partial(path)
     arrays = {store.IMAGES: images.astype(np.float16), store.SPLIT: split,
               store.EMBEDDINGS: embeddings.astype(np.float16),
               store.IDS: np.array([f"r{i}" for i in range(n_rows)])}
     if labels:
         values = np.asarray(class_values if class_values is not None else (0, 1))
         arrays[store.LABELS] = values[y].astype(np.int64)
-    for name, data in arrays.items():
-        chunks = (64, *data.shape[1:])
-        array = group.create_array(name, shape=data.shape, chunks=chunks,
-                                   dtype=str if data.dtype.kind == "U" else data.dtype)
-        array[:] = data
     attrs = {"summary": {"image_shape": list(grid)}}
     if labels:
         attrs = {"kind": "dataset", "corpus": {"class_values": None if class_values is None
                                                 else list(class_values)},
                  "summary": {"class_names": ["neg", "pos"], "image_shape": list(grid)}}
-    store.finish(group, path, attrs)
+    store.write_store(path, arrays, attrs, chunk_rows=64)
     return y
 
 

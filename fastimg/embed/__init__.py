@@ -14,6 +14,7 @@ from fastimg.embed.encoder import (
     encode_to_array,
     model_flops,
     run_settings,
+    texts_digest,
 )
 from fastimg.embed.models import (
     MODEL_ALIASES,
@@ -26,5 +27,5 @@ from fastimg.embed.models import (
 __all__ = [
     "ENCODE_DEVICES", "EmptyTextWarning", "EncoderConfig", "LoadedModel", "MODEL_ALIASES",
     "ModelNotAvailableError", "check_texts", "encode", "encode_to_array", "load_model",
-    "model_flops", "resolve_layers", "resolve_model", "run_settings",
+    "model_flops", "resolve_layers", "resolve_model", "run_settings", "texts_digest",
 ]

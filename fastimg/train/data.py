@@ -96,36 +96,23 @@ class StoreData:
     split : ndarray of int8
         Codes into :data:`fastimg.store.SPLIT_NAMES`.
     class_names : list of str
+    reader : fastimg.store.StoreReader
     images : zarr.Array
     embeddings : zarr.Array or None
     """
 
     def __init__(self, path):
-        group = store.open_store(path)
-        attrs = dict(group.attrs[store.ATTRS_KEY])
-        if store.LABELS not in group or store.SPLIT not in group:
+        reader = store.StoreReader(path)
+        if not reader.has_labels:
             raise ValueError(f"{path} has no labels (stores made by `fastimg images` have "
                              f"none); build a labelled one with `fastimg build-dataset`")
         self.path = path
-        self.images = group[store.IMAGES]
-        self.embeddings = group[store.EMBEDDINGS] if store.EMBEDDINGS in group else None
-        labels = np.asarray(group[store.LABELS][:], dtype=np.int64)
-        class_values = (attrs.get("corpus") or {}).get("class_values")
-        if class_values is not None:
-            values = np.asarray(class_values, dtype=np.int64)
-            targets = np.searchsorted(values, labels)
-            if np.any(targets >= values.size) or np.any(values[np.minimum(
-                    targets, values.size - 1)] != labels):
-                raise ValueError(f"{path}: labels outside the corpus's class values {class_values}")
-        else:
-            targets = labels
-        self.targets = targets.astype(np.int64)
-        names = (attrs.get("summary") or {}).get("class_names")
-        n_classes = len(names) if names else int(self.targets.max()) + 1
-        self.class_names = [str(n) for n in names] if names else [str(i) for i in range(n_classes)]
-        if self.targets.size and (self.targets.min() < 0 or self.targets.max() >= n_classes):
-            raise ValueError(f"{path}: labels do not index its {n_classes} classes")
-        self.split = np.asarray(group[store.SPLIT][:], dtype=np.int8)
+        self.reader = reader
+        self.images = reader.images
+        self.embeddings = reader.embeddings
+        self.class_names = reader.class_names
+        self.targets = reader.targets()
+        self.split = reader.split_codes()
         self.image_shape = tuple(self.images.shape[1:])
 
     @property

@@ -1,0 +1,176 @@
+"""The one reader of finished stores: arrays and parsed attributes, schema in one place."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from fastimg.store import location
+from fastimg.store.schema import (ATTRS_KEY, COMPLETE, EMBEDDINGS, FORMAT_VERSION, IDS, IMAGES,
+                                  LABELS, SPLIT, SPLIT_NAMES, StoreError)
+
+logger = logging.getLogger("fastimg.store")
+
+
+def check_version(path, attrs: dict) -> None:
+    """Raise :class:`StoreError` unless ``attrs`` were written in this fastimg's format."""
+    version = attrs.get("format_version")
+    if version != FORMAT_VERSION:
+        older = isinstance(version, int) and version < FORMAT_VERSION
+        what = "an older" if older else "another"
+        raise StoreError(f"{path} was written by {what} fastimg (store format {version}; this "
+                         f"one reads format {FORMAT_VERSION}): rebuild it with the command that "
+                         f"made it and --force" + ("" if older else ", or upgrade fastimg"))
+
+
+class StoreReader:
+    """A finished store, read-only.
+
+    Parameters
+    ----------
+    path : str or path
+        A store written by ``fastimg build-dataset``, ``relayout`` or ``images``.
+
+    Raises
+    ------
+    StoreError
+        When ``path`` is missing, unfinished, or of another store format.
+
+    Attributes
+    ----------
+    path : str or path
+    group : zarr.Group
+    attrs : dict
+        The store's ``fastimg`` attributes (configs, layout, provenance, summary, stages).
+    """
+
+    def __init__(self, path):
+        import zarr
+
+        self.path = path
+        if not location.is_complete(path):
+            raise StoreError(f"{path} is not a complete fastimg store (missing, or its build did "
+                             f"not finish: rerun the command that builds it)")
+        self.group = zarr.open_group(str(path), mode="r")
+        self.attrs = dict(self.group.attrs[ATTRS_KEY])
+        check_version(path, self.attrs)
+
+    # -- attributes -----------------------------------------------------------------------
+    @property
+    def kind(self) -> str:
+        """``"dataset"`` (a labelled corpus) or ``"images"`` (a feature matrix's images)."""
+        return self.attrs.get("kind", "images")
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.attrs.get(COMPLETE))
+
+    @property
+    def summary(self) -> dict:
+        return self.attrs.get("summary") or {}
+
+    @property
+    def configs(self) -> dict:
+        """Each stage's config as saved (``corpus``, ``encoder``, ``layout``, ``dataset``...)."""
+        return self.attrs.get("config") or {}
+
+    @property
+    def provenance(self) -> dict:
+        return self.attrs.get("provenance") or {}
+
+    @property
+    def corpus(self) -> dict:
+        """The corpus summary (class names and values, counts), empty for image stores."""
+        return self.attrs.get("corpus") or {}
+
+    @property
+    def stages(self) -> dict:
+        """Per stage: its key, the settings it was computed with and its bookkeeping."""
+        return self.attrs.get("stages") or {}
+
+    @property
+    def class_names(self) -> list[str]:
+        names = self.summary.get("class_names")
+        if names:
+            return [str(n) for n in names]
+        if self.has_labels:
+            return [str(v) for v in np.unique(self.labels())]
+        return []
+
+    @property
+    def class_values(self) -> list | None:
+        """Stored label value of each class (None: the labels are the class indices)."""
+        return self.corpus.get("class_values")
+
+    def layout(self):
+        """The fitted :class:`~fastimg.layout.DeepInsightLayout`."""
+        from fastimg.layout import DeepInsightLayout
+
+        return DeepInsightLayout.from_dict(self.attrs["layout"])
+
+    def encoder_config(self):
+        """The :class:`~fastimg.embed.EncoderConfig` the embeddings were made with."""
+        from fastimg.embed import EncoderConfig
+
+        if "encoder" not in self.configs:
+            raise StoreError(f"{self.path} was not built from texts (no encoder settings)")
+        return EncoderConfig.from_dict(self.configs["encoder"])
+
+    # -- arrays ---------------------------------------------------------------------------
+    @property
+    def images(self):
+        return self.group[IMAGES]
+
+    @property
+    def embeddings(self):
+        """The ``embeddings`` array, or None when the store has none."""
+        return self.group[EMBEDDINGS] if EMBEDDINGS in self.group else None
+
+    @property
+    def has_labels(self) -> bool:
+        return LABELS in self.group and SPLIT in self.group
+
+    def labels(self) -> np.ndarray:
+        return np.asarray(self.group[LABELS][:], dtype=np.int64)
+
+    def split_codes(self) -> np.ndarray:
+        """int8 codes into :data:`SPLIT_NAMES`."""
+        return np.asarray(self.group[SPLIT][:], dtype=np.int8)
+
+    def ids(self) -> np.ndarray:
+        return np.asarray(self.group[IDS][:])
+
+    def targets(self) -> np.ndarray:
+        """Class indices 0..K-1: the stored labels mapped through the class values."""
+        labels = self.labels()
+        values = self.class_values
+        if values is None:
+            targets = labels
+        else:
+            values = np.asarray(values, dtype=np.int64)
+            targets = np.searchsorted(values, labels)
+            if np.any(targets >= values.size) or np.any(
+                    values[np.minimum(targets, values.size - 1)] != labels):
+                raise StoreError(f"{self.path}: labels outside the corpus's class values "
+                                 f"{list(values)}")
+        n_classes = len(self.class_names)
+        if targets.size and (targets.min() < 0 or targets.max() >= n_classes):
+            raise StoreError(f"{self.path}: labels do not index its {n_classes} classes")
+        return targets.astype(np.int64)
+
+    def rows(self, split: str) -> np.ndarray:
+        """Row indices of ``split`` ("train", "val" or "test"), ascending."""
+        return np.flatnonzero(self.split_codes() == SPLIT_NAMES.index(split))
+
+    def array_info(self) -> dict:
+        """Shape and dtype of every array."""
+        return {name: {"shape": list(self.group[name].shape), "dtype": str(self.group[name].dtype)}
+                for name in sorted(self.group.array_keys())}
+
+    def size_bytes(self) -> int:
+        return location.size_bytes(self.path)
+
+
+def open_store(path) -> StoreReader:
+    """Open a finished store read-only (see :class:`StoreReader`)."""
+    return StoreReader(path)

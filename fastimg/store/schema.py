@@ -1,0 +1,38 @@
+"""The store schema shared by every writer and reader: array names, dtypes, chunking, stages.
+
+A store is one zarr v3 group. Its attribute ``fastimg`` holds everything about it as JSON
+(configs, the fitted layout, provenance, per-stage keys, the summary) and, written last, the
+completion marker ``complete``.
+"""
+from __future__ import annotations
+
+#: Bumped when the layout of arrays or attrs changes in a way older readers cannot follow.
+#: 2: per-stage keys (``stages``) in the attrs, the unfinished build's state under ``BUILD_KEY``.
+FORMAT_VERSION = 2
+
+IMAGES = "images"
+IDS = "ids"
+LABELS = "labels"
+SPLIT = "split"
+EMBEDDINGS = "embeddings"
+#: ``split`` holds int8 codes: indices into this tuple
+SPLIT_NAMES = ("train", "val", "test")
+ATTRS_KEY = "fastimg"
+#: attrs of an unfinished build: its stage records so far
+BUILD_KEY = "fastimg_build"
+COMPLETE = "complete"
+PARTIAL_SUFFIX = ".partial"
+#: a complete store moved aside while ``--force`` puts its replacement in place
+REPLACED_SUFFIX = ".replaced"
+IMAGE_CHUNK_ROWS = 1024
+ROW_CHUNK_ROWS = 65536
+
+#: The stages of a dataset build, in order; each one's output depends on the one before.
+STAGES = ("corpus", "encode", "layout", "images")
+#: Arrays each stage writes (the layout lives in the attrs).
+STAGE_ARRAYS = {"corpus": (IDS, LABELS, SPLIT), "encode": (EMBEDDINGS,), "layout": (),
+                "images": (IMAGES,)}
+
+
+class StoreError(ValueError):
+    """A store is missing, unfinished, of another format, or in the way."""

@@ -1,0 +1,216 @@
+"""The one writer of stores: start or resume an unfinished build, record stages, finish.
+
+A build lives at ``OUT.partial`` until it is finished. Each stage of it is recorded in the
+group's attrs with its key (:mod:`fastimg.store.keys`), the settings the key was made from,
+whether the stage is done and its own bookkeeping (rows done, timings, the fitted layout).
+Finishing writes the final attrs with the completion marker last, then moves the store in
+place (:func:`fastimg.store.location.replace_with_partial`).
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from fastimg.store import location
+from fastimg.store.keys import canonical
+from fastimg.store.schema import (ATTRS_KEY, BUILD_KEY, COMPLETE, FORMAT_VERSION, IMAGE_CHUNK_ROWS,
+                                  IMAGES, ROW_CHUNK_ROWS, STAGE_ARRAYS, STAGES, StoreError)
+
+logger = logging.getLogger("fastimg.store")
+
+
+class StoreWriter:
+    """An unfinished store at ``partial_path(path)``.
+
+    Use :meth:`open` to start one (or pick up the unfinished build left by an interrupted
+    run), record each stage with :meth:`begin` / :meth:`update` / :meth:`complete_stage`, and
+    :meth:`finish` to move it in place.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        Where the store goes when finished.
+    group : zarr.Group
+        The unfinished store.
+    resumed : bool
+        Whether an unfinished build was picked up.
+    """
+
+    def __init__(self, path, group, resumed: bool):
+        self.path, self.group, self.resumed = path, group, resumed
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        # A failure before any stage finished leaves nothing behind; after one, the
+        # unfinished build is kept so that the next run resumes (an interruption always is).
+        if (exc is not None and isinstance(exc, Exception) and not self.resumed
+                and not any(r.get("done") for r in self.stages.values())):
+            self.discard()
+        return False
+
+    @classmethod
+    def open(cls, path, *, reuse: bool = True) -> "StoreWriter":
+        """The unfinished build of ``path`` when ``reuse`` and it is readable, else a new one.
+
+        Whether an existing complete store at ``path`` may be replaced is the caller's
+        decision (it may reuse stages from it); nothing here touches it.
+        """
+        location.recover(path)
+        tmp = location.partial_path(path)
+        if reuse and tmp.exists():
+            try:
+                group = location.open_group(tmp, "r+")
+                if isinstance(group.attrs.get(BUILD_KEY, {}).get("stages"), dict):
+                    logger.info("picking up the unfinished build at %s", tmp)
+                    return cls(path, group, True)
+            except Exception:  # noqa: BLE001 - an unreadable leftover is started afresh
+                pass
+            logger.info("%s is not an unfinished build of this fastimg; starting afresh", tmp)
+        location.remove(tmp)
+        group = location.open_group(tmp, "w")
+        group.attrs[BUILD_KEY] = {"stages": {}}
+        return cls(path, group, False)
+
+    # -- stage records --------------------------------------------------------------------
+    @property
+    def stages(self) -> dict:
+        return dict(self.group.attrs.get(BUILD_KEY, {}).get("stages", {}))
+
+    def stage(self, name: str) -> dict | None:
+        """The record of stage ``name`` ({key, settings, done, ...}), or None."""
+        return self.stages.get(name)
+
+    def _write(self, stages: dict) -> None:
+        self.group.attrs[BUILD_KEY] = {"stages": canonical(stages)}
+
+    def begin(self, name: str, key: str, settings: dict, **extra) -> dict:
+        """Record stage ``name`` as started with ``key``; a record with another key is
+        dropped first, with every stage after it."""
+        old = self.stage(name)
+        if old is not None and old["key"] == key:
+            return old
+        if old is not None:
+            self.drop_from(name)
+        stages = self.stages
+        stages[name] = {"key": key, "settings": settings, "done": False, **extra}
+        self._write(stages)
+        return stages[name]
+
+    def update(self, name: str, **values) -> dict:
+        """Merge ``values`` into the record of stage ``name`` (written at once)."""
+        stages = self.stages
+        stages[name] = {**stages[name], **values}
+        self._write(stages)
+        return stages[name]
+
+    def complete_stage(self, name: str, **values) -> dict:
+        return self.update(name, done=True, **values)
+
+    def drop_from(self, name: str) -> None:
+        """Forget stage ``name`` and every later one, deleting the arrays they wrote."""
+        order = STAGES if name in STAGES else (name,)
+        later = order[order.index(name):]
+        stages = self.stages
+        for stage in later:
+            if stages.pop(stage, None) is not None:
+                logger.info("dropping stage %s of the unfinished build", stage)
+            for array in STAGE_ARRAYS.get(stage, ()):
+                if array in self.group:
+                    del self.group[array]
+        self._write(stages)
+
+    def adopt(self, reader, names) -> None:
+        """Copy stages ``names`` of a finished store (records and arrays) into this build."""
+        stages = self.stages
+        for name in names:
+            record = dict(reader.stages[name])
+            for array in STAGE_ARRAYS.get(name, ()):
+                if array in reader.group:
+                    copy_array(reader.group[array], self.group, array)
+            stages[name] = {**record, "reused_from": str(reader.path)}
+        self._write(stages)
+
+    # -- arrays ---------------------------------------------------------------------------
+    def create_images(self, n_rows: int, grid, dtype: str, *,
+                      chunk_rows: int = IMAGE_CHUNK_ROWS):
+        """The ``images`` array [N, H, W], chunked by ``chunk_rows`` rows."""
+        height, width = grid
+        return self.group.create_array(IMAGES, shape=(n_rows, height, width), dtype=dtype,
+                                       chunks=(max(1, min(chunk_rows, n_rows)), height, width),
+                                       fill_value=0, overwrite=True)
+
+    def write_rows(self, name: str, data, *, chunk_rows: int = ROW_CHUNK_ROWS) -> None:
+        """An array of per-row values (ids, labels, split codes) in one go."""
+        data = np.asarray(data)
+        dtype = str if data.dtype.kind == "U" else data.dtype
+        array = self.group.create_array(name, shape=data.shape, dtype=dtype,
+                                        chunks=(max(1, min(data.shape[0], chunk_rows)),
+                                                *data.shape[1:]), overwrite=True)
+        array[:] = data
+
+    # -- the end --------------------------------------------------------------------------
+    def finish(self, attrs: dict) -> None:
+        """Write the final attrs, the stage records and the completion marker (last), then
+        move the store in place (an existing one is replaced atomically)."""
+        stages = self.stages
+        del self.group.attrs[BUILD_KEY]
+        # every array is written by now; the attrs with the marker are one write
+        self.group.attrs[ATTRS_KEY] = canonical({**attrs, "stages": stages,
+                                                 "format_version": FORMAT_VERSION,
+                                                 COMPLETE: True})
+        location.replace_with_partial(self.path)
+
+    def discard(self) -> None:
+        """Delete the unfinished build."""
+        location.remove(location.partial_path(self.path))
+
+
+def copy_array(source, group, name: str, *, block_rows: int | None = None):
+    """Copy a zarr array into ``group`` under ``name``, chunks and attrs kept, row block by
+    row block (never the whole array in memory)."""
+    target = group.create_array(name, shape=source.shape, dtype=source.dtype,
+                                chunks=source.chunks, fill_value=source.fill_value,
+                                overwrite=True)
+    step = block_rows or max(1, int(source.chunks[0]) * max(1, 8192 // int(source.chunks[0])))
+    for start in range(0, source.shape[0], step):
+        target[start:start + step] = source[start:start + step]
+    target.attrs.update(dict(source.attrs))
+    return target
+
+
+def check_writable(path, *, force: bool) -> None:
+    """Refuse when something that is not a store is at ``path`` (never deleted, even with
+    ``force``), or a store is and ``force`` is false."""
+    from pathlib import Path
+
+    location.recover(path)
+    path = Path(path)
+    if not path.exists():
+        return
+    if location.read_attrs(path) is None:
+        raise StoreError(f"{path} exists and is not a fastimg store; choose another --out")
+    if not force:
+        raise StoreError(f"{path} already exists; pass --force to replace it")
+
+
+def write_store(path, arrays: dict, attrs: dict, *, force: bool = False,
+                chunk_rows: int | None = None) -> None:
+    """Write a whole store from in-memory arrays (synthetic stores in tests and benchmarks).
+
+    ``arrays`` maps schema names to numpy arrays, chunked as a build chunks them unless
+    ``chunk_rows`` is given.
+    """
+    check_writable(path, force=force)
+    writer = StoreWriter.open(path, reuse=False)
+    for name, data in arrays.items():
+        data = np.asarray(data)
+        if name == IMAGES:
+            array = writer.create_images(data.shape[0], data.shape[1:], str(data.dtype),
+                                         chunk_rows=chunk_rows or IMAGE_CHUNK_ROWS)
+            array[:] = data
+        else:
+            writer.write_rows(name, data, chunk_rows=chunk_rows or ROW_CHUNK_ROWS)
+    writer.finish(attrs)
