@@ -130,7 +130,8 @@ class StagePlan:
             if old is None:
                 return [f"{stage}: not in the store"]
             if old["key"] != self.keys[stage]:
-                diffs = store.differences(stage, old.get("settings", {}), self.settings[stage])
+                diffs = store.differences(store.STAGE_SETTINGS.get(stage, stage),
+                                          old.get("settings", {}), self.settings[stage])
                 return diffs or [f"{stage}: computed from different input"]
         return []
 

@@ -158,7 +158,7 @@ def test_a_killed_build_resumes_to_the_same_bytes(tmp_path, capsys, imdb_env):
     # other settings are refused while an unfinished build is there
     assert main([*args[:-1], "--max-length", "64", "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "unfinished build with other settings" in err and "encode.max_length: 96 -> 64" in err
+    assert "unfinished build with other settings" in err and "encoder.max_length: 96 -> 64" in err
 
     assert main([*args, "--out", str(out)]) == 0
     resumed, ref = store.StoreReader(out).group, store.StoreReader(reference).group

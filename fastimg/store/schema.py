@@ -29,6 +29,8 @@ ROW_CHUNK_ROWS = 65536
 
 #: The stages of a dataset build, in order; each one's output depends on the one before.
 STAGES = ("corpus", "encode", "layout", "images")
+#: The name a stage's settings go by in messages (``encoder.model: ... -> ...``).
+STAGE_SETTINGS = {"encode": "encoder"}
 #: Arrays each stage writes (the layout lives in the attrs).
 STAGE_ARRAYS = {"corpus": (IDS, LABELS, SPLIT), "encode": (EMBEDDINGS,), "layout": (),
                 "images": (IMAGES,)}

@@ -1,0 +1,279 @@
+"""Encode once, build many: stage keys, reuse of finished stages, relayout, atomic replace."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from conftest import TINY_WORDS
+from fastimg import store
+from fastimg.cli import main
+
+pytest.importorskip("transformers")
+
+
+def _write_csv(path, n=80, *, flip_labels=False, seed=0):
+    rng = np.random.default_rng(seed)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(("id", "text", "label", "split"))
+        for i in range(n):
+            label = ("pos", "neg")[(i + flip_labels) % 2]
+            writer.writerow((f"r{i}", " ".join(rng.choice(TINY_WORDS, 10)), label,
+                             "test" if i % 4 == 0 else "train"))
+    return path
+
+
+@pytest.fixture
+def corpus_csv(tmp_path):
+    return _write_csv(tmp_path / "reviews.csv")
+
+
+@pytest.fixture
+def encode_calls(monkeypatch):
+    """Counts the encoder runs of build_dataset (it looks the function up at call time)."""
+    import fastimg.embed
+
+    calls = []
+    real = fastimg.embed.encode_to_array
+
+    def spy(*args, **kwargs):
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fastimg.embed, "encode_to_array", spy)
+    return calls
+
+
+def _build_args(csv_path, out, model, *extra):
+    return ["build-dataset", "--input", str(csv_path), "--id-column", "id", "--split-column",
+            "split", "--out", str(out), "--model", str(model), "--max-length", "24",
+            "--chunk-rows", "32", "--method", "pca", "--pixels", "12", "--quiet", *extra]
+
+
+def _arrays(path):
+    reader = store.StoreReader(path)
+    return {name: reader.group[name][:] for name in (store.IDS, store.LABELS, store.SPLIT,
+                                                     store.EMBEDDINGS, store.IMAGES)}
+
+
+def test_a_layout_change_reuses_the_embeddings_and_never_encodes(
+        corpus_csv, tmp_path, tiny_bert_dir, encode_calls, capsys):
+    out = tmp_path / "s.zarr"
+    assert main(_build_args(corpus_csv, out, tiny_bert_dir)) == 0
+    assert len(encode_calls) == 1
+    before = _arrays(out)
+    layout_before = store.StoreReader(out).attrs["layout"]
+    capsys.readouterr()
+
+    # refused without --force, naming each setting that differs with its two values
+    changed = _build_args(corpus_csv, out, tiny_bert_dir, "--pixels", "16", "--scaling",
+                          "minmax")
+    assert main(changed) == 2
+    err = capsys.readouterr().err
+    assert "layout.grid: [12, 12] -> [16, 16]" in err and 'layout.scaling: "norm2" -> "minmax"' in err
+    assert len(err.strip().splitlines()) == 1
+
+    assert main([*changed, "--force"]) == 0
+    assert "reused corpus, encode" in capsys.readouterr().out
+    assert len(encode_calls) == 1, "the encoder ran again"
+    after = _arrays(out)
+    for name in (store.IDS, store.LABELS, store.SPLIT, store.EMBEDDINGS):
+        np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+    assert after[store.IMAGES].shape == (80, 16, 16)
+    reader = store.StoreReader(out)
+    assert reader.attrs["layout"] != layout_before
+    assert reader.summary["reused"] == ["corpus", "encode"]
+    assert reader.stages["encode"]["reused_from"] == str(out)
+    assert not store.replaced_path(out).exists() and not store.partial_path(out).exists()
+
+
+def test_an_image_dtype_change_reuses_the_layout(corpus_csv, tmp_path, tiny_bert_dir,
+                                                 encode_calls):
+    out = tmp_path / "s.zarr"
+    assert main(_build_args(corpus_csv, out, tiny_bert_dir)) == 0
+    layout = store.StoreReader(out).attrs["layout"]
+    assert main(_build_args(corpus_csv, out, tiny_bert_dir, "--dtype", "float32",
+                            "--force")) == 0
+    reader = store.StoreReader(out)
+    assert reader.summary["reused"] == ["corpus", "encode", "layout"]
+    assert reader.attrs["layout"] == layout and reader.images.dtype == np.float32
+    assert len(encode_calls) == 1
+
+
+def test_no_reuse_recomputes_everything(corpus_csv, tmp_path, tiny_bert_dir, encode_calls):
+    out = tmp_path / "s.zarr"
+    assert main(_build_args(corpus_csv, out, tiny_bert_dir)) == 0
+    before = _arrays(out)
+    assert main(_build_args(corpus_csv, out, tiny_bert_dir, "--force", "--no-reuse")) == 0
+    assert len(encode_calls) == 2
+    assert store.StoreReader(out).summary["reused"] == []
+    for name, data in _arrays(out).items():  # deterministic: the same bytes again
+        np.testing.assert_array_equal(data, before[name], err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def other_tiny_bert_dir(tiny_bert_dir, tmp_path_factory):
+    """The tiny BERT's architecture and tokenizer with other random weights."""
+    import shutil
+
+    import torch
+    from transformers import BertModel
+
+    path = tmp_path_factory.mktemp("other") / "bert"
+    shutil.copytree(tiny_bert_dir, path)
+    model = BertModel.from_pretrained(tiny_bert_dir)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.01)
+    model.save_pretrained(path)
+    return path
+
+
+def test_a_model_change_is_refused_naming_the_model(corpus_csv, tmp_path, tiny_bert_dir,
+                                                    other_tiny_bert_dir, encode_calls, capsys):
+    out = tmp_path / "s.zarr"
+    assert main(_build_args(corpus_csv, out, tiny_bert_dir)) == 0
+    capsys.readouterr()
+    assert main(_build_args(corpus_csv, out, other_tiny_bert_dir)) == 2
+    err = capsys.readouterr().err
+    assert "encoder.model:" in err and "encoder.model_fingerprint:" in err and "--force" in err
+    assert main(_build_args(corpus_csv, out, other_tiny_bert_dir, "--force")) == 0
+    assert len(encode_calls) == 2
+    assert store.StoreReader(out).summary["reused"] == ["corpus"]
+
+
+def test_relayout_equals_a_fresh_build_byte_for_byte(corpus_csv, tmp_path, tiny_bert_dir,
+                                                      encode_calls, capsys):
+    src, fresh, again = tmp_path / "src.zarr", tmp_path / "fresh.zarr", tmp_path / "again.zarr"
+    new = ["--pixels", "10x14", "--scaling", "minmax", "--assignment", "assignment",
+           "--dtype", "uint8"]
+    assert main(_build_args(corpus_csv, src, tiny_bert_dir)) == 0
+    assert main(_build_args(corpus_csv, fresh, tiny_bert_dir, *new)) == 0
+    assert len(encode_calls) == 2
+    assert main(["relayout", str(src), "--out", str(again), "--method", "pca", "--quiet",
+                 *new]) == 0
+    assert "reused corpus, encode" in capsys.readouterr().out
+    assert len(encode_calls) == 2, "relayout encoded"
+    a, b = _arrays(fresh), _arrays(again)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    fresh_attrs, again_attrs = store.StoreReader(fresh).attrs, store.StoreReader(again).attrs
+    assert again_attrs["layout"] == fresh_attrs["layout"]
+    assert again_attrs["config"] == fresh_attrs["config"]
+    assert {s: r["key"] for s, r in again_attrs["stages"].items()} == \
+        {s: r["key"] for s, r in fresh_attrs["stages"].items()}
+
+
+def test_relayout_refuses_a_source_without_embeddings(rng, tmp_path, capsys):
+    images = tmp_path / "images.zarr"
+    np.save(tmp_path / "x.npy", rng.random((60, 120)).astype(np.float32))
+    assert main(["images", "--input", str(tmp_path / "x.npy"), "--out", str(images),
+                 "--pixels", "8", "--method", "pca", "--quiet"]) == 0
+    capsys.readouterr()
+    for src, needle in ((images, "no embeddings"), (tmp_path / "missing.zarr", "not a complete")):
+        out = tmp_path / "out.zarr"
+        assert main(["relayout", str(src), "--out", str(out), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1
+        assert not out.exists() and not store.partial_path(out).exists()
+
+
+def test_a_label_change_is_not_resumed_silently(tmp_path, tiny_bert_dir, monkeypatch):
+    import fastimg.embed
+    from fastimg.corpus import CorpusConfig
+    from fastimg.dataset import build_dataset
+    from fastimg.embed import EncoderConfig
+    from fastimg.layout import LayoutConfig
+
+    same_texts = _write_csv(tmp_path / "a.csv")
+    flipped = _write_csv(tmp_path / "b.csv", flip_labels=True)
+    out = tmp_path / "s.zarr"
+
+    def build(path, **kwargs):
+        return build_dataset(out, CorpusConfig(input=str(path), id_column="id",
+                                               split_column="split"),
+                             EncoderConfig(model=str(tiny_bert_dir), max_length=24,
+                                           chunk_rows=32),
+                             LayoutConfig(grid=(12, 12), method="pca"), progress=False,
+                             **kwargs)
+
+    real = fastimg.embed.encode_to_array
+
+    def interrupted(*args, **kwargs):
+        def stop(rows_done):
+            raise KeyboardInterrupt
+        return real(*args, **kwargs, on_chunk=stop)
+
+    monkeypatch.setattr(fastimg.embed, "encode_to_array", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build(same_texts)
+    monkeypatch.setattr(fastimg.embed, "encode_to_array", real)
+    assert store.partial_path(out).exists()
+    with pytest.raises(store.StoreError, match="unfinished build.*corpus.digest"):
+        build(flipped)
+    build(same_texts)  # the unfinished build still resumes with its own corpus
+    with pytest.raises(store.StoreError, match="already exists.*corpus.digest"):
+        build(flipped)  # and a complete store is refused too
+    summary = build(flipped, force=True)
+    assert summary["reused"] == []
+    assert store.StoreReader(out).labels().tolist() == [i % 2 for i in range(80)]  # neg=0
+
+
+def test_a_crash_during_a_forced_replace_leaves_a_complete_store(
+        corpus_csv, tmp_path, tiny_bert_dir, monkeypatch):
+    from fastimg.store import location
+
+    out = tmp_path / "s.zarr"
+    assert main(_build_args(corpus_csv, out, tiny_bert_dir)) == 0
+    old = _arrays(out)
+    real_move, moves = location._move, []
+
+    def crash_on(n):
+        def move(src, dst):
+            moves.append((src, dst))
+            if len(moves) == n:
+                raise RuntimeError("injected crash")
+            real_move(src, dst)
+        return move
+
+    # crash after the old store was moved aside, before the new one is moved in
+    monkeypatch.setattr(location, "_move", crash_on(2))
+    with pytest.raises(RuntimeError, match="injected"):
+        main(_build_args(corpus_csv, out, tiny_bert_dir, "--pixels", "16", "--force"))
+    assert not out.exists() and store.replaced_path(out).exists()
+    assert store.is_complete(out)  # every reader and writer recovers the old store first
+    for name, data in _arrays(out).items():
+        np.testing.assert_array_equal(data, old[name], err_msg=name)
+
+    # crash after the new store is in place, before the old one is deleted
+    monkeypatch.setattr(location, "_move", real_move)
+    real_rmtree = location.shutil.rmtree
+
+    def fail_rmtree(path, *args, **kwargs):
+        if str(path).endswith(store.REPLACED_SUFFIX):
+            raise RuntimeError("injected crash")
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(location.shutil, "rmtree", fail_rmtree)
+    with pytest.raises(RuntimeError, match="injected"):
+        main(_build_args(corpus_csv, out, tiny_bert_dir, "--pixels", "16", "--force"))
+    monkeypatch.setattr(location.shutil, "rmtree", real_rmtree)
+    assert store.StoreReader(out).images.shape == (80, 16, 16)  # the new one, complete
+    assert not store.replaced_path(out).exists()  # the leftover was cleaned up on open
+
+
+def test_a_store_of_an_older_format_is_refused_with_what_to_do(tmp_path, capsys):
+    out = tmp_path / "old.zarr"
+    store.write_store(out, {store.IMAGES: np.zeros((4, 3, 3), np.float16)}, {"kind": "images"})
+    meta = out / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["attributes"][store.ATTRS_KEY]["format_version"] = 1
+    meta.write_text(json.dumps(doc))
+    with pytest.raises(store.StoreError, match="older fastimg .store format 1.*--force"):
+        store.StoreReader(out)
+    assert main(["info", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "format 1" in err and len(err.strip().splitlines()) == 1
