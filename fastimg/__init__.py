@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 logging.getLogger("fastimg").addHandler(logging.NullHandler())
 
 __all__ = ["__version__", "DeepInsightLayout", "LayoutConfig", "rasterize", "build_dataset",
-           "DatasetConfig", "texts_to_images"]
+           "relayout", "DatasetConfig", "texts_to_images"]
 
 
 def __getattr__(name):
@@ -15,7 +15,7 @@ def __getattr__(name):
         from fastimg import layout
 
         return getattr(layout, name)
-    if name in ("build_dataset", "DatasetConfig", "texts_to_images"):
+    if name in ("build_dataset", "relayout", "DatasetConfig", "texts_to_images"):
         from fastimg import dataset
 
         return getattr(dataset, name)

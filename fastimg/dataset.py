@@ -154,7 +154,7 @@ def _open_existing(out, plan: StagePlan, *, force: bool) -> StoreReader | None:
     """
     store.check_writable(out, force=True)
     if not store.is_complete(out):
-        if out is not None and store.read_attrs(out) is not None and not force:
+        if store.read_attrs(out) is not None and not force:
             raise StoreError(f"{out} already exists; pass --force to replace it")
         return None
     try:

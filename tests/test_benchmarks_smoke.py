@@ -11,7 +11,7 @@ pytest.importorskip("pyDeepInsight")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("suite", ["raster", "layout", "encode", "build", "train"])
+@pytest.mark.parametrize("suite", ["raster", "layout", "encode", "build", "reuse", "train"])
 def test_suite_quick(tmp_path, suite):
     path = tmp_path / f"{suite}.json"
     subprocess.run([sys.executable, "-m", "benchmarks", suite, "--quick", "--json", str(path)],
@@ -33,6 +33,10 @@ def test_suite_quick(tmp_path, suite):
         assert all(result["fastimg_stages_s"][k] > 0 and result["baseline_stages_s"][k] > 0
                    for k in stages)
         assert 0 < result["fastimg_share_not_encoding"] < 1
+    if suite == "reuse":
+        assert result["relayout_images_equal_rebuild"] is True
+        assert "encode_s" in result["first_build_stages_s"]
+        assert "encode_s" not in result["rebuild_stages_s"]
     if suite == "train":
         for key in ("torch_cold_images_per_s", "torch_warm_images_per_s", "png_pil_images_per_s",
                     "epoch_cached_s", "epoch_recomputed_s", "cache_build_s"):
