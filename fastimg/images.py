@@ -12,6 +12,7 @@ from fastimg._validation import check_feature_matrix
 from fastimg.layout import LayoutConfig
 from fastimg.raster import IMAGE_DTYPES
 from fastimg.store import StoreWriter
+from fastimg.store.keys import StagePlan
 
 logger = logging.getLogger("fastimg")
 
@@ -66,8 +67,7 @@ def build_image_store(matrix, out, layout_config: LayoutConfig | None = None,
     An interrupted run resumes (the layout and the finished image blocks are kept) when it is
     started again on the same matrix with the same settings.
     """
-    from fastimg.dataset import (StagePlan, _open_existing, _run_images, _run_layout,
-                                 images_settings, layout_settings)
+    from fastimg import stages
 
     layout_config = layout_config or LayoutConfig()
     config = config or ImagesConfig()
@@ -76,14 +76,14 @@ def build_image_store(matrix, out, layout_config: LayoutConfig | None = None,
     check_feature_matrix(np.asarray(matrix[:fit_rows.size]), name="input matrix")
     plan = (StagePlan()
             .add("input", {"sha256": matrix_digest(matrix), "shape": list(matrix.shape)})
-            .add("layout", layout_settings(layout_config, "first_rows", fit_rows))
-            .add("images", images_settings(config)))
-    _open_existing(out, plan, force=force)
+            .add("layout", stages.layout_settings(layout_config, "first_rows", fit_rows))
+            .add("images", stages.images_settings(config)))
+    stages.open_existing(out, plan, force=force)
     timings = {}
     with StoreWriter.open(out) as writer:
         writer.begin("input", plan.keys["input"], plan.settings["input"])
-        layout = _run_layout(writer, plan, layout_config, fit_rows, matrix, timings)
-        _run_images(writer, plan, layout, matrix, config, progress, timings)
+        layout = stages.run_layout(writer, plan, layout_config, fit_rows, matrix, timings)
+        stages.run_images(writer, plan, layout, matrix, config, progress, timings)
         height, width = layout_config.grid
         summary = {
             "rows": n_rows, "features": int(matrix.shape[1]), "image_shape": [height, width],

@@ -73,7 +73,8 @@ def test_a_layout_change_reuses_the_embeddings_and_never_encodes(
                           "minmax")
     assert main(changed) == 2
     err = capsys.readouterr().err
-    assert "layout.grid: [12, 12] -> [16, 16]" in err and 'layout.scaling: "norm2" -> "minmax"' in err
+    assert "layout.grid: [12, 12] -> [16, 16]" in err
+    assert 'layout.scaling: "norm2" -> "minmax"' in err
     assert len(err.strip().splitlines()) == 1
 
     assert main([*changed, "--force"]) == 0

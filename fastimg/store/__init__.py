@@ -16,7 +16,7 @@ from fastimg.store.writer import StoreWriter, check_writable, copy_array, write_
 
 __all__ = ["ATTRS_KEY", "BUILD_KEY", "COMPLETE", "EMBEDDINGS", "FORMAT_VERSION", "IDS",
            "IMAGE_CHUNK_ROWS", "IMAGES", "LABELS", "PARTIAL_SUFFIX", "REPLACED_SUFFIX", "SPLIT",
-           "SPLIT_NAMES", "STAGES", "STAGE_ARRAYS", "STAGE_SETTINGS", "StoreError", "StoreReader", "StoreWriter",
-           "check_version", "check_writable", "copy_array", "differences", "is_complete",
-           "open_store", "partial_path", "read_attrs", "recover", "replaced_path", "size_bytes",
+           "SPLIT_NAMES", "STAGES", "STAGE_ARRAYS", "STAGE_SETTINGS", "StoreError", "StoreReader",
+           "StoreWriter", "check_version", "check_writable", "copy_array", "differences",
+           "is_complete",           "open_store", "partial_path", "read_attrs", "recover", "replaced_path", "size_bytes",
            "stage_key", "write_store"]

@@ -9,6 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 
+import numpy as np
+
+from fastimg.store.schema import STAGE_SETTINGS
+
 #: settings recorded for the reader that do not change a stage's bytes (not hashed)
 INFORMATIONAL = frozenset({"model", "raster_backend"})
 
@@ -44,3 +48,41 @@ def differences(stage: str, old: dict, new: dict) -> list[str]:
     old, new = _flatten(canonical(old), stage, {}), _flatten(canonical(new), stage, {})
     return [f"{k}: {_short(old.get(k))} -> {_short(new.get(k))}"
             for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+def digest(*parts) -> str:
+    """sha256 over arrays and strings, each length-prefixed."""
+    digest = hashlib.sha256()
+    for part in parts:
+        data = (part.encode("utf-8", "surrogatepass") if isinstance(part, str)
+                else np.ascontiguousarray(part).tobytes())
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+    return digest.hexdigest()
+
+
+class StagePlan:
+    """The key and settings of each stage of one build, chained: each key hashes the one
+    before it with the stage's own settings."""
+
+    def __init__(self):
+        self.settings, self.keys = {}, {}
+
+    def add(self, stage: str, settings: dict, key: str | None = None) -> "StagePlan":
+        parent = self.keys[list(self.keys)[-1]] if self.keys else None
+        settings = canonical(settings)
+        self.settings[stage] = settings
+        self.keys[stage] = key or stage_key(parent, settings)
+        return self
+
+    def differences(self, stages: dict) -> list[str]:
+        """What differs from the stage records ``stages``, from the first stage that does."""
+        for stage in self.keys:
+            old = stages.get(stage)
+            if old is None:
+                return [f"{stage}: not in the store"]
+            if old["key"] != self.keys[stage]:
+                diffs = differences(STAGE_SETTINGS.get(stage, stage),
+                                    old.get("settings", {}), self.settings[stage])
+                return diffs or [f"{stage}: computed from different input"]
+        return []

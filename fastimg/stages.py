@@ -1,0 +1,160 @@
+"""The stages a store build runs, shared by ``build-dataset``, ``relayout`` and ``images``.
+
+Each runner takes the :class:`~fastimg.store.StoreWriter` of the build and the build's
+:class:`~fastimg.store.keys.StagePlan`, skips its stage when the build already has it (same
+key, done) and records what it did, so that a rerun resumes and a changed setting recomputes
+from the first stage it affects.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from fastimg import store
+from fastimg.store import StoreError, StoreReader, StoreWriter
+from fastimg.store.keys import StagePlan, digest
+
+logger = logging.getLogger("fastimg.stages")
+
+
+def layout_settings(layout_config, fit_on: str, fit_rows: np.ndarray) -> dict:
+    """The layout stage's settings: the layout config and the rows it is fitted on."""
+    return {**layout_config.to_dict(), "fit_on": fit_on, "fit_rows": int(fit_rows.size),
+            "fit_rows_sha256": digest(np.asarray(fit_rows, dtype=np.int64))}
+
+
+def images_settings(config) -> dict:
+    """The images stage's settings (the backend is informational: it does not change bytes)."""
+    return {"dtype": config.image_dtype, "raster_backend": config.raster_backend}
+
+
+def open_existing(out, plan: StagePlan, *, force: bool) -> StoreReader | None:
+    """The complete store at ``out``, whose matching stages a forced build reuses, or None.
+
+    Raises :class:`StoreError` naming what differs when it exists and ``force`` is false.
+    """
+    store.check_writable(out, force=True)
+    if not store.is_complete(out):
+        if store.read_attrs(out) is not None and not force:
+            raise StoreError(f"{out} already exists; pass --force to replace it")
+        return None
+    try:
+        existing = StoreReader(out)
+    except StoreError as exc:  # another format: replaced as a whole
+        if not force:
+            raise
+        logger.info("not reusing %s: %s", out, exc)
+        return None
+    if not force:
+        diffs = plan.differences(existing.stages)
+        what = ("built with other settings (" + "; ".join(diffs[:4])
+                + (" ..." if len(diffs) > 4 else "") + ")") if diffs else "with these settings"
+        raise StoreError(f"{out} already exists, {what}; pass --force to replace it (the "
+                         f"stages that match are reused)")
+    return existing
+
+
+#: stages whose unfinished work is only thrown away with ``force`` (encoding is the build)
+_COSTLY = ("corpus", "encode")
+
+
+def reconcile(writer: StoreWriter, plan: StagePlan, sources, *, force: bool) -> list[str]:
+    """Keep the unfinished build's stages while their keys match the plan, then take every
+    further matching stage from ``sources`` (complete stores). Returns the stages reused.
+
+    An unfinished build whose encoding would be thrown away is refused unless ``force``.
+    """
+    for stage in plan.keys:
+        record = writer.stage(stage)
+        if record is None or record["key"] != plan.keys[stage]:
+            encoded = writer.stage("encode")
+            if (record is not None and stage in _COSTLY and encoded is not None
+                    and not force):
+                diffs = plan.differences(writer.stages)
+                raise StoreError(
+                    f"an unfinished build with other settings is at "
+                    f"{store.partial_path(writer.path)} ({'; '.join(diffs[:4])}); rerun with "
+                    f"its settings to resume it, or pass --force to start over")
+            if record is not None:
+                logger.warning("the unfinished build's %s stage had other settings; "
+                               "recomputing from it", stage)
+            writer.drop_from(stage)
+            break
+    reused = [s for s in plan.keys if (writer.stage(s) or {}).get("done")]
+    for source in sources:
+        for stage in plan.keys:
+            if (writer.stage(stage) or {}).get("done"):
+                continue
+            record = source.stages.get(stage)
+            if not record or record["key"] != plan.keys[stage] or not record.get("done"):
+                break
+            writer.drop_from(stage)  # a half-done stage gives way to a finished copy
+            writer.adopt(source, [stage])
+            reused.append(stage)
+            logger.info("reusing stage %s from %s", stage, source.path)
+    return reused
+
+
+def run_layout(writer: StoreWriter, plan: StagePlan, layout_config, fit_rows, matrix, timings):
+    """The layout stage: fitted on ``matrix[fit_rows]`` unless the build has it already."""
+    from fastimg.layout import DeepInsightLayout
+
+    record = writer.begin("layout", plan.keys["layout"], plan.settings["layout"])
+    if record.get("done"):
+        return DeepInsightLayout.from_dict(record["layout"])
+    start = time.perf_counter()
+    logger.info("fitting the layout on %d rows", fit_rows.size)
+    if isinstance(matrix, np.ndarray) and fit_rows.size == matrix.shape[0]:
+        train = matrix
+    elif hasattr(matrix, "get_orthogonal_selection"):
+        train = matrix.get_orthogonal_selection((fit_rows, slice(None)))
+    else:
+        train = np.asarray(matrix[fit_rows.min():fit_rows.max() + 1])[fit_rows - fit_rows.min()]
+    layout = DeepInsightLayout(layout_config).fit(train)
+    timings["layout_s"] = time.perf_counter() - start
+    writer.complete_stage("layout", layout=layout.to_dict(), seconds=timings["layout_s"])
+    return layout
+
+
+def run_images(writer: StoreWriter, plan: StagePlan, layout, matrix, config, progress,
+               timings) -> None:
+    """The images stage: ``matrix`` rasterised with ``layout``, resumed by row block."""
+    from fastimg.raster import rasterize_to_array
+
+    record = writer.begin("images", plan.keys["images"], plan.settings["images"])
+    if record.get("done"):
+        return
+    start = time.perf_counter()
+    n_rows = matrix.shape[0]
+    if store.IMAGES not in writer.group:
+        writer.create_images(n_rows, layout.config.grid, config.image_dtype)
+
+    def record_rows(stop):
+        writer.update("images", rows_done=stop)
+
+    rasterize_to_array(matrix, layout.raster_plan(), writer.group[store.IMAGES],
+                       backend=config.raster_backend, start_row=int(record.get("rows_done", 0)),
+                       progress=progress, on_block=record_rows)
+    timings["raster_s"] = time.perf_counter() - start
+    writer.complete_stage("images", seconds=timings["raster_s"])
+
+
+def run_encode(writer: StoreWriter, plan: StagePlan, texts, encoder_config, progress,
+               timings) -> dict:
+    """The encode stage: ``embeddings`` written chunk by chunk, resumed after the last one."""
+    from fastimg.embed import encode_to_array
+
+    record = writer.begin("encode", plan.keys["encode"], plan.settings["encode"])
+    if record.get("done"):
+        return record
+    start = time.perf_counter()
+    stats = {}
+    encode_to_array(texts, encoder_config, writer.group, name=store.EMBEDDINGS,
+                    progress=progress, stats=stats)
+    timings["encode_s"] = time.perf_counter() - start
+    return writer.complete_stage(
+        "encode", seconds=record.get("seconds", 0.0) + timings["encode_s"],
+        model_fingerprint=plan.settings["encode"].get("model_fingerprint"),
+        **{k: stats.get(k) for k in ("layers", "device", "compute_dtype")})
