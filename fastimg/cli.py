@@ -203,6 +203,24 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_predict(args) -> int:
+    from fastimg.train import load_run
+    from fastimg.train.texts_io import read_input_texts, read_lines, write_predictions
+
+    run = load_run(args.run_dir, device=args.device)
+    if str(args.input) == "-":
+        ids, texts = read_lines(sys.stdin)
+    else:
+        ids, texts = read_input_texts(args.input, args.text_column or ["text"], args.id_column)
+    if not texts:
+        raise UserError(f"no texts in {'stdin' if str(args.input) == '-' else args.input}")
+    prediction = run.predict(texts, batch_size=args.batch_size, progress=not args.quiet)
+    write_predictions(args.out, ids, prediction)
+    counts = ", ".join(f"{name} {prediction.names.count(name)}" for name in run.class_names)
+    print(f"predicted {len(texts)} texts with {args.run_dir} ({counts}); wrote {args.out}")
+    return 0
+
+
 def _add_layout_options(parser) -> None:
     """The layout and image options shared by build-dataset and relayout."""
     parser.add_argument("--pixels", type=_grid, default=(50, 50), metavar="N|HxW",
@@ -355,6 +373,26 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=_cmd_train)
+
+    predict = sub.add_parser(
+        "predict", help="classify new texts with a trained run folder",
+        description="Encode texts with the training store's encoder settings, rasterise them "
+                    "with its layout and apply the run's best.pt; writes a CSV of id, "
+                    "predicted class and the probability of each class. Needs only the run "
+                    "folder (not the store), and refuses an encoder whose weights differ.")
+    predict.add_argument("run_dir", type=Path, help="run folder written by fastimg train")
+    predict.add_argument("--input", required=True,
+                         help="CSV / TSV / JSONL / Parquet file, or - for one text per line "
+                              "on stdin")
+    predict.add_argument("--text-column", action="append",
+                         help="text column (repeat to join several; default text)")
+    predict.add_argument("--id-column", help="id column (default: id when present, else the "
+                                             "row number)")
+    predict.add_argument("--out", type=Path, required=True, help="predictions CSV to write")
+    predict.add_argument("--batch-size", type=int, default=256)
+    predict.add_argument("--device", default="cpu", help="cpu|cuda|cuda:N (the classifier)")
+    predict.add_argument("--quiet", action="store_true", help="no progress bar")
+    predict.set_defaults(func=_cmd_predict)
 
     info = sub.add_parser("info", help="summary of a store")
     info.add_argument("store", type=Path)
