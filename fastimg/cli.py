@@ -221,6 +221,20 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _cmd_explain(args) -> int:
+    from fastimg.train.explain import explain
+
+    result = explain(args.run_dir, split=args.split, out_dir=args.out, method=args.method,
+                     max_rows=args.max_rows, batch_size=args.batch_size, device=args.device,
+                     seed=args.seed)
+    top = ", ".join(f"{f} (layer {result.layers[f // result.hidden_size]}, dim "
+                    f"{f % result.hidden_size})" for f in result.top(5).tolist())
+    print(f"explained {args.run_dir} with {result.method} over {result.rows} {result.split} "
+          f"images; top features: {top}; wrote {result.files['features']} and "
+          f"{result.files['image']}")
+    return 0
+
+
 def _add_layout_options(parser) -> None:
     """The layout and image options shared by build-dataset and relayout."""
     parser.add_argument("--pixels", type=_grid, default=(50, 50), metavar="N|HxW",
@@ -393,6 +407,25 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="cpu", help="cpu|cuda|cuda:N (the classifier)")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(func=_cmd_predict)
+
+    explain = sub.add_parser(
+        "explain", help="which embedding features a trained run uses",
+        description="Attribution maps (integrated gradients, captum) of the run's classifier "
+                    "over a split of its store, averaged per class and mapped back through "
+                    "the layout to features: writes features.csv (ranked: feature, layer, "
+                    "dimension, pixel, importance per class) and importance.png. Needs "
+                    "pip install 'fastimg[explain]'.")
+    explain.add_argument("run_dir", type=Path, help="run folder written by fastimg train")
+    explain.add_argument("--split", default="val", choices=["val", "train", "test"])
+    explain.add_argument("--out", type=Path, required=True, help="folder to write")
+    explain.add_argument("--method", default="integrated_gradients",
+                         choices=["integrated_gradients", "input_x_gradient", "gradcam"])
+    explain.add_argument("--max-rows", type=int, default=None,
+                         help="a seeded random sample of at most this many rows")
+    explain.add_argument("--batch-size", type=int, default=64)
+    explain.add_argument("--device", default="cpu", help="cpu|cuda|cuda:N")
+    explain.add_argument("--seed", type=int, default=0)
+    explain.set_defaults(func=_cmd_explain)
 
     info = sub.add_parser("info", help="summary of a store")
     info.add_argument("store", type=Path)

@@ -54,7 +54,10 @@ def save_run_bundle(run_dir, data, normaliser, config) -> Path:
     provenance = reader.provenance
     encoder = configs.get("encoder")
     layers = provenance.get("layers")
+    layout = reader.attrs.get("layout")
     n_features = int(data.embeddings.shape[1]) if data.embeddings is not None else None
+    if n_features is None and layout:
+        n_features = len(layout["pixel_index"])
     hidden = None
     if n_features and layers:
         hidden = n_features // len(layers)
@@ -69,7 +72,7 @@ def save_run_bundle(run_dir, data, normaliser, config) -> Path:
         "model_fingerprint": provenance.get("model_fingerprint"),
         "layers": list(layers) if layers else None,
         "hidden_size": hidden,
-        "layout": reader.attrs.get("layout"),
+        "layout": layout,
         "normalize": normaliser.mode,
         "train_config": config.to_dict(),
     }
