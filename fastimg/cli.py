@@ -227,7 +227,7 @@ def _cmd_explain(args) -> int:
     result = explain(args.run_dir, split=args.split, out_dir=args.out, method=args.method,
                      max_rows=args.max_rows, batch_size=args.batch_size, device=args.device,
                      seed=args.seed)
-    top = ", ".join(f"{f} (layer {result.layers[f // result.hidden_size]}, dim "
+    top = ", ".join(f"{f} (encoder layer {result.layers[f // result.hidden_size]}, dim "
                     f"{f % result.hidden_size})" for f in result.top(5).tolist())
     print(f"explained {args.run_dir} with {result.method} over {result.rows} {result.split} "
           f"images; top features: {top}; wrote {result.files['features']} and "

@@ -305,8 +305,8 @@ def write_features_csv(result: Explanation, path) -> Path:
 
 
 def plot_importance(result: Explanation, path) -> Path:
-    """``importance.png``: the mean CAM of each class and overall over the grid, and a bar
-    chart of the per-layer totals."""
+    """``importance.png``: the mean attribution of each class and overall over the grid
+    (red: towards the class, blue: against it), and a bar chart of the per-layer totals."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -318,7 +318,9 @@ def plot_importance(result: Explanation, path) -> Path:
     n = len(panels) + 1
     fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.4))
     for ax, (title, image) in zip(axes, panels):
-        shown = ax.imshow(image, cmap="inferno", interpolation="nearest")
+        # signed attributions: a diverging map centred on zero
+        limit = float(np.abs(image).max()) or 1.0
+        shown = ax.imshow(image, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
         ax.set_title(title, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
