@@ -216,7 +216,8 @@ def explain(run_dir, *, split: str = "val", out_dir=None, method: str = "integra
     Raises
     ------
     RunBundleError
-        When the run's store is gone (explain reads the split from it) or has no such rows.
+        When the run's store is gone (explain reads the split from it), was rebuilt with
+        another layout, or has no such rows.
     ImportError
         Without captum (``pip install 'fastimg[explain]'``).
     """
@@ -234,6 +235,9 @@ def explain(run_dir, *, split: str = "val", out_dir=None, method: str = "integra
     if run.layout is None:
         raise RunBundleError(f"{run_dir} has no layout to map pixels back to features")
     reader = StoreReader(run.store_path)
+    if not np.array_equal(reader.layout().pixel_index_, run.layout.pixel_index_):
+        raise RunBundleError(f"{run.store_path} was rebuilt with another layout since "
+                             f"{run_dir} was trained on it: its images no longer fit the run")
     rows = reader.rows(split)
     if rows.size == 0:
         raise RunBundleError(f"{run.store_path} has no {split} rows")
