@@ -133,3 +133,18 @@ def test_missing_captum_names_the_extra(label_run, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "captum.attr", None)
     with pytest.raises(ImportError, match=r"fastimg\[explain\]"):
         explain(label_run["run"], out_dir=tmp_path, max_rows=8)
+
+
+def test_a_store_rebuilt_with_another_layout_is_refused(label_run, tmp_path, capsys):
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(label_run["run"], run)
+    write_label_store(tmp_path / "other.zarr", n_rows=60, seed=1)
+    bundle = json.loads((run / "bundle.json").read_text())
+    bundle["store"] = str(tmp_path / "other.zarr")
+    (run / "bundle.json").write_text(json.dumps(bundle))
+    code = main(["explain", str(run), "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code == 2 and "another layout" in err and len(err.strip().splitlines()) == 1
