@@ -203,6 +203,38 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_predict(args) -> int:
+    from fastimg.train import load_run
+    from fastimg.train.texts_io import read_input_texts, read_lines, write_predictions
+
+    run = load_run(args.run_dir, device=args.device)
+    if str(args.input) == "-":
+        ids, texts = read_lines(sys.stdin)
+    else:
+        ids, texts = read_input_texts(args.input, args.text_column or ["text"], args.id_column)
+    if not texts:
+        raise UserError(f"no texts in {'stdin' if str(args.input) == '-' else args.input}")
+    prediction = run.predict(texts, batch_size=args.batch_size, progress=not args.quiet)
+    write_predictions(args.out, ids, prediction)
+    counts = ", ".join(f"{name} {prediction.names.count(name)}" for name in run.class_names)
+    print(f"predicted {len(texts)} texts with {args.run_dir} ({counts}); wrote {args.out}")
+    return 0
+
+
+def _cmd_explain(args) -> int:
+    from fastimg.train.explain import explain
+
+    result = explain(args.run_dir, split=args.split, out_dir=args.out, method=args.method,
+                     max_rows=args.max_rows, batch_size=args.batch_size, device=args.device,
+                     seed=args.seed)
+    top = ", ".join(f"{f} (encoder layer {result.layers[f // result.hidden_size]}, dim "
+                    f"{f % result.hidden_size})" for f in result.top(5).tolist())
+    print(f"explained {args.run_dir} with {result.method} over {result.rows} {result.split} "
+          f"images; top features: {top}; wrote {result.files['features']} and "
+          f"{result.files['image']}")
+    return 0
+
+
 def _add_layout_options(parser) -> None:
     """The layout and image options shared by build-dataset and relayout."""
     parser.add_argument("--pixels", type=_grid, default=(50, 50), metavar="N|HxW",
@@ -355,6 +387,45 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=_cmd_train)
+
+    predict = sub.add_parser(
+        "predict", help="classify new texts with a trained run folder",
+        description="Encode texts with the training store's encoder settings, rasterise them "
+                    "with its layout and apply the run's best.pt; writes a CSV of id, "
+                    "predicted class and the probability of each class. Needs only the run "
+                    "folder (not the store), and refuses an encoder whose weights differ.")
+    predict.add_argument("run_dir", type=Path, help="run folder written by fastimg train")
+    predict.add_argument("--input", required=True,
+                         help="CSV / TSV / JSONL / Parquet file, or - for one text per line "
+                              "on stdin")
+    predict.add_argument("--text-column", action="append",
+                         help="text column (repeat to join several; default text)")
+    predict.add_argument("--id-column", help="id column (default: id when present, else the "
+                                             "row number)")
+    predict.add_argument("--out", type=Path, required=True, help="predictions CSV to write")
+    predict.add_argument("--batch-size", type=int, default=256)
+    predict.add_argument("--device", default="cpu", help="cpu|cuda|cuda:N (the classifier)")
+    predict.add_argument("--quiet", action="store_true", help="no progress bar")
+    predict.set_defaults(func=_cmd_predict)
+
+    explain = sub.add_parser(
+        "explain", help="which embedding features a trained run uses",
+        description="Attribution maps (integrated gradients, captum) of the run's classifier "
+                    "over a split of its store, averaged per class and mapped back through "
+                    "the layout to features: writes features.csv (ranked: feature, layer, "
+                    "dimension, pixel, importance per class) and importance.png. Needs "
+                    "pip install 'fastimg[explain]'.")
+    explain.add_argument("run_dir", type=Path, help="run folder written by fastimg train")
+    explain.add_argument("--split", default="val", choices=["val", "train", "test"])
+    explain.add_argument("--out", type=Path, required=True, help="folder to write")
+    explain.add_argument("--method", default="integrated_gradients",
+                         choices=["integrated_gradients", "input_x_gradient", "gradcam"])
+    explain.add_argument("--max-rows", type=int, default=None,
+                         help="a seeded random sample of at most this many rows")
+    explain.add_argument("--batch-size", type=int, default=64)
+    explain.add_argument("--device", default="cpu", help="cpu|cuda|cuda:N")
+    explain.add_argument("--seed", type=int, default=0)
+    explain.set_defaults(func=_cmd_explain)
 
     info = sub.add_parser("info", help="summary of a store")
     info.add_argument("store", type=Path)

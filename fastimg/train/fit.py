@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from fastimg.train.bundle import save_run_bundle
 from fastimg.train.cache import build_cache
 from fastimg.train.config import TrainConfig
 from fastimg.train.data import (LOADERS, BatchSource, ChunkedReader, Normaliser, StoreData,
@@ -376,6 +377,7 @@ def _fit(data, config, device, run_dir) -> TrainResult:
         (run_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2),
                                            encoding="utf-8")
         (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        save_run_bundle(run_dir, data, run.normaliser, config)
     run.model.eval()
     return TrainResult(
         best_epoch=best + 1, val_accuracy=final["val"]["accuracy"],

@@ -1,0 +1,123 @@
+"""The run bundle: everything a run folder needs to predict and explain without its store.
+
+:func:`save_run_bundle` writes, beside ``best.pt``:
+
+- ``bundle.json``: the fitted layout (``DeepInsightLayout.to_dict()``), the encoder settings and
+  the model fingerprint they were encoded with, the resolved encoder layers and hidden size,
+  the class names, the image shape and dtype, the normalisation mode, the train config and the
+  store path (which ``explain`` reads its split from);
+- ``normaliser.npz``: the per-pixel ``mean`` / ``inv_std`` of the training split (``dataset``
+  normalisation only), read back with ``allow_pickle=False``.
+
+Nothing is pickled: JSON and plain numpy arrays only.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger("fastimg.train")
+
+BUNDLE_FILE = "bundle.json"
+NORMALISER_FILE = "normaliser.npz"
+#: bumped when the bundle's fields change incompatibly
+BUNDLE_VERSION = 1
+
+
+class RunBundleError(ValueError):
+    """A run folder that cannot be used for prediction (missing or foreign files)."""
+
+
+def save_run_bundle(run_dir, data, normaliser, config) -> Path:
+    """Write ``bundle.json`` (and ``normaliser.npz``) into ``run_dir``.
+
+    Parameters
+    ----------
+    run_dir : str or path
+    data : fastimg.train.data.StoreData
+        The training store (its reader gives the layout, encoder settings and provenance).
+    normaliser : fastimg.train.data.Normaliser
+    config : fastimg.train.TrainConfig
+
+    Returns
+    -------
+    pathlib.Path
+        The path of ``bundle.json``.
+    """
+    run_dir = Path(run_dir)
+    reader = data.reader
+    configs = reader.configs
+    provenance = reader.provenance
+    encoder = configs.get("encoder")
+    layers = provenance.get("layers")
+    layout = reader.attrs.get("layout")
+    n_features = int(data.embeddings.shape[1]) if data.embeddings is not None else None
+    if n_features is None and layout:
+        n_features = len(layout["pixel_index"])
+    hidden = None
+    if n_features and layers:
+        hidden = n_features // len(layers)
+    bundle = {
+        "bundle_version": BUNDLE_VERSION,
+        "store": os.fspath(Path(os.fspath(reader.path)).resolve()),
+        "class_names": list(data.class_names),
+        "image_shape": list(data.image_shape),
+        "image_dtype": str(np.dtype(data.images.dtype)),
+        "n_features": n_features,
+        "encoder": encoder,
+        "model_fingerprint": provenance.get("model_fingerprint"),
+        "layers": list(layers) if layers else None,
+        "hidden_size": hidden,
+        "layout": layout,
+        "normalize": normaliser.mode,
+        "train_config": config.to_dict(),
+    }
+    if normaliser.mode == "dataset":
+        np.savez(run_dir / NORMALISER_FILE, mean=np.asarray(normaliser.mean, np.float32),
+                 inv_std=np.asarray(normaliser.inv_std, np.float32))
+    path = run_dir / BUNDLE_FILE
+    path.write_text(json.dumps(bundle, indent=1), encoding="utf-8")
+    logger.info("run bundle written to %s", path)
+    return path
+
+
+def read_run_bundle(run_dir) -> tuple[dict, dict | None]:
+    """``(bundle, stats)`` of a run folder; ``stats`` holds ``mean``/``inv_std`` or is None.
+
+    Raises
+    ------
+    RunBundleError
+        When the folder, ``bundle.json`` or ``best.pt`` is missing (a run from an older
+        fastimg), or the bundle is of another version.
+    """
+    from fastimg.train.fit import CHECKPOINT_FILE
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunBundleError(f"run folder {run_dir} does not exist")
+    path = run_dir / BUNDLE_FILE
+    if not path.is_file():
+        raise RunBundleError(f"{run_dir} has no {BUNDLE_FILE} (a run from an older fastimg, or "
+                             f"not a run folder): train it again with `fastimg train`")
+    if not (run_dir / CHECKPOINT_FILE).is_file():
+        raise RunBundleError(f"{run_dir} has no {CHECKPOINT_FILE}: its training did not finish")
+    try:
+        bundle = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunBundleError(f"{path} is not valid JSON ({exc})") from None
+    if bundle.get("bundle_version") != BUNDLE_VERSION:
+        raise RunBundleError(f"{path} is of bundle version {bundle.get('bundle_version')}; this "
+                             f"fastimg reads version {BUNDLE_VERSION}: train the run again")
+    stats = None
+    if bundle.get("normalize") == "dataset":
+        npz = run_dir / NORMALISER_FILE
+        if not npz.is_file():
+            raise RunBundleError(f"{run_dir} has no {NORMALISER_FILE} (dataset normalisation "
+                                 f"statistics): train the run again")
+        with np.load(npz, allow_pickle=False) as f:
+            stats = {"mean": f["mean"], "inv_std": f["inv_std"]}
+    return bundle, stats

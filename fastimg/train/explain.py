@@ -1,0 +1,340 @@
+"""Which embedding features a trained run uses: attribution maps, mapped back to features.
+
+For every image of a split, an attribution map of its true class is computed with captum
+(``pip install 'fastimg[explain]'``); the maps are averaged per class, and every feature takes
+the importance of the pixel the run's layout put it on. Outputs: ``features.csv`` (ranked) and
+``importance.png`` (per-class heat maps over the grid, per-layer totals).
+
+Which method, and why
+---------------------
+The features live on single pixels, so the map must be at input resolution. A class
+activation map is only as sharp as the layer it is taken at, and the paper's extractor cuts
+shrink the image at once (alexnet's first conv is 11 x 11 with stride 4: a 24 x 24 image is
+5 x 5 after it), so Grad-CAM on any conv layer, upsampled back, smears each hot spot over a
+dozen pixels. Gradient methods give one value per pixel. Of those, integrated gradients
+(Sundararajan et al., 2017; ``captum.attr.IntegratedGradients``) from a zero baseline is the
+default: with the default ``dataset`` normalisation zero *is* the training split's mean image,
+so a pixel's attribution is what its deviation from the mean adds to the class's logit, and the
+attributions of one image sum to its logit minus the mean image's. The maps are averaged
+*signed*: a pixel that carries no signal averages to zero, whereas methods that clip each map
+at zero (pytorch-grad-cam's CAMs, HiResCAM = ReLU(gradient x input) at an input layer) give
+every noisy pixel a positive bias proportional to its gradient.
+
+Measured on the synthetic check of ``tests/test_explain.py`` (600 features, 24 of which carry
+the label, 24 x 24 PCA layout, alexnet with random weights, 30 epochs, seeds 0-2): precision
+of the top 24 at recovering the 24 -- see :data:`METHODS`.
+
+Features that share a pixel share its importance (the image cannot tell them apart); the
+``pixel_features`` column says how many share it, and per-layer totals split a pixel's
+importance equally among its features.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from fastimg.train.bundle import RunBundleError
+
+logger = logging.getLogger("fastimg.train")
+
+#: Attribution methods (captum). Precision of the top 24 features at recovering the 24
+#: label-carrying ones on the synthetic check (400 rows, 120 of them val, signal 0.8 sd per
+#: feature, 30 epochs; seeds 0, 1, 2), measured when written:
+#: ``integrated_gradients`` (default) 0.92 / 0.92 / 0.96; ``input_x_gradient`` (gradient x
+#: input, one pass) 0.83 / 0.92 / 0.88; ``gradcam`` (captum's LayerGradCam on the extractor's
+#: first conv block, upsampled to the grid: the classic CAM, blurry here) 0.83 / 0.83 / 0.54.
+#: pytorch-grad-cam's HiResCAM at an input identity layer (clipped at zero per image) measured
+#: 0.75 / 0.92 / 0.71 on the same runs, its Grad-CAM on the first block 0.79 / 0.88 / 0.50.
+METHODS = ("integrated_gradients", "input_x_gradient", "gradcam")
+FEATURES_FILE = "features.csv"
+IMAGE_FILE = "importance.png"
+
+
+def _import_captum():
+    try:
+        import captum.attr
+    except ImportError as exc:
+        raise ImportError(f"fastimg explain needs captum ({exc}); install it with "
+                          f"pip install 'fastimg[explain]'") from None
+    return captum.attr
+
+
+class _AttributionModel(nn.Module):
+    """The run's classifier on normalised ``[B, H, W]`` images, with fixed embeddings for runs
+    that fuse them (captum attributes the first argument only)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.embeddings = None
+
+    def forward(self, x):
+        return self.model(x, self.embeddings)
+
+
+def _attributor(method: str, wrapped, extractor, image_shape):
+    attr = _import_captum()
+    if method == "integrated_gradients":
+        ig = attr.IntegratedGradients(wrapped)
+        return lambda x, t: ig.attribute(x, target=t, n_steps=32, internal_batch_size=len(x))
+    if method == "input_x_gradient":
+        ixg = attr.InputXGradient(wrapped)
+        # captum warns when it has to switch requires_grad on itself
+        return lambda x, t: ixg.attribute(x.requires_grad_(True), target=t)
+    layer = attr.LayerGradCam(wrapped, _first_conv_block(extractor))
+
+    def gradcam(x, t):
+        cam = layer.attribute(x, target=t, relu_attributions=True)
+        return attr.LayerAttribution.interpolate(cam, image_shape, "bilinear")[:, 0]
+    return gradcam
+
+
+def class_activation_maps(run, images, targets, embeddings=None, *,
+                          method: str = "integrated_gradients", batch_size: int = 64) -> np.ndarray:
+    """Mean attribution map per class: ``[n_classes, H, W]``.
+
+    Parameters
+    ----------
+    run : fastimg.train.Run
+    images : ndarray, shape (n, H, W)
+        Raw images as stored (normalised here with the run's normaliser).
+    targets : ndarray of int, shape (n,)
+        True class of each image; each image is attributed to its true class.
+    embeddings : ndarray, optional
+        For runs that fuse the embedding.
+    method : {"integrated_gradients", "input_x_gradient", "gradcam"}
+    batch_size : int
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+    wrapped = _AttributionModel(run.model).to(run.device).eval()
+    attribute = _attributor(method, wrapped, run.model.extractor, tuple(images.shape[1:]))
+    n_classes = len(run.class_names)
+    sums = np.zeros((n_classes, *images.shape[1:]), dtype=np.float64)
+    counts = np.zeros(n_classes, dtype=np.int64)
+    for start in range(0, images.shape[0], batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size],
+                                                      dtype=np.float32)).to(run.device)
+        x = run.normaliser(batch)
+        if embeddings is not None and run.config.fuse_embedding:
+            wrapped.embeddings = torch.from_numpy(np.asarray(
+                embeddings[start:start + batch_size], dtype=np.float32)).to(run.device)
+        y = np.asarray(targets[start:start + batch_size], dtype=np.int64)
+        maps = attribute(x, torch.from_numpy(y).to(run.device)).detach().cpu().numpy()
+        np.add.at(sums, y, maps.astype(np.float64))
+        counts += np.bincount(y, minlength=n_classes)
+    missing = [run.class_names[c] for c in np.flatnonzero(counts == 0)]
+    if missing:
+        logger.warning("no images of class(es) %s in the split: their importance is 0", missing)
+    return (sums / np.maximum(counts, 1)[:, None, None]).astype(np.float32)
+
+
+@dataclass
+class Explanation:
+    """What :func:`explain` returns.
+
+    Attributes
+    ----------
+    pixel_importance : ndarray, shape (n_classes, H, W)
+        Mean signed attribution of each class over the split's images of that class.
+    feature_importance : ndarray, shape (n_features, n_classes)
+        Each feature's pixel's importance.
+    importance : ndarray, shape (n_features,)
+        Mean over the classes (each class weighs the same).
+    ranking : ndarray of int64
+        Feature indices, most important first.
+    layer_totals : ndarray, shape (n_layers,)
+        Sum of ``importance`` over each layer's features, each pixel's importance split
+        equally among the features on it.
+    class_names, layers : list
+    hidden_size, rows : int
+    method, split : str
+    files : dict
+        Paths written (``features``, ``image``), when ``out_dir`` was given.
+    """
+
+    pixel_importance: np.ndarray
+    feature_importance: np.ndarray
+    importance: np.ndarray
+    ranking: np.ndarray
+    layer_totals: np.ndarray
+    class_names: list
+    layers: list
+    hidden_size: int
+    rows: int
+    method: str
+    split: str
+    pixel_index: np.ndarray = None
+    grid: tuple = ()
+    files: dict = field(default_factory=dict)
+
+    def top(self, k: int) -> np.ndarray:
+        """The ``k`` most important feature indices."""
+        return self.ranking[:k]
+
+
+def _first_conv_block(extractor):
+    """The extractor's first block with a conv (the highest-resolution conv output)."""
+    for block in extractor:
+        if any(isinstance(m, nn.Conv2d) for m in block.modules()):
+            return block
+    raise ValueError("the extractor has no conv layer")
+
+
+def explain(run_dir, *, split: str = "val", out_dir=None, method: str = "integrated_gradients",
+            max_rows: int | None = None, batch_size: int = 64, device: str = "cpu",
+            seed: int = 0) -> Explanation:
+    """Rank the embedding features a trained run relies on.
+
+    Parameters
+    ----------
+    run_dir : str or path
+        A run folder written by :func:`fastimg.train.fit`; its training store must exist
+        (the split's images are read from it).
+    split : {"val", "train", "test"}
+    out_dir : str or path, optional
+        Writes ``features.csv`` and ``importance.png`` there.
+    method : {"integrated_gradients", "input_x_gradient", "gradcam"}
+        See :data:`METHODS` and the module docstring.
+    max_rows : int, optional
+        A seeded random sample of at most this many rows of the split.
+    batch_size : int
+    device : str
+    seed : int
+        Seeds the ``max_rows`` sample.
+
+    Returns
+    -------
+    Explanation
+
+    Raises
+    ------
+    RunBundleError
+        When the run's store is gone (explain reads the split from it), was rebuilt with
+        another layout, or has no such rows.
+    ImportError
+        Without captum (``pip install 'fastimg[explain]'``).
+    """
+    from fastimg.store import StoreReader
+    from fastimg.store.location import is_complete
+    from fastimg.train.data import ChunkedReader
+    from fastimg.train.predict import load_run
+
+    run = load_run(run_dir, device=device)
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split must be train, val or test, got {split!r}")
+    if not run.store_path or not is_complete(run.store_path):
+        raise RunBundleError(f"the training store of {run_dir} ({run.store_path}) is gone: "
+                             f"explain reads the {split} images from it")
+    if run.layout is None:
+        raise RunBundleError(f"{run_dir} has no layout to map pixels back to features")
+    reader = StoreReader(run.store_path)
+    if not np.array_equal(reader.layout().pixel_index_, run.layout.pixel_index_):
+        raise RunBundleError(f"{run.store_path} was rebuilt with another layout since "
+                             f"{run_dir} was trained on it: its images no longer fit the run")
+    rows = reader.rows(split)
+    if rows.size == 0:
+        raise RunBundleError(f"{run.store_path} has no {split} rows")
+    if max_rows is not None and rows.size > max_rows:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, max_rows, replace=False))
+    images = ChunkedReader(reader.images).read(rows)
+    targets = reader.targets()[rows]
+    embeddings = None
+    if run.config.fuse_embedding:
+        embeddings = ChunkedReader(reader.embeddings).read(rows)
+    logger.info("explain %s: %s attributions of %d %s images", run_dir, method, rows.size, split)
+    pixel_importance = class_activation_maps(run, images, targets, embeddings, method=method,
+                                             batch_size=batch_size)
+    result = _to_features(run, pixel_importance, method=method, split=split, rows=rows.size)
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        result.files["features"] = write_features_csv(result, out_dir / FEATURES_FILE)
+        result.files["image"] = plot_importance(result, out_dir / IMAGE_FILE)
+    return result
+
+
+def _to_features(run, pixel_importance, *, method, split, rows) -> Explanation:
+    pix = np.asarray(run.layout.pixel_index_, dtype=np.int64)
+    n_features = pix.size
+    n_classes = pixel_importance.shape[0]
+    flat = pixel_importance.reshape(n_classes, -1)
+    per_class = flat[:, pix].T.astype(np.float64)            # [F, K]
+    overall = per_class.mean(axis=1)
+    # most important first; ties (features on one pixel) by feature index
+    ranking = np.lexsort((np.arange(n_features), -overall))
+    hidden = int(run.bundle.get("hidden_size") or n_features)
+    layers = run.bundle.get("layers") or list(range(-(-n_features // hidden)))
+    share = np.bincount(pix, minlength=flat.shape[1])[pix]
+    layer_of = np.arange(n_features) // hidden
+    totals = np.bincount(layer_of, weights=overall / share, minlength=len(layers))
+    return Explanation(
+        pixel_importance=pixel_importance, feature_importance=per_class, importance=overall,
+        ranking=ranking, layer_totals=totals, class_names=list(run.class_names),
+        layers=list(layers), hidden_size=hidden, rows=int(rows), method=method, split=split,
+        pixel_index=pix, grid=tuple(pixel_importance.shape[1:]))
+
+
+def write_features_csv(result: Explanation, path) -> Path:
+    """``features.csv``: one row per feature, most important first.
+
+    Columns: ``rank, feature, layer`` (``feature // hidden_size``, the position in the
+    concatenation), ``encoder_layer`` (the ``hidden_states`` index it came from, when known),
+    ``dimension`` (``feature % hidden_size``), ``row, col`` (its pixel), ``pixel_features``
+    (features sharing that pixel), ``importance`` (mean over classes) and
+    ``importance_<class>``.
+    """
+    path = Path(path)
+    width = result.grid[1]
+    share = np.bincount(result.pixel_index)[result.pixel_index]
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["rank", "feature", "layer", "encoder_layer", "dimension", "row", "col",
+                         "pixel_features", "importance",
+                         *(f"importance_{c}" for c in result.class_names)])
+        for rank, f in enumerate(result.ranking.tolist(), start=1):
+            layer, dim = divmod(f, result.hidden_size)
+            encoder_layer = result.layers[layer] if layer < len(result.layers) else ""
+            row, col = divmod(int(result.pixel_index[f]), width)
+            writer.writerow([rank, f, layer, encoder_layer, dim, row, col, int(share[f]),
+                             f"{result.importance[f]:.6g}",
+                             *(f"{v:.6g}" for v in result.feature_importance[f])])
+    return path
+
+
+def plot_importance(result: Explanation, path) -> Path:
+    """``importance.png``: the mean attribution of each class and overall over the grid
+    (red: towards the class, blue: against it), and a bar chart of the per-layer totals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(f"class {name}", result.pixel_importance[k])
+              for k, name in enumerate(result.class_names)]
+    panels.append(("overall (mean of classes)", result.pixel_importance.mean(0)))
+    n = len(panels) + 1
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.4))
+    for ax, (title, image) in zip(axes, panels):
+        # signed attributions: a diverging map centred on zero
+        limit = float(np.abs(image).max()) or 1.0
+        shown = ax.imshow(image, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+    ax = axes[-1]
+    ax.bar([str(layer) for layer in result.layers], result.layer_totals, color="tab:blue")
+    ax.set_title("importance per encoder layer", fontsize=9)
+    ax.set_xlabel("hidden_states index")
+    fig.suptitle(f"{result.method} over {result.rows} {result.split} images", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

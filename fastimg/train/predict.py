@@ -1,0 +1,231 @@
+"""A trained run, reloaded from its folder alone: texts -> class probabilities.
+
+>>> from fastimg.train import load_run
+>>> run = load_run("runs/alex")                                   # doctest: +SKIP
+>>> pred = run.predict(["A quiet, lovely film."])                 # doctest: +SKIP
+>>> pred.names, pred.probabilities                                # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastimg.train.bundle import RunBundleError, read_run_bundle
+
+logger = logging.getLogger("fastimg.train")
+
+
+@dataclass
+class Prediction:
+    """What :meth:`Run.predict` returns.
+
+    Attributes
+    ----------
+    indices : ndarray of int64, shape (n,)
+        Predicted class index of each text.
+    names : list of str
+        Predicted class name of each text.
+    probabilities : ndarray of float32, shape (n, n_classes)
+        Softmax of the classifier's logits; columns follow ``class_names``.
+    class_names : list of str
+    """
+
+    indices: np.ndarray
+    names: list
+    probabilities: np.ndarray
+    class_names: list
+
+
+def _quantise(images: np.ndarray, dtype: str) -> np.ndarray:
+    """The float32 images the training loader saw: stored as ``dtype``, read back as float32."""
+    from fastimg.raster import to_image_dtype
+
+    if dtype == "float32":
+        return images
+    stored = to_image_dtype(images, dtype)
+    if dtype == "uint8":
+        return stored.astype(np.float32) * np.float32(1.0 / 255.0)
+    return stored.astype(np.float32)
+
+
+class Run:
+    """A run folder reloaded: layout, encoder settings, normalisation and the classifier.
+
+    Build it with :func:`load_run`. The classifier is rebuilt with a randomly initialised
+    extractor (nothing is downloaded) and ``best.pt`` is loaded over all of it: the checkpoint
+    holds the whole classifier, extractor included, so ImageNet weights are never needed.
+
+    Attributes
+    ----------
+    run_dir : pathlib.Path
+    bundle : dict
+        The contents of ``bundle.json``.
+    config : fastimg.train.TrainConfig
+    class_names : list of str
+    layout : fastimg.layout.DeepInsightLayout
+    normaliser : fastimg.train.data.Normaliser
+    model : fastimg.train.head.ImageClassifier
+        In eval mode, on ``device``.
+    store_path : str or None
+        The training store (used by ``explain``; prediction never reads it).
+    """
+
+    def __init__(self, run_dir, *, device: str = "cpu"):
+        from fastimg.layout import DeepInsightLayout
+        from fastimg.train.config import TrainConfig
+        from fastimg.train.data import Normaliser
+
+        self.run_dir = Path(run_dir)
+        self.bundle, stats = read_run_bundle(self.run_dir)
+        self.config = TrainConfig.from_dict(self.bundle["train_config"])
+        self.class_names = [str(n) for n in self.bundle["class_names"]]
+        self.image_shape = tuple(self.bundle["image_shape"])
+        self.store_path = self.bundle.get("store")
+        self.layout = (DeepInsightLayout.from_dict(self.bundle["layout"])
+                       if self.bundle.get("layout") else None)
+        if stats is not None:
+            self.normaliser = Normaliser("dataset", stats["mean"], stats["inv_std"])
+        else:
+            self.normaliser = Normaliser(self.bundle["normalize"])
+        self.device = torch.device(device)
+        self.model = self._build_model()
+
+    def _build_model(self):
+        from fastimg.train.extractors import build_extractor
+        from fastimg.train.fit import CHECKPOINT_FILE
+        from fastimg.train.head import ImageClassifier, feature_shape
+
+        cfg = self.config
+        # random init on purpose: best.pt overwrites every parameter and buffer of the cut
+        extractor = build_extractor(cfg.extractor, None, unfreeze_fraction=cfg.unfreeze_fraction)
+        shape = feature_shape(extractor, self.image_shape, cfg.upsample)
+        model = ImageClassifier(
+            extractor, shape, len(self.class_names), head_channels=cfg.head_channels,
+            hidden=cfg.hidden, dropout=cfg.dropout,
+            embedding_dim=self.bundle["n_features"] if cfg.fuse_embedding else None,
+            embedding_hidden=cfg.embedding_hidden, upsample=cfg.upsample)
+        state = torch.load(self.run_dir / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise RunBundleError(f"{self.run_dir / CHECKPOINT_FILE} does not fit the run's "
+                                 f"config.json ({first})") from None
+        return model.to(self.device).eval()
+
+    # -- the text route -----------------------------------------------------------------
+    def encoder_config(self):
+        """The :class:`~fastimg.embed.EncoderConfig` of the training store."""
+        from fastimg.embed import EncoderConfig
+
+        if not self.bundle.get("encoder") or self.layout is None:
+            raise RunBundleError(f"{self.run_dir} was trained on a store not built from texts "
+                                 f"(no encoder settings or layout): it cannot predict texts")
+        return EncoderConfig.from_dict(self.bundle["encoder"])
+
+    def check_model(self) -> None:
+        """Refuse an encoder whose weights differ from those the store was encoded with.
+
+        Raises
+        ------
+        RunBundleError
+            When the installed model's fingerprint differs from the recorded one.
+        """
+        from fastimg.embed import resolve_model
+
+        config = self.encoder_config()
+        recorded = self.bundle.get("model_fingerprint")
+        if not recorded:
+            logger.warning("%s records no model fingerprint; the encoder is not checked",
+                           self.run_dir)
+            return
+        found = resolve_model(config.model, config.revision).fingerprint()
+        if found != recorded:
+            raise RunBundleError(
+                f"encoder {config.model!r} has fingerprint {found[:12]}, but {self.run_dir} was "
+                f"trained on embeddings from fingerprint {recorded[:12]}: install the same "
+                f"model weights (predictions from other weights would be meaningless)")
+
+    def texts_to_inputs(self, texts, *, progress: bool = False):
+        """``(images, embeddings)`` of ``texts``: the store's encoder, layout and image dtype."""
+        from fastimg.embed import encode
+
+        config = self.encoder_config()
+        self.check_model()
+        features = encode(list(texts), config, progress=progress)
+        images = _quantise(self.layout.transform(features), self.bundle["image_dtype"])
+        return images, features
+
+    def predict(self, texts, *, batch_size: int = 256, progress: bool = False) -> Prediction:
+        """Class and probabilities of each text.
+
+        Parameters
+        ----------
+        texts : sequence of str
+        batch_size : int
+            Images per forward pass.
+        progress : bool
+            A progress bar while encoding.
+
+        Raises
+        ------
+        RunBundleError
+            A model fingerprint mismatch, or a run trained on a store not built from texts.
+        """
+        if isinstance(texts, str):
+            raise TypeError("predict takes a sequence of texts, not one str")
+        images, features = self.texts_to_inputs(texts, progress=progress)
+        return self.predict_images(images, features, batch_size=batch_size)
+
+    @torch.no_grad()
+    def logits(self, images, embeddings=None, *, batch_size: int = 256) -> np.ndarray:
+        """float32 logits of raw (un-normalised) ``[n, H, W]`` images."""
+        images = np.asarray(images, dtype=np.float32)
+        if images.shape[1:] != self.image_shape:
+            raise ValueError(f"images of shape {images.shape[1:]} given to a run trained on "
+                             f"{self.image_shape}")
+        out = np.empty((images.shape[0], len(self.class_names)), dtype=np.float32)
+        for start in range(0, images.shape[0], batch_size):
+            x = self.normaliser(torch.from_numpy(images[start:start + batch_size]).to(self.device))
+            emb = None
+            if self.config.fuse_embedding:
+                emb = torch.from_numpy(np.asarray(embeddings[start:start + batch_size],
+                                                  dtype=np.float32)).to(self.device)
+            out[start:start + x.shape[0]] = self.model(x, emb).float().cpu().numpy()
+        return out
+
+    def predict_images(self, images, embeddings=None, *, batch_size: int = 256) -> Prediction:
+        """:class:`Prediction` of raw ``[n, H, W]`` images (and embeddings for fused runs)."""
+        if self.config.fuse_embedding and embeddings is None:
+            raise ValueError("this run fuses the embedding: give the embeddings too")
+        logits = self.logits(images, embeddings, batch_size=batch_size)
+        probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+        indices = probs.argmax(1).astype(np.int64) if probs.size else np.zeros(0, np.int64)
+        return Prediction(indices, [self.class_names[i] for i in indices], probs,
+                          list(self.class_names))
+
+
+def load_run(run_dir, *, device: str = "cpu") -> Run:
+    """Reload a run folder written by :func:`fastimg.train.fit` (``out_dir``).
+
+    Parameters
+    ----------
+    run_dir : str or path
+    device : str
+        Where the classifier runs (``"cpu"`` or ``"cuda[:N]"``).
+
+    Returns
+    -------
+    Run
+
+    Raises
+    ------
+    RunBundleError
+        (a ``ValueError``) When ``best.pt`` or ``bundle.json`` is missing (a run from an older
+        fastimg) or they do not fit together.
+    """
+    return Run(run_dir, device=device)

@@ -1,0 +1,74 @@
+"""Texts in and predictions out for ``fastimg predict``: tables through the corpus readers,
+plain lines from a stream, and the predictions CSV."""
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger("fastimg.train")
+
+
+def read_input_texts(path, text_columns=("text",), id_column=None) -> tuple[list, list]:
+    """``(ids, texts)`` of a CSV / TSV / JSONL / Parquet file (optionally gzip-compressed).
+
+    Parameters
+    ----------
+    path : str or path
+    text_columns : sequence of str
+        Columns joined with a newline (a title and a body), as ``build-dataset`` joins them.
+    id_column : str, optional
+        Ids of the rows; without it the ``id`` column when there is one, else rows are
+        numbered from 0.
+
+    Raises
+    ------
+    fastimg.corpus.CorpusError
+        (a ``ValueError``) An unreadable file or a missing column (the message lists the
+        columns that exist).
+    """
+    from fastimg.corpus import CorpusError
+    from fastimg.corpus._load import _id_text, _text
+    from fastimg.corpus.readers import read_table
+
+    table = read_table(Path(path))
+    names = ", ".join(repr(n) for n in table.columns)
+    for column in [*text_columns, *([id_column] if id_column else [])]:
+        if column not in table.columns:
+            raise CorpusError(f"{path} has no column {column!r} (columns: {names})")
+    if id_column is None:
+        id_column = next((c for c in (table.id_column, "id") if c in table.columns), None)
+    selected = [table.columns[c] for c in text_columns]
+    texts = []
+    for i in range(table.n_rows):
+        parts = [_text(col[i]) for col in selected]
+        texts.append(parts[0] if len(parts) == 1 else "\n".join(p for p in parts if p))
+    if id_column:
+        ids = [_id_text(v) for v in table.columns[id_column]]
+    else:
+        ids = [str(i) for i in range(table.n_rows)]
+    return ids, texts
+
+
+def read_lines(stream) -> tuple[list, list]:
+    """``(ids, texts)`` of a text stream: one text per non-empty line, ids 0, 1, ..."""
+    texts = [line.rstrip("\r\n") for line in stream]
+    texts = [t for t in texts if t.strip()]
+    return [str(i) for i in range(len(texts))], texts
+
+
+def write_predictions(out, ids, prediction) -> Path:
+    """CSV with columns ``id, predicted, p_<class>...`` (probabilities to 6 decimals)."""
+    out = Path(out)
+    if out.parent and not out.parent.exists():
+        out.parent.mkdir(parents=True)
+    probs = np.asarray(prediction.probabilities)
+    with open(out, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "predicted", *(f"p_{c}" for c in prediction.class_names)])
+        for row_id, name, p in zip(ids, prediction.names, probs):
+            writer.writerow([row_id, name, *(f"{v:.6f}" for v in p)])
+    logger.info("wrote %d predictions to %s", len(ids), out)
+    return out

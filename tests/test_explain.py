@@ -1,0 +1,150 @@
+"""fastimg explain: attributions of a trained run, mapped back through the layout to features."""
+from __future__ import annotations
+
+import csv
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from fastimg import store
+from fastimg.cli import main
+from fastimg.layout import DeepInsightLayout
+from fastimg.train import TrainConfig, fit
+from fastimg.train.explain import explain
+
+N_LAYERS, HIDDEN, N_LABEL = 6, 100, 24
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny convs on a shared 2-core machine run 10x faster without intra-op threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def write_label_store(path, *, n_rows=400, grid=(24, 24), signal=0.8, seed=0):
+    """A store of 600 features (6 layers x 100) where only 24 carry the label.
+
+    Every feature is N(0, 1); the 24 label features are shifted by ``+-signal`` with the
+    class, each too weak to decide alone, so a good model uses all of them. The layout is
+    fitted on the training rows as a build would fit it.
+    """
+    rng = np.random.default_rng(seed)
+    n_features = N_LAYERS * HIDDEN
+    y = rng.integers(0, 2, n_rows)
+    x = rng.standard_normal((n_rows, n_features))
+    label_features = np.sort(rng.choice(n_features, N_LABEL, replace=False))
+    x[:, label_features] += signal * (2 * y[:, None] - 1)
+    split = np.zeros(n_rows, np.int8)
+    split[int(0.7 * n_rows):] = 1
+    layout = DeepInsightLayout(grid=grid, method="pca", random_state=0).fit(x[split == 0])
+    arrays = {store.IMAGES: layout.transform(x).astype(np.float32), store.SPLIT: split,
+              store.EMBEDDINGS: x.astype(np.float16), store.LABELS: y.astype(np.int64),
+              store.IDS: np.array([f"r{i}" for i in range(n_rows)])}
+    attrs = {"kind": "dataset", "corpus": {"class_values": None},
+             "summary": {"class_names": ["neg", "pos"], "image_shape": list(grid)},
+             "layout": layout.to_dict(),
+             "provenance": {"layers": list(range(1, N_LAYERS + 1))}}
+    store.write_store(path, arrays, attrs, chunk_rows=128)
+    return label_features, layout
+
+
+@pytest.fixture(scope="module")
+def label_run(tmp_path_factory, one_thread):
+    root = tmp_path_factory.mktemp("explain")
+    label_features, layout = write_label_store(root / "labels.zarr")
+    config = TrainConfig(weights=None, epochs=30, batch_size=32, progress=False, loader="torch",
+                         lr_head=3e-3, lr_classifier=3e-3, head_channels=(16, 16, 8, 8),
+                         hidden=(32, 16), probe=False)
+    result = fit(root / "labels.zarr", config, out_dir=root / "run")
+    assert result.val_accuracy > 0.8  # the check means nothing on a model that learnt nothing
+    return {"root": root, "run": root / "run", "store": root / "labels.zarr",
+            "label_features": label_features, "layout": layout}
+
+
+def test_top_features_recover_the_label_carrying_set(label_run, tmp_path):
+    result = explain(label_run["run"], out_dir=tmp_path)
+    top = result.top(N_LABEL)
+    precision = np.isin(top, label_run["label_features"]).mean()
+    assert precision >= 0.8, f"precision@{N_LABEL} = {precision:.3f}"
+    # the label features' pixels are brighter than the rest in each class's map
+    pixels = np.unique(label_run["layout"].pixel_index_[label_run["label_features"]])
+    for k in range(2):
+        flat = result.pixel_importance[k].ravel()
+        assert flat[pixels].mean() > np.delete(flat, pixels).mean() + 3 * flat.std() / 10
+
+
+def test_features_csv_is_ranked_and_maps_features_to_layers_and_pixels(label_run, tmp_path):
+    result = explain(label_run["run"], out_dir=tmp_path, max_rows=40)
+    with open(tmp_path / "features.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["rank", "feature", "layer", "encoder_layer", "dimension", "row",
+                             "col", "pixel_features", "importance", "importance_neg",
+                             "importance_pos"]
+    assert len(rows) == N_LAYERS * HIDDEN
+    assert sorted(int(r["feature"]) for r in rows) == list(range(N_LAYERS * HIDDEN))
+    importance = [float(r["importance"]) for r in rows]
+    assert importance == sorted(importance, reverse=True)
+    pix = label_run["layout"].pixel_index_
+    for r in rows[:50]:
+        f = int(r["feature"])
+        assert (int(r["layer"]), int(r["dimension"])) == divmod(f, HIDDEN)
+        assert int(r["encoder_layer"]) == int(r["layer"]) + 1  # provenance layers 1..6
+        assert int(r["row"]) * 24 + int(r["col"]) == pix[f]
+        assert int(r["pixel_features"]) == int((pix == pix[f]).sum())
+        mean = (float(r["importance_neg"]) + float(r["importance_pos"])) / 2
+        assert mean == pytest.approx(float(r["importance"]), rel=1e-4, abs=1e-9)
+    assert result.rows == 40
+    np.testing.assert_allclose(result.layer_totals.sum(),
+                               result.pixel_importance.mean(0).ravel()[np.unique(pix)].sum(),
+                               rtol=1e-6)
+    assert (tmp_path / "importance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_explain_writes_both_files(label_run, tmp_path, capsys):
+    out = tmp_path / "explain"
+    code = main(["explain", str(label_run["run"]), "--split", "val", "--out", str(out),
+                 "--method", "input_x_gradient", "--max-rows", "32"])
+    assert code == 0, capsys.readouterr().err
+    assert (out / "features.csv").is_file() and (out / "importance.png").is_file()
+    assert "top features" in capsys.readouterr().out
+
+
+def test_explain_needs_the_store_and_says_so_in_one_line(label_run, tmp_path, capsys):
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(label_run["run"], run)
+    bundle = json.loads((run / "bundle.json").read_text())
+    bundle["store"] = str(tmp_path / "gone.zarr")
+    (run / "bundle.json").write_text(json.dumps(bundle))
+    code = main(["explain", str(run), "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code == 2 and "gone.zarr" in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_captum_names_the_extra(label_run, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "captum", None)
+    monkeypatch.setitem(sys.modules, "captum.attr", None)
+    with pytest.raises(ImportError, match=r"fastimg\[explain\]"):
+        explain(label_run["run"], out_dir=tmp_path, max_rows=8)
+
+
+def test_a_store_rebuilt_with_another_layout_is_refused(label_run, tmp_path, capsys):
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(label_run["run"], run)
+    write_label_store(tmp_path / "other.zarr", n_rows=60, seed=1)
+    bundle = json.loads((run / "bundle.json").read_text())
+    bundle["store"] = str(tmp_path / "other.zarr")
+    (run / "bundle.json").write_text(json.dumps(bundle))
+    code = main(["explain", str(run), "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code == 2 and "another layout" in err and len(err.strip().splitlines()) == 1

@@ -1,0 +1,184 @@
+"""fastimg predict / load_run: a run folder predicts new texts on its own."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from fastimg.cli import main
+from fastimg.train import TrainConfig, fit, load_run
+from fastimg.train import extractors as extractors_module
+from fastimg.train.bundle import BUNDLE_FILE, RunBundleError
+from fastimg.store import StoreReader
+from fastimg.train.data import ChunkedReader, Normaliser, pixel_stats
+
+FAST = dict(weights=None, epochs=2, batch_size=16, progress=False, loader="torch",
+            head_channels=(8, 8, 8, 8), hidden=(16, 8), probe=False)
+
+
+def _reviews(n, seed=0):
+    from conftest import TINY_WORDS
+
+    rng = np.random.default_rng(seed)
+    return [(f"r{i}", " ".join(rng.choice(TINY_WORDS, 10)), ("neg", "pos")[i % 2])
+            for i in range(n)]
+
+
+def _write_csv(path, rows, header=("id", "text", "label")):
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_bert_dir):
+    """A tiny text store, a run trained on it, and the run's own model's view of new texts."""
+    from fastimg.corpus import CorpusConfig
+    from fastimg.dataset import build_dataset, texts_to_images
+    from fastimg.embed import EncoderConfig
+    from fastimg.layout import LayoutConfig
+
+    root = tmp_path_factory.mktemp("predict")
+    corpus = _write_csv(root / "reviews.csv", _reviews(64))
+    store_path = root / "tiny.zarr"
+    build_dataset(store_path, CorpusConfig(input=str(corpus), split="random", seed=0),
+                  EncoderConfig(model=str(tiny_bert_dir), max_length=32),
+                  LayoutConfig(grid=(24, 24), method="pca", random_state=0), progress=False)
+    run_dir = root / "run"
+    result = fit(store_path, TrainConfig(**FAST), out_dir=run_dir)
+    texts = [t for _, t, _ in _reviews(12, seed=5)]
+    images = texts_to_images(store_path, texts)
+    # the store keeps float16 images: the training loader saw them rounded so
+    images = images.astype(np.float16).astype(np.float32)
+    reader = StoreReader(store_path)
+    stats = pixel_stats(ChunkedReader(reader.images), reader.rows("train"))
+    with torch.no_grad():
+        x = Normaliser("dataset", *stats)(torch.from_numpy(images))
+        expected = torch.softmax(result.model.cpu()(x).float(), 1).numpy()
+    return {"store": store_path, "run": run_dir, "texts": texts, "expected": expected,
+            "root": root}
+
+
+def _copy_run(trained, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run)
+    return run
+
+
+def test_a_run_predicts_as_its_model_did_after_the_store_is_gone(trained, tmp_path):
+    run_dir = _copy_run(trained, tmp_path)
+    moved = tmp_path / "elsewhere.zarr"
+    shutil.copytree(trained["store"], moved)
+    bundle = json.loads((run_dir / BUNDLE_FILE).read_text())
+    bundle["store"] = str(tmp_path / "gone.zarr")
+    (run_dir / BUNDLE_FILE).write_text(json.dumps(bundle))
+    run = load_run(run_dir)
+    pred = run.predict(trained["texts"])
+    np.testing.assert_allclose(pred.probabilities, trained["expected"], atol=1e-5)
+    assert pred.probabilities.shape == (12, 2)
+    np.testing.assert_allclose(pred.probabilities.sum(1), 1.0, atol=1e-5)
+    assert pred.names == [["neg", "pos"][i] for i in pred.probabilities.argmax(1)]
+    assert pred.class_names == ["neg", "pos"]
+
+
+def test_the_bundle_is_json_and_holds_what_prediction_needs(trained):
+    bundle = json.loads((trained["run"] / BUNDLE_FILE).read_text())
+    assert bundle["class_names"] == ["neg", "pos"]
+    assert list(bundle["layout"]["config"]["grid"]) == [24, 24]
+    assert len(bundle["layout"]["pixel_index"]) == 6 * 32
+    assert bundle["encoder"]["max_length"] == 32
+    assert bundle["model_fingerprint"] and bundle["hidden_size"] == 32
+    assert len(bundle["layers"]) == 6 and bundle["n_features"] == 6 * 32
+    with np.load(trained["run"] / "normaliser.npz", allow_pickle=False) as f:
+        assert f["mean"].shape == (24, 24) and f["inv_std"].shape == (24, 24)
+
+
+def test_imagenet_weights_are_never_fetched_to_reload(trained, tmp_path, monkeypatch):
+    """best.pt holds the whole classifier: a run trained with weights=DEFAULT reloads offline."""
+    run_dir = _copy_run(trained, tmp_path)
+    bundle = json.loads((run_dir / BUNDLE_FILE).read_text())
+    bundle["train_config"]["weights"] = "DEFAULT"
+    (run_dir / BUNDLE_FILE).write_text(json.dumps(bundle))
+
+    real = extractors_module.resolve_weights
+
+    def no_download(name, weights, **kw):
+        assert weights is None, "reloading a run must not look for ImageNet weights"
+        return real(name, weights, **kw)
+
+    monkeypatch.setattr(extractors_module, "resolve_weights", no_download)
+    run = load_run(run_dir)
+    state = torch.load(run_dir / "best.pt", weights_only=True)
+    for key, value in run.model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    np.testing.assert_allclose(run.predict(trained["texts"]).probabilities, trained["expected"],
+                               atol=1e-5)
+
+
+def test_a_model_fingerprint_mismatch_is_refused_in_one_line(trained, tmp_path, capsys):
+    run_dir = _copy_run(trained, tmp_path)
+    bundle = json.loads((run_dir / BUNDLE_FILE).read_text())
+    bundle["model_fingerprint"] = "0" * 64
+    (run_dir / BUNDLE_FILE).write_text(json.dumps(bundle))
+    with pytest.raises(RunBundleError, match="fingerprint"):
+        load_run(run_dir).predict(["a film"])
+    corpus = _write_csv(tmp_path / "new.csv", _reviews(3))
+    code = main(["predict", str(run_dir), "--input", str(corpus), "--out",
+                 str(tmp_path / "p.csv"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "fingerprint" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "p.csv").exists()
+
+
+@pytest.mark.parametrize("missing", [BUNDLE_FILE, "best.pt", "normaliser.npz"])
+def test_a_run_without_its_bundle_is_refused(trained, tmp_path, missing, capsys):
+    run_dir = _copy_run(trained, tmp_path)
+    (run_dir / missing).unlink()
+    with pytest.raises(RunBundleError, match=missing):
+        load_run(run_dir)
+    code = main(["predict", str(run_dir), "--input", "-", "--out", str(tmp_path / "p.csv")])
+    err = capsys.readouterr().err
+    assert code == 2 and missing in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_predicts_a_csv_with_ids_and_probabilities(trained, tmp_path, capsys):
+    rows = [(f"x{i}", t, "") for i, t in enumerate(trained["texts"])]
+    corpus = _write_csv(tmp_path / "new.csv", rows, ("key", "body", "label"))
+    out = tmp_path / "preds.csv"
+    code = main(["predict", str(trained["run"]), "--input", str(corpus), "--text-column", "body",
+                 "--id-column", "key", "--out", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    with open(out, newline="", encoding="utf-8") as fh:
+        table = list(csv.DictReader(fh))
+    assert list(table[0]) == ["id", "predicted", "p_neg", "p_pos"]
+    assert [r["id"] for r in table] == [f"x{i}" for i in range(12)]
+    probs = np.array([[float(r["p_neg"]), float(r["p_pos"])] for r in table])
+    np.testing.assert_allclose(probs, trained["expected"], atol=1e-5)
+    assert [r["predicted"] for r in table] == [["neg", "pos"][i] for i in probs.argmax(1)]
+
+
+def test_cli_reads_texts_from_stdin(trained, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(trained["texts"][:3]) + "\n\n"))
+    out = tmp_path / "preds.csv"
+    assert main(["predict", str(trained["run"]), "--input", "-", "--out", str(out),
+                 "--quiet"]) == 0
+    with open(out, newline="", encoding="utf-8") as fh:
+        table = list(csv.DictReader(fh))
+    assert [r["id"] for r in table] == ["0", "1", "2"]
+    np.testing.assert_allclose([float(r["p_pos"]) for r in table], trained["expected"][:3, 1],
+                               atol=1e-5)
+
+
+def test_cli_names_the_columns_that_exist(trained, tmp_path, capsys):
+    corpus = _write_csv(tmp_path / "new.csv", _reviews(3))
+    code = main(["predict", str(trained["run"]), "--input", str(corpus), "--text-column",
+                 "review", "--out", str(tmp_path / "p.csv")])
+    err = capsys.readouterr().err
+    assert code == 2 and "'review'" in err and "'text'" in err
