@@ -163,6 +163,13 @@ def _open_existing(out, plan: StagePlan, *, force: bool) -> StoreReader | None:
             raise
         logger.info("not reusing %s: %s", out, exc)
         return None
+    if not store.location.is_local(out):
+        # no atomic replace on object storage: the old store is deleted before the new one
+        # is written in place, so nothing can be reused from it
+        if not force:
+            raise StoreError(f"{out} already exists; pass --force to replace it (on object "
+                             f"storage the old store is deleted first)")
+        return None
     if not force:
         diffs = plan.differences(existing.stages)
         what = ("built with other settings (" + "; ".join(diffs[:4])
@@ -235,8 +242,9 @@ def _run_layout(writer: StoreWriter, plan: StagePlan, layout_config, fit_rows, m
 
 
 def _run_images(writer: StoreWriter, plan: StagePlan, layout, matrix, config, progress,
-                timings) -> None:
-    """The images stage: ``matrix`` rasterised with ``layout``, resumed by row block."""
+                timings, client=None) -> None:
+    """The images stage: ``matrix`` rasterised with ``layout``, resumed by row block (on a
+    dask cluster when ``client`` is given: :func:`fastimg.cluster.raster_chunks`)."""
     from fastimg.raster import rasterize_to_array
 
     record = writer.begin("images", plan.keys["images"], plan.settings["images"])
@@ -250,9 +258,15 @@ def _run_images(writer: StoreWriter, plan: StagePlan, layout, matrix, config, pr
     def record_rows(stop):
         writer.update("images", rows_done=stop)
 
-    rasterize_to_array(matrix, layout.raster_plan(), writer.group[store.IMAGES],
-                       backend=config.raster_backend, start_row=int(record.get("rows_done", 0)),
-                       progress=progress, on_block=record_rows)
+    if client is not None:
+        from fastimg.cluster import raster_chunks
+
+        raster_chunks(client, writer, layout, config, start_row=int(record.get("rows_done", 0)))
+    else:
+        rasterize_to_array(matrix, layout.raster_plan(), writer.group[store.IMAGES],
+                           backend=config.raster_backend,
+                           start_row=int(record.get("rows_done", 0)), progress=progress,
+                           on_block=record_rows)
     timings["raster_s"] = time.perf_counter() - start
     writer.complete_stage("images", seconds=timings["raster_s"])
 
@@ -284,14 +298,17 @@ def _finish(writer: StoreWriter, *, configs: dict, corpus_summary: dict, encode:
 
 def build_dataset(out, corpus_config, encoder_config=None, layout_config=None,
                   config: DatasetConfig | None = None, *, force: bool = False, reuse: bool = True,
-                  progress: bool = True, on_stage=None) -> dict:
+                  progress: bool = True, on_stage=None, client=None,
+                  storage_options: dict | None = None) -> dict:
     """Build (or resume building) the image dataset of a text corpus at ``out``.
 
     Parameters
     ----------
     out : str or path
-        The zarr store to write; it is built at ``out + '.partial'`` and moved in place when
-        complete.
+        The zarr store to write: a local path (built at ``out + '.partial'`` and moved in place
+        when complete) or an fsspec URL such as ``s3://bucket/imdb.zarr`` (built in place; the
+        completion marker written last is the only sign of a complete store, and ``force``
+        deletes an old store there before writing).
     corpus_config : fastimg.corpus.CorpusConfig
     encoder_config : fastimg.embed.EncoderConfig, optional
     layout_config : fastimg.layout.LayoutConfig, optional
@@ -306,6 +323,12 @@ def build_dataset(out, corpus_config, encoder_config=None, layout_config=None,
         Progress bars for the long stages.
     on_stage : callable, optional
         ``on_stage(name)`` when a stage starts (the CLI prints them; tests interrupt with it).
+    client : distributed.Client, optional
+        Encode and rasterise on this dask cluster, one task per zarr chunk (see
+        :mod:`fastimg.cluster`); the layout is fitted here. The store must be reachable from
+        every worker (object storage or a shared file system).
+    storage_options : dict, optional
+        fsspec options for a URL ``out`` (credentials, endpoint).
 
     Returns
     -------
@@ -327,6 +350,7 @@ def build_dataset(out, corpus_config, encoder_config=None, layout_config=None,
     layout_config = layout_config or LayoutConfig()
     config = config or DatasetConfig()
     on_stage = on_stage or (lambda name: None)
+    out = store.location.resolve(out, storage_options)
     configs = {"corpus": corpus_config.to_dict(), "encoder": encoder_config.to_dict(),
                "layout": layout_config.to_dict(), "dataset": asdict(config)}
 
@@ -356,20 +380,37 @@ def build_dataset(out, corpus_config, encoder_config=None, layout_config=None,
             writer.write_rows(store.SPLIT, codes)
             writer.complete_stage("corpus", summary=corpus.summary())
         on_stage("encode")
-        encode = _run_encode(writer, plan, corpus.texts, encoder_config, progress, timings)
+        encode = _run_encode(writer, plan, corpus.texts, encoder_config, progress, timings,
+                             client)
         embeddings = writer.group[store.EMBEDDINGS]
         on_stage("layout")
         layout = _run_layout(writer, plan, layout_config, fit_rows, embeddings, timings)
         on_stage("raster")
-        _run_images(writer, plan, layout, embeddings, config, progress, timings)
+        _run_images(writer, plan, layout, embeddings, config, progress, timings, client)
         return _finish(writer, configs=configs, corpus_summary=writer.stage("corpus")["summary"],
                        encode=encode, layout=layout, config=config, timings=timings,
                        reused=reused, seed=corpus_config.seed)
 
 
+def _create_embeddings(writer: StoreWriter, plan: StagePlan, encoder_config, n_rows: int):
+    """The ``embeddings`` array of this build (made here, with dimension names, for both the
+    in-process encoder, which resumes on it, and the cluster tasks)."""
+    from fastimg.embed import resolve_model
+
+    if store.EMBEDDINGS in writer.group:
+        return writer.group[store.EMBEDDINGS]
+    settings = plan.settings["encode"]
+    source = resolve_model(encoder_config.model, encoder_config.revision)
+    hidden = int(source.hf_config().hidden_size)
+    return writer.create_embeddings(n_rows, len(settings["layers"]) * hidden,
+                                    settings["output_dtype"], encoder_config.chunk_rows,
+                                    {"settings": settings, "config": encoder_config.to_dict()})
+
+
 def _run_encode(writer: StoreWriter, plan: StagePlan, texts, encoder_config, progress,
-                timings) -> dict:
-    """The encode stage: ``embeddings`` written chunk by chunk, resumed after the last one."""
+                timings, client=None) -> dict:
+    """The encode stage: ``embeddings`` written chunk by chunk, resumed after the last one
+    (on a dask cluster when ``client`` is given: :func:`fastimg.cluster.encode_chunks`)."""
     from fastimg.embed import encode_to_array
 
     record = writer.begin("encode", plan.keys["encode"], plan.settings["encode"])
@@ -377,8 +418,14 @@ def _run_encode(writer: StoreWriter, plan: StagePlan, texts, encoder_config, pro
         return record
     start = time.perf_counter()
     stats = {}
-    encode_to_array(texts, encoder_config, writer.group, name=store.EMBEDDINGS,
-                    progress=progress, stats=stats)
+    _create_embeddings(writer, plan, encoder_config, len(texts))
+    if client is not None:
+        from fastimg.cluster import encode_chunks
+
+        stats = encode_chunks(client, writer, texts, encoder_config)
+    else:
+        encode_to_array(texts, encoder_config, writer.group, name=store.EMBEDDINGS,
+                        progress=progress, stats=stats)
     timings["encode_s"] = time.perf_counter() - start
     return writer.complete_stage(
         "encode", seconds=record.get("seconds", 0.0) + timings["encode_s"],
@@ -387,7 +434,8 @@ def _run_encode(writer: StoreWriter, plan: StagePlan, texts, encoder_config, pro
 
 
 def relayout(src, dst, layout_config=None, config: DatasetConfig | None = None, *,
-             force: bool = False, progress: bool = True, on_stage=None) -> dict:
+             force: bool = False, progress: bool = True, on_stage=None,
+             storage_options: dict | None = None) -> dict:
     """A new store at ``dst`` from the embeddings and corpus arrays of the store ``src``, with
     a new layout and image settings.
 
@@ -403,6 +451,8 @@ def relayout(src, dst, layout_config=None, config: DatasetConfig | None = None, 
         ``src`` itself with ``force``).
     layout_config : fastimg.layout.LayoutConfig, optional
     config : DatasetConfig, optional
+    storage_options : dict, optional
+        fsspec options for URLs ``src`` and ``dst``.
 
     Returns
     -------
@@ -420,6 +470,8 @@ def relayout(src, dst, layout_config=None, config: DatasetConfig | None = None, 
     layout_config = layout_config or LayoutConfig()
     config = config or DatasetConfig()
     on_stage = on_stage or (lambda name: None)
+    src = store.location.resolve(src, storage_options)
+    dst = store.location.resolve(dst, storage_options)
     source = StoreReader(src)
     stages = source.stages
     if (source.kind != "dataset" or source.embeddings is None
