@@ -3,7 +3,7 @@ import importlib
 import inspect
 import logging
 
-SUITES = ("raster", "layout", "encode", "build", "train")
+SUITES = ("raster", "layout", "encode", "build", "train", "scale")
 
 
 def main():

@@ -99,9 +99,11 @@ def connect(spec: str, *, threads_per_worker: int = 1):
             yield client
         return
     logger.info("starting a local cluster of %d worker processes", value)
+    # silence_logs: a failed task is reported once, by the client, as one line
     with distributed.LocalCluster(n_workers=value, threads_per_worker=threads_per_worker,
                                   processes=True, host="127.0.0.1", scheduler_port=0,
-                                  dashboard_address=None) as cluster:
+                                  dashboard_address=None,
+                                  silence_logs=logging.ERROR) as cluster:
         with distributed.Client(cluster) as client:
             yield client
 
@@ -141,20 +143,25 @@ def _model_key(config) -> str:
     return json.dumps({"model": config.model, "revision": config.revision}, sort_keys=True)
 
 
-def _model(config):
-    """The model of ``config``, loaded once per worker process."""
-    key = _model_key(config)
-    if key not in _MODELS:
-        try:
-            from fastimg.embed import load_model
+def _model(config_json: str):
+    """``(EncoderConfig, LoadedModel)`` of ``config_json``; the model is loaded once per
+    worker process. Any failure (a package missing on this node, no weights) raises
+    :class:`ModelLoadError` naming this worker."""
+    config = None
+    try:
+        from fastimg.embed import EncoderConfig, load_model
 
+        config = EncoderConfig.from_dict(json.loads(config_json))
+        key = _model_key(config)
+        if key not in _MODELS:
             _MODELS[key] = load_model(config.model, config.revision)
-        except Exception as exc:  # noqa: BLE001 - reported as one line naming the worker
-            message = " ".join(f"{type(exc).__name__}: {exc}".split())
-            raise ModelLoadError(f"worker {_worker_address()} cannot load the model "
-                                 f"{config.model!r}: {message}") from None
-        logger.info("worker %s loaded %s", _worker_address(), config.model)
-    return _MODELS[key]
+            logger.info("worker %s loaded %s", _worker_address(), config.model)
+    except Exception as exc:  # noqa: BLE001 - reported as one line naming the worker
+        message = " ".join(f"{type(exc).__name__}: {exc}".split())
+        model = json.loads(config_json).get("model")
+        raise ModelLoadError(f"worker {_worker_address()} cannot load the model {model!r}: "
+                             f"{message}") from None
+    return config, _MODELS[key]
 
 
 def _encode_block(texts, config, model, stats):
@@ -168,17 +175,14 @@ def encode_chunk(location, texts, config_json: str, index: int, start: int, stop
 
     Returns ``{"index", "skipped", "worker", "pid", "seconds", ...}``.
     """
-    from fastimg.embed import EncoderConfig
-
     t0 = time.perf_counter()
     group = store.location.open_group(location, "r+")
     done = group[DONE_PREFIX + EMBEDDINGS]
     info = {"index": index, "worker": _worker_address(), "pid": os.getpid()}
     if done[index]:
         return {**info, "skipped": True, "seconds": time.perf_counter() - t0}
+    config, model = _model(config_json)
     _set_threads()
-    config = EncoderConfig.from_dict(json.loads(config_json))
-    model = _model(config)
     stats = {}
     block = _encode_block(list(texts), config, model, stats)
     group[EMBEDDINGS][start:stop] = block

@@ -427,10 +427,12 @@ def _run_encode(writer: StoreWriter, plan: StagePlan, texts, encoder_config, pro
         encode_to_array(texts, encoder_config, writer.group, name=store.EMBEDDINGS,
                         progress=progress, stats=stats)
     timings["encode_s"] = time.perf_counter() - start
+    extra = {} if client is None else {"cluster": {k: stats[k] for k in (
+        "chunks", "pending", "tasks", "skipped", "task_seconds")}}
     return writer.complete_stage(
         "encode", seconds=record.get("seconds", 0.0) + timings["encode_s"],
         model_fingerprint=plan.settings["encode"].get("model_fingerprint"),
-        **{k: stats.get(k) for k in ("layers", "device", "compute_dtype")})
+        **{k: stats.get(k) for k in ("layers", "device", "compute_dtype")}, **extra)
 
 
 def relayout(src, dst, layout_config=None, config: DatasetConfig | None = None, *,

@@ -109,3 +109,133 @@ def test_cluster_build_equals_in_process(tmp_path, client, corpus_csv, tiny_bert
         build_dataset(tmp_path / name, *configs(corpus_csv, tiny_bert_dir), progress=False,
                       client=client)
         assert_same(tmp_path / name, reference)
+
+
+def _slow_encode(seconds: float) -> None:
+    """Run on the workers (pickled by value): each encode task sleeps before it encodes."""
+    import fastimg.cluster as cluster
+
+    original = getattr(cluster, "_unpatched_encode_block", cluster._encode_block)
+    cluster._unpatched_encode_block = original
+    if seconds <= 0:
+        cluster._encode_block = original
+        return
+
+    def slow(*args, **kwargs):
+        time.sleep(seconds)
+        return original(*args, **kwargs)
+
+    cluster._encode_block = slow
+
+
+def _marked_chunks(partial) -> int:
+    folder = partial / (store.schema.DONE_PREFIX + store.EMBEDDINGS) / "c"
+    return len(list(folder.iterdir())) if folder.is_dir() else 0
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_task_still_completes(tmp_path, client, corpus_csv, tiny_bert_dir,
+                                                reference):
+    import cloudpickle
+
+    from fastimg.dataset import build_dataset
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    client.run(_slow_encode, 0.5)
+    out, result = tmp_path / "killed.zarr", {}
+
+    def build():
+        try:
+            result["summary"] = build_dataset(out, *configs(corpus_csv, tiny_bert_dir),
+                                              progress=False, client=client)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            result["error"] = exc
+
+    thread = threading.Thread(target=build)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 480  # a busy 2-core machine imports torch slowly
+        while _marked_chunks(store.partial_path(out)) == 0 and thread.is_alive():
+            assert time.monotonic() < deadline, "no chunk was finished"
+            time.sleep(0.02)
+        assert thread.is_alive(), f"the build ended before a worker could be killed: {result}"
+        # the first chunk is in the store; every worker is in the middle of a task now
+        pids = client.run(os.getpid)
+        victim = sorted(pids.values())[0]
+        os.kill(victim, signal.SIGKILL)
+        thread.join(timeout=300)
+    finally:
+        client.run(_slow_encode, 0.0)
+    assert "error" not in result and "summary" in result, result
+    assert victim not in client.run(os.getpid).values()  # it was really killed (and replaced)
+    assert_same(out, reference)
+
+
+def _preload(path, body: str):
+    path.write_text("import time\nimport fastimg.cluster as cluster\n" + body, encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.slow
+def test_client_killed_mid_build_resumes_without_recomputing(tmp_path, corpus_csv,
+                                                             tiny_bert_dir, reference):
+    """A real SIGKILL of the whole `fastimg build-dataset --cluster local:2` process group."""
+    import subprocess
+
+    out = tmp_path / "client.zarr"
+    slow = _preload(tmp_path / "slow_preload.py", (
+        "original = cluster._encode_block\n"
+        "def slow(*args, **kwargs):\n"
+        "    time.sleep(0.5)\n"
+        "    return original(*args, **kwargs)\n"
+        "cluster._encode_block = slow\n"))
+    argv = [sys.executable, "-m", "fastimg.cli", "-v", "build-dataset", "--input",
+            str(corpus_csv), "--split-column", "split", "--model", str(tiny_bert_dir),
+            "--layers", "last6", "--max-length", "32", "--chunk-rows", "8", "--pixels", "8",
+            "--method", "pca", "--device", "cpu", "--out", str(out), "--quiet", "--cluster",
+            "local:2"]
+    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__PRELOAD": json.dumps([slow])}
+    log = open(tmp_path / "killed.log", "wb")  # a file: a full pipe would stall the client
+    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=log, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 480  # a busy 2-core machine imports torch slowly
+        while _marked_chunks(store.partial_path(out)) == 0 and proc.poll() is None:
+            assert time.monotonic() < deadline, "no chunk was finished"
+            time.sleep(0.02)
+        assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the client and the cluster it started
+        proc.wait()
+        log.close()
+    finished = _marked_chunks(store.partial_path(out))
+    assert 0 < finished < 6 and not out.exists()
+    again = subprocess.run(argv[:-2] + ["--cluster", "local:2"], capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    pending = [line for line in again.stderr.splitlines() if "chunks on the cluster" in line]
+    # the chunks finished before the kill are not submitted again
+    assert pending and f"encoding {6 - finished} of 6 chunks" in pending[0], pending
+    assert_same(out, reference)
+
+
+@pytest.mark.slow
+def test_worker_that_cannot_load_the_model_is_one_line_exit_2(tmp_path, corpus_csv,
+                                                              tiny_bert_dir, capsys):
+    import dask
+
+    broken = _preload(tmp_path / "no_transformers.py",
+                      "import sys\nsys.modules['transformers'] = None  # not on this node\n")
+    out = tmp_path / "broken.zarr"
+    argv = ["build-dataset", "--input", str(corpus_csv), "--split-column", "split", "--model",
+            str(tiny_bert_dir), "--max-length", "32", "--chunk-rows", "8", "--pixels", "8",
+            "--method", "pca", "--device", "cpu", "--out", str(out), "--quiet",
+            "--cluster", "local:2"]
+    with dask.config.set({"distributed.worker.preload": [broken]}):
+        code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert "\n" not in err and err.startswith("fastimg build-dataset: error: worker tcp://127.0.0.1:")
+    assert "cannot load the model" in err and "transformers" in err
+    # the unfinished build is kept for a resume
+    assert store.partial_path(out).exists() and not out.exists()
+    assert store.location.read_attrs(store.partial_path(out), store.BUILD_KEY)["stages"]["corpus"]["done"]
