@@ -27,13 +27,14 @@ from benchmarks.encode import imdb_path
 WORKERS = 2
 
 
-def _build(out, corpus_config, encoder_config, client=None):
+def _build(out, corpus_config, encoder_config, client=None, method="tsne"):
     from fastimg.dataset import build_dataset
     from fastimg.layout import LayoutConfig
 
     start = time.perf_counter()
-    summary = build_dataset(out, corpus_config, encoder_config, LayoutConfig(random_state=0),
-                            progress=False, client=client)
+    summary = build_dataset(out, corpus_config, encoder_config,
+                            LayoutConfig(method=method, random_state=0), progress=False,
+                            client=client)
     return time.perf_counter() - start, summary
 
 
@@ -46,6 +47,7 @@ def run(quick: bool = False, json_path: str | None = None) -> dict:
     from fastimg.embed import EncoderConfig
 
     n_rows, max_length, chunk_rows = (64, 32, 16) if quick else (2000, 128, 125)
+    method = "pca" if quick else "tsne"  # the layout is the same code on both sides
     os.environ.setdefault("FASTIMG_DATA", str(imdb_path().parents[1]))
     corpus_config = CorpusConfig(dataset="imdb", limit=n_rows, seed=0)
     encoder_config = EncoderConfig(max_length=max_length, chunk_rows=chunk_rows, device="cpu")
@@ -54,14 +56,16 @@ def run(quick: bool = False, json_path: str | None = None) -> dict:
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        _build(folder / "warm.zarr", warm_corpus, warm_encoder)
-        local_s, local = _build(folder / "local.zarr", corpus_config, encoder_config)
+        _build(folder / "warm.zarr", warm_corpus, warm_encoder, method="pca")
+        local_s, local = _build(folder / "local.zarr", corpus_config, encoder_config,
+                                method=method)
         start = time.perf_counter()
         with connect(f"local:{WORKERS}") as client:
             startup_s = time.perf_counter() - start
-            _build(folder / "warm-cluster.zarr", warm_corpus, warm_encoder, client)
+            _build(folder / "warm-cluster.zarr", warm_corpus, warm_encoder, client,
+                   method="pca")
             cluster_s, clustered = _build(folder / "cluster.zarr", corpus_config,
-                                          encoder_config, client)
+                                          encoder_config, client, method=method)
         a, b = store.StoreReader(folder / "local.zarr"), store.StoreReader(folder / "cluster.zarr")
         diffs = {name: float(np.max(np.abs(a.group[name][:].astype(np.float32)
                                            - b.group[name][:].astype(np.float32))))
@@ -74,6 +78,7 @@ def run(quick: bool = False, json_path: str | None = None) -> dict:
     return report({
         "suite": "scale", "baseline": f"in-process build_dataset ({threads} torch threads)",
         "rows": n_rows, "max_length": max_length, "chunk_rows": chunk_rows, "model": "minilm",
+        "layout_method": method,
         "workers": WORKERS, "threads_per_worker": 1,
         "fastimg_s": cluster_s, "baseline_s": local_s,
         "cluster_startup_s": startup_s,

@@ -99,10 +99,11 @@ def connect(spec: str, *, threads_per_worker: int = 1):
             yield client
         return
     logger.info("starting a local cluster of %d worker processes", value)
-    # silence_logs: a failed task is reported once, by the client, as one line
+    # everything on 127.0.0.1 at free ports (the scheduler's HTTP server too, which would
+    # otherwise try 8787); silence_logs: a failed task is reported once, by the client
     with distributed.LocalCluster(n_workers=value, threads_per_worker=threads_per_worker,
                                   processes=True, host="127.0.0.1", scheduler_port=0,
-                                  dashboard_address=None,
+                                  dashboard_address="127.0.0.1:0",
                                   silence_logs=logging.ERROR) as cluster:
         with distributed.Client(cluster) as client:
             yield client
