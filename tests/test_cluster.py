@@ -4,7 +4,6 @@ cannot load the model stops the build with one line naming it."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import sys
