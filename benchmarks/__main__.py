@@ -3,7 +3,7 @@ import importlib
 import inspect
 import logging
 
-SUITES = ("raster", "layout", "encode", "build", "reuse", "train")
+SUITES = ("raster", "layout", "encode", "build", "reuse", "scale", "train")
 
 
 def main():

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from fastimg import store
+from fastimg.cluster import ClusterError
 
 EXIT_USAGE = 2
 
@@ -27,6 +28,43 @@ def _grid(text: str):
     if len(parts) == 2:
         return tuple(parts)
     raise argparse.ArgumentTypeError(f"expected N or HxW, got {text!r}")
+
+
+def _storage_option(text: str):
+    """``KEY=VALUE`` -> (key, value); the value is parsed as JSON when it is JSON (numbers,
+    true/false, objects), else kept as a string; ``a.b=v`` sets ``{"a": {"b": v}}``."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value = json.loads(value)
+    except json.JSONDecodeError:
+        pass
+    return key, value
+
+
+def _storage_options(args) -> dict:
+    options: dict = {}
+    for key, value in getattr(args, "storage_option", None) or ():
+        *parents, leaf = key.split(".")
+        target = options
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    return options
+
+
+def _location(path: str, args):
+    """A local path or an fsspec URL with the command's ``--storage-option``s."""
+    return store.location.resolve(path, _storage_options(args))
+
+
+def _add_storage_options(parser) -> None:
+    parser.add_argument("--storage-option", action="append", type=_storage_option,
+                        metavar="KEY=VALUE",
+                        help="fsspec option for a store URL (s3://, gs://), e.g. "
+                             "endpoint_url=http://127.0.0.1:9000; repeatable; credentials also "
+                             "come from the usual environment variables")
 
 
 def _shape(text: str):
@@ -127,10 +165,24 @@ def _cmd_build_dataset(args) -> int:
         if not args.quiet:
             print(f"[{time.perf_counter() - start:7.1f} s] {stage}", file=sys.stderr)
 
-    summary = build_dataset(args.out, corpus, encoder, layout, config, force=args.force,
-                            reuse=not args.no_reuse, progress=not args.quiet, on_stage=announce)
-    _print_dataset_summary(args.out, summary, time.perf_counter() - start)
+    out = _location(args.out, args)
+    with _cluster(args.cluster) as client:
+        summary = build_dataset(out, corpus, encoder, layout, config, force=args.force,
+                                reuse=not args.no_reuse, progress=not args.quiet,
+                                on_stage=announce, client=client)
+    _print_dataset_summary(out, summary, time.perf_counter() - start)
     return 0
+
+
+def _cluster(spec):
+    """The client of ``--cluster SPEC`` (closed after), or None without it."""
+    import contextlib
+
+    if spec is None:
+        return contextlib.nullcontext(None)
+    from fastimg.cluster import connect
+
+    return connect(spec)
 
 
 def _print_dataset_summary(out, summary: dict, seconds: float) -> None:
@@ -151,22 +203,23 @@ def _cmd_relayout(args) -> int:
     config = DatasetConfig(fit_on=args.fit_on, image_dtype=args.dtype,
                            raster_backend=args.raster_backend)
     start = time.perf_counter()
-    summary = relayout(args.src, args.out, _layout_config(args), config, force=args.force,
+    summary = relayout(_location(args.src, args), _location(args.out, args),
+                       _layout_config(args), config, force=args.force,
                        progress=not args.quiet)
-    _print_dataset_summary(args.out, summary, time.perf_counter() - start)
+    _print_dataset_summary(_location(args.out, args), summary, time.perf_counter() - start)
     return 0
 
 
 def _cmd_show(args) -> int:
     from fastimg.show import show_store
 
-    show_store(args.store, args.out, n_per_class=args.per_class, seed=args.seed)
+    show_store(_location(args.store, args), args.out, n_per_class=args.per_class, seed=args.seed)
     print(f"wrote {args.out}")
     return 0
 
 
 def _cmd_info(args) -> int:
-    reader = store.StoreReader(args.store)
+    reader = store.StoreReader(_location(args.store, args))
     attrs = dict(reader.attrs)
     attrs["layout"] = {k: v for k, v in attrs["layout"].items()
                        if k not in ("pixel_index", "coords", "scaler")}
@@ -179,7 +232,8 @@ def _cmd_info(args) -> int:
 def _cmd_train(args) -> int:
     from fastimg.train import TrainConfig, fit
 
-    if not args.store.exists():
+    location = _location(args.store, args)
+    if not store.location.exists(location):
         raise UserError(f"store {args.store} does not exist")
     weights = None if args.weights.lower() == "none" else args.weights
     config = TrainConfig(
@@ -190,7 +244,7 @@ def _cmd_train(args) -> int:
         cache=args.cache, loader=args.loader, device=args.device, amp=not args.no_amp,
         probe=not args.no_probe, num_workers=args.num_workers, seed=args.seed,
         progress=not args.quiet)
-    result = fit(args.store, config, out_dir=args.out)
+    result = fit(location, config, out_dir=args.out)
     test = "absent" if result.test_accuracy is None else f"{result.test_accuracy:.4f}"
     probe = result.probe or {}
     probe_text = ("not run" if not probe else
@@ -297,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--input", type=Path,
                         help="CSV, TSV, JSONL or Parquet file (optionally .gz), or an aclImdb "
                              "folder or tarball")
-    build.add_argument("--out", type=Path, required=True, help="zarr store to write")
+    build.add_argument("--out", required=True,
+                       help="zarr store to write: a path or an fsspec URL (s3://bucket/x.zarr)")
     build.add_argument("--text-column", action="append", metavar="NAME",
                        help="text column; repeat to join several (default: text)")
     build.add_argument("--label-column", default="label")
@@ -328,6 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "reused)")
     build.add_argument("--no-reuse", action="store_true",
                        help="recompute every stage, even those an earlier build has")
+    build.add_argument("--cluster", metavar="SPEC", default=None,
+                       help="encode and rasterise on a dask cluster: local:N (N worker "
+                            "processes, one thread each) or a scheduler address "
+                            "(tcp://host:8786); the store must be reachable from every worker")
+    _add_storage_options(build)
     build.add_argument("--quiet", action="store_true", help="no progress bars")
     build.set_defaults(func=_cmd_build_dataset)
 
@@ -336,8 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Lay out the embeddings of a store again (new image size, map, scaling, "
                     "dtype) without encoding: the images equal those of a fresh build-dataset "
                     "with the same settings.")
-    again.add_argument("src", type=Path, help="a store written by build-dataset")
-    again.add_argument("--out", type=Path, required=True, help="zarr store to write")
+    again.add_argument("src", help="a store written by build-dataset (path or URL)")
+    again.add_argument("--out", required=True, help="zarr store to write (path or URL)")
+    _add_storage_options(again)
     _add_layout_options(again)
     again.add_argument("--seed", type=int, default=0)
     again.add_argument("--force", action="store_true", help="replace an existing store")
@@ -345,7 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     again.set_defaults(func=_cmd_relayout)
 
     show = sub.add_parser("show", help="PNG of sample images, class means and the layout")
-    show.add_argument("store", type=Path)
+    show.add_argument("store", help="a store (path or URL)")
+    _add_storage_options(show)
     show.add_argument("--out", type=Path, required=True, help="PNG file to write")
     show.add_argument("--per-class", type=int, default=4, help="sample images per class")
     show.add_argument("--seed", type=int, default=0)
@@ -357,7 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "frozen ImageNet extractor, a conv head and a dense classifier; writes "
                     "metrics.json, best.pt and config.json into --out and reports the "
                     "validation and test accuracy beside a linear probe on the embeddings.")
-    train.add_argument("store", type=Path)
+    train.add_argument("store", help="a store (path or URL)")
+    _add_storage_options(train)
     train.add_argument("--extractor", default="alexnet",
                        choices=["alexnet", "wide_resnet50_2", "resnext50_32x4d",
                                 "shufflenet_v2_x1_0", "vgg16"])
@@ -428,7 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.set_defaults(func=_cmd_explain)
 
     info = sub.add_parser("info", help="summary of a store")
-    info.add_argument("store", type=Path)
+    info.add_argument("store", help="a store (path or URL)")
+    _add_storage_options(info)
     info.set_defaults(func=_cmd_info)
     return parser
 
@@ -439,11 +503,12 @@ def main(argv=None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (UserError, ValueError, TypeError, ImportError, OSError) as exc:
+    except (UserError, ValueError, TypeError, ImportError, OSError, ClusterError) as exc:
         print(f"fastimg {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"fastimg {args.command}: interrupted (an unfinished store stays *.partial)",
+        print(f"fastimg {args.command}: interrupted (the unfinished build is kept: rerun to "
+              f"resume)",
               file=sys.stderr)
         return 130
 

@@ -125,14 +125,17 @@ def _finish(writer: StoreWriter, *, configs: dict, corpus_summary: dict, encode:
 
 def build_dataset(out, corpus_config, encoder_config=None, layout_config=None,
                   config: DatasetConfig | None = None, *, force: bool = False, reuse: bool = True,
-                  progress: bool = True, on_stage=None) -> dict:
+                  progress: bool = True, on_stage=None, client=None,
+                  storage_options: dict | None = None) -> dict:
     """Build (or resume building) the image dataset of a text corpus at ``out``.
 
     Parameters
     ----------
     out : str or path
-        The zarr store to write; it is built at ``out + '.partial'`` and moved in place when
-        complete.
+        The zarr store to write: a local path (built at ``out + '.partial'`` and moved in place
+        when complete) or an fsspec URL such as ``s3://bucket/imdb.zarr`` (built in place; the
+        completion marker written last is the only sign of a complete store, and ``force``
+        deletes an old store there before writing).
     corpus_config : fastimg.corpus.CorpusConfig
     encoder_config : fastimg.embed.EncoderConfig, optional
     layout_config : fastimg.layout.LayoutConfig, optional
@@ -147,6 +150,12 @@ def build_dataset(out, corpus_config, encoder_config=None, layout_config=None,
         Progress bars for the long stages.
     on_stage : callable, optional
         ``on_stage(name)`` when a stage starts (the CLI prints them; tests interrupt with it).
+    client : distributed.Client, optional
+        Encode and rasterise on this dask cluster, one task per zarr chunk (see
+        :mod:`fastimg.cluster`); the layout is fitted here. The store must be reachable from
+        every worker (object storage or a shared file system).
+    storage_options : dict, optional
+        fsspec options for a URL ``out`` (credentials, endpoint).
 
     Returns
     -------
@@ -168,6 +177,7 @@ def build_dataset(out, corpus_config, encoder_config=None, layout_config=None,
     layout_config = layout_config or LayoutConfig()
     config = config or DatasetConfig()
     on_stage = on_stage or (lambda name: None)
+    out = store.location.resolve(out, storage_options)
     configs = {"corpus": corpus_config.to_dict(), "encoder": encoder_config.to_dict(),
                "layout": layout_config.to_dict(), "dataset": asdict(config)}
 
@@ -199,20 +209,21 @@ def build_dataset(out, corpus_config, encoder_config=None, layout_config=None,
             writer.complete_stage("corpus", summary=corpus.summary())
         on_stage("encode")
         encode = stages.run_encode(writer, plan, corpus.texts, encoder_config, progress,
-                                   timings)
+                                   timings, client)
         embeddings = writer.group[store.EMBEDDINGS]
         on_stage("layout")
         layout = stages.run_layout(writer, plan, layout_config, fit_rows, embeddings,
                                    timings)
         on_stage("raster")
-        stages.run_images(writer, plan, layout, embeddings, config, progress, timings)
+        stages.run_images(writer, plan, layout, embeddings, config, progress, timings, client)
         return _finish(writer, configs=configs, corpus_summary=writer.stage("corpus")["summary"],
                        encode=encode, layout=layout, config=config, timings=timings,
                        reused=reused, seed=corpus_config.seed)
 
 
 def relayout(src, dst, layout_config=None, config: DatasetConfig | None = None, *,
-             force: bool = False, progress: bool = True, on_stage=None) -> dict:
+             force: bool = False, progress: bool = True, on_stage=None,
+             storage_options: dict | None = None) -> dict:
     """A new store at ``dst`` from the embeddings and corpus arrays of the store ``src``, with
     a new layout and image settings.
 
@@ -228,6 +239,8 @@ def relayout(src, dst, layout_config=None, config: DatasetConfig | None = None, 
         ``src`` itself with ``force``).
     layout_config : fastimg.layout.LayoutConfig, optional
     config : DatasetConfig, optional
+    storage_options : dict, optional
+        fsspec options for URLs ``src`` and ``dst``.
 
     Returns
     -------
@@ -245,6 +258,8 @@ def relayout(src, dst, layout_config=None, config: DatasetConfig | None = None, 
     layout_config = layout_config or LayoutConfig()
     config = config or DatasetConfig()
     on_stage = on_stage or (lambda name: None)
+    src = store.location.resolve(src, storage_options)
+    dst = store.location.resolve(dst, storage_options)
     source = StoreReader(src)
     records = source.stages
     if (source.kind != "dataset" or source.embeddings is None

@@ -47,6 +47,13 @@ def open_existing(out, plan: StagePlan, *, force: bool) -> StoreReader | None:
             raise
         logger.info("not reusing %s: %s", out, exc)
         return None
+    if not store.location.is_local(out):
+        # no atomic replace on object storage: the old store is deleted before the new one
+        # is written in place, so nothing can be reused from it
+        if not force:
+            raise StoreError(f"{out} already exists; pass --force to replace it (on object "
+                             f"storage the old store is deleted first)")
+        return None
     if not force:
         diffs = plan.differences(existing.stages)
         what = ("built with other settings (" + "; ".join(diffs[:4])
@@ -119,8 +126,9 @@ def run_layout(writer: StoreWriter, plan: StagePlan, layout_config, fit_rows, ma
 
 
 def run_images(writer: StoreWriter, plan: StagePlan, layout, matrix, config, progress,
-               timings) -> None:
-    """The images stage: ``matrix`` rasterised with ``layout``, resumed by row block."""
+               timings, client=None) -> None:
+    """The images stage: ``matrix`` rasterised with ``layout``, resumed by row block (on a
+    dask cluster when ``client`` is given: :func:`fastimg.cluster.raster_chunks`)."""
     from fastimg.raster import rasterize_to_array
 
     record = writer.begin("images", plan.keys["images"], plan.settings["images"])
@@ -134,16 +142,38 @@ def run_images(writer: StoreWriter, plan: StagePlan, layout, matrix, config, pro
     def record_rows(stop):
         writer.update("images", rows_done=stop)
 
-    rasterize_to_array(matrix, layout.raster_plan(), writer.group[store.IMAGES],
-                       backend=config.raster_backend, start_row=int(record.get("rows_done", 0)),
-                       progress=progress, on_block=record_rows)
+    if client is not None:
+        from fastimg.cluster import raster_chunks
+
+        raster_chunks(client, writer, layout, config, start_row=int(record.get("rows_done", 0)))
+    else:
+        rasterize_to_array(matrix, layout.raster_plan(), writer.group[store.IMAGES],
+                           backend=config.raster_backend,
+                           start_row=int(record.get("rows_done", 0)), progress=progress,
+                           on_block=record_rows)
     timings["raster_s"] = time.perf_counter() - start
     writer.complete_stage("images", seconds=timings["raster_s"])
 
 
+def _create_embeddings(writer: StoreWriter, plan: StagePlan, encoder_config, n_rows: int):
+    """The ``embeddings`` array of this build (made here, with dimension names, for both the
+    in-process encoder, which resumes on it, and the cluster tasks)."""
+    from fastimg.embed import resolve_model
+
+    if store.EMBEDDINGS in writer.group:
+        return writer.group[store.EMBEDDINGS]
+    settings = plan.settings["encode"]
+    source = resolve_model(encoder_config.model, encoder_config.revision)
+    hidden = int(source.hf_config().hidden_size)
+    return writer.create_embeddings(n_rows, len(settings["layers"]) * hidden,
+                                    settings["output_dtype"], encoder_config.chunk_rows,
+                                    {"settings": settings, "config": encoder_config.to_dict()})
+
+
 def run_encode(writer: StoreWriter, plan: StagePlan, texts, encoder_config, progress,
-               timings) -> dict:
-    """The encode stage: ``embeddings`` written chunk by chunk, resumed after the last one."""
+               timings, client=None) -> dict:
+    """The encode stage: ``embeddings`` written chunk by chunk, resumed after the last one
+    (on a dask cluster when ``client`` is given: :func:`fastimg.cluster.encode_chunks`)."""
     from fastimg.embed import encode_to_array
 
     record = writer.begin("encode", plan.keys["encode"], plan.settings["encode"])
@@ -151,10 +181,18 @@ def run_encode(writer: StoreWriter, plan: StagePlan, texts, encoder_config, prog
         return record
     start = time.perf_counter()
     stats = {}
-    encode_to_array(texts, encoder_config, writer.group, name=store.EMBEDDINGS,
-                    progress=progress, stats=stats)
+    _create_embeddings(writer, plan, encoder_config, len(texts))
+    if client is not None:
+        from fastimg.cluster import encode_chunks
+
+        stats = encode_chunks(client, writer, texts, encoder_config)
+    else:
+        encode_to_array(texts, encoder_config, writer.group, name=store.EMBEDDINGS,
+                        progress=progress, stats=stats)
     timings["encode_s"] = time.perf_counter() - start
+    extra = {} if client is None else {"cluster": {k: stats[k] for k in (
+        "chunks", "pending", "tasks", "skipped", "task_seconds")}}
     return writer.complete_stage(
         "encode", seconds=record.get("seconds", 0.0) + timings["encode_s"],
         model_fingerprint=plan.settings["encode"].get("model_fingerprint"),
-        **{k: stats.get(k) for k in ("layers", "device", "compute_dtype")})
+        **{k: stats.get(k) for k in ("layers", "device", "compute_dtype")}, **extra)

@@ -43,3 +43,22 @@ def test_suite_quick(tmp_path, suite):
             assert result[key] > 0
         assert result["epoch_ratio"] == pytest.approx(
             result["epoch_recomputed_s"] / result["epoch_cached_s"])
+
+
+@pytest.mark.slow
+def test_scale_quick(tmp_path):
+    """The cluster suite at its --quick size: both builds, the ratio and the per-task overhead."""
+    pytest.importorskip("distributed")
+    from conftest import shared_imdb
+
+    if shared_imdb() is None:
+        pytest.skip("needs ../shared/data/imdb/imdb.csv.gz")
+    path = tmp_path / "scale.json"
+    subprocess.run([sys.executable, "-m", "benchmarks", "scale", "--quick", "--json", str(path)],
+                   cwd=ROOT, check=True, capture_output=True, timeout=600)
+    result = json.loads(path.read_text())
+    assert result["suite"] == "scale" and result["fastimg_s"] > 0 and result["baseline_s"] > 0
+    assert result["ratio"] == pytest.approx(result["baseline_s"] / result["fastimg_s"])
+    assert result["encode_tasks"] == 4 and result["task_seconds_sum"] > 0
+    # float16 rounding of the single-threaded workers at most (values are O(1))
+    assert result["max_abs_diff_embeddings"] < 0.05

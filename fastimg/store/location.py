@@ -2,6 +2,11 @@
 
 Every filesystem operation on a store goes through this module, so that a store on another
 kind of storage needs changes here only.
+
+A store is either a local path or an fsspec URL (``s3://bucket/imdb.zarr``, ``gs://...``;
+``file://`` URLs are local paths). Local stores are built at ``OUT.partial`` and renamed in
+place when complete. Object stores have no atomic rename: a build is written in place and the
+completion marker (the ``complete`` attr, written last) is the only sign of a complete store.
 """
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastimg.store.schema import ATTRS_KEY, COMPLETE, PARTIAL_SUFFIX, REPLACED_SUFFIX
@@ -16,28 +22,95 @@ from fastimg.store.schema import ATTRS_KEY, COMPLETE, PARTIAL_SUFFIX, REPLACED_S
 logger = logging.getLogger("fastimg.store")
 
 
-def partial_path(path) -> Path:
-    """Where the unfinished build of ``path`` lives."""
-    path = Path(path)
+@dataclass(frozen=True)
+class Location:
+    """A store on object storage: an fsspec URL and its storage options.
+
+    Its ``str`` is the URL, so messages and records name it as the user wrote it. It is
+    picklable, so cluster workers open the same store with the same options.
+    """
+
+    url: str
+    storage_options: dict = field(default_factory=dict, compare=False)
+
+    def __str__(self) -> str:
+        return self.url
+
+    def fs(self):
+        """``(filesystem, root path)`` from :func:`fsspec.core.url_to_fs`."""
+        from fsspec.core import url_to_fs
+
+        try:
+            return url_to_fs(self.url, **self.storage_options)
+        except ImportError as exc:
+            raise ImportError(f"{self.url}: {exc} (object storage needs the cluster extra: "
+                              f"pip install 'fastimg[cluster]')") from exc
+
+
+def resolve(path, storage_options: dict | None = None):
+    """A local :class:`~pathlib.Path`, or a :class:`Location` for an object-store URL.
+
+    ``file://`` URLs become paths (with the atomic replace); options given for a local
+    path are ignored.
+    """
+    if isinstance(path, Location):
+        if storage_options:
+            return Location(path.url, {**path.storage_options, **storage_options})
+        return path
+    text = os.fspath(path) if not isinstance(path, str) else path
+    if "://" not in text:
+        return Path(text)
+    scheme, rest = text.split("://", 1)
+    if scheme in ("file", "local"):
+        return Path(rest)
+    return Location(text.rstrip("/"), dict(storage_options or {}))
+
+
+def is_local(path) -> bool:
+    """True for a store on a local (or shared) file system, which has an atomic rename."""
+    return isinstance(resolve(path), Path)
+
+
+def partial_path(path):
+    """Where the unfinished build of ``path`` lives (the store itself on object storage)."""
+    path = resolve(path)
+    if isinstance(path, Location):
+        return path
     return path.with_name(path.name + PARTIAL_SUFFIX)
 
 
 def replaced_path(path) -> Path:
     """Where a complete store waits while its replacement is moved in."""
-    path = Path(path)
+    path = resolve(path)
     return path.with_name(path.name + REPLACED_SUFFIX)
 
 
-def read_attrs(path) -> dict | None:
-    """The ``fastimg`` attrs of the group at ``path`` (its metadata only), or None."""
-    meta = Path(path) / "zarr.json"
-    if not meta.is_file():
-        return None
+def exists(path) -> bool:
+    """True when something is at ``path``."""
+    path = resolve(path)
+    if isinstance(path, Location):
+        fs, root = path.fs()
+        return fs.exists(root)
+    return path.exists()
+
+
+def read_attrs(path, key: str = ATTRS_KEY) -> dict | None:
+    """The ``fastimg`` attrs (or those under ``key``) of the group at ``path`` (its metadata
+    only), or None."""
+    path = resolve(path)
     try:
-        attrs = json.loads(meta.read_text(encoding="utf-8")).get("attributes", {})
-    except (OSError, json.JSONDecodeError):
+        if isinstance(path, Location):
+            fs, root = path.fs()
+            text = fs.cat_file(f"{root}/zarr.json").decode("utf-8")
+        else:
+            meta = path / "zarr.json"
+            if not meta.is_file():
+                return None
+            text = meta.read_text(encoding="utf-8")
+        attrs = json.loads(text).get("attributes", {})
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):  # FileNotFoundError included
         return None
-    return attrs.get(ATTRS_KEY)
+    return attrs.get(key)
 
 
 def is_complete(path) -> bool:
@@ -47,13 +120,16 @@ def is_complete(path) -> bool:
 
 
 def recover(path) -> None:
-    """Finish or undo a replace that was interrupted.
+    """Finish or undo a replace that was interrupted (local stores; nothing on object storage).
 
     A replace moves the old store aside, moves the new one in, then deletes the old one. If
     it stopped after the first step, the old store is moved back; after the second, the old
     one is deleted. Either way ``path`` ends up holding a complete store.
     """
-    path, aside = Path(path), replaced_path(path)
+    path = resolve(path)
+    if isinstance(path, Location):
+        return
+    aside = replaced_path(path)
     if not aside.exists():
         return
     if path.exists():
@@ -72,9 +148,12 @@ def replace_with_partial(path) -> None:
 
     An existing store is moved aside first and deleted last: a crash at any point leaves a
     complete store at ``path`` or at ``replaced_path(path)``, which :func:`recover` (run by
-    every reader and writer) moves back.
+    every reader and writer) moves back. On object storage the build is already in place.
     """
-    path, aside = Path(path), replaced_path(path)
+    path = resolve(path)
+    if isinstance(path, Location):
+        return
+    aside = replaced_path(path)
     recover(path)
     if path.exists():
         _move(path, aside)
@@ -84,11 +163,21 @@ def replace_with_partial(path) -> None:
 
 def remove(path) -> None:
     """Delete a store or an unfinished build (nothing if it is absent)."""
+    path = resolve(path)
+    if isinstance(path, Location):
+        fs, root = path.fs()
+        if fs.exists(root):
+            fs.rm(root, recursive=True)
+        return
     shutil.rmtree(path, ignore_errors=True)
 
 
 def size_bytes(path) -> int:
     """Bytes a store takes on disk (every file under it)."""
+    path = resolve(path)
+    if isinstance(path, Location):
+        fs, root = path.fs()
+        return int(fs.du(root, total=True))
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
@@ -96,4 +185,9 @@ def open_group(path, mode: str):
     """The zarr v3 group at ``path``."""
     import zarr
 
+    path = resolve(path)
+    if isinstance(path, Location):
+        path.fs()  # a missing fsspec backend fails here, naming the extra
+        return zarr.open_group(path.url, mode=mode, zarr_format=3,
+                               storage_options=path.storage_options or None)
     return zarr.open_group(os.fspath(path), mode=mode, zarr_format=3)

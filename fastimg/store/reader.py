@@ -28,8 +28,11 @@ class StoreReader:
 
     Parameters
     ----------
-    path : str or path
-        A store written by ``fastimg build-dataset``, ``relayout`` or ``images``.
+    path : str, path or fastimg.store.location.Location
+        A store written by ``fastimg build-dataset``, ``relayout`` or ``images``: a local path
+        or an fsspec URL (``s3://bucket/imdb.zarr``).
+    storage_options : dict, optional
+        fsspec options for a URL (credentials, ``client_kwargs={"endpoint_url": ...}``).
 
     Raises
     ------
@@ -44,14 +47,13 @@ class StoreReader:
         The store's ``fastimg`` attributes (configs, layout, provenance, summary, stages).
     """
 
-    def __init__(self, path):
-        import zarr
-
+    def __init__(self, path, storage_options: dict | None = None):
+        path = location.resolve(path, storage_options)
         self.path = path
         if not location.is_complete(path):
             raise StoreError(f"{path} is not a complete fastimg store (missing, or its build did "
                              f"not finish: rerun the command that builds it)")
-        self.group = zarr.open_group(str(path), mode="r")
+        self.group = location.open_group(path, "r")
         self.attrs = dict(self.group.attrs[ATTRS_KEY])
         check_version(path, self.attrs)
 
@@ -171,6 +173,6 @@ class StoreReader:
         return location.size_bytes(self.path)
 
 
-def open_store(path) -> StoreReader:
+def open_store(path, storage_options: dict | None = None) -> StoreReader:
     """Open a finished store read-only (see :class:`StoreReader`)."""
-    return StoreReader(path)
+    return StoreReader(path, storage_options)

@@ -27,13 +27,22 @@ REPLACED_SUFFIX = ".replaced"
 IMAGE_CHUNK_ROWS = 1024
 ROW_CHUNK_ROWS = 65536
 
+#: the encoder's resume record on ``embeddings`` (settings, config, ``rows_done``, ``complete``)
+EMBED_ATTRS_KEY = "fastimg_embed"
+#: per-chunk completion markers of a cluster build: ``DONE_PREFIX + array``, uint8, one
+#: element per row chunk and chunked by one element, so concurrent tasks never share a file
+DONE_PREFIX = "_done_"
+#: dimension names of each array (zarr v3 metadata; xarray.open_zarr needs them)
+DIMENSIONS = {IDS: ("row",), LABELS: ("row",), SPLIT: ("row",), EMBEDDINGS: ("row", "feature"),
+              IMAGES: ("row", "y", "x")}
+
 #: The stages of a dataset build, in order; each one's output depends on the one before.
 STAGES = ("corpus", "encode", "layout", "images")
 #: The name a stage's settings go by in messages (``encoder.model: ... -> ...``).
 STAGE_SETTINGS = {"encode": "encoder"}
 #: Arrays each stage writes (the layout lives in the attrs).
-STAGE_ARRAYS = {"corpus": (IDS, LABELS, SPLIT), "encode": (EMBEDDINGS,), "layout": (),
-                "images": (IMAGES,)}
+STAGE_ARRAYS = {"corpus": (IDS, LABELS, SPLIT), "encode": (EMBEDDINGS, DONE_PREFIX + EMBEDDINGS),
+                "layout": (), "images": (IMAGES, DONE_PREFIX + IMAGES)}
 
 
 class StoreError(ValueError):

@@ -14,7 +14,8 @@ import numpy as np
 
 from fastimg.store import location
 from fastimg.store.keys import canonical
-from fastimg.store.schema import (ATTRS_KEY, BUILD_KEY, COMPLETE, FORMAT_VERSION, IMAGE_CHUNK_ROWS,
+from fastimg.store.schema import (ATTRS_KEY, BUILD_KEY, COMPLETE, DIMENSIONS, DONE_PREFIX,
+                                  EMBED_ATTRS_KEY, EMBEDDINGS, FORMAT_VERSION, IMAGE_CHUNK_ROWS,
                                   IMAGES, ROW_CHUNK_ROWS, STAGE_ARRAYS, STAGES, StoreError)
 
 logger = logging.getLogger("fastimg.store")
@@ -38,7 +39,7 @@ class StoreWriter:
     """
 
     def __init__(self, path, group, resumed: bool):
-        self.path, self.group, self.resumed = path, group, resumed
+        self.path, self.group, self.resumed = location.resolve(path), group, resumed
 
     def __enter__(self) -> "StoreWriter":
         return self
@@ -55,12 +56,13 @@ class StoreWriter:
     def open(cls, path, *, reuse: bool = True) -> "StoreWriter":
         """The unfinished build of ``path`` when ``reuse`` and it is readable, else a new one.
 
-        Whether an existing complete store at ``path`` may be replaced is the caller's
+        ``path`` is a local path or a :class:`~fastimg.store.location.Location` (an object
+        store, built in place: starting afresh there deletes what is at ``path``). Whether an existing complete store at ``path`` may be replaced is the caller's
         decision (it may reuse stages from it); nothing here touches it.
         """
         location.recover(path)
         tmp = location.partial_path(path)
-        if reuse and tmp.exists():
+        if reuse and location.exists(tmp):
             try:
                 group = location.open_group(tmp, "r+")
                 if isinstance(group.attrs.get(BUILD_KEY, {}).get("stages"), dict):
@@ -140,7 +142,8 @@ class StoreWriter:
         height, width = grid
         return self.group.create_array(IMAGES, shape=(n_rows, height, width), dtype=dtype,
                                        chunks=(max(1, min(chunk_rows, n_rows)), height, width),
-                                       fill_value=0, overwrite=True)
+                                       fill_value=0, overwrite=True,
+                                       dimension_names=DIMENSIONS[IMAGES])
 
     def write_rows(self, name: str, data, *, chunk_rows: int = ROW_CHUNK_ROWS) -> None:
         """An array of per-row values (ids, labels, split codes) in one go."""
@@ -148,19 +151,46 @@ class StoreWriter:
         dtype = str if data.dtype.kind == "U" else data.dtype
         array = self.group.create_array(name, shape=data.shape, dtype=dtype,
                                         chunks=(max(1, min(data.shape[0], chunk_rows)),
-                                                *data.shape[1:]), overwrite=True)
+                                                *data.shape[1:]), overwrite=True,
+                                        dimension_names=DIMENSIONS.get(name))
         array[:] = data
+
+    def create_embeddings(self, n_rows: int, n_features: int, dtype: str, chunk_rows: int,
+                          record: dict):
+        """The ``embeddings`` array [N, F] with the encoder's resume ``record`` (settings,
+        config) and ``rows_done`` 0, as :func:`fastimg.embed.encode_to_array` makes it (it
+        resumes on it), with dimension names."""
+        array = self.group.create_array(EMBEDDINGS, shape=(n_rows, n_features), dtype=dtype,
+                                        chunks=(min(chunk_rows, max(1, n_rows)), n_features),
+                                        fill_value=0, overwrite=True,
+                                        dimension_names=DIMENSIONS[EMBEDDINGS])
+        array.attrs[EMBED_ATTRS_KEY] = canonical({**record, "rows_done": 0, "complete": False})
+        return array
+
+    def done_markers(self, name: str, *, create: bool = True):
+        """The completion markers of the row chunks of array ``name`` (uint8, one element per
+        chunk, each in its own chunk: concurrent tasks never write one file), or None."""
+        marker = DONE_PREFIX + name
+        if marker in self.group:
+            return self.group[marker]
+        if not create:
+            return None
+        array = self.group[name]
+        n_chunks = -(-int(array.shape[0]) // int(array.chunks[0]))
+        return self.group.create_array(marker, shape=(max(1, n_chunks),), dtype="uint8",
+                                       chunks=(1,), fill_value=0, dimension_names=("chunk",))
 
     # -- the end --------------------------------------------------------------------------
     def finish(self, attrs: dict) -> None:
         """Write the final attrs, the stage records and the completion marker (last), then
         move the store in place (an existing one is replaced atomically)."""
         stages = self.stages
-        del self.group.attrs[BUILD_KEY]
-        # every array is written by now; the attrs with the marker are one write
-        self.group.attrs[ATTRS_KEY] = canonical({**attrs, "stages": stages,
-                                                 "format_version": FORMAT_VERSION,
-                                                 COMPLETE: True})
+        others = {k: v for k, v in self.group.attrs.asdict().items()
+                  if k not in (BUILD_KEY, ATTRS_KEY)}
+        # every array is written by now; the attrs with the marker are one write (on object
+        # storage, where nothing is renamed, that write is what makes the store complete)
+        self.group.attrs.put({**others, ATTRS_KEY: canonical({
+            **attrs, "stages": stages, "format_version": FORMAT_VERSION, COMPLETE: True})})
         location.replace_with_partial(self.path)
 
     def discard(self) -> None:
@@ -173,7 +203,8 @@ def copy_array(source, group, name: str, *, block_rows: int | None = None):
     row block (never the whole array in memory)."""
     target = group.create_array(name, shape=source.shape, dtype=source.dtype,
                                 chunks=source.chunks, fill_value=source.fill_value,
-                                overwrite=True)
+                                overwrite=True, dimension_names=getattr(
+                                    source.metadata, "dimension_names", None))
     step = block_rows or max(1, int(source.chunks[0]) * max(1, 8192 // int(source.chunks[0])))
     for start in range(0, source.shape[0], step):
         target[start:start + step] = source[start:start + step]
@@ -184,13 +215,13 @@ def copy_array(source, group, name: str, *, block_rows: int | None = None):
 def check_writable(path, *, force: bool) -> None:
     """Refuse when something that is not a store is at ``path`` (never deleted, even with
     ``force``), or a store is and ``force`` is false."""
-    from pathlib import Path
-
     location.recover(path)
-    path = Path(path)
-    if not path.exists():
+    path = location.resolve(path)
+    if not location.exists(path):
         return
     if location.read_attrs(path) is None:
+        if location.read_attrs(path, BUILD_KEY) is not None:
+            return  # an object store's unfinished build is in place: resumed, not refused
         raise StoreError(f"{path} exists and is not a fastimg store; choose another --out")
     if not force:
         raise StoreError(f"{path} already exists; pass --force to replace it")

@@ -1,0 +1,322 @@
+"""Builds on a dask cluster: the encode and image stages cut along the store's zarr chunks.
+
+>>> from fastimg.cluster import connect
+>>> with connect("local:2") as client:                          # doctest: +SKIP
+...     build_dataset("s3://bucket/imdb.zarr", corpus, client=client)
+
+- Work division: one task per row chunk of ``embeddings`` (then of ``images``), so no two
+  tasks write one zarr chunk and nothing needs a lock. Each task writes its rows straight into
+  the store, then marks its chunk finished in ``_done_<array>`` (uint8, one element per chunk,
+  each element its own chunk file: concurrent tasks never rewrite a shared file). A retried
+  task, a rerun after a crash or a rerun on another cluster skips finished chunks; chunks below
+  the ``rows_done`` of an in-process run are finished too.
+- Each worker process loads the model once, on its first task, and keeps it for all its tasks
+  (a per-process cache keyed by the model settings). torch in a task uses as many threads as
+  its worker has dask threads (``local:N`` starts one thread per worker), and the worker's GPU
+  when it has one (``dask_cuda.LocalCUDACluster`` starts one worker per GPU).
+- The layout is fitted once, on the client.
+
+dask and distributed are imported only here, only when used (``pip install 'fastimg[cluster]'``).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+
+import numpy as np
+
+from fastimg import store
+from fastimg.store.schema import DONE_PREFIX, EMBED_ATTRS_KEY, EMBEDDINGS, IMAGES
+
+logger = logging.getLogger("fastimg.cluster")
+
+#: times a task that failed (an exception, not a lost worker) is tried again
+RETRIES = 2
+
+
+class ClusterError(RuntimeError):
+    """The cluster cannot do the build (bad spec, a worker that cannot load the model)."""
+
+
+class ModelLoadError(RuntimeError):
+    """Raised in a worker that cannot load the model; its message names the worker."""
+
+
+def _distributed():
+    try:
+        import distributed
+    except ImportError as exc:
+        raise ImportError(f"a cluster build needs dask.distributed ({exc}): "
+                          f"pip install 'fastimg[cluster]'") from exc
+    return distributed
+
+
+def parse_spec(spec: str) -> tuple[str, int | str]:
+    """``("local", N)`` for ``local:N``, ``("address", spec)`` for a scheduler address.
+
+    Raises
+    ------
+    ValueError
+        For anything else.
+    """
+    text = str(spec).strip()
+    if text.startswith("local:"):
+        try:
+            n = int(text[len("local:"):])
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"--cluster local:N needs N >= 1 worker processes, got {spec!r}")
+        return "local", n
+    if "://" in text and len(text.split("://", 1)[1]) > 0:
+        return "address", text
+    raise ValueError(f"--cluster expects local:N or a scheduler address such as "
+                     f"tcp://host:8786, got {spec!r}")
+
+
+@contextlib.contextmanager
+def connect(spec: str, *, threads_per_worker: int = 1):
+    """A :class:`distributed.Client` for ``spec``, closed on exit.
+
+    Parameters
+    ----------
+    spec : str
+        ``local:N``: a :class:`distributed.LocalCluster` of N worker processes with
+        ``threads_per_worker`` threads each, on 127.0.0.1, started here and closed after.
+        A scheduler address (``tcp://host:8786``): connect to a running cluster.
+    threads_per_worker : int
+        Threads per local worker (torch in a task uses as many).
+    """
+    kind, value = parse_spec(spec)
+    distributed = _distributed()
+    if kind == "address":
+        with distributed.Client(value) as client:
+            yield client
+        return
+    logger.info("starting a local cluster of %d worker processes", value)
+    # everything on 127.0.0.1 at free ports (the scheduler's HTTP server too, which would
+    # otherwise try 8787); silence_logs: a failed task is reported once, by the client
+    with distributed.LocalCluster(n_workers=value, threads_per_worker=threads_per_worker,
+                                  processes=True, host="127.0.0.1", scheduler_port=0,
+                                  dashboard_address="127.0.0.1:0",
+                                  silence_logs=logging.ERROR) as cluster:
+        with distributed.Client(cluster) as client:
+            yield client
+
+
+# -- worker side ---------------------------------------------------------------------------
+_MODELS: dict = {}
+_LAYOUTS: dict = {}
+
+
+def _worker_address() -> str:
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return f"pid {os.getpid()}"
+
+
+def _set_threads() -> None:
+    """torch threads = this worker's dask threads (set once per process)."""
+    if _MODELS.get("_threads_set"):
+        return
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+        n = getattr(worker, "nthreads", None) or worker.state.nthreads
+    except (ImportError, ValueError, AttributeError):
+        return
+    import torch
+
+    torch.set_num_threads(int(n))
+    _MODELS["_threads_set"] = True
+
+
+def _model_key(config) -> str:
+    return json.dumps({"model": config.model, "revision": config.revision}, sort_keys=True)
+
+
+def _model(config_json: str):
+    """``(EncoderConfig, LoadedModel)`` of ``config_json``; the model is loaded once per
+    worker process. Any failure (a package missing on this node, no weights) raises
+    :class:`ModelLoadError` naming this worker."""
+    config = None
+    try:
+        from fastimg.embed import EncoderConfig, load_model
+
+        config = EncoderConfig.from_dict(json.loads(config_json))
+        key = _model_key(config)
+        if key not in _MODELS:
+            _MODELS[key] = load_model(config.model, config.revision)
+            logger.info("worker %s loaded %s", _worker_address(), config.model)
+    except Exception as exc:  # noqa: BLE001 - reported as one line naming the worker
+        message = " ".join(f"{type(exc).__name__}: {exc}".split())
+        model = json.loads(config_json).get("model")
+        raise ModelLoadError(f"worker {_worker_address()} cannot load the model {model!r}: "
+                             f"{message}") from None
+    return config, _MODELS[key]
+
+
+def _encode_block(texts, config, model, stats):
+    from fastimg.embed import encode
+
+    return encode(texts, config, model=model, stats=stats)
+
+
+def encode_chunk(location, texts, config_json: str, index: int, start: int, stop: int) -> dict:
+    """Task: encode rows ``start:stop`` (one chunk) into the store and mark the chunk done.
+
+    Returns ``{"index", "skipped", "worker", "pid", "seconds", ...}``.
+    """
+    t0 = time.perf_counter()
+    group = store.location.open_group(location, "r+")
+    done = group[DONE_PREFIX + EMBEDDINGS]
+    info = {"index": index, "worker": _worker_address(), "pid": os.getpid()}
+    if done[index]:
+        return {**info, "skipped": True, "seconds": time.perf_counter() - t0}
+    config, model = _model(config_json)
+    _set_threads()
+    stats = {}
+    block = _encode_block(list(texts), config, model, stats)
+    group[EMBEDDINGS][start:stop] = block
+    done[index] = 1  # after the rows: a marked chunk is always complete
+    return {**info, "skipped": False, "seconds": time.perf_counter() - t0,
+            **{k: stats.get(k) for k in ("layers", "device", "compute_dtype")}}
+
+
+def _layout(layout_json: str):
+    key = hashlib.sha256(layout_json.encode("utf-8")).hexdigest()
+    if key not in _LAYOUTS:
+        from fastimg.layout import DeepInsightLayout
+
+        _LAYOUTS.clear()
+        _LAYOUTS[key] = DeepInsightLayout.from_dict(json.loads(layout_json))
+    return _LAYOUTS[key]
+
+
+def raster_chunk(location, layout_json: str, dtype: str, backend: str, index: int, start: int,
+                 stop: int) -> dict:
+    """Task: rasterise rows ``start:stop`` (one chunk of ``images``) and mark it done."""
+    from fastimg.raster import rasterize, to_image_dtype
+
+    t0 = time.perf_counter()
+    group = store.location.open_group(location, "r+")
+    done = group[DONE_PREFIX + IMAGES]
+    info = {"index": index, "worker": _worker_address(), "pid": os.getpid()}
+    if done[index]:
+        return {**info, "skipped": True, "seconds": time.perf_counter() - t0}
+    layout = _layout(layout_json)
+    block = np.asarray(group[EMBEDDINGS][start:stop])
+    images = rasterize(block, layout.raster_plan(), backend=backend)
+    group[IMAGES][start:stop] = to_image_dtype(images, dtype)
+    done[index] = 1
+    return {**info, "skipped": False, "seconds": time.perf_counter() - t0}
+
+
+# -- client side ---------------------------------------------------------------------------
+def _spans(n_rows: int, chunk_rows: int):
+    return [(i, s, min(n_rows, s + chunk_rows)) for i, s in enumerate(range(0, n_rows, chunk_rows))]
+
+
+def _todo(writer, name: str, rows_done: int):
+    """(index, start, stop) of every chunk of ``name`` not yet finished."""
+    array = writer.group[name]
+    markers = writer.done_markers(name)
+    flags = np.asarray(markers[:])
+    spans = _spans(int(array.shape[0]), int(array.chunks[0]))
+    return [(i, s, e) for i, s, e in spans if not flags[i] and e > rows_done], len(spans)
+
+
+def _record_chunk(result: dict, stats: dict) -> None:
+    """Bookkeeping of one finished task on the client."""
+    stats["tasks"] += 1
+    stats["skipped"] += int(result["skipped"])
+    stats["task_seconds"] += result["seconds"]
+    for key in ("layers", "device", "compute_dtype"):
+        if result.get(key) is not None:
+            stats[key] = result[key]
+
+
+def _drive(client, futures, stage: str, stats: dict) -> None:
+    """Wait for ``futures``; a worker that cannot load the model stops the build."""
+    distributed = _distributed()
+    try:
+        for future in distributed.as_completed(futures):
+            try:
+                result = future.result()
+            except ModelLoadError as exc:
+                raise ClusterError(str(exc)) from None
+            _record_chunk(result, stats)
+            logger.info("%s chunk %d done on %s (%.2f s%s)", stage, result["index"],
+                        result["worker"], result["seconds"],
+                        ", already done" if result["skipped"] else "")
+    finally:
+        client.cancel([f for f in futures if not f.done()])
+
+
+def _finish_markers(writer, name: str) -> None:
+    marker = DONE_PREFIX + name
+    if marker in writer.group:
+        del writer.group[marker]
+
+
+def encode_chunks(client, writer, texts, config) -> dict:
+    """Encode ``texts`` into the build's ``embeddings`` array on the cluster of ``client``.
+
+    The array exists (made by the caller with the encoder's resume record); every unfinished
+    chunk is one task. Returns stats: ``tasks`` run, ``skipped`` (found done by a task),
+    ``task_seconds`` (summed inside the tasks), ``layers``, ``device``, ``compute_dtype``.
+
+    Raises
+    ------
+    ClusterError
+        When a worker cannot load the model (the message names the worker and the error).
+    """
+    array = writer.group[EMBEDDINGS]
+    meta = dict(array.attrs.get(EMBED_ATTRS_KEY) or {})
+    chunk_rows = int(array.chunks[0])
+    if chunk_rows != config.chunk_rows:
+        config = type(config).from_dict({**config.to_dict(), "chunk_rows": chunk_rows})
+    todo, n_chunks = _todo(writer, EMBEDDINGS, int(meta.get("rows_done", 0)))
+    stats = {"tasks": 0, "skipped": 0, "task_seconds": 0.0, "chunks": n_chunks,
+             "pending": len(todo)}
+    logger.info("encoding %d of %d chunks on the cluster", len(todo), n_chunks)
+    location = store.location.partial_path(writer.path)
+    config_json = json.dumps(config.to_dict(), sort_keys=True)
+    run = uuid.uuid4().hex[:8]
+    futures = [client.submit(encode_chunk, location, list(texts[s:e]), config_json, i, s, e,
+                             key=f"fastimg-encode-{run}-{i}", retries=RETRIES, pure=False)
+               for i, s, e in todo]
+    _drive(client, futures, "encode", stats)
+    array.attrs[EMBED_ATTRS_KEY] = {**meta, "rows_done": int(array.shape[0]), "complete": True}
+    _finish_markers(writer, EMBEDDINGS)
+    return stats
+
+
+def raster_chunks(client, writer, layout, config, *, start_row: int = 0) -> dict:
+    """Rasterise the build's ``embeddings`` into its ``images`` array on the cluster, one task
+    per chunk of ``images``; chunks below ``start_row`` are finished. Returns stats as
+    :func:`encode_chunks`."""
+    todo, n_chunks = _todo(writer, IMAGES, start_row)
+    stats = {"tasks": 0, "skipped": 0, "task_seconds": 0.0, "chunks": n_chunks,
+             "pending": len(todo)}
+    location = store.location.partial_path(writer.path)
+    layout_json = client.scatter(json.dumps(layout.to_dict()), broadcast=True)
+    dtype = str(writer.group[IMAGES].dtype)
+    run = uuid.uuid4().hex[:8]
+    futures = [client.submit(raster_chunk, location, layout_json, dtype, config.raster_backend,
+                             i, s, e, key=f"fastimg-raster-{run}-{i}", retries=RETRIES,
+                             pure=False)
+               for i, s, e in todo]
+    _drive(client, futures, "raster", stats)
+    writer.update("images", rows_done=int(writer.group[IMAGES].shape[0]))
+    _finish_markers(writer, IMAGES)
+    return stats

@@ -1,0 +1,238 @@
+"""Cluster builds (issue 10): chunk tasks on a dask LocalCluster equal the in-process build byte
+for byte, survive a worker killed mid-task and a client stopped mid-build, and a worker that
+cannot load the model stops the build with one line naming it."""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("distributed")
+
+from conftest import TINY_WORDS  # noqa: E402
+from fastimg import store  # noqa: E402
+from fastimg.cli import main  # noqa: E402
+
+pytestmark = [
+    # distributed's LocalCluster on a busy machine: its notes are not ours
+    pytest.mark.filterwarnings("ignore::ResourceWarning"),
+    pytest.mark.filterwarnings("ignore:Port .* is already in use:UserWarning"),
+    pytest.mark.filterwarnings("ignore:.*unclosed.*:ResourceWarning"),
+]
+
+
+def write_csv(path, n=48, seed=0):
+    rng = np.random.default_rng(seed)
+    lines = ["id,text,label,split"]
+    for i in range(n):
+        words = rng.choice(TINY_WORDS, size=int(rng.integers(3, 20)))
+        split = "test" if i % 4 == 3 else "train"
+        lines.append(f"r{i},{' '.join(words)},{i % 2},{split}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def configs(csv, model, chunk_rows=8):
+    from fastimg.corpus import CorpusConfig
+    from fastimg.dataset import DatasetConfig
+    from fastimg.embed import EncoderConfig
+    from fastimg.layout import LayoutConfig
+
+    return (CorpusConfig(input=str(csv), split_column="split", seed=0),
+            EncoderConfig(model=str(model), layers="last6", max_length=32,
+                          chunk_rows=chunk_rows, device="cpu"),
+            LayoutConfig(grid=(8, 8), method="pca", random_state=0),
+            DatasetConfig(image_dtype="float16"))
+
+
+@pytest.fixture(scope="module")
+def client():
+    from fastimg.cluster import connect
+
+    with connect("local:2") as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def corpus_csv(tmp_path_factory):
+    return write_csv(tmp_path_factory.mktemp("cluster") / "texts.csv")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, corpus_csv, tiny_bert_dir):
+    """The in-process build with one torch thread (as each worker runs)."""
+    import torch
+
+    from fastimg.dataset import build_dataset
+
+    out = tmp_path_factory.mktemp("ref") / "ref.zarr"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        build_dataset(out, *configs(corpus_csv, tiny_bert_dir), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return store.StoreReader(out)
+
+
+def assert_same(path, reference):
+    reader = store.StoreReader(path)
+    for name in (store.EMBEDDINGS, store.IMAGES, store.LABELS, store.SPLIT):
+        a, b = reader.group[name][:], reference.group[name][:]
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert a.tobytes() == b.tobytes(), name
+    assert reader.layout().to_dict() == reference.layout().to_dict()
+    assert not any(k.startswith(store.schema.DONE_PREFIX) for k in reader.group.array_keys())
+
+
+def test_parse_spec():
+    from fastimg.cluster import parse_spec
+
+    assert parse_spec("local:3") == ("local", 3)
+    assert parse_spec("tcp://10.0.0.1:8786") == ("address", "tcp://10.0.0.1:8786")
+    for bad in ("local:0", "local:x", "8786", "tcp://"):
+        with pytest.raises(ValueError, match="local:N"):
+            parse_spec(bad)
+
+
+@pytest.mark.slow
+def test_cluster_build_equals_in_process(tmp_path, client, corpus_csv, tiny_bert_dir, reference):
+    from fastimg.dataset import build_dataset
+
+    for name in ("a.zarr", "b.zarr"):
+        build_dataset(tmp_path / name, *configs(corpus_csv, tiny_bert_dir), progress=False,
+                      client=client)
+        assert_same(tmp_path / name, reference)
+
+
+def _slow_encode(seconds: float) -> None:
+    """Run on the workers (pickled by value): each encode task sleeps before it encodes."""
+    import fastimg.cluster as cluster
+
+    original = getattr(cluster, "_unpatched_encode_block", cluster._encode_block)
+    cluster._unpatched_encode_block = original
+    if seconds <= 0:
+        cluster._encode_block = original
+        return
+
+    def slow(*args, **kwargs):
+        time.sleep(seconds)
+        return original(*args, **kwargs)
+
+    cluster._encode_block = slow
+
+
+def _marked_chunks(partial) -> int:
+    folder = partial / (store.schema.DONE_PREFIX + store.EMBEDDINGS) / "c"
+    return len(list(folder.iterdir())) if folder.is_dir() else 0
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_task_still_completes(tmp_path, client, corpus_csv, tiny_bert_dir,
+                                                reference):
+    import cloudpickle
+
+    from fastimg.dataset import build_dataset
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    client.run(_slow_encode, 0.5)
+    out, result = tmp_path / "killed.zarr", {}
+
+    def build():
+        try:
+            result["summary"] = build_dataset(out, *configs(corpus_csv, tiny_bert_dir),
+                                              progress=False, client=client)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            result["error"] = exc
+
+    thread = threading.Thread(target=build)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 480  # a busy 2-core machine imports torch slowly
+        while _marked_chunks(store.partial_path(out)) == 0 and thread.is_alive():
+            assert time.monotonic() < deadline, "no chunk was finished"
+            time.sleep(0.02)
+        assert thread.is_alive(), f"the build ended before a worker could be killed: {result}"
+        # the first chunk is in the store; every worker is in the middle of a task now
+        pids = client.run(os.getpid)
+        victim = sorted(pids.values())[0]
+        os.kill(victim, signal.SIGKILL)
+        thread.join(timeout=300)
+    finally:
+        client.run(_slow_encode, 0.0)
+    assert "error" not in result and "summary" in result, result
+    assert victim not in client.run(os.getpid).values()  # it was really killed (and replaced)
+    assert_same(out, reference)
+
+
+def _preload(path, body: str):
+    path.write_text("import time\nimport fastimg.cluster as cluster\n" + body, encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.slow
+def test_client_killed_mid_build_resumes_without_recomputing(tmp_path, corpus_csv,
+                                                             tiny_bert_dir, reference):
+    """A real SIGKILL of the whole `fastimg build-dataset --cluster local:2` process group."""
+    import subprocess
+
+    out = tmp_path / "client.zarr"
+    argv = [sys.executable, "-m", "fastimg.cli", "-v", "build-dataset", "--input",
+            str(corpus_csv), "--split-column", "split", "--model", str(tiny_bert_dir),
+            "--layers", "last6", "--max-length", "32", "--chunk-rows", "8", "--pixels", "8",
+            "--method", "pca", "--device", "cpu", "--out", str(out), "--quiet", "--cluster",
+            "local:2"]
+    env = dict(os.environ)
+    log = open(tmp_path / "killed.log", "wb")  # a file: a full pipe would stall the client
+    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=log, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 480  # a busy 2-core machine imports torch slowly
+        while _marked_chunks(store.partial_path(out)) == 0 and proc.poll() is None:
+            assert time.monotonic() < deadline, "no chunk was finished"
+            time.sleep(0.02)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the client and the cluster it started
+        proc.wait()
+        log.close()
+    finished = _marked_chunks(store.partial_path(out))
+    if out.exists() or finished == 6:
+        # (a worker preload that slows the tasks down stalled the workers' torch import here)
+        pytest.skip("the build finished before the client could be killed")
+    assert 0 < finished < 6
+    again = subprocess.run(argv[:-2] + ["--cluster", "local:2"], capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    pending = [line for line in again.stderr.splitlines() if "chunks on the cluster" in line]
+    # the chunks finished before the kill are not submitted again
+    assert pending and f"encoding {6 - finished} of 6 chunks" in pending[0], pending
+    assert_same(out, reference)
+
+
+@pytest.mark.slow
+def test_worker_that_cannot_load_the_model_is_one_line_exit_2(tmp_path, corpus_csv,
+                                                              tiny_bert_dir, capsys):
+    import dask
+
+    broken = _preload(tmp_path / "no_transformers.py",
+                      "import sys\nsys.modules['transformers'] = None  # not on this node\n")
+    out = tmp_path / "broken.zarr"
+    argv = ["build-dataset", "--input", str(corpus_csv), "--split-column", "split", "--model",
+            str(tiny_bert_dir), "--max-length", "32", "--chunk-rows", "8", "--pixels", "8",
+            "--method", "pca", "--device", "cpu", "--out", str(out), "--quiet",
+            "--cluster", "local:2"]
+    with dask.config.set({"distributed.worker.preload": [broken]}):
+        code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert "\n" not in err and err.startswith("fastimg build-dataset: error: worker tcp://127.0.0.1:")
+    assert "cannot load the model" in err and "transformers" in err
+    # the unfinished build is kept for a resume
+    assert store.partial_path(out).exists() and not out.exists()
+    assert store.location.read_attrs(store.partial_path(out), store.BUILD_KEY)["stages"]["corpus"]["done"]

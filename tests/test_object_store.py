@@ -1,0 +1,150 @@
+"""Stores on object storage (issue 10): a real S3 API (a moto server on 127.0.0.1), a build
+written to ``s3://``, read back by ``fastimg info``, trained on, opened with xarray; an
+incomplete store is refused with one line."""
+from __future__ import annotations
+
+import json
+import socket
+
+import numpy as np
+import pytest
+
+pytest.importorskip("s3fs")
+pytest.importorskip("moto.server")
+
+from fastimg import store  # noqa: E402
+from fastimg.cli import main  # noqa: E402
+from test_cluster import configs, write_csv  # noqa: E402
+
+pytestmark = [
+    # botocore's own deprecation notes (datetime.utcnow and friends): not our code
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:botocore"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:moto"),
+    pytest.mark.filterwarnings("ignore:.*unclosed.*:ResourceWarning"),
+]
+BUCKET = "fastimg-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 server on 127.0.0.1 at a free port, with one bucket; its storage options."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    options = {"key": "testing", "secret": "testing",
+               "endpoint_url": f"http://127.0.0.1:{port}",
+               "client_kwargs": {"region_name": "us-east-1"}}
+    try:
+        import boto3
+
+        boto3.client("s3", endpoint_url=options["endpoint_url"], aws_access_key_id="testing",
+                     aws_secret_access_key="testing",
+                     region_name="us-east-1").create_bucket(Bucket=BUCKET)
+        yield options
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_env(s3, monkeypatch):
+    """Credentials from the usual environment variables, the endpoint as --storage-option."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3["key"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3["secret"])
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    return ["--storage-option", f"endpoint_url={s3['endpoint_url']}"]
+
+
+def _build_argv(csv, model, out, *extra):
+    return ["build-dataset", "--input", str(csv), "--split-column", "split", "--model",
+            str(model), "--max-length", "32", "--chunk-rows", "8", "--pixels", "32",
+            "--method", "pca", "--device", "cpu", "--out", out, "--quiet", *extra]
+
+
+@pytest.mark.slow
+def test_s3_build_info_train_xarray(tmp_path, tiny_bert_dir, s3, s3_env, capsys):
+    xr = pytest.importorskip("xarray")
+    csv = write_csv(tmp_path / "t.csv", n=64)
+    url = f"s3://{BUCKET}/imdb.zarr"
+    assert main(_build_argv(csv, tiny_bert_dir, url, *s3_env)) == 0
+    assert main(_build_argv(csv, tiny_bert_dir, str(tmp_path / "local.zarr"))) == 0
+    capsys.readouterr()
+    # the completion marker is there and nothing was renamed beside the store
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**s3, skip_instance_cache=True)
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(BUCKET)) == ["imdb.zarr"]
+
+    assert main(["info", url, *s3_env]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["complete"] is True and info["summary"]["rows"] == 64
+    assert info["size_MiB"] > 0
+
+    remote = store.StoreReader(url, storage_options=s3)
+    local = store.StoreReader(tmp_path / "local.zarr")
+    for name in (store.EMBEDDINGS, store.IMAGES, store.IDS):
+        np.testing.assert_array_equal(remote.group[name][:], local.group[name][:])
+
+    run = tmp_path / "run"
+    assert main(["train", url, *s3_env, "--extractor", "alexnet", "--weights", "none",
+                 "--epochs", "1", "--batch-size", "16", "--loader", "torch", "--no-probe",
+                 "--quiet", "--out", str(run)]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert len(metrics["epochs"]) == 1
+
+    ds = xr.open_zarr(url, storage_options=s3, consolidated=False)
+    assert ds["images"].dims == ("row", "y", "x") and ds["images"].shape == (64, 32, 32)
+    np.testing.assert_array_equal(ds["images"].values, local.group[store.IMAGES][:])
+    assert ds.attrs[store.ATTRS_KEY]["complete"] is True
+
+    # --force: the old store is deleted, then written again in place
+    assert main(_build_argv(csv, tiny_bert_dir, url, *s3_env)) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(_build_argv(csv, tiny_bert_dir, url, *s3_env, "--force")) == 0
+
+
+def test_incomplete_s3_store_is_refused_with_one_line(tmp_path, tiny_bert_dir, s3, s3_env,
+                                                      capsys):
+    from fastimg.dataset import build_dataset
+
+    csv = write_csv(tmp_path / "t.csv", n=24)
+    url = f"s3://{BUCKET}/unfinished.zarr"
+
+    def stop(stage):
+        if stage == "layout":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_dataset(url, *configs(csv, tiny_bert_dir), progress=False, on_stage=stop,
+                      storage_options=s3)
+    assert not store.is_complete(store.location.resolve(url, s3))
+    capsys.readouterr()
+    for command in (["info", url], ["show", url, "--out", str(tmp_path / "x.png")],
+                    ["train", url, "--out", str(tmp_path / "r")]):
+        assert main([*command, *s3_env]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "not a complete fastimg store" in err and "\n" not in err, command
+    # the same build resumes in place (the encoding is reused) and completes
+    summary = build_dataset(url, *configs(csv, tiny_bert_dir), progress=False,
+                            storage_options=s3)
+    assert summary["resumed"] and store.StoreReader(url, storage_options=s3).complete
+
+
+def test_storage_option_parsing():
+    from fastimg.cli import _storage_option, _storage_options
+
+    class Args:
+        storage_option = [_storage_option("anon=true"), _storage_option("endpoint_url=http://h:1"),
+                          _storage_option("client_kwargs.region_name=eu-west-1")]
+
+    assert _storage_options(Args) == {"anon": True, "endpoint_url": "http://h:1",
+                                      "client_kwargs": {"region_name": "eu-west-1"}}
+    assert store.location.resolve("file:///tmp/x.zarr") == __import__("pathlib").Path("/tmp/x.zarr")
+    assert str(store.location.resolve("gs://b/x.zarr/")) == "gs://b/x.zarr"
