@@ -63,7 +63,9 @@ def save_run_bundle(run_dir, data, normaliser, config) -> Path:
         hidden = n_features // len(layers)
     bundle = {
         "bundle_version": BUNDLE_VERSION,
-        "store": os.fspath(Path(os.fspath(reader.path)).resolve()),
+        # a local store by its absolute path, an object store by its URL (never credentials)
+        "store": (os.fspath(reader.path.resolve()) if isinstance(reader.path, Path)
+                  else str(reader.path)),
         "class_names": list(data.class_names),
         "image_shape": list(data.image_shape),
         "image_dtype": str(np.dtype(data.images.dtype)),
