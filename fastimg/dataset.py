@@ -213,13 +213,18 @@ def _reconcile(writer: StoreWriter, plan: StagePlan, sources, *, force: bool) ->
     return reused
 
 
-def _run_layout(writer: StoreWriter, plan: StagePlan, layout_config, fit_rows, matrix, timings):
-    """The layout stage: fitted on ``matrix[fit_rows]`` unless the build has it already."""
+def _run_layout(writer: StoreWriter, plan: StagePlan, layout_config, fit_rows, matrix, timings,
+                raster_backend: str | None = None):
+    """The layout stage: fitted on ``matrix[fit_rows]`` unless the build has it already (the
+    ``raster_backend``'s kernel is loaded meanwhile, see :func:`fastimg.raster.warm_up`)."""
     from fastimg.layout import DeepInsightLayout
+    from fastimg.raster import warm_up
 
     record = writer.begin("layout", plan.keys["layout"], plan.settings["layout"])
     if record.get("done"):
         return DeepInsightLayout.from_dict(record["layout"])
+    if raster_backend is not None:
+        warm_up(raster_backend)
     start = time.perf_counter()
     logger.info("fitting the layout on %d rows", fit_rows.size)
     if isinstance(matrix, np.ndarray) and fit_rows.size == matrix.shape[0]:
@@ -359,7 +364,8 @@ def build_dataset(out, corpus_config, encoder_config=None, layout_config=None,
         encode = _run_encode(writer, plan, corpus.texts, encoder_config, progress, timings)
         embeddings = writer.group[store.EMBEDDINGS]
         on_stage("layout")
-        layout = _run_layout(writer, plan, layout_config, fit_rows, embeddings, timings)
+        layout = _run_layout(writer, plan, layout_config, fit_rows, embeddings, timings,
+                             config.raster_backend)
         on_stage("raster")
         _run_images(writer, plan, layout, embeddings, config, progress, timings)
         return _finish(writer, configs=configs, corpus_summary=writer.stage("corpus")["summary"],
@@ -441,7 +447,8 @@ def relayout(src, dst, layout_config=None, config: DatasetConfig | None = None, 
                             force=True)
         embeddings = writer.group[store.EMBEDDINGS]
         on_stage("layout")
-        layout = _run_layout(writer, plan, layout_config, fit_rows, embeddings, timings)
+        layout = _run_layout(writer, plan, layout_config, fit_rows, embeddings, timings,
+                             config.raster_backend)
         on_stage("raster")
         _run_images(writer, plan, layout, embeddings, config, progress, timings)
         configs = {**source.configs, "layout": layout_config.to_dict(), "dataset": asdict(config)}

@@ -157,7 +157,8 @@ def build_image_store(matrix, out, layout_config: LayoutConfig | None = None,
         writer.begin("input", plan.keys["input"], plan.settings["input"])
         if split is not None:
             writer.write_rows(SPLIT, split)
-        layout = _run_layout(writer, plan, layout_config, fit_rows, matrix, timings)
+        layout = _run_layout(writer, plan, layout_config, fit_rows, matrix, timings,
+                             config.raster_backend)
         _run_images(writer, plan, layout, matrix, config, progress, timings)
         height, width = layout_config.grid
         summary = {

@@ -8,11 +8,15 @@ from pathlib import Path
 
 import numpy as np
 
+from fastimg.kernels import RasterPlan
+
 ROOT = Path(__file__).resolve().parents[1]
 
 RUN_KERNEL = """
 import json
 import numpy as np
+
+from fastimg.kernels import RasterPlan
 from fastimg.kernels import RasterPlan, cpu, raster_reference
 
 rng = np.random.default_rng(0)
@@ -53,3 +57,21 @@ def test_kernel_runs_as_plain_python_under_the_jit_switch(tmp_path):
     got = run_kernel(NUMBA_DISABLE_JIT="1", NUMBA_CACHE_DIR=str(tmp_path))
     assert not got["compiled"] and got["max_diff"] < 1e-5
     assert np.isfinite(got["max_diff"])
+
+
+def test_warm_up_loads_the_cpu_kernel_once_in_the_background(monkeypatch):
+    from fastimg import raster
+
+    monkeypatch.setattr(raster, "_WARM_UPS", {})
+    raster.warm_up("numpy")  # nothing to load
+    raster.warm_up("tpu")  # unknown: left for the real call to report
+    assert raster._WARM_UPS == {}
+    raster.warm_up("auto")
+    thread = raster._WARM_UPS["cpu"]
+    raster.warm_up("cpu")
+    assert raster._WARM_UPS == {"cpu": thread}
+    # rasterising waits for it, then uses the loaded kernel
+    plan = RasterPlan.from_pixels([0, 1, 1], (2, 2))
+    got = raster.rasterize(np.array([[1.0, 2.0, 4.0]], np.float32), plan, backend="cpu")
+    assert not thread.is_alive()
+    np.testing.assert_array_equal(got[0], [[1.0, 3.0], [0.0, 0.0]])
