@@ -6,14 +6,18 @@ import logging
 SUITES = ("raster", "layout", "encode", "build", "reuse", "scale", "train")
 
 
-def main():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     parser.add_argument("suite", choices=[*SUITES, "all"])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (CI smoke run)")
     parser.add_argument("--json", help="write the result(s) here (all: PATH.SUITE.json)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="device for suites that take one (encode); auto picks CUDA if present")
-    args = parser.parse_args()
+    return parser
+
+
+def main():
+    args = build_parser().parse_args()
     logging.basicConfig(level=logging.WARNING)
     for suite in SUITES if args.suite == "all" else (args.suite,):
         print(f"== {suite}{' (quick)' if args.quick else ''}")

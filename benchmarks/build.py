@@ -4,7 +4,8 @@ Both turn the same IMDB reviews (the same seeded, stratified sample and split) i
 
 - fastimg: :func:`fastimg.dataset.build_dataset` (sorted token-budget batches, layout fitted on
   the training rows with openTSNE, the Numba raster kernel, a float16 zarr store);
-- naive: the author's loop (one review at a time, fp32), pyDeepInsight's default fit
+- naive: the author's loop (one review at a time, fp32, on the same device as fastimg's
+  encoder: ``--device``, auto = CUDA when present), pyDeepInsight's default fit
   (``Norm2Scaler`` + ``ImageTransformer('tsne')``, sklearn t-SNE) on the same training rows, its
   ``transform`` to float64 RGB images, and ``numpy.save`` of the images and embeddings.
 
@@ -28,16 +29,17 @@ from benchmarks._harness import report
 from benchmarks.encode import author_loop, imdb_path
 
 
-def _naive(corpus, max_length: int, folder: Path) -> dict:
+def _naive(corpus, max_length: int, folder: Path, device: str) -> dict:
     from pyDeepInsight import ImageTransformer
     from pyDeepInsight.utils import Norm2Scaler
 
     from fastimg.embed import load_model
 
     loaded = load_model("minilm")
+    loaded.model.to(device)
     times = {}
     start = time.perf_counter()
-    embeddings = author_loop(corpus.texts, loaded, "cpu", max_length)
+    embeddings = author_loop(corpus.texts, loaded, device, max_length)
     times["encode_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -64,13 +66,15 @@ def _naive(corpus, max_length: int, folder: Path) -> dict:
     return times
 
 
-def run(quick: bool = False, json_path: str | None = None) -> dict:
+def run(quick: bool = False, json_path: str | None = None, device: str = "auto") -> dict:
     from fastimg import store
     from fastimg.corpus import CorpusConfig, load_corpus
     from fastimg.dataset import build_dataset
-    from fastimg.embed import EncoderConfig
+    from fastimg.embed import ENCODE_DEVICES, EncoderConfig
     from fastimg.layout import LayoutConfig
 
+    # both sides encode on the same device (resolved once), or the ratio measures the device
+    device = ENCODE_DEVICES.resolve(device)
     n_rows, max_length = (64, 64) if quick else (5000, 512)
     os.environ.setdefault("FASTIMG_DATA", str(imdb_path().parents[1]))
     corpus_config = CorpusConfig(dataset="imdb", limit=n_rows, seed=0)
@@ -79,24 +83,25 @@ def run(quick: bool = False, json_path: str | None = None) -> dict:
         folder = Path(tmp)
         # warm the JIT caches and the model files so neither side pays first-use costs
         build_dataset(folder / "warm.zarr", CorpusConfig(dataset="imdb", limit=40, seed=1),
-                      EncoderConfig(max_length=32), LayoutConfig(method="pca"), progress=False)
+                      EncoderConfig(max_length=32, device=device), LayoutConfig(method="pca"),
+                      progress=False)
         start = time.perf_counter()
         summary = build_dataset(folder / "fast.zarr", corpus_config,
-                                EncoderConfig(max_length=max_length),
+                                EncoderConfig(max_length=max_length, device=device),
                                 LayoutConfig(random_state=0), progress=False)
         fast_s = time.perf_counter() - start
         fast = dict(summary["timings"])
         fast["store_and_other_s"] = fast_s - sum(fast.values())
         store_mib = store.size_bytes(folder / "fast.zarr") / 2**20
 
-        naive = _naive(corpus, max_length, folder)
+        naive = _naive(corpus, max_length, folder, device)
         naive_mib = sum(f.stat().st_size for f in folder.glob("naive_*.npy")) / 2**20
     base_s = sum(naive.values())
     not_encoding = fast_s - fast["encode_s"]
     return report({
         "suite": "build", "baseline": "author's loop + pyDeepInsight tsne fit + rgb transform "
                                       "+ numpy.save",
-        "rows": n_rows, "max_length": max_length, "model": "minilm",
+        "rows": n_rows, "max_length": max_length, "model": "minilm", "device": device,
         "fastimg_s": fast_s, "baseline_s": base_s,
         "fastimg_stages_s": fast, "baseline_stages_s": naive,
         "ratio_without_encoding": (base_s - naive["encode_s"]) / not_encoding,

@@ -52,9 +52,9 @@ def write_store(path, n_rows: int, *, grid=(50, 50), seed: int = 0, val_fraction
                        "summary": {"class_names": ["a", "b"]}}, force=True)
 
 
-def _loader_epochs(path, kind: str, batch_size: int) -> tuple[float, float, float]:
+def _loader_epochs(path, kind: str, batch_size: int) -> tuple[float, float, float, int]:
     """Seconds to build the loader, then of a first (cold: the store is opened and decoded
-    inside it) and a second (warm) epoch."""
+    inside it) and a second (warm) epoch, and the number of batches of an epoch."""
     from fastimg.train.data import (BatchSource, ChunkedReader, Normaliser, StoreData,
                                     make_loader)
 
@@ -70,15 +70,17 @@ def _loader_epochs(path, kind: str, batch_size: int) -> tuple[float, float, floa
     times = []
     for epoch in (0, 1):
         start = time.perf_counter()
-        seen = 0
+        seen = n_batches = 0
         for images, _, _ in loader.epoch(epoch):
             seen += images.shape[0]
-        if seen != rows.size:
-            raise RuntimeError(f"{kind} loader served {seen} of {rows.size} images")
+            n_batches += 1
+        if seen != rows.size or n_batches != len(source):
+            raise RuntimeError(f"{kind} loader served {seen} of {rows.size} images in "
+                               f"{n_batches} of {len(source)} batches")
         times.append(time.perf_counter() - start)
     # the DALI iterator runs its first batches while it is built (prepare_first_batch), so
     # the decode can happen inside the build: a cold epoch counts open + build + epoch
-    return build_s, open_s + build_s + times[0], times[1]
+    return build_s, open_s + build_s + times[0], times[1], n_batches
 
 
 def _write_pngs(path, folder: Path, n_rows: int) -> list:
@@ -136,13 +138,16 @@ def run(quick: bool = False, json_path: str | None = None) -> dict:
         path = folder / "loader.zarr"
         write_store(path, n_rows)
         kinds = ["torch"] + (["dali"] if has_module("nvidia.dali") else [])
-        cold, warm, build = {}, {}, {}
+        cold, warm, build, batches = {}, {}, {}, {}
         for kind in kinds:
             _loader_epochs(path, kind, batch_size)  # warm-up: imports, first pipeline
             runs = [_loader_epochs(path, kind, batch_size) for _ in range(repeats)]
-            build[kind] = statistics.median(b for b, _, _ in runs)
-            cold[kind] = statistics.median(c for _, c, _ in runs)
-            warm[kind] = statistics.median(w for _, _, w in runs)
+            build[kind] = statistics.median(r[0] for r in runs)
+            cold[kind] = statistics.median(r[1] for r in runs)
+            warm[kind] = statistics.median(r[2] for r in runs)
+            batches[kind] = runs[0][3]
+        if len(set(batches.values())) > 1:
+            raise RuntimeError(f"the loaders served different numbers of batches: {batches}")
         pngs = folder / "png"
         pngs.mkdir()
         start = time.perf_counter()
@@ -160,6 +165,7 @@ def run(quick: bool = False, json_path: str | None = None) -> dict:
         "suite": "train", "baseline": "one PNG per image, read with PIL + numpy (TINTOlib-style)",
         "images": n_rows, "image_shape": [50, 50], "batch_size": batch_size,
         "fastimg_loader": ours, "fastimg_s": cold[ours], "baseline_s": png_s, **rate,
+        "batches_per_epoch": batches,
         **{f"{kind}_loader_build_s": value for kind, value in build.items()},
         "png_pil_images_per_s": n_rows / png_s, "png_write_s": png_write_s,
         **fit_result,

@@ -4,18 +4,51 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from fastimg import store
 from fastimg.cluster import ClusterError
 
 EXIT_USAGE = 2
+EXIT_BUG = 1
+#: Exceptions that report a mistake in the command's input (StoreError, CorpusError and config
+#: validation are ValueErrors; a missing extra is an ImportError; missing or unreadable files,
+#: model and weight files included, are OSErrors). Anything else is a bug in fastimg.
+#: A worker that cannot load the model (ClusterError) is the node's set-up, not a bug either.
+USER_ERRORS = (ValueError, ImportError, OSError, ClusterError)
 
 
 class UserError(Exception):
     """A mistake in the command's input, reported as one line with exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit 2): the usage text is one ``--help`` away."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _Refuse(argparse.Action):
+    """A flag that no longer exists here, with the line that says what replaced it."""
+
+    def __init__(self, option_strings, dest, hint: str = "", **kwargs):
+        self.hint = hint
+        super().__init__(option_strings, dest, nargs="?", default=argparse.SUPPRESS,
+                         help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(self.hint)
+
+
+def _torch_device(text: str) -> str:
+    if re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
+        return text
+    raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
 
 
 def _grid(text: str):
@@ -110,22 +143,28 @@ def _layout_config(args):
 
 
 def _cmd_images(args) -> int:
-    from fastimg.images import ImagesConfig, build_image_store, synthetic_matrix
+    from fastimg.images import ImagesConfig, build_image_store, read_split, synthetic_matrix
 
     if args.synthetic:
         matrix = synthetic_matrix(*args.synthetic, seed=args.seed)
     else:
         matrix = _load_matrix(args.input)
+    split = None if args.split_file is None else read_split(args.split_file, matrix.shape[0])
+    if split is not None and args.fit_rows is not None:
+        raise UserError("give --split-file or --fit-rows, not both")
     layout_config = _layout_config(args)
     config = ImagesConfig(fit_rows=args.fit_rows, image_dtype=args.dtype,
-                          raster_backend=args.device)
+                          raster_backend=args.raster_backend)
     start = time.perf_counter()
-    summary = build_image_store(matrix, args.out, layout_config, config, force=args.force,
-                                progress=not args.quiet)
+    summary = build_image_store(matrix, args.out, layout_config, config, split=split,
+                                force=args.force, progress=not args.quiet)
+    fitted = {"train": "the training rows", "first_rows": "the first rows",
+              "all": "every row (give --split-file to fit on the training rows only)"}
     print(f"wrote {args.out}: {summary['rows']} images of {summary['image_shape'][0]} x "
           f"{summary['image_shape'][1]} ({summary['image_dtype']}), {summary['features']} "
           f"features on {summary['occupied_pixels']} pixels; layout "
-          f"{summary['timings']['layout_s']:.1f} s, raster {summary['timings']['raster_s']:.2f} s,"
+          f"{summary['timings']['layout_s']:.1f} s (fitted on {summary['fit_rows']} rows: "
+          f"{fitted[summary['fit_on']]}), raster {summary['timings']['raster_s']:.2f} s,"
           f" total {time.perf_counter() - start:.1f} s, "
           f"{store.size_bytes(args.out) / 2**20:.1f} MiB")
     return 0
@@ -219,13 +258,18 @@ def _cmd_show(args) -> int:
 
 
 def _cmd_info(args) -> int:
+    from fastimg import info
+
+    if "://" not in args.store and info.is_run_folder(Path(args.store)):
+        if args.json:
+            raise UserError("--json is for stores; a run folder's metrics.json is JSON already")
+        print("\n".join(info.describe_run(Path(args.store))))
+        return 0
     reader = store.StoreReader(_location(args.store, args))
-    attrs = dict(reader.attrs)
-    attrs["layout"] = {k: v for k, v in attrs["layout"].items()
-                       if k not in ("pixel_index", "coords", "scaler")}
-    attrs["arrays"] = reader.array_info()
-    attrs["size_MiB"] = round(reader.size_bytes() / 2**20, 2)
-    print(json.dumps(attrs, indent=2))
+    if args.json:
+        print(json.dumps(info.store_json(reader), indent=2))
+    else:
+        print("\n".join(info.describe_store(reader)))
     return 0
 
 
@@ -235,6 +279,7 @@ def _cmd_train(args) -> int:
     location = _location(args.store, args)
     if not store.location.exists(location):
         raise UserError(f"store {args.store} does not exist")
+    _check_run_folder(args.out, force=args.force)
     weights = None if args.weights.lower() == "none" else args.weights
     config = TrainConfig(
         extractor=args.extractor, weights=weights, epochs=args.epochs,
@@ -289,6 +334,23 @@ def _cmd_explain(args) -> int:
     return 0
 
 
+def _check_run_folder(out: Path, *, force: bool) -> None:
+    """Refuse to train into a folder that holds a run (or any other file) unless ``force``."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a run folder")
+    if force or not out.is_dir():
+        return
+    from fastimg.info import RUN_FILES
+
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if found:
+        raise UserError(f"{out} already holds a run ({', '.join(found)}); pass --force to "
+                        f"overwrite it, or choose another --out")
+    if any(out.iterdir()):
+        raise UserError(f"{out} is not empty; pass --force to train into it anyway, or choose "
+                        f"another --out")
+
+
 def _add_layout_options(parser) -> None:
     """The layout and image options shared by build-dataset and relayout."""
     parser.add_argument("--pixels", type=_grid, default=(50, 50), metavar="N|HxW",
@@ -310,8 +372,10 @@ def _add_layout_options(parser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastimg", description=__doc__)
+    parser = _Parser(prog="fastimg", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log each stage")
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of any error (also accepted after a command)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     images = sub.add_parser(
@@ -327,14 +391,24 @@ def build_parser() -> argparse.ArgumentParser:
                         help="image size (default 50)")
     images.add_argument("--scaling", default="norm2", choices=["norm2", "minmax", "none"])
     images.add_argument("--method", default="tsne", choices=["tsne", "pca", "kpca"])
-    images.add_argument("--tsne-backend", "--backend", dest="tsne_backend", default="auto",
-                        help="t-SNE backend: auto|opentsne|sklearn|cuml")
+    images.add_argument("--tsne-backend", default="auto",
+                        choices=["auto", "opentsne", "sklearn", "cuml"])
     images.add_argument("--perplexity", type=float, default=30.0)
     images.add_argument("--assignment", default="bin", choices=["bin", "assignment"])
+    images.add_argument("--split-file", type=Path, metavar="FILE",
+                        help="split of each row (.npy of codes 0/1/2 or names train/val/test, or "
+                             "a text file with one per line): the layout is fitted on the train "
+                             "rows and the split is stored")
     images.add_argument("--fit-rows", type=int, default=None,
-                        help="fit the layout on the first N rows (the training rows); default all")
+                        help="fit the layout on the first N rows (the training rows); default: "
+                             "the train rows of --split-file, else every row")
     images.add_argument("--dtype", default="float16", choices=["float16", "float32", "uint8"])
-    images.add_argument("--device", default="auto", help="raster backend: auto|cpu|cuda|numpy")
+    images.add_argument("--raster-backend", default="auto",
+                        choices=["auto", "cpu", "cuda", "numpy"],
+                        help="rasterisation kernel (auto: the CPU kernel)")
+    images.add_argument("--device", action=_Refuse,
+                        hint="--device is the torch device in fastimg and images has no model: "
+                             "choose the raster kernel with --raster-backend")
     images.add_argument("--seed", type=int, default=0)
     images.add_argument("--force", action="store_true", help="overwrite an existing store")
     images.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -443,11 +517,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--cache", default="auto", choices=["auto", "memory", "zarr", "none"],
                        help="frozen-feature cache; none recomputes the extractor every epoch")
     train.add_argument("--loader", default="auto", choices=["auto", "dali", "torch"])
-    train.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
+    train.add_argument("--device", type=_torch_device, default="auto",
+                       help="torch device: auto|cpu|cuda|cuda:N")
     train.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     train.add_argument("--no-probe", action="store_true", help="skip the linear probe")
     train.add_argument("--num-workers", type=int, default=0)
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--force", action="store_true",
+                       help="train into --out even when it already holds a run")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=_cmd_train)
 
@@ -467,7 +544,8 @@ def build_parser() -> argparse.ArgumentParser:
                                              "row number)")
     predict.add_argument("--out", type=Path, required=True, help="predictions CSV to write")
     predict.add_argument("--batch-size", type=int, default=256)
-    predict.add_argument("--device", default="cpu", help="cpu|cuda|cuda:N (the classifier)")
+    predict.add_argument("--device", type=_torch_device, default="auto",
+                         help="torch device of the classifier: auto|cpu|cuda|cuda:N")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(func=_cmd_predict)
 
@@ -486,31 +564,78 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--max-rows", type=int, default=None,
                          help="a seeded random sample of at most this many rows")
     explain.add_argument("--batch-size", type=int, default=64)
-    explain.add_argument("--device", default="cpu", help="cpu|cuda|cuda:N")
+    explain.add_argument("--device", type=_torch_device, default="auto",
+                         help="torch device: auto|cpu|cuda|cuda:N")
     explain.add_argument("--seed", type=int, default=0)
     explain.set_defaults(func=_cmd_explain)
 
-    info = sub.add_parser("info", help="summary of a store")
-    info.add_argument("store", help="a store (path or URL)")
+    info = sub.add_parser("info", help="summary of a store or a training run folder",
+                          description="A short summary of a store (rows and classes per split, "
+                                      "features, images, encoder, layout, timings, size) or of "
+                                      "a training run folder (extractor, epochs, accuracy, "
+                                      "probe).")
+    info.add_argument("store", help="a store (path or URL), or a run folder of fastimg train")
+    info.add_argument("--json", action="store_true",
+                      help="the store's full attributes as JSON (for scripts)")
     _add_storage_options(info)
     info.set_defaults(func=_cmd_info)
     return parser
 
 
+def _add_debug_flag(parser) -> None:
+    """``--debug`` after any command too (SUPPRESS: it does not reset one given before it)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                     help="print the traceback of any error")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def report_error(command: str, exc: Exception, *, debug: bool = False) -> int:
+    """Print ``exc`` as one line (the traceback above it when ``debug``); the exit code.
+
+    User mistakes (:data:`USER_ERRORS`, :class:`UserError`) exit 2; anything else is a bug in
+    fastimg and exits 1 (a TypeError or KeyError is never the user's fault).
+    """
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    if isinstance(exc, (UserError, *USER_ERRORS)):
+        print(f"fastimg {command}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"fastimg {command}: internal error (a bug, please report it): "
+          f"{type(exc).__name__}: {_one_line(exc)}"
+          + ("" if debug else "; rerun with --debug for the traceback"), file=sys.stderr)
+    return EXIT_BUG
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The parser ``main`` uses: :func:`build_parser` with ``--debug`` on every command."""
+    parser = build_parser()
+    _add_debug_flag(parser)
+    return parser
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = make_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed as one line
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (UserError, ValueError, TypeError, ImportError, OSError, ClusterError) as exc:
-        print(f"fastimg {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"fastimg {args.command}: interrupted (the unfinished build is kept: rerun to "
               f"resume)",
               file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - every error ends as one line and an exit code
+        return report_error(args.command, exc, debug=args.debug)
 
 
 if __name__ == "__main__":

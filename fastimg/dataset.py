@@ -213,7 +213,7 @@ def build_dataset(out, corpus_config, encoder_config=None, layout_config=None,
         embeddings = writer.group[store.EMBEDDINGS]
         on_stage("layout")
         layout = stages.run_layout(writer, plan, layout_config, fit_rows, embeddings,
-                                   timings)
+                                   timings, config.raster_backend)
         on_stage("raster")
         stages.run_images(writer, plan, layout, embeddings, config, progress, timings, client)
         return _finish(writer, configs=configs, corpus_summary=writer.stage("corpus")["summary"],
@@ -282,7 +282,7 @@ def relayout(src, dst, layout_config=None, config: DatasetConfig | None = None, 
         embeddings = writer.group[store.EMBEDDINGS]
         on_stage("layout")
         layout = stages.run_layout(writer, plan, layout_config, fit_rows, embeddings,
-                                   timings)
+                                   timings, config.raster_backend)
         on_stage("raster")
         stages.run_images(writer, plan, layout, embeddings, config, progress, timings)
         configs = {**source.configs, "layout": layout_config.to_dict(), "dataset": asdict(config)}

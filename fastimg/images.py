@@ -11,7 +11,7 @@ import numpy as np
 from fastimg._validation import check_feature_matrix
 from fastimg.layout import LayoutConfig
 from fastimg.raster import IMAGE_DTYPES
-from fastimg.store import StoreWriter
+from fastimg.store import SPLIT, SPLIT_NAMES, StoreWriter
 from fastimg.store.keys import StagePlan
 
 logger = logging.getLogger("fastimg")
@@ -24,7 +24,8 @@ class ImagesConfig:
     Parameters
     ----------
     fit_rows : int or None
-        Fit the layout on the first ``fit_rows`` rows only (the training rows); ``None``: all.
+        Fit the layout on the first ``fit_rows`` rows only (the training rows); ``None``: the
+        training rows of the ``split`` given to :func:`build_image_store`, else every row.
     image_dtype : {"float16", "float32", "uint8"}
     raster_backend : {"auto", "cpu", "cuda", "numpy"}
     """
@@ -50,6 +51,75 @@ def synthetic_matrix(n_samples: int, n_features: int, *, rank: int = 16, seed: i
     return (factors @ loadings / np.sqrt(rank) + noise).astype(dtype)
 
 
+def read_split(path, n_rows: int) -> np.ndarray:
+    """The split of each row, as int8 codes into :data:`~fastimg.store.SPLIT_NAMES`.
+
+    Parameters
+    ----------
+    path : str or path
+        A ``.npy`` array of codes (0 train, 1 val, 2 test) or names (``train``, ``val``,
+        ``test``), or a text file with one code or name per line.
+    n_rows : int
+        Rows of the feature matrix; the split must have as many.
+
+    Raises
+    ------
+    ValueError
+        On a missing or unreadable file, a wrong length or an unknown split.
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"split file {path} does not exist")
+    try:
+        if path.suffix == ".npy":
+            values = np.load(path, allow_pickle=False)
+        else:
+            values = np.array(path.read_text(encoding="utf-8").split())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read {path} as split labels: {exc}") from None
+    return split_codes(values, n_rows, source=str(path))
+
+
+def split_codes(values, n_rows: int, *, source: str = "split") -> np.ndarray:
+    """``values`` (codes or names, one per row) as int8 codes; raises ValueError when invalid."""
+    values = np.asarray(values)
+    if values.ndim != 1 or values.shape[0] != n_rows:
+        raise ValueError(f"{source} must hold one split per row ({n_rows}), got shape "
+                         f"{values.shape}")
+    if values.dtype.kind in "iu":
+        codes = values.astype(np.int64)
+    elif values.dtype.kind in "US":
+        names = np.char.lower(values.astype(str))
+        codes = np.full(n_rows, -1, dtype=np.int64)
+        for code, name in enumerate(SPLIT_NAMES):
+            codes[names == name] = code
+    else:
+        raise ValueError(f"{source} must hold split codes or names, got dtype {values.dtype}")
+    bad = np.flatnonzero((codes < 0) | (codes >= len(SPLIT_NAMES)))
+    if bad.size:
+        raise ValueError(f"{source}: row {bad[0]} has split {values[bad[0]].item()!r}; expected "
+                         f"one of {', '.join(SPLIT_NAMES)} or their codes "
+                         f"0-{len(SPLIT_NAMES) - 1}")
+    return codes.astype(np.int8)
+
+
+def _fit_rows(n_rows: int, fit_rows: int | None, split) -> tuple[str, np.ndarray]:
+    """How the layout's rows were chosen and which they are."""
+    if split is not None:
+        if fit_rows is not None:
+            raise ValueError("give either fit_rows or a split, not both")
+        rows = np.flatnonzero(split == SPLIT_NAMES.index("train"))
+        if rows.size < 2:
+            raise ValueError(f"the split has {rows.size} training rows; the layout needs at "
+                             f"least 2")
+        return "train", rows
+    if fit_rows is not None:
+        return "first_rows", np.arange(min(fit_rows, n_rows))
+    return "all", np.arange(n_rows)
+
+
 def matrix_digest(matrix, block_rows: int = 8192) -> str:
     """sha256 of a matrix's shape, dtype and values, read block by block."""
     digest = hashlib.sha256(json.dumps([list(matrix.shape), str(matrix.dtype)]).encode())
@@ -59,37 +129,47 @@ def matrix_digest(matrix, block_rows: int = 8192) -> str:
 
 
 def build_image_store(matrix, out, layout_config: LayoutConfig | None = None,
-                      config: ImagesConfig | None = None, *, force: bool = False,
+                      config: ImagesConfig | None = None, *, split=None, force: bool = False,
                       progress: bool = True) -> dict:
-    """Fit a layout on ``matrix`` (or its first ``fit_rows`` rows) and write every row's image
-    into a new zarr store at ``out``. Returns the summary written into the store's attrs.
+    """Fit a layout on ``matrix`` and write every row's image into a new zarr store at ``out``.
+    Returns the summary written into the store's attrs.
 
-    An interrupted run resumes (the layout and the finished image blocks are kept) when it is
-    started again on the same matrix with the same settings.
+    The layout is fitted on the training rows of ``split`` (codes or names per row, see
+    :func:`split_codes`; stored beside the images), else on the first ``config.fit_rows``
+    rows, else on every row. An interrupted run resumes (the layout and the finished image
+    blocks are kept) when it is started again on the same matrix with the same settings.
     """
     from fastimg import stages
 
     layout_config = layout_config or LayoutConfig()
     config = config or ImagesConfig()
     n_rows = matrix.shape[0]
-    fit_rows = np.arange(min(config.fit_rows or n_rows, n_rows))
-    check_feature_matrix(np.asarray(matrix[:fit_rows.size]), name="input matrix")
+    if split is not None:
+        split = split_codes(split, n_rows)
+    fit_on, fit_rows = _fit_rows(n_rows, config.fit_rows, split)
+    check_feature_matrix(np.asarray(matrix[:fit_rows.max() + 1])[fit_rows], name="input matrix")
     plan = (StagePlan()
             .add("input", {"sha256": matrix_digest(matrix), "shape": list(matrix.shape)})
-            .add("layout", stages.layout_settings(layout_config, "first_rows", fit_rows))
+            .add("layout", stages.layout_settings(layout_config, fit_on, fit_rows))
             .add("images", stages.images_settings(config)))
     stages.open_existing(out, plan, force=force)
     timings = {}
     with StoreWriter.open(out) as writer:
         writer.begin("input", plan.keys["input"], plan.settings["input"])
-        layout = stages.run_layout(writer, plan, layout_config, fit_rows, matrix, timings)
+        if split is not None:
+            writer.write_rows(SPLIT, split)
+        layout = stages.run_layout(writer, plan, layout_config, fit_rows, matrix, timings,
+                                   config.raster_backend)
         stages.run_images(writer, plan, layout, matrix, config, progress, timings)
         height, width = layout_config.grid
         summary = {
             "rows": n_rows, "features": int(matrix.shape[1]), "image_shape": [height, width],
-            "image_dtype": config.image_dtype, "fit_rows": int(fit_rows.size),
+            "image_dtype": config.image_dtype, "fit_on": fit_on, "fit_rows": int(fit_rows.size),
             "occupied_pixels": layout.n_occupied_pixels, "timings": timings,
         }
+        if split is not None:
+            summary["split_rows"] = {name: int((split == code).sum())
+                                     for code, name in enumerate(SPLIT_NAMES)}
         writer.finish({"kind": "images",
                        "config": {"layout": layout_config.to_dict(), "images": asdict(config)},
                        "layout": layout.to_dict(), "summary": summary})

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 import numpy as np
 
@@ -63,6 +64,51 @@ RASTER_BACKENDS.add("cuda", _load_cuda, available=_cuda_available, priority=1, e
 RASTER_BACKENDS.add("numpy", _load_numpy, priority=0)
 
 
+_WARM_UPS: dict[str, threading.Thread] = {}
+_WARM_UP_LOCK = threading.Lock()
+
+
+def _load_cpu_kernels() -> None:
+    try:
+        from fastimg.kernels.cpu import raster_cpu
+
+        plan = RasterPlan.from_pixels([0, 1], (2, 2))
+        for dtype in (np.float16, np.float32):
+            raster_cpu(np.zeros((1, 2), dtype), plan, np.empty((1, 2, 2), np.float32))
+    except Exception:  # noqa: BLE001 - the real call reports whatever went wrong
+        logger.debug("raster kernel warm-up failed", exc_info=True)
+
+
+def warm_up(backend: str = "auto") -> None:
+    """Start loading the ``backend``'s compiled kernel in a background thread.
+
+    Even when the kernel comes from Numba's on-disk cache, the first call in a process costs
+    Numba's own start-up (about a second of imports and registries on a small machine). A
+    build calls this before fitting the layout, so that cost overlaps the fit instead of adding
+    to the raster stage; :func:`rasterize_to_array` waits for it. Only the CPU kernel is
+    warmed; unknown or unavailable backends are left for the real call to report.
+    """
+    try:
+        name = RASTER_BACKENDS.resolve(backend)
+    except (ValueError, ImportError):
+        return
+    if name != "cpu":
+        return
+    with _WARM_UP_LOCK:
+        if name in _WARM_UPS:
+            return
+        thread = threading.Thread(target=_load_cpu_kernels, name="fastimg-raster-warm-up",
+                                  daemon=True)
+        _WARM_UPS[name] = thread
+        thread.start()
+
+
+def _wait_for_warm_up(name: str) -> None:
+    thread = _WARM_UPS.get(name)
+    if thread is not None:
+        thread.join()
+
+
 def _check_block(n_bad: int, start: int, stop: int) -> None:
     if n_bad:
         raise ValueError(f"input rows {start}..{stop - 1} contain {n_bad} NaN or infinite "
@@ -81,7 +127,8 @@ def rasterize(x, plan: RasterPlan, *, backend: str = "auto", out=None) -> np.nda
         x = x.astype(np.float32)
     if out is None:
         out = np.empty((x.shape[0], plan.height, plan.width), dtype=np.float32)
-    _, kernel = RASTER_BACKENDS.get(backend)
+    name, kernel = RASTER_BACKENDS.get(backend)
+    _wait_for_warm_up(name)
     _check_block(kernel(x, plan, out), 0, x.shape[0])
     return out
 
@@ -114,6 +161,7 @@ def rasterize_to_array(source, plan: RasterPlan, target, *, backend: str = "auto
     if block_rows is None:
         block_rows = max(chunk_rows, (4096 // chunk_rows) * chunk_rows)
     name, kernel = RASTER_BACKENDS.get(backend)
+    _wait_for_warm_up(name)
     logger.info("rasterising %d rows with the %s backend, %d rows per block", n_rows, name,
                 block_rows)
     buffer = np.empty((block_rows, plan.height, plan.width), dtype=np.float32)

@@ -48,9 +48,61 @@ def layout_map(pixel_index: np.ndarray, grid, group_size: int | None = None):
     return counts, dominant
 
 
+def pixel_stats(images, rows: np.ndarray, block_rows: int = 8192, min_std: float = 1e-6):
+    """Per-pixel mean and standard deviation of ``images[rows]``, streamed block by block.
+
+    Pixels whose deviation is below ``min_std`` (empty or constant pixels) get a deviation of
+    1, so that standardising leaves them at 0 instead of amplifying rounding noise.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    total, total_sq, count = 0.0, 0.0, 0
+    for start in range(0, rows.size, block_rows):
+        chunk = rows[start:start + block_rows]
+        block = np.asarray(images[int(chunk.min()):int(chunk.max()) + 1],
+                           dtype=np.float64)[chunk - chunk.min()]
+        total = total + block.sum(axis=0)
+        total_sq = total_sq + np.square(block).sum(axis=0)
+        count += chunk.size
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - np.square(mean), 0.0))
+    return mean, np.where(std < min_std, 1.0, std)
+
+
+def standardise(image, mean, std) -> np.ndarray:
+    """``(image - mean) / std`` per pixel: how a sample differs from the typical one."""
+    return (np.asarray(image, dtype=np.float64) - mean) / std
+
+
+def _image(ax, fig, data, title, **kwargs):
+    """One image with a colour bar of its values."""
+    shown = ax.imshow(data, **kwargs)
+    ax.set_title(title, fontsize=7)
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=5)
+
+
+def _layer_legend(ax, dominant, layer_names) -> None:
+    """The dominant layer per pixel, one colour per layer, with a legend naming them."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    colours = plt.get_cmap("tab10" if len(layer_names) <= 10 else "tab20").colors
+    colours = [colours[i % len(colours)] for i in range(len(layer_names))]
+    ax.imshow(np.ma.masked_less(dominant, 0), cmap=ListedColormap(colours), vmin=-0.5,
+              vmax=len(layer_names) - 0.5, interpolation="nearest")
+    ax.set_title("dominant layer per pixel (white: empty)", fontsize=7)
+    handles = [Patch(color=colours[i], label=name) for i, name in enumerate(layer_names)
+               if np.any(dominant == i)]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=6,
+              frameon=False, title="hidden state", title_fontsize=6)
+
+
 def show_store(path, out, *, n_per_class: int = 4, seed: int = 0) -> None:
-    """Draw sample images per class, the mean image per class with their difference, and the
-    feature layout on the grid, into a PNG at ``out``."""
+    """Draw a store into a PNG at ``out``: per class, sample images (raw, and standardised per
+    pixel with the training rows' statistics, so that what differs between samples and
+    classes shows), the class means and their difference, and the feature layout (features per
+    pixel, and the encoder layer that dominates each pixel, with a legend), each with a colour
+    bar."""
     try:
         import matplotlib
     except ImportError as exc:
@@ -68,45 +120,54 @@ def show_store(path, out, *, n_per_class: int = 4, seed: int = 0) -> None:
     values = np.unique(labels)
     rows = _class_rows(labels, n_per_class, seed)
     means = _mean_images(images, labels)
+    fit_rows = reader.rows("train")
+    if fit_rows.size < 2:
+        fit_rows = np.arange(labels.size)
+    pixel_mean, pixel_std = pixel_stats(images, fit_rows)
     layout = reader.layout()
     grid = tuple(layout.config.grid)
-    n_layers = len(reader.provenance.get("layers") or [])
+    layers = list(reader.provenance.get("layers") or [])
     pixel_index = np.asarray(layout.pixel_index_, dtype=np.int64)
-    group_size = pixel_index.size // n_layers if n_layers else None
+    group_size = pixel_index.size // len(layers) if layers else None
     counts, dominant = layout_map(pixel_index, grid, group_size)
 
     n_cols = max(n_per_class, len(values) + 1, 3)
-    fig, axes = plt.subplots(len(values) + 2, n_cols, figsize=(2.2 * n_cols,
-                                                               2.3 * (len(values) + 2)),
+    n_rows = 2 * len(values) + 2
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.6 * n_cols, 2.3 * n_rows),
                              squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
+    raw_range = {"vmin": float(min(m.min() for m in means.values())),
+                 "vmax": float(max(m.max() for m in means.values()))}
     for r, value in enumerate(values):
         name = names[r] if r < len(names) else str(value)
         for c, row in enumerate(rows[int(value)]):
-            ax = axes[r, c]
-            ax.imshow(np.asarray(images[int(row)], dtype=np.float32), cmap="gray")
-            ax.set_title(f"{name} #{int(row)}", fontsize=8)
-    r = len(values)
+            raw = np.asarray(images[int(row)], dtype=np.float32)
+            _image(axes[2 * r, c], fig, raw, f"{name} #{int(row)} raw", cmap="gray")
+            z = standardise(raw, pixel_mean, pixel_std)
+            _image(axes[2 * r + 1, c], fig, z, f"{name} #{int(row)} per-pixel z",
+                   cmap="RdBu_r", vmin=-3, vmax=3)
+    r = 2 * len(values)
     for c, value in enumerate(values):
-        axes[r, c].imshow(means[int(value)], cmap="gray")
-        axes[r, c].set_title(f"mean {names[c] if c < len(names) else value}", fontsize=8)
+        _image(axes[r, c], fig, means[int(value)],
+               f"mean {names[c] if c < len(names) else value}", cmap="gray", **raw_range)
     if len(values) >= 2:
         diff = means[int(values[-1])] - means[int(values[0])]
         bound = float(np.abs(diff).max()) or 1.0
-        ax = axes[r, len(values)]
-        ax.imshow(diff, cmap="RdBu_r", vmin=-bound, vmax=bound)
-        ax.set_title(f"{names[-1]} - {names[0]}", fontsize=8)
+        _image(axes[r, len(values)], fig, diff, f"mean {names[-1]} - mean {names[0]}",
+               cmap="RdBu_r", vmin=-bound, vmax=bound)
     r += 1
-    ax = axes[r, 0]
-    ax.imshow(counts, cmap="viridis")
-    ax.set_title(f"features per pixel ({int((counts > 0).sum())} used)", fontsize=8)
+    _image(axes[r, 0], fig, counts, f"features per pixel ({int((counts > 0).sum())} used)",
+           cmap="viridis")
     if dominant is not None:
-        ax = axes[r, 1]
-        masked = np.ma.masked_less(dominant, 0)
-        ax.imshow(masked, cmap="tab10", vmin=0, vmax=9)
-        ax.set_title("dominant layer per pixel", fontsize=8)
-    fig.suptitle(f"{path}: {images.shape[0]} images {grid[0]} x {grid[1]}", fontsize=10)
+        _layer_legend(axes[r, 1], dominant, [f"layer {layer}" for layer in layers])
+    if len(values) >= 2 and n_cols >= 3:
+        z_diff = (means[int(values[-1])] - means[int(values[0])]) / pixel_std
+        bound = float(np.abs(z_diff).max()) or 1.0
+        _image(axes[r, 2], fig, z_diff, f"(mean {names[-1]} - mean {names[0]}) / pixel std",
+               cmap="RdBu_r", vmin=-bound, vmax=bound)
+    fig.suptitle(f"{path}: {images.shape[0]} images {grid[0]} x {grid[1]}; per-pixel z uses "
+                 f"the mean and deviation of {fit_rows.size} training images", fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

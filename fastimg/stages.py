@@ -104,13 +104,18 @@ def reconcile(writer: StoreWriter, plan: StagePlan, sources, *, force: bool) -> 
     return reused
 
 
-def run_layout(writer: StoreWriter, plan: StagePlan, layout_config, fit_rows, matrix, timings):
-    """The layout stage: fitted on ``matrix[fit_rows]`` unless the build has it already."""
+def run_layout(writer: StoreWriter, plan: StagePlan, layout_config, fit_rows, matrix, timings,
+               raster_backend: str | None = None):
+    """The layout stage: fitted on ``matrix[fit_rows]`` unless the build has it already (the
+    ``raster_backend``'s kernel is loaded meanwhile, see :func:`fastimg.raster.warm_up`)."""
     from fastimg.layout import DeepInsightLayout
+    from fastimg.raster import warm_up
 
     record = writer.begin("layout", plan.keys["layout"], plan.settings["layout"])
     if record.get("done"):
         return DeepInsightLayout.from_dict(record["layout"])
+    if raster_backend is not None:
+        warm_up(raster_backend)
     start = time.perf_counter()
     logger.info("fitting the layout on %d rows", fit_rows.size)
     if isinstance(matrix, np.ndarray) and fit_rows.size == matrix.shape[0]:

@@ -2,7 +2,7 @@
 
 The kernel is compiled ``nogil`` and run by ``numba.get_num_threads()`` Python threads that take
 blocks of ``_ROWS_PER_BLOCK`` rows from a shared counter (dynamic scheduling; a
-``parallel=True`` build of the same kernel, ``_raster_f16_prange``, is kept for comparison).
+``parallel=True`` build of the same kernel, ``_raster_prange``, is kept for comparison).
 Per task of ``_ROWS_PER_TASK`` rows, each thread keeps small buffers that stay in L1:
 
 1. *widen*: the input row is read once, contiguously, as raw bits (a ``uint16`` view for float16
@@ -35,7 +35,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from .plan import RasterPlan
 
@@ -135,66 +136,103 @@ def _scale_row(buf, bits, expo, adjust, code, shift, scale):
             buf[f] = min(max(expo[f] * scale[f], np.float32(0.0)), np.float32(1.0))
 
 
-def _make_kernel(widen, count_bad, mag_inf):
-    def kernel(x_bits, pixel_of_feature, inv_count, empty_fill, shift, scale, code, adjust,
-               out):
-        """``x_bits`` [n, F] raw input bits; ``inv_count`` already includes ``adjust`` when
-        ``code == 0`` (no scaling pass to apply it)."""
-        n_rows, n_features = x_bits.shape
-        n_pixels = out.shape[1]
-        n_tasks = (n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
-        n_bad = 0
-        for t in prange(n_tasks):
-            bits = np.zeros(_ROWS_PER_PASS * n_features, dtype=np.uint32)
-            buf = bits.view(np.float32)
-            expo = np.empty(n_features if code == 2 else 0, dtype=np.float32)
-            acc = np.empty(_ROWS_PER_PASS * n_pixels, dtype=np.float32)
-            b0 = buf[:n_features]
-            b1 = buf[n_features:]
-            a0 = acc[:n_pixels]
-            a1 = acc[n_pixels:]
-            lo = t * _ROWS_PER_TASK
-            hi = min(n_rows, lo + _ROWS_PER_TASK)
-            mx = np.uint32(0)
-            for i0 in range(lo, hi, _ROWS_PER_PASS):
-                n_pass = min(_ROWS_PER_PASS, hi - i0)
-                for r in range(n_pass):
-                    rb = bits[r * n_features:(r + 1) * n_features]
-                    mx = max(mx, widen(x_bits[i0 + r], rb))
-                    if code != 0:
-                        _scale_row(buf[r * n_features:(r + 1) * n_features], rb, expo,
-                                   adjust, code, shift, scale)
-                if n_pass < _ROWS_PER_PASS:
-                    b1[:] = 0.0
-                acc[:] = 0.0
-                for f in range(n_features):
-                    p = np.uintp(pixel_of_feature[f])
-                    a0[p] += b0[f]
-                    a1[p] += b1[f]
-                for r in range(n_pass):
-                    ar = acc[r * n_pixels:(r + 1) * n_pixels]
-                    orow = out[i0 + r]
-                    for p in range(n_pixels):
-                        orow[p] = ar[p] * inv_count[p] + empty_fill[p]
-            if mx >= mag_inf:  # rare: count exactly
-                bad = 0
-                for i in range(lo, hi):
-                    bad += count_bad(x_bits[i])
-                n_bad += bad
-        return n_bad
-
-    # without parallel=True, prange is range: the serial kernel releases the GIL and is run on
-    # blocks of rows by a pool of Python threads (see raster_cpu)
-    # error_model="numpy": no ZeroDivisionError branch on the division in _log_ge1, which
-    # otherwise keeps that loop scalar (the denominator is m + 1 >= 1.7 anyway)
-    return (njit(nogil=True, cache=True, error_model="numpy")(kernel),
-            njit(parallel=True, cache=True, error_model="numpy")(kernel))
+def _widen(row, bits):
+    """Widen one row of raw input bits (``uint16``: float16, ``uint32``: float32) into ``bits``;
+    returns the largest magnitude seen. This Python body runs under ``NUMBA_DISABLE_JIT=1``;
+    compiled code takes the :func:`_widen_overload` specialisation, chosen by type at compile
+    time (a closure over the helpers would do the same, but Numba's on-disk cache keys closures by
+    a pickle that changes in every process, so it never hit)."""
+    return _widen_f16(row, bits) if row.dtype == np.uint16 else _widen_f32(row, bits)
 
 
-_raster_f16, _raster_f16_prange = _make_kernel(_widen_f16, _count_bad_f16,
-                                               np.uint32(_F16_MAG_INF))
-_raster_f32, _raster_f32_prange = _make_kernel(_widen_f32, _count_bad_f32,
-                                               np.uint32(_F32_MAG_INF))
+def _count_bad(row):
+    """Number of inf/NaN values in one row of raw input bits (Python body: see :func:`_widen`)."""
+    return _count_bad_f16(row) if row.dtype == np.uint16 else _count_bad_f32(row)
+
+
+def _mag_inf(row):
+    """Magnitude bits at or above which a value of ``row``'s type is inf or NaN."""
+    return np.uint32(_F16_MAG_INF if row.dtype == np.uint16 else _F32_MAG_INF)
+
+
+@overload(_widen, inline="always")
+def _widen_overload(row, bits):
+    if row.dtype == types.uint16:
+        return lambda row, bits: _widen_f16(row, bits)
+    return lambda row, bits: _widen_f32(row, bits)
+
+
+@overload(_count_bad, inline="always")
+def _count_bad_overload(row):
+    if row.dtype == types.uint16:
+        return lambda row: _count_bad_f16(row)
+    return lambda row: _count_bad_f32(row)
+
+
+@overload(_mag_inf, inline="always")
+def _mag_inf_overload(row):
+    mag_inf = np.uint32(_F16_MAG_INF if row.dtype == types.uint16 else _F32_MAG_INF)
+    return lambda row: mag_inf
+
+
+def _raster_kernel(x_bits, pixel_of_feature, inv_count, empty_fill, shift, scale, code, adjust,
+                   out):
+    """``x_bits`` [n, F] raw input bits; ``inv_count`` already includes ``adjust`` when
+    ``code == 0`` (no scaling pass to apply it)."""
+    n_rows, n_features = x_bits.shape
+    n_pixels = out.shape[1]
+    n_tasks = (n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
+    n_bad = 0
+    for t in prange(n_tasks):
+        bits = np.zeros(_ROWS_PER_PASS * n_features, dtype=np.uint32)
+        buf = bits.view(np.float32)
+        expo = np.empty(n_features if code == 2 else 0, dtype=np.float32)
+        acc = np.empty(_ROWS_PER_PASS * n_pixels, dtype=np.float32)
+        b0 = buf[:n_features]
+        b1 = buf[n_features:]
+        a0 = acc[:n_pixels]
+        a1 = acc[n_pixels:]
+        lo = t * _ROWS_PER_TASK
+        hi = min(n_rows, lo + _ROWS_PER_TASK)
+        mx = np.uint32(0)
+        for i0 in range(lo, hi, _ROWS_PER_PASS):
+            n_pass = min(_ROWS_PER_PASS, hi - i0)
+            for r in range(n_pass):
+                rb = bits[r * n_features:(r + 1) * n_features]
+                mx = max(mx, _widen(x_bits[i0 + r], rb))
+                if code != 0:
+                    _scale_row(buf[r * n_features:(r + 1) * n_features], rb, expo,
+                               adjust, code, shift, scale)
+            if n_pass < _ROWS_PER_PASS:
+                b1[:] = 0.0
+            acc[:] = 0.0
+            for f in range(n_features):
+                p = np.uintp(pixel_of_feature[f])
+                a0[p] += b0[f]
+                a1[p] += b1[f]
+            for r in range(n_pass):
+                ar = acc[r * n_pixels:(r + 1) * n_pixels]
+                orow = out[i0 + r]
+                for p in range(n_pixels):
+                    orow[p] = ar[p] * inv_count[p] + empty_fill[p]
+        if mx >= _mag_inf(x_bits[lo]):  # rare: count exactly
+            bad = 0
+            for i in range(lo, hi):
+                bad += _count_bad(x_bits[i])
+            n_bad += bad
+    return n_bad
+
+
+# Without parallel=True, prange is range: the serial kernel releases the GIL and is run on blocks
+# of rows by a pool of Python threads (see raster_cpu). error_model="numpy": no ZeroDivisionError
+# branch on the division in _log_ge1, which otherwise keeps that loop scalar (the denominator is
+# m + 1 >= 1.7 anyway). cache=True: compiled once per machine, then loaded from __pycache__ (or
+# $NUMBA_CACHE_DIR). One signature per input type (uint16: float16, uint32: float32).
+_raster = njit(nogil=True, cache=True, error_model="numpy")(_raster_kernel)
+# The parallel=True build, kept for comparison, is not cached: Numba's cache key (code, closure,
+# signature) does not include the compile flags, so it would share -- and overwrite -- the entries
+# of the nogil build above.
+_raster_prange = njit(parallel=True, error_model="numpy")(_raster_kernel)
 
 
 def raster_cpu(x: np.ndarray, plan: RasterPlan, out: np.ndarray) -> int:
@@ -212,9 +250,9 @@ def raster_cpu(x: np.ndarray, plan: RasterPlan, out: np.ndarray) -> int:
     if x.ndim != 2 or x.shape[1] != plan.n_features or out.shape[0] != x.shape[0]:
         raise ValueError(f"expected x of shape (n, {plan.n_features}) and out with n rows")
     if x.dtype == np.float16:
-        kernel, x_bits, adjust = _raster_f16, x.view(np.uint16), _F16_EXPONENT_ADJUST
+        kernel, x_bits, adjust = _raster, x.view(np.uint16), _F16_EXPONENT_ADJUST
     elif x.dtype == np.float32:
-        kernel, x_bits, adjust = _raster_f32, x.view(np.uint32), np.float32(1.0)
+        kernel, x_bits, adjust = _raster, x.view(np.uint32), np.float32(1.0)
     else:
         raise TypeError(f"raster_cpu takes float16 or float32 input, got {x.dtype}")
     code = plan.scaling_code

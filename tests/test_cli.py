@@ -22,8 +22,10 @@ def test_images_from_npy_end_to_end(rng, tmp_path, capsys):
     # the stored layout turns the same rows into the same images
     layout = DeepInsightLayout.from_dict(attrs["layout"])
     np.testing.assert_array_equal(group[store.IMAGES][:], layout.transform(x))
-    assert main(["info", str(out)]) == 0
+    assert main(["info", str(out), "--json"]) == 0
     assert '"rows": 150' in capsys.readouterr().out
+    assert main(["info", str(out)]) == 0
+    assert "fitted on the first 100 rows" in capsys.readouterr().out
 
 
 def test_synthetic_demo_and_existing_store_needs_force(tmp_path, capsys):

@@ -393,8 +393,10 @@ def test_cuda_fit_with_amp_channels_last(blob_store, loader):
 @pytest.mark.gpu
 @pytest.mark.parametrize("mode", ["image", "dataset"])
 def test_dali_gpu_pipeline_matches_torch_on_cuda(blob_store, mode):
-    ours, dali, _ = _torch_and_dali_loaders(blob_store, mode, "cuda")
-    for (xa, ta, ra), (xb, tb, rb) in zip(ours.epoch(0), dali.epoch(0)):
+    ours, dali, source = _torch_and_dali_loaders(blob_store, mode, "cuda")
+    a, b = list(ours.epoch(0)), list(dali.epoch(0))
+    assert len(a) == len(b) == len(source)  # zip alone would hide a loader that stops early
+    for (xa, ta, ra), (xb, tb, rb) in zip(a, b):
         assert xa.is_cuda and xb.is_cuda and torch.equal(ra.cpu(), rb.cpu())
         assert torch.equal(ta, tb)
         torch.testing.assert_close(xb, xa, atol=1e-5, rtol=0)

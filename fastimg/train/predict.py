@@ -91,7 +91,9 @@ class Run:
             self.normaliser = Normaliser("dataset", stats["mean"], stats["inv_std"])
         else:
             self.normaliser = Normaliser(self.bundle["normalize"])
-        self.device = torch.device(device)
+        from fastimg.train.fit import resolve_device
+
+        self.device = resolve_device(device)
         self.model = self._build_model()
 
     def _build_model(self):

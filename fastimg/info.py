@@ -1,0 +1,267 @@
+"""What ``fastimg info`` says about a store or a training run folder: a short human summary
+(a list of lines, at most about 30) or the full attributes as JSON-ready data."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fastimg import store
+
+#: Layout entries that are arrays (thousands of numbers): left out of the JSON view.
+LAYOUT_ARRAYS = ("pixel_index", "coords", "scaler")
+RUN_FILES = ("metrics.json", "config.json", "best.pt")
+
+
+def is_run_folder(path) -> bool:
+    """True when ``path`` is a training run folder (it holds ``metrics.json`` or
+    ``config.json``) rather than a store."""
+    path = Path(path)
+    return path.is_dir() and any((path / name).is_file() for name in RUN_FILES[:2])
+
+
+def _trim_layout(layout: dict) -> dict:
+    return {k: v for k, v in layout.items() if k not in LAYOUT_ARRAYS}
+
+
+def store_json(reader: store.StoreReader) -> dict:
+    """The store's attributes without the layout's arrays, plus its arrays and size."""
+    attrs = dict(reader.attrs)
+    if "layout" in attrs:
+        attrs["layout"] = _trim_layout(attrs["layout"])
+    stages = {}
+    for name, record in reader.stages.items():
+        record = dict(record)
+        if isinstance(record.get("layout"), dict):
+            record["layout"] = _trim_layout(record["layout"])
+        stages[name] = record
+    if stages:
+        attrs["stages"] = stages
+    attrs["arrays"] = reader.array_info()
+    attrs["size_MiB"] = round(reader.size_bytes() / 2**20, 2)
+    return attrs
+
+
+def _n(value) -> str:
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _seconds(value) -> str:
+    if value is None:
+        return "?"
+    return f"{value:.2f} s" if value < 10 else f"{value:.1f} s"
+
+
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:.2f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.1f} MiB"
+
+
+def _rows_lines(reader: store.StoreReader) -> list[str]:
+    """Rows per split and class (dataset stores), or per split (image stores with one)."""
+    summary = reader.summary
+    counts = summary.get("counts")
+    if counts:
+        names = reader.class_names
+        lines = [f"classes   {len(names)}: {', '.join(names)}"]
+        for split in store.SPLIT_NAMES:
+            per_class = counts.get(split)
+            if not per_class:
+                continue
+            total = sum(per_class.values())
+            detail = ", ".join(f"{name} {_n(n)}" for name, n in per_class.items())
+            lines.append(f"  {split:<7} {_n(total):>9} rows  ({detail})")
+        return lines
+    split_rows = summary.get("split_rows")
+    if not split_rows and store.SPLIT in reader.group:
+        codes = reader.split_codes()
+        split_rows = {name: int((codes == code).sum())
+                      for code, name in enumerate(store.SPLIT_NAMES)}
+    if not reader.has_labels:
+        return (["splits    " + ", ".join(f"{s} {_n(n)}" for s, n in split_rows.items() if n)]
+                if split_rows else [])
+    # labels without a count in the summary (a store written by another tool): count them
+    names, targets, codes = reader.class_names, reader.targets(), reader.split_codes()
+    lines = [f"classes   {len(names)}: {', '.join(names)}"]
+    for code, split in enumerate(store.SPLIT_NAMES):
+        in_split = targets[codes == code]
+        if in_split.size:
+            detail = ", ".join(f"{name} {_n(int((in_split == k).sum()))}"
+                               for k, name in enumerate(names))
+            lines.append(f"  {split:<7} {_n(int(in_split.size)):>9} rows  ({detail})")
+    return lines
+
+
+def _features_line(reader: store.StoreReader) -> str:
+    features = reader.summary.get("features")
+    if features is None and reader.embeddings is not None:
+        features = int(reader.embeddings.shape[1])
+    layers = reader.provenance.get("layers") or []
+    line = f"features  {_n(features) if features is not None else 'not recorded'}"
+    if layers and features and features % len(layers) == 0:
+        line += f" = {len(layers)} layers x {_n(features // len(layers))} hidden"
+    embeddings = reader.embeddings
+    if embeddings is not None:
+        line += f"; embeddings stored ({embeddings.dtype})"
+    return line
+
+
+def _images_line(reader: store.StoreReader) -> str:
+    summary = reader.summary
+    height, width = summary.get("image_shape") or reader.images.shape[1:]
+    occupied = summary.get("occupied_pixels")
+    line = f"images    {_n(int(reader.images.shape[0]))} x {height} x {width} {reader.images.dtype}"
+    if occupied is not None:
+        line += (f"; {_n(occupied)} of {_n(height * width)} pixels occupied "
+                 f"({100 * occupied / (height * width):.1f}%)")
+    return line
+
+
+def _encoder_line(reader: store.StoreReader) -> str | None:
+    encoder = reader.configs.get("encoder")
+    if not encoder:
+        return None
+    prov = reader.provenance
+    layers = prov.get("layers") or encoder.get("layers")
+    model = encoder.get("model")
+    if encoder.get("revision"):
+        model += f"@{encoder['revision']}"
+    precision = prov.get("compute_dtype") or encoder.get("dtype")
+    return (f"encoder   {model}, layers {layers} ({encoder.get('layers')}), "
+            f"{encoder.get('pooling')} pooling, max_length {encoder.get('max_length')}, "
+            f"truncation {encoder.get('truncation')}, {precision} on {prov.get('device', '?')} "
+            f"-> {encoder.get('output_dtype', '?')}")
+
+
+def _layout_line(reader: store.StoreReader) -> str:
+    layout = reader.configs.get("layout") or reader.attrs.get("layout", {}).get("config", {})
+    backend = (reader.provenance.get("layout_backend")
+               or reader.attrs.get("layout", {}).get("backend") or layout.get("backend"))
+    method = layout.get("method")
+    line = f"layout    {method}"
+    if method == "tsne":
+        line += f" ({backend}, perplexity {layout.get('perplexity')}, {layout.get('metric')})"
+    line += f", scaling {layout.get('scaling')}, assignment {layout.get('assignment')}"
+    settings = reader.stages.get("layout", {}).get("settings", {})
+    fit_on = settings.get("fit_on") or reader.summary.get("fit_on")
+    fit_rows = settings.get("fit_rows") or reader.summary.get("fit_rows")
+    if fit_on:
+        rows = "" if fit_rows is None else f" {_n(fit_rows)}"
+        line += {"train": f"; fitted on the{rows} train rows",
+                 "first_rows": f"; fitted on the first{rows} rows",
+                 "all": f"; fitted on all{rows} rows (evaluation rows included)"}.get(
+                     fit_on, f"; fitted on {fit_on}{rows}")
+    if layout.get("random_state") is not None:
+        line += f", seed {layout.get('random_state')}"
+    return line
+
+
+def _timings_line(reader: store.StoreReader) -> str | None:
+    timings = reader.summary.get("timings") or {}
+    parts = [f"{name.removesuffix('_s')} {_seconds(value)}" for name, value in timings.items()]
+    if not parts:
+        parts = [f"{name} {_seconds(record['seconds'])}" for name, record in
+                 reader.stages.items() if record.get("seconds") is not None]
+    if not parts:
+        return None
+    line = "timings   " + ", ".join(parts)
+    reused = list(reader.summary.get("reused") or [])
+    reused += [f"{name} (from {record['reused_from']})" for name, record in
+               reader.stages.items() if record.get("reused_from") and name not in reused]
+    line += f"; reused: {', '.join(reused)}" if reused else "; nothing reused"
+    if reader.summary.get("resumed"):
+        line += "; resumed"
+    return line
+
+
+def describe_store(reader: store.StoreReader) -> list[str]:
+    """A short human summary of a finished store, one string per line."""
+    kind = reader.kind
+    versions = reader.provenance.get("versions") or reader.attrs.get("layout", {}).get(
+        "versions", {})
+    lines = [f"{reader.path}: fastimg {kind} store, "
+             f"{'complete' if reader.complete else 'NOT complete'}, "
+             f"{_size(reader.size_bytes())} on disk, format {reader.attrs.get('format_version')}"
+             + (f", written by fastimg {versions['fastimg']}" if versions.get("fastimg") else "")]
+    corpus = reader.corpus
+    rows = reader.summary.get("rows") or int(reader.images.shape[0])
+    source = corpus.get("source") or (reader.configs.get("corpus") or {}).get("dataset")
+    lines.append(f"rows      {_n(rows)}" + (f" from {source}" if source else "")
+                 + (f" (split: {corpus['split_mode']})" if corpus.get("split_mode") else ""))
+    lines += _rows_lines(reader)
+    lines.append(_features_line(reader))
+    lines.append(_images_line(reader))
+    layout_line = _layout_line(reader) if "layout" in reader.attrs else None
+    for line in (_encoder_line(reader), layout_line, _timings_line(reader)):
+        if line:
+            lines.append(line)
+    for warning in (corpus.get("warnings") or [])[:3]:
+        lines.append(f"warning   {warning}")
+    return lines
+
+
+def _accuracy(value) -> str:
+    return "absent" if value is None else f"{value:.4f}"
+
+
+def describe_run(path) -> list[str]:
+    """A short human summary of a training run folder (``metrics.json``, ``config.json``,
+    ``best.pt``), one string per line.
+
+    Raises
+    ------
+    ValueError
+        When the folder's ``metrics.json`` or ``config.json`` is not valid JSON.
+    """
+    path = Path(path)
+    files = {name: (path / name).is_file() for name in RUN_FILES}
+    try:
+        metrics = (json.loads((path / "metrics.json").read_text(encoding="utf-8"))
+                   if files["metrics.json"] else {})
+        config = (json.loads((path / "config.json").read_text(encoding="utf-8"))
+                  if files["config.json"] else metrics.get("config", {}))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: cannot read the run's JSON: {exc}") from None
+    present = ", ".join(n for n, ok in files.items() if ok)
+    missing = ", ".join(n for n, ok in files.items() if not ok)
+    lines = [f"{path}: fastimg training run ({present}"
+             + (f"; missing {missing}" if missing else "") + ")"]
+    if metrics.get("store"):
+        lines.append(f"store      {metrics['store']}")
+    extractor = metrics.get("extractor") or {"name": config.get("extractor"),
+                                              "weights": config.get("weights")}
+    shape = extractor.get("feature_shape")
+    lines.append(f"extractor  {extractor.get('name')}, weights {extractor.get('weights')}"
+                 + (f", features {' x '.join(map(str, shape))}" if shape else "")
+                 + ("" if extractor.get("frozen", True) else ", partly trained"))
+    lines.append(f"training   {config.get('epochs')} epochs, batch {config.get('batch_size')}, "
+                 f"lr head {config.get('lr_head') or 'default'} / classifier "
+                 f"{config.get('lr_classifier') or 'default'}, normalise "
+                 f"{config.get('normalize')}, seed {config.get('seed')}")
+    if metrics.get("device"):
+        lines.append(f"ran on     {metrics['device']}, loader {metrics.get('loader')}, cache "
+                     f"{metrics.get('cache')}, amp {metrics.get('amp')}")
+    rows = metrics.get("rows")
+    if rows:
+        lines.append("rows       " + ", ".join(f"{s} {_n(n)}" for s, n in rows.items()))
+    epochs = metrics.get("epochs") or []
+    if epochs:
+        best = metrics.get("best_epoch")
+        lines.append(f"epochs     {len(epochs)} run, best epoch {best} (val accuracy "
+                     f"{_accuracy(epochs[best - 1]['val_accuracy'] if best else None)}), "
+                     f"last train loss {epochs[-1]['train_loss']:.4f}")
+    final = metrics.get("final") or {}
+    if final:
+        lines.append(f"accuracy   val {_accuracy((final.get('val') or {}).get('accuracy'))}, "
+                     f"test {_accuracy((final.get('test') or {}).get('accuracy'))} "
+                     f"(best epoch's weights)")
+    probe = metrics.get("probe")
+    if metrics:
+        lines.append("probe      " + ("not run" if not probe else
+                                      f"val {_accuracy(probe.get('val_accuracy'))}, test "
+                                      f"{_accuracy(probe.get('test_accuracy'))} "
+                                      f"({probe.get('model', 'linear')})"))
+    total = (metrics.get("timings") or {}).get("total_s")
+    if total is not None:
+        lines.append(f"time       {_seconds(total)}")
+    if not metrics:
+        lines.append("no metrics.json: the run did not finish")
+    return lines

@@ -1,0 +1,176 @@
+"""CLI consistency: one line and exit 2 for user mistakes, exit 1 and "a bug" for anything else,
+one meaning per flag name, every flag the README names exists, --split-file, train --force."""
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastimg import cli, store
+from fastimg.cli import main
+from fastimg.layout import DeepInsightLayout, LayoutConfig
+from conftest import structured_matrix
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def one_line(err: str) -> str:
+    err = err.strip()
+    assert err and "\n" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "s.zarr", "--out", "r", "--device", "gpu"], "expected auto, cpu, cuda or cuda:N"),
+    (["train", "s.zarr", "--out", "r", "--loader", "dalli"], "invalid choice: 'dalli'"),
+    (["images", "--synthetic", "10x100", "--out", "o", "--device", "cpu"], "--raster-backend"),
+    (["images", "--synthetic", "10x100", "--out", "o", "--raster-backend", "gpu"],
+     "invalid choice: 'gpu'"),
+    (["images", "--synthetic", "10x100", "--out", "o", "--tsne-backend", "tsnecuda"],
+     "invalid choice: 'tsnecuda'"),
+    (["build-dataset", "--dataset", "imdb", "--out", "o", "--device", "gpu"],
+     "invalid choice: 'gpu'"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+])
+def test_usage_mistakes_print_one_line_and_exit_2(capsys, argv, message):
+    assert main(argv) == 2
+    assert message in one_line(capsys.readouterr().err)
+
+
+def test_help_exits_0(capsys):
+    assert main(["info", "--help"]) == 0
+    assert "--json" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("error,code,word", [
+    (ValueError("bad value"), 2, "error: bad value"),
+    (FileNotFoundError("no file here"), 2, "error: no file here"),
+    (ImportError("pip install 'fastimg[gpu]'"), 2, "fastimg[gpu]"),
+    (TypeError("f() got an unexpected keyword"), 1, "internal error (a bug"),
+    (KeyError("layout"), 1, "internal error (a bug"),
+    (AttributeError("no attribute x"), 1, "internal error (a bug"),
+])
+def test_user_errors_exit_2_and_bugs_exit_1(monkeypatch, capsys, error, code, word):
+    def boom(args):
+        raise error
+
+    monkeypatch.setattr(cli, "_cmd_info", boom)
+    assert main(["info", "x.zarr"]) == code
+    err = one_line(capsys.readouterr().err)
+    assert err.startswith("fastimg info: ") and word in err
+    assert ("--debug" in err) == (code == 1)
+
+
+@pytest.mark.parametrize("argv", [["--debug", "info", "x.zarr"], ["info", "x.zarr", "--debug"]])
+def test_debug_prints_the_traceback(monkeypatch, capsys, argv):
+    def boom(args):
+        raise TypeError("wrong call")
+
+    monkeypatch.setattr(cli, "_cmd_info", boom)
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "in boom" in err
+    assert err.strip().splitlines()[-1].startswith("fastimg info: internal error")
+
+
+def _parser_options() -> dict:
+    parser = cli.make_parser()
+    options = {"": {o for a in parser._actions for o in a.option_strings}}
+    sub = next(a for a in parser._actions if isinstance(a, cli.argparse._SubParsersAction))
+    for name, command in sub.choices.items():
+        options[name] = {o for a in command._actions for o in a.option_strings
+                         if a.help != cli.argparse.SUPPRESS}
+    return options
+
+
+def test_every_flag_the_readme_names_exists():
+    from benchmarks.__main__ import build_parser as bench_parser
+
+    text = README.read_text(encoding="utf-8")
+    options = _parser_options()
+    known = set().union(*options.values())
+    bench = {o for a in bench_parser()._actions for o in a.option_strings}
+    flags = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", text))
+    assert flags, "the README names no flags?"
+    missing = sorted(f for f in flags if f not in known | bench)
+    assert not missing, f"README flags no command has: {missing}"
+    # a command line in the README uses only its own command's flags
+    for line in re.findall(r"^\s*fastimg ([a-z-]+)(.*)$", text, flags=re.M):
+        command, rest = line
+        used = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", rest.split("#")[0]))
+        assert used <= options[command] | options[""], (command, used - options[command])
+
+
+def test_device_means_the_torch_device_everywhere():
+    options = _parser_options()
+    assert "--device" not in options["images"] and "--raster-backend" in options["images"]
+    assert {"--raster-backend", "--device"} <= options["build-dataset"]
+    assert "--device" in options["train"]
+
+
+def test_enumerated_flags_have_choices():
+    parser = cli.make_parser()
+    sub = next(a for a in parser._actions if isinstance(a, cli.argparse._SubParsersAction))
+    enumerated = {"--scaling", "--method", "--tsne-backend", "--assignment", "--fit-on",
+                  "--dtype", "--raster-backend", "--pooling", "--truncation", "--split",
+                  "--extractor", "--normalize", "--cache", "--loader", "--dataset"}
+    for name, command in sub.choices.items():
+        for action in command._actions:
+            if enumerated & set(action.option_strings) and action.help != cli.argparse.SUPPRESS:
+                assert action.choices, (name, action.option_strings)
+
+
+def test_images_fit_the_layout_on_the_training_rows_of_a_split_file(rng, tmp_path, capsys):
+    x = structured_matrix(rng, 120, 150).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    names = np.array(["train"] * 70 + ["val"] * 20 + ["test"] * 30)
+    rng.shuffle(names)
+    (tmp_path / "split.txt").write_text("\n".join(names))
+    out = tmp_path / "o.zarr"
+    assert main(["images", "--input", str(tmp_path / "x.npy"), "--split-file",
+                 str(tmp_path / "split.txt"), "--out", str(out), "--pixels", "10",
+                 "--method", "pca", "--quiet", "--dtype", "float32"]) == 0
+    assert "fitted on 70 rows: the training rows" in capsys.readouterr().out
+    reader = store.StoreReader(out)
+    assert reader.summary["fit_on"] == "train" and reader.summary["fit_rows"] == 70
+    np.testing.assert_array_equal(reader.rows("train"), np.flatnonzero(names == "train"))
+    train_only = DeepInsightLayout(LayoutConfig(grid=(10, 10), method="pca")).fit(
+        x[names == "train"])
+    np.testing.assert_array_equal(reader.layout().pixel_index_, train_only.pixel_index_)
+    np.testing.assert_array_equal(reader.images[:], train_only.transform(x))
+
+
+@pytest.mark.parametrize("content,message", [
+    (np.array([0, 1, 5] * 40), "row 2 has split 5;"),
+    (np.array(["train", "dev"] * 60), "row 1 has split 'dev'"),
+    (np.zeros(7, dtype=np.int8), "one split per row (120)"),
+])
+def test_bad_split_files_exit_2(rng, tmp_path, capsys, content, message):
+    np.save(tmp_path / "split.npy", content)
+    code = main(["images", "--synthetic", "120x150", "--split-file", str(tmp_path / "split.npy"),
+                 "--out", str(tmp_path / "o.zarr"), "--quiet"])
+    assert code == 2 and message in one_line(capsys.readouterr().err)
+
+
+def test_images_split_file_and_fit_rows_exclude_each_other(tmp_path, capsys):
+    np.save(tmp_path / "split.npy", np.zeros(120, dtype=np.int8))
+    code = main(["images", "--synthetic", "120x150", "--split-file", str(tmp_path / "split.npy"),
+                 "--fit-rows", "50", "--out", str(tmp_path / "o.zarr"), "--quiet"])
+    assert code == 2 and "not both" in one_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("existing", ["metrics.json", "best.pt", "notes.txt"])
+def test_train_refuses_an_existing_run_folder_unless_force(tmp_path, capsys, existing):
+    from test_train import write_store
+
+    write_store(tmp_path / "s.zarr", n_rows=20)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / existing).write_text("{}")
+    argv = ["train", str(tmp_path / "s.zarr"), "--out", str(run), "--epochs", "0", "--quiet"]
+    assert main(argv) == 2
+    err = one_line(capsys.readouterr().err)
+    assert "pass --force" in err and str(run) in err
+    # with --force the command goes on (and stops at the next mistake: zero epochs)
+    assert main([*argv, "--force"]) == 2
+    assert "epochs must be a positive integer" in one_line(capsys.readouterr().err)

@@ -1,0 +1,127 @@
+"""`fastimg info` (stores and run folders, short by default, --json for scripts) and
+`fastimg show` (colour bars, layer legend, per-pixel standardised samples)."""
+import csv
+import json
+import re
+
+import numpy as np
+import pytest
+
+from conftest import TINY_WORDS
+from fastimg import show, store
+from fastimg.cli import main
+
+
+def write_reviews(path, n=80, seed=0):
+    rng = np.random.default_rng(seed)
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(("id", "text", "label", "split"))
+        for i in range(n):
+            writer.writerow((f"r{i}", " ".join(rng.choice(TINY_WORDS, 10)), ("pos", "neg")[i % 2],
+                             ("train", "train", "train", "test")[(i // 2) % 4]))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tiny_bert_dir):
+    """A tiny dataset store, then a second one from it with another grid (encoding reused)."""
+    root = tmp_path_factory.mktemp("info")
+    write_reviews(root / "reviews.csv")
+    common = ["build-dataset", "--input", str(root / "reviews.csv"), "--id-column", "id",
+              "--split-column", "split", "--model", str(tiny_bert_dir), "--method", "pca",
+              "--max-length", "32", "--quiet", "--out", str(root / "d.zarr")]
+    assert main([*common, "--pixels", "12"]) == 0
+    first = json.dumps(store.StoreReader(root / "d.zarr").attrs["summary"])
+    assert main([*common, "--pixels", "10x14", "--force"]) == 0
+    return root / "d.zarr", json.loads(first)
+
+
+def test_info_summarises_a_dataset_store_in_a_few_lines(built, capsys):
+    path, _ = built
+    capsys.readouterr()
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert 6 <= len(lines) <= 30
+    reader = store.StoreReader(path)
+    train = reader.rows("train").size
+    assert "complete" in lines[0] and "MiB on disk" in lines[0]
+    assert "classes   2: neg, pos" in out
+    assert re.search(rf"^  train +{train} rows  \(neg \d+, pos \d+\)$", out, flags=re.M)
+    assert "features  192 = 6 layers x 32 hidden" in out
+    assert f"images    80 x 10 x 14 float16; {reader.summary['occupied_pixels']} of 140" in out
+    assert "cls pooling, max_length 32" in out and "layers [7, 8, 9, 10, 11, 12]" in out
+    assert "layout    pca" in out and f"fitted on the {train} train rows" in out
+    assert "reused: corpus, encode" in out
+    assert "{" not in out
+
+
+def test_info_json_holds_the_full_attributes_without_layout_arrays(built, capsys):
+    path, _ = built
+    capsys.readouterr()
+    assert main(["info", str(path), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    reader = store.StoreReader(path)
+    assert data["summary"] == reader.summary and data["config"] == reader.configs
+    assert data["arrays"]["images"]["shape"] == [80, 10, 14]
+    assert "coords" not in data["layout"] and "coords" not in data["stages"]["layout"]["layout"]
+    assert data["stages"]["encode"]["key"] == reader.stages["encode"]["key"]
+
+
+def test_info_summarises_a_training_run_folder(tmp_path, capsys):
+    from test_train import write_store
+
+    write_store(tmp_path / "s.zarr", n_rows=60)
+    run = tmp_path / "run"
+    assert main(["train", str(tmp_path / "s.zarr"), "--weights", "none", "--epochs", "2",
+                 "--batch-size", "16", "--loader", "torch", "--quiet", "--out", str(run)]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    capsys.readouterr()
+    assert main(["info", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{run}: fastimg training run (metrics.json, config.json, best.pt)")
+    assert "extractor  alexnet, weights None" in out
+    assert f"epochs     2 run, best epoch {metrics['best_epoch']}" in out
+    assert f"val {metrics['final']['val']['accuracy']:.4f}" in out
+    assert f"probe      val {metrics['probe']['val_accuracy']:.4f}" in out
+    assert len(out.strip().splitlines()) <= 30
+    assert main(["info", str(run), "--json"]) == 2
+
+
+def test_pixel_stats_stream_and_standardise(rng):
+    images = rng.random((50, 4, 5)).astype(np.float16)
+    images[:, 0, 0] = 0.0  # an empty pixel: deviation 1, standardised 0
+    rows = np.array([1, 4, 9, 20, 33, 49])
+    mean, std = show.pixel_stats(images, rows, block_rows=4)
+    chosen = images[rows].astype(np.float64)
+    np.testing.assert_allclose(mean, chosen.mean(axis=0), atol=1e-12)
+    expected = chosen.std(axis=0)
+    expected[0, 0] = 1.0
+    np.testing.assert_allclose(std, expected, atol=1e-9)
+    z = show.standardise(images[3], mean, std)
+    assert z[0, 0] == 0.0
+    np.testing.assert_allclose(z, (chosen[0] * 0 + images[3] - mean) / std, atol=1e-12)
+
+
+def test_show_draws_samples_standardised_and_a_layer_legend(built, tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    path, _ = built
+    saved = {}
+
+    def keep(fig, out, **kwargs):
+        saved["fig"] = fig
+        out.write_bytes(b"png")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
+    assert main(["show", str(path), "--out", str(tmp_path / "s.png"), "--per-class", "2"]) == 0
+    fig = saved["fig"]
+    titles = [ax.get_title() for ax in fig.axes]
+    assert sum("raw" in t for t in titles) == 4 and sum("per-pixel z" in t for t in titles) == 4
+    assert any(t.startswith("dominant layer") for t in titles)
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    labels = [t.get_text() for t in legends[0].get_texts()]
+    assert labels and all(label.startswith("layer ") for label in labels)
+    # one colour bar per drawn image (colour-bar axes have no title)
+    drawn = [ax for ax in fig.axes if ax.get_images() and ax.get_title()]
+    assert len(fig.axes) - len(drawn) >= len(drawn) - 1
