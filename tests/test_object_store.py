@@ -83,6 +83,9 @@ def test_s3_build_info_train_xarray(tmp_path, tiny_bert_dir, s3, s3_env, capsys)
     assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(BUCKET)) == ["imdb.zarr"]
 
     assert main(["info", url, *s3_env]) == 0
+    human = capsys.readouterr().out
+    assert "complete" in human and "NOT complete" not in human and url in human
+    assert main(["info", url, "--json", *s3_env]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["complete"] is True and info["summary"]["rows"] == 64
     assert info["size_MiB"] > 0
