@@ -6,7 +6,9 @@ docs/s, tokens/s, the ratio to fp32 and the max / mean absolute difference of th
 With ``probe=N`` each precision also encodes an N-review IMDB slice (``CorpusConfig(dataset=
 "imdb", limit=N, seed=0)``: train / validation / test stratified by label) and a linear probe
 (StandardScaler + LogisticRegression, C chosen on the fp32 validation rows and used for every
-precision) is scored on its test rows: what lower precision costs in meaning. On CPU the model is the
+precision) is scored on its test rows: what lower precision costs in meaning. The precisions are
+timed block by block, alternating which goes first, so load drift on a shared machine does not
+bias their ratio. On CPU the model is the
 offline all-MiniLM-L6-v2; on CUDA a random-weight bert-base-sized BertModel (``BertConfig()``
 defaults: 12 layers, hidden 768) with the MiniLM tokenizer (the same uncased WordPiece vocabulary
 as bert-base-uncased), since bert-base weights may not be available offline. Also timed: plain
@@ -159,7 +161,32 @@ def _diff(x, ref) -> dict:
     return {"max_abs_diff_vs_fp32": float(d.max()), "mean_abs_diff_vs_fp32": float(d.mean())}
 
 
-def precision_section(texts, loaded, model_name, device, max_length, probe: int = 0) -> dict:
+def _interleaved(texts, configs, loaded, device, blocks: int):
+    """Encode ``texts`` with every config, block by block, alternating which precision goes
+    first (ABBA): on a shared machine the load drifts, and this spreads the drift evenly over
+    the precisions instead of charging it to whichever ran last.
+
+    Returns ``{name: (seconds, tokens, embeddings)}``."""
+    from fastimg.embed import encode
+
+    names = list(configs)
+    edges = np.linspace(0, len(texts), min(blocks, len(texts)) + 1).astype(int)
+    secs = dict.fromkeys(names, 0.0)
+    tokens = dict.fromkeys(names, 0)
+    parts: dict = {name: [] for name in names}
+    for i, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
+        for name in (names if i % 2 == 0 else names[::-1]):
+            stats: dict = {}
+            t, x = _timed(lambda: encode(texts[a:b], configs[name], model=loaded, stats=stats),
+                          device, 1)
+            secs[name] += t
+            tokens[name] += stats["tokens"]
+            parts[name].append(x)
+    return {name: (secs[name], tokens[name], np.concatenate(parts[name])) for name in names}
+
+
+def precision_section(texts, loaded, model_name, device, max_length, probe: int = 0,
+                      blocks: int = 4) -> dict:
     """Every precision of ``device`` on the same texts (and the probe slice), in one process."""
     from fastimg.embed import EncoderConfig, encode
     from fastimg.embed.precision import available
@@ -169,35 +196,26 @@ def precision_section(texts, loaded, model_name, device, max_length, probe: int 
                                    precision=name) for name in names}
     for name in names:  # warm-up: kernels, thread pools, and int8's one-off quantisation
         encode(texts[:8], configs[name], model=loaded)
-    section: dict = {"precisions": names, "n_docs": len(texts),
+    section: dict = {"precisions": names, "n_docs": len(texts), "blocks": blocks,
                      "load_avg_1min_before": os.getloadavg()[0]}
-    outputs = {}
-    for name in names:
-        stats: dict = {}
-        secs, outputs[name] = _timed(
-            lambda: encode(texts, configs[name], model=loaded, stats=stats), device, 1)
+    timed = _interleaved(texts, configs, loaded, device, blocks)
+    ref = timed["fp32"][2]
+    for name, (secs, n_tokens, x) in timed.items():
         section[name] = {"s": secs, "docs_per_s": len(texts) / secs,
-                         "tokens_per_s": stats["tokens"] / secs,
-                         "compute_dtype": stats["compute_dtype"]}
-    for name in names:
-        section[name]["speedup_vs_fp32"] = section["fp32"]["s"] / section[name]["s"]
-        section[name].update(_diff(outputs[name], outputs["fp32"]))
-    section["max_abs_value"] = float(np.abs(outputs["fp32"].astype(np.float32)).max())
+                         "tokens_per_s": n_tokens / secs,
+                         "speedup_vs_fp32": timed["fp32"][0] / secs, **_diff(x, ref)}
+    section["max_abs_value"] = float(np.abs(ref.astype(np.float32)).max())
     if probe:
         p_texts, y, split = probe_slice(probe)
-        embeddings = {}
-        for name in names:
-            stats = {}
-            secs, embeddings[name] = _timed(
-                lambda: encode(p_texts, configs[name], model=loaded, stats=stats), device, 1)
-            section[name].update(probe_s=secs, probe_docs_per_s=len(p_texts) / secs,
-                                 probe_tokens_per_s=stats["tokens"] / secs)
-        for name in names:
-            section[name]["probe_speedup_vs_fp32"] = section["fp32"]["probe_s"] / section[name][
-                "probe_s"]
-            section[name].update({f"probe_{k}": v for k, v in
-                                  _diff(embeddings[name], embeddings["fp32"]).items()})
-        acc = probe_accuracy(embeddings, y, split)
+        timed = _interleaved(p_texts, configs, loaded, device, 2 * blocks)
+        ref = timed["fp32"][2]
+        for name, (secs, n_tokens, x) in timed.items():
+            section[name].update(
+                probe_s=secs, probe_docs_per_s=len(p_texts) / secs,
+                probe_tokens_per_s=n_tokens / secs,
+                probe_speedup_vs_fp32=timed["fp32"][0] / secs,
+                **{f"probe_{k}": v for k, v in _diff(x, ref).items()})
+        acc = probe_accuracy({name: v[2] for name, v in timed.items()}, y, split)
         section["probe"] = {"n_docs": len(p_texts),
                             "rows": {part: int((split == part).sum())
                                      for part in ("train", "val", "test")}, **acc}
@@ -250,6 +268,11 @@ def run(quick: bool = False, json_path: str | None = None, device: str = "auto",
                           repeats)
     peak_after = matmul_gflops(device, peak_dtype, peak_size)
     precisions = precision_section(texts, loaded, model_name, device, max_length, probe)
+    print_precisions(precisions)  # now: the baseline runs below are long at full size
+    if json_path:  # replaced by the full result at the end
+        with open(json_path, "w", encoding="utf-8") as fh:
+            json.dump({"suite": "encode", "partial": True, "precision_section": precisions}, fh,
+                      indent=2)
     unsorted_cfg = EncoderConfig(model=model_name, device=device, max_length=max_length,
                                  sort_by_length=False)
     unsorted_s, _ = _timed(lambda: encode(texts, unsorted_cfg, model=loaded), device, 1)
@@ -289,7 +312,6 @@ def run(quick: bool = False, json_path: str | None = None, device: str = "auto",
     # written with the rest
     result = report(result, None)
     result["precision_section"] = precisions
-    print_precisions(precisions)
     if json_path:
         with open(json_path, "w", encoding="utf-8") as fh:
             json.dump(result, fh, indent=2)
