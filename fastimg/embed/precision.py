@@ -17,6 +17,10 @@ bar on the measured IMDB slice (see :data:`AUTO` and ``benchmarks/RESULTS.md``).
 Per-channel weight scales are chosen on purpose: a row of a weight keeps its scale whether it
 sits in the model's own query / key / value Linear or in the fast path's fused QKV projection,
 so the fast path quantises exactly the weights the generic forward does.
+
+int8 uses torch's own dynamic quantisation, not ONNX Runtime: ORT's dynamic int8 would quantise
+the activations the same way, and that is what costs the probe accuracy (``benchmarks/
+RESULTS.md``), so it was not worth an extra dependency; it was not measured.
 """
 from __future__ import annotations
 
