@@ -13,6 +13,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", help="write the result(s) here (all: PATH.SUITE.json)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="device for suites that take one (encode); auto picks CUDA if present")
+    parser.add_argument("--docs", type=int, default=None,
+                        help="encode: reviews timed (default 512, quick 16)")
+    parser.add_argument("--probe", type=int, default=None,
+                        help="encode: size of the IMDB slice for the linear probe of every "
+                             "precision (default 0 = none, quick 40)")
     return parser
 
 
@@ -25,7 +30,8 @@ def main():
         if path and args.suite == "all":
             path = f"{path.removesuffix('.json')}.{suite}.json"
         run = importlib.import_module(f"benchmarks.{suite}").run
-        extra = {"device": args.device} if "device" in inspect.signature(run).parameters else {}
+        params = inspect.signature(run).parameters
+        extra = {k: getattr(args, k) for k in ("device", "docs", "probe") if k in params}
         run(quick=args.quick, json_path=path, **extra)
 
 

@@ -1,6 +1,15 @@
 """Encoder: fastimg.embed against the author's loop (one review at a time, fp32, no sorting).
 
-Both encode the same IMDB reviews with the same model in one process. On CPU the model is the
+Both encode the same IMDB reviews with the same model in one process. Every precision the
+device runs (CPU: fp32, int8; CUDA: fp32, fp16, bf16) encodes the same reviews too, side by side:
+docs/s, tokens/s, the ratio to fp32 and the max / mean absolute difference of the embeddings.
+With ``probe=N`` each precision also encodes an N-review IMDB slice (``CorpusConfig(dataset=
+"imdb", limit=N, seed=0)``: train / validation / test stratified by label) and a linear probe
+(StandardScaler + LogisticRegression, C chosen on the fp32 validation rows and used for every
+precision) is scored on its test rows: what lower precision costs in meaning. The precisions are
+timed block by block, alternating which goes first, so load drift on a shared machine does not
+bias their ratio. On CUDA the model has random weights, so there the probe measures
+nothing about meaning; run it on the CPU (MiniLM) or point the suite at real weights. On CPU the model is the
 offline all-MiniLM-L6-v2; on CUDA a random-weight bert-base-sized BertModel (``BertConfig()``
 defaults: 12 layers, hidden 768) with the MiniLM tokenizer (the same uncased WordPiece vocabulary
 as bert-base-uncased), since bert-base weights may not be available offline. Also timed: plain
@@ -11,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import json
 import logging
 import os
 import statistics
@@ -112,7 +122,115 @@ def _timed(fn, device, repeats):
     return statistics.median(times), out
 
 
-def run(quick: bool = False, json_path: str | None = None, device: str = "auto") -> dict:
+PROBE_CS = (0.01, 0.1, 1.0)
+
+
+def probe_slice(n: int, seed: int = 0):
+    """The IMDB probe slice: a seeded sample of ``n`` reviews, stratified by split and label."""
+    from fastimg.corpus import CorpusConfig, load_corpus
+
+    corpus = load_corpus(CorpusConfig(dataset="imdb", limit=n, seed=seed))
+    return corpus.texts, np.asarray(corpus.labels), np.asarray(corpus.split)
+
+
+def _probe_fit(x, y, split, c):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    train = split == "train"
+    scaler = StandardScaler().fit(x[train])
+    clf = LogisticRegression(C=c, max_iter=2000).fit(scaler.transform(x[train]), y[train])
+    return {part: float(clf.score(scaler.transform(x[split == part]), y[split == part]))
+            for part in ("val", "test") if (split == part).any()}
+
+
+def probe_accuracy(embeddings: dict, y, split) -> dict:
+    """Linear-probe accuracy per precision; C is picked on the fp32 validation rows."""
+    ref = embeddings["fp32"].astype(np.float32)
+    by_c = {c: _probe_fit(ref, y, split, c) for c in PROBE_CS}
+    best_c = max(PROBE_CS, key=lambda c: (by_c[c].get("val", 0.0), -c))
+    out = {"C": best_c, "C_val_accuracy": {str(c): by_c[c].get("val") for c in PROBE_CS}}
+    for name, x in embeddings.items():
+        scores = by_c[best_c] if name == "fp32" else _probe_fit(x.astype(np.float32), y, split,
+                                                                 best_c)
+        out[name] = {"val_accuracy": scores.get("val"), "test_accuracy": scores["test"]}
+    return out
+
+
+def _diff(x, ref) -> dict:
+    d = np.abs(x.astype(np.float32) - ref.astype(np.float32))
+    return {"max_abs_diff_vs_fp32": float(d.max()), "mean_abs_diff_vs_fp32": float(d.mean())}
+
+
+def _interleaved(texts, configs, loaded, device, blocks: int):
+    """Encode ``texts`` with every config, block by block, alternating which precision goes
+    first (ABBA): on a shared machine the load drifts, and this spreads the drift evenly over
+    the precisions instead of charging it to whichever ran last.
+
+    Returns ``{name: (seconds, tokens, embeddings)}``."""
+    from fastimg.embed import encode
+
+    names = list(configs)
+    edges = np.linspace(0, len(texts), min(blocks, len(texts)) + 1).astype(int)
+    secs = dict.fromkeys(names, 0.0)
+    tokens = dict.fromkeys(names, 0)
+    parts: dict = {name: [] for name in names}
+    for i, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
+        for name in (names if i % 2 == 0 else names[::-1]):
+            stats: dict = {}
+            t, x = _timed(lambda: encode(texts[a:b], configs[name], model=loaded, stats=stats),
+                          device, 1)
+            secs[name] += t
+            tokens[name] += stats["tokens"]
+            parts[name].append(x)
+    return {name: (secs[name], tokens[name], np.concatenate(parts[name])) for name in names}
+
+
+def precision_section(texts, loaded, model_name, device, max_length, probe: int = 0,
+                      blocks: int = 4) -> dict:
+    """Every precision of ``device`` on the same texts (and the probe slice), in one process."""
+    from fastimg.embed import EncoderConfig, encode
+    from fastimg.embed.precision import available
+
+    names = available(device)
+    configs = {name: EncoderConfig(model=model_name, device=device, max_length=max_length,
+                                   precision=name) for name in names}
+    for name in names:  # warm-up: kernels, thread pools, and int8's one-off quantisation
+        encode(texts[:8], configs[name], model=loaded)
+    section: dict = {"precisions": names, "n_docs": len(texts), "blocks": blocks,
+                     "load_avg_1min_before": os.getloadavg()[0]}
+    timed = _interleaved(texts, configs, loaded, device, blocks)
+    ref = timed["fp32"][2]
+    for name, (secs, n_tokens, x) in timed.items():
+        section[name] = {"s": secs, "docs_per_s": len(texts) / secs,
+                         "tokens_per_s": n_tokens / secs,
+                         "speedup_vs_fp32": timed["fp32"][0] / secs, **_diff(x, ref)}
+    section["max_abs_value"] = float(np.abs(ref.astype(np.float32)).max())
+    if probe:
+        p_texts, y, split = probe_slice(probe)
+        timed = _interleaved(p_texts, configs, loaded, device, 2 * blocks)
+        ref = timed["fp32"][2]
+        for name, (secs, n_tokens, x) in timed.items():
+            section[name].update(
+                probe_s=secs, probe_docs_per_s=len(p_texts) / secs,
+                probe_tokens_per_s=n_tokens / secs,
+                probe_speedup_vs_fp32=timed["fp32"][0] / secs,
+                **{f"probe_{k}": v for k, v in _diff(x, ref).items()})
+        acc = probe_accuracy({name: v[2] for name, v in timed.items()}, y, split)
+        section["probe"] = {"n_docs": len(p_texts),
+                            "rows": {part: int((split == part).sum())
+                                     for part in ("train", "val", "test")}, **acc}
+        for name in names:
+            section[name]["probe_accuracy_minus_fp32"] = (
+                acc[name]["test_accuracy"] - acc["fp32"]["test_accuracy"])
+    section["load_avg_1min_after"] = os.getloadavg()[0]
+    return section
+
+
+def run(quick: bool = False, json_path: str | None = None, device: str = "auto",
+        docs: int | None = None, probe: int | None = None) -> dict:
+    """Run the suite; ``docs`` overrides the number of reviews (512, quick 16) and ``probe`` the
+    size of the probe slice (0 = no probe; quick 40)."""
     import torch
 
     from fastimg.embed import ENCODE_DEVICES, EncoderConfig, encode, load_model, model_flops
@@ -120,7 +238,8 @@ def run(quick: bool = False, json_path: str | None = None, device: str = "auto")
 
     device = ENCODE_DEVICES.resolve(device)
     max_length = 256 if quick else 512
-    n = 16 if quick else 512
+    n = docs or (16 if quick else 512)
+    probe = (40 if quick else 0) if probe is None else probe
     texts = imdb_sample(n)
     with tempfile.TemporaryDirectory() as tmp:
         if device == "cuda":
@@ -149,6 +268,12 @@ def run(quick: bool = False, json_path: str | None = None, device: str = "auto")
     fast_s, fast = _timed(lambda: encode(texts, config, model=loaded, stats=stats), device,
                           repeats)
     peak_after = matmul_gflops(device, peak_dtype, peak_size)
+    precisions = precision_section(texts, loaded, model_name, device, max_length, probe)
+    print_precisions(precisions)  # now: the baseline runs below are long at full size
+    if json_path:  # replaced by the full result at the end
+        with open(json_path, "w", encoding="utf-8") as fh:
+            json.dump({"suite": "encode", "partial": True, "precision_section": precisions}, fh,
+                      indent=2)
     unsorted_cfg = EncoderConfig(model=model_name, device=device, max_length=max_length,
                                  sort_by_length=False)
     unsorted_s, _ = _timed(lambda: encode(texts, unsorted_cfg, model=loaded), device, 1)
@@ -163,7 +288,8 @@ def run(quick: bool = False, json_path: str | None = None, device: str = "auto")
         "suite": "encode", "baseline": "author's loop: one review at a time, fp32, no sorting",
         "device": device, "model": model_desc, "n_docs": n, "max_length": max_length,
         "tokens": n_tokens, "mean_tokens": n_tokens / n, "layers": stats["layers"],
-        "compute_dtype": stats["compute_dtype"], "output_dtype": "float16",
+        "precision": stats["precision"], "compute_dtype": stats["compute_dtype"],
+        "output_dtype": "float16",
         "token_budget": config.token_budget or DEFAULT_BUDGET[device],
         "torch_threads": torch.get_num_threads(),
         "fastimg_s": fast_s, "baseline_s": base_s, "unsorted_batches_s": unsorted_s,
@@ -183,4 +309,35 @@ def run(quick: bool = False, json_path: str | None = None, device: str = "auto")
         "fraction_of_matmul_peak": fast_gflops / peak,
         "load_avg_1min": os.getloadavg()[0],
     }
-    return report(result, json_path)
+    # report() prints flat keys; the nested precision section is printed as a table below and
+    # written with the rest
+    result = report(result, None)
+    result["precision_section"] = precisions
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as fh:
+            json.dump(result, fh, indent=2)
+    return result
+
+
+def print_precisions(section: dict) -> None:
+    """The precisions side by side (the benchmark's CLI output)."""
+    names = section["precisions"]
+    rows = [("docs/s", "docs_per_s", "{:.2f}"), ("tokens/s", "tokens_per_s", "{:,.0f}"),
+            ("x fp32", "speedup_vs_fp32", "{:.2f}"),
+            ("max |diff|", "max_abs_diff_vs_fp32", "{:.4g}"),
+            ("mean |diff|", "mean_abs_diff_vs_fp32", "{:.4g}")]
+    if "probe" in section:
+        rows += [("probe docs/s", "probe_docs_per_s", "{:.2f}"),
+                 ("probe x fp32", "probe_speedup_vs_fp32", "{:.2f}"),
+                 ("probe mean |diff|", "probe_mean_abs_diff_vs_fp32", "{:.4g}"),
+                 ("probe acc - fp32", "probe_accuracy_minus_fp32", "{:+.4f}")]
+    print(f"-- precisions on the same {section['n_docs']} reviews (load "
+          f"{section['load_avg_1min_before']:.2f} -> {section['load_avg_1min_after']:.2f})")
+    print(f"{'':<18}" + "".join(f"{n:>12}" for n in names))
+    for label, key, fmt in rows:
+        print(f"{label:<18}" + "".join(f"{fmt.format(section[n][key]):>12}" for n in names))
+    if "probe" in section:
+        probe = section["probe"]
+        print(f"{'probe test acc':<18}" + "".join(
+            f"{probe[n]['test_accuracy']:>12.4f}" for n in names)
+            + f"   ({probe['n_docs']} reviews {probe['rows']}, C={probe['C']})")

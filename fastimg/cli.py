@@ -194,7 +194,7 @@ def _cmd_build_dataset(args) -> int:
     encoder = EncoderConfig(model=args.model, revision=args.revision, layers=args.layers,
                             pooling=args.pooling, max_length=args.max_length,
                             truncation=args.truncation, chunk_rows=args.chunk_rows,
-                            device=args.device)
+                            device=args.device, precision=args.precision)
     layout = _layout_config(args)
     config = DatasetConfig(fit_on=args.fit_on, image_dtype=args.dtype,
                            raster_backend=args.raster_backend)
@@ -451,6 +451,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_layout_options(build)
     build.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                        help="encoder device")
+    build.add_argument("--precision", default="auto",
+                       choices=["auto", "fp32", "int8", "fp16", "bf16"],
+                       help="encoder precision: fp32 | int8 (CPU: dynamic int8 Linear layers) | "
+                            "fp16 | bf16 (CUDA, autocast); auto: fp16 on CUDA, fp32 on the CPU")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--force", action="store_true",
                        help="replace an existing store (its stages whose settings match are "

