@@ -189,7 +189,7 @@ def encode_chunk(location, texts, config_json: str, index: int, start: int, stop
     group[EMBEDDINGS][start:stop] = block
     done[index] = 1  # after the rows: a marked chunk is always complete
     return {**info, "skipped": False, "seconds": time.perf_counter() - t0,
-            **{k: stats.get(k) for k in ("layers", "device", "compute_dtype")}}
+            **{k: stats.get(k) for k in ("layers", "device", "precision", "compute_dtype")}}
 
 
 def _layout(layout_json: str):
@@ -240,7 +240,7 @@ def _record_chunk(result: dict, stats: dict) -> None:
     stats["tasks"] += 1
     stats["skipped"] += int(result["skipped"])
     stats["task_seconds"] += result["seconds"]
-    for key in ("layers", "device", "compute_dtype"):
+    for key in ("layers", "device", "precision", "compute_dtype"):
         if result.get(key) is not None:
             stats[key] = result[key]
 
@@ -273,7 +273,8 @@ def encode_chunks(client, writer, texts, config) -> dict:
 
     The array exists (made by the caller with the encoder's resume record); every unfinished
     chunk is one task. Returns stats: ``tasks`` run, ``skipped`` (found done by a task),
-    ``task_seconds`` (summed inside the tasks), ``layers``, ``device``, ``compute_dtype``.
+    ``task_seconds`` (summed inside the tasks), ``layers``, ``device``, ``precision``,
+    ``compute_dtype``.
 
     Raises
     ------

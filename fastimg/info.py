@@ -124,7 +124,7 @@ def _encoder_line(reader: store.StoreReader) -> str | None:
     model = encoder.get("model")
     if encoder.get("revision"):
         model += f"@{encoder['revision']}"
-    precision = prov.get("compute_dtype") or encoder.get("dtype")
+    precision = prov.get("precision") or encoder.get("precision") or prov.get("compute_dtype")
     return (f"encoder   {model}, layers {layers} ({encoder.get('layers')}), "
             f"{encoder.get('pooling')} pooling, max_length {encoder.get('max_length')}, "
             f"truncation {encoder.get('truncation')}, {precision} on {prov.get('device', '?')} "
