@@ -52,6 +52,23 @@ TINY_WORDS = ("the a film movie good bad was is and not very plot actor it of to
               "acting great awful scene end music").split()
 
 
+def tiny_reviews(n, *, seed=0, words=10, labels=("pos", "neg")):
+    """``n`` rows ``(id, text, label)`` of random words the tiny BERT knows; labels alternate."""
+    rng = np.random.default_rng(seed)
+    return [(f"r{i}", " ".join(rng.choice(TINY_WORDS, words)), labels[i % 2]) for i in range(n)]
+
+
+def write_csv(path, rows, header=("id", "text", "label")):
+    """A CSV file of ``rows`` under ``header``; returns ``path``."""
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory):
     """A 12-layer, 32-wide random BertModel and a WordPiece tokenizer, saved like a hub model."""

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import shared_imdb
+from conftest import shared_imdb, tiny_reviews
+from conftest import write_csv as _write_csv
 from fastimg import store
 from fastimg.cli import main
 
@@ -169,20 +170,8 @@ def test_a_killed_build_resumes_to_the_same_bytes(tmp_path, capsys, imdb_env):
 
 # -- bad input -------------------------------------------------------------------------------
 
-def _write_csv(path, rows, header=("id", "text", "label")):
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
-
-
 def _reviews(n, seed=0):
-    from conftest import TINY_WORDS
-
-    rng = np.random.default_rng(seed)
-    return [(f"r{i}", " ".join(rng.choice(TINY_WORDS, 12)), ("pos", "neg")[i % 2])
-            for i in range(n)]
+    return tiny_reviews(n, seed=seed, words=12)
 
 
 def _bad_inputs(tmp_path):

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import tiny_reviews
+from conftest import write_csv as _write_csv
 from fastimg.cli import main
 from fastimg.train import TrainConfig, fit, load_run
 from fastimg.train import extractors as extractors_module
@@ -22,19 +24,7 @@ FAST = dict(weights=None, epochs=2, batch_size=16, progress=False, loader="torch
 
 
 def _reviews(n, seed=0):
-    from conftest import TINY_WORDS
-
-    rng = np.random.default_rng(seed)
-    return [(f"r{i}", " ".join(rng.choice(TINY_WORDS, 10)), ("neg", "pos")[i % 2])
-            for i in range(n)]
-
-
-def _write_csv(path, rows, header=("id", "text", "label")):
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
+    return tiny_reviews(n, seed=seed, labels=("neg", "pos"))
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,12 @@
 """Encode once, build many: stage keys, reuse of finished stages, relayout, atomic replace."""
 from __future__ import annotations
 
-import csv
 import json
 
 import numpy as np
 import pytest
 
-from conftest import TINY_WORDS
+from conftest import tiny_reviews, write_csv
 from fastimg import store
 from fastimg.cli import main
 
@@ -15,15 +14,10 @@ pytest.importorskip("transformers")
 
 
 def _write_csv(path, n=80, *, flip_labels=False, seed=0):
-    rng = np.random.default_rng(seed)
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(("id", "text", "label", "split"))
-        for i in range(n):
-            label = ("pos", "neg")[(i + flip_labels) % 2]
-            writer.writerow((f"r{i}", " ".join(rng.choice(TINY_WORDS, 10)), label,
-                             "test" if i % 4 == 0 else "train"))
-    return path
+    labels = ("neg", "pos") if flip_labels else ("pos", "neg")
+    rows = [(*row, "test" if i % 4 == 0 else "train")
+            for i, row in enumerate(tiny_reviews(n, seed=seed, labels=labels))]
+    return write_csv(path, rows, ("id", "text", "label", "split"))
 
 
 @pytest.fixture
