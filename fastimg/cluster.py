@@ -171,15 +171,20 @@ def _encode_block(texts, config, model, stats):
     return encode(texts, config, model=model, stats=stats)
 
 
+def _open_chunk(location, name: str, index: int):
+    """(the store's group, the done markers of array ``name``, the task's report so far)."""
+    group = store.location.open_group(location, "r+")
+    info = {"index": index, "worker": _worker_address(), "pid": os.getpid()}
+    return group, group[DONE_PREFIX + name], info
+
+
 def encode_chunk(location, texts, config_json: str, index: int, start: int, stop: int) -> dict:
     """Task: encode rows ``start:stop`` (one chunk) into the store and mark the chunk done.
 
     Returns ``{"index", "skipped", "worker", "pid", "seconds", ...}``.
     """
     t0 = time.perf_counter()
-    group = store.location.open_group(location, "r+")
-    done = group[DONE_PREFIX + EMBEDDINGS]
-    info = {"index": index, "worker": _worker_address(), "pid": os.getpid()}
+    group, done, info = _open_chunk(location, EMBEDDINGS, index)
     if done[index]:
         return {**info, "skipped": True, "seconds": time.perf_counter() - t0}
     config, model = _model(config_json)
@@ -208,9 +213,7 @@ def raster_chunk(location, layout_json: str, dtype: str, backend: str, index: in
     from fastimg.raster import rasterize, to_image_dtype
 
     t0 = time.perf_counter()
-    group = store.location.open_group(location, "r+")
-    done = group[DONE_PREFIX + IMAGES]
-    info = {"index": index, "worker": _worker_address(), "pid": os.getpid()}
+    group, done, info = _open_chunk(location, IMAGES, index)
     if done[index]:
         return {**info, "skipped": True, "seconds": time.perf_counter() - t0}
     layout = _layout(layout_json)
