@@ -3,7 +3,7 @@ import importlib
 import inspect
 import logging
 
-SUITES = ("raster", "layout", "encode", "build", "train")
+SUITES = ("raster", "layout", "encode", "build", "train", "accuracy")
 
 
 def main():
@@ -13,6 +13,13 @@ def main():
     parser.add_argument("--json", help="write the result(s) here (all: PATH.SUITE.json)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="device for suites that take one (encode); auto picks CUDA if present")
+    parser.add_argument("--store", help="accuracy: the IMDB store to train on (built if absent)")
+    parser.add_argument("--limit", type=int, default=4000,
+                        help="accuracy: reviews in a store it builds (default 4000)")
+    parser.add_argument("--configs", help="accuracy: comma-separated configurations, or all "
+                                          "(default ours,paper,fused)")
+    parser.add_argument("--weights", default=None,
+                        help="accuracy: extractor weights (default none: random init)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     for suite in SUITES if args.suite == "all" else (args.suite,):
@@ -21,7 +28,9 @@ def main():
         if path and args.suite == "all":
             path = f"{path.removesuffix('.json')}.{suite}.json"
         run = importlib.import_module(f"benchmarks.{suite}").run
-        extra = {"device": args.device} if "device" in inspect.signature(run).parameters else {}
+        params = inspect.signature(run).parameters
+        extra = {k: getattr(args, k) for k in ("device", "store", "limit", "configs", "weights")
+                 if k in params}
         run(quick=args.quick, json_path=path, **extra)
 
 
