@@ -18,6 +18,8 @@ def main():
                         help="accuracy: reviews in a store it builds (default 4000)")
     parser.add_argument("--configs", help="accuracy: comma-separated configurations, or all "
                                           "(default ours,paper,fused)")
+    parser.add_argument("--no-probes", dest="probes", action="store_false",
+                        help="accuracy: skip the linear probes (run them once per store)")
     parser.add_argument("--weights", default=None,
                         help="accuracy: extractor weights (default none: random init)")
     args = parser.parse_args()
@@ -29,7 +31,8 @@ def main():
             path = f"{path.removesuffix('.json')}.{suite}.json"
         run = importlib.import_module(f"benchmarks.{suite}").run
         params = inspect.signature(run).parameters
-        extra = {k: getattr(args, k) for k in ("device", "store", "limit", "configs", "weights")
+        extra = {k: getattr(args, k) for k in ("device", "store", "limit", "configs", "weights",
+                                            "probes")
                  if k in params}
         run(quick=args.quick, json_path=path, **extra)
 

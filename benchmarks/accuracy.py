@@ -42,6 +42,8 @@ CONFIGS = {
     "ours-nopool": {"cut": "nopool"},
     "ours-nopool-upsample3": {"cut": "nopool", "upsample": 3},
     "ours-unfreeze": {"unfreeze_fraction": 0.5},
+    "ours-unfreeze-all": {"unfreeze_fraction": 1.0},
+    "ours-nopool-unfreeze-all": {"cut": "nopool", "unfreeze_fraction": 1.0},
     "paper-upsample3": {"preset": "paper", "upsample": 3},
 }
 DEFAULT_CONFIGS = ("ours", "paper", "fused")
@@ -80,7 +82,7 @@ def _imdb_store(path: Path, limit: int) -> None:
 
 def run(quick: bool = False, json_path: str | None = None, store: str | None = None,
         limit: int = 4000, configs: str | None = None, weights: str | None = None,
-        extractor: str = "alexnet", device: str = "auto") -> dict:
+        extractor: str = "alexnet", device: str = "auto", probes: bool = True) -> dict:
     from fastimg.train import TrainConfig, fit, linear_probe
     from fastimg.train.data import StoreData
 
@@ -103,8 +105,18 @@ def run(quick: bool = False, json_path: str | None = None, store: str | None = N
             shared = {}
         data = StoreData(path)
         rows = {s: int(data.rows(s).size) for s in ("train", "val", "test")}
-        probes = {f: linear_probe(data, features=f) for f in ("embeddings", "pixels")}
-        results = []
+        probes = {f: linear_probe(data, features=f) if probes else None
+                  for f in ("embeddings", "pixels")}
+        for name, probe in probes.items():
+            if probe:
+                print(f"linear probe on the {name}: C={probe['C']:g}, val "
+                      f"{_fmt(probe['val_accuracy'])}, test {_fmt(probe['test_accuracy'])}",
+                      flush=True)
+        out = {"suite": "accuracy", "store": str(path) if not quick else "synthetic (quick)",
+               "quick": quick, "extractor": extractor, "weights": weights, "rows": rows,
+               "configs": [], "probe_embeddings": probes["embeddings"],
+               "probe_pixels": probes["pixels"], "machine": machine()}
+        results = out["configs"]
         for name in names:
             settings = {"extractor": extractor, "weights": weights, "loader": "torch",
                         "device": device, "probe": False, "progress": False,
@@ -124,10 +136,8 @@ def run(quick: bool = False, json_path: str | None = None, store: str | None = N
                 "feature_shape": metrics["extractor"]["feature_shape"],
                 "val_curve": [round(e["val_accuracy"], 4) for e in metrics["epochs"]]})
             print(_row(results[-1]), flush=True)
-    out = {"suite": "accuracy", "store": str(path) if not quick else "synthetic (quick)",
-           "quick": quick, "extractor": extractor, "weights": weights, "rows": rows,
-           "configs": results, "probe_embeddings": probes["embeddings"],
-           "probe_pixels": probes["pixels"], "machine": machine()}
+            if json_path:  # after every configuration: a long run killed keeps what it has
+                Path(json_path).write_text(json.dumps(out, indent=2), encoding="utf-8")
     print(table(out))
     if json_path:
         Path(json_path).write_text(json.dumps(out, indent=2), encoding="utf-8")
