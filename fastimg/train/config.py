@@ -14,10 +14,15 @@ CUTS = ("paper", "nopool")
 #: :data:`fastimg.train.extractors.DEFAULT_LR` / ``PAPER_LR``, per extractor).
 #: ``"paper"``: Benarab (2021) as published: Table I's learning rates, Adam without weight
 #: decay or schedule, per-image z-normalisation, 15 epochs, the paper's cuts, 50 x 50 inputs.
-#: ``"ours"``: what measured best on validation data (benchmarks/RESULTS.md, Accuracy).
+#: ``"ours"``: what measured best on validation data (benchmarks/RESULTS.md, Accuracy; 4,000
+#: IMDB reviews, alexnet with random weights): the ``"nopool"`` cut (best validation accuracy
+#: 0.762 against 0.713 for the paper's cut with the same settings), per-pixel standardisation
+#: (per-image z-normalisation never left chance: 0.500), AdamW + cosine (the same best
+#: validation accuracy as constant-rate Adam, 0.713, with smaller epoch-to-epoch jumps) and early
+#: stopping after 8 epochs without a validation gain.
 PRESETS = {
     "ours": {"epochs": 30, "normalize": "dataset", "optimizer": "adamw", "weight_decay": 1e-2,
-             "schedule": "cosine", "patience": 8, "upsample": 1, "cut": "paper"},
+             "schedule": "cosine", "patience": 8, "upsample": 1, "cut": "nopool"},
     "paper": {"epochs": 15, "normalize": "image", "optimizer": "adam", "weight_decay": 0.0,
               "schedule": "none", "patience": 0, "upsample": 1, "cut": "paper"},
 }

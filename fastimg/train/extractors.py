@@ -35,10 +35,10 @@ PAPER_LR = {
     "vgg16": (5e-5, 1e-3),
 }
 
-#: (head, classifier) learning rates of the default preset ``"ours"``: 1e-3 for both, with
-#: AdamW and a cosine schedule. On the 4,000-review IMDB slice (alexnet, random weights) the
-#: paper's alexnet rates (1e-5 / 5e-4) learn too slowly for 15 epochs; see
-#: benchmarks/RESULTS.md (Accuracy) for the measurements behind the default.
+#: (head, classifier) learning rates of the default preset ``"ours"``: 1e-3 for both (with
+#: AdamW and a cosine schedule), for every extractor. Measured only for alexnet so far (random
+#: weights, 4,000 IMDB reviews, benchmarks/RESULTS.md, Accuracy); the paper's per-extractor
+#: values are :data:`PAPER_LR`, and whether they are better here is still to be measured.
 DEFAULT_LR = {name: (1e-3, 1e-3) for name in PAPER_LR}
 
 
