@@ -336,7 +336,9 @@ def fit(store, config: TrainConfig | None = None, *, out_dir=None) -> TrainResul
     config : TrainConfig, optional
     out_dir : str or path, optional
         Run folder: ``metrics.json``, ``best.pt`` (the best epoch's ``state_dict``, reload with
-        ``torch.load(path, weights_only=True)``), ``config.json``. Nothing is written without it.
+        ``torch.load(path, weights_only=True)``), ``config.json``, and an on-disk feature
+        cache (``feature_cache/``) when there is one. Without it nothing is written but an
+        on-disk cache, in a temporary folder removed at the end.
 
     Returns
     -------
@@ -353,6 +355,11 @@ def fit(store, config: TrainConfig | None = None, *, out_dir=None) -> TrainResul
 
     Notes
     -----
+    Selection is honest: the best epoch, early stopping and the plateau schedule see the
+    validation split only, and the test split is evaluated once, at the end, with the best
+    epoch's weights. Without a test split the reported figure is the validation accuracy,
+    marked ``selection_biased`` in the metrics.
+
     The global torch RNG is forked for the run (``torch.random.fork_rng``) and seeded with
     ``config.seed``: initialisation and dropout are reproducible and the caller's random
     state is restored afterwards. Every epoch's order comes from
