@@ -54,7 +54,7 @@ def blob_store(tmp_path_factory):
 
 
 FAST = dict(weights=None, epochs=3, batch_size=32, progress=False, loader="torch",
-            head_channels=(16, 16, 8, 8), hidden=(32, 16))
+            head_channels=(16, 16, 8, 8), hidden=(32, 16), cut="paper")
 
 
 # -- extractors -------------------------------------------------------------------------------
@@ -433,18 +433,32 @@ def test_paper_preset_trains_with_its_learning_rates(blob_store):
     assert (result.history[0]["lr_head"], result.history[0]["lr_classifier"]) == (1e-5, 5e-4)
 
 
-def test_cosine_schedule_and_early_stopping(blob_store):
+def test_cosine_schedule_and_early_stopping(blob_store, monkeypatch):
+    import importlib
+
+    fit_module = importlib.import_module("fastimg.train.fit")
     path, _ = blob_store
     cosine = fit(path, TrainConfig(extractor="alexnet", schedule="cosine", patience=0,
                                    **{**FAST, "epochs": 3, "probe": False}))
     lrs = [e["lr_head"] for e in cosine.history]
     assert lrs[0] == 1e-3 and lrs[0] > lrs[1] > lrs[2] > 0
-    # learning rates too small to move anything: validation never improves after epoch 1
-    stuck = fit(path, TrainConfig(extractor="alexnet", lr_head=1e-12, lr_classifier=1e-12,
-                                  patience=2, dropout=0.0, **{**FAST, "epochs": 6,
-                                                               "probe": False}))
-    assert stuck.metrics["stopped_early"] and stuck.metrics["epochs_run"] == 3
-    assert stuck.best_epoch == 1
+    # scripted validation accuracies: best at epoch 2, then no gain (a tie is no gain) for
+    # `patience` epochs -> stop after epoch 4, keep epoch 2
+    script = [0.6, 0.7, 0.65, 0.7]
+    evaluate = fit_module._Run.evaluate
+
+    def scripted(self, split):
+        out = evaluate(self, split)
+        if split == "val" and script:
+            out["accuracy"] = script.pop(0)
+        return out
+
+    monkeypatch.setattr(fit_module._Run, "evaluate", scripted)
+    stuck = fit(path, TrainConfig(extractor="alexnet", patience=2,
+                                  **{**FAST, "epochs": 6, "probe": False}))
+    assert stuck.metrics["stopped_early"] and stuck.metrics["epochs_run"] == 4
+    assert stuck.best_epoch == 2
+    assert [e["val_accuracy"] for e in stuck.history] == [0.6, 0.7, 0.65, 0.7]
 
 
 def test_nopool_cut_keeps_more_of_the_grid():
