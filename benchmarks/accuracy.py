@@ -43,6 +43,8 @@ CONFIGS = {
     "ours-nopool-upsample3": {"cut": "nopool", "upsample": 3},
     "ours-unfreeze": {"unfreeze_fraction": 0.5},
     "ours-unfreeze-all": {"unfreeze_fraction": 1.0},
+    "ours-nopool-lr3e-4": {"cut": "nopool", "lr_head": 3e-4, "lr_classifier": 3e-4},
+    "fused-nopool": {"cut": "nopool", "fuse_embedding": True},
     "ours-nopool-unfreeze-all": {"cut": "nopool", "unfreeze_fraction": 1.0},
     "paper-upsample3": {"preset": "paper", "upsample": 3},
 }
