@@ -298,12 +298,18 @@ class _Run:
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
-            scale = self.scaler.get_scale()
-            self.scaler.update()
-            # AMP skips the optimiser step of a batch with inf/NaN gradients (its scale
-            # drops); the schedule only advances with real steps
-            if self.step_scheduler is not None and self.scaler.get_scale() >= scale:
-                self.step_scheduler.step()
+            if self.step_scheduler is not None and self.amp:
+                # AMP skips the optimiser step of a batch with inf/NaN gradients (the scale
+                # drops): the schedule advances with real steps only (one host sync a step,
+                # only with AMP and a per-step schedule)
+                scale = self.scaler.get_scale()
+                self.scaler.update()
+                if self.scaler.get_scale() >= scale:
+                    self.step_scheduler.step()
+            else:
+                self.scaler.update()
+                if self.step_scheduler is not None:
+                    self.step_scheduler.step()
             loss_sum += loss.detach() * targets.shape[0]
             correct += (logits.detach().argmax(1) == targets).sum()
             total += targets.shape[0]
