@@ -368,8 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="integer upsampling (author: 3; preset)")
     train.add_argument("--cut", default=None, choices=["paper", "nopool"],
                        help="extractor cut: the paper's, or without its max-pools (preset)")
-    train.add_argument("--unfreeze-fraction", type=float, default=0.0,
-                       help="also train the last fraction of the extractor's blocks")
+    train.add_argument("--unfreeze-fraction", type=float, default=None,
+                       help="also train the last fraction of the extractor's blocks (preset: "
+                            "ours 1, paper 0; 0 allows the feature cache)")
     train.add_argument("--fuse-embedding", action="store_true",
                        help="concatenate an MLP of the stored embedding before the classifier")
     train.add_argument("--cache", default="auto", choices=["auto", "memory", "zarr", "none"],

@@ -54,7 +54,8 @@ def blob_store(tmp_path_factory):
 
 
 FAST = dict(weights=None, epochs=3, batch_size=32, progress=False, loader="torch",
-            head_channels=(16, 16, 8, 8), hidden=(32, 16), cut="paper")
+            head_channels=(16, 16, 8, 8), hidden=(32, 16), cut="paper",
+            unfreeze_fraction=0.0)
 
 
 # -- extractors -------------------------------------------------------------------------------
@@ -259,7 +260,8 @@ def test_config_round_trips_through_json_and_rejects_bad_values():
     with pytest.raises(ValueError, match="unknown"):
         TrainConfig.from_dict({"epochs": 2, "colour": "red"})
     assert TrainConfig(unfreeze_fraction=0.5).resolved_cache == "none"
-    assert TrainConfig().resolved_cache == "memory"
+    assert TrainConfig(unfreeze_fraction=0.0).resolved_cache == "memory"
+    assert TrainConfig(preset="paper").resolved_cache == "memory"
 
 
 # -- training ---------------------------------------------------------------------------------
@@ -326,8 +328,8 @@ def test_frozen_parameters_and_bn_stats_unchanged_by_training(blob_store):
 
 def test_unfrozen_blocks_train_and_frozen_ones_do_not(blob_store):
     path, _ = blob_store
-    config = TrainConfig(extractor="shufflenet_v2_x1_0", unfreeze_fraction=0.25,
-                         **{**FAST, "epochs": 1})
+    config = TrainConfig(extractor="shufflenet_v2_x1_0",
+                         **{**FAST, "epochs": 1, "unfreeze_fraction": 0.25})
     torch.manual_seed(0)
     reference = build_extractor("shufflenet_v2_x1_0", None, unfreeze_fraction=0.25)
     result = fit(path, config)

@@ -21,12 +21,16 @@ CUTS = ("paper", "nopool")
 #: validation accuracy as constant-rate Adam and reduce-on-plateau, 0.713, with a smaller largest
 #: epoch-to-epoch jump than constant-rate Adam) and early stopping after 8 epochs without a
 #: validation gain. 3x upsampling with the paper cut did about as well as ``"nopool"`` (0.752)
-#: at twice the cost.
+#: at twice the cost. Training the cut's layers too (``unfreeze_fraction`` 1) raised the nopool
+#: cut's best validation accuracy from 0.762 to 0.775 (test 0.720 -> 0.763); it gives up the
+#: frozen-feature cache (the cut runs every epoch), so give ``unfreeze_fraction=0`` to keep it.
 PRESETS = {
     "ours": {"epochs": 30, "normalize": "dataset", "optimizer": "adamw", "weight_decay": 1e-2,
-             "schedule": "cosine", "patience": 8, "upsample": 1, "cut": "nopool"},
+             "schedule": "cosine", "patience": 8, "upsample": 1, "cut": "nopool",
+             "unfreeze_fraction": 1.0},
     "paper": {"epochs": 15, "normalize": "image", "optimizer": "adam", "weight_decay": 0.0,
-              "schedule": "none", "patience": 0, "upsample": 1, "cut": "paper"},
+              "schedule": "none", "patience": 0, "upsample": 1, "cut": "paper",
+              "unfreeze_fraction": 0.0},
 }
 
 
@@ -88,9 +92,10 @@ class TrainConfig:
         so the extractor keeps 4x (alexnet, resnets, shufflenet) to 16x (vgg16) more of the
         grid: the paper's alexnet cut turns a 50 x 50 image into 5 x 5, ``"nopool"`` into
         11 x 11. The convolutions and their weights are the paper's.
-    unfreeze_fraction : float
+    unfreeze_fraction : float or None
         Train the last fraction (0..1) of the extractor's blocks too (Miller et al. fine-tune
-        the top half of their backbones). 0 keeps it frozen, which allows the feature cache.
+        the top half of their backbones). 0 keeps it frozen, which allows the feature cache
+        (the paper); ``"ours"`` trains the whole cut (1), which measured best on validation.
     fuse_embedding : bool
         Concatenate the head's features with an MLP of the raw embedding stored beside the
         images before the classifier (the multimodal variant of Miller et al.).
@@ -157,7 +162,7 @@ class TrainConfig:
     normalize: str | None = None
     upsample: int | None = None
     cut: str | None = None
-    unfreeze_fraction: float = 0.0
+    unfreeze_fraction: float | None = None
     fuse_embedding: bool = False
     cache: str = "auto"
     cache_budget: str = "25%"
@@ -226,7 +231,8 @@ class TrainConfig:
             raise ValueError(f"unfreeze_fraction must be in [0, 1], got {self.unfreeze_fraction}")
         if self.unfreeze_fraction > 0 and self.cache in ("memory", "zarr"):
             raise ValueError("the feature cache needs a fully frozen extractor; use cache='none' "
-                             "(or 'auto') with unfreeze_fraction > 0")
+                             "(or 'auto') with unfreeze_fraction > 0, or unfreeze_fraction=0 "
+                             "(the 'ours' preset trains the cut: unfreeze_fraction 1)")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         object.__setattr__(self, "head_channels", tuple(int(c) for c in self.head_channels))
