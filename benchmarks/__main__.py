@@ -3,7 +3,7 @@ import importlib
 import inspect
 import logging
 
-SUITES = ("raster", "layout", "encode", "build", "reuse", "scale", "train")
+SUITES = ("raster", "layout", "encode", "build", "reuse", "scale", "train", "accuracy")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -13,6 +13,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", help="write the result(s) here (all: PATH.SUITE.json)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="device for suites that take one (encode); auto picks CUDA if present")
+    parser.add_argument("--store", help="accuracy: the IMDB store to train on (built if absent)")
+    parser.add_argument("--limit", type=int, default=4000,
+                        help="accuracy: reviews in a store it builds (default 4000)")
+    parser.add_argument("--configs", help="accuracy: comma-separated configurations, or all "
+                                          "(default ours,paper,fused)")
+    parser.add_argument("--no-probes", dest="probes", action="store_false",
+                        help="accuracy: skip the linear probes (run them once per store)")
+    parser.add_argument("--weights", default=None,
+                        help="accuracy: extractor weights (default none: random init)")
     parser.add_argument("--docs", type=int, default=None,
                         help="encode: reviews timed (default 512, quick 16)")
     parser.add_argument("--probe", type=int, default=None,
@@ -31,7 +40,9 @@ def main():
             path = f"{path.removesuffix('.json')}.{suite}.json"
         run = importlib.import_module(f"benchmarks.{suite}").run
         params = inspect.signature(run).parameters
-        extra = {k: getattr(args, k) for k in ("device", "docs", "probe") if k in params}
+        extra = {k: getattr(args, k) for k in ("device", "docs", "probe", "store", "limit",
+                                                "configs", "weights", "probes")
+                 if k in params}
         run(quick=args.quick, json_path=path, **extra)
 
 

@@ -88,3 +88,24 @@ def test_scale_quick(tmp_path):
     assert result["encode_tasks"] == 4 and result["task_seconds_sum"] > 0
     # float16 rounding of the single-threaded workers at most (values are O(1))
     assert result["max_abs_diff_embeddings"] < 0.05
+
+
+def test_accuracy_suite_quick(tmp_path):
+    """The accuracy suite on a tiny synthetic store (no IMDB, no encoder): configurations,
+    validation and test figures, both probes, the machine."""
+    path = tmp_path / "accuracy.json"
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "accuracy", "--quick", "--json",
+                           str(path)], cwd=ROOT, check=True, capture_output=True, text=True,
+                          timeout=300)
+    result = json.loads(path.read_text())
+    assert result["suite"] == "accuracy" and result["quick"] and result["machine"]["cores"]
+    assert [c["name"] for c in result["configs"]] == ["ours", "paper", "fused"]
+    for config in result["configs"]:
+        assert 0 <= config["val_accuracy"] <= 1 and 0 <= config["test_accuracy"] <= 1
+        assert 1 <= config["best_epoch"] <= config["epochs_run"] <= 2
+        assert config["epoch_s"] > 0
+    assert result["configs"][1]["config"]["lr_head"] == 1e-5  # Table I, alexnet
+    assert result["configs"][2]["config"]["fuse_embedding"]
+    for name in ("probe_embeddings", "probe_pixels"):
+        assert result[name]["test_accuracy"] > 0.5 and result[name]["C"] > 0
+    assert "| ours |" in done.stdout and "linear probe on the pixels" in done.stdout

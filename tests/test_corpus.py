@@ -477,3 +477,40 @@ def test_imdb_download_checksum_mismatch_and_network_failure(tmp_path, monkeypat
     with pytest.raises(CorpusError, match="FASTIMG_DATA") as info:
         resolve_imdb(tmp_path / "none", cache=cache)
     assert "Name or service not known" in str(info.value) and list(cache.iterdir()) == []
+
+
+# ---------------------------------------------------------------- test_fraction
+
+def test_test_fraction_carves_a_stratified_seeded_test_split(tmp_path):
+    path = sorted_corpus(tmp_path, n_neg=120, n_pos=80)
+    corpus = load_corpus(cfg(path, split="paper", test_fraction=0.25))
+    counts = corpus.counts()
+    # 200 rows -> 160 train / 40 val, then a quarter of train (40) -> test, by label
+    assert counts["val"] == {"neg": 24, "pos": 16}
+    assert counts["test"] == {"neg": 24, "pos": 16}
+    assert counts["train"] == {"neg": 72, "pos": 48}
+    again = load_corpus(cfg(path, split="paper", test_fraction=0.25))
+    assert again.split.tolist() == corpus.split.tolist()
+    other = load_corpus(cfg(path, split="paper", test_fraction=0.25, seed=1))
+    assert other.split.tolist() != corpus.split.tolist()
+    # the validation rows are those of the same build without a test split
+    plain = load_corpus(cfg(path, split="paper"))
+    assert np.array_equal(plain.split == "val", corpus.split == "val")
+
+
+def test_test_fraction_is_part_of_the_key_only_when_used(tmp_path):
+    path = sorted_corpus(tmp_path)
+    assert "test_fraction" not in cfg(path).to_dict()
+    assert cfg(path, test_fraction=0.1).to_dict()["test_fraction"] == 0.1
+    assert CorpusConfig(**cfg(path, test_fraction=0.1).to_dict()) == cfg(path, test_fraction=0.1)
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(CorpusError, match="test_fraction"):
+            cfg(path, test_fraction=bad)
+
+
+def test_test_fraction_ignored_when_the_corpus_has_test_rows(tmp_path, caplog):
+    path = sorted_corpus(tmp_path, split=lambda i: "test" if i % 4 == 0 else "train")
+    with caplog.at_level(logging.WARNING, logger="fastimg.corpus"):
+        corpus = load_corpus(cfg(path, split_column="split", test_fraction=0.3))
+    assert int((corpus.split == "test").sum()) == 25
+    assert any("test_fraction 0.3 ignored" in r.getMessage() for r in caplog.records)

@@ -54,7 +54,8 @@ def blob_store(tmp_path_factory):
 
 
 FAST = dict(weights=None, epochs=3, batch_size=32, progress=False, loader="torch",
-            head_channels=(16, 16, 8, 8), hidden=(32, 16))
+            head_channels=(16, 16, 8, 8), hidden=(32, 16), cut="paper",
+            unfreeze_fraction=0.0)
 
 
 # -- extractors -------------------------------------------------------------------------------
@@ -259,7 +260,8 @@ def test_config_round_trips_through_json_and_rejects_bad_values():
     with pytest.raises(ValueError, match="unknown"):
         TrainConfig.from_dict({"epochs": 2, "colour": "red"})
     assert TrainConfig(unfreeze_fraction=0.5).resolved_cache == "none"
-    assert TrainConfig().resolved_cache == "memory"
+    assert TrainConfig(unfreeze_fraction=0.0).resolved_cache == "memory"
+    assert TrainConfig(preset="paper").resolved_cache == "memory"
 
 
 # -- training ---------------------------------------------------------------------------------
@@ -326,8 +328,8 @@ def test_frozen_parameters_and_bn_stats_unchanged_by_training(blob_store):
 
 def test_unfrozen_blocks_train_and_frozen_ones_do_not(blob_store):
     path, _ = blob_store
-    config = TrainConfig(extractor="shufflenet_v2_x1_0", unfreeze_fraction=0.25,
-                         **{**FAST, "epochs": 1})
+    config = TrainConfig(extractor="shufflenet_v2_x1_0",
+                         **{**FAST, "epochs": 1, "unfreeze_fraction": 0.25})
     torch.manual_seed(0)
     reference = build_extractor("shufflenet_v2_x1_0", None, unfreeze_fraction=0.25)
     result = fit(path, config)
@@ -400,3 +402,157 @@ def test_dali_gpu_pipeline_matches_torch_on_cuda(blob_store, mode):
         assert xa.is_cuda and xb.is_cuda and torch.equal(ra.cpu(), rb.cpu())
         assert torch.equal(ta, tb)
         torch.testing.assert_close(xb, xa, atol=1e-5, rtol=0)
+
+
+# -- presets, schedules, early stopping ------------------------------------------------------
+
+TABLE_I = {"alexnet": (1e-5, 5e-4), "wide_resnet50_2": (5e-5, 1e-4),
+           "resnext50_32x4d": (5e-5, 1e-3), "shufflenet_v2_x1_0": (5e-4, 1e-3),
+           "vgg16": (5e-5, 1e-3)}
+
+
+@pytest.mark.parametrize("name", sorted(TABLE_I))
+def test_paper_preset_takes_table_i_and_the_papers_settings(name):
+    config = TrainConfig(preset="paper", extractor=name)
+    assert (config.lr_head, config.lr_classifier) == TABLE_I[name]
+    assert (config.normalize, config.epochs, config.optimizer, config.weight_decay,
+            config.schedule, config.patience, config.upsample, config.cut) == (
+        "image", 15, "adam", 0.0, "none", 0, 1, "paper")
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    # explicit values win over the preset
+    mine = TrainConfig(preset="paper", extractor=name, epochs=3, lr_head=0.1, normalize="none")
+    assert (mine.epochs, mine.lr_head, mine.lr_classifier, mine.normalize) == (
+        3, 0.1, TABLE_I[name][1], "none")
+    ours = TrainConfig(extractor=name)
+    assert ours.preset == "ours" and (ours.lr_head, ours.normalize) != (TABLE_I[name][0], "image")
+    with pytest.raises(ValueError, match="preset"):
+        TrainConfig(preset="author")
+
+
+def test_paper_preset_trains_with_its_learning_rates(blob_store):
+    path, _ = blob_store
+    result = fit(path, TrainConfig(preset="paper", extractor="alexnet",
+                                   **{**FAST, "epochs": 1, "probe": False}))
+    assert result.metrics["config"]["preset"] == "paper"
+    assert (result.history[0]["lr_head"], result.history[0]["lr_classifier"]) == (1e-5, 5e-4)
+
+
+def test_cosine_schedule_and_early_stopping(blob_store, monkeypatch):
+    import importlib
+
+    fit_module = importlib.import_module("fastimg.train.fit")
+    path, _ = blob_store
+    cosine = fit(path, TrainConfig(extractor="alexnet", schedule="cosine", patience=0,
+                                   **{**FAST, "epochs": 3, "probe": False}))
+    lrs = [e["lr_head"] for e in cosine.history]
+    assert lrs[0] == 1e-3 and lrs[0] > lrs[1] > lrs[2] > 0
+    # scripted validation accuracies: best at epoch 2, then no gain (a tie is no gain) for
+    # `patience` epochs -> stop after epoch 4, keep epoch 2
+    script = [0.6, 0.7, 0.65, 0.7]
+    evaluate = fit_module._Run.evaluate
+
+    def scripted(self, split):
+        out = evaluate(self, split)
+        if split == "val" and script:
+            out["accuracy"] = script.pop(0)
+        return out
+
+    monkeypatch.setattr(fit_module._Run, "evaluate", scripted)
+    stuck = fit(path, TrainConfig(extractor="alexnet", patience=2,
+                                  **{**FAST, "epochs": 6, "probe": False}))
+    assert stuck.metrics["stopped_early"] and stuck.metrics["epochs_run"] == 4
+    assert stuck.best_epoch == 2
+    assert [e["val_accuracy"] for e in stuck.history] == [0.6, 0.7, 0.65, 0.7]
+
+
+def test_nopool_cut_keeps_more_of_the_grid():
+    assert feature_shape(build_extractor("alexnet", None, cut="nopool"), (50, 50)) == (192, 11, 11)
+    assert feature_shape(build_extractor("resnext50_32x4d", None, cut="nopool"),
+                         (50, 50)) == (256, 25, 25)
+    with pytest.raises(ValueError, match="cut"):
+        TrainConfig(cut="wide")
+
+
+# -- honest evaluation ------------------------------------------------------------------------
+
+def test_selection_biased_without_a_test_split(tmp_path, blob_store):
+    path = tmp_path / "notest.zarr"
+    write_store(path, n_rows=120, test=False)
+    config = TrainConfig(extractor="alexnet", **{**FAST, "epochs": 1})
+    result = fit(path, config, out_dir=tmp_path / "run")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert result.selection_biased and metrics["selection_biased"] is True
+    assert metrics["final"]["val"]["selection_biased"] is True
+    assert metrics["reported"]["split"] == "val" and metrics["reported"]["selection_biased"]
+    assert "test split" in metrics["reported"]["note"]
+    with_test = fit(blob_store[0], config)
+    assert not with_test.selection_biased and with_test.metrics["selection_biased"] is False
+    assert with_test.metrics["reported"] == {
+        "split": "test", "accuracy": with_test.test_accuracy, "selection_biased": False}
+    assert with_test.metrics["final"]["test"]["selection_biased"] is False
+
+
+def test_probes_choose_c_on_validation(blob_store):
+    from fastimg.train import linear_probe
+    from fastimg.train.fit import PROBE_C_GRID
+
+    data = StoreData(blob_store[0])
+    for features in ("embeddings", "pixels"):
+        probe = linear_probe(data, features=features)
+        assert probe["features"] == features and probe["C"] in PROBE_C_GRID
+        assert set(probe["val_accuracy_by_C"]) == {f"{c:g}" for c in PROBE_C_GRID}
+        assert probe["val_accuracy"] == max(probe["val_accuracy_by_C"].values())
+        assert probe["test_accuracy"] > 0.9 and probe["selection_biased"] == {
+            "val": True, "test": False}
+
+
+# -- memory -----------------------------------------------------------------------------------
+
+def test_head_batchnorm_statistics_untouched_before_training():
+    from fastimg.train.head import ImageClassifier
+
+    extractor = build_extractor("alexnet", None)
+    model = ImageClassifier(extractor, feature_shape(extractor, (50, 50)), 2,
+                            head_channels=(8, 8, 8, 8), hidden=(8, 8))
+    norms = [m for m in model.head.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 4
+    for bn in norms:
+        assert int(bn.num_batches_tracked) == 0
+        assert torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))
+        assert torch.equal(bn.running_var, torch.ones_like(bn.running_var))
+    assert model.head.training  # left ready to train
+
+
+def test_auto_cache_falls_back_to_zarr_over_its_budget(blob_store, tmp_path):
+    path, _ = blob_store
+    base = {**FAST, "epochs": 2, "probe": False, "dropout": 0.0}
+    small = fit(path, TrainConfig(extractor="alexnet", cache_budget="1KiB", **base))
+    assert small.metrics["cache"] == "zarr"  # in a temporary folder: no run folder given
+    run = fit(path, TrainConfig(extractor="alexnet", cache_budget="1KiB", **base),
+              out_dir=tmp_path / "run")
+    assert run.metrics["cache"] == "zarr" and (tmp_path / "run" / "feature_cache" / "val").is_dir()
+    big = fit(path, TrainConfig(extractor="alexnet", cache_budget="50%", **base))
+    assert big.metrics["cache"] == "memory"
+    for a, b in zip(small.history, big.history):  # same float16 features, same order
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+    for bad in ("lots", "0%", "150%"):
+        with pytest.raises(ValueError, match="cache_budget"):
+            TrainConfig(cache_budget=bad)
+    assert TrainConfig(cache_budget="2GiB").cache_budget_bytes == 2 << 30
+
+
+def test_on_disk_cache_shuffles_within_windows_of_chunks():
+    from fastimg.train.cache import FeatureCache
+
+    reader = ChunkedReader(np.zeros((960, 4), np.float32), cache_bytes=10 * 16 * 4 * 4)
+    reader.chunk_rows = 16  # a numpy array has one chunk; pretend zarr chunks of 16 rows
+    reader.max_chunks = 10
+    cache = FeatureCache(reader, np.arange(960), np.zeros(960, np.int64))
+    order = cache.order(seed=0, epoch=0)
+    assert sorted(order.tolist()) == list(range(960))
+    assert not np.array_equal(order, cache.order(seed=0, epoch=1))
+    # windows of 5 whole chunks (80 rows): each window touches 5 chunks, so an epoch decodes
+    # every chunk once, not once per batch
+    for start in range(0, 960, 80):
+        assert np.unique(order[start:start + 80] // 16).size == 5
+    assert np.unique(order[:160] // 16).size == 10

@@ -46,3 +46,18 @@ def test_train_on_a_store_without_labels_or_missing(tmp_path, capsys):
     assert code == 2 and "no labels" in capsys.readouterr().err
     code = main(["train", str(tmp_path / "missing.zarr"), "--out", str(tmp_path / "r")])
     assert code == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_train_preset_paper_and_no_test_split_note(tmp_path, capsys):
+    write_store(tmp_path / "notest.zarr", n_rows=60, test=False)
+    out = tmp_path / "run"
+    code = main(["train", str(tmp_path / "notest.zarr"), "--preset", "paper", "--weights", "none",
+                 "--epochs", "1", "--batch-size", "16", "--loader", "torch", "--quiet",
+                 "--no-probe", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0 and "paper preset" in printed and "selection-biased" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    config = metrics["config"]
+    assert (config["preset"], config["lr_head"], config["lr_classifier"], config["normalize"],
+            config["epochs"]) == ("paper", 1e-5, 5e-4, "image", 1)
+    assert metrics["selection_biased"] is True

@@ -56,6 +56,12 @@ class CorpusConfig:
         when there is a split column, else ``"random"``.
     val_fraction : float
         Share of the validation split, in (0, 1). ``"paper"`` needs the default 0.2.
+    test_fraction : float
+        When the corpus has no test rows (``"paper"``, ``"random"``, or a split column
+        without ``test``): move this share of the training split (after validation is
+        carved) to a test split, seeded and stratified by label, so the reported accuracy
+        is measured on rows that chose nothing. 0 (the default) carves none; ignored, with a
+        warning, when the corpus has test rows. In [0, 1).
     seed : int
         Seed of the sample and of the splits: the same seed gives the same corpus.
     """
@@ -69,6 +75,7 @@ class CorpusConfig:
     limit: int | None = None
     split: str = "auto"
     val_fraction: float = PAPER_VAL_FRACTION
+    test_fraction: float = 0.0
     seed: int = 0
 
     def __post_init__(self):
@@ -91,6 +98,10 @@ class CorpusConfig:
         if not (math.isfinite(fraction) and 0.0 < fraction < 1.0):
             raise CorpusError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
         object.__setattr__(self, "val_fraction", fraction)
+        test = float(self.test_fraction)
+        if not (math.isfinite(test) and 0.0 <= test < 1.0):
+            raise CorpusError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
+        object.__setattr__(self, "test_fraction", test)
         if self.split == "paper" and fraction != PAPER_VAL_FRACTION:
             raise CorpusError(f"split 'paper' is an 80/20 train/val split; val_fraction "
                               f"{fraction} needs split 'random'")
@@ -106,6 +117,9 @@ class CorpusConfig:
         """The settings as a JSON-serialisable dict (tuples become lists)."""
         out = asdict(self)
         out["text_columns"] = list(self.text_columns)
+        if not self.test_fraction:
+            # absent when unused, so stores built before the setting existed keep their keys
+            del out["test_fraction"]
         return out
 
 

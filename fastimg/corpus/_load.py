@@ -100,6 +100,17 @@ def load_corpus(config: CorpusConfig) -> Corpus:
     else:
         split = np.full(len(rows), "train", dtype="<U5")
         split[_split_off(labels, fraction, rng, "the corpus")] = "val"
+    if config.test_fraction:
+        if (split == "test").any():
+            notes.append(f"test_fraction {config.test_fraction} ignored: the corpus has "
+                         f"{int((split == 'test').sum())} test rows")
+        else:
+            train = np.flatnonzero(split == "train")
+            test = train[_split_off(labels[train], config.test_fraction,
+                                    np.random.default_rng([config.seed, 3]), "the train split")]
+            split[test] = "test"
+            logger.info("carved %d test rows from %d train rows (test_fraction %.3g)",
+                        test.size, train.size, config.test_fraction)
 
     for note in notes:
         logger.warning("%s", note)

@@ -15,9 +15,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fastimg.train.data import ChunkedReader
+from fastimg.train.data import ChunkedReader, epoch_order
 
 logger = logging.getLogger("fastimg.train")
+
+
+#: decoded (float32) size of one chunk of an on-disk feature cache
+CHUNK_BYTES = 16 << 20
+#: decoded bytes the on-disk cache keeps in memory (the shuffle window is half of it)
+DISK_WINDOW_BYTES = 512 << 20
+
+
+def feature_cache_bytes(n_rows: int, shape, dtype: str = "float16") -> int:
+    """Bytes an in-memory cache of ``n_rows`` features of ``shape`` takes."""
+    return int(n_rows) * int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
 
 
 class FeatureCache:
@@ -35,11 +46,39 @@ class FeatureCache:
     def __len__(self) -> int:
         return int(self.rows.size)
 
+    @property
+    def on_disk(self) -> bool:
+        return not isinstance(self._data, torch.Tensor)
+
     def get(self, positions) -> torch.Tensor:
         positions = np.asarray(positions, dtype=np.int64)
-        if isinstance(self._data, torch.Tensor):
+        if not self.on_disk:
             return self._data[torch.from_numpy(positions)].float()
         return torch.from_numpy(self._data.read(positions))
+
+    def order(self, seed: int, epoch: int) -> np.ndarray:
+        """The positions of one shuffled training epoch.
+
+        In memory: :func:`fastimg.train.data.epoch_order`. On disk, a fully random order
+        would decode every chunk for every batch, so the chunks are shuffled, taken a window
+        at a time (as many random chunks as fit half of ``DISK_WINDOW_BYTES``) and the rows
+        shuffled within each window: every epoch decodes each chunk once.
+        """
+        n = len(self)
+        if not self.on_disk:
+            return epoch_order(n, seed, epoch)
+        chunk = self._data.chunk_rows
+        per_window = max(1, self._data.max_chunks // 2)
+        if per_window * chunk >= n:
+            return epoch_order(n, seed, epoch)
+        rng = np.random.default_rng([seed, epoch])
+        chunks = rng.permutation(-(-n // chunk))
+        parts = []
+        for start in range(0, chunks.size, per_window):
+            positions = np.concatenate([np.arange(c * chunk, min(n, (c + 1) * chunk))
+                                        for c in chunks[start:start + per_window]])
+            parts.append(rng.permutation(positions))
+        return np.concatenate(parts)
 
 
 @torch.no_grad()
@@ -80,8 +119,11 @@ def build_cache(model, loader, rows: np.ndarray, targets: np.ndarray, *, where: 
                 import zarr
 
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
+                row_bytes = 4 * int(np.prod(shape[1:], dtype=np.int64))
+                chunk_rows = max(1, min(len(rows), CHUNK_BYTES // row_bytes))
+                # uncompressed: features are dense and every epoch reads them all
                 array = zarr.create_array(os.fspath(path), shape=shape, dtype=dtype,
-                                          chunks=(max(1, min(1024, len(rows))), *shape[1:]),
+                                          chunks=(chunk_rows, *shape[1:]), compressors=None,
                                           overwrite=True)
             else:
                 out = torch.empty(shape, dtype=getattr(torch, dtype))
@@ -96,7 +138,7 @@ def build_cache(model, loader, rows: np.ndarray, targets: np.ndarray, *, where: 
         raise RuntimeError(f"the loader served {done} of {len(rows)} rows")
     if array is not None:
         logger.info("feature cache of %d rows in %s", done, path)
-        return FeatureCache(ChunkedReader(array, cache_bytes=1 << 30), rows, targets)
+        return FeatureCache(ChunkedReader(array, cache_bytes=DISK_WINDOW_BYTES), rows, targets)
     return FeatureCache(out, rows, targets)
 
 

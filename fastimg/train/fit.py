@@ -5,6 +5,8 @@ import contextlib
 import copy
 import json
 import logging
+import math
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -16,11 +18,11 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from fastimg.train.bundle import save_run_bundle
-from fastimg.train.cache import build_cache
+from fastimg.train.cache import build_cache, feature_cache_bytes
 from fastimg.train.config import TrainConfig
 from fastimg.train.data import (LOADERS, BatchSource, ChunkedReader, Normaliser, StoreData,
-                                epoch_order, make_loader, pixel_stats)
-from fastimg.train.extractors import DEFAULT_LR, build_extractor
+                                make_loader, pixel_stats)
+from fastimg.train.extractors import build_extractor
 from fastimg.train.head import ImageClassifier, feature_shape
 
 logger = logging.getLogger("fastimg.train")
@@ -37,12 +39,13 @@ class TrainResult:
     Attributes
     ----------
     best_epoch : int
-        1-based epoch with the best validation accuracy (its weights are in ``model``).
+        1-based epoch with the best validation accuracy (its weights are in ``model``);
+        selection (best epoch, early stopping, schedule) looks at validation only.
     val_accuracy, test_accuracy : float or None
         Accuracy of the best model on the validation and test splits (None: no such split).
     probe : dict or None
-        The linear-probe baseline on the stored embeddings (``val_accuracy``,
-        ``test_accuracy``, ...), or None when it was not run.
+        The linear-probe baseline on the stored embeddings (``C`` chosen on validation,
+        ``val_accuracy``, ``test_accuracy``, ...), or None when it was not run.
     history : list of dict
         Per epoch: ``train_loss``, ``train_accuracy``, ``val_loss``, ``val_accuracy``,
         ``seconds``; validation computed afresh every epoch.
@@ -51,6 +54,11 @@ class TrainResult:
     model : torch.nn.Module
         The classifier with the best epoch's weights, in eval mode.
     run_dir : pathlib.Path or None
+    probe_pixels : dict or None
+        The same probe on the image pixels (standardised per pixel on the training split).
+    selection_biased : bool
+        True when the store has no test split: the only figure is the validation accuracy,
+        which chose the best epoch (optimistic). ``metrics["reported"]`` names the split.
     """
 
     best_epoch: int
@@ -61,6 +69,8 @@ class TrainResult:
     metrics: dict = field(default_factory=dict)
     model: nn.Module | None = None
     run_dir: Path | None = None
+    probe_pixels: dict | None = None
+    selection_biased: bool = False
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -83,36 +93,75 @@ def _confusion(targets: np.ndarray, predictions: np.ndarray, n_classes: int) -> 
     return matrix.tolist()
 
 
-def linear_probe(data: StoreData, *, seed: int = 0, max_iter: int = 1000) -> dict | None:
-    """Logistic regression on the stored embeddings, fitted on the training split and scored
-    on the validation and test splits (the baseline the image route should match).
+#: Inverse regularisation strengths the linear probes choose from on the validation split.
+PROBE_C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
-    Returns None when the store has no embeddings.
+
+def linear_probe(data: StoreData, *, features: str = "embeddings", seed: int = 0,
+                 max_iter: int = 1000, grid=PROBE_C_GRID) -> dict | None:
+    """Logistic regression on the stored embeddings (or the image pixels), fitted on the
+    training split, its ``C`` chosen on the validation split, scored on the test split.
+
+    It is tuned the way the image route is (selection on validation only), so the two are
+    comparable: the validation figure is selection-biased, the test figure is not.
+
+    Parameters
+    ----------
+    data : StoreData
+    features : {"embeddings", "pixels"}
+        ``"embeddings"``: the baseline the image route should match. ``"pixels"``: the image
+        values, each pixel standardised with the training split's statistics (the bar for
+        the image route: what a linear model gets from the images themselves).
+    seed : int
+    max_iter : int
+    grid : sequence of float
+        The ``C`` values tried.
+
+    Returns
+    -------
+    dict or None
+        ``C``, ``val_accuracy_by_C``, ``train_accuracy``, ``val_accuracy``,
+        ``test_accuracy`` (None without a test split), ``converged``, ``seconds``; None when
+        the store has no embeddings (``features="embeddings"``) or one training class.
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    if data.embeddings is None:
+    if features not in ("embeddings", "pixels"):
+        raise ValueError(f"features must be 'embeddings' or 'pixels', got {features!r}")
+    array = data.embeddings if features == "embeddings" else data.images
+    if array is None:
         return None
     start = time.perf_counter()
-    reader = ChunkedReader(data.embeddings)
-    train = data.rows("train")
-    if np.unique(data.targets[train]).size < 2:
+    reader = ChunkedReader(array)
+    rows = {s: data.rows(s) for s in ("train", "val", "test")}
+    if np.unique(data.targets[rows["train"]]).size < 2 or rows["val"].size == 0:
         return None
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter,
-                                                               random_state=seed))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvergenceWarning)
-        probe.fit(reader.read(train), data.targets[train])
-    out = {"model": "StandardScaler + LogisticRegression(C=1)",
-           "converged": not any(issubclass(w.category, ConvergenceWarning) for w in caught),
-           "train_accuracy": float(probe.score(reader.read(train), data.targets[train]))}
-    for split in ("val", "test"):
-        rows = data.rows(split)
-        out[f"{split}_accuracy"] = (float(probe.score(reader.read(rows), data.targets[rows]))
-                                    if rows.size else None)
+    scaler = StandardScaler().fit(reader.read(rows["train"]).reshape(rows["train"].size, -1))
+    x = {s: scaler.transform(reader.read(r).reshape(r.size, -1)) if r.size else None
+         for s, r in rows.items()}
+    y = {s: data.targets[r] for s, r in rows.items()}
+    by_c, best, converged = {}, None, {}
+    for c in grid:
+        model = LogisticRegression(C=c, max_iter=max_iter, random_state=seed)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            model.fit(x["train"], y["train"])
+        converged[c] = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+        by_c[c] = float(model.score(x["val"], y["val"]))
+        if best is None or by_c[c] > by_c[best[0]]:  # ties: the stronger regularisation
+            best = (c, model)
+    c, model = best
+    out = {"features": features,
+           "model": f"StandardScaler + LogisticRegression(C={c:g}), C chosen on val",
+           "C": c, "val_accuracy_by_C": {f"{k:g}": v for k, v in by_c.items()},
+           "converged": converged[c],
+           "train_accuracy": float(model.score(x["train"], y["train"])),
+           "val_accuracy": by_c[c],
+           "test_accuracy": (float(model.score(x["test"], y["test"]))
+                             if x["test"] is not None else None),
+           "selection_biased": {"val": True, "test": False}}
     out["seconds"] = time.perf_counter() - start
     return out
 
@@ -140,7 +189,7 @@ class _Run:
                 raise ValueError(f"{data.path} has no embeddings to fuse")
             self.embeddings = ChunkedReader(data.embeddings)
         extractor = build_extractor(config.extractor, config.weights,
-                                    unfreeze_fraction=config.unfreeze_fraction)
+                                    unfreeze_fraction=config.unfreeze_fraction, cut=config.cut)
         self.feature_shape = feature_shape(extractor, data.image_shape, config.upsample)
         self.model = ImageClassifier(
             extractor, self.feature_shape, data.n_classes, head_channels=config.head_channels,
@@ -149,13 +198,22 @@ class _Run:
             embedding_hidden=config.embedding_hidden, upsample=config.upsample)
         self.model.to(device=device, memory_format=self.memory_format)
         self.model.memory_format = self.memory_format
-        lr_head, lr_cls = DEFAULT_LR[config.extractor]
         head_params = [p for m in (self.model.head, self.model.embedding_mlp, extractor)
                        if m is not None for p in m.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(
-            [{"params": head_params, "lr": config.lr_head or lr_head},
+        optimizer = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = optimizer(
+            [{"params": head_params, "lr": config.lr_head},
              {"params": list(self.model.classifier.parameters()),
-              "lr": config.lr_classifier or lr_cls}], weight_decay=config.weight_decay)
+              "lr": config.lr_classifier}], weight_decay=config.weight_decay)
+        self.step_scheduler = self.epoch_scheduler = None
+        if config.schedule == "cosine":
+            total = config.epochs * max(1, -(-self.rows["train"].size // config.batch_size))
+            self.step_scheduler = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total)
+                                                                   / total)))
+        elif config.schedule == "plateau":
+            self.epoch_scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.optimizer, mode="max", factor=0.5, patience=1)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.loss_fn = nn.CrossEntropyLoss()
         self._loaders, self._calls = {}, {}
@@ -184,10 +242,12 @@ class _Run:
         self._calls[key] = epoch + 1
         return loader.epoch(epoch)
 
-    def build_caches(self, where: str):
+    def build_caches(self, where: str, folder=None):
+        """Compute the frozen extractor's features of every split once (``folder``: where
+        the zarr arrays go)."""
         for split, rows in self.rows.items():
             if rows.size:
-                path = (Path(self.run_dir) / "feature_cache" / split) if self.run_dir else None
+                path = Path(folder) / split if folder is not None else None
                 self.caches[split] = build_cache(
                     self.model, self.loader(split, False), rows, self.data.targets, where=where,
                     path=path, autocast=self.autocast, progress=self.config.progress,
@@ -199,7 +259,7 @@ class _Run:
         if self.caches:
             cache = self.caches[split]
             n = len(cache)
-            order = epoch_order(n, self.config.seed, epoch) if train else np.arange(n)
+            order = cache.order(self.config.seed, epoch) if train else np.arange(n)
             size = self.config.batch_size
             for start in range(0, n, size):
                 positions = order[start:start + size]
@@ -239,7 +299,18 @@ class _Run:
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
-            self.scaler.update()
+            if self.step_scheduler is not None and self.amp:
+                # AMP skips the optimiser step of a batch with inf/NaN gradients (the scale
+                # drops): the schedule advances with real steps only (one host sync a step,
+                # only with AMP and a per-step schedule)
+                scale = self.scaler.get_scale()
+                self.scaler.update()
+                if self.scaler.get_scale() >= scale:
+                    self.step_scheduler.step()
+            else:
+                self.scaler.update()
+                if self.step_scheduler is not None:
+                    self.step_scheduler.step()
             loss_sum += loss.detach() * targets.shape[0]
             correct += (logits.detach().argmax(1) == targets).sum()
             total += targets.shape[0]
@@ -272,7 +343,9 @@ def fit(store, config: TrainConfig | None = None, *, out_dir=None) -> TrainResul
     config : TrainConfig, optional
     out_dir : str or path, optional
         Run folder: ``metrics.json``, ``best.pt`` (the best epoch's ``state_dict``, reload with
-        ``torch.load(path, weights_only=True)``), ``config.json``. Nothing is written without it.
+        ``torch.load(path, weights_only=True)``), ``config.json``, and an on-disk feature
+        cache (``feature_cache/``) when there is one. Without it nothing is written but an
+        on-disk cache, in a temporary folder removed at the end.
 
     Returns
     -------
@@ -289,6 +362,11 @@ def fit(store, config: TrainConfig | None = None, *, out_dir=None) -> TrainResul
 
     Notes
     -----
+    Selection is honest: the best epoch, early stopping and the plateau schedule see the
+    validation split only, and the test split is evaluated once, at the end, with the best
+    epoch's weights. Without a test split the reported figure is the validation accuracy,
+    marked ``selection_biased`` in the metrics.
+
     The global torch RNG is forked for the run (``torch.random.fork_rng``) and seeded with
     ``config.seed``: initialisation and dropout are reproducible and the caller's random
     state is restored afterwards. Every epoch's order comes from
@@ -299,8 +377,6 @@ def fit(store, config: TrainConfig | None = None, *, out_dir=None) -> TrainResul
     for split in ("train", "val"):
         if data.rows(split).size == 0:
             raise ValueError(f"{store} has no {split} rows; training needs train and val splits")
-    if config.resolved_cache == "zarr" and out_dir is None:
-        raise ValueError("cache='zarr' keeps the features in the run folder: give out_dir")
     device = resolve_device(config.device)
     run_dir = Path(out_dir) if out_dir is not None else None
     if run_dir is not None:
@@ -311,39 +387,79 @@ def fit(store, config: TrainConfig | None = None, *, out_dir=None) -> TrainResul
         return _fit(data, config, device, run_dir)
 
 
+def _resolve_cache(config: TrainConfig, run: "_Run") -> str:
+    """The cache mode: ``"auto"`` keeps the features in memory while they fit
+    ``config.cache_budget`` and falls back to zarr on disk otherwise."""
+    mode = config.resolved_cache
+    if mode != "none" and not run.model.extractor.fully_frozen:
+        raise ValueError("the feature cache needs a fully frozen extractor")
+    if config.cache == "auto" and mode == "memory":
+        need = feature_cache_bytes(sum(int(r.size) for r in run.rows.values()),
+                                   run.feature_shape, config.cache_dtype)
+        budget = config.cache_budget_bytes
+        if need > budget:
+            logger.info("feature cache needs %.2f GiB, over the %.2f GiB budget (%s): on disk",
+                        need / 2**30, budget / 2**30, config.cache_budget)
+            return "zarr"
+        logger.info("feature cache in memory: %.2f GiB of a %.2f GiB budget", need / 2**30,
+                    budget / 2**30)
+    return mode
+
+
 def _fit(data, config, device, run_dir) -> TrainResult:
     start = time.perf_counter()
     run = _Run(data, config, device, run_dir)
-    cache_mode = config.resolved_cache
-    if cache_mode != "none" and not run.model.extractor.fully_frozen:
-        raise ValueError("the feature cache needs a fully frozen extractor")
+    cache_mode = _resolve_cache(config, run)
+    with contextlib.ExitStack() as stack:
+        folder = None
+        if cache_mode == "zarr":
+            folder = (run_dir / "feature_cache" if run_dir is not None else
+                      stack.enter_context(tempfile.TemporaryDirectory(prefix="fastimg-cache-")))
+        return _train(run, data, config, device, run_dir, cache_mode, folder, start)
+
+
+def _train(run, data, config, device, run_dir, cache_mode, folder, start) -> TrainResult:
     timings = {}
     if cache_mode != "none":
         t0 = time.perf_counter()
-        run.build_caches(cache_mode)
+        run.build_caches(cache_mode, folder)
         timings["cache_s"] = time.perf_counter() - t0
-    logger.info("training %s (%s weights) on %s, loader %s, cache %s, normalise %s",
-                config.extractor, config.weights, device, run.loader_name, cache_mode,
-                config.normalize)
+    logger.info("training %s (%s weights, cut %s) on %s, loader %s, cache %s, normalise %s, "
+                "%s lr %.3g/%.3g wd %.3g schedule %s", config.extractor, config.weights,
+                config.cut, device, run.loader_name, cache_mode, config.normalize,
+                config.optimizer, config.lr_head, config.lr_classifier, config.weight_decay,
+                config.schedule)
 
-    history, best, best_state = [], None, None
+    history, best, best_state, stopped_early = [], None, None, False
     t0 = time.perf_counter()
     bar = tqdm(range(config.epochs), desc="train", unit="epoch", disable=not config.progress)
     for epoch in bar:
         e0 = time.perf_counter()
+        lrs = [group["lr"] for group in run.optimizer.param_groups]
         train_loss, train_acc = run.train_epoch(epoch)
         val = run.evaluate("val")
         history.append({"epoch": epoch + 1, "train_loss": train_loss,
                         "train_accuracy": train_acc, "val_loss": val["loss"],
-                        "val_accuracy": val["accuracy"], "seconds": time.perf_counter() - e0})
+                        "val_accuracy": val["accuracy"], "lr_head": lrs[0],
+                        "lr_classifier": lrs[1], "seconds": time.perf_counter() - e0})
+        # selection on validation only: the test split is never looked at before the end
         if best is None or val["accuracy"] > history[best]["val_accuracy"]:
             best = epoch
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in
                                         run.model.state_dict().items()})
+        if run.epoch_scheduler is not None:
+            run.epoch_scheduler.step(val["accuracy"])
         bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val['accuracy']:.3f}")
         logger.info("epoch %d: train loss %.4f, val accuracy %.4f", epoch + 1, train_loss,
                     val["accuracy"])
+        if config.patience and epoch - best >= config.patience:
+            stopped_early = True
+            logger.info("early stop after epoch %d: no validation gain for %d epochs",
+                        epoch + 1, config.patience)
+            break
+    bar.close()
     timings["train_s"] = time.perf_counter() - t0
+    timings["epoch_s"] = timings["train_s"] / len(history)
 
     run.model.load_state_dict(best_state)
     final = {}
@@ -353,23 +469,38 @@ def _fit(data, config, device, run_dir) -> TrainResult:
             final[split] = {"rows": result["rows"], "accuracy": result["accuracy"],
                             "loss": result["loss"],
                             "confusion_matrix": _confusion(result["targets"],
-                                                           result["predictions"], data.n_classes)}
+                                                           result["predictions"], data.n_classes),
+                            # the best epoch was chosen on val: its figure is optimistic
+                            "selection_biased": split == "val"}
         else:
             final[split] = None
+    has_test = final["test"] is not None
+    reported = {"split": "test" if has_test else "val",
+                "accuracy": final["test" if has_test else "val"]["accuracy"],
+                "selection_biased": not has_test}
+    if not has_test:
+        reported["note"] = ("the store has no test split: the validation accuracy chose the "
+                            "best epoch and is optimistic; build with --test-fraction to carve "
+                            "a test split")
+        logger.warning("%s has no test split: the reported validation accuracy is "
+                       "selection-biased", data.path)
 
-    probe = None
+    probe = probe_pixels = None
     if config.probe:
         probe = linear_probe(data, seed=config.seed)
+        probe_pixels = linear_probe(data, features="pixels", seed=config.seed)
     timings["total_s"] = time.perf_counter() - start
     metrics = {
         "store": str(data.path), "config": config.to_dict(),
-        "extractor": {"name": config.extractor, "weights": config.weights,
+        "extractor": {"name": config.extractor, "weights": config.weights, "cut": config.cut,
                       "feature_shape": list(run.feature_shape),
                       "frozen": run.model.extractor.fully_frozen},
         "device": str(device), "loader": run.loader_name, "cache": cache_mode,
         "amp": run.amp, "class_names": data.class_names,
         "rows": {s: int(r.size) for s, r in run.rows.items()},
-        "epochs": history, "best_epoch": best + 1, "final": final, "probe": probe,
+        "epochs": history, "best_epoch": best + 1, "epochs_run": len(history),
+        "stopped_early": stopped_early, "final": final, "reported": reported,
+        "selection_biased": not has_test, "probe": probe, "probe_pixels": probe_pixels,
         "timings": timings,
     }
     if run_dir is not None:
@@ -381,5 +512,6 @@ def _fit(data, config, device, run_dir) -> TrainResult:
     run.model.eval()
     return TrainResult(
         best_epoch=best + 1, val_accuracy=final["val"]["accuracy"],
-        test_accuracy=final["test"]["accuracy"] if final["test"] else None, probe=probe,
-        history=history, metrics=metrics, model=run.model, run_dir=run_dir)
+        test_accuracy=final["test"]["accuracy"] if has_test else None, probe=probe,
+        history=history, metrics=metrics, model=run.model, run_dir=run_dir,
+        probe_pixels=probe_pixels, selection_biased=not has_test)

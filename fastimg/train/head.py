@@ -92,8 +92,12 @@ class ImageClassifier(nn.Module):
         #: memory format of the extractor's input (channels_last on CUDA)
         self.memory_format = torch.contiguous_format
         self.head = ConvHead(feature_shape[0], head_channels)
+        # the flattened width, found in eval mode: a train-mode pass would move the BatchNorm
+        # running statistics (towards those of an all-zero input) before training starts
+        self.head.eval()
         with torch.no_grad():
             n_flat = self.head.body(torch.zeros(1, *feature_shape)).numel()
+        self.head.train()
         self.embedding_mlp = (EmbeddingMLP(embedding_dim, embedding_hidden)
                               if embedding_dim else None)
         n_in = n_flat + (embedding_hidden if embedding_dim else 0)
@@ -114,7 +118,14 @@ class ImageClassifier(nn.Module):
 
 
 def feature_shape(extractor, image_shape, upsample: int = 1) -> tuple:
-    """Output shape ``(C, h, w)`` of ``extractor`` on one ``image_shape`` image."""
-    with torch.no_grad():
-        out = extractor(to_extractor_input(torch.zeros(1, *image_shape), upsample))
+    """Output shape ``(C, h, w)`` of ``extractor`` on one ``image_shape`` image.
+
+    Runs in eval mode (restored afterwards), so no BatchNorm statistics move."""
+    was_training = extractor.training
+    extractor.eval()
+    try:
+        with torch.no_grad():
+            out = extractor(to_extractor_input(torch.zeros(1, *image_shape), upsample))
+    finally:
+        extractor.train(was_training)
     return tuple(out.shape[1:])
