@@ -44,7 +44,7 @@ class EncoderConfig:
         What the forward computes in (:mod:`fastimg.embed.precision`). ``"fp32"``: the weights
         as loaded (CPU or CUDA); ``"int8"``: dynamic int8 quantisation of the Linear layers,
         CPU only; ``"fp16"`` / ``"bf16"``: autocast, CUDA only. ``"auto"`` is fp16 on CUDA and
-        fp32 on the CPU: on the measured IMDB slice (MiniLM, 512 tokens, 2-core EPYC) int8 ran
+        fp32 on the CPU: on the measured IMDB slice (MiniLM, 512 tokens, 2-core Xeon VM) int8 ran
         1.31-1.52x as fast as fp32, short of the 1.6x asked, and its linear-probe accuracy was
         0.746 against fp32's 0.812 (the bar: within 0.005), so it is opt-in (see
         ``benchmarks/RESULTS.md``). With ``device="auto"``, int8 runs on the

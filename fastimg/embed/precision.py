@@ -38,7 +38,7 @@ PRECISIONS = ("auto", "fp32", "int8", "fp16", "bf16")
 
 #: What ``precision="auto"`` resolves to per device. CPU: fp32, because int8 missed both parts
 #: of the bar set in issue 13 (>= 1.6x fp32 docs/s with linear-probe accuracy within 0.005) on
-#: the measured IMDB slice (MiniLM, 512 tokens, 2-core EPYC): 1.31-1.52x, and probe accuracy
+#: the measured IMDB slice (MiniLM, 512 tokens, 2-core Xeon VM): 1.31-1.52x, and probe accuracy
 #: 0.746 against 0.812. The [CLS] vectors of MiniLM's early layers vary between texts by less
 #: than the int8 error, so the standardised probe loses them. Figures: ``benchmarks/RESULTS.md``
 #: (encode, precision).
