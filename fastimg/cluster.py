@@ -27,6 +27,7 @@ import logging
 import os
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 
@@ -171,6 +172,13 @@ def _encode_block(texts, config, model, stats):
     return encode(texts, config, model=model, stats=stats)
 
 
+def _task_location(writer):
+    """The unfinished store as workers must open it: a URL, or an absolute path (a relative
+    one would be resolved in each worker's own working directory)."""
+    location = store.location.partial_path(writer.path)
+    return location.absolute() if isinstance(location, Path) else location
+
+
 def _open_chunk(location, name: str, index: int):
     """(the store's group, the done markers of array ``name``, the task's report so far)."""
     group = store.location.open_group(location, "r+")
@@ -293,8 +301,12 @@ def encode_chunks(client, writer, texts, config) -> dict:
     stats = {"tasks": 0, "skipped": 0, "task_seconds": 0.0, "chunks": n_chunks,
              "pending": len(todo)}
     logger.info("encoding %d of %d chunks on the cluster", len(todo), n_chunks)
-    location = store.location.partial_path(writer.path)
-    config_json = json.dumps(config.to_dict(), sort_keys=True)
+    location = _task_location(writer)
+    # the stage key holds the device and precision resolved here: every worker must run
+    # those (an "auto" resolved on each worker's own hardware could mix precisions)
+    settings = writer.stage("encode")["settings"]
+    config_json = json.dumps({**config.to_dict(), "device": settings["device"],
+                              "precision": settings["precision"]}, sort_keys=True)
     run = uuid.uuid4().hex[:8]
     futures = [client.submit(encode_chunk, location, list(texts[s:e]), config_json, i, s, e,
                              key=f"fastimg-encode-{run}-{i}", retries=RETRIES, pure=False)
@@ -312,7 +324,7 @@ def raster_chunks(client, writer, layout, config, *, start_row: int = 0) -> dict
     todo, n_chunks = _todo(writer, IMAGES, start_row)
     stats = {"tasks": 0, "skipped": 0, "task_seconds": 0.0, "chunks": n_chunks,
              "pending": len(todo)}
-    location = store.location.partial_path(writer.path)
+    location = _task_location(writer)
     layout_json = client.scatter(json.dumps(layout.to_dict()), broadcast=True)
     dtype = str(writer.group[IMAGES].dtype)
     run = uuid.uuid4().hex[:8]

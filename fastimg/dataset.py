@@ -275,11 +275,15 @@ def relayout(src, dst, layout_config=None, config: DatasetConfig | None = None, 
             .add("images", stages.images_settings(config)))
     if str(dst) == str(src) and not force:
         raise StoreError(f"{dst} is the source; pass --force to replace it")
+    if str(dst) == str(src) and not store.location.is_local(dst):
+        # object stores are written in place: the source would be deleted before it is read
+        raise StoreError(f"{dst} is the source and object storage has no atomic replace; "
+                         f"relayout into another URL")
     existing = None if str(dst) == str(src) else stages.open_existing(dst, plan, force=force)
     timings = {}
     with StoreWriter.open(dst) as writer:
         reused = stages.reconcile(writer, plan,
-                                  [s for s in (existing, source) if s is not None], force=True)
+                                  [s for s in (existing, source) if s is not None], force=force)
         embeddings = writer.group[store.EMBEDDINGS]
         on_stage("layout")
         layout = stages.run_layout(writer, plan, layout_config, fit_rows, embeddings,

@@ -155,6 +155,7 @@ def build_image_store(matrix, out, layout_config: LayoutConfig | None = None,
     stages.open_existing(out, plan, force=force)
     timings = {}
     with StoreWriter.open(out) as writer:
+        stages.reconcile(writer, plan, [], force=force)
         writer.begin("input", plan.keys["input"], plan.settings["input"])
         if split is not None:
             writer.write_rows(SPLIT, split)

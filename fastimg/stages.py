@@ -73,6 +73,14 @@ def reconcile(writer: StoreWriter, plan: StagePlan, sources, *, force: bool) -> 
 
     An unfinished build whose encoding would be thrown away is refused unless ``force``.
     """
+    foreign = [s for s in writer.stages if s not in plan.keys]
+    if foreign:
+        if writer.stage("encode") is not None and "encode" in foreign and not force:
+            raise StoreError(f"an unfinished build of another kind (with embeddings) is at "
+                             f"{store.partial_path(writer.path)}; finish it with the command "
+                             f"that started it, or pass --force to start over")
+        for stage in foreign:
+            writer.drop_from(stage)
     for stage in plan.keys:
         record = writer.stage(stage)
         if record is None or record["key"] != plan.keys[stage]:

@@ -82,6 +82,11 @@ def test_s3_build_info_train_xarray(tmp_path, tiny_bert_dir, s3, s3_env, capsys)
     fs = s3fs.S3FileSystem(**s3, skip_instance_cache=True)
     assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(BUCKET)) == ["imdb.zarr"]
 
+    # no atomic replace on object storage: an in-place relayout would delete its own source
+    assert main(["relayout", url, "--out", url, "--force", "--method", "pca", *s3_env]) == 2
+    assert "no atomic replace" in capsys.readouterr().err
+    assert store.is_complete(store.location.resolve(url, s3))
+
     assert main(["info", url, *s3_env]) == 0
     human = capsys.readouterr().out
     assert "complete" in human and "NOT complete" not in human and url in human

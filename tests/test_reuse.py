@@ -217,6 +217,36 @@ def test_a_label_change_is_not_resumed_silently(tmp_path, tiny_bert_dir, monkeyp
     assert store.StoreReader(out).labels().tolist() == [i % 2 for i in range(80)]  # neg=0
 
 
+def test_an_unfinished_encoding_is_not_thrown_away_by_another_command(
+        corpus_csv, tmp_path, tiny_bert_dir, monkeypatch, rng, capsys):
+    import fastimg.embed
+
+    src, out = tmp_path / "src.zarr", tmp_path / "out.zarr"
+    assert main(_build_args(corpus_csv, src, tiny_bert_dir)) == 0
+    real = fastimg.embed.encode_to_array
+
+    def interrupted(*args, **kwargs):
+        def stop(rows_done):
+            raise KeyboardInterrupt
+        return real(*args, **kwargs, on_chunk=stop)
+
+    monkeypatch.setattr(fastimg.embed, "encode_to_array", interrupted)
+    assert main(_build_args(corpus_csv, out, tiny_bert_dir, "--max-length", "20")) == 130
+    monkeypatch.setattr(fastimg.embed, "encode_to_array", real)
+    capsys.readouterr()
+    partial = store.partial_path(out)
+    assert (partial / store.EMBEDDINGS).exists()
+    assert main(["relayout", str(src), "--out", str(out), "--method", "pca", "--quiet"]) == 2
+    assert "unfinished build with other settings" in capsys.readouterr().err
+    np.save(tmp_path / "x.npy", rng.random((40, 120)).astype(np.float32))
+    assert main(["images", "--input", str(tmp_path / "x.npy"), "--out", str(out),
+                 "--pixels", "8", "--method", "pca", "--quiet"]) == 2
+    assert "unfinished build of another kind" in capsys.readouterr().err
+    assert (partial / store.EMBEDDINGS).exists()  # kept for its own command to resume
+    assert main(["relayout", str(src), "--out", str(out), "--method", "pca", "--quiet",
+                 "--force"]) == 0
+
+
 def test_a_crash_during_a_forced_replace_leaves_a_complete_store(
         corpus_csv, tmp_path, tiny_bert_dir, monkeypatch, capsys):
     from fastimg.store import location
@@ -239,9 +269,12 @@ def test_a_crash_during_a_forced_replace_leaves_a_complete_store(
     assert main(_build_args(corpus_csv, out, tiny_bert_dir, "--pixels", "16", "--force")) == 1
     assert "injected crash" in capsys.readouterr().err
     assert not out.exists() and store.replaced_path(out).exists()
-    assert store.is_complete(out)  # every reader and writer recovers the old store first
+    assert store.is_complete(out)  # readers read the old store where it waits, moving nothing
     for name, data in _arrays(out).items():
         np.testing.assert_array_equal(data, old[name], err_msg=name)
+    assert not out.exists()
+    store.check_writable(out, force=True)  # the next writer puts it back
+    assert out.exists() and not store.replaced_path(out).exists()
 
     # crash after the new store is in place, before the old one is deleted
     monkeypatch.setattr(location, "_move", real_move)
@@ -257,7 +290,8 @@ def test_a_crash_during_a_forced_replace_leaves_a_complete_store(
     assert "injected crash" in capsys.readouterr().err
     monkeypatch.setattr(location.shutil, "rmtree", real_rmtree)
     assert store.StoreReader(out).images.shape == (80, 16, 16)  # the new one, complete
-    assert not store.replaced_path(out).exists()  # the leftover was cleaned up on open
+    store.check_writable(out, force=True)  # the next writer deletes the leftover
+    assert not store.replaced_path(out).exists()
 
 
 def test_a_store_of_an_older_format_is_refused_with_what_to_do(tmp_path, capsys):

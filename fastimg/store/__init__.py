@@ -18,5 +18,6 @@ __all__ = ["ATTRS_KEY", "BUILD_KEY", "COMPLETE", "EMBEDDINGS", "FORMAT_VERSION",
            "IMAGE_CHUNK_ROWS", "IMAGES", "LABELS", "PARTIAL_SUFFIX", "REPLACED_SUFFIX", "SPLIT",
            "SPLIT_NAMES", "STAGES", "STAGE_ARRAYS", "STAGE_SETTINGS", "StoreError", "StoreReader",
            "StoreWriter", "check_version", "check_writable", "copy_array", "differences",
-           "is_complete",           "open_store", "partial_path", "read_attrs", "recover", "replaced_path", "size_bytes",
+           "is_complete", "open_store", "partial_path", "read_attrs", "recover",
+           "replaced_path", "size_bytes",
            "stage_key", "write_store"]

@@ -113,10 +113,22 @@ def read_attrs(path, key: str = ATTRS_KEY) -> dict | None:
     return attrs.get(key)
 
 
+def readable(path):
+    """Where a reader finds the store of ``path``: ``path`` itself, or, while a replace is
+    in flight (or was cut off between its two moves), the complete store moved aside.
+
+    Readers never move or delete anything: only writers :func:`recover`.
+    """
+    path = resolve(path)
+    if isinstance(path, Location) or path.exists():
+        return path
+    aside = replaced_path(path)
+    return aside if aside.exists() else path
+
+
 def is_complete(path) -> bool:
     """True when ``path`` is a finished fastimg store (reads only its metadata)."""
-    recover(path)
-    return bool((read_attrs(path) or {}).get(COMPLETE))
+    return bool((read_attrs(readable(path)) or {}).get(COMPLETE))
 
 
 def recover(path) -> None:
@@ -148,7 +160,8 @@ def replace_with_partial(path) -> None:
 
     An existing store is moved aside first and deleted last: a crash at any point leaves a
     complete store at ``path`` or at ``replaced_path(path)``, which :func:`recover` (run by
-    every reader and writer) moves back. On object storage the build is already in place.
+    every writer; readers read the aside copy meanwhile) moves back. On object storage the
+    build is already in place.
     """
     path = resolve(path)
     if isinstance(path, Location):

@@ -53,7 +53,7 @@ class StoreReader:
         if not location.is_complete(path):
             raise StoreError(f"{path} is not a complete fastimg store (missing, or its build did "
                              f"not finish: rerun the command that builds it)")
-        self.group = location.open_group(path, "r")
+        self.group = location.open_group(location.readable(path), "r")
         self.attrs = dict(self.group.attrs[ATTRS_KEY])
         check_version(path, self.attrs)
 
@@ -95,8 +95,8 @@ class StoreReader:
         names = self.summary.get("class_names")
         if names:
             return [str(n) for n in names]
-        if self.has_labels:
-            return [str(v) for v in np.unique(self.labels())]
+        if self.has_labels:  # the labels are the class indices then
+            return [str(i) for i in range(int(self.labels().max(initial=-1)) + 1)]
         return []
 
     @property
