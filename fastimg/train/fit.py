@@ -22,8 +22,7 @@ from fastimg.train.cache import build_cache, feature_cache_bytes
 from fastimg.train.config import TrainConfig
 from fastimg.train.data import (LOADERS, BatchSource, ChunkedReader, Normaliser, StoreData,
                                 make_loader, pixel_stats)
-from fastimg.train.extractors import build_extractor
-from fastimg.train.head import ImageClassifier, feature_shape
+from fastimg.train.head import build_classifier
 
 logger = logging.getLogger("fastimg.train")
 
@@ -188,14 +187,11 @@ class _Run:
             if data.embeddings is None:
                 raise ValueError(f"{data.path} has no embeddings to fuse")
             self.embeddings = ChunkedReader(data.embeddings)
-        extractor = build_extractor(config.extractor, config.weights,
-                                    unfreeze_fraction=config.unfreeze_fraction, cut=config.cut)
-        self.feature_shape = feature_shape(extractor, data.image_shape, config.upsample)
-        self.model = ImageClassifier(
-            extractor, self.feature_shape, data.n_classes, head_channels=config.head_channels,
-            hidden=config.hidden, dropout=config.dropout,
-            embedding_dim=data.embeddings.shape[1] if config.fuse_embedding else None,
-            embedding_hidden=config.embedding_hidden, upsample=config.upsample)
+        self.model = build_classifier(
+            config, data.image_shape, data.n_classes,
+            embedding_dim=data.embeddings.shape[1] if config.fuse_embedding else None)
+        extractor = self.model.extractor
+        self.feature_shape = self.model.feature_shape
         self.model.to(device=device, memory_format=self.memory_format)
         self.model.memory_format = self.memory_format
         head_params = [p for m in (self.model.head, self.model.embedding_mlp, extractor)

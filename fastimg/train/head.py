@@ -88,6 +88,8 @@ class ImageClassifier(nn.Module):
                  embedding_hidden: int = 256, upsample: int = 1):
         super().__init__()
         self.extractor = extractor
+        #: output shape ``(C, h, w)`` of the extractor on one image
+        self.feature_shape = tuple(feature_shape)
         self.upsample = upsample
         #: memory format of the extractor's input (channels_last on CUDA)
         self.memory_format = torch.contiguous_format
@@ -129,3 +131,23 @@ def feature_shape(extractor, image_shape, upsample: int = 1) -> tuple:
     finally:
         extractor.train(was_training)
     return tuple(out.shape[1:])
+
+
+def build_classifier(config, image_shape, n_classes: int, *, embedding_dim: int | None = None,
+                     weights="config") -> ImageClassifier:
+    """The classifier a :class:`~fastimg.train.TrainConfig` describes, on ``image_shape`` images.
+
+    ``fit`` builds it with the config's extractor weights; ``predict`` with ``weights=None``
+    (random init: ``best.pt`` then overwrites every parameter and buffer), so one function
+    decides the architecture for both and a saved run always reloads.
+    """
+    from fastimg.train.extractors import build_extractor
+
+    extractor = build_extractor(config.extractor,
+                                config.weights if weights == "config" else weights,
+                                unfreeze_fraction=config.unfreeze_fraction, cut=config.cut)
+    shape = feature_shape(extractor, image_shape, config.upsample)
+    return ImageClassifier(
+        extractor, shape, n_classes, head_channels=config.head_channels, hidden=config.hidden,
+        dropout=config.dropout, embedding_dim=embedding_dim if config.fuse_embedding else None,
+        embedding_hidden=config.embedding_hidden, upsample=config.upsample)

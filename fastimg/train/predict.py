@@ -97,19 +97,12 @@ class Run:
         self.model = self._build_model()
 
     def _build_model(self):
-        from fastimg.train.extractors import build_extractor
         from fastimg.train.fit import CHECKPOINT_FILE
-        from fastimg.train.head import ImageClassifier, feature_shape
+        from fastimg.train.head import build_classifier
 
-        cfg = self.config
         # random init on purpose: best.pt overwrites every parameter and buffer of the cut
-        extractor = build_extractor(cfg.extractor, None, unfreeze_fraction=cfg.unfreeze_fraction)
-        shape = feature_shape(extractor, self.image_shape, cfg.upsample)
-        model = ImageClassifier(
-            extractor, shape, len(self.class_names), head_channels=cfg.head_channels,
-            hidden=cfg.hidden, dropout=cfg.dropout,
-            embedding_dim=self.bundle["n_features"] if cfg.fuse_embedding else None,
-            embedding_hidden=cfg.embedding_hidden, upsample=cfg.upsample)
+        model = build_classifier(self.config, self.image_shape, len(self.class_names),
+                                 embedding_dim=self.bundle["n_features"], weights=None)
         state = torch.load(self.run_dir / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
         try:
             model.load_state_dict(state, strict=True)
