@@ -1,6 +1,7 @@
 """Encode once, build many: stage keys, reuse of finished stages, relayout, atomic replace."""
 from __future__ import annotations
 
+import contextlib
 import json
 
 import numpy as np
@@ -39,6 +40,25 @@ def encode_calls(monkeypatch):
 
     monkeypatch.setattr(fastimg.embed, "encode_to_array", spy)
     return calls
+
+
+@contextlib.contextmanager
+def interrupted_after_first_chunk(monkeypatch):
+    """Builds inside stop with a KeyboardInterrupt once their first encoded chunk is stored."""
+    import fastimg.embed
+
+    real = fastimg.embed.encode_to_array
+
+    def interrupted(*args, **kwargs):
+        def stop(rows_done):
+            raise KeyboardInterrupt
+        return real(*args, **kwargs, on_chunk=stop)
+
+    monkeypatch.setattr(fastimg.embed, "encode_to_array", interrupted)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(fastimg.embed, "encode_to_array", real)
 
 
 def _build_args(csv_path, out, model, *extra):
@@ -177,7 +197,6 @@ def test_relayout_refuses_a_source_without_embeddings(rng, tmp_path, capsys):
 
 
 def test_a_label_change_is_not_resumed_silently(tmp_path, tiny_bert_dir, monkeypatch):
-    import fastimg.embed
     from fastimg.corpus import CorpusConfig
     from fastimg.dataset import build_dataset
     from fastimg.embed import EncoderConfig
@@ -195,17 +214,8 @@ def test_a_label_change_is_not_resumed_silently(tmp_path, tiny_bert_dir, monkeyp
                              LayoutConfig(grid=(12, 12), method="pca"), progress=False,
                              **kwargs)
 
-    real = fastimg.embed.encode_to_array
-
-    def interrupted(*args, **kwargs):
-        def stop(rows_done):
-            raise KeyboardInterrupt
-        return real(*args, **kwargs, on_chunk=stop)
-
-    monkeypatch.setattr(fastimg.embed, "encode_to_array", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_after_first_chunk(monkeypatch), pytest.raises(KeyboardInterrupt):
         build(same_texts)
-    monkeypatch.setattr(fastimg.embed, "encode_to_array", real)
     assert store.partial_path(out).exists()
     with pytest.raises(store.StoreError, match="unfinished build.*corpus.digest"):
         build(flipped)
@@ -219,20 +229,11 @@ def test_a_label_change_is_not_resumed_silently(tmp_path, tiny_bert_dir, monkeyp
 
 def test_an_unfinished_encoding_is_not_thrown_away_by_another_command(
         corpus_csv, tmp_path, tiny_bert_dir, monkeypatch, rng, capsys):
-    import fastimg.embed
 
     src, out = tmp_path / "src.zarr", tmp_path / "out.zarr"
     assert main(_build_args(corpus_csv, src, tiny_bert_dir)) == 0
-    real = fastimg.embed.encode_to_array
-
-    def interrupted(*args, **kwargs):
-        def stop(rows_done):
-            raise KeyboardInterrupt
-        return real(*args, **kwargs, on_chunk=stop)
-
-    monkeypatch.setattr(fastimg.embed, "encode_to_array", interrupted)
-    assert main(_build_args(corpus_csv, out, tiny_bert_dir, "--max-length", "20")) == 130
-    monkeypatch.setattr(fastimg.embed, "encode_to_array", real)
+    with interrupted_after_first_chunk(monkeypatch):
+        assert main(_build_args(corpus_csv, out, tiny_bert_dir, "--max-length", "20")) == 130
     capsys.readouterr()
     partial = store.partial_path(out)
     assert (partial / store.EMBEDDINGS).exists()
