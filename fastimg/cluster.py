@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from fastimg import store
-from fastimg.store.schema import DONE_PREFIX, EMBED_ATTRS_KEY, EMBEDDINGS, IMAGES
+from fastimg.store.schema import BUILD_KEY, DONE_PREFIX, EMBED_ATTRS_KEY, EMBEDDINGS, IMAGES
 
 logger = logging.getLogger("fastimg.cluster")
 
@@ -186,8 +186,23 @@ def _open_chunk(location, name: str, index: int):
     return group, group[DONE_PREFIX + name], info
 
 
-def encode_chunk(location, texts, config_json: str, index: int, start: int, stop: int) -> dict:
+def _current(location, stage: str, key: str) -> bool:
+    """Whether the build at ``location`` still runs ``stage`` with ``key``.
+
+    A task of a client that was killed can outlive it on a remote scheduler; if the build was
+    restarted with other settings meanwhile (same array shapes, new stage key), that task must
+    not write old rows into the new arrays or mark their chunks done.
+    """
+    attrs = store.location.open_group(location, "r").attrs.get(BUILD_KEY) or {}
+    return (attrs.get("stages") or {}).get(stage, {}).get("key") == key
+
+
+def encode_chunk(location, texts, config_json: str, index: int, start: int, stop: int,
+                 stage_key: str | None = None) -> dict:
     """Task: encode rows ``start:stop`` (one chunk) into the store and mark the chunk done.
+
+    With ``stage_key``, nothing is written unless the build's encode stage still has that key
+    (``{"stale": True}`` is returned then).
 
     Returns ``{"index", "skipped", "worker", "pid", "seconds", ...}``.
     """
@@ -199,6 +214,8 @@ def encode_chunk(location, texts, config_json: str, index: int, start: int, stop
     _set_threads()
     stats = {}
     block = _encode_block(list(texts), config, model, stats)
+    if stage_key is not None and not _current(location, "encode", stage_key):
+        return {**info, "skipped": True, "stale": True, "seconds": time.perf_counter() - t0}
     group[EMBEDDINGS][start:stop] = block
     done[index] = 1  # after the rows: a marked chunk is always complete
     return {**info, "skipped": False, "seconds": time.perf_counter() - t0,
@@ -216,8 +233,9 @@ def _layout(layout_json: str):
 
 
 def raster_chunk(location, layout_json: str, dtype: str, backend: str, index: int, start: int,
-                 stop: int) -> dict:
-    """Task: rasterise rows ``start:stop`` (one chunk of ``images``) and mark it done."""
+                 stop: int, stage_key: str | None = None) -> dict:
+    """Task: rasterise rows ``start:stop`` (one chunk of ``images``) and mark it done (fenced
+    by the images stage's ``stage_key`` as :func:`encode_chunk` is by the encode stage's)."""
     from fastimg.raster import rasterize, to_image_dtype
 
     t0 = time.perf_counter()
@@ -227,6 +245,8 @@ def raster_chunk(location, layout_json: str, dtype: str, backend: str, index: in
     layout = _layout(layout_json)
     block = np.asarray(group[EMBEDDINGS][start:stop])
     images = rasterize(block, layout.raster_plan(), backend=backend)
+    if stage_key is not None and not _current(location, "images", stage_key):
+        return {**info, "skipped": True, "stale": True, "seconds": time.perf_counter() - t0}
     group[IMAGES][start:stop] = to_image_dtype(images, dtype)
     done[index] = 1
     return {**info, "skipped": False, "seconds": time.perf_counter() - t0}
@@ -308,8 +328,10 @@ def encode_chunks(client, writer, texts, config) -> dict:
     config_json = json.dumps({**config.to_dict(), "device": settings["device"],
                               "precision": settings["precision"]}, sort_keys=True)
     run = uuid.uuid4().hex[:8]
+    stage_key = writer.stage("encode")["key"]
     futures = [client.submit(encode_chunk, location, list(texts[s:e]), config_json, i, s, e,
-                             key=f"fastimg-encode-{run}-{i}", retries=RETRIES, pure=False)
+                             stage_key, key=f"fastimg-encode-{run}-{i}", retries=RETRIES,
+                             pure=False)
                for i, s, e in todo]
     _drive(client, futures, "encode", stats)
     array.attrs[EMBED_ATTRS_KEY] = {**meta, "rows_done": int(array.shape[0]), "complete": True}
@@ -328,9 +350,10 @@ def raster_chunks(client, writer, layout, config, *, start_row: int = 0) -> dict
     layout_json = client.scatter(json.dumps(layout.to_dict()), broadcast=True)
     dtype = str(writer.group[IMAGES].dtype)
     run = uuid.uuid4().hex[:8]
+    stage_key = writer.stage("images")["key"]
     futures = [client.submit(raster_chunk, location, layout_json, dtype, config.raster_backend,
-                             i, s, e, key=f"fastimg-raster-{run}-{i}", retries=RETRIES,
-                             pure=False)
+                             i, s, e, stage_key, key=f"fastimg-raster-{run}-{i}",
+                             retries=RETRIES, pure=False)
                for i, s, e in todo]
     _drive(client, futures, "raster", stats)
     writer.update("images", rows_done=int(writer.group[IMAGES].shape[0]))

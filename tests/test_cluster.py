@@ -91,6 +91,27 @@ def assert_same(path, reference):
     assert not any(k.startswith(store.schema.DONE_PREFIX) for k in reader.group.array_keys())
 
 
+def test_a_stale_task_writes_nothing_into_a_restarted_build(tmp_path, tiny_bert_dir):
+    """A task of an earlier build (another encode stage key) leaves the new arrays alone."""
+    from fastimg.cluster import encode_chunk
+    from fastimg.embed import EncoderConfig
+    from fastimg.store import StoreWriter
+
+    config = EncoderConfig(model=str(tiny_bert_dir), max_length=16, chunk_rows=4, device="cpu")
+    texts = ["the film was good", "a bad plot", "great acting", "awful music"]
+    writer = StoreWriter.open(tmp_path / "s.zarr")
+    writer.begin("encode", "new-key", {})
+    writer.create_embeddings(8, 6 * 32, "float16", 4, {})
+    done = writer.done_markers(store.EMBEDDINGS)
+    location = store.partial_path(writer.path)
+    stale = encode_chunk(location, texts, config.to_json(), 0, 0, 4, "old-key")
+    assert stale["stale"] and not done[0]
+    assert not np.asarray(writer.group[store.EMBEDDINGS][0:4]).any()
+    fresh = encode_chunk(location, texts, config.to_json(), 0, 0, 4, "new-key")
+    assert not fresh["skipped"] and done[0] == 1
+    assert np.asarray(writer.group[store.EMBEDDINGS][0:4]).any()
+
+
 def test_parse_spec():
     from fastimg.cluster import parse_spec
 
