@@ -12,7 +12,7 @@ from conftest import NEEDS_IMDB_REASON, shared_imdb
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("pyDeepInsight")
 #: suites that read IMDB reviews (the others make their data)
-IMDB_SUITES = ("encode", "build")
+IMDB_SUITES = ("encode", "build", "reuse")
 
 
 @pytest.mark.slow
