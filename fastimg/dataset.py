@@ -26,6 +26,7 @@ from importlib.metadata import PackageNotFoundError, version
 import numpy as np
 
 from fastimg import __version__, stages, store
+from fastimg.images import split_codes
 from fastimg.raster import IMAGE_DTYPES
 from fastimg.store import StoreError, StoreReader, StoreWriter
 from fastimg.store.keys import StagePlan, digest
@@ -74,18 +75,15 @@ def _versions() -> dict:
     return out
 
 
-def corpus_digest(corpus) -> str:
-    """sha256 of everything a corpus stage writes: ids, texts, labels, split, class names."""
+def corpus_digest(corpus, codes: np.ndarray) -> str:
+    """sha256 of everything a corpus stage writes: ids, texts, labels, split ``codes``, class
+    names."""
     from fastimg.embed import texts_digest
 
     return digest(texts_digest(corpus.texts), "\0".join(map(str, corpus.ids)),
-                   np.asarray(corpus.labels, dtype=np.int64), _split_codes(corpus.split),
+                   np.asarray(corpus.labels, dtype=np.int64), codes,
                    json.dumps(list(corpus.class_names)),
                    json.dumps(None if corpus.class_values is None else list(corpus.class_values)))
-
-
-def _split_codes(split) -> np.ndarray:
-    return np.array([store.SPLIT_NAMES.index(s) for s in split], dtype=np.int8)
 
 
 def _fit_rows(split_codes: np.ndarray, fit_on: str) -> np.ndarray:
@@ -186,12 +184,12 @@ def build_dataset(out, corpus_config, encoder_config=None, layout_config=None,
     start = time.perf_counter()
     on_stage("corpus")
     corpus = load_corpus(corpus_config)
-    codes = _split_codes(corpus.split)
+    codes = split_codes(corpus.split, len(corpus), source="the corpus split")
     fit_rows = _fit_rows(codes, config.fit_on)
     # a model that cannot be found fails here, before anything is written
     resolve_model(encoder_config.model, encoder_config.revision)
     plan = (StagePlan()
-            .add("corpus", {**corpus_config.to_dict(), "digest": corpus_digest(corpus)})
+            .add("corpus", {**corpus_config.to_dict(), "digest": corpus_digest(corpus, codes)})
             .add("encode", run_settings(corpus.texts, encoder_config))
             .add("layout", stages.layout_settings(layout_config, config.fit_on, fit_rows))
             .add("images", stages.images_settings(config)))
