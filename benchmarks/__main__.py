@@ -22,6 +22,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="accuracy: skip the linear probes (run them once per store)")
     parser.add_argument("--weights", default=None,
                         help="accuracy: extractor weights (default none: random init)")
+    parser.add_argument("--extractors", default="alexnet",
+                        help="accuracy: comma-separated extractors (default alexnet)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="accuracy: most epochs of every configuration but the paper "
+                             "preset's 15 (default: each preset's)")
+    parser.add_argument("--seeds", default="0", help="accuracy: comma-separated seeds")
     parser.add_argument("--docs", type=int, default=None,
                         help="encode: reviews timed (default 512, quick 16)")
     parser.add_argument("--probe", type=int, default=None,
@@ -41,7 +47,8 @@ def main():
         run = importlib.import_module(f"benchmarks.{suite}").run
         params = inspect.signature(run).parameters
         extra = {k: getattr(args, k) for k in ("device", "docs", "probe", "store", "limit",
-                                                "configs", "weights", "probes")
+                                                "configs", "weights", "probes", "extractors", "epochs",
+                                                "seeds")
                  if k in params}
         run(quick=args.quick, json_path=path, **extra)
 

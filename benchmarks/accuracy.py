@@ -48,6 +48,14 @@ CONFIGS = {
     "ours-paper-cut-upsample3": {"cut": "paper", "unfreeze_fraction": 0.0, "upsample": 3},
     "ours-unfreeze-all": {"cut": "paper", "unfreeze_fraction": 1.0},
     "paper-upsample3": {"preset": "paper", "upsample": 3},
+    "pixel-branch": {"cut": "paper", "unfreeze_fraction": 0.0, "pixel_branch": True},
+    "pixel-branch-nopool": {"cut": "nopool", "unfreeze_fraction": 0.0, "pixel_branch": True},
+    "pixel-wide": {"cut": "paper", "unfreeze_fraction": 0.0, "pixel_branch": True,
+                   "pixel_hidden": 0},
+    "pixel-branch-dropout05": {"cut": "paper", "unfreeze_fraction": 0.0, "pixel_branch": True,
+                               "dropout": 0.5},
+    "fused-pixel-branch": {"cut": "paper", "unfreeze_fraction": 0.0, "pixel_branch": True,
+                           "fuse_embedding": True},
 }
 DEFAULT_CONFIGS = ("ours", "paper", "fused")
 
@@ -85,7 +93,11 @@ def _imdb_store(path: Path, limit: int) -> None:
 
 def run(quick: bool = False, json_path: str | None = None, store: str | None = None,
         limit: int = 4000, configs: str | None = None, weights: str | None = None,
-        extractor: str = "alexnet", device: str = "auto", probes: bool = True) -> dict:
+        extractors: str = "alexnet", device: str = "auto", probes: bool = True,
+        epochs: int | None = None, seeds: str = "0") -> dict:
+    """Train every configuration of ``configs`` with every extractor of ``extractors`` (comma
+    separated) and seed of ``seeds``; ``epochs`` caps the epochs of every configuration but
+    the paper preset's (15, the paper's)."""
     from fastimg.train import TrainConfig, fit, linear_probe
     from fastimg.train.data import StoreData
 
@@ -94,6 +106,11 @@ def run(quick: bool = False, json_path: str | None = None, store: str | None = N
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         raise SystemExit(f"unknown configuration(s) {unknown}; choose from {list(CONFIGS)}")
+    from fastimg.train import EXTRACTORS
+
+    unknown = [e for e in extractors.split(",") if e not in EXTRACTORS]
+    if unknown:
+        raise SystemExit(f"unknown extractor(s) {unknown}; choose from {sorted(EXTRACTORS)}")
     with tempfile.TemporaryDirectory(prefix="fastimg-accuracy-") as tmp:
         if quick:
             path = Path(tmp) / "quick.zarr"
@@ -116,20 +133,26 @@ def run(quick: bool = False, json_path: str | None = None, store: str | None = N
                       f"{_fmt(probe['val_accuracy'])}, test {_fmt(probe['test_accuracy'])}",
                       flush=True)
         out = {"suite": "accuracy", "store": str(path) if not quick else "synthetic (quick)",
-               "quick": quick, "extractor": extractor, "weights": weights, "rows": rows,
-               "configs": [], "probe_embeddings": probes["embeddings"],
-               "probe_pixels": probes["pixels"], "machine": machine()}
+               "quick": quick, "extractors": extractors.split(","), "weights": weights,
+               "epochs": epochs, "rows": rows, "configs": [],
+               "probe_embeddings": probes["embeddings"], "probe_pixels": probes["pixels"],
+               "machine": machine()}
         results = out["configs"]
-        for name in names:
+        runs = [(n, e, int(s)) for e in extractors.split(",") for n in names
+                for s in seeds.split(",")]
+        for name, extractor, seed in runs:
             settings = {"extractor": extractor, "weights": weights, "loader": "torch",
                         "device": device, "probe": False, "progress": False,
-                        "seed": 0, **shared, **CONFIGS[name]}
+                        "seed": seed, **shared, **CONFIGS[name]}
+            if epochs and CONFIGS[name].get("preset") != "paper":
+                settings["epochs"] = epochs
             config = TrainConfig(**settings)
             start = time.perf_counter()
             result = fit(path, config)
             metrics = result.metrics
             results.append({
-                "name": name, "settings": {k: v for k, v in CONFIGS[name].items()},
+                "name": name, "extractor": extractor, "seed": seed,
+                "settings": {k: v for k, v in CONFIGS[name].items()},
                 "config": config.to_dict(), "test_accuracy": result.test_accuracy,
                 "val_accuracy": result.val_accuracy, "best_epoch": result.best_epoch,
                 "epochs_run": metrics["epochs_run"], "stopped_early": metrics["stopped_early"],
@@ -137,7 +160,8 @@ def run(quick: bool = False, json_path: str | None = None, store: str | None = N
                 "cache_s": metrics["timings"].get("cache_s", 0.0),
                 "total_s": time.perf_counter() - start,
                 "feature_shape": metrics["extractor"]["feature_shape"],
-                "val_curve": [round(e["val_accuracy"], 4) for e in metrics["epochs"]]})
+                "val_curve": [round(e["val_accuracy"], 4) for e in metrics["epochs"]],
+                "train_curve": [round(e["train_accuracy"], 4) for e in metrics["epochs"]]})
             print(_row(results[-1]), flush=True)
             if json_path:  # after every configuration: a long run killed keeps what it has
                 Path(json_path).write_text(json.dumps(out, indent=2), encoding="utf-8")
@@ -152,19 +176,20 @@ def _fmt(value, spec=".3f"):
 
 
 def _row(r: dict) -> str:
-    return (f"| {r['name']} | {r['best_epoch']} | {r['epochs_run']} | "
+    return (f"| {r['name']} | {r['extractor']} | {r['seed']} | {r['best_epoch']} | "
+            f"{r['epochs_run']} | "
             f"{_fmt(r['val_accuracy'])} | {_fmt(r['test_accuracy'])} | "
             f"{r['epoch_s']:.1f} |")
 
 
 def table(result: dict) -> str:
     """The markdown table of a result (configurations, then the probes)."""
-    lines = ["| config | best epoch | epochs run | val (selection) | test | s/epoch |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| config | extractor | seed | best epoch | epochs run | val (selection) | test "
+             "| s/epoch |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     lines += [_row(r) for r in result["configs"]]
     for name in ("embeddings", "pixels"):
         probe = result[f"probe_{name}"]
         if probe:
-            lines.append(f"| linear probe on the {name} (C={probe['C']:g}) | - | - | "
+            lines.append(f"| linear probe on the {name} (C={probe['C']:g}) | - | - | - | - | "
                          f"{_fmt(probe['val_accuracy'])} | {_fmt(probe['test_accuracy'])} | - |")
     return "\n".join(lines)

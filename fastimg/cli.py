@@ -288,7 +288,7 @@ def _cmd_train(args) -> int:
         optimizer=args.optimizer, weight_decay=args.weight_decay, schedule=args.schedule,
         patience=args.patience, normalize=args.normalize, upsample=args.upsample, cut=args.cut,
         unfreeze_fraction=args.unfreeze_fraction, fuse_embedding=args.fuse_embedding,
-        cache=args.cache, cache_budget=args.cache_budget, loader=args.loader,
+        pixel_branch=args.pixel_branch, cache=args.cache, cache_budget=args.cache_budget, loader=args.loader,
         device=args.device, amp=not args.no_amp, probe=not args.no_probe,
         num_workers=args.num_workers, seed=args.seed, progress=not args.quiet)
     result = fit(location, config, out_dir=args.out)
@@ -546,6 +546,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "ours 1, paper 0; 0 allows the feature cache)")
     train.add_argument("--fuse-embedding", action="store_true",
                        help="concatenate an MLP of the stored embedding before the classifier")
+    train.add_argument("--pixel-branch", action=argparse.BooleanOptionalAction, default=None,
+                       help="also feed the image's pixels straight to the classifier, around "
+                            "the extractor (preset)")
     train.add_argument("--cache", default="auto", choices=["auto", "memory", "zarr", "none"],
                        help="frozen-feature cache; auto: memory within --cache-budget, "
                             "else zarr on disk; none recomputes the extractor every epoch")

@@ -101,6 +101,7 @@ def test_accuracy_suite_quick(tmp_path):
     assert result["suite"] == "accuracy" and result["quick"] and result["machine"]["cores"]
     assert [c["name"] for c in result["configs"]] == ["ours", "paper", "fused"]
     for config in result["configs"]:
+        assert config["extractor"] == "alexnet" and config["seed"] == 0
         assert 0 <= config["val_accuracy"] <= 1 and 0 <= config["test_accuracy"] <= 1
         assert 1 <= config["best_epoch"] <= config["epochs_run"] <= 2
         assert config["epoch_s"] > 0

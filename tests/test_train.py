@@ -254,7 +254,7 @@ def test_config_round_trips_through_json_and_rejects_bad_values():
     assert again == config
     for bad in ({"extractor": "resnet18"}, {"normalize": "batch"}, {"epochs": 0},
                 {"unfreeze_fraction": 0.5, "cache": "memory"}, {"loader": "ffcv"},
-                {"head_channels": (8, 8)}):
+                {"head_channels": (8, 8)}, {"pixel_hidden": -1}):
         with pytest.raises(ValueError):
             TrainConfig(**bad)
     with pytest.raises(ValueError, match="unknown"):
@@ -341,15 +341,42 @@ def test_unfrozen_blocks_train_and_frozen_ones_do_not(blob_store):
         assert same == (i not in trained.trainable_blocks), i
 
 
-def test_cache_gives_the_same_model_as_recomputing(blob_store):
+@pytest.mark.parametrize("pixel_branch", [False, True])
+def test_cache_gives_the_same_model_as_recomputing(blob_store, pixel_branch):
     path, _ = blob_store
-    base = {**FAST, "epochs": 2, "probe": False, "dropout": 0.0}
+    base = {**FAST, "epochs": 2, "probe": False, "dropout": 0.0, "pixel_branch": pixel_branch}
     cached = fit(path, TrainConfig(extractor="alexnet", cache="memory", cache_dtype="float32",
                                    **base))
     fresh = fit(path, TrainConfig(extractor="alexnet", cache="none", **base))
     for a, b in zip(cached.history, fresh.history):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("pixel_hidden", [16, 0])
+def test_pixel_branch_trains_and_its_run_reloads_with_the_same_predictions(blob_store, tmp_path,
+                                                                          pixel_hidden):
+    from fastimg.train import load_run
+
+    path, _ = blob_store
+    result = fit(path, TrainConfig(extractor="alexnet", pixel_branch=True,
+                                   pixel_hidden=pixel_hidden, **{**FAST, "probe": False}),
+                 out_dir=tmp_path / "run")
+    branch = result.model.pixel_mlp
+    if pixel_hidden:  # concatenated before the classifier
+        assert branch.body[1].in_features == 50 * 50
+        assert result.model.classifier.body[0].in_features == 8 * 5 * 5 + pixel_hidden
+    else:  # wide and deep: a linear map of the pixels added to the logits
+        assert (branch.in_features, branch.out_features) == (50 * 50, 2)
+        assert result.model.classifier.body[0].in_features == 8 * 5 * 5
+    assert result.metrics["config"]["pixel_branch"] is True
+    assert result.val_accuracy > 0.9
+    # fit evaluated on cached features + pixels; the reloaded run runs images end to end
+    data = StoreData(path)
+    rows = data.rows("test")
+    run = load_run(tmp_path / "run")
+    predicted = run.predict_images(ChunkedReader(data.images).read(rows)).indices
+    assert np.mean(predicted == data.targets[rows]) == pytest.approx(result.test_accuracy)
 
 
 def test_fusion_no_test_split_and_zarr_cache(tmp_path):
@@ -416,8 +443,8 @@ def test_paper_preset_takes_table_i_and_the_papers_settings(name):
     config = TrainConfig(preset="paper", extractor=name)
     assert (config.lr_head, config.lr_classifier) == TABLE_I[name]
     assert (config.normalize, config.epochs, config.optimizer, config.weight_decay,
-            config.schedule, config.patience, config.upsample, config.cut) == (
-        "image", 15, "adam", 0.0, "none", 0, 1, "paper")
+            config.schedule, config.patience, config.upsample, config.cut,
+            config.pixel_branch) == ("image", 15, "adam", 0.0, "none", 0, 1, "paper", False)
     assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     # explicit values win over the preset
     mine = TrainConfig(preset="paper", extractor=name, epochs=3, lr_head=0.1, normalize="none")
@@ -425,6 +452,7 @@ def test_paper_preset_takes_table_i_and_the_papers_settings(name):
         3, 0.1, TABLE_I[name][1], "none")
     ours = TrainConfig(extractor=name)
     assert ours.preset == "ours" and (ours.lr_head, ours.normalize) != (TABLE_I[name][0], "image")
+    assert ours.pixel_branch and ours.resolved_cache == "memory"  # frozen cut + pixel branch
     with pytest.raises(ValueError, match="preset"):
         TrainConfig(preset="author")
 

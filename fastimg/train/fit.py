@@ -194,7 +194,8 @@ class _Run:
         self.feature_shape = self.model.feature_shape
         self.model.to(device=device, memory_format=self.memory_format)
         self.model.memory_format = self.memory_format
-        head_params = [p for m in (self.model.head, self.model.embedding_mlp, extractor)
+        head_params = [p for m in (self.model.head, self.model.embedding_mlp,
+                                   self.model.pixel_mlp, extractor)
                        if m is not None for p in m.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = optimizer(
@@ -251,7 +252,9 @@ class _Run:
                 self._calls[(split, False)] = 1
 
     def batches(self, split: str, *, train: bool, epoch: int = 0):
-        """(inputs, embeddings, targets, is_features) of one pass over ``split``."""
+        """(inputs, embeddings, targets, images) of one pass over ``split``: ``inputs`` are
+        the cached features (``images``: the normalised images the pixel branch needs, else
+        None), or the normalised images themselves (``images`` is ``inputs``)."""
         if self.caches:
             cache = self.caches[split]
             n = len(cache)
@@ -262,19 +265,27 @@ class _Run:
                 rows = cache.rows[positions]
                 feats = cache.get(positions).to(self.device, non_blocking=True)
                 yield (feats.contiguous(memory_format=self.memory_format), self._emb(rows),
-                       torch.from_numpy(self.data.targets[rows]).to(self.device), True)
+                       torch.from_numpy(self.data.targets[rows]).to(self.device),
+                       self._pixels(rows))
         else:
             for images, targets, rows in self._epoch_of(split, train, epoch if train else None):
-                yield images, self._emb(np.asarray(rows.cpu())), targets.to(self.device), False
+                yield (images, self._emb(np.asarray(rows.cpu())), targets.to(self.device),
+                       images)
 
     def _emb(self, rows):
         if self.embeddings is None:
             return None
         return torch.from_numpy(self.embeddings.read(rows)).to(self.device, non_blocking=True)
 
-    def forward(self, inputs, emb, is_features):
-        if is_features:
-            return self.model.forward_features(inputs, emb)
+    def _pixels(self, rows):
+        if self.model.pixel_mlp is None:
+            return None
+        images = self.normaliser.numpy(self.images.read(rows))
+        return torch.from_numpy(images).to(self.device, non_blocking=True)
+
+    def forward(self, inputs, emb, images):
+        if inputs is not images:  # cached features
+            return self.model.forward_features(inputs, emb, images)
         return self.model(inputs, emb)
 
     def train_epoch(self, epoch: int) -> tuple[float, float]:
@@ -286,11 +297,11 @@ class _Run:
         n_batches = -(-self.rows["train"].size // self.config.batch_size)
         bar = tqdm(self.batches("train", train=True, epoch=epoch), total=n_batches,
                    desc=f"epoch {epoch + 1}", leave=False, disable=not self.config.progress)
-        for inputs, emb, targets, is_features in bar:
+        for inputs, emb, targets, images in bar:
             if targets.shape[0] < 2:
                 continue  # BatchNorm cannot train on a single sample (a last batch of one)
             with self.autocast():
-                logits = self.forward(inputs, emb, is_features)
+                logits = self.forward(inputs, emb, images)
                 loss = self.loss_fn(logits.float(), targets)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -316,9 +327,9 @@ class _Run:
     def evaluate(self, split: str) -> dict:
         self.model.eval()
         preds, trues, loss_sum = [], [], 0.0
-        for inputs, emb, targets, is_features in self.batches(split, train=False):
+        for inputs, emb, targets, images in self.batches(split, train=False):
             with self.autocast():
-                logits = self.forward(inputs, emb, is_features).float()
+                logits = self.forward(inputs, emb, images).float()
             loss_sum += float(self.loss_fn(logits, targets)) * targets.shape[0]
             preds.append(logits.argmax(1).cpu().numpy())
             trues.append(targets.cpu().numpy())

@@ -1,6 +1,9 @@
 """The trainable part: the paper's conv head ("Conv-AE"), the dense classifier, and the
-optional MLP of the raw embedding for fusion."""
+optional dense branches beside the head: an MLP of the raw embedding (fusion) and one of the
+image's pixels (a skip connection around the extractor)."""
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn as nn
@@ -51,10 +54,11 @@ class Classifier(nn.Module):
         return self.body(x)
 
 
-class EmbeddingMLP(nn.Module):
-    """BatchNorm -> Linear -> ReLU of the raw embedding, fused before the classifier.
+class DenseBranch(nn.Module):
+    """BatchNorm -> Linear -> ReLU of a flat vector (the raw embedding, or the image's pixels),
+    concatenated with the conv head's features before the classifier.
 
-    BatchNorm standardises each embedding feature over the data (a per-row LayerNorm would
+    BatchNorm standardises each input feature over the data (a per-row LayerNorm would
     remove a row's mean, which can carry the class)."""
 
     def __init__(self, in_features: int, hidden: int = 256):
@@ -79,13 +83,21 @@ class ImageClassifier(nn.Module):
     """extractor -> conv head (-> concat embedding MLP) -> classifier.
 
     ``forward(images, embeddings=None)`` takes normalised ``[B, H, W]`` images;
-    ``forward_features(features, embeddings=None)`` takes the extractor's outputs (the path
-    used with the feature cache).
+    ``forward_features(features, embeddings=None, images=None)`` takes the extractor's outputs
+    (the path used with the feature cache; ``images`` feeds the pixel branch).
+
+    ``pixel_dim`` (the number of pixels of an image) adds a branch of the normalised pixels
+    beside the conv head: a skip connection around the extractor, whose strided convolutions
+    (with random weights especially) discard part of the grid. ``pixel_hidden > 0``: a
+    :class:`DenseBranch` concatenated before the classifier; ``0``: a linear map of the pixels
+    added to the logits (the "wide" part of a wide-and-deep model: the linear probe on the
+    pixels, trained jointly with the CNN route).
     """
 
     def __init__(self, extractor, feature_shape, n_classes: int, *, head_channels=(128, 128, 64, 32),
                  hidden=(256, 64), dropout=0.3, embedding_dim: int | None = None,
-                 embedding_hidden: int = 256, upsample: int = 1):
+                 embedding_hidden: int = 256, pixel_dim: int | None = None,
+                 pixel_hidden: int = 256, upsample: int = 1):
         super().__init__()
         self.extractor = extractor
         #: output shape ``(C, h, w)`` of the extractor on one image
@@ -100,23 +112,34 @@ class ImageClassifier(nn.Module):
         with torch.no_grad():
             n_flat = self.head.body(torch.zeros(1, *feature_shape)).numel()
         self.head.train()
-        self.embedding_mlp = (EmbeddingMLP(embedding_dim, embedding_hidden)
+        self.embedding_mlp = (DenseBranch(embedding_dim, embedding_hidden)
                               if embedding_dim else None)
-        n_in = n_flat + (embedding_hidden if embedding_dim else 0)
+        self.pixel_mlp = None
+        if pixel_dim:
+            self.pixel_mlp = (DenseBranch(pixel_dim, pixel_hidden) if pixel_hidden
+                              else nn.Linear(pixel_dim, n_classes))
+        n_in = (n_flat + (embedding_hidden if embedding_dim else 0)
+                + (pixel_hidden if pixel_dim else 0))
         self.classifier = Classifier(n_in, n_classes, hidden, dropout)
 
     def extract(self, images):
         x = to_extractor_input(images, self.upsample).contiguous(memory_format=self.memory_format)
         return self.extractor(x)
 
-    def forward_features(self, features, embeddings=None):
-        z = self.head(features)
+    def forward_features(self, features, embeddings=None, images=None):
+        parts = [self.head(features)]
         if self.embedding_mlp is not None:
-            z = torch.cat([z, self.embedding_mlp(embeddings)], dim=1)
-        return self.classifier(z)
+            parts.append(self.embedding_mlp(embeddings))
+        wide = isinstance(self.pixel_mlp, nn.Linear)
+        if self.pixel_mlp is not None and not wide:
+            parts.append(self.pixel_mlp(torch.flatten(images, 1)))
+        logits = self.classifier(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
+        if wide:
+            logits = logits + self.pixel_mlp(torch.flatten(images, 1))
+        return logits
 
     def forward(self, images, embeddings=None):
-        return self.forward_features(self.extract(images), embeddings)
+        return self.forward_features(self.extract(images), embeddings, images)
 
 
 def feature_shape(extractor, image_shape, upsample: int = 1) -> tuple:
@@ -150,4 +173,6 @@ def build_classifier(config, image_shape, n_classes: int, *, embedding_dim: int 
     return ImageClassifier(
         extractor, shape, n_classes, head_channels=config.head_channels, hidden=config.hidden,
         dropout=config.dropout, embedding_dim=embedding_dim if config.fuse_embedding else None,
-        embedding_hidden=config.embedding_hidden, upsample=config.upsample)
+        embedding_hidden=config.embedding_hidden,
+        pixel_dim=math.prod(image_shape) if config.pixel_branch else None,
+        pixel_hidden=config.pixel_hidden, upsample=config.upsample)
