@@ -48,14 +48,10 @@ CONFIGS = {
     "ours-paper-cut-upsample3": {"cut": "paper", "unfreeze_fraction": 0.0, "upsample": 3},
     "ours-unfreeze-all": {"cut": "paper", "unfreeze_fraction": 1.0},
     "paper-upsample3": {"preset": "paper", "upsample": 3},
-    "pixel-branch": {"cut": "paper", "unfreeze_fraction": 0.0, "pixel_branch": True},
-    "pixel-branch-nopool": {"cut": "nopool", "unfreeze_fraction": 0.0, "pixel_branch": True},
-    "pixel-wide": {"cut": "paper", "unfreeze_fraction": 0.0, "pixel_branch": True,
-                   "pixel_hidden": 0},
-    "pixel-branch-dropout05": {"cut": "paper", "unfreeze_fraction": 0.0, "pixel_branch": True,
-                               "dropout": 0.5},
-    "fused-pixel-branch": {"cut": "paper", "unfreeze_fraction": 0.0, "pixel_branch": True,
-                           "fuse_embedding": True},
+    "ours-no-pixel-branch": {"pixel_branch": False},
+    "ours-nopool-pixel-branch": {"cut": "nopool"},
+    "ours-pixel-wide": {"pixel_hidden": 0},
+    "ours-dropout05": {"dropout": 0.5},
 }
 DEFAULT_CONFIGS = ("ours", "paper", "fused")
 
