@@ -49,6 +49,7 @@ CONFIGS = {
     "ours-unfreeze-all": {"cut": "paper", "unfreeze_fraction": 1.0},
     "paper-upsample3": {"preset": "paper", "upsample": 3},
     "ours-no-pixel-branch": {"pixel_branch": False},
+    "fused-no-pixel-branch": {"pixel_branch": False, "fuse_embedding": True},
     "ours-nopool-pixel-branch": {"cut": "nopool"},
     "ours-pixel-wide": {"pixel_hidden": 0},
     "ours-dropout05": {"dropout": 0.5},
