@@ -105,7 +105,8 @@ def run(quick: bool = False, json_path: str | None = None, store: str | None = N
         raise SystemExit(f"unknown configuration(s) {unknown}; choose from {list(CONFIGS)}")
     from fastimg.train import EXTRACTORS
 
-    unknown = [e for e in extractors.split(",") if e not in EXTRACTORS]
+    extractors = extractors.split(",")
+    unknown = [e for e in extractors if e not in EXTRACTORS]
     if unknown:
         raise SystemExit(f"unknown extractor(s) {unknown}; choose from {sorted(EXTRACTORS)}")
     with tempfile.TemporaryDirectory(prefix="fastimg-accuracy-") as tmp:
@@ -130,12 +131,12 @@ def run(quick: bool = False, json_path: str | None = None, store: str | None = N
                       f"{_fmt(probe['val_accuracy'])}, test {_fmt(probe['test_accuracy'])}",
                       flush=True)
         out = {"suite": "accuracy", "store": str(path) if not quick else "synthetic (quick)",
-               "quick": quick, "extractors": extractors.split(","), "weights": weights,
+               "quick": quick, "extractors": extractors, "weights": weights,
                "epochs": epochs, "rows": rows, "configs": [],
                "probe_embeddings": probes["embeddings"], "probe_pixels": probes["pixels"],
                "machine": machine()}
         results = out["configs"]
-        runs = [(n, e, int(s)) for e in extractors.split(",") for n in names
+        runs = [(n, e, int(s)) for e in extractors for n in names
                 for s in seeds.split(",")]
         for name, extractor, seed in runs:
             settings = {"extractor": extractor, "weights": weights, "loader": "torch",

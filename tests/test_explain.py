@@ -114,17 +114,23 @@ def test_cli_explain_writes_both_files(label_run, tmp_path, capsys):
     assert "top features" in capsys.readouterr().out
 
 
-def test_explain_needs_the_store_and_says_so_in_one_line(label_run, tmp_path, capsys):
+def _explain_against(label_run, tmp_path, capsys, store_path):
+    """``fastimg explain`` of a copy of the run whose bundle names ``store_path``:
+    (exit code, stderr)."""
     import json
     import shutil
 
     run = tmp_path / "run"
     shutil.copytree(label_run["run"], run)
     bundle = json.loads((run / "bundle.json").read_text())
-    bundle["store"] = str(tmp_path / "gone.zarr")
+    bundle["store"] = str(store_path)
     (run / "bundle.json").write_text(json.dumps(bundle))
     code = main(["explain", str(run), "--out", str(tmp_path / "x")])
-    err = capsys.readouterr().err
+    return code, capsys.readouterr().err
+
+
+def test_explain_needs_the_store_and_says_so_in_one_line(label_run, tmp_path, capsys):
+    code, err = _explain_against(label_run, tmp_path, capsys, tmp_path / "gone.zarr")
     assert code == 2 and "gone.zarr" in err and len(err.strip().splitlines()) == 1
 
 
@@ -136,15 +142,6 @@ def test_missing_captum_names_the_extra(label_run, tmp_path, monkeypatch):
 
 
 def test_a_store_rebuilt_with_another_layout_is_refused(label_run, tmp_path, capsys):
-    import json
-    import shutil
-
-    run = tmp_path / "run"
-    shutil.copytree(label_run["run"], run)
     write_label_store(tmp_path / "other.zarr", n_rows=60, seed=1)
-    bundle = json.loads((run / "bundle.json").read_text())
-    bundle["store"] = str(tmp_path / "other.zarr")
-    (run / "bundle.json").write_text(json.dumps(bundle))
-    code = main(["explain", str(run), "--out", str(tmp_path / "x")])
-    err = capsys.readouterr().err
+    code, err = _explain_against(label_run, tmp_path, capsys, tmp_path / "other.zarr")
     assert code == 2 and "another layout" in err and len(err.strip().splitlines()) == 1
