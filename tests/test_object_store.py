@@ -86,6 +86,18 @@ def test_s3_build_info_train_xarray(tmp_path, tiny_bert_dir, s3, s3_env, capsys)
     assert main(["relayout", url, "--out", url, "--force", "--method", "pca", *s3_env]) == 2
     assert "no atomic replace" in capsys.readouterr().err
     assert store.is_complete(store.location.resolve(url, s3))
+    # to another URL it reads the source's embeddings from S3 and writes the images there,
+    # byte for byte those of the same relayout of the local store
+    relaid = f"s3://{BUCKET}/relaid.zarr"
+    assert main(["relayout", url, "--out", relaid, "--method", "pca", "--pixels", "16",
+                 "--quiet", *s3_env]) == 0
+    assert main(["relayout", str(tmp_path / "local.zarr"), "--out", str(tmp_path / "r.zarr"),
+                 "--method", "pca", "--pixels", "16", "--quiet"]) == 0
+    np.testing.assert_array_equal(store.StoreReader(relaid, storage_options=s3).images[:],
+                                  store.StoreReader(tmp_path / "r.zarr").images[:])
+    assert store.StoreReader(relaid, storage_options=s3).images.shape == (64, 16, 16)
+    assert store.is_complete(store.location.resolve(url, s3))
+    fs.rm(f"{BUCKET}/relaid.zarr", recursive=True)
 
     assert main(["info", url, *s3_env]) == 0
     human = capsys.readouterr().out
