@@ -53,6 +53,9 @@ CONFIGS = {
     "ours-nopool-pixel-branch": {"cut": "nopool"},
     "ours-pixel-wide": {"pixel_hidden": 0},
     "ours-dropout05": {"dropout": 0.5},
+    "ours-wd1e-2": {"weight_decay": 1e-2},
+    "fused-wd1e-2": {"weight_decay": 1e-2, "fuse_embedding": True},
+    "ours-wd3e-1": {"weight_decay": 0.3},
 }
 DEFAULT_CONFIGS = ("ours", "paper", "fused")
 

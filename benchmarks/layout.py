@@ -68,7 +68,7 @@ def real_embeddings_scores(quick: bool = False) -> dict:
         output_dtype="float32"), progress=False)
     encode_s = time.perf_counter() - start
     start = time.perf_counter()
-    layout = DeepInsightLayout(grid=50, random_state=0).fit(x)
+    layout = DeepInsightLayout(grid=50, assignment="bin", random_state=0).fit(x)
     fast_s = time.perf_counter() - start
     result = {
         "real_data": f"{n_reviews} IMDB reviews, all-MiniLM-L6-v2, {max_length} tokens, [CLS] "
@@ -94,7 +94,8 @@ def run(quick: bool = False, json_path: str | None = None) -> dict:
     x = synthetic_matrix(n_rows, n_features, rank=32, seed=0, dtype=np.float32)
 
     start = time.perf_counter()
-    layout = DeepInsightLayout(grid=50, random_state=0).fit(x)
+    # assignment="bin": pyDeepInsight's pixel map, so both sides make the same map
+    layout = DeepInsightLayout(grid=50, assignment="bin", random_state=0).fit(x)
     fast_s = time.perf_counter() - start
 
     start = time.perf_counter()

@@ -361,8 +361,9 @@ def _check_run_folder(out: Path, *, force: bool) -> None:
                         f"another --out")
 
 
-def _add_layout_options(parser) -> None:
-    """The layout and image options shared by build-dataset and relayout."""
+def _add_map_options(parser) -> None:
+    """The pixel-map options of every command that fits a layout (images, build-dataset,
+    relayout)."""
     parser.add_argument("--pixels", type=_grid, default=(50, 50), metavar="N|HxW",
                         help="image size (default 50)")
     parser.add_argument("--scaling", default="norm2", choices=["norm2", "minmax", "none"])
@@ -370,7 +371,16 @@ def _add_layout_options(parser) -> None:
     parser.add_argument("--tsne-backend", default="auto",
                         choices=["auto", "opentsne", "sklearn", "cuml"])
     parser.add_argument("--perplexity", type=float, default=30.0)
-    parser.add_argument("--assignment", default="bin", choices=["bin", "assignment"])
+    parser.add_argument("--assignment", default="assignment", choices=["assignment", "bin"],
+                        help="assignment (default): every feature a pixel of its own (features "
+                             "grouped by k-means first when there are more features than "
+                             "pixels); bin: DeepInsight's own, features that fall on one pixel "
+                             "are averaged (pyDeepInsight's images)")
+
+
+def _add_layout_options(parser) -> None:
+    """The layout and image options shared by build-dataset and relayout."""
+    _add_map_options(parser)
     parser.add_argument("--fit-on", default="train", choices=["train", "all"],
                         help="rows the layout is fitted on; all = the author's leaky variant")
     parser.add_argument("--dtype", default="float16", choices=["float16", "float32", "uint8"],
@@ -397,14 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--synthetic", type=_shape, metavar="NxF",
                         help="a seeded low-rank demo matrix instead of --input (works offline)")
     images.add_argument("--out", type=Path, required=True, help="zarr store to write")
-    images.add_argument("--pixels", type=_grid, default=(50, 50), metavar="N|HxW",
-                        help="image size (default 50)")
-    images.add_argument("--scaling", default="norm2", choices=["norm2", "minmax", "none"])
-    images.add_argument("--method", default="tsne", choices=["tsne", "pca", "kpca"])
-    images.add_argument("--tsne-backend", default="auto",
-                        choices=["auto", "opentsne", "sklearn", "cuml"])
-    images.add_argument("--perplexity", type=float, default=30.0)
-    images.add_argument("--assignment", default="bin", choices=["bin", "assignment"])
+    _add_map_options(images)
     images.add_argument("--split-file", type=Path, metavar="FILE",
                         help="split of each row (.npy of codes 0/1/2 or names train/val/test, or "
                              "a text file with one per line): the layout is fitted on the train "

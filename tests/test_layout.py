@@ -62,6 +62,16 @@ def test_assignment_gives_each_feature_its_own_pixel_on_non_square_grid(rng):
     assert layout.transform(x).shape == (80, 8, 15)
 
 
+def test_default_layout_keeps_every_feature_in_a_pixel_of_its_own(rng):
+    # the default assignment: no two features averaged into one pixel, so the image holds
+    # every scaled feature value (bin, DeepInsight's own, averages the features of a pixel)
+    x = structured_matrix(rng, 60, 90)
+    layout = DeepInsightLayout(grid=10, perplexity=10).fit(x)
+    images = layout.transform(x).reshape(60, -1)
+    np.testing.assert_allclose(images[:, layout.pixel_index_], layout.scaler_.transform(x),
+                               atol=1e-6)
+
+
 def test_assignment_with_more_features_than_pixels_clusters_first(rng):
     coords = rng.random((300, 2))
     pixels = assign_pixels(coords, (5, 7), "assignment")

@@ -79,7 +79,7 @@ def test_bounding_rectangle_is_no_larger_than_pydeepinsights(fitted):
 
 def test_layout_transform_matches_pydeepinsight_with_our_coordinates(rng):
     x = structured_matrix(rng, 60, 300)
-    layout = DeepInsightLayout(grid=(24, 30), scaling="norm2").fit(x)
+    layout = DeepInsightLayout(grid=(24, 30), scaling="norm2", assignment="bin").fit(x)
     it = pdi.ImageTransformer(feature_extractor=FixedEmbedding(layout.coords_), pixels=(24, 30))
     it.fit(x)
     it._xrot = layout.coords_  # already rotated by our (correct) bounding rectangle
