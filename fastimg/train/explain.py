@@ -50,10 +50,11 @@ logger = logging.getLogger("fastimg.train")
 #: branch, weight decay 0.1, one pixel per feature; centred logits):
 #: ``integrated_gradients`` (default) 1.0 / 1.0 / 1.0; ``input_x_gradient`` 1.0 / 1.0 / 1.0;
 #: ``gradcam`` 0.0 / 0.0 / 0.0 (a CAM sees the conv route only, and the pixel branch carries
-#: the signal; 0.12 / 0.0 / 0.25 with the binned layout). With the previous default (the nopool cut, trained, no pixel branch), when
-#: written: integrated gradients 0.92 / 0.92 / 0.96; ``input_x_gradient`` (gradient x input,
-#: one pass) 0.83 / 0.92 / 0.88; ``gradcam`` (captum's LayerGradCam on the extractor's first
-#: conv block, upsampled to the grid: the classic CAM, blurry here) 0.83 / 0.83 / 0.54.
+#: the signal; 0.12 / 0.0 / 0.25 with the binned layout). With the previous default (the
+#: nopool cut, trained, no pixel branch), when written: integrated gradients 0.92 / 0.92 /
+#: 0.96; ``input_x_gradient`` (gradient x input, one pass) 0.83 / 0.92 / 0.88; ``gradcam``
+#: (captum's LayerGradCam on the extractor's first conv block, upsampled to the grid: the
+#: classic CAM, blurry here) 0.83 / 0.83 / 0.54.
 #: pytorch-grad-cam's HiResCAM at an input identity layer (clipped at zero per image) measured
 #: 0.75 / 0.92 / 0.71 on those runs, its Grad-CAM on the first block 0.79 / 0.88 / 0.50.
 METHODS = ("integrated_gradients", "input_x_gradient", "gradcam")
