@@ -8,6 +8,19 @@ from fastimg.layout import DeepInsightLayout
 from conftest import structured_matrix
 
 
+@pytest.mark.parametrize("argv", [
+    ["images", "--synthetic", "10x8", "--out", "x.zarr"],
+    ["build-dataset", "--dataset", "imdb", "--out", "x.zarr"],
+    ["relayout", "src.zarr", "--out", "x.zarr"],
+])
+def test_cli_layout_defaults_are_the_library_defaults(argv):
+    # the CLI declares its own defaults for argparse's help; they must be LayoutConfig's
+    from fastimg.cli import _layout_config, build_parser
+    from fastimg.layout import LayoutConfig
+
+    assert _layout_config(build_parser().parse_args(argv)) == LayoutConfig()
+
+
 def test_images_from_npy_end_to_end(rng, tmp_path, capsys):
     x = structured_matrix(rng, 150, 200).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
