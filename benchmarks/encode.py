@@ -2,7 +2,9 @@
 
 Both encode the same IMDB reviews with the same model in one process. Every precision the
 device runs (CPU: fp32, int8; CUDA: fp32, fp16, bf16) encodes the same reviews too, side by side:
-docs/s, tokens/s, the ratio to fp32 and the max / mean absolute difference of the embeddings.
+docs/s, tokens/s, the ratio to fp32, the max / mean absolute difference of the embeddings and
+the achieved model FLOP rate as a fraction of the matmul rate; so do packed batches
+(``batching="packed"``: every precision on CUDA, fp32 on the CPU), with their ratio to padded.
 With ``probe=N`` each precision also encodes an N-review IMDB slice (``CorpusConfig(dataset=
 "imdb", limit=N, seed=0)``: train / validation / test stratified by label) and a linear probe
 (StandardScaler + LogisticRegression, C chosen on the fp32 validation rows and used for every
@@ -186,15 +188,31 @@ def _interleaved(texts, configs, loaded, device, blocks: int):
     return {name: (secs[name], tokens[name], np.concatenate(parts[name])) for name in names}
 
 
-def precision_section(texts, loaded, model_name, device, max_length, probe: int = 0,
-                      blocks: int = 4) -> dict:
-    """Every precision of ``device`` on the same texts (and the probe slice), in one process."""
-    from fastimg.embed import EncoderConfig, encode
-    from fastimg.embed.precision import available
+def variants(device: str) -> dict:
+    """``{name: EncoderConfig overrides}`` timed side by side: every precision of ``device`` in
+    padded batches, then packed batches (every precision on CUDA, where packing is meant to
+    pay; on the CPU the default precision only)."""
+    from fastimg.embed.precision import AUTO, available
 
     names = available(device)
+    out = {name: {"precision": name} for name in names}
+    for name in (names if device == "cuda" else [AUTO[device]]):
+        out[f"{name} packed"] = {"precision": name, "batching": "packed"}
+    return out
+
+
+def precision_section(texts, loaded, model_name, device, max_length, probe: int = 0,
+                      blocks: int = 4, flops: float | None = None,
+                      matmul_gflops: float | None = None) -> dict:
+    """Every precision of ``device``, padded and packed (:func:`variants`), on the same texts
+    (and the probe slice, padded only), in one process. With ``flops`` (the model FLOPs of
+    ``texts``) and ``matmul_gflops``, each variant's achieved GFLOP/s and its fraction of that
+    matmul rate."""
+    from fastimg.embed import EncoderConfig, encode
+
     configs = {name: EncoderConfig(model=model_name, device=device, max_length=max_length,
-                                   precision=name) for name in names}
+                                   **kw) for name, kw in variants(device).items()}
+    names = list(configs)
     for name in names:  # warm-up: kernels, thread pools, and int8's one-off quantisation
         encode(texts[:8], configs[name], model=loaded)
     section: dict = {"precisions": names, "n_docs": len(texts), "blocks": blocks,
@@ -205,8 +223,15 @@ def precision_section(texts, loaded, model_name, device, max_length, probe: int 
         section[name] = {"s": secs, "docs_per_s": len(texts) / secs,
                          "tokens_per_s": n_tokens / secs,
                          "speedup_vs_fp32": timed["fp32"][0] / secs, **_diff(x, ref)}
+        if configs[name].batching == "packed":
+            section[name]["speedup_vs_padded"] = timed[configs[name].precision][0] / secs
+        if flops:
+            section[name]["gflops"] = flops / secs / 1e9
+            if matmul_gflops:
+                section[name]["fraction_of_matmul"] = flops / secs / 1e9 / matmul_gflops
     section["max_abs_value"] = float(np.abs(ref.astype(np.float32)).max())
     if probe:
+        configs = {n: c for n, c in configs.items() if c.batching == "padded"}
         p_texts, y, split = probe_slice(probe)
         timed = _interleaved(p_texts, configs, loaded, device, 2 * blocks)
         ref = timed["fp32"][2]
@@ -217,10 +242,10 @@ def precision_section(texts, loaded, model_name, device, max_length, probe: int 
                 probe_speedup_vs_fp32=timed["fp32"][0] / secs,
                 **{f"probe_{k}": v for k, v in _diff(x, ref).items()})
         acc = probe_accuracy({name: v[2] for name, v in timed.items()}, y, split)
-        section["probe"] = {"n_docs": len(p_texts),
+        section["probe"] = {"n_docs": len(p_texts), "precisions": list(configs),
                             "rows": {part: int((split == part).sum())
                                      for part in ("train", "val", "test")}, **acc}
-        for name in names:
+        for name in configs:
             section[name]["probe_accuracy_minus_fp32"] = (
                 acc[name]["test_accuracy"] - acc["fp32"]["test_accuracy"])
     section["load_avg_1min_after"] = os.getloadavg()[0]
@@ -268,7 +293,9 @@ def run(quick: bool = False, json_path: str | None = None, device: str = "auto",
     fast_s, fast = _timed(lambda: encode(texts, config, model=loaded, stats=stats), device,
                           repeats)
     peak_after = matmul_gflops(device, peak_dtype, peak_size)
-    precisions = precision_section(texts, loaded, model_name, device, max_length, probe)
+    fast_flops = model_flops(lengths, n_layers, hidden, inter, first_token_last_layer=True)
+    precisions = precision_section(texts, loaded, model_name, device, max_length, probe,
+                                   flops=fast_flops, matmul_gflops=(peak_before + peak_after) / 2)
     print_precisions(precisions)  # now: the baseline runs below are long at full size
     if json_path:  # replaced by the full result at the end
         with open(json_path, "w", encoding="utf-8") as fh:
@@ -279,7 +306,6 @@ def run(quick: bool = False, json_path: str | None = None, device: str = "auto",
     unsorted_s, _ = _timed(lambda: encode(texts, unsorted_cfg, model=loaded), device, 1)
     base_s, base = _timed(lambda: author_loop(texts, loaded, device, max_length), device, 1)
 
-    fast_flops = model_flops(lengths, n_layers, hidden, inter, first_token_last_layer=True)
     full_flops = model_flops(lengths, n_layers, hidden, inter)
     peak = (peak_before + peak_after) / 2
     peak_fp32 = peak if peak_dtype == "float32" else matmul_gflops(device, "float32", 8192)
@@ -326,18 +352,27 @@ def print_precisions(section: dict) -> None:
             ("x fp32", "speedup_vs_fp32", "{:.2f}"),
             ("max |diff|", "max_abs_diff_vs_fp32", "{:.4g}"),
             ("mean |diff|", "mean_abs_diff_vs_fp32", "{:.4g}")]
+    if "gflops" in section[names[0]]:
+        rows += [("model GFLOP/s", "gflops", "{:,.0f}"),
+                 ("x matmul rate", "fraction_of_matmul", "{:.0%}")]
+    rows += [("x padded", "speedup_vs_padded", "{:.2f}")]
     if "probe" in section:
         rows += [("probe docs/s", "probe_docs_per_s", "{:.2f}"),
                  ("probe x fp32", "probe_speedup_vs_fp32", "{:.2f}"),
                  ("probe mean |diff|", "probe_mean_abs_diff_vs_fp32", "{:.4g}"),
                  ("probe acc - fp32", "probe_accuracy_minus_fp32", "{:+.4f}")]
+    width = max(12, *(len(n) + 2 for n in names))
+
+    def line(label, cells):
+        print(f"{label:<18}" + "".join(f"{c:>{width}}" for c in cells))
+
     print(f"-- precisions on the same {section['n_docs']} reviews (load "
           f"{section['load_avg_1min_before']:.2f} -> {section['load_avg_1min_after']:.2f})")
-    print(f"{'':<18}" + "".join(f"{n:>12}" for n in names))
+    line("", names)
     for label, key, fmt in rows:
-        print(f"{label:<18}" + "".join(f"{fmt.format(section[n][key]):>12}" for n in names))
+        line(label, [fmt.format(section[n][key]) if key in section[n] else "-" for n in names])
     if "probe" in section:
         probe = section["probe"]
-        print(f"{'probe test acc':<18}" + "".join(
-            f"{probe[n]['test_accuracy']:>12.4f}" for n in names)
-            + f"   ({probe['n_docs']} reviews {probe['rows']}, C={probe['C']})")
+        line("probe test acc", [format(probe[n]["test_accuracy"], ".4f") if n in probe else "-"
+                                for n in names])
+        print(f"{'':<18}({probe['n_docs']} reviews {probe['rows']}, C={probe['C']})")

@@ -195,7 +195,8 @@ def _cmd_build_dataset(args) -> int:
     encoder = EncoderConfig(model=args.model, revision=args.revision, layers=args.layers,
                             pooling=args.pooling, max_length=args.max_length,
                             truncation=args.truncation, chunk_rows=args.chunk_rows,
-                            device=args.device, precision=args.precision)
+                            device=args.device, precision=args.precision,
+                            batching=args.batching)
     layout = _layout_config(args)
     config = DatasetConfig(fit_on=args.fit_on, image_dtype=args.dtype,
                            raster_backend=args.raster_backend)
@@ -470,6 +471,10 @@ def build_parser() -> argparse.ArgumentParser:
                        choices=["auto", "fp32", "int8", "fp16", "bf16"],
                        help="encoder precision: fp32 | int8 (CPU: dynamic int8 Linear layers) | "
                             "fp16 | bf16 (CUDA, autocast); auto: fp16 on CUDA, fp32 on the CPU")
+    build.add_argument("--batching", default="padded", choices=["padded", "packed"],
+                       help="encoder batches: padded rectangles (default) or texts packed end "
+                            "to end with variable-length attention (FlashAttention on CUDA with "
+                            "fp16/bf16); BERT encoders only")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--force", action="store_true",
                        help="replace an existing store (its stages whose settings match are "

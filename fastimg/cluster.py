@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from fastimg import store
-from fastimg.store.schema import BUILD_KEY, DONE_PREFIX, EMBED_ATTRS_KEY, EMBEDDINGS, IMAGES
+from fastimg.store.schema import (BUILD_KEY, DONE_PREFIX, EMBED_ATTRS_KEY, EMBEDDINGS,
+                                  ENCODE_RUN_STATS, IMAGES)
 
 logger = logging.getLogger("fastimg.cluster")
 
@@ -219,7 +220,7 @@ def encode_chunk(location, texts, config_json: str, index: int, start: int, stop
     group[EMBEDDINGS][start:stop] = block
     done[index] = 1  # after the rows: a marked chunk is always complete
     return {**info, "skipped": False, "seconds": time.perf_counter() - t0,
-            **{k: stats.get(k) for k in ("layers", "device", "precision", "compute_dtype")}}
+            **{k: stats.get(k) for k in ENCODE_RUN_STATS}}
 
 
 def _layout(layout_json: str):
@@ -271,7 +272,7 @@ def _record_chunk(result: dict, stats: dict) -> None:
     stats["tasks"] += 1
     stats["skipped"] += int(result["skipped"])
     stats["task_seconds"] += result["seconds"]
-    for key in ("layers", "device", "precision", "compute_dtype"):
+    for key in ENCODE_RUN_STATS:
         if result.get(key) is not None:
             stats[key] = result[key]
 

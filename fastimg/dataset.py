@@ -109,9 +109,8 @@ def _finish(writer: StoreWriter, *, configs: dict, corpus_summary: dict, encode:
     }
     provenance = {
         "model": configs["encoder"]["model"], "revision": configs["encoder"]["revision"],
-        "model_fingerprint": encode.get("model_fingerprint"), "layers": encode.get("layers"),
-        "device": encode.get("device"), "precision": encode.get("precision"),
-        "compute_dtype": encode.get("compute_dtype"),
+        "model_fingerprint": encode.get("model_fingerprint"),
+        **{k: encode.get(k) for k in store.ENCODE_RUN_STATS},
         "layout_backend": getattr(layout, "backend_", None), "seed": seed,
         "versions": _versions(), "platform": platform.platform(),
     }

@@ -127,7 +127,8 @@ def _encoder_line(reader: store.StoreReader) -> str | None:
     precision = prov.get("precision") or encoder.get("precision") or prov.get("compute_dtype")
     return (f"encoder   {model}, layers {layers} ({encoder.get('layers')}), "
             f"{encoder.get('pooling')} pooling, max_length {encoder.get('max_length')}, "
-            f"truncation {encoder.get('truncation')}, {precision} on {prov.get('device', '?')} "
+            f"truncation {encoder.get('truncation')}, {precision} on {prov.get('device', '?')}"
+            f"{', packed batches' if prov.get('batching') == 'packed' else ''} "
             f"-> {encoder.get('output_dtype', '?')}")
 
 

@@ -208,5 +208,5 @@ def run_encode(writer: StoreWriter, plan: StagePlan, texts, encoder_config, prog
     return writer.complete_stage(
         "encode", seconds=record.get("seconds", 0.0) + timings["encode_s"],
         model_fingerprint=plan.settings["encode"].get("model_fingerprint"),
-        **{k: stats.get(k) for k in ("layers", "device", "precision", "compute_dtype")},
+        **{k: stats.get(k) for k in store.ENCODE_RUN_STATS},
         **extra)

@@ -40,20 +40,28 @@ def test_suite_quick(tmp_path, suite):
                     "fastimg_gflops", "matmul_gflops", "max_abs_diff"):
             assert result[key] > 0
         assert result["max_abs_diff"] < 0.05 * result["max_abs_value"]
-        from fastimg.embed.precision import available
+        from fastimg.embed.precision import AUTO, available
 
         section = result["precision_section"]
-        assert section["precisions"] == available(result["device"])  # every one, side by side
+        padded = available(result["device"])  # every precision, side by side, then packed
+        packed = f"{AUTO[result['device']]} packed"
+        assert section["precisions"][:len(padded)] == padded and packed in section["precisions"]
         assert section["fp32"]["speedup_vs_fp32"] == 1.0
         assert section["fp32"]["max_abs_diff_vs_fp32"] == 0.0
         probe = section["probe"]
         assert probe["rows"]["test"] > 0 and probe["C"] in (0.01, 0.1, 1.0)
-        for name in section["precisions"][1:]:
+        assert probe["precisions"] == padded
+        for name in padded[1:]:
             low = section[name]
             assert low["docs_per_s"] > 0 and low["tokens_per_s"] > 0
             assert 0 < low["mean_abs_diff_vs_fp32"] <= low["max_abs_diff_vs_fp32"]
             assert low["max_abs_diff_vs_fp32"] < 0.1 * section["max_abs_value"]
             assert 0 <= probe[name]["test_accuracy"] <= 1
+        # packed batches compute the same embeddings (float16 output: to its rounding)
+        assert section[packed]["max_abs_diff_vs_fp32"] <= 1e-2 * section["max_abs_value"]
+        assert section[packed]["speedup_vs_padded"] > 0
+        for name in section["precisions"]:
+            assert 0 < section[name]["fraction_of_matmul"] < 5
     if suite == "build":
         stages = ("encode_s", "layout_s", "raster_s")
         assert all(result["fastimg_stages_s"][k] > 0 and result["baseline_stages_s"][k] > 0

@@ -26,11 +26,13 @@ from fastimg.embed import encoder as encoder_mod  # noqa: E402
 from fastimg.embed import forward as forward_mod  # noqa: E402
 from fastimg.embed import precision as precision_mod  # noqa: E402
 from fastimg.embed import models as models_mod  # noqa: E402
+from fastimg.embed import packed as packed_mod  # noqa: E402
 from fastimg.embed.batching import (  # noqa: E402
     budget_batches,
     head_tail,
     inverse_permutation,
     length_order,
+    pack_batch,
     pad_batch,
 )
 
@@ -141,6 +143,17 @@ def test_batching_helpers():
     assert ids.tolist() == [[1, 2, 3], [4, 0, 0]] and mask.sum(1).tolist() == [3, 1]
 
 
+def test_packing_helpers():
+    ids, positions, texts, cu = pack_batch([[1, 2, 3], [4], [5, 6]])
+    assert ids.tolist() == [1, 2, 3, 4, 5, 6] and cu.tolist() == [0, 3, 4, 6]
+    assert positions.tolist() == [0, 1, 2, 0, 0, 1] and texts.tolist() == [0, 0, 0, 1, 2, 2]
+    assert cu.dtype == np.int32  # what FlashAttention's variable-length kernel takes
+    # packed batches are cut by their real tokens: 100 + 60 fits a budget of 160, padded
+    # (2 x 100) does not
+    assert budget_batches([100, 60, 50], 160, 64, padded=False) == [(0, 2), (2, 3)]
+    assert budget_batches([100, 60, 50], 160, 64) == [(0, 1), (1, 3)]
+
+
 # --- correctness against the plain forward -----------------------------------------------------
 
 
@@ -165,6 +178,106 @@ def test_generic_path_matches_fast_path(tiny, tiny_dir, monkeypatch):
     monkeypatch.setattr(forward_mod, "fast_path_ok", lambda model: False)
     generic = encode(texts, c, model=tiny)
     np.testing.assert_allclose(fast, generic, atol=1e-4, rtol=0)
+
+
+# --- packed batches ---------------------------------------------------------------------------
+
+
+def _packed_qkv(rng, lengths, heads=4, dim=8):
+    rows = int(sum(lengths))
+    q, k, v = (torch.from_numpy(rng.standard_normal((rows, heads, dim)).astype(np.float32))
+               for _ in range(3))
+    ids, positions, texts, cu = (torch.from_numpy(x) for x in pack_batch(
+        [[0] * n for n in lengths]))
+    return q, k, v, packed_mod.Segments.of(positions, texts, cu, int(max(lengths)))
+
+
+@pytest.mark.parametrize("lengths", [[5, 1, 9, 9, 3], [4, 4, 4]])
+def test_padded_attention_is_attention_within_each_text(rng, lengths):
+    q, k, v, tokens = _packed_qkv(rng, lengths)
+    got = packed_mod.padded_attention(q, k, v, tokens, tokens, 0.3)
+    starts = [0, *np.cumsum(lengths)]
+    for a, b in zip(starts[:-1], starts[1:]):
+        one = [x[a:b].transpose(0, 1)[None] for x in (q, k, v)]  # [1, heads, n, d]
+        want = torch.nn.functional.scaled_dot_product_attention(*one, scale=0.3)[0]
+        torch.testing.assert_close(got[a:b], want.transpose(0, 1), atol=1e-5, rtol=0)
+    # the [CLS]-only last layer: one query per text, every token a key
+    first = packed_mod.Segments.first_tokens(len(lengths), "cpu")
+    got_first = packed_mod.padded_attention(q[tokens.starts], k, v, first, tokens, 0.3)
+    torch.testing.assert_close(got_first, got[tokens.starts], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("layers, pooling", [
+    ("last6", "cls"), ((0, 3, -1), "mean"), ((2, 5), "cls"), ((0,), "mean")])
+def test_packed_batches_equal_padded_batches(tiny, tiny_dir, layers, pooling):
+    texts = make_texts(37, seed=7) + ["zebra"]
+    stats = {}
+    c = dict(layers=layers, pooling=pooling, chunk_rows=16, token_budget=600, max_length=64)
+    packed = encode(texts, cfg(tiny_dir, batching="packed", **c), model=tiny, stats=stats)
+    padded = encode(texts, cfg(tiny_dir, **c), model=tiny)
+    assert stats["batching"] == "packed" and stats["attention"] == "padded"
+    assert stats["batches"] > 3 and stats["padded_tokens"] == stats["tokens"]  # none in GEMMs
+    np.testing.assert_allclose(packed, padded, atol=1e-5, rtol=0)
+
+
+def test_packed_int8_is_as_close_to_fp32_as_padded_int8(tiny, tiny_dir):
+    texts = make_texts(24, seed=11)
+    c = dict(token_budget=400, max_length=64, layers="author", pooling="mean")
+    ref = encode(texts, cfg(tiny_dir, **c), model=tiny)
+    padded = encode(texts, cfg(tiny_dir, precision="int8", **c), model=tiny)
+    packed = encode(texts, cfg(tiny_dir, precision="int8", batching="packed", **c), model=tiny)
+    # activations are quantised per batch, and packed batches hold other rows (no padding)
+    assert 0 < np.abs(packed - ref).mean() <= 1.5 * np.abs(padded - ref).mean()
+
+
+def test_packed_batching_falls_back_for_other_models(tiny, tiny_dir, monkeypatch, caplog):
+    monkeypatch.setattr(forward_mod, "fast_path_ok", lambda model: False)
+    stats = {}
+    with caplog.at_level("WARNING", logger="fastimg.embed"):
+        got = encode(make_texts(5), cfg(tiny_dir, batching="packed"), model=tiny, stats=stats)
+    assert stats["batching"] == "padded" and stats["attention"] is None
+    assert "packed' needs a BERT encoder" in caplog.text
+    np.testing.assert_allclose(got, encode(make_texts(5), cfg(tiny_dir), model=tiny),
+                               atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_varlen_attention_path_runs_through_on_meta_tensors(monkeypatch, pooling):
+    """FlashAttention needs CUDA; on meta tensors torch runs its shape function instead, which
+    checks the plumbing here: dtypes, shapes, int32 offsets and the [CLS]-only last layer's one
+    query per text. The numbers are checked on a GPU (tests/test_gpu.py)."""
+    from torch.nn.attention import varlen
+
+    calls = []
+    real = varlen.varlen_attn
+
+    def spy(q, k, v, cu_q, cu_k, max_q, max_k, **kw):
+        calls.append((q.shape[0], k.shape[0], cu_q.dtype, cu_k.dtype, max_q, max_k))
+        return real(q, k, v, cu_q, cu_k, max_q, max_k, **kw)
+
+    monkeypatch.setattr(varlen, "varlen_attn", spy)
+    config = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=3,
+                                     num_attention_heads=4, intermediate_size=64)
+    model = transformers.BertModel(config).eval().half().to("meta")
+    ids, positions, texts, cu = (torch.from_numpy(x).to("meta")
+                                 for x in pack_batch([[1] * 5, [2] * 3, [3] * 7]))
+    tokens = packed_mod.Segments.of(positions, texts, cu, 7)
+    out = packed_mod.forward(model, ids, tokens, (0, 2, 3), pooling, forward_mod.fused_qkv(model),
+                             "varlen")
+    assert out.shape == (3, 96) and out.dtype == torch.float16
+    every = (15, 15, torch.int32, torch.int32, 7, 7)
+    last = (3, 15, torch.int32, torch.int32, 1, 7) if pooling == "cls" else every
+    assert calls == [every, every, last]
+
+
+def test_packed_attention_choice():
+    assert packed_mod.choose_attention("cpu", "float32") == "padded"
+    assert packed_mod.choose_attention("cpu", "int8") == "padded"
+    assert packed_mod.choose_attention("cuda", "float32") == "padded"  # flash: fp16 / bf16 only
+    assert packed_mod.choose_attention("cuda", "float16") == "varlen"
+    assert packed_mod.choose_attention("cuda", "bfloat16") == "varlen"
+    with pytest.raises(ValueError, match="batching"):
+        EncoderConfig(batching="nested")
 
 
 def test_order_is_restored(tiny, tiny_dir):
@@ -468,3 +581,32 @@ def test_callbacks_run_outside_inference_mode(tiny, tiny_dir, tmp_path):
                     model=tiny, progress=False,
                     on_chunk=lambda rows: modes.append(torch.is_inference_mode_enabled()))
     assert modes == [False, False, False]
+
+
+def test_committer_commits_in_order_and_raises_in_the_caller():
+    import threading
+
+    from fastimg.embed.commit import Committer
+
+    done, threads = [], set()
+
+    def commit(i):
+        threads.add(threading.current_thread().name)
+        if i == 3:
+            raise Interrupt("disk full")
+        done.append(i)
+
+    with pytest.raises(Interrupt, match="disk full"):
+        with Committer(commit) as committer:
+            for i in range(8):
+                committer.submit(i)
+    # a prefix is committed, nothing after the failure, all on the committer's thread
+    assert done == [0, 1, 2] and threads == {"fastimg-commit"}
+    # an error in the caller's loop keeps what was already submitted
+    done.clear()
+    with pytest.raises(KeyError):
+        with Committer(commit) as committer:
+            committer.submit(0)
+            committer.submit(1)
+            raise KeyError("stop")
+    assert done == [0, 1]

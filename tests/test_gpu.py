@@ -73,6 +73,23 @@ def test_encoder_on_cuda_matches_fp32_on_cpu(tiny_bert_dir, precision, compute_d
     assert float(np.abs(on_gpu - on_cpu).max()) < tol * scale
 
 
+@pytest.mark.parametrize("precision", ["fp16", "bf16", "fp32"])
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_packed_batches_on_cuda_match_padded(tiny_bert_dir, precision, pooling):
+    from fastimg.embed import EncoderConfig, encode
+
+    texts = [" ".join(["good film"] * n) + " the end" for n in range(1, 40)]
+    common = dict(model=str(tiny_bert_dir), output_dtype="float32", max_length=96,
+                  device="cuda", precision=precision, pooling=pooling, token_budget=512)
+    stats = {}
+    packed = encode(texts, EncoderConfig(batching="packed", **common), stats=stats)
+    padded = encode(texts, EncoderConfig(**common))
+    assert stats["attention"] == ("padded" if precision == "fp32" else "varlen")
+    assert stats["padded_tokens"] == stats["tokens"]
+    tol = {"fp16": 2e-2, "bf16": 5e-2, "fp32": 1e-4}[precision]
+    assert float(np.abs(packed - padded).max()) < tol * float(np.abs(padded).max())
+
+
 def test_encoder_auto_device_is_cuda_on_a_gpu():
     from fastimg.embed import ENCODE_DEVICES
 

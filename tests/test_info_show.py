@@ -56,6 +56,24 @@ def test_info_summarises_a_dataset_store_in_a_few_lines(built, capsys):
     assert "{" not in out
 
 
+def test_packed_batches_build_the_same_store_and_say_so(built, tiny_bert_dir, capsys):
+    path, _ = built
+    out = path.parent / "packed.zarr"
+    assert main(["build-dataset", "--input", str(path.parent / "reviews.csv"), "--id-column",
+                 "id", "--split-column", "split", "--model", str(tiny_bert_dir), "--method",
+                 "pca", "--max-length", "32", "--quiet", "--pixels", "10x14", "--batching",
+                 "packed", "--out", str(out)]) == 0
+    packed, padded = store.StoreReader(out), store.StoreReader(path)
+    assert packed.provenance["batching"] == "packed"
+    assert packed.provenance["attention"] == "padded"  # the CPU's packed attention
+    assert padded.provenance["batching"] == "padded"
+    np.testing.assert_allclose(np.asarray(packed.embeddings[:], np.float32),
+                               np.asarray(padded.embeddings[:], np.float32), atol=2e-3, rtol=0)
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    assert "on cpu, packed batches ->" in capsys.readouterr().out
+
+
 def test_info_json_holds_the_full_attributes_without_layout_arrays(built, capsys):
     path, _ = built
     capsys.readouterr()

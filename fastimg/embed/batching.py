@@ -1,5 +1,5 @@
 """Pure helpers for the encoder: length sorting, token-budget batches, order restore,
-head+tail truncation and padding. No torch here."""
+head+tail truncation, padding and packing. No torch here."""
 from __future__ import annotations
 
 import numpy as np
@@ -14,14 +14,15 @@ def length_order(lengths, *, sort: bool = True) -> np.ndarray:
 
 
 def budget_batches(lengths, token_budget: int, max_batch_size: int, *,
-                   max_padding: float | None = None, min_tokens: int = 1024
-                   ) -> list[tuple[int, int]]:
+                   max_padding: float | None = None, min_tokens: int = 1024,
+                   padded: bool = True) -> list[tuple[int, int]]:
     """Cut ``lengths`` (in processing order) into ``(start, stop)`` batches.
 
-    A batch's padded size ``rows * max(length)`` stays within ``token_budget`` and its row count
-    within ``max_batch_size`` (a single text always fits). With ``max_padding``, a batch that
-    already holds ``min_tokens`` padded tokens is also cut before padding would exceed that
-    fraction of its real tokens (on CPUs, padding is pure waste once batches are big enough).
+    A batch's padded size ``rows * max(length)`` (with ``padded=False``, for packed batches:
+    its real tokens) stays within ``token_budget`` and its row count within ``max_batch_size``
+    (a single text always fits). With ``max_padding``, a batch that already holds
+    ``min_tokens`` padded tokens is also cut before padding would exceed that fraction of its
+    real tokens (on CPUs, padding is pure waste once batches are big enough).
     """
     lengths = np.asarray(lengths, dtype=np.int64)
     batches = []
@@ -31,10 +32,10 @@ def budget_batches(lengths, token_budget: int, max_batch_size: int, *,
     for i, n in enumerate(lengths.tolist()):
         rows = i - start
         candidate = max(longest, n)
-        padded = candidate * (rows + 1)
-        cut = rows and (padded > token_budget or rows >= max_batch_size)
+        size = candidate * (rows + 1) if padded else real + n
+        cut = rows and (size > token_budget or rows >= max_batch_size)
         if rows and not cut and max_padding is not None and longest * rows >= min_tokens:
-            cut = padded > (1.0 + max_padding) * (real + n)
+            cut = candidate * (rows + 1) > (1.0 + max_padding) * (real + n)
         if cut:
             batches.append((start, i))
             start, candidate, real = i, n, 0
@@ -73,3 +74,28 @@ def pad_batch(seqs, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
         ids[row, : len(seq)] = seq
     mask = np.arange(width)[None, :] < lengths[:, None]
     return ids, mask
+
+
+def pack_batch(seqs) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Concatenate token id lists without padding.
+
+    Returns
+    -------
+    ids : int64 [T]
+        Every sequence's tokens, one sequence after the other (``T`` = total tokens).
+    positions : int64 [T]
+        Each token's position inside its sequence.
+    segments : int64 [T]
+        Each token's sequence (row of the batch).
+    cu_seqlens : int32 [B + 1]
+        Where each sequence starts in ``ids``, then ``T``.
+    """
+    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    cu_seqlens = np.zeros(lengths.size + 1, dtype=np.int32)
+    np.cumsum(lengths, out=cu_seqlens[1:])
+    total = int(cu_seqlens[-1])
+    ids = np.fromiter((t for s in seqs for t in s), dtype=np.int64, count=total)
+    segments = np.repeat(np.arange(lengths.size, dtype=np.int64), lengths)
+    positions = np.arange(total, dtype=np.int64) - np.repeat(cu_seqlens[:-1].astype(np.int64),
+                                                             lengths)
+    return ids, positions, segments, cu_seqlens

@@ -10,6 +10,7 @@ LAYER_PRESETS = ("last6", "author")
 POOLINGS = ("cls", "mean")
 TRUNCATIONS = ("head", "head+tail")
 OUTPUT_DTYPES = ("float16", "float32")
+BATCHINGS = ("padded", "packed")
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,13 @@ class EncoderConfig:
         Sort each chunk by token length before batching (results are put back in input order).
         Without sorting, batches are cut by ``token_budget`` and ``max_batch_size`` alone (plain
         batching, kept for comparison).
+    batching : {"padded", "packed"}
+        ``"padded"``: each batch is a ``[texts, longest]`` rectangle, padding masked in
+        attention. ``"packed"``: the texts are laid end to end with no padding (the token budget
+        then counts real tokens), and attention is variable-length: FlashAttention's kernel on
+        CUDA with fp16 / bf16, padded SDPA elsewhere (:mod:`fastimg.embed.packed`). BERT
+        encoders only; other models fall back to padded batches with a warning. Not yet the
+        default: the GPU figures that would make it one are pending (``benchmarks/RESULTS.md``).
     """
 
     model: str = "minilm"
@@ -82,6 +90,7 @@ class EncoderConfig:
     max_batch_size: int = 512
     chunk_rows: int = 1024
     sort_by_length: bool = True
+    batching: str = "padded"
 
     def __post_init__(self):
         if not isinstance(self.model, str) or not self.model:
@@ -106,6 +115,7 @@ class EncoderConfig:
         _choice("truncation", self.truncation, TRUNCATIONS)
         _choice("precision", self.precision, PRECISIONS)
         _choice("output_dtype", self.output_dtype, OUTPUT_DTYPES)
+        _choice("batching", self.batching, BATCHINGS)
         _choice("device", self.device, ("auto", "cpu", "cuda"))
         check_device(self.precision, self.device)  # the registry knows each precision's devices
         _positive("max_length", self.max_length, minimum=3)

@@ -1,11 +1,12 @@
 """The encoder driver: texts -> pooled hidden states of chosen layers, concatenated.
 
 Work is done chunk by chunk (``config.chunk_rows`` texts). A background thread
-(:mod:`~fastimg.embed.tokenize`) tokenises the next chunk and pads its batches (pinned memory on
-CUDA) while the model (:mod:`~fastimg.embed.forward`, prepared by a
-:mod:`~fastimg.embed.precision` backend) runs the current one; inside a chunk texts are sorted by
-token length and cut into batches by a padded-token budget, and the results are written back in
-input order. Because a chunk's batches depend only on that chunk, :func:`encode` and
+(:mod:`~fastimg.embed.tokenize`) tokenises the next chunk and pads or packs its batches (pinned
+memory on CUDA) while the model (:mod:`~fastimg.embed.forward` for padded batches,
+:mod:`~fastimg.embed.packed` for packed ones, prepared by a :mod:`~fastimg.embed.precision`
+backend) runs the current one; inside a chunk texts are sorted by token length and cut into
+batches by a token budget, and the results are put back in input order. Into zarr, another
+thread (:mod:`~fastimg.embed.commit`) writes finished chunks while the model runs on. Because a chunk's batches depend only on that chunk, :func:`encode` and
 :func:`encode_to_array` give the same bytes, interrupted or not.
 """
 from __future__ import annotations
@@ -21,7 +22,9 @@ import numpy as np
 
 from fastimg._registry import Registry, torch_cuda_available
 from fastimg.embed import forward as forward_mod
+from fastimg.embed import packed as packed_mod
 from fastimg.embed import precision as precision_mod
+from fastimg.embed.commit import Committer
 from fastimg.embed.config import EncoderConfig, resolve_layers
 from fastimg.embed.flops import model_flops
 from fastimg.embed.models import LoadedModel, load_model, resolve_model
@@ -136,13 +139,24 @@ def _iter_chunks(texts, config, loaded: LoadedModel, plan: _Plan, start_row: int
     model.eval()
     fast = forward_mod.fast_path_ok(model)
     model, projections = plan.precision.prepare(model, fast)
+    packed = config.batching == "packed"
+    if packed and not fast:
+        logger.warning("batching 'packed' needs a BERT encoder (the fast path); %s runs the "
+                       "generic transformers forward with padded batches", type(model).__name__)
+        packed = False
+    attention = (packed_mod.choose_attention(device.type, plan.precision.compute_dtype)
+                 if packed else None)
+    stats.update(batching="packed" if packed else "padded", attention=attention)
     out_dtype = getattr(torch, config.output_dtype)
     tokenizer = loaded.tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    producer = Producer(texts, spans, tokenizer, config, plan.device, plan.token_budget, pad_id)
-    logger.info("encoding %d texts on %s (%s, %s path, layers %s, %s pooling, budget %d tokens)",
-                n - start_row, plan.device, plan.precision.name, "fast" if fast else "generic",
-                list(plan.layers), config.pooling, plan.token_budget)
+    producer = Producer(texts, spans, tokenizer, config, plan.device, plan.token_budget, pad_id,
+                        packed=packed, unpadded_attention=attention == "varlen")
+    logger.info("encoding %d texts on %s (%s, %s path, %s batches%s, layers %s, %s pooling, "
+                "budget %d tokens)", n - start_row, plan.device, plan.precision.name,
+                "fast" if fast else "generic", stats["batching"],
+                f" with {attention} attention" if packed else "", list(plan.layers),
+                config.pooling, plan.token_budget)
     non_blocking = device.type == "cuda"
     t0 = time.perf_counter()
     chunk_out = None
@@ -163,23 +177,28 @@ def _iter_chunks(texts, config, loaded: LoadedModel, plan: _Plan, start_row: int
                 chunk_out = None
                 yield start, stop, result  # outside inference mode: the caller's code runs here
                 continue
-            _, rows, ids, mask, n_tokens = item
-            padded = bool(ids.shape[0] * ids.shape[1] != n_tokens)
+            _, tensors, n_tokens, max_len = item
             with torch.inference_mode():
                 if chunk_out is None:
                     chunk_out = torch.empty((config.chunk_rows, plan.n_features), dtype=out_dtype,
                                             device=device)
-                ids = ids.to(device, non_blocking=non_blocking)
-                mask = mask.to(device, non_blocking=non_blocking)
+                rows, ids, *rest = (t.to(device, non_blocking=non_blocking) for t in tensors)
                 with plan.precision.context(device.type):
-                    pooled = forward_mod.forward(model, ids, mask, plan.layers, config.pooling,
-                                                 projections, padded)
-                positions = torch.from_numpy(rows).to(device, non_blocking=non_blocking)
-                chunk_out[positions] = pooled.to(out_dtype)
+                    if packed:
+                        positions, text_of_row, cu_seqlens = rest
+                        tokens = packed_mod.Segments.of(positions, text_of_row, cu_seqlens,
+                                                        max_len)
+                        pooled = packed_mod.forward(model, ids, tokens, plan.layers,
+                                                    config.pooling, projections, attention)
+                    else:
+                        pooled = forward_mod.forward(model, ids, rest[0], plan.layers,
+                                                     config.pooling, projections,
+                                                     ids.numel() != n_tokens)
+                chunk_out[rows] = pooled.to(out_dtype)
             stats["tokens"] += n_tokens
             stats["padded_tokens"] += int(ids.numel())
             stats["batches"] += 1
-            bar.update(len(rows))
+            bar.update(int(rows.shape[0]))
             elapsed = time.perf_counter() - t0
             bar.set_postfix_str(f"{stats['tokens'] / max(elapsed, 1e-9):,.0f} tok/s",
                                 refresh=False)
@@ -223,7 +242,9 @@ def encode(texts, config: EncoderConfig | None = None, *, model: LoadedModel | N
         Show a tqdm bar (docs/s and tokens/s).
     stats : dict, optional
         Filled with ``tokens``, ``padded_tokens``, ``batches``, ``layers``, ``device``,
-        ``precision`` (resolved: fp32, int8, fp16 or bf16) and ``compute_dtype``.
+        ``precision`` (resolved: fp32, int8, fp16 or bf16), ``compute_dtype``, ``batching``
+        (``"padded"`` or ``"packed"``, as run) and ``attention`` (packed: ``"varlen"`` or
+        ``"padded"``; else None).
 
     Returns
     -------
@@ -333,7 +354,9 @@ def encode_to_array(texts, config: EncoderConfig | None, target, *, name: str = 
     progress : bool
         Show a tqdm bar.
     on_chunk : callable, optional
-        ``on_chunk(rows_done)`` after each chunk is committed (tests use it to interrupt a run).
+        ``on_chunk(rows_done)`` after each chunk is committed, on the thread that writes the
+        chunks (:mod:`fastimg.embed.commit`); an exception it raises stops the run (tests use it
+        to interrupt one).
     stats : dict, optional
         Filled as in :func:`encode`.
 
@@ -395,14 +418,18 @@ def encode_to_array(texts, config: EncoderConfig | None, target, *, name: str = 
             _warn_empty(texts)
         if model is None:
             model = load_model(config.model, config.revision)
-        # closing(): an exception here stops the tokeniser thread at once
+
+        def commit(start, stop, block):
+            array[start:stop] = block
+            array.attrs[ATTRS_KEY] = {**meta, "rows_done": stop}
+            if on_chunk is not None:
+                on_chunk(stop)
+
+        # closing(): an exception here stops the tokeniser thread at once; the committer writes
+        # chunk after chunk in order while the model runs on the next one
         with contextlib.closing(_iter_chunks(texts, config, model, plan, rows_done, progress,
-                                             stats)) as chunks:
+                                             stats)) as chunks, Committer(commit) as committer:
             for start, stop, block in chunks:
-                array[start:stop] = block
-                meta = {**meta, "rows_done": stop}
-                array.attrs[ATTRS_KEY] = meta
-                if on_chunk is not None:
-                    on_chunk(stop)
+                committer.submit(start, stop, block)
     array.attrs[ATTRS_KEY] = {**meta, "rows_done": len(texts), "complete": True}
     return array

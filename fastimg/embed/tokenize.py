@@ -1,4 +1,4 @@
-"""The tokeniser thread: tokenises chunk after chunk and queues padded batches.
+"""The tokeniser thread: tokenises chunk after chunk and queues padded or packed batches.
 
 It runs beside the forward pass (tokenising a 512-token review costs far less than encoding it,
 but not nothing), so the model never waits for text. Batches depend only on their chunk: that is
@@ -11,7 +11,8 @@ import threading
 
 import numpy as np
 
-from fastimg.embed.batching import budget_batches, head_tail, length_order, pad_batch
+from fastimg.embed.batching import (budget_batches, head_tail, length_order, pack_batch,
+                                    pad_batch)
 
 # (padding allowed per batch as a fraction of its real tokens, once the batch holds this many
 # padded tokens): past a size where the matmuls run at full speed, padding is pure waste
@@ -37,7 +38,7 @@ def tokenize_chunk(tokenizer, texts, config) -> list[list[int]]:
 
 
 class Producer(threading.Thread):
-    """Tokenises chunk after chunk and queues padded batches (pinned on CUDA).
+    """Tokenises chunk after chunk and queues padded or packed batches (pinned on CUDA).
 
     Parameters
     ----------
@@ -48,18 +49,28 @@ class Producer(threading.Thread):
     config : EncoderConfig
     device : {"cpu", "cuda"}
     token_budget : int
-        Padded tokens per batch.
+        Tokens per batch: padded ones, or real ones when ``packed``.
     pad_id : int
+    packed : bool
+        Queue packed batches (:func:`~fastimg.embed.batching.pack_batch`) instead of padded ones.
+    unpadded_attention : bool
+        Attention of packed batches has no padding either: batches are then cut by the token
+        budget alone, without :data:`PADDING_GUARD` (which keeps padded attention cheap).
 
-    Items on :attr:`queue`: ``("batch", rows, ids, mask, n_tokens)``, ``("chunk", start, stop)``
-    after a chunk's last batch, ``("done",)`` or ``("error", exception)``.
+    Items on :attr:`queue`: ``("batch", tensors, n_tokens, max_len)`` with ``tensors``
+    ``(rows, ids, mask)`` (padded) or ``(rows, ids, positions, texts, cu_seqlens)`` (packed),
+    ``rows`` being the batch's texts as rows of the chunk;
+    ``("chunk", start, stop)`` after a chunk's last batch, ``("done",)`` or
+    ``("error", exception)``.
     """
 
-    def __init__(self, texts, spans, tokenizer, config, device, token_budget, pad_id):
+    def __init__(self, texts, spans, tokenizer, config, device, token_budget, pad_id,
+                 packed=False, unpadded_attention=False):
         super().__init__(name="fastimg-tokenize", daemon=True)
         self.texts, self.spans, self.tokenizer = texts, spans, tokenizer
         self.config, self.device, self.pad_id = config, device, pad_id
-        self.token_budget = token_budget
+        self.token_budget, self.packed = token_budget, packed
+        self.unpadded_attention = unpadded_attention
         self.queue: queue.Queue = queue.Queue(maxsize=16)
         self.stop = threading.Event()
 
@@ -82,17 +93,19 @@ class Producer(threading.Thread):
                 lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
                 order = length_order(lengths, sort=self.config.sort_by_length)
                 max_padding, min_tokens = PADDING_GUARD[self.device]
-                if not self.config.sort_by_length:  # plain batching: cut by the budget only
-                    max_padding = None
+                if self.unpadded_attention or not self.config.sort_by_length:
+                    max_padding = None  # cut by the budget only
                 for a, b in budget_batches(lengths[order], self.token_budget,
                                            self.config.max_batch_size, max_padding=max_padding,
-                                           min_tokens=min_tokens):
+                                           min_tokens=min_tokens, padded=not self.packed):
                     rows = order[a:b]
-                    ids, mask = pad_batch([seqs[r] for r in rows], self.pad_id)
-                    ids, mask = torch.from_numpy(ids), torch.from_numpy(mask)
+                    batch = [seqs[r] for r in rows]
+                    arrays = pack_batch(batch) if self.packed else pad_batch(batch, self.pad_id)
+                    tensors = tuple(torch.from_numpy(x) for x in (rows, *arrays))
                     if pin:
-                        ids, mask = ids.pin_memory(), mask.pin_memory()
-                    if not self._put(("batch", rows, ids, mask, int(lengths[rows].sum()))):
+                        tensors = tuple(t.pin_memory() for t in tensors)
+                    item = ("batch", tensors, int(lengths[rows].sum()), int(lengths[rows].max()))
+                    if not self._put(item):
                         return
                 if not self._put(("chunk", start, stop)):
                     return

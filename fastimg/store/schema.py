@@ -36,6 +36,9 @@ DONE_PREFIX = "_done_"
 DIMENSIONS = {IDS: ("row",), LABELS: ("row",), SPLIT: ("row",), EMBEDDINGS: ("row", "feature"),
               IMAGES: ("row", "y", "x")}
 
+#: what an encoder run resolved (keys of its ``stats``), recorded with the store's encode stage
+ENCODE_RUN_STATS = ("layers", "device", "precision", "compute_dtype", "batching", "attention")
+
 #: The stages of a dataset build, in order; each one's output depends on the one before.
 STAGES = ("corpus", "encode", "layout", "images")
 #: The name a stage's settings go by in messages (``encoder.model: ... -> ...``).

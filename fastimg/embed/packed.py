@@ -1,0 +1,175 @@
+"""The packed forward: a batch's texts laid end to end, with no padding anywhere.
+
+A padded batch is a ``[B, T]`` rectangle: every text is padded to the longest one, and every
+Linear layer computes the padding too. A packed batch is one ``[total_tokens, H]`` matrix; the
+Linear layers, GELU and LayerNorm see real tokens only, and attention is told where each text
+starts (``cu_seqlens``, as FlashAttention's variable-length kernels take it). Two attention
+implementations:
+
+=============  ==================================================================================
+``varlen``     ``torch.nn.attention.varlen.varlen_attn``: FlashAttention (or cuDNN) on the packed
+               tokens; CUDA with fp16 / bf16 only
+``padded``     pads queries, keys and values back to ``[B, heads, T, d]`` for
+               ``scaled_dot_product_attention`` with a key mask, then packs the result again;
+               everywhere (the CPU, fp32 on CUDA)
+=============  ==================================================================================
+
+Only the attention scores of ``padded`` still see padding. The [CLS]-only last layer works as
+in :mod:`fastimg.embed.forward`: its queries are the first token of each text (one query per
+"sequence"), its keys and values every token.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+logger = logging.getLogger("fastimg.embed")
+
+
+@dataclass(frozen=True)
+class Segments:
+    """Where the texts of a packed batch lie.
+
+    Attributes
+    ----------
+    cu_seqlens : torch.Tensor
+        int32 ``[B + 1]``: the first row of each text, then the number of rows.
+    max_len : int
+        The longest text's length (a host int: the kernels take it as an argument).
+    texts, positions : torch.Tensor
+        int64 ``[rows]``: each row's text and its position inside that text.
+    slots : torch.Tensor
+        int64 ``[rows]``: each row's place in the padded ``[B * max_len]`` layout.
+    padded : bool
+        Whether that layout has padding (texts of unequal lengths).
+    """
+
+    cu_seqlens: object
+    max_len: int
+    texts: object
+    positions: object
+    slots: object
+    padded: bool
+
+    @property
+    def n_texts(self) -> int:
+        return int(self.cu_seqlens.shape[0]) - 1
+
+    @property
+    def starts(self):
+        """Row of each text's first token, int64 ``[B]``."""
+        return self.cu_seqlens[:-1].long()
+
+    @classmethod
+    def of(cls, positions, texts, cu_seqlens, max_len: int) -> "Segments":
+        """The segments of a packed batch from :func:`~fastimg.embed.batching.pack_batch`'s
+        arrays (as tensors on the model's device)."""
+        n_texts = int(cu_seqlens.shape[0]) - 1
+        padded = int(positions.shape[0]) != n_texts * max_len
+        return cls(cu_seqlens, max_len, texts, positions, texts * max_len + positions, padded)
+
+    @classmethod
+    def first_tokens(cls, n_texts: int, device) -> "Segments":
+        """One row per text: the [CLS] queries of the last layer."""
+        import torch
+
+        texts = torch.arange(n_texts, device=device)
+        return cls(torch.arange(n_texts + 1, dtype=torch.int32, device=device), 1, texts,
+                   torch.zeros_like(texts), texts, False)
+
+
+def varlen_attention(q, k, v, queries: Segments, keys: Segments, scale: float):
+    """FlashAttention over packed ``[rows, heads, d]`` queries, keys and values."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    return varlen_attn(q, k, v, queries.cu_seqlens, keys.cu_seqlens, queries.max_len,
+                       keys.max_len, scale=scale)
+
+
+def padded_attention(q, k, v, queries: Segments, keys: Segments, scale: float):
+    """The same result through ``scaled_dot_product_attention`` on a padded layout."""
+    import torch
+    import torch.nn.functional as F
+
+    n_texts = keys.n_texts
+    mask = None
+    if keys.padded:
+        lengths = keys.cu_seqlens[1:] - keys.cu_seqlens[:-1]
+        mask = (torch.arange(keys.max_len, device=k.device) < lengths[:, None])[:, None, None]
+    a = F.scaled_dot_product_attention(_pad(q, queries, n_texts), _pad(k, keys, n_texts),
+                                       _pad(v, keys, n_texts), attn_mask=mask, scale=scale)
+    a = a.transpose(1, 2).reshape(n_texts * queries.max_len, *q.shape[1:])
+    return a.index_select(0, queries.slots) if queries.padded else a
+
+
+def _pad(x, segments: Segments, n_texts: int):
+    """Packed ``[rows, heads, d]`` -> padded ``[B, heads, max_len, d]`` (zeros in the padding)."""
+    if segments.padded:
+        x = x.new_zeros((n_texts * segments.max_len, *x.shape[1:])).index_copy_(
+            0, segments.slots, x)
+    return x.view(n_texts, segments.max_len, *x.shape[1:]).transpose(1, 2)
+
+
+def choose_attention(device_type: str, compute_dtype: str) -> str:
+    """``"varlen"`` where FlashAttention's variable-length kernel runs (CUDA, fp16 / bf16, a
+    torch that has it), else ``"padded"``."""
+    if device_type != "cuda" or compute_dtype not in ("float16", "bfloat16"):
+        return "padded"
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+    except ImportError:
+        logger.info("this torch has no torch.nn.attention.varlen; packed attention pads")
+        return "padded"
+    return "varlen"
+
+
+_ATTEND = {"varlen": varlen_attention, "padded": padded_attention}
+
+
+def pool(h, tokens: Segments, pooling: str):
+    """[CLS] rows or per-text means of packed ``h`` [rows, H] -> ``[B, H]``."""
+    if pooling == "cls":
+        return h[tokens.starts]
+    sums = h.new_zeros((tokens.n_texts, h.shape[1])).index_add_(0, tokens.texts, h)
+    lengths = (tokens.cu_seqlens[1:] - tokens.cu_seqlens[:-1]).to(h.dtype)
+    return sums / lengths[:, None]
+
+
+def bert_layer(layer, proj, h, tokens: Segments, first_only: Segments | None, attend):
+    """One BERT layer on packed rows; with ``first_only`` (the texts' first tokens as
+    queries) it returns ``[B, H]``, else ``[rows, H]``."""
+    sa = layer.attention.self
+    nh, hd = sa.num_attention_heads, sa.attention_head_size
+    rows = h.shape[0]
+    if first_only is not None:
+        hq, queries = h[tokens.starts], first_only
+        q = proj.q(hq).view(-1, nh, hd)
+        k, v = proj.kv(h).view(rows, 2, nh, hd).unbind(1)
+    else:
+        hq, queries = h, tokens
+        q, k, v = proj.qkv(h).view(rows, 3, nh, hd).unbind(1)
+    a = attend(q, k, v, queries, tokens, sa.scaling).reshape(hq.shape[0], nh * hd)
+    a = layer.attention.output(a, hq)
+    return layer.output(layer.intermediate(a), a)
+
+
+def forward(model, ids, tokens: Segments, layers, pooling, projections, attention: str):
+    """Pooled vectors of ``layers`` for a packed batch, concatenated: ``[B, L*H]``.
+
+    ``ids`` are the packed token ids ``[rows]``; ``projections`` as in
+    :func:`fastimg.embed.forward.forward` (the fast path only); ``attention`` is ``"varlen"``
+    or ``"padded"`` (:func:`choose_attention`)."""
+    import torch
+
+    attend = _ATTEND[attention]
+    wanted, last = set(layers), max(layers)
+    h = model.embeddings(input_ids=ids[None], position_ids=tokens.positions[None])[0]
+    pooled = {0: pool(h, tokens, pooling)} if 0 in wanted else {}
+    first = Segments.first_tokens(tokens.n_texts, ids.device) if pooling == "cls" else None
+    for i in range(1, last + 1):
+        first_only = first if i == last else None
+        h = bert_layer(model.encoder.layer[i - 1], projections[i - 1], h, tokens, first_only,
+                       attend)
+        if i in wanted:
+            pooled[i] = h if first_only is not None else pool(h, tokens, pooling)
+    return torch.cat([pooled[i] for i in layers], dim=1)
