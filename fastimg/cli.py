@@ -181,10 +181,19 @@ def _layers(text: str):
         ) from None
 
 
+def _encoder_config(args):
+    from fastimg.embed import EncoderConfig
+
+    return EncoderConfig(model=args.model, revision=args.revision, layers=args.layers,
+                         pooling=args.pooling, max_length=args.max_length,
+                         truncation=args.truncation, chunk_rows=args.chunk_rows,
+                         device=args.device, precision=args.precision, batching=args.batching,
+                         token_budget=args.token_budget)
+
+
 def _cmd_build_dataset(args) -> int:
     from fastimg.corpus import CorpusConfig
     from fastimg.dataset import DatasetConfig, build_dataset
-    from fastimg.embed import EncoderConfig
 
     corpus = CorpusConfig(
         input=None if args.input is None else str(args.input), dataset=args.dataset,
@@ -192,11 +201,7 @@ def _cmd_build_dataset(args) -> int:
         id_column=args.id_column, split_column=args.split_column, limit=args.limit,
         split=args.split, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
         seed=args.seed)
-    encoder = EncoderConfig(model=args.model, revision=args.revision, layers=args.layers,
-                            pooling=args.pooling, max_length=args.max_length,
-                            truncation=args.truncation, chunk_rows=args.chunk_rows,
-                            device=args.device, precision=args.precision,
-                            batching=args.batching)
+    encoder = _encoder_config(args)
     layout = _layout_config(args)
     config = DatasetConfig(fit_on=args.fit_on, image_dtype=args.dtype,
                            raster_backend=args.raster_backend)
@@ -475,6 +480,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="encoder batches: padded rectangles (default) or texts packed end "
                             "to end with variable-length attention (FlashAttention on CUDA with "
                             "fp16/bf16); BERT encoders only")
+    build.add_argument("--token-budget", type=int, default=None, metavar="N",
+                       help="tokens per encoder batch (padded ones, or real ones when packed); "
+                            "default 8192 on the CPU, 65536 on CUDA; lower it if a GPU runs "
+                            "out of memory")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--force", action="store_true",
                        help="replace an existing store (its stages whose settings match are "

@@ -21,6 +21,17 @@ def test_cli_layout_defaults_are_the_library_defaults(argv):
     assert _layout_config(build_parser().parse_args(argv)) == LayoutConfig()
 
 
+def test_cli_encoder_defaults_are_the_library_defaults():
+    from fastimg.cli import _encoder_config, build_parser
+    from fastimg.embed import EncoderConfig
+
+    args = build_parser().parse_args(["build-dataset", "--dataset", "imdb", "--out", "x.zarr"])
+    assert _encoder_config(args) == EncoderConfig()
+    args = build_parser().parse_args(["build-dataset", "--dataset", "imdb", "--out", "x.zarr",
+                                      "--batching", "packed", "--token-budget", "4096"])
+    assert _encoder_config(args) == EncoderConfig(batching="packed", token_budget=4096)
+
+
 def test_images_from_npy_end_to_end(rng, tmp_path, capsys):
     x = structured_matrix(rng, 150, 200).astype(np.float32)
     np.save(tmp_path / "x.npy", x)

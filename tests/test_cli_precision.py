@@ -1,4 +1,5 @@
-"""fastimg build-dataset --precision: a precision the device does not run is one line, exit 2."""
+"""fastimg build-dataset encoder options: a precision the device does not run, or a token budget
+below one text, is one line, exit 2."""
 import pytest
 
 from fastimg.cli import main
@@ -8,6 +9,7 @@ from fastimg.cli import main
     (["--precision", "int8", "--device", "cuda"], "precision 'int8' runs on cpu only, not on cuda"),
     (["--precision", "fp16", "--device", "cpu"], "precision 'fp16' runs on cuda only, not on cpu"),
     (["--precision", "bf16", "--device", "cpu"], "precision 'bf16' runs on cuda only, not on cpu"),
+    (["--token-budget", "100"], "token_budget (100) must be at least max_length (512)"),
 ])
 def test_bad_precision_device_is_one_line_exit_2(tmp_path, capsys, argv, message):
     out = tmp_path / "x.zarr"
