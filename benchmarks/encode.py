@@ -226,9 +226,9 @@ def precision_section(texts, loaded, model_name, device, max_length, probe: int 
         if configs[name].batching == "packed":
             section[name]["speedup_vs_padded"] = timed[configs[name].precision][0] / secs
         if flops:
-            section[name]["gflops"] = flops / secs / 1e9
+            gflops = section[name]["gflops"] = flops / secs / 1e9
             if matmul_gflops:
-                section[name]["fraction_of_matmul"] = flops / secs / 1e9 / matmul_gflops
+                section[name]["fraction_of_matmul"] = gflops / matmul_gflops
     section["max_abs_value"] = float(np.abs(ref.astype(np.float32)).max())
     if probe:
         configs = {n: c for n, c in configs.items() if c.batching == "padded"}

@@ -270,12 +270,43 @@ def test_varlen_attention_path_runs_through_on_meta_tensors(monkeypatch, pooling
     assert calls == [every, every, last]
 
 
+@pytest.mark.parametrize("unpadded_attention", [False, True])
+def test_packed_batches_with_padded_attention_fit_the_budget_padded(tiny, tiny_dir,
+                                                                   unpadded_attention):
+    from fastimg.embed.tokenize import Producer
+
+    # unsorted: one long text among short ones makes the padded layout far bigger than the
+    # real tokens; padded attention materialises that layout, so the budget must bound it
+    texts = make_texts(60, seed=4, max_words=6) + [" ".join(WORDS * 3)] + make_texts(60, seed=5,
+                                                                                    max_words=6)
+    c = cfg(tiny_dir, batching="packed", sort_by_length=False, token_budget=400, max_length=96)
+    producer = Producer(texts, [(0, len(texts))], tiny.tokenizer, c, "cpu", 400, 0, packed=True,
+                        unpadded_attention=unpadded_attention)
+    producer.start()
+    items = []
+    while (item := producer.queue.get(timeout=60))[0] != "done":
+        assert item[0] != "error", item
+        items.append(item)
+    producer.join()
+    sizes = [(int(t[0].shape[0]) * max_len, n_tokens) for kind, t, n_tokens, max_len in
+             (i for i in items if i[0] == "batch")]
+    assert sum(real for _, real in sizes) == sum(len(x) for x in tiny.tokenizer(
+        texts, truncation=True, max_length=96)["input_ids"])
+    if unpadded_attention:  # varlen: the real tokens are what is computed
+        assert max(real for _, real in sizes) <= 400 < max(padded for padded, _ in sizes)
+    else:
+        assert max(padded for padded, _ in sizes) <= 400
+
+
 def test_packed_attention_choice():
     assert packed_mod.choose_attention("cpu", "float32") == "padded"
     assert packed_mod.choose_attention("cpu", "int8") == "padded"
     assert packed_mod.choose_attention("cuda", "float32") == "padded"  # flash: fp16 / bf16 only
-    assert packed_mod.choose_attention("cuda", "float16") == "varlen"
-    assert packed_mod.choose_attention("cuda", "bfloat16") == "varlen"
+    assert packed_mod.choose_attention("cuda", "float16", (9, 0)) == "varlen"
+    assert packed_mod.choose_attention("cuda", "bfloat16", (8, 0)) == "varlen"
+    # T4 / V100: FlashAttention's kernels need sm80
+    assert packed_mod.choose_attention("cuda", "float16", (7, 5)) == "padded"
+    assert packed_mod.choose_attention("cuda", "bfloat16", (7, 0)) == "padded"
     with pytest.raises(ValueError, match="batching"):
         EncoderConfig(batching="nested")
 
@@ -438,7 +469,8 @@ def test_resume_after_interruption_is_byte_identical(tiny, tiny_dir, tmp_path):
 @pytest.mark.parametrize("change, field", [
     (dict(pooling="mean"), "pooling"), (dict(max_length=32), "max_length"),
     (dict(layers="author"), "layers"), (dict(truncation="head+tail"), "truncation"),
-    (dict(output_dtype="float32"), "output_dtype"), (dict(precision="int8"), "precision")])
+    (dict(output_dtype="float32"), "output_dtype"), (dict(precision="int8"), "precision"),
+    (dict(batching="packed"), "batching")])
 def test_resume_with_other_settings_is_refused(tiny, tiny_dir, tmp_path, change, field):
     texts = make_texts(20, seed=2)
     base = dict(output_dtype="float16", chunk_rows=8, max_length=64)
@@ -561,6 +593,9 @@ def test_run_settings_hold_device_and_precision(tiny, tiny_dir):
     assert s["device"] == "cpu" and s["precision"] == "int8"
     s = run_settings(texts, cfg(tiny_dir), model=tiny)
     assert s["device"] == "cpu" and s["precision"] == precision_mod.AUTO["cpu"]
+    # padded batches leave the settings (and so the stage keys of older stores) as they were
+    assert "batching" not in s
+    assert run_settings(texts, cfg(tiny_dir, batching="packed"), model=tiny)["batching"] == "packed"
     with pytest.raises(ValueError, match="replaced by 'precision'"):
         EncoderConfig.from_dict({**EncoderConfig().to_dict(), "dtype": "auto"})
 
@@ -583,7 +618,7 @@ def test_callbacks_run_outside_inference_mode(tiny, tiny_dir, tmp_path):
     assert modes == [False, False, False]
 
 
-def test_committer_commits_in_order_and_raises_in_the_caller():
+def test_committer_commits_in_order_and_raises_in_the_caller(caplog):
     import threading
 
     from fastimg.embed.commit import Committer
@@ -610,3 +645,16 @@ def test_committer_commits_in_order_and_raises_in_the_caller():
             committer.submit(1)
             raise KeyError("stop")
     assert done == [0, 1]
+    # when both fail, the caller's error propagates and the commit's is logged, not lost
+    failed = threading.Event()
+
+    def failing_commit(i):
+        failed.set()
+        raise Interrupt("disk full")
+
+    with caplog.at_level("ERROR", logger="fastimg.embed"), pytest.raises(KeyError):
+        with Committer(failing_commit) as committer:
+            committer.submit(0)
+            assert failed.wait(timeout=30)
+            raise KeyError("stop")
+    assert "committing a chunk failed too: Interrupt: disk full" in caplog.text

@@ -90,6 +90,45 @@ def test_packed_batches_on_cuda_match_padded(tiny_bert_dir, precision, pooling):
     assert float(np.abs(packed - padded).max()) < tol * float(np.abs(padded).max())
 
 
+@pytest.fixture(scope="module")
+def long_bert_dir(tiny_bert_dir, tmp_path_factory):
+    """Like ``tiny_bert_dir`` but 512 positions and heads of 16: texts past 128 tokens, where
+    torch's varlen attention takes cuDNN's kernel instead of FlashAttention's on Hopper."""
+    import shutil
+
+    import torch
+    from transformers import BertConfig, BertModel
+
+    path = tmp_path_factory.mktemp("long-bert")
+    for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        if (tiny_bert_dir / name).exists():
+            shutil.copy(tiny_bert_dir / name, path / name)
+    config = BertConfig.from_pretrained(tiny_bert_dir)
+    config.update(dict(hidden_size=64, num_hidden_layers=6, intermediate_size=128,
+                       max_position_embeddings=512))
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_packed_batches_past_128_tokens_match_padded(long_bert_dir, precision, pooling):
+    from fastimg.embed import EncoderConfig, encode
+
+    texts = [" ".join(["good film"] * n) + " the end" for n in range(40, 200, 7)]
+    common = dict(model=str(long_bert_dir), output_dtype="float32", max_length=300,
+                  layers=(1, 3, 6), device="cuda", precision=precision, pooling=pooling,
+                  token_budget=2048)
+    stats = {}
+    packed = encode(texts, EncoderConfig(batching="packed", **common), stats=stats)
+    padded = encode(texts, EncoderConfig(**common))
+    assert stats["attention"] == "varlen" and stats["padded_tokens"] == stats["tokens"]
+    assert max(len(t.split()) for t in texts) > 128
+    tol = {"fp16": 2e-2, "bf16": 5e-2}[precision]
+    assert float(np.abs(packed - padded).max()) < tol * float(np.abs(padded).max())
+
+
 def test_encoder_auto_device_is_cuda_on_a_gpu():
     from fastimg.embed import ENCODE_DEVICES
 

@@ -32,10 +32,11 @@ def budget_batches(lengths, token_budget: int, max_batch_size: int, *,
     for i, n in enumerate(lengths.tolist()):
         rows = i - start
         candidate = max(longest, n)
-        size = candidate * (rows + 1) if padded else real + n
+        padded_size = candidate * (rows + 1)
+        size = padded_size if padded else real + n
         cut = rows and (size > token_budget or rows >= max_batch_size)
         if rows and not cut and max_padding is not None and longest * rows >= min_tokens:
-            cut = candidate * (rows + 1) > (1.0 + max_padding) * (real + n)
+            cut = padded_size > (1.0 + max_padding) * (real + n)
         if cut:
             batches.append((start, i))
             start, candidate, real = i, n, 0

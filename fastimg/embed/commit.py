@@ -6,8 +6,11 @@ few tens of milliseconds, writing in the model's thread would leave the GPU idle
 """
 from __future__ import annotations
 
+import logging
 import queue
 import threading
+
+logger = logging.getLogger("fastimg.embed")
 
 
 class Committer:
@@ -58,4 +61,7 @@ class Committer:
         self._thread.join()
         if exc_type is None:
             self._raise()
+        elif self._error is not None:  # the caller's exception propagates; keep this one seen
+            logger.error("committing a chunk failed too: %s: %s", type(self._error).__name__,
+                         self._error)
         return False

@@ -69,9 +69,10 @@ class EncoderConfig:
         batching, kept for comparison).
     batching : {"padded", "packed"}
         ``"padded"``: each batch is a ``[texts, longest]`` rectangle, padding masked in
-        attention. ``"packed"``: the texts are laid end to end with no padding (the token budget
-        then counts real tokens), and attention is variable-length: FlashAttention's kernel on
-        CUDA with fp16 / bf16, padded SDPA elsewhere (:mod:`fastimg.embed.packed`). BERT
+        attention. ``"packed"``: the texts are laid end to end with no padding, and attention
+        is variable-length: FlashAttention's kernel on CUDA (sm80+) with fp16 / bf16, where the
+        token budget then counts real tokens; padded SDPA elsewhere, where it still counts
+        ``rows x longest`` (:mod:`fastimg.embed.packed`). BERT
         encoders only; other models fall back to padded batches with a warning. Not yet the
         default: the GPU figures that would make it one are pending (``benchmarks/RESULTS.md``).
     """

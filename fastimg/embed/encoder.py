@@ -6,8 +6,9 @@ memory on CUDA) while the model (:mod:`~fastimg.embed.forward` for padded batche
 :mod:`~fastimg.embed.packed` for packed ones, prepared by a :mod:`~fastimg.embed.precision`
 backend) runs the current one; inside a chunk texts are sorted by token length and cut into
 batches by a token budget, and the results are put back in input order. Into zarr, another
-thread (:mod:`~fastimg.embed.commit`) writes finished chunks while the model runs on. Because a chunk's batches depend only on that chunk, :func:`encode` and
-:func:`encode_to_array` give the same bytes, interrupted or not.
+thread (:mod:`~fastimg.embed.commit`) writes finished chunks while the model runs on. Because a
+chunk's batches depend only on that chunk, :func:`encode` and :func:`encode_to_array` give the
+same bytes, interrupted or not.
 """
 from __future__ import annotations
 
@@ -287,7 +288,7 @@ def _init_stats(stats, plan: _Plan) -> dict:
 
 def run_settings(texts, config: EncoderConfig, model: LoadedModel | None = None) -> dict:
     """The settings that must match for a resume: model identity, layers, pooling, lengths,
-    device kind, precision, output dtype and the input itself.
+    device kind, precision, output dtype, batching (when packed) and the input itself.
 
     Parameters
     ----------
@@ -304,7 +305,7 @@ def run_settings(texts, config: EncoderConfig, model: LoadedModel | None = None)
     """
     n_layers, hidden, src = _shape_info(config, model)
     plan = _plan(config, n_layers, hidden)
-    return {
+    settings = {
         "model": config.model,
         "model_fingerprint": src.fingerprint(),
         "revision": config.revision,
@@ -319,6 +320,11 @@ def run_settings(texts, config: EncoderConfig, model: LoadedModel | None = None)
         "n_texts": len(texts),
         "texts_sha256": texts_digest(texts),
     }
+    if config.batching != "padded":
+        # packed batches round differently (on a GPU, by up to ~1e-2 in fp16): a resume must not
+        # mix them with padded ones. Absent when padded, so stores written before keep their key
+        settings["batching"] = config.batching
+    return settings
 
 
 # settings whose change alone does not change what is computed

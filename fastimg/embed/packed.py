@@ -8,7 +8,7 @@ implementations:
 
 =============  ==================================================================================
 ``varlen``     ``torch.nn.attention.varlen.varlen_attn``: FlashAttention (or cuDNN) on the packed
-               tokens; CUDA with fp16 / bf16 only
+               tokens; CUDA sm80+ (Ampere, Hopper, ...) with fp16 / bf16 only
 ``padded``     pads queries, keys and values back to ``[B, heads, T, d]`` for
                ``scaled_dot_product_attention`` with a key mask, then packs the result again;
                everywhere (the CPU, fp32 on CUDA)
@@ -80,10 +80,20 @@ class Segments:
 
 def varlen_attention(q, k, v, queries: Segments, keys: Segments, scale: float):
     """FlashAttention over packed ``[rows, heads, d]`` queries, keys and values."""
+    import torch
     from torch.nn.attention.varlen import varlen_attn
 
+    if _torch_version(torch.__version__) < (2, 14):
+        # q, k and v are strided views of the fused QKV output; checked on the GPU with torch
+        # 2.14 only, so older torches get contiguous copies (a few percent of a layer's time)
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     return varlen_attn(q, k, v, queries.cu_seqlens, keys.cu_seqlens, queries.max_len,
                        keys.max_len, scale=scale)
+
+
+def _torch_version(version: str) -> tuple[int, int]:
+    major, minor = version.split("+")[0].split(".")[:2]
+    return int(major), int(minor)
 
 
 def padded_attention(q, k, v, queries: Segments, keys: Segments, scale: float):
@@ -91,29 +101,46 @@ def padded_attention(q, k, v, queries: Segments, keys: Segments, scale: float):
     import torch
     import torch.nn.functional as F
 
-    n_texts = keys.n_texts
+    n_texts, head_shape = keys.n_texts, q.shape[1:]
     mask = None
     if keys.padded:
         lengths = keys.cu_seqlens[1:] - keys.cu_seqlens[:-1]
         mask = (torch.arange(keys.max_len, device=k.device) < lengths[:, None])[:, None, None]
-    a = F.scaled_dot_product_attention(_pad(q, queries, n_texts), _pad(k, keys, n_texts),
-                                       _pad(v, keys, n_texts), attn_mask=mask, scale=scale)
-    a = a.transpose(1, 2).reshape(n_texts * queries.max_len, *q.shape[1:])
+    # packed [rows, heads, d] -> padded [B, heads, max_len, d]
+    q, k, v = (_pad_rows(x, s).transpose(1, 2) for x, s in ((q, queries), (k, keys), (v, keys)))
+    a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    a = a.transpose(1, 2).reshape(n_texts * queries.max_len, *head_shape)
     return a.index_select(0, queries.slots) if queries.padded else a
 
 
-def _pad(x, segments: Segments, n_texts: int):
-    """Packed ``[rows, heads, d]`` -> padded ``[B, heads, max_len, d]`` (zeros in the padding)."""
+def _pad_rows(x, segments: Segments):
+    """Packed ``[rows, ...]`` -> padded ``[B, max_len, ...]`` (zeros in the padding)."""
     if segments.padded:
-        x = x.new_zeros((n_texts * segments.max_len, *x.shape[1:])).index_copy_(
+        x = x.new_zeros((segments.n_texts * segments.max_len, *x.shape[1:])).index_copy_(
             0, segments.slots, x)
-    return x.view(n_texts, segments.max_len, *x.shape[1:]).transpose(1, 2)
+    return x.view(segments.n_texts, segments.max_len, *x.shape[1:])
 
 
-def choose_attention(device_type: str, compute_dtype: str) -> str:
-    """``"varlen"`` where FlashAttention's variable-length kernel runs (CUDA, fp16 / bf16, a
-    torch that has it), else ``"padded"``."""
+#: FlashAttention's kernels (and cuDNN's fused attention) need Ampere (sm80) or newer
+VARLEN_MIN_CAPABILITY = (8, 0)
+
+
+def choose_attention(device_type: str, compute_dtype: str,
+                     capability: tuple[int, int] | None = None) -> str:
+    """``"varlen"`` where FlashAttention's variable-length kernel runs (CUDA sm80 or newer,
+    fp16 / bf16, a torch that has it), else ``"padded"``.
+
+    ``capability`` is the GPU's compute capability; None asks torch for the current device's.
+    """
     if device_type != "cuda" or compute_dtype not in ("float16", "bfloat16"):
+        return "padded"
+    if capability is None:
+        import torch
+
+        capability = torch.cuda.get_device_capability()
+    if tuple(capability) < VARLEN_MIN_CAPABILITY:
+        logger.info("GPU compute capability %d.%d: FlashAttention needs %d.%d, packed attention "
+                    "pads", *capability, *VARLEN_MIN_CAPABILITY)
         return "padded"
     try:
         from torch.nn.attention.varlen import varlen_attn  # noqa: F401
@@ -130,8 +157,10 @@ def pool(h, tokens: Segments, pooling: str):
     """[CLS] rows or per-text means of packed ``h`` [rows, H] -> ``[B, H]``."""
     if pooling == "cls":
         return h[tokens.starts]
-    sums = h.new_zeros((tokens.n_texts, h.shape[1])).index_add_(0, tokens.texts, h)
-    lengths = (tokens.cu_seqlens[1:] - tokens.cu_seqlens[:-1]).to(h.dtype)
+    # summed in the padded layout (zeros in the padding), not by index_add_ into [B, H]: a
+    # scatter-add's order of addition, and so its result, varies from run to run on CUDA
+    sums = _pad_rows(h, tokens).sum(dim=1)
+    lengths = (tokens.cu_seqlens[1:] - tokens.cu_seqlens[:-1]).to(sums.dtype)
     return sums / lengths[:, None]
 
 

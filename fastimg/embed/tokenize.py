@@ -49,7 +49,8 @@ class Producer(threading.Thread):
     config : EncoderConfig
     device : {"cpu", "cuda"}
     token_budget : int
-        Tokens per batch: padded ones, or real ones when ``packed``.
+        Tokens per batch: padded ones, or real ones when ``packed`` with ``unpadded_attention``
+        (padded attention still lays a packed batch out as ``rows x longest``).
     pad_id : int
     packed : bool
         Queue packed batches (:func:`~fastimg.embed.batching.pack_batch`) instead of padded ones.
@@ -97,7 +98,8 @@ class Producer(threading.Thread):
                     max_padding = None  # cut by the budget only
                 for a, b in budget_batches(lengths[order], self.token_budget,
                                            self.config.max_batch_size, max_padding=max_padding,
-                                           min_tokens=min_tokens, padded=not self.packed):
+                                           min_tokens=min_tokens,
+                                           padded=not self.unpadded_attention):
                     rows = order[a:b]
                     batch = [seqs[r] for r in rows]
                     arrays = pack_batch(batch) if self.packed else pad_batch(batch, self.pad_id)
