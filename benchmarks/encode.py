@@ -11,8 +11,10 @@ With ``probe=N`` each precision also encodes an N-review IMDB slice (``CorpusCon
 precision) is scored on its test rows: what lower precision costs in meaning. The precisions are
 timed block by block, alternating which goes first, so load drift on a shared machine does not
 bias their ratio. On CUDA the model has random weights, so there the probe measures
-nothing about meaning; run it on the CPU (MiniLM) or point the suite at real weights. On CPU the model is the
-offline all-MiniLM-L6-v2; on CUDA a random-weight bert-base-sized BertModel (``BertConfig()``
+nothing about meaning; run it on the CPU (MiniLM) or point the suite at real weights. On the
+CPU the default encoder is also timed against itself on glibc's allocator settings (freed
+memory unmapped, :mod:`fastimg.embed.allocator` off). On CPU the model is the offline
+all-MiniLM-L6-v2; on CUDA a random-weight bert-base-sized BertModel (``BertConfig()``
 defaults: 12 layers, hidden 768) with the MiniLM tokenizer (the same uncased WordPiece vocabulary
 as bert-base-uncased), since bert-base weights may not be available offline. Also timed: plain
 batching without length sorting, and a large fp32 (CPU) / fp16 (CUDA) matmul as the peak the
@@ -20,6 +22,7 @@ model's achieved FLOP rate is compared with.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import json
@@ -164,14 +167,16 @@ def _diff(x, ref) -> dict:
     return {"max_abs_diff_vs_fp32": float(d.max()), "mean_abs_diff_vs_fp32": float(d.mean())}
 
 
-def _interleaved(texts, configs, loaded, device, blocks: int):
+def _interleaved(texts, configs, loaded, device, blocks: int, contexts: dict | None = None):
     """Encode ``texts`` with every config, block by block, alternating which precision goes
     first (ABBA): on a shared machine the load drifts, and this spreads the drift evenly over
-    the precisions instead of charging it to whichever ran last.
+    the precisions instead of charging it to whichever ran last. ``contexts`` maps a name to a
+    context manager factory its blocks run in.
 
     Returns ``{name: (seconds, tokens, embeddings)}``."""
     from fastimg.embed import encode
 
+    contexts = contexts or {}
     names = list(configs)
     edges = np.linspace(0, len(texts), min(blocks, len(texts)) + 1).astype(int)
     secs = dict.fromkeys(names, 0.0)
@@ -180,8 +185,9 @@ def _interleaved(texts, configs, loaded, device, blocks: int):
     for i, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
         for name in (names if i % 2 == 0 else names[::-1]):
             stats: dict = {}
-            t, x = _timed(lambda: encode(texts[a:b], configs[name], model=loaded, stats=stats),
-                          device, 1)
+            with contexts.get(name, contextlib.nullcontext)():
+                t, x = _timed(lambda: encode(texts[a:b], configs[name], model=loaded,
+                                             stats=stats), device, 1)
             secs[name] += t
             tokens[name] += stats["tokens"]
             parts[name].append(x)
@@ -252,6 +258,34 @@ def precision_section(texts, loaded, model_name, device, max_length, probe: int 
     return section
 
 
+@contextlib.contextmanager
+def _system_malloc():
+    """The encoder on glibc's own settings (:mod:`fastimg.embed.allocator` switched off)."""
+    from fastimg.embed import allocator
+
+    saved, allocator.ENABLED = allocator.ENABLED, False
+    try:
+        yield
+    finally:
+        allocator.ENABLED = saved
+
+
+def allocator_section(texts, loaded, model_name, max_length, blocks: int = 4) -> dict:
+    """The default CPU encoder with freed memory kept mapped (``kept``, what fastimg does)
+    against the same encoder on glibc's defaults (``system``): same texts, same process, ABBA
+    blocks; the embeddings must be the same bytes."""
+    from fastimg.embed import EncoderConfig
+
+    config = EncoderConfig(model=model_name, device="cpu", max_length=max_length)
+    timed = _interleaved(texts, {"kept": config, "system": config}, loaded, "cpu", blocks,
+                         contexts={"system": _system_malloc})
+    (kept_s, tokens, kept), (system_s, _, system) = timed["kept"], timed["system"]
+    return {"n_docs": len(texts), "blocks": blocks, "kept_docs_per_s": len(texts) / kept_s,
+            "system_docs_per_s": len(texts) / system_s, "kept_tokens_per_s": tokens / kept_s,
+            "speedup_vs_system_malloc": system_s / kept_s,
+            "same_bytes": bool(np.array_equal(kept, system))}
+
+
 def run(quick: bool = False, json_path: str | None = None, device: str = "auto",
         docs: int | None = None, probe: int | None = None) -> dict:
     """Run the suite; ``docs`` overrides the number of reviews (512, quick 16) and ``probe`` the
@@ -297,10 +331,15 @@ def run(quick: bool = False, json_path: str | None = None, device: str = "auto",
     precisions = precision_section(texts, loaded, model_name, device, max_length, probe,
                                    flops=fast_flops, matmul_gflops=(peak_before + peak_after) / 2)
     print_precisions(precisions)  # now: the baseline runs below are long at full size
+    memory = allocator_section(texts, loaded, model_name, max_length) if device == "cpu" else None
+    if memory:
+        print(f"-- freed memory kept mapped vs glibc's defaults: {memory['kept_docs_per_s']:.2f} "
+              f"vs {memory['system_docs_per_s']:.2f} docs/s, "
+              f"{memory['speedup_vs_system_malloc']:.2f}x (same bytes: {memory['same_bytes']})")
     if json_path:  # replaced by the full result at the end
         with open(json_path, "w", encoding="utf-8") as fh:
-            json.dump({"suite": "encode", "partial": True, "precision_section": precisions}, fh,
-                      indent=2)
+            json.dump({"suite": "encode", "partial": True, "precision_section": precisions,
+                       "allocator_section": memory}, fh, indent=2)
     unsorted_cfg = EncoderConfig(model=model_name, device=device, max_length=max_length,
                                  sort_by_length=False)
     unsorted_s, _ = _timed(lambda: encode(texts, unsorted_cfg, model=loaded), device, 1)
@@ -339,6 +378,7 @@ def run(quick: bool = False, json_path: str | None = None, device: str = "auto",
     # written with the rest
     result = report(result, None)
     result["precision_section"] = precisions
+    result["allocator_section"] = memory
     if json_path:
         with open(json_path, "w", encoding="utf-8") as fh:
             json.dump(result, fh, indent=2)

@@ -62,6 +62,9 @@ def test_suite_quick(tmp_path, suite):
         assert section[packed]["speedup_vs_padded"] > 0
         for name in section["precisions"]:
             assert 0 < section[name]["fraction_of_matmul"] < 5
+        if result["device"] == "cpu":  # the allocator changes the time, never the bytes
+            memory = result["allocator_section"]
+            assert memory["same_bytes"] and memory["speedup_vs_system_malloc"] > 0
     if suite == "build":
         stages = ("encode_s", "layout_s", "raster_s")
         assert all(result["fastimg_stages_s"][k] > 0 and result["baseline_stages_s"][k] > 0

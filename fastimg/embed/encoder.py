@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastimg._registry import Registry, torch_cuda_available
+from fastimg.embed import allocator
 from fastimg.embed import forward as forward_mod
 from fastimg.embed import packed as packed_mod
 from fastimg.embed import precision as precision_mod
@@ -159,11 +160,27 @@ def _iter_chunks(texts, config, loaded: LoadedModel, plan: _Plan, start_row: int
                 f" with {attention} attention" if packed else "", list(plan.layers),
                 config.pooling, plan.token_budget)
     non_blocking = device.type == "cuda"
+
+    def run_batch(tensors, n_tokens: int, max_len: int):
+        """``(rows of the chunk, pooled vectors)`` of one queued batch."""
+        rows, ids, *rest = (t.to(device, non_blocking=non_blocking) for t in tensors)
+        with plan.precision.context(device.type):
+            if packed:
+                positions, text_of_row, cu_seqlens = rest
+                tokens = packed_mod.Segments.of(positions, text_of_row, cu_seqlens, max_len)
+                return rows, packed_mod.forward(model, ids, tokens, plan.layers, config.pooling,
+                                                projections, attention)
+            return rows, forward_mod.forward(model, ids, rest[0], plan.layers, config.pooling,
+                                             projections, ids.numel() != n_tokens)
+
     t0 = time.perf_counter()
     chunk_out = None
     bar = tqdm(total=n, initial=start_row, unit="doc", desc="encode", disable=not progress,
                smoothing=0.1)
     producer.start()
+    memory = contextlib.ExitStack()
+    if device.type == "cpu":  # freed activations stay mapped for the next batch
+        memory.enter_context(allocator.keep_freed_memory())
     try:
         while True:
             item = producer.queue.get()
@@ -183,21 +200,10 @@ def _iter_chunks(texts, config, loaded: LoadedModel, plan: _Plan, start_row: int
                 if chunk_out is None:
                     chunk_out = torch.empty((config.chunk_rows, plan.n_features), dtype=out_dtype,
                                             device=device)
-                rows, ids, *rest = (t.to(device, non_blocking=non_blocking) for t in tensors)
-                with plan.precision.context(device.type):
-                    if packed:
-                        positions, text_of_row, cu_seqlens = rest
-                        tokens = packed_mod.Segments.of(positions, text_of_row, cu_seqlens,
-                                                        max_len)
-                        pooled = packed_mod.forward(model, ids, tokens, plan.layers,
-                                                    config.pooling, projections, attention)
-                    else:
-                        pooled = forward_mod.forward(model, ids, rest[0], plan.layers,
-                                                     config.pooling, projections,
-                                                     ids.numel() != n_tokens)
+                rows, pooled = run_batch(tensors, n_tokens, max_len)
                 chunk_out[rows] = pooled.to(out_dtype)
             stats["tokens"] += n_tokens
-            stats["padded_tokens"] += int(ids.numel())
+            stats["padded_tokens"] += n_tokens if packed else int(rows.numel()) * max_len
             stats["batches"] += 1
             bar.update(int(rows.shape[0]))
             elapsed = time.perf_counter() - t0
@@ -207,6 +213,7 @@ def _iter_chunks(texts, config, loaded: LoadedModel, plan: _Plan, start_row: int
         producer.stop.set()
         bar.close()
         producer.join(timeout=5)
+        memory.close()
 
 
 def _prepare(texts, config, model):
@@ -320,6 +327,10 @@ def run_settings(texts, config: EncoderConfig, model: LoadedModel | None = None)
         "n_texts": len(texts),
         "texts_sha256": texts_digest(texts),
     }
+    if plan.precision.quantize:
+        from fastimg.embed import int8
+
+        settings["int8"] = int8.scheme()  # 7- or 8-bit activations: the CPU's kernels decide
     if config.batching != "padded":
         # packed batches round differently (on a GPU, by up to ~1e-2 in fp16): a resume must not
         # mix them with padded ones. Absent when padded, so stores written before keep their key

@@ -8,6 +8,8 @@ are objects with ``qkv``/``q``/``kv`` methods so a precision backend can swap in
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 FAST_PATH_TYPES = ("bert",)
 
 
@@ -64,6 +66,33 @@ class FusedQKV:
         return F.linear(h, self.weight[self.width:], self.bias[self.width:])
 
 
+@dataclass(frozen=True)
+class ExactFirstRow:
+    """A layer's fp32 modules, kept beside its quantised ones to compute the pooled [CLS] row.
+
+    With [CLS] pooling the pooled vectors are one row per text, and across texts they vary by
+    far less than int8 rounding moves them (MiniLM's early layers: 0.001-0.02 against values up
+    to 10); computing that row in fp32, over the keys and values of the quantised pass, costs
+    one row in a text's hundreds and keeps the vectors' meaning (``benchmarks/RESULTS.md``).
+
+    Attributes
+    ----------
+    layer : transformers BertLayer
+        The fp32 layer (its attention output, intermediate and output modules are used).
+    proj : FusedQKV
+        Its fp32 query, key and value projections.
+    """
+
+    layer: object
+    proj: "FusedQKV"
+
+
+def exact_first_row(proj, pooling: str) -> ExactFirstRow | None:
+    """The fp32 twin a quantised layer keeps for the [CLS] row, when [CLS] is what is pooled
+    (mean pooling averages the rounding of every token instead)."""
+    return getattr(proj, "exact", None) if pooling == "cls" else None
+
+
 def qkv_weights(layer):
     """The stacked ``([3H, H] weight, [3H] bias)`` of a layer's fp32 query, key and value."""
     import torch
@@ -80,35 +109,59 @@ def fused_qkv(model) -> list[FusedQKV]:
     return [FusedQKV(*qkv_weights(layer)) for layer in model.encoder.layer]
 
 
-def bert_layer(layer, proj, h, attn_mask, query_first_only: bool):
+def sublayers(layer, a, hq):
+    """A BERT layer after attention: output projection + LayerNorm, then the FFN (post-LN)."""
+    a = layer.attention.output(a, hq)
+    return layer.output(layer.intermediate(a), a)
+
+
+def bert_layer(layer, proj, h, attn_mask, query_first_only: bool,
+               exact: "ExactFirstRow | None" = None):
     """One BERT layer (post-LN) with SDPA; with ``query_first_only`` only the first token's
-    output is computed (all tokens still serve as keys and values)."""
+    output is computed (all tokens still serve as keys and values).
+
+    With ``exact`` (int8 with [CLS] pooling), the first token's row is computed in fp32: its
+    query, key and value go into the quantised pass's (so one attention serves both), and its
+    sublayers are run again in fp32 and replace the quantised row."""
     import torch.nn.functional as F
 
     sa = layer.attention.self
     batch, length, _ = h.shape
     nh, hd = sa.num_attention_heads, sa.attention_head_size
-    width = nh * hd
+
+    def heads(x, n):  # [B, T, n * width] -> n x [B, heads, T, d]
+        return x.view(batch, -1, n, nh, hd).permute(2, 0, 3, 1, 4)
+
+    def attend(q, k, v):
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=sa.scaling)
+        return a.transpose(1, 2).reshape(batch, q.shape[2], nh * hd)
+
+    first = h[:, :1]
     if query_first_only:
-        hq = h[:, :1]
-        q = proj.q(hq).view(batch, 1, nh, hd).transpose(1, 2)
-        kv = proj.kv(h).view(batch, length, 2, nh, hd).permute(2, 0, 3, 1, 4)
-        k, v = kv[0], kv[1]
+        k, v = heads(proj.kv(h), 2)
     else:
-        hq = h
-        qkv_out = proj.qkv(h).view(batch, length, 3, nh, hd).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv_out[0], qkv_out[1], qkv_out[2]
-    a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=sa.scaling)
-    a = a.transpose(1, 2).reshape(batch, hq.shape[1], width)
-    a = layer.attention.output(a, hq)
-    return layer.output(layer.intermediate(a), a)
+        q, k, v = heads(proj.qkv(h), 3)
+    first_layer, first_proj = layer, proj
+    if exact is not None:  # the first row's query, key and value in fp32
+        first_layer, first_proj = exact.layer, exact.proj
+        k[:, :, :1], v[:, :, :1] = heads(exact.proj.kv(first), 2)
+        if not query_first_only:
+            q[:, :, :1] = heads(exact.proj.q(first), 1)[0]
+    if query_first_only:
+        return sublayers(first_layer, attend(heads(first_proj.q(first), 1)[0], k, v), first)
+    a = attend(q, k, v)
+    out = sublayers(layer, a, h)
+    if exact is not None:
+        out[:, :1] = sublayers(exact.layer, a[:, :1], first)
+    return out
 
 
 def forward(model, ids, mask, layers, pooling, projections, padded: bool):
     """Pooled vectors of ``layers`` (indices into hidden_states), concatenated: [B, L*H].
 
     ``projections`` holds one QKV projection per layer (:class:`FusedQKV` or a precision
-    backend's equivalent) for the fast path, or is None for the generic transformers forward
+    backend's equivalent, whose ``exact`` attribute, when set, is that layer's
+    :class:`ExactFirstRow`) for the fast path, or is None for the generic transformers forward
     with ``output_hidden_states``."""
     import torch
 
@@ -123,7 +176,9 @@ def forward(model, ids, mask, layers, pooling, projections, padded: bool):
     pooled = {0: pool(h, mask_f, pooling)} if 0 in wanted else {}
     for i in range(1, last + 1):
         first_only = pooling == "cls" and i == last
-        h = bert_layer(model.encoder.layer[i - 1], projections[i - 1], h, attn_mask, first_only)
+        proj = projections[i - 1]
+        h = bert_layer(model.encoder.layer[i - 1], proj, h, attn_mask, first_only,
+                       exact_first_row(proj, pooling))
         if i in wanted:
             pooled[i] = pool(h, mask_f, pooling)
     return torch.cat([pooled[i] for i in layers], dim=1)

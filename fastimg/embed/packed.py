@@ -23,6 +23,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from fastimg.embed.forward import exact_first_row, sublayers
+
 logger = logging.getLogger("fastimg.embed")
 
 
@@ -164,22 +166,38 @@ def pool(h, tokens: Segments, pooling: str):
     return sums / lengths[:, None]
 
 
-def bert_layer(layer, proj, h, tokens: Segments, first_only: Segments | None, attend):
-    """One BERT layer on packed rows; with ``first_only`` (the texts' first tokens as
-    queries) it returns ``[B, H]``, else ``[rows, H]``."""
+def bert_layer(layer, proj, h, tokens: Segments, firsts: Segments | None, first_only: bool,
+               attend, exact=None):
+    """One BERT layer on packed rows: ``[rows, H]``, or with ``first_only`` (the [CLS]-only
+    last layer) ``[B, H]``. ``firsts`` are the texts' first tokens as queries ([CLS] pooling);
+    ``exact`` as in :func:`fastimg.embed.forward.bert_layer`."""
     sa = layer.attention.self
     nh, hd = sa.num_attention_heads, sa.attention_head_size
-    rows = h.shape[0]
-    if first_only is not None:
-        hq, queries = h[tokens.starts], first_only
-        q = proj.q(hq).view(-1, nh, hd)
-        k, v = proj.kv(h).view(rows, 2, nh, hd).unbind(1)
+
+    def heads(x, n):  # [rows, n * width] -> n x [rows, heads, d]
+        return x.view(-1, n, nh, hd).unbind(1)
+
+    starts = tokens.starts
+    first = h[starts] if firsts is not None else None
+    if first_only:
+        k, v = heads(proj.kv(h), 2)
     else:
-        hq, queries = h, tokens
-        q, k, v = proj.qkv(h).view(rows, 3, nh, hd).unbind(1)
-    a = attend(q, k, v, queries, tokens, sa.scaling).reshape(hq.shape[0], nh * hd)
-    a = layer.attention.output(a, hq)
-    return layer.output(layer.intermediate(a), a)
+        q, k, v = heads(proj.qkv(h), 3)
+    first_layer, first_proj = layer, proj
+    if exact is not None:  # the first rows' queries, keys and values in fp32
+        first_layer, first_proj = exact.layer, exact.proj
+        k[starts], v[starts] = heads(exact.proj.kv(first), 2)
+        if not first_only:
+            q[starts] = exact.proj.q(first).view(-1, nh, hd)
+    if first_only:
+        q_first = first_proj.q(first).view(-1, nh, hd)
+        a_first = attend(q_first, k, v, firsts, tokens, sa.scaling).reshape(-1, nh * hd)
+        return sublayers(first_layer, a_first, first)
+    a = attend(q, k, v, tokens, tokens, sa.scaling).reshape(-1, nh * hd)
+    out = sublayers(layer, a, h)
+    if exact is not None:
+        out[starts] = sublayers(exact.layer, a[starts], first)
+    return out
 
 
 def forward(model, ids, tokens: Segments, layers, pooling, projections, attention: str):
@@ -194,11 +212,12 @@ def forward(model, ids, tokens: Segments, layers, pooling, projections, attentio
     wanted, last = set(layers), max(layers)
     h = model.embeddings(input_ids=ids[None], position_ids=tokens.positions[None])[0]
     pooled = {0: pool(h, tokens, pooling)} if 0 in wanted else {}
-    first = Segments.first_tokens(tokens.n_texts, ids.device) if pooling == "cls" else None
+    firsts = Segments.first_tokens(tokens.n_texts, ids.device) if pooling == "cls" else None
     for i in range(1, last + 1):
-        first_only = first if i == last else None
-        h = bert_layer(model.encoder.layer[i - 1], projections[i - 1], h, tokens, first_only,
-                       attend)
+        first_only = firsts is not None and i == last
+        proj = projections[i - 1]
+        h = bert_layer(model.encoder.layer[i - 1], proj, h, tokens, firsts, first_only, attend,
+                       exact_first_row(proj, pooling))
         if i in wanted:
-            pooled[i] = h if first_only is not None else pool(h, tokens, pooling)
+            pooled[i] = h if first_only else pool(h, tokens, pooling)
     return torch.cat([pooled[i] for i in layers], dim=1)

@@ -6,7 +6,8 @@ name       devices     what runs
 ``fp32``   cpu, cuda   the fp32 weights as loaded
 ``int8``   cpu         dynamic int8 quantisation of every ``nn.Linear`` (torch's own, fbgemm /
                        oneDNN kernels): int8 weights with one scale per output channel,
-                       activations quantised per batch; embeddings, LayerNorm, softmax in fp32
+                       activations quantised per batch; embeddings, LayerNorm, softmax and
+                       the pooled [CLS] row in fp32 (:mod:`fastimg.embed.int8`)
 ``fp16``   cuda        fp32 weights under ``torch.autocast(float16)``
 ``bf16``   cuda        fp32 weights under ``torch.autocast(bfloat16)``
 =========  ==========  =====================================================================
@@ -14,25 +15,16 @@ name       devices     what runs
 ``"auto"`` is :data:`AUTO` for the device: fp16 on CUDA; on the CPU the precision that met the
 bar on the measured IMDB slice (see :data:`AUTO` and ``benchmarks/RESULTS.md``).
 
-Per-channel weight scales are chosen on purpose: a row of a weight keeps its scale whether it
-sits in the model's own query / key / value Linear or in the fast path's fused QKV projection,
-so the fast path quantises exactly the weights the generic forward does.
-
-int8 uses torch's own dynamic quantisation, not ONNX Runtime: ORT's dynamic int8 would quantise
-the activations the same way, and that is what costs the probe accuracy (``benchmarks/
-RESULTS.md``), so it was not worth an extra dependency; it was not measured.
+int8 uses torch's own dynamic quantisation kernels, not ONNX Runtime: what cost the probe
+accuracy was the rounding of the pooled [CLS] row, which :mod:`fastimg.embed.int8` now computes
+in fp32, a change ONNX Runtime's dynamic quantisation would need as much as torch's did.
 """
 from __future__ import annotations
 
 import contextlib
-import logging
-import warnings
-import weakref
 from dataclasses import dataclass
 
-from fastimg.embed.forward import fused_qkv, qkv_weights
-
-logger = logging.getLogger("fastimg.embed")
+from fastimg.embed.forward import fused_qkv
 
 PRECISIONS = ("auto", "fp32", "int8", "fp16", "bf16")
 
@@ -74,7 +66,9 @@ class PrecisionBackend:
         ``model`` is never modified: int8 works on a quantised copy, cached while ``model``
         lives (a benchmark or a build encodes several times with one loaded model)."""
         if self.quantize:
-            return _int8_model(model, fast)
+            from fastimg.embed import int8
+
+            return int8.prepare(model, fast)
         return model, (fused_qkv(model) if fast else None)
 
     def context(self, device_type: str):
@@ -118,75 +112,3 @@ def resolve(precision: str, device: str) -> PrecisionBackend:
     name = AUTO[device] if precision == "auto" else precision
     check_device(name, device)
     return BACKENDS[name]
-
-
-# ---------------------------------------------------------------------------------------------
-# int8: torch dynamic quantisation
-
-
-@contextlib.contextmanager
-def _quiet_quantization():
-    # torch 2.14 still ships eager dynamic quantisation (fbgemm / oneDNN int8 kernels) but warns
-    # on import of torch.ao.quantization (moving to torchao, not installed here) and on creating
-    # qint8 tensors. Only these two messages are silenced; pytest runs with warnings as errors.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated",
-                                category=DeprecationWarning)
-        warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, "
-                                r"torch\.quantize_per_channel", category=UserWarning)
-        yield
-
-
-class QuantizedQKV:
-    """:class:`~fastimg.embed.forward.FusedQKV` as dynamic int8 Linear modules: the fused
-    ``[3H, H]`` projection, and its query and key/value rows for the [CLS]-only last layer
-    (packed int8 weights cannot be sliced)."""
-
-    def __init__(self, weight, bias):
-        width = weight.shape[0] // 3
-        self.qkv = _int8_linear(weight, bias)
-        self.q = _int8_linear(weight[:width], bias[:width])
-        self.kv = _int8_linear(weight[width:], bias[width:])
-
-
-def _int8_linear(weight, bias):
-    import torch
-
-    with _quiet_quantization():
-        from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
-        from torch.ao.quantization import per_channel_dynamic_qconfig
-
-        linear = torch.nn.Linear(weight.shape[1], weight.shape[0])
-        with torch.no_grad():
-            linear.weight.copy_(weight)
-            linear.bias.copy_(bias)
-        linear.qconfig = per_channel_dynamic_qconfig
-        return DynamicLinear.from_float(linear)
-
-
-_INT8_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def _int8_model(model, fast: bool):
-    cached = _INT8_CACHE.get(model)
-    if cached is None:
-        import torch
-
-        if next(model.parameters()).device.type != "cpu":
-            raise ValueError("precision 'int8' runs on the CPU only; the model is on "
-                             f"{next(model.parameters()).device}")
-        with _quiet_quantization():
-            from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-            quantized = quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig},
-                                         dtype=torch.qint8, inplace=False)
-        quantized.eval()
-        cached = {"model": quantized}
-        _INT8_CACHE[model] = cached
-        logger.info("quantised the Linear layers of %s to int8 (dynamic, per channel)",
-                    type(model).__name__)
-    if fast and "projections" not in cached:
-        # from the fp32 weights of the original model: the quantised copy has only packed ones
-        cached["projections"] = [QuantizedQKV(*qkv_weights(layer))
-                                 for layer in model.encoder.layer]
-    return cached["model"], (cached["projections"] if fast else None)
