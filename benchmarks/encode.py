@@ -8,21 +8,20 @@ the achieved model FLOP rate as a fraction of the matmul rate; so do packed batc
 With ``probe=N`` each precision also encodes an N-review IMDB slice (``CorpusConfig(dataset=
 "imdb", limit=N, seed=0)``: train / validation / test stratified by label) and a linear probe
 (StandardScaler + LogisticRegression, C chosen on the fp32 validation rows and used for every
-precision) is scored on its test rows: what lower precision costs in meaning. The precisions are
+precision) is scored on its test rows, and on 20 stratified 50/50 resplits of the slice's train
+and test rows (paired: the mean difference from fp32 and its standard error, since one test
+split moves by more than the differences asked about): what lower precision costs in meaning. The precisions are
 timed block by block, alternating which goes first, so load drift on a shared machine does not
 bias their ratio. On CUDA the model has random weights, so there the probe measures
 nothing about meaning; run it on the CPU (MiniLM) or point the suite at real weights. On the
-CPU the default encoder is also timed against itself on glibc's allocator settings (freed
-memory unmapped, :mod:`fastimg.embed.allocator` off). On CPU the model is the offline
-all-MiniLM-L6-v2; on CUDA a random-weight bert-base-sized BertModel (``BertConfig()``
-defaults: 12 layers, hidden 768) with the MiniLM tokenizer (the same uncased WordPiece vocabulary
-as bert-base-uncased), since bert-base weights may not be available offline. Also timed: plain
-batching without length sorting, and a large fp32 (CPU) / fp16 (CUDA) matmul as the peak the
-model's achieved FLOP rate is compared with.
+CPU the model is the offline all-MiniLM-L6-v2; on CUDA a random-weight bert-base-sized
+BertModel (``BertConfig()`` defaults: 12 layers, hidden 768) with the MiniLM tokenizer (the same
+uncased WordPiece vocabulary as bert-base-uncased), since bert-base weights may not be available
+offline. Also timed: plain batching without length sorting, and a large fp32 (CPU) / fp16 (CUDA)
+matmul as the peak the model's achieved FLOP rate is compared with.
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import gzip
 import json
@@ -149,16 +148,50 @@ def _probe_fit(x, y, split, c):
             for part in ("val", "test") if (split == part).any()}
 
 
-def probe_accuracy(embeddings: dict, y, split) -> dict:
-    """Linear-probe accuracy per precision; C is picked on the fp32 validation rows."""
+PROBE_RESPLITS = 20
+
+
+def _resplit_accuracy(x, y, c, splits) -> np.ndarray:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scores = []
+    for train, test in splits:
+        scaler = StandardScaler().fit(x[train])
+        clf = LogisticRegression(C=c, max_iter=2000).fit(scaler.transform(x[train]), y[train])
+        scores.append(clf.score(scaler.transform(x[test]), y[test]))
+    return np.asarray(scores)
+
+
+def probe_accuracy(embeddings: dict, y, split, resplits: int = PROBE_RESPLITS) -> dict:
+    """Linear-probe accuracy per precision; C is picked on the fp32 validation rows.
+
+    One test split moves with tiny perturbations (a lower precision flips a few percent of its
+    predictions either way), so each precision is also scored on ``resplits`` stratified 50/50
+    resplits of the train and test rows (not the validation rows, which chose C), the same ones
+    for every precision, with that C: the mean paired difference from fp32 and its standard
+    error."""
+    from sklearn.model_selection import StratifiedShuffleSplit
+
     ref = embeddings["fp32"].astype(np.float32)
     by_c = {c: _probe_fit(ref, y, split, c) for c in PROBE_CS}
     best_c = max(PROBE_CS, key=lambda c: (by_c[c].get("val", 0.0), -c))
-    out = {"C": best_c, "C_val_accuracy": {str(c): by_c[c].get("val") for c in PROBE_CS}}
+    out = {"C": best_c, "C_val_accuracy": {str(c): by_c[c].get("val") for c in PROBE_CS},
+           "resplits": resplits}
+    # the validation rows chose C: they stay out of the resplits
+    rows = np.flatnonzero(split != "val")
+    splits = [(rows[a], rows[b]) for a, b in StratifiedShuffleSplit(
+        n_splits=resplits, test_size=0.5, random_state=0).split(rows, y[rows])] if resplits else []
+    ref_resplit = _resplit_accuracy(ref, y, best_c, splits) if splits else None
     for name, x in embeddings.items():
-        scores = by_c[best_c] if name == "fp32" else _probe_fit(x.astype(np.float32), y, split,
-                                                                 best_c)
+        x = x.astype(np.float32)
+        scores = by_c[best_c] if name == "fp32" else _probe_fit(x, y, split, best_c)
         out[name] = {"val_accuracy": scores.get("val"), "test_accuracy": scores["test"]}
+        if splits:
+            diff = _resplit_accuracy(x, y, best_c, splits) - ref_resplit
+            out[name].update(resplit_accuracy=float(ref_resplit.mean() + diff.mean()),
+                             resplit_minus_fp32=float(diff.mean()),
+                             resplit_minus_fp32_se=float(diff.std(ddof=1) / np.sqrt(len(diff))))
     return out
 
 
@@ -167,16 +200,14 @@ def _diff(x, ref) -> dict:
     return {"max_abs_diff_vs_fp32": float(d.max()), "mean_abs_diff_vs_fp32": float(d.mean())}
 
 
-def _interleaved(texts, configs, loaded, device, blocks: int, contexts: dict | None = None):
+def _interleaved(texts, configs, loaded, device, blocks: int):
     """Encode ``texts`` with every config, block by block, alternating which precision goes
     first (ABBA): on a shared machine the load drifts, and this spreads the drift evenly over
-    the precisions instead of charging it to whichever ran last. ``contexts`` maps a name to a
-    context manager factory its blocks run in.
+    the precisions instead of charging it to whichever ran last.
 
     Returns ``{name: (seconds, tokens, embeddings)}``."""
     from fastimg.embed import encode
 
-    contexts = contexts or {}
     names = list(configs)
     edges = np.linspace(0, len(texts), min(blocks, len(texts)) + 1).astype(int)
     secs = dict.fromkeys(names, 0.0)
@@ -185,9 +216,8 @@ def _interleaved(texts, configs, loaded, device, blocks: int, contexts: dict | N
     for i, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
         for name in (names if i % 2 == 0 else names[::-1]):
             stats: dict = {}
-            with contexts.get(name, contextlib.nullcontext)():
-                t, x = _timed(lambda: encode(texts[a:b], configs[name], model=loaded,
-                                             stats=stats), device, 1)
+            t, x = _timed(lambda: encode(texts[a:b], configs[name], model=loaded, stats=stats),
+                          device, 1)
             secs[name] += t
             tokens[name] += stats["tokens"]
             parts[name].append(x)
@@ -254,36 +284,10 @@ def precision_section(texts, loaded, model_name, device, max_length, probe: int 
         for name in configs:
             section[name]["probe_accuracy_minus_fp32"] = (
                 acc[name]["test_accuracy"] - acc["fp32"]["test_accuracy"])
+            section[name]["probe_resplit_minus_fp32"] = acc[name]["resplit_minus_fp32"]
+            section[name]["probe_resplit_minus_fp32_se"] = acc[name]["resplit_minus_fp32_se"]
     section["load_avg_1min_after"] = os.getloadavg()[0]
     return section
-
-
-@contextlib.contextmanager
-def _system_malloc():
-    """The encoder on glibc's own settings (:mod:`fastimg.embed.allocator` switched off)."""
-    from fastimg.embed import allocator
-
-    saved, allocator.ENABLED = allocator.ENABLED, False
-    try:
-        yield
-    finally:
-        allocator.ENABLED = saved
-
-
-def allocator_section(texts, loaded, model_name, max_length, blocks: int = 4) -> dict:
-    """The default CPU encoder with freed memory kept mapped (``kept``, what fastimg does)
-    against the same encoder on glibc's defaults (``system``): same texts, same process, ABBA
-    blocks; the embeddings must be the same bytes."""
-    from fastimg.embed import EncoderConfig
-
-    config = EncoderConfig(model=model_name, device="cpu", max_length=max_length)
-    timed = _interleaved(texts, {"kept": config, "system": config}, loaded, "cpu", blocks,
-                         contexts={"system": _system_malloc})
-    (kept_s, tokens, kept), (system_s, _, system) = timed["kept"], timed["system"]
-    return {"n_docs": len(texts), "blocks": blocks, "kept_docs_per_s": len(texts) / kept_s,
-            "system_docs_per_s": len(texts) / system_s, "kept_tokens_per_s": tokens / kept_s,
-            "speedup_vs_system_malloc": system_s / kept_s,
-            "same_bytes": bool(np.array_equal(kept, system))}
 
 
 def run(quick: bool = False, json_path: str | None = None, device: str = "auto",
@@ -331,15 +335,10 @@ def run(quick: bool = False, json_path: str | None = None, device: str = "auto",
     precisions = precision_section(texts, loaded, model_name, device, max_length, probe,
                                    flops=fast_flops, matmul_gflops=(peak_before + peak_after) / 2)
     print_precisions(precisions)  # now: the baseline runs below are long at full size
-    memory = allocator_section(texts, loaded, model_name, max_length) if device == "cpu" else None
-    if memory:
-        print(f"-- freed memory kept mapped vs glibc's defaults: {memory['kept_docs_per_s']:.2f} "
-              f"vs {memory['system_docs_per_s']:.2f} docs/s, "
-              f"{memory['speedup_vs_system_malloc']:.2f}x (same bytes: {memory['same_bytes']})")
     if json_path:  # replaced by the full result at the end
         with open(json_path, "w", encoding="utf-8") as fh:
-            json.dump({"suite": "encode", "partial": True, "precision_section": precisions,
-                       "allocator_section": memory}, fh, indent=2)
+            json.dump({"suite": "encode", "partial": True, "precision_section": precisions}, fh,
+                      indent=2)
     unsorted_cfg = EncoderConfig(model=model_name, device=device, max_length=max_length,
                                  sort_by_length=False)
     unsorted_s, _ = _timed(lambda: encode(texts, unsorted_cfg, model=loaded), device, 1)
@@ -378,7 +377,6 @@ def run(quick: bool = False, json_path: str | None = None, device: str = "auto",
     # written with the rest
     result = report(result, None)
     result["precision_section"] = precisions
-    result["allocator_section"] = memory
     if json_path:
         with open(json_path, "w", encoding="utf-8") as fh:
             json.dump(result, fh, indent=2)
@@ -400,7 +398,9 @@ def print_precisions(section: dict) -> None:
         rows += [("probe docs/s", "probe_docs_per_s", "{:.2f}"),
                  ("probe x fp32", "probe_speedup_vs_fp32", "{:.2f}"),
                  ("probe mean |diff|", "probe_mean_abs_diff_vs_fp32", "{:.4g}"),
-                 ("probe acc - fp32", "probe_accuracy_minus_fp32", "{:+.4f}")]
+                 ("probe acc - fp32", "probe_accuracy_minus_fp32", "{:+.4f}"),
+                 ("resplits - fp32", "probe_resplit_minus_fp32", "{:+.4f}"),
+                 ("  (standard error)", "probe_resplit_minus_fp32_se", "{:.4f}")]
     width = max(12, *(len(n) + 2 for n in names))
 
     def line(label, cells):
@@ -415,4 +415,5 @@ def print_precisions(section: dict) -> None:
         probe = section["probe"]
         line("probe test acc", [format(probe[n]["test_accuracy"], ".4f") if n in probe else "-"
                                 for n in names])
-        print(f"{'':<18}({probe['n_docs']} reviews {probe['rows']}, C={probe['C']})")
+        print(f"{'':<18}({probe['n_docs']} reviews {probe['rows']}, C={probe['C']}; "
+              f"{probe['resplits']} paired 50/50 resplits of train + test)")

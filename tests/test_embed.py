@@ -581,18 +581,6 @@ def test_int8_computes_the_pooled_cls_row_in_fp32(tiny, tiny_dir, monkeypatch, b
     assert 0 < error["exact"] < 0.5 * error["rounded"], error
 
 
-def test_int8_activations_are_never_saturated():
-    from fastimg.embed import int8
-
-    # the worst case of a 16-bit sum of two u8 x s8 products: inputs at 255, weights at 127
-    weight = torch.ones(16, 1024)
-    x = torch.linspace(0, 1, 1024).repeat(3, 1) ** 0.01
-    got = int8.Int8Linear(weight, torch.zeros(16), int8.reduce_range())(x)
-    np.testing.assert_allclose(got.numpy(), float(x[0].sum()), rtol=0.01)
-    bits = int8.scheme()["activation_bits"]
-    assert bits == (8 if int8.full_range_activations(torch.backends.quantized.engine) else 7)
-
-
 def test_int8_runs_on_cpu_with_device_auto(tiny, tiny_dir):
     stats = {}
     encode(make_texts(3), EncoderConfig(model=str(tiny_dir), precision="int8"), model=tiny,
@@ -620,7 +608,7 @@ def test_run_settings_hold_device_and_precision(tiny, tiny_dir):
     texts = make_texts(4)
     s = run_settings(texts, cfg(tiny_dir, precision="int8"), model=tiny)
     assert s["device"] == "cpu" and s["precision"] == "int8"
-    assert s["int8"]["activation_bits"] in (7, 8) and s["int8"]["pooled_cls_row"] == "fp32"
+    assert s["int8"] == {"pooled_cls_row": "fp32"}  # int8 stores of earlier versions differ
     s = run_settings(texts, cfg(tiny_dir), model=tiny)
     assert s["device"] == "cpu" and s["precision"] == precision_mod.AUTO["cpu"]
     # padded batches leave the settings (and so the stage keys of older stores) as they were

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastimg._registry import Registry, torch_cuda_available
-from fastimg.embed import allocator
 from fastimg.embed import forward as forward_mod
 from fastimg.embed import packed as packed_mod
 from fastimg.embed import precision as precision_mod
@@ -178,9 +177,6 @@ def _iter_chunks(texts, config, loaded: LoadedModel, plan: _Plan, start_row: int
     bar = tqdm(total=n, initial=start_row, unit="doc", desc="encode", disable=not progress,
                smoothing=0.1)
     producer.start()
-    memory = contextlib.ExitStack()
-    if device.type == "cpu":  # freed activations stay mapped for the next batch
-        memory.enter_context(allocator.keep_freed_memory())
     try:
         while True:
             item = producer.queue.get()
@@ -213,7 +209,6 @@ def _iter_chunks(texts, config, loaded: LoadedModel, plan: _Plan, start_row: int
         producer.stop.set()
         bar.close()
         producer.join(timeout=5)
-        memory.close()
 
 
 def _prepare(texts, config, model):
@@ -328,9 +323,7 @@ def run_settings(texts, config: EncoderConfig, model: LoadedModel | None = None)
         "texts_sha256": texts_digest(texts),
     }
     if plan.precision.quantize:
-        from fastimg.embed import int8
-
-        settings["int8"] = int8.scheme()  # 7- or 8-bit activations: the CPU's kernels decide
+        settings["int8"] = dict(precision_mod.INT8_SCHEME)
     if config.batching != "padded":
         # packed batches round differently (on a GPU, by up to ~1e-2 in fp16): a resume must not
         # mix them with padded ones. Absent when padded, so stores written before keep their key

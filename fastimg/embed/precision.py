@@ -37,6 +37,11 @@ PRECISIONS = ("auto", "fp32", "int8", "fp16", "bf16")
 AUTO = {"cuda": "fp16", "cpu": "fp32"}
 
 
+#: Recorded in the run settings of int8 encodings: stores encoded with int8 before the [CLS]
+#: row was computed in fp32 hold other numbers, so their resume and reuse are refused.
+INT8_SCHEME = {"pooled_cls_row": "fp32"}
+
+
 @dataclass(frozen=True)
 class PrecisionBackend:
     """One precision: the devices it runs on and how it prepares a model.
