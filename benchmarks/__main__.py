@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="accuracy: most epochs of every configuration but the paper "
                              "preset's 15 (default: each preset's)")
     parser.add_argument("--seeds", default="0", help="accuracy: comma-separated seeds")
+    parser.add_argument("--precision", default="auto",
+                        choices=["auto", "fp32", "int8", "fp16", "bf16"],
+                        help="build: fastimg's encoder precision (the naive side stays fp32)")
     parser.add_argument("--docs", type=int, default=None,
                         help="encode: reviews timed (default 512, quick 16)")
     parser.add_argument("--probe", type=int, default=None,
@@ -47,8 +50,8 @@ def main():
         run = importlib.import_module(f"benchmarks.{suite}").run
         params = inspect.signature(run).parameters
         extra = {k: getattr(args, k) for k in ("device", "docs", "probe", "store", "limit",
-                                                "configs", "weights", "probes", "extractors", "epochs",
-                                                "seeds")
+                                                "configs", "weights", "probes", "extractors",
+                                                "epochs", "seeds", "precision")
                  if k in params}
         run(quick=args.quick, json_path=path, **extra)
 

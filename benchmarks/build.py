@@ -3,7 +3,8 @@
 Both turn the same IMDB reviews (the same seeded, stratified sample and split) into images:
 
 - fastimg: :func:`fastimg.dataset.build_dataset` (sorted token-budget batches, layout fitted on
-  the training rows with openTSNE, the Numba raster kernel, a float16 zarr store);
+  the training rows with openTSNE, the Numba raster kernel, a float16 zarr store), encoding at
+  ``--precision`` (default auto: fp32 on the CPU; ``int8`` times the CPU's faster option);
 - naive: the author's loop (one review at a time, fp32, on the same device as fastimg's
   encoder: ``--device``, auto = CUDA when present), pyDeepInsight's default fit
   (``Norm2Scaler`` + ``ImageTransformer('tsne')``, sklearn t-SNE) on the same training rows, its
@@ -66,7 +67,10 @@ def _naive(corpus, max_length: int, folder: Path, device: str) -> dict:
     return times
 
 
-def run(quick: bool = False, json_path: str | None = None, device: str = "auto") -> dict:
+def run(quick: bool = False, json_path: str | None = None, device: str = "auto",
+        precision: str = "auto") -> dict:
+    """Run the suite; ``precision`` is fastimg's encoder precision (``int8``: the CPU's faster
+    one), the naive side encoding in fp32 as people do."""
     from fastimg import store
     from fastimg.corpus import CorpusConfig, load_corpus
     from fastimg.dataset import build_dataset
@@ -83,12 +87,13 @@ def run(quick: bool = False, json_path: str | None = None, device: str = "auto")
         folder = Path(tmp)
         # warm the JIT caches and the model files so neither side pays first-use costs
         build_dataset(folder / "warm.zarr", CorpusConfig(dataset="imdb", limit=40, seed=1),
-                      EncoderConfig(max_length=32, device=device), LayoutConfig(method="pca"),
-                      progress=False)
+                      EncoderConfig(max_length=32, device=device, precision=precision),
+                      LayoutConfig(method="pca"), progress=False)
         start = time.perf_counter()
         # assignment="bin": the images pyDeepInsight makes on the naive side (like for like)
         summary = build_dataset(folder / "fast.zarr", corpus_config,
-                                EncoderConfig(max_length=max_length, device=device),
+                                EncoderConfig(max_length=max_length, device=device,
+                                              precision=precision),
                                 LayoutConfig(assignment="bin", random_state=0), progress=False)
         fast_s = time.perf_counter() - start
         fast = dict(summary["timings"])
@@ -103,6 +108,7 @@ def run(quick: bool = False, json_path: str | None = None, device: str = "auto")
         "suite": "build", "baseline": "author's loop + pyDeepInsight tsne fit + rgb transform "
                                       "+ numpy.save",
         "rows": n_rows, "max_length": max_length, "model": "minilm", "device": device,
+        "precision": precision,
         "fastimg_s": fast_s, "baseline_s": base_s,
         "fastimg_stages_s": fast, "baseline_stages_s": naive,
         "ratio_without_encoding": (base_s - naive["encode_s"]) / not_encoding,

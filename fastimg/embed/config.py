@@ -47,14 +47,14 @@ class EncoderConfig:
         Resolved once through :data:`fastimg.embed.ENCODE_DEVICES`.
     precision : {"auto", "fp32", "int8", "fp16", "bf16"}
         What the forward computes in (:mod:`fastimg.embed.precision`). ``"fp32"``: the weights
-        as loaded (CPU or CUDA); ``"int8"``: dynamic int8 quantisation of the Linear layers,
-        CPU only; ``"fp16"`` / ``"bf16"``: autocast, CUDA only. ``"auto"`` is fp16 on CUDA and
-        fp32 on the CPU: on the measured IMDB slice (MiniLM, 512 tokens, 2-core Xeon VM) int8 ran
-        1.31-1.52x as fast as fp32, short of the 1.6x asked, and its linear-probe accuracy was
-        0.746 against fp32's 0.812 (the bar: within 0.005), so it is opt-in (see
-        ``benchmarks/RESULTS.md``). With ``device="auto"``, int8 runs on the
-        CPU and fp16 / bf16 need a GPU; an explicit device that the precision does not run on
-        is a ValueError.
+        as loaded (CPU or CUDA); ``"int8"``: dynamic int8 quantisation of the Linear layers with
+        the pooled [CLS] row kept in fp32, CPU only (:mod:`fastimg.embed.int8`);
+        ``"fp16"`` / ``"bf16"``: autocast, CUDA only. ``"auto"`` is fp16 on CUDA and fp32 on the
+        CPU: on IMDB (MiniLM, 512 tokens, machine A: 2-core AMD EPYC) int8 ran 1.30-1.50x as
+        fast as fp32, short of the 1.6x asked for a default, with a linear-probe accuracy
+        0.002-0.006 below fp32's (``benchmarks/RESULTS.md``); it is the CPU's faster opt-in.
+        With ``device="auto"``, int8 runs on the CPU and fp16 / bf16 need a GPU; an explicit
+        device that the precision does not run on is a ValueError.
     output_dtype : {"float16", "float32"}
         dtype of the returned matrix.
     token_budget : int or None

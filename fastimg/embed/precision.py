@@ -28,12 +28,12 @@ from fastimg.embed.forward import fused_qkv
 
 PRECISIONS = ("auto", "fp32", "int8", "fp16", "bf16")
 
-#: What ``precision="auto"`` resolves to per device. CPU: fp32, because int8 missed both parts
-#: of the bar set in issue 13 (>= 1.6x fp32 docs/s with linear-probe accuracy within 0.005) on
-#: the measured IMDB slice (MiniLM, 512 tokens, 2-core Xeon VM): 1.31-1.52x, and probe accuracy
-#: 0.746 against 0.812. The [CLS] vectors of MiniLM's early layers vary between texts by less
-#: than the int8 error, so the standardised probe loses them. Figures: ``benchmarks/RESULTS.md``
-#: (encode, precision).
+#: What ``precision="auto"`` resolves to per device. CPU: fp32, because int8 misses the speed
+#: half of the bar set in issue 13 (>= 1.6x fp32 docs/s with linear-probe accuracy within
+#: 0.005): 1.30-1.50x on machine A (MiniLM, 512 tokens, 2-core AMD EPYC, AVX2), where attention
+#: and GELU stay fp32 and take about a third of int8's time. Its probe accuracy, which the [CLS]
+#: row in fp32 brought back from 0.057 below fp32, is 0.002-0.006 below on 20 paired resplits
+#: (standard error 0.001). Figures: ``benchmarks/RESULTS.md`` (encode, int8).
 AUTO = {"cuda": "fp16", "cpu": "fp32"}
 
 
