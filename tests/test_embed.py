@@ -553,14 +553,14 @@ def test_int8_fast_path_matches_generic_path(tiny, tiny_dir, monkeypatch, layers
     ref = encode(texts, cfg(tiny_dir, layers=layers, pooling=pooling, token_budget=400,
                             max_length=64), model=tiny)
     # per-channel weight scales make the fused QKV weights those of the generic model, so with
-    # every token computed the two agree to float rounding; with [CLS] pooling the last layer
-    # quantises the first token's activations alone (another dynamic range), so there the
-    # fast path must only be as close to fp32 as the generic int8 forward is
+    # mean pooling (every row int8) the two agree to float rounding; with [CLS] pooling the fast
+    # path computes the pooled row in fp32, which the generic int8 forward does not, so there
+    # it must be at least as close to fp32
     if pooling == "mean":
         np.testing.assert_allclose(fast, generic, atol=1e-4, rtol=0)
     else:
         int8_error = np.abs(generic - ref).mean()
-        assert 0 < np.abs(fast - ref).mean() <= 1.5 * int8_error
+        assert 0 < np.abs(fast - ref).mean() <= int8_error
         assert np.abs(fast - generic).max() < 10 * np.abs(generic - ref).max()
 
 
