@@ -475,8 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--precision", default="auto",
                        choices=["auto", "fp32", "int8", "fp16", "bf16"],
                        help="encoder precision: fp32 | int8 (CPU: dynamic int8 Linear layers, "
-                            "the pooled [CLS] row in fp32; 1.3-1.5x fp32) | fp16 | bf16 (CUDA, "
-                            "autocast); auto: fp16 on CUDA, fp32 on the CPU")
+                            "the pooled [CLS] row of BERT encoders in fp32; 1.3-1.5x fp32) | "
+                            "fp16 | bf16 (CUDA, autocast); auto: fp16 on CUDA, fp32 on the CPU")
     build.add_argument("--batching", default="padded", choices=["padded", "packed"],
                        help="encoder batches: padded rectangles (default) or texts packed end "
                             "to end with variable-length attention (FlashAttention on CUDA with "

@@ -61,7 +61,8 @@ class Committer:
         self._thread.join()
         if exc_type is None:
             self._raise()
-        elif self._error is not None:  # the caller's exception propagates; keep this one seen
+        elif self._error is not None and exc is not self._error:
+            # the caller's own exception propagates; keep the commit's seen too
             logger.error("committing a chunk failed too: %s: %s", type(self._error).__name__,
                          self._error)
         return False

@@ -47,8 +47,9 @@ class EncoderConfig:
         Resolved once through :data:`fastimg.embed.ENCODE_DEVICES`.
     precision : {"auto", "fp32", "int8", "fp16", "bf16"}
         What the forward computes in (:mod:`fastimg.embed.precision`). ``"fp32"``: the weights
-        as loaded (CPU or CUDA); ``"int8"``: dynamic int8 quantisation of the Linear layers with
-        the pooled [CLS] row kept in fp32, CPU only (:mod:`fastimg.embed.int8`);
+        as loaded (CPU or CUDA); ``"int8"``: dynamic int8 quantisation of the Linear layers,
+        CPU only, with the pooled row kept in fp32 under [CLS] pooling of a BERT encoder
+        (:mod:`fastimg.embed.int8`);
         ``"fp16"`` / ``"bf16"``: autocast, CUDA only. ``"auto"`` is fp16 on CUDA and fp32 on the
         CPU: on IMDB (MiniLM, 512 tokens, machine A: 2-core AMD EPYC) int8 ran 1.30-1.50x as
         fast as fp32, short of the 1.6x asked for a default, with a linear-probe accuracy
@@ -58,7 +59,8 @@ class EncoderConfig:
     output_dtype : {"float16", "float32"}
         dtype of the returned matrix.
     token_budget : int or None
-        Padded tokens per batch; ``None`` picks 8192 on CPU and 65536 on CUDA.
+        Tokens per batch: padded ones (``rows x longest``), or real ones for packed batches
+        with FlashAttention; ``None`` picks 8192 on CPU and 65536 on CUDA.
     max_batch_size : int
         Upper bound on texts per batch (short texts).
     chunk_rows : int

@@ -129,26 +129,33 @@ def bert_layer(layer, proj, h, attn_mask, query_first_only: bool,
     batch, length, _ = h.shape
     nh, hd = sa.num_attention_heads, sa.attention_head_size
 
-    def heads(x, n):  # [B, T, n * width] -> n x [B, heads, T, d]
-        return x.view(batch, -1, n, nh, hd).permute(2, 0, 3, 1, 4)
+    def split(x, n):  # [B, T, n * width] -> [B, T, n, heads, d]
+        return x.view(batch, -1, n, nh, hd)
+
+    def heads(x):  # [B, T, n, heads, d] -> n x [B, heads, T, d]
+        return x.permute(2, 0, 3, 1, 4).unbind(0)
 
     def attend(q, k, v):
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=sa.scaling)
         return a.transpose(1, 2).reshape(batch, q.shape[2], nh * hd)
 
     first = h[:, :1]
+    # the first row's query, key and value in fp32 are written into the int8 ones (the base
+    # tensor, before it is split into heads)
     if query_first_only:
-        k, v = heads(proj.kv(h), 2)
+        kv = split(proj.kv(h), 2)
+        if exact is not None:
+            kv[:, :1] = split(exact.proj.kv(first), 2)
+        k, v = heads(kv)
     else:
-        q, k, v = heads(proj.qkv(h), 3)
-    first_layer, first_proj = layer, proj
-    if exact is not None:  # the first row's query, key and value in fp32
-        first_layer, first_proj = exact.layer, exact.proj
-        k[:, :, :1], v[:, :, :1] = heads(exact.proj.kv(first), 2)
-        if not query_first_only:
-            q[:, :, :1] = heads(exact.proj.q(first), 1)[0]
+        qkv = split(proj.qkv(h), 3)
+        if exact is not None:
+            qkv[:, :1] = split(exact.proj.qkv(first), 3)
+        q, k, v = heads(qkv)
+    first_layer, first_proj = (layer, proj) if exact is None else (exact.layer, exact.proj)
     if query_first_only:
-        return sublayers(first_layer, attend(heads(first_proj.q(first), 1)[0], k, v), first)
+        return sublayers(first_layer, attend(heads(split(first_proj.q(first), 1))[0], k, v),
+                         first)
     a = attend(q, k, v)
     out = sublayers(layer, a, h)
     if exact is not None:

@@ -160,7 +160,8 @@ def pool(h, tokens: Segments, pooling: str):
     if pooling == "cls":
         return h[tokens.starts]
     # summed in the padded layout (zeros in the padding), not by index_add_ into [B, H]: a
-    # scatter-add's order of addition, and so its result, varies from run to run on CUDA
+    # scatter-add's order of addition, and so its result, varies from run to run on CUDA. The
+    # padded copy costs one [B, max_len, H] buffer per pooled layer
     sums = _pad_rows(h, tokens).sum(dim=1)
     lengths = (tokens.cu_seqlens[1:] - tokens.cu_seqlens[:-1]).to(sums.dtype)
     return sums / lengths[:, None]
@@ -174,22 +175,24 @@ def bert_layer(layer, proj, h, tokens: Segments, firsts: Segments | None, first_
     sa = layer.attention.self
     nh, hd = sa.num_attention_heads, sa.attention_head_size
 
-    def heads(x, n):  # [rows, n * width] -> n x [rows, heads, d]
-        return x.view(-1, n, nh, hd).unbind(1)
+    def split(x, n):  # [rows, n * width] -> [rows, n, heads, d]
+        return x.view(-1, n, nh, hd)
 
     starts = tokens.starts
-    first = h[starts] if firsts is not None else None
+    first = h[starts] if exact is not None or first_only else None
+    # as in the padded layer: the first rows' fp32 query, key and value written into the base
     if first_only:
-        k, v = heads(proj.kv(h), 2)
+        kv = split(proj.kv(h), 2)
+        if exact is not None:
+            kv[starts] = split(exact.proj.kv(first), 2)
+        k, v = kv.unbind(1)
     else:
-        q, k, v = heads(proj.qkv(h), 3)
-    first_layer, first_proj = layer, proj
-    if exact is not None:  # the first rows' queries, keys and values in fp32
-        first_layer, first_proj = exact.layer, exact.proj
-        k[starts], v[starts] = heads(exact.proj.kv(first), 2)
-        if not first_only:
-            q[starts] = exact.proj.q(first).view(-1, nh, hd)
+        qkv = split(proj.qkv(h), 3)
+        if exact is not None:
+            qkv[starts] = split(exact.proj.qkv(first), 3)
+        q, k, v = qkv.unbind(1)
     if first_only:
+        first_layer, first_proj = (layer, proj) if exact is None else (exact.layer, exact.proj)
         q_first = first_proj.q(first).view(-1, nh, hd)
         a_first = attend(q_first, k, v, firsts, tokens, sa.scaling).reshape(-1, nh * hd)
         return sublayers(first_layer, a_first, first)

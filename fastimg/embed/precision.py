@@ -6,8 +6,9 @@ name       devices     what runs
 ``fp32``   cpu, cuda   the fp32 weights as loaded
 ``int8``   cpu         dynamic int8 quantisation of every ``nn.Linear`` (torch's own, fbgemm /
                        oneDNN kernels): int8 weights with one scale per output channel,
-                       activations quantised per batch; embeddings, LayerNorm, softmax and
-                       the pooled [CLS] row in fp32 (:mod:`fastimg.embed.int8`)
+                       activations quantised per batch; embeddings, LayerNorm, softmax in
+                       fp32, and with [CLS] pooling of a BERT encoder the pooled row too
+                       (:mod:`fastimg.embed.int8`)
 ``fp16``   cuda        fp32 weights under ``torch.autocast(float16)``
 ``bf16``   cuda        fp32 weights under ``torch.autocast(bfloat16)``
 =========  ==========  =====================================================================
@@ -37,9 +38,10 @@ PRECISIONS = ("auto", "fp32", "int8", "fp16", "bf16")
 AUTO = {"cuda": "fp16", "cpu": "fp32"}
 
 
-#: Recorded in the run settings of int8 encodings: stores encoded with int8 before the [CLS]
-#: row was computed in fp32 hold other numbers, so their resume and reuse are refused.
-INT8_SCHEME = {"pooled_cls_row": "fp32"}
+#: Recorded in the run settings of int8 encodings. Version 2 computes the pooled [CLS] row in
+#: fp32 (BERT encoders with [CLS] pooling); stores encoded by version 1 hold other numbers, so
+#: their resume and reuse are refused.
+INT8_SCHEME = {"version": 2}
 
 
 @dataclass(frozen=True)
