@@ -103,12 +103,32 @@ def connect(spec: str, *, threads_per_worker: int = 1):
     logger.info("starting a local cluster of %d worker processes", value)
     # everything on 127.0.0.1 at free ports (the scheduler's HTTP server too, which would
     # otherwise try 8787); silence_logs: a failed task is reported once, by the client
-    with distributed.LocalCluster(n_workers=value, threads_per_worker=threads_per_worker,
+    with _environ_restored(), distributed.LocalCluster(n_workers=value, threads_per_worker=threads_per_worker,
                                   processes=True, host="127.0.0.1", scheduler_port=0,
                                   dashboard_address="127.0.0.1:0",
                                   silence_logs=logging.ERROR) as cluster:
         with distributed.Client(cluster) as client:
             yield client
+
+
+@contextlib.contextmanager
+def _environ_restored():
+    """This process's environment as it was, on exit.
+
+    A nanny writes its workers' variables (``OMP_NUM_THREADS=1``, ``MKL_NUM_THREADS=1``,
+    ``MALLOC_TRIM_THRESHOLD_``, ``PYTHONHASHSEED``: ``distributed.nanny.pre-spawn-environ``)
+    into the process that starts it, and leaves them there: every process started after a
+    local cluster closed would run torch on one thread.
+    """
+    before = dict(os.environ)
+    try:
+        yield
+    finally:
+        for name in set(os.environ) - set(before):
+            del os.environ[name]
+        for name, value in before.items():
+            if os.environ.get(name) != value:
+                os.environ[name] = value
 
 
 # -- worker side ---------------------------------------------------------------------------
@@ -126,9 +146,9 @@ def _worker_address() -> str:
 
 
 def _set_threads() -> None:
-    """torch threads = this worker's dask threads (set once per process)."""
-    if _MODELS.get("_threads_set"):
-        return
+    """torch threads = this worker's dask threads, set before every encode task: other
+    libraries in the worker may reset the process's OpenMP thread count (Numba's OpenMP layer
+    does on its first launch), and a task's bytes depend on it."""
     try:
         from distributed import get_worker
 
@@ -138,8 +158,8 @@ def _set_threads() -> None:
         return
     import torch
 
-    torch.set_num_threads(int(n))
-    _MODELS["_threads_set"] = True
+    if torch.get_num_threads() != int(n):
+        torch.set_num_threads(int(n))
 
 
 def _model_key(config) -> str:

@@ -261,7 +261,7 @@ def raster_cpu(x: np.ndarray, plan: RasterPlan, out: np.ndarray) -> int:
             plan.scale, code, adjust)
     out2d = out.reshape(out.shape[0], -1)
     n_rows = x_bits.shape[0]
-    n_threads = numba.get_num_threads()
+    n_threads = _n_threads()
     if n_threads == 1 or n_rows <= _ROWS_PER_BLOCK:
         return int(kernel(x_bits, *args, out2d))
     # Dynamic scheduling: each thread takes the next block of rows until none is left, so a
@@ -280,6 +280,21 @@ def raster_cpu(x: np.ndarray, plan: RasterPlan, out: np.ndarray) -> int:
 
     pool = _pool(n_threads)
     return int(sum(f.result() for f in [pool.submit(work) for _ in range(n_threads)]))
+
+
+def _n_threads() -> int:
+    """``numba.get_num_threads()``, without launching Numba's threading layer to ask.
+
+    The kernel runs on Python threads, never on that layer; and its first launch, with the
+    OpenMP layer, sets the process's OpenMP thread count to ``NUMBA_NUM_THREADS``, which is
+    torch's thread count too: a ``torch.set_num_threads(1)`` made before (a cluster worker's)
+    came back as 2 after one raster call, and encodings then differed in the last bit.
+    """
+    from numba.np.ufunc import parallel
+
+    if getattr(parallel, "_is_initialized", True):  # launched already (or unknown): ask it
+        return numba.get_num_threads()
+    return numba.config.NUMBA_NUM_THREADS
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}

@@ -60,3 +60,27 @@ def test_shape_mismatches(rng, tmp_path, plan):
     with pytest.raises(ValueError, match="target shape"):
         rasterize_to_array(rng.random((11, 90)), plan, zarr_target(tmp_path, 10, name="b.zarr"),
                            progress=False)
+
+
+def test_the_cpu_kernel_leaves_torch_threads_alone():
+    """Asking Numba for its thread count launches its OpenMP layer, which resets the process's
+    OpenMP threads (torch's): a cluster worker's one torch thread became two, and its encodings
+    changed in the last bit. A fresh interpreter, so that nothing has launched it yet."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("torch")
+    code = """
+import numpy as np, torch
+torch.set_num_threads(1)
+torch.ones(256, 256) @ torch.ones(256, 256)  # torch's OpenMP runtime started, as in a build
+from fastimg.kernels import RasterPlan
+from fastimg.raster import rasterize
+plan = RasterPlan.from_pixels(np.arange(40) % 16, (4, 4))
+rasterize(np.random.default_rng(0).random((5000, 40), dtype=np.float32), plan, backend="cpu")
+print(torch.get_num_threads())
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "1"
