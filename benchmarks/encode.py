@@ -4,7 +4,7 @@ Both encode the same IMDB reviews with the same model in one process. Every prec
 device runs (CPU: fp32, int8; CUDA: fp32, fp16, bf16) encodes the same reviews too, side by side:
 docs/s, tokens/s, the ratio to fp32, the max / mean absolute difference of the embeddings and
 the achieved model FLOP rate as a fraction of the matmul rate; so do packed batches
-(``batching="packed"``: every precision on CUDA, fp32 on the CPU), with their ratio to padded.
+(``batching="packed"``, every precision), with their ratio to padded.
 With ``probe=N`` each precision also encodes an N-review IMDB slice (``CorpusConfig(dataset=
 "imdb", limit=N, seed=0)``: train / validation / test stratified by label) and a linear probe
 (StandardScaler + LogisticRegression, C chosen on the fp32 validation rows and used for every
@@ -226,13 +226,12 @@ def _interleaved(texts, configs, loaded, device, blocks: int):
 
 def variants(device: str) -> dict:
     """``{name: EncoderConfig overrides}`` timed side by side: every precision of ``device`` in
-    padded batches, then packed batches (every precision on CUDA, where packing is meant to
-    pay; on the CPU the default precision only)."""
-    from fastimg.embed.precision import AUTO, available
+    padded batches, then in packed batches."""
+    from fastimg.embed.precision import available
 
     names = available(device)
     out = {name: {"precision": name} for name in names}
-    for name in (names if device == "cuda" else [AUTO[device]]):
+    for name in names:
         out[f"{name} packed"] = {"precision": name, "batching": "packed"}
     return out
 
@@ -260,7 +259,10 @@ def precision_section(texts, loaded, model_name, device, max_length, probe: int 
                          "tokens_per_s": n_tokens / secs,
                          "speedup_vs_fp32": timed["fp32"][0] / secs, **_diff(x, ref)}
         if configs[name].batching == "packed":
-            section[name]["speedup_vs_padded"] = timed[configs[name].precision][0] / secs
+            padded = timed[configs[name].precision]
+            section[name]["speedup_vs_padded"] = padded[0] / secs
+            section[name]["max_abs_diff_vs_padded"] = float(
+                np.abs(x.astype(np.float32) - padded[2].astype(np.float32)).max())
         if flops:
             gflops = section[name]["gflops"] = flops / secs / 1e9
             if matmul_gflops:
@@ -393,7 +395,8 @@ def print_precisions(section: dict) -> None:
     if "gflops" in section[names[0]]:
         rows += [("model GFLOP/s", "gflops", "{:,.0f}"),
                  ("x matmul rate", "fraction_of_matmul", "{:.0%}")]
-    rows += [("x padded", "speedup_vs_padded", "{:.2f}")]
+    rows += [("x padded", "speedup_vs_padded", "{:.2f}"),
+             ("max |diff| padded", "max_abs_diff_vs_padded", "{:.4g}")]
     if "probe" in section:
         rows += [("probe docs/s", "probe_docs_per_s", "{:.2f}"),
                  ("probe x fp32", "probe_speedup_vs_fp32", "{:.2f}"),

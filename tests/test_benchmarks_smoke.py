@@ -44,8 +44,8 @@ def test_suite_quick(tmp_path, suite):
 
         section = result["precision_section"]
         padded = available(result["device"])  # every precision, side by side, then packed
+        assert section["precisions"] == padded + [f"{name} packed" for name in padded]
         packed = f"{AUTO[result['device']]} packed"
-        assert section["precisions"][:len(padded)] == padded and packed in section["precisions"]
         assert section["fp32"]["speedup_vs_fp32"] == 1.0
         assert section["fp32"]["max_abs_diff_vs_fp32"] == 0.0
         probe = section["probe"]
@@ -60,7 +60,12 @@ def test_suite_quick(tmp_path, suite):
             assert 0 < probe[name]["resplit_accuracy"] <= 1
         # packed batches compute the same embeddings (float16 output: to its rounding)
         assert section[packed]["max_abs_diff_vs_fp32"] <= 1e-2 * section["max_abs_value"]
-        assert section[packed]["speedup_vs_padded"] > 0
+        for name in padded:  # packing changes the embeddings by rounding only; int8's by as
+            # much as int8 is from fp32 (its activation scales are per batch, and batches differ)
+            bound = 0.1 if name == "int8" else 1e-2
+            assert section[f"{name} packed"]["speedup_vs_padded"] > 0
+            assert (section[f"{name} packed"]["max_abs_diff_vs_padded"]
+                    <= bound * section["max_abs_value"])
         for name in section["precisions"]:
             assert 0 < section[name]["fraction_of_matmul"] < 5
     if suite == "build":

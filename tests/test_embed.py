@@ -608,7 +608,10 @@ def test_run_settings_hold_device_and_precision(tiny, tiny_dir):
     texts = make_texts(4)
     s = run_settings(texts, cfg(tiny_dir, precision="int8"), model=tiny)
     assert s["device"] == "cpu" and s["precision"] == "int8"
-    assert s["int8"] == {"version": 2}  # int8 stores of version 1 hold other numbers
+    assert s["int8"]["version"] == 2  # int8 stores of version 1 hold other numbers
+    # int8 numbers depend on the batch (one activation scale per batch): its cuts must match
+    other = run_settings(texts, cfg(tiny_dir, precision="int8", token_budget=4096), model=tiny)
+    assert other["int8"]["batches"]["token_budget"] == 4096 != s["int8"]["batches"]["token_budget"]
     s = run_settings(texts, cfg(tiny_dir), model=tiny)
     assert s["device"] == "cpu" and s["precision"] == precision_mod.AUTO["cpu"]
     # padded batches leave the settings (and so the stage keys of older stores) as they were

@@ -290,7 +290,8 @@ def _init_stats(stats, plan: _Plan) -> dict:
 
 def run_settings(texts, config: EncoderConfig, model: LoadedModel | None = None) -> dict:
     """The settings that must match for a resume: model identity, layers, pooling, lengths,
-    device kind, precision, output dtype, batching (when packed) and the input itself.
+    device kind, precision, output dtype, batching (when packed), for int8 what cuts the
+    batches, and the input itself.
 
     Parameters
     ----------
@@ -323,7 +324,12 @@ def run_settings(texts, config: EncoderConfig, model: LoadedModel | None = None)
         "texts_sha256": texts_digest(texts),
     }
     if plan.precision.quantize:
-        settings["int8"] = dict(precision_mod.INT8_SCHEME)
+        # a Linear's int8 activations share one scale per batch, so a text's int8 numbers depend
+        # on its batch mates: another token budget moved them as far as int8 moves them from
+        # fp32 (benchmarks/RESULTS.md). What cuts the batches is part of what must match
+        settings["int8"] = {**precision_mod.INT8_SCHEME, "batches": {
+            "token_budget": plan.token_budget, "max_batch_size": config.max_batch_size,
+            "chunk_rows": config.chunk_rows, "sort_by_length": config.sort_by_length}}
     if config.batching != "padded":
         # packed batches round differently (on a GPU, by up to ~1e-2 in fp16): a resume must not
         # mix them with padded ones. Absent when padded, so stores written before keep their key

@@ -6,7 +6,8 @@ name       devices     what runs
 ``fp32``   cpu, cuda   the fp32 weights as loaded
 ``int8``   cpu         dynamic int8 quantisation of every ``nn.Linear`` (torch's own, fbgemm /
                        oneDNN kernels): int8 weights with one scale per output channel,
-                       activations quantised per batch; embeddings, LayerNorm, softmax in
+                       activations quantised per batch (so a text's numbers depend on the
+                       batch it is in); embeddings, LayerNorm, softmax in
                        fp32, and with [CLS] pooling of a BERT encoder the pooled row too
                        (:mod:`fastimg.embed.int8`)
 ``fp16``   cuda        fp32 weights under ``torch.autocast(float16)``
