@@ -51,7 +51,7 @@ class EncoderConfig:
         CPU only, with the pooled row kept in fp32 under [CLS] pooling of a BERT encoder
         (:mod:`fastimg.embed.int8`);
         ``"fp16"`` / ``"bf16"``: autocast, CUDA only. ``"auto"`` is fp16 on CUDA and fp32 on the
-        CPU: on IMDB (MiniLM, 512 tokens, machine A: 2-core AMD EPYC) int8 ran 1.30-1.50x as
+        CPU: on IMDB (MiniLM, 512 tokens, machine A: 2-core AMD EPYC) int8 ran 1.28-1.50x as
         fast as fp32, short of the 1.6x asked for a default, with a linear-probe accuracy
         0.002-0.006 below fp32's (``benchmarks/RESULTS.md``); it is the CPU's faster opt-in.
         With ``device="auto"``, int8 runs on the CPU and fp16 / bf16 need a GPU; an explicit

@@ -32,7 +32,7 @@ PRECISIONS = ("auto", "fp32", "int8", "fp16", "bf16")
 
 #: What ``precision="auto"`` resolves to per device. CPU: fp32, because int8 misses the speed
 #: half of the bar set in issue 13 (>= 1.6x fp32 docs/s with linear-probe accuracy within
-#: 0.005): 1.30-1.50x on machine A (MiniLM, 512 tokens, 2-core AMD EPYC, AVX2), where attention
+#: 0.005): 1.28-1.50x on machine A (MiniLM, 512 tokens, 2-core AMD EPYC, AVX2), where attention
 #: and GELU stay fp32 and take about a third of int8's time. Its probe accuracy, which the [CLS]
 #: row in fp32 brought back from 0.057 below fp32, is 0.002-0.006 below on 20 paired resplits
 #: (standard error 0.001). Figures: ``benchmarks/RESULTS.md`` (encode, int8).
