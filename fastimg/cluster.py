@@ -103,32 +103,38 @@ def connect(spec: str, *, threads_per_worker: int = 1):
     logger.info("starting a local cluster of %d worker processes", value)
     # everything on 127.0.0.1 at free ports (the scheduler's HTTP server too, which would
     # otherwise try 8787); silence_logs: a failed task is reported once, by the client
-    with _environ_restored(), distributed.LocalCluster(n_workers=value, threads_per_worker=threads_per_worker,
-                                  processes=True, host="127.0.0.1", scheduler_port=0,
-                                  dashboard_address="127.0.0.1:0",
-                                  silence_logs=logging.ERROR) as cluster:
+    with _environ_kept() as restore_environ, distributed.LocalCluster(
+            n_workers=value, threads_per_worker=threads_per_worker, processes=True,
+            host="127.0.0.1", scheduler_port=0, dashboard_address="127.0.0.1:0",
+            silence_logs=logging.ERROR) as cluster:
+        restore_environ()  # the nannies are up; each writes its variables again to respawn
         with distributed.Client(cluster) as client:
             yield client
 
 
 @contextlib.contextmanager
-def _environ_restored():
-    """This process's environment as it was, on exit.
+def _environ_kept():
+    """Yields a function that puts this process's environment back as it was; also called on
+    exit.
 
-    A nanny writes its workers' variables (``OMP_NUM_THREADS=1``, ``MKL_NUM_THREADS=1``,
-    ``MALLOC_TRIM_THRESHOLD_``, ``PYTHONHASHSEED``: ``distributed.nanny.pre-spawn-environ``)
-    into the process that starts it, and leaves them there: every process started after a
-    local cluster closed would run torch on one thread.
+    A nanny writes its workers' variables (``distributed.nanny.pre-spawn-environ``:
+    ``OMP_NUM_THREADS=1``, ``MKL_NUM_THREADS=1``, ``OPENBLAS_NUM_THREADS=1``,
+    ``MALLOC_TRIM_THRESHOLD_``; and ``PYTHONHASHSEED``) into the process that starts it, and
+    leaves them there: every process started by this one afterwards ran torch on one thread.
     """
     before = dict(os.environ)
-    try:
-        yield
-    finally:
+
+    def restore():
         for name in set(os.environ) - set(before):
             del os.environ[name]
         for name, value in before.items():
             if os.environ.get(name) != value:
                 os.environ[name] = value
+
+    try:
+        yield restore
+    finally:
+        restore()
 
 
 # -- worker side ---------------------------------------------------------------------------

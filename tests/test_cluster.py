@@ -112,15 +112,17 @@ def test_a_stale_task_writes_nothing_into_a_restarted_build(tmp_path, tiny_bert_
     assert np.asarray(writer.group[store.EMBEDDINGS][0:4]).any()
 
 
-def test_a_local_cluster_leaves_this_process_environment_as_it_was():
+def test_a_local_cluster_leaves_this_process_environment_as_it_was(monkeypatch):
     """distributed's nanny sets OMP_NUM_THREADS=1 (and more) in the process that starts it: a
     build started after a local cluster closed ran torch on one thread, and its encodings
     differed in the last bit from the same build run before."""
     from fastimg.cluster import connect
 
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # else the nanny keeps the caller's
     before = dict(os.environ)
     with connect("local:1") as client:
         assert client.submit(os.getenv, "OMP_NUM_THREADS").result() == "1"  # the workers' own
+        assert dict(os.environ) == before
     assert dict(os.environ) == before
 
 

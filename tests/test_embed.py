@@ -478,8 +478,25 @@ def test_resume_with_other_settings_is_refused(tiny, tiny_dir, tmp_path, change,
 
     _interrupt_after_first_chunk(texts, c, tmp_path / "e.zarr", tiny)
     other = cfg(tiny_dir, **{**base, **change})
-    with pytest.raises(ValueError, match=f"cannot resume 'embeddings'.*{field}: stored"):
+    with pytest.raises(ValueError, match=f"cannot resume 'embeddings'.*{field}: .* -> "):
         encode_to_array(texts, other, tmp_path / "e.zarr", model=tiny, progress=False)
+
+
+def test_an_int8_resume_keeps_its_batches(tiny, tiny_dir, tmp_path):
+    """int8's activations share one scale per batch: a resume with another token budget would
+    mix two batchings and is refused; another chunk size resumes with the stored one."""
+    texts = make_texts(20, seed=2)
+    base = dict(output_dtype="float16", chunk_rows=8, max_length=64, token_budget=300,
+                precision="int8")
+    full = encode(texts, cfg(tiny_dir, **base), model=tiny)
+    _interrupt_after_first_chunk(texts, cfg(tiny_dir, **base), tmp_path / "e.zarr", tiny)
+    with pytest.raises(ValueError, match=r"int8\.batches\.token_budget: 300 -> 200"):
+        encode_to_array(texts, cfg(tiny_dir, **{**base, "token_budget": 200}),
+                        tmp_path / "e.zarr", model=tiny, progress=False)
+    again = encode_to_array(texts, cfg(tiny_dir, **{**base, "chunk_rows": 4}),
+                            tmp_path / "e.zarr", model=tiny, progress=False)
+    assert again.chunks[0] == 8
+    assert np.asarray(again[:]).tobytes() == full.tobytes()
 
 
 def test_resume_with_other_texts_or_model_is_refused(tiny, tiny_dir, tmp_path):

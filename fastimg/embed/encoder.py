@@ -327,9 +327,10 @@ def run_settings(texts, config: EncoderConfig, model: LoadedModel | None = None)
         # a Linear's int8 activations share one scale per batch, so a text's int8 numbers depend
         # on its batch mates: another token budget moved them as far as int8 moves them from
         # fp32 (benchmarks/RESULTS.md). What cuts the batches is part of what must match
+        # (chunk boundaries need no entry: a resume keeps the stored array's chunk size)
         settings["int8"] = {**precision_mod.INT8_SCHEME, "batches": {
             "token_budget": plan.token_budget, "max_batch_size": config.max_batch_size,
-            "chunk_rows": config.chunk_rows, "sort_by_length": config.sort_by_length}}
+            "sort_by_length": config.sort_by_length}}
     if config.batching != "padded":
         # packed batches round differently (on a GPU, by up to ~1e-2 in fp16): a resume must not
         # mix them with padded ones. Absent when padded, so stores written before keep their key
@@ -342,9 +343,13 @@ _INFORMATIONAL = ("model",)
 
 
 def _differences(old: dict, new: dict) -> list[str]:
-    keys = sorted((set(old) | set(new)) - set(_INFORMATIONAL))
-    return [f"{k}: stored {old.get(k)!r}, now {new.get(k)!r}" for k in keys
-            if old.get(k) != new.get(k)]
+    """``'setting: stored -> now'`` per differing setting, nested ones by their dotted path."""
+    from fastimg.store.keys import differences
+
+    def kept(settings):
+        return {k: v for k, v in settings.items() if k not in _INFORMATIONAL}
+
+    return differences("", kept(old), kept(new))
 
 
 def encode_to_array(texts, config: EncoderConfig | None, target, *, name: str = DEFAULT_ARRAY,

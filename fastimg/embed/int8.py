@@ -19,8 +19,9 @@ A text's int8 numbers depend on its batch: a Linear's activations are quantised 
 for the whole batch, set by its largest value. The same 64 IMDB reviews encoded with a token
 budget of 8,192 and of 2,048 differed by up to 0.18 (mean 0.006), as far as int8 is from fp32
 (fp32: 5e-4, mean 1e-8, float16 rounding). Builds stay byte-reproducible, since the corpus and
-the settings fix the batches; what cuts them (token budget, batch size, chunk rows, sorting) is
-in int8's run settings, so a resume or a reused stage never mixes two batchings.
+the settings fix the batches; what cuts them (token budget, batch size, length sorting) is in
+int8's run settings, so a resume or a reused stage never mixes two batchings (chunk boundaries
+need no entry: a resume keeps the stored chunk size).
 
 Per-channel weight scales are chosen on purpose: a row of a weight keeps its scale whether it
 sits in the model's own query / key / value Linear or in the fast path's fused QKV projection,
