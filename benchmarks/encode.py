@@ -195,9 +195,10 @@ def probe_accuracy(embeddings: dict, y, split, resplits: int = PROBE_RESPLITS) -
     return out
 
 
-def _diff(x, ref) -> dict:
+def _diff(x, ref, against: str = "fp32") -> dict:
     d = np.abs(x.astype(np.float32) - ref.astype(np.float32))
-    return {"max_abs_diff_vs_fp32": float(d.max()), "mean_abs_diff_vs_fp32": float(d.mean())}
+    return {f"max_abs_diff_vs_{against}": float(d.max()),
+            f"mean_abs_diff_vs_{against}": float(d.mean())}
 
 
 def _interleaved(texts, configs, loaded, device, blocks: int):
@@ -259,10 +260,9 @@ def precision_section(texts, loaded, model_name, device, max_length, probe: int 
                          "tokens_per_s": n_tokens / secs,
                          "speedup_vs_fp32": timed["fp32"][0] / secs, **_diff(x, ref)}
         if configs[name].batching == "packed":
-            padded = timed[configs[name].precision]
-            section[name]["speedup_vs_padded"] = padded[0] / secs
-            section[name]["max_abs_diff_vs_padded"] = float(
-                np.abs(x.astype(np.float32) - padded[2].astype(np.float32)).max())
+            padded_s, _, padded_x = timed[configs[name].precision]
+            section[name].update(speedup_vs_padded=padded_s / secs,
+                                 **_diff(x, padded_x, against="padded"))
         if flops:
             gflops = section[name]["gflops"] = flops / secs / 1e9
             if matmul_gflops:

@@ -96,9 +96,7 @@ def long_bert_dir(tiny_bert_dir, tmp_path_factory):
     import shutil
 
     import torch
-    from transformers import BertConfig, BertModel
-
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, BertConfig, BertModel
 
     path = tmp_path_factory.mktemp("long-bert")
     shutil.copytree(tiny_bert_dir, path, dirs_exist_ok=True)  # the tokenizer, whatever its files

@@ -7,8 +7,8 @@ name       devices     what runs
 ``int8``   cpu         dynamic int8 quantisation of every ``nn.Linear`` (torch's own, fbgemm /
                        oneDNN kernels): int8 weights with one scale per output channel,
                        activations quantised per batch (so a text's numbers depend on the
-                       batch it is in); embeddings, LayerNorm, softmax in
-                       fp32, and with [CLS] pooling of a BERT encoder the pooled row too
+                       batch it is in); embeddings, LayerNorm, softmax in fp32, and with
+                       [CLS] pooling of a BERT encoder the pooled row too
                        (:mod:`fastimg.embed.int8`)
 ``fp16``   cuda        fp32 weights under ``torch.autocast(float16)``
 ``bf16``   cuda        fp32 weights under ``torch.autocast(bfloat16)``
