@@ -4,7 +4,9 @@ Both encode the same IMDB reviews with the same model in one process. Every prec
 device runs (CPU: fp32, int8; CUDA: fp32, fp16, bf16) encodes the same reviews too, side by side:
 docs/s, tokens/s, the ratio to fp32, the max / mean absolute difference of the embeddings and
 the achieved model FLOP rate as a fraction of the matmul rate; so do packed batches
-(``batching="packed"``, every precision), with their ratio to padded.
+(``batching="packed"``, every precision), with their ratio to padded, and on the CPU ONNX
+Runtime's fp32 and dynamic int8 (its BERT fusions, the same batches): the other int8 a user
+might pick.
 With ``probe=N`` each precision also encodes an N-review IMDB slice (``CorpusConfig(dataset=
 "imdb", limit=N, seed=0)``: train / validation / test stratified by label) and a linear probe
 (StandardScaler + LogisticRegression, C chosen on the fp32 validation rows and used for every
@@ -201,15 +203,13 @@ def _diff(x, ref, against: str = "fp32") -> dict:
             f"mean_abs_diff_vs_{against}": float(d.mean())}
 
 
-def _interleaved(texts, configs, loaded, device, blocks: int):
-    """Encode ``texts`` with every config, block by block, alternating which precision goes
-    first (ABBA): on a shared machine the load drifts, and this spreads the drift evenly over
-    the precisions instead of charging it to whichever ran last.
+def _interleaved(texts, encoders, device, blocks: int):
+    """Encode ``texts`` with every encoder (``{name: fn(texts, stats) -> embeddings}``), block
+    by block, alternating which goes first (ABBA): on a shared machine the load drifts, and this
+    spreads the drift evenly over the encoders instead of charging it to whichever ran last.
 
     Returns ``{name: (seconds, tokens, embeddings)}``."""
-    from fastimg.embed import encode
-
-    names = list(configs)
+    names = list(encoders)
     edges = np.linspace(0, len(texts), min(blocks, len(texts)) + 1).astype(int)
     secs = dict.fromkeys(names, 0.0)
     tokens = dict.fromkeys(names, 0)
@@ -217,12 +217,40 @@ def _interleaved(texts, configs, loaded, device, blocks: int):
     for i, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
         for name in (names if i % 2 == 0 else names[::-1]):
             stats: dict = {}
-            t, x = _timed(lambda: encode(texts[a:b], configs[name], model=loaded, stats=stats),
-                          device, 1)
+            t, x = _timed(lambda: encoders[name](texts[a:b], stats), device, 1)
             secs[name] += t
             tokens[name] += stats["tokens"]
             parts[name].append(x)
     return {name: (secs[name], tokens[name], np.concatenate(parts[name])) for name in names}
+
+
+def _fastimg_encoders(configs, loaded) -> dict:
+    from fastimg.embed import encode
+
+    return {name: (lambda texts, stats, c=config: encode(texts, c, model=loaded, stats=stats))
+            for name, config in configs.items()}
+
+
+def _onnxruntime_encoders(loaded, config, folder) -> dict:
+    """ONNX Runtime fp32 and int8 (:mod:`benchmarks.onnxruntime_encoder`) in ``config``'s
+    batches; empty when onnxruntime is not installed."""
+    from importlib.util import find_spec
+
+    if find_spec("onnx") is None or find_spec("onnxruntime") is None:
+        logger.warning("onnx / onnxruntime not installed (the bench extra has them): "
+                       "no ONNX Runtime columns")
+        return {}
+    import torch
+
+    from benchmarks import onnxruntime_encoder as ort_encoder
+    from fastimg.embed.config import resolve_layers
+
+    cfg = loaded.model.config
+    layers = resolve_layers(config.layers, cfg.num_hidden_layers)
+    paths = ort_encoder.export(loaded.model, layers, folder)
+    return {name: ort_encoder.OrtEncoder(path, loaded.tokenizer, config,
+                                         torch.get_num_threads()).encode
+            for name, path in paths.items()}
 
 
 def variants(device: str) -> dict:
@@ -241,37 +269,44 @@ def precision_section(texts, loaded, model_name, device, max_length, probe: int 
                       blocks: int = 4, flops: float | None = None,
                       matmul_gflops: float | None = None) -> dict:
     """Every precision of ``device``, padded and packed (:func:`variants`), on the same texts
-    (and the probe slice, padded only), in one process. With ``flops`` (the model FLOPs of
-    ``texts``) and ``matmul_gflops``, each variant's achieved GFLOP/s and its fraction of that
-    matmul rate."""
-    from fastimg.embed import EncoderConfig, encode
+    (and the probe slice, padded only), in one process; on the CPU also ONNX Runtime in fp32 and
+    int8 (:mod:`benchmarks.onnxruntime_encoder`, when installed), in the same batches. With
+    ``flops`` (the model FLOPs of ``texts``) and ``matmul_gflops``, each fastimg variant's
+    achieved GFLOP/s and its fraction of that matmul rate."""
+    from fastimg.embed import EncoderConfig
 
     configs = {name: EncoderConfig(model=model_name, device=device, max_length=max_length,
                                    **kw) for name, kw in variants(device).items()}
+    encoders = _fastimg_encoders(configs, loaded)
+    with tempfile.TemporaryDirectory() as tmp:
+        # ONNX Runtime: the CPU's other int8 (issue 13 asked for whichever measures better)
+        others = _onnxruntime_encoders(loaded, configs["fp32"], tmp) if device == "cpu" else {}
+        encoders.update(others)
+        for encoder in encoders.values():  # warm-up: kernels, thread pools, int8's quantisation
+            encoder(texts[:8], {})
     names = list(configs)
-    for name in names:  # warm-up: kernels, thread pools, and int8's one-off quantisation
-        encode(texts[:8], configs[name], model=loaded)
-    section: dict = {"precisions": names, "n_docs": len(texts), "blocks": blocks,
-                     "load_avg_1min_before": os.getloadavg()[0]}
-    timed = _interleaved(texts, configs, loaded, device, blocks)
+    section: dict = {"precisions": names, "onnxruntime": list(others), "n_docs": len(texts),
+                     "blocks": blocks, "load_avg_1min_before": os.getloadavg()[0]}
+    timed = _interleaved(texts, encoders, device, blocks)
     ref = timed["fp32"][2]
     for name, (secs, n_tokens, x) in timed.items():
         section[name] = {"s": secs, "docs_per_s": len(texts) / secs,
                          "tokens_per_s": n_tokens / secs,
                          "speedup_vs_fp32": timed["fp32"][0] / secs, **_diff(x, ref)}
-        if configs[name].batching == "packed":
+        if name in configs and configs[name].batching == "packed":
             padded_s, _, padded_x = timed[configs[name].precision]
             section[name].update(speedup_vs_padded=padded_s / secs,
                                  **_diff(x, padded_x, against="padded"))
-        if flops:
+        if flops and name in configs:  # ONNX Runtime runs the last layer in full
             gflops = section[name]["gflops"] = flops / secs / 1e9
             if matmul_gflops:
                 section[name]["fraction_of_matmul"] = gflops / matmul_gflops
     section["max_abs_value"] = float(np.abs(ref.astype(np.float32)).max())
     if probe:
-        configs = {n: c for n, c in configs.items() if c.batching == "padded"}
+        padded = [n for n, c in configs.items() if c.batching == "padded"]
         p_texts, y, split = probe_slice(probe)
-        timed = _interleaved(p_texts, configs, loaded, device, 2 * blocks)
+        timed = _interleaved(p_texts, {n: encoders[n] for n in padded + list(others)}, device,
+                             2 * blocks)
         ref = timed["fp32"][2]
         for name, (secs, n_tokens, x) in timed.items():
             section[name].update(
@@ -280,10 +315,11 @@ def precision_section(texts, loaded, model_name, device, max_length, probe: int 
                 probe_speedup_vs_fp32=timed["fp32"][0] / secs,
                 **{f"probe_{k}": v for k, v in _diff(x, ref).items()})
         acc = probe_accuracy({name: v[2] for name, v in timed.items()}, y, split)
-        section["probe"] = {"n_docs": len(p_texts), "precisions": list(configs),
+        section["probe"] = {"n_docs": len(p_texts), "precisions": padded,
+                            "onnxruntime": list(others),
                             "rows": {part: int((split == part).sum())
                                      for part in ("train", "val", "test")}, **acc}
-        for name in configs:
+        for name in timed:
             section[name]["probe_accuracy_minus_fp32"] = (
                 acc[name]["test_accuracy"] - acc["fp32"]["test_accuracy"])
             section[name]["probe_resplit_minus_fp32"] = acc[name]["resplit_minus_fp32"]
@@ -387,7 +423,7 @@ def run(quick: bool = False, json_path: str | None = None, device: str = "auto",
 
 def print_precisions(section: dict) -> None:
     """The precisions side by side (the benchmark's CLI output)."""
-    names = section["precisions"]
+    names = section["precisions"] + section["onnxruntime"]
     rows = [("docs/s", "docs_per_s", "{:.2f}"), ("tokens/s", "tokens_per_s", "{:,.0f}"),
             ("x fp32", "speedup_vs_fp32", "{:.2f}"),
             ("max |diff|", "max_abs_diff_vs_fp32", "{:.4g}"),
