@@ -30,7 +30,7 @@ def machine() -> dict:
         pass
     versions = {}
     for package in ("fastimg", "numpy", "numba", "zarr", "openTSNE", "scikit-learn", "torch",
-                    "pyDeepInsight"):
+                    "transformers", "pyDeepInsight", "onnx", "onnxruntime"):
         try:
             versions[package] = version(package)
         except PackageNotFoundError:

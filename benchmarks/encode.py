@@ -5,8 +5,9 @@ device runs (CPU: fp32, int8; CUDA: fp32, fp16, bf16) encodes the same reviews t
 docs/s, tokens/s, the ratio to fp32, the max / mean absolute difference of the embeddings and
 the achieved model FLOP rate as a fraction of the matmul rate; so do packed batches
 (``batching="packed"``, every precision), with their ratio to padded, and on the CPU ONNX
-Runtime's fp32 and dynamic int8 (its BERT fusions, the same batches): the other int8 a user
-might pick.
+Runtime in the same batches (:mod:`benchmarks.onnxruntime_encoder`): the exported model in fp32
+and dynamic int8, the other int8 a user might pick, and fastimg's own forward as an ORT graph in
+int8 (:mod:`benchmarks.onnx_graph`).
 With ``probe=N`` each precision also encodes an N-review IMDB slice (``CorpusConfig(dataset=
 "imdb", limit=N, seed=0)``: train / validation / test stratified by label) and a linear probe
 (StandardScaler + LogisticRegression, C chosen on the fp32 validation rows and used for every
@@ -232,8 +233,8 @@ def _fastimg_encoders(configs, loaded) -> dict:
 
 
 def _onnxruntime_encoders(loaded, config, folder) -> dict:
-    """ONNX Runtime fp32 and int8 (:mod:`benchmarks.onnxruntime_encoder`) in ``config``'s
-    batches; empty when onnxruntime is not installed."""
+    """The ONNX Runtime columns (:data:`benchmarks.onnxruntime_encoder.VARIANTS`) in
+    ``config``'s batches; empty when onnxruntime is not installed."""
     from importlib.util import find_spec
 
     if find_spec("onnx") is None or find_spec("onnxruntime") is None:
@@ -269,8 +270,8 @@ def precision_section(texts, loaded, model_name, device, max_length, probe: int 
                       blocks: int = 4, flops: float | None = None,
                       matmul_gflops: float | None = None) -> dict:
     """Every precision of ``device``, padded and packed (:func:`variants`), on the same texts
-    (and the probe slice, padded only), in one process; on the CPU also ONNX Runtime in fp32 and
-    int8 (:mod:`benchmarks.onnxruntime_encoder`, when installed), in the same batches. With
+    (and the probe slice, padded only), in one process; on the CPU also ONNX Runtime's columns
+    (:mod:`benchmarks.onnxruntime_encoder`, when installed), in the same batches. With
     ``flops`` (the model FLOPs of ``texts``) and ``matmul_gflops``, each fastimg variant's
     achieved GFLOP/s and its fraction of that matmul rate."""
     from fastimg.embed import EncoderConfig
@@ -297,7 +298,7 @@ def precision_section(texts, loaded, model_name, device, max_length, probe: int 
             padded_s, _, padded_x = timed[configs[name].precision]
             section[name].update(speedup_vs_padded=padded_s / secs,
                                  **_diff(x, padded_x, against="padded"))
-        if flops and name in configs:  # ONNX Runtime runs the last layer in full
+        if flops and name in configs:  # fastimg's variants (ORT's exported graph does more)
             gflops = section[name]["gflops"] = flops / secs / 1e9
             if matmul_gflops:
                 section[name]["fraction_of_matmul"] = gflops / matmul_gflops

@@ -1,18 +1,28 @@
 """ONNX Runtime, the other CPU encoder a user might pick, as a baseline for the encode suite.
 
-The model is exported to ONNX (torch's TorchScript exporter, eager attention so ORT recognises
-it), given ORT's BERT fusions (``onnxruntime.transformers.optimizer``: embedding + LayerNorm,
-fused attention, bias + GELU, skip + LayerNorm) and, for int8, ORT's dynamic quantisation of
-every MatMul: int8 weights with one scale per output channel, uint8 activations quantised per
-call with one scale for the whole input, 7-bit (``reduce_range``, which ORT's documentation asks
-for on AVX2 / AVX-512 CPUs without VNNI, whose u8 x s8 kernels saturate). The graph returns the
-pooled [CLS] rows of the same layers as fastimg, and runs every layer in full (fastimg's last
-layer computes the [CLS] row only).
+Three columns (:data:`VARIANTS`), on fastimg's batches:
 
-It encodes the same batches as fastimg (:mod:`fastimg.embed.tokenize` and
-:mod:`fastimg.embed.batching`: chunks, length sorting, the CPU's token budget and padding
-guard), so only the model's kernels differ. Not part of fastimg: issue 13 asked for int8 through
-torch's kernels, or ONNX Runtime's if they measure better; this is that measurement.
+- ``ort fp32``: the transformers model exported to ONNX (torch's TorchScript exporter, eager
+  attention so ORT recognises it) with ORT's BERT fusions (``onnxruntime.transformers.optimizer``:
+  embedding + LayerNorm, fused attention, bias + GELU, skip + LayerNorm). Every layer runs in
+  full (fastimg's last layer computes the [CLS] row only).
+- ``ort int8``: the same graph through ORT's dynamic quantisation of its MatMul and Attention
+  ops (every Linear layer, as fastimg's int8 quantises; ORT's default would quantise the
+  embedding tables too).
+- ``ort-graph int8``: fastimg's own forward written as an ORT graph (:mod:`benchmarks.onnx_graph`:
+  the last layer for [CLS] only, the [CLS] row in fp32), quantised the same way.
+
+ORT's dynamic int8 is not torch's: int8 weights with one scale per output channel, 7-bit
+(``reduce_range``, which ORT's documentation asks for on AVX2 / AVX-512 CPUs without VNNI, so
+that their u8 x s8 pair sums cannot saturate), and uint8 activations with one scale per call at
+the full 8 bits; torch keeps 8-bit weights and 7-bit activations (:mod:`fastimg.embed.int8`).
+
+Batches are fastimg's (:mod:`fastimg.embed.tokenize` and :mod:`fastimg.embed.batching`: chunks,
+length sorting, the CPU's token budget and padding guard), so the kernels and the graph are what
+differ; one thing more: these columns tokenise in line, where fastimg tokenises on a second
+thread beside the model, so their times include tokenisation. Not part of fastimg: issue 13
+asked for int8 through torch's kernels, or ONNX Runtime's if they measure better; this is that
+measurement.
 """
 from __future__ import annotations
 
@@ -26,8 +36,8 @@ import torch
 
 logger = logging.getLogger("benchmarks.encode")
 
-#: Column names in the encode suite's precision table.
-VARIANTS = ("onnxruntime fp32", "onnxruntime int8")
+#: Column names in the encode suite's precision table (see the module's docstring).
+VARIANTS = ("ort fp32", "ort int8", "ort-graph int8")
 
 
 class PooledCLS(torch.nn.Module):
@@ -45,7 +55,8 @@ class PooledCLS(torch.nn.Module):
 
 
 def export(model, layers, folder) -> dict[str, Path]:
-    """Export ``model`` (a transformers BERT) pooled at ``layers``, fuse and quantise it.
+    """Export ``model`` (a transformers BERT) pooled at ``layers``, fuse and quantise it, and
+    write fastimg's graph of it in int8.
 
     Returns ``{variant: path of its .onnx file}`` for :data:`VARIANTS`."""
     import onnx
@@ -73,9 +84,13 @@ def export(model, layers, folder) -> dict[str, Path]:
         opt.save_model_to_file(str(fused))
         # the fused ops (Attention, SkipLayerNormalization) are outside ONNX's shape inference
         quantize_dynamic(fused, int8, weight_type=QuantType.QInt8, per_channel=True,
-                         reduce_range=True,
+                         reduce_range=True, op_types_to_quantize=["MatMul", "Attention"],
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    return dict(zip(VARIANTS, (fused, int8)))
+    from benchmarks import onnx_graph
+
+    graph_int8 = folder / "graph-int8.onnx"
+    onnx_graph.save_int8(model, layers, graph_int8)
+    return dict(zip(VARIANTS, (fused, int8, graph_int8)))
 
 
 class OrtEncoder:

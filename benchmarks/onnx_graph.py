@@ -1,0 +1,230 @@
+"""fastimg's BERT forward written as an ONNX graph, for ONNX Runtime's int8 kernels on the CPU.
+
+The graph computes what :mod:`fastimg.embed.forward` computes with [CLS] pooling: the layers up
+to the last wanted one, the last layer for the [CLS] row only (its keys and values still come
+from every token), the [CLS] rows of the wanted layers concatenated. It uses ONNX Runtime's own
+fused operators (``com.microsoft``: MultiHeadAttention, SkipLayerNormalization, BiasGelu), so
+attention, GELU and LayerNorm run in ORT's kernels, not as chains of small ops.
+
+With ``exact_first_row`` the graph is laid out for int8 as :mod:`fastimg.embed.int8` lays out
+torch's: every Linear layer runs on every row (these are the MatMuls :func:`build` returns for
+quantisation), and the [CLS] row is computed again in fp32 (its query, key and value replace
+the quantised ones before attention, its sublayers replace the quantised row after), so
+quantisation never rounds the pooled row itself.
+
+Used by the encode benchmark (:mod:`benchmarks.onnxruntime_encoder`); it imports onnx at the top.
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+#: ONNX Runtime's contrib operators
+MS = "com.microsoft"
+OPSETS = (("", 17), (MS, 1))
+END = np.iinfo(np.int64).max
+
+
+@dataclass
+class _Graph:
+    """Nodes and initialisers under construction, with unique names."""
+
+    nodes: list = field(default_factory=list)
+    initializers: list = field(default_factory=list)
+    consts: dict = field(default_factory=dict)
+    count: int = 0
+
+    def name(self, prefix: str) -> str:
+        self.count += 1
+        return f"{prefix}_{self.count}"
+
+    def tensor(self, array, prefix: str = "w") -> str:
+        if hasattr(array, "detach"):
+            array = array.detach().cpu().numpy()
+        name = self.name(prefix)
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def ints(self, *values) -> str:
+        if values not in self.consts:
+            self.consts[values] = self.tensor(np.asarray(values, dtype=np.int64), "c")
+        return self.consts[values]
+
+    def op(self, op_type: str, inputs, n_out: int = 1, domain: str = "", **attrs):
+        outputs = [self.name(op_type) for _ in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outputs,
+                                           name=self.name(f"{op_type}_node"), domain=domain,
+                                           **attrs))
+        return outputs if n_out > 1 else outputs[0]
+
+    def rows(self, x, start: int, stop: int = END):
+        """``x[:, start:stop]``"""
+        return self.op("Slice", [x, self.ints(start), self.ints(stop), self.ints(1)])
+
+
+class _Linears:
+    """Adds ``x @ W.T (+ b)`` for a layer's Linear modules, noting the MatMuls to quantise."""
+
+    def __init__(self, graph: _Graph):
+        self.graph = graph
+        self.quantized: list[str] = []
+
+    def matmul(self, x, weight, quantize: bool):
+        g = self.graph
+        product = g.op("MatMul", [x, g.tensor(weight.detach().T.contiguous())])
+        if quantize:
+            self.quantized.append(g.nodes[-1].name)
+        return product
+
+    def __call__(self, x, weight, bias, quantize: bool):
+        return self.graph.op("Add", [self.matmul(x, weight, quantize), self.graph.tensor(bias)])
+
+
+def _stacked(*linears):
+    import torch
+
+    with torch.no_grad():
+        return (torch.cat([lin.weight for lin in linears]),
+                torch.cat([lin.bias for lin in linears]))
+
+
+def _sublayers(g: _Graph, linear: _Linears, layer, attended, residual, eps, quantize: bool):
+    """Output projection + skip LayerNorm, then the FFN with bias GELU (post-LN); the biases
+    of the projections are added inside the fused ops."""
+    out, inner, ffn = layer.attention.output, layer.intermediate, layer.output
+    a = g.op("SkipLayerNormalization",
+             [linear.matmul(attended, out.dense.weight, quantize), residual,
+              g.tensor(out.LayerNorm.weight), g.tensor(out.LayerNorm.bias),
+              g.tensor(out.dense.bias)], domain=MS, epsilon=eps)
+    hidden = g.op("BiasGelu", [linear.matmul(a, inner.dense.weight, quantize),
+                               g.tensor(inner.dense.bias)], domain=MS)
+    return g.op("SkipLayerNormalization",
+                [linear.matmul(hidden, ffn.dense.weight, quantize), a,
+                 g.tensor(ffn.LayerNorm.weight), g.tensor(ffn.LayerNorm.bias),
+                 g.tensor(ffn.dense.bias)], domain=MS, epsilon=eps)
+
+
+def build(model, layers, exact_first_row: bool = True) -> tuple[onnx.ModelProto, list[str]]:
+    """The graph of a BERT ``model`` (fp32 weights) pooling the [CLS] rows of ``layers``.
+
+    Inputs ``input_ids`` and ``attention_mask`` (int64 ``[batch, tokens]``), output ``pooled``
+    (float32 ``[batch, len(layers) * hidden]``).
+
+    Parameters
+    ----------
+    model : transformers BertModel
+        A model :func:`fastimg.embed.forward.fast_path_ok` accepts, with erf GELU.
+    layers : sequence of int
+        Indices into ``hidden_states`` (0: the embeddings), as resolved by
+        :func:`fastimg.embed.config.resolve_layers`.
+    exact_first_row : bool
+        Compute the [CLS] row apart, with MatMuls of its own (left in fp32 by
+        :func:`save_int8`).
+
+    Returns
+    -------
+    graph : onnx.ModelProto
+    all_rows : list of str
+        Names of the MatMuls that run on every row: the ones to quantise.
+
+    Raises
+    ------
+    ValueError
+        For a model the fast path does not cover, or another activation than erf GELU.
+    """
+    from fastimg.embed.forward import fast_path_ok
+
+    if not fast_path_ok(model):
+        raise ValueError(f"{type(model).__name__} is not a BERT encoder the fast path covers")
+    act = getattr(model.config, "hidden_act", None)
+    if act != "gelu":
+        raise ValueError(f"the ONNX graph has exact (erf) GELU only, not {act!r}")
+    cfg = model.config
+    eps, width = float(cfg.layer_norm_eps), cfg.hidden_size
+    g = _Graph()
+    linear = _Linears(g)
+    emb = model.embeddings
+    tokens = g.op("Shape", ["input_ids"], start=1, end=2)
+    h = g.op("Add", [g.op("Gather", [g.tensor(emb.word_embeddings.weight), "input_ids"]),
+                     g.op("Slice", [g.tensor(emb.position_embeddings.weight), g.ints(0), tokens,
+                                    g.ints(0)])])
+    h = g.op("Add", [h, g.tensor(emb.token_type_embeddings.weight[0])])
+    h = g.op("LayerNormalization", [h, g.tensor(emb.LayerNorm.weight),
+                                    g.tensor(emb.LayerNorm.bias)], axis=-1, epsilon=eps)
+    key_padding = g.op("Cast", ["attention_mask"], to=TensorProto.INT32)
+    pooled = {0: g.rows(h, 0, 1)} if 0 in layers else {}
+    last = max(layers)
+    for i in range(1, last + 1):
+        layer = model.encoder.layer[i - 1]
+        sa = layer.attention.self
+        attn = dict(domain=MS, num_heads=sa.num_attention_heads, scale=float(sa.scaling))
+        first = g.rows(h, 0, 1)
+        if i == last:  # the [CLS] query only; keys and values of every token
+            stacked = _stacked(sa.key, sa.value)
+            kv = linear(h, *stacked, quantize=True)
+            if exact_first_row:
+                kv = g.op("Concat", [linear(first, *stacked, quantize=False), g.rows(kv, 1)],
+                          axis=1)
+            k, v = g.op("Split", [kv, g.ints(width, width)], n_out=2, axis=-1)
+            q = linear(first, sa.query.weight, sa.query.bias, quantize=not exact_first_row)
+            attended = g.op("MultiHeadAttention", [q, k, v, "", key_padding], **attn)
+            h = _sublayers(g, linear, layer, attended, first, eps,
+                           quantize=not exact_first_row)
+        else:
+            stacked = _stacked(sa.query, sa.key, sa.value)
+            qkv = linear(h, *stacked, quantize=True)
+            if exact_first_row:
+                qkv = g.op("Concat", [linear(first, *stacked, quantize=False), g.rows(qkv, 1)],
+                           axis=1)
+            q, k, v = g.op("Split", [qkv, g.ints(width, width, width)], n_out=3, axis=-1)
+            attended = g.op("MultiHeadAttention", [q, k, v, "", key_padding], **attn)
+            out = _sublayers(g, linear, layer, attended, h, eps, quantize=True)
+            if exact_first_row:
+                out = g.op("Concat", [_sublayers(g, linear, layer, g.rows(attended, 0, 1), first,
+                                                 eps, quantize=False), g.rows(out, 1)], axis=1)
+            h = out
+        if i in layers:
+            pooled[i] = g.rows(h, 0, 1)
+    cat = g.op("Concat", [pooled[i] for i in layers], axis=-1)
+    g.nodes.append(helper.make_node("Squeeze", [cat, g.ints(1)], ["pooled"], name="pooled"))
+    ids_info = [helper.make_tensor_value_info(name, TensorProto.INT64, ["batch", "tokens"])
+                for name in ("input_ids", "attention_mask")]
+    out_info = helper.make_tensor_value_info("pooled", TensorProto.FLOAT,
+                                             ["batch", len(layers) * width])
+    graph = helper.make_graph(g.nodes, "fastimg_bert_cls", ids_info, [out_info], g.initializers)
+    return (helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in OPSETS]),
+            linear.quantized)
+
+
+def save_int8(model, layers, path, exact_first_row: bool = True) -> None:
+    """:func:`build`, its every-row MatMuls quantised by ONNX Runtime's dynamic quantisation,
+    saved to ``path``.
+
+    Weights int8 with one scale per output channel, 7-bit (as ORT asks on CPUs without VNNI);
+    activations uint8 with one scale per call.
+
+    Parameters
+    ----------
+    model, layers, exact_first_row
+        As for :func:`build`; without ``exact_first_row`` every MatMul is quantised, the [CLS]
+        row's too.
+    path : str or Path
+        The .onnx file to write.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    graph, all_rows = build(model, layers, exact_first_row)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        onnx.save(graph, fp32)
+        # contrib ops are outside ONNX's shape inference: their outputs are float32; op types as
+        # well as nodes, since an empty node list would mean every node
+        quantize_dynamic(fp32, path, weight_type=QuantType.QInt8, per_channel=True,
+                         reduce_range=True, nodes_to_quantize=all_rows,
+                         op_types_to_quantize=["MatMul"],
+                         extra_options={"DefaultTensorType": TensorProto.FLOAT})
