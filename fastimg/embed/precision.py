@@ -17,9 +17,12 @@ name       devices     what runs
 ``"auto"`` is :data:`AUTO` for the device: fp16 on CUDA; on the CPU the precision that met the
 bar on the measured IMDB slice (see :data:`AUTO` and ``benchmarks/RESULTS.md``).
 
-int8 uses torch's own dynamic quantisation kernels, not ONNX Runtime: what cost the probe
-accuracy was the rounding of the pooled [CLS] row, which :mod:`fastimg.embed.int8` now computes
-in fp32, a change ONNX Runtime's dynamic quantisation would need as much as torch's did.
+int8 uses torch's own dynamic quantisation kernels. ONNX Runtime's were measured beside them
+(the encode benchmark's ``ort`` columns; ``benchmarks/RESULTS.md``, "int8: torch's kernels or
+ONNX Runtime's"): ORT's int8 of the exported model runs faster (1.52x fp32 against 1.37x) but
+rounds the pooled [CLS] row and loses 0.045 probe accuracy; fastimg's own forward written as an
+ORT graph, the [CLS] row in fp32 (``benchmarks/onnx_graph.py``), reached 1.58-1.70x fp32 with
+the probe 0.0025 below fp32's, at the bar set for ``auto``. It is not an encoder backend yet.
 """
 from __future__ import annotations
 
@@ -35,7 +38,9 @@ PRECISIONS = ("auto", "fp32", "int8", "fp16", "bf16")
 #: 0.005): 1.28-1.50x on machine A (MiniLM, 512 tokens, 2-core AMD EPYC, AVX2), where attention
 #: and GELU stay fp32 and take about a third of int8's time. Its probe accuracy, which the [CLS]
 #: row in fp32 brought back from 0.057 below fp32, is 0.002-0.006 below on 20 paired resplits
-#: (standard error 0.001). Figures: ``benchmarks/RESULTS.md`` (encode, int8).
+#: (standard error 0.001). ONNX Runtime's fused kernels on the same graph reach the bar but are
+#: not an encoder backend yet (see the docstring above). Figures: ``benchmarks/RESULTS.md``
+#: (encode, int8).
 AUTO = {"cuda": "fp16", "cpu": "fp32"}
 
 
