@@ -85,14 +85,6 @@ class _Linears:
         return self.graph.op("Add", [self.matmul(x, weight, quantize), self.graph.tensor(bias)])
 
 
-def _stacked(*linears):
-    import torch
-
-    with torch.no_grad():
-        return (torch.cat([lin.weight for lin in linears]),
-                torch.cat([lin.bias for lin in linears]))
-
-
 def _sublayers(g: _Graph, linear: _Linears, layer, attended, residual, eps, quantize: bool):
     """Output projection + skip LayerNorm, then the FFN with bias GELU (post-LN); the biases
     of the projections are added inside the fused ops."""
@@ -137,7 +129,7 @@ def build(model, layers, exact_first_row: bool = True) -> tuple[onnx.ModelProto,
     ValueError
         For a model the fast path does not cover, or another activation than erf GELU.
     """
-    from fastimg.embed.forward import fast_path_ok
+    from fastimg.embed.forward import fast_path_ok, qkv_weights
 
     if not fast_path_ok(model):
         raise ValueError(f"{type(model).__name__} is not a BERT encoder the fast path covers")
@@ -164,8 +156,9 @@ def build(model, layers, exact_first_row: bool = True) -> tuple[onnx.ModelProto,
         sa = layer.attention.self
         attn = dict(domain=MS, num_heads=sa.num_attention_heads, scale=float(sa.scaling))
         first = g.rows(h, 0, 1)
+        qkv_weight, qkv_bias = qkv_weights(layer)  # query, key, value stacked
         if i == last:  # the [CLS] query only; keys and values of every token
-            stacked = _stacked(sa.key, sa.value)
+            stacked = qkv_weight[width:], qkv_bias[width:]
             kv = linear(h, *stacked, quantize=True)
             if exact_first_row:
                 kv = g.op("Concat", [linear(first, *stacked, quantize=False), g.rows(kv, 1)],
@@ -176,7 +169,7 @@ def build(model, layers, exact_first_row: bool = True) -> tuple[onnx.ModelProto,
             h = _sublayers(g, linear, layer, attended, first, eps,
                            quantize=not exact_first_row)
         else:
-            stacked = _stacked(sa.query, sa.key, sa.value)
+            stacked = qkv_weight, qkv_bias
             qkv = linear(h, *stacked, quantize=True)
             if exact_first_row:
                 qkv = g.op("Concat", [linear(first, *stacked, quantize=False), g.rows(qkv, 1)],
