@@ -1,13 +1,13 @@
 """Encoder: fastimg.embed against the author's loop (one review at a time, fp32, no sorting).
 
 Both encode the same IMDB reviews with the same model in one process. Every precision the
-device runs (CPU: fp32, int8; CUDA: fp32, fp16, bf16) encodes the same reviews too, side by side:
-docs/s, tokens/s, the ratio to fp32, the max / mean absolute difference of the embeddings and
-the achieved model FLOP rate as a fraction of the matmul rate; so do packed batches
-(``batching="packed"``, every precision), with their ratio to padded, and on the CPU ONNX
-Runtime in the same batches (:mod:`benchmarks.onnxruntime_encoder`): the exported model in fp32
-and dynamic int8, the other int8 a user might pick, and fastimg's own forward as an ORT graph in
-int8 (:mod:`benchmarks.onnx_graph`).
+device runs (CPU: fp32, int8 on ONNX Runtime, its default engine here, and int8 on torch's
+kernels; CUDA: fp32, fp16, bf16) encodes the same reviews too, side by side: docs/s, tokens/s,
+the ratio to fp32, the max / mean absolute difference of the embeddings and the achieved model
+FLOP rate as a fraction of the matmul rate; so do packed batches (``batching="packed"``, every
+precision that runs them), with their ratio to padded, and on the CPU the transformers model
+exported to ONNX Runtime in the same batches (:mod:`benchmarks.onnxruntime_encoder`): fp32 and
+dynamic int8, the other int8 a user might pick.
 With ``probe=N`` each precision also encodes an N-review IMDB slice (``CorpusConfig(dataset=
 "imdb", limit=N, seed=0)``: train / validation / test stratified by label) and a linear probe
 (StandardScaler + LogisticRegression, C chosen on the fp32 validation rows and used for every
@@ -234,13 +234,7 @@ def _fastimg_encoders(configs, loaded) -> dict:
 
 def _onnxruntime_encoders(loaded, config, folder) -> dict:
     """The ONNX Runtime columns (:data:`benchmarks.onnxruntime_encoder.VARIANTS`) in
-    ``config``'s batches; empty when onnxruntime is not installed."""
-    from importlib.util import find_spec
-
-    if find_spec("onnx") is None or find_spec("onnxruntime") is None:
-        logger.warning("onnx / onnxruntime not installed (the bench extra has them): "
-                       "no ONNX Runtime columns")
-        return {}
+    ``config``'s batches."""
     import torch
 
     from benchmarks import onnxruntime_encoder as ort_encoder
@@ -256,13 +250,18 @@ def _onnxruntime_encoders(loaded, config, folder) -> dict:
 
 def variants(device: str) -> dict:
     """``{name: EncoderConfig overrides}`` timed side by side: every precision of ``device`` in
-    padded batches, then in packed batches."""
+    padded batches (int8 on each engine: ``"int8"`` is the default, ONNX Runtime for MiniLM,
+    ``"int8 torch"`` torch's kernels), then in packed batches (``"<padded name> packed"``; int8's
+    on torch, the engine that runs them)."""
     from fastimg.embed.precision import available
 
-    names = available(device)
-    out = {name: {"precision": name} for name in names}
-    for name in names:
-        out[f"{name} packed"] = {"precision": name, "batching": "packed"}
+    padded = {name: {"precision": name} for name in available(device)}
+    if "int8" in padded:
+        padded["int8 torch"] = {"precision": "int8", "int8_engine": "torch"}
+    out = dict(padded)
+    for name, overrides in padded.items():
+        if name != "int8":  # ONNX Runtime runs padded batches only
+            out[f"{name} packed"] = {**overrides, "batching": "packed"}
     return out
 
 
@@ -271,7 +270,7 @@ def precision_section(texts, loaded, model_name, device, max_length, probe: int 
                       matmul_gflops: float | None = None) -> dict:
     """Every precision of ``device``, padded and packed (:func:`variants`), on the same texts
     (and the probe slice, padded only), in one process; on the CPU also ONNX Runtime's columns
-    (:mod:`benchmarks.onnxruntime_encoder`, when installed), in the same batches. With
+    (:mod:`benchmarks.onnxruntime_encoder`), in the same batches. With
     ``flops`` (the model FLOPs of ``texts``) and ``matmul_gflops``, each fastimg variant's
     achieved GFLOP/s and its fraction of that matmul rate."""
     from fastimg.embed import EncoderConfig
@@ -280,7 +279,7 @@ def precision_section(texts, loaded, model_name, device, max_length, probe: int 
                                    **kw) for name, kw in variants(device).items()}
     encoders = _fastimg_encoders(configs, loaded)
     with tempfile.TemporaryDirectory() as tmp:
-        # ONNX Runtime: the CPU's other int8 (issue 13 asked for whichever measures better)
+        # the transformers model exported to ONNX Runtime: what a user might run instead
         others = _onnxruntime_encoders(loaded, configs["fp32"], tmp) if device == "cpu" else {}
         encoders.update(others)
         for encoder in encoders.values():  # warm-up: kernels, thread pools, int8's quantisation
@@ -295,7 +294,7 @@ def precision_section(texts, loaded, model_name, device, max_length, probe: int 
                          "tokens_per_s": n_tokens / secs,
                          "speedup_vs_fp32": timed["fp32"][0] / secs, **_diff(x, ref)}
         if name in configs and configs[name].batching == "packed":
-            padded_s, _, padded_x = timed[configs[name].precision]
+            padded_s, _, padded_x = timed[name.removesuffix(" packed")]
             section[name].update(speedup_vs_padded=padded_s / secs,
                                  **_diff(x, padded_x, against="padded"))
         if flops and name in configs:  # fastimg's variants (ORT's exported graph does more)

@@ -1,6 +1,7 @@
-"""ONNX Runtime, the other CPU encoder a user might pick, as a baseline for the encode suite.
+"""ONNX Runtime on the exported model, the other CPU encoder a user might pick, as a baseline
+for the encode suite.
 
-Three columns (:data:`VARIANTS`), on fastimg's batches:
+Two columns (:data:`VARIANTS`), on fastimg's batches:
 
 - ``ort fp32``: the transformers model exported to ONNX (torch's TorchScript exporter, eager
   attention so ORT recognises it) with ORT's BERT fusions (``onnxruntime.transformers.optimizer``:
@@ -9,8 +10,10 @@ Three columns (:data:`VARIANTS`), on fastimg's batches:
 - ``ort int8``: the same graph through ORT's dynamic quantisation of its MatMul and Attention
   ops (every Linear layer, as fastimg's int8 quantises; ORT's default would quantise the
   embedding tables too).
-- ``ort-graph int8``: fastimg's own forward written as an ORT graph (:mod:`benchmarks.onnx_graph`:
-  the last layer for [CLS] only, the [CLS] row in fp32), quantised the same way.
+
+fastimg's own int8 runs on ONNX Runtime too (:mod:`fastimg.embed.ort_int8`), on a graph of its
+own forward: the last layer for [CLS] only, the [CLS] row in fp32, which ORT's int8 of the
+exported model rounds.
 
 ORT's dynamic int8 is not torch's: int8 weights with one scale per output channel, 7-bit
 (``reduce_range``, which ORT's documentation asks for on AVX2 / AVX-512 CPUs without VNNI, so
@@ -20,9 +23,7 @@ the full 8 bits; torch keeps 8-bit weights and 7-bit activations (:mod:`fastimg.
 Batches are fastimg's (:mod:`fastimg.embed.tokenize` and :mod:`fastimg.embed.batching`: chunks,
 length sorting, the CPU's token budget and padding guard), so the kernels and the graph are what
 differ; one thing more: these columns tokenise in line, where fastimg tokenises on a second
-thread beside the model, so their times include tokenisation. Not part of fastimg: issue 13
-asked for int8 through torch's kernels, or ONNX Runtime's if they measure better; this is that
-measurement.
+thread beside the model, so their times include tokenisation.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ import torch
 logger = logging.getLogger("benchmarks.encode")
 
 #: Column names in the encode suite's precision table (see the module's docstring).
-VARIANTS = ("ort fp32", "ort int8", "ort-graph int8")
+VARIANTS = ("ort fp32", "ort int8")
 
 
 class PooledCLS(torch.nn.Module):
@@ -55,8 +56,7 @@ class PooledCLS(torch.nn.Module):
 
 
 def export(model, layers, folder) -> dict[str, Path]:
-    """Export ``model`` (a transformers BERT) pooled at ``layers``, fuse and quantise it, and
-    write fastimg's graph of it in int8.
+    """Export ``model`` (a transformers BERT) pooled at ``layers``, fuse and quantise it.
 
     Returns ``{variant: path of its .onnx file}`` for :data:`VARIANTS`."""
     import onnx
@@ -86,11 +86,7 @@ def export(model, layers, folder) -> dict[str, Path]:
         quantize_dynamic(fused, int8, weight_type=QuantType.QInt8, per_channel=True,
                          reduce_range=True, op_types_to_quantize=["MatMul", "Attention"],
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    from benchmarks import onnx_graph
-
-    graph_int8 = folder / "graph-int8.onnx"
-    onnx_graph.save_int8(model, layers, graph_int8)
-    return dict(zip(VARIANTS, (fused, int8, graph_int8)))
+    return dict(zip(VARIANTS, (fused, int8)))
 
 
 class OrtEncoder:

@@ -187,7 +187,8 @@ def _encoder_config(args):
     return EncoderConfig(model=args.model, revision=args.revision, layers=args.layers,
                          pooling=args.pooling, max_length=args.max_length,
                          truncation=args.truncation, chunk_rows=args.chunk_rows,
-                         device=args.device, precision=args.precision, batching=args.batching,
+                         device=args.device, precision=args.precision,
+                         int8_engine=args.int8_engine, batching=args.batching,
                          token_budget=args.token_budget)
 
 
@@ -475,8 +476,12 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--precision", default="auto",
                        choices=["auto", "fp32", "int8", "fp16", "bf16"],
                        help="encoder precision: fp32 | int8 (CPU: dynamic int8 Linear layers, "
-                            "the pooled [CLS] row of BERT encoders in fp32; 1.3-1.5x fp32) | "
+                            "the pooled [CLS] row of BERT encoders in fp32) | "
                             "fp16 | bf16 (CUDA, autocast); auto: fp16 on CUDA, fp32 on the CPU")
+    build.add_argument("--int8-engine", default="auto", choices=["auto", "onnxruntime", "torch"],
+                       help="whose kernels int8 runs on: onnxruntime (BERT encoders, --pooling "
+                            "cls, padded batches; 1.5-1.7x fp32 on a 2-core CPU) | torch (any "
+                            "model; 1.3-1.4x); auto: onnxruntime where it covers the run")
     build.add_argument("--batching", default="padded", choices=["padded", "packed"],
                        help="encoder batches: padded rectangles (default) or texts packed end "
                             "to end with variable-length attention (FlashAttention on CUDA with "

@@ -34,8 +34,8 @@ from fastimg.store.keys import StagePlan, digest
 logger = logging.getLogger("fastimg.dataset")
 
 FIT_ON = ("train", "all")
-_PROVENANCE_PACKAGES = ("torch", "transformers", "tokenizers", "numpy", "numba", "zarr",
-                        "openTSNE", "scikit-learn")
+_PROVENANCE_PACKAGES = ("torch", "transformers", "tokenizers", "onnxruntime", "numpy", "numba",
+                        "zarr", "openTSNE", "scikit-learn")
 
 
 @dataclass(frozen=True)

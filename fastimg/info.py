@@ -125,6 +125,8 @@ def _encoder_line(reader: store.StoreReader) -> str | None:
     if encoder.get("revision"):
         model += f"@{encoder['revision']}"
     precision = prov.get("precision") or encoder.get("precision") or prov.get("compute_dtype")
+    if prov.get("int8_engine"):
+        precision += f" ({prov['int8_engine']})"
     return (f"encoder   {model}, layers {layers} ({encoder.get('layers')}), "
             f"{encoder.get('pooling')} pooling, max_length {encoder.get('max_length')}, "
             f"truncation {encoder.get('truncation')}, {precision} on {prov.get('device', '?')}"

@@ -536,15 +536,16 @@ def test_autocast_path_runs_on_cpu(tiny, tiny_dir, monkeypatch):
 # --- precision: int8 --------------------------------------------------------------------------
 
 
-def test_int8_is_close_to_fp32(tiny, tiny_dir):
+@pytest.mark.parametrize("engine", ["onnxruntime", "torch"])
+def test_int8_is_close_to_fp32(tiny, tiny_dir, engine):
     texts = make_texts(24, seed=11)
     stats = {}
-    q = encode(texts, cfg(tiny_dir, precision="int8", token_budget=400, max_length=64),
-               model=tiny, stats=stats)
+    q = encode(texts, cfg(tiny_dir, precision="int8", int8_engine=engine, token_budget=400,
+                          max_length=64), model=tiny, stats=stats)
     ref = encode(texts, cfg(tiny_dir, precision="fp32", token_budget=400, max_length=64),
                  model=tiny)
     assert stats["precision"] == "int8" and stats["compute_dtype"] == "int8"
-    assert stats["device"] == "cpu"
+    assert stats["device"] == "cpu" and stats["int8_engine"] == engine
     diff = np.abs(q - ref)
     # quantised, so not equal; but closer than two different texts' vectors are (the random
     # tiny model maps all texts near one point, so compare with that spread), and each int8
@@ -562,8 +563,8 @@ def test_int8_is_close_to_fp32(tiny, tiny_dir):
 @pytest.mark.parametrize("layers, pooling", [("last6", "cls"), ("author", "mean"), ((0, 3), "cls")])
 def test_int8_fast_path_matches_generic_path(tiny, tiny_dir, monkeypatch, layers, pooling):
     texts = make_texts(20, seed=3)
-    c = cfg(tiny_dir, precision="int8", layers=layers, pooling=pooling, token_budget=400,
-            max_length=64)
+    c = cfg(tiny_dir, precision="int8", int8_engine="torch", layers=layers, pooling=pooling,
+            token_budget=400, max_length=64)
     fast = encode(texts, c, model=tiny)
     monkeypatch.setattr(forward_mod, "fast_path_ok", lambda model: False)
     generic = encode(texts, c, model=tiny)
@@ -588,6 +589,7 @@ def test_int8_computes_the_pooled_cls_row_in_fp32(tiny, tiny_dir, monkeypatch, b
     texts = make_texts(48, seed=11)
     c = dict(token_budget=400, max_length=64, batching=batching)
     ref = encode(texts, cfg(tiny_dir, **c), model=tiny)
+    c.update(int8_engine="torch")
     exact = encode(texts, cfg(tiny_dir, precision="int8", **c), model=tiny)
     _, projections = int8.prepare(tiny.model, fast=True)
     for proj in projections:  # every row rounded, the [CLS] row too
@@ -625,7 +627,8 @@ def test_run_settings_hold_device_and_precision(tiny, tiny_dir):
     texts = make_texts(4)
     s = run_settings(texts, cfg(tiny_dir, precision="int8"), model=tiny)
     assert s["device"] == "cpu" and s["precision"] == "int8"
-    assert s["int8"]["version"] == 2  # int8 stores of version 1 hold other numbers
+    # int8 stores of versions 1 and 2 hold other numbers (or do not say whose kernels ran)
+    assert s["int8"]["version"] == 3 and s["int8"]["engine"] == "onnxruntime"
     # int8 numbers depend on the batch (one activation scale per batch): its cuts must match
     other = run_settings(texts, cfg(tiny_dir, precision="int8", token_budget=4096), model=tiny)
     assert other["int8"]["batches"]["token_budget"] == 4096 != s["int8"]["batches"]["token_budget"]

@@ -74,6 +74,23 @@ def test_packed_batches_build_the_same_store_and_say_so(built, tiny_bert_dir, ca
     assert "on cpu, packed batches ->" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("engine", ["auto", "torch"])
+def test_an_int8_build_records_and_shows_its_engine(built, tiny_bert_dir, capsys, engine):
+    path, _ = built
+    out = path.parent / f"int8-{engine}.zarr"
+    assert main(["build-dataset", "--input", str(path.parent / "reviews.csv"), "--id-column",
+                 "id", "--split-column", "split", "--model", str(tiny_bert_dir), "--method",
+                 "pca", "--max-length", "32", "--quiet", "--pixels", "10x14", "--precision",
+                 "int8", "--int8-engine", engine, "--out", str(out)]) == 0
+    ran = "onnxruntime" if engine == "auto" else "torch"  # a BERT encoder with [CLS] pooling
+    reader = store.StoreReader(out)
+    assert reader.provenance["precision"] == "int8" and reader.provenance["int8_engine"] == ran
+    assert "onnxruntime" in reader.provenance["versions"]
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    assert f"int8 ({ran}) on cpu ->" in capsys.readouterr().out
+
+
 def test_info_json_holds_the_full_attributes_without_layout_arrays(built, capsys):
     path, _ = built
     capsys.readouterr()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 
-from fastimg.embed.precision import PRECISIONS, check_device
+from fastimg.embed.precision import INT8_ENGINES, PRECISIONS, check_device, int8_engine
 
 LAYER_PRESETS = ("last6", "author")
 POOLINGS = ("cls", "mean")
@@ -48,14 +48,22 @@ class EncoderConfig:
     precision : {"auto", "fp32", "int8", "fp16", "bf16"}
         What the forward computes in (:mod:`fastimg.embed.precision`). ``"fp32"``: the weights
         as loaded (CPU or CUDA); ``"int8"``: dynamic int8 quantisation of the Linear layers,
-        CPU only, with the pooled row kept in fp32 under [CLS] pooling of a BERT encoder
-        (:mod:`fastimg.embed.int8`);
-        ``"fp16"`` / ``"bf16"``: autocast, CUDA only. ``"auto"`` is fp16 on CUDA and fp32 on the
-        CPU: on IMDB (MiniLM, 512 tokens, machine A: 2-core AMD EPYC) int8 ran 1.28-1.50x as
-        fast as fp32, short of the 1.6x asked for a default, with a linear-probe accuracy
-        0.002-0.006 below fp32's (``benchmarks/RESULTS.md``); it is the CPU's faster opt-in.
-        With ``device="auto"``, int8 runs on the CPU and fp16 / bf16 need a GPU; an explicit
-        device that the precision does not run on is a ValueError.
+        CPU only, with the pooled row kept in fp32 under [CLS] pooling of a BERT encoder, on
+        the engine ``int8_engine`` names;
+        ``"fp16"`` / ``"bf16"``: autocast, CUDA only. ``"auto"`` is fp16 on CUDA and, on the
+        CPU, what :data:`fastimg.embed.precision.AUTO` says (``benchmarks/RESULTS.md`` has the
+        figures behind it). With ``device="auto"``, int8 runs on the CPU and fp16 / bf16 need a
+        GPU; an explicit device that the precision does not run on is a ValueError.
+    int8_engine : {"auto", "onnxruntime", "torch"}
+        Whose kernels int8 runs on (:func:`fastimg.embed.precision.int8_engine`):
+        ``"onnxruntime"`` (:mod:`fastimg.embed.ort_int8`: fastimg's forward as an ONNX Runtime
+        graph with fused attention, GELU and LayerNorm; BERT encoders with exact GELU, [CLS]
+        pooling, padded batches), ``"torch"`` (:mod:`fastimg.embed.int8`: any model, pooling and
+        batching), ``"auto"``: ONNX Runtime where it covers the run, else torch. Another
+        value than ``"auto"`` needs ``precision="int8"``. On IMDB
+        (MiniLM, 512 tokens, machine A: 2-core AMD EPYC) ONNX Runtime's ran 1.50-1.70x fp32
+        with a linear probe 0.0025 below fp32's, torch's 1.28-1.38x and 0.0056 below
+        (``benchmarks/RESULTS.md``).
     output_dtype : {"float16", "float32"}
         dtype of the returned matrix.
     token_budget : int or None
@@ -88,6 +96,7 @@ class EncoderConfig:
     head_tokens: int | None = None
     device: str = "auto"
     precision: str = "auto"
+    int8_engine: str = "auto"
     output_dtype: str = "float16"
     token_budget: int | None = None
     max_batch_size: int = 512
@@ -117,6 +126,11 @@ class EncoderConfig:
         _choice("pooling", self.pooling, POOLINGS)
         _choice("truncation", self.truncation, TRUNCATIONS)
         _choice("precision", self.precision, PRECISIONS)
+        _choice("int8_engine", self.int8_engine, INT8_ENGINES)
+        if self.int8_engine != "auto" and self.precision != "int8":
+            raise ValueError(f"int8_engine {self.int8_engine!r} applies to precision 'int8'; "
+                             f"precision is {self.precision!r}")
+        int8_engine(self.int8_engine, self.pooling, self.batching)  # the model is checked later
         _choice("output_dtype", self.output_dtype, OUTPUT_DTYPES)
         _choice("batching", self.batching, BATCHINGS)
         _choice("device", self.device, ("auto", "cpu", "cuda"))

@@ -4,7 +4,7 @@ Work is done chunk by chunk (``config.chunk_rows`` texts). A background thread
 (:mod:`~fastimg.embed.tokenize`) tokenises the next chunk and pads or packs its batches (pinned
 memory on CUDA) while the model (:mod:`~fastimg.embed.forward` for padded batches,
 :mod:`~fastimg.embed.packed` for packed ones, prepared by a :mod:`~fastimg.embed.precision`
-backend) runs the current one; inside a chunk texts are sorted by token length and cut into
+backend; int8 on ONNX Runtime: :mod:`~fastimg.embed.ort_int8`) runs the current one; inside a chunk texts are sorted by token length and cut into
 batches by a token budget, and the results are put back in input order. Into zarr, another
 thread (:mod:`~fastimg.embed.commit`) writes finished chunks while the model runs on. Because a
 chunk's batches depend only on that chunk, :func:`encode` and :func:`encode_to_array` give the
@@ -92,6 +92,7 @@ class _Plan:
     layers: tuple[int, ...]
     token_budget: int
     n_features: int
+    int8_engine: str | None  # "onnxruntime" or "torch" with int8, else None
 
 
 def _resolve_device(config: EncoderConfig) -> str:
@@ -111,16 +112,60 @@ def _resolve_device(config: EncoderConfig) -> str:
                      f"(the CPU precisions are fp32 and int8)")
 
 
-def _plan(config: EncoderConfig, n_layers: int, hidden: int) -> _Plan:
+def _plan(config: EncoderConfig, model: LoadedModel | None):
+    """``(plan, model source)``, without loading weights when no model is given."""
+    if model is not None:
+        src, model_config = model.source, model.model.config
+        n_layers, hidden = model.n_layers, model.hidden_size
+    else:
+        src = resolve_model(config.model, config.revision)
+        model_config = src.hf_config()
+        n_layers, hidden = int(model_config.num_hidden_layers), int(model_config.hidden_size)
     device = _resolve_device(config)
     precision = precision_mod.resolve(config.precision, device)
     layers = resolve_layers(config.layers, n_layers)
     budget = config.token_budget or DEFAULT_BUDGET[device]
-    return _Plan(device, precision, layers, max(budget, config.max_length), len(layers) * hidden)
+    engine = (precision_mod.int8_engine(config.int8_engine, config.pooling, config.batching,
+                                        model_config) if precision.quantize else None)
+    return _Plan(device, precision, layers, max(budget, config.max_length), len(layers) * hidden,
+                 engine), src
 
 
 # ---------------------------------------------------------------------------------------------
 # the driver
+
+
+def _batch_runner(model, plan: _Plan, config, fast: bool, packed: bool, attention):
+    """``run_batch(tensors, n_tokens, max_len) -> (rows of the chunk, pooled vectors)`` for the
+    queued batches of :class:`~fastimg.embed.tokenize.Producer`, on the plan's engine."""
+    import torch
+
+    if plan.int8_engine == "onnxruntime":  # padded CPU batches ([CLS] pooling of a BERT encoder)
+        from fastimg.embed import ort_int8
+
+        session = ort_int8.prepare(model, plan.layers)
+
+        def run_onnxruntime(tensors, n_tokens: int, max_len: int):
+            rows, ids, mask = tensors
+            return rows, torch.from_numpy(session(ids.numpy(), mask.numpy()))
+
+        return run_onnxruntime
+    device = torch.device(plan.device)
+    model, projections = plan.precision.prepare(model, fast)
+    non_blocking = device.type == "cuda"
+
+    def run_torch(tensors, n_tokens: int, max_len: int):
+        rows, ids, *rest = (t.to(device, non_blocking=non_blocking) for t in tensors)
+        with plan.precision.context(device.type):
+            if packed:
+                positions, text_of_row, cu_seqlens = rest
+                tokens = packed_mod.Segments.of(positions, text_of_row, cu_seqlens, max_len)
+                return rows, packed_mod.forward(model, ids, tokens, plan.layers, config.pooling,
+                                                projections, attention)
+            return rows, forward_mod.forward(model, ids, rest[0], plan.layers, config.pooling,
+                                             projections, ids.numel() != n_tokens)
+
+    return run_torch
 
 
 def _iter_chunks(texts, config, loaded: LoadedModel, plan: _Plan, start_row: int,
@@ -139,7 +184,6 @@ def _iter_chunks(texts, config, loaded: LoadedModel, plan: _Plan, start_row: int
         model.to(device)
     model.eval()
     fast = forward_mod.fast_path_ok(model)
-    model, projections = plan.precision.prepare(model, fast)
     packed = config.batching == "packed"
     if packed and not fast:
         logger.warning("batching 'packed' needs a BERT encoder (the fast path); %s runs the "
@@ -148,29 +192,18 @@ def _iter_chunks(texts, config, loaded: LoadedModel, plan: _Plan, start_row: int
     attention = (packed_mod.choose_attention(device.type, plan.precision.compute_dtype)
                  if packed else None)
     stats.update(batching="packed" if packed else "padded", attention=attention)
+    run_batch = _batch_runner(model, plan, config, fast, packed, attention)
     out_dtype = getattr(torch, config.output_dtype)
     tokenizer = loaded.tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     producer = Producer(texts, spans, tokenizer, config, plan.device, plan.token_budget, pad_id,
                         packed=packed, unpadded_attention=attention == "varlen")
-    logger.info("encoding %d texts on %s (%s, %s path, %s batches%s, layers %s, %s pooling, "
+    logger.info("encoding %d texts on %s (%s%s, %s path, %s batches%s, layers %s, %s pooling, "
                 "budget %d tokens)", n - start_row, plan.device, plan.precision.name,
+                f" on {plan.int8_engine}" if plan.int8_engine else "",
                 "fast" if fast else "generic", stats["batching"],
                 f" with {attention} attention" if packed else "", list(plan.layers),
                 config.pooling, plan.token_budget)
-    non_blocking = device.type == "cuda"
-
-    def run_batch(tensors, n_tokens: int, max_len: int):
-        """``(rows of the chunk, pooled vectors)`` of one queued batch."""
-        rows, ids, *rest = (t.to(device, non_blocking=non_blocking) for t in tensors)
-        with plan.precision.context(device.type):
-            if packed:
-                positions, text_of_row, cu_seqlens = rest
-                tokens = packed_mod.Segments.of(positions, text_of_row, cu_seqlens, max_len)
-                return rows, packed_mod.forward(model, ids, tokens, plan.layers, config.pooling,
-                                                projections, attention)
-            return rows, forward_mod.forward(model, ids, rest[0], plan.layers, config.pooling,
-                                             projections, ids.numel() != n_tokens)
 
     t0 = time.perf_counter()
     chunk_out = None
@@ -220,15 +253,6 @@ def _prepare(texts, config, model):
     return texts, config, model
 
 
-def _shape_info(config: EncoderConfig, model: LoadedModel | None):
-    """(n_layers, hidden, source) without loading weights when no model is given."""
-    if model is not None:
-        return model.n_layers, model.hidden_size, model.source
-    src = resolve_model(config.model, config.revision)
-    cfg = src.hf_config()
-    return int(cfg.num_hidden_layers), int(cfg.hidden_size), src
-
-
 def encode(texts, config: EncoderConfig | None = None, *, model: LoadedModel | None = None,
            progress: bool = False, stats: dict | None = None) -> np.ndarray:
     """Encode ``texts`` in memory.
@@ -245,7 +269,8 @@ def encode(texts, config: EncoderConfig | None = None, *, model: LoadedModel | N
         Show a tqdm bar (docs/s and tokens/s).
     stats : dict, optional
         Filled with ``tokens``, ``padded_tokens``, ``batches``, ``layers``, ``device``,
-        ``precision`` (resolved: fp32, int8, fp16 or bf16), ``compute_dtype``, ``batching``
+        ``precision`` (resolved: fp32, int8, fp16 or bf16), ``compute_dtype``, ``int8_engine``
+        (``"onnxruntime"`` or ``"torch"`` with int8, else None), ``batching``
         (``"padded"`` or ``"packed"``, as run) and ``attention`` (packed: ``"varlen"`` or
         ``"padded"``; else None).
 
@@ -264,8 +289,7 @@ def encode(texts, config: EncoderConfig | None = None, *, model: LoadedModel | N
         When the model cannot be found.
     """
     texts, config, model = _prepare(texts, config, model)
-    n_layers, hidden, _ = _shape_info(config, model)
-    plan = _plan(config, n_layers, hidden)
+    plan, _ = _plan(config, model)
     stats = _init_stats(stats, plan)
     out = np.empty((len(texts), plan.n_features), dtype=config.output_dtype)
     if not texts:
@@ -284,14 +308,14 @@ def _init_stats(stats, plan: _Plan) -> dict:
     stats = {} if stats is None else stats
     stats.update(tokens=0, padded_tokens=0, batches=0, layers=list(plan.layers),
                  device=plan.device, precision=plan.precision.name,
-                 compute_dtype=plan.precision.compute_dtype)
+                 compute_dtype=plan.precision.compute_dtype, int8_engine=plan.int8_engine)
     return stats
 
 
 def run_settings(texts, config: EncoderConfig, model: LoadedModel | None = None) -> dict:
     """The settings that must match for a resume: model identity, layers, pooling, lengths,
-    device kind, precision, output dtype, batching (when packed), for int8 what cuts the
-    batches, and the input itself.
+    device kind, precision, output dtype, batching (when packed), for int8 its engine and what
+    cuts the batches, and the input itself.
 
     Parameters
     ----------
@@ -306,8 +330,7 @@ def run_settings(texts, config: EncoderConfig, model: LoadedModel | None = None)
         JSON-ready; ``device`` is the resolved kind (``"cpu"`` / ``"cuda"``) and ``precision``
         the resolved precision (``"fp32"``, ``"int8"``, ``"fp16"`` or ``"bf16"``).
     """
-    n_layers, hidden, src = _shape_info(config, model)
-    plan = _plan(config, n_layers, hidden)
+    plan, src = _plan(config, model)
     settings = {
         "model": config.model,
         "model_fingerprint": src.fingerprint(),
@@ -328,7 +351,7 @@ def run_settings(texts, config: EncoderConfig, model: LoadedModel | None = None)
         # on its batch mates: another token budget moved them as far as int8 moves them from
         # fp32 (benchmarks/RESULTS.md). What cuts the batches is part of what must match
         # (chunk boundaries need no entry: a resume keeps the stored array's chunk size)
-        settings["int8"] = {**precision_mod.INT8_SCHEME, "batches": {
+        settings["int8"] = {**precision_mod.INT8_SCHEME, "engine": plan.int8_engine, "batches": {
             "token_budget": plan.token_budget, "max_batch_size": config.max_batch_size,
             "sort_by_length": config.sort_by_length}}
     if config.batching != "padded":
@@ -398,8 +421,7 @@ def encode_to_array(texts, config: EncoderConfig | None, target, *, name: str = 
     group = target if isinstance(target, zarr.Group) else zarr.open_group(
         str(target), mode="a", zarr_format=3)
     settings = run_settings(texts, config, model)
-    n_layers, hidden, _ = _shape_info(config, model)
-    plan = _plan(config, n_layers, hidden)
+    plan, _ = _plan(config, model)
     stats = _init_stats(stats, plan)
     shape = (len(texts), plan.n_features)
     if name in group:

@@ -13,14 +13,17 @@ from dataclasses import dataclass
 FAST_PATH_TYPES = ("bert",)
 
 
+def fast_path_config_ok(cfg) -> bool:
+    """True for a model config (transformers ``PretrainedConfig``) of a BERT encoder the fast
+    path covers: known before the weights are loaded."""
+    return (getattr(cfg, "model_type", None) in FAST_PATH_TYPES
+            and not getattr(cfg, "is_decoder", False)
+            and getattr(cfg, "position_embedding_type", "absolute") == "absolute")
+
+
 def fast_path_ok(model) -> bool:
     """True for BERT encoders whose layers we can run ourselves (and stop early)."""
-    cfg = model.config
-    if getattr(cfg, "model_type", None) not in FAST_PATH_TYPES:
-        return False
-    if getattr(cfg, "is_decoder", False):
-        return False
-    if getattr(cfg, "position_embedding_type", "absolute") != "absolute":
+    if not fast_path_config_ok(model.config):
         return False
     try:
         layer = model.encoder.layer[0]

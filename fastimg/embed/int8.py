@@ -1,7 +1,11 @@
-"""int8 on the CPU: dynamic quantisation of the Linear layers, the [CLS] row kept in fp32.
+"""int8 on the CPU through torch's kernels: dynamic quantisation of the Linear layers, the [CLS]
+row kept in fp32.
 
-Every ``nn.Linear`` runs torch's dynamic int8 kernel (fbgemm / oneDNN): int8 weights with one
-scale per output channel, activations quantised per call with one scale for the whole input.
+The engine for what ONNX Runtime's graph (:mod:`fastimg.embed.ort_int8`) does not cover: other
+models, mean pooling, packed batches (:func:`fastimg.embed.precision.int8_engine`), or when
+asked for. Every ``nn.Linear`` runs torch's dynamic int8 kernel (fbgemm / oneDNN): int8 weights
+with one scale per output channel, activations quantised per call with one scale for the whole
+input.
 Two things keep the embeddings' meaning, both measured on IMDB with MiniLM
 (``benchmarks/RESULTS.md``, "int8"):
 

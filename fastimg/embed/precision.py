@@ -4,12 +4,11 @@
 name       devices     what runs
 =========  ==========  =====================================================================
 ``fp32``   cpu, cuda   the fp32 weights as loaded
-``int8``   cpu         dynamic int8 quantisation of every ``nn.Linear`` (torch's own, fbgemm /
-                       oneDNN kernels): int8 weights with one scale per output channel,
-                       activations quantised per batch (so a text's numbers depend on the
-                       batch it is in); embeddings, LayerNorm, softmax in fp32, and with
-                       [CLS] pooling of a BERT encoder the pooled row too
-                       (:mod:`fastimg.embed.int8`)
+``int8``   cpu         dynamic int8 of the Linear layers, on one of :data:`INT8_ENGINES`:
+                       int8 weights with one scale per output channel, activations quantised
+                       per batch (so a text's numbers depend on the batch it is in);
+                       embeddings, LayerNorm, softmax in fp32, and with [CLS] pooling of a
+                       BERT encoder the pooled row too
 ``fp16``   cuda        fp32 weights under ``torch.autocast(float16)``
 ``bf16``   cuda        fp32 weights under ``torch.autocast(bfloat16)``
 =========  ==========  =====================================================================
@@ -17,37 +16,79 @@ name       devices     what runs
 ``"auto"`` is :data:`AUTO` for the device: fp16 on CUDA; on the CPU the precision that met the
 bar on the measured IMDB slice (see :data:`AUTO` and ``benchmarks/RESULTS.md``).
 
-int8 uses torch's own dynamic quantisation kernels. ONNX Runtime's were measured beside them
-(the encode benchmark's ``ort`` columns; ``benchmarks/RESULTS.md``, "int8: torch's kernels or
-ONNX Runtime's"): ORT's int8 of the exported model runs faster (1.52x fp32 against 1.37x) but
-rounds the pooled [CLS] row and loses 0.045 probe accuracy; fastimg's own forward written as an
-ORT graph, the [CLS] row in fp32 (``benchmarks/onnx_graph.py``), reached 1.58-1.70x fp32 with
-the probe 0.0025 below fp32's, at the bar set for ``auto``. It is not an encoder backend yet.
+int8's engine (:func:`int8_engine`) is ONNX Runtime where its graph covers the run, torch's own
+kernels elsewhere. Chosen by measurement (``benchmarks/RESULTS.md``, "int8: torch's kernels or
+ONNX Runtime's" and "int8 on ONNX Runtime through the encoder"): on fastimg's graph, ORT's fused
+attention, GELU and LayerNorm and its int8 MatMuls ran 1.50-1.70x fp32 with the linear probe
+0.0025 below fp32's, torch's int8 1.28-1.38x and 0.0056 below, in the same runs; ORT's int8 of
+the exported transformers model ran 1.45-1.52x but rounded the pooled [CLS] row and lost 0.045.
 """
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
 
-from fastimg.embed.forward import fused_qkv
+from fastimg.embed.forward import fast_path_config_ok, fused_qkv
 
 PRECISIONS = ("auto", "fp32", "int8", "fp16", "bf16")
 
-#: What ``precision="auto"`` resolves to per device. CPU: fp32, because int8 misses the speed
-#: half of the bar set in issue 13 (>= 1.6x fp32 docs/s with linear-probe accuracy within
-#: 0.005): 1.28-1.50x on machine A (MiniLM, 512 tokens, 2-core AMD EPYC, AVX2), where attention
-#: and GELU stay fp32 and take about a third of int8's time. Its probe accuracy, which the [CLS]
-#: row in fp32 brought back from 0.057 below fp32, is 0.002-0.006 below on 20 paired resplits
-#: (standard error 0.001). ONNX Runtime's fused kernels on the same graph reach the bar but are
-#: not an encoder backend yet (see the docstring above). Figures: ``benchmarks/RESULTS.md``
-#: (encode, int8).
+#: What ``precision="auto"`` resolves to per device. CPU: fp32, because int8 is not reliably at
+#: the bar set in issue 13 (>= 1.6x fp32 docs/s with linear-probe accuracy within 0.005 on the
+#: measured IMDB slice). On machine A (MiniLM, 512 tokens, 2-core AMD EPYC, AVX2) int8 on ONNX
+#: Runtime keeps the accuracy (0.0025 below fp32 on 20 paired resplits, standard error 0.001)
+#: but ran 1.50x and 1.52x (1,000 reviews, slice) through the encoder, where the same graph ran
+#: 1.58x and 1.70x as a benchmark column the run before; attention, in fp32, takes a third of
+#: its time on 512-token batches. Figures: ``benchmarks/RESULTS.md`` (encode, int8).
 AUTO = {"cuda": "fp16", "cpu": "fp32"}
 
 
-#: Recorded in the run settings of int8 encodings. Version 2 computes the pooled [CLS] row in
-#: fp32 (BERT encoders with [CLS] pooling); stores encoded by version 1 hold other numbers, so
-#: their resume and reuse are refused.
-INT8_SCHEME = {"version": 2}
+#: Recorded in the run settings of int8 encodings, with the engine. Version 2 computed the
+#: pooled [CLS] row in fp32 (BERT encoders with [CLS] pooling); version 3 records the engine
+#: (stores of versions 1 and 2 hold torch's numbers, so their resume and reuse are refused).
+INT8_SCHEME = {"version": 3}
+
+#: int8's engines: ``"onnxruntime"`` (:mod:`fastimg.embed.ort_int8`) covers BERT encoders with
+#: exact GELU, [CLS] pooling and padded batches; ``"torch"`` (:mod:`fastimg.embed.int8`) every
+#: model, pooling and batching; ``"auto"`` picks ONNX Runtime where it covers the run.
+INT8_ENGINES = ("auto", "onnxruntime", "torch")
+
+
+def int8_engine(requested: str, pooling: str, batching: str, model_config=None) -> str:
+    """The engine int8 runs on: ``"onnxruntime"`` or ``"torch"``.
+
+    Parameters
+    ----------
+    requested : {"auto", "onnxruntime", "torch"}
+    pooling, batching : str
+        As in :class:`~fastimg.embed.EncoderConfig`.
+    model_config : transformers PretrainedConfig, optional
+        The model's config (known before its weights are loaded); None checks the rest only
+        (:class:`~fastimg.embed.EncoderConfig` does, before a model is named).
+
+    Raises
+    ------
+    ValueError
+        When ``"onnxruntime"`` is asked for a run its graph does not cover.
+    """
+    if requested == "torch":
+        return "torch"
+    needs = []
+    if model_config is None:
+        pass
+    elif not fast_path_config_ok(model_config):
+        needs.append(f"a BERT encoder (this is {getattr(model_config, 'model_type', None)!r})")
+    elif getattr(model_config, "hidden_act", None) != "gelu":
+        needs.append(f"exact GELU (this model has {model_config.hidden_act!r})")
+    if pooling != "cls":
+        needs.append(f"pooling 'cls' (not {pooling!r})")
+    if batching != "padded":
+        needs.append(f"batching 'padded' (not {batching!r})")
+    if not needs:
+        return "onnxruntime"
+    if requested == "auto":
+        return "torch"
+    raise ValueError("int8 engine 'onnxruntime' needs " + ", ".join(needs)
+                     + "; engine 'torch' (or 'auto') runs the rest")
 
 
 @dataclass(frozen=True)
@@ -125,3 +166,4 @@ def resolve(precision: str, device: str) -> PrecisionBackend:
     name = AUTO[device] if precision == "auto" else precision
     check_device(name, device)
     return BACKENDS[name]
+

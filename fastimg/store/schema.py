@@ -37,7 +37,8 @@ DIMENSIONS = {IDS: ("row",), LABELS: ("row",), SPLIT: ("row",), EMBEDDINGS: ("ro
               IMAGES: ("row", "y", "x")}
 
 #: what an encoder run resolved (keys of its ``stats``), recorded with the store's encode stage
-ENCODE_RUN_STATS = ("layers", "device", "precision", "compute_dtype", "batching", "attention")
+ENCODE_RUN_STATS = ("layers", "device", "precision", "int8_engine", "compute_dtype", "batching",
+                    "attention")
 
 #: The stages of a dataset build, in order; each one's output depends on the one before.
 STAGES = ("corpus", "encode", "layout", "images")

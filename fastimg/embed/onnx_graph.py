@@ -12,7 +12,8 @@ quantisation), and the [CLS] row is computed again in fp32 (its query, key and v
 the quantised ones before attention, its sublayers replace the quantised row after), so
 quantisation never rounds the pooled row itself.
 
-Used by the encode benchmark (:mod:`benchmarks.onnxruntime_encoder`); it imports onnx at the top.
+Run by :mod:`fastimg.embed.ort_int8` (``precision="int8"`` on ONNX Runtime); it imports onnx at
+the top, so it is imported only then.
 """
 from __future__ import annotations
 
@@ -76,6 +77,8 @@ class _Linears:
 
     def matmul(self, x, weight, quantize: bool):
         g = self.graph
+        # a weight of its own per MatMul: ORT's quantiser gives a weight shared with an fp32
+        # MatMul (the [CLS] row's) a DequantizeLinear, which would round the [CLS] row too
         product = g.op("MatMul", [x, g.tensor(weight.detach().T.contiguous())])
         if quantize:
             self.quantized.append(g.nodes[-1].name)
@@ -104,7 +107,9 @@ def _sublayers(g: _Graph, linear: _Linears, layer, attended, residual, eps, quan
 def build(model, layers, exact_first_row: bool = True) -> tuple[onnx.ModelProto, list[str]]:
     """The graph of a BERT ``model`` (fp32 weights) pooling the [CLS] rows of ``layers``.
 
-    Inputs ``input_ids`` and ``attention_mask`` (int64 ``[batch, tokens]``), output ``pooled``
+    Inputs ``input_ids`` (int64 ``[batch, tokens]``) and ``attention_mask`` (bool, padding on
+    the right, as :func:`fastimg.embed.batching.pad_batch` lays it out: attention is given each
+    text's length), output ``pooled``
     (float32 ``[batch, len(layers) * hidden]``).
 
     Parameters
@@ -148,7 +153,9 @@ def build(model, layers, exact_first_row: bool = True) -> tuple[onnx.ModelProto,
     h = g.op("Add", [h, g.tensor(emb.token_type_embeddings.weight[0])])
     h = g.op("LayerNormalization", [h, g.tensor(emb.LayerNorm.weight),
                                     g.tensor(emb.LayerNorm.bias)], axis=-1, epsilon=eps)
-    key_padding = g.op("Cast", ["attention_mask"], to=TensorProto.INT32)
+    # each text's length (int32 [batch]): ORT's attention skips the padded keys
+    key_padding = g.op("ReduceSum", [g.op("Cast", ["attention_mask"], to=TensorProto.INT32),
+                                     g.ints(1)], keepdims=0)
     pooled = {0: g.rows(h, 0, 1)} if 0 in layers else {}
     last = max(layers)
     for i in range(1, last + 1):
@@ -185,8 +192,9 @@ def build(model, layers, exact_first_row: bool = True) -> tuple[onnx.ModelProto,
             pooled[i] = g.rows(h, 0, 1)
     cat = g.op("Concat", [pooled[i] for i in layers], axis=-1)
     g.nodes.append(helper.make_node("Squeeze", [cat, g.ints(1)], ["pooled"], name="pooled"))
-    ids_info = [helper.make_tensor_value_info(name, TensorProto.INT64, ["batch", "tokens"])
-                for name in ("input_ids", "attention_mask")]
+    ids_info = [helper.make_tensor_value_info(name, dtype, ["batch", "tokens"])
+                for name, dtype in (("input_ids", TensorProto.INT64),
+                                    ("attention_mask", TensorProto.BOOL))]
     out_info = helper.make_tensor_value_info("pooled", TensorProto.FLOAT,
                                              ["batch", len(layers) * width])
     graph = helper.make_graph(g.nodes, "fastimg_bert_cls", ids_info, [out_info], g.initializers)
@@ -207,17 +215,19 @@ def save_int8(model, layers, path, exact_first_row: bool = True) -> None:
         As for :func:`build`; without ``exact_first_row`` every MatMul is quantised, the [CLS]
         row's too.
     path : str or Path
-        The .onnx file to write.
+        The .onnx file to write, its weights in a file beside it (``<name>.data``): the graph
+        holds the fp32 weights of the [CLS] row as well as the int8 ones, past protobuf's 2 GB
+        for models of bert-large's size. Load it from where it was written.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     graph, all_rows = build(model, layers, exact_first_row)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
-        onnx.save(graph, fp32)
+        onnx.save(graph, fp32, save_as_external_data=True, location="fp32.onnx.data")
         # contrib ops are outside ONNX's shape inference: their outputs are float32; op types as
         # well as nodes, since an empty node list would mean every node
         quantize_dynamic(fp32, path, weight_type=QuantType.QInt8, per_channel=True,
                          reduce_range=True, nodes_to_quantize=all_rows,
-                         op_types_to_quantize=["MatMul"],
+                         op_types_to_quantize=["MatMul"], use_external_data_format=True,
                          extra_options={"DefaultTensorType": TensorProto.FLOAT})
