@@ -4,11 +4,11 @@ Work is done chunk by chunk (``config.chunk_rows`` texts). A background thread
 (:mod:`~fastimg.embed.tokenize`) tokenises the next chunk and pads or packs its batches (pinned
 memory on CUDA) while the model (:mod:`~fastimg.embed.forward` for padded batches,
 :mod:`~fastimg.embed.packed` for packed ones, prepared by a :mod:`~fastimg.embed.precision`
-backend; int8 on ONNX Runtime: :mod:`~fastimg.embed.ort_int8`) runs the current one; inside a chunk texts are sorted by token length and cut into
-batches by a token budget, and the results are put back in input order. Into zarr, another
-thread (:mod:`~fastimg.embed.commit`) writes finished chunks while the model runs on. Because a
-chunk's batches depend only on that chunk, :func:`encode` and :func:`encode_to_array` give the
-same bytes, interrupted or not.
+backend; int8 on ONNX Runtime: :mod:`~fastimg.embed.ort_int8`) runs the current one; inside a
+chunk texts are sorted by token length and cut into batches by a token budget, and the results
+are put back in input order. Into zarr, another thread (:mod:`~fastimg.embed.commit`) writes
+finished chunks while the model runs on. Because a chunk's batches depend only on that chunk,
+:func:`encode` and :func:`encode_to_array` give the same bytes, interrupted or not.
 """
 from __future__ import annotations
 
