@@ -330,7 +330,11 @@ def run_settings(texts, config: EncoderConfig, model: LoadedModel | None = None)
         JSON-ready; ``device`` is the resolved kind (``"cpu"`` / ``"cuda"``) and ``precision``
         the resolved precision (``"fp32"``, ``"int8"``, ``"fp16"`` or ``"bf16"``).
     """
-    plan, src = _plan(config, model)
+    return _settings(texts, config, *_plan(config, model))
+
+
+def _settings(texts, config: EncoderConfig, plan: _Plan, src) -> dict:
+    """:func:`run_settings` for a resolved plan and model source."""
     settings = {
         "model": config.model,
         "model_fingerprint": src.fingerprint(),
@@ -420,8 +424,8 @@ def encode_to_array(texts, config: EncoderConfig | None, target, *, name: str = 
     texts, config, model = _prepare(texts, config, model)
     group = target if isinstance(target, zarr.Group) else zarr.open_group(
         str(target), mode="a", zarr_format=3)
-    settings = run_settings(texts, config, model)
-    plan, _ = _plan(config, model)
+    plan, src = _plan(config, model)
+    settings = _settings(texts, config, plan, src)
     stats = _init_stats(stats, plan)
     shape = (len(texts), plan.n_features)
     if name in group:

@@ -5,9 +5,10 @@ to the last wanted one, the last for the [CLS] row only, and ORT's fused attenti
 and skip + LayerNorm kernels where torch runs chains of fp32 ops. Its every-row MatMuls run
 ORT's dynamic int8 (weights int8, one scale per output channel, 7-bit; activations uint8, one
 scale per call), and the pooled [CLS] row is computed in fp32, as :mod:`fastimg.embed.int8` does
-with torch's kernels. On IMDB (MiniLM, 512 tokens, machine A) it ran 1.58-1.70x fp32 with a
-linear probe 0.0025 below fp32's, where torch's int8 ran 1.37x (``benchmarks/RESULTS.md``,
-"int8: torch's kernels or ONNX Runtime's").
+with torch's kernels. On IMDB (MiniLM, 512 tokens, machine A) it ran 1.50-1.70x fp32 with a
+linear probe 0.0025 below fp32's, where torch's int8 ran 1.28-1.38x in the same runs
+(``benchmarks/RESULTS.md``, "int8: torch's kernels or ONNX Runtime's" and "int8 on ONNX Runtime
+through the encoder").
 
 Like torch's, a text's int8 numbers depend on its batch (activation scales are per batch), so
 what cuts the batches is part of int8's run settings. Imported only when int8 runs on ONNX
@@ -29,8 +30,6 @@ import numpy as np
 logger = logging.getLogger("fastimg.embed")
 
 _CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
 _LOCK = threading.Lock()
 _ORT_PACKAGE = f"{os.sep}onnxruntime{os.sep}"
 
@@ -109,7 +108,7 @@ def prepare(model, layers) -> OrtForward:
     device = next(model.parameters()).device
     if device.type != "cpu":
         raise ValueError(f"int8 on ONNX Runtime runs on the CPU only; the model is on {device}")
-    if not fast_path_ok(model):
+    if not fast_path_ok(model):  # checked before the cache: a cached session is no excuse
         raise ValueError(f"int8 engine 'onnxruntime' needs the BERT modules of the fast path; "
                          f"this {type(model).__name__} lacks them (use int8_engine 'torch')")
     threads = torch.get_num_threads()

@@ -73,12 +73,11 @@ def int8_engine(requested: str, pooling: str, batching: str, model_config=None) 
     if requested == "torch":
         return "torch"
     needs = []
-    if model_config is None:
-        pass
-    elif not fast_path_config_ok(model_config):
-        needs.append(f"a BERT encoder (this is {getattr(model_config, 'model_type', None)!r})")
-    elif getattr(model_config, "hidden_act", None) != "gelu":
-        needs.append(f"exact GELU (this model has {model_config.hidden_act!r})")
+    if model_config is not None:
+        if not fast_path_config_ok(model_config):
+            needs.append(f"a BERT encoder (this is {getattr(model_config, 'model_type', None)!r})")
+        elif getattr(model_config, "hidden_act", None) != "gelu":
+            needs.append(f"exact GELU (this model has {model_config.hidden_act!r})")
     if pooling != "cls":
         needs.append(f"pooling 'cls' (not {pooling!r})")
     if batching != "padded":
@@ -166,4 +165,3 @@ def resolve(precision: str, device: str) -> PrecisionBackend:
     name = AUTO[device] if precision == "auto" else precision
     check_device(name, device)
     return BACKENDS[name]
-
