@@ -275,6 +275,8 @@ def precision_section(texts, loaded, model_name, device, max_length, probe: int 
     achieved GFLOP/s and its fraction of that matmul rate."""
     from fastimg.embed import EncoderConfig
 
+    # read before the timed part: a corpus that cannot be found fails now, not after it
+    probe_data = probe_slice(probe) if probe else None
     configs = {name: EncoderConfig(model=model_name, device=device, max_length=max_length,
                                    **kw) for name, kw in variants(device).items()}
     encoders = _fastimg_encoders(configs, loaded)
@@ -302,9 +304,9 @@ def precision_section(texts, loaded, model_name, device, max_length, probe: int 
             if matmul_gflops:
                 section[name]["fraction_of_matmul"] = gflops / matmul_gflops
     section["max_abs_value"] = float(np.abs(ref.astype(np.float32)).max())
-    if probe:
+    if probe_data is not None:
         padded = [n for n, c in configs.items() if c.batching == "padded"]
-        p_texts, y, split = probe_slice(probe)
+        p_texts, y, split = probe_data
         timed = _interleaved(p_texts, {n: encoders[n] for n in padded + list(others)}, device,
                              2 * blocks)
         ref = timed["fp32"][2]

@@ -53,10 +53,11 @@ def test_the_fp32_graph_computes_fastimgs_forward(tiny, tiny_bert_dir, layers, e
                                        output_dtype="float32"), model=tiny)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
-    # every layer before the last: QKV and the three sublayer projections on every row; the
-    # last: keys and values (and, when the [CLS] row is not kept apart, its query and sublayers)
+    # every layer before the last: query, key, value and the three sublayer projections on
+    # every row; the last: keys and values (and, when the [CLS] row is not kept apart, its
+    # query and sublayers)
     last = max(layers)
-    assert len(all_rows) == 4 * (last - 1) + (1 if exact_first_row else 5)
+    assert len(all_rows) == 6 * (last - 1) + (2 if exact_first_row else 6)
 
 
 def test_int8_quantises_the_every_row_matmuls_only(tiny, tmp_path):
@@ -65,10 +66,11 @@ def test_int8_quantises_the_every_row_matmuls_only(tiny, tmp_path):
     onnx_graph.save_int8(tiny.model, layers, tmp_path / "int8.onnx")
     ops = [node.op_type for node in onnx.load(tmp_path / "int8.onnx").graph.node]
     fp32_matmuls = sum(node.op_type == "MatMul" for node in graph.graph.node)
-    assert sum(op in INTEGER_MATMULS for op in ops) == len(all_rows) == 9
+    assert sum(op in INTEGER_MATMULS for op in ops) == len(all_rows) == 6 * 2 + 2
     assert "DequantizeLinear" not in ops  # the fp32 MatMuls keep weights of their own
-    # the [CLS] row's own projections stay fp32: 4 per layer before the last, 5 in the last
-    assert ops.count("MatMul") == fp32_matmuls - len(all_rows) == 4 * 2 + 5
+    # the [CLS] row's own projections stay fp32: query, key, value and the three sublayer
+    # projections in every layer
+    assert ops.count("MatMul") == fp32_matmuls - len(all_rows) == 6 * 3
 
 
 def test_the_int8_graph_is_as_close_to_fp32_as_fastimgs_int8(tiny, tiny_bert_dir, tmp_path):

@@ -4,7 +4,9 @@ The graph computes what :mod:`fastimg.embed.forward` computes with [CLS] pooling
 to the last wanted one, the last layer for the [CLS] row only (its keys and values still come
 from every token), the [CLS] rows of the wanted layers concatenated. It uses ONNX Runtime's own
 fused operators (``com.microsoft``: MultiHeadAttention, SkipLayerNormalization, BiasGelu), so
-attention, GELU and LayerNorm run in ORT's kernels, not as chains of small ops.
+attention, GELU and LayerNorm run in ORT's kernels, not as chains of small ops. Query, key and
+value are three MatMuls whose biases attention adds: a stacked QKV would cost a split and, for
+the [CLS] row below, a concatenation, each a copy of the whole batch.
 
 With ``exact_first_row`` the graph is laid out for int8 as :mod:`fastimg.embed.int8` lays out
 torch's: every Linear layer runs on every row (these are the MatMuls :func:`build` returns for
@@ -63,13 +65,16 @@ class _Graph:
                                            **attrs))
         return outputs if n_out > 1 else outputs[0]
 
+    def scalar(self, value: int) -> str:
+        return self.tensor(np.asarray(value, dtype=np.int64), "c")
+
     def rows(self, x, start: int, stop: int = END):
         """``x[:, start:stop]``"""
         return self.op("Slice", [x, self.ints(start), self.ints(stop), self.ints(1)])
 
 
 class _Linears:
-    """Adds ``x @ W.T (+ b)`` for a layer's Linear modules, noting the MatMuls to quantise."""
+    """Adds ``x @ W.T`` for a layer's Linear modules, noting the MatMuls to quantise."""
 
     def __init__(self, graph: _Graph):
         self.graph = graph
@@ -84,8 +89,25 @@ class _Linears:
             self.quantized.append(g.nodes[-1].name)
         return product
 
-    def __call__(self, x, weight, bias, quantize: bool):
-        return self.graph.op("Add", [self.matmul(x, weight, quantize), self.graph.tensor(bias)])
+
+def _first_rows(g: _Graph) -> str:
+    """ScatterND's indices of each text's first row, ``(text, 0)``: int64 ``[batch, 1, 2]``."""
+    batch = g.op("Squeeze", [g.op("Shape", ["input_ids"], start=0, end=1), g.ints(0)])
+    texts = g.op("Unsqueeze", [g.op("Range", [g.scalar(0), batch, g.scalar(1)]), g.ints(1, 2)])
+    return g.op("Concat", [texts, g.op("Mul", [texts, g.scalar(0)])], axis=2)
+
+
+def _projection(g: _Graph, linear: _Linears, weight, x, first, firsts):
+    """``x @ W.T``, its bias left to attention. Quantised on every row of ``x``; given
+    ``firsts`` (:func:`_first_rows`), the [CLS] rows are computed again in fp32 and written over
+    the quantised ones. ``x`` the [CLS] rows ``first`` themselves (the last layer's query): in
+    fp32 given ``firsts``, quantised without."""
+    if x is first:
+        return linear.matmul(first, weight, quantize=firsts is None)
+    product = linear.matmul(x, weight, quantize=True)
+    if firsts is None:
+        return product
+    return g.op("ScatterND", [product, firsts, linear.matmul(first, weight, quantize=False)])
 
 
 def _sublayers(g: _Graph, linear: _Linears, layer, attended, residual, eps, quantize: bool):
@@ -134,7 +156,7 @@ def build(model, layers, exact_first_row: bool = True) -> tuple[onnx.ModelProto,
     ValueError
         For a model the fast path does not cover, or another activation than erf GELU.
     """
-    from fastimg.embed.forward import fast_path_ok, qkv_weights
+    from fastimg.embed.forward import fast_path_ok
 
     if not fast_path_ok(model):
         raise ValueError(f"{type(model).__name__} is not a BERT encoder the fast path covers")
@@ -157,37 +179,29 @@ def build(model, layers, exact_first_row: bool = True) -> tuple[onnx.ModelProto,
     key_padding = g.op("ReduceSum", [g.op("Cast", ["attention_mask"], to=TensorProto.INT32),
                                      g.ints(1)], keepdims=0)
     pooled = {0: g.rows(h, 0, 1)} if 0 in layers else {}
+    firsts = _first_rows(g) if exact_first_row else None
     last = max(layers)
     for i in range(1, last + 1):
         layer = model.encoder.layer[i - 1]
         sa = layer.attention.self
-        attn = dict(domain=MS, num_heads=sa.num_attention_heads, scale=float(sa.scaling))
         first = g.rows(h, 0, 1)
-        qkv_weight, qkv_bias = qkv_weights(layer)  # query, key, value stacked
-        if i == last:  # the [CLS] query only; keys and values of every token
-            stacked = qkv_weight[width:], qkv_bias[width:]
-            kv = linear(h, *stacked, quantize=True)
-            if exact_first_row:
-                kv = g.op("Concat", [linear(first, *stacked, quantize=False), g.rows(kv, 1)],
-                          axis=1)
-            k, v = g.op("Split", [kv, g.ints(width, width)], n_out=2, axis=-1)
-            q = linear(first, sa.query.weight, sa.query.bias, quantize=not exact_first_row)
-            attended = g.op("MultiHeadAttention", [q, k, v, "", key_padding], **attn)
-            h = _sublayers(g, linear, layer, attended, first, eps,
-                           quantize=not exact_first_row)
+        # query, key and value apart, their biases added inside attention: no stacked QKV to
+        # split or copy. The [CLS] query alone in the last layer; keys and values of every token
+        rows = {"query": first if i == last else h, "key": h, "value": h}
+        q, k, v = (_projection(g, linear, getattr(sa, name).weight, x, first, firsts)
+                   for name, x in rows.items())
+        bias = g.tensor(np.concatenate([getattr(sa, name).bias.detach().cpu().numpy()
+                                        for name in rows]))
+        attended = g.op("MultiHeadAttention", [q, k, v, bias, key_padding], domain=MS,
+                        num_heads=sa.num_attention_heads, scale=float(sa.scaling))
+        if i == last:
+            h = _sublayers(g, linear, layer, attended, first, eps, quantize=not exact_first_row)
         else:
-            stacked = qkv_weight, qkv_bias
-            qkv = linear(h, *stacked, quantize=True)
+            h = _sublayers(g, linear, layer, attended, h, eps, quantize=True)
             if exact_first_row:
-                qkv = g.op("Concat", [linear(first, *stacked, quantize=False), g.rows(qkv, 1)],
-                           axis=1)
-            q, k, v = g.op("Split", [qkv, g.ints(width, width, width)], n_out=3, axis=-1)
-            attended = g.op("MultiHeadAttention", [q, k, v, "", key_padding], **attn)
-            out = _sublayers(g, linear, layer, attended, h, eps, quantize=True)
-            if exact_first_row:
-                out = g.op("Concat", [_sublayers(g, linear, layer, g.rows(attended, 0, 1), first,
-                                                 eps, quantize=False), g.rows(out, 1)], axis=1)
-            h = out
+                h = g.op("ScatterND", [h, firsts, _sublayers(g, linear, layer,
+                                                             g.rows(attended, 0, 1), first,
+                                                             eps, quantize=False)])
         if i in layers:
             pooled[i] = g.rows(h, 0, 1)
     cat = g.op("Concat", [pooled[i] for i in layers], axis=-1)

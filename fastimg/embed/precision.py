@@ -36,9 +36,9 @@ PRECISIONS = ("auto", "fp32", "int8", "fp16", "bf16")
 #: the bar set in issue 13 (>= 1.6x fp32 docs/s with linear-probe accuracy within 0.005 on the
 #: measured IMDB slice). On machine A (MiniLM, 512 tokens, 2-core AMD EPYC, AVX2) int8 on ONNX
 #: Runtime keeps the accuracy (0.0025 below fp32 on 20 paired resplits, standard error 0.001)
-#: but ran 1.50x and 1.52x (1,000 reviews, slice) through the encoder, where the same graph ran
-#: 1.58x and 1.70x as a benchmark column the run before; attention, in fp32, takes a third of
-#: its time on 512-token batches. Figures: ``benchmarks/RESULTS.md`` (encode, int8).
+#: but ran 1.50x / 1.52x (1,000 reviews / slice) through the encoder, and 1.56x / 1.58x with its
+#: query, key and value apart, where a graph of the same numbers ran 1.58x / 1.70x as a benchmark
+#: column; attention, in fp32, takes a third of its time on 512-token batches. Figures: ``benchmarks/RESULTS.md`` (encode, int8).
 AUTO = {"cuda": "fp16", "cpu": "fp32"}
 
 
