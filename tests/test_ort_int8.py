@@ -60,6 +60,20 @@ def test_the_fp32_graph_computes_fastimgs_forward(tiny, tiny_bert_dir, layers, e
     assert len(all_rows) == 6 * (last - 1) + (2 if exact_first_row else 6)
 
 
+def test_a_batch_of_one_text(tiny, tiny_bert_dir, tmp_path):
+    """The [CLS] rows are written in for a batch of any size; an encoder's last batch may hold
+    a single text."""
+    layers = (2, 3)
+    ids, mask = _padded(tiny, TEXTS[1:2])
+    got = _run(_session(onnx_graph.build(tiny.model, layers)[0]), ids, mask)
+    want = encode(TEXTS[1:2], EncoderConfig(model=str(tiny_bert_dir), device="cpu", layers=layers,
+                                            output_dtype="float32"), model=tiny)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+    onnx_graph.save_int8(tiny.model, layers, tmp_path / "int8.onnx")
+    int8 = _run(_session(tmp_path / "int8.onnx"), ids, mask)
+    assert int8.shape == want.shape and np.isfinite(int8).all()
+
+
 def test_int8_quantises_the_every_row_matmuls_only(tiny, tmp_path):
     layers = (1, 2, 3)
     graph, all_rows = onnx_graph.build(tiny.model, layers)

@@ -6,11 +6,13 @@ from every token), the [CLS] rows of the wanted layers concatenated. It uses ONN
 fused operators (``com.microsoft``: MultiHeadAttention, SkipLayerNormalization, BiasGelu), so
 attention, GELU and LayerNorm run in ORT's kernels, not as chains of small ops. Query, key and
 value are three MatMuls whose biases attention adds: a stacked QKV would cost a split and, for
-the [CLS] row below, a concatenation, each a copy of the whole batch.
+the [CLS] row below, a slice and a concatenation, each a copy of the whole batch three hidden
+sizes wide; writing the [CLS] row in (ScatterND) copies one hidden size per tensor.
 
 With ``exact_first_row`` the graph is laid out for int8 as :mod:`fastimg.embed.int8` lays out
-torch's: every Linear layer runs on every row (these are the MatMuls :func:`build` returns for
-quantisation), and the [CLS] row is computed again in fp32 (its query, key and value replace
+torch's: every Linear layer runs on every row (in the last layer, its key and value; its query
+and sublayers run on the [CLS] row alone) and these MatMuls are the ones :func:`build` returns
+for quantisation; the [CLS] row is computed again in fp32 (its query, key and value replace
 the quantised ones before attention, its sublayers replace the quantised row after), so
 quantisation never rounds the pooled row itself.
 
@@ -149,7 +151,8 @@ def build(model, layers, exact_first_row: bool = True) -> tuple[onnx.ModelProto,
     -------
     graph : onnx.ModelProto
     all_rows : list of str
-        Names of the MatMuls that run on every row: the ones to quantise.
+        Names of the MatMuls to quantise: those that run on every row, and with
+        ``exact_first_row`` false the last layer's [CLS]-row ones too.
 
     Raises
     ------
