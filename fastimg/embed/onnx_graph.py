@@ -102,8 +102,8 @@ def _first_rows(g: _Graph) -> str:
 def _projection(g: _Graph, linear: _Linears, weight, x, first, firsts):
     """``x @ W.T``, its bias left to attention. Quantised on every row of ``x``; given
     ``firsts`` (:func:`_first_rows`), the [CLS] rows are computed again in fp32 and written over
-    the quantised ones. ``x`` the [CLS] rows ``first`` themselves (the last layer's query): in
-    fp32 given ``firsts``, quantised without."""
+    the quantised ones. When ``x`` is ``first`` itself (the last layer's query), the product is
+    fp32 given ``firsts`` and quantised without."""
     if x is first:
         return linear.matmul(first, weight, quantize=firsts is None)
     product = linear.matmul(x, weight, quantize=True)
