@@ -56,7 +56,8 @@ def main():
         params = inspect.signature(run).parameters
         extra = {k: getattr(args, k) for k in ("device", "docs", "probe", "store", "limit",
                                                 "configs", "weights", "probes", "extractors",
-                                                "epochs", "seeds", "precision", "tokenizer", "pooling")
+                                                "epochs", "seeds", "precision", "tokenizer",
+                                                "pooling")
                  if k in params}
         run(quick=args.quick, json_path=path, **extra)
 

@@ -22,7 +22,10 @@ TARGET_PYTHON=${TARGET_PYTHON:-3.12}
 KIT=${KIT:-gpu-kit}
 PACKAGES="numpy zarr numcodecs donfig google-crc32c openTSNE"
 
-test -f "$DATA/imdb/imdb.csv.gz" || { echo "no $DATA/imdb/imdb.csv.gz: set FASTIMG_DATA" >&2; exit 2; }
+if [ ! -f "$DATA/imdb/imdb.csv.gz" ]; then
+  echo "no $DATA/imdb/imdb.csv.gz: set FASTIMG_DATA" >&2
+  exit 2
+fi
 rm -rf "$KIT" && mkdir -p "$KIT/wheels" "$KIT/data/imdb" "$KIT/minilm"
 
 pins=$("$PY" -c "import importlib.metadata as m, sys
@@ -37,7 +40,8 @@ done
   --python-version "$TARGET_PYTHON" $platforms -d "$KIT/wheels" $pins
 
 cp "$DATA/imdb/imdb.csv.gz" "$KIT/data/imdb/"
-minilm=$("$PY" -c "from fastimg.embed.models import resolve_model; print(resolve_model('minilm').folder)")
+minilm=$("$PY" -c "from fastimg.embed.models import resolve_model
+print(resolve_model('minilm').folder)")
 for f in config.json vocab.txt tokenizer.json tokenizer_config.json special_tokens_map.json; do
   cp "$minilm/$f" "$KIT/minilm/"
 done

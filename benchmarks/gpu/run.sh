@@ -56,8 +56,8 @@ random_model('$WORK/bert-base-shape', '$KIT/minilm')"
 step gpu-tests 150 $PY -m pytest -c "$REPO/pyproject.toml" --rootdir "$REPO" -q -m gpu \
   -p no:cacheprovider "$REPO/tests/test_gpu.py" "$REPO/tests/test_train.py"
 
-step encode 240 $PY -m benchmarks encode --device "$DEVICE" --docs "$DOCS" --tokenizer "$KIT/minilm" \
-  --json "$RESULTS/encode-$DEVICE.json"
+step encode 240 $PY -m benchmarks encode --device "$DEVICE" --docs "$DOCS" \
+  --tokenizer "$KIT/minilm" --json "$RESULTS/encode-$DEVICE.json"
 
 build() {  # NAME LIMIT_S MODEL BATCHING
   # shellcheck disable=SC2086
