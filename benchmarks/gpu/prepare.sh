@@ -6,7 +6,8 @@
 # gpu-kit/ (ignored by git, about 55 MB: under the 64 MiB a lent GPU machine can be sent) holds
 #   wheels/  the packages fastimg needs that a stock PyTorch GPU image lacks (zarr and its
 #            codecs, openTSNE), at the versions installed here, built for that machine's Python,
-#            and numpy at this machine's version (numba-cuda 0.30 fails under numpy 2.5)
+#            and numpy at this machine's version, which must be below 2.5 (numba-cuda 0.30's
+#            kernels fail to compile under numpy 2.5, which such images may hold)
 #   data/    imdb/imdb.csv.gz, the 50,000 IMDB reviews
 #   minilm/  all-MiniLM-L6-v2's config and tokenizer, without its 87 MB of weights: run.sh gives
 #            the model random weights (an encoder's speed does not depend on their values)
@@ -29,7 +30,10 @@ fi
 rm -rf "$KIT" && mkdir -p "$KIT/wheels" "$KIT/data/imdb" "$KIT/minilm"
 
 pins=$("$PY" -c "import importlib.metadata as m, sys
-print(' '.join(f'{n}=={m.version(n)}' for n in sys.argv[1:]))" $PACKAGES)
+numpy = tuple(int(x) for x in m.version('numpy').split('.')[:2])
+if numpy >= (2, 5):
+    sys.exit(f'numpy here is {m.version(\"numpy\")}: numba-cuda 0.30 needs numpy < 2.5')
+print(' '.join(f'{n}=={m.version(n)}' for n in sys.argv[1:]))" $PACKAGES) || exit 2
 platforms=""
 for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 \
          manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64; do
@@ -45,4 +49,10 @@ print(resolve_model('minilm').folder)")
 for f in config.json vocab.txt tokenizer.json tokenizer_config.json special_tokens_map.json; do
   cp "$minilm/$f" "$KIT/minilm/"
 done
-echo "$KIT: $(du -sh "$KIT" | cut -f1) ($pins)"
+size=$(du -sb "$KIT" | cut -f1)
+echo "$KIT: $((size / 1000000)) MB ($pins)"
+# a lent machine is sent 64 MiB at most, the checkout's tracked files (about 1 MB) included
+if ((size > 62000000)); then
+  echo "$KIT is over 62 MB: it would not fit beside the checkout in 64 MiB" >&2
+  exit 2
+fi
