@@ -7,7 +7,9 @@ the ratio to fp32, the max / mean absolute difference of the embeddings and the 
 FLOP rate as a fraction of the matmul rate; so do packed batches (``batching="packed"``, every
 precision that runs them), with their ratio to padded, and on the CPU the transformers model
 exported to ONNX Runtime in the same batches (:mod:`benchmarks.onnxruntime_encoder`): fp32 and
-dynamic int8, the other int8 a user might pick.
+dynamic int8, the other int8 a user might pick. With ``pooling="mean"`` the precision columns
+pool the mean of each text's tokens (the exported columns pool [CLS] and are left out; the
+comparison with the author's loop pools [CLS], as the loop does).
 With ``probe=N`` each precision also encodes an N-review IMDB slice (``CorpusConfig(dataset=
 "imdb", limit=N, seed=0)``: train / validation / test stratified by label) and a linear probe
 (StandardScaler + LogisticRegression, C chosen on the fp32 validation rows and used for every

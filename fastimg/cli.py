@@ -479,9 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "the pooled [CLS] row of BERT encoders in fp32) | "
                             "fp16 | bf16 (CUDA, autocast); auto: fp16 on CUDA, fp32 on the CPU")
     build.add_argument("--int8-engine", default="auto", choices=["auto", "onnxruntime", "torch"],
-                       help="whose kernels int8 runs on: onnxruntime (BERT encoders, --pooling "
-                            "cls, padded batches; 1.5-1.7x fp32 on a 2-core CPU) | torch (any "
-                            "model; 1.3-1.4x); auto: onnxruntime where it covers the run")
+                       help="whose kernels int8 runs on: onnxruntime (BERT encoders, padded "
+                            "batches; 1.5-1.7x fp32 on a 2-core CPU) | torch (any model; "
+                            "1.2-1.4x); auto: onnxruntime where it covers the run")
     build.add_argument("--batching", default="padded", choices=["padded", "packed"],
                        help="encoder batches: padded rectangles (default) or texts packed end "
                             "to end with variable-length attention (FlashAttention on CUDA with "

@@ -60,6 +60,37 @@ def test_the_fp32_graph_computes_fastimgs_forward(tiny, tiny_bert_dir, layers, e
     assert len(all_rows) == 6 * (last - 1) + (2 if exact_first_row else 6)
 
 
+@pytest.mark.parametrize("layers", [(7, 8, 9, 10, 11, 12), (0, 3, 5)])
+def test_the_fp32_mean_graph_computes_fastimgs_forward(tiny, tiny_bert_dir, layers):
+    """Mean pooling averages each text's unpadded rows; every layer runs on every row."""
+    graph, all_rows = onnx_graph.build(tiny.model, layers, pooling="mean")
+    ids, mask = _padded(tiny, TEXTS)
+    got = _run(_session(graph), ids, mask)
+    want = encode(TEXTS, EncoderConfig(model=str(tiny_bert_dir), device="cpu", layers=layers,
+                                       pooling="mean", output_dtype="float32"), model=tiny)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+    assert len(all_rows) == 6 * max(layers)
+    # not the [CLS] rows: a mean differs from them in every layer
+    cls = _run(_session(onnx_graph.build(tiny.model, layers, exact_first_row=False)[0]), ids, mask)
+    assert np.abs(cls - got).min(axis=0).max() > 1e-3
+
+
+def test_mean_int8_quantises_every_layer_matmul_and_pools_in_fp32(tiny, tmp_path):
+    layers = (1, 3)
+    graph, all_rows = onnx_graph.build(tiny.model, layers, pooling="mean")
+    onnx_graph.save_int8(tiny.model, layers, tmp_path / "int8.onnx", pooling="mean")
+    ops = [node.op_type for node in onnx.load(tmp_path / "int8.onnx").graph.node]
+    assert sum(op in INTEGER_MATMULS for op in ops) == len(all_rows) == 6 * 3
+    assert ops.count("MatMul") == len(layers)  # one fp32 pooling MatMul per pooled layer
+
+
+def test_the_graph_refuses_an_exact_cls_row_under_mean_pooling(tiny):
+    with pytest.raises(ValueError, match="\\[CLS\\] pooling only"):
+        onnx_graph.build(tiny.model, (1, 2), exact_first_row=True, pooling="mean")
+    with pytest.raises(ValueError, match="'cls' or 'mean'"):
+        onnx_graph.build(tiny.model, (1, 2), exact_first_row=False, pooling="max")
+
+
 def test_a_batch_of_one_text(tiny, tiny_bert_dir, tmp_path):
     """The [CLS] rows are written in for a batch of any size; an encoder's last batch may hold
     a single text."""
@@ -87,13 +118,15 @@ def test_int8_quantises_the_every_row_matmuls_only(tiny, tmp_path):
     assert ops.count("MatMul") == fp32_matmuls - len(all_rows) == 6 * 3
 
 
-def test_the_int8_graph_is_as_close_to_fp32_as_fastimgs_int8(tiny, tiny_bert_dir, tmp_path):
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_the_int8_graph_is_as_close_to_fp32_as_fastimgs_int8(tiny, tiny_bert_dir, tmp_path,
+                                                             pooling):
     layers = (1, 2, 3, 4, 5, 6)
-    onnx_graph.save_int8(tiny.model, layers, tmp_path / "int8.onnx")
+    onnx_graph.save_int8(tiny.model, layers, tmp_path / "int8.onnx", pooling=pooling)
     ids, mask = _padded(tiny, TEXTS)
     got = _run(_session(tmp_path / "int8.onnx"), ids, mask)
     config = EncoderConfig(model=str(tiny_bert_dir), device="cpu", layers=layers,
-                           output_dtype="float32")
+                           pooling=pooling, output_dtype="float32")
     fp32 = encode(TEXTS, config, model=tiny)
     torch_int8 = encode(TEXTS, dataclasses.replace(config, precision="int8", int8_engine="torch"),
                         model=tiny)
@@ -135,8 +168,8 @@ def _config(tiny_bert_dir, **kw):
 @pytest.mark.parametrize("kw, engine", [
     ({}, "onnxruntime"),
     ({"int8_engine": "torch"}, "torch"),
-    ({"pooling": "mean"}, "torch"),  # the graph pools [CLS] only
-    ({"batching": "packed"}, "torch"),  # and runs padded batches
+    ({"pooling": "mean"}, "onnxruntime"),
+    ({"batching": "packed"}, "torch"),  # the graph runs padded batches
 ])
 def test_int8_runs_on_onnxruntime_where_its_graph_covers_the_run(tiny, tiny_bert_dir, kw,
                                                                    engine):
@@ -146,21 +179,24 @@ def test_int8_runs_on_onnxruntime_where_its_graph_covers_the_run(tiny, tiny_bert
     assert run_settings(TEXTS, _config(tiny_bert_dir, **kw), model=tiny)["int8"]["engine"] == engine
 
 
-def test_the_encoder_runs_the_int8_graph_on_its_batches(tiny, tiny_bert_dir, tmp_path):
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_the_encoder_runs_the_int8_graph_on_its_batches(tiny, tiny_bert_dir, tmp_path, pooling):
     """One batch of the encoder (length-sorted, padded) through the saved int8 graph gives the
     encoder's numbers, put back in input order."""
     layers = (2, 4, 5)
     stats = {}
-    got = encode(TEXTS, _config(tiny_bert_dir, layers=layers), model=tiny, stats=stats)
+    got = encode(TEXTS, _config(tiny_bert_dir, layers=layers, pooling=pooling), model=tiny,
+                 stats=stats)
     assert stats["batches"] == 1
     seqs = tiny.tokenizer(TEXTS, truncation=True, max_length=64)["input_ids"]
     order = length_order([len(s) for s in seqs])
     ids, mask = pad_batch([seqs[i] for i in order], tiny.tokenizer.pad_token_id)
-    onnx_graph.save_int8(tiny.model, layers, tmp_path / "int8.onnx")
+    onnx_graph.save_int8(tiny.model, layers, tmp_path / "int8.onnx", pooling=pooling)
     want = np.empty_like(got)
     want[order] = _run(_session(tmp_path / "int8.onnx"), ids, mask)
     np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
-    fp32 = encode(TEXTS, _config(tiny_bert_dir, layers=layers, precision="fp32"), model=tiny)
+    fp32 = encode(TEXTS, _config(tiny_bert_dir, layers=layers, pooling=pooling,
+                                 precision="fp32"), model=tiny)
     assert 0 < np.abs(got - fp32).max() < 0.1 * np.abs(fp32).max()
 
 
@@ -204,31 +240,34 @@ def test_a_resume_never_mixes_int8_engines_or_schemes(tiny, tiny_bert_dir, tmp_p
 
 def test_onnxruntime_is_refused_where_its_graph_does_not_reach():
     bert = types.SimpleNamespace(model_type="bert", hidden_act="gelu")
-    assert precision_mod.int8_engine("auto", "cls", "padded", bert) == "onnxruntime"
-    assert precision_mod.int8_engine("torch", "cls", "padded", bert) == "torch"
-    for model_config, pooling, batching, message in [
-            (types.SimpleNamespace(model_type="roberta"), "cls", "padded",
+    assert precision_mod.int8_engine("auto", "padded", bert) == "onnxruntime"
+    assert precision_mod.int8_engine("torch", "padded", bert) == "torch"
+    for model_config, batching, message in [
+            (types.SimpleNamespace(model_type="roberta"), "padded",
              "a BERT encoder (this is 'roberta')"),
-            (types.SimpleNamespace(model_type="bert", hidden_act="gelu_new"), "cls", "padded",
+            (types.SimpleNamespace(model_type="bert", hidden_act="gelu_new"), "padded",
              "exact GELU (this model has 'gelu_new')"),
-            (bert, "mean", "packed", "pooling 'cls' (not 'mean'), batching 'padded'")]:
-        assert precision_mod.int8_engine("auto", pooling, batching, model_config) == "torch"
+            (bert, "packed", "batching 'padded' (not 'packed')")]:
+        assert precision_mod.int8_engine("auto", batching, model_config) == "torch"
         with pytest.raises(ValueError, match=re.escape(f"'onnxruntime' needs {message}")):
-            precision_mod.int8_engine("onnxruntime", pooling, batching, model_config)
-    with pytest.raises(ValueError, match="pooling 'cls'"):  # known before any model
-        EncoderConfig(precision="int8", int8_engine="onnxruntime", pooling="mean")
+            precision_mod.int8_engine("onnxruntime", batching, model_config)
+    with pytest.raises(ValueError, match="batching 'padded'"):  # known before any model
+        EncoderConfig(precision="int8", int8_engine="onnxruntime", batching="packed")
 
 
-def test_sessions_are_built_once_per_model_layers_and_threads(tiny, monkeypatch):
+def test_sessions_are_built_once_per_model_layers_pooling_and_threads(tiny, monkeypatch):
     from fastimg.embed import ort_int8
 
     built = []
     real = ort_int8._build
     monkeypatch.setattr(ort_int8, "_build", lambda *a: built.append(a[1:]) or real(*a))
     first = ort_int8.prepare(tiny.model, (1, 5))
-    assert ort_int8.prepare(tiny.model, [1, 5]) is first
+    assert ort_int8.prepare(tiny.model, [1, 5], "cls") is first
     assert ort_int8.prepare(tiny.model, (1, 6)) is not first
-    assert built == [((1, 5), torch.get_num_threads()), ((1, 6), torch.get_num_threads())]
+    assert ort_int8.prepare(tiny.model, (1, 5), "mean") is not first
+    threads = torch.get_num_threads()
+    assert built == [((1, 5), "cls", threads), ((1, 6), "cls", threads),
+                     ((1, 5), "mean", threads)]
 
 
 def test_quantisation_leaves_the_root_logger_as_it_was(tiny, monkeypatch, caplog):
@@ -239,12 +278,12 @@ def test_quantisation_leaves_the_root_logger_as_it_was(tiny, monkeypatch, caplog
     from fastimg.embed import ort_int8
 
     with caplog.at_level(logging.INFO):
-        ort_int8._build(tiny.model, (2,), 1)
+        ort_int8._build(tiny.model, (2,), "cls", 1)
     assert any("built the int8 ONNX Runtime graph" in r.getMessage() for r in caplog.records)
     assert not [r for r in caplog.records if "onnxruntime" in r.pathname]
     root = logging.getLogger()
     monkeypatch.setattr(root, "handlers", [])
-    ort_int8._build(tiny.model, (3,), 1)
+    ort_int8._build(tiny.model, (3,), "cls", 1)
     assert root.handlers == [] and not root.filters
 
 

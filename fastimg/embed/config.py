@@ -57,8 +57,8 @@ class EncoderConfig:
     int8_engine : {"auto", "onnxruntime", "torch"}
         Whose kernels int8 runs on (:func:`fastimg.embed.precision.int8_engine`):
         ``"onnxruntime"`` (:mod:`fastimg.embed.ort_int8`: fastimg's forward as an ONNX Runtime
-        graph with fused attention, GELU and LayerNorm; BERT encoders with exact GELU, [CLS]
-        pooling, padded batches), ``"torch"`` (:mod:`fastimg.embed.int8`: any model, pooling and
+        graph with fused attention, GELU and LayerNorm; BERT encoders with exact GELU, padded
+        batches), ``"torch"`` (:mod:`fastimg.embed.int8`: any model, pooling and
         batching), ``"auto"``: ONNX Runtime where it covers the run, else torch. Another
         value than ``"auto"`` needs ``precision="int8"``. On IMDB
         (MiniLM, 512 tokens, machine A: 2-core AMD EPYC) ONNX Runtime's ran 1.50-1.70x fp32
@@ -130,7 +130,7 @@ class EncoderConfig:
         if self.int8_engine != "auto" and self.precision != "int8":
             raise ValueError(f"int8_engine {self.int8_engine!r} applies to precision 'int8'; "
                              f"precision is {self.precision!r}")
-        int8_engine(self.int8_engine, self.pooling, self.batching)  # the model is checked later
+        int8_engine(self.int8_engine, self.batching)  # the model is checked later
         _choice("output_dtype", self.output_dtype, OUTPUT_DTYPES)
         _choice("batching", self.batching, BATCHINGS)
         _choice("device", self.device, ("auto", "cpu", "cuda"))

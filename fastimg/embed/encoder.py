@@ -125,7 +125,7 @@ def _plan(config: EncoderConfig, model: LoadedModel | None):
     precision = precision_mod.resolve(config.precision, device)
     layers = resolve_layers(config.layers, n_layers)
     budget = config.token_budget or DEFAULT_BUDGET[device]
-    engine = (precision_mod.int8_engine(config.int8_engine, config.pooling, config.batching,
+    engine = (precision_mod.int8_engine(config.int8_engine, config.batching,
                                         model_config) if precision.quantize else None)
     return _Plan(device, precision, layers, max(budget, config.max_length), len(layers) * hidden,
                  engine), src
@@ -140,10 +140,10 @@ def _batch_runner(model, plan: _Plan, config, fast: bool, packed: bool, attentio
     queued batches of :class:`~fastimg.embed.tokenize.Producer`, on the plan's engine."""
     import torch
 
-    if plan.int8_engine == "onnxruntime":  # padded CPU batches ([CLS] pooling of a BERT encoder)
+    if plan.int8_engine == "onnxruntime":  # padded CPU batches of a BERT encoder
         from fastimg.embed import ort_int8
 
-        session = ort_int8.prepare(model, plan.layers)
+        session = ort_int8.prepare(model, plan.layers, config.pooling)
 
         def run_onnxruntime(tensors, n_tokens: int, max_len: int):
             rows, ids, mask = tensors

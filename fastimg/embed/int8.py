@@ -2,7 +2,7 @@
 row kept in fp32.
 
 The engine for what ONNX Runtime's graph (:mod:`fastimg.embed.ort_int8`) does not cover: other
-models, mean pooling, packed batches (:func:`fastimg.embed.precision.int8_engine`), or when
+models, packed batches (:func:`fastimg.embed.precision.int8_engine`), or when
 asked for. Every ``nn.Linear`` runs torch's dynamic int8 kernel (fbgemm / oneDNN): int8 weights
 with one scale per output channel, activations quantised per call with one scale for the whole
 input.

@@ -1,8 +1,10 @@
 """fastimg's BERT forward written as an ONNX graph, for ONNX Runtime's int8 kernels on the CPU.
 
-The graph computes what :mod:`fastimg.embed.forward` computes with [CLS] pooling: the layers up
-to the last wanted one, the last layer for the [CLS] row only (its keys and values still come
-from every token), the [CLS] rows of the wanted layers concatenated. It uses ONNX Runtime's own
+The graph computes what :mod:`fastimg.embed.forward` computes: the layers up to the last wanted
+one, the pooled rows of the wanted layers concatenated. With [CLS] pooling the last layer runs
+for the [CLS] row only (its keys and values still come from every token); with mean pooling
+every layer runs on every row and each wanted layer's rows are averaged over the text's tokens
+(a MatMul of the mask with the rows, divided by the length). It uses ONNX Runtime's own
 fused operators (``com.microsoft``: MultiHeadAttention, SkipLayerNormalization, BiasGelu), so
 attention, GELU and LayerNorm run in ORT's kernels, not as chains of small ops. Query, key and
 value are three MatMuls whose biases attention adds: a stacked QKV would cost a split and, for
@@ -128,8 +130,18 @@ def _sublayers(g: _Graph, linear: _Linears, layer, attended, residual, eps, quan
                  g.tensor(ffn.dense.bias)], domain=MS, epsilon=eps)
 
 
-def build(model, layers, exact_first_row: bool = True) -> tuple[onnx.ModelProto, list[str]]:
-    """The graph of a BERT ``model`` (fp32 weights) pooling the [CLS] rows of ``layers``.
+def _pooling(g: _Graph, pooling: str):
+    """``pool(h) -> [batch, 1, hidden]``: the [CLS] row, or the mean of the unpadded rows."""
+    if pooling == "cls":
+        return lambda h: g.rows(h, 0, 1)
+    mask = g.op("Unsqueeze", [g.op("Cast", ["attention_mask"], to=TensorProto.FLOAT), g.ints(1)])
+    lengths = g.op("ReduceSum", [mask, g.ints(2)], keepdims=1)  # [batch, 1, 1]
+    return lambda h: g.op("Div", [g.op("MatMul", [mask, h]), lengths])
+
+
+def build(model, layers, exact_first_row: bool | None = None,
+          pooling: str = "cls") -> tuple[onnx.ModelProto, list[str]]:
+    """The graph of a BERT ``model`` (fp32 weights) pooling the rows of ``layers``.
 
     Inputs ``input_ids`` (int64 ``[batch, tokens]``) and ``attention_mask`` (bool, padding on
     the right, as :func:`fastimg.embed.batching.pad_batch` lays it out: attention is given each
@@ -143,9 +155,11 @@ def build(model, layers, exact_first_row: bool = True) -> tuple[onnx.ModelProto,
     layers : sequence of int
         Indices into ``hidden_states`` (0: the embeddings), as resolved by
         :func:`fastimg.embed.config.resolve_layers`.
-    exact_first_row : bool
+    exact_first_row : bool, optional
         Compute the [CLS] row apart, with MatMuls of its own (left in fp32 by
-        :func:`save_int8`).
+        :func:`save_int8`). [CLS] pooling only; None: with [CLS] pooling.
+    pooling : {"cls", "mean"}
+        As in :class:`~fastimg.embed.EncoderConfig`.
 
     Returns
     -------
@@ -157,7 +171,8 @@ def build(model, layers, exact_first_row: bool = True) -> tuple[onnx.ModelProto,
     Raises
     ------
     ValueError
-        For a model the fast path does not cover, or another activation than erf GELU.
+        For a model the fast path does not cover, another activation than erf GELU, or
+        ``exact_first_row`` with mean pooling.
     """
     from fastimg.embed.forward import fast_path_ok
 
@@ -166,6 +181,12 @@ def build(model, layers, exact_first_row: bool = True) -> tuple[onnx.ModelProto,
     act = getattr(model.config, "hidden_act", None)
     if act != "gelu":
         raise ValueError(f"the ONNX graph has exact (erf) GELU only, not {act!r}")
+    if pooling not in ("cls", "mean"):
+        raise ValueError(f"pooling must be 'cls' or 'mean', not {pooling!r}")
+    if exact_first_row is None:
+        exact_first_row = pooling == "cls"
+    if exact_first_row and pooling != "cls":
+        raise ValueError("exact_first_row computes the [CLS] row apart: [CLS] pooling only")
     cfg = model.config
     eps, width = float(cfg.layer_norm_eps), cfg.hidden_size
     g = _Graph()
@@ -181,23 +202,26 @@ def build(model, layers, exact_first_row: bool = True) -> tuple[onnx.ModelProto,
     # each text's length (int32 [batch]): ORT's attention skips the padded keys
     key_padding = g.op("ReduceSum", [g.op("Cast", ["attention_mask"], to=TensorProto.INT32),
                                      g.ints(1)], keepdims=0)
-    pooled = {0: g.rows(h, 0, 1)} if 0 in layers else {}
+    pool = _pooling(g, pooling)
+    pooled = {0: pool(h)} if 0 in layers else {}
     firsts = _first_rows(g) if exact_first_row else None
     last = max(layers)
     for i in range(1, last + 1):
         layer = model.encoder.layer[i - 1]
         sa = layer.attention.self
-        first = g.rows(h, 0, 1)
+        cls_only = pooling == "cls" and i == last
+        first = g.rows(h, 0, 1) if cls_only or exact_first_row else None
         # query, key and value apart, their biases added inside attention: no stacked QKV to
-        # split or copy. The [CLS] query alone in the last layer; keys and values of every token
-        rows = {"query": first if i == last else h, "key": h, "value": h}
+        # split or copy. The [CLS] query alone in a [CLS]-pooled last layer; keys and values of
+        # every token
+        rows = {"query": first if cls_only else h, "key": h, "value": h}
         q, k, v = (_projection(g, linear, getattr(sa, name).weight, x, first, firsts)
                    for name, x in rows.items())
         bias = g.tensor(np.concatenate([getattr(sa, name).bias.detach().cpu().numpy()
                                         for name in rows]))
         attended = g.op("MultiHeadAttention", [q, k, v, bias, key_padding], domain=MS,
                         num_heads=sa.num_attention_heads, scale=float(sa.scaling))
-        if i == last:
+        if cls_only:
             h = _sublayers(g, linear, layer, attended, first, eps, quantize=not exact_first_row)
         else:
             h = _sublayers(g, linear, layer, attended, h, eps, quantize=True)
@@ -206,7 +230,7 @@ def build(model, layers, exact_first_row: bool = True) -> tuple[onnx.ModelProto,
                                                              g.rows(attended, 0, 1), first,
                                                              eps, quantize=False)])
         if i in layers:
-            pooled[i] = g.rows(h, 0, 1)
+            pooled[i] = h if cls_only else pool(h)
     cat = g.op("Concat", [pooled[i] for i in layers], axis=-1)
     g.nodes.append(helper.make_node("Squeeze", [cat, g.ints(1)], ["pooled"], name="pooled"))
     ids_info = [helper.make_tensor_value_info(name, dtype, ["batch", "tokens"])
@@ -214,12 +238,14 @@ def build(model, layers, exact_first_row: bool = True) -> tuple[onnx.ModelProto,
                                     ("attention_mask", TensorProto.BOOL))]
     out_info = helper.make_tensor_value_info("pooled", TensorProto.FLOAT,
                                              ["batch", len(layers) * width])
-    graph = helper.make_graph(g.nodes, "fastimg_bert_cls", ids_info, [out_info], g.initializers)
+    graph = helper.make_graph(g.nodes, f"fastimg_bert_{pooling}", ids_info, [out_info],
+                              g.initializers)
     return (helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in OPSETS]),
             linear.quantized)
 
 
-def save_int8(model, layers, path, exact_first_row: bool = True) -> None:
+def save_int8(model, layers, path, exact_first_row: bool | None = None,
+              pooling: str = "cls") -> None:
     """:func:`build`, its every-row MatMuls quantised by ONNX Runtime's dynamic quantisation,
     saved to ``path``.
 
@@ -228,9 +254,9 @@ def save_int8(model, layers, path, exact_first_row: bool = True) -> None:
 
     Parameters
     ----------
-    model, layers, exact_first_row
-        As for :func:`build`; without ``exact_first_row`` every MatMul is quantised, the [CLS]
-        row's too.
+    model, layers, exact_first_row, pooling
+        As for :func:`build`; without ``exact_first_row`` every MatMul of the layers is
+        quantised, the [CLS] row's too (the pooling MatMul of mean pooling stays fp32).
     path : str or Path
         The .onnx file to write, its weights in a file beside it (``<name>.data``): the graph
         holds the fp32 weights of the [CLS] row as well as the int8 ones, past protobuf's 2 GB
@@ -238,7 +264,7 @@ def save_int8(model, layers, path, exact_first_row: bool = True) -> None:
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    graph, all_rows = build(model, layers, exact_first_row)
+    graph, all_rows = build(model, layers, exact_first_row, pooling)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         onnx.save(graph, fp32, save_as_external_data=True, location="fp32.onnx.data")

@@ -1,11 +1,12 @@
 """int8 on the CPU through ONNX Runtime: fastimg's BERT forward as an ORT graph, quantised.
 
-The graph (:mod:`fastimg.embed.onnx_graph`) is fastimg's fast path with [CLS] pooling: layers up
-to the last wanted one, the last for the [CLS] row only, and ORT's fused attention, bias + GELU
-and skip + LayerNorm kernels where torch runs chains of fp32 ops. Its every-row MatMuls run
-ORT's dynamic int8 (weights int8, one scale per output channel, 7-bit; activations uint8, one
-scale per call), and the pooled [CLS] row is computed in fp32, as :mod:`fastimg.embed.int8` does
-with torch's kernels. On IMDB (MiniLM, 512 tokens, machine A) it ran 1.50-1.70x fp32 with a
+The graph (:mod:`fastimg.embed.onnx_graph`) is fastimg's fast path: layers up to the last
+wanted one (with [CLS] pooling the last for the [CLS] row only), and ORT's fused attention,
+bias + GELU and skip + LayerNorm kernels where torch runs chains of fp32 ops. Its every-row
+MatMuls run ORT's dynamic int8 (weights int8, one scale per output channel, 7-bit; activations
+uint8, one scale per call); with [CLS] pooling the pooled row is computed in fp32, as
+:mod:`fastimg.embed.int8` does with torch's kernels (mean pooling averages the rounding of every
+token instead, as there). On IMDB (MiniLM, 512 tokens, machine A) it ran 1.50-1.70x fp32 with a
 linear probe 0.0025 below fp32's, where torch's int8 ran 1.28-1.38x in the same runs
 (``benchmarks/RESULTS.md``, "int8: torch's kernels or ONNX Runtime's" and "int8 on ONNX Runtime
 through the encoder").
@@ -63,7 +64,7 @@ def _quiet_root_logger():
 
 
 class OrtForward:
-    """Pooled [CLS] vectors of padded batches through one ONNX Runtime session.
+    """Pooled vectors of padded batches through one ONNX Runtime session.
 
     Parameters
     ----------
@@ -87,13 +88,13 @@ class OrtForward:
         return self.session.run(["pooled"], {"input_ids": ids, "attention_mask": mask})[0]
 
 
-def prepare(model, layers) -> OrtForward:
-    """The int8 session of an fp32 BERT ``model`` on the CPU, pooling the [CLS] rows of
-    ``layers`` (indices into ``hidden_states``).
+def prepare(model, layers, pooling: str = "cls") -> OrtForward:
+    """The int8 session of an fp32 BERT ``model`` on the CPU, pooling (``"cls"`` or ``"mean"``)
+    the rows of ``layers`` (indices into ``hidden_states``).
 
-    Built once per model, layer selection and thread count while ``model`` lives (a benchmark or
-    a build encodes several times with one loaded model), from its weights at that time (a
-    model changed in place afterwards needs a new one); ``model`` is left as it is.
+    Built once per model, layer selection, pooling and thread count while ``model`` lives (a
+    benchmark or a build encodes several times with one loaded model), from its weights at that
+    time (a model changed in place afterwards needs a new one); ``model`` is left as it is.
 
     Raises
     ------
@@ -112,22 +113,23 @@ def prepare(model, layers) -> OrtForward:
         raise ValueError(f"int8 engine 'onnxruntime' needs the BERT modules of the fast path; "
                          f"this {type(model).__name__} lacks them (use int8_engine 'torch')")
     threads = torch.get_num_threads()
-    key = (tuple(layers), threads)
+    key = (tuple(layers), pooling, threads)
     with _LOCK:
         sessions = _CACHE.setdefault(model, {})
         if key not in sessions:
-            sessions[key] = _build(model, layers, threads)
+            sessions[key] = _build(model, layers, pooling, threads)
     return sessions[key]
 
 
-def _build(model, layers, threads: int) -> OrtForward:
+def _build(model, layers, pooling: str, threads: int) -> OrtForward:
     from fastimg.embed import onnx_graph
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fastimg-int8-") as tmp, _quiet_root_logger():
         path = Path(tmp) / "int8.onnx"
-        onnx_graph.save_int8(model, layers, path)
+        onnx_graph.save_int8(model, layers, path, pooling=pooling)
         session = OrtForward(path, threads)
-    logger.info("built the int8 ONNX Runtime graph of %s (layers %s, %d threads) in %.1f s",
-                type(model).__name__, list(layers), threads, time.perf_counter() - t0)
+    logger.info("built the int8 ONNX Runtime graph of %s (layers %s, %s pooling, %d threads) in "
+                "%.1f s", type(model).__name__, list(layers), pooling, threads,
+                time.perf_counter() - t0)
     return session

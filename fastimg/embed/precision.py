@@ -38,8 +38,8 @@ PRECISIONS = ("auto", "fp32", "int8", "fp16", "bf16")
 #: Runtime keeps the accuracy (0.0025 below fp32 on 20 paired resplits, standard error 0.001)
 #: but ran 1.50x / 1.52x (1,000 reviews / slice) through the encoder, and 1.56x / 1.58x with its
 #: query, key and value apart, where a graph of the same numbers ran 1.58x / 1.70x as a benchmark
-#: column; attention, in fp32, takes a third of its time on 512-token batches. Figures:
-#: ``benchmarks/RESULTS.md`` (encode, int8).
+#: column; attention, in fp32, takes a third of its time on 512-token batches. With mean pooling
+#: it ran 1.56x / 1.46x, 0.0022 below fp32. Figures: ``benchmarks/RESULTS.md`` (encode, int8).
 AUTO = {"cuda": "fp16", "cpu": "fp32"}
 
 
@@ -49,19 +49,19 @@ AUTO = {"cuda": "fp16", "cpu": "fp32"}
 INT8_SCHEME = {"version": 3}
 
 #: int8's engines: ``"onnxruntime"`` (:mod:`fastimg.embed.ort_int8`) covers BERT encoders with
-#: exact GELU, [CLS] pooling and padded batches; ``"torch"`` (:mod:`fastimg.embed.int8`) every
-#: model, pooling and batching; ``"auto"`` picks ONNX Runtime where it covers the run.
+#: exact GELU in padded batches ([CLS] or mean pooling); ``"torch"`` (:mod:`fastimg.embed.int8`)
+#: every model, pooling and batching; ``"auto"`` picks ONNX Runtime where it covers the run.
 INT8_ENGINES = ("auto", "onnxruntime", "torch")
 
 
-def int8_engine(requested: str, pooling: str, batching: str, model_config=None) -> str:
+def int8_engine(requested: str, batching: str, model_config=None) -> str:
     """The engine int8 runs on: ``"onnxruntime"`` or ``"torch"``.
 
     Parameters
     ----------
     requested : {"auto", "onnxruntime", "torch"}
-    pooling, batching : str
-        As in :class:`~fastimg.embed.EncoderConfig`.
+    batching : str
+        As in :class:`~fastimg.embed.EncoderConfig` (either pooling is covered).
     model_config : transformers PretrainedConfig, optional
         The model's config (known before its weights are loaded); None checks the rest only
         (:class:`~fastimg.embed.EncoderConfig` does, before a model is named).
@@ -79,8 +79,6 @@ def int8_engine(requested: str, pooling: str, batching: str, model_config=None) 
             needs.append(f"a BERT encoder (this is {getattr(model_config, 'model_type', None)!r})")
         elif getattr(model_config, "hidden_act", None) != "gelu":
             needs.append(f"exact GELU (this model has {model_config.hidden_act!r})")
-    if pooling != "cls":
-        needs.append(f"pooling 'cls' (not {pooling!r})")
     if batching != "padded":
         needs.append(f"batching 'padded' (not {batching!r})")
     if not needs:
