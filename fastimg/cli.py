@@ -139,7 +139,8 @@ def _layout_config(args):
 
     return LayoutConfig(grid=args.pixels, scaling=args.scaling, method=args.method,
                         backend=args.tsne_backend, perplexity=args.perplexity,
-                        assignment=args.assignment, random_state=args.seed)
+                        assignment=args.assignment, random_state=args.seed,
+                        n_jobs=args.tsne_threads)
 
 
 def _cmd_images(args) -> int:
@@ -378,6 +379,9 @@ def _add_map_options(parser) -> None:
     parser.add_argument("--tsne-backend", default="auto",
                         choices=["auto", "opentsne", "sklearn", "cuml"])
     parser.add_argument("--perplexity", type=float, default=30.0)
+    parser.add_argument("--tsne-threads", type=int, default=1, metavar="N",
+                        help="t-SNE threads (-1: all cores; default 1: the layout depends on "
+                             "the thread count, and 1 gives the same one on every machine)")
     parser.add_argument("--assignment", default="assignment", choices=["assignment", "bin"],
                         help="assignment (default): every feature a pixel of its own (features "
                              "grouped by k-means first when there are more features than "

@@ -21,6 +21,19 @@ def test_cli_layout_defaults_are_the_library_defaults(argv):
     assert _layout_config(build_parser().parse_args(argv)) == LayoutConfig()
 
 
+def test_tsne_threads_reach_the_layout_and_its_stage_settings():
+    from fastimg.cli import _layout_config, build_parser
+    from fastimg.layout import LayoutConfig
+    from fastimg.stages import layout_settings
+
+    argv = ["build-dataset", "--dataset", "imdb", "--out", "x.zarr", "--tsne-threads", "-1"]
+    config = _layout_config(build_parser().parse_args(argv))
+    assert config == LayoutConfig(n_jobs=-1)
+    rows = np.arange(10)
+    # each thread count gives its own layout: a store fitted with one is not reused for another
+    assert layout_settings(config, "train", rows) != layout_settings(LayoutConfig(), "train", rows)
+
+
 def test_cli_encoder_defaults_are_the_library_defaults():
     from fastimg.cli import _encoder_config, build_parser
     from fastimg.embed import EncoderConfig

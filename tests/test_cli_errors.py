@@ -30,6 +30,8 @@ def one_line(err: str) -> str:
      "invalid choice: 'tsnecuda'"),
     (["build-dataset", "--dataset", "imdb", "--out", "o", "--device", "gpu"],
      "invalid choice: 'gpu'"),
+    (["images", "--synthetic", "10x100", "--out", "o", "--tsne-threads", "0"],
+     "n_jobs must be a number of threads (>= 1) or -1 (all cores), got 0"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
 ])
 def test_usage_mistakes_print_one_line_and_exit_2(capsys, argv, message):

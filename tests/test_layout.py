@@ -19,6 +19,12 @@ def test_same_seed_same_layout_other_seed_other_layout(matrix):
     assert not np.array_equal(a.pixel_index_, c.pixel_index_)
 
 
+def test_several_tsne_threads_give_the_same_layout_every_run(matrix):
+    a = DeepInsightLayout(grid=16, n_jobs=2).fit(matrix)
+    b = DeepInsightLayout(grid=16, n_jobs=2).fit(matrix)
+    np.testing.assert_array_equal(a.coords_, b.coords_)
+
+
 def test_correlated_features_land_close(rng):
     # two groups of features driven by two independent factors must form two regions
     factors = rng.standard_normal((200, 2))

@@ -29,6 +29,9 @@ RESULTS=${RESULTS:-${OUT:-$REPO/bench-results/gpu}}
 DEADLINE=${DEADLINE:-540}
 STEPS=${STEPS:-install build-packed encode build-padded build-bert-base gpu-tests}
 DOCS=${DOCS:-4096}
+# more build-dataset flags for every build, e.g. BUILD_FLAGS="--tsne-threads 16" (the layout's
+# t-SNE runs on one thread by default, so that every machine gets the same layout)
+BUILD_FLAGS=${BUILD_FLAGS:-}
 # a try of this script on a machine without a GPU: DEVICE=cpu DOCS=16 LIMIT=200
 DEVICE=${DEVICE:-cuda}
 LIMIT=${LIMIT:+--limit $LIMIT}
@@ -75,7 +78,7 @@ build() {  # STEP LIMIT_S MODEL BATCHING
   local store="$WORK/$1.zarr"
   wanted "$1" || return 0
   # shellcheck disable=SC2086
-  step "$1" "$2" fastimg build-dataset --dataset imdb $LIMIT --model "$WORK/$3" \
+  step "$1" "$2" fastimg build-dataset --dataset imdb $LIMIT $BUILD_FLAGS --model "$WORK/$3" \
     --device "$DEVICE" --batching "$4" --no-reuse --force --quiet --out "$store" \
   && (cd "$WORK" && timeout 60 fastimg info --json "$store" > "$RESULTS/$1.json")
 }

@@ -63,11 +63,14 @@ class LayoutConfig:
     random_state : int or None
         Seed for every random step; the same seed gives the same layout.
     n_jobs : int
-        CPU threads for t-SNE (-1: all cores). The default is 1: t-SNE here runs on the
-        features (a few thousand points), where openTSNE's OpenMP threads gain little and lose
-        a lot on a shared machine (2 threads were 2-3x *slower* than 1 on a busy 2-core
-        machine, measured per 100 iterations in one process); raise it on a dedicated
-        many-core machine or for tens of thousands of features.
+        CPU threads for t-SNE (-1: all cores). The default is 1, for two reasons. openTSNE's
+        layout depends on its thread count (each count gives its own layout, the same every
+        run), so 1 gives the same layout on every machine, whatever its cores. And t-SNE here
+        runs on the features (a few thousand points), where threads lose a lot on a shared
+        machine (2 threads were 2-3x *slower* than 1 on a busy 2-core machine, measured per 100
+        iterations in one process). Raise it on a dedicated many-core machine, where it is
+        faster, or for tens of thousands of features; the thread count is part of the layout
+        stage's settings.
     """
 
     grid: tuple[int, int] = (50, 50)
@@ -98,6 +101,9 @@ class LayoutConfig:
         if self.pca_power_iterations < 0:
             raise ValueError(f"pca_power_iterations must be >= 0, got "
                              f"{self.pca_power_iterations}")
+        if self.n_jobs == 0 or self.n_jobs < -1:
+            raise ValueError(f"n_jobs must be a number of threads (>= 1) or -1 (all cores), got "
+                             f"{self.n_jobs}")
 
     def to_dict(self) -> dict:
         data = asdict(self)
