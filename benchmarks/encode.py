@@ -299,8 +299,8 @@ def precision_section(texts, loaded, model_name, device, max_length, probe: int 
             encoder(texts[:8], {})
     names = list(configs)
     section: dict = {"precisions": names, "pooling": pooling, "onnxruntime": list(others),
-                     "n_docs": len(texts),
-                     "blocks": blocks, "load_avg_1min_before": os.getloadavg()[0]}
+                     "n_docs": len(texts), "blocks": blocks,
+                     "load_avg_1min_before": os.getloadavg()[0]}
     timed = _interleaved(texts, encoders, device, blocks)
     ref = timed["fp32"][2]
     for name, (secs, n_tokens, x) in timed.items():
@@ -467,8 +467,8 @@ def print_precisions(section: dict) -> None:
         print(f"{label:<18}" + "".join(f"{c:>{width}}" for c in cells))
 
     print(f"-- precisions on the same {section['n_docs']} reviews, {section['pooling']} "
-          f"pooling (load "
-          f"{section['load_avg_1min_before']:.2f} -> {section['load_avg_1min_after']:.2f})")
+          f"pooling (load {section['load_avg_1min_before']:.2f} -> "
+          f"{section['load_avg_1min_after']:.2f})")
     line("", names)
     for label, key, fmt in rows:
         line(label, [fmt.format(section[n][key]) if key in section[n] else "-" for n in names])

@@ -39,7 +39,8 @@ PRECISIONS = ("auto", "fp32", "int8", "fp16", "bf16")
 #: but ran 1.50x / 1.52x (1,000 reviews / slice) through the encoder, and 1.56x / 1.58x with its
 #: query, key and value apart, where a graph of the same numbers ran 1.58x / 1.70x as a benchmark
 #: column; attention, in fp32, takes a third of its time on 512-token batches. With mean pooling
-#: it ran 1.46-1.56x / 1.46-1.50x in two runs, 0.0022 below fp32. Figures: ``benchmarks/RESULTS.md`` (encode, int8).
+#: it ran 1.46-1.56x / 1.46-1.50x in two runs, 0.0022 below fp32. Figures:
+#: ``benchmarks/RESULTS.md`` (encode, int8).
 AUTO = {"cuda": "fp16", "cpu": "fp32"}
 
 
