@@ -3,7 +3,7 @@
 #
 # Run here, on a machine with pip access and the IMDB reviews, from anywhere:
 #   bash benchmarks/gpu/prepare.sh
-# gpu-kit/ (ignored by git, about 55 MB: under the 64 MiB a lent GPU machine can be sent) holds
+# gpu-kit/ (ignored by git, about 57 MB: under the 64 MiB a lent GPU machine can be sent) holds
 #   wheels/  the packages fastimg needs that a stock PyTorch GPU image lacks (zarr and its
 #            codecs, openTSNE), at the versions installed here, built for that machine's Python,
 #            and numpy at this machine's version, which must be below 2.5 (numba-cuda 0.30's
