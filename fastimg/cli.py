@@ -454,8 +454,12 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--text-column", action="append", metavar="NAME",
                        help="text column; repeat to join several (default: text)")
     build.add_argument("--label-column", default="label")
-    build.add_argument("--id-column", default=None)
-    build.add_argument("--split-column", default=None)
+    build.add_argument("--id-column", default=None,
+                       help="row-id column (default: 'id' when the file has one, else the row "
+                            "number)")
+    build.add_argument("--split-column", default=None,
+                       help="column of train/val/test names (default: 'split' when the file "
+                            "has one)")
     build.add_argument("--split", default="auto", choices=["auto", "column", "paper", "random"],
                        help="auto: the split column if any, else random; paper: pool all rows, "
                             "80/20 train/val (40k/10k on IMDB)")

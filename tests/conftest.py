@@ -83,7 +83,7 @@ def tiny_bert_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-bert")
     BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}).save_pretrained(path)
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=12,
-                        num_attention_heads=4, intermediate_size=64, max_position_embeddings=128)
+                        num_attention_heads=4, intermediate_size=64, max_position_embeddings=512)
     torch.manual_seed(0)
     BertModel(config).save_pretrained(path)
     return path

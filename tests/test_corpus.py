@@ -189,10 +189,40 @@ def test_aclimdb_tarball_reads_only_expected_members(tmp_path):
 
 # ---------------------------------------------------------------- ids, limit, splits
 
-def test_row_ids_default_to_row_numbers_and_id_column_is_used(tmp_path):
+def test_row_ids_come_from_an_id_column_else_row_numbers(tmp_path):
     path = sorted_corpus(tmp_path, 3, 3)
-    assert load_corpus(cfg(path)).ids.tolist() == [str(i) for i in range(6)]
-    assert load_corpus(cfg(path, id_column="id")).ids.tolist() == [f"r{i}" for i in range(6)]
+    assert load_corpus(cfg(path)).ids.tolist() == [f"r{i}" for i in range(6)]  # "id" found
+    assert load_corpus(cfg(path, id_column="text")).ids.tolist() == [
+        f"text {i}" for i in range(6)]
+    bare = write_csv(tmp_path / "bare.csv", ["text", "label"],
+                     [[f"t{i}", i % 2] for i in range(6)])
+    assert load_corpus(cfg(bare)).ids.tolist() == [str(i) for i in range(6)]
+    twice = write_csv(tmp_path / "twice.csv", ["id", "text", "label"],
+                      [["a", "x", 0], ["b", "y", 1], ["a", "z", 1]])
+    with pytest.raises(CorpusError, match="duplicate id 'a'"):
+        load_corpus(cfg(twice))
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+def test_a_files_own_split_column_is_kept_not_pooled(tmp_path, kind):
+    """A column named "split" is the file's split, as "text" is its text: its test rows stay
+    test rows (pooled only with --split random or paper)."""
+    records = [{"id": f"k{i}", "split": "test" if i % 4 == 0 else "train", "text": f"t {i}",
+                "label": i % 2} for i in range(40)]
+    path = (write_jsonl(tmp_path / "s.jsonl", records) if kind == "jsonl" else
+            write_csv(tmp_path / "s.csv", list(records[0]), [list(r.values()) for r in records]))
+    corpus = load_corpus(cfg(path, val_fraction=0.25))
+    test = {f"k{i}" for i in range(0, 40, 4)}
+    assert set(corpus.ids[corpus.split == "test"].tolist()) == test
+    assert not test & set(corpus.ids[corpus.split != "test"].tolist())
+    assert (corpus.split == "val").sum() == 8  # carved from the 30 train rows
+    pooled = load_corpus(cfg(path, split="random"))
+    assert "test" not in set(pooled.split.tolist())
+    records[3]["split"] = "holdout"
+    path = write_jsonl(tmp_path / "bad.jsonl", records)
+    with pytest.raises(CorpusError, match="'holdout' at .*--split random ignores the column"):
+        load_corpus(cfg(path))
+    assert "test" not in set(load_corpus(cfg(path, split="random")).split.tolist())
 
 
 def test_limit_is_a_seeded_stratified_sample_not_the_first_rows(tmp_path):

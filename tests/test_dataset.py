@@ -224,6 +224,25 @@ def test_an_unknown_model_fails_before_anything_is_written(tmp_path, capsys):
     assert not out.exists() and not store.partial_path(out).exists()
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--max-length", "513"], "max_length 513 is longer than the 512 positions"),
+    (["--device", "cuda"], "device 'cuda' needs a CUDA GPU and torch sees none"),
+])
+def test_a_run_this_machine_or_model_cannot_do_fails_before_anything_is_written(
+        tmp_path, tiny_bert_dir, capsys, argv, message):
+    import torch
+
+    if argv[0] == "--device" and torch.cuda.is_available():
+        pytest.skip("a GPU is here")
+    path = _write_csv(tmp_path / "ok.csv", _reviews(20))
+    out = tmp_path / "out.zarr"
+    code = main(["build-dataset", "--input", str(path), "--out", str(out), "--model",
+                 str(tiny_bert_dir), "--quiet", *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1, err
+    assert not out.exists() and not store.partial_path(out).exists()
+
+
 def test_missing_text_column_names_the_columns_that_exist(tmp_path, tiny_bert_dir, capsys):
     path = _write_csv(tmp_path / "cols.csv", _reviews(20), ("id", "body", "label"))
     assert main(["build-dataset", "--input", str(path), "--out", str(tmp_path / "o.zarr"),

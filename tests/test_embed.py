@@ -102,6 +102,18 @@ def test_config_rejects_bad_values(kw, match):
         EncoderConfig.from_dict({"modle": "x"})
 
 
+def test_a_run_the_machine_or_model_cannot_do_is_refused_before_any_work(tiny_bert_dir):
+    """One line each, from run_settings (what build-dataset computes before writing)."""
+    base = dict(model=str(tiny_bert_dir))
+    with pytest.raises(ValueError, match="max_length 513 is longer than the 512 positions"):
+        run_settings(["a"], EncoderConfig(max_length=513, **base))
+    assert run_settings(["a"], EncoderConfig(max_length=512, **base))["max_length"] == 512
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device 'cuda' needs a CUDA GPU and torch sees "
+                                             "none"):
+            run_settings(["a"], EncoderConfig(device="cuda", **base))
+
+
 def test_resolve_layers():
     assert resolve_layers("last6", 12) == (7, 8, 9, 10, 11, 12)
     assert resolve_layers("last6", 6) == (1, 2, 3, 4, 5, 6)

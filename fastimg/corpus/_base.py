@@ -40,10 +40,13 @@ class CorpusConfig:
         class names kept; integer labels keep their values.
     id_column : str or None
         The row-id column (ids must be unique and non-empty). ``None``: the source's own ids
-        (aclImdb, the imdb recipe) or else the 0-based row number.
+        (aclImdb, the imdb recipe), else a column named ``id`` if the file has one, else the
+        0-based row number.
     split_column : str or None
         A column of split names: ``train``; ``test``; ``val``/``valid``/``validation``/``dev``
-        (-> ``val``). ``None``: the source's own split (aclImdb, the imdb recipe), if any.
+        (-> ``val``). ``None``: the source's own split (aclImdb, the imdb recipe), else a
+        column named ``split`` if the file has one (a file's own test rows are never pooled
+        into training unless ``split`` says so), else none.
     limit : int or None
         Keep a seeded random sample of this many rows, stratified by (split, label);
         ``None`` keeps all. A limit above the number of rows keeps all and warns.

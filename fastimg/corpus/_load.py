@@ -36,6 +36,11 @@ def load_corpus(config: CorpusConfig) -> Corpus:
         table.label_names = table.label_names or dict(IMDB_LABEL_NAMES)
     else:
         table = read_table(config.input)
+        # columns named like the defaults are the file's ids and split unless others are named,
+        # as "text" and "label" are its texts and labels
+        for role, name in (("id_column", "id"), ("split_column", "split")):
+            if getattr(table, role) is None and name in table.columns:
+                setattr(table, role, name)
     notes: list[str] = []
 
     id_column = config.id_column or table.id_column
@@ -221,7 +226,8 @@ def _split_values(table: Table, column: str) -> np.ndarray:
         if name is None:
             where = table.where(_first(values, lambda v: v is value or v == value))
             raise CorpusError(f"split column {column!r} has {value!r} at {where}; "
-                              f"expected train, test or val (valid, validation, dev)")
+                              f"expected train, test or val (valid, validation, dev); "
+                              f"--split random ignores the column")
         names[value] = name
     return np.asarray([names[v] for v in values], dtype="<U5")
 

@@ -112,6 +112,21 @@ def _resolve_device(config: EncoderConfig) -> str:
                      f"(the CPU precisions are fp32 and int8)")
 
 
+#: models whose position ids start after the padding id (``padding_idx + 1``): two positions
+#: fewer than ``max_position_embeddings`` hold tokens
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "longformer")
+
+
+def _positions(model_config) -> int | None:
+    """How many tokens a text may have in this model, when its config says."""
+    positions = getattr(model_config, "max_position_embeddings", None)
+    if not isinstance(positions, int):
+        return None
+    if getattr(model_config, "model_type", None) in _OFFSET_POSITIONS:
+        positions -= 2
+    return positions
+
+
 def _plan(config: EncoderConfig, model: LoadedModel | None):
     """``(plan, model source)``, without loading weights when no model is given."""
     if model is not None:
@@ -123,6 +138,13 @@ def _plan(config: EncoderConfig, model: LoadedModel | None):
         n_layers, hidden = int(model_config.num_hidden_layers), int(model_config.hidden_size)
     device = _resolve_device(config)
     precision = precision_mod.resolve(config.precision, device)
+    if device == "cuda" and not torch_cuda_available():
+        raise ValueError("device 'cuda' needs a CUDA GPU and torch sees none (device 'auto' or "
+                         "'cpu' runs on the CPU)")
+    positions = _positions(model_config)
+    if positions is not None and config.max_length > positions:
+        raise ValueError(f"max_length {config.max_length} is longer than the {positions} "
+                         f"positions of model {config.model!r}")
     layers = resolve_layers(config.layers, n_layers)
     budget = config.token_budget or DEFAULT_BUDGET[device]
     engine = (precision_mod.int8_engine(config.int8_engine, config.batching,
