@@ -40,3 +40,10 @@ def check_grid(shape) -> tuple[int, int]:
     if height < 2 or width < 2:
         raise ValueError(f"grid must be at least 2 x 2 pixels, got {height} x {width}")
     return height, width
+
+
+def check_count(name: str, value) -> int:
+    """``value`` as an int when it is a whole number >= 1, else ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+    return int(value)

@@ -343,7 +343,7 @@ def _cmd_explain(args) -> int:
 
     result = explain(args.run_dir, split=args.split, out_dir=args.out, method=args.method,
                      max_rows=args.max_rows, batch_size=args.batch_size, device=args.device,
-                     seed=args.seed)
+                     seed=args.seed, progress=not args.quiet)
     top = ", ".join(f"{f} (encoder layer {result.layers[f // result.hidden_size]}, dim "
                     f"{f % result.hidden_size})" for f in result.top(5).tolist())
     print(f"explained {args.run_dir} with {result.method} over {result.rows} {result.split} "
@@ -574,8 +574,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--cut", default=None, choices=["paper", "nopool"],
                        help="extractor cut: the paper's, or without its max-pools (preset)")
     train.add_argument("--unfreeze-fraction", type=float, default=None,
-                       help="also train the last fraction of the extractor's blocks (preset: "
-                            "ours 1, paper 0; 0 allows the feature cache)")
+                       help="also train the last fraction of the extractor's blocks (both "
+                            "presets: 0, frozen, which allows the feature cache)")
     train.add_argument("--fuse-embedding", action="store_true",
                        help="concatenate an MLP of the stored embedding before the classifier")
     train.add_argument("--pixel-branch", action=argparse.BooleanOptionalAction, default=None,
@@ -637,6 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--device", type=_torch_device, default="auto",
                          help="torch device: auto|cpu|cuda|cuda:N")
     explain.add_argument("--seed", type=int, default=0)
+    explain.add_argument("--quiet", action="store_true", help="no progress bar")
     explain.set_defaults(func=_cmd_explain)
 
     info = sub.add_parser("info", help="summary of a store or a training run folder",
@@ -700,9 +701,10 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print(f"fastimg {args.command}: interrupted (the unfinished build is kept: rerun to "
-              f"resume)",
-              file=sys.stderr)
+        # only a build keeps its finished chunks; other commands leave nothing to resume
+        kept = (" (the unfinished build is kept: rerun to resume)"
+                if args.command == "build-dataset" else "")
+        print(f"fastimg {args.command}: interrupted{kept}", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - every error ends as one line and an exit code
         return report_error(args.command, exc, debug=args.debug)

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from fastimg._validation import check_feature_matrix
+from fastimg._validation import check_count, check_feature_matrix
 from fastimg.layout import LayoutConfig
 from fastimg.raster import IMAGE_DTYPES
 from fastimg.store import SPLIT, SPLIT_NAMES, StoreWriter
@@ -44,6 +44,8 @@ class ImagesConfig:
 def synthetic_matrix(n_samples: int, n_features: int, *, rank: int = 16, seed: int = 0,
                      dtype=np.float16) -> np.ndarray:
     """A low-rank matrix with feature groups, shaped like stacked [CLS] embeddings."""
+    check_count("n_samples", n_samples)
+    check_count("n_features", n_features)
     rng = np.random.default_rng(seed)
     factors = rng.standard_normal((n_samples, rank)).astype(np.float32)
     loadings = rng.standard_normal((rank, n_features)).astype(np.float32)

@@ -6,6 +6,7 @@ import logging
 import numpy as np
 
 from fastimg import store
+from fastimg._validation import check_count
 
 logger = logging.getLogger("fastimg.show")
 
@@ -103,6 +104,7 @@ def show_store(path, out, *, n_per_class: int = 4, seed: int = 0) -> None:
     classes shows), the class means and their difference, and the feature layout (features per
     pixel, and the encoder layer that dominates each pixel, with a legend), each with a colour
     bar."""
+    check_count("n_per_class", n_per_class)
     try:
         import matplotlib
     except ImportError as exc:

@@ -114,6 +114,19 @@ def test_cli_explain_writes_both_files(label_run, tmp_path, capsys):
     assert "top features" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--max-rows", "0"], "max_rows must be a whole number >= 1, got 0"),
+    (["--batch-size", "-1"], "batch_size must be a whole number >= 1, got -1"),
+])
+def test_a_count_below_one_is_refused_before_any_work(label_run, tmp_path, capsys, flags,
+                                                      message):
+    out = tmp_path / "explain"
+    code = main(["explain", str(label_run["run"]), "--out", str(out), *flags])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
+
+
 def _explain_against(label_run, tmp_path, capsys, store_path):
     """``fastimg explain`` of a copy of the run whose bundle names ``store_path``:
     (exit code, stderr)."""

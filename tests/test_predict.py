@@ -154,6 +154,21 @@ def test_cli_predicts_a_csv_with_ids_and_probabilities(trained, tmp_path, capsys
     assert [r["predicted"] for r in table] == [["neg", "pos"][i] for i in probs.argmax(1)]
 
 
+def test_a_batch_size_below_one_is_refused_before_encoding(trained, tmp_path, capsys,
+                                                            monkeypatch):
+    from fastimg.train import predict as predict_mod
+
+    monkeypatch.setattr(predict_mod.Run, "texts_to_inputs",
+                        lambda *a, **k: pytest.fail("encoded before checking the batch size"))
+    monkeypatch.setattr("sys.stdin", io.StringIO("a film\n"))
+    out = tmp_path / "preds.csv"
+    code = main(["predict", str(trained["run"]), "--input", "-", "--out", str(out),
+                 "--batch-size", "0", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "batch_size must be a whole number >= 1, got 0" in err, err
+    assert not out.exists()
+
+
 def test_cli_reads_texts_from_stdin(trained, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(trained["texts"][:3]) + "\n\n"))
     out = tmp_path / "preds.csv"

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from fastimg._validation import check_count
 from fastimg.train.bundle import RunBundleError
 
 logger = logging.getLogger("fastimg.train")
@@ -108,7 +109,8 @@ def _attributor(method: str, wrapped, extractor, image_shape):
 
 
 def class_activation_maps(run, images, targets, embeddings=None, *,
-                          method: str = "integrated_gradients", batch_size: int = 64) -> np.ndarray:
+                          method: str = "integrated_gradients", batch_size: int = 64,
+                          progress: bool = False) -> np.ndarray:
     """Mean attribution map per class: ``[n_classes, H, W]``.
 
     Parameters
@@ -122,14 +124,20 @@ def class_activation_maps(run, images, targets, embeddings=None, *,
         For runs that fuse the embedding.
     method : {"integrated_gradients", "input_x_gradient", "gradcam"}
     batch_size : int
+    progress : bool
+        A tqdm bar over the images.
     """
+    from tqdm.auto import tqdm
+
     if method not in METHODS:
         raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+    check_count("batch_size", batch_size)
     wrapped = _AttributionModel(run.model).to(run.device).eval()
     attribute = _attributor(method, wrapped, run.model.extractor, tuple(images.shape[1:]))
     n_classes = len(run.class_names)
     sums = np.zeros((n_classes, *images.shape[1:]), dtype=np.float64)
     counts = np.zeros(n_classes, dtype=np.int64)
+    bar = tqdm(total=images.shape[0], unit="image", desc=method, disable=not progress)
     for start in range(0, images.shape[0], batch_size):
         batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size],
                                                       dtype=np.float32)).to(run.device)
@@ -141,6 +149,8 @@ def class_activation_maps(run, images, targets, embeddings=None, *,
         maps = attribute(x, torch.from_numpy(y).to(run.device)).detach().cpu().numpy()
         np.add.at(sums, y, maps.astype(np.float64))
         counts += np.bincount(y, minlength=n_classes)
+        bar.update(len(y))
+    bar.close()
     missing = [run.class_names[c] for c in np.flatnonzero(counts == 0)]
     if missing:
         logger.warning("no images of class(es) %s in the split: their importance is 0", missing)
@@ -201,7 +211,7 @@ def _first_conv_block(extractor):
 
 def explain(run_dir, *, split: str = "val", out_dir=None, method: str = "integrated_gradients",
             max_rows: int | None = None, batch_size: int = 64, device: str = "cpu",
-            seed: int = 0) -> Explanation:
+            seed: int = 0, progress: bool = False) -> Explanation:
     """Rank the embedding features a trained run relies on.
 
     Parameters
@@ -220,6 +230,8 @@ def explain(run_dir, *, split: str = "val", out_dir=None, method: str = "integra
     device : str
     seed : int
         Seeds the ``max_rows`` sample.
+    progress : bool
+        A tqdm bar over the images (attributions take tens of milliseconds per image on a CPU).
 
     Returns
     -------
@@ -238,9 +250,12 @@ def explain(run_dir, *, split: str = "val", out_dir=None, method: str = "integra
     from fastimg.train.data import ChunkedReader
     from fastimg.train.predict import load_run
 
-    run = load_run(run_dir, device=device)
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be train, val or test, got {split!r}")
+    if max_rows is not None:
+        check_count("max_rows", max_rows)
+    check_count("batch_size", batch_size)
+    run = load_run(run_dir, device=device)
     if not run.store_path or not is_complete(run.store_path):
         raise RunBundleError(f"the training store of {run_dir} ({run.store_path}) is gone: "
                              f"explain reads the {split} images from it")
@@ -262,7 +277,7 @@ def explain(run_dir, *, split: str = "val", out_dir=None, method: str = "integra
         embeddings = ChunkedReader(reader.embeddings).read(rows)
     logger.info("explain %s: %s attributions of %d %s images", run_dir, method, rows.size, split)
     pixel_importance = class_activation_maps(run, images, targets, embeddings, method=method,
-                                             batch_size=batch_size)
+                                             batch_size=batch_size, progress=progress)
     result = _to_features(run, pixel_importance, method=method, split=split, rows=rows.size)
     if out_dir is not None:
         out_dir = Path(out_dir)

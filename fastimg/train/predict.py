@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastimg._validation import check_count
 from fastimg.train.bundle import RunBundleError, read_run_bundle
 
 logger = logging.getLogger("fastimg.train")
@@ -173,12 +174,14 @@ class Run:
         """
         if isinstance(texts, str):
             raise TypeError("predict takes a sequence of texts, not one str")
+        check_count("batch_size", batch_size)  # before encoding, not after
         images, features = self.texts_to_inputs(texts, progress=progress)
         return self.predict_images(images, features, batch_size=batch_size)
 
     @torch.no_grad()
     def logits(self, images, embeddings=None, *, batch_size: int = 256) -> np.ndarray:
         """float32 logits of raw (un-normalised) ``[n, H, W]`` images."""
+        check_count("batch_size", batch_size)
         images = np.asarray(images, dtype=np.float32)
         if images.shape[1:] != self.image_shape:
             raise ValueError(f"images of shape {images.shape[1:]} given to a run trained on "
