@@ -666,16 +666,30 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+#: packages whose exceptions s3fs lets through (NoCredentialsError, EndpointConnectionError)
+_STORAGE_PACKAGES = ("botocore", "aiobotocore")
+
+
+def _from_object_storage(exc: BaseException) -> bool:
+    return any(cls.__module__.split(".")[0] in _STORAGE_PACKAGES for cls in type(exc).__mro__)
+
+
 def report_error(command: str, exc: Exception, *, debug: bool = False) -> int:
     """Print ``exc`` as one line (the traceback above it when ``debug``); the exit code.
 
-    User mistakes (:data:`USER_ERRORS`, :class:`UserError`) exit 2; anything else is a bug in
-    fastimg and exits 1 (a TypeError or KeyError is never the user's fault).
+    User mistakes (:data:`USER_ERRORS`, :class:`UserError`, and object storage's own errors:
+    credentials, endpoint) exit 2; anything else is a bug in fastimg and exits 1 (a TypeError
+    or KeyError is never the user's fault).
     """
     if debug:
         traceback.print_exception(exc, file=sys.stderr)
     if isinstance(exc, (UserError, *USER_ERRORS)):
         print(f"fastimg {command}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    if _from_object_storage(exc):  # credentials, endpoint, bucket: the user's setup
+        print(f"fastimg {command}: error: object storage: {_one_line(exc)} (credentials and "
+              f"endpoint come from the usual environment variables or --storage-option)",
+              file=sys.stderr)
         return EXIT_USAGE
     print(f"fastimg {command}: internal error (a bug, please report it): "
           f"{type(exc).__name__}: {_one_line(exc)}"

@@ -48,6 +48,18 @@ def test_help_exits_0(capsys):
     assert "--json" in capsys.readouterr().out
 
 
+def test_object_storage_errors_are_the_users_setup(monkeypatch, capsys):
+    exceptions = pytest.importorskip("botocore.exceptions")
+
+    def boom(args):
+        raise exceptions.NoCredentialsError()
+
+    monkeypatch.setattr(cli, "_cmd_info", boom)
+    assert main(["info", "s3://bucket/x.zarr"]) == 2
+    err = one_line(capsys.readouterr().err)
+    assert "object storage: Unable to locate credentials" in err and "--storage-option" in err
+
+
 @pytest.mark.parametrize("error,code,word", [
     (ValueError("bad value"), 2, "error: bad value"),
     (FileNotFoundError("no file here"), 2, "error: no file here"),
