@@ -274,7 +274,16 @@ def _cmd_info(args) -> int:
             raise UserError("--json is for stores; a run folder's metrics.json is JSON already")
         print("\n".join(info.describe_run(Path(args.store))))
         return 0
-    reader = store.StoreReader(_location(args.store, args))
+    target = _location(args.store, args)
+    try:
+        reader = store.StoreReader(target)
+    except store.StoreError:
+        found = info.unfinished_build(target)
+        if found is None:
+            raise
+        print(json.dumps(found, indent=2) if args.json
+              else "\n".join(info.describe_unfinished(found)))
+        return 0
     if args.json:
         print(json.dumps(info.store_json(reader), indent=2))
     else:

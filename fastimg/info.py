@@ -201,6 +201,48 @@ def describe_store(reader: store.StoreReader) -> list[str]:
     return lines
 
 
+def unfinished_build(path) -> dict | None:
+    """What the unfinished build of ``path`` (the store, or its ``.partial`` folder) holds:
+    ``{"path", "complete": False, "stages": {name: done}, "rows_done", "rows"}`` (the last two
+    once encoding started), or None when there is none. Reads metadata only."""
+    from fastimg.store import location
+    from fastimg.store.schema import EMBED_ATTRS_KEY
+
+    path = location.resolve(path)
+    partial = (path if isinstance(path, location.Location)  # built in place on object storage
+               or path.name.endswith(store.PARTIAL_SUFFIX) else location.partial_path(path))
+    if not location.exists(partial):
+        return None
+    try:
+        group = location.open_group(partial, "r")
+        stages = group.attrs.get(store.BUILD_KEY, {}).get("stages")
+    except Exception:  # noqa: BLE001 - not a build of this fastimg: nothing to describe
+        return None
+    if not isinstance(stages, dict):
+        return None
+    found = {"path": str(partial), "complete": False,
+             "stages": {name: bool(record.get("done")) for name, record in stages.items()}}
+    if store.EMBEDDINGS in group:
+        embeddings = group[store.EMBEDDINGS]
+        record = embeddings.attrs.get(EMBED_ATTRS_KEY, {})
+        found.update(rows_done=int(record.get("rows_done", 0)), rows=int(embeddings.shape[0]))
+    return found
+
+
+def describe_unfinished(found: dict) -> list[str]:
+    """:func:`unfinished_build`'s findings as lines."""
+    done = [name for name, finished in found["stages"].items() if finished]
+    running = [name for name, finished in found["stages"].items() if not finished]
+    lines = [f"{found['path']}: an unfinished fastimg build; rerun the command that started it "
+             f"to resume (--force starts over)",
+             f"stages done  {', '.join(done) or 'none'}"]
+    if running:
+        lines.append(f"unfinished   {', '.join(running)}")
+    if "rows" in found:
+        lines.append(f"encoded      {_n(found['rows_done'])} of {_n(found['rows'])} rows")
+    return lines
+
+
 def _accuracy(value) -> str:
     return "absent" if value is None else f"{value:.4f}"
 

@@ -56,6 +56,35 @@ def test_info_summarises_a_dataset_store_in_a_few_lines(built, capsys):
     assert "{" not in out
 
 
+def test_info_describes_an_unfinished_build(tmp_path, tiny_bert_dir, capsys, monkeypatch):
+    """A build stopped after encoding: info says which stages are done and how to resume."""
+    from fastimg.layout import DeepInsightLayout
+
+    write_reviews(tmp_path / "reviews.csv")
+    out = tmp_path / "u.zarr"
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(DeepInsightLayout, "fit", stop)
+    assert main(["build-dataset", "--input", str(tmp_path / "reviews.csv"), "--model",
+                 str(tiny_bert_dir), "--method", "pca", "--max-length", "32", "--quiet",
+                 "--out", str(out)]) == 130
+    capsys.readouterr()
+    for given in (out, store.partial_path(out)):
+        assert main(["info", str(given)]) == 0
+        lines = capsys.readouterr().out.strip().splitlines()
+        assert lines[0].startswith(f"{store.partial_path(out)}: an unfinished fastimg build")
+        assert "stages done  corpus, encode" in lines and "unfinished   layout" in lines
+        assert "encoded      80 of 80 rows" in lines
+    assert main(["info", str(out), "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["complete"] is False and found["stages"]["encode"] is True
+    assert found["rows_done"] == found["rows"] == 80
+    assert main(["info", str(tmp_path / "none.zarr")]) == 2
+    assert "not a complete fastimg store" in capsys.readouterr().err
+
+
 def test_packed_batches_build_the_same_store_and_say_so(built, tiny_bert_dir, capsys):
     path, _ = built
     out = path.parent / "packed.zarr"
