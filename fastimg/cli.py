@@ -10,7 +10,7 @@ import time
 import traceback
 from pathlib import Path
 
-from fastimg import store
+from fastimg import __version__, store
 from fastimg.cluster import ClusterError
 
 EXIT_USAGE = 2
@@ -413,6 +413,7 @@ def _add_layout_options(parser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fastimg", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"fastimg {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each stage")
     parser.add_argument("--debug", action="store_true",
                         help="print the traceback of any error (also accepted after a command)")

@@ -43,9 +43,13 @@ def test_usage_mistakes_print_one_line_and_exit_2(capsys, argv, message):
     assert message in one_line(capsys.readouterr().err)
 
 
-def test_help_exits_0(capsys):
+def test_help_and_version_exit_0(capsys):
+    import fastimg
+
     assert main(["info", "--help"]) == 0
     assert "--json" in capsys.readouterr().out
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"fastimg {fastimg.__version__}"
 
 
 def test_object_storage_errors_are_the_users_setup(monkeypatch, capsys):

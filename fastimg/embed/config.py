@@ -231,5 +231,8 @@ def resolve_layers(spec, n_layers: int) -> tuple[int, ...]:
             raise ValueError(f"layer index {i} is out of range for a model with {n_layers} layers "
                              f"(hidden_states has {n_states} entries: 0..{n_layers}, or "
                              f"{-n_states}..-1)")
+        if j in out:
+            raise ValueError(f"layer index {i} names hidden_states[{j}] twice (layers "
+                             f"{list(spec)}): its features would be stored twice")
         out.append(j)
     return tuple(out)

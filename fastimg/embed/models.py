@@ -7,6 +7,7 @@ through the hub client's retries.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -180,6 +181,20 @@ def _folder_fingerprint(folder: str, *stamp) -> str:
     return digest.hexdigest()
 
 
+@contextlib.contextmanager
+def _no_loading_bar():
+    """transformers' weight-loading progress bar off meanwhile (its setting is global)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def load_model(name: str = "minilm", revision: str | None = None, *,
                trust_remote_code: bool = False) -> LoadedModel:
     """Load a fast tokenizer and the model (fp32, eval mode, SDPA attention where supported).
@@ -210,11 +225,14 @@ def load_model(name: str = "minilm", revision: str | None = None, *,
         kwargs = dict(common, dtype=torch.float32, output_hidden_states=False)
         if has_safetensors:
             kwargs["use_safetensors"] = True
-        try:
-            model = AutoModel.from_pretrained(src.source, attn_implementation="sdpa", **kwargs)
-        except (ValueError, ImportError) as exc:  # architecture without SDPA support
-            logger.info("SDPA attention unavailable for %s (%s); using the default", name, exc)
-            model = AutoModel.from_pretrained(src.source, **kwargs)
+        with _no_loading_bar():  # a sub-second bar per load, shown even under --quiet
+            try:
+                model = AutoModel.from_pretrained(src.source, attn_implementation="sdpa",
+                                                  **kwargs)
+            except (ValueError, ImportError) as exc:  # architecture without SDPA support
+                logger.info("SDPA attention unavailable for %s (%s); using the default", name,
+                            exc)
+                model = AutoModel.from_pretrained(src.source, **kwargs)
     except OSError as exc:
         raise _unavailable(name, str(exc).splitlines()[0]) from None
     if not getattr(tokenizer, "is_fast", False):
