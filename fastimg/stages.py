@@ -20,13 +20,22 @@ logger = logging.getLogger("fastimg.stages")
 
 
 def layout_settings(layout_config, fit_on: str, fit_rows: np.ndarray) -> dict:
-    """The layout stage's settings: the layout config and the rows it is fitted on."""
+    """The layout stage's settings: the layout config and the rows it is fitted on. A t-SNE
+    backend named explicitly that cannot run here is refused (before any work)."""
+    from fastimg.layout.embedding import TSNE_BACKENDS
+
+    if layout_config.method == "tsne":
+        TSNE_BACKENDS.check(layout_config.backend)
     return {**layout_config.to_dict(), "fit_on": fit_on, "fit_rows": int(fit_rows.size),
             "fit_rows_sha256": digest(np.asarray(fit_rows, dtype=np.int64))}
 
 
 def images_settings(config) -> dict:
-    """The images stage's settings (the backend is informational: it does not change bytes)."""
+    """The images stage's settings (the backend is informational: it does not change bytes).
+    A raster backend named explicitly that cannot run here is refused (before any work)."""
+    from fastimg.raster import RASTER_BACKENDS
+
+    RASTER_BACKENDS.check(config.raster_backend)
     return {"dtype": config.image_dtype, "raster_backend": config.raster_backend}
 
 

@@ -33,6 +33,8 @@ def one_line(err: str) -> str:
     (["images", "--synthetic", "10x100", "--out", "o", "--tsne-threads", "0"],
      "n_jobs must be a number of threads (>= 1) or -1 (all cores), got 0"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["images", "--synthetic", "10x100", "--out", "o", "--tsne-backend", "cuml"],
+     "t-SNE backend 'cuml' cannot run here"),
     (["images", "--synthetic", "0x10", "--out", "o"],
      "n_samples must be a whole number >= 1, got 0"),
     (["show", "s.zarr", "--out", "s.png", "--per-class", "-2"],
@@ -41,6 +43,22 @@ def one_line(err: str) -> str:
 def test_usage_mistakes_print_one_line_and_exit_2(capsys, argv, message):
     assert main(argv) == 2
     assert message in one_line(capsys.readouterr().err)
+
+
+def test_a_gpu_raster_backend_without_a_gpu_is_refused_before_any_work(tmp_path, capsys,
+                                                                        monkeypatch):
+    import dataclasses
+
+    from fastimg.raster import RASTER_BACKENDS
+
+    backends = RASTER_BACKENDS._backends  # as on a machine without a GPU, even under the simulator
+    monkeypatch.setitem(backends, "cuda", dataclasses.replace(backends["cuda"],
+                                                              available=lambda: False))
+    out = tmp_path / "o.zarr"
+    assert main(["images", "--synthetic", "10x100", "--out", str(out), "--raster-backend",
+                 "cuda"]) == 2
+    assert "raster backend 'cuda' cannot run here" in one_line(capsys.readouterr().err)
+    assert not out.exists() and not store.partial_path(out).exists()
 
 
 def test_help_and_version_exit_0(capsys):
