@@ -146,11 +146,16 @@ def test_incomplete_s3_store_is_refused_with_one_line(tmp_path, tiny_bert_dir, s
                       storage_options=s3)
     assert not store.is_complete(store.location.resolve(url, s3))
     capsys.readouterr()
-    for command in (["info", url], ["show", url, "--out", str(tmp_path / "x.png")],
+    for command in (["show", url, "--out", str(tmp_path / "x.png")],
                     ["train", url, "--out", str(tmp_path / "r")]):
         assert main([*command, *s3_env]) == 2
         err = capsys.readouterr().err.strip()
         assert "not a complete fastimg store" in err and "\n" not in err, command
+    # info describes it instead (on object storage the build is the store itself)
+    assert main(["info", url, *s3_env]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith(f"{url}: an unfinished fastimg build")
+    assert "stages done  corpus, encode" in lines and "encoded      24 of 24 rows" in lines
     # the same build resumes in place (the encoding is reused) and completes
     summary = build_dataset(url, *configs(csv, tiny_bert_dir), progress=False,
                             storage_options=s3)
