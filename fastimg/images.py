@@ -118,6 +118,9 @@ def _fit_rows(n_rows: int, fit_rows: int | None, split) -> tuple[str, np.ndarray
                              f"least 2")
         return "train", rows
     if fit_rows is not None:
+        if fit_rows > n_rows:
+            logger.warning("fit_rows %d is more than the %d rows: the layout is fitted on all "
+                           "of them", fit_rows, n_rows)
         return "first_rows", np.arange(min(fit_rows, n_rows))
     return "all", np.arange(n_rows)
 

@@ -65,6 +65,16 @@ def test_images_from_npy_end_to_end(rng, tmp_path, capsys):
     assert "fitted on the first 100 rows" in capsys.readouterr().out
 
 
+def test_fit_rows_past_the_rows_warns_and_fits_on_all(caplog):
+    from fastimg.images import _fit_rows
+
+    with caplog.at_level("WARNING", logger="fastimg"):
+        assert _fit_rows(50, 40, None)[1].size == 40 and not caplog.records
+        how, rows = _fit_rows(50, 5000, None)
+    assert how == "first_rows" and rows.tolist() == list(range(50))
+    assert "fit_rows 5000 is more than the 50 rows" in caplog.text
+
+
 def test_synthetic_demo_and_existing_store_needs_force(tmp_path, capsys):
     out = tmp_path / "demo.zarr"
     args = ["images", "--synthetic", "300x120", "--out", str(out), "--pixels", "10", "--quiet"]
