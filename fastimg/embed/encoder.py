@@ -138,9 +138,7 @@ def _plan(config: EncoderConfig, model: LoadedModel | None):
         n_layers, hidden = int(model_config.num_hidden_layers), int(model_config.hidden_size)
     device = _resolve_device(config)
     precision = precision_mod.resolve(config.precision, device)
-    if device == "cuda" and not torch_cuda_available():
-        raise ValueError("device 'cuda' needs a CUDA GPU and torch sees none (device 'auto' or "
-                         "'cpu' runs on the CPU)")
+    ENCODE_DEVICES.check(device)  # after the precision's own refusal of this device
     positions = _positions(model_config)
     if positions is not None and config.max_length > positions:
         raise ValueError(f"max_length {config.max_length} is longer than the {positions} "
