@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import re
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 from fastimg import __version__, store
@@ -707,6 +709,16 @@ def report_error(command: str, exc: Exception, *, debug: bool = False) -> int:
     return EXIT_BUG
 
 
+def _format_own_warning(command, default, message, category, filename, lineno, line=None):
+    """fastimg's own warnings as one line, as its errors are; others as Python prints them.
+
+    Only the formatting is replaced, so ``pytest.warns`` and ``warnings.catch_warnings(record=True)``
+    still see every warning."""
+    if category.__module__.split(".")[0] == "fastimg":
+        return f"fastimg {command}: warning: {' '.join(str(message).split())}\n"
+    return default(message, category, filename, lineno, line)
+
+
 def make_parser() -> argparse.ArgumentParser:
     """The parser ``main`` uses: :func:`build_parser` with ``--debug`` on every command."""
     parser = build_parser()
@@ -722,6 +734,10 @@ def main(argv=None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    formatwarning = warnings.formatwarning
+    if not args.debug:
+        warnings.formatwarning = functools.partial(_format_own_warning, args.command,
+                                                   formatwarning)
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -732,6 +748,8 @@ def main(argv=None) -> int:
         return 130
     except Exception as exc:  # noqa: BLE001 - every error ends as one line and an exit code
         return report_error(args.command, exc, debug=args.debug)
+    finally:
+        warnings.formatwarning = formatwarning
 
 
 if __name__ == "__main__":

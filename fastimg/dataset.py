@@ -20,12 +20,14 @@ import json
 import logging
 import platform
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 
 from fastimg import __version__, stages, store
+from fastimg.embed.encoder import EmptyTextWarning
 from fastimg.images import split_codes
 from fastimg.raster import IMAGE_DTYPES
 from fastimg.store import StoreError, StoreReader, StoreWriter
@@ -206,8 +208,10 @@ def build_dataset(out, corpus_config, encoder_config=None, layout_config=None,
             writer.write_rows(store.SPLIT, codes)
             writer.complete_stage("corpus", summary=corpus.summary())
         on_stage("encode")
-        encode = stages.run_encode(writer, plan, corpus.texts, encoder_config, progress,
-                                   timings, client)
+        with warnings.catch_warnings():  # the corpus has named its empty texts already
+            warnings.simplefilter("ignore", EmptyTextWarning)
+            encode = stages.run_encode(writer, plan, corpus.texts, encoder_config, progress,
+                                       timings, client)
         embeddings = writer.group[store.EMBEDDINGS]
         on_stage("layout")
         layout = stages.run_layout(writer, plan, layout_config, fit_rows, embeddings,

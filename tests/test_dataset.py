@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ import pytest
 
 from conftest import shared_imdb, tiny_reviews
 from conftest import write_csv as _write_csv
-from fastimg import store
+from fastimg import cli, store
 from fastimg.cli import main
 
 IMDB = shared_imdb()
@@ -243,6 +244,28 @@ def test_a_run_this_machine_or_model_cannot_do_fails_before_anything_is_written(
     assert not out.exists() and not store.partial_path(out).exists()
 
 
+def test_only_fastimg_warnings_lose_their_file_and_line(monkeypatch):
+    from fastimg.embed import EmptyTextWarning
+
+    own = cli._format_own_warning("predict", warnings.formatwarning, "2 of 9\n texts",
+                                  EmptyTextWarning, "/x/encoder.py", 7)
+    assert own == "fastimg predict: warning: 2 of 9 texts\n"
+    other = cli._format_own_warning("predict", warnings.formatwarning, "deprecated",
+                                    FutureWarning, "/x/lib.py", 7)
+    assert "lib.py:7" in other and "FutureWarning" in other
+
+    def info_that_warns(args):  # what `fastimg info` would print for a warning of its own
+        seen.append(warnings.formatwarning("1 of 3 texts", EmptyTextWarning, "/x/e.py", 7))
+        return 0
+
+    seen, before = [], warnings.formatwarning
+    monkeypatch.setattr(cli, "_cmd_info", info_that_warns)
+    assert main(["info", "x.zarr"]) == 0 and main(["info", "x.zarr", "--debug"]) == 0
+    assert seen[0] == "fastimg info: warning: 1 of 3 texts\n"
+    assert "e.py:7" in seen[1]  # --debug keeps Python's form
+    assert warnings.formatwarning is before
+
+
 def test_missing_text_column_names_the_columns_that_exist(tmp_path, tiny_bert_dir, capsys):
     path = _write_csv(tmp_path / "cols.csv", _reviews(20), ("id", "body", "label"))
     assert main(["build-dataset", "--input", str(path), "--out", str(tmp_path / "o.zarr"),
@@ -262,11 +285,16 @@ def test_empty_texts_and_a_large_limit_warn_and_build(tmp_path, tiny_bert_dir, c
         writer.writerow(("id", "text", "label"))
         writer.writerows(rows)
     out = tmp_path / "out.zarr"
-    with pytest.warns(EmptyTextWarning):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         code = main(["build-dataset", "--input", str(path), "--id-column", "id", "--limit", "500",
                      "--out", str(out), "--model", str(tiny_bert_dir), "--method", "pca",
                      "--pixels", "8x12", "--dtype", "uint8", "--quiet"])
     assert code == 0
+    # said once, by the corpus (which names the row), not again by the encoder
+    assert not [w for w in caught if issubclass(w.category, EmptyTextWarning)]
+    empty_notes = [r.getMessage() for r in caplog.records if "are empty" in r.getMessage()]
+    assert len(empty_notes) == 1 and "id 'r5'" in empty_notes[0], empty_notes
     group = store.StoreReader(out).group
     assert group[store.IMAGES].shape == (60, 8, 12) and group[store.IMAGES].dtype == np.uint8
     assert group[store.EMBEDDINGS].shape == (60, 6 * 32)
