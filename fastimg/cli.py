@@ -732,8 +732,13 @@ def main(argv=None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed as one line
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    level = logging.INFO if args.verbose else logging.WARNING
+    # the level on the handler too: libraries that set their own loggers' level (dask's
+    # distributed, at INFO) would otherwise print through it without --verbose
+    handler = logging.StreamHandler()
+    handler.setLevel(level)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
+                        handlers=[handler])
     formatwarning = warnings.formatwarning
     if not args.debug:
         warnings.formatwarning = functools.partial(_format_own_warning, args.command,
