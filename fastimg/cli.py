@@ -410,7 +410,9 @@ def _add_layout_options(parser) -> None:
     parser.add_argument("--raster-backend", default="auto",
                         choices=["auto", "cpu", "cuda", "numpy"],
                         help="rasterisation kernel (auto: the CPU kernel, fastest for images "
-                             "that go to disk; the backend does not change the images)")
+                             "that go to disk; cpu and cuda compute in float32, numpy in "
+                             "float64, so a stored value can differ between them by float32's "
+                             "rounding: at most one step of a float16 image, rarely)")
 
 
 def build_parser() -> argparse.ArgumentParser:
