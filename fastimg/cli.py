@@ -491,7 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--max-length", type=int, default=512, help="tokens per text (512)")
     build.add_argument("--truncation", default="head", choices=["head", "head+tail"])
     build.add_argument("--chunk-rows", type=int, default=1024,
-                       help="texts per encoding chunk: the unit an interrupted build resumes at")
+                       help="texts per encoding chunk: the unit an interrupted build resumes "
+                            "at (it shapes the batches, so it moves fp32 values by float "
+                            "rounding; not part of the stage key)")
     _add_layout_options(build)
     build.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                        help="encoder device")
@@ -512,7 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="tokens per encoder batch (padded ones, or real ones when packed "
                             "with FlashAttention); "
                             "default 8192 on the CPU, 65536 on CUDA; lower it if a GPU runs "
-                            "out of memory")
+                            "out of memory; like --chunk-rows it moves fp32 values by float "
+                            "rounding only and is part of the stage key in int8 only)")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--force", action="store_true",
                        help="replace an existing store (its stages whose settings match are "

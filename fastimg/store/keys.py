@@ -1,4 +1,7 @@
-"""Stage keys: a digest of everything a stage's output depends on.
+"""Stage keys: a digest of everything a stage's output depends on, up to floating-point rounding.
+
+Settings that change only rounding (the encoder's batch shapes in fp32/fp16, the raster backend,
+thread counts, the machine) are not hashed, so that changing them reuses what is stored.
 
 A stage's key hashes its parent's key with its own settings, so a change anywhere upstream
 changes every key after it. The settings are kept beside the key, so a refusal can name
