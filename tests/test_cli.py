@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import zarr
@@ -107,8 +109,29 @@ def test_nan_input_exit_2(rng, tmp_path, capsys):
     assert "NaN or infinite" in capsys.readouterr().err
 
 
+def test_what_is_not_a_store_is_named(tmp_path, capsys):
+    """A run folder, a build that stopped and a folder of something else: each said as such."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text("{}")
+    (run / "bundle.json").write_text(json.dumps({"store": "imdb.zarr"}))
+    stopped = tmp_path / "stopped.zarr"
+    store.partial_path(stopped).mkdir()
+    other = tmp_path / "other"
+    other.mkdir()
+    expected = {run: "is a training run folder, not a store (its store: imdb.zarr)",
+                stopped: "is not finished: its build stopped before the end",
+                other: "is not a fastimg store"}
+    for path, message in expected.items():
+        for command in (["show", str(path), "--out", str(tmp_path / "x.png")],
+                        ["relayout", str(path), "--out", str(tmp_path / "r.zarr"), "--quiet"]):
+            assert main(command) == 2
+            err = capsys.readouterr().err.strip()
+            assert message in err and "\n" not in err, (command, err)
+
+
 def test_unfinished_store_is_refused(tmp_path, capsys):
     group = zarr.open_group(str(tmp_path / "half.zarr"), mode="w")
     group.attrs[store.ATTRS_KEY] = {"format_version": store.FORMAT_VERSION}
     assert main(["info", str(tmp_path / "half.zarr")]) == 2
-    assert "not a complete fastimg store" in capsys.readouterr().err
+    assert "is an unfinished fastimg store" in capsys.readouterr().err

@@ -82,7 +82,7 @@ def test_info_describes_an_unfinished_build(tmp_path, tiny_bert_dir, capsys, mon
     assert found["complete"] is False and found["stages"]["encode"] is True
     assert found["rows_done"] == found["rows"] == 80
     assert main(["info", str(tmp_path / "none.zarr")]) == 2
-    assert "not a complete fastimg store" in capsys.readouterr().err
+    assert "none.zarr does not exist" in capsys.readouterr().err
 
 
 def test_packed_batches_build_the_same_store_and_say_so(built, tiny_bert_dir, capsys):

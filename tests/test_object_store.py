@@ -150,7 +150,7 @@ def test_incomplete_s3_store_is_refused_with_one_line(tmp_path, tiny_bert_dir, s
                     ["train", url, "--out", str(tmp_path / "r")]):
         assert main([*command, *s3_env]) == 2
         err = capsys.readouterr().err.strip()
-        assert "not a complete fastimg store" in err and "\n" not in err, command
+        assert "is an unfinished fastimg store" in err and "\n" not in err, command
     # info describes it instead (on object storage the build is the store itself)
     assert main(["info", url, *s3_env]) == 0
     lines = capsys.readouterr().out.strip().splitlines()

@@ -23,6 +23,38 @@ def check_version(path, attrs: dict) -> None:
                          f"made it and --force" + ("" if older else ", or upgrade fastimg"))
 
 
+def why_not_a_store(path) -> str:
+    """Why ``path`` is not a complete store, in one line: missing, unfinished, a training run
+    folder, or something else."""
+    where = location.readable(path)
+    if not location.exists(where):
+        partial = location.partial_path(path)
+        if partial != path and location.exists(partial):
+            return (f"{path} is not finished: its build stopped before the end ({partial} holds "
+                    f"it); rerun the command that builds it")
+        return f"{path} does not exist"
+    if location.read_attrs(where) is not None:
+        return (f"{path} is an unfinished fastimg store (its build did not finish: rerun the "
+                f"command that builds it)")
+    from fastimg.info import is_run_folder  # fastimg.info reads stores: imported here
+
+    if location.is_local(where) and is_run_folder(where):
+        store = _run_store(where)
+        return (f"{path} is a training run folder, not a store"
+                + (f" (its store: {store})" if store else ""))
+    return f"{path} is not a fastimg store"
+
+
+def _run_store(run) -> str | None:
+    """The store a training run was trained on, from its bundle.json, or None."""
+    import json
+
+    try:
+        return json.loads((run / "bundle.json").read_text(encoding="utf-8")).get("store")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 class StoreReader:
     """A finished store, read-only.
 
@@ -51,8 +83,7 @@ class StoreReader:
         path = location.resolve(path, storage_options)
         self.path = path
         if not location.is_complete(path):
-            raise StoreError(f"{path} is not a complete fastimg store (missing, or its build did "
-                             f"not finish: rerun the command that builds it)")
+            raise StoreError(why_not_a_store(path))
         self.group = location.open_group(location.readable(path), "r")
         self.attrs = dict(self.group.attrs[ATTRS_KEY])
         check_version(path, self.attrs)
