@@ -176,6 +176,8 @@ def test_images_fit_the_layout_on_the_training_rows_of_a_split_file(rng, tmp_pat
     reader = store.StoreReader(out)
     assert reader.summary["fit_on"] == "train" and reader.summary["fit_rows"] == 70
     np.testing.assert_array_equal(reader.rows("train"), np.flatnonzero(names == "train"))
+    with pytest.raises(ValueError, match="split must be one of train, val, test, got 'validation'"):
+        reader.rows("validation")
     train_only = DeepInsightLayout(LayoutConfig(grid=(10, 10), method="pca")).fit(
         x[names == "train"])
     np.testing.assert_array_equal(reader.layout().pixel_index_, train_only.pixel_index_)

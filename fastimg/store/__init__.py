@@ -11,7 +11,8 @@ from fastimg.store.reader import StoreReader, check_version, open_store
 from fastimg.store.schema import (ATTRS_KEY, BUILD_KEY, COMPLETE, EMBEDDINGS,
                                   ENCODE_RUN_STATS, FORMAT_VERSION, IDS, IMAGE_CHUNK_ROWS,
                                   IMAGES, LABELS, PARTIAL_SUFFIX, REPLACED_SUFFIX, SPLIT,
-                                  SPLIT_NAMES, STAGE_ARRAYS, STAGE_SETTINGS, STAGES, StoreError)
+                                  SPLIT_NAMES, STAGE_ARRAYS, STAGE_SETTINGS, STAGES, StoreError,
+                                  split_code)
 from fastimg.store.writer import StoreWriter, check_writable, copy_array, write_store
 
 __all__ = ["ATTRS_KEY", "BUILD_KEY", "COMPLETE", "EMBEDDINGS", "ENCODE_RUN_STATS",
@@ -19,4 +20,4 @@ __all__ = ["ATTRS_KEY", "BUILD_KEY", "COMPLETE", "EMBEDDINGS", "ENCODE_RUN_STATS
            "REPLACED_SUFFIX", "SPLIT", "SPLIT_NAMES", "STAGES", "STAGE_ARRAYS", "STAGE_SETTINGS",
            "StoreError", "StoreReader", "StoreWriter", "check_version", "check_writable",
            "copy_array", "differences", "is_complete", "open_store", "partial_path", "read_attrs",
-           "recover", "replaced_path", "size_bytes", "stage_key", "write_store"]
+           "recover", "replaced_path", "size_bytes", "split_code", "stage_key", "write_store"]

@@ -7,7 +7,7 @@ import numpy as np
 
 from fastimg.store import location
 from fastimg.store.schema import (ATTRS_KEY, COMPLETE, EMBEDDINGS, FORMAT_VERSION, IDS, IMAGES,
-                                  LABELS, SPLIT, SPLIT_NAMES, StoreError)
+                                  LABELS, SPLIT, StoreError, split_code)
 
 logger = logging.getLogger("fastimg.store")
 
@@ -193,7 +193,7 @@ class StoreReader:
 
     def rows(self, split: str) -> np.ndarray:
         """Row indices of ``split`` ("train", "val" or "test"), ascending."""
-        return np.flatnonzero(self.split_codes() == SPLIT_NAMES.index(split))
+        return np.flatnonzero(self.split_codes() == split_code(split))
 
     def array_info(self) -> dict:
         """Shape and dtype of every array."""

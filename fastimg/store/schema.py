@@ -17,6 +17,14 @@ SPLIT = "split"
 EMBEDDINGS = "embeddings"
 #: ``split`` holds int8 codes: indices into this tuple
 SPLIT_NAMES = ("train", "val", "test")
+
+
+def split_code(split: str) -> int:
+    """The code of ``split`` in :data:`SPLIT_NAMES`; ValueError (one line) for another name."""
+    if split not in SPLIT_NAMES:
+        raise ValueError(f"split must be one of {', '.join(SPLIT_NAMES)}, got {split!r}")
+    return SPLIT_NAMES.index(split)
+
 ATTRS_KEY = "fastimg"
 #: attrs of an unfinished build: its stage records so far
 BUILD_KEY = "fastimg_build"

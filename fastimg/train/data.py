@@ -121,7 +121,7 @@ class StoreData:
 
     def rows(self, split: str) -> np.ndarray:
         """Row indices of ``split`` ("train", "val" or "test"), ascending."""
-        return np.flatnonzero(self.split == store.SPLIT_NAMES.index(split))
+        return np.flatnonzero(self.split == store.split_code(split))
 
 
 def pixel_stats(reader: ChunkedReader, rows: np.ndarray, *, block: int = 4096):
