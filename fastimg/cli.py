@@ -624,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("run_dir", type=Path, help="run folder written by fastimg train")
     predict.add_argument("--input", required=True,
                          help="CSV / TSV / JSONL / Parquet file, or - for one text per line "
-                              "on stdin")
+                              "on stdin (ids: line numbers from 0; blank lines skipped)")
     predict.add_argument("--text-column", action="append",
                          help="text column (repeat to join several; default text)")
     predict.add_argument("--id-column", help="id column (default: id when present, else the "

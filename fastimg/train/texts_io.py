@@ -53,10 +53,15 @@ def read_input_texts(path, text_columns=("text",), id_column=None) -> tuple[list
 
 
 def read_lines(stream) -> tuple[list, list]:
-    """``(ids, texts)`` of a text stream: one text per non-empty line, ids 0, 1, ..."""
-    texts = [line.rstrip("\r\n") for line in stream]
-    texts = [t for t in texts if t.strip()]
-    return [str(i) for i in range(len(texts))], texts
+    """``(ids, texts)`` of a text stream: one text per non-blank line, its id the line's
+    number from 0 (as a file's row number is), so that blank lines, skipped with a warning,
+    do not shift the ids of the lines after them."""
+    lines = [line.rstrip("\r\n") for line in stream]
+    kept = [i for i, line in enumerate(lines) if line.strip()]
+    if len(kept) < len(lines):
+        logger.warning("skipped %d blank lines of %d; ids are line numbers from 0",
+                       len(lines) - len(kept), len(lines))
+    return [str(i) for i in kept], [lines[i] for i in kept]
 
 
 def write_predictions(out, ids, prediction) -> Path:
