@@ -691,17 +691,44 @@ def _from_object_storage(exc: BaseException) -> bool:
     return any(cls.__module__.split(".")[0] in _STORAGE_PACKAGES for cls in type(exc).__mro__)
 
 
-def report_error(command: str, exc: Exception, *, debug: bool = False) -> int:
+#: config fields whose flag is not the field's name with dashes
+_FLAG_OF_FIELD = {"n_jobs": "--tsne-threads", "n_per_class": "--per-class"}
+
+
+def flags_of(parser, command: str) -> dict:
+    """``{config field: flag}`` for ``command``: each option's dest (``chunk_rows`` ->
+    ``--chunk-rows``) and :data:`_FLAG_OF_FIELD`."""
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    flags = {action.dest: action.option_strings[-1]
+             for action in commands.choices[command]._actions
+             if action.option_strings and action.dest != "help"}
+    flags.update({field: flag for field, flag in _FLAG_OF_FIELD.items()
+                  if flag in flags.values()})
+    return flags
+
+
+def _as_flag(message: str, flags: dict) -> str:
+    """``message`` with a leading config field (``chunk_rows must be ...``) named by its flag."""
+    field = re.match(r"(\w+)(?: \([^)]*\))? must\b", message)
+    if field and field.group(1) in flags:
+        return flags[field.group(1)] + message[field.end(1):]
+    return message
+
+
+def report_error(command: str, exc: Exception, *, debug: bool = False,
+                 flags: dict | None = None) -> int:
     """Print ``exc`` as one line (the traceback above it when ``debug``); the exit code.
 
     User mistakes (:data:`USER_ERRORS`, :class:`UserError`, and object storage's own errors:
     credentials, endpoint) exit 2; anything else is a bug in fastimg and exits 1 (a TypeError
-    or KeyError is never the user's fault).
+    or KeyError is never the user's fault). ``flags`` (:func:`flags_of`) names a config
+    field that opens the message by the command's flag.
     """
     if debug:
         traceback.print_exception(exc, file=sys.stderr)
     if isinstance(exc, (UserError, *USER_ERRORS)):
-        print(f"fastimg {command}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"fastimg {command}: error: {_as_flag(_one_line(exc), flags or {})}",
+              file=sys.stderr)
         return EXIT_USAGE
     if _from_object_storage(exc):  # credentials, endpoint, bucket: the user's setup
         print(f"fastimg {command}: error: object storage: {_one_line(exc)} (credentials and "
@@ -757,7 +784,8 @@ def main(argv=None) -> int:
         print(f"fastimg {args.command}: interrupted{kept}", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - every error ends as one line and an exit code
-        return report_error(args.command, exc, debug=args.debug)
+        return report_error(args.command, exc, debug=args.debug,
+                            flags=flags_of(parser, args.command))
     finally:
         warnings.formatwarning = formatwarning
 

@@ -31,14 +31,14 @@ def one_line(err: str) -> str:
     (["build-dataset", "--dataset", "imdb", "--out", "o", "--device", "gpu"],
      "invalid choice: 'gpu'"),
     (["images", "--synthetic", "10x100", "--out", "o", "--tsne-threads", "0"],
-     "n_jobs must be a number of threads (>= 1) or -1 (all cores), got 0"),
+     "--tsne-threads must be a number of threads (>= 1) or -1 (all cores), got 0"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     (["images", "--synthetic", "10x100", "--out", "o", "--tsne-backend", "cuml"],
      "t-SNE backend 'cuml' cannot run here"),
     (["images", "--synthetic", "0x10", "--out", "o"],
      "n_samples must be a whole number >= 1, got 0"),
     (["show", "s.zarr", "--out", "s.png", "--per-class", "-2"],
-     "n_per_class must be a whole number >= 1, got -2"),
+     "--per-class must be a whole number >= 1, got -2"),
 ])
 def test_usage_mistakes_print_one_line_and_exit_2(capsys, argv, message):
     assert main(argv) == 2

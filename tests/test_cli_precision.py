@@ -9,7 +9,7 @@ from fastimg.cli import main
     (["--precision", "int8", "--device", "cuda"], "precision 'int8' runs on cpu only, not on cuda"),
     (["--precision", "fp16", "--device", "cpu"], "precision 'fp16' runs on cuda only, not on cpu"),
     (["--precision", "bf16", "--device", "cpu"], "precision 'bf16' runs on cuda only, not on cpu"),
-    (["--token-budget", "100"], "token_budget (100) must be at least max_length (512)"),
+    (["--token-budget", "100"], "--token-budget (100) must be at least max_length (512)"),
     (["--precision", "int8", "--int8-engine", "onnxruntime", "--batching", "packed"],
      "int8 engine 'onnxruntime' needs batching 'padded' (not 'packed')"),
     (["--precision", "fp32", "--int8-engine", "torch"],

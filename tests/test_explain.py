@@ -115,8 +115,8 @@ def test_cli_explain_writes_both_files(label_run, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--max-rows", "0"], "max_rows must be a whole number >= 1, got 0"),
-    (["--batch-size", "-1"], "batch_size must be a whole number >= 1, got -1"),
+    (["--max-rows", "0"], "--max-rows must be a whole number >= 1, got 0"),
+    (["--batch-size", "-1"], "--batch-size must be a whole number >= 1, got -1"),
 ])
 def test_a_count_below_one_is_refused_before_any_work(label_run, tmp_path, capsys, flags,
                                                       message):

@@ -165,7 +165,7 @@ def test_a_batch_size_below_one_is_refused_before_encoding(trained, tmp_path, ca
     code = main(["predict", str(trained["run"]), "--input", "-", "--out", str(out),
                  "--batch-size", "0", "--quiet"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and "batch_size must be a whole number >= 1, got 0" in err, err
+    assert code == 2 and "--batch-size must be a whole number >= 1, got 0" in err, err
     assert not out.exists()
 
 
