@@ -562,7 +562,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_storage_options(train)
     train.add_argument("--extractor", default="alexnet",
                        choices=["alexnet", "wide_resnet50_2", "resnext50_32x4d",
-                                "shufflenet_v2_x1_0", "vgg16"])
+                                "shufflenet_v2_x1_0", "vgg16"],
+                       help="ImageNet CNN whose frozen early layers extract features "
+                            "(default alexnet)")
     train.add_argument("--weights", default="DEFAULT",
                        help="DEFAULT (torchvision ImageNet weights), none (random init) or "
                             "the path of a state_dict")
@@ -609,7 +611,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     train.add_argument("--no-probe", action="store_true", help="skip the linear probe")
     train.add_argument("--num-workers", type=int, default=0)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=int, default=0,
+                       help="seeds the head's initialisation, shuffling, dropout and the "
+                            "probe: the same seed gives the same run")
     train.add_argument("--force", action="store_true",
                        help="train into --out even when it already holds a run")
     train.add_argument("--quiet", action="store_true", help="no progress bars")

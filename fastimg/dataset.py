@@ -303,16 +303,20 @@ def load_layout(path):
 
 
 def texts_to_images(path, texts, *, progress: bool = False) -> np.ndarray:
-    """Images of new ``texts`` made exactly as the store at ``path`` made its own.
+    """Images of new ``texts`` made as the store at ``path`` made its own.
 
-    Encodes with the store's encoder settings and rasterises with its fitted layout.
+    Encodes with the store's encoder settings, rasterises with its fitted layout and converts
+    to its image dtype. They equal the stored images to float rounding (texts encoded in
+    other batches round differently).
 
     Returns
     -------
-    ndarray of float32, shape (len(texts), height, width)
+    ndarray, shape (len(texts), height, width), of the store's image dtype
+        float16, float32, or uint8 (0..255, as stored).
     """
     from fastimg.embed import encode
+    from fastimg.raster import to_image_dtype
 
     reader = store.StoreReader(path)
     features = encode(texts, reader.encoder_config(), progress=progress)
-    return reader.layout().transform(features)
+    return to_image_dtype(reader.layout().transform(features), str(reader.images.dtype))

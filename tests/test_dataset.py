@@ -20,6 +20,7 @@ from conftest import shared_imdb, tiny_reviews
 from conftest import write_csv as _write_csv
 from fastimg import cli, store
 from fastimg.cli import main
+from fastimg.dataset import texts_to_images
 
 IMDB = shared_imdb()
 needs_imdb = pytest.mark.skipif(IMDB is None, reason="needs ../shared/data/imdb/imdb.csv.gz")
@@ -303,4 +304,9 @@ def test_empty_texts_and_a_large_limit_warn_and_build(tmp_path, tiny_bert_dir, c
     assert "500" in messages and "empty" in messages.lower()
     labels = group[store.LABELS][:]
     assert group.attrs[store.ATTRS_KEY]["summary"]["class_names"] == ["neg", "pos"]
+    # new texts come in the store's dtype and scale (0..255), as its own rows do
+    again = texts_to_images(out, [rows[i][1] for i in (0, 7)])
+    assert again.dtype == np.uint8
+    stored = group[store.IMAGES][[0, 7]].astype(int)
+    assert stored.max() > 1 and np.abs(again.astype(int) - stored).max() <= 1
     np.testing.assert_array_equal(labels, [("neg", "pos").index(r[2]) for r in rows])
