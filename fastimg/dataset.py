@@ -190,7 +190,8 @@ def build_dataset(out, corpus_config, encoder_config=None, layout_config=None,
     # a model that cannot be found fails here, before anything is written
     resolve_model(encoder_config.model, encoder_config.revision)
     plan = (StagePlan()
-            .add("corpus", {**corpus_config.to_dict(), "digest": corpus_digest(corpus, codes)})
+            .add("corpus", {**corpus_config.effective(corpus).to_dict(),
+                            "digest": corpus_digest(corpus, codes)})
             .add("encode", run_settings(corpus.texts, encoder_config))
             .add("layout", stages.layout_settings(layout_config, config.fit_on, fit_rows))
             .add("images", stages.images_settings(config)))

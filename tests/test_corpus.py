@@ -544,3 +544,25 @@ def test_test_fraction_ignored_when_the_corpus_has_test_rows(tmp_path, caplog):
         corpus = load_corpus(cfg(path, split_column="split", test_fraction=0.3))
     assert int((corpus.split == "test").sum()) == 25
     assert any("test_fraction 0.3 ignored" in r.getMessage() for r in caplog.records)
+
+
+def test_settings_that_change_nothing_give_the_settings_of_the_same_corpus(tmp_path):
+    """An ignored test_fraction and a limit of at least the row count leave the corpus as
+    without them, so its stage settings are those of the plain config too."""
+    path = sorted_corpus(tmp_path, split=lambda i: "test" if i % 4 == 0 else "train")
+    plain = cfg(path, split_column="split")
+    plain_corpus = load_corpus(plain)
+    assert plain_corpus.unused_settings == {}
+    for extra in ({"test_fraction": 0.3}, {"limit": 100}, {"limit": 500},
+                  {"limit": 1000, "test_fraction": 0.2}):
+        config = cfg(path, split_column="split", **extra)
+        corpus = load_corpus(config)
+        np.testing.assert_array_equal(corpus.split, plain_corpus.split)
+        assert config.to_dict() != plain.to_dict()
+        assert config.effective(corpus).to_dict() == plain.to_dict(), extra
+    # a limit that picks rows, or a test_fraction that carves some, is kept
+    for extra in ({"limit": 99}, {"test_fraction": 0.3}):
+        config = cfg(sorted_corpus(tmp_path, name="nosplit.csv"), **extra)
+        corpus = load_corpus(config)
+        assert corpus.unused_settings == {}
+        assert config.effective(corpus) == config

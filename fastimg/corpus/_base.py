@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -116,6 +116,11 @@ class CorpusConfig:
             raise CorpusError(f"seed must be a non-negative integer, got {self.seed!r}")
         object.__setattr__(self, "seed", int(self.seed))
 
+    def effective(self, corpus: "Corpus") -> "CorpusConfig":
+        """This config with the settings that changed nothing in ``corpus`` (loaded from
+        it) set to the value that says so: equal corpora get equal settings."""
+        return replace(self, **corpus.unused_settings)
+
     def to_dict(self) -> dict:
         """The settings as a JSON-serialisable dict (tuples become lists)."""
         out = asdict(self)
@@ -156,6 +161,11 @@ class Corpus:
     class_values : tuple of int or None
         Integer labels: the value of each class in ``class_names`` (increasing); ``None`` for
         string labels.
+    unused_settings : dict
+        Settings of the :class:`CorpusConfig` that changed nothing, each with the value that
+        gives the same corpus (a ``limit`` of at least the row count: None; a
+        ``test_fraction`` on a corpus with test rows: 0), so that a stage key does not tell
+        equal corpora apart (:meth:`CorpusConfig.effective`).
     """
 
     ids: np.ndarray
@@ -169,6 +179,7 @@ class Corpus:
     limit_shortfall: int = 0
     warnings: tuple = field(default=())
     class_values: tuple | None = None
+    unused_settings: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.texts)

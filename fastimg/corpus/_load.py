@@ -68,7 +68,10 @@ def load_corpus(config: CorpusConfig) -> Corpus:
 
     rows = np.arange(table.n_rows)
     shortfall = 0
+    unused = {}  # settings that changed nothing, and the value that says so
     if config.limit is not None:
+        if config.limit >= table.n_rows:
+            unused["limit"] = None
         if config.limit > table.n_rows:
             shortfall = config.limit - table.n_rows
             notes.append(f"limit {config.limit} is larger than the {table.n_rows} rows of "
@@ -107,6 +110,7 @@ def load_corpus(config: CorpusConfig) -> Corpus:
         split[_split_off(labels, fraction, rng, "the corpus")] = "val"
     if config.test_fraction:
         if (split == "test").any():
+            unused["test_fraction"] = 0.0
             notes.append(f"test_fraction {config.test_fraction} ignored: the corpus has "
                          f"{int((split == 'test').sum())} test rows")
         else:
@@ -122,7 +126,7 @@ def load_corpus(config: CorpusConfig) -> Corpus:
     return Corpus(ids=ids, texts=texts, labels=labels, class_names=class_names,
                   split=split.astype("<U5"), source=table.source, split_mode=mode,
                   n_empty_texts=len(empty), limit_shortfall=shortfall, warnings=tuple(notes),
-                  class_values=class_values)
+                  class_values=class_values, unused_settings=unused)
 
 
 def _names(table: Table) -> str:
