@@ -5,6 +5,7 @@ import argparse
 import functools
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -762,6 +763,14 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's flush at exit finds no closed pipe."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # no file descriptor behind stdout (captured, replaced)
+        pass
+
+
 def main(argv=None) -> int:
     parser = make_parser()
     try:
@@ -781,6 +790,9 @@ def main(argv=None) -> int:
                                                    formatwarning)
     try:
         return args.func(args)
+    except BrokenPipeError:  # `fastimg info STORE | head`: the reader left, nothing to say
+        _silence_stdout()
+        return 141
     except KeyboardInterrupt:
         # only a build keeps its finished chunks; other commands leave nothing to resume
         kept = (" (the unfinished build is kept: rerun to resume)"

@@ -218,3 +218,14 @@ def test_train_refuses_an_existing_run_folder_unless_force(tmp_path, capsys, exi
     # with --force the command goes on (and stops at the next mistake: zero epochs)
     assert main([*argv, "--force"]) == 2
     assert "epochs must be a positive integer" in one_line(capsys.readouterr().err)
+
+
+def test_a_reader_that_leaves_the_pipe_ends_the_command_quietly(monkeypatch, capsys):
+    def info_into_a_closed_pipe(args):  # `fastimg info STORE | head -1`
+        raise BrokenPipeError(32, "Broken pipe")
+
+    silenced = []
+    monkeypatch.setattr(cli, "_cmd_info", info_into_a_closed_pipe)
+    monkeypatch.setattr(cli, "_silence_stdout", lambda: silenced.append(True))
+    assert main(["info", "x.zarr"]) == 141
+    assert silenced and capsys.readouterr().err == ""
