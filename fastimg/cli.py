@@ -557,8 +557,11 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train a frozen pretrained extractor + conv head on a dataset store",
         description="Train the paper's image route on a store written by build-dataset: a "
                     "frozen ImageNet extractor, a conv head and a dense classifier; writes "
-                    "metrics.json, best.pt and config.json into --out and reports the "
-                    "validation and test accuracy beside a linear probe on the embeddings.")
+                    "the run folder --out (metrics.json, best.pt, config.json, and what "
+                    "predict and explain need: bundle.json, plus normaliser.npz with "
+                    "--normalize dataset; feature_cache/ with an on-disk feature cache) and "
+                    "reports the validation and test accuracy beside a linear probe on the "
+                    "embeddings.")
     train.add_argument("store", help="a store (path or URL)")
     _add_storage_options(train)
     train.add_argument("--extractor", default="alexnet",

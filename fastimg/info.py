@@ -9,7 +9,10 @@ from fastimg import store
 
 #: Layout entries that are arrays (thousands of numbers): left out of the JSON view.
 LAYOUT_ARRAYS = ("pixel_index", "coords", "scaler")
-RUN_FILES = ("metrics.json", "config.json", "best.pt")
+#: The files of a training run folder (``fastimg.train.fit.RUN_FILES``, here without importing
+#: torch); the first two mark a folder as a run. ``normaliser.npz``: ``dataset`` normalisation
+#: only.
+RUN_FILES = ("metrics.json", "config.json", "best.pt", "bundle.json", "normaliser.npz")
 
 
 def is_run_folder(path) -> bool:
@@ -247,9 +250,33 @@ def _accuracy(value) -> str:
     return "absent" if value is None else f"{value:.4f}"
 
 
+def _plural(count, noun: str) -> str:
+    """``"1 epoch"``, ``"3 epochs"``; ``"? epochs"`` when the count is not recorded."""
+    if count is None:
+        return f"? {noun}s"
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _weights(value) -> str:
+    """The extractor's starting weights in words (the run's ``weights`` setting)."""
+    if value is None or (isinstance(value, str) and value.lower() == "none"):
+        return "random init (none)"
+    if isinstance(value, str) and value.upper() == "DEFAULT":
+        return "ImageNet (DEFAULT)"
+    return f"from {value}"
+
+
+def _run_files(path: Path, config: dict) -> dict:
+    """``{name: present}`` of the run files the folder should hold (``normaliser.npz`` only
+    with ``dataset`` normalisation, or when it is there)."""
+    files = {name: (path / name).is_file() for name in RUN_FILES}
+    if not files["normaliser.npz"] and config.get("normalize") != "dataset":
+        del files["normaliser.npz"]
+    return files
+
+
 def describe_run(path) -> list[str]:
-    """A short human summary of a training run folder (``metrics.json``, ``config.json``,
-    ``best.pt``), one string per line.
+    """A short human summary of a training run folder (:data:`RUN_FILES`), one string per line.
 
     Raises
     ------
@@ -257,14 +284,14 @@ def describe_run(path) -> list[str]:
         When the folder's ``metrics.json`` or ``config.json`` is not valid JSON.
     """
     path = Path(path)
-    files = {name: (path / name).is_file() for name in RUN_FILES}
     try:
         metrics = (json.loads((path / "metrics.json").read_text(encoding="utf-8"))
-                   if files["metrics.json"] else {})
+                   if (path / "metrics.json").is_file() else {})
         config = (json.loads((path / "config.json").read_text(encoding="utf-8"))
-                  if files["config.json"] else metrics.get("config", {}))
+                  if (path / "config.json").is_file() else metrics.get("config", {}))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: cannot read the run's JSON: {exc}") from None
+    files = _run_files(path, config)
     present = ", ".join(n for n, ok in files.items() if ok)
     missing = ", ".join(n for n, ok in files.items() if not ok)
     lines = [f"{path}: fastimg training run ({present}"
@@ -274,10 +301,12 @@ def describe_run(path) -> list[str]:
     extractor = metrics.get("extractor") or {"name": config.get("extractor"),
                                               "weights": config.get("weights")}
     shape = extractor.get("feature_shape")
-    lines.append(f"extractor  {extractor.get('name')}, weights {extractor.get('weights')}"
+    lines.append(f"extractor  {extractor.get('name')}, weights "
+                 f"{_weights(extractor.get('weights'))}"
                  + (f", features {' x '.join(map(str, shape))}" if shape else "")
                  + ("" if extractor.get("frozen", True) else ", partly trained"))
-    lines.append(f"training   {config.get('epochs')} epochs, batch {config.get('batch_size')}, "
+    lines.append(f"training   {_plural(config.get('epochs'), 'epoch')}, batch "
+                 f"{config.get('batch_size')}, "
                  f"lr head {config.get('lr_head') or 'default'} / classifier "
                  f"{config.get('lr_classifier') or 'default'}, normalise "
                  f"{config.get('normalize')}, seed {config.get('seed')}")

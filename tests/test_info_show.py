@@ -143,13 +143,31 @@ def test_info_summarises_a_training_run_folder(tmp_path, capsys):
     capsys.readouterr()
     assert main(["info", str(run)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"{run}: fastimg training run (metrics.json, config.json, best.pt)")
-    assert "extractor  alexnet, weights None" in out
+    assert out.startswith(f"{run}: fastimg training run (metrics.json, config.json, best.pt, "
+                          f"bundle.json, normaliser.npz)")
+    assert "extractor  alexnet, weights random init (none)" in out and "None" not in out
+    assert "training   2 epochs, batch 16" in out
     assert f"epochs     2 run, best epoch {metrics['best_epoch']}" in out
     assert f"val {metrics['final']['val']['accuracy']:.4f}" in out
     assert f"probe      val {metrics['probe']['val_accuracy']:.4f}" in out
     assert len(out.strip().splitlines()) <= 30
     assert main(["info", str(run), "--json"]) == 2
+
+
+def test_info_says_one_epoch_and_the_weights_in_words(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    for weights, words in ((None, "random init (none)"), ("DEFAULT", "ImageNet (DEFAULT)"),
+                           ("/w/alex.pt", "from /w/alex.pt")):
+        (run / "config.json").write_text(json.dumps({"extractor": "alexnet", "weights": weights,
+                                                     "epochs": 1, "batch_size": 8,
+                                                     "normalize": "image"}))
+        assert main(["info", str(run)]) == 0
+        out = capsys.readouterr().out
+        assert f"extractor  alexnet, weights {words}\n" in out
+        assert "training   1 epoch, batch 8" in out
+        # image normalisation writes no normaliser.npz: it is not reported missing
+        assert "missing metrics.json, best.pt, bundle.json)" in out.splitlines()[0]
 
 
 def test_pixel_stats_stream_and_standardise(rng):

@@ -15,7 +15,7 @@ from conftest import write_csv as _write_csv
 from fastimg.cli import main
 from fastimg.train import TrainConfig, fit, load_run
 from fastimg.train import extractors as extractors_module
-from fastimg.train.bundle import BUNDLE_FILE, RunBundleError
+from fastimg.train.bundle import BUNDLE_FILE, BUNDLE_KEYS, RunBundleError
 from fastimg.store import StoreReader
 from fastimg.train.data import ChunkedReader, Normaliser, pixel_stats
 
@@ -76,6 +76,9 @@ def test_a_run_predicts_as_its_model_did_after_the_store_is_gone(trained, tmp_pa
     np.testing.assert_allclose(pred.probabilities.sum(1), 1.0, atol=1e-5)
     assert pred.names == [["neg", "pos"][i] for i in pred.probabilities.argmax(1)]
     assert pred.class_names == ["neg", "pos"]
+    none = run.predict(iter([]))  # an empty last batch of a caller's loop
+    assert none.probabilities.shape == (0, 2) and none.indices.shape == (0,)
+    assert none.names == [] and none.class_names == ["neg", "pos"]
 
 
 def test_the_bundle_is_json_and_holds_what_prediction_needs(trained):
@@ -88,6 +91,21 @@ def test_the_bundle_is_json_and_holds_what_prediction_needs(trained):
     assert len(bundle["layers"]) == 6 and bundle["n_features"] == 6 * 32
     with np.load(trained["run"] / "normaliser.npz", allow_pickle=False) as f:
         assert f["mean"].shape == (24, 24) and f["inv_std"].shape == (24, 24)
+    assert sorted(bundle) == sorted(BUNDLE_KEYS)
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda b: b.pop("train_config"), "lacks train_config"),
+    (lambda b: [b.pop("layout"), b.pop("encoder")], "lacks encoder, layout"),
+])
+def test_a_bundle_missing_keys_is_named_in_one_line(trained, tmp_path, capsys, edit, message):
+    run_dir = _copy_run(trained, tmp_path)
+    bundle = json.loads((run_dir / BUNDLE_FILE).read_text())
+    edit(bundle)
+    (run_dir / BUNDLE_FILE).write_text(json.dumps(bundle))
+    code = main(["predict", str(run_dir), "--input", "-", "--out", str(tmp_path / "p.csv")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and "\n" not in err, err
 
 
 def test_imagenet_weights_are_never_fetched_to_reload(trained, tmp_path, monkeypatch):
@@ -136,6 +154,56 @@ def test_a_run_without_its_bundle_is_refused(trained, tmp_path, missing, capsys)
     code = main(["predict", str(run_dir), "--input", "-", "--out", str(tmp_path / "p.csv")])
     err = capsys.readouterr().err
     assert code == 2 and missing in err and len(err.strip().splitlines()) == 1
+
+
+def _corrupt(path, how):
+    if how == "truncated":
+        path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    elif how == "text":
+        path.write_text("not a checkpoint\n")
+    else:
+        path.write_bytes(b"")
+
+
+@pytest.mark.parametrize("how", ["truncated", "text", "empty"])
+def test_a_corrupt_checkpoint_is_named_in_one_line(trained, tmp_path, capsys, how):
+    run_dir = _copy_run(trained, tmp_path)
+    _corrupt(run_dir / "best.pt", how)
+    with pytest.raises(RunBundleError, match=f"{run_dir / 'best.pt'} is unreadable "
+                                             r"\(truncated or corrupt\?"):
+        load_run(run_dir)
+    corpus = _write_csv(tmp_path / "x.csv", _reviews(3))
+    code = main(["predict", str(run_dir), "--input", str(corpus), "--out",
+                 str(tmp_path / "p.csv"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "internal error" not in err and "\n" not in err, err
+    assert f"{run_dir / 'best.pt'} is unreadable" in err and "weights_only" not in err
+
+
+@pytest.mark.parametrize("how", ["truncated", "text", "empty", "other arrays"])
+def test_a_corrupt_normaliser_is_named_in_one_line(trained, tmp_path, capsys, how):
+    run_dir = _copy_run(trained, tmp_path)
+    npz = run_dir / "normaliser.npz"
+    if how == "other arrays":
+        np.savez(npz, mean=np.zeros((3, 3), np.float32), inv_std=np.ones((3, 3), np.float32))
+    else:
+        _corrupt(npz, how)
+    with pytest.raises(RunBundleError, match=str(npz)):
+        load_run(run_dir)
+    code = main(["predict", str(run_dir), "--input", "-", "--out", str(tmp_path / "p.csv")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "internal error" not in err and "\n" not in err, err
+    assert str(npz) in err and "allow_pickle" not in err and "pickle.load" not in err, err
+    assert ("is unreadable" in err) if how != "other arrays" else "of shape" in err
+
+
+def test_explain_loads_the_run_the_same_way(trained, tmp_path):
+    from fastimg.train.explain import explain
+
+    run_dir = _copy_run(trained, tmp_path)
+    _corrupt(run_dir / "best.pt", "truncated")
+    with pytest.raises(RunBundleError, match="best.pt is unreadable"):
+        explain(run_dir)
 
 
 def test_cli_predicts_a_csv_with_ids_and_probabilities(trained, tmp_path, capsys):

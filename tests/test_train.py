@@ -119,6 +119,44 @@ def test_weights_default_read_from_the_hub_cache(tmp_path, monkeypatch):
     torch.testing.assert_close(extractor[0][0].weight, full.conv1[0].weight)
 
 
+def _not_a_state_dict(tmp_path, kind):
+    path = tmp_path / f"w-{kind}"
+    if kind == "csv":
+        path.write_text("id,text,label\nr0,a good film,pos\n")
+    elif kind == "truncated":
+        torch.save({"w": torch.zeros(64)}, path)
+        path.write_bytes(path.read_bytes()[:200])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "list":
+        torch.save([torch.zeros(2)], path)
+    return path
+
+
+@pytest.mark.parametrize("kind,reason", [("csv", "torch.load: "),
+                                         ("truncated", "PytorchStreamReader"),
+                                         ("empty", "ends too early"),
+                                         ("list", "holds a list")])
+def test_a_weights_file_that_is_not_a_state_dict_is_one_clear_error(tmp_path, kind, reason):
+    path = _not_a_state_dict(tmp_path, kind)
+    with pytest.raises(extractors_module.StateDictError) as info:
+        build_extractor("alexnet", str(path))
+    message = str(info.value)
+    assert isinstance(info.value, ValueError)  # the CLI's user errors: one line, exit 2
+    assert message.startswith(f"weights file {path} is not a torch state_dict (")
+    assert reason in message and "\n" not in message
+    # torch's advice to retry with weights_only=False (arbitrary code execution) is not passed on
+    assert "weights_only" not in message and len(message) < 400
+
+
+def test_a_weights_path_that_is_a_folder_is_named_a_folder(tmp_path):
+    with pytest.raises(IsADirectoryError, match=f"weights path {tmp_path} is a directory, not a "
+                                                f"file"):
+        build_extractor("alexnet", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        build_extractor("alexnet", str(tmp_path / "missing.pt"))
+
+
 def test_unfreeze_fraction_opens_the_last_blocks():
     extractor = build_extractor("wide_resnet50_2", None, unfreeze_fraction=0.5)
     # blocks with parameters: conv1, bn1, layer1.0, layer1.1, layer1.2 -> the last 3 open
@@ -198,6 +236,71 @@ def test_torch_loader_serves_the_epoch_order(blob_store):
         np.testing.assert_array_equal(torch.cat([b[0] for b in batches]).numpy(),
                                       reader.read(rows))
     assert not np.array_equal(epoch_order(144, 5, 0), epoch_order(144, 5, 1))
+
+
+def test_torch_loader_leaves_the_global_rng_alone(blob_store):
+    """A DataLoader iterator draws its workers' base seed from the global torch RNG unless it
+    has a generator: the torch loader would shift dropout against the DALI loader."""
+    path, _ = blob_store
+    _, _, source = _source(path)
+    _, _, again = _source(path)
+    torch.manual_seed(7)
+    state = torch.random.get_rng_state()
+    first = [list(make_loader("torch", source, Normaliser("image"), "cpu").epoch(e))
+             for e in (0, 1)]
+    assert torch.equal(torch.random.get_rng_state(), state)
+    second = [list(make_loader("torch", again, Normaliser("image"), "cpu").epoch(e))
+              for e in (0, 1)]
+    assert torch.equal(torch.random.get_rng_state(), state)
+    for a, b in zip(first, second):
+        assert len(a) == len(b) == len(source)
+        for batch_a, batch_b in zip(a, b):
+            assert all(torch.equal(x, y) for x, y in zip(batch_a, batch_b))
+
+
+def test_the_same_seed_trains_the_same_model_whatever_the_loader(blob_store, monkeypatch):
+    """DALI is not installed here: a loader that serves the torch loader's batches without a
+    DataLoader stands in for it. Dropout must see the same random stream with both."""
+    from fastimg._registry import Backend
+    from fastimg.train import data as data_module
+
+    class PlainLoader(data_module.TorchLoader):
+        name = "dali"
+
+        def epoch(self, epoch):
+            for i in range(len(self.source)):
+                images, targets, rows = self.source.batch(epoch, i)
+                yield (torch.from_numpy(self.normaliser.numpy(images)),
+                       torch.from_numpy(targets), torch.from_numpy(rows))
+
+    monkeypatch.setitem(data_module.LOADERS._backends, "dali",
+                        Backend("dali", lambda: PlainLoader, lambda: True, 1, "dali"))
+    path, _ = blob_store
+    runs = {}
+    for loader in ("torch", "dali"):
+        config = TrainConfig(extractor="alexnet", **{**FAST, "epochs": 2, "probe": False,
+                                                     "loader": loader, "cache": "none"})
+        result = fit(path, config)
+        assert result.metrics["loader"] == loader
+        runs[loader] = result
+    assert ([h["train_loss"] for h in runs["torch"].history]
+            == [h["train_loss"] for h in runs["dali"].history])
+    for key, value in runs["torch"].model.state_dict().items():
+        assert torch.equal(value, runs["dali"].model.state_dict()[key]), key
+
+
+def test_dali_and_torch_loaders_train_the_same_model_for_one_seed(blob_store):
+    pytest.importorskip("nvidia.dali")
+    path, _ = blob_store
+    runs = {}
+    for loader in ("torch", "dali"):
+        config = TrainConfig(extractor="alexnet", **{**FAST, "epochs": 2, "probe": False,
+                                                     "loader": loader, "cache": "none",
+                                                     "normalize": "dataset"})
+        runs[loader] = fit(path, config)
+        assert runs[loader].metrics["loader"] == loader
+    assert ([h["train_loss"] for h in runs["torch"].history]
+            == [h["train_loss"] for h in runs["dali"].history])
 
 
 def _torch_and_dali_loaders(blob_store, mode, device):
@@ -404,6 +507,60 @@ def test_fit_seeded_and_leaves_global_rng_alone(blob_store):
     assert torch.equal(torch.rand(3), expected)
     b = fit(path, config)
     assert a.history[0]["train_loss"] == b.history[0]["train_loss"]
+
+
+def test_a_failed_fit_leaves_no_run_folder(blob_store, tmp_path, monkeypatch):
+    import importlib
+
+    fit_module = importlib.import_module("fastimg.train.fit")  # the module, not the function
+    path, _ = blob_store
+    out = tmp_path / "runs" / "w1"
+    bad = _not_a_state_dict(tmp_path, "csv")
+    with pytest.raises(ValueError, match="is not a torch state_dict"):
+        fit(path, TrainConfig(extractor="alexnet", **{**FAST, "weights": str(bad)}), out_dir=out)
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(IsADirectoryError):
+        fit(path, TrainConfig(extractor="alexnet", **{**FAST, "weights": str(tmp_path)}),
+            out_dir=out)
+    assert not (tmp_path / "runs").exists()
+
+    # interrupted once the folder exists (an on-disk feature cache written into it): removed,
+    # parents fit created included, but a folder the user had is kept
+    def interrupted(run, *args):
+        run.build_caches("zarr", args[-2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit_module, "_train", interrupted)
+    config = TrainConfig(extractor="alexnet", **{**FAST, "cache": "zarr"})
+    with pytest.raises(KeyboardInterrupt):
+        fit(path, config, out_dir=out)
+    assert not (tmp_path / "runs").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        fit(path, config, out_dir=mine / "run")
+    assert mine.is_dir() and not (mine / "run").exists()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(KeyboardInterrupt):
+        fit(path, config, out_dir=mine)
+    assert (mine / "notes.txt").read_text() == "keep"
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        fit(path, config, out_dir=mine / "notes.txt")
+
+
+def test_fit_writes_the_run_files_its_docstring_lists(blob_store, tmp_path):
+    from fastimg.info import RUN_FILES as INFO_RUN_FILES
+    from fastimg.train.fit import RUN_FILES
+
+    path, _ = blob_store
+    out = tmp_path / "run"
+    fit(path, TrainConfig(extractor="alexnet", **{**FAST, "epochs": 1, "probe": False,
+                                                  "normalize": "dataset", "cache": "zarr"}),
+        out_dir=out)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*RUN_FILES, "feature_cache"])
+    assert set(INFO_RUN_FILES) == set(RUN_FILES)
+    for name in (*RUN_FILES, "feature_cache/"):
+        assert f"``{name}``" in fit.__doc__, name
 
 
 # -- CUDA (skipped without a GPU) -------------------------------------------------------------

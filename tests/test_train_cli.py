@@ -61,3 +61,20 @@ def test_train_preset_paper_and_no_test_split_note(tmp_path, capsys):
     assert (config["preset"], config["lr_head"], config["lr_classifier"], config["normalize"],
             config["epochs"]) == ("paper", 1e-5, 5e-4, "image", 1)
     assert metrics["selection_biased"] is True
+
+
+def test_train_with_weights_that_are_not_a_state_dict_or_a_folder(small_store, tmp_path, capsys):
+    reviews = tmp_path / "new-reviews.csv"
+    reviews.write_text("id,text,label\nr0,a good film,pos\n")
+    out = tmp_path / "runs" / "w1"
+    code = main(["train", str(small_store), "--weights", str(reviews), "--quiet",
+                 "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "internal error" not in err, err
+    assert f"weights file {reviews} is not a torch state_dict (torch.load: " in err
+    assert not (tmp_path / "runs").exists()  # a failed train leaves no empty run folder
+    code = main(["train", str(small_store), "--weights", str(tmp_path), "--quiet",
+                 "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and f"weights path {tmp_path} is a directory, not a file" in err, err
+    assert not (tmp_path / "runs").exists()

@@ -5,9 +5,10 @@ paper's conv head and dense classifier, DALI or torch loaders, honest evaluation
 >>> result = fit("imdb.zarr", TrainConfig(extractor="alexnet", epochs=10), out_dir="runs/a")
 """
 from fastimg.train.config import TrainConfig
-from fastimg.train.extractors import EXTRACTORS, WeightsUnavailableError, build_extractor
+from fastimg.train.extractors import (EXTRACTORS, StateDictError, WeightsUnavailableError,
+                                      build_extractor)
 from fastimg.train.fit import TrainResult, fit, linear_probe
 from fastimg.train.predict import Prediction, Run, load_run
 
-__all__ = ["EXTRACTORS", "TrainConfig", "TrainResult", "WeightsUnavailableError",
+__all__ = ["EXTRACTORS", "StateDictError", "TrainConfig", "TrainResult", "WeightsUnavailableError",
            "build_extractor", "fit", "linear_probe", "load_run", "Prediction", "Run"]

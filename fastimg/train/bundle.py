@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,10 @@ BUNDLE_FILE = "bundle.json"
 NORMALISER_FILE = "normaliser.npz"
 #: bumped when the bundle's fields change incompatibly
 BUNDLE_VERSION = 1
+#: what :func:`save_run_bundle` writes, and :func:`read_run_bundle` requires
+BUNDLE_KEYS = ("bundle_version", "store", "class_names", "image_shape", "image_dtype",
+               "n_features", "encoder", "model_fingerprint", "layers", "hidden_size", "layout",
+               "normalize", "train_config")
 
 
 class RunBundleError(ValueError):
@@ -93,8 +98,9 @@ def read_run_bundle(run_dir) -> tuple[dict, dict | None]:
     Raises
     ------
     RunBundleError
-        When the folder, ``bundle.json`` or ``best.pt`` is missing (a run from an older
-        fastimg), or the bundle is of another version.
+        When the folder, ``bundle.json``, ``best.pt`` or ``normaliser.npz`` is missing (a run
+        from an older fastimg), ``bundle.json`` or ``normaliser.npz`` is unreadable, or the
+        bundle is of another version.
     """
     from fastimg.train.fit import CHECKPOINT_FILE
 
@@ -111,15 +117,47 @@ def read_run_bundle(run_dir) -> tuple[dict, dict | None]:
         bundle = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RunBundleError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(bundle, dict):
+        raise RunBundleError(f"{path} holds a JSON {type(bundle).__name__}, not a run bundle: "
+                             f"train the run again")
     if bundle.get("bundle_version") != BUNDLE_VERSION:
         raise RunBundleError(f"{path} is of bundle version {bundle.get('bundle_version')}; this "
                              f"fastimg reads version {BUNDLE_VERSION}: train the run again")
+    missing = [key for key in BUNDLE_KEYS if key not in bundle]
+    if missing:
+        raise RunBundleError(f"{path} lacks {', '.join(missing)} (edited or cut short?): train "
+                             f"the run again")
     stats = None
     if bundle.get("normalize") == "dataset":
         npz = run_dir / NORMALISER_FILE
         if not npz.is_file():
             raise RunBundleError(f"{run_dir} has no {NORMALISER_FILE} (dataset normalisation "
                                  f"statistics): train the run again")
-        with np.load(npz, allow_pickle=False) as f:
-            stats = {"mean": f["mean"], "inv_std": f["inv_std"]}
+        stats = _read_stats(npz, bundle.get("image_shape"))
     return bundle, stats
+
+
+def _read_stats(path: Path, image_shape) -> dict:
+    """``mean`` and ``inv_std`` of ``normaliser.npz``, checked against the run's image shape.
+
+    Raises
+    ------
+    RunBundleError
+        When the file is unreadable (truncated, corrupt, not an npz of plain arrays) or its
+        arrays are missing or of another shape; the message names the file.
+    """
+    try:
+        # our own handle: np.load leaves its own open when the zip is unreadable
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:
+            stats = {"mean": f["mean"], "inv_std": f["inv_std"]}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        why = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        if isinstance(exc, ValueError) and "pickled" in str(exc):
+            why = "not an npz of plain arrays"  # numpy's text suggests allow_pickle: unsafe
+        raise RunBundleError(f"{path} is unreadable (truncated or corrupt? {why}): train the "
+                             f"run again") from None
+    shapes = {name: tuple(array.shape) for name, array in stats.items()}
+    if image_shape is not None and set(shapes.values()) != {tuple(image_shape)}:
+        raise RunBundleError(f"{path} holds statistics of shape {shapes}, not of the run's "
+                             f"{tuple(image_shape)} images: train the run again")
+    return stats

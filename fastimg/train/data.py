@@ -3,7 +3,8 @@
 Two loaders stream the same batches: a torch DataLoader and an NVIDIA DALI pipeline
 (``fn.external_source`` fed from the store, normalisation on the pipeline, on the GPU or as a
 CPU pipeline). Both read the rows of :func:`epoch_order` in the same order, so for one seed
-they give the same batches.
+they give the same batches, and neither draws from the global torch RNG, so training with
+either gives the same model.
 """
 from __future__ import annotations
 
@@ -243,12 +244,19 @@ class TorchLoader:
         return len(self.source)
 
     def epoch(self, epoch: int):
-        """Iterate the batches of ``epoch``: (images [B, H, W], targets [B], rows [B])."""
+        """Iterate the batches of ``epoch``: (images [B, H, W], targets [B], rows [B]).
+
+        The global torch RNG is left alone: every DataLoader iterator draws a seed for its
+        workers, from a generator of its own here (seeded with the source's seed and
+        ``epoch``), so dropout and initialisation see the same random stream whichever loader
+        serves the batches.
+        """
         on_cpu = self.device.type == "cpu"
         dataset = _EpochBatches(self.source, epoch, self.normaliser.numpy if on_cpu else None)
+        generator = torch.Generator().manual_seed(self.source.seed + epoch)
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=None, shuffle=False, num_workers=self.num_workers,
-            pin_memory=not on_cpu, collate_fn=_to_tensors)
+            pin_memory=not on_cpu, collate_fn=_to_tensors, generator=generator)
         for images, targets, rows in loader:
             if not on_cpu:  # normalise on the GPU
                 images = self.normaliser(images.to(self.device, non_blocking=True))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 import urllib.error
@@ -45,6 +46,97 @@ DEFAULT_LR = {name: (1e-3, 1e-3) for name in PAPER_LR}
 
 class WeightsUnavailableError(OSError):
     """ImageNet weights are neither in the torch hub cache nor downloadable."""
+
+
+class StateDictError(ValueError):
+    """A file that ``torch.load(weights_only=True)`` cannot read as a state_dict; the message
+    is the short reason (callers name the file)."""
+
+
+#: Longest reason :func:`load_state_dict` keeps of ``torch.load``'s message.
+REASON_CHARS = 160
+
+
+def load_failure_reason(exc: BaseException) -> str:
+    """The first sentence of ``torch.load``'s error, on one line.
+
+    ``torch.load`` explains a refused unpickling at length (and suggests
+    ``weights_only=False``, which runs arbitrary code): only what went wrong is kept.
+    """
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    paragraphs = [p for p in text.split("\n\n") if p.strip()]
+    text = " ".join(paragraphs[0].split()) if paragraphs else ""
+    text = re.split(r"(?<=[a-z0-9)])\. ", text, maxsplit=1)[0].rstrip(".")
+    if not text:
+        text = ("the file ends too early" if isinstance(exc, EOFError)
+                else type(exc).__name__)
+    if len(text) > REASON_CHARS:
+        text = text[:REASON_CHARS - 3].rstrip() + "..."
+    return text
+
+
+def load_state_dict(path) -> dict:
+    """``torch.load(path, map_location="cpu", weights_only=True)``, checked to be a state_dict.
+
+    Parameters
+    ----------
+    path : str or path
+        A file (the caller checks that it exists).
+
+    Returns
+    -------
+    dict
+        Parameter and buffer names -> tensors.
+
+    Raises
+    ------
+    StateDictError
+        (a ``ValueError``) When torch cannot read the file (not written by ``torch.save``,
+        truncated, corrupt, or holding objects ``weights_only`` refuses) or it holds something
+        other than a dict of tensors; the message is the short reason.
+    OSError
+        When the file cannot be read at all (permissions).
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is the file's, not ours
+        raise StateDictError(f"torch.load: {load_failure_reason(exc)}") from None
+    if not isinstance(state, dict):
+        raise StateDictError(f"it holds a {type(state).__name__}, not a dict of tensors")
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise StateDictError(f"its entry {key!r} is a {type(value).__name__}, not a tensor "
+                                 f"(a training checkpoint? save model.state_dict() instead)")
+    return state
+
+
+def check_weights(weights) -> None:
+    """Refuse a weights path that is missing or a folder, before any work.
+
+    Parameters
+    ----------
+    weights : {"DEFAULT", None, "none"} or path
+        See :func:`resolve_weights`; only a path is checked.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the path does not exist.
+    IsADirectoryError
+        When it is a folder.
+    """
+    if weights is None or (isinstance(weights, str) and weights.lower() in ("none", "default")):
+        return
+    path = Path(weights)
+    hint = "give a state_dict file saved with torch.save, 'DEFAULT' or 'none'"
+    if path.is_dir():
+        raise IsADirectoryError(f"weights path {path} is a directory, not a file ({hint})")
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist ({hint})")
 
 
 def _cut_alexnet(model):
@@ -120,6 +212,11 @@ def resolve_weights(name: str, weights, *, timeout: float = DOWNLOAD_TIMEOUT_S):
         exact path to put the file at and the URL to get it from.
     FileNotFoundError
         When a weights path does not exist.
+    IsADirectoryError
+        When a weights path is a folder.
+    StateDictError
+        (a ``ValueError``) When a weights file is not a torch state_dict (not written by
+        ``torch.save``, truncated or corrupt); the message names the file and the reason.
     """
     if weights is None or (isinstance(weights, str) and weights.lower() == "none"):
         logger.info("%s: random initialisation (weights=None), not ImageNet weights", name)
@@ -141,13 +238,20 @@ def resolve_weights(name: str, weights, *, timeout: float = DOWNLOAD_TIMEOUT_S):
                 ) from None
         else:
             logger.info("%s: ImageNet weights from %s", name, path)
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return load_state_dict(path)
+        except StateDictError as exc:
+            raise WeightsUnavailableError(
+                f"the cached ImageNet weights of {name}, {path}, are unreadable (truncated or "
+                f"corrupt? {exc}): delete the file to download it again") from None
+    check_weights(weights)
     path = Path(weights)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist (give a state_dict saved "
-                                f"with torch.save, 'DEFAULT' or 'none')")
     logger.info("%s: weights from %s", name, path)
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return load_state_dict(path)
+    except StateDictError as exc:
+        raise StateDictError(f"weights file {path} is not a torch state_dict ({exc}); give a "
+                             f"state_dict saved with torch.save, 'DEFAULT' or 'none'") from None
 
 
 def build_extractor(name: str, weights="DEFAULT", *, unfreeze_fraction: float = 0.0,

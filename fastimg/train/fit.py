@@ -6,6 +6,7 @@ import copy
 import json
 import logging
 import math
+import shutil
 import tempfile
 import time
 import warnings
@@ -17,11 +18,12 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from fastimg.train.bundle import save_run_bundle
+from fastimg.train.bundle import BUNDLE_FILE, NORMALISER_FILE, save_run_bundle
 from fastimg.train.cache import build_cache, feature_cache_bytes
 from fastimg.train.config import TrainConfig
 from fastimg.train.data import (LOADERS, BatchSource, ChunkedReader, Normaliser, StoreData,
                                 make_loader, pixel_stats)
+from fastimg.train.extractors import check_weights
 from fastimg.train.head import build_classifier
 
 logger = logging.getLogger("fastimg.train")
@@ -29,6 +31,9 @@ logger = logging.getLogger("fastimg.train")
 METRICS_FILE = "metrics.json"
 CHECKPOINT_FILE = "best.pt"
 CONFIG_FILE = "config.json"
+#: The files :func:`fit` writes into a run folder (``normaliser.npz``: ``dataset``
+#: normalisation only); ``feature_cache/`` comes beside them with an on-disk cache.
+RUN_FILES = (METRICS_FILE, CHECKPOINT_FILE, CONFIG_FILE, BUNDLE_FILE, NORMALISER_FILE)
 
 
 @dataclass
@@ -176,20 +181,21 @@ class _Run:
                               else torch.contiguous_format)
         self.rows = {s: data.rows(s) for s in ("train", "val", "test")}
         self.images = ChunkedReader(data.images)
-        if config.normalize == "dataset":
-            mean, inv_std = pixel_stats(self.images, self.rows["train"])
-            self.normaliser = Normaliser("dataset", mean, inv_std)
-        else:
-            self.normaliser = Normaliser(config.normalize)
         self.loader_name = LOADERS.resolve(config.loader)
         self.embeddings = None
         if config.fuse_embedding:
             if data.embeddings is None:
                 raise ValueError(f"{data.path} has no embeddings to fuse")
             self.embeddings = ChunkedReader(data.embeddings)
+        # the model first: a weights file it cannot read fails before the pass over the store
         self.model = build_classifier(
             config, data.image_shape, data.n_classes,
             embedding_dim=data.embeddings.shape[1] if config.fuse_embedding else None)
+        if config.normalize == "dataset":
+            mean, inv_std = pixel_stats(self.images, self.rows["train"])
+            self.normaliser = Normaliser("dataset", mean, inv_std)
+        else:
+            self.normaliser = Normaliser(config.normalize)
         extractor = self.model.extractor
         self.feature_shape = self.model.feature_shape
         self.model.to(device=device, memory_format=self.memory_format)
@@ -349,10 +355,23 @@ def fit(store, config: TrainConfig | None = None, *, out_dir=None) -> TrainResul
         A store written by ``fastimg build-dataset`` (labels, split, images, embeddings).
     config : TrainConfig, optional
     out_dir : str or path, optional
-        Run folder: ``metrics.json``, ``best.pt`` (the best epoch's ``state_dict``, reload with
-        ``torch.load(path, weights_only=True)``), ``config.json``, and an on-disk feature
-        cache (``feature_cache/``) when there is one. Without it nothing is written but an
-        on-disk cache, in a temporary folder removed at the end.
+        Run folder (:data:`RUN_FILES`), created once training can start (the weights and the
+        store are checked first) and removed again when fit fails before writing its files,
+        unless it existed before. It holds:
+
+        - ``metrics.json``: per-epoch history, final accuracies, probes, timings;
+        - ``best.pt``: the best epoch's ``state_dict`` of the whole classifier (reload with
+          ``torch.load(path, weights_only=True)``);
+        - ``config.json``: the resolved :class:`TrainConfig`;
+        - ``bundle.json``: what :func:`fastimg.train.load_run` (``predict``, ``explain``)
+          needs besides ``best.pt``: layout, encoder settings and fingerprint, class names,
+          image shape and dtype, normalisation, train config, store path;
+        - ``normaliser.npz``: the training split's per-pixel ``mean`` / ``inv_std``
+          (``normalize="dataset"`` only);
+        - ``feature_cache/``: the on-disk feature cache, when there is one (``cache="zarr"``).
+
+        Without it nothing is written but an on-disk cache, in a temporary folder removed at
+        the end.
 
     Returns
     -------
@@ -361,7 +380,13 @@ def fit(store, config: TrainConfig | None = None, *, out_dir=None) -> TrainResul
     Raises
     ------
     ValueError
-        The store has no labels, no training or validation rows, or settings do not fit it.
+        The store has no labels, no training or validation rows, or settings do not fit it;
+        a weights file that is not a torch state_dict
+        (:class:`fastimg.train.extractors.StateDictError`).
+    FileNotFoundError, IsADirectoryError
+        A weights path that does not exist, or is a folder.
+    NotADirectoryError
+        ``out_dir`` is a file.
     fastimg.train.extractors.WeightsUnavailableError
         ImageNet weights are missing and cannot be downloaded.
     ImportError
@@ -377,17 +402,19 @@ def fit(store, config: TrainConfig | None = None, *, out_dir=None) -> TrainResul
     The global torch RNG is forked for the run (``torch.random.fork_rng``) and seeded with
     ``config.seed``: initialisation and dropout are reproducible and the caller's random
     state is restored afterwards. Every epoch's order comes from
-    ``np.random.default_rng(seed + epoch)``.
+    ``np.random.default_rng(seed + epoch)``. Neither loader draws from the torch RNG, so one
+    seed trains the same model with ``loader="torch"`` or ``"dali"``.
     """
     config = config or TrainConfig()
+    check_weights(config.weights)
+    run_dir = Path(out_dir) if out_dir is not None else None
+    if run_dir is not None and run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(f"out_dir {run_dir} is a file, not a run folder")
     data = StoreData(store)
     for split in ("train", "val"):
         if data.rows(split).size == 0:
             raise ValueError(f"{store} has no {split} rows; training needs train and val splits")
     device = resolve_device(config.device)
-    run_dir = Path(out_dir) if out_dir is not None else None
-    if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(config.seed)
@@ -413,11 +440,31 @@ def _resolve_cache(config: TrainConfig, run: "_Run") -> str:
     return mode
 
 
+@contextlib.contextmanager
+def _run_folder(run_dir: Path):
+    """Create ``run_dir`` (and missing parents) for the block; when the block fails before
+    any of :data:`RUN_FILES` is written, remove the folders it created, and only those."""
+    created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield run_dir
+    except BaseException:
+        if created and not any((run_dir / name).exists() for name in RUN_FILES):
+            shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished feature cache at most
+            for parent in created[1:]:
+                with contextlib.suppress(OSError):  # another process may have written there
+                    parent.rmdir()
+            logger.info("removed the unfinished run folder %s", created[-1])
+        raise
+
+
 def _fit(data, config, device, run_dir) -> TrainResult:
     start = time.perf_counter()
-    run = _Run(data, config, device, run_dir)
+    run = _Run(data, config, device, run_dir)  # builds the model: the weights are read here
     cache_mode = _resolve_cache(config, run)
     with contextlib.ExitStack() as stack:
+        if run_dir is not None:
+            stack.enter_context(_run_folder(run_dir))
         folder = None
         if cache_mode == "zarr":
             folder = (run_dir / "feature_cache" if run_dir is not None else

@@ -53,6 +53,23 @@ def _quantise(images: np.ndarray, dtype: str) -> np.ndarray:
     return stored.astype(np.float32)
 
 
+def _read_checkpoint(path: Path) -> dict:
+    """The state_dict in a run's ``best.pt``.
+
+    Raises
+    ------
+    RunBundleError
+        When torch cannot read it (truncated or corrupt), naming the file.
+    """
+    from fastimg.train.extractors import StateDictError, load_state_dict
+
+    try:
+        return load_state_dict(path)
+    except StateDictError as exc:
+        raise RunBundleError(f"{path} is unreadable (truncated or corrupt? {exc}): train the "
+                             f"run again") from None
+
+
 class Run:
     """A run folder reloaded: layout, encoder settings, normalisation and the classifier.
 
@@ -104,7 +121,7 @@ class Run:
         # random init on purpose: best.pt overwrites every parameter and buffer of the cut
         model = build_classifier(self.config, self.image_shape, len(self.class_names),
                                  embedding_dim=self.bundle["n_features"], weights=None)
-        state = torch.load(self.run_dir / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        state = _read_checkpoint(self.run_dir / CHECKPOINT_FILE)
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
@@ -167,6 +184,11 @@ class Run:
         progress : bool
             A progress bar while encoding.
 
+        Returns
+        -------
+        Prediction
+            One entry per text (none for no texts).
+
         Raises
         ------
         RunBundleError
@@ -175,6 +197,11 @@ class Run:
         if isinstance(texts, str):
             raise TypeError("predict takes a sequence of texts, not one str")
         check_count("batch_size", batch_size)  # before encoding, not after
+        texts = list(texts)
+        if not texts:  # an empty last batch of a caller's loop: an empty answer
+            return Prediction(np.empty(0, dtype=np.int64), [],
+                              np.empty((0, len(self.class_names)), dtype=np.float32),
+                              list(self.class_names))
         images, features = self.texts_to_inputs(texts, progress=progress)
         return self.predict_images(images, features, batch_size=batch_size)
 
@@ -223,7 +250,8 @@ def load_run(run_dir, *, device: str = "cpu") -> Run:
     Raises
     ------
     RunBundleError
-        (a ``ValueError``) When ``best.pt`` or ``bundle.json`` is missing (a run from an older
-        fastimg) or they do not fit together.
+        (a ``ValueError``) When ``best.pt``, ``bundle.json`` or ``normaliser.npz`` is missing
+        (a run from an older fastimg), unreadable (truncated or corrupt), or they do not fit
+        together; the message names the file.
     """
     return Run(run_dir, device=device)
