@@ -6,8 +6,8 @@ import logging
 import numpy as np
 
 from fastimg.store import location
-from fastimg.store.schema import (ATTRS_KEY, COMPLETE, EMBEDDINGS, FORMAT_VERSION, IDS, IMAGES,
-                                  LABELS, SPLIT, StoreError, split_code)
+from fastimg.store.schema import (ATTRS_KEY, BUILD_KEY, COMPLETE, EMBEDDINGS, FORMAT_VERSION,
+                                  IDS, IMAGES, LABELS, SPLIT, StoreError, split_code)
 
 logger = logging.getLogger("fastimg.store")
 
@@ -33,7 +33,7 @@ def why_not_a_store(path) -> str:
             return (f"{path} is not finished: its build stopped before the end ({partial} holds "
                     f"it); rerun the command that builds it")
         return f"{path} does not exist"
-    if location.read_attrs(where) is not None:
+    if any(location.read_attrs(where, key) is not None for key in (ATTRS_KEY, BUILD_KEY)):
         return (f"{path} is an unfinished fastimg store (its build did not finish: rerun the "
                 f"command that builds it)")
     from fastimg.info import is_run_folder  # fastimg.info reads stores: imported here
