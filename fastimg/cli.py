@@ -516,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "with FlashAttention); "
                             "default 8192 on the CPU, 65536 on CUDA; lower it if a GPU runs "
                             "out of memory; like --chunk-rows it moves fp32 values by float "
-                            "rounding only and is part of the stage key in int8 only)")
+                            "rounding only and is part of the stage key in int8 only")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--force", action="store_true",
                        help="replace an existing store (its stages whose settings match are "
@@ -752,8 +752,8 @@ def report_error(command: str, exc: Exception, *, debug: bool = False,
 def _format_own_warning(command, default, message, category, filename, lineno, line=None):
     """fastimg's own warnings as one line, as its errors are; others as Python prints them.
 
-    Only the formatting is replaced, so ``pytest.warns`` and ``warnings.catch_warnings(record=True)``
-    still see every warning."""
+    Only the formatting is replaced, so ``pytest.warns`` and
+    ``warnings.catch_warnings(record=True)`` still see every warning."""
     if category.__module__.split(".")[0] == "fastimg":
         return f"fastimg {command}: warning: {' '.join(str(message).split())}\n"
     return default(message, category, filename, lineno, line)
