@@ -188,7 +188,8 @@ def test_relayout_refuses_a_source_without_embeddings(rng, tmp_path, capsys):
     assert main(["images", "--input", str(tmp_path / "x.npy"), "--out", str(images),
                  "--pixels", "8", "--method", "pca", "--quiet"]) == 0
     capsys.readouterr()
-    for src, needle in ((images, "no embeddings"), (tmp_path / "missing.zarr", "missing.zarr does not exist")):
+    for src, needle in ((images, "no embeddings"),
+                        (tmp_path / "missing.zarr", "missing.zarr does not exist")):
         out = tmp_path / "out.zarr"
         assert main(["relayout", str(src), "--out", str(out), "--quiet"]) == 2
         err = capsys.readouterr().err

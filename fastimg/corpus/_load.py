@@ -89,7 +89,8 @@ def load_corpus(config: CorpusConfig) -> Corpus:
     empty = [i for i, t in enumerate(texts) if not t.strip()]
     if empty:
         notes.append(f"{len(empty)} of {len(texts)} texts are empty or blank (first: "
-                     f"{table.where(int(rows[empty[0]]))}, id {str(ids[empty[0]])!r}); kept, encoded as [CLS] [SEP] alone")
+                     f"{table.where(int(rows[empty[0]]))}, id {str(ids[empty[0]])!r}); kept, "
+                     f"encoded as [CLS] [SEP] alone")
 
     rng = np.random.default_rng([config.seed, 2])
     fraction = PAPER_VAL_FRACTION if mode == "paper" else config.val_fraction
