@@ -108,6 +108,9 @@ def _shape(text: str):
         n, f = (int(p) for p in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected NxF, e.g. 2000x768, got {text!r}") from None
+    if n < 1 or f < 1:
+        raise argparse.ArgumentTypeError(f"expected at least one row and one feature (NxF, "
+                                         f"e.g. 2000x768), got {text!r}")
     return n, f
 
 
@@ -271,8 +274,9 @@ def _cmd_show(args) -> int:
 
 def _cmd_info(args) -> int:
     from fastimg import info
+    from fastimg.run_folder import is_run_folder
 
-    if "://" not in args.store and info.is_run_folder(Path(args.store)):
+    if "://" not in args.store and is_run_folder(Path(args.store)):
         if args.json:
             raise UserError("--json is for stores; a run folder's metrics.json is JSON already")
         print("\n".join(info.describe_run(Path(args.store))))
@@ -370,7 +374,7 @@ def _check_run_folder(out: Path, *, force: bool) -> None:
         raise UserError(f"--out {out} is a file, not a run folder")
     if force or not out.is_dir():
         return
-    from fastimg.info import RUN_FILES
+    from fastimg.run_folder import RUN_FILES
 
     found = [name for name in RUN_FILES if (out / name).exists()]
     if found:
@@ -716,11 +720,13 @@ def flags_of(parser, command: str) -> dict:
 
 
 def _as_flag(message: str, flags: dict) -> str:
-    """``message`` with a leading config field (``chunk_rows must be ...``) named by its flag."""
+    """``message`` with config fields named by their flags: the leading one (``chunk_rows must
+    be ...``) and any other with an underscore (``... at least max_length``), which prose
+    never has."""
     field = re.match(r"(\w+)(?: \([^)]*\))? must\b", message)
     if field and field.group(1) in flags:
-        return flags[field.group(1)] + message[field.end(1):]
-    return message
+        message = flags[field.group(1)] + message[field.end(1):]
+    return re.sub(r"\b[a-z]\w*_\w+\b", lambda m: flags.get(m.group(0), m.group(0)), message)
 
 
 def report_error(command: str, exc: Exception, *, debug: bool = False,
@@ -797,9 +803,9 @@ def main(argv=None) -> int:
         _silence_stdout()
         return 141
     except KeyboardInterrupt:
-        # only a build keeps its finished chunks; other commands leave nothing to resume
+        # a build and a relayout keep their finished stages; other commands leave nothing
         kept = (" (the unfinished build is kept: rerun to resume)"
-                if args.command == "build-dataset" else "")
+                if args.command in ("build-dataset", "relayout") else "")
         print(f"fastimg {args.command}: interrupted{kept}", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - every error ends as one line and an exit code

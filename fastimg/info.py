@@ -6,20 +6,10 @@ import json
 from pathlib import Path
 
 from fastimg import store
+from fastimg.run_folder import RUN_FILES
 
 #: Layout entries that are arrays (thousands of numbers): left out of the JSON view.
 LAYOUT_ARRAYS = ("pixel_index", "coords", "scaler")
-#: The files of a training run folder (``fastimg.train.fit.RUN_FILES``, here without importing
-#: torch); the first two mark a folder as a run. ``normaliser.npz``: ``dataset`` normalisation
-#: only.
-RUN_FILES = ("metrics.json", "config.json", "best.pt", "bundle.json", "normaliser.npz")
-
-
-def is_run_folder(path) -> bool:
-    """True when ``path`` is a training run folder (it holds ``metrics.json`` or
-    ``config.json``) rather than a store."""
-    path = Path(path)
-    return path.is_dir() and any((path / name).is_file() for name in RUN_FILES[:2])
 
 
 def _trim_layout(layout: dict) -> dict:

@@ -36,7 +36,9 @@ def one_line(err: str) -> str:
     (["images", "--synthetic", "10x100", "--out", "o", "--tsne-backend", "cuml"],
      "t-SNE backend 'cuml' cannot run here"),
     (["images", "--synthetic", "0x10", "--out", "o"],
-     "n_samples must be a whole number >= 1, got 0"),
+     "argument --synthetic: expected at least one row and one feature (NxF, e.g. 2000x768), "
+     "got '0x10'"),
+    (["images", "--synthetic", "10x-3", "--out", "o"], "at least one row and one feature"),
     (["show", "s.zarr", "--out", "s.png", "--per-class", "-2"],
      "--per-class must be a whole number >= 1, got -2"),
 ])

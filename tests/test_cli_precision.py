@@ -9,13 +9,13 @@ from fastimg.cli import main
     (["--precision", "int8", "--device", "cuda"], "precision 'int8' runs on cpu only, not on cuda"),
     (["--precision", "fp16", "--device", "cpu"], "precision 'fp16' runs on cuda only, not on cpu"),
     (["--precision", "bf16", "--device", "cpu"], "precision 'bf16' runs on cuda only, not on cpu"),
-    (["--token-budget", "100"], "--token-budget (100) must be at least max_length (512)"),
+    (["--token-budget", "100"], "--token-budget (100) must be at least --max-length (512)"),
     (["--precision", "int8", "--int8-engine", "onnxruntime", "--batching", "packed"],
      "int8 engine 'onnxruntime' needs batching 'padded' (not 'packed')"),
     (["--precision", "fp32", "--int8-engine", "torch"],
-     "int8_engine 'torch' applies to precision 'int8'; precision is 'fp32'"),
+     "--int8-engine 'torch' applies to precision 'int8'; precision is 'fp32'"),
     (["--int8-engine", "onnxruntime"],
-     "int8_engine 'onnxruntime' applies to precision 'int8'; precision is 'auto'"),
+     "--int8-engine 'onnxruntime' applies to precision 'int8'; precision is 'auto'"),
 ])
 def test_bad_precision_device_is_one_line_exit_2(tmp_path, capsys, argv, message):
     out = tmp_path / "x.zarr"

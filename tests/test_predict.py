@@ -15,7 +15,8 @@ from conftest import write_csv as _write_csv
 from fastimg.cli import main
 from fastimg.train import TrainConfig, fit, load_run
 from fastimg.train import extractors as extractors_module
-from fastimg.train.bundle import BUNDLE_FILE, BUNDLE_KEYS, RunBundleError
+from fastimg.run_folder import BUNDLE_FILE
+from fastimg.train.bundle import BUNDLE_KEYS, RunBundleError
 from fastimg.store import StoreReader
 from fastimg.train.data import ChunkedReader, Normaliser, pixel_stats
 

@@ -67,6 +67,12 @@ def _build_args(csv_path, out, model, *extra):
             "--chunk-rows", "32", "--method", "pca", "--pixels", "12", "--quiet", *extra]
 
 
+def one_line(err: str) -> str:
+    err = err.strip()
+    assert err and "\n" not in err, err
+    return err
+
+
 def _arrays(path):
     reader = store.StoreReader(path)
     return {name: reader.group[name][:] for name in (store.IDS, store.LABELS, store.SPLIT,
@@ -180,6 +186,30 @@ def test_relayout_equals_a_fresh_build_byte_for_byte(corpus_csv, tmp_path, tiny_
     assert again_attrs["config"] == fresh_attrs["config"]
     assert {s: r["key"] for s, r in again_attrs["stages"].items()} == \
         {s: r["key"] for s, r in fresh_attrs["stages"].items()}
+
+
+def test_an_interrupted_relayout_is_kept_and_resumed(corpus_csv, tmp_path, tiny_bert_dir,
+                                                     encode_calls, monkeypatch, capsys):
+    from fastimg.layout import DeepInsightLayout
+
+    src, out = tmp_path / "src.zarr", tmp_path / "out.zarr"
+    assert main(_build_args(corpus_csv, src, tiny_bert_dir)) == 0
+    real_fit = DeepInsightLayout.fit
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(DeepInsightLayout, "fit", stop)
+    relayout = ["relayout", str(src), "--out", str(out), "--method", "pca", "--pixels", "10",
+                "--quiet"]
+    assert main(relayout) == 130
+    err = capsys.readouterr().err
+    assert "interrupted (the unfinished build is kept: rerun to resume)" in one_line(err)
+    assert not out.exists() and store.partial_path(out).exists()
+    monkeypatch.setattr(DeepInsightLayout, "fit", real_fit)
+    assert main(relayout) == 0
+    assert "reused corpus, encode" in capsys.readouterr().out
+    assert len(encode_calls) == 1 and store.StoreReader(out).images.shape[1:] == (10, 10)
 
 
 def test_relayout_refuses_a_source_without_embeddings(rng, tmp_path, capsys):

@@ -146,8 +146,8 @@ class EncoderConfig:
         if self.head_tokens is not None and (
                 isinstance(self.head_tokens, bool) or not isinstance(self.head_tokens, int)
                 or not 0 <= self.head_tokens <= self.max_length - 2):
-            raise ValueError(f"head_tokens must be in 0..max_length-2 ({self.max_length - 2}), got "
-                             f"{self.head_tokens}")
+            raise ValueError(f"head_tokens must be between 0 and max_length - 2 "
+                             f"({self.max_length - 2}), got {self.head_tokens}")
 
     @property
     def effective_head_tokens(self) -> int:

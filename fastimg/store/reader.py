@@ -36,7 +36,7 @@ def why_not_a_store(path) -> str:
     if any(location.read_attrs(where, key) is not None for key in (ATTRS_KEY, BUILD_KEY)):
         return (f"{path} is an unfinished fastimg store (its build did not finish: rerun the "
                 f"command that builds it)")
-    from fastimg.info import is_run_folder  # fastimg.info reads stores: imported here
+    from fastimg.run_folder import is_run_folder
 
     if location.is_local(where) and is_run_folder(where):
         store = _run_store(where)

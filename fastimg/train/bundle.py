@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from fastimg.run_folder import BUNDLE_FILE, CHECKPOINT_FILE, NORMALISER_FILE
+
 logger = logging.getLogger("fastimg.train")
 
-BUNDLE_FILE = "bundle.json"
-NORMALISER_FILE = "normaliser.npz"
 #: bumped when the bundle's fields change incompatibly
 BUNDLE_VERSION = 1
 #: what :func:`save_run_bundle` writes, and :func:`read_run_bundle` requires
@@ -102,7 +102,6 @@ def read_run_bundle(run_dir) -> tuple[dict, dict | None]:
         from an older fastimg), ``bundle.json`` or ``normaliser.npz`` is unreadable, or the
         bundle is of another version.
     """
-    from fastimg.train.fit import CHECKPOINT_FILE
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

@@ -18,7 +18,8 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from fastimg.train.bundle import BUNDLE_FILE, NORMALISER_FILE, save_run_bundle
+from fastimg.run_folder import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RUN_FILES
+from fastimg.train.bundle import save_run_bundle
 from fastimg.train.cache import build_cache, feature_cache_bytes
 from fastimg.train.config import TrainConfig
 from fastimg.train.data import (LOADERS, BatchSource, ChunkedReader, Normaliser, StoreData,
@@ -27,13 +28,6 @@ from fastimg.train.extractors import check_weights
 from fastimg.train.head import build_classifier
 
 logger = logging.getLogger("fastimg.train")
-
-METRICS_FILE = "metrics.json"
-CHECKPOINT_FILE = "best.pt"
-CONFIG_FILE = "config.json"
-#: The files :func:`fit` writes into a run folder (``normaliser.npz``: ``dataset``
-#: normalisation only); ``feature_cache/`` comes beside them with an on-disk cache.
-RUN_FILES = (METRICS_FILE, CHECKPOINT_FILE, CONFIG_FILE, BUNDLE_FILE, NORMALISER_FILE)
 
 
 @dataclass

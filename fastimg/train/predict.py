@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from fastimg._validation import check_count
+from fastimg.run_folder import CHECKPOINT_FILE
 from fastimg.train.bundle import RunBundleError, read_run_bundle
 
 logger = logging.getLogger("fastimg.train")
@@ -115,7 +116,6 @@ class Run:
         self.model = self._build_model()
 
     def _build_model(self):
-        from fastimg.train.fit import CHECKPOINT_FILE
         from fastimg.train.head import build_classifier
 
         # random init on purpose: best.pt overwrites every parameter and buffer of the cut

@@ -1,0 +1,22 @@
+"""The files of a training run folder: one list for the trainer that writes them and for the
+commands that read them (``info``, ``predict``, ``explain``, ``train --force``), without torch."""
+from __future__ import annotations
+
+from pathlib import Path
+
+METRICS_FILE = "metrics.json"
+CONFIG_FILE = "config.json"
+CHECKPOINT_FILE = "best.pt"
+BUNDLE_FILE = "bundle.json"
+#: ``dataset`` normalisation only
+NORMALISER_FILE = "normaliser.npz"
+#: Every file :func:`fastimg.train.fit` writes into a run folder; the first two mark a folder
+#: as a run. ``feature_cache/`` comes beside them with an on-disk feature cache.
+RUN_FILES = (METRICS_FILE, CONFIG_FILE, CHECKPOINT_FILE, BUNDLE_FILE, NORMALISER_FILE)
+
+
+def is_run_folder(path) -> bool:
+    """True when ``path`` is a training run folder (it holds ``metrics.json`` or
+    ``config.json``) rather than a store."""
+    path = Path(path)
+    return path.is_dir() and any((path / name).is_file() for name in RUN_FILES[:2])
