@@ -722,11 +722,12 @@ def flags_of(parser, command: str) -> dict:
 def _as_flag(message: str, flags: dict) -> str:
     """``message`` with config fields named by their flags: the leading one (``chunk_rows must
     be ...``) and any other with an underscore (``... at least max_length``), which prose
-    never has."""
+    never has; dotted settings (``encoder.max_length: 96 -> 64``) keep the store's names."""
     field = re.match(r"(\w+)(?: \([^)]*\))? must\b", message)
     if field and field.group(1) in flags:
         message = flags[field.group(1)] + message[field.end(1):]
-    return re.sub(r"\b[a-z]\w*_\w+\b", lambda m: flags.get(m.group(0), m.group(0)), message)
+    return re.sub(r"(?<![\w./])[a-z]\w*_\w+\b",
+                  lambda m: flags.get(m.group(0), m.group(0)), message)
 
 
 def report_error(command: str, exc: Exception, *, debug: bool = False,

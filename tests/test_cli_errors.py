@@ -231,3 +231,14 @@ def test_a_reader_that_leaves_the_pipe_ends_the_command_quietly(monkeypatch, cap
     monkeypatch.setattr(cli, "_silence_stdout", lambda: silenced.append(True))
     assert main(["info", "x.zarr"]) == 141
     assert silenced and capsys.readouterr().err == ""
+
+
+def test_config_fields_in_messages_are_named_by_their_flags():
+    flags = cli.flags_of(cli.make_parser(), "build-dataset")
+    assert cli._as_flag("chunk_rows must be a whole number >= 1, got 0", flags) == \
+        "--chunk-rows must be a whole number >= 1, got 0"
+    assert cli._as_flag("token_budget (8) must be at least max_length (64)", flags) == \
+        "--token-budget (8) must be at least --max-length (64)"
+    kept = ("an unfinished build with other settings is at /tmp/max_length.zarr.partial "
+            "(encoder.max_length: 96 -> 64); not_a_flag stays")
+    assert cli._as_flag(kept, flags) == kept
