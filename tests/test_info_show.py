@@ -56,6 +56,26 @@ def test_info_summarises_a_dataset_store_in_a_few_lines(built, capsys):
     assert "{" not in out
 
 
+def test_info_counts_the_chunks_a_cluster_finished_out_of_order(tmp_path, capsys):
+    """A cluster build marks chunks done in any order (``_done_embeddings``); ``rows_done``
+    stays at the rows an in-process run finished in order."""
+    import zarr
+
+    from fastimg.store.schema import BUILD_KEY, DONE_PREFIX, EMBED_ATTRS_KEY
+
+    out = tmp_path / "c.zarr"
+    group = zarr.open_group(store.partial_path(out), mode="w")
+    group.attrs[BUILD_KEY] = {"stages": {"corpus": {"done": True}, "encode": {"done": False}}}
+    embeddings = group.create_array(store.EMBEDDINGS, shape=(290, 4), chunks=(50, 4),
+                                    dtype="float16")
+    embeddings.attrs[EMBED_ATTRS_KEY] = {"rows_done": 50}
+    done = group.create_array(DONE_PREFIX + store.EMBEDDINGS, shape=(6,), chunks=(1,),
+                              dtype="uint8", fill_value=0)
+    done[:] = [0, 1, 0, 1, 0, 1]  # chunk 0 finished in process; the last chunk has 40 rows
+    assert main(["info", str(out)]) == 0
+    assert "encoded      190 of 290 rows" in capsys.readouterr().out.splitlines()
+
+
 def test_info_describes_an_unfinished_build(tmp_path, tiny_bert_dir, capsys, monkeypatch):
     """A build stopped after encoding: info says which stages are done and how to resume."""
     from fastimg.layout import DeepInsightLayout

@@ -25,6 +25,20 @@ def test_several_tsne_threads_give_the_same_layout_every_run(matrix):
     np.testing.assert_array_equal(a.coords_, b.coords_)
 
 
+def test_one_thread_gives_the_same_layout_whatever_blas_and_openmp_threads(rng):
+    """BLAS's sums depend on its thread count (``OMP_NUM_THREADS``, the machine's cores): the
+    fit runs BLAS and OpenMP on ``n_jobs`` threads. (With n_jobs=-1, which leaves them as
+    they are, this matrix gives two layouts.)"""
+    from threadpoolctl import threadpool_limits
+
+    X = structured_matrix(rng, 400, 1500, rank=12)
+    coords = []
+    for threads in (1, 4):
+        with threadpool_limits(threads):
+            coords.append(DeepInsightLayout(grid=40, n_jobs=1).fit(X).coords_)
+    np.testing.assert_array_equal(*coords)
+
+
 def test_correlated_features_land_close(rng):
     # two groups of features driven by two independent factors must form two regions
     factors = rng.standard_normal((200, 2))

@@ -1,6 +1,7 @@
 """``DeepInsightLayout``: fit the feature-to-pixel map once, then turn any matrix into images."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -63,9 +64,11 @@ class LayoutConfig:
     random_state : int or None
         Seed for every random step; the same seed gives the same layout.
     n_jobs : int
-        CPU threads for t-SNE (-1: all cores). The default is 1, for two reasons. openTSNE's
-        layout depends on its thread count (each count gives its own layout, the same every
-        run), so 1 gives the same layout on every machine, whatever its cores. And t-SNE here
+        CPU threads of the fit: t-SNE's, and BLAS's and OpenMP's in the PCA and k-means (-1:
+        all cores, and BLAS left as it is). The default is 1, for two reasons. The layout
+        depends on the thread count (openTSNE's gradient and BLAS's sums are split by thread;
+        each count gives its own layout, the same every run), so 1 gives the same layout
+        whatever the machine's cores or ``OMP_NUM_THREADS``. And t-SNE here
         runs on the features (a few thousand points), where threads lose a lot on a shared
         machine (2 threads were 2-3x *slower* than 1 on a busy 2-core machine, measured per 100
         iterations in one process). Raise it on a dedicated many-core machine, where it is
@@ -153,6 +156,15 @@ class DeepInsightLayout:
         X = check_feature_matrix(X)
         if X.shape[0] < 2:
             raise ValueError(f"need at least 2 samples to lay features out, got {X.shape[0]}")
+        with _threads(cfg.n_jobs):
+            self._fit(X)
+        self.fit_seconds_ = time.perf_counter() - start
+        logger.info("layout fitted in %.1f s: %d features on %d x %d pixels (%d occupied)",
+                    self.fit_seconds_, X.shape[1], *cfg.grid, self.n_occupied_pixels)
+        return self
+
+    def _fit(self, X) -> None:
+        cfg = self.config
         self.scaler_ = FeatureScaler.fit(X, cfg.scaling)
         # features are the points, samples the dimensions; float32 halves the memory traffic
         # of the scaling and the PCA (t-SNE itself gets float64, see embed_points)
@@ -175,10 +187,6 @@ class DeepInsightLayout:
         self.coords_ = rotate_to_bounding_rectangle(embedded)
         self.pixel_index_ = assign_pixels(self.coords_, cfg.grid, cfg.assignment,
                                           random_state=cfg.random_state)
-        self.fit_seconds_ = time.perf_counter() - start
-        logger.info("layout fitted in %.1f s: %d features on %d x %d pixels (%d occupied)",
-                    self.fit_seconds_, X.shape[1], *cfg.grid, self.n_occupied_pixels)
-        return self
 
     def _check_fitted(self):
         if not hasattr(self, "pixel_index_"):
@@ -268,6 +276,17 @@ class DeepInsightLayout:
             return cls.from_dict(header)
         with open(path, encoding="utf-8") as fh:
             return cls.from_dict(json.load(fh))
+
+
+def _threads(n_jobs: int):
+    """BLAS and OpenMP limited to ``n_jobs`` threads (unlimited for -1): their sums, and so
+    the layout, depend on the thread count, which would otherwise follow the machine's cores
+    or ``OMP_NUM_THREADS``."""
+    if n_jobs == -1:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(n_jobs)
 
 
 def _lift_zero_vectors(points: np.ndarray) -> np.ndarray:
