@@ -68,10 +68,14 @@ def _grid(text: str):
 
 def _storage_option(text: str):
     """``KEY=VALUE`` -> (key, value); the value is parsed as JSON when it is JSON (numbers,
-    true/false, objects), else kept as a string; ``a.b=v`` sets ``{"a": {"b": v}}``."""
+    true/false, objects), else kept as a string; ``a.b=v`` sets ``{"a": {"b": v}}``. An empty
+    value (``KEY=``, often an unset shell variable) is refused: ``KEY='""'`` is the empty string."""
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    if not value:
+        raise argparse.ArgumentTypeError(f"{text!r} has no value (an unset shell variable?); "
+                                         f"pass {key}='\"\"' for an empty string")
     try:
         value = json.loads(value)
     except json.JSONDecodeError:
@@ -99,8 +103,19 @@ def _add_storage_options(parser) -> None:
     parser.add_argument("--storage-option", action="append", type=_storage_option,
                         metavar="KEY=VALUE",
                         help="fsspec option for a store URL (s3://, gs://), e.g. "
-                             "endpoint_url=http://127.0.0.1:9000; repeatable; credentials also "
-                             "come from the usual environment variables")
+                             "endpoint_url=http://127.0.0.1:9000; repeatable; JSON values are "
+                             "parsed, a.b=v nests, an empty value is refused (KEY='\"\"' is the "
+                             "empty string); credentials also come from the usual environment "
+                             "variables")
+
+
+def _local_path(text: str) -> Path:
+    """An output written on this machine: a URL is refused (``Path`` would fold ``s3://b``
+    into ``s3:/b`` and fail later with a missing folder)."""
+    if "://" in text:
+        raise argparse.ArgumentTypeError(f"expected a local path, got the URL {text!r} (this "
+                                         f"output is written on this machine)")
+    return Path(text)
 
 
 def _shape(text: str):
@@ -243,12 +258,14 @@ def _print_dataset_summary(out, summary: dict, seconds: float) -> None:
     timings = ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in summary["timings"].items())
     counts = "; ".join(f"{split} " + "/".join(str(n) for n in per_class.values())
                        for split, per_class in summary["counts"].items())
-    reused = f"reused {', '.join(summary['reused'])}; " if summary.get("reused") else ""
+    reused = f"reused {', '.join(summary['reused'])}" if summary.get("reused") else ""
+    work = "; ".join(part for part in (reused, timings) if part)
     print(f"wrote {out}: {summary['rows']} rows, {summary['classes']} classes "
           f"({', '.join(summary['class_names'])}; {counts}), images "
           f"{summary['image_shape'][0]} x {summary['image_shape'][1]} {summary['image_dtype']} "
           f"from {summary['features']} features on {summary['occupied_pixels']} pixels; "
-          f"{reused}{timings}; total {seconds:.1f} s; {store.size_bytes(out) / 2**20:.1f} MiB")
+          f"{work + '; ' if work else ''}total {seconds:.1f} s; "
+          f"{store.size_bytes(out) / 2**20:.1f} MiB")
 
 
 def _cmd_relayout(args) -> int:
@@ -396,8 +413,9 @@ def _add_map_options(parser) -> None:
                         choices=["auto", "opentsne", "sklearn", "cuml"])
     parser.add_argument("--perplexity", type=float, default=30.0)
     parser.add_argument("--tsne-threads", type=int, default=1, metavar="N",
-                        help="t-SNE threads (-1: all cores; default 1: the layout depends on "
-                             "the thread count, and 1 gives the same one on every machine)")
+                        help="threads of the layout fit (t-SNE, and BLAS in its PCA; -1: all "
+                             "cores; default 1: the layout depends on the thread count, and 1 "
+                             "gives the same one whatever the machine's cores)")
     parser.add_argument("--assignment", default="assignment", choices=["assignment", "bin"],
                         help="assignment (default): every feature a pixel of its own (features "
                              "grouped by k-means first when there are more features than "
@@ -436,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--input", type=Path, help=".npy file or zarr array, samples x features")
     source.add_argument("--synthetic", type=_shape, metavar="NxF",
                         help="a seeded low-rank demo matrix instead of --input (works offline)")
-    images.add_argument("--out", type=Path, required=True, help="zarr store to write")
+    images.add_argument("--out", type=_local_path, required=True, help="zarr store to write")
     _add_map_options(images)
     images.add_argument("--split-file", type=Path, metavar="FILE",
                         help="split of each row (.npy of codes 0/1/2 or names train/val/test, or "
@@ -552,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="PNG of sample images, class means and the layout")
     show.add_argument("store", help="a store (path or URL)")
     _add_storage_options(show)
-    show.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    show.add_argument("--out", type=_local_path, required=True, help="PNG file to write")
     show.add_argument("--per-class", type=int, default=4, help="sample images per class")
     show.add_argument("--seed", type=int, default=0)
     show.set_defaults(func=_cmd_show)
@@ -576,7 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--weights", default="DEFAULT",
                        help="DEFAULT (torchvision ImageNet weights), none (random init) or "
                             "the path of a state_dict")
-    train.add_argument("--out", type=Path, required=True, help="run folder to write")
+    train.add_argument("--out", type=_local_path, required=True, help="run folder to write")
     train.add_argument("--preset", default="ours", choices=["ours", "paper"],
                        help="defaults of the options left unset: ours (what measured best on "
                             "validation) or paper (Table I learning rates, Adam, per-image "
@@ -641,7 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="text column (repeat to join several; default text)")
     predict.add_argument("--id-column", help="id column (default: id when present, else the "
                                              "row number)")
-    predict.add_argument("--out", type=Path, required=True, help="predictions CSV to write")
+    predict.add_argument("--out", type=_local_path, required=True, help="predictions CSV to write")
     predict.add_argument("--batch-size", type=int, default=256)
     predict.add_argument("--device", type=_torch_device, default="auto",
                          help="torch device of the classifier: auto|cpu|cuda|cuda:N")
@@ -657,7 +675,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "pip install 'fastimg[explain]'.")
     explain.add_argument("run_dir", type=Path, help="run folder written by fastimg train")
     explain.add_argument("--split", default="val", choices=["val", "train", "test"])
-    explain.add_argument("--out", type=Path, required=True, help="folder to write")
+    explain.add_argument("--out", type=_local_path, required=True, help="folder to write")
     explain.add_argument("--method", default="integrated_gradients",
                          choices=["integrated_gradients", "input_x_gradient", "gradcam"])
     explain.add_argument("--max-rows", type=int, default=None,
@@ -693,14 +711,6 @@ def _add_debug_flag(parser) -> None:
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
-
-
-#: packages whose exceptions s3fs lets through (NoCredentialsError, EndpointConnectionError)
-_STORAGE_PACKAGES = ("botocore", "aiobotocore")
-
-
-def _from_object_storage(exc: BaseException) -> bool:
-    return any(cls.__module__.split(".")[0] in _STORAGE_PACKAGES for cls in type(exc).__mro__)
 
 
 #: config fields whose flag is not the field's name with dashes
@@ -745,7 +755,7 @@ def report_error(command: str, exc: Exception, *, debug: bool = False,
         print(f"fastimg {command}: error: {_as_flag(_one_line(exc), flags or {})}",
               file=sys.stderr)
         return EXIT_USAGE
-    if _from_object_storage(exc):  # credentials, endpoint, bucket: the user's setup
+    if store.location.from_object_storage(exc):  # credentials, endpoint, bucket: the user's setup
         print(f"fastimg {command}: error: object storage: {_one_line(exc)} (credentials and "
               f"endpoint come from the usual environment variables or --storage-option)",
               file=sys.stderr)

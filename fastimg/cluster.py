@@ -27,6 +27,7 @@ import logging
 import os
 import time
 import uuid
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,15 @@ class ClusterError(RuntimeError):
 
 class ModelLoadError(RuntimeError):
     """Raised in a worker that cannot load the model; its message names the worker."""
+
+
+class WorkerStorageError(RuntimeError):
+    """Raised in a worker that cannot open or write the store; its message names the worker
+    (its credentials and endpoint are its own, not the client's)."""
+
+
+class ClusterWarning(UserWarning):
+    """A cluster build that will not use its whole cluster."""
 
 
 def _distributed():
@@ -97,19 +107,91 @@ def connect(spec: str, *, threads_per_worker: int = 1):
     kind, value = parse_spec(spec)
     distributed = _distributed()
     if kind == "address":
+        check_reachable(value)
         with distributed.Client(value) as client:
             yield client
         return
     logger.info("starting a local cluster of %d worker processes", value)
-    # everything on 127.0.0.1 at free ports (the scheduler's HTTP server too, which would
-    # otherwise try 8787); silence_logs: a failed task is reported once, by the client
-    with _environ_kept() as restore_environ, distributed.LocalCluster(
-            n_workers=value, threads_per_worker=threads_per_worker, processes=True,
-            host="127.0.0.1", scheduler_port=0, dashboard_address="127.0.0.1:0",
-            silence_logs=logging.ERROR) as cluster:
+    with _environ_kept() as restore_environ:
+        # everything on 127.0.0.1 at free ports (the scheduler's HTTP server too, which would
+        # otherwise try 8787); silence_logs: a failed task is reported once, by the client
+        with _sigint_ignored():
+            cluster = distributed.LocalCluster(
+                n_workers=value, threads_per_worker=threads_per_worker, processes=True,
+                host="127.0.0.1", scheduler_port=0, dashboard_address="127.0.0.1:0",
+                silence_logs=logging.ERROR)
         restore_environ()  # the nannies are up; each writes its variables again to respawn
-        with distributed.Client(cluster) as client:
+        client = None
+        try:
+            client = distributed.Client(cluster)
             yield client
+        finally:
+            with _dask_logs_muted():  # workers killed at close, tasks lost to a Ctrl-C
+                if client is not None:
+                    client.close()
+                cluster.close()
+
+
+def check_reachable(address: str, *, timeout: float = 10.0) -> None:
+    """Fail at once, with what to do, when nothing listens at a ``tcp://`` or ``tls://``
+    scheduler ``address`` (dask itself retries for 30 s, then names no cause).
+
+    Raises
+    ------
+    ClusterError
+        When the host is unknown or refuses (or does not answer within ``timeout`` s).
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address)
+    if parts.scheme not in ("tcp", "tls"):
+        return  # inproc://, ucx://: dask's own business
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host = port = None
+    if not host or port is None:
+        raise ClusterError(f"--cluster {address}: expected {parts.scheme}://HOST:PORT")
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ClusterError(f"no dask scheduler answers at {address} ({reason}): start one "
+                           f"there (dask scheduler), or check the address and port") from None
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """SIGINT ignored while a local cluster starts: the worker processes it spawns inherit
+    that (Python keeps an ignored SIGINT), so a Ctrl-C stops the client, which cancels the
+    tasks and closes the workers, instead of raising KeyboardInterrupt in every worker."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def _dask_logs_muted():
+    """dask's warnings and errors hidden while a local cluster closes (kept with ``-v``):
+    workers still exiting are killed, and tasks a Ctrl-C cut short are lost on purpose."""
+    if logger.isEnabledFor(logging.INFO):
+        yield
+        return
+    previous = logging.root.manager.disable
+    logging.disable(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
 
 
 @contextlib.contextmanager
@@ -206,11 +288,30 @@ def _task_location(writer):
     return location.absolute() if isinstance(location, Path) else location
 
 
-def _open_chunk(location, name: str, index: int):
+def _open_chunk(location, name: str, index: int, start: int, stop: int):
     """(the store's group, the done markers of array ``name``, the task's report so far)."""
-    group = store.location.open_group(location, "r+")
-    info = {"index": index, "worker": _worker_address(), "pid": os.getpid()}
-    return group, group[DONE_PREFIX + name], info
+    with _storage_errors_named():
+        group = store.location.open_group(location, "r+")
+        done = group[DONE_PREFIX + name]
+    info = {"index": index, "rows": stop - start, "worker": _worker_address(),
+            "pid": os.getpid()}
+    return group, done, info
+
+
+@contextlib.contextmanager
+def _storage_errors_named():
+    """An error of the store's file system (no credentials on this worker, a path only the
+    client sees) raised as :class:`WorkerStorageError` naming this worker."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - only file-system errors are renamed
+        if not (isinstance(exc, OSError) or store.location.from_object_storage(exc)):
+            raise
+        message = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise WorkerStorageError(
+            f"worker {_worker_address()} cannot reach the store: {message} (a worker needs "
+            f"its own access: the store's path on its node, or credentials in its environment "
+            f"or --storage-option)") from None
 
 
 def _current(location, stage: str, key: str) -> bool:
@@ -234,7 +335,7 @@ def encode_chunk(location, texts, config_json: str, index: int, start: int, stop
     Returns ``{"index", "skipped", "worker", "pid", "seconds", ...}``.
     """
     t0 = time.perf_counter()
-    group, done, info = _open_chunk(location, EMBEDDINGS, index)
+    group, done, info = _open_chunk(location, EMBEDDINGS, index, start, stop)
     if done[index]:
         return {**info, "skipped": True, "seconds": time.perf_counter() - t0}
     config, model = _model(config_json)
@@ -243,8 +344,9 @@ def encode_chunk(location, texts, config_json: str, index: int, start: int, stop
     block = _encode_block(list(texts), config, model, stats)
     if stage_key is not None and not _current(location, "encode", stage_key):
         return {**info, "skipped": True, "stale": True, "seconds": time.perf_counter() - t0}
-    group[EMBEDDINGS][start:stop] = block
-    done[index] = 1  # after the rows: a marked chunk is always complete
+    with _storage_errors_named():
+        group[EMBEDDINGS][start:stop] = block
+        done[index] = 1  # after the rows: a marked chunk is always complete
     return {**info, "skipped": False, "seconds": time.perf_counter() - t0,
             **{k: stats.get(k) for k in ENCODE_RUN_STATS}}
 
@@ -266,7 +368,7 @@ def raster_chunk(location, layout_json: str, dtype: str, backend: str, index: in
     from fastimg.raster import rasterize, to_image_dtype
 
     t0 = time.perf_counter()
-    group, done, info = _open_chunk(location, IMAGES, index)
+    group, done, info = _open_chunk(location, IMAGES, index, start, stop)
     if done[index]:
         return {**info, "skipped": True, "seconds": time.perf_counter() - t0}
     layout = _layout(layout_json)
@@ -274,8 +376,9 @@ def raster_chunk(location, layout_json: str, dtype: str, backend: str, index: in
     images = rasterize(block, layout.raster_plan(), backend=backend)
     if stage_key is not None and not _current(location, "images", stage_key):
         return {**info, "skipped": True, "stale": True, "seconds": time.perf_counter() - t0}
-    group[IMAGES][start:stop] = to_image_dtype(images, dtype)
-    done[index] = 1
+    with _storage_errors_named():
+        group[IMAGES][start:stop] = to_image_dtype(images, dtype)
+        done[index] = 1
     return {**info, "skipped": False, "seconds": time.perf_counter() - t0}
 
 
@@ -303,21 +406,37 @@ def _record_chunk(result: dict, stats: dict) -> None:
             stats[key] = result[key]
 
 
-def _drive(client, futures, stage: str, stats: dict) -> None:
-    """Wait for ``futures``; a worker that cannot load the model stops the build."""
+def _drive(client, futures, stage: str, stats: dict, *, rows: int, progress: bool) -> None:
+    """Wait for ``futures`` (a bar of the ``rows`` they hold); a worker that cannot load the
+    model or reach the store stops the build."""
+    from tqdm.auto import tqdm
+
     distributed = _distributed()
+    bar = tqdm(total=rows, unit="row", desc=f"{stage} on the cluster", disable=not progress,
+               leave=False)
     try:
         for future in distributed.as_completed(futures):
             try:
                 result = future.result()
-            except ModelLoadError as exc:
+            except (ModelLoadError, WorkerStorageError) as exc:
                 raise ClusterError(str(exc)) from None
             _record_chunk(result, stats)
+            bar.update(result["rows"])
             logger.info("%s chunk %d done on %s (%.2f s%s)", stage, result["index"],
                         result["worker"], result["seconds"],
                         ", already done" if result["skipped"] else "")
     finally:
+        bar.close()
         client.cancel([f for f in futures if not f.done()])
+
+
+def _warn_idle_workers(client, n_tasks: int, stage: str) -> None:
+    """One warning when the stage has fewer tasks than the cluster has workers."""
+    n_workers = len(client.scheduler_info().get("workers", {}))
+    if 0 < n_tasks < n_workers:
+        warnings.warn(f"{stage}: {n_tasks} task{'s' * (n_tasks != 1)} for {n_workers} workers "
+                      f"(one per chunk of --chunk-rows rows): lower --chunk-rows to use them "
+                      f"all", ClusterWarning, stacklevel=3)
 
 
 def _finish_markers(writer, name: str) -> None:
@@ -326,7 +445,7 @@ def _finish_markers(writer, name: str) -> None:
         del writer.group[marker]
 
 
-def encode_chunks(client, writer, texts, config) -> dict:
+def encode_chunks(client, writer, texts, config, *, progress: bool = False) -> dict:
     """Encode ``texts`` into the build's ``embeddings`` array on the cluster of ``client``.
 
     The array exists (made by the caller with the encoder's resume record); every unfinished
@@ -356,17 +475,20 @@ def encode_chunks(client, writer, texts, config) -> dict:
                               "precision": settings["precision"]}, sort_keys=True)
     run = uuid.uuid4().hex[:8]
     stage_key = writer.stage("encode")["key"]
+    _warn_idle_workers(client, len(todo), "encode")
     futures = [client.submit(encode_chunk, location, list(texts[s:e]), config_json, i, s, e,
                              stage_key, key=f"fastimg-encode-{run}-{i}", retries=RETRIES,
                              pure=False)
                for i, s, e in todo]
-    _drive(client, futures, "encode", stats)
+    _drive(client, futures, "encode", stats, rows=sum(e - s for _, s, e in todo),
+           progress=progress)
     array.attrs[EMBED_ATTRS_KEY] = {**meta, "rows_done": int(array.shape[0]), "complete": True}
     _finish_markers(writer, EMBEDDINGS)
     return stats
 
 
-def raster_chunks(client, writer, layout, config, *, start_row: int = 0) -> dict:
+def raster_chunks(client, writer, layout, config, *, start_row: int = 0,
+                  progress: bool = False) -> dict:
     """Rasterise the build's ``embeddings`` into its ``images`` array on the cluster, one task
     per chunk of ``images``; chunks below ``start_row`` are finished. Returns stats as
     :func:`encode_chunks`."""
@@ -382,7 +504,8 @@ def raster_chunks(client, writer, layout, config, *, start_row: int = 0) -> dict
                              i, s, e, stage_key, key=f"fastimg-raster-{run}-{i}",
                              retries=RETRIES, pure=False)
                for i, s, e in todo]
-    _drive(client, futures, "raster", stats)
+    _drive(client, futures, "raster", stats, rows=sum(e - s for _, s, e in todo),
+           progress=progress)
     writer.update("images", rows_done=int(writer.group[IMAGES].shape[0]))
     _finish_markers(writer, IMAGES)
     return stats

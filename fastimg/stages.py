@@ -167,7 +167,8 @@ def run_images(writer: StoreWriter, plan: StagePlan, layout, matrix, config, pro
     if client is not None:
         from fastimg.cluster import raster_chunks
 
-        raster_chunks(client, writer, layout, config, start_row=int(record.get("rows_done", 0)))
+        raster_chunks(client, writer, layout, config, start_row=int(record.get("rows_done", 0)),
+                      progress=progress)
     else:
         rasterize_to_array(matrix, layout.raster_plan(), writer.group[store.IMAGES],
                            backend=config.raster_backend,
@@ -207,7 +208,7 @@ def run_encode(writer: StoreWriter, plan: StagePlan, texts, encoder_config, prog
     if client is not None:
         from fastimg.cluster import encode_chunks
 
-        stats = encode_chunks(client, writer, texts, encoder_config)
+        stats = encode_chunks(client, writer, texts, encoder_config, progress=progress)
     else:
         encode_to_array(texts, encoder_config, writer.group, name=store.EMBEDDINGS,
                         progress=progress, stats=stats)

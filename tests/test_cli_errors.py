@@ -39,6 +39,8 @@ def one_line(err: str) -> str:
      "argument --synthetic: expected at least one row and one feature (NxF, e.g. 2000x768), "
      "got '0x10'"),
     (["images", "--synthetic", "10x-3", "--out", "o"], "at least one row and one feature"),
+    (["show", "s.zarr", "--out", "s3://bucket/s.png"],
+     "argument --out: expected a local path, got the URL 's3://bucket/s.png'"),
     (["show", "s.zarr", "--out", "s.png", "--per-class", "-2"],
      "--per-class must be a whole number >= 1, got -2"),
 ])

@@ -271,3 +271,90 @@ def test_worker_that_cannot_load_the_model_is_one_line_exit_2(tmp_path, corpus_c
     # the unfinished build is kept for a resume
     assert store.partial_path(out).exists() and not out.exists()
     assert store.location.read_attrs(store.partial_path(out), store.BUILD_KEY)["stages"]["corpus"]["done"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_scheduler_address_where_nothing_listens_fails_at_once(tmp_path, capsys):
+    """dask alone retries for 30 s and then names no cause."""
+    from fastimg.cluster import ClusterError, check_reachable
+
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    with pytest.raises(ClusterError, match="no dask scheduler answers at .*dask scheduler"):
+        check_reachable(address)
+    with pytest.raises(ClusterError, match="expected tcp://HOST:PORT"):
+        check_reachable("tcp://127.0.0.1")
+    check_reachable("inproc://whatever")  # not ours to check
+    start = time.monotonic()
+    assert main(["build-dataset", "--input", str(write_csv(tmp_path / "t.csv")), "--out",
+                 str(tmp_path / "x.zarr"), "--quiet", "--cluster", address]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"no dask scheduler answers at {address}" in err
+    assert time.monotonic() - start < 25
+
+
+def test_a_task_that_cannot_open_the_store_names_its_worker(tmp_path, tiny_bert_dir):
+    from fastimg.cluster import WorkerStorageError, encode_chunk
+    from fastimg.embed import EncoderConfig
+
+    config = EncoderConfig(model=str(tiny_bert_dir), max_length=16, chunk_rows=4, device="cpu")
+    with pytest.raises(WorkerStorageError, match=r"worker pid \d+ cannot reach the store: "
+                                                 r"FileNotFoundError: .*its own access"):
+        encode_chunk(tmp_path / "elsewhere.zarr.partial", ["a film"], config.to_json(), 0, 0, 1)
+
+
+def test_fewer_tasks_than_workers_is_one_warning():
+    from fastimg.cluster import ClusterWarning, _warn_idle_workers
+
+    class Client:
+        def scheduler_info(self):
+            return {"workers": {"tcp://a": {}, "tcp://b": {}, "tcp://c": {}}}
+
+    with pytest.warns(ClusterWarning, match="encode: 1 task for 3 workers .*lower --chunk-rows"):
+        _warn_idle_workers(Client(), 1, "encode")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_idle_workers(Client(), 3, "encode")
+        _warn_idle_workers(Client(), 0, "encode")  # nothing left to do: nothing to say
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_cluster_build_is_one_line(tmp_path, corpus_csv, tiny_bert_dir):
+    """A real SIGINT to the whole process group, as a terminal's Ctrl-C sends: the workers
+    ignore it, the client stops, and dask's notes of the close stay hidden."""
+    import subprocess
+
+    out = tmp_path / "ctrl-c.zarr"
+    argv = [sys.executable, "-m", "fastimg.cli", "build-dataset", "--input", str(corpus_csv),
+            "--split-column", "split", "--model", str(tiny_bert_dir), "--layers", "last6",
+            "--max-length", "32", "--chunk-rows", "8", "--pixels", "8", "--method", "pca",
+            "--device", "cpu", "--out", str(out), "--quiet", "--cluster", "local:2"]
+    log = open(tmp_path / "ctrl-c.log", "wb")
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 480
+        while _marked_chunks(store.partial_path(out)) == 0 and proc.poll() is None:
+            assert time.monotonic() < deadline, "no chunk was finished"
+            time.sleep(0.02)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+    if out.exists():
+        pytest.skip("the build finished before the Ctrl-C")
+    err = (tmp_path / "ctrl-c.log").read_text(encoding="utf-8").strip()
+    assert code == 130, err
+    assert err == ("fastimg build-dataset: interrupted (the unfinished build is kept: rerun to "
+                   "resume)")

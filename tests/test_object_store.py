@@ -171,5 +171,59 @@ def test_storage_option_parsing():
 
     assert _storage_options(Args) == {"anon": True, "endpoint_url": "http://h:1",
                                       "client_kwargs": {"region_name": "eu-west-1"}}
+    assert _storage_option('token=""') == ("token", "")
+    with pytest.raises(__import__("argparse").ArgumentTypeError, match="has no value"):
+        _storage_option("token=")
     assert store.location.resolve("file:///tmp/x.zarr") == __import__("pathlib").Path("/tmp/x.zarr")
     assert str(store.location.resolve("gs://b/x.zarr/")) == "gs://b/x.zarr"
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "internal error" not in err, err
+    return err
+
+
+def test_unknown_or_empty_storage_option_is_one_line(s3_env, capsys):
+    url = f"s3://{BUCKET}/any.zarr"
+    for option in ("bogus_option=1", "client_kwargs.bogus=1"):
+        assert main(["info", url, *s3_env, "--storage-option", option]) == 2
+        assert "s3fs does not accept the storage option 'bogus" in _one_line_error(capsys)
+    # KEY= (an unset shell variable) is refused; KEY='""' is the empty string
+    assert main(["info", url, *s3_env, "--storage-option", "endpoint_url="]) == 2
+    assert "'endpoint_url=' has no value" in _one_line_error(capsys)
+
+
+def test_denied_access_is_not_reported_as_no_store(s3, s3_env, capsys):
+    from fastimg.store.writer import check_writable
+
+    url = f"s3://{BUCKET}/denied.zarr"
+    store.write_store(store.location.resolve(url, s3), {store.IDS: np.array(["a", "b"])}, {})
+    # moto lets an anonymous client list the bucket, not read the store's metadata
+    assert main(["info", url, *s3_env, "--storage-option", "anon=true"]) == 2
+    err = _one_line_error(capsys)
+    assert f"access to {url} was denied" in err and "--storage-option" in err
+    with pytest.raises(PermissionError, match="was denied"):  # build-dataset --out checks
+        check_writable(store.location.resolve(url, {**s3, "anon": True}), force=False)
+
+
+@pytest.mark.parametrize("url, package", [("gs://b/x.zarr", "gcsfs"),
+                                          ("az://c/x.zarr", "adlfs")])
+def test_missing_backend_names_its_package(url, package):
+    import importlib.util
+
+    if importlib.util.find_spec(package) is not None:
+        pytest.skip(f"{package} is installed")
+    with pytest.raises(ImportError, match=f"pip install {package}") as caught:
+        store.location.resolve(url).fs()
+    assert "cluster" not in str(caught.value)
+
+
+def test_unknown_protocol_and_missing_bucket_say_what_works(s3, s3_env, capsys):
+    with pytest.raises(ValueError, match=r"unknown protocol xx://; a store is a local path"):
+        store.location.resolve("xx://a/b").fs()
+    url = "s3://nobucket/x.zarr"
+    assert main(["info", url, *s3_env]) == 2
+    assert "nor does its bucket nobucket" in _one_line_error(capsys)
+    with pytest.raises(FileNotFoundError, match="the bucket nobucket does not exist: create it"):
+        store.location.open_group(store.location.resolve(url, s3), "w")

@@ -124,6 +124,22 @@ def test_an_image_dtype_change_reuses_the_layout(corpus_csv, tmp_path, tiny_bert
     assert len(encode_calls) == 1
 
 
+def test_a_forced_build_with_the_same_settings_reuses_every_stage(corpus_csv, tmp_path,
+                                                                  tiny_bert_dir, encode_calls,
+                                                                  capsys):
+    out, again = tmp_path / "s.zarr", tmp_path / "again.zarr"
+    assert main(_build_args(corpus_csv, out, tiny_bert_dir)) == 0
+    capsys.readouterr()
+    assert main(_build_args(corpus_csv, out, tiny_bert_dir, "--force")) == 0
+    line = capsys.readouterr().out.strip()
+    assert "pixels; reused corpus, encode, layout, images; corpus " in line, line
+    assert main(["relayout", str(out), "--out", str(again), "--method", "pca", "--pixels", "12",
+                 "--quiet"]) == 0
+    line = capsys.readouterr().out.strip()  # nothing timed: no empty part
+    assert "pixels; reused corpus, encode, layout, images; total " in line, line
+    assert len(encode_calls) == 1
+
+
 def test_no_reuse_recomputes_everything(corpus_csv, tmp_path, tiny_bert_dir, encode_calls):
     out = tmp_path / "s.zarr"
     assert main(_build_args(corpus_csv, out, tiny_bert_dir)) == 0

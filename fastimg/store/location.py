@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,14 +39,102 @@ class Location:
         return self.url
 
     def fs(self):
-        """``(filesystem, root path)`` from :func:`fsspec.core.url_to_fs`."""
+        """``(filesystem, root path)`` from :func:`fsspec.core.url_to_fs`.
+
+        Raises
+        ------
+        ImportError
+            The protocol's fsspec backend is not installed (the message names its package).
+        ValueError
+            An unknown protocol, or a storage option the backend does not accept.
+        """
         from fsspec.core import url_to_fs
 
         try:
-            return url_to_fs(self.url, **self.storage_options)
+            fs, root = url_to_fs(self.url, **self.storage_options)
+            if hasattr(fs, "set_session"):  # s3fs checks its options only when it connects
+                fs.connect()
         except ImportError as exc:
-            raise ImportError(f"{self.url}: {exc} (object storage needs the cluster extra: "
-                              f"pip install 'fastimg[cluster]')") from exc
+            raise ImportError(f"{self.url}: {exc} ({_install_hint(self._package())})") from exc
+        except TypeError as exc:  # s3fs: "AioSession.__init__() got an unexpected keyword..."
+            raise ValueError(self._unknown_option(exc)) from exc
+        except ValueError as exc:
+            if not str(exc).startswith("Protocol not known"):
+                raise
+            raise ValueError(f"{self.url}: unknown protocol {self.protocol}://; a store is "
+                             f"{STORE_FORMS}") from exc
+        return fs, root
+
+    @property
+    def protocol(self) -> str:
+        return self.url.split("://", 1)[0]
+
+    def _package(self) -> str:
+        """The package of the protocol's fsspec backend (``s3fs`` for ``s3://``)."""
+        from fsspec.registry import known_implementations
+
+        found = known_implementations.get(self.protocol, {}).get("class", "")
+        return found.split(".")[0] or "its fsspec backend"
+
+    def _unknown_option(self, exc: TypeError) -> str:
+        name = re.search(r"argument '(\w+)'", str(exc))
+        what = (f"the storage option {name.group(1)!r}" if name
+                else f"one of the storage options ({exc})")
+        return (f"{self.url}: {self._package()} does not accept {what}: correct its name (see "
+                f"{self._package()}'s documentation) or drop that --storage-option")
+
+
+#: packages whose exceptions s3fs lets through (NoCredentialsError, EndpointConnectionError)
+STORAGE_PACKAGES = ("botocore", "aiobotocore")
+
+
+def from_object_storage(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from an object store's client library (credentials, endpoint)."""
+    return any(cls.__module__.split(".")[0] in STORAGE_PACKAGES for cls in type(exc).__mro__)
+
+
+#: the forms of a store's location, for messages
+STORE_FORMS = ("a local path or a URL: s3://bucket/path, gs://bucket/path, "
+               "az://container/path or file:///path")
+
+
+def _install_hint(package: str) -> str:
+    if package == "s3fs":
+        return "s3fs comes with the cluster extra: pip install 'fastimg[cluster]'"
+    return f"pip install {package}"
+
+
+@contextmanager
+def _access(path):
+    """Turn a refused access to ``path`` into one line that says what to check, and a write to
+    a missing bucket into one that names the bucket."""
+    try:
+        yield
+    except PermissionError as exc:
+        if isinstance(path, Location):
+            anon = " (anon=true sends none)" if path.storage_options.get("anon") else ""
+            hint = ("check the credentials: the usual environment variables or "
+                    f"--storage-option{anon}")
+        else:
+            hint = "check its file permissions"
+        raise PermissionError(f"access to {path} was denied ({exc}): {hint}") from exc
+    except FileNotFoundError as exc:
+        bucket = missing_bucket(path)
+        if bucket is None:
+            raise
+        raise FileNotFoundError(f"{path}: the bucket {bucket} does not exist: create it "
+                                f"first, or correct the URL") from exc
+
+
+def missing_bucket(path) -> str | None:
+    """The bucket (or container) of an object-store ``path`` when it does not exist, else
+    None (local paths included)."""
+    path = resolve(path)
+    if not isinstance(path, Location):
+        return None
+    fs, root = path.fs()
+    bucket = root.split("/", 1)[0]
+    return None if not bucket or fs.exists(bucket) else bucket
 
 
 def resolve(path, storage_options: dict | None = None):
@@ -88,28 +178,32 @@ def replaced_path(path) -> Path:
 def exists(path) -> bool:
     """True when something is at ``path``."""
     path = resolve(path)
-    if isinstance(path, Location):
-        fs, root = path.fs()
-        return fs.exists(root)
-    return path.exists()
+    with _access(path):
+        if isinstance(path, Location):
+            fs, root = path.fs()
+            return fs.exists(root)
+        return path.exists()
 
 
 def read_attrs(path, key: str = ATTRS_KEY) -> dict | None:
     """The ``fastimg`` attrs (or those under ``key``) of the group at ``path`` (its metadata
-    only), or None."""
+    only), or None; a denied access raises :class:`PermissionError` (it is not "no store")."""
     path = resolve(path)
-    try:
-        if isinstance(path, Location):
-            fs, root = path.fs()
-            text = fs.cat_file(f"{root}/zarr.json").decode("utf-8")
-        else:
-            meta = path / "zarr.json"
-            if not meta.is_file():
-                return None
-            text = meta.read_text(encoding="utf-8")
-        attrs = json.loads(text).get("attributes", {})
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):  # FileNotFoundError included
-        return None
+    with _access(path):
+        try:
+            if isinstance(path, Location):
+                fs, root = path.fs()
+                text = fs.cat_file(f"{root}/zarr.json").decode("utf-8")
+            else:
+                meta = path / "zarr.json"
+                if not meta.is_file():
+                    return None
+                text = meta.read_text(encoding="utf-8")
+            attrs = json.loads(text).get("attributes", {})
+        except PermissionError:
+            raise  # access denied is not "no store here": _access says what to check
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):  # FileNotFoundError too
+            return None
     return attrs.get(key)
 
 
@@ -179,8 +273,9 @@ def remove(path) -> None:
     path = resolve(path)
     if isinstance(path, Location):
         fs, root = path.fs()
-        if fs.exists(root):
-            fs.rm(root, recursive=True)
+        with _access(path):
+            if fs.exists(root):
+                fs.rm(root, recursive=True)
         return
     shutil.rmtree(path, ignore_errors=True)
 
@@ -200,7 +295,8 @@ def open_group(path, mode: str):
 
     path = resolve(path)
     if isinstance(path, Location):
-        path.fs()  # a missing fsspec backend fails here, naming the extra
-        return zarr.open_group(path.url, mode=mode, zarr_format=3,
-                               storage_options=path.storage_options or None)
+        path.fs()  # a missing backend or an unknown option fails here, in one line
+        with _access(path):
+            return zarr.open_group(path.url, mode=mode, zarr_format=3,
+                                   storage_options=path.storage_options or None)
     return zarr.open_group(os.fspath(path), mode=mode, zarr_format=3)
