@@ -56,20 +56,18 @@ def open_existing(out, plan: StagePlan, *, force: bool) -> StoreReader | None:
             raise
         logger.info("not reusing %s: %s", out, exc)
         return None
-    if not store.location.is_local(out):
-        # no atomic replace on object storage: the old store is deleted before the new one
-        # is written in place, so nothing can be reused from it
-        if not force:
-            raise StoreError(f"{out} already exists; pass --force to replace it (on object "
-                             f"storage the old store is deleted first)")
-        return None
+    local = store.location.is_local(out)
     if not force:
         diffs = plan.differences(existing.stages)
         what = ("built with other settings (" + "; ".join(diffs[:4])
                 + (" ..." if len(diffs) > 4 else "") + ")") if diffs else "with these settings"
-        raise StoreError(f"{out} already exists, {what}; pass --force to replace it (the "
-                         f"stages that match are reused)")
-    return existing
+        raise StoreError(f"{out} already exists, {what}; pass --force to replace it "
+                         + ("(the stages that match are reused)" if local else
+                            "(on object storage the old store is deleted first: nothing is "
+                            "reused)"))
+    # no atomic replace on object storage: the old store is deleted before the new one is
+    # written in place, so nothing can be reused from it
+    return existing if local else None
 
 
 #: stages whose unfinished work is only thrown away with ``force`` (encoding is the build)
