@@ -15,15 +15,15 @@ With ``probe=N`` each precision also encodes an N-review IMDB slice (``CorpusCon
 (StandardScaler + LogisticRegression, C chosen on the fp32 validation rows and used for every
 precision) is scored on its test rows, and on 20 stratified 50/50 resplits of the slice's train
 and test rows (paired: the mean difference from fp32 and its standard error, since one test
-split moves by more than the differences asked about): what lower precision costs in meaning. The precisions are
-timed block by block, alternating which goes first, so load drift on a shared machine does not
-bias their ratio. On CUDA the model has random weights, so there the probe measures
-nothing about meaning; run it on the CPU (MiniLM) or point the suite at real weights. On the
-CPU the model is the offline all-MiniLM-L6-v2; on CUDA a random-weight bert-base-sized
-BertModel (``BertConfig()`` defaults: 12 layers, hidden 768) with the MiniLM tokenizer (the same
-uncased WordPiece vocabulary as bert-base-uncased), since bert-base weights may not be available
-offline. Also timed: plain batching without length sorting, and a large fp32 (CPU) / fp16 (CUDA)
-matmul as the peak the model's achieved FLOP rate is compared with.
+split moves by more than the differences asked about): what lower precision costs in meaning.
+The precisions are timed block by block, alternating which goes first, so load drift on a
+shared machine does not bias their ratio. On CUDA the model has random weights, so there the
+probe measures nothing about meaning; run it on the CPU (MiniLM) or point the suite at real
+weights. On the CPU the model is the offline all-MiniLM-L6-v2; on CUDA a random-weight
+bert-base-sized BertModel (``BertConfig()`` defaults: 12 layers, hidden 768) with the MiniLM
+tokenizer (the same uncased WordPiece vocabulary as bert-base-uncased), since bert-base weights
+may not be available offline. Also timed: plain batching without length sorting, and a large
+fp32 (CPU) / fp16 (CUDA) matmul as the peak the model's achieved FLOP rate is compared with.
 """
 from __future__ import annotations
 

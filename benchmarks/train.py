@@ -115,9 +115,10 @@ def _cache_vs_recompute(folder: Path, n_rows: int, epochs: int) -> dict:
 
     path = folder / "fit.zarr"
     write_store(path, n_rows, val_fraction=0.1, seed=1)
+    # the paper's cut and every epoch: comparable figures
     base = dict(extractor="wide_resnet50_2", weights=None, epochs=epochs, batch_size=128,
                 loader="torch", probe=False, progress=False, normalize="image",
-                cut="paper", patience=0, unfreeze_fraction=0.0)  # the paper's cut and every epoch: comparable figures
+                cut="paper", patience=0, unfreeze_fraction=0.0)
     cached = fit(path, TrainConfig(cache="memory", **base))
     fresh = fit(path, TrainConfig(cache="none", **base))
     cached_epoch = statistics.median(e["seconds"] for e in cached.history)

@@ -329,7 +329,8 @@ def _cmd_train(args) -> int:
         optimizer=args.optimizer, weight_decay=args.weight_decay, schedule=args.schedule,
         patience=args.patience, normalize=args.normalize, upsample=args.upsample, cut=args.cut,
         unfreeze_fraction=args.unfreeze_fraction, fuse_embedding=args.fuse_embedding,
-        pixel_branch=args.pixel_branch, cache=args.cache, cache_budget=args.cache_budget, loader=args.loader,
+        pixel_branch=args.pixel_branch, cache=args.cache, cache_budget=args.cache_budget,
+        loader=args.loader,
         device=args.device, amp=not args.no_amp, probe=not args.no_probe,
         num_workers=args.num_workers, seed=args.seed, progress=not args.quiet)
     result = fit(location, config, out_dir=args.out)

@@ -266,11 +266,13 @@ def test_worker_that_cannot_load_the_model_is_one_line_exit_2(tmp_path, corpus_c
         code = main(argv)
     err = capsys.readouterr().err.strip()
     assert code == 2, err
-    assert "\n" not in err and err.startswith("fastimg build-dataset: error: worker tcp://127.0.0.1:")
+    assert "\n" not in err
+    assert err.startswith("fastimg build-dataset: error: worker tcp://127.0.0.1:")
     assert "cannot load the model" in err and "transformers" in err
     # the unfinished build is kept for a resume
     assert store.partial_path(out).exists() and not out.exists()
-    assert store.location.read_attrs(store.partial_path(out), store.BUILD_KEY)["stages"]["corpus"]["done"]
+    record = store.location.read_attrs(store.partial_path(out), store.BUILD_KEY)
+    assert record["stages"]["corpus"]["done"]
 
 
 def _free_port() -> int:

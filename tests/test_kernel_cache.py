@@ -1,5 +1,6 @@
 """The CPU kernel is compiled once per machine (Numba's on-disk cache) and still runs as plain
-Python under Numba's JIT switch. Each check runs in fresh processes: the cache only matters there."""
+Python under Numba's JIT switch. Each check runs in fresh processes: the cache only matters
+there."""
 import json
 import os
 import subprocess

@@ -60,7 +60,8 @@ FAST = dict(weights=None, epochs=3, batch_size=32, progress=False, loader="torch
 
 # -- extractors -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name,shape", [("alexnet", (192, 5, 5)), ("wide_resnet50_2", (256, 13, 13)),
+@pytest.mark.parametrize("name,shape", [("alexnet", (192, 5, 5)),
+                                        ("wide_resnet50_2", (256, 13, 13)),
                                         ("resnext50_32x4d", (256, 13, 13)),
                                         ("shufflenet_v2_x1_0", (116, 7, 7)),
                                         ("vgg16", (256, 12, 12))])

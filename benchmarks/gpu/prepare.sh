@@ -5,9 +5,10 @@
 #   bash benchmarks/gpu/prepare.sh
 # gpu-kit/ (ignored by git, about 57 MB: under the 64 MiB a lent GPU machine can be sent) holds
 #   wheels/  the packages fastimg needs that a stock PyTorch GPU image lacks (zarr and its
-#            codecs, openTSNE), at the versions installed here, built for that machine's Python,
-#            and numpy at this machine's version, which must be below 2.5 (numba-cuda 0.30's
-#            kernels fail to compile under numpy 2.5, which such images may hold), and
+#            codecs, openTSNE, threadpoolctl), at the versions installed here, built for that
+#            machine's Python, and numpy at this machine's version, which must be below 2.5
+#            (numba-cuda 0.30's kernels fail to compile under numpy 2.5, which such images may
+#            hold), and
 #            setuptools, which builds fastimg there (its SPDX license needs setuptools >= 77)
 #   data/    imdb/imdb.csv.gz, the 50,000 IMDB reviews
 #   minilm/  all-MiniLM-L6-v2's config and tokenizer, without its 87 MB of weights: run.sh gives
@@ -22,7 +23,7 @@ PY=${PY:-.venv/bin/python}
 DATA=${FASTIMG_DATA:-../shared/data}
 TARGET_PYTHON=${TARGET_PYTHON:-3.12}
 KIT=${KIT:-gpu-kit}
-PACKAGES="numpy zarr numcodecs donfig google-crc32c openTSNE setuptools"
+PACKAGES="numpy zarr numcodecs donfig google-crc32c openTSNE threadpoolctl setuptools"
 
 if [ ! -f "$DATA/imdb/imdb.csv.gz" ]; then
   echo "no $DATA/imdb/imdb.csv.gz: set FASTIMG_DATA" >&2

@@ -20,9 +20,10 @@ def budget_batches(lengths, token_budget: int, max_batch_size: int, *,
 
     A batch's padded size ``rows * max(length)`` (with ``padded=False``, for packed batches
     whose attention is unpadded too: its real tokens) stays within ``token_budget`` and its row
-    count within ``max_batch_size`` (a single text always fits). With ``max_padding``, a batch that already holds
-    ``min_tokens`` padded tokens is also cut before padding would exceed that fraction of its
-    real tokens (on CPUs, padding is pure waste once batches are big enough).
+    count within ``max_batch_size`` (a single text always fits). With ``max_padding``, a batch
+    that already holds ``min_tokens`` padded tokens is also cut before padding would exceed
+    that fraction of its real tokens (on CPUs, padding is pure waste once batches are big
+    enough).
     """
     lengths = np.asarray(lengths, dtype=np.int64)
     batches = []

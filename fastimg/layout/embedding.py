@@ -1,8 +1,8 @@
 """2-D embeddings of the features (the points of the transposed matrix), one registry.
 
 ``tsne`` has three backends: ``cuml`` (GPU), ``opentsne`` (CPU default: FFT-accelerated
-gradient, optionally multi-threaded) and ``sklearn`` (what pyDeepInsight uses, for parity). ``pca`` and ``kpca`` are
-the other two methods DeepInsight offers.
+gradient, optionally multi-threaded) and ``sklearn`` (what pyDeepInsight uses, for parity).
+``pca`` and ``kpca`` are the other two methods DeepInsight offers.
 """
 from __future__ import annotations
 

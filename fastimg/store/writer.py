@@ -57,8 +57,9 @@ class StoreWriter:
         """The unfinished build of ``path`` when ``reuse`` and it is readable, else a new one.
 
         ``path`` is a local path or a :class:`~fastimg.store.location.Location` (an object
-        store, built in place: starting afresh there deletes what is at ``path``). Whether an existing complete store at ``path`` may be replaced is the caller's
-        decision (it may reuse stages from it); nothing here touches it.
+        store, built in place: starting afresh there deletes what is at ``path``). Whether an
+        existing complete store at ``path`` may be replaced is the caller's decision (it may
+        reuse stages from it); nothing here touches it.
         """
         location.recover(path)
         tmp = location.partial_path(path)

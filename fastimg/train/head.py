@@ -94,10 +94,10 @@ class ImageClassifier(nn.Module):
     pixels, trained jointly with the CNN route).
     """
 
-    def __init__(self, extractor, feature_shape, n_classes: int, *, head_channels=(128, 128, 64, 32),
-                 hidden=(256, 64), dropout=0.3, embedding_dim: int | None = None,
-                 embedding_hidden: int = 256, pixel_dim: int | None = None,
-                 pixel_hidden: int = 256, upsample: int = 1):
+    def __init__(self, extractor, feature_shape, n_classes: int, *,
+                 head_channels=(128, 128, 64, 32), hidden=(256, 64), dropout=0.3,
+                 embedding_dim: int | None = None, embedding_hidden: int = 256,
+                 pixel_dim: int | None = None, pixel_hidden: int = 256, upsample: int = 1):
         super().__init__()
         self.extractor = extractor
         #: output shape ``(C, h, w)`` of the extractor on one image
