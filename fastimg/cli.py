@@ -733,11 +733,12 @@ def flags_of(parser, command: str) -> dict:
 def _as_flag(message: str, flags: dict) -> str:
     """``message`` with config fields named by their flags: the leading one (``chunk_rows must
     be ...``) and any other with an underscore (``... at least max_length``), which prose
-    never has; dotted settings (``encoder.max_length: 96 -> 64``) keep the store's names."""
+    never has; dotted settings (``encoder.max_length: 96 -> 64``), paths and quoted values
+    (``'label_column.csv'``, ``"max_length":``) keep theirs."""
     field = re.match(r"(\w+)(?: \([^)]*\))? must\b", message)
     if field and field.group(1) in flags:
         message = flags[field.group(1)] + message[field.end(1):]
-    return re.sub(r"(?<![\w./])[a-z]\w*_\w+\b",
+    return re.sub(r"(?<![\w./'\"-])[a-z]\w*_\w+\b(?![\w'\"/]|\.\w)",
                   lambda m: flags.get(m.group(0), m.group(0)), message)
 
 
@@ -815,9 +816,9 @@ def main(argv=None) -> int:
         _silence_stdout()
         return 141
     except KeyboardInterrupt:
-        # a build and a relayout keep their finished stages; other commands leave nothing
+        # builds keep their finished stages; other commands leave nothing to resume
         kept = (" (the unfinished build is kept: rerun to resume)"
-                if args.command in ("build-dataset", "relayout") else "")
+                if args.command in ("build-dataset", "relayout", "images") else "")
         print(f"fastimg {args.command}: interrupted{kept}", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - every error ends as one line and an exit code

@@ -99,10 +99,18 @@ def connect(spec: str, *, threads_per_worker: int = 1):
     ----------
     spec : str
         ``local:N``: a :class:`distributed.LocalCluster` of N worker processes with
-        ``threads_per_worker`` threads each, on 127.0.0.1, started here and closed after.
+        ``threads_per_worker`` threads each, on 127.0.0.1, started here and closed after
+        (its workers ignore SIGINT: a Ctrl-C stops this process, which closes them).
         A scheduler address (``tcp://host:8786``): connect to a running cluster.
     threads_per_worker : int
         Threads per local worker (torch in a task uses as many).
+
+    Raises
+    ------
+    ValueError
+        A ``spec`` of neither form.
+    ClusterError
+        A ``tcp://`` or ``tls://`` address where no scheduler answers.
     """
     kind, value = parse_spec(spec)
     distributed = _distributed()
@@ -127,9 +135,11 @@ def connect(spec: str, *, threads_per_worker: int = 1):
             yield client
         finally:
             with _dask_logs_muted():  # workers killed at close, tasks lost to a Ctrl-C
-                if client is not None:
-                    client.close()
-                cluster.close()
+                try:
+                    if client is not None:
+                        client.close()
+                finally:
+                    cluster.close()
 
 
 def check_reachable(address: str, *, timeout: float = 10.0) -> None:
@@ -165,7 +175,10 @@ def check_reachable(address: str, *, timeout: float = 10.0) -> None:
 def _sigint_ignored():
     """SIGINT ignored while a local cluster starts: the worker processes it spawns inherit
     that (Python keeps an ignored SIGINT), so a Ctrl-C stops the client, which cancels the
-    tasks and closes the workers, instead of raising KeyboardInterrupt in every worker."""
+    tasks and closes the workers, instead of raising KeyboardInterrupt in every worker.
+
+    A Ctrl-C in those seconds is lost (press it again), and a worker the nanny starts again
+    later, after a crash, does not ignore it."""
     import signal
     import threading
 
@@ -301,17 +314,19 @@ def _open_chunk(location, name: str, index: int, start: int, stop: int):
 @contextlib.contextmanager
 def _storage_errors_named():
     """An error of the store's file system (no credentials on this worker, a path only the
-    client sees) raised as :class:`WorkerStorageError` naming this worker."""
+    client sees, a full disk) raised as :class:`WorkerStorageError` naming this worker."""
     try:
         yield
     except Exception as exc:  # noqa: BLE001 - only file-system errors are renamed
-        if not (isinstance(exc, OSError) or store.location.from_object_storage(exc)):
+        access = isinstance(exc, (PermissionError, FileNotFoundError)) \
+            or store.location.from_object_storage(exc)
+        if not (access or isinstance(exc, OSError)):
             raise
         message = " ".join(f"{type(exc).__name__}: {exc}".split())
-        raise WorkerStorageError(
-            f"worker {_worker_address()} cannot reach the store: {message} (a worker needs "
-            f"its own access: the store's path on its node, or credentials in its environment "
-            f"or --storage-option)") from None
+        hint = (" (a worker needs its own access: the store's path on its node, or credentials "
+                "in its environment or --storage-option)") if access else ""
+        raise WorkerStorageError(f"worker {_worker_address()} cannot reach the store: "
+                                 f"{message}{hint}") from None
 
 
 def _current(location, stage: str, key: str) -> bool:
@@ -430,10 +445,11 @@ def _drive(client, futures, stage: str, stats: dict, *, rows: int, progress: boo
         client.cancel([f for f in futures if not f.done()])
 
 
-def _warn_idle_workers(client, n_tasks: int, stage: str) -> None:
-    """One warning when the stage has fewer tasks than the cluster has workers."""
-    n_workers = len(client.scheduler_info().get("workers", {}))
-    if 0 < n_tasks < n_workers:
+def _warn_idle_workers(client, n_tasks: int, n_chunks: int, stage: str) -> None:
+    """One warning when a fresh stage (every chunk to do: a resume keeps its chunking) has
+    fewer tasks than the cluster has workers."""
+    n_workers = len(client.nthreads())  # scheduler_info() lists only a few workers
+    if 0 < n_tasks == n_chunks < n_workers:
         warnings.warn(f"{stage}: {n_tasks} task{'s' * (n_tasks != 1)} for {n_workers} workers "
                       f"(one per chunk of --chunk-rows rows): lower --chunk-rows to use them "
                       f"all", ClusterWarning, stacklevel=3)
@@ -456,7 +472,8 @@ def encode_chunks(client, writer, texts, config, *, progress: bool = False) -> d
     Raises
     ------
     ClusterError
-        When a worker cannot load the model (the message names the worker and the error).
+        When a worker cannot load the model or reach the store (the message names the worker
+        and the error).
     """
     array = writer.group[EMBEDDINGS]
     meta = dict(array.attrs.get(EMBED_ATTRS_KEY) or {})
@@ -475,7 +492,7 @@ def encode_chunks(client, writer, texts, config, *, progress: bool = False) -> d
                               "precision": settings["precision"]}, sort_keys=True)
     run = uuid.uuid4().hex[:8]
     stage_key = writer.stage("encode")["key"]
-    _warn_idle_workers(client, len(todo), "encode")
+    _warn_idle_workers(client, len(todo), n_chunks, "encode")
     futures = [client.submit(encode_chunk, location, list(texts[s:e]), config_json, i, s, e,
                              stage_key, key=f"fastimg-encode-{run}-{i}", retries=RETRIES,
                              pure=False)

@@ -1,5 +1,5 @@
 """The files of a training run folder: one list for the trainer that writes them and for the
-commands that read them (``info``, ``predict``, ``explain``, ``train --force``), without torch."""
+commands that read them (``info``, ``predict``, ``train --force``), without torch."""
 from __future__ import annotations
 
 from pathlib import Path

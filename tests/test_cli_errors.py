@@ -242,5 +242,25 @@ def test_config_fields_in_messages_are_named_by_their_flags():
     assert cli._as_flag("token_budget (8) must be at least max_length (64)", flags) == \
         "--token-budget (8) must be at least --max-length (64)"
     kept = ("an unfinished build with other settings is at /tmp/max_length.zarr.partial "
-            "(encoder.max_length: 96 -> 64); not_a_flag stays")
+            "(encoder.max_length: 96 -> 64); not_a_flag stays; label column 'label_column' has "
+            "one class; No such file: 'text_column.csv'; {\"max_length\": 96}; "
+            "chunk_rows.zarr exists; runs/chunk_rows/x")
     assert cli._as_flag(kept, flags) == kept
+
+
+def test_an_interrupted_images_build_is_kept_and_says_so(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "i.zarr"
+    argv = ["images", "--synthetic", "100x120", "--out", str(out), "--pixels", "8", "--method",
+            "pca", "--quiet"]
+    real_fit = DeepInsightLayout.fit
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(DeepInsightLayout, "fit", stop)
+    assert main(argv) == 130
+    assert "interrupted (the unfinished build is kept: rerun to resume)" in \
+        one_line(capsys.readouterr().err)
+    assert store.partial_path(out).exists() and not out.exists()
+    monkeypatch.setattr(DeepInsightLayout, "fit", real_fit)
+    assert main(argv) == 0 and store.is_complete(out)

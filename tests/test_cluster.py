@@ -315,17 +315,18 @@ def test_fewer_tasks_than_workers_is_one_warning():
     from fastimg.cluster import ClusterWarning, _warn_idle_workers
 
     class Client:
-        def scheduler_info(self):
-            return {"workers": {"tcp://a": {}, "tcp://b": {}, "tcp://c": {}}}
+        def nthreads(self):
+            return {"tcp://a": 1, "tcp://b": 1, "tcp://c": 1}
 
     with pytest.warns(ClusterWarning, match="encode: 1 task for 3 workers .*lower --chunk-rows"):
-        _warn_idle_workers(Client(), 1, "encode")
+        _warn_idle_workers(Client(), 1, 1, "encode")
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _warn_idle_workers(Client(), 3, "encode")
-        _warn_idle_workers(Client(), 0, "encode")  # nothing left to do: nothing to say
+        _warn_idle_workers(Client(), 3, 3, "encode")
+        _warn_idle_workers(Client(), 0, 1, "encode")  # nothing left to do: nothing to say
+        _warn_idle_workers(Client(), 1, 6, "encode")  # a resume: its chunking is kept
 
 
 @pytest.mark.slow

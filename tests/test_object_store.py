@@ -191,6 +191,8 @@ def test_unknown_or_empty_storage_option_is_one_line(s3_env, capsys):
     for option in ("bogus_option=1", "client_kwargs.bogus=1"):
         assert main(["info", url, *s3_env, "--storage-option", option]) == 2
         assert "s3fs does not accept the storage option 'bogus" in _one_line_error(capsys)
+    assert main(["info", url, *s3_env, "--storage-option", "client_kwargs=5"]) == 2
+    assert "correct its name or value" in _one_line_error(capsys)
     # KEY= (an unset shell variable) is refused; KEY='""' is the empty string
     assert main(["info", url, *s3_env, "--storage-option", "endpoint_url="]) == 2
     assert "'endpoint_url=' has no value" in _one_line_error(capsys)
@@ -226,6 +228,6 @@ def test_unknown_protocol_and_missing_bucket_say_what_works(s3, s3_env, capsys):
         store.location.resolve("xx://a/b").fs()
     url = "s3://nobucket/x.zarr"
     assert main(["info", url, *s3_env]) == 2
-    assert "nor does its bucket nobucket" in _one_line_error(capsys)
-    with pytest.raises(FileNotFoundError, match="the bucket nobucket does not exist: create it"):
+    assert "nor can its bucket nobucket be seen" in _one_line_error(capsys)
+    with pytest.raises(FileNotFoundError, match="the bucket nobucket does not exist or cannot"):
         store.location.open_group(store.location.resolve(url, s3), "w")

@@ -56,8 +56,10 @@ class Location:
                 fs.connect()
         except ImportError as exc:
             raise ImportError(f"{self.url}: {exc} ({_install_hint(self._package())})") from exc
-        except TypeError as exc:  # s3fs: "AioSession.__init__() got an unexpected keyword..."
-            raise ValueError(self._unknown_option(exc)) from exc
+        except (TypeError, AttributeError) as exc:
+            # s3fs: "AioSession.__init__() got an unexpected keyword argument 'a'"; a value of
+            # the wrong type (client_kwargs=5): "'int' object has no attribute 'copy'"
+            raise ValueError(self._refused_option(exc)) from exc
         except ValueError as exc:
             if not str(exc).startswith("Protocol not known"):
                 raise
@@ -76,11 +78,13 @@ class Location:
         found = known_implementations.get(self.protocol, {}).get("class", "")
         return found.split(".")[0] or "its fsspec backend"
 
-    def _unknown_option(self, exc: TypeError) -> str:
-        name = re.search(r"argument '(\w+)'", str(exc))
-        what = (f"the storage option {name.group(1)!r}" if name
-                else f"one of the storage options ({exc})")
-        return (f"{self.url}: {self._package()} does not accept {what}: correct its name (see "
+    def _refused_option(self, exc: Exception) -> str:
+        name = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+        if name:
+            what, fix = f"the storage option {name.group(1)!r}", "correct its name"
+        else:
+            what, fix = f"one of the storage options ({exc})", "correct its name or value"
+        return (f"{self.url}: {self._package()} does not accept {what}: {fix} (see "
                 f"{self._package()}'s documentation) or drop that --storage-option")
 
 
@@ -101,6 +105,8 @@ STORE_FORMS = ("a local path or a URL: s3://bucket/path, gs://bucket/path, "
 def _install_hint(package: str) -> str:
     if package == "s3fs":
         return "s3fs comes with the cluster extra: pip install 'fastimg[cluster]'"
+    if package in ("fsspec", "its fsspec backend"):  # fsspec's own message names what to add
+        return "install what it names"
     return f"pip install {package}"
 
 
@@ -122,13 +128,15 @@ def _access(path):
         bucket = missing_bucket(path)
         if bucket is None:
             raise
-        raise FileNotFoundError(f"{path}: the bucket {bucket} does not exist: create it "
-                                f"first, or correct the URL") from exc
+        raise FileNotFoundError(f"{path}: the bucket {bucket} does not exist or cannot be seen "
+                                f"with these credentials: create it first, or check the URL "
+                                f"and the credentials") from exc
 
 
 def missing_bucket(path) -> str | None:
-    """The bucket (or container) of an object-store ``path`` when it does not exist, else
-    None (local paths included)."""
+    """The bucket (or container) of an object-store ``path`` when it does not exist or these
+    credentials cannot see it (s3fs cannot tell the two apart), else None (local paths
+    included)."""
     path = resolve(path)
     if not isinstance(path, Location):
         return None

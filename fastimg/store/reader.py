@@ -33,8 +33,8 @@ def why_not_a_store(path) -> str:
             return (f"{path} is not finished: its build stopped before the end ({partial} holds "
                     f"it); rerun the command that builds it")
         bucket = location.missing_bucket(path)
-        return f"{path} does not exist" + (f" (nor does its bucket {bucket}: check the URL)"
-                                           if bucket else "")
+        return f"{path} does not exist" + (f" (nor can its bucket {bucket} be seen: check the "
+                                           f"URL and the credentials)" if bucket else "")
     if any(location.read_attrs(where, key) is not None for key in (ATTRS_KEY, BUILD_KEY)):
         return (f"{path} is an unfinished fastimg store (its build did not finish: rerun the "
                 f"command that builds it)")
