@@ -132,6 +132,9 @@ def connect(spec: str, *, threads_per_worker: int = 1):
         client = None
         try:
             client = distributed.Client(cluster)
+            # workers the nanny starts again after a crash inherit nothing: the plugin runs on
+            # every worker, now and later
+            client.register_plugin(_sigint_ignoring_plugin(distributed))
             yield client
         finally:
             with _dask_logs_muted():  # workers killed at close, tasks lost to a Ctrl-C
@@ -177,8 +180,8 @@ def _sigint_ignored():
     that (Python keeps an ignored SIGINT), so a Ctrl-C stops the client, which cancels the
     tasks and closes the workers, instead of raising KeyboardInterrupt in every worker.
 
-    A Ctrl-C in those seconds is lost (press it again), and a worker the nanny starts again
-    later, after a crash, does not ignore it."""
+    A Ctrl-C in those seconds is lost (press it again). A worker the nanny starts again
+    later, after a crash, inherits nothing: :func:`_sigint_ignoring_plugin` covers those."""
     import signal
     import threading
 
@@ -190,6 +193,23 @@ def _sigint_ignored():
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _sigint_ignoring_plugin(distributed):
+    """A worker plugin that makes its worker process ignore SIGINT (see
+    :func:`_sigint_ignored`)."""
+
+    class IgnoreSigint(distributed.WorkerPlugin):
+        name = "fastimg-ignore-sigint"
+
+        def setup(self, worker):
+            import signal
+            import threading
+
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    return IgnoreSigint()
 
 
 @contextlib.contextmanager
