@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from fastimg import store
-from fastimg.run_folder import RUN_FILES
+from fastimg.run_folder import CONFIG_FILE, METRICS_FILE, NORMALISER_FILE, RUN_FILES
 
 #: Layout entries that are arrays (thousands of numbers): left out of the JSON view.
 LAYOUT_ARRAYS = ("pixel_index", "coords", "scaler")
@@ -276,9 +276,14 @@ def _run_files(path: Path, config: dict) -> dict:
     """``{name: present}`` of the run files the folder should hold (``normaliser.npz`` only
     with ``dataset`` normalisation, or when it is there)."""
     files = {name: (path / name).is_file() for name in RUN_FILES}
-    if not files["normaliser.npz"] and config.get("normalize") != "dataset":
-        del files["normaliser.npz"]
+    if not files[NORMALISER_FILE] and config.get("normalize") != "dataset":
+        del files[NORMALISER_FILE]
     return files
+
+
+def _read_json(path: Path, missing):
+    """The JSON document at ``path``, or ``missing`` when there is no such file."""
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else missing
 
 
 def describe_run(path) -> list[str]:
@@ -291,10 +296,8 @@ def describe_run(path) -> list[str]:
     """
     path = Path(path)
     try:
-        metrics = (json.loads((path / "metrics.json").read_text(encoding="utf-8"))
-                   if (path / "metrics.json").is_file() else {})
-        config = (json.loads((path / "config.json").read_text(encoding="utf-8"))
-                  if (path / "config.json").is_file() else metrics.get("config", {}))
+        metrics = _read_json(path / METRICS_FILE, {})
+        config = _read_json(path / CONFIG_FILE, metrics.get("config", {}))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: cannot read the run's JSON: {exc}") from None
     files = _run_files(path, config)

@@ -38,21 +38,21 @@ def why_not_a_store(path) -> str:
     if any(location.read_attrs(where, key) is not None for key in (ATTRS_KEY, BUILD_KEY)):
         return (f"{path} is an unfinished fastimg store (its build did not finish: rerun the "
                 f"command that builds it)")
-    from fastimg.run_folder import is_run_folder
+    from fastimg.run_folder import BUNDLE_FILE, is_run_folder
 
     if location.is_local(where) and is_run_folder(where):
-        store = _run_store(where)
+        store = _run_store(where / BUNDLE_FILE)
         return (f"{path} is a training run folder, not a store"
                 + (f" (its store: {store})" if store else ""))
     return f"{path} is not a fastimg store"
 
 
-def _run_store(run) -> str | None:
-    """The store a training run was trained on, from its bundle.json, or None."""
+def _run_store(bundle) -> str | None:
+    """The store a training run was trained on, from its ``bundle`` file, or None."""
     import json
 
     try:
-        return json.loads((run / "bundle.json").read_text(encoding="utf-8")).get("store")
+        return json.loads(bundle.read_text(encoding="utf-8")).get("store")
     except (OSError, ValueError, AttributeError):
         return None
 
