@@ -56,7 +56,8 @@ def report(result: dict, json_path: str | None) -> dict:
         if key != "machine":
             shown = f"{value:.4g}" if isinstance(value, float) else value
             print(f"{key:<{width}}  {shown}")
-    if json_path:
+    if json_path:  # bench-results/ is not in a fresh clone
+        os.makedirs(os.path.dirname(json_path) or ".", exist_ok=True)
         with open(json_path, "w", encoding="utf-8") as fh:
             json.dump(result, fh, indent=2)
     return result
