@@ -352,7 +352,7 @@ def run(quick: bool = False, json_path: str | None = None, device: str = "auto",
     import torch
 
     from fastimg.embed import ENCODE_DEVICES, EncoderConfig, encode, load_model, model_flops
-    from fastimg.embed.encoder import DEFAULT_BUDGET
+    from fastimg.embed.plan import DEFAULT_BUDGET
 
     device = ENCODE_DEVICES.resolve(device)
     max_length = 256 if quick else 512

@@ -116,7 +116,7 @@ class OrtEncoder:
     def encode(self, texts, stats: dict | None = None) -> np.ndarray:
         """``[N, L*H]`` float16 (fastimg's output dtype); ``stats["tokens"]``: real tokens."""
         from fastimg.embed.batching import budget_batches, length_order, pad_batch
-        from fastimg.embed.encoder import DEFAULT_BUDGET
+        from fastimg.embed.plan import DEFAULT_BUDGET
         from fastimg.embed.tokenize import PADDING_GUARD, tokenize_chunk
 
         config = self.config

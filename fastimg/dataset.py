@@ -27,7 +27,7 @@ from importlib.metadata import PackageNotFoundError, version
 import numpy as np
 
 from fastimg import __version__, stages, store
-from fastimg.embed.encoder import EmptyTextWarning
+from fastimg.embed.texts import EmptyTextWarning
 from fastimg.images import split_codes
 from fastimg.raster import IMAGE_DTYPES
 from fastimg.store import StoreError, StoreReader, StoreWriter

@@ -22,7 +22,7 @@ from fastimg.embed import (  # noqa: E402
     resolve_model,
     run_settings,
 )
-from fastimg.embed import encoder as encoder_mod  # noqa: E402
+from fastimg.embed import plan as plan_mod  # noqa: E402
 from fastimg.embed import forward as forward_mod  # noqa: E402
 from fastimg.embed import precision as precision_mod  # noqa: E402
 from fastimg.embed import models as models_mod  # noqa: E402
@@ -622,7 +622,7 @@ def test_int8_runs_on_cpu_with_device_auto(tiny, tiny_dir):
 
 
 def test_gpu_precision_without_gpu_is_one_clear_error(tiny, tiny_dir, monkeypatch):
-    monkeypatch.setattr(encoder_mod.ENCODE_DEVICES, "_auto", "cpu")
+    monkeypatch.setattr(plan_mod.ENCODE_DEVICES, "_auto", "cpu")
     for name in ("fp16", "bf16"):
         with pytest.raises(ValueError, match=f"precision '{name}' needs a CUDA GPU"):
             encode(["x"], EncoderConfig(model=str(tiny_dir), precision=name), model=tiny)

@@ -6,16 +6,8 @@
 ((2, 2304), dtype('float16'))
 """
 from fastimg.embed.config import EncoderConfig, resolve_layers
-from fastimg.embed.encoder import (
-    ENCODE_DEVICES,
-    EmptyTextWarning,
-    check_texts,
-    encode,
-    encode_to_array,
-    model_flops,
-    run_settings,
-    texts_digest,
-)
+from fastimg.embed.encoder import encode
+from fastimg.embed.flops import model_flops
 from fastimg.embed.models import (
     MODEL_ALIASES,
     LoadedModel,
@@ -23,6 +15,9 @@ from fastimg.embed.models import (
     load_model,
     resolve_model,
 )
+from fastimg.embed.plan import ENCODE_DEVICES
+from fastimg.embed.resume import encode_to_array, run_settings
+from fastimg.embed.texts import EmptyTextWarning, check_texts, texts_digest
 
 __all__ = [
     "ENCODE_DEVICES", "EmptyTextWarning", "EncoderConfig", "LoadedModel", "MODEL_ALIASES",

@@ -1,0 +1,44 @@
+"""The encoder's input: texts checked, empty ones reported, and their digest."""
+from __future__ import annotations
+
+import hashlib
+import warnings
+
+__all__ = ["EmptyTextWarning", "check_texts", "texts_digest", "warn_empty"]
+
+
+class EmptyTextWarning(UserWarning):
+    """Some texts are empty or whitespace-only (they are encoded as ``[CLS] [SEP]``)."""
+
+
+def check_texts(texts) -> list[str]:
+    """Return ``texts`` as a list of str, or raise TypeError naming the first bad item."""
+    if isinstance(texts, (str, bytes)):
+        raise TypeError("texts must be a sequence of str, not a single "
+                        f"{type(texts).__name__}; wrap it in a list")
+    try:
+        texts = list(texts)
+    except TypeError:
+        raise TypeError(f"texts must be a sequence of str, got {type(texts).__name__}") from None
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] is {type(text).__name__} ({text!r:.40}), expected str")
+    return texts
+
+
+def warn_empty(texts, stacklevel: int = 3) -> None:
+    """Warn (:class:`EmptyTextWarning`) when some texts are empty or whitespace-only."""
+    n_empty = sum(1 for t in texts if not t.strip())
+    if n_empty:
+        warnings.warn(f"{n_empty} of {len(texts)} texts are empty or whitespace-only; they are "
+                      f"encoded as [CLS] [SEP] alone", EmptyTextWarning, stacklevel=stacklevel)
+
+
+def texts_digest(texts) -> str:
+    """sha256 over the texts (length-prefixed, UTF-8): identifies the input of a run."""
+    digest = hashlib.sha256()
+    for text in texts:
+        data = text.encode("utf-8", "surrogatepass")
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+    return digest.hexdigest()
