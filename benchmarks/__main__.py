@@ -12,7 +12,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (CI smoke run)")
     parser.add_argument("--json", help="write the result(s) here (all: PATH.SUITE.json)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                        help="device for suites that take one (encode); auto picks CUDA if present")
+                        help="device for suites that take one (encode, build, accuracy); auto "
+                             "picks CUDA if present")
     parser.add_argument("--store", help="accuracy: the IMDB store to train on (built if absent)")
     parser.add_argument("--limit", type=int, default=4000,
                         help="accuracy: reviews in a store it builds (default 4000)")

@@ -76,9 +76,12 @@ class Registry:
 
     def check(self, name: str) -> None:
         """Raise ValueError when ``name`` (a backend asked for by name, not ``"auto"``) cannot
-        run on this machine: a build refuses it before any work, not at its stage."""
-        backend = self._backends.get(name)
-        if backend is not None and name != "auto" and not backend.available():
+        run on this machine, or is unknown: a build refuses it before any work, not at its
+        stage."""
+        if name == "auto":
+            return
+        backend = self._backends[self.resolve(name)]
+        if not backend.available():
             hint = f"; it needs pip install 'fastimg[{backend.extra}]'" if backend.extra else ""
             raise ValueError(f"{self.stage} backend {name!r} cannot run here (no CUDA GPU that "
                              f"it can use{hint}); 'auto' picks one that can")

@@ -491,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="zarr store to write: a path or an fsspec URL (s3://bucket/x.zarr)")
     build.add_argument("--text-column", action="append", metavar="NAME",
                        help="text column; repeat to join several (default: text)")
-    build.add_argument("--label-column", default="label")
+    build.add_argument("--label-column", default="label", help="label column (default: label)")
     build.add_argument("--id-column", default=None,
                        help="row-id column (default: 'id' when the file has one, else the row "
                             "number)")
@@ -715,7 +715,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 #: config fields whose flag is not the field's name with dashes
-_FLAG_OF_FIELD = {"n_jobs": "--tsne-threads", "n_per_class": "--per-class"}
+_FLAG_OF_FIELD = {"n_jobs": "--tsne-threads", "n_per_class": "--per-class", "grid": "--pixels"}
 
 
 def flags_of(parser, command: str) -> dict:

@@ -242,6 +242,12 @@ def relayout(src, dst, layout_config=None, config: DatasetConfig | None = None, 
         ``src`` itself with ``force``).
     layout_config : fastimg.layout.LayoutConfig, optional
     config : DatasetConfig, optional
+    force : bool
+        Replace an existing ``dst`` (as :func:`build_dataset`).
+    progress : bool
+        Show progress bars.
+    on_stage : callable, optional
+        ``on_stage(name)`` when a stage starts.
     storage_options : dict, optional
         fsspec options for URLs ``src`` and ``dst``.
 

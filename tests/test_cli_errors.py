@@ -43,6 +43,8 @@ def one_line(err: str) -> str:
      "argument --out: expected a local path, got the URL 's3://bucket/s.png'"),
     (["show", "s.zarr", "--out", "s.png", "--per-class", "-2"],
      "--per-class must be a whole number >= 1, got -2"),
+    (["images", "--synthetic", "10x100", "--out", "o", "--pixels", "0"],
+     "--pixels must be at least 2 x 2 pixels, got 0 x 0"),
 ])
 def test_usage_mistakes_print_one_line_and_exit_2(capsys, argv, message):
     assert main(argv) == 2

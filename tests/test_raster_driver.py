@@ -84,3 +84,20 @@ print(torch.get_num_threads())
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-1] == "1"
+
+
+def test_an_unknown_raster_backend_is_refused_before_any_work(rng, tmp_path, monkeypatch):
+    from fastimg import store
+    from fastimg.images import ImagesConfig, build_image_store
+    from fastimg.layout import DeepInsightLayout, LayoutConfig
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("the layout was fitted before the backend was checked")
+
+    monkeypatch.setattr(DeepInsightLayout, "fit", no_fit)
+    out = tmp_path / "out.zarr"
+    with pytest.raises(ValueError, match="unknown raster backend 'bogus'"):
+        build_image_store(rng.random((40, 30)).astype(np.float32), out,
+                          LayoutConfig(method="pca", grid=(6, 6)),
+                          ImagesConfig(raster_backend="bogus"), progress=False)
+    assert not out.exists() and not store.partial_path(out).exists()

@@ -125,7 +125,9 @@ class DeepInsightLayout:
     Parameters
     ----------
     config : LayoutConfig, optional
-        All settings; keyword arguments override its fields (``DeepInsightLayout(grid=32)``).
+        All settings (default ``LayoutConfig()``).
+    **overrides
+        Fields of :class:`LayoutConfig` that replace the config's (``DeepInsightLayout(grid=32)``).
 
     Attributes
     ----------

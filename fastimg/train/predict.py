@@ -241,7 +241,8 @@ def load_run(run_dir, *, device: str = "cpu") -> Run:
     ----------
     run_dir : str or path
     device : str
-        Where the classifier runs (``"cpu"`` or ``"cuda[:N]"``).
+        Where the classifier runs: ``"cpu"``, ``"cuda[:N]"`` or ``"auto"`` (CUDA when torch sees
+        a GPU).
 
     Returns
     -------
