@@ -130,9 +130,9 @@ def test_string_labels_mapped_and_integer_labels_kept(tmp_path):
     assert corpus.labels.tolist() == [7, 2, 7, 4]  # values keep their meaning
     assert corpus.class_names == ["2", "4", "7"] and corpus.class_values == (2, 4, 7)
     assert corpus.targets.tolist() == [2, 0, 2, 1]
-    json_path = write_jsonl(tmp_path / "f.jsonl", [{"text": "a", "label": 1.0},
-                                                  {"text": "b", "label": 0}])
-    assert load_corpus(cfg(json_path)).labels.tolist() == [1, 0]
+    json_path = write_jsonl(tmp_path / "f.jsonl", [{"text": t, "label": y} for t, y in
+                                                  [("a", 1.0), ("b", 0), ("c", 1), ("d", 0)]])
+    assert load_corpus(cfg(json_path)).labels.tolist() == [1, 0, 1, 0]
 
 
 def make_acl_tree(root, n=3):
@@ -390,7 +390,7 @@ def test_missing_labels_name_the_row(tmp_path):
     assert "non-integer number" in error(path)
     path = write_jsonl(tmp_path / "c.jsonl", [{"text": "a", "label": 1},
                                               {"text": "b", "label": [0, 1]}])
-    assert "JSON list at line 2" in error(path)
+    assert "nested list at line 2" in error(path)
 
 
 def test_single_class_and_duplicate_or_empty_ids(tmp_path):
@@ -566,3 +566,138 @@ def test_settings_that_change_nothing_give_the_settings_of_the_same_corpus(tmp_p
         corpus = load_corpus(config)
         assert corpus.unused_settings == {}
         assert config.effective(corpus) == config
+
+
+# ---------------------------------------------------------------- found walking the README
+
+def test_jsonl_strings_may_hold_unicode_line_separators(tmp_path):
+    texts = ["one\u2028two", "next\x85line", "plain", "form\x0cfeed"]
+    data = "".join(json.dumps({"text": t, "label": i % 2}, ensure_ascii=False) + "\r\n"
+                   for i, t in enumerate(texts))
+    (tmp_path / "a.jsonl").write_text(data, encoding="utf-8", newline="")
+    corpus = load_corpus(cfg(tmp_path / "a.jsonl", split="random", val_fraction=0.5))
+    assert corpus.texts == texts
+    (tmp_path / "b.jsonl").write_text('{"text": "a", "label": 1}\n{"text": "b, "label": 0}\n')
+    assert "line 2 is not valid JSON" in error(tmp_path / "b.jsonl")
+    assert ": column " in error(tmp_path / "b.jsonl")
+
+
+@pytest.mark.skipif(not HAS_PYARROW, reason="needs pyarrow")
+def test_parquet_binary_columns_are_utf8_text_and_bad_bytes_name_the_row(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    blob = pa.array([b"\x89PNG\xff"] * 4, pa.binary())  # unused: never decoded, never refused
+    pq.write_table(pa.table({"text": pa.array([b"caf\xc3\xa9", b"b", b"c", b"d"], pa.binary()),
+                             "id": pa.array([b"x", b"y", b"z", b"w"], pa.large_binary()),
+                             "label": [1, 0, 1, 0], "blob": blob}), tmp_path / "a.parquet")
+    corpus = load_corpus(cfg(tmp_path / "a.parquet", split="random", val_fraction=0.5))
+    assert corpus.texts == ["caf\u00e9", "b", "c", "d"]  # not "b'caf\\xc3\\xa9'"
+    assert corpus.ids.tolist() == ["x", "y", "z", "w"]
+    pq.write_table(pa.table({"text": pa.array([b"a", b"b", b"\xff", b"d"], pa.binary()),
+                             "label": [1, 0, 1, 0]}), tmp_path / "b.parquet")
+    message = error(tmp_path / "b.parquet", split="random", val_fraction=0.5)
+    assert "column 'text' holds bytes that are not UTF-8 text at row 3" in message
+
+
+def test_nested_texts_and_ids_are_refused_not_stringified(tmp_path):
+    records = [{"id": i, "text": f"t{i}", "label": i % 2} for i in range(4)]
+    records[2]["text"] = {"title": "T", "body": "B"}
+    path = write_jsonl(tmp_path / "a.jsonl", records)
+    assert "column 'text' holds a nested object at line 3" in error(path)
+    records[2]["text"], records[1]["id"] = "t2", [1, 2]
+    path = write_jsonl(tmp_path / "b.jsonl", records)
+    assert "column 'id' holds a nested list at line 2" in error(path)
+
+
+def test_a_non_integer_number_label_is_refused_in_a_csv_as_in_jsonl(tmp_path):
+    path = write_csv(tmp_path / "a.csv", ["text", "label"],
+                     [["a", "0.0"], ["b", "1.0"], ["c", "2.5"], ["d", "1.0"]])
+    message = error(path)
+    assert "non-integer number (2.5) at row 3" in message
+    # the order of the values does not matter, in a CSV or a JSONL file
+    path = write_jsonl(tmp_path / "b.jsonl", [{"text": t, "label": y} for t, y in
+                                              [("a", "pos"), ("b", 2.5), ("c", "pos")]])
+    assert load_corpus(cfg(path, val_fraction=0.34)).class_names == ["2.5", "pos"]
+    path = write_csv(tmp_path / "c.csv", ["text", "label"],
+                     [["a", "1e1"], ["b", "2"], ["c", "1e1"], ["d", "2"]])
+    assert load_corpus(cfg(path)).class_values == (2, 10)
+
+
+def test_a_train_split_of_one_class_is_refused_and_missing_classes_named(tmp_path, caplog):
+    path = write_csv(tmp_path / "a.csv", ["text", "label"], [["good", "pos"], ["bad", "neg"]])
+    message = error(path)  # val takes the one neg row: train holds pos alone
+    assert "the train split holds a single class ('pos') of 2" in message
+    path = sorted_corpus(tmp_path, n_neg=20, n_pos=20)
+    assert "single class" in error(path, split="random", test_fraction=0.97)
+    rows = [[f"t{i}", "pos" if i % 2 else "neg", "train"] for i in range(20)]
+    rows.append(["rare", "neutral", "test"])
+    path = write_csv(tmp_path / "b.csv", ["text", "label", "split"], rows)
+    with caplog.at_level(logging.WARNING, logger="fastimg.corpus"):
+        corpus = load_corpus(cfg(path))
+    assert corpus.counts()["train"]["neutral"] == 0
+    assert "train split has no rows of class 'neutral'" in caplog.text
+
+
+def test_a_text_column_named_twice_and_empty_column_names_are_refused(tmp_path):
+    path = write_csv(tmp_path / "a.csv", ["text", "label"], [["a", "1"], ["b", "0"]])
+    with pytest.raises(CorpusError, match="names 'text' twice"):
+        cfg(path, text_columns=("text", "text"))
+    for name in ("id_column", "split_column"):
+        with pytest.raises(CorpusError, match=f"{name} must be a column name"):
+            cfg(path, **{name: ""})
+
+
+def test_a_one_column_header_suggests_the_delimiter(tmp_path):
+    (tmp_path / "a.csv").write_text("text;label\ngood;pos\nbad;neg\n")
+    assert "delimited by ';'" in error(tmp_path / "a.csv")
+    (tmp_path / "b.tsv").write_text("text,label\ngood,pos\nbad,neg\n")
+    assert "delimited by ','" in error(tmp_path / "b.tsv")
+
+
+def test_imdb_csv_directly_in_fastimg_data_and_a_missing_folder_warned(tmp_path, monkeypatch,
+                                                                     caplog):
+    monkeypatch.setattr(imdb_mod, "_urlopen", None)  # would fail if called
+    (tmp_path / "imdb").mkdir()
+    (tmp_path / "imdb" / "imdb.csv.gz").write_bytes(b"x")
+    # FASTIMG_DATA naming the imdb/ folder itself, not its parent
+    assert resolve_imdb(tmp_path / "imdb", cache=tmp_path / "c") == tmp_path / "imdb/imdb.csv.gz"
+    with caplog.at_level(logging.WARNING, logger="fastimg.corpus"):
+        with pytest.raises(CorpusError, match="not found"):
+            resolve_imdb(tmp_path / "typo", download=False, cache=tmp_path / "c")
+    assert "typo (FASTIMG_DATA) does not exist" in caplog.text
+
+
+@pytest.mark.skipif(not HAS_PYARROW, reason="needs pyarrow")
+def test_parquet_is_read_on_one_thread_and_duplicate_columns_refused(tmp_path, monkeypatch):
+    # pyarrow's thread pools aborted the CLI at exit after a corpus error now and then
+    # ("terminate called without an active exception", exit 134 instead of 2)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["a", "b", "c", "d"], "label": [[1], [0], [1], [0]]}),
+                   tmp_path / "a.parquet")
+    calls, read = [], pq.ParquetFile.read
+
+    def spy(self, *args, **kwargs):
+        calls.append(kwargs.get("use_threads", True))
+        return read(self, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "read", spy)
+    assert "nested list at row 1" in error(tmp_path / "a.parquet")
+    assert calls == [False]
+    table = pa.Table.from_arrays([pa.array(["a", "b"]), pa.array(["c", "d"]), pa.array([1, 0])],
+                                 names=["text", "text", "label"])
+    pq.write_table(table, tmp_path / "b.parquet")
+    assert "has the column 'text' twice" in error(tmp_path / "b.parquet")
+
+
+def test_non_utf8_bytes_after_a_bom_or_in_the_header_are_placed_right(tmp_path):
+    (tmp_path / "a.csv").write_bytes(b"\xef\xbb\xbftext,label\r\n\xe9a,pos\r\nb,neg\r\n")
+    message = error(tmp_path / "a.csv")  # was: "bad byte 0x6c at row 1 (line 1)"
+    assert "bad byte 0xe9 at row 1 (line 2)" in message
+    (tmp_path / "b.csv").write_bytes(b"t\xe9xt,label\na,pos\nb,neg\n")
+    assert "bad byte 0xe9 at the header (line 1)" in error(tmp_path / "b.csv")
+    (tmp_path / "c.jsonl").write_bytes(b'\xef\xbb\xbf{"text": "a", "label": 1}\n'
+                                       b'{"text": "\xe9", "label": 0}\n')
+    assert "bad byte 0xe9 at line 2" in error(tmp_path / "c.jsonl")

@@ -17,3 +17,28 @@ def test_lines_without_blanks_say_nothing(caplog):
     with caplog.at_level(logging.WARNING):
         assert read_lines(io.StringIO("a\nb")) == (["0", "1"], ["a", "b"])
     assert not caplog.records
+
+
+def test_input_texts_refuse_nested_values_and_read_binary_parquet_as_text(tmp_path):
+    import json
+
+    import pytest
+
+    from fastimg.corpus import CorpusError
+    from fastimg.train.texts_io import read_input_texts
+
+    path = tmp_path / "a.jsonl"
+    path.write_text(json.dumps({"text": "fine"}) + "\n"
+                    + json.dumps({"text": {"title": "T", "body": "B"}}) + "\n")
+    with pytest.raises(CorpusError, match=r"nested object \(\{'title'"):
+        read_input_texts(path)
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": pa.array([b"caf\xc3\xa9", b"b"], pa.binary())}),
+                   tmp_path / "b.parquet")
+    assert read_input_texts(tmp_path / "b.parquet") == (["0", "1"], ["caf\u00e9", "b"])
+    pq.write_table(pa.table({"text": pa.array([b"a", b"\xff"], pa.binary())}),
+                   tmp_path / "c.parquet")
+    with pytest.raises(CorpusError, match="not UTF-8"):
+        read_input_texts(tmp_path / "c.parquet")

@@ -37,7 +37,8 @@ class CorpusConfig:
         The text column(s); several are joined with a newline (e.g. a title and a body).
     label_column : str
         The label column. String labels are mapped to integers in sorted order and the
-        class names kept; integer labels keep their values.
+        class names kept; integer labels (numbers, or strings such as ``"1"``, ``"1.0"``)
+        keep their values; a column of numbers holding a non-integer one is refused.
     id_column : str or None
         The row-id column (ids must be unique and non-empty). ``None``: the source's own ids
         (aclImdb, the imdb recipe), else a column named ``id`` if the file has one, else the
@@ -92,9 +93,17 @@ class CorpusConfig:
         columns = tuple(columns)
         if not columns or not all(isinstance(c, str) and c for c in columns):
             raise CorpusError(f"text_columns must be one or more column names, got {columns!r}")
+        twice = next((c for i, c in enumerate(columns) if c in columns[:i]), None)
+        if twice is not None:
+            raise CorpusError(f"text_columns names {twice!r} twice; each text column is "
+                              f"joined once")
         object.__setattr__(self, "text_columns", columns)
         if not self.label_column:
             raise CorpusError("label_column must be a column name")
+        for name in ("id_column", "split_column"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, str) and value.strip()):
+                raise CorpusError(f"{name} must be a column name or None, got {value!r}")
         if self.split not in SPLIT_MODES:
             raise CorpusError(f"split must be one of {', '.join(SPLIT_MODES)}, got {self.split!r}")
         fraction = float(self.val_fraction)

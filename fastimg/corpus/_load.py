@@ -16,7 +16,7 @@ logger = logging.getLogger("fastimg.corpus")
 SPLIT_ALIASES = {"train": "train", "test": "test", "val": "val", "valid": "val",
                  "validation": "val", "dev": "val"}
 MISSING_LABELS = {"", "nan", "na", "n/a", "null", "none"}
-_INTEGER = re.compile(r"^[+-]?\d+(?:\.0*)?$")
+_NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
 
 
 def load_corpus(config: CorpusConfig) -> Corpus:
@@ -26,8 +26,9 @@ def load_corpus(config: CorpusConfig) -> Corpus:
     ------
     CorpusError
         One line per problem: missing or empty input, unreadable format, a missing column
-        (listing those that exist), non-UTF-8 bytes, a missing label, a single class, a
-        duplicate or empty id, an unknown split name (each naming the row).
+        (listing those that exist), non-UTF-8 bytes, a missing label, a single class (in
+        the corpus or in its train split), a duplicate or empty id, an unknown split name, a
+        nested value (each naming the row).
     """
     if config.dataset == "imdb":
         table = read_table(resolve_imdb())
@@ -121,6 +122,7 @@ def load_corpus(config: CorpusConfig) -> Corpus:
             split[test] = "test"
             logger.info("carved %d test rows from %d train rows (test_fraction %.3g)",
                         test.size, train.size, config.test_fraction)
+    _check_train_classes(split, labels, class_names, class_values, notes)
 
     for note in notes:
         logger.warning("%s", note)
@@ -131,7 +133,30 @@ def load_corpus(config: CorpusConfig) -> Corpus:
 
 
 def _names(table: Table) -> str:
-    return ", ".join(repr(n) for n in table.columns)
+    names = ", ".join(repr(n) for n in table.columns)
+    if len(table.columns) == 1:
+        header = next(iter(table.columns))
+        delimiter = next((d for d in (";", "\t", "|", ",") if d in header), None)
+        if delimiter is not None:
+            names += f" (one column: is the file delimited by {delimiter!r}?)"
+    return names
+
+
+def _check_train_classes(split, labels, class_names, class_values, notes) -> None:
+    """Refuse a train split of one class; note the classes it lacks (a model never sees
+    them, yet they are scored)."""
+    values = labels if class_values is None else np.searchsorted(class_values, labels)
+    present = set(values[split == "train"].tolist())
+    missing = [class_names[k] for k in range(len(class_names)) if k not in present]
+    if len(present) < 2:
+        only = ", ".join(repr(class_names[k]) for k in sorted(present)) or "none"
+        raise CorpusError(f"the train split holds a single class ({only}) of "
+                          f"{len(class_names)}; a classifier needs two: give more rows (a "
+                          f"larger limit) or carve fewer (a smaller val_fraction or "
+                          f"test_fraction)")
+    if missing:
+        notes.append(f"the train split has no rows of class {', '.join(map(repr, missing))}: "
+                     f"a model trained on it cannot predict it")
 
 
 def _is_missing(value) -> bool:
@@ -147,6 +172,7 @@ def _first(values, predicate) -> int:
 
 
 def _id_text(value) -> str:
+    _check_scalar(value)
     if _is_missing(value):
         return ""
     if isinstance(value, float) and value.is_integer():
@@ -157,7 +183,7 @@ def _id_text(value) -> str:
 def _ids(table: Table, column: str | None) -> np.ndarray:
     if column is None:
         return np.arange(table.n_rows).astype(str)
-    values = table.columns[column]
+    values = _scalars(table, column)
     if all(type(v) is str for v in values):
         ids = [v.strip() for v in values]
     else:
@@ -176,22 +202,20 @@ def _ids(table: Table, column: str | None) -> np.ndarray:
 
 def _labels(table: Table, column: str):
     """-> (labels int64, class_names, class_values or None); each distinct value parsed once."""
-    values = _hashable(table, column)
+    values = _scalars(table, column)
     distinct = list(dict.fromkeys(values))
     if any(_is_missing(v) for v in distinct):
         raise CorpusError(f"label is missing (NaN or empty) in column {column!r} at "
                           f"{table.where(_first(values, _is_missing))}; drop or fix that row")
-    numbers = {}
-    for value in distinct:
-        number = _as_integer(value)
-        if number is None:
-            break
-        if number is False:
+    numbers = {value: _as_integer(value) for value in distinct}
+    if all(number is not None for number in numbers.values()):
+        # every label is a number (a CSV's too): one that is not an integer is refused,
+        # whichever comes first, rather than turning the column into string classes
+        value = next((v for v, number in numbers.items() if number is False), None)
+        if value is not None:
             raise CorpusError(f"label column {column!r} holds a non-integer number ({value}) at "
                               f"{table.where(_first(values, lambda v: v == value))}; labels "
                               f"must be classes")
-        numbers[value] = number
-    else:
         labels = np.fromiter((numbers[v] for v in values), dtype=np.int64, count=len(values))
         class_values = tuple(sorted(set(numbers.values())))
         names = table.label_names if set(class_values) <= set(table.label_names) else {}
@@ -203,13 +227,26 @@ def _labels(table: Table, column: str):
     return labels, class_names, None
 
 
-def _hashable(table: Table, column: str) -> list:
+def _scalars(table: Table, column: str) -> list:
+    """The column's values; a nested value (a JSON list or object, a Parquet list or struct)
+    or bytes that are not UTF-8 (a Parquet binary column) is refused, naming its row."""
     values = table.columns[column]
     for i, value in enumerate(values):
-        if isinstance(value, (list, dict)):
-            raise CorpusError(f"column {column!r} holds a JSON {type(value).__name__} at "
-                              f"{table.where(i)}; expected a single value")
+        _check_scalar(value, f"column {column!r}", f" at {table.where(i)}")
     return values
+
+
+def _check_scalar(value, what: str = "a column", where: str = "") -> None:
+    """Raise :class:`CorpusError` when ``value`` is nested or undecodable bytes; ``where``
+    names its row (without it the message shows the value's start)."""
+    if isinstance(value, (list, dict, bytes)) and not where:
+        where = f" ({str(value)[:40]}{'...' if len(str(value)) > 40 else ''})"
+    if isinstance(value, (list, dict)):
+        kind = "list" if isinstance(value, list) else "object"
+        raise CorpusError(f"{what} holds a nested {kind}{where}; expected a single value")
+    if isinstance(value, bytes):
+        raise CorpusError(f"{what} holds bytes that are not UTF-8 text{where}; store the "
+                          f"column as UTF-8 text")
 
 
 def _as_integer(value):
@@ -218,13 +255,17 @@ def _as_integer(value):
         return int(value)
     if isinstance(value, (float, np.floating)):
         return int(value) if float(value).is_integer() else False
-    if isinstance(value, str) and _INTEGER.match(value.strip()):
-        return int(float(value)) if "." in value else int(value)
+    if isinstance(value, str) and _NUMBER.match(value.strip()):
+        text = value.strip()
+        if text.lstrip("+-").isdigit():
+            return int(text)  # exact, however many digits
+        number = float(text)
+        return int(number) if math.isfinite(number) and number.is_integer() else False
     return None
 
 
 def _split_values(table: Table, column: str) -> np.ndarray:
-    values = _hashable(table, column)
+    values = _scalars(table, column)
     names = {}
     for value in dict.fromkeys(values):
         name = None if _is_missing(value) else SPLIT_ALIASES.get(str(value).strip().lower())
@@ -271,7 +312,7 @@ def _split_off(labels: np.ndarray, fraction: float, rng, what: str) -> np.ndarra
 
 
 def _texts(table: Table, columns, rows: np.ndarray) -> list:
-    selected = [table.columns[c] for c in columns]
+    selected = [_scalars(table, c) for c in columns]
     texts = []
     for i in rows.tolist():
         parts = [_text(col[i]) for col in selected]
@@ -282,6 +323,7 @@ def _texts(table: Table, columns, rows: np.ndarray) -> list:
 def _text(value) -> str:
     if isinstance(value, str):
         return value
+    _check_scalar(value)  # str() would give "{'a': 1}" or "b'..'" as the text
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     return str(value)

@@ -1,9 +1,9 @@
 """The built-in IMDB recipe: find the Large Movie Review Dataset, or download and verify it.
 
 Search order: ``$FASTIMG_DATA`` (or the ``data_dir`` argument), then the user cache dir
-(``$XDG_CACHE_HOME/fastimg`` or ``~/.cache/fastimg``), each for ``imdb/imdb.csv.gz``,
-``aclImdb/`` and ``aclImdb_v1.tar.gz``. If none is found, the official tarball is downloaded
-into the cache and checked against the MD5 that torchtext pins for it.
+(``$XDG_CACHE_HOME/fastimg`` or ``~/.cache/fastimg``), each for ``imdb/imdb.csv.gz`` (or
+``imdb.csv.gz``), ``aclImdb/`` and ``aclImdb_v1.tar.gz``. If none is found, the official
+tarball is downloaded into the cache and checked against the MD5 that torchtext pins for it.
 """
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ logger = logging.getLogger("fastimg.corpus")
 IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 IMDB_MD5 = "7c2ac02c03563afcf9b574c7e56c153a"  # torchtext.datasets.imdb.MD5
 IMDB_TARBALL = "aclImdb_v1.tar.gz"
-IMDB_CANDIDATES = ("imdb/imdb.csv.gz", "aclImdb", IMDB_TARBALL)
+# imdb.csv.gz on its own: FASTIMG_DATA naming the imdb/ folder itself, a common slip
+IMDB_CANDIDATES = ("imdb/imdb.csv.gz", "imdb.csv.gz", "aclImdb", IMDB_TARBALL)
 IMDB_LABEL_NAMES = {0: "neg", 1: "pos"}
 DOWNLOAD_TIMEOUT_S = 60
 _CHUNK = 1 << 20
@@ -64,6 +65,9 @@ def resolve_imdb(data_dir=None, *, download: bool = True, cache=None) -> Path:
         data_dir = os.environ.get("FASTIMG_DATA") or None
     cache = Path(cache) if cache is not None else cache_dir()
     searched = [Path(data_dir)] if data_dir is not None else []
+    if searched and not searched[0].is_dir():
+        logger.warning("imdb: %s (FASTIMG_DATA) does not exist or is not a folder; looking "
+                       "in %s", data_dir, cache)
     searched.append(cache)
     for folder in searched:
         found = _find(folder)

@@ -6,6 +6,7 @@ tarball (members read in place, never extracted).
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import io
@@ -106,16 +107,19 @@ def _decode(raw: bytes, path: Path, kind: str) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
+        # utf-8-sig counts offsets after the byte-order mark it drops
+        start = exc.start + (len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0)
+        line = raw.count(b"\n", 0, start) + 1
         where = f"line {line}"
         if kind != "jsonl":
-            where = f"row {_csv_row_at(raw, exc.start, kind)} (line {line})"
-        raise CorpusError(f"{path} is not valid UTF-8: bad byte {raw[exc.start]:#04x} at "
+            row = _csv_row_at(raw, start, kind)
+            where = f"{f'row {row}' if row else 'the header'} (line {line})"
+        raise CorpusError(f"{path} is not valid UTF-8: bad byte {raw[start]:#04x} at "
                           f"{where}; re-encode the file as UTF-8") from None
 
 
 def _csv_row_at(raw: bytes, offset: int, kind: str) -> int:
-    """The 1-based data row (header excluded) holding byte ``offset``."""
+    """The 1-based data row (header excluded) holding byte ``offset``; 0: the header."""
     prefix = raw[:offset].decode("utf-8-sig", errors="replace")
     _raise_field_limit()
     try:
@@ -126,7 +130,7 @@ def _csv_row_at(raw: bytes, offset: int, kind: str) -> int:
     # the record holding the bad byte is partly in the prefix (or starts right after it)
     if prefix.endswith(("\n", "\r")) or not prefix:
         rows += 1
-    return max(rows - 1, 1)
+    return max(rows - 1, 0)
 
 
 def _raise_field_limit() -> None:
@@ -167,13 +171,16 @@ def _check_header(header, path: Path) -> None:
 
 def _read_jsonl(text: str, path: Path) -> Table:
     records, lines = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # records end at "\n" only: str.splitlines would also cut at U+2028, U+0085 and other
+    # characters that JSON strings may hold as they are
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise CorpusError(f"{path}: line {number} is not valid JSON ({exc.msg})") from None
+            raise CorpusError(f"{path}: line {number} is not valid JSON ({exc.msg}: column "
+                              f"{exc.colno})") from None
         if not isinstance(record, dict):
             raise CorpusError(f"{path}: line {number} is a JSON {type(record).__name__}, "
                               f"not an object")
@@ -193,13 +200,32 @@ def _read_parquet(raw: bytes, path: Path) -> Table:
     except ImportError:
         raise CorpusError(f"reading {path.name} needs pyarrow: pip install pyarrow") from None
     try:
-        table = pq.read_table(pa.BufferReader(raw))
+        # one thread, no dataset layer: pyarrow's pools can abort the interpreter at exit
+        # ("terminate called without an active exception", apache/arrow#34314)
+        table = pq.ParquetFile(pa.BufferReader(raw)).read(use_threads=False)
     except (pa.ArrowException, OSError) as exc:
         raise CorpusError(f"cannot read {path} as Parquet: {exc}") from None
     if table.num_rows == 0:
         raise CorpusError(f"{path} has no data rows")
-    return Table({name: table.column(name).to_pylist() for name in table.column_names},
-                 str(path))
+    _check_header(table.column_names, path)
+    columns = {}
+    for name in table.column_names:
+        values = table.column(name).to_pylist()
+        if any(isinstance(v, bytes) for v in values):  # binary columns, of any width
+            values = [_utf8(v) for v in values]
+        columns[name] = values
+    return Table(columns, str(path))
+
+
+def _utf8(value):
+    """A binary cell as text; one that is not UTF-8 stays bytes, refused with its row if its
+    column is used."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    return value
 
 
 def _aclimdb_table(reviews, source: str) -> Table:
