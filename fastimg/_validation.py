@@ -42,6 +42,20 @@ def check_grid(shape) -> tuple[int, int]:
     return height, width
 
 
+#: seeds numpy's legacy RandomState (scikit-learn's ``random_state``) accepts: [0, 2**32)
+SEED_LIMIT = 2 ** 32
+
+
+def check_seed(name: str, value) -> int:
+    """``value`` as an int when it is a whole number in [0, 2**32), else ValueError naming
+    ``name`` (the range every seeded library here accepts)."""
+    if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+            or not 0 <= value < SEED_LIMIT):
+        raise ValueError(f"{name} must be a whole number from 0 to {SEED_LIMIT - 1}, "
+                         f"got {value!r}")
+    return int(value)
+
+
 def check_count(name: str, value) -> int:
     """``value`` as an int when it is a whole number >= 1, else ValueError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:

@@ -118,6 +118,17 @@ def _local_path(text: str) -> Path:
     return Path(text)
 
 
+def _seed(text: str) -> int:
+    """``--seed``: a whole number that every seeded library here accepts."""
+    from fastimg._validation import SEED_LIMIT, check_seed
+
+    try:
+        return check_seed("seed", int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {SEED_LIMIT - 1}, "
+                                         f"got {text!r}") from None
+
+
 def _shape(text: str):
     try:
         n, f = (int(p) for p in text.lower().split("x"))
@@ -127,32 +138,6 @@ def _shape(text: str):
         raise argparse.ArgumentTypeError(f"expected at least one row and one feature (NxF, "
                                          f"e.g. 2000x768), got {text!r}")
     return n, f
-
-
-def _load_matrix(path: Path):
-    """A feature matrix from ``.npy`` (memory-mapped) or a zarr array, without reading it all."""
-    import numpy as np
-
-    if not path.exists():
-        raise UserError(f"input {path} does not exist")
-    if path.suffix == ".npy":
-        try:
-            matrix = np.load(path, mmap_mode="r", allow_pickle=False)
-        except ValueError as exc:
-            raise UserError(f"cannot read {path} as a .npy matrix: {exc}") from None
-    elif path.is_dir():
-        import zarr
-
-        try:
-            matrix = zarr.open_array(str(path), mode="r")
-        except Exception as exc:  # noqa: BLE001 - zarr raises several types for a bad store
-            raise UserError(f"cannot open {path} as a zarr array: {exc}") from None
-    else:
-        raise UserError(f"unsupported input {path}: give a .npy file or a zarr array folder")
-    if len(matrix.shape) != 2:
-        raise UserError(f"input must be a 2-D matrix (samples x features), got shape "
-                        f"{tuple(matrix.shape)}")
-    return matrix
 
 
 def _layout_config(args):
@@ -165,15 +150,14 @@ def _layout_config(args):
 
 
 def _cmd_images(args) -> int:
-    from fastimg.images import ImagesConfig, build_image_store, read_split, synthetic_matrix
+    from fastimg.images import (ImagesConfig, build_image_store, read_matrix, read_split,
+                                synthetic_matrix)
 
     if args.synthetic:
         matrix = synthetic_matrix(*args.synthetic, seed=args.seed)
     else:
-        matrix = _load_matrix(args.input)
+        matrix = read_matrix(args.input)
     split = None if args.split_file is None else read_split(args.split_file, matrix.shape[0])
-    if split is not None and args.fit_rows is not None:
-        raise UserError("give --split-file or --fit-rows, not both")
     layout_config = _layout_config(args)
     config = ImagesConfig(fit_rows=args.fit_rows, image_dtype=args.dtype,
                           raster_backend=args.raster_backend)
@@ -471,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     images.add_argument("--device", action=_Refuse,
                         hint="--device is the torch device in fastimg and images has no model: "
                              "choose the raster kernel with --raster-backend")
-    images.add_argument("--seed", type=int, default=0)
+    images.add_argument("--seed", type=_seed, default=0)
     images.add_argument("--force", action="store_true", help="overwrite an existing store")
     images.add_argument("--quiet", action="store_true", help="no progress bars")
     images.set_defaults(func=_cmd_images)
@@ -540,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "default 8192 on the CPU, 65536 on CUDA; lower it if a GPU runs "
                             "out of memory; like --chunk-rows it moves fp32 values by float "
                             "rounding only and is part of the stage key in int8 only")
-    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--seed", type=_seed, default=0)
     build.add_argument("--force", action="store_true",
                        help="replace an existing store (its stages whose settings match are "
                             "reused)")
@@ -563,7 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     again.add_argument("--out", required=True, help="zarr store to write (path or URL)")
     _add_storage_options(again)
     _add_layout_options(again)
-    again.add_argument("--seed", type=int, default=0)
+    again.add_argument("--seed", type=_seed, default=0)
     again.add_argument("--force", action="store_true", help="replace an existing store")
     again.add_argument("--quiet", action="store_true", help="no progress bars")
     again.set_defaults(func=_cmd_relayout)
@@ -573,7 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_storage_options(show)
     show.add_argument("--out", type=_local_path, required=True, help="PNG file to write")
     show.add_argument("--per-class", type=int, default=4, help="sample images per class")
-    show.add_argument("--seed", type=int, default=0)
+    show.add_argument("--seed", type=_seed, default=0)
     show.set_defaults(func=_cmd_show)
 
     train = sub.add_parser(
@@ -638,7 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     train.add_argument("--no-probe", action="store_true", help="skip the linear probe")
     train.add_argument("--num-workers", type=int, default=0)
-    train.add_argument("--seed", type=int, default=0,
+    train.add_argument("--seed", type=_seed, default=0,
                        help="seeds the head's initialisation, shuffling, dropout and the "
                             "probe: the same seed gives the same run")
     train.add_argument("--force", action="store_true",
@@ -684,7 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--batch-size", type=int, default=64)
     explain.add_argument("--device", type=_torch_device, default="auto",
                          help="torch device: auto|cpu|cuda|cuda:N")
-    explain.add_argument("--seed", type=int, default=0)
+    explain.add_argument("--seed", type=_seed, default=0)
     explain.add_argument("--quiet", action="store_true", help="no progress bar")
     explain.set_defaults(func=_cmd_explain)
 
@@ -715,7 +699,8 @@ def _one_line(exc: BaseException) -> str:
 
 
 #: config fields whose flag is not the field's name with dashes
-_FLAG_OF_FIELD = {"n_jobs": "--tsne-threads", "n_per_class": "--per-class", "grid": "--pixels"}
+_FLAG_OF_FIELD = {"n_jobs": "--tsne-threads", "n_per_class": "--per-class", "grid": "--pixels",
+                  "random_state": "--seed"}
 
 
 def flags_of(parser, command: str) -> dict:

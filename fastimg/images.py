@@ -12,6 +12,7 @@ from fastimg._validation import check_count, check_feature_matrix
 from fastimg.layout import LayoutConfig
 from fastimg.raster import IMAGE_DTYPES
 from fastimg.store import SPLIT, SPLIT_NAMES, StoreWriter
+from fastimg.store.schema import SPLIT_ALIASES
 from fastimg.store.keys import StagePlan
 
 logger = logging.getLogger("fastimg")
@@ -53,6 +54,54 @@ def synthetic_matrix(n_samples: int, n_features: int, *, rank: int = 16, seed: i
     return (factors @ loadings / np.sqrt(rank) + noise).astype(dtype)
 
 
+def read_matrix(path):
+    """A feature matrix from ``.npy`` (memory-mapped) or a zarr array, without reading it all.
+
+    Raises
+    ------
+    ValueError
+        When ``path`` is missing, not a 2-D ``.npy`` matrix or zarr array (a fastimg store is
+        named as such: its ``embeddings`` array is the matrix), or has no rows.
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"input {path} does not exist")
+    if path.suffix == ".npy":
+        try:
+            matrix = np.load(path, mmap_mode="r", allow_pickle=False)
+        except ValueError as exc:
+            raise ValueError(f"cannot read {path} as a .npy matrix: {exc}") from None
+    elif path.is_dir():
+        matrix = _open_zarr_array(path)
+    else:
+        raise ValueError(f"unsupported input {path}: give a .npy file or a zarr array folder")
+    if len(matrix.shape) != 2:
+        raise ValueError(f"input must be a 2-D matrix (samples x features), got shape "
+                         f"{tuple(matrix.shape)}")
+    if matrix.shape[0] == 0:
+        raise ValueError(f"input {path} has no rows (shape {tuple(matrix.shape)})")
+    return matrix
+
+
+def _open_zarr_array(path):
+    import zarr
+
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as exc:  # noqa: BLE001 - zarr raises several types for a bad store
+        raise ValueError(f"cannot open {path} as a zarr array: {exc}") from None
+    if isinstance(node, zarr.Array):
+        return node
+    matrices = sorted(name for name, array in node.arrays() if array.ndim == 2)
+    hint = (f"; to lay out a store's embeddings again use fastimg relayout, or give "
+            f"{path}/embeddings" if "embeddings" in matrices else
+            f"; give one of its 2-D arrays ({', '.join(matrices)})" if matrices else
+            " (it holds no 2-D array)")
+    raise ValueError(f"{path} is a zarr group, not an array{hint}")
+
+
 def read_split(path, n_rows: int) -> np.ndarray:
     """The split of each row, as int8 codes into :data:`~fastimg.store.SPLIT_NAMES`.
 
@@ -60,7 +109,8 @@ def read_split(path, n_rows: int) -> np.ndarray:
     ----------
     path : str or path
         A ``.npy`` array of codes (0 train, 1 val, 2 test) or names (``train``, ``val``,
-        ``test``), or a text file with one code or name per line.
+        ``test``, or ``valid``, ``validation``, ``dev`` for ``val``, in any case), or a text
+        file (UTF-8) with one code or name per line.
     n_rows : int
         Rows of the feature matrix; the split must have as many.
 
@@ -72,20 +122,30 @@ def read_split(path, n_rows: int) -> np.ndarray:
     from pathlib import Path
 
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"split file {path} is a folder, not a file")
     if not path.is_file():
         raise ValueError(f"split file {path} does not exist")
-    try:
-        if path.suffix == ".npy":
+    if path.suffix == ".npy":
+        try:
             values = np.load(path, allow_pickle=False)
-        else:
-            values = np.array(path.read_text(encoding="utf-8").split())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read {path} as split labels: {exc}") from None
+        except ValueError as exc:
+            raise ValueError(f"cannot read {path} as split labels: {exc}") from None
+    else:
+        raw = path.read_bytes()
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            line = raw.count(b"\n", 0, exc.start) + 1
+            raise ValueError(f"split file {path} is not valid UTF-8 (line {line}); re-encode "
+                             f"it as UTF-8") from None
+        values = np.array(text.split())
     return split_codes(values, n_rows, source=str(path))
 
 
 def split_codes(values, n_rows: int, *, source: str = "split") -> np.ndarray:
-    """``values`` (codes or names, one per row) as int8 codes; raises ValueError when invalid."""
+    """``values`` (codes, or names as :data:`~fastimg.store.schema.SPLIT_ALIASES` spells them,
+    or codes written as text; one per row) as int8 codes; raises ValueError when invalid."""
     values = np.asarray(values)
     if values.ndim != 1 or values.shape[0] != n_rows:
         raise ValueError(f"{source} must hold one split per row ({n_rows}), got shape "
@@ -93,10 +153,11 @@ def split_codes(values, n_rows: int, *, source: str = "split") -> np.ndarray:
     if values.dtype.kind in "iu":
         codes = values.astype(np.int64)
     elif values.dtype.kind in "US":
-        names = np.char.lower(values.astype(str))
-        codes = np.full(n_rows, -1, dtype=np.int64)
-        for code, name in enumerate(SPLIT_NAMES):
-            codes[names == name] = code
+        code_of = {**{alias: SPLIT_NAMES.index(name) for alias, name in SPLIT_ALIASES.items()},
+                   **{str(code): code for code in range(len(SPLIT_NAMES))}}
+        codes = np.fromiter((code_of.get(name.strip().lower(), -1)
+                             for name in values.astype(str).tolist()),
+                            dtype=np.int64, count=n_rows)
     else:
         raise ValueError(f"{source} must hold split codes or names, got dtype {values.dtype}")
     bad = np.flatnonzero((codes < 0) | (codes >= len(SPLIT_NAMES)))
@@ -111,7 +172,7 @@ def _fit_rows(n_rows: int, fit_rows: int | None, split) -> tuple[str, np.ndarray
     """How the layout's rows were chosen and which they are."""
     if split is not None:
         if fit_rows is not None:
-            raise ValueError("give either fit_rows or a split, not both")
+            raise ValueError("give either fit_rows or a split (--split-file), not both")
         rows = np.flatnonzero(split == SPLIT_NAMES.index("train"))
         if rows.size < 2:
             raise ValueError(f"the split has {rows.size} training rows; the layout needs at "
@@ -149,6 +210,9 @@ def build_image_store(matrix, out, layout_config: LayoutConfig | None = None,
     layout_config = layout_config or LayoutConfig()
     config = config or ImagesConfig()
     n_rows = matrix.shape[0]
+    if len(matrix.shape) != 2 or n_rows == 0:
+        raise ValueError(f"input matrix must be 2-D with at least one row, got shape "
+                         f"{tuple(matrix.shape)}")
     if split is not None:
         split = split_codes(split, n_rows)
     fit_on, fit_rows = _fit_rows(n_rows, config.fit_rows, split)
@@ -166,6 +230,8 @@ def build_image_store(matrix, out, layout_config: LayoutConfig | None = None,
             writer.write_rows(SPLIT, split)
         layout = stages.run_layout(writer, plan, layout_config, fit_rows, matrix, timings,
                                    config.raster_backend)
+        # done once the layout has read it: a refusal before then leaves nothing behind
+        writer.complete_stage("input")
         stages.run_images(writer, plan, layout, matrix, config, progress, timings)
         height, width = layout_config.grid
         summary = {

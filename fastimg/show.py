@@ -6,7 +6,7 @@ import logging
 import numpy as np
 
 from fastimg import store
-from fastimg._validation import check_count
+from fastimg._validation import check_count, check_seed
 
 logger = logging.getLogger("fastimg.show")
 
@@ -105,6 +105,7 @@ def show_store(path, out, *, n_per_class: int = 4, seed: int = 0) -> None:
     pixel, and the encoder layer that dominates each pixel, with a legend), each with a colour
     bar."""
     check_count("n_per_class", n_per_class)
+    check_seed("seed", seed)
     try:
         import matplotlib
     except ImportError as exc:

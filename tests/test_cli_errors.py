@@ -192,7 +192,7 @@ def test_images_fit_the_layout_on_the_training_rows_of_a_split_file(rng, tmp_pat
 
 @pytest.mark.parametrize("content,message", [
     (np.array([0, 1, 5] * 40), "row 2 has split 5;"),
-    (np.array(["train", "dev"] * 60), "row 1 has split 'dev'"),
+    (np.array(["train", "holdout"] * 60), "row 1 has split 'holdout'"),
     (np.zeros(7, dtype=np.int8), "one split per row (120)"),
 ])
 def test_bad_split_files_exit_2(rng, tmp_path, capsys, content, message):
@@ -200,6 +200,69 @@ def test_bad_split_files_exit_2(rng, tmp_path, capsys, content, message):
     code = main(["images", "--synthetic", "120x150", "--split-file", str(tmp_path / "split.npy"),
                  "--out", str(tmp_path / "o.zarr"), "--quiet"])
     assert code == 2 and message in one_line(capsys.readouterr().err)
+
+
+def test_a_text_split_file_takes_codes_and_the_corpus_aliases(tmp_path, capsys):
+    names = ["0", "VALID", " 2 ", "Train", "dev", "validation", "test", "1"] * 15
+    (tmp_path / "split.txt").write_bytes(("\ufeff" + "\r\n".join(names)).encode())
+    out = tmp_path / "o.zarr"
+    assert main(["images", "--synthetic", "120x150", "--split-file", str(tmp_path / "split.txt"),
+                 "--out", str(out), "--pixels", "8", "--method", "pca", "--quiet"]) == 0
+    codes = [0, 1, 2, 0, 1, 1, 2, 1] * 15
+    np.testing.assert_array_equal(store.StoreReader(out).group[store.SPLIT][:], codes)
+
+
+def _latin1_split(path):
+    path.write_bytes("train\n".encode() * 3 + "v\xe9l\n".encode("latin-1"))
+
+
+@pytest.mark.parametrize("make,argv,message", [
+    (lambda d: (d / "split").mkdir(), ["--synthetic", "20x30", "--split-file", "split"],
+     "split is a folder, not a file"),
+    (lambda d: _latin1_split(d / "s.txt"), ["--synthetic", "4x30", "--split-file", "s.txt"],
+     "s.txt is not valid UTF-8 (line 4)"),
+    (lambda d: np.save(d / "e.npy", np.zeros((0, 20), np.float32)), ["--input", "e.npy"],
+     "e.npy has no rows (shape (0, 20))"),
+    (lambda d: np.save(d / "c.npy", np.full((30, 20), 3, np.float32)), ["--input", "c.npy"],
+     "every feature has the same scaled values in the fitted rows"),
+    (lambda d: None, ["--synthetic", "20x30", "--seed", "-1"],
+     "argument --seed: expected a whole number from 0 to 4294967295, got '-1'"),
+])
+def test_bad_images_inputs_exit_2_in_one_line(tmp_path, capsys, monkeypatch, make, argv,
+                                               message):
+    monkeypatch.chdir(tmp_path)
+    make(tmp_path)
+    assert main(["images", *argv, "--out", "o.zarr", "--method", "pca", "--quiet"]) == 2
+    assert message in one_line(capsys.readouterr().err)
+    assert not (tmp_path / "o.zarr").exists()
+    assert not store.partial_path(tmp_path / "o.zarr").exists()
+
+
+def test_a_store_given_as_the_images_input_is_named_a_group(tmp_path, capsys):
+    import zarr
+
+    group = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
+    group.create_array("embeddings", shape=(4, 6), dtype="float32")
+    group.create_array("images", shape=(4, 2, 2), dtype="float32")
+    assert main(["images", "--input", str(tmp_path / "s.zarr"), "--out",
+                 str(tmp_path / "o.zarr"), "--quiet"]) == 2
+    err = one_line(capsys.readouterr().err)
+    assert "is a zarr group, not an array" in err and "fastimg relayout" in err
+    assert f"{tmp_path / 's.zarr'}/embeddings" in err
+
+
+def test_an_images_build_that_fails_at_raster_lists_its_input_stage_done(rng, tmp_path,
+                                                                         capsys):
+    x = rng.random((60, 20)).astype(np.float32)
+    x[50, 3] = np.nan  # outside the fitted rows: found at raster time
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "o.zarr"
+    assert main(["images", "--input", str(tmp_path / "x.npy"), "--fit-rows", "40", "--out",
+                 str(out), "--pixels", "8", "--method", "pca", "--quiet"]) == 2
+    capsys.readouterr()
+    assert main(["info", str(store.partial_path(out))]) == 0
+    listing = capsys.readouterr().out
+    assert re.search(r"stages done +input, layout\nunfinished +images", listing), listing
 
 
 def test_images_split_file_and_fit_rows_exclude_each_other(tmp_path, capsys):
@@ -266,3 +329,13 @@ def test_an_interrupted_images_build_is_kept_and_says_so(tmp_path, capsys, monke
     assert store.partial_path(out).exists() and not out.exists()
     monkeypatch.setattr(DeepInsightLayout, "fit", real_fit)
     assert main(argv) == 0 and store.is_complete(out)
+
+
+@pytest.mark.parametrize("seed", [-1, 2 ** 32, 1.5, True])
+def test_library_configs_refuse_a_seed_no_seeded_library_takes(seed):
+    from fastimg.train import TrainConfig
+
+    with pytest.raises(ValueError, match="random_state must be a whole number from 0 to"):
+        LayoutConfig(random_state=seed)
+    with pytest.raises(ValueError, match="seed must be a whole number from 0 to"):
+        TrainConfig(seed=seed)

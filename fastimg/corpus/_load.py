@@ -10,11 +10,10 @@ import numpy as np
 from fastimg.corpus._base import PAPER_VAL_FRACTION, Corpus, CorpusConfig, CorpusError
 from fastimg.corpus.imdb import IMDB_LABEL_NAMES, resolve_imdb
 from fastimg.corpus.readers import Table, read_table
+from fastimg.store.schema import SPLIT_ALIASES
 
 logger = logging.getLogger("fastimg.corpus")
 
-SPLIT_ALIASES = {"train": "train", "test": "test", "val": "val", "valid": "val",
-                 "validation": "val", "dev": "val"}
 MISSING_LABELS = {"", "nan", "na", "n/a", "null", "none"}
 _NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
 

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from fastimg._validation import check_feature_matrix, check_grid
+from fastimg._validation import check_feature_matrix, check_grid, check_seed
 from fastimg.kernels import RasterPlan
 
 from .embedding import METHODS, TSNE_BACKENDS, embed_points
@@ -104,6 +104,8 @@ class LayoutConfig:
         if self.pca_power_iterations < 0:
             raise ValueError(f"pca_power_iterations must be >= 0, got "
                              f"{self.pca_power_iterations}")
+        if self.random_state is not None:
+            check_seed("random_state", self.random_state)
         if self.n_jobs == 0 or self.n_jobs < -1:
             raise ValueError(f"n_jobs must be a number of threads (>= 1) or -1 (all cores), got "
                              f"{self.n_jobs}")
@@ -117,6 +119,13 @@ class LayoutConfig:
     def from_dict(cls, data: dict) -> "LayoutConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _all_rows_equal(points: np.ndarray) -> bool:
+    """Whether every row equals the first (the first two rows differing settles it cheaply)."""
+    if points.shape[0] < 2 or not np.array_equal(points[0], points[1]):
+        return False
+    return bool((points == points[0]).all())
 
 
 class DeepInsightLayout:
@@ -171,6 +180,9 @@ class DeepInsightLayout:
         # features are the points, samples the dimensions; float32 halves the memory traffic
         # of the scaling and the PCA (t-SNE itself gets float64, see embed_points)
         points = self.scaler_.transform(X, dtype=np.float32).T
+        if _all_rows_equal(points):
+            raise ValueError("every feature has the same scaled values in the fitted rows (a "
+                             "constant matrix?): a layout cannot tell the features apart")
         if cfg.metric == "cosine":
             points = _lift_zero_vectors(points)
         if cfg.pca_components is not None and points.shape[1] > cfg.pca_components \

@@ -17,6 +17,9 @@ SPLIT = "split"
 EMBEDDINGS = "embeddings"
 #: ``split`` holds int8 codes: indices into this tuple
 SPLIT_NAMES = ("train", "val", "test")
+#: the names a split column or split file may use (lower-cased) for each of :data:`SPLIT_NAMES`
+SPLIT_ALIASES = {"train": "train", "test": "test", "val": "val", "valid": "val",
+                 "validation": "val", "dev": "val"}
 
 
 def split_code(split: str) -> int:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from fastimg._validation import check_seed
+
 NORMALISATIONS = ("image", "dataset", "none")
 CACHES = ("auto", "memory", "zarr", "none")
 LOADERS = ("auto", "dali", "torch")
@@ -200,6 +202,7 @@ class TrainConfig:
 
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {self.preset!r}")
+        check_seed("seed", self.seed)
         if self.extractor not in EXTRACTORS:
             raise ValueError(f"unknown extractor {self.extractor!r}; choose one of "
                              f"{sorted(EXTRACTORS)}")

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from fastimg._validation import check_count
+from fastimg._validation import check_count, check_seed
 from fastimg.train.bundle import RunBundleError
 
 logger = logging.getLogger("fastimg.train")
@@ -255,6 +255,7 @@ def explain(run_dir, *, split: str = "val", out_dir=None, method: str = "integra
     if max_rows is not None:
         check_count("max_rows", max_rows)
     check_count("batch_size", batch_size)
+    check_seed("seed", seed)
     run = load_run(run_dir, device=device)
     if not run.store_path or not is_complete(run.store_path):
         raise RunBundleError(f"the training store of {run_dir} ({run.store_path}) is gone: "
