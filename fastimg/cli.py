@@ -198,9 +198,16 @@ def _encoder_config(args):
                          token_budget=args.token_budget)
 
 
+def _dataset_config(args):
+    from fastimg.dataset import DatasetConfig
+
+    return DatasetConfig(fit_on=args.fit_on, image_dtype=args.dtype,
+                         raster_backend=args.raster_backend)
+
+
 def _cmd_build_dataset(args) -> int:
     from fastimg.corpus import CorpusConfig
-    from fastimg.dataset import DatasetConfig, build_dataset
+    from fastimg.dataset import build_dataset
 
     corpus = CorpusConfig(
         input=None if args.input is None else str(args.input), dataset=args.dataset,
@@ -210,8 +217,7 @@ def _cmd_build_dataset(args) -> int:
         seed=args.seed)
     encoder = _encoder_config(args)
     layout = _layout_config(args)
-    config = DatasetConfig(fit_on=args.fit_on, image_dtype=args.dtype,
-                           raster_backend=args.raster_backend)
+    config = _dataset_config(args)
     start = time.perf_counter()
 
     def announce(stage):
@@ -253,10 +259,9 @@ def _print_dataset_summary(out, summary: dict, seconds: float) -> None:
 
 
 def _cmd_relayout(args) -> int:
-    from fastimg.dataset import DatasetConfig, relayout
+    from fastimg.dataset import relayout
 
-    config = DatasetConfig(fit_on=args.fit_on, image_dtype=args.dtype,
-                           raster_backend=args.raster_backend)
+    config = _dataset_config(args)
     start = time.perf_counter()
     summary = relayout(_location(args.src, args), _location(args.out, args),
                        _layout_config(args), config, force=args.force,
@@ -303,12 +308,9 @@ def _cmd_train(args) -> int:
     from fastimg.train import TrainConfig, fit
 
     location = _location(args.store, args)
-    if not store.location.exists(location):
-        raise UserError(f"store {args.store} does not exist")
     _check_run_folder(args.out, force=args.force)
-    weights = None if args.weights.lower() == "none" else args.weights
     config = TrainConfig(
-        preset=args.preset, extractor=args.extractor, weights=weights, epochs=args.epochs,
+        preset=args.preset, extractor=args.extractor, weights=args.weights, epochs=args.epochs,
         batch_size=args.batch_size, lr_head=args.lr_head, lr_classifier=args.lr_classifier,
         optimizer=args.optimizer, weight_decay=args.weight_decay, schedule=args.schedule,
         patience=args.patience, normalize=args.normalize, upsample=args.upsample, cut=args.cut,
@@ -682,6 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the store's full attributes as JSON (for scripts)")
     _add_storage_options(info)
     info.set_defaults(func=_cmd_info)
+    _add_debug_flag(parser)
     return parser
 
 
@@ -763,13 +766,6 @@ def _format_own_warning(command, default, message, category, filename, lineno, l
     return default(message, category, filename, lineno, line)
 
 
-def make_parser() -> argparse.ArgumentParser:
-    """The parser ``main`` uses: :func:`build_parser` with ``--debug`` on every command."""
-    parser = build_parser()
-    _add_debug_flag(parser)
-    return parser
-
-
 def _silence_stdout() -> None:
     """Point stdout at /dev/null, so that Python's flush at exit finds no closed pipe."""
     try:
@@ -779,7 +775,7 @@ def _silence_stdout() -> None:
 
 
 def main(argv=None) -> int:
-    parser = make_parser()
+    parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed as one line

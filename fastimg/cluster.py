@@ -35,6 +35,7 @@ import numpy as np
 from fastimg import store
 from fastimg.store.schema import (BUILD_KEY, DONE_PREFIX, EMBED_ATTRS_KEY, EMBEDDINGS,
                                   ENCODE_RUN_STATS, IMAGES)
+from fastimg.store.writer import finished_chunks
 
 logger = logging.getLogger("fastimg.cluster")
 
@@ -418,17 +419,13 @@ def raster_chunk(location, layout_json: str, dtype: str, backend: str, index: in
 
 
 # -- client side ---------------------------------------------------------------------------
-def _spans(n_rows: int, chunk_rows: int):
-    return [(i, s, min(n_rows, s + chunk_rows)) for i, s in enumerate(range(0, n_rows, chunk_rows))]
-
-
 def _todo(writer, name: str, rows_done: int):
-    """(index, start, stop) of every chunk of ``name`` not yet finished."""
+    """(index, start, stop) of every chunk of ``name`` not yet finished, and the chunk count."""
     array = writer.group[name]
-    markers = writer.done_markers(name)
-    flags = np.asarray(markers[:])
-    spans = _spans(int(array.shape[0]), int(array.chunks[0]))
-    return [(i, s, e) for i, s, e in spans if not flags[i] and e > rows_done], len(spans)
+    starts, stops, finished = finished_chunks(writer.done_markers(name)[:], int(array.shape[0]),
+                                              int(array.chunks[0]), rows_done)
+    return ([(i, int(starts[i]), int(stops[i])) for i in np.flatnonzero(~finished)],
+            int(starts.size))
 
 
 def _record_chunk(result: dict, stats: dict) -> None:

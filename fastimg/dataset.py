@@ -22,14 +22,14 @@ import platform
 import time
 import warnings
 from dataclasses import asdict, dataclass
-from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 
 from fastimg import __version__, stages, store
+from fastimg._provenance import installed_versions
 from fastimg.embed.texts import EmptyTextWarning
 from fastimg.images import split_codes
-from fastimg.raster import IMAGE_DTYPES
+from fastimg.raster import check_image_dtype
 from fastimg.store import StoreError, StoreReader, StoreWriter
 from fastimg.store.keys import StagePlan, digest
 
@@ -63,18 +63,12 @@ class DatasetConfig:
     def __post_init__(self):
         if self.fit_on not in FIT_ON:
             raise ValueError(f"fit_on must be one of {FIT_ON}, got {self.fit_on!r}")
-        if self.image_dtype not in IMAGE_DTYPES:
-            raise ValueError(f"image dtype must be one of {IMAGE_DTYPES}, got {self.image_dtype!r}")
+        check_image_dtype(self.image_dtype)
 
 
 def _versions() -> dict:
-    out = {"fastimg": __version__, "python": platform.python_version()}
-    for package in _PROVENANCE_PACKAGES:
-        try:
-            out[package] = version(package)
-        except PackageNotFoundError:
-            pass
-    return out
+    return {"fastimg": __version__, "python": platform.python_version(),
+            **installed_versions(*_PROVENANCE_PACKAGES)}
 
 
 def corpus_digest(corpus, codes: np.ndarray) -> str:

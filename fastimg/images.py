@@ -10,7 +10,7 @@ import numpy as np
 
 from fastimg._validation import check_count, check_feature_matrix
 from fastimg.layout import LayoutConfig
-from fastimg.raster import IMAGE_DTYPES
+from fastimg.raster import check_image_dtype
 from fastimg.store import SPLIT, SPLIT_NAMES, StoreWriter
 from fastimg.store.schema import SPLIT_ALIASES
 from fastimg.store.keys import StagePlan
@@ -36,8 +36,7 @@ class ImagesConfig:
     raster_backend: str = "auto"
 
     def __post_init__(self):
-        if self.image_dtype not in IMAGE_DTYPES:
-            raise ValueError(f"image dtype must be one of {IMAGE_DTYPES}, got {self.image_dtype!r}")
+        check_image_dtype(self.image_dtype)
         if self.fit_rows is not None and self.fit_rows < 2:
             raise ValueError(f"fit_rows must be at least 2, got {self.fit_rows}")
 

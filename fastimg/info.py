@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
 from fastimg import store
 from fastimg.run_folder import CONFIG_FILE, METRICS_FILE, NORMALISER_FILE, RUN_FILES
 
@@ -202,6 +200,7 @@ def unfinished_build(path) -> dict | None:
     once encoding started), or None when there is none. Reads metadata only."""
     from fastimg.store import location
     from fastimg.store.schema import DONE_PREFIX, EMBED_ATTRS_KEY
+    from fastimg.store.writer import finished_chunks
 
     path = location.resolve(path)
     partial = (path if isinstance(path, location.Location)  # built in place on object storage
@@ -223,19 +222,11 @@ def unfinished_build(path) -> dict | None:
         rows_done = int(record.get("rows_done", 0))
         markers = DONE_PREFIX + store.EMBEDDINGS
         if markers in group:  # a cluster build finishes chunks in any order
-            rows_done = _rows_in_done_chunks(group[markers][:], rows_done,
-                                             int(embeddings.shape[0]), embeddings.chunks[0])
+            starts, stops, finished = finished_chunks(group[markers][:], int(embeddings.shape[0]),
+                                                      embeddings.chunks[0], rows_done)
+            rows_done = int(max(rows_done, (stops - starts)[finished].sum()))
         found.update(rows_done=rows_done, rows=int(embeddings.shape[0]))
     return found
-
-
-def _rows_in_done_chunks(done, rows_done: int, n_rows: int, chunk_rows: int) -> int:
-    """Rows in the chunks that are marked done or lie below ``rows_done`` (the rows an
-    in-process run finished in order)."""
-    starts = np.arange(0, n_rows, chunk_rows)
-    stops = np.minimum(starts + chunk_rows, n_rows)
-    finished = (np.asarray(done[:starts.size]) > 0) | (stops <= rows_done)
-    return int(max(rows_done, (stops - starts)[finished].sum()))
 
 
 def describe_unfinished(found: dict) -> list[str]:

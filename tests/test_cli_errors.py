@@ -120,7 +120,7 @@ def test_debug_prints_the_traceback(monkeypatch, capsys, argv):
 
 
 def _parser_options() -> dict:
-    parser = cli.make_parser()
+    parser = cli.build_parser()
     options = {"": {o for a in parser._actions for o in a.option_strings}}
     sub = next(a for a in parser._actions if isinstance(a, cli.argparse._SubParsersAction))
     for name, command in sub.choices.items():
@@ -157,7 +157,7 @@ def test_device_means_the_torch_device_everywhere():
 
 
 def test_enumerated_flags_have_choices():
-    parser = cli.make_parser()
+    parser = cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, cli.argparse._SubParsersAction))
     enumerated = {"--scaling", "--method", "--tsne-backend", "--assignment", "--fit-on",
                   "--dtype", "--raster-backend", "--pooling", "--truncation", "--split",
@@ -301,7 +301,7 @@ def test_a_reader_that_leaves_the_pipe_ends_the_command_quietly(monkeypatch, cap
 
 
 def test_config_fields_in_messages_are_named_by_their_flags():
-    flags = cli.flags_of(cli.make_parser(), "build-dataset")
+    flags = cli.flags_of(cli.build_parser(), "build-dataset")
     assert cli._as_flag("chunk_rows must be a whole number >= 1, got 0", flags) == \
         "--chunk-rows must be a whole number >= 1, got 0"
     assert cli._as_flag("token_budget (8) must be at least max_length (64)", flags) == \

@@ -733,7 +733,7 @@ def test_on_disk_cache_shuffles_within_windows_of_chunks():
     reader = ChunkedReader(np.zeros((960, 4), np.float32), cache_bytes=10 * 16 * 4 * 4)
     reader.chunk_rows = 16  # a numpy array has one chunk; pretend zarr chunks of 16 rows
     reader.max_chunks = 10
-    cache = FeatureCache(reader, np.arange(960), np.zeros(960, np.int64))
+    cache = FeatureCache(reader, np.arange(960))
     order = cache.order(seed=0, epoch=0)
     assert sorted(order.tolist()) == list(range(960))
     assert not np.array_equal(order, cache.order(seed=0, epoch=1))

@@ -316,13 +316,8 @@ def _lift_zero_vectors(points: np.ndarray) -> np.ndarray:
 
 
 def _versions(backend: str, fastimg_version: str) -> dict:
-    from importlib.metadata import PackageNotFoundError, version
+    from fastimg._provenance import installed_versions
 
-    out = {"fastimg": fastimg_version, "numpy": np.__version__}
-    for package in {"opentsne": "openTSNE", "sklearn": "scikit-learn",
-                    "cuml": "cuml"}.get(backend, "scikit-learn"), "scikit-learn", "scipy":
-        try:
-            out[package] = version(package)
-        except PackageNotFoundError:
-            pass
-    return out
+    embedding = {"opentsne": "openTSNE", "cuml": "cuml"}.get(backend, "scikit-learn")
+    return {"fastimg": fastimg_version, "numpy": np.__version__,
+            **installed_versions(embedding, "scikit-learn", "scipy")}

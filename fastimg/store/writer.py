@@ -199,6 +199,16 @@ class StoreWriter:
         location.remove(location.partial_path(self.path))
 
 
+def finished_chunks(done, n_rows: int, chunk_rows: int, rows_done: int):
+    """``(starts, stops, finished)`` of the row chunks of an array of ``n_rows`` rows: a chunk
+    is finished when its marker in ``done`` (:meth:`StoreWriter.done_markers`) is set or it
+    lies below ``rows_done`` (the rows an in-process run finished in order)."""
+    starts = np.arange(0, n_rows, chunk_rows)
+    stops = np.minimum(starts + chunk_rows, n_rows)
+    finished = (np.asarray(done[:starts.size]) > 0) | (stops <= rows_done)
+    return starts, stops, finished
+
+
 def copy_array(source, group, name: str, *, block_rows: int | None = None):
     """Copy a zarr array into ``group`` under ``name``, chunks and attrs kept, row block by
     row block (never the whole array in memory)."""

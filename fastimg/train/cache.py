@@ -38,10 +38,9 @@ class FeatureCache:
     those positions. The values are kept as float16 (in memory, or in a zarr array).
     """
 
-    def __init__(self, data, rows: np.ndarray, targets: np.ndarray):
+    def __init__(self, data, rows: np.ndarray):
         self._data = data
         self.rows = rows
-        self.targets = targets
 
     def __len__(self) -> int:
         return int(self.rows.size)
@@ -82,7 +81,7 @@ class FeatureCache:
 
 
 @torch.no_grad()
-def build_cache(model, loader, rows: np.ndarray, targets: np.ndarray, *, where: str = "memory",
+def build_cache(model, loader, rows: np.ndarray, *, where: str = "memory",
                 path=None, autocast=None, progress: bool = False, desc: str = "cache",
                 dtype: str = "float16"):
     """Run the frozen extractor of ``model`` over one pass of ``loader`` (unshuffled).
@@ -138,8 +137,8 @@ def build_cache(model, loader, rows: np.ndarray, targets: np.ndarray, *, where: 
         raise RuntimeError(f"the loader served {done} of {len(rows)} rows")
     if array is not None:
         logger.info("feature cache of %d rows in %s", done, path)
-        return FeatureCache(ChunkedReader(array, cache_bytes=DISK_WINDOW_BYTES), rows, targets)
-    return FeatureCache(out, rows, targets)
+        return FeatureCache(ChunkedReader(array, cache_bytes=DISK_WINDOW_BYTES), rows)
+    return FeatureCache(out, rows)
 
 
 class _null:

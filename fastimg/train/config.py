@@ -7,7 +7,7 @@ from fastimg._validation import check_seed
 
 NORMALISATIONS = ("image", "dataset", "none")
 CACHES = ("auto", "memory", "zarr", "none")
-LOADERS = ("auto", "dali", "torch")
+LOADER_NAMES = ("auto", "dali", "torch")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("none", "cosine", "plateau")
 CUTS = ("paper", "nopool")
@@ -243,8 +243,8 @@ class TrainConfig:
             raise ValueError(f"cache must be one of {CACHES}, got {self.cache!r}")
         if self.cache_dtype not in ("float16", "float32"):
             raise ValueError(f"cache_dtype must be float16 or float32, got {self.cache_dtype!r}")
-        if self.loader not in LOADERS:
-            raise ValueError(f"loader must be one of {LOADERS}, got {self.loader!r}")
+        if self.loader not in LOADER_NAMES:
+            raise ValueError(f"loader must be one of {LOADER_NAMES}, got {self.loader!r}")
         if not 0.0 <= self.unfreeze_fraction <= 1.0:
             raise ValueError(f"unfreeze_fraction must be in [0, 1], got {self.unfreeze_fraction}")
         if self.unfreeze_fraction > 0 and self.cache in ("memory", "zarr"):

@@ -190,9 +190,6 @@ class Normaliser:
             x *= self.inv_std
         return x
 
-    def to_dict(self) -> dict:
-        return {"mode": self.mode}
-
 
 class BatchSource:
     """The batches of one split: rows in :func:`epoch_order` (shuffled) or ascending.

@@ -108,7 +108,7 @@ def _attributor(method: str, wrapped, extractor, image_shape):
     return gradcam
 
 
-def class_activation_maps(run, images, targets, embeddings=None, *,
+def mean_attribution_maps(run, images, targets, embeddings=None, *,
                           method: str = "integrated_gradients", batch_size: int = 64,
                           progress: bool = False) -> np.ndarray:
     """Mean attribution map per class: ``[n_classes, H, W]``.
@@ -277,7 +277,7 @@ def explain(run_dir, *, split: str = "val", out_dir=None, method: str = "integra
     if run.config.fuse_embedding:
         embeddings = ChunkedReader(reader.embeddings).read(rows)
     logger.info("explain %s: %s attributions of %d %s images", run_dir, method, rows.size, split)
-    pixel_importance = class_activation_maps(run, images, targets, embeddings, method=method,
+    pixel_importance = mean_attribution_maps(run, images, targets, embeddings, method=method,
                                              batch_size=batch_size, progress=progress)
     result = _to_features(run, pixel_importance, method=method, split=split, rows=rows.size)
     if out_dir is not None:

@@ -21,6 +21,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from fastimg.train.config import CUTS
+
 logger = logging.getLogger("fastimg.train")
 
 #: Seconds the download of missing ImageNet weights may wait for the server.
@@ -280,8 +282,8 @@ def build_extractor(name: str, weights="DEFAULT", *, unfreeze_fraction: float = 
 
     if name not in EXTRACTORS:
         raise ValueError(f"unknown extractor {name!r}; choose one of {sorted(EXTRACTORS)}")
-    if cut not in ("paper", "nopool"):
-        raise ValueError(f"cut must be 'paper' or 'nopool', got {cut!r}")
+    if cut not in CUTS:
+        raise ValueError(f"cut must be one of {CUTS}, got {cut!r}")
     spec = EXTRACTORS[name]
     state = resolve_weights(name, weights)
     # build on the meta device: only the cut is materialised (the dense layers of alexnet

@@ -246,7 +246,7 @@ class _Run:
             if rows.size:
                 path = Path(folder) / split if folder is not None else None
                 self.caches[split] = build_cache(
-                    self.model, self.loader(split, False), rows, self.data.targets, where=where,
+                    self.model, self.loader(split, False), rows, where=where,
                     path=path, autocast=self.autocast, progress=self.config.progress,
                     desc=f"features {split}", dtype=self.config.cache_dtype)
                 self._calls[(split, False)] = 1
