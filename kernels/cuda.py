@@ -117,6 +117,13 @@ class CudaPlan:
         self.scale = cuda.to_device(plan.scale)
 
 
+def _dtype(array) -> np.dtype:
+    """The dtype of a host array or of any ``__cuda_array_interface__`` one (a torch or CuPy
+    tensor's ``dtype`` is not a numpy dtype)."""
+    interface = getattr(array, "__cuda_array_interface__", None)
+    return np.dtype(interface["typestr"] if interface is not None else array.dtype)
+
+
 def _as_device(array):
     if hasattr(array, "__cuda_array_interface__"):
         return cuda.as_cuda_array(array), False
@@ -132,12 +139,22 @@ def raster_cuda(x, plan, out) -> int:
     """
     device_plan = plan if isinstance(plan, CudaPlan) else CudaPlan(plan)
     host_plan = device_plan.plan
-    if np.dtype(x.dtype) not in (np.dtype(np.float16), np.dtype(np.float32)):
-        raise TypeError(f"raster_cuda takes float16 or float32 input, got {x.dtype}")
+    if _dtype(x) not in (np.dtype(np.float16), np.dtype(np.float32)):
+        raise TypeError(f"raster_cuda takes float16 or float32 input, got {_dtype(x)}")
     d_x, _ = _as_device(x)
     n_rows = d_x.shape[0]
-    d_out, out_on_host = _as_device(out) if hasattr(out, "__cuda_array_interface__") else (
-        cuda.device_array((n_rows, host_plan.n_pixels), dtype=np.float32), True)
+    if d_x.ndim != 2 or d_x.shape[1] != host_plan.n_features:
+        raise ValueError(f"expected x of shape (n, {host_plan.n_features}), got {d_x.shape}")
+    out_on_host = not hasattr(out, "__cuda_array_interface__")
+    # out is written in place: a host copy (another dtype, a strided view) would stay unwritten
+    d_out = (cuda.device_array((n_rows, host_plan.n_pixels), dtype=np.float32) if out_on_host
+             else _as_device(out)[0])
+    contiguous = out.flags.c_contiguous if out_on_host else d_out.is_c_contiguous()
+    if _dtype(out) != np.float32 or not contiguous:
+        raise ValueError("out must be a C-contiguous float32 array")
+    if out.shape[0] != n_rows or math.prod(out.shape) != n_rows * host_plan.n_pixels:
+        raise ValueError(f"out must hold {n_rows} images of {host_plan.n_pixels} pixels, got "
+                         f"shape {tuple(out.shape)}")
     d_out2d = d_out.reshape(n_rows, host_plan.n_pixels) if d_out.ndim == 3 else d_out
     n_bad = cuda.to_device(np.zeros(1, dtype=np.int64))
     if host_plan.n_features <= _MAX_SHARED_FEATURES:

@@ -266,6 +266,7 @@ def test_varlen_attention_path_runs_through_on_meta_tensors(monkeypatch, pooling
     real = varlen.varlen_attn
 
     def spy(q, k, v, cu_q, cu_k, max_q, max_k, **kw):
+        assert q.is_contiguous() and k.is_contiguous() and v.is_contiguous()
         calls.append((q.shape[0], k.shape[0], cu_q.dtype, cu_k.dtype, max_q, max_k))
         return real(q, k, v, cu_q, cu_k, max_q, max_k, **kw)
 

@@ -54,6 +54,12 @@ def test_cuda_kernel_matches_reference(simulated, name):
     np.testing.assert_allclose(got[f"{name}__images"], expected[name], atol=1e-5, rtol=0)
 
 
+def test_cuda_kernel_refuses_an_out_it_could_not_write_in_place(simulated):
+    got, _ = simulated
+    assert got["contract__refused"].tolist() == [True, True, True]  # strided, float16, short
+    assert str(got["contract__interface_dtype"]) == "float16"
+
+
 def test_cuda_kernel_non_square_grid_and_non_finite_count(simulated):
     got, expected = simulated
     assert int(got["non_square__bad"]) == 1

@@ -4,8 +4,11 @@
 # repository root:
 #   bash benchmarks/gpu/run.sh
 # Steps, in this order (STEPS="..." runs some of them again, e.g. STEPS="encode build-padded"):
-#   install         the kit's wheels and fastimg into $SITE (nothing outside it is touched), then
-#                   random weights of MiniLM's shape (the default model's) and of bert-base's
+#   install         the kit's wheels (unless $PY has them already) and fastimg into $SITE
+#                   (nothing outside it is touched), then random weights of MiniLM's shape (the
+#                   default model's) and of bert-base's
+#   gpu-tests       pytest -m gpu, first: the one check of the numbers on real hardware (packed
+#                   attention against padded), before the long steps can use up the time
 #   build-packed    a full-IMDB build (50,000 reviews, 512 tokens) on CUDA with MiniLM's
 #                   shape, packed batches, stage by stage
 #   encode          the encode benchmark on CUDA: every precision padded and packed against the
@@ -13,11 +16,12 @@
 #                   rate beside it (random bert-base)
 #   build-padded    the same build in padded batches
 #   build-bert-base the same build with bert-base's shape, packed
-#   gpu-tests       pytest -m gpu
 # Each step runs under its own limit, cut to what is left of DEADLINE (seconds from the start,
-# default 540: a lent machine runs one command for 600 s at most); a step with under 20 s left
-# is skipped. Everything goes to $RESULTS (default: $OUT when set, else bench-results/gpu):
-# run.log, the encode JSON and each build's `fastimg info --json`: at most 6 files.
+# default 520: a lent machine runs one command for 600 s at most, and the last step may overrun
+# its limit by 10 s of kill grace and 30 s of `fastimg info`); a step with under 20 s left is
+# skipped. Everything goes to $RESULTS (default: $OUT when set, else bench-results/gpu):
+# run.log, the tests' JUnit XML, the encode JSON and each build's `fastimg info --json`: at
+# most 6 files.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$PWD
@@ -26,13 +30,15 @@ KIT=${KIT:-$REPO/gpu-kit}
 SITE=${SITE:-/tmp/fastimg-site}
 WORK=${WORK:-/tmp/fastimg-work}
 RESULTS=${RESULTS:-${OUT:-$REPO/bench-results/gpu}}
-DEADLINE=${DEADLINE:-540}
-STEPS=${STEPS:-install build-packed encode build-padded build-bert-base gpu-tests}
+DEADLINE=${DEADLINE:-520}
+STEPS=${STEPS:-install gpu-tests build-packed encode build-padded build-bert-base}
 DOCS=${DOCS:-4096}
 # more build-dataset flags for every build, e.g. BUILD_FLAGS="--tsne-threads 16" (the layout's
 # t-SNE runs on one thread by default, so that every machine gets the same layout)
 BUILD_FLAGS=${BUILD_FLAGS:-}
-# a try of this script on a machine without a GPU: DEVICE=cpu DOCS=16 LIMIT=200
+# a try of this script on a machine without a GPU: DEVICE=cpu DOCS=16 LIMIT=200, with PY a
+# Python that has fastimg's dependencies (PY=.venv/bin/python: the kit's wheels are for the GPU
+# machine's Python)
 DEVICE=${DEVICE:-cuda}
 LIMIT=${LIMIT:+--limit $LIMIT}
 export PYTHONUNBUFFERED=1 FASTIMG_DATA=$KIT/data PYTHONPATH=$SITE:$REPO PATH=$SITE/bin:$PATH
@@ -56,9 +62,12 @@ step() {  # NAME LIMIT_S COMMAND...: runs COMMAND from $WORK, so that fastimg co
 }
 
 install() {
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target "$SITE" "$KIT"/wheels/*.whl \
-  && $PY -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --upgrade \
+  if ! $PY -c "import zarr, openTSNE, threadpoolctl, setuptools
+assert int(setuptools.__version__.split('.')[0]) >= 77" 2>/dev/null; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target "$SITE" "$KIT"/wheels/*.whl || return 1
+  fi
+  $PY -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --upgrade \
     --target "$SITE" "$REPO" \
   && $PY -c "from benchmarks.encode import random_model
 random_model('$WORK/minilm-shape', '$KIT/minilm', config='$KIT/minilm')
@@ -80,7 +89,7 @@ build() {  # STEP LIMIT_S MODEL BATCHING
   # shellcheck disable=SC2086
   step "$1" "$2" fastimg build-dataset --dataset imdb $LIMIT $BUILD_FLAGS --model "$WORK/$3" \
     --device "$DEVICE" --batching "$4" --no-reuse --force --quiet --out "$store" \
-  && (cd "$WORK" && timeout 60 fastimg info --json "$store" > "$RESULTS/$1.json")
+  && (cd "$WORK" && timeout 30 fastimg info --json "$store" > "$RESULTS/$1.json")
 }
 
 main() {
@@ -89,14 +98,14 @@ main() {
   export PY KIT SITE REPO WORK
   if wanted install; then step install 120 bash -c install || return 1; fi
   step versions 60 bash -c versions || return 1
+  wanted gpu-tests && step gpu-tests 120 $PY -m pytest -c "$REPO/pyproject.toml" \
+    --rootdir "$REPO" -q -rA --junitxml "$RESULTS/gpu-tests.xml" -m gpu -p no:cacheprovider \
+    "$REPO/tests/test_gpu.py" "$REPO/tests/test_train.py"
   build build-packed 150 minilm-shape packed
   wanted encode && step encode 200 $PY -m benchmarks encode --device "$DEVICE" --docs "$DOCS" \
     --tokenizer "$KIT/minilm" --json "$RESULTS/encode-$DEVICE.json"
   build build-padded 120 minilm-shape padded
   build build-bert-base 120 bert-base-shape packed
-  wanted gpu-tests && step gpu-tests 120 $PY -m pytest -c "$REPO/pyproject.toml" \
-    --rootdir "$REPO" -q -m gpu -p no:cacheprovider "$REPO/tests/test_gpu.py" \
-    "$REPO/tests/test_train.py"
   echo "== done after $SECONDS s"
 }
 

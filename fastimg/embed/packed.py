@@ -82,20 +82,15 @@ class Segments:
 
 def varlen_attention(q, k, v, queries: Segments, keys: Segments, scale: float):
     """FlashAttention over packed ``[rows, heads, d]`` queries, keys and values."""
-    import torch
     from torch.nn.attention.varlen import varlen_attn
 
-    if _torch_version(torch.__version__) < (2, 14):
-        # q, k and v are strided views of the fused QKV output; checked on the GPU with torch
-        # 2.14 only, so older torches get contiguous copies (a few percent of a layer's time)
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    # q, k and v are strided views of the fused QKV output: contiguous copies (a few percent of
+    # a layer's time), because on sm90 varlen_attn may hand them to cuDNN, whose per-text
+    # offsets older torches compute as if each tensor were contiguous (cumulative length x
+    # heads x head size), and strided views have never been run on a GPU here
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     return varlen_attn(q, k, v, queries.cu_seqlens, keys.cu_seqlens, queries.max_len,
                        keys.max_len, scale=scale)
-
-
-def _torch_version(version: str) -> tuple[int, int]:
-    major, minor = version.split("+")[0].split(".")[:2]
-    return int(major), int(minor)
 
 
 def padded_attention(q, k, v, queries: Segments, keys: Segments, scale: float):
