@@ -171,7 +171,7 @@ def _fit_rows(n_rows: int, fit_rows: int | None, split) -> tuple[str, np.ndarray
     """How the layout's rows were chosen and which they are."""
     if split is not None:
         if fit_rows is not None:
-            raise ValueError("give either fit_rows or a split (--split-file), not both")
+            raise ValueError("give either fit_rows or a split, not both")
         rows = np.flatnonzero(split == SPLIT_NAMES.index("train"))
         if rows.size < 2:
             raise ValueError(f"the split has {rows.size} training rows; the layout needs at "
@@ -208,10 +208,10 @@ def build_image_store(matrix, out, layout_config: LayoutConfig | None = None,
 
     layout_config = layout_config or LayoutConfig()
     config = config or ImagesConfig()
-    n_rows = matrix.shape[0]
-    if len(matrix.shape) != 2 or n_rows == 0:
+    if len(matrix.shape) != 2 or matrix.shape[0] == 0:
         raise ValueError(f"input matrix must be 2-D with at least one row, got shape "
                          f"{tuple(matrix.shape)}")
+    n_rows = matrix.shape[0]
     if split is not None:
         split = split_codes(split, n_rows)
     fit_on, fit_rows = _fit_rows(n_rows, config.fit_rows, split)

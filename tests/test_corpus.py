@@ -598,6 +598,11 @@ def test_parquet_binary_columns_are_utf8_text_and_bad_bytes_name_the_row(tmp_pat
                              "label": [1, 0, 1, 0]}), tmp_path / "b.parquet")
     message = error(tmp_path / "b.parquet", split="random", val_fraction=0.5)
     assert "column 'text' holds bytes that are not UTF-8 text at row 3" in message
+    uuids = [bytes([i] * 15 + [0xFF]) for i in range(4)]  # binary ids: kept, as hex
+    pq.write_table(pa.table({"text": ["a", "b", "c", "d"], "id": pa.array(uuids, pa.binary(16)),
+                             "label": [1, 0, 1, 0]}), tmp_path / "c.parquet")
+    corpus = load_corpus(cfg(tmp_path / "c.parquet", split="random", val_fraction=0.5))
+    assert corpus.ids.tolist() == [u.hex() for u in uuids]
 
 
 def test_nested_texts_and_ids_are_refused_not_stringified(tmp_path):
@@ -628,8 +633,15 @@ def test_a_train_split_of_one_class_is_refused_and_missing_classes_named(tmp_pat
     path = write_csv(tmp_path / "a.csv", ["text", "label"], [["good", "pos"], ["bad", "neg"]])
     message = error(path)  # val takes the one neg row: train holds pos alone
     assert "the train split holds a single class ('pos') of 2" in message
+    assert message.endswith("(try a smaller val_fraction)")
     path = sorted_corpus(tmp_path, n_neg=20, n_pos=20)
-    assert "single class" in error(path, split="random", test_fraction=0.97)
+    message = error(path, split="random", test_fraction=0.97)
+    assert message.endswith("(try a smaller val_fraction or test_fraction)")
+    rows = [[f"t{i}", "neg" if i < 2 else "pos", ("test", "val", "train")[min(i, 2)]]
+            for i in range(20)]
+    path = write_csv(tmp_path / "own.csv", ["text", "label", "split"], rows)
+    message = error(path)  # the split column's own train rows hold one class: no limit to blame
+    assert message.endswith("(try train rows of more than one class in split column 'split')")
     rows = [[f"t{i}", "pos" if i % 2 else "neg", "train"] for i in range(20)]
     rows.append(["rare", "neutral", "test"])
     path = write_csv(tmp_path / "b.csv", ["text", "label", "split"], rows)

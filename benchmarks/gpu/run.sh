@@ -62,8 +62,10 @@ step() {  # NAME LIMIT_S COMMAND...: runs COMMAND from $WORK, so that fastimg co
 }
 
 install() {
-  if ! $PY -c "import zarr, openTSNE, threadpoolctl, setuptools
-assert int(setuptools.__version__.split('.')[0]) >= 77" 2>/dev/null; then
+  # the kit also pins numpy < 2.5, which numba-cuda's kernels need
+  if ! $PY -c "import zarr, openTSNE, threadpoolctl, setuptools, numpy
+assert int(setuptools.__version__.split('.')[0]) >= 77
+assert tuple(map(int, numpy.__version__.split('.')[:2])) < (2, 5)" 2>/dev/null; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
       --target "$SITE" "$KIT"/wheels/*.whl || return 1
   fi

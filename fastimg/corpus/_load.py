@@ -94,6 +94,7 @@ def load_corpus(config: CorpusConfig) -> Corpus:
 
     rng = np.random.default_rng([config.seed, 2])
     fraction = PAPER_VAL_FRACTION if mode == "paper" else config.val_fraction
+    carved_val = carved_test = False
     if mode == "column":
         split = split[rows]
         present = set(split.tolist())
@@ -104,6 +105,7 @@ def load_corpus(config: CorpusConfig) -> Corpus:
             train = np.flatnonzero(split == "train")
             val = train[_split_off(labels[train], fraction, rng, "the train split")]
             split[val] = "val"
+            carved_val = True
             logger.info("carved %d validation rows from %d train rows (val_fraction %.3g)",
                         val.size, train.size, fraction)
     else:
@@ -119,9 +121,17 @@ def load_corpus(config: CorpusConfig) -> Corpus:
             test = train[_split_off(labels[train], config.test_fraction,
                                     np.random.default_rng([config.seed, 3]), "the train split")]
             split[test] = "test"
+            carved_test = True
             logger.info("carved %d test rows from %d train rows (test_fraction %.3g)",
                         test.size, train.size, config.test_fraction)
-    _check_train_classes(split, labels, class_names, class_values, notes)
+    remedies = (["a larger limit"] if config.limit is not None and "limit" not in unused else [])
+    carved = [name for name, carved in (("val_fraction", mode != "column" or carved_val),
+                                        ("test_fraction", carved_test)) if carved]
+    if carved:
+        remedies.append(f"a smaller {' or '.join(carved)}")
+    if mode == "column":
+        remedies.append(f"train rows of more than one class in split column {split_column!r}")
+    _check_train_classes(split, labels, class_names, class_values, notes, remedies)
 
     for note in notes:
         logger.warning("%s", note)
@@ -141,18 +151,17 @@ def _names(table: Table) -> str:
     return names
 
 
-def _check_train_classes(split, labels, class_names, class_values, notes) -> None:
-    """Refuse a train split of one class; note the classes it lacks (a model never sees
-    them, yet they are scored)."""
+def _check_train_classes(split, labels, class_names, class_values, notes, remedies) -> None:
+    """Refuse a train split of one class, naming ``remedies`` (what shaped the split); note the
+    classes it lacks (a model never sees them, yet they are scored)."""
     values = labels if class_values is None else np.searchsorted(class_values, labels)
     present = set(values[split == "train"].tolist())
     missing = [class_names[k] for k in range(len(class_names)) if k not in present]
     if len(present) < 2:
         only = ", ".join(repr(class_names[k]) for k in sorted(present)) or "none"
         raise CorpusError(f"the train split holds a single class ({only}) of "
-                          f"{len(class_names)}; a classifier needs two: give more rows (a "
-                          f"larger limit) or carve fewer (a smaller val_fraction or "
-                          f"test_fraction)")
+                          f"{len(class_names)}; a classifier needs two (try "
+                          f"{'; '.join(remedies) or 'more rows'})")
     if missing:
         notes.append(f"the train split has no rows of class {', '.join(map(repr, missing))}: "
                      f"a model trained on it cannot predict it")
@@ -171,7 +180,7 @@ def _first(values, predicate) -> int:
 
 
 def _id_text(value) -> str:
-    _check_scalar(value)
+    """An id (from :func:`id_values`) as text."""
     if _is_missing(value):
         return ""
     if isinstance(value, float) and value.is_integer():
@@ -182,7 +191,7 @@ def _id_text(value) -> str:
 def _ids(table: Table, column: str | None) -> np.ndarray:
     if column is None:
         return np.arange(table.n_rows).astype(str)
-    values = _scalars(table, column)
+    values = id_values(table, column)
     if all(type(v) is str for v in values):
         ids = [v.strip() for v in values]
     else:
@@ -201,7 +210,7 @@ def _ids(table: Table, column: str | None) -> np.ndarray:
 
 def _labels(table: Table, column: str):
     """-> (labels int64, class_names, class_values or None); each distinct value parsed once."""
-    values = _scalars(table, column)
+    values = scalars(table, column)
     distinct = list(dict.fromkeys(values))
     if any(_is_missing(v) for v in distinct):
         raise CorpusError(f"label is missing (NaN or empty) in column {column!r} at "
@@ -226,7 +235,16 @@ def _labels(table: Table, column: str):
     return labels, class_names, None
 
 
-def _scalars(table: Table, column: str) -> list:
+def id_values(table: Table, column: str) -> list:
+    """The id column's values; a binary id that is not UTF-8 text (a UUID, a digest) as hex,
+    a nested value refused naming its row."""
+    values = [v.hex() if isinstance(v, bytes) else v for v in table.columns[column]]
+    for i, value in enumerate(values):
+        _check_scalar(value, f"column {column!r}", f" at {table.where(i)}")
+    return values
+
+
+def scalars(table: Table, column: str) -> list:
     """The column's values; a nested value (a JSON list or object, a Parquet list or struct)
     or bytes that are not UTF-8 (a Parquet binary column) is refused, naming its row."""
     values = table.columns[column]
@@ -235,11 +253,9 @@ def _scalars(table: Table, column: str) -> list:
     return values
 
 
-def _check_scalar(value, what: str = "a column", where: str = "") -> None:
-    """Raise :class:`CorpusError` when ``value`` is nested or undecodable bytes; ``where``
-    names its row (without it the message shows the value's start)."""
-    if isinstance(value, (list, dict, bytes)) and not where:
-        where = f" ({str(value)[:40]}{'...' if len(str(value)) > 40 else ''})"
+def _check_scalar(value, what: str, where: str) -> None:
+    """Raise :class:`CorpusError` when ``value`` is nested or undecodable bytes (``str()`` would
+    make ``"{'a': 1}"`` or ``"b'..'"`` of it), naming ``what`` column and ``where``."""
     if isinstance(value, (list, dict)):
         kind = "list" if isinstance(value, list) else "object"
         raise CorpusError(f"{what} holds a nested {kind}{where}; expected a single value")
@@ -264,7 +280,7 @@ def _as_integer(value):
 
 
 def _split_values(table: Table, column: str) -> np.ndarray:
-    values = _scalars(table, column)
+    values = scalars(table, column)
     names = {}
     for value in dict.fromkeys(values):
         name = None if _is_missing(value) else SPLIT_ALIASES.get(str(value).strip().lower())
@@ -311,7 +327,7 @@ def _split_off(labels: np.ndarray, fraction: float, rng, what: str) -> np.ndarra
 
 
 def _texts(table: Table, columns, rows: np.ndarray) -> list:
-    selected = [_scalars(table, c) for c in columns]
+    selected = [scalars(table, c) for c in columns]
     texts = []
     for i in rows.tolist():
         parts = [_text(col[i]) for col in selected]
@@ -320,9 +336,9 @@ def _texts(table: Table, columns, rows: np.ndarray) -> list:
 
 
 def _text(value) -> str:
+    """A text cell (from :func:`scalars`: never nested, never bytes) as text."""
     if isinstance(value, str):
         return value
-    _check_scalar(value)  # str() would give "{'a': 1}" or "b'..'" as the text
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     return str(value)

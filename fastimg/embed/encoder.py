@@ -147,7 +147,8 @@ def iter_chunks(texts, config, loaded: LoadedModel, plan: Plan, start_row: int,
 
 
 def check_inputs(texts, config, model):
-    """``(texts as a list of str, config, model)``, the config defaulted and both checked."""
+    """``(texts as a list of str, config, model)``: the texts and the config checked, the
+    config defaulted."""
     if config is None:
         config = EncoderConfig()
     elif not isinstance(config, EncoderConfig):

@@ -122,10 +122,11 @@ class LayoutConfig:
 
 
 def _all_rows_equal(points: np.ndarray) -> bool:
-    """Whether every row equals the first (the first two rows differing settles it cheaply)."""
+    """Whether every row equals the first (the first two rows differing settles it cheaply;
+    else two column reductions, without a temporary of the matrix's size)."""
     if points.shape[0] < 2 or not np.array_equal(points[0], points[1]):
         return False
-    return bool((points == points[0]).all())
+    return bool((points.max(axis=0) == points.min(axis=0)).all())
 
 
 class DeepInsightLayout:

@@ -30,7 +30,7 @@ def read_input_texts(path, text_columns=("text",), id_column=None) -> tuple[list
         columns that exist).
     """
     from fastimg.corpus import CorpusError
-    from fastimg.corpus._load import _id_text, _text
+    from fastimg.corpus._load import _id_text, _text, id_values, scalars
     from fastimg.corpus.readers import read_table
 
     table = read_table(Path(path))
@@ -40,13 +40,13 @@ def read_input_texts(path, text_columns=("text",), id_column=None) -> tuple[list
             raise CorpusError(f"{path} has no column {column!r} (columns: {names})")
     if id_column is None:
         id_column = next((c for c in (table.id_column, "id") if c in table.columns), None)
-    selected = [table.columns[c] for c in text_columns]
+    selected = [scalars(table, c) for c in text_columns]
     texts = []
     for i in range(table.n_rows):
         parts = [_text(col[i]) for col in selected]
         texts.append(parts[0] if len(parts) == 1 else "\n".join(p for p in parts if p))
     if id_column:
-        ids = [_id_text(v) for v in table.columns[id_column]]
+        ids = [_id_text(v) for v in id_values(table, id_column)]
     else:
         ids = [str(i) for i in range(table.n_rows)]
     return ids, texts
