@@ -364,8 +364,9 @@ def _cmd_explain(args) -> int:
     result = explain(args.run_dir, split=args.split, out_dir=args.out, method=args.method,
                      max_rows=args.max_rows, batch_size=args.batch_size, device=args.device,
                      seed=args.seed, progress=not args.quiet)
-    top = ", ".join(f"{f} (encoder layer {result.layers[f // result.hidden_size]}, dim "
-                    f"{f % result.hidden_size})" for f in result.top(5).tolist())
+    origins = [(f, *result.feature_origin(f)) for f in result.top(5).tolist()]
+    top = ", ".join(f"{f} (encoder layer {encoder_layer}, dim {dim})"
+                    for f, _, encoder_layer, dim in origins)
     print(f"explained {args.run_dir} with {result.method} over {result.rows} {result.split} "
           f"images; top features: {top}; wrote {result.files['features']} and "
           f"{result.files['image']}")

@@ -175,8 +175,15 @@ class Explanation:
         Sum of ``importance`` over each layer's features, each pixel's importance split
         equally among the features on it.
     class_names, layers : list
+        ``layers``: the ``hidden_states`` index of each concatenated layer, when known.
     hidden_size, rows : int
     method, split : str
+    pixel_index : ndarray of int64, shape (n_features,)
+        The flat pixel (``row * W + col``) of each feature.
+    pixel_features : ndarray of int64, shape (n_features,)
+        How many features share each feature's pixel.
+    grid : tuple
+        ``(H, W)``.
     files : dict
         Paths written (``features``, ``image``), when ``out_dir`` was given.
     """
@@ -193,12 +200,20 @@ class Explanation:
     method: str
     split: str
     pixel_index: np.ndarray = None
+    pixel_features: np.ndarray = None
     grid: tuple = ()
     files: dict = field(default_factory=dict)
 
     def top(self, k: int) -> np.ndarray:
         """The ``k`` most important feature indices."""
         return self.ranking[:k]
+
+    def feature_origin(self, feature: int) -> tuple:
+        """``(layer, encoder_layer, dimension)`` of ``feature``: its layer's position in the
+        concatenation, that layer's ``hidden_states`` index (None when unknown) and its
+        dimension in the layer."""
+        layer, dim = divmod(int(feature), self.hidden_size)
+        return layer, self.layers[layer] if layer < len(self.layers) else None, dim
 
 
 def _first_conv_block(extractor):
@@ -306,7 +321,7 @@ def _to_features(run, pixel_importance, *, method, split, rows) -> Explanation:
         pixel_importance=pixel_importance, feature_importance=per_class, importance=overall,
         ranking=ranking, layer_totals=totals, class_names=list(run.class_names),
         layers=list(layers), hidden_size=hidden, rows=int(rows), method=method, split=split,
-        pixel_index=pix, grid=tuple(pixel_importance.shape[1:]))
+        pixel_index=pix, pixel_features=share, grid=tuple(pixel_importance.shape[1:]))
 
 
 def write_features_csv(result: Explanation, path) -> Path:
@@ -320,17 +335,16 @@ def write_features_csv(result: Explanation, path) -> Path:
     """
     path = Path(path)
     width = result.grid[1]
-    share = np.bincount(result.pixel_index)[result.pixel_index]
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["rank", "feature", "layer", "encoder_layer", "dimension", "row", "col",
                          "pixel_features", "importance",
                          *(f"importance_{c}" for c in result.class_names)])
         for rank, f in enumerate(result.ranking.tolist(), start=1):
-            layer, dim = divmod(f, result.hidden_size)
-            encoder_layer = result.layers[layer] if layer < len(result.layers) else ""
+            layer, encoder_layer, dim = result.feature_origin(f)
             row, col = divmod(int(result.pixel_index[f]), width)
-            writer.writerow([rank, f, layer, encoder_layer, dim, row, col, int(share[f]),
+            writer.writerow([rank, f, layer, "" if encoder_layer is None else encoder_layer, dim,
+                             row, col, int(result.pixel_features[f]),
                              f"{result.importance[f]:.6g}",
                              *(f"{v:.6g}" for v in result.feature_importance[f])])
     return path
