@@ -463,10 +463,13 @@ def _fit(data, config, device, run_dir) -> TrainResult:
         if cache_mode == "zarr":
             folder = (run_dir / "feature_cache" if run_dir is not None else
                       stack.enter_context(tempfile.TemporaryDirectory(prefix="fastimg-cache-")))
-        return _train(run, data, config, device, run_dir, cache_mode, folder, start)
+        return _train(run, cache_mode, folder, start)
 
 
-def _train(run, data, config, device, run_dir, cache_mode, folder, start) -> TrainResult:
+def _train(run: _Run, cache_mode: str, folder, start: float) -> TrainResult:
+    """The fit of ``run``: its feature cache (in ``folder`` when on disk), the epochs, the final
+    evaluation, the probes, and the run files when it has a folder."""
+    data, config, run_dir = run.data, run.config, run.run_dir
     timings = {}
     if cache_mode != "none":
         t0 = time.perf_counter()
@@ -474,12 +477,51 @@ def _train(run, data, config, device, run_dir, cache_mode, folder, start) -> Tra
         timings["cache_s"] = time.perf_counter() - t0
     logger.info("training %s (%s weights, cut %s) on %s, loader %s, cache %s, normalise %s, "
                 "%s lr %.3g/%.3g wd %.3g schedule %s", config.extractor, config.weights,
-                config.cut, device, run.loader_name, cache_mode, config.normalize,
+                config.cut, run.device, run.loader_name, cache_mode, config.normalize,
                 config.optimizer, config.lr_head, config.lr_classifier, config.weight_decay,
                 config.schedule)
-
-    history, best, best_state, stopped_early = [], None, None, False
     t0 = time.perf_counter()
+    history, best, best_state, stopped_early = _epochs(run)
+    timings["train_s"] = time.perf_counter() - t0
+    timings["epoch_s"] = timings["train_s"] / len(history)
+
+    run.model.load_state_dict(best_state)
+    final, reported = _final_evaluation(run)
+    probe = probe_pixels = None
+    if config.probe:
+        probe = linear_probe(data, seed=config.seed)
+        probe_pixels = linear_probe(data, features="pixels", seed=config.seed)
+    timings["total_s"] = time.perf_counter() - start
+    metrics = {
+        "store": str(data.path), "config": config.to_dict(),
+        "extractor": {"name": config.extractor, "weights": config.weights, "cut": config.cut,
+                      "feature_shape": list(run.feature_shape),
+                      "frozen": run.model.extractor.fully_frozen},
+        "device": str(run.device), "loader": run.loader_name, "cache": cache_mode,
+        "amp": run.amp, "class_names": data.class_names,
+        "rows": {s: int(r.size) for s, r in run.rows.items()},
+        "epochs": history, "best_epoch": best + 1, "epochs_run": len(history),
+        "stopped_early": stopped_early, "final": final, "reported": reported,
+        "selection_biased": reported["selection_biased"], "probe": probe,
+        "probe_pixels": probe_pixels, "timings": timings,
+    }
+    if run_dir is not None:
+        _write_run_files(run, best_state, metrics)
+    run.model.eval()
+    has_test = final["test"] is not None
+    return TrainResult(
+        best_epoch=best + 1, val_accuracy=final["val"]["accuracy"],
+        test_accuracy=final["test"]["accuracy"] if has_test else None, probe=probe,
+        history=history, metrics=metrics, model=run.model, run_dir=run_dir,
+        probe_pixels=probe_pixels, selection_biased=not has_test)
+
+
+def _epochs(run: _Run):
+    """Train epoch after epoch, choosing the best on validation only (the test split is never
+    looked at before the end); ``(history, best epoch index, its state on the CPU, stopped
+    early)``."""
+    config = run.config
+    history, best, best_state, stopped_early = [], None, None, False
     bar = tqdm(range(config.epochs), desc="train", unit="epoch", disable=not config.progress)
     for epoch in bar:
         e0 = time.perf_counter()
@@ -490,7 +532,6 @@ def _train(run, data, config, device, run_dir, cache_mode, folder, start) -> Tra
                         "train_accuracy": train_acc, "val_loss": val["loss"],
                         "val_accuracy": val["accuracy"], "lr_head": lrs[0],
                         "lr_classifier": lrs[1], "seconds": time.perf_counter() - e0})
-        # selection on validation only: the test split is never looked at before the end
         if best is None or val["accuracy"] > history[best]["val_accuracy"]:
             best = epoch
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in
@@ -506,10 +547,12 @@ def _train(run, data, config, device, run_dir, cache_mode, folder, start) -> Tra
                         epoch + 1, config.patience)
             break
     bar.close()
-    timings["train_s"] = time.perf_counter() - t0
-    timings["epoch_s"] = timings["train_s"] / len(history)
+    return history, best, best_state, stopped_early
 
-    run.model.load_state_dict(best_state)
+
+def _final_evaluation(run: _Run) -> tuple[dict, dict]:
+    """``(final, reported)``: the best epoch's val and test figures, and the one to report
+    (test's; val's, marked selection-biased, when the store has no test split)."""
     final = {}
     for split in ("val", "test"):
         if run.rows[split].size:
@@ -517,7 +560,8 @@ def _train(run, data, config, device, run_dir, cache_mode, folder, start) -> Tra
             final[split] = {"rows": result["rows"], "accuracy": result["accuracy"],
                             "loss": result["loss"],
                             "confusion_matrix": _confusion(result["targets"],
-                                                           result["predictions"], data.n_classes),
+                                                           result["predictions"],
+                                                           run.data.n_classes),
                             # the best epoch was chosen on val: its figure is optimistic
                             "selection_biased": split == "val"}
         else:
@@ -531,35 +575,14 @@ def _train(run, data, config, device, run_dir, cache_mode, folder, start) -> Tra
                             "best epoch and is optimistic; build with --test-fraction to carve "
                             "a test split")
         logger.warning("%s has no test split: the reported validation accuracy is "
-                       "selection-biased", data.path)
+                       "selection-biased", run.data.path)
+    return final, reported
 
-    probe = probe_pixels = None
-    if config.probe:
-        probe = linear_probe(data, seed=config.seed)
-        probe_pixels = linear_probe(data, features="pixels", seed=config.seed)
-    timings["total_s"] = time.perf_counter() - start
-    metrics = {
-        "store": str(data.path), "config": config.to_dict(),
-        "extractor": {"name": config.extractor, "weights": config.weights, "cut": config.cut,
-                      "feature_shape": list(run.feature_shape),
-                      "frozen": run.model.extractor.fully_frozen},
-        "device": str(device), "loader": run.loader_name, "cache": cache_mode,
-        "amp": run.amp, "class_names": data.class_names,
-        "rows": {s: int(r.size) for s, r in run.rows.items()},
-        "epochs": history, "best_epoch": best + 1, "epochs_run": len(history),
-        "stopped_early": stopped_early, "final": final, "reported": reported,
-        "selection_biased": not has_test, "probe": probe, "probe_pixels": probe_pixels,
-        "timings": timings,
-    }
-    if run_dir is not None:
-        torch.save(best_state, run_dir / CHECKPOINT_FILE)
-        (run_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2),
-                                           encoding="utf-8")
-        (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-        save_run_bundle(run_dir, data, run.normaliser, config)
-    run.model.eval()
-    return TrainResult(
-        best_epoch=best + 1, val_accuracy=final["val"]["accuracy"],
-        test_accuracy=final["test"]["accuracy"] if has_test else None, probe=probe,
-        history=history, metrics=metrics, model=run.model, run_dir=run_dir,
-        probe_pixels=probe_pixels, selection_biased=not has_test)
+
+def _write_run_files(run: _Run, best_state: dict, metrics: dict) -> None:
+    """The run folder's files: the best checkpoint, the config, the metrics, the bundle."""
+    run_dir, config = run.run_dir, run.config
+    torch.save(best_state, run_dir / CHECKPOINT_FILE)
+    (run_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2), encoding="utf-8")
+    (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    save_run_bundle(run_dir, run.data, run.normaliser, config)
