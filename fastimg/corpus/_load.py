@@ -125,10 +125,12 @@ def load_corpus(config: CorpusConfig) -> Corpus:
             logger.info("carved %d test rows from %d train rows (test_fraction %.3g)",
                         test.size, train.size, config.test_fraction)
     remedies = (["a larger limit"] if config.limit is not None and "limit" not in unused else [])
-    carved = [name for name, carved in (("val_fraction", mode != "column" or carved_val),
+    carved = [name for name, carved in (("val_fraction", mode == "random" or carved_val),
                                         ("test_fraction", carved_test)) if carved]
     if carved:
         remedies.append(f"a smaller {' or '.join(carved)}")
+    if mode == "paper":  # its 80/20 is fixed
+        remedies.append("split 'random' with a smaller val_fraction")
     if mode == "column":
         remedies.append(f"train rows of more than one class in split column {split_column!r}")
     _check_train_classes(split, labels, class_names, class_values, notes, remedies)
