@@ -319,7 +319,7 @@ def _cmd_train(args) -> int:
         loader=args.loader,
         device=args.device, amp=not args.no_amp, probe=not args.no_probe,
         num_workers=args.num_workers, seed=args.seed, progress=not args.quiet)
-    result = fit(location, config, out_dir=args.out)
+    result = fit(location, config, out_dir=args.out, overwrite=args.force)
     metrics = result.metrics
     test = ("absent (no test split: the validation figure chose the best epoch and is "
             "selection-biased; build with --test-fraction to carve one)"
@@ -379,9 +379,9 @@ def _check_run_folder(out: Path, *, force: bool) -> None:
         raise UserError(f"--out {out} is a file, not a run folder")
     if force or not out.is_dir():
         return
-    from fastimg.run_folder import RUN_FILES
+    from fastimg.run_folder import run_files_in
 
-    found = [name for name in RUN_FILES if (out / name).exists()]
+    found = run_files_in(out)
     if found:
         raise UserError(f"{out} already holds a run ({', '.join(found)}); pass --force to "
                         f"overwrite it, or choose another --out")

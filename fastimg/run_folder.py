@@ -15,6 +15,12 @@ NORMALISER_FILE = "normaliser.npz"
 RUN_FILES = (METRICS_FILE, CONFIG_FILE, CHECKPOINT_FILE, BUNDLE_FILE, NORMALISER_FILE)
 
 
+def run_files_in(path) -> list[str]:
+    """The names of :data:`RUN_FILES` that the folder ``path`` holds (none for a missing one)."""
+    path = Path(path)
+    return [name for name in RUN_FILES if (path / name).exists()]
+
+
 def is_run_folder(path) -> bool:
     """True when ``path`` is a training run folder (it holds ``metrics.json`` or
     ``config.json``) rather than a store."""

@@ -562,6 +562,30 @@ def test_fit_writes_the_run_files_its_docstring_lists(blob_store, tmp_path):
         assert f"``{name}``" in fit.__doc__, name
 
 
+def test_fit_refuses_a_folder_holding_a_run_unless_overwrite(blob_store, tmp_path, monkeypatch):
+    import importlib
+
+    fit_module = importlib.import_module("fastimg.train.fit")  # the module, not the function
+    path, _ = blob_store
+    out = tmp_path / "run"
+    config = TrainConfig(extractor="alexnet", **{**FAST, "epochs": 1, "probe": False})
+    fit(path, config, out_dir=out)
+    before = (out / "best.pt").read_bytes()
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("fit started work before refusing the folder")
+
+    monkeypatch.setattr(fit_module, "StoreData", no_work)
+    with pytest.raises(FileExistsError, match=r"already holds a run \(metrics.json, config.json"):
+        fit(path, config, out_dir=out)
+    assert (out / "best.pt").read_bytes() == before
+    monkeypatch.undo()
+    result = fit(path, TrainConfig(extractor="alexnet", **{**FAST, "epochs": 1, "probe": False,
+                                                           "seed": 1}),
+                 out_dir=out, overwrite=True)
+    assert result.run_dir == out and json.loads((out / "config.json").read_text())["seed"] == 1
+
+
 # -- CUDA (skipped without a GPU) -------------------------------------------------------------
 
 @pytest.mark.gpu

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from fastimg.run_folder import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RUN_FILES
+from fastimg.run_folder import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RUN_FILES, run_files_in
 from fastimg.train.bundle import save_run_bundle
 from fastimg.train.cache import build_cache, feature_cache_bytes
 from fastimg.train.config import TrainConfig
@@ -340,7 +340,8 @@ class _Run:
                 "loss": loss_sum / n, "predictions": pred, "targets": true}
 
 
-def fit(store, config: TrainConfig | None = None, *, out_dir=None) -> TrainResult:
+def fit(store, config: TrainConfig | None = None, *, out_dir=None,
+        overwrite: bool = False) -> TrainResult:
     """Train the image route on a dataset store and evaluate it honestly.
 
     Parameters
@@ -366,6 +367,9 @@ def fit(store, config: TrainConfig | None = None, *, out_dir=None) -> TrainResul
 
         Without it nothing is written but an on-disk cache, in a temporary folder removed at
         the end.
+    overwrite : bool
+        Train into an ``out_dir`` that already holds a run, replacing its files; without it
+        such a folder is refused (before any work).
 
     Returns
     -------
@@ -381,6 +385,8 @@ def fit(store, config: TrainConfig | None = None, *, out_dir=None) -> TrainResul
         A weights path that does not exist, or is a folder.
     NotADirectoryError
         ``out_dir`` is a file.
+    FileExistsError
+        ``out_dir`` holds a run and ``overwrite`` is false.
     fastimg.train.extractors.WeightsUnavailableError
         ImageNet weights are missing and cannot be downloaded.
     ImportError
@@ -404,6 +410,10 @@ def fit(store, config: TrainConfig | None = None, *, out_dir=None) -> TrainResul
     run_dir = Path(out_dir) if out_dir is not None else None
     if run_dir is not None and run_dir.exists() and not run_dir.is_dir():
         raise NotADirectoryError(f"out_dir {run_dir} is a file, not a run folder")
+    found = run_files_in(run_dir) if run_dir is not None and not overwrite else []
+    if found:
+        raise FileExistsError(f"out_dir {run_dir} already holds a run ({', '.join(found)}); "
+                              f"pass overwrite=True to replace it")
     data = StoreData(store)
     for split in ("train", "val"):
         if data.rows(split).size == 0:
