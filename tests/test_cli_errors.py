@@ -333,9 +333,12 @@ def test_an_interrupted_images_build_is_kept_and_says_so(tmp_path, capsys, monke
 
 @pytest.mark.parametrize("seed", [-1, 2 ** 32, 1.5, True])
 def test_library_configs_refuse_a_seed_no_seeded_library_takes(seed):
+    from fastimg.corpus import CorpusConfig
     from fastimg.train import TrainConfig
 
     with pytest.raises(ValueError, match="random_state must be a whole number from 0 to"):
         LayoutConfig(random_state=seed)
     with pytest.raises(ValueError, match="seed must be a whole number from 0 to"):
         TrainConfig(seed=seed)
+    with pytest.raises(ValueError, match="seed must be a whole number from 0 to"):
+        CorpusConfig(dataset="imdb", seed=seed)

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from fastimg._validation import check_seed
+
 DATASETS = ("imdb",)
 SPLIT_MODES = ("auto", "column", "paper", "random")
 SPLIT_NAMES = ("train", "val", "test")
@@ -121,9 +123,10 @@ class CorpusConfig:
             if isinstance(self.limit, bool) or int(self.limit) != self.limit or self.limit < 1:
                 raise CorpusError(f"limit must be a positive integer, got {self.limit!r}")
             object.__setattr__(self, "limit", int(self.limit))
-        if isinstance(self.seed, bool) or int(self.seed) != self.seed or self.seed < 0:
-            raise CorpusError(f"seed must be a non-negative integer, got {self.seed!r}")
-        object.__setattr__(self, "seed", int(self.seed))
+        try:  # the range the layout and the trainer take too: one seed serves the whole build
+            object.__setattr__(self, "seed", check_seed("seed", self.seed))
+        except ValueError as exc:
+            raise CorpusError(str(exc)) from None
 
     def effective(self, corpus: "Corpus") -> "CorpusConfig":
         """This config with the settings that changed nothing in ``corpus`` (loaded from
