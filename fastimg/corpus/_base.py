@@ -9,10 +9,10 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from fastimg._validation import check_seed
+from fastimg.store.schema import SPLIT_NAMES
 
 DATASETS = ("imdb",)
 SPLIT_MODES = ("auto", "column", "paper", "random")
-SPLIT_NAMES = ("train", "val", "test")
 PAPER_VAL_FRACTION = 0.2
 
 

@@ -238,32 +238,26 @@ def _labels(table: Table, column: str):
 
 
 def id_values(table: Table, column: str) -> list:
-    """The id column's values; a binary id that is not UTF-8 text (a UUID, a digest) as hex,
-    a nested value refused naming its row."""
-    values = [v.hex() if isinstance(v, bytes) else v for v in table.columns[column]]
+    """The id column's values as :func:`scalars` gives them, but a binary id that is not UTF-8
+    text (a UUID, a digest) kept, as hex."""
+    return scalars(table, column, [v.hex() if isinstance(v, bytes) else v
+                                   for v in table.columns[column]])
+
+
+def scalars(table: Table, column: str, values=None) -> list:
+    """The column's ``values`` (default: the table's); a nested value (a JSON list or object, a
+    Parquet list or struct) or bytes that are not UTF-8 (a Parquet binary column) is refused,
+    naming its row (``str()`` would make ``"{'a': 1}"`` or ``"b'..'"`` of it)."""
+    values = table.columns[column] if values is None else values
     for i, value in enumerate(values):
-        _check_scalar(value, f"column {column!r}", f" at {table.where(i)}")
+        if isinstance(value, (list, dict)):
+            kind = "list" if isinstance(value, list) else "object"
+            raise CorpusError(f"column {column!r} holds a nested {kind} at {table.where(i)}; "
+                              f"expected a single value")
+        if isinstance(value, bytes):
+            raise CorpusError(f"column {column!r} holds bytes that are not UTF-8 text at "
+                              f"{table.where(i)}; store the column as UTF-8 text")
     return values
-
-
-def scalars(table: Table, column: str) -> list:
-    """The column's values; a nested value (a JSON list or object, a Parquet list or struct)
-    or bytes that are not UTF-8 (a Parquet binary column) is refused, naming its row."""
-    values = table.columns[column]
-    for i, value in enumerate(values):
-        _check_scalar(value, f"column {column!r}", f" at {table.where(i)}")
-    return values
-
-
-def _check_scalar(value, what: str, where: str) -> None:
-    """Raise :class:`CorpusError` when ``value`` is nested or undecodable bytes (``str()`` would
-    make ``"{'a': 1}"`` or ``"b'..'"`` of it), naming ``what`` column and ``where``."""
-    if isinstance(value, (list, dict)):
-        kind = "list" if isinstance(value, list) else "object"
-        raise CorpusError(f"{what} holds a nested {kind}{where}; expected a single value")
-    if isinstance(value, bytes):
-        raise CorpusError(f"{what} holds bytes that are not UTF-8 text{where}; store the "
-                          f"column as UTF-8 text")
 
 
 def _as_integer(value):

@@ -518,12 +518,11 @@ def _train(run: _Run, cache_mode: str, folder, start: float) -> TrainResult:
     if run_dir is not None:
         _write_run_files(run, best_state, metrics)
     run.model.eval()
-    has_test = final["test"] is not None
     return TrainResult(
         best_epoch=best + 1, val_accuracy=final["val"]["accuracy"],
-        test_accuracy=final["test"]["accuracy"] if has_test else None, probe=probe,
-        history=history, metrics=metrics, model=run.model, run_dir=run_dir,
-        probe_pixels=probe_pixels, selection_biased=not has_test)
+        test_accuracy=None if final["test"] is None else final["test"]["accuracy"],
+        probe=probe, history=history, metrics=metrics, model=run.model, run_dir=run_dir,
+        probe_pixels=probe_pixels, selection_biased=reported["selection_biased"])
 
 
 def _epochs(run: _Run):
