@@ -309,12 +309,6 @@ def _model(config_json: str):
     return config, _MODELS[key]
 
 
-def _encode_block(texts, config, model, stats):
-    from fastimg.embed import encode
-
-    return encode(texts, config, model=model, stats=stats)
-
-
 def _task_location(writer):
     """The unfinished store as workers must open it: a URL, or an absolute path (a relative
     one would be resolved in each worker's own working directory)."""
@@ -322,14 +316,31 @@ def _task_location(writer):
     return location.absolute() if isinstance(location, Path) else location
 
 
-def _open_chunk(location, name: str, index: int, start: int, stop: int):
-    """(the store's group, the done markers of array ``name``, the task's report so far)."""
+def _write_chunk(location, name: str, stage: str, index: int, start: int, stop: int,
+                 stage_key: str | None, compute) -> dict:
+    """The body of every task: rows ``start:stop`` of array ``name`` (chunk ``index``) from
+    ``compute(group) -> (block, report)``, written into the store, then the chunk marked done.
+
+    A chunk already marked is skipped. With ``stage_key``, nothing is written unless the
+    build's ``stage`` still has that key (``{"stale": True}`` is returned then).
+
+    Returns ``{"index", "rows", "skipped", "worker", "pid", "seconds", ...report}``.
+    """
+    t0 = time.perf_counter()
     with _storage_errors_named():
         group = store.location.open_group(location, "r+")
         done = group[DONE_PREFIX + name]
     info = {"index": index, "rows": stop - start, "worker": _worker_address(),
             "pid": os.getpid()}
-    return group, done, info
+    if done[index]:
+        return {**info, "skipped": True, "seconds": time.perf_counter() - t0}
+    block, report = compute(group)
+    if stage_key is not None and not _current(location, stage, stage_key):
+        return {**info, "skipped": True, "stale": True, "seconds": time.perf_counter() - t0}
+    with _storage_errors_named():
+        group[name][start:stop] = block
+        done[index] = 1  # after the rows: a marked chunk is always complete
+    return {**info, "skipped": False, "seconds": time.perf_counter() - t0, **report}
 
 
 @contextlib.contextmanager
@@ -363,28 +374,19 @@ def _current(location, stage: str, key: str) -> bool:
 
 def encode_chunk(location, texts, config_json: str, index: int, start: int, stop: int,
                  stage_key: str | None = None) -> dict:
-    """Task: encode rows ``start:stop`` (one chunk) into the store and mark the chunk done.
+    """Task: encode ``texts``, rows ``start:stop`` (one chunk), into the store's
+    ``embeddings`` and mark the chunk done; fenced by the encode stage's ``stage_key`` (see
+    :func:`_write_chunk`, which gives the report, with the encoder's run stats added)."""
+    def compute(group):
+        from fastimg.embed import encode
 
-    With ``stage_key``, nothing is written unless the build's encode stage still has that key
-    (``{"stale": True}`` is returned then).
+        config, model = _model(config_json)
+        _set_threads()
+        stats = {}
+        block = encode(list(texts), config, model=model, stats=stats)
+        return block, {k: stats.get(k) for k in ENCODE_RUN_STATS}
 
-    Returns ``{"index", "skipped", "worker", "pid", "seconds", ...}``.
-    """
-    t0 = time.perf_counter()
-    group, done, info = _open_chunk(location, EMBEDDINGS, index, start, stop)
-    if done[index]:
-        return {**info, "skipped": True, "seconds": time.perf_counter() - t0}
-    config, model = _model(config_json)
-    _set_threads()
-    stats = {}
-    block = _encode_block(list(texts), config, model, stats)
-    if stage_key is not None and not _current(location, "encode", stage_key):
-        return {**info, "skipped": True, "stale": True, "seconds": time.perf_counter() - t0}
-    with _storage_errors_named():
-        group[EMBEDDINGS][start:stop] = block
-        done[index] = 1  # after the rows: a marked chunk is always complete
-    return {**info, "skipped": False, "seconds": time.perf_counter() - t0,
-            **{k: stats.get(k) for k in ENCODE_RUN_STATS}}
+    return _write_chunk(location, EMBEDDINGS, "encode", index, start, stop, stage_key, compute)
 
 
 def _layout(layout_json: str):
@@ -401,21 +403,14 @@ def raster_chunk(location, layout_json: str, dtype: str, backend: str, index: in
                  stop: int, stage_key: str | None = None) -> dict:
     """Task: rasterise rows ``start:stop`` (one chunk of ``images``) and mark it done (fenced
     by the images stage's ``stage_key`` as :func:`encode_chunk` is by the encode stage's)."""
-    from fastimg.raster import rasterize, to_image_dtype
+    def compute(group):
+        from fastimg.raster import rasterize, to_image_dtype
 
-    t0 = time.perf_counter()
-    group, done, info = _open_chunk(location, IMAGES, index, start, stop)
-    if done[index]:
-        return {**info, "skipped": True, "seconds": time.perf_counter() - t0}
-    layout = _layout(layout_json)
-    block = np.asarray(group[EMBEDDINGS][start:stop])
-    images = rasterize(block, layout.raster_plan(), backend=backend)
-    if stage_key is not None and not _current(location, "images", stage_key):
-        return {**info, "skipped": True, "stale": True, "seconds": time.perf_counter() - t0}
-    with _storage_errors_named():
-        group[IMAGES][start:stop] = to_image_dtype(images, dtype)
-        done[index] = 1
-    return {**info, "skipped": False, "seconds": time.perf_counter() - t0}
+        block = np.asarray(group[EMBEDDINGS][start:stop])
+        images = rasterize(block, _layout(layout_json).raster_plan(), backend=backend)
+        return to_image_dtype(images, dtype), {}
+
+    return _write_chunk(location, IMAGES, "images", index, start, stop, stage_key, compute)
 
 
 # -- client side ---------------------------------------------------------------------------
@@ -478,13 +473,38 @@ def _finish_markers(writer, name: str) -> None:
         del writer.group[marker]
 
 
+def _run_stage(client, writer, name: str, stage: str, task, leading_args, *, rows_done: int,
+               progress: bool, warn_idle: bool = False) -> dict:
+    """One task per unfinished chunk of array ``name``: ``task(location, *leading_args(start,
+    stop), index, start, stop, stage_key)``, fenced by ``stage``'s key; waits for them all.
+
+    Returns stats: ``tasks`` run, ``skipped`` (found done by a task), ``task_seconds``
+    (summed inside the tasks), ``chunks``, ``pending``, and the encoder's run stats when the
+    tasks report them.
+    """
+    todo, n_chunks = _todo(writer, name, rows_done)
+    stats = {"tasks": 0, "skipped": 0, "task_seconds": 0.0, "chunks": n_chunks,
+             "pending": len(todo)}
+    logger.info("%s: %d of %d chunks to do on the cluster", stage, len(todo), n_chunks)
+    if warn_idle:
+        _warn_idle_workers(client, len(todo), n_chunks, stage)
+    location = _task_location(writer)
+    stage_key = writer.stage(stage)["key"]
+    run = uuid.uuid4().hex[:8]
+    futures = [client.submit(task, location, *leading_args(s, e), i, s, e, stage_key,
+                             key=f"fastimg-{stage}-{run}-{i}", retries=RETRIES, pure=False)
+               for i, s, e in todo]
+    _drive(client, futures, stage, stats, rows=sum(e - s for _, s, e in todo),
+           progress=progress)
+    return stats
+
+
 def encode_chunks(client, writer, texts, config, *, progress: bool = False) -> dict:
     """Encode ``texts`` into the build's ``embeddings`` array on the cluster of ``client``.
 
     The array exists (made by the caller with the encoder's resume record); every unfinished
-    chunk is one task. Returns stats: ``tasks`` run, ``skipped`` (found done by a task),
-    ``task_seconds`` (summed inside the tasks), ``layers``, ``device``, ``precision``,
-    ``compute_dtype``.
+    chunk is one task. Returns the stats of :func:`_run_stage` (with ``layers``, ``device``,
+    ``precision`` and ``compute_dtype`` from the encoder).
 
     Raises
     ------
@@ -497,25 +517,15 @@ def encode_chunks(client, writer, texts, config, *, progress: bool = False) -> d
     chunk_rows = int(array.chunks[0])
     if chunk_rows != config.chunk_rows:
         config = type(config).from_dict({**config.to_dict(), "chunk_rows": chunk_rows})
-    todo, n_chunks = _todo(writer, EMBEDDINGS, int(meta.get("rows_done", 0)))
-    stats = {"tasks": 0, "skipped": 0, "task_seconds": 0.0, "chunks": n_chunks,
-             "pending": len(todo)}
-    logger.info("encoding %d of %d chunks on the cluster", len(todo), n_chunks)
-    location = _task_location(writer)
     # the stage key holds the device and precision resolved here: every worker must run
     # those (an "auto" resolved on each worker's own hardware could mix precisions)
     settings = writer.stage("encode")["settings"]
     config_json = json.dumps({**config.to_dict(), "device": settings["device"],
                               "precision": settings["precision"]}, sort_keys=True)
-    run = uuid.uuid4().hex[:8]
-    stage_key = writer.stage("encode")["key"]
-    _warn_idle_workers(client, len(todo), n_chunks, "encode")
-    futures = [client.submit(encode_chunk, location, list(texts[s:e]), config_json, i, s, e,
-                             stage_key, key=f"fastimg-encode-{run}-{i}", retries=RETRIES,
-                             pure=False)
-               for i, s, e in todo]
-    _drive(client, futures, "encode", stats, rows=sum(e - s for _, s, e in todo),
-           progress=progress)
+    stats = _run_stage(client, writer, EMBEDDINGS, "encode", encode_chunk,
+                       lambda start, stop: (list(texts[start:stop]), config_json),
+                       rows_done=int(meta.get("rows_done", 0)), progress=progress,
+                       warn_idle=True)
     array.attrs[EMBED_ATTRS_KEY] = {**meta, "rows_done": int(array.shape[0]), "complete": True}
     _finish_markers(writer, EMBEDDINGS)
     return stats
@@ -526,20 +536,11 @@ def raster_chunks(client, writer, layout, config, *, start_row: int = 0,
     """Rasterise the build's ``embeddings`` into its ``images`` array on the cluster, one task
     per chunk of ``images``; chunks below ``start_row`` are finished. Returns stats as
     :func:`encode_chunks`."""
-    todo, n_chunks = _todo(writer, IMAGES, start_row)
-    stats = {"tasks": 0, "skipped": 0, "task_seconds": 0.0, "chunks": n_chunks,
-             "pending": len(todo)}
-    location = _task_location(writer)
     layout_json = client.scatter(json.dumps(layout.to_dict()), broadcast=True)
     dtype = str(writer.group[IMAGES].dtype)
-    run = uuid.uuid4().hex[:8]
-    stage_key = writer.stage("images")["key"]
-    futures = [client.submit(raster_chunk, location, layout_json, dtype, config.raster_backend,
-                             i, s, e, stage_key, key=f"fastimg-raster-{run}-{i}",
-                             retries=RETRIES, pure=False)
-               for i, s, e in todo]
-    _drive(client, futures, "raster", stats, rows=sum(e - s for _, s, e in todo),
-           progress=progress)
+    stats = _run_stage(client, writer, IMAGES, "images", raster_chunk,
+                       lambda start, stop: (layout_json, dtype, config.raster_backend),
+                       rows_done=start_row, progress=progress)
     writer.update("images", rows_done=int(writer.group[IMAGES].shape[0]))
     _finish_markers(writer, IMAGES)
     return stats

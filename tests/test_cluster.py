@@ -147,20 +147,21 @@ def test_cluster_build_equals_in_process(tmp_path, client, corpus_csv, tiny_bert
 
 
 def _slow_encode(seconds: float) -> None:
-    """Run on the workers (pickled by value): each encode task sleeps before it encodes."""
+    """Run on the workers (pickled by value): each encode task sleeps before it loads its
+    model (cached) and encodes."""
     import fastimg.cluster as cluster
 
-    original = getattr(cluster, "_unpatched_encode_block", cluster._encode_block)
-    cluster._unpatched_encode_block = original
+    original = getattr(cluster, "_unpatched_model", cluster._model)
+    cluster._unpatched_model = original
     if seconds <= 0:
-        cluster._encode_block = original
+        cluster._model = original
         return
 
     def slow(*args, **kwargs):
         time.sleep(seconds)
         return original(*args, **kwargs)
 
-    cluster._encode_block = slow
+    cluster._model = slow
 
 
 def _marked_chunks(partial) -> int:
@@ -251,9 +252,9 @@ def test_client_killed_mid_build_resumes_without_recomputing(tmp_path, corpus_cs
     again = subprocess.run(argv[:-2] + ["--cluster", "local:2"], capture_output=True,
                            text=True, timeout=300)
     assert again.returncode == 0, again.stderr
-    pending = [line for line in again.stderr.splitlines() if "chunks on the cluster" in line]
+    pending = [line for line in again.stderr.splitlines() if "chunks to do on the cluster" in line]
     # the chunks finished before the kill are not submitted again
-    assert pending and f"encoding {6 - finished} of 6 chunks" in pending[0], pending
+    assert pending and f"encode: {6 - finished} of 6 chunks" in pending[0], pending
     assert_same(out, reference)
 
 
