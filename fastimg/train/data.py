@@ -44,15 +44,13 @@ class ChunkedReader:
         self.chunk_rows = int(getattr(array, "chunks", (self.shape[0],))[0]) or 1
         row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * 4
         self.max_chunks = max(2, cache_bytes // max(1, row_bytes * self.chunk_rows))
-        self.scale = 1.0 / 255.0 if self.dtype == np.uint8 else None
         self._chunks: OrderedDict[int, np.ndarray] = OrderedDict()
 
     def _chunk(self, index: int) -> np.ndarray:
         chunk = self._chunks.get(index)
         if chunk is None:
             start = index * self.chunk_rows
-            chunk = _as_float32(np.asarray(self.array[start:start + self.chunk_rows]),
-                                self.scale)
+            chunk = as_loaded(np.asarray(self.array[start:start + self.chunk_rows]))
             self._chunks[index] = chunk
             while len(self._chunks) > self.max_chunks:
                 self._chunks.popitem(last=False)
@@ -71,14 +69,16 @@ class ChunkedReader:
         return out
 
 
-def _as_float32(block: np.ndarray, scale=None) -> np.ndarray:
+def as_loaded(block: np.ndarray) -> np.ndarray:
+    """Stored images as the trainer sees them: float32, ``uint8`` scaled back to [0, 1] (the
+    inverse of :func:`fastimg.raster.to_image_dtype` up to its rounding). A float32 block is
+    returned as it is."""
     if block.dtype == np.float32:
-        out = block
-    else:
-        out = np.empty(block.shape, dtype=np.float32)
-        torch.from_numpy(out).copy_(torch.from_numpy(np.ascontiguousarray(block)))
-    if scale is not None:
-        out *= np.float32(scale)
+        return block
+    out = np.empty(block.shape, dtype=np.float32)
+    torch.from_numpy(out).copy_(torch.from_numpy(np.ascontiguousarray(block)))
+    if block.dtype == np.uint8:
+        out *= np.float32(1.0 / 255.0)
     return out
 
 

@@ -42,18 +42,6 @@ class Prediction:
     class_names: list
 
 
-def _quantise(images: np.ndarray, dtype: str) -> np.ndarray:
-    """The float32 images the training loader saw: stored as ``dtype``, read back as float32."""
-    from fastimg.raster import to_image_dtype
-
-    if dtype == "float32":
-        return images
-    stored = to_image_dtype(images, dtype)
-    if dtype == "uint8":
-        return stored.astype(np.float32) * np.float32(1.0 / 255.0)
-    return stored.astype(np.float32)
-
-
 def _read_checkpoint(path: Path) -> dict:
     """The state_dict in a run's ``best.pt``.
 
@@ -166,11 +154,15 @@ class Run:
     def texts_to_inputs(self, texts, *, progress: bool = False):
         """``(images, embeddings)`` of ``texts``: the store's encoder, layout and image dtype."""
         from fastimg.embed import encode
+        from fastimg.raster import to_image_dtype
+        from fastimg.train.data import as_loaded
 
         config = self.encoder_config()
         self.check_model()
         features = encode(list(texts), config, progress=progress)
-        images = _quantise(self.layout.transform(features), self.bundle["image_dtype"])
+        # the float32 images the training loader saw: stored as the store's dtype, read back
+        images = as_loaded(to_image_dtype(self.layout.transform(features),
+                                          self.bundle["image_dtype"]))
         return images, features
 
     def predict(self, texts, *, batch_size: int = 256, progress: bool = False) -> Prediction:
