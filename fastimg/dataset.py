@@ -85,7 +85,7 @@ def corpus_digest(corpus, codes: np.ndarray) -> str:
 def _fit_rows(split_codes: np.ndarray, fit_on: str) -> np.ndarray:
     if fit_on == "all":
         return np.arange(split_codes.shape[0])
-    rows = np.flatnonzero(split_codes == store.SPLIT_NAMES.index("train"))
+    rows = store.split_rows(split_codes, "train")
     if rows.size < 2:
         raise ValueError(f"the training split has {rows.size} rows; the layout needs at least 2 "
                          f"(use a larger --limit, or --fit-on all)")

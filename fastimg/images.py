@@ -12,7 +12,7 @@ from fastimg._validation import check_count, check_feature_matrix
 from fastimg.layout import LayoutConfig
 from fastimg.raster import check_image_dtype
 from fastimg.store import SPLIT, SPLIT_NAMES, StoreWriter
-from fastimg.store.schema import SPLIT_ALIASES
+from fastimg.store.schema import SPLIT_ALIASES, split_rows
 from fastimg.store.keys import StagePlan
 
 logger = logging.getLogger("fastimg")
@@ -172,7 +172,7 @@ def _fit_rows(n_rows: int, fit_rows: int | None, split) -> tuple[str, np.ndarray
     if split is not None:
         if fit_rows is not None:
             raise ValueError("give either fit_rows or a split, not both")
-        rows = np.flatnonzero(split == SPLIT_NAMES.index("train"))
+        rows = split_rows(split, "train")
         if rows.size < 2:
             raise ValueError(f"the split has {rows.size} training rows; the layout needs at "
                              f"least 2")

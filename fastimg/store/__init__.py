@@ -12,7 +12,7 @@ from fastimg.store.schema import (ATTRS_KEY, BUILD_KEY, COMPLETE, EMBEDDINGS,
                                   ENCODE_RUN_STATS, FORMAT_VERSION, IDS, IMAGE_CHUNK_ROWS,
                                   IMAGES, LABELS, PARTIAL_SUFFIX, REPLACED_SUFFIX, SPLIT,
                                   SPLIT_NAMES, STAGE_ARRAYS, STAGE_SETTINGS, STAGES, StoreError,
-                                  split_code)
+                                  split_code, split_rows)
 from fastimg.store.writer import StoreWriter, check_writable, copy_array, write_store
 
 __all__ = ["ATTRS_KEY", "BUILD_KEY", "COMPLETE", "EMBEDDINGS", "ENCODE_RUN_STATS",
@@ -20,4 +20,5 @@ __all__ = ["ATTRS_KEY", "BUILD_KEY", "COMPLETE", "EMBEDDINGS", "ENCODE_RUN_STATS
            "REPLACED_SUFFIX", "SPLIT", "SPLIT_NAMES", "STAGES", "STAGE_ARRAYS", "STAGE_SETTINGS",
            "StoreError", "StoreReader", "StoreWriter", "check_version", "check_writable",
            "copy_array", "differences", "is_complete", "open_store", "partial_path", "read_attrs",
-           "recover", "replaced_path", "size_bytes", "split_code", "stage_key", "write_store"]
+           "recover", "replaced_path", "size_bytes", "split_code", "split_rows", "stage_key",
+           "write_store"]

@@ -7,7 +7,7 @@ import numpy as np
 
 from fastimg.store import location
 from fastimg.store.schema import (ATTRS_KEY, BUILD_KEY, COMPLETE, EMBEDDINGS, FORMAT_VERSION,
-                                  IDS, IMAGES, LABELS, SPLIT, StoreError, split_code)
+                                  IDS, IMAGES, LABELS, SPLIT, StoreError, split_rows)
 
 logger = logging.getLogger("fastimg.store")
 
@@ -195,7 +195,7 @@ class StoreReader:
 
     def rows(self, split: str) -> np.ndarray:
         """Row indices of ``split`` ("train", "val" or "test"), ascending."""
-        return np.flatnonzero(self.split_codes() == split_code(split))
+        return split_rows(self.split_codes(), split)
 
     def array_info(self) -> dict:
         """Shape and dtype of every array."""

@@ -6,6 +6,8 @@ completion marker ``complete``.
 """
 from __future__ import annotations
 
+import numpy as np
+
 #: Bumped when the layout of arrays or attrs changes in a way older readers cannot follow.
 #: 2: per-stage keys (``stages``) in the attrs, the unfinished build's state under ``BUILD_KEY``.
 FORMAT_VERSION = 2
@@ -27,6 +29,12 @@ def split_code(split: str) -> int:
     if split not in SPLIT_NAMES:
         raise ValueError(f"split must be one of {', '.join(SPLIT_NAMES)}, got {split!r}")
     return SPLIT_NAMES.index(split)
+
+
+def split_rows(codes, split: str):
+    """Row indices (ascending) whose ``split`` code is ``split``'s."""
+    return np.flatnonzero(np.asarray(codes) == split_code(split))
+
 
 ATTRS_KEY = "fastimg"
 #: attrs of an unfinished build: its stage records so far

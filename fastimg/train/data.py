@@ -122,7 +122,7 @@ class StoreData:
 
     def rows(self, split: str) -> np.ndarray:
         """Row indices of ``split`` ("train", "val" or "test"), ascending."""
-        return np.flatnonzero(self.split == store.split_code(split))
+        return store.split_rows(self.split, split)
 
 
 def pixel_stats(reader: ChunkedReader, rows: np.ndarray, *, block: int = 4096):
