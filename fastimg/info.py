@@ -273,8 +273,23 @@ def _run_files(path: Path, config: dict) -> dict:
 
 
 def _read_json(path: Path, missing):
-    """The JSON document at ``path``, or ``missing`` when there is no such file."""
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else missing
+    """The JSON object at ``path``, or ``missing`` when there is no such file.
+
+    Raises
+    ------
+    ValueError
+        When the file is not valid JSON, or holds something other than an object.
+    """
+    if not path.is_file():
+        return missing
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read the run's JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise ValueError(f"{path} holds a JSON {type(document).__name__}, not the object "
+                         f"fastimg train writes (edited or cut short?)")
+    return document
 
 
 def describe_run(path) -> list[str]:
@@ -286,11 +301,8 @@ def describe_run(path) -> list[str]:
         When the folder's ``metrics.json`` or ``config.json`` is not valid JSON.
     """
     path = Path(path)
-    try:
-        metrics = _read_json(path / METRICS_FILE, {})
-        config = _read_json(path / CONFIG_FILE, metrics.get("config", {}))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: cannot read the run's JSON: {exc}") from None
+    metrics = _read_json(path / METRICS_FILE, {})
+    config = _read_json(path / CONFIG_FILE, metrics.get("config") or {})
     files = _run_files(path, config)
     present = ", ".join(n for n, ok in files.items() if ok)
     missing = ", ".join(n for n, ok in files.items() if not ok)
@@ -301,10 +313,13 @@ def describe_run(path) -> list[str]:
     extractor = metrics.get("extractor") or {"name": config.get("extractor"),
                                               "weights": config.get("weights")}
     shape = extractor.get("feature_shape")
-    lines.append(f"extractor  {extractor.get('name')}, weights "
-                 f"{_weights(extractor.get('weights'))}"
-                 + (f", features {' x '.join(map(str, shape))}" if shape else "")
-                 + ("" if extractor.get("frozen", True) else ", partly trained"))
+    if extractor.get("name") is None:  # neither file says: not "random init"
+        lines.append("extractor  not recorded")
+    else:
+        lines.append(f"extractor  {extractor.get('name')}, weights "
+                     f"{_weights(extractor.get('weights'))}"
+                     + (f", features {' x '.join(map(str, shape))}" if shape else "")
+                     + ("" if extractor.get("frozen", True) else ", partly trained"))
     lines.append(f"training   {_plural(config.get('epochs'), 'epoch')}, batch "
                  f"{config.get('batch_size')}, "
                  f"lr head {config.get('lr_head') or 'default'} / classifier "
@@ -324,15 +339,22 @@ def describe_run(path) -> list[str]:
                      f"last train loss {epochs[-1]['train_loss']:.4f}")
     final = metrics.get("final") or {}
     if final:
+        biased = ("; no test split: the val figure chose the best epoch (selection-biased)"
+                  if metrics.get("selection_biased") else "")
         lines.append(f"accuracy   val {_accuracy((final.get('val') or {}).get('accuracy'))}, "
                      f"test {_accuracy((final.get('test') or {}).get('accuracy'))} "
-                     f"(best epoch's weights)")
+                     f"(best epoch's weights{biased})")
     probe = metrics.get("probe")
     if metrics:
         lines.append("probe      " + ("not run" if not probe else
                                       f"val {_accuracy(probe.get('val_accuracy'))}, test "
                                       f"{_accuracy(probe.get('test_accuracy'))} "
                                       f"({probe.get('model', 'linear')})"))
+    pixels = metrics.get("probe_pixels")
+    if pixels:
+        lines.append(f"  pixels   val {_accuracy(pixels.get('val_accuracy'))}, test "
+                     f"{_accuracy(pixels.get('test_accuracy'))} (the same probe on the image "
+                     f"pixels)")
     total = (metrics.get("timings") or {}).get("total_s")
     if total is not None:
         lines.append(f"time       {_seconds(total)}")

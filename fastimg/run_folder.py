@@ -10,8 +10,10 @@ CHECKPOINT_FILE = "best.pt"
 BUNDLE_FILE = "bundle.json"
 #: ``dataset`` normalisation only
 NORMALISER_FILE = "normaliser.npz"
+#: the on-disk feature cache's folder (``cache="zarr"``)
+FEATURE_CACHE_DIR = "feature_cache"
 #: Every file :func:`fastimg.train.fit` writes into a run folder; the first two mark a folder
-#: as a run. ``feature_cache/`` comes beside them with an on-disk feature cache.
+#: as a run. :data:`FEATURE_CACHE_DIR` comes beside them with an on-disk feature cache.
 RUN_FILES = (METRICS_FILE, CONFIG_FILE, CHECKPOINT_FILE, BUNDLE_FILE, NORMALISER_FILE)
 
 

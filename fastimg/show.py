@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 
@@ -98,12 +99,47 @@ def _layer_legend(ax, dominant, layer_names) -> None:
               frameon=False, title="hidden state", title_fontsize=6)
 
 
+def _output_format(out) -> str:
+    """The image format ``out`` is written in: its suffix's (``.png``, ``.pdf``, ``.svg``,
+    ...), PNG without one, so that the file written is ``out`` itself (matplotlib would add
+    ``.png`` to a name without a suffix).
+
+    Raises
+    ------
+    IsADirectoryError
+        When ``out`` is a folder.
+    FileNotFoundError
+        When its folder does not exist.
+    ValueError
+        When matplotlib cannot write its suffix's format.
+    """
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    out = Path(out)
+    if out.is_dir():
+        raise IsADirectoryError(f"{out} is a folder; give the path of the PNG file to write")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"folder {out.parent} does not exist (to write {out} into)")
+    suffix = out.suffix.lower().lstrip(".")
+    if not suffix:
+        return "png"
+    supported = FigureCanvasBase.get_supported_filetypes()
+    if suffix not in supported:
+        raise ValueError(f"cannot write {out}: unknown image format {out.suffix!r} (give a "
+                         f".png path, or one of {', '.join(sorted(supported))})")
+    return suffix
+
+
 def show_store(path, out, *, n_per_class: int = 4, seed: int = 0) -> None:
     """Draw a store into a PNG at ``out``: per class, sample images (raw, and standardised per
     pixel with the training rows' statistics, so that what differs between samples and
     classes shows), the class means and their difference, and the feature layout (features per
     pixel, and the encoder layer that dominates each pixel, with a legend), each with a colour
-    bar."""
+    bar.
+
+    ``out`` is written as its suffix says (``.png``; ``.pdf``, ``.svg`` and matplotlib's other
+    formats too), as PNG without one; a folder, a missing folder or an unknown suffix is
+    refused before any work (``IsADirectoryError``, ``FileNotFoundError``, ``ValueError``)."""
     check_count("n_per_class", n_per_class)
     check_seed("seed", seed)
     try:
@@ -113,6 +149,8 @@ def show_store(path, out, *, n_per_class: int = 4, seed: int = 0) -> None:
                           "pip install matplotlib") from exc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    image_format = _output_format(out)
 
     reader = store.StoreReader(path)
     if not reader.has_labels:
@@ -172,6 +210,6 @@ def show_store(path, out, *, n_per_class: int = 4, seed: int = 0) -> None:
     fig.suptitle(f"{path}: {images.shape[0]} images {grid[0]} x {grid[1]}; per-pixel z uses "
                  f"the mean and deviation of {fit_rows.size} training images", fontsize=9)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, format=image_format)
     plt.close(fig)
     logger.info("wrote %s", out)

@@ -1,6 +1,7 @@
 """The frozen settings of one training run (serialised to JSON beside the run's metrics)."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 from fastimg._validation import check_seed
@@ -61,6 +62,8 @@ class TrainConfig:
     epochs : int or None
         Most epochs to train (early stopping may end sooner).
     batch_size : int
+        Rows per step, at least 2 (BatchNorm cannot train on one sample; a last batch of one
+        is skipped).
     lr_head, lr_classifier : float or None
         Learning rates of the conv head (and of any unfrozen extractor layers and the
         embedding MLP) and of the dense classifier. ``None``: the preset's value for the
@@ -72,8 +75,9 @@ class TrainConfig:
     weight_decay : float or None
     schedule : {"cosine", "plateau", "none"} or None
         Learning-rate schedule: ``"cosine"`` anneals every step to 0 over ``epochs``;
-        ``"plateau"`` halves the rates when validation accuracy has not improved for an
-        epoch; ``"none"`` keeps them constant (the paper).
+        ``"plateau"`` halves the rates after two epochs in a row without a validation
+        gain (``ReduceLROnPlateau(patience=1)``: the rates of the third epoch after the best
+        are halved); ``"none"`` keeps them constant (the paper).
     patience : int or None
         Early stopping: end training when validation accuracy has not improved for this many
         epochs (0: never stop early). The reported model is always the best validation epoch.
@@ -219,20 +223,26 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.batch_size < 2:
+            # the training loop skips batches of one sample (BatchNorm cannot train on them):
+            # with batch_size 1 every batch would be skipped and nothing trained
+            raise ValueError(f"batch_size must be at least 2 (the BatchNorm layers cannot "
+                             f"train on a batch of one sample), got {self.batch_size}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         for name in ("lr_head", "lr_classifier"):
             value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ValueError(f"{name} must be positive, got {value!r}")
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.cut not in CUTS:
             raise ValueError(f"cut must be one of {CUTS}, got {self.cut!r}")
-        if not self.weight_decay >= 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got "
+                             f"{self.weight_decay!r}")
         if (not isinstance(self.patience, int) or isinstance(self.patience, bool)
                 or self.patience < 0):
             raise ValueError(f"patience must be an integer >= 0, got {self.patience!r}")

@@ -257,6 +257,8 @@ def explain(run_dir, *, split: str = "val", out_dir=None, method: str = "integra
     RunBundleError
         When the run's store is gone (explain reads the split from it), was rebuilt with
         another layout, or has no such rows.
+    NotADirectoryError
+        When ``out_dir`` is a file (before any work).
     ImportError
         Without captum (``pip install 'fastimg[explain]'``).
     """
@@ -271,6 +273,11 @@ def explain(run_dir, *, split: str = "val", out_dir=None, method: str = "integra
         check_count("max_rows", max_rows)
     check_count("batch_size", batch_size)
     check_seed("seed", seed)
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        if out_dir.exists() and not out_dir.is_dir():  # refused before the attributions
+            raise NotADirectoryError(f"{out_dir} is a file, not a folder to write "
+                                     f"{FEATURES_FILE} and {IMAGE_FILE} into")
     run = load_run(run_dir, device=device)
     if not run.store_path or not is_complete(run.store_path):
         raise RunBundleError(f"the training store of {run_dir} ({run.store_path}) is gone: "
@@ -296,7 +303,6 @@ def explain(run_dir, *, split: str = "val", out_dir=None, method: str = "integra
                                              batch_size=batch_size, progress=progress)
     result = _to_features(run, pixel_importance, method=method, split=split, rows=rows.size)
     if out_dir is not None:
-        out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         result.files["features"] = write_features_csv(result, out_dir / FEATURES_FILE)
         result.files["image"] = plot_importance(result, out_dir / IMAGE_FILE)

@@ -6,6 +6,7 @@ import copy
 import json
 import logging
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -18,7 +19,8 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from fastimg.run_folder import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RUN_FILES, run_files_in
+from fastimg.run_folder import (BUNDLE_FILE, CHECKPOINT_FILE, CONFIG_FILE, FEATURE_CACHE_DIR,
+                                METRICS_FILE, NORMALISER_FILE, RUN_FILES, run_files_in)
 from fastimg.train.bundle import save_run_bundle
 from fastimg.train.cache import build_cache, feature_cache_bytes
 from fastimg.train.config import TrainConfig
@@ -368,8 +370,10 @@ def fit(store, config: TrainConfig | None = None, *, out_dir=None,
         Without it nothing is written but an on-disk cache, in a temporary folder removed at
         the end.
     overwrite : bool
-        Train into an ``out_dir`` that already holds a run, replacing its files; without it
-        such a folder is refused (before any work).
+        Train into an ``out_dir`` that already holds a run, replacing its files (the earlier
+        run's ``feature_cache/``, and its ``normaliser.npz`` when this run writes none, are
+        removed); without it such a folder is refused (before any work). ``metrics.json`` is
+        written last: a folder without it holds no finished run.
 
     Returns
     -------
@@ -418,6 +422,9 @@ def fit(store, config: TrainConfig | None = None, *, out_dir=None,
     for split in ("train", "val"):
         if data.rows(split).size == 0:
             raise ValueError(f"{store} has no {split} rows; training needs train and val splits")
+    if data.rows("train").size < 2:
+        raise ValueError(f"{store} has 1 train row; training needs at least 2 (BatchNorm "
+                         f"cannot train on one sample)")
     device = resolve_device(config.device)
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
@@ -469,9 +476,12 @@ def _fit(data, config, device, run_dir) -> TrainResult:
     with contextlib.ExitStack() as stack:
         if run_dir is not None:
             stack.enter_context(_run_folder(run_dir))
+            # a previous run's cache (an overwritten run) is never reused: features of another
+            # store, extractor or cut, and splits this store may not have
+            shutil.rmtree(run_dir / FEATURE_CACHE_DIR, ignore_errors=True)
         folder = None
         if cache_mode == "zarr":
-            folder = (run_dir / "feature_cache" if run_dir is not None else
+            folder = (run_dir / FEATURE_CACHE_DIR if run_dir is not None else
                       stack.enter_context(tempfile.TemporaryDirectory(prefix="fastimg-cache-")))
         return _train(run, cache_mode, folder, start)
 
@@ -503,7 +513,7 @@ def _train(run: _Run, cache_mode: str, folder, start: float) -> TrainResult:
         probe_pixels = linear_probe(data, features="pixels", seed=config.seed)
     timings["total_s"] = time.perf_counter() - start
     metrics = {
-        "store": str(data.path), "config": config.to_dict(),
+        "store": _store_name(data), "config": config.to_dict(),
         "extractor": {"name": config.extractor, "weights": config.weights, "cut": config.cut,
                       "feature_shape": list(run.feature_shape),
                       "frozen": run.model.extractor.fully_frozen},
@@ -588,10 +598,40 @@ def _final_evaluation(run: _Run) -> tuple[dict, dict]:
     return final, reported
 
 
+def _store_name(data: StoreData) -> str:
+    """The store as the run records it: a local store by its absolute path (``info`` and
+    ``explain`` read it from any folder), an object store by its URL."""
+    path = data.reader.path
+    return os.fspath(path.resolve()) if isinstance(path, Path) else str(data.path)
+
+
+def _replace_file(path: Path, write) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, then moved onto it: a reader never
+    sees a half-written file under the final name."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _write_run_files(run: _Run, best_state: dict, metrics: dict) -> None:
-    """The run folder's files: the best checkpoint, the config, the metrics, the bundle."""
+    """The run folder's files: the best checkpoint, the bundle, the config, then the metrics.
+
+    ``metrics.json`` comes last and marks a finished run, so a folder interrupted while being
+    written never looks finished; over an earlier run (``overwrite``) its ``metrics.json``
+    and ``bundle.json`` go first (so the new ``best.pt`` is never read with the earlier
+    bundle), and files of the earlier run that this one does not write (``normaliser.npz``
+    without dataset normalisation) are removed."""
     run_dir, config = run.run_dir, run.config
-    torch.save(best_state, run_dir / CHECKPOINT_FILE)
-    (run_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2), encoding="utf-8")
-    (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    for name in (METRICS_FILE, BUNDLE_FILE):
+        (run_dir / name).unlink(missing_ok=True)
+    _replace_file(run_dir / CHECKPOINT_FILE, lambda tmp: torch.save(best_state, tmp))
+    if run.normaliser.mode != "dataset":
+        (run_dir / NORMALISER_FILE).unlink(missing_ok=True)
     save_run_bundle(run_dir, run.data, run.normaliser, config)
+    _replace_file(run_dir / CONFIG_FILE, lambda tmp: tmp.write_text(
+        json.dumps(config.to_dict(), indent=2), encoding="utf-8"))
+    _replace_file(run_dir / METRICS_FILE, lambda tmp: tmp.write_text(
+        json.dumps(metrics, indent=2), encoding="utf-8"))
