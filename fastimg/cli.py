@@ -344,6 +344,11 @@ def _cmd_predict(args) -> int:
     from fastimg.train import load_run
     from fastimg.train.texts_io import read_input_texts, read_lines, write_predictions
 
+    if args.out.is_dir():
+        raise UserError(f"--out {args.out} is a folder; give the path of the CSV to write")
+    for parent in args.out.parents:  # before the encoding: a folder that cannot be made
+        if parent.exists() and not parent.is_dir():
+            raise UserError(f"--out {args.out}: {parent} is a file, not a folder")
     run = load_run(args.run_dir, device=args.device)
     if str(args.input) == "-":
         ids, texts = read_lines(sys.stdin)
@@ -555,12 +560,20 @@ def build_parser() -> argparse.ArgumentParser:
     again.add_argument("--quiet", action="store_true", help="no progress bars")
     again.set_defaults(func=_cmd_relayout)
 
-    show = sub.add_parser("show", help="PNG of sample images, class means and the layout")
+    show = sub.add_parser(
+        "show", help="PNG of sample images, class means and the layout",
+        description="Draw a labelled store: per class, sample images (raw, and standardised "
+                    "per pixel with the training rows' statistics), the class means and their "
+                    "difference, and the feature layout (features per pixel, the encoder "
+                    "layer that dominates each pixel).")
     show.add_argument("store", help="a store (path or URL)")
     _add_storage_options(show)
-    show.add_argument("--out", type=_local_path, required=True, help="PNG file to write")
-    show.add_argument("--per-class", type=int, default=4, help="sample images per class")
-    show.add_argument("--seed", type=_seed, default=0)
+    show.add_argument("--out", type=_local_path, required=True,
+                      help="image file to write (.png; .pdf, .svg also; PNG without a suffix)")
+    show.add_argument("--per-class", type=int, default=4,
+                      help="sample images per class (default 4)")
+    show.add_argument("--seed", type=_seed, default=0,
+                      help="which samples are drawn (default 0)")
     show.set_defaults(func=_cmd_show)
 
     train = sub.add_parser(
@@ -588,7 +601,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "validation) or paper (Table I learning rates, Adam, per-image "
                             "z-normalisation, 15 epochs)")
     train.add_argument("--epochs", type=int, default=None, help="most epochs (preset)")
-    train.add_argument("--batch-size", type=int, default=128)
+    train.add_argument("--batch-size", type=int, default=128,
+                       help="rows per step (default 128; at least 2, as BatchNorm needs)")
     train.add_argument("--lr-head", type=float, default=None, help="(preset, per extractor)")
     train.add_argument("--lr-classifier", type=float, default=None,
                        help="(preset, per extractor)")
@@ -619,12 +633,14 @@ def build_parser() -> argparse.ArgumentParser:
                             "else zarr on disk; none recomputes the extractor every epoch")
     train.add_argument("--cache-budget", default="25%",
                        help="memory the auto cache may use: a share of RAM or a size (6GiB)")
-    train.add_argument("--loader", default="auto", choices=["auto", "dali", "torch"])
+    train.add_argument("--loader", default="auto", choices=["auto", "dali", "torch"],
+                       help="image loader; auto: DALI with a GPU and DALI installed, else torch")
     train.add_argument("--device", type=_torch_device, default="auto",
                        help="torch device: auto|cpu|cuda|cuda:N")
     train.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     train.add_argument("--no-probe", action="store_true", help="skip the linear probe")
-    train.add_argument("--num-workers", type=int, default=0)
+    train.add_argument("--num-workers", type=int, default=0,
+                       help="torch loader worker processes (default 0: in the main process)")
     train.add_argument("--seed", type=_seed, default=0,
                        help="seeds the head's initialisation, shuffling, dropout and the "
                             "probe: the same seed gives the same run")
@@ -665,13 +681,16 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--split", default="val", choices=["val", "train", "test"])
     explain.add_argument("--out", type=_local_path, required=True, help="folder to write")
     explain.add_argument("--method", default="integrated_gradients",
-                         choices=["integrated_gradients", "input_x_gradient", "gradcam"])
+                         choices=["integrated_gradients", "input_x_gradient", "gradcam"],
+                         help="attribution method (default integrated_gradients)")
     explain.add_argument("--max-rows", type=int, default=None,
                          help="a seeded random sample of at most this many rows")
-    explain.add_argument("--batch-size", type=int, default=64)
+    explain.add_argument("--batch-size", type=int, default=64,
+                         help="images per attribution batch (default 64)")
     explain.add_argument("--device", type=_torch_device, default="auto",
                          help="torch device: auto|cpu|cuda|cuda:N")
-    explain.add_argument("--seed", type=_seed, default=0)
+    explain.add_argument("--seed", type=_seed, default=0,
+                         help="seeds the --max-rows sample (default 0)")
     explain.add_argument("--quiet", action="store_true", help="no progress bar")
     explain.set_defaults(func=_cmd_explain)
 

@@ -256,3 +256,48 @@ def test_cli_names_the_columns_that_exist(trained, tmp_path, capsys):
                  "review", "--out", str(tmp_path / "p.csv")])
     err = capsys.readouterr().err
     assert code == 2 and "'review'" in err and "'text'" in err
+
+
+@pytest.mark.parametrize("where", ["folder", "under a file"])
+def test_an_out_predict_cannot_write_is_refused_before_encoding(trained, tmp_path, capsys,
+                                                                monkeypatch, where):
+    from fastimg.train import predict as predict_mod
+
+    monkeypatch.setattr(predict_mod.Run, "texts_to_inputs",
+                        lambda *a, **k: pytest.fail("encoded before checking --out"))
+    monkeypatch.setattr("sys.stdin", io.StringIO("a film\n"))
+    if where == "folder":
+        out = tmp_path
+    else:
+        (tmp_path / "notes").write_text("x")
+        out = tmp_path / "notes" / "preds.csv"
+    code = main(["predict", str(trained["run"]), "--input", "-", "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "--out" in err, err
+
+
+@pytest.mark.parametrize("recorded, here, expected", [
+    (("cuda", "fp16"), "cpu", ("cpu", "auto")),   # a GPU build predicted on a CPU
+    (("cuda", "fp32"), "cpu", ("cpu", "fp32")),
+    (("cpu", "int8"), "cuda", ("cpu", "int8")),   # int8 runs on the CPU only
+    (("auto", "auto"), "cuda", ("cuda", "auto")),
+])
+def test_predict_runs_the_stores_encoder_on_its_own_device(recorded, here, expected, caplog):
+    from fastimg.embed import EncoderConfig
+    from fastimg.train.predict import _encoder_on
+
+    config = EncoderConfig(model="m", device=recorded[0], precision=recorded[1], max_length=64)
+    with caplog.at_level("WARNING", logger="fastimg.train"):
+        got = _encoder_on(config, here)
+    assert (got.device, got.precision) == expected
+    assert (got.model, got.max_length) == ("m", 64)
+    assert ("cannot run on" in caplog.text) == (expected[1] != recorded[1])
+
+
+def test_a_run_of_a_gpu_built_store_predicts_on_the_cpu(trained, tmp_path):
+    run_dir = _copy_run(trained, tmp_path)
+    bundle = json.loads((run_dir / BUNDLE_FILE).read_text())
+    bundle["encoder"] = {**bundle["encoder"], "device": "cuda", "precision": "fp16"}
+    (run_dir / BUNDLE_FILE).write_text(json.dumps(bundle))
+    prediction = load_run(run_dir, device="cpu").predict(trained["texts"])
+    np.testing.assert_allclose(prediction.probabilities, trained["expected"], atol=1e-5)

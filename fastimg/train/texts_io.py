@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -70,10 +71,15 @@ def write_predictions(out, ids, prediction) -> Path:
     if out.parent and not out.parent.exists():
         out.parent.mkdir(parents=True)
     probs = np.asarray(prediction.probabilities)
-    with open(out, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["id", "predicted", *(f"p_{c}" for c in prediction.class_names)])
-        for row_id, name, p in zip(ids, prediction.names, probs):
-            writer.writerow([row_id, name, *(f"{v:.6f}" for v in p)])
+    tmp = out.with_name(f".{out.name}.tmp")  # a cut-short write never sits under out's name
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["id", "predicted", *(f"p_{c}" for c in prediction.class_names)])
+            for row_id, name, p in zip(ids, prediction.names, probs):
+                writer.writerow([row_id, name, *(f"{v:.6f}" for v in p)])
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     logger.info("wrote %d predictions to %s", len(ids), out)
     return out
