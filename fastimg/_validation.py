@@ -30,16 +30,29 @@ def check_feature_matrix(x, *, name: str = "X", n_features: int | None = None,
 
 
 def check_grid(shape) -> tuple[int, int]:
-    """Normalise ``50`` or ``(50, 40)`` to ``(height, width)``; both must be >= 2."""
-    if isinstance(shape, (int, np.integer)):
+    """Normalise ``50`` or ``(50, 40)`` to ``(height, width)``; both must be whole numbers
+    >= 2 (a string, a fraction or a bool is a ValueError, not truncated or split)."""
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, (bool, np.bool_)):
         shape = (int(shape), int(shape))
     try:
-        height, width = (int(s) for s in shape)
+        height, width = (_whole(s) for s in (() if isinstance(shape, (str, bytes)) else shape))
     except (TypeError, ValueError):
-        raise ValueError(f"grid must be an int or a (height, width) pair, got {shape!r}") from None
+        raise ValueError(f"grid must be an int or a (height, width) pair of ints, got "
+                         f"{shape!r}") from None
     if height < 2 or width < 2:
         raise ValueError(f"grid must be at least 2 x 2 pixels, got {height} x {width}")
     return height, width
+
+
+def _whole(value) -> int:
+    """``value`` as an int when it is a whole number (``50`` or ``50.0``), else ValueError."""
+    if isinstance(value, (bool, np.bool_, str, bytes)):
+        raise ValueError(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return int(value)
+    raise ValueError(value)
 
 
 #: seeds numpy's legacy RandomState (scikit-learn's ``random_state``) accepts: [0, 2**32)

@@ -37,8 +37,12 @@ class ImagesConfig:
 
     def __post_init__(self):
         check_image_dtype(self.image_dtype)
-        if self.fit_rows is not None and self.fit_rows < 2:
-            raise ValueError(f"fit_rows must be at least 2, got {self.fit_rows}")
+        if self.fit_rows is not None:
+            if (isinstance(self.fit_rows, (bool, np.bool_))
+                    or not isinstance(self.fit_rows, (int, np.integer)) or self.fit_rows < 2):
+                raise ValueError(f"fit_rows must be a whole number >= 2 or None, got "
+                                 f"{self.fit_rows!r}")
+            object.__setattr__(self, "fit_rows", int(self.fit_rows))  # JSON-safe
 
 
 def synthetic_matrix(n_samples: int, n_features: int, *, rank: int = 16, seed: int = 0,
@@ -197,17 +201,58 @@ def build_image_store(matrix, out, layout_config: LayoutConfig | None = None,
                       config: ImagesConfig | None = None, *, split=None, force: bool = False,
                       progress: bool = True) -> dict:
     """Fit a layout on ``matrix`` and write every row's image into a new zarr store at ``out``.
-    Returns the summary written into the store's attrs.
 
     The layout is fitted on the training rows of ``split`` (codes or names per row, see
     :func:`split_codes`; stored beside the images), else on the first ``config.fit_rows``
     rows, else on every row. An interrupted run resumes (the layout and the finished image
     blocks are kept) when it is started again on the same matrix with the same settings.
+
+    Parameters
+    ----------
+    matrix : array-like, shape (n_rows, n_features)
+        Real numbers, finite. An array with ``shape``, ``dtype`` and slicing (numpy,
+        memmap, zarr) is read block by block; anything else (a list of lists, a DataFrame) is
+        converted with :func:`numpy.asarray` first.
+    out : str or path
+        The store to write.
+    layout_config : LayoutConfig, optional
+        Default ``LayoutConfig()``.
+    config : ImagesConfig, optional
+        Default ``ImagesConfig()``.
+    split : array-like, optional
+        One split per row (codes 0/1/2 or names); the layout is fitted on the train rows.
+    force : bool
+        Replace a complete store at ``out``.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    dict
+        The summary written into the store's attrs.
+
+    Raises
+    ------
+    TypeError
+        When ``layout_config`` or ``config`` is not a :class:`LayoutConfig` /
+        :class:`ImagesConfig`.
+    ValueError
+        When ``matrix`` is not a non-empty 2-D matrix of real numbers, holds NaN or infinite
+        values, or the split is invalid.
+    fastimg.store.StoreError
+        When ``out`` exists with other settings and ``force`` is false.
     """
     from fastimg import stages
 
     layout_config = layout_config or LayoutConfig()
     config = config or ImagesConfig()
+    for name, value, kind in (("layout_config", layout_config, LayoutConfig),
+                              ("config", config, ImagesConfig)):
+        if not isinstance(value, kind):
+            raise TypeError(f"{name} must be a {kind.__name__} instance, got "
+                            f"{type(value).__name__}")
+    if not all(hasattr(matrix, attr) for attr in ("shape", "dtype", "__getitem__")):
+        matrix = np.asarray(matrix)  # a list of lists, a DataFrame: in memory anyway
     if len(matrix.shape) != 2 or matrix.shape[0] == 0:
         raise ValueError(f"input matrix must be 2-D with at least one row, got shape "
                          f"{tuple(matrix.shape)}")

@@ -7,6 +7,7 @@ import threading
 import numpy as np
 
 from fastimg._registry import Registry, has_module
+from fastimg._validation import check_feature_matrix
 from fastimg.kernels import RasterPlan, raster_reference
 
 logger = logging.getLogger("fastimg.raster")
@@ -117,17 +118,51 @@ def _check_block(n_bad: int, start: int, stop: int) -> None:
 
 
 def rasterize(x, plan: RasterPlan, *, backend: str = "auto", out=None) -> np.ndarray:
-    """Images of every row of ``x`` [n, F] as float32 [n, H, W], in memory.
+    """Images of every row of ``x``, in memory.
 
-    Raises ValueError on NaN or infinite input.
+    Parameters
+    ----------
+    x : array-like, shape (n, F)
+        Real numbers, ``F = plan.n_features``; float16 and float32 are read as they are, other
+        dtypes are converted to float32 first.
+    plan : fastimg.kernels.RasterPlan
+        Which features land on which pixel, and their scaling
+        (:meth:`fastimg.layout.DeepInsightLayout.raster_plan`).
+    backend : {"auto", "cpu", "cuda", "numpy"}
+        Kernel; ``"auto"`` is the CPU kernel.
+    out : ndarray of float32, shape (n, H, W), optional
+        C-contiguous array to write the images into.
+
+    Returns
+    -------
+    ndarray of float32, shape (n, H, W)
+        ``out`` when given.
+
+    Raises
+    ------
+    TypeError
+        When ``plan`` is not a :class:`~fastimg.kernels.RasterPlan`.
+    ValueError
+        When ``x`` is not a non-empty 2-D matrix of real numbers with ``F`` columns, holds NaN
+        or infinite values, or ``out`` has the wrong shape, dtype or memory order.
     """
-    x = np.asarray(x)
-    if x.ndim != 2 or x.shape[1] != plan.n_features:
+    if not isinstance(plan, RasterPlan):
+        raise TypeError(f"plan must be a RasterPlan, got {type(plan).__name__}")
+    x = check_feature_matrix(x, name="x", check_finite=False)  # the kernels count NaN and inf
+    if x.shape[1] != plan.n_features:
         raise ValueError(f"expected a matrix with {plan.n_features} features, got shape {x.shape}")
     if x.dtype not in (np.float16, np.float32):
         x = x.astype(np.float32)
+    shape = (x.shape[0], plan.height, plan.width)
     if out is None:
-        out = np.empty((x.shape[0], plan.height, plan.width), dtype=np.float32)
+        out = np.empty(shape, dtype=np.float32)
+    elif (not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != np.float32
+          or not out.flags.c_contiguous or not out.flags.writeable):
+        # the compiled kernels index out by the plan's pixels without bounds checks: a
+        # smaller array would be written past its end
+        raise ValueError(f"out must be a writeable, C-contiguous float32 array of shape {shape}, "
+                         f"got {type(out).__name__} {getattr(out, 'dtype', '')} of shape "
+                         f"{getattr(out, 'shape', None)}")
     name, kernel = RASTER_BACKENDS.get(backend)
     _wait_for_warm_up(name)
     _check_block(kernel(x, plan, out), 0, x.shape[0])

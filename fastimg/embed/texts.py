@@ -12,7 +12,17 @@ class EmptyTextWarning(UserWarning):
 
 
 def check_texts(texts) -> list[str]:
-    """Return ``texts`` as a list of str, or raise TypeError naming the first bad item."""
+    """Return ``texts`` as a list of str.
+
+    Raises
+    ------
+    TypeError
+        When ``texts`` is a single str or bytes, not iterable, or holds a non-str item (the
+        first one is named).
+    ValueError
+        When a text holds a lone surrogate (``"\\ud800"``, from a bad decode or a JSON
+        escape): it has no UTF-8 form, so no tokenizer can read it.
+    """
     if isinstance(texts, (str, bytes)):
         raise TypeError("texts must be a sequence of str, not a single "
                         f"{type(texts).__name__}; wrap it in a list")
@@ -23,6 +33,13 @@ def check_texts(texts) -> list[str]:
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"texts[{i}] is {type(text).__name__} ({text!r:.40}), expected str")
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ValueError(f"texts[{i}] holds a lone surrogate {text[exc.start]!r} at "
+                                 f"character {exc.start}, which has no UTF-8 form; decode the "
+                                 f"text with errors='replace' or drop it") from None
     return texts
 
 

@@ -37,7 +37,7 @@ class LayoutConfig:
     backend : {"auto", "opentsne", "sklearn", "cuml"}
         t-SNE implementation; ``"auto"`` prefers cuML on a GPU, then openTSNE.
     perplexity : float
-        t-SNE perplexity; needs more than ``3 * perplexity`` features.
+        t-SNE perplexity, positive and finite; needs more than ``3 * perplexity`` features.
     metric : str
         Distance between features for t-SNE (DeepInsight uses ``"cosine"``).
     pca_components : int or None
@@ -60,7 +60,7 @@ class LayoutConfig:
         validation (0.848 test); ``assignment`` keeps all 2,304 apart, 0.861 (0.858 test, as
         much as the probe on the embeddings, 0.856), and the default trainer gains with it.
     fill_value : float
-        Value of pixels no feature falls on.
+        Value of pixels no feature falls on (finite).
     random_state : int or None
         Seed for every random step; the same seed gives the same layout.
     n_jobs : int
@@ -74,6 +74,12 @@ class LayoutConfig:
         iterations in one process). Raise it on a dedicated many-core machine, where it is
         faster, or for tens of thousands of features; the thread count is part of the layout
         stage's settings.
+
+    Raises
+    ------
+    ValueError
+        When a setting is of the wrong type or out of range (numpy scalars are accepted and
+        stored as Python numbers, so that :meth:`to_dict` is JSON-safe).
     """
 
     grid: tuple[int, int] = (50, 50)
@@ -97,18 +103,33 @@ class LayoutConfig:
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         TSNE_BACKENDS.resolve(self.backend)  # unknown names fail here, not after the fit
-        if self.perplexity <= 0:
-            raise ValueError(f"perplexity must be positive, got {self.perplexity}")
-        if self.pca_components is not None and self.pca_components < 2:
-            raise ValueError(f"pca_components must be >= 2 or None, got {self.pca_components}")
-        if self.pca_power_iterations < 0:
-            raise ValueError(f"pca_power_iterations must be >= 0, got "
-                             f"{self.pca_power_iterations}")
-        if self.random_state is not None:
-            check_seed("random_state", self.random_state)
-        if self.n_jobs == 0 or self.n_jobs < -1:
+        if not isinstance(self.metric, str) or not self.metric:
+            raise ValueError(f"metric must be a distance name such as 'cosine', got "
+                             f"{self.metric!r}")
+        # numbers become plain Python ints and floats: numpy scalars would pass every check
+        # and then break the JSON the config is saved as (the store's attrs, the stage keys)
+        perplexity = _real("perplexity", self.perplexity)
+        if not perplexity > 0:
+            raise ValueError(f"perplexity must be a positive, finite number, got "
+                             f"{self.perplexity!r}")
+        fill_value = _real("fill_value", self.fill_value)
+        pca_components = self.pca_components
+        if pca_components is not None:
+            pca_components = _int("pca_components", pca_components, 2, "or None")
+        power_iterations = _int("pca_power_iterations", self.pca_power_iterations, 0)
+        random_state = self.random_state
+        if random_state is not None:
+            random_state = check_seed("random_state", random_state)
+        if (isinstance(self.n_jobs, (bool, np.bool_))
+                or not isinstance(self.n_jobs, (int, np.integer))
+                or self.n_jobs == 0 or self.n_jobs < -1):
             raise ValueError(f"n_jobs must be a number of threads (>= 1) or -1 (all cores), got "
-                             f"{self.n_jobs}")
+                             f"{self.n_jobs!r}")
+        for name, value in (("perplexity", perplexity), ("fill_value", fill_value),
+                            ("pca_components", pca_components),
+                            ("pca_power_iterations", power_iterations),
+                            ("random_state", random_state), ("n_jobs", int(self.n_jobs))):
+            object.__setattr__(self, name, value)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -119,6 +140,25 @@ class LayoutConfig:
     def from_dict(cls, data: dict) -> "LayoutConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _real(name: str, value) -> float:
+    """``value`` as a finite Python float, else ValueError naming ``name``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
+                                                                      np.floating)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
+
+
+def _int(name: str, value, minimum: int, alternative: str = "") -> int:
+    """``value`` as a Python int >= ``minimum``, else ValueError naming ``name``."""
+    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer))
+            or value < minimum):
+        raise ValueError(f"{name} must be a whole number >= {minimum}"
+                         f"{' ' + alternative if alternative else ''}, got {value!r}")
+    return int(value)
 
 
 def _all_rows_equal(points: np.ndarray) -> bool:
@@ -139,6 +179,13 @@ class DeepInsightLayout:
     **overrides
         Fields of :class:`LayoutConfig` that replace the config's (``DeepInsightLayout(grid=32)``).
 
+    Raises
+    ------
+    TypeError
+        When ``config`` is not a :class:`LayoutConfig` or an override is not one of its fields.
+    ValueError
+        When an override is not a valid value of its field.
+
     Attributes
     ----------
     pixel_index_ : ndarray of int64, shape (n_features,)
@@ -157,17 +204,53 @@ class DeepInsightLayout:
     """
 
     def __init__(self, config: LayoutConfig | None = None, **overrides):
+        if config is not None and not isinstance(config, LayoutConfig):
+            raise TypeError(f"config must be a LayoutConfig, got {type(config).__name__}; "
+                            f"pass settings as keywords (DeepInsightLayout(grid=32))")
+        unknown = sorted(set(overrides) - {f.name for f in fields(LayoutConfig)})
+        if unknown:
+            # LayoutConfig.from_dict drops unknown keys (newer stores' fields); a typo here
+            # must not silently fall back to the default
+            raise TypeError(f"unknown LayoutConfig field(s) {unknown}; the fields are "
+                            f"{[f.name for f in fields(LayoutConfig)]}")
         base = config or LayoutConfig()
         self.config = LayoutConfig.from_dict({**base.to_dict(), **overrides}) if overrides else base
 
     # -- fitting -----------------------------------------------------------------------------
     def fit(self, X, y=None) -> "DeepInsightLayout":
-        """Fit scaling and pixel map on the training matrix ``X`` [n_samples, n_features]."""
+        """Fit the scaling and the feature-to-pixel map on the training rows.
+
+        Parameters
+        ----------
+        X : array-like, shape (n_samples, n_features)
+            Real numbers (float16, float32 or float64 are used as they are, other numbers as
+            float32), finite, at least 2 rows and 2 features. A Fortran-ordered array or a
+            DataFrame gives the same layout as a C-ordered array of the same values.
+        y : ignored
+            For scikit-learn compatibility.
+
+        Returns
+        -------
+        DeepInsightLayout
+            ``self``, fitted.
+
+        Raises
+        ------
+        ValueError
+            When ``X`` is not a 2-D matrix of real numbers, holds NaN or infinite values, has
+            fewer than 2 rows or features, is constant, or has too few features for the
+            t-SNE perplexity.
+        """
         cfg = self.config
         start = time.perf_counter()
-        X = check_feature_matrix(X)
+        # C order: the PCA's and t-SNE's sums follow the memory order of the matrix they get,
+        # so a Fortran-ordered copy of the same values (np.asarray of a DataFrame is one)
+        # would give another layout
+        X = np.ascontiguousarray(check_feature_matrix(X))
         if X.shape[0] < 2:
             raise ValueError(f"need at least 2 samples to lay features out, got {X.shape[0]}")
+        if X.shape[1] < 2:
+            raise ValueError(f"need at least 2 features to lay out, got {X.shape[1]}")
         with _threads(cfg.n_jobs):
             self._fit(X)
         self.fit_seconds_ = time.perf_counter() - start
@@ -214,6 +297,7 @@ class DeepInsightLayout:
 
     @property
     def n_occupied_pixels(self) -> int:
+        self._check_fitted()
         return int(np.unique(self.pixel_index_).size)
 
     def raster_plan(self) -> RasterPlan:
@@ -225,7 +309,30 @@ class DeepInsightLayout:
 
     # -- transforming ------------------------------------------------------------------------
     def transform(self, X, *, backend: str = "auto", out=None) -> np.ndarray:
-        """Images of the rows of ``X``: float32 array [n_samples, height, width]."""
+        """Images of the rows of ``X``, made with the fitted scaling and map.
+
+        Parameters
+        ----------
+        X : array-like, shape (n_samples, n_features)
+            Real numbers, with the features the layout was fitted on, in that order.
+        backend : {"auto", "cpu", "cuda", "numpy"}
+            Rasterisation kernel (see :func:`fastimg.raster.rasterize`).
+        out : ndarray of float32, shape (n_samples, height, width), optional
+            C-contiguous array to write the images into.
+
+        Returns
+        -------
+        ndarray of float32, shape (n_samples, height, width)
+            ``out`` when given.
+
+        Raises
+        ------
+        RuntimeError
+            When the layout is not fitted.
+        ValueError
+            When ``X`` is not a 2-D matrix of real numbers with ``n_features`` columns, holds
+            NaN or infinite values, or ``out`` has the wrong shape, dtype or memory order.
+        """
         from fastimg.raster import rasterize
 
         self._check_fitted()
@@ -233,6 +340,7 @@ class DeepInsightLayout:
         return rasterize(X, self.raster_plan(), backend=backend, out=out)
 
     def fit_transform(self, X, y=None, **kwargs) -> np.ndarray:
+        """:meth:`fit` on ``X``, then :meth:`transform` it (``kwargs`` go to ``transform``)."""
         return self.fit(X).transform(X, **kwargs)
 
     # -- persistence -------------------------------------------------------------------------

@@ -1,0 +1,213 @@
+"""The Python library API as a user calls it: bad arguments give clear errors naming the
+argument, array-likes and memory orders give the same results, configs stay JSON-safe."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastimg.embed import EncoderConfig, check_texts
+from fastimg.images import ImagesConfig, build_image_store
+from fastimg.kernels import RasterPlan
+from fastimg.layout import DeepInsightLayout, LayoutConfig
+from fastimg.raster import rasterize
+from fastimg.store import open_store
+
+SMALL = dict(grid=(10, 10), perplexity=5)
+
+
+@pytest.fixture(scope="module")
+def matrix():
+    return np.random.default_rng(0).standard_normal((200, 60)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def fitted(matrix):
+    return DeepInsightLayout(**SMALL).fit(matrix)
+
+
+# -- DeepInsightLayout -----------------------------------------------------------------------
+def test_fit_is_reproducible_and_round_trips(matrix, fitted, tmp_path):
+    again = DeepInsightLayout(**SMALL).fit(matrix)
+    images = fitted.transform(matrix)
+    assert again.transform(matrix).tobytes() == images.tobytes()
+    restored = DeepInsightLayout.from_dict(json.loads(json.dumps(fitted.to_dict())))
+    assert restored.transform(matrix).tobytes() == images.tobytes()
+    for name in ("layout.json", "layout.npz"):
+        fitted.save(tmp_path / name)
+        loaded = DeepInsightLayout.load(tmp_path / name)
+        assert loaded.to_dict() == fitted.to_dict()
+
+
+def test_fit_does_not_depend_on_memory_order(matrix, fitted):
+    # the PCA's sums follow the memory order: a Fortran-ordered copy gave another layout
+    fortran = DeepInsightLayout(**SMALL).fit(np.asfortranarray(matrix))
+    np.testing.assert_array_equal(fortran.pixel_index_, fitted.pixel_index_)
+    np.testing.assert_array_equal(fortran.coords_, fitted.coords_)
+
+
+def test_fit_on_a_dataframe_equals_fit_on_its_array(matrix, fitted):
+    pd = pytest.importorskip("pandas")
+    frame = DeepInsightLayout(**SMALL).fit(pd.DataFrame(matrix))  # np.asarray: Fortran order
+    np.testing.assert_array_equal(frame.pixel_index_, fitted.pixel_index_)
+
+
+def test_fit_needs_two_features(matrix):
+    with pytest.raises(ValueError, match="at least 2 features"):
+        DeepInsightLayout(grid=10, method="pca").fit(matrix[:, :1])
+
+
+def test_unknown_override_is_refused():
+    with pytest.raises(TypeError, match="gird"):
+        DeepInsightLayout(gird=32)  # was silently dropped: a 50 x 50 layout
+    with pytest.raises(TypeError, match="LayoutConfig"):
+        DeepInsightLayout({"grid": 32})
+
+
+def test_unfitted_layout_says_so():
+    with pytest.raises(RuntimeError, match="not fitted"):
+        DeepInsightLayout().n_occupied_pixels
+
+
+@pytest.mark.parametrize("out", [np.empty((200, 5, 5), np.float32),
+                                 np.empty((200, 100), np.float32),
+                                 np.empty((200, 10, 10), np.float64),
+                                 np.empty((200, 10, 20), np.float32)[:, :, ::2]])
+def test_transform_refuses_an_out_of_the_wrong_shape(matrix, fitted, out):
+    # a smaller out used to be written past its end by the compiled kernel
+    with pytest.raises(ValueError, match=r"out must be .*\(200, 10, 10\)"):
+        fitted.transform(matrix, out=out)
+
+
+def test_transform_into_out(matrix, fitted):
+    out = np.empty((200, 10, 10), np.float32)
+    assert fitted.transform(matrix, out=out) is out
+    np.testing.assert_array_equal(out, fitted.transform(matrix))
+
+
+# -- LayoutConfig ----------------------------------------------------------------------------
+@pytest.mark.parametrize("kw, match", [
+    (dict(grid=(50.7, 50)), "grid"), (dict(grid="50"), "grid"), (dict(grid=True), "grid"),
+    (dict(perplexity=float("nan")), "perplexity"), (dict(perplexity=float("inf")), "perplexity"),
+    (dict(perplexity="30"), "perplexity"), (dict(pca_components=2.5), "pca_components"),
+    (dict(pca_components="50"), "pca_components"),
+    (dict(pca_power_iterations=1.5), "pca_power_iterations"),
+    (dict(n_jobs=1.5), "n_jobs"), (dict(n_jobs="1"), "n_jobs"),
+    (dict(fill_value=float("nan")), "fill_value"), (dict(fill_value="0"), "fill_value"),
+    (dict(metric=None), "metric"),
+])
+def test_layout_config_rejects_bad_values(kw, match):
+    with pytest.raises(ValueError, match=match):
+        LayoutConfig(**kw)
+
+
+def test_layout_config_takes_numpy_scalars_as_json_numbers():
+    config = LayoutConfig(grid=np.int64(8), perplexity=np.float32(5), random_state=np.int64(3),
+                          pca_components=np.int64(20), n_jobs=np.int64(1),
+                          fill_value=np.float64(-1))
+    data = json.loads(json.dumps(config.to_dict()))
+    assert LayoutConfig.from_dict(data) == config
+    assert data["random_state"] == 3 and data["perplexity"] == 5.0
+
+
+def test_equal_layout_configs_have_equal_dicts():
+    # 30 and 30.0 are the same layout; their saved settings (and stage keys) must agree
+    assert (json.dumps(LayoutConfig(perplexity=30, fill_value=0).to_dict())
+            == json.dumps(LayoutConfig().to_dict()))
+    assert LayoutConfig(grid=(8.0, 8)).grid == (8, 8)
+
+
+# -- rasterize -------------------------------------------------------------------------------
+@pytest.fixture()
+def plan():
+    return RasterPlan.from_pixels([0, 1, 2, 3, 3, 8], (3, 3), fill_value=-1)
+
+
+@pytest.mark.parametrize("x, match", [
+    (np.full((2, 6), "a"), "x must hold real numbers"),
+    (np.array([[None] * 6]), "x must hold real numbers"),
+    (np.ones((2, 6), complex), "x must hold real numbers"),
+    (np.ones((2, 6), bool), "x must hold real numbers"),
+    (np.zeros((0, 6), np.float32), "x is empty"),
+    (np.zeros(6, np.float32), "x must be a 2-D matrix"),
+    (np.zeros((2, 5), np.float32), "6 features"),
+])
+def test_rasterize_names_a_bad_x(plan, x, match):
+    with pytest.raises(ValueError, match=match):
+        rasterize(x, plan)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "numpy"])
+def test_rasterize_refuses_a_bad_out(plan, backend):
+    x = np.ones((4, 6), np.float32)
+    for out in (np.empty((4, 2, 2), np.float32), np.empty((4, 9), np.float32),
+                np.empty((4, 3, 3), np.float64)):
+        with pytest.raises(ValueError, match="out must be"):
+            rasterize(x, plan, backend=backend, out=out)
+
+
+def test_rasterize_wants_a_plan():
+    with pytest.raises(TypeError, match="plan must be a RasterPlan"):
+        rasterize(np.ones((2, 6), np.float32), {"height": 3})
+
+
+# -- build_image_store -----------------------------------------------------------------------
+def test_build_image_store_takes_array_likes(matrix, tmp_path):
+    pd = pytest.importorskip("pandas")
+    config = LayoutConfig(**SMALL)
+    build_image_store(matrix, tmp_path / "a.zarr", config, progress=False)
+    reference = open_store(tmp_path / "a.zarr").images[:]
+    for name, value in (("list", matrix.tolist()), ("frame", pd.DataFrame(matrix)),
+                        ("fortran", np.asfortranarray(matrix))):
+        build_image_store(value, tmp_path / f"{name}.zarr", config, progress=False)
+        np.testing.assert_array_equal(open_store(tmp_path / f"{name}.zarr").images[:],
+                                      reference, err_msg=name)
+
+
+def test_build_image_store_with_a_numpy_seed(matrix, tmp_path):
+    # np.int64 used to reach json.dumps of the stage settings: TypeError after the checks
+    config = LayoutConfig(**SMALL, random_state=np.int64(1))
+    summary = build_image_store(matrix, tmp_path / "s.zarr", config, progress=False)
+    assert summary["rows"] == 200
+
+
+def test_build_image_store_checks_its_configs(matrix, tmp_path):
+    with pytest.raises(TypeError, match="layout_config must be a LayoutConfig"):
+        build_image_store(matrix, tmp_path / "a.zarr", {"grid": 10})
+    with pytest.raises(TypeError, match="config must be a ImagesConfig"):
+        build_image_store(matrix, tmp_path / "a.zarr", LayoutConfig(), {"fit_rows": 10})
+    for fit_rows in (2.5, 100.0, "100", True):
+        with pytest.raises(ValueError, match="fit_rows"):
+            ImagesConfig(fit_rows=fit_rows)
+    assert json.dumps(ImagesConfig(fit_rows=np.int64(10)).fit_rows) == "10"
+
+
+# -- encoder config and texts ----------------------------------------------------------------
+@pytest.mark.parametrize("kw, match", [
+    (dict(layers=(1.5, 2)), "layers"), (dict(layers=["1", "2"]), "layers"),
+    (dict(layers=(True,)), "layers"), (dict(sort_by_length="no"), "sort_by_length"),
+    (dict(revision=3), "revision"), (dict(layers="1,2,3"), r"such as \(1, 2, 3\)"),
+])
+def test_encoder_config_rejects_bad_values(kw, match):
+    with pytest.raises(ValueError, match=match):
+        EncoderConfig(**kw)
+
+
+def test_encoder_config_takes_numpy_ints_and_paths(tmp_path):
+    config = EncoderConfig(model=tmp_path, layers=np.array([1, -1]), max_length=np.int64(64),
+                           chunk_rows=np.int64(8), max_batch_size=np.int32(4),
+                           token_budget=np.int64(128), head_tokens=np.int64(5),
+                           truncation="head+tail")
+    assert config.model == str(tmp_path) and config.layers == (1, -1)
+    data = json.loads(config.to_json())
+    assert EncoderConfig.from_dict(data) == config
+    assert data["max_length"] == 64 and data["head_tokens"] == 5
+    assert EncoderConfig(model=Path("x")) == EncoderConfig(model="x")
+
+
+def test_check_texts_names_a_lone_surrogate():
+    assert check_texts(["caf\u00e9", "ok"]) == ["caf\u00e9", "ok"]
+    with pytest.raises(ValueError, match=r"texts\[1\] holds a lone surrogate"):
+        check_texts(["fine", "bad \ud800 text"])
