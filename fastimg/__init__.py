@@ -24,3 +24,8 @@ def __getattr__(name):
 
         return rasterize
     raise AttributeError(f"module 'fastimg' has no attribute {name!r}")
+
+
+def __dir__():
+    # the lazy names above, for tab completion and help()
+    return sorted(set(globals()) | set(__all__))

@@ -306,8 +306,9 @@ def load_layout(path):
 def texts_to_images(path, texts, *, progress: bool = False) -> np.ndarray:
     """Images of new ``texts`` made as the store at ``path`` made its own.
 
-    Encodes with the store's encoder settings, rasterises with its fitted layout and converts
-    to its image dtype. They equal the stored images to float rounding (texts encoded in
+    Encodes with the store's encoder settings (on this machine's device: see
+    :meth:`fastimg.embed.EncoderConfig.on_device`), rasterises with its fitted layout and
+    converts to its image dtype; no texts give no images. They equal the stored images to float rounding (texts encoded in
     other batches round differently).
 
     Returns
@@ -316,8 +317,14 @@ def texts_to_images(path, texts, *, progress: bool = False) -> np.ndarray:
         float16, float32, or uint8 (0..255, as stored).
     """
     from fastimg.embed import encode
+    from fastimg.embed.plan import ENCODE_DEVICES
+    from fastimg.embed.texts import check_texts
     from fastimg.raster import to_image_dtype
 
+    texts = check_texts(texts)
     reader = store.StoreReader(path)
-    features = encode(texts, reader.encoder_config(), progress=progress)
+    if not texts:
+        return np.empty((0, *reader.images.shape[1:]), dtype=reader.images.dtype)
+    config = reader.encoder_config().on_device(ENCODE_DEVICES.resolve("auto"))
+    features = encode(texts, config, progress=progress)
     return to_image_dtype(reader.layout().transform(features), str(reader.images.dtype))

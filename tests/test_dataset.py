@@ -309,4 +309,6 @@ def test_empty_texts_and_a_large_limit_warn_and_build(tmp_path, tiny_bert_dir, c
     assert again.dtype == np.uint8
     stored = group[store.IMAGES][[0, 7]].astype(int)
     assert stored.max() > 1 and np.abs(again.astype(int) - stored).max() <= 1
+    none = texts_to_images(out, [])  # no texts, no images (not an "X is empty" from the layout)
+    assert none.shape == (0, 8, 12) and none.dtype == np.uint8
     np.testing.assert_array_equal(labels, [("neg", "pos").index(r[2]) for r in rows])

@@ -211,3 +211,10 @@ def test_check_texts_names_a_lone_surrogate():
     assert check_texts(["caf\u00e9", "ok"]) == ["caf\u00e9", "ok"]
     with pytest.raises(ValueError, match=r"texts\[1\] holds a lone surrogate"):
         check_texts(["fine", "bad \ud800 text"])
+
+
+def test_every_lazy_export_is_listed_and_resolves():
+    import fastimg
+
+    assert set(fastimg.__all__) <= set(dir(fastimg))
+    assert all(getattr(fastimg, name) is not None for name in fastimg.__all__)

@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+import zarr
 
 from conftest import tiny_reviews
 from conftest import write_csv as _write_csv
@@ -17,7 +18,7 @@ from fastimg.train import TrainConfig, fit, load_run
 from fastimg.train import extractors as extractors_module
 from fastimg.run_folder import BUNDLE_FILE
 from fastimg.train.bundle import BUNDLE_KEYS, RunBundleError
-from fastimg.store import StoreReader
+from fastimg.store import ATTRS_KEY, StoreReader
 from fastimg.train.data import ChunkedReader, Normaliser, pixel_stats
 
 FAST = dict(weights=None, epochs=2, batch_size=16, progress=False, loader="torch",
@@ -284,11 +285,10 @@ def test_an_out_predict_cannot_write_is_refused_before_encoding(trained, tmp_pat
 ])
 def test_predict_runs_the_stores_encoder_on_its_own_device(recorded, here, expected, caplog):
     from fastimg.embed import EncoderConfig
-    from fastimg.train.predict import _encoder_on
 
     config = EncoderConfig(model="m", device=recorded[0], precision=recorded[1], max_length=64)
-    with caplog.at_level("WARNING", logger="fastimg.train"):
-        got = _encoder_on(config, here)
+    with caplog.at_level("WARNING", logger="fastimg.embed"):
+        got = config.on_device(here)
     assert (got.device, got.precision) == expected
     assert (got.model, got.max_length) == ("m", 64)
     assert ("cannot run on" in caplog.text) == (expected[1] != recorded[1])
@@ -301,3 +301,19 @@ def test_a_run_of_a_gpu_built_store_predicts_on_the_cpu(trained, tmp_path):
     (run_dir / BUNDLE_FILE).write_text(json.dumps(bundle))
     prediction = load_run(run_dir, device="cpu").predict(trained["texts"])
     np.testing.assert_allclose(prediction.probabilities, trained["expected"], atol=1e-5)
+
+
+def test_texts_to_images_of_a_gpu_built_store_run_here(trained):
+    from fastimg.dataset import texts_to_images
+
+    path = trained["store"]
+    group = zarr.open_group(str(path), mode="r+")
+    attrs = dict(group.attrs[ATTRS_KEY])
+    encoder = attrs["config"]["encoder"]
+    try:
+        group.attrs[ATTRS_KEY] = {**attrs, "config": {**attrs["config"], "encoder": {
+            **encoder, "device": "cuda", "precision": "fp16"}}}
+        images = texts_to_images(path, trained["texts"][:3])
+    finally:
+        group.attrs[ATTRS_KEY] = attrs
+    np.testing.assert_array_equal(images, texts_to_images(path, trained["texts"][:3]))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, fields
 
@@ -182,6 +183,26 @@ class EncoderConfig:
         if self.head_tokens is not None:
             return self.head_tokens
         return (self.max_length - 2) * 128 // 510
+
+    def on_device(self, device: str) -> "EncoderConfig":
+        """These settings run on ``device`` (``"cpu"`` or ``"cuda"``), for new texts encoded
+        as a store encoded its own: the same model, layers, pooling and length on this
+        machine's hardware. A precision that cannot run there (fp16 / bf16 of a GPU build, on
+        a CPU) gives way to ``"auto"`` with a warning; int8 stays on the CPU, where it runs."""
+        from dataclasses import replace
+
+        from fastimg.embed.precision import BACKENDS
+
+        devices = BACKENDS[self.precision].devices if self.precision != "auto" else (device,)
+        if device in devices:
+            return replace(self, device=device)
+        if "cpu" in devices:
+            return replace(self, device="cpu")
+        logging.getLogger("fastimg.embed").warning(
+            "these texts were to be encoded in %s, which cannot run on %s: %s's default "
+            "precision instead (the embeddings differ from the store's by rounding)",
+            self.precision, device, device)
+        return replace(self, device=device, precision="auto")
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (``layers`` as a string or a list)."""

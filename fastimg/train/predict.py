@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,23 +40,6 @@ class Prediction:
     names: list
     probabilities: np.ndarray
     class_names: list
-
-
-def _encoder_on(config, device: str):
-    """The store's encoder settings run on ``device`` (predict's): the same model, layers,
-    pooling and length, on this machine's hardware. A precision that cannot run there (fp16 /
-    bf16 of a GPU build on a CPU) gives way to ``auto`` with a warning; int8 stays on the CPU,
-    where it runs."""
-    from fastimg.embed.precision import BACKENDS
-
-    if config.precision == "auto" or device in BACKENDS[config.precision].devices:
-        return replace(config, device=device)
-    if "cpu" in BACKENDS[config.precision].devices:
-        return replace(config, device="cpu")
-    logger.warning("the store was encoded in %s, which cannot run on %s: encoding in %s's "
-                   "default precision instead (the embeddings differ from the store's by "
-                   "rounding)", config.precision, device, device)
-    return replace(config, device=device, precision="auto")
 
 
 def _read_checkpoint(path: Path) -> dict:
@@ -174,7 +157,7 @@ class Run:
         from fastimg.raster import to_image_dtype
         from fastimg.train.data import as_loaded
 
-        config = _encoder_on(self.encoder_config(), self.device.type)
+        config = self.encoder_config().on_device(self.device.type)
         self.check_model()
         features = encode(list(texts), config, progress=progress)
         # the float32 images the training loader saw: stored as the store's dtype, read back
