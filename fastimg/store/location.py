@@ -150,18 +150,82 @@ def resolve(path, storage_options: dict | None = None):
 
     ``file://`` URLs become paths (with the atomic replace); options given for a local
     path are ignored.
+
+    Raises
+    ------
+    ValueError
+        For an object-store URL that names no folder inside a bucket (``s3://``,
+        ``s3://bucket``, ``s3://bucket//x.zarr``), and for a path given as a string that is
+        a URL with a slash missing (``s3:/bucket/x.zarr``), which would otherwise be written
+        on this machine as a folder named ``s3:``.
     """
     if isinstance(path, Location):
         if storage_options:
             return Location(path.url, {**path.storage_options, **storage_options})
         return path
+    if isinstance(path, Path):
+        return path
     text = os.fspath(path) if not isinstance(path, str) else path
     if "://" not in text:
+        _check_not_a_url(text)
         return Path(text)
     scheme, rest = text.split("://", 1)
     if scheme in ("file", "local"):
         return Path(rest)
-    return Location(text.rstrip("/"), dict(storage_options or {}))
+    url = text.rstrip("/")
+    _check_bucket_path(text, scheme, rest.rstrip("/"))
+    return Location(url, dict(storage_options or {}))
+
+
+#: protocols whose URLs are ``PROTOCOL://BUCKET/KEY``: a store is a key inside a bucket
+BUCKET_PROTOCOLS = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "oci")
+#: protocols whose URL with a slash missing (``s3:/b/x``) is refused as a local path
+URL_PROTOCOLS = (*BUCKET_PROTOCOLS, "file", "memory", "http", "https", "hdfs", "webhdfs",
+                 "ftp", "sftp", "ssh")
+
+
+def _check_bucket_path(url: str, scheme: str, rest: str) -> None:
+    """Refuse an object-store URL that names no store inside a bucket.
+
+    ``s3://`` and ``s3:///x.zarr`` name no bucket (zarr would take them for local paths);
+    ``s3://bucket`` is the whole bucket (replacing a store there would empty it);
+    ``s3://bucket//x.zarr`` (an empty variable in ``s3://$BUCKET/$PREFIX/x.zarr``) writes
+    keys that begin with ``/``, which s3fs can neither list nor delete.
+
+    Raises
+    ------
+    ValueError
+        One line naming the URL and the form it needs.
+    """
+    if scheme.lower() not in BUCKET_PROTOCOLS:
+        return
+    form = f"{scheme}://BUCKET/PATH, e.g. {scheme}://my-bucket/imdb.zarr"
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise ValueError(f"{url} names no bucket: a store on object storage is {form}")
+    if not key:
+        raise ValueError(f"{url} is a whole bucket: a store is a folder inside it ({form})")
+    if "//" in rest:
+        raise ValueError(f"{url} has an empty path segment ('//'; an unset variable?): a "
+                         f"store is {form}")
+
+
+def _check_not_a_url(text: str) -> None:
+    """Refuse a local path that is a URL with a slash missing (``s3:/bucket/x.zarr``, or
+    ``s3:bucket/x.zarr``): it would be written as local folders named ``s3:``, and the
+    build would report success. ``./s3:/x`` is the way to mean such a folder.
+
+    Raises
+    ------
+    ValueError
+        One line naming the path and the URL it probably meant.
+    """
+    match = re.match(r"([A-Za-z][A-Za-z0-9+.-]+):(/?)(?!/)(.*)", text)
+    if match and match.group(1).lower() in URL_PROTOCOLS:
+        scheme, slash, rest = match.groups()
+        meant = f"{scheme}://{slash + rest if scheme.lower() == 'file' else rest}"
+        raise ValueError(f"{text} looks like a URL with a slash missing: write {meant} (or "
+                         f"./{text} for a local folder of that name)")
 
 
 def is_local(path) -> bool:
