@@ -16,6 +16,8 @@ from pathlib import Path
 from fastimg import __version__, store
 from fastimg.cluster import ClusterError
 
+logger = logging.getLogger("fastimg.cli")
+
 EXIT_USAGE = 2
 EXIT_BUG = 1
 #: Exceptions that report a mistake in the command's input (StoreError, CorpusError and config
@@ -95,8 +97,14 @@ def _storage_options(args) -> dict:
 
 
 def _location(path: str, args):
-    """A local path or an fsspec URL with the command's ``--storage-option``s."""
-    return store.location.resolve(path, _storage_options(args))
+    """A local path or an fsspec URL with the command's ``--storage-option``s (said to be
+    ignored for a local path: a URL written without its scheme, perhaps)."""
+    options = _storage_options(args)
+    resolved = store.location.resolve(path, options)
+    if options and store.location.is_local(resolved):
+        logger.warning("--storage-option is for store URLs (s3://...): ignored for the local "
+                       "path %s", path)
+    return resolved
 
 
 def _add_storage_options(parser) -> None:
@@ -709,12 +717,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_debug_flag(parser) -> None:
-    """``--debug`` after any command too (SUPPRESS: it does not reset one given before it)."""
+    """``--debug`` and ``-v`` after any command too (SUPPRESS: neither resets one given
+    before the command)."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for command in action.choices.values():
                 command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                                      help="print the traceback of any error")
+                command.add_argument("-v", "--verbose", action="store_true",
+                                     default=argparse.SUPPRESS, help="log each stage")
 
 
 def _one_line(exc: BaseException) -> str:

@@ -117,7 +117,7 @@ def connect(spec: str, *, threads_per_worker: int = 1):
     distributed = _distributed()
     if kind == "address":
         check_reachable(value)
-        with distributed.Client(value) as client:
+        with _client_logs_muted(), distributed.Client(value) as client:
             yield client
         return
     logger.info("starting a local cluster of %d worker processes", value)
@@ -148,12 +148,15 @@ def connect(spec: str, *, threads_per_worker: int = 1):
 
 def check_reachable(address: str, *, timeout: float = 10.0) -> None:
     """Fail at once, with what to do, when nothing listens at a ``tcp://`` or ``tls://``
-    scheduler ``address`` (dask itself retries for 30 s, then names no cause).
+    scheduler ``address`` (dask itself retries for 30 s, then names no cause), or when what
+    listens at a ``tcp://`` one is no dask scheduler (its dashboard's port, say: dask's client
+    would wait on it forever).
 
     Raises
     ------
     ClusterError
-        When the host is unknown or refuses (or does not answer within ``timeout`` s).
+        When the host is unknown or refuses (or does not answer within ``timeout`` s), or a
+        ``tcp://`` port sends nothing within ``timeout`` s (a dask scheduler speaks first).
     """
     import socket
     from urllib.parse import urlsplit
@@ -168,11 +171,22 @@ def check_reachable(address: str, *, timeout: float = 10.0) -> None:
     if not host or port is None:
         raise ClusterError(f"--cluster {address}: expected {parts.scheme}://HOST:PORT")
     try:
-        socket.create_connection((host, port), timeout=timeout).close()
+        sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise ClusterError(f"no dask scheduler answers at {address} ({reason}): start one "
                            f"there (dask scheduler), or check the address and port") from None
+    with sock:
+        if parts.scheme != "tcp":
+            return  # TLS: the client speaks first
+        try:
+            greeting = sock.recv(8)  # a scheduler sends its handshake as a connection opens
+        except OSError:
+            greeting = b""
+    if not greeting:
+        raise ClusterError(f"something listens at {address} but it is not a dask scheduler (it "
+                           f"sent no handshake in {timeout:g} s; a scheduler's port is "
+                           f"usually 8786, its dashboard's 8787)")
 
 
 @contextlib.contextmanager
@@ -226,6 +240,22 @@ def _dask_logs_muted():
         yield
     finally:
         logging.disable(previous)
+
+
+@contextlib.contextmanager
+def _client_logs_muted():
+    """distributed.client's errors and tracebacks hidden (kept with ``-v``): a scheduler lost
+    mid-build is reported once, as one line (:func:`_drive`), not as its reconnect attempts."""
+    if logger.isEnabledFor(logging.INFO):
+        yield
+        return
+    client_logger = logging.getLogger("distributed.client")
+    previous = client_logger.level
+    client_logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        client_logger.setLevel(previous)
 
 
 @contextlib.contextmanager
@@ -447,6 +477,12 @@ def _drive(client, futures, stage: str, stats: dict, *, rows: int, progress: boo
                 result = future.result()
             except (ModelLoadError, WorkerStorageError) as exc:
                 raise ClusterError(str(exc)) from None
+            except distributed.client.FutureCancelledError as exc:
+                # the scheduler went away (or restarted): the marked chunks are kept
+                raise ClusterError(f"the dask scheduler dropped the build's tasks ({exc.reason}"
+                                   f"): the unfinished build is kept; with the scheduler and "
+                                   f"workers up again, rerun the same command to resume"
+                                   ) from None
             _record_chunk(result, stats)
             bar.update(result["rows"])
             logger.info("%s chunk %d done on %s (%.2f s%s)", stage, result["index"],
@@ -457,20 +493,19 @@ def _drive(client, futures, stage: str, stats: dict, *, rows: int, progress: boo
         client.cancel([f for f in futures if not f.done()])
 
 
-def _warn_idle_workers(client, n_tasks: int, n_chunks: int, stage: str) -> None:
-    """One warning when a fresh stage (every chunk to do: a resume keeps its chunking) has
-    fewer tasks than the cluster has workers."""
+def _warn_workers(client, n_tasks: int, n_chunks: int, stage: str, *, idle: bool) -> None:
+    """One warning when the cluster has no worker yet (the tasks wait for one), or, with
+    ``idle``, when a fresh stage (every chunk to do: a resume keeps its chunking) has fewer
+    tasks than the cluster has workers."""
     n_workers = len(client.nthreads())  # scheduler_info() lists only a few workers
-    if 0 < n_tasks == n_chunks < n_workers:
+    if n_tasks and not n_workers:
+        address = getattr(client.scheduler, "address", "the scheduler")
+        warnings.warn(f"{stage}: the cluster has no workers yet; waiting for one (start them "
+                      f"with `dask worker {address}`)", ClusterWarning, stacklevel=3)
+    elif idle and 0 < n_tasks == n_chunks < n_workers:
         warnings.warn(f"{stage}: {n_tasks} task{'s' * (n_tasks != 1)} for {n_workers} workers "
                       f"(one per chunk of --chunk-rows rows): lower --chunk-rows to use them "
                       f"all", ClusterWarning, stacklevel=3)
-
-
-def _finish_markers(writer, name: str) -> None:
-    marker = DONE_PREFIX + name
-    if marker in writer.group:
-        del writer.group[marker]
 
 
 def _run_stage(client, writer, name: str, stage: str, task, leading_args, *, rows_done: int,
@@ -486,8 +521,7 @@ def _run_stage(client, writer, name: str, stage: str, task, leading_args, *, row
     stats = {"tasks": 0, "skipped": 0, "task_seconds": 0.0, "chunks": n_chunks,
              "pending": len(todo)}
     logger.info("%s: %d of %d chunks to do on the cluster", stage, len(todo), n_chunks)
-    if warn_idle:
-        _warn_idle_workers(client, len(todo), n_chunks, stage)
+    _warn_workers(client, len(todo), n_chunks, stage, idle=warn_idle)
     location = _task_location(writer)
     stage_key = writer.stage(stage)["key"]
     run = uuid.uuid4().hex[:8]
@@ -527,7 +561,7 @@ def encode_chunks(client, writer, texts, config, *, progress: bool = False) -> d
                        rows_done=int(meta.get("rows_done", 0)), progress=progress,
                        warn_idle=True)
     array.attrs[EMBED_ATTRS_KEY] = {**meta, "rows_done": int(array.shape[0]), "complete": True}
-    _finish_markers(writer, EMBEDDINGS)
+    writer.drop_done_markers(EMBEDDINGS)
     return stats
 
 
@@ -542,5 +576,5 @@ def raster_chunks(client, writer, layout, config, *, start_row: int = 0,
                        lambda start, stop: (layout_json, dtype, config.raster_backend),
                        rows_done=start_row, progress=progress)
     writer.update("images", rows_done=int(writer.group[IMAGES].shape[0]))
-    _finish_markers(writer, IMAGES)
+    writer.drop_done_markers(IMAGES)
     return stats

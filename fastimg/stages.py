@@ -15,6 +15,7 @@ import numpy as np
 from fastimg import store
 from fastimg.store import StoreError, StoreReader, StoreWriter
 from fastimg.store.keys import StagePlan, digest
+from fastimg.store.schema import EMBED_ATTRS_KEY
 
 logger = logging.getLogger("fastimg.stages")
 
@@ -167,11 +168,12 @@ def run_images(writer: StoreWriter, plan: StagePlan, layout, matrix, config, pro
 
         raster_chunks(client, writer, layout, config, start_row=int(record.get("rows_done", 0)),
                       progress=progress)
-    else:
+    else:  # after the rows an earlier run finished, in process or (chunk marks) on a cluster
+        start_row = writer.finished_rows(store.IMAGES, int(record.get("rows_done", 0)))
         rasterize_to_array(matrix, layout.raster_plan(), writer.group[store.IMAGES],
-                           backend=config.raster_backend,
-                           start_row=int(record.get("rows_done", 0)), progress=progress,
-                           on_block=record_rows)
+                           backend=config.raster_backend, start_row=start_row,
+                           progress=progress, on_block=record_rows)
+        writer.drop_done_markers(store.IMAGES)
     timings["raster_s"] = time.perf_counter() - start
     writer.complete_stage("images", seconds=timings["raster_s"])
 
@@ -202,14 +204,21 @@ def run_encode(writer: StoreWriter, plan: StagePlan, texts, encoder_config, prog
         return record
     start = time.perf_counter()
     stats = {}
-    _create_embeddings(writer, plan, encoder_config, len(texts))
+    array = _create_embeddings(writer, plan, encoder_config, len(texts))
     if client is not None:
         from fastimg.cluster import encode_chunks
 
         stats = encode_chunks(client, writer, texts, encoder_config, progress=progress)
     else:
+        # the encoder resumes after its record's rows_done; chunks a cluster build marked
+        # done in order after them count too
+        meta = dict(array.attrs.get(EMBED_ATTRS_KEY) or {})
+        rows_done = writer.finished_rows(store.EMBEDDINGS, int(meta.get("rows_done", 0)))
+        if rows_done > int(meta.get("rows_done", 0)):
+            array.attrs[EMBED_ATTRS_KEY] = {**meta, "rows_done": rows_done}
         encode_to_array(texts, encoder_config, writer.group, name=store.EMBEDDINGS,
                         progress=progress, stats=stats)
+        writer.drop_done_markers(store.EMBEDDINGS)
     timings["encode_s"] = time.perf_counter() - start
     extra = {} if client is None else {"cluster": {k: stats[k] for k in (
         "chunks", "pending", "tasks", "skipped", "task_seconds")}}

@@ -112,6 +112,21 @@ def test_a_stale_task_writes_nothing_into_a_restarted_build(tmp_path, tiny_bert_
     assert np.asarray(writer.group[store.EMBEDDINGS][0:4]).any()
 
 
+def test_finished_rows_run_to_the_first_unmarked_chunk(tmp_path):
+    from fastimg.store import StoreWriter
+
+    writer = StoreWriter.open(tmp_path / "s.zarr")
+    writer.create_images(30, (4, 4), "float16", chunk_rows=8)
+    assert writer.finished_rows(store.IMAGES, 5) == 5  # no markers: an in-process record
+    done = writer.done_markers(store.IMAGES)
+    done[0], done[1], done[3] = 1, 1, 1  # chunk 2 (rows 16-24) unfinished
+    assert writer.finished_rows(store.IMAGES, 0) == 16
+    done[2] = 1
+    assert writer.finished_rows(store.IMAGES, 0) == 30  # the last chunk is short
+    writer.drop_done_markers(store.IMAGES)
+    assert writer.done_markers(store.IMAGES, create=False) is None
+
+
 def test_a_local_cluster_leaves_this_process_environment_as_it_was(monkeypatch):
     """distributed's nanny sets OMP_NUM_THREADS=1 (and more) in the process that starts it: a
     build started after a local cluster closed ran torch on one thread, and its encodings
@@ -144,6 +159,41 @@ def test_cluster_build_equals_in_process(tmp_path, client, corpus_csv, tiny_bert
         build_dataset(tmp_path / name, *configs(corpus_csv, tiny_bert_dir), progress=False,
                       client=client)
         assert_same(tmp_path / name, reference)
+
+
+def test_a_cluster_build_cut_short_resumes_in_process(tmp_path, client, corpus_csv,
+                                                      tiny_bert_dir, reference, monkeypatch,
+                                                      caplog):
+    """Chunks a cluster build marked done are not encoded again by an in-process rerun, and
+    the finished store keeps no chunk markers."""
+    import torch
+
+    from fastimg import cluster
+    from fastimg.dataset import build_dataset
+
+    def two_chunks_then_cut(client, futures, stage, stats, *, rows, progress):
+        for future in futures[:2]:
+            future.result()
+        client.cancel(futures[2:])
+        raise RuntimeError("cut short")
+
+    out = tmp_path / "cut.zarr"
+    with monkeypatch.context() as patch:
+        patch.setattr(cluster, "_drive", two_chunks_then_cut)
+        with pytest.raises(RuntimeError, match="cut short"):
+            build_dataset(out, *configs(corpus_csv, tiny_bert_dir), progress=False,
+                          client=client)
+    assert _marked_chunks(store.partial_path(out)) >= 2
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each worker, and the reference, ran
+    try:
+        with caplog.at_level("INFO", logger="fastimg.embed"):
+            build_dataset(out, *configs(corpus_csv, tiny_bert_dir), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    resumed = [r.getMessage() for r in caplog.records if "resuming" in r.getMessage()]
+    assert resumed and int(resumed[0].split(" after ")[1].split()[0]) >= 16, resumed
+    assert_same(out, reference)
 
 
 def _slow_encode(seconds: float) -> None:
@@ -320,21 +370,86 @@ def test_a_task_that_cannot_open_the_store_names_its_worker(tmp_path, tiny_bert_
 
 
 def test_fewer_tasks_than_workers_is_one_warning():
-    from fastimg.cluster import ClusterWarning, _warn_idle_workers
+    from fastimg.cluster import ClusterWarning, _warn_workers
 
     class Client:
         def nthreads(self):
             return {"tcp://a": 1, "tcp://b": 1, "tcp://c": 1}
 
     with pytest.warns(ClusterWarning, match="encode: 1 task for 3 workers .*lower --chunk-rows"):
-        _warn_idle_workers(Client(), 1, 1, "encode")
+        _warn_workers(Client(), 1, 1, "encode", idle=True)
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _warn_idle_workers(Client(), 3, 3, "encode")
-        _warn_idle_workers(Client(), 0, 1, "encode")  # nothing left to do: nothing to say
-        _warn_idle_workers(Client(), 1, 6, "encode")  # a resume: its chunking is kept
+        _warn_workers(Client(), 1, 1, "images", idle=False)  # not the encoder's chunking
+        _warn_workers(Client(), 3, 3, "encode", idle=True)
+        _warn_workers(Client(), 0, 1, "encode", idle=True)  # nothing left to do: nothing to say
+        _warn_workers(Client(), 1, 6, "encode", idle=True)  # a resume: its chunking is kept
+
+
+def test_a_cluster_without_workers_says_so_instead_of_waiting_silently():
+    from types import SimpleNamespace
+
+    from fastimg.cluster import ClusterWarning, _warn_workers
+
+    client = SimpleNamespace(nthreads=dict, scheduler=SimpleNamespace(address="tcp://s:8786"))
+    for idle in (True, False):
+        with pytest.warns(ClusterWarning, match=r"no workers yet.*dask worker tcp://s:8786"):
+            _warn_workers(client, 4, 4, "encode", idle=idle)
+
+
+def test_a_port_that_is_no_dask_scheduler_fails_instead_of_hanging():
+    """A dashboard's port (8787 for 8786) accepts the connection and never speaks; dask's
+    client would wait on it forever. A scheduler speaks first."""
+    import socket
+
+    from fastimg.cluster import ClusterError, check_reachable
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        address = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+        start = time.monotonic()
+        with pytest.raises(ClusterError, match="not a dask scheduler .*8786.*8787"):
+            check_reachable(address, timeout=0.5)
+        assert time.monotonic() - start < 10
+
+    with socket.socket() as talking:
+        talking.bind(("127.0.0.1", 0))
+        talking.listen()
+
+        def greet():
+            connection, _ = talking.accept()
+            with connection:
+                connection.sendall(b"\x00handshake")
+                time.sleep(0.5)
+
+        thread = threading.Thread(target=greet)
+        thread.start()
+        check_reachable(f"tcp://127.0.0.1:{talking.getsockname()[1]}", timeout=5)
+        thread.join()
+
+
+def test_a_lost_scheduler_is_one_line_and_keeps_the_build(monkeypatch):
+    from types import SimpleNamespace
+
+    import distributed
+
+    from fastimg import cluster
+
+    lost = distributed.client.FutureCancelledError("fastimg-encode-0",
+                                                   "scheduler-connection-lost")
+
+    def result():
+        raise lost
+
+    future = SimpleNamespace(result=result, done=lambda: True)
+    monkeypatch.setattr(distributed, "as_completed", iter)
+    client = SimpleNamespace(cancel=lambda futures: None)
+    with pytest.raises(cluster.ClusterError, match=r"scheduler dropped .*"
+                       r"scheduler-connection-lost.*rerun the same command to resume"):
+        cluster._drive(client, [future], "encode", {}, rows=8, progress=False)
 
 
 @pytest.mark.slow

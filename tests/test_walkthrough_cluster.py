@@ -112,3 +112,16 @@ def test_build_to_a_url_without_a_store_path_is_one_line(tmp_path, tiny_bert_dir
 def test_info_of_a_url_with_a_slash_missing_is_one_line(capsys):
     assert main(["info", "s3:/bucket/x.zarr"]) == 2
     assert "write s3://bucket/x.zarr" in _one_line(capsys)
+
+
+def test_verbose_after_the_command_and_storage_options_on_a_local_path(tmp_path, capsys,
+                                                                       caplog):
+    from fastimg.cli import build_parser, main
+
+    assert build_parser().parse_args(["info", "x.zarr", "-v"]).verbose
+    assert build_parser().parse_args(["-v", "info", "x.zarr"]).verbose  # not reset after it
+    assert not build_parser().parse_args(["info", "x.zarr"]).verbose
+    with caplog.at_level("WARNING", logger="fastimg.cli"):
+        code = main(["info", str(tmp_path / "missing.zarr"), "--storage-option", "anon=true"])
+    assert code == 2 and "does not exist" in capsys.readouterr().err
+    assert "--storage-option is for store URLs (s3://...): ignored" in caplog.text

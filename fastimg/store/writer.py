@@ -181,6 +181,26 @@ class StoreWriter:
         return self.group.create_array(marker, shape=(max(1, n_chunks),), dtype="uint8",
                                        chunks=(1,), fill_value=0, dimension_names=("chunk",))
 
+    def finished_rows(self, name: str, rows_done: int) -> int:
+        """Rows of array ``name`` finished in order from the first: ``rows_done`` (an
+        in-process run's), or more where a cluster build marked the chunks after them done, up
+        to the first unmarked one. An in-process run resumes there."""
+        markers = self.done_markers(name, create=False)
+        if markers is None:
+            return rows_done
+        array = self.group[name]
+        starts, stops, finished = finished_chunks(markers[:], int(array.shape[0]),
+                                                  int(array.chunks[0]), rows_done)
+        unfinished = np.flatnonzero(~finished)
+        prefix = int(array.shape[0]) if unfinished.size == 0 else int(starts[unfinished[0]])
+        return max(rows_done, prefix)
+
+    def drop_done_markers(self, name: str) -> None:
+        """Delete the completion markers of array ``name`` (once every row is written)."""
+        marker = DONE_PREFIX + name
+        if marker in self.group:
+            del self.group[marker]
+
     # -- the end --------------------------------------------------------------------------
     def finish(self, attrs: dict) -> None:
         """Write the final attrs, the stage records and the completion marker (last), then
