@@ -118,6 +118,15 @@ def test_several_text_columns_are_joined(tmp_path):
     assert corpus.texts == ["Great\nLoved it.", "Meh.", "Bad"]
 
 
+def test_a_lone_surrogate_in_a_text_is_refused_naming_its_row(tmp_path):
+    # json.dumps writes the lone surrogate as the escape "\\ud800", which json.loads reads back
+    records = [{"id": f"r{i}", "text": f"caf\u00e9 {i}", "label": i % 2} for i in range(6)]
+    records[4]["text"] = "half \ud800 a character"
+    with pytest.raises(CorpusError, match=r"lone surrogate '\\ud800'.*") as info:
+        load_corpus(cfg(write_jsonl(tmp_path / "t.jsonl", records)))
+    assert "r4" in str(info.value) or "line 5" in str(info.value), str(info.value)
+
+
 def test_string_labels_mapped_and_integer_labels_kept(tmp_path):
     path = write_csv(tmp_path / "s.csv", ["text", "label"],
                      [["a", " spam"], ["b", "ham"], ["c", "eggs"], ["d", "spam"]])

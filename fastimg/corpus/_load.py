@@ -327,7 +327,16 @@ def _texts(table: Table, columns, rows: np.ndarray) -> list:
     texts = []
     for i in rows.tolist():
         parts = [_text(col[i]) for col in selected]
-        texts.append(parts[0] if len(parts) == 1 else "\n".join(p for p in parts if p))
+        text = parts[0] if len(parts) == 1 else "\n".join(p for p in parts if p)
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:  # a JSON "\ud800" escape: half a character
+                raise CorpusError(f"the text at {table.where(i)} holds a lone surrogate "
+                                  f"{text[exc.start]!r} (half of a character, as a JSON "
+                                  f"escape can write it), which no tokenizer reads; fix or "
+                                  f"drop that row") from None
+        texts.append(text)
     return texts
 
 
