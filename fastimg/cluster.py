@@ -570,10 +570,17 @@ def raster_chunks(client, writer, layout, config, *, start_row: int = 0,
     """Rasterise the build's ``embeddings`` into its ``images`` array on the cluster, one task
     per chunk of ``images``; chunks below ``start_row`` are finished. Returns stats as
     :func:`encode_chunks`."""
-    layout_json = client.scatter(json.dumps(layout.to_dict()), broadcast=True)
     dtype = str(writer.group[IMAGES].dtype)
-    stats = _run_stage(client, writer, IMAGES, "images", raster_chunk,
-                       lambda start, stop: (layout_json, dtype, config.raster_backend),
+    layout_json = []
+
+    def leading_args(start, stop):
+        if not layout_json:  # sent once to every worker; in each task while there are none
+            text = json.dumps(layout.to_dict())  # (scatter would wait for one, then fail)
+            layout_json.append(client.scatter(text, broadcast=True) if client.nthreads()
+                               else text)
+        return layout_json[0], dtype, config.raster_backend
+
+    stats = _run_stage(client, writer, IMAGES, "images", raster_chunk, leading_args,
                        rows_done=start_row, progress=progress)
     writer.update("images", rows_done=int(writer.group[IMAGES].shape[0]))
     writer.drop_done_markers(IMAGES)

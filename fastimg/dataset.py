@@ -303,13 +303,15 @@ def load_layout(path):
     return store.StoreReader(path).layout()
 
 
-def texts_to_images(path, texts, *, progress: bool = False) -> np.ndarray:
+def texts_to_images(path, texts, *, device: str = "auto",
+                    progress: bool = False) -> np.ndarray:
     """Images of new ``texts`` made as the store at ``path`` made its own.
 
-    Encodes with the store's encoder settings (on this machine's device: see
+    Encodes with the store's encoder settings on ``device`` (``"auto"``: the GPU when torch
+    sees one, else the CPU; ``"cpu"`` or ``"cuda"``; see
     :meth:`fastimg.embed.EncoderConfig.on_device`), rasterises with its fitted layout and
-    converts to its image dtype; no texts give no images. They equal the stored images to float rounding (texts encoded in
-    other batches round differently).
+    converts to its image dtype; no texts give no images. They equal the stored images to
+    float rounding (texts encoded in other batches round differently).
 
     Returns
     -------
@@ -325,6 +327,6 @@ def texts_to_images(path, texts, *, progress: bool = False) -> np.ndarray:
     reader = store.StoreReader(path)
     if not texts:
         return np.empty((0, *reader.images.shape[1:]), dtype=reader.images.dtype)
-    config = reader.encoder_config().on_device(ENCODE_DEVICES.resolve("auto"))
+    config = reader.encoder_config().on_device(ENCODE_DEVICES.resolve(device))
     features = encode(texts, config, progress=progress)
     return to_image_dtype(reader.layout().transform(features), str(reader.images.dtype))

@@ -484,3 +484,34 @@ def test_ctrl_c_on_a_cluster_build_is_one_line(tmp_path, corpus_csv, tiny_bert_d
     assert code == 130, err
     assert err == ("fastimg build-dataset: interrupted (the unfinished build is kept: rerun to "
                    "resume)")
+
+
+def test_images_on_a_cluster_without_workers_warn_instead_of_failing_to_scatter(tmp_path,
+                                                                                monkeypatch):
+    """scatter(broadcast=True) waits for a worker and then fails: with none yet, the layout
+    goes in each task, and the stage warns and waits like the encode stage."""
+    from types import SimpleNamespace
+
+    from fastimg import cluster
+    from fastimg.dataset import DatasetConfig
+    from fastimg.layout import DeepInsightLayout
+    from fastimg.store import StoreWriter
+
+    rng = np.random.default_rng(0)
+    layout = DeepInsightLayout(grid=(4, 4), method="pca", random_state=0).fit(
+        rng.random((20, 12), dtype=np.float32))
+    writer = StoreWriter.open(tmp_path / "s.zarr")
+    writer.begin("images", "key", {})
+    writer.create_images(20, (4, 4), "float16", chunk_rows=8)
+    submitted = []
+
+    def scatter(*args, **kwargs):
+        raise TimeoutError("No valid workers found")
+
+    client = SimpleNamespace(nthreads=dict, scatter=scatter,
+                             scheduler=SimpleNamespace(address="tcp://s:8786"),
+                             submit=lambda *args, **kwargs: submitted.append(args))
+    monkeypatch.setattr(cluster, "_drive", lambda *args, **kwargs: None)
+    with pytest.warns(cluster.ClusterWarning, match="images: the cluster has no workers yet"):
+        cluster.raster_chunks(client, writer, layout, DatasetConfig())
+    assert len(submitted) == 3 and all(isinstance(args[2], str) for args in submitted)

@@ -314,6 +314,40 @@ def test_texts_to_images_of_a_gpu_built_store_run_here(trained):
         group.attrs[ATTRS_KEY] = {**attrs, "config": {**attrs["config"], "encoder": {
             **encoder, "device": "cuda", "precision": "fp16"}}}
         images = texts_to_images(path, trained["texts"][:3])
+        on_cpu = texts_to_images(path, trained["texts"][:3], device="cpu")
     finally:
         group.attrs[ATTRS_KEY] = attrs
     np.testing.assert_array_equal(images, texts_to_images(path, trained["texts"][:3]))
+    np.testing.assert_array_equal(on_cpu, images)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="cuda"):
+            texts_to_images(path, trained["texts"][:3], device="cuda")
+
+
+def test_predictions_go_through_a_symlink_and_into_a_pipe(trained, tmp_path):
+    """A new file is written beside --out and moved onto it; a link or a pipe (/dev/stdout)
+    is written through, never replaced by a regular file."""
+    import os
+    import threading
+    from types import SimpleNamespace
+
+    from fastimg.train.texts_io import write_predictions
+
+    prediction = SimpleNamespace(probabilities=[[0.25, 0.75]], names=["pos"],
+                                 class_names=["neg", "pos"])
+    (tmp_path / "real.csv").write_text("x")
+    (tmp_path / "link.csv").symlink_to(tmp_path / "real.csv")
+    write_predictions(tmp_path / "link.csv", ["a"], prediction)
+    assert (tmp_path / "link.csv").is_symlink()
+    assert (tmp_path / "real.csv").read_text().startswith("id,predicted,p_neg,p_pos")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    write_predictions(fifo, ["a"], prediction)
+    reader.join(10)
+    assert got and got[0].splitlines()[1] == "a,pos,0.250000,0.750000" and not fifo.is_file()
+    write_predictions(tmp_path / "new.csv", ["a"], prediction)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.csv", "new.csv", "pipe",
+                                                          "real.csv"]

@@ -175,6 +175,9 @@ def test_explain_into_a_file_is_refused_before_the_attributions(label_store, tmp
     code = main(["explain", str(tmp_path / "run"), "--out", str(tmp_path / "taken.csv"),
                  "--quiet"])
     assert code == 2 and "taken.csv is a file, not a folder" in _one_line_error(capsys)
+    code = main(["explain", str(tmp_path / "run"), "--out", str(tmp_path / "taken.csv" / "sub"),
+                 "--quiet"])  # under a file: refused as early
+    assert code == 2 and "taken.csv is a file, not a folder" in _one_line_error(capsys)
     assert (tmp_path / "taken.csv").read_text() == "mine"
 
 

@@ -122,10 +122,9 @@ class EncoderConfig:
             object.__setattr__(self, "model", os.fspath(self.model))
         if not isinstance(self.model, str) or not self.model:
             raise ValueError(f"model must be a non-empty string, got {self.model!r}")
-        if self.revision is not None and (not isinstance(self.revision, str)
-                                          or not self.revision):
-            raise ValueError(f"revision must be a non-empty string or None, got "
-                             f"{self.revision!r}")
+        # "" (an unset --revision "$REV") is kept as stores before saved it: no revision
+        if self.revision is not None and not isinstance(self.revision, str):
+            raise ValueError(f"revision must be a string or None, got {self.revision!r}")
         layers = self.layers
         if isinstance(layers, str):
             if layers not in LAYER_PRESETS:

@@ -143,13 +143,15 @@ class LayoutConfig:
 
 
 def _real(name: str, value) -> float:
-    """``value`` as a finite Python float, else ValueError naming ``name``."""
+    """``value`` (a Python number as given, a numpy scalar as a Python number: the settings
+    of stores built before keep their stage keys) if finite, else ValueError naming
+    ``name``."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
                                                                       np.floating)):
         raise ValueError(f"{name} must be a number, got {value!r}")
     if not np.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value!r}")
-    return float(value)
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _int(name: str, value, minimum: int, alternative: str = "") -> int:

@@ -275,9 +275,10 @@ def explain(run_dir, *, split: str = "val", out_dir=None, method: str = "integra
     check_seed("seed", seed)
     if out_dir is not None:
         out_dir = Path(out_dir)
-        if out_dir.exists() and not out_dir.is_dir():  # refused before the attributions
-            raise NotADirectoryError(f"{out_dir} is a file, not a folder to write "
-                                     f"{FEATURES_FILE} and {IMAGE_FILE} into")
+        for folder in (out_dir, *out_dir.parents):  # refused before the attributions
+            if folder.exists() and not folder.is_dir():
+                raise NotADirectoryError(f"{folder} is a file, not a folder (to write "
+                                         f"{FEATURES_FILE} and {IMAGE_FILE} into {out_dir})")
     run = load_run(run_dir, device=device)
     if not run.store_path or not is_complete(run.store_path):
         raise RunBundleError(f"the training store of {run_dir} ({run.store_path}) is gone: "

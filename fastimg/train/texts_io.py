@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -66,20 +67,34 @@ def read_lines(stream) -> tuple[list, list]:
 
 
 def write_predictions(out, ids, prediction) -> Path:
-    """CSV with columns ``id, predicted, p_<class>...`` (probabilities to 6 decimals)."""
+    """CSV with columns ``id, predicted, p_<class>...`` (probabilities to 6 decimals).
+
+    A new or regular file is written beside ``out`` and moved onto it, so a cut-short write
+    never sits under its name; a symlink, ``/dev/stdout`` or a pipe is written through."""
     out = Path(out)
     if out.parent and not out.parent.exists():
         out.parent.mkdir(parents=True)
     probs = np.asarray(prediction.probabilities)
-    tmp = out.with_name(f".{out.name}.tmp")  # a cut-short write never sits under out's name
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["id", "predicted", *(f"p_{c}" for c in prediction.class_names)])
-            for row_id, name, p in zip(ids, prediction.names, probs):
-                writer.writerow([row_id, name, *(f"{v:.6f}" for v in p)])
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    def write(fh):
+        writer = csv.writer(fh)
+        writer.writerow(["id", "predicted", *(f"p_{c}" for c in prediction.class_names)])
+        for row_id, name, p in zip(ids, prediction.names, probs):
+            writer.writerow([row_id, name, *(f"{v:.6f}" for v in p)])
+
+    if out.is_symlink() or (out.exists() and not out.is_file()):
+        with open(out, "w", newline="", encoding="utf-8") as fh:
+            write(fh)
+    else:
+        with tempfile.NamedTemporaryFile("w", newline="", encoding="utf-8", dir=out.parent,
+                                         prefix=f".{out.name}.", suffix=".tmp",
+                                         delete=False) as fh:
+            tmp = Path(fh.name)
+        try:
+            with open(tmp, "w", newline="", encoding="utf-8") as fh:
+                write(fh)
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
     logger.info("wrote %d predictions to %s", len(ids), out)
     return out
