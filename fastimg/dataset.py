@@ -95,6 +95,7 @@ def _fit_rows(split_codes: np.ndarray, fit_on: str) -> np.ndarray:
 def _finish(writer: StoreWriter, *, configs: dict, corpus_summary: dict, encode: dict, layout,
             config, timings: dict, reused: list, seed) -> dict:
     """Write the final attrs of a dataset store and move it in place; returns the summary."""
+    writer.check_arrays()
     embeddings = writer.group[store.EMBEDDINGS]
     summary = {
         "rows": int(embeddings.shape[0]), "classes": corpus_summary["n_classes"],

@@ -130,6 +130,7 @@ def run_layout(writer: StoreWriter, plan: StagePlan, layout_config, fit_rows, ma
     record = writer.begin("layout", plan.keys["layout"], plan.settings["layout"])
     if record.get("done"):
         return DeepInsightLayout.from_dict(record["layout"])
+    writer.check_arrays()  # the rows it is fitted on are still there
     if raster_backend is not None:
         warm_up(raster_backend)
     start = time.perf_counter()
@@ -155,6 +156,7 @@ def run_images(writer: StoreWriter, plan: StagePlan, layout, matrix, config, pro
     record = writer.begin("images", plan.keys["images"], plan.settings["images"])
     if record.get("done"):
         return
+    writer.check_arrays()  # the rows it rasterises are still there
     start = time.perf_counter()
     n_rows = matrix.shape[0]
     if store.IMAGES not in writer.group:

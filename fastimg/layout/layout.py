@@ -406,11 +406,21 @@ class DeepInsightLayout:
 def _threads(n_jobs: int):
     """BLAS and OpenMP limited to ``n_jobs`` threads (unlimited for -1): their sums, and so
     the layout, depend on the thread count, which would otherwise follow the machine's cores
-    or ``OMP_NUM_THREADS``."""
+    or ``OMP_NUM_THREADS``.
+
+    The limit covers only the libraries loaded when it is set, so the fit's own (scikit-learn's
+    PCA loads SciPy's OpenBLAS and an OpenMP runtime) are loaded first: one the fit loaded
+    inside the limit would run on every core, and the layout would depend on whether an
+    earlier step of the process (an encoder) had loaded it. A resumed build, a ``relayout``
+    and an uninterrupted build then gave different layouts from the same embeddings.
+    """
     if n_jobs == -1:
         return contextlib.nullcontext()
+    import importlib
+
     from threadpoolctl import threadpool_limits
 
+    importlib.import_module("sklearn.decomposition")  # loaded before the limit, see above
     return threadpool_limits(n_jobs)
 
 

@@ -47,10 +47,13 @@ def _short(value) -> str:
 
 
 def differences(stage: str, old: dict, new: dict) -> list[str]:
-    """``'stage.setting: old -> new'`` for each setting that differs."""
+    """``'stage.setting: old -> new'`` for each setting that differs, top-level settings first
+    (a refusal shows the first few: ``encoder.precision`` before the ``encoder.int8.*`` details
+    it brings)."""
     old, new = _flatten(canonical(old), stage, {}), _flatten(canonical(new), stage, {})
     return [f"{k}: {_short(old.get(k))} -> {_short(new.get(k))}"
-            for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+            for k in sorted(set(old) | set(new), key=lambda k: (k.count("."), k))
+            if old.get(k) != new.get(k)]
 
 
 def digest(*parts) -> str:

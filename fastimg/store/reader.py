@@ -203,7 +203,9 @@ class StoreReader:
                 for name in sorted(self.group.array_keys())}
 
     def size_bytes(self) -> int:
-        return location.size_bytes(self.path)
+        """Bytes the store takes on disk (where it is read: see
+        :func:`~fastimg.store.location.readable`)."""
+        return location.size_bytes(location.readable(self.path))
 
 
 def open_store(path, storage_options: dict | None = None) -> StoreReader:

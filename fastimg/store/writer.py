@@ -66,9 +66,13 @@ class StoreWriter:
         if reuse and location.exists(tmp):
             try:
                 group = location.open_group(tmp, "r+")
+                if location.is_local(path):
+                    _reopen_finished(group, tmp)
                 if isinstance(group.attrs.get(BUILD_KEY, {}).get("stages"), dict):
                     logger.info("picking up the unfinished build at %s", tmp)
-                    return cls(path, group, True)
+                    writer = cls(path, group, True)
+                    writer.drop_lost_stages()
+                    return writer
             except Exception:  # noqa: BLE001 - an unreadable leftover is started afresh
                 pass
             logger.info("%s is not an unfinished build of this fastimg; starting afresh", tmp)
@@ -124,6 +128,36 @@ class StoreWriter:
                 if array in self.group:
                     del self.group[array]
         self._write(stages)
+
+    def lost_arrays(self, name: str) -> list[str]:
+        """The arrays stage ``name`` wrote that are no longer in the build (deleted while it
+        ran?)."""
+        return [array for array in STAGE_ARRAYS.get(name, ())
+                if not array.startswith(DONE_PREFIX) and array not in self.group]
+
+    def drop_lost_stages(self) -> None:
+        """Forget the first finished stage whose arrays are gone, and every later one, so
+        that they are computed again (an unfinished stage makes its arrays when it resumes)."""
+        stages = self.stages
+        for name in STAGES:
+            if (stages.get(name) or {}).get("done") and self.lost_arrays(name):
+                logger.warning("the unfinished build at %s has lost the arrays of its %s stage "
+                               "(%s); computing them again", location.partial_path(self.path),
+                               name, ", ".join(self.lost_arrays(name)))
+                self.drop_from(name)
+                return
+
+    def check_arrays(self) -> None:
+        """Raise :class:`StoreError` when a finished stage's arrays are gone (the build's
+        folder was deleted or emptied while it ran): such a build is never made complete."""
+        lost = {name: self.lost_arrays(name) for name, record in self.stages.items()
+                if record.get("done")}
+        lost = {name: arrays for name, arrays in lost.items() if arrays}
+        if lost:
+            what = "; ".join(f"{name}: {', '.join(arrays)}" for name, arrays in lost.items())
+            raise StoreError(f"the unfinished build at {location.partial_path(self.path)} lost "
+                             f"arrays while it ran ({what}; was it deleted?): rerun the command "
+                             f"to compute them again")
 
     def adopt(self, reader, names) -> None:
         """Copy stages ``names`` of a finished store (records and arrays) into this build."""
@@ -205,6 +239,7 @@ class StoreWriter:
     def finish(self, attrs: dict) -> None:
         """Write the final attrs, the stage records and the completion marker (last), then
         move the store in place (an existing one is replaced atomically)."""
+        self.check_arrays()
         stages = self.stages
         others = {k: v for k, v in self.group.attrs.asdict().items()
                   if k not in (BUILD_KEY, ATTRS_KEY)}
@@ -217,6 +252,20 @@ class StoreWriter:
     def discard(self) -> None:
         """Delete the unfinished build."""
         location.remove(location.partial_path(self.path))
+
+
+def _reopen_finished(group, where) -> None:
+    """Turn a finished build that was not moved in place (interrupted between its last attrs
+    write and the move) back into an unfinished one with every stage done, so that the rerun
+    moves it in place instead of starting afresh."""
+    attrs = group.attrs.get(ATTRS_KEY) or {}
+    if (BUILD_KEY in group.attrs or not attrs.get(COMPLETE)
+            or attrs.get("format_version") != FORMAT_VERSION
+            or not isinstance(attrs.get("stages"), dict)):
+        return
+    logger.info("%s is a finished build that was not moved in place; picking it up", where)
+    others = {k: v for k, v in group.attrs.asdict().items() if k != ATTRS_KEY}
+    group.attrs.put({**others, BUILD_KEY: {"stages": canonical(attrs["stages"])}})
 
 
 def finished_chunks(done, n_rows: int, chunk_rows: int, rows_done: int):
