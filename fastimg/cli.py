@@ -716,6 +716,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unfinished_build_written(args) -> bool:
+    """Whether a build command stopped with its unfinished store written (a Ctrl-C while the
+    corpus is read leaves nothing to resume)."""
+    try:
+        out = store.location.resolve(args.out, _storage_options(args))
+        return store.location.exists(store.location.partial_path(out))
+    except Exception:  # noqa: BLE001 - cannot tell: say what a rerun would find
+        return True
+
+
 def _add_debug_flag(parser) -> None:
     """``--debug`` and ``-v`` after any command too (SUPPRESS: neither resets one given
     before the command)."""
@@ -830,7 +840,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         # builds keep their finished stages; other commands leave nothing to resume
         kept = (" (the unfinished build is kept: rerun to resume)"
-                if args.command in ("build-dataset", "relayout", "images") else "")
+                if args.command in ("build-dataset", "relayout", "images")
+                and _unfinished_build_written(args) else "")
         print(f"fastimg {args.command}: interrupted{kept}", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - every error ends as one line and an exit code

@@ -57,6 +57,19 @@ def synthetic_matrix(n_samples: int, n_features: int, *, rank: int = 16, seed: i
     return (factors @ loadings / np.sqrt(rank) + noise).astype(dtype)
 
 
+def _load_npy(path, what: str, **kwargs) -> np.ndarray:
+    """``np.load`` of a ``.npy`` file, nothing pickled; ValueError (one line) for a file that is
+    not one (``np.load`` calls anything without its header pickled data)."""
+    with open(path, "rb") as fh:
+        if fh.read(6) != b"\x93NUMPY":
+            raise ValueError(f"{path} is not a .npy file (no NumPy header): save {what} with "
+                             f"numpy.save")
+    try:
+        return np.load(path, allow_pickle=False, **kwargs)
+    except ValueError as exc:
+        raise ValueError(f"cannot read {path} as {what}: {exc}") from None
+
+
 def read_matrix(path):
     """A feature matrix from ``.npy`` (memory-mapped) or a zarr array, without reading it all.
 
@@ -72,10 +85,7 @@ def read_matrix(path):
     if not path.exists():
         raise ValueError(f"input {path} does not exist")
     if path.suffix == ".npy":
-        try:
-            matrix = np.load(path, mmap_mode="r", allow_pickle=False)
-        except ValueError as exc:
-            raise ValueError(f"cannot read {path} as a .npy matrix: {exc}") from None
+        matrix = _load_npy(path, "a .npy matrix", mmap_mode="r")
     elif path.is_dir():
         matrix = _open_zarr_array(path)
     else:
@@ -130,10 +140,7 @@ def read_split(path, n_rows: int) -> np.ndarray:
     if not path.is_file():
         raise ValueError(f"split file {path} does not exist")
     if path.suffix == ".npy":
-        try:
-            values = np.load(path, allow_pickle=False)
-        except ValueError as exc:
-            raise ValueError(f"cannot read {path} as split labels: {exc}") from None
+        values = _load_npy(path, "split labels")
     else:
         raw = path.read_bytes()
         try:

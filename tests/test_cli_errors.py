@@ -223,6 +223,10 @@ def _latin1_split(path):
      "s.txt is not valid UTF-8 (line 4)"),
     (lambda d: np.save(d / "e.npy", np.zeros((0, 20), np.float32)), ["--input", "e.npy"],
      "e.npy has no rows (shape (0, 20))"),
+    (lambda d: (d / "g.npy").write_text("1,2,3\n"), ["--input", "g.npy"],
+     "g.npy is not a .npy file (no NumPy header): save a .npy matrix with numpy.save"),
+    (lambda d: (d / "s.npy").write_bytes(b"train"), ["--synthetic", "4x30", "--split-file",
+                                                     "s.npy"], "s.npy is not a .npy file"),
     (lambda d: np.save(d / "c.npy", np.full((30, 20), 3, np.float32)), ["--input", "c.npy"],
      "every feature has the same scaled values in the fitted rows"),
     (lambda d: None, ["--synthetic", "20x30", "--seed", "-1"],
@@ -342,3 +346,17 @@ def test_library_configs_refuse_a_seed_no_seeded_library_takes(seed):
         TrainConfig(seed=seed)
     with pytest.raises(ValueError, match="seed must be a whole number from 0 to"):
         CorpusConfig(dataset="imdb", seed=seed)
+
+
+def test_an_interrupt_before_anything_is_written_does_not_promise_a_resume(tmp_path, capsys,
+                                                                            monkeypatch):
+    import fastimg.images
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fastimg.images, "synthetic_matrix", stop)
+    out = tmp_path / "i.zarr"
+    assert main(["images", "--synthetic", "100x120", "--out", str(out), "--quiet"]) == 130
+    err = one_line(capsys.readouterr().err)
+    assert err == "fastimg images: interrupted" and not store.partial_path(out).exists()

@@ -161,13 +161,15 @@ def encode_to_array(texts, config: EncoderConfig | None, target, *, name: str = 
         rows_done = int(meta.get("rows_done", 0))
         chunk_rows = int(array.chunks[0])
         if chunk_rows != config.chunk_rows:
-            logger.info("resuming with the stored chunk size %d (config says %d)", chunk_rows,
-                        config.chunk_rows)
+            if rows_done and chunk_rows != min(config.chunk_rows, len(texts)):
+                logger.info("resuming with the stored chunk size %d (config says %d)",
+                            chunk_rows, config.chunk_rows)
             config = EncoderConfig.from_dict({**config.to_dict(), "chunk_rows": chunk_rows})
         if meta.get("complete"):
             logger.info("%s is complete (%d rows); nothing to do", name, rows_done)
             return array
-        logger.info("resuming %s after %d of %d rows", name, rows_done, len(texts))
+        if rows_done:
+            logger.info("resuming %s after %d of %d rows", name, rows_done, len(texts))
     else:
         array = group.create_array(name, shape=shape, dtype=config.output_dtype,
                                    chunks=(min(config.chunk_rows, max(1, len(texts))),
