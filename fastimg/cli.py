@@ -440,9 +440,12 @@ def _add_layout_options(parser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="fastimg", description=__doc__)
+    parser = _Parser(prog="fastimg", description="Text corpora to DeepInsight images for "
+                     "pretrained vision CNNs, and what comes after: train, predict, explain. A "
+                     "user mistake exits with code 2 and one line.")
     parser.add_argument("--version", action="version", version=f"fastimg {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log each stage")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log each stage (also accepted after a command)")
     parser.add_argument("--debug", action="store_true",
                         help="print the traceback of any error (also accepted after a command)")
     sub = parser.add_subparsers(dest="command", required=True)
