@@ -677,7 +677,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", type=_local_path, required=True, help="predictions CSV to write")
     predict.add_argument("--batch-size", type=int, default=256)
     predict.add_argument("--device", type=_torch_device, default="auto",
-                         help="torch device of the classifier: auto|cpu|cuda|cuda:N")
+                         help="torch device of the encoder and the classifier: "
+                              "auto|cpu|cuda|cuda:N (int8 encodes on the CPU)")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(func=_cmd_predict)
 

@@ -351,3 +351,15 @@ def test_predictions_go_through_a_symlink_and_into_a_pipe(trained, tmp_path):
     write_predictions(tmp_path / "new.csv", ["a"], prediction)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.csv", "new.csv", "pipe",
                                                           "real.csv"]
+
+
+def test_new_texts_are_encoded_in_the_precision_the_store_resolved(trained):
+    """A store built with precision "auto" records what auto became (fp32 on this CPU); the
+    bundle and texts_to_images use that, not the predicting machine's own auto (fp16 on a
+    GPU for a CPU-built store)."""
+    reader = StoreReader(trained["store"])
+    assert reader.configs["encoder"]["precision"] == "auto"
+    assert reader.encoder_config().precision == "fp32"
+    assert json.loads((trained["run"] / BUNDLE_FILE).read_text())["encoder"]["precision"] == \
+        "fp32"
+    assert reader.encoder_config().on_device("cuda").precision == "fp32"

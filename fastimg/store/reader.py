@@ -144,12 +144,22 @@ class StoreReader:
         return DeepInsightLayout.from_dict(self.attrs["layout"])
 
     def encoder_config(self):
-        """The :class:`~fastimg.embed.EncoderConfig` the embeddings were made with."""
+        """The :class:`~fastimg.embed.EncoderConfig` the embeddings were made with, its
+        precision as the build resolved it (``"auto"`` became fp16 on a GPU, fp32 on the
+        CPU): new texts are then encoded in the store's precision, not the new machine's
+        ``auto``."""
+        from dataclasses import replace
+
         from fastimg.embed import EncoderConfig
+        from fastimg.embed.precision import PRECISIONS
 
         if "encoder" not in self.configs:
             raise StoreError(f"{self.path} was not built from texts (no encoder settings)")
-        return EncoderConfig.from_dict(self.configs["encoder"])
+        config = EncoderConfig.from_dict(self.configs["encoder"])
+        resolved = ((self.stages.get("encode") or {}).get("settings") or {}).get("precision")
+        if config.precision == "auto" and resolved in PRECISIONS and resolved != "auto":
+            config = replace(config, precision=resolved)
+        return config
 
     # -- arrays ---------------------------------------------------------------------------
     @property

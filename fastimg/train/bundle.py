@@ -57,7 +57,8 @@ def save_run_bundle(run_dir, data, normaliser, config) -> Path:
     reader = data.reader
     configs = reader.configs
     provenance = reader.provenance
-    encoder = configs.get("encoder")
+    # the precision as the build resolved it, so predict encodes as the store did
+    encoder = reader.encoder_config().to_dict() if configs.get("encoder") else None
     layers = provenance.get("layers")
     layout = reader.attrs.get("layout")
     n_features = int(data.embeddings.shape[1]) if data.embeddings is not None else None
