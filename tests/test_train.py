@@ -647,19 +647,12 @@ def test_paper_preset_trains_with_its_learning_rates(blob_store):
     assert (result.history[0]["lr_head"], result.history[0]["lr_classifier"]) == (1e-5, 5e-4)
 
 
-def test_cosine_schedule_and_early_stopping(blob_store, monkeypatch):
+def script_val_accuracy(monkeypatch, script) -> None:
+    """Validation reports ``script``'s accuracies, epoch by epoch (then its own)."""
     import importlib
 
     fit_module = importlib.import_module("fastimg.train.fit")
-    path, _ = blob_store
-    cosine = fit(path, TrainConfig(extractor="alexnet", schedule="cosine", patience=0,
-                                   **{**FAST, "epochs": 3, "probe": False}))
-    lrs = [e["lr_head"] for e in cosine.history]
-    assert lrs[0] == 1e-3 and lrs[0] > lrs[1] > lrs[2] > 0
-    # scripted validation accuracies: best at epoch 2, then no gain (a tie is no gain) for
-    # `patience` epochs -> stop after epoch 4, keep epoch 2
-    script = [0.6, 0.7, 0.65, 0.7]
-    evaluate = fit_module._Run.evaluate
+    script, evaluate = list(script), fit_module._Run.evaluate
 
     def scripted(self, split):
         out = evaluate(self, split)
@@ -668,6 +661,17 @@ def test_cosine_schedule_and_early_stopping(blob_store, monkeypatch):
         return out
 
     monkeypatch.setattr(fit_module._Run, "evaluate", scripted)
+
+
+def test_cosine_schedule_and_early_stopping(blob_store, monkeypatch):
+    path, _ = blob_store
+    cosine = fit(path, TrainConfig(extractor="alexnet", schedule="cosine", patience=0,
+                                   **{**FAST, "epochs": 3, "probe": False}))
+    lrs = [e["lr_head"] for e in cosine.history]
+    assert lrs[0] == 1e-3 and lrs[0] > lrs[1] > lrs[2] > 0
+    # scripted validation accuracies: best at epoch 2, then no gain (a tie is no gain) for
+    # `patience` epochs -> stop after epoch 4, keep epoch 2
+    script_val_accuracy(monkeypatch, [0.6, 0.7, 0.65, 0.7])
     stuck = fit(path, TrainConfig(extractor="alexnet", patience=2,
                                   **{**FAST, "epochs": 6, "probe": False}))
     assert stuck.metrics["stopped_early"] and stuck.metrics["epochs_run"] == 4

@@ -15,7 +15,7 @@ from fastimg import store
 from fastimg.cli import main
 from fastimg.train import TrainConfig, fit
 from test_explain import write_label_store
-from test_train import write_store
+from test_train import script_val_accuracy, write_store
 
 FAST = dict(weights=None, epochs=1, batch_size=16, progress=False, loader="torch",
             head_channels=(8, 8, 8, 8), hidden=(16, 8), probe=False)
@@ -213,18 +213,8 @@ def test_the_plateau_schedule_halves_after_two_epochs_without_a_gain_as_document
         tmp_path, monkeypatch):
     # the docstring said "has not improved for an epoch"; ReduceLROnPlateau(patience=1) waits
     # for two such epochs
-    fit_module = importlib.import_module("fastimg.train.fit")
     write_store(tmp_path / "s.zarr", n_rows=60)
-    script = [0.6, 0.7, 0.65, 0.65, 0.65, 0.65]
-    evaluate = fit_module._Run.evaluate
-
-    def scripted(self, split):
-        out = evaluate(self, split)
-        if split == "val" and script:
-            out["accuracy"] = script.pop(0)
-        return out
-
-    monkeypatch.setattr(fit_module._Run, "evaluate", scripted)
+    script_val_accuracy(monkeypatch, [0.6, 0.7, 0.65, 0.65, 0.65, 0.65])
     result = fit(tmp_path / "s.zarr", TrainConfig(**{**FAST, "epochs": 6, "schedule": "plateau",
                                                      "patience": 0}))
     # lr_head is the rate each epoch started with: best at epoch 2, halved for epoch 5
