@@ -351,6 +351,9 @@ def test_predictions_go_through_a_symlink_and_into_a_pipe(trained, tmp_path):
     write_predictions(tmp_path / "new.csv", ["a"], prediction)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.csv", "new.csv", "pipe",
                                                           "real.csv"]
+    umask = os.umask(0)
+    os.umask(umask)  # a CSV others may read, as open() makes it, not a private temp file
+    assert (tmp_path / "new.csv").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_new_texts_are_encoded_in_the_precision_the_store_resolved(trained):

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from fastimg._files import replace_file
 from fastimg.run_folder import (BUNDLE_FILE, CHECKPOINT_FILE, CONFIG_FILE, FEATURE_CACHE_DIR,
                                 METRICS_FILE, NORMALISER_FILE, RUN_FILES, run_files_in)
 from fastimg.train.bundle import save_run_bundle
@@ -605,17 +606,6 @@ def _store_name(data: StoreData) -> str:
     return os.fspath(path.resolve()) if isinstance(path, Path) else str(data.path)
 
 
-def _replace_file(path: Path, write) -> None:
-    """``write(tmp)`` to a temporary file beside ``path``, then moved onto it: a reader never
-    sees a half-written file under the final name."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _write_run_files(run: _Run, best_state: dict, metrics: dict) -> None:
     """The run folder's files: the best checkpoint, the bundle, the config, then the metrics.
 
@@ -627,11 +617,11 @@ def _write_run_files(run: _Run, best_state: dict, metrics: dict) -> None:
     run_dir, config = run.run_dir, run.config
     for name in (METRICS_FILE, BUNDLE_FILE):
         (run_dir / name).unlink(missing_ok=True)
-    _replace_file(run_dir / CHECKPOINT_FILE, lambda tmp: torch.save(best_state, tmp))
+    replace_file(run_dir / CHECKPOINT_FILE, lambda tmp: torch.save(best_state, tmp))
     if run.normaliser.mode != "dataset":
         (run_dir / NORMALISER_FILE).unlink(missing_ok=True)
     save_run_bundle(run_dir, run.data, run.normaliser, config)
-    _replace_file(run_dir / CONFIG_FILE, lambda tmp: tmp.write_text(
+    replace_file(run_dir / CONFIG_FILE, lambda tmp: tmp.write_text(
         json.dumps(config.to_dict(), indent=2), encoding="utf-8"))
-    _replace_file(run_dir / METRICS_FILE, lambda tmp: tmp.write_text(
+    replace_file(run_dir / METRICS_FILE, lambda tmp: tmp.write_text(
         json.dumps(metrics, indent=2), encoding="utf-8"))

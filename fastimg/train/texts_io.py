@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from fastimg._files import replace_file
 
 logger = logging.getLogger("fastimg.train")
 
@@ -76,25 +76,13 @@ def write_predictions(out, ids, prediction) -> Path:
         out.parent.mkdir(parents=True)
     probs = np.asarray(prediction.probabilities)
 
-    def write(fh):
-        writer = csv.writer(fh)
-        writer.writerow(["id", "predicted", *(f"p_{c}" for c in prediction.class_names)])
-        for row_id, name, p in zip(ids, prediction.names, probs):
-            writer.writerow([row_id, name, *(f"{v:.6f}" for v in p)])
+    def write(path):
+        with open(path, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["id", "predicted", *(f"p_{c}" for c in prediction.class_names)])
+            for row_id, name, p in zip(ids, prediction.names, probs):
+                writer.writerow([row_id, name, *(f"{v:.6f}" for v in p)])
 
-    if out.is_symlink() or (out.exists() and not out.is_file()):
-        with open(out, "w", newline="", encoding="utf-8") as fh:
-            write(fh)
-    else:
-        with tempfile.NamedTemporaryFile("w", newline="", encoding="utf-8", dir=out.parent,
-                                         prefix=f".{out.name}.", suffix=".tmp",
-                                         delete=False) as fh:
-            tmp = Path(fh.name)
-        try:
-            with open(tmp, "w", newline="", encoding="utf-8") as fh:
-                write(fh)
-            os.replace(tmp, out)
-        finally:
-            tmp.unlink(missing_ok=True)
+    replace_file(out, write)
     logger.info("wrote %d predictions to %s", len(ids), out)
     return out
