@@ -1,6 +1,8 @@
 """Input checks shared by the stages: one clear ValueError per user mistake."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
@@ -44,11 +46,16 @@ def check_grid(shape) -> tuple[int, int]:
     return height, width
 
 
+def is_whole(value) -> bool:
+    """Whether ``value`` is an int or a numpy integer (a bool is not)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def _whole(value) -> int:
     """``value`` as an int when it is a whole number (``50`` or ``50.0``), else ValueError."""
     if isinstance(value, (bool, np.bool_, str, bytes)):
         raise ValueError(value)
-    if isinstance(value, (int, np.integer)):
+    if is_whole(value):
         return int(value)
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
         return int(value)
@@ -62,15 +69,36 @@ SEED_LIMIT = 2 ** 32
 def check_seed(name: str, value) -> int:
     """``value`` as an int when it is a whole number in [0, 2**32), else ValueError naming
     ``name`` (the range every seeded library here accepts)."""
-    if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-            or not 0 <= value < SEED_LIMIT):
+    if not is_whole(value) or not 0 <= value < SEED_LIMIT:
         raise ValueError(f"{name} must be a whole number from 0 to {SEED_LIMIT - 1}, "
                          f"got {value!r}")
     return int(value)
 
 
-def check_count(name: str, value) -> int:
-    """``value`` as an int when it is a whole number >= 1, else ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+def check_count(name: str, value, minimum: int = 1, alternative: str = "") -> int:
+    """``value`` as an int when it is a whole number >= ``minimum``, else ValueError naming
+    ``name`` (and the ``alternative`` it may also be, such as ``"or None"``)."""
+    if not is_whole(value) or value < minimum:
+        raise ValueError(f"{name} must be a whole number >= {minimum}"
+                         f"{' ' + alternative if alternative else ''}, got {value!r}")
     return int(value)
+
+
+def lone_surrogate(text: str) -> int | None:
+    """The position of the first lone surrogate in ``text`` (half of a character, as a JSON
+    ``\\ud800`` escape or a bad decode leaves it: it has no UTF-8 form, so no tokenizer reads
+    it), or None. ASCII texts cost one ``isascii``."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
+
+
+def file_in_the_way(folder) -> Path | None:
+    """The first of ``folder`` and its parents that exists and is not a folder (so that
+    nothing can be written into ``folder``), or None."""
+    folder = Path(folder)
+    return next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)

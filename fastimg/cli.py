@@ -349,14 +349,15 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_predict(args) -> int:
+    from fastimg._validation import file_in_the_way
     from fastimg.train import load_run
     from fastimg.train.texts_io import read_input_texts, read_lines, write_predictions
 
     if args.out.is_dir():
         raise UserError(f"--out {args.out} is a folder; give the path of the CSV to write")
-    for parent in args.out.parents:  # before the encoding: a folder that cannot be made
-        if parent.exists() and not parent.is_dir():
-            raise UserError(f"--out {args.out}: {parent} is a file, not a folder")
+    blocker = file_in_the_way(args.out.parent)  # before the encoding
+    if blocker is not None:
+        raise UserError(f"--out {args.out}: {blocker} is a file, not a folder")
     run = load_run(args.run_dir, device=args.device)
     if str(args.input) == "-":
         ids, texts = read_lines(sys.stdin)

@@ -37,12 +37,9 @@ class ImagesConfig:
 
     def __post_init__(self):
         check_image_dtype(self.image_dtype)
-        if self.fit_rows is not None:
-            if (isinstance(self.fit_rows, (bool, np.bool_))
-                    or not isinstance(self.fit_rows, (int, np.integer)) or self.fit_rows < 2):
-                raise ValueError(f"fit_rows must be a whole number >= 2 or None, got "
-                                 f"{self.fit_rows!r}")
-            object.__setattr__(self, "fit_rows", int(self.fit_rows))  # JSON-safe
+        if self.fit_rows is not None:  # stored as a Python int: JSON-safe
+            object.__setattr__(self, "fit_rows",
+                               check_count("fit_rows", self.fit_rows, 2, "or None"))
 
 
 def synthetic_matrix(n_samples: int, n_features: int, *, rank: int = 16, seed: int = 0,

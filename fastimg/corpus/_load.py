@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 
+from fastimg._validation import lone_surrogate
 from fastimg.corpus._base import PAPER_VAL_FRACTION, Corpus, CorpusConfig, CorpusError
 from fastimg.corpus.imdb import IMDB_LABEL_NAMES, resolve_imdb
 from fastimg.corpus.readers import Table, read_table
@@ -328,14 +329,11 @@ def _texts(table: Table, columns, rows: np.ndarray) -> list:
     for i in rows.tolist():
         parts = [_text(col[i]) for col in selected]
         text = parts[0] if len(parts) == 1 else "\n".join(p for p in parts if p)
-        if not text.isascii():
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError as exc:  # a JSON "\ud800" escape: half a character
-                raise CorpusError(f"the text at {table.where(i)} holds a lone surrogate "
-                                  f"{text[exc.start]!r} (half of a character, as a JSON "
-                                  f"escape can write it), which no tokenizer reads; fix or "
-                                  f"drop that row") from None
+        at = lone_surrogate(text)
+        if at is not None:
+            raise CorpusError(f"the text at {table.where(i)} holds a lone surrogate "
+                              f"{text[at]!r} (half of a character, as a JSON escape can write "
+                              f"it), which no tokenizer reads; fix or drop that row")
         texts.append(text)
     return texts
 

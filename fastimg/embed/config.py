@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
+from fastimg._validation import is_whole
 from fastimg.embed.precision import INT8_ENGINES, PRECISIONS, check_device, int8_engine
 
 LAYER_PRESETS = ("last6", "author")
@@ -139,8 +140,7 @@ class EncoderConfig:
             if not items:
                 raise ValueError("layers is an empty list; give at least one index")
             # int(1.5) would pick layer 1 without a word, int("1") hide a string
-            if any(isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer))
-                   for i in items):
+            if not all(is_whole(i) for i in items):
                 raise ValueError(f"layers must be one of {LAYER_PRESETS} or a list of ints, got "
                                  f"{self.layers!r}")
             object.__setattr__(self, "layers", tuple(int(i) for i in items))
@@ -169,9 +169,7 @@ class EncoderConfig:
                 raise ValueError(f"token_budget ({self.token_budget}) must be at least max_length "
                                  f"({self.max_length})")
         if self.head_tokens is not None:
-            if (isinstance(self.head_tokens, (bool, np.bool_))
-                    or not isinstance(self.head_tokens, (int, np.integer))
-                    or not 0 <= self.head_tokens <= self.max_length - 2):
+            if not is_whole(self.head_tokens) or not 0 <= self.head_tokens <= self.max_length - 2:
                 raise ValueError(f"head_tokens must be a whole number between 0 and max_length "
                                  f"- 2 ({self.max_length - 2}), got {self.head_tokens!r}")
             object.__setattr__(self, "head_tokens", int(self.head_tokens))
@@ -238,8 +236,7 @@ def _choice(name, value, choices):
 def _positive(config, name, minimum=1):
     """Check the int field ``name`` of ``config`` and store it as a Python int."""
     value = getattr(config, name)
-    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer))
-            or value < minimum):
+    if not is_whole(value) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
     object.__setattr__(config, name, int(value))
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import hashlib
 import warnings
 
+from fastimg._validation import lone_surrogate
+
 __all__ = ["EmptyTextWarning", "check_texts", "texts_digest", "warn_empty"]
 
 
@@ -33,13 +35,11 @@ def check_texts(texts) -> list[str]:
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"texts[{i}] is {type(text).__name__} ({text!r:.40}), expected str")
-        if not text.isascii():
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise ValueError(f"texts[{i}] holds a lone surrogate {text[exc.start]!r} at "
-                                 f"character {exc.start}, which has no UTF-8 form; decode the "
-                                 f"text with errors='replace' or drop it") from None
+        at = lone_surrogate(text)
+        if at is not None:
+            raise ValueError(f"texts[{i}] holds a lone surrogate {text[at]!r} at character "
+                             f"{at}, which has no UTF-8 form; decode the text with "
+                             f"errors='replace' or drop it")
     return texts
 
 

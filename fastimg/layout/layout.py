@@ -10,7 +10,8 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from fastimg._validation import check_feature_matrix, check_grid, check_seed
+from fastimg._validation import (check_count, check_feature_matrix, check_grid, check_seed,
+                                 is_whole)
 from fastimg.kernels import RasterPlan
 
 from .embedding import METHODS, TSNE_BACKENDS, embed_points
@@ -115,14 +116,12 @@ class LayoutConfig:
         fill_value = _real("fill_value", self.fill_value)
         pca_components = self.pca_components
         if pca_components is not None:
-            pca_components = _int("pca_components", pca_components, 2, "or None")
-        power_iterations = _int("pca_power_iterations", self.pca_power_iterations, 0)
+            pca_components = check_count("pca_components", pca_components, 2, "or None")
+        power_iterations = check_count("pca_power_iterations", self.pca_power_iterations, 0)
         random_state = self.random_state
         if random_state is not None:
             random_state = check_seed("random_state", random_state)
-        if (isinstance(self.n_jobs, (bool, np.bool_))
-                or not isinstance(self.n_jobs, (int, np.integer))
-                or self.n_jobs == 0 or self.n_jobs < -1):
+        if not is_whole(self.n_jobs) or self.n_jobs == 0 or self.n_jobs < -1:
             raise ValueError(f"n_jobs must be a number of threads (>= 1) or -1 (all cores), got "
                              f"{self.n_jobs!r}")
         for name, value in (("perplexity", perplexity), ("fill_value", fill_value),
@@ -152,15 +151,6 @@ def _real(name: str, value) -> float:
     if not np.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value!r}")
     return value.item() if isinstance(value, np.generic) else value
-
-
-def _int(name: str, value, minimum: int, alternative: str = "") -> int:
-    """``value`` as a Python int >= ``minimum``, else ValueError naming ``name``."""
-    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer))
-            or value < minimum):
-        raise ValueError(f"{name} must be a whole number >= {minimum}"
-                         f"{' ' + alternative if alternative else ''}, got {value!r}")
-    return int(value)
 
 
 def _all_rows_equal(points: np.ndarray) -> bool:

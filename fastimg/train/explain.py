@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from fastimg._validation import check_count, check_seed
+from fastimg._validation import check_count, check_seed, file_in_the_way
 from fastimg.train.bundle import RunBundleError
 
 logger = logging.getLogger("fastimg.train")
@@ -275,10 +275,10 @@ def explain(run_dir, *, split: str = "val", out_dir=None, method: str = "integra
     check_seed("seed", seed)
     if out_dir is not None:
         out_dir = Path(out_dir)
-        for folder in (out_dir, *out_dir.parents):  # refused before the attributions
-            if folder.exists() and not folder.is_dir():
-                raise NotADirectoryError(f"{folder} is a file, not a folder (to write "
-                                         f"{FEATURES_FILE} and {IMAGE_FILE} into {out_dir})")
+        blocker = file_in_the_way(out_dir)  # refused before the attributions
+        if blocker is not None:
+            raise NotADirectoryError(f"{blocker} is a file, not a folder (to write "
+                                     f"{FEATURES_FILE} and {IMAGE_FILE} into {out_dir})")
     run = load_run(run_dir, device=device)
     if not run.store_path or not is_complete(run.store_path):
         raise RunBundleError(f"the training store of {run_dir} ({run.store_path}) is gone: "
