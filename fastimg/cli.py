@@ -717,7 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the store's full attributes as JSON (for scripts)")
     _add_storage_options(info)
     info.set_defaults(func=_cmd_info)
-    _add_debug_flag(parser)
+    _add_flags_after_commands(parser)
     return parser
 
 
@@ -731,7 +731,7 @@ def _unfinished_build_written(args) -> bool:
         return True
 
 
-def _add_debug_flag(parser) -> None:
+def _add_flags_after_commands(parser) -> None:
     """``--debug`` and ``-v`` after any command too (SUPPRESS: neither resets one given
     before the command)."""
     for action in parser._actions:
