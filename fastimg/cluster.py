@@ -33,8 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from fastimg import store
-from fastimg.store.schema import (BUILD_KEY, DONE_PREFIX, EMBED_ATTRS_KEY, EMBEDDINGS,
-                                  ENCODE_RUN_STATS, IMAGES)
+from fastimg.store.schema import BUILD_KEY, DONE_PREFIX, EMBEDDINGS, ENCODE_RUN_STATS, IMAGES
 from fastimg.store.writer import finished_chunks
 
 logger = logging.getLogger("fastimg.cluster")
@@ -546,8 +545,9 @@ def encode_chunks(client, writer, texts, config, *, progress: bool = False) -> d
         When a worker cannot load the model or reach the store (the message names the worker
         and the error).
     """
+    from fastimg.embed.resume import record_rows_done, rows_done
+
     array = writer.group[EMBEDDINGS]
-    meta = dict(array.attrs.get(EMBED_ATTRS_KEY) or {})
     chunk_rows = int(array.chunks[0])
     if chunk_rows != config.chunk_rows:
         config = type(config).from_dict({**config.to_dict(), "chunk_rows": chunk_rows})
@@ -558,9 +558,8 @@ def encode_chunks(client, writer, texts, config, *, progress: bool = False) -> d
                               "precision": settings["precision"]}, sort_keys=True)
     stats = _run_stage(client, writer, EMBEDDINGS, "encode", encode_chunk,
                        lambda start, stop: (list(texts[start:stop]), config_json),
-                       rows_done=int(meta.get("rows_done", 0)), progress=progress,
-                       warn_idle=True)
-    array.attrs[EMBED_ATTRS_KEY] = {**meta, "rows_done": int(array.shape[0]), "complete": True}
+                       rows_done=rows_done(array), progress=progress, warn_idle=True)
+    record_rows_done(array, int(array.shape[0]))
     writer.drop_done_markers(EMBEDDINGS)
     return stats
 

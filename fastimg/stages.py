@@ -15,7 +15,6 @@ import numpy as np
 from fastimg import store
 from fastimg.store import StoreError, StoreReader, StoreWriter
 from fastimg.store.keys import StagePlan, digest
-from fastimg.store.schema import EMBED_ATTRS_KEY
 
 logger = logging.getLogger("fastimg.stages")
 
@@ -212,12 +211,13 @@ def run_encode(writer: StoreWriter, plan: StagePlan, texts, encoder_config, prog
 
         stats = encode_chunks(client, writer, texts, encoder_config, progress=progress)
     else:
+        from fastimg.embed.resume import record_rows_done, rows_done
+
         # the encoder resumes after its record's rows_done; chunks a cluster build marked
         # done in order after them count too
-        meta = dict(array.attrs.get(EMBED_ATTRS_KEY) or {})
-        rows_done = writer.finished_rows(store.EMBEDDINGS, int(meta.get("rows_done", 0)))
-        if rows_done > int(meta.get("rows_done", 0)):
-            array.attrs[EMBED_ATTRS_KEY] = {**meta, "rows_done": rows_done}
+        finished = writer.finished_rows(store.EMBEDDINGS, rows_done(array))
+        if finished > rows_done(array):
+            record_rows_done(array, finished)
         encode_to_array(texts, encoder_config, writer.group, name=store.EMBEDDINGS,
                         progress=progress, stats=stats)
         writer.drop_done_markers(store.EMBEDDINGS)

@@ -26,7 +26,23 @@ from fastimg.store.schema import EMBEDDINGS as DEFAULT_ARRAY
 
 logger = logging.getLogger("fastimg.embed")
 
-__all__ = ["ATTRS_KEY", "DEFAULT_ARRAY", "encode_to_array", "run_settings"]
+__all__ = ["ATTRS_KEY", "DEFAULT_ARRAY", "encode_to_array", "record_rows_done", "rows_done",
+           "run_settings"]
+
+
+def rows_done(array) -> int:
+    """Rows of an encoder array finished in order from the first (its record's
+    ``rows_done``)."""
+    return int((array.attrs.get(ATTRS_KEY) or {}).get("rows_done", 0))
+
+
+def record_rows_done(array, rows: int) -> None:
+    """Record rows ``..rows`` of an encoder array as finished by another writer (a cluster
+    build's tasks), ``complete`` once they are all of them: :func:`encode_to_array` resumes
+    after them."""
+    meta = dict(array.attrs.get(ATTRS_KEY) or {})
+    complete = {"complete": True} if rows >= array.shape[0] else {}
+    array.attrs[ATTRS_KEY] = {**meta, "rows_done": int(rows), **complete}
 
 
 def run_settings(texts, config: EncoderConfig, model: LoadedModel | None = None) -> dict:
