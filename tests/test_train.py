@@ -104,6 +104,38 @@ def test_weights_missing_offline_is_one_clear_error(tmp_path, monkeypatch):
     assert not expected.exists()
 
 
+def test_weights_download_cut_short_leaves_no_file_then_downloads(tmp_path, monkeypatch):
+    import io
+
+    import torchvision
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    torch.manual_seed(2)
+    full = torchvision.models.shufflenet_v2_x1_0(weights=None)
+    saved = io.BytesIO()
+    torch.save(full.state_dict(), saved)
+    payload = saved.getvalue()
+
+    class CutShort(io.BytesIO):
+        def read(self, size=-1):
+            if self.tell() > 0:
+                raise TimeoutError("the read operation timed out")
+            return super().read(1000)
+
+    monkeypatch.setattr(extractors_module.urllib.request, "urlopen",
+                        lambda url, timeout=None: CutShort(payload))
+    checkpoints = tmp_path / "hub" / "checkpoints"
+    with pytest.raises(WeightsUnavailableError, match="timed out"):
+        build_extractor("shufflenet_v2_x1_0", "DEFAULT")
+    assert list(checkpoints.iterdir()) == []  # a cut-short download never looks cached
+
+    monkeypatch.setattr(extractors_module.urllib.request, "urlopen",
+                        lambda url, timeout=None: io.BytesIO(payload))
+    extractor = build_extractor("shufflenet_v2_x1_0", "DEFAULT")
+    torch.testing.assert_close(extractor[0][0].weight, full.conv1[0].weight)
+    assert [p.read_bytes() == payload for p in checkpoints.iterdir()] == [True]
+
+
 def test_weights_default_read_from_the_hub_cache(tmp_path, monkeypatch):
     import torchvision
 

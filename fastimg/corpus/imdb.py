@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from fastimg._files import replace_file
 from fastimg.corpus._base import CorpusError
 
 logger = logging.getLogger("fastimg.corpus")
@@ -93,25 +93,23 @@ def download_imdb(cache) -> Path:
         raise CorpusError(f"cannot create the cache folder {cache}: {exc.strerror or exc}; "
                           f"{hint}") from None
     logger.warning("imdb: downloading %s into %s (about 84 MB)", IMDB_URL, cache)
-    fd, tmp_name = tempfile.mkstemp(prefix=IMDB_TARBALL + ".", suffix=".partial", dir=cache)
-    tmp = Path(tmp_name)
-    digest = hashlib.md5(usedforsecurity=False)
-    try:
-        with os.fdopen(fd, "wb") as out, _urlopen(IMDB_URL, timeout=DOWNLOAD_TIMEOUT_S) as resp:
+
+    def fetch_verified(tmp: Path) -> None:
+        digest = hashlib.md5(usedforsecurity=False)
+        with open(tmp, "wb") as out, _urlopen(IMDB_URL, timeout=DOWNLOAD_TIMEOUT_S) as resp:
             while chunk := resp.read(_CHUNK):
                 digest.update(chunk)
                 out.write(chunk)
+        if digest.hexdigest() != IMDB_MD5:
+            raise CorpusError(f"the download of {IMDB_URL} is corrupt: MD5 {digest.hexdigest()}, "
+                              f"expected {IMDB_MD5}; try again, or {hint}")
+
+    try:
+        replace_file(target, fetch_verified)
+    except CorpusError:
+        raise
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        tmp.unlink(missing_ok=True)
         reason = getattr(exc, "reason", None) or exc
         raise CorpusError(f"could not download {IMDB_URL} ({reason}); {hint}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if digest.hexdigest() != IMDB_MD5:
-        tmp.unlink(missing_ok=True)
-        raise CorpusError(f"the download of {IMDB_URL} is corrupt: MD5 {digest.hexdigest()}, "
-                          f"expected {IMDB_MD5}; try again, or {hint}")
-    os.replace(tmp, target)
     logger.info("imdb: saved %s", target)
     return target

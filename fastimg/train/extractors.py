@@ -11,7 +11,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from fastimg._files import replace_file
 from fastimg.train.config import CUTS
 
 logger = logging.getLogger("fastimg.train")
@@ -184,14 +184,12 @@ def _hub_checkpoint(url: str) -> Path:
 def _download(url: str, dest: Path, timeout: float) -> None:
     """Fetch ``url`` into ``dest`` atomically (a partial download never looks complete)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - https only
-        with tempfile.NamedTemporaryFile(dir=dest.parent, delete=False, suffix=".part") as tmp:
-            try:
-                shutil.copyfileobj(response, tmp)
-            except BaseException:
-                os.unlink(tmp.name)
-                raise
-    os.replace(tmp.name, dest)
+
+    def fetch(tmp: Path) -> None:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
+            shutil.copyfileobj(response, out)
+
+    replace_file(dest, fetch)
 
 
 def resolve_weights(name: str, weights, *, timeout: float = DOWNLOAD_TIMEOUT_S):
