@@ -99,6 +99,9 @@ def test_the_bundle_is_json_and_holds_what_prediction_needs(trained):
 @pytest.mark.parametrize("edit,message", [
     (lambda b: b.pop("train_config"), "lacks train_config"),
     (lambda b: [b.pop("layout"), b.pop("encoder")], "lacks encoder, layout"),
+    # a run saved before batch_size 1 was refused (it trained nothing)
+    (lambda b: b["train_config"].update(batch_size=1), "training settings are refused (--batch-size must"),
+    (lambda b: b["train_config"].update(colour="red"), "training settings are refused (unknown TrainConfig"),
 ])
 def test_a_bundle_missing_keys_is_named_in_one_line(trained, tmp_path, capsys, edit, message):
     run_dir = _copy_run(trained, tmp_path)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from fastimg._validation import check_count
-from fastimg.run_folder import CHECKPOINT_FILE
+from fastimg.run_folder import BUNDLE_FILE, CHECKPOINT_FILE
 from fastimg.train.bundle import RunBundleError, read_run_bundle
 
 logger = logging.getLogger("fastimg.train")
@@ -88,7 +88,11 @@ class Run:
 
         self.run_dir = Path(run_dir)
         self.bundle, stats = read_run_bundle(self.run_dir)
-        self.config = TrainConfig.from_dict(self.bundle["train_config"])
+        try:
+            self.config = TrainConfig.from_dict(self.bundle["train_config"])
+        except (TypeError, ValueError) as exc:
+            raise RunBundleError(f"{self.run_dir / BUNDLE_FILE}: its training settings are "
+                                 f"refused ({exc}); train the run again") from None
         self.class_names = [str(n) for n in self.bundle["class_names"]]
         self.image_shape = tuple(self.bundle["image_shape"])
         self.store_path = self.bundle.get("store")
