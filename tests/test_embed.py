@@ -326,6 +326,21 @@ def test_packed_attention_choice():
         EncoderConfig(batching="nested")
 
 
+def test_packed_attention_pads_when_varlen_attn_takes_no_scale(monkeypatch):
+    """varlen_attn's first form (torch 2.9) had no ``scale``: calling it with one would raise
+    TypeError on every packed batch of a GPU run, so such a torch pads instead."""
+    from torch.nn.attention import varlen
+
+    def without_scale(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False,
+                      return_aux=None):
+        raise AssertionError("not called")
+
+    monkeypatch.setattr(varlen, "varlen_attn", without_scale)
+    assert packed_mod.choose_attention("cuda", "float16", (9, 0)) == "padded"
+    monkeypatch.setattr(varlen, "varlen_attn", lambda *args, **kwargs: None)
+    assert packed_mod.choose_attention("cuda", "float16", (9, 0)) == "varlen"
+
+
 def test_order_is_restored(tiny, tiny_dir):
     texts = make_texts(30, seed=1)
     c = cfg(tiny_dir, max_length=64, token_budget=300)

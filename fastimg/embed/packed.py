@@ -140,11 +140,27 @@ def choose_attention(device_type: str, compute_dtype: str,
                     "pads", *capability, *VARLEN_MIN_CAPABILITY)
         return "padded"
     try:
-        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+        from torch.nn.attention.varlen import varlen_attn
     except ImportError:
         logger.info("this torch has no torch.nn.attention.varlen; packed attention pads")
         return "padded"
+    if not _takes_scale(varlen_attn):
+        # varlen_attn's first form (torch 2.9, documented as (..., max_k, is_causal=False,
+        # return_aux=None)) has no scale: every packed batch would raise TypeError
+        logger.info("this torch's varlen_attn takes no scale; packed attention pads")
+        return "padded"
     return "varlen"
+
+
+def _takes_scale(function) -> bool:
+    """Whether ``function`` (torch's ``varlen_attn``) accepts ``scale=``."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: let the call decide
+        return True
+    return any(p.name == "scale" or p.kind is p.VAR_KEYWORD for p in parameters)
 
 
 _ATTEND = {"varlen": varlen_attention, "padded": padded_attention}
