@@ -191,3 +191,58 @@ def test_norm2_scale_is_one_over_the_log_of_the_largest_shifted_value(rng):
 def test_pca_power_iterations_must_be_non_negative():
     with pytest.raises(ValueError, match="pca_power_iterations"):
         LayoutConfig(pca_power_iterations=-1)
+
+
+def test_cuml_backend_through_fakes_returns_numpy_and_records_cumls_version(
+        matrix, monkeypatch):
+    """The cuML t-SNE backend runs only beside a GPU: here cuML and CuPy are fakes that keep
+    their contract (``fit_transform`` of a device array returns a device array, which
+    ``cupy.asnumpy`` brings back). pip installs cuML as ``cuml-cu13`` (the gpu extra) or
+    ``cuml-cu12``, never as ``cuml``: the layout's provenance still names its version."""
+    import importlib.metadata
+    import sys
+    import types
+
+    from sklearn.decomposition import PCA
+
+    from fastimg import _provenance
+
+    class DeviceArray:  # what CuPy hands back: not a numpy array
+        def __init__(self, data):
+            self.data = data
+
+    calls = {}
+
+    class TSNE:
+        def __init__(self, **kwargs):
+            calls["init"] = kwargs
+
+        def fit_transform(self, x):
+            assert isinstance(x, DeviceArray) and x.data.dtype == np.float32
+            return DeviceArray(PCA(n_components=2, random_state=0).fit_transform(x.data))
+
+    cupy = types.ModuleType("cupy")
+    cupy.float32 = np.float32
+    cupy.asarray = lambda x, dtype=None: DeviceArray(np.asarray(x, dtype=dtype))
+    cupy.asnumpy = lambda x: x.data
+    cuml = types.ModuleType("cuml")
+    manifold = types.ModuleType("cuml.manifold")
+    manifold.TSNE = TSNE
+    cuml.manifold = manifold
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    monkeypatch.setitem(sys.modules, "cuml", cuml)
+    monkeypatch.setitem(sys.modules, "cuml.manifold", manifold)
+    real_version = importlib.metadata.version
+
+    def version(name):
+        if name == "cuml-cu13":
+            return "26.2.0"
+        if name.startswith("cuml"):
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real_version(name)
+
+    monkeypatch.setattr(_provenance, "version", version)
+    layout = DeepInsightLayout(grid=10, backend="cuml", random_state=4).fit(matrix)
+    assert layout.backend_ == "cuml" and layout.pixel_index_.shape == (400,)
+    assert calls["init"]["random_state"] == 4 and calls["init"]["metric"] == "cosine"
+    assert layout.to_dict()["versions"]["cuml"] == "26.2.0"

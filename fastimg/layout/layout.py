@@ -426,9 +426,19 @@ def _lift_zero_vectors(points: np.ndarray) -> np.ndarray:
     return points
 
 
+#: cuML's distributions: pip's wheels are named by CUDA version (the gpu extra installs
+#: cuml-cu13), conda's package is cuml; each is recorded as "cuml"
+_CUML_DISTRIBUTIONS = ("cuml-cu13", "cuml-cu12", "cuml")
+
+
 def _versions(backend: str, fastimg_version: str) -> dict:
     from fastimg._provenance import installed_versions
 
-    embedding = {"opentsne": "openTSNE", "cuml": "cuml"}.get(backend, "scikit-learn")
-    return {"fastimg": fastimg_version, "numpy": np.__version__,
-            **installed_versions(embedding, "scikit-learn", "scipy")}
+    if backend == "cuml":
+        found = installed_versions(*_CUML_DISTRIBUTIONS)
+        embedding = {"cuml": next(iter(found.values()))} if found else {}
+    else:
+        name = "openTSNE" if backend == "opentsne" else "scikit-learn"
+        embedding = installed_versions(name)
+    return {"fastimg": fastimg_version, "numpy": np.__version__, **embedding,
+            **installed_versions("scikit-learn", "scipy")}
