@@ -10,11 +10,13 @@
 #   gpu-tests       pytest -m gpu, first: the one check of the numbers on real hardware (packed
 #                   attention against padded), before the long steps can use up the time
 #   build-packed    a full-IMDB build (50,000 reviews, 512 tokens) on CUDA with MiniLM's
-#                   shape, packed batches, stage by stage
+#                   shape, packed batches, stage by stage, its layout on every core
+#                   (--tsne-threads -1, what a user after the fastest build passes)
 #   encode          the encode benchmark on CUDA: every precision padded and packed against the
 #                   author's loop, each one's model FLOP rate as a fraction of the fp16 matmul
 #                   rate beside it (random bert-base)
-#   build-padded    the same build in padded batches
+#   build-padded    the same build in padded batches, its layout on one thread (the default):
+#                   the two builds give the layout's time both ways
 #   build-bert-base the same build with bert-base's shape, packed
 # Each step runs under its own limit, cut to what is left of DEADLINE (seconds from the start,
 # default 520: a lent machine runs one command for 600 s at most, and the last step may overrun
@@ -85,12 +87,12 @@ print(sys.version.split()[0], 'fastimg', fastimg.__file__, 'numpy', numpy.__vers
       len(os.sched_getaffinity(0)))"
 }
 
-build() {  # STEP LIMIT_S MODEL BATCHING
+build() {  # STEP LIMIT_S MODEL BATCHING [FLAGS]
   local store="$WORK/$1.zarr"
   wanted "$1" || return 0
   # shellcheck disable=SC2086
-  step "$1" "$2" fastimg build-dataset --dataset imdb $LIMIT $BUILD_FLAGS --model "$WORK/$3" \
-    --device "$DEVICE" --batching "$4" --no-reuse --force --quiet --out "$store" \
+  step "$1" "$2" fastimg build-dataset --dataset imdb $LIMIT ${5:-} $BUILD_FLAGS \
+    --model "$WORK/$3" --device "$DEVICE" --batching "$4" --no-reuse --force --quiet --out "$store" \
   && (cd "$WORK" && timeout 30 fastimg info --json "$store" > "$RESULTS/$1.json")
 }
 
@@ -103,7 +105,7 @@ main() {
   wanted gpu-tests && step gpu-tests 120 $PY -m pytest -c "$REPO/pyproject.toml" \
     --rootdir "$REPO" -q -rA --junitxml "$RESULTS/gpu-tests.xml" -m gpu -p no:cacheprovider \
     "$REPO/tests/test_gpu.py" "$REPO/tests/test_train.py"
-  build build-packed 150 minilm-shape packed
+  build build-packed 150 minilm-shape packed "--tsne-threads -1"
   wanted encode && step encode 200 $PY -m benchmarks encode --device "$DEVICE" --docs "$DOCS" \
     --tokenizer "$KIT/minilm" --json "$RESULTS/encode-$DEVICE.json"
   build build-padded 120 minilm-shape padded
