@@ -165,7 +165,8 @@ def build_dataset(out, corpus_config, encoder_config=None, layout_config=None,
         values); nothing that looks complete is left behind.
     """
     from fastimg.corpus import load_corpus
-    from fastimg.embed import EncoderConfig, resolve_model, run_settings
+    from fastimg.embed import EncoderConfig, run_settings
+    from fastimg.embed.models import load_tokenizer
     from fastimg.layout import LayoutConfig
 
     encoder_config = encoder_config or EncoderConfig()
@@ -182,14 +183,15 @@ def build_dataset(out, corpus_config, encoder_config=None, layout_config=None,
     corpus = load_corpus(corpus_config)
     codes = split_codes(corpus.split, len(corpus), source="the corpus split")
     fit_rows = _fit_rows(codes, config.fit_on)
-    # a model that cannot be found fails here, before anything is written
-    resolve_model(encoder_config.model, encoder_config.revision)
+    # a model that cannot be found or pooled (run_settings), or whose tokenizer cannot serve
+    # it, fails here, before anything is written
     plan = (StagePlan()
             .add("corpus", {**corpus_config.effective(corpus).to_dict(),
                             "digest": corpus_digest(corpus, codes)})
             .add("encode", run_settings(corpus.texts, encoder_config))
             .add("layout", stages.layout_settings(layout_config, config.fit_on, fit_rows))
             .add("images", stages.images_settings(config)))
+    load_tokenizer(encoder_config.model, encoder_config.revision)
     timings["corpus_s"] = time.perf_counter() - start
     existing = stages.open_existing(out, plan, force=force)
     with StoreWriter.open(out, reuse=reuse) as writer:

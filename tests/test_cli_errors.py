@@ -360,3 +360,29 @@ def test_an_interrupt_before_anything_is_written_does_not_promise_a_resume(tmp_p
     assert main(["images", "--synthetic", "100x120", "--out", str(out), "--quiet"]) == 130
     err = one_line(capsys.readouterr().err)
     assert err == "fastimg images: interrupted" and not store.partial_path(out).exists()
+
+
+@pytest.mark.parametrize("model, message", [
+    ("weights only", "has no tokenizer vocabulary"),
+    ("gpt2", "is a decoder (gpt2)"),
+])
+def test_a_model_folder_fastimg_cannot_use_is_refused_before_any_work(
+        tiny_bert_dir, tmp_path, capsys, model, message):
+    import shutil
+
+    import transformers
+    from conftest import tiny_reviews, write_csv
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    if model == "gpt2":
+        transformers.GPT2Config(n_embd=32, n_layer=6, n_head=4).save_pretrained(folder)
+    else:
+        for name in ("config.json", "model.safetensors"):
+            shutil.copy(tiny_bert_dir / name, folder / name)
+    data = write_csv(tmp_path / "c.csv", tiny_reviews(20))
+    out = tmp_path / "o.zarr"
+    assert main(["build-dataset", "--input", str(data), "--out", str(out), "--model",
+                 str(folder), "--max-length", "16", "--quiet"]) == 2
+    assert message in one_line(capsys.readouterr().err)
+    assert not out.exists() and not store.partial_path(out).exists()

@@ -730,3 +730,65 @@ def test_committer_commits_in_order_and_raises_in_the_caller(caplog):
             assert failed.wait(timeout=30)
             raise KeyError("stop")
     assert "committing a chunk failed too: Interrupt: disk full" in caplog.text
+
+
+# --- models fastimg cannot pool, tokenizers that cannot serve the weights ---------------------
+
+
+@pytest.mark.parametrize("make, pooling, match", [
+    (lambda: transformers.GPT2Config(n_embd=32, n_layer=6, n_head=4), "cls",
+     r"is a decoder \(gpt2\).*use pooling 'mean'"),
+    (lambda: transformers.BertConfig(hidden_size=32, num_hidden_layers=6, num_attention_heads=4,
+                                     is_decoder=True), "cls", r"is a decoder \(bert\)"),
+    (lambda: transformers.T5Config(d_model=32, d_ff=64, num_layers=6, num_heads=4, d_kv=8),
+     "cls", r"is an encoder-decoder \(t5\)"),
+    (lambda: transformers.T5Config(d_model=32, d_ff=64, num_layers=6, num_heads=4, d_kv=8),
+     "mean", r"is an encoder-decoder \(t5\)"),
+])
+def test_a_model_that_is_no_encoder_is_refused_from_its_config(tmp_path, make, pooling, match):
+    """From config.json alone, before any weights load (build-dataset's run_settings): a
+    decoder's first token attends only to itself, and a T5's model wants decoder inputs."""
+    make().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=match):
+        run_settings(["a"], EncoderConfig(model=str(tmp_path), pooling=pooling, max_length=32))
+
+
+def test_a_decoder_under_mean_pooling_is_encoded(tmp_path):
+    transformers.GPT2Config(n_embd=32, n_layer=6, n_head=4).save_pretrained(tmp_path)
+    settings = run_settings(["a"], EncoderConfig(model=str(tmp_path), pooling="mean",
+                                                 max_length=32))
+    assert settings["layers"] == [1, 2, 3, 4, 5, 6]
+
+
+def _weights_only(src, dst):
+    """The folder ``src`` without its tokenizer files (``model.save_pretrained`` alone)."""
+    import shutil
+
+    dst.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(src / name, dst / name)
+    return dst
+
+
+def test_a_folder_without_its_tokenizer_is_refused(tiny_dir, tmp_path):
+    """transformers 5 builds an empty tokenizer for such a folder: every word would be [UNK]
+    and the embeddings would tell texts apart by their length alone."""
+    folder = _weights_only(tiny_dir, tmp_path / "weights")
+    with pytest.raises(ValueError, match="has no tokenizer vocabulary .only its 5 special"):
+        load_model(str(folder))
+    with pytest.raises(ValueError, match="has no tokenizer vocabulary"):
+        models_mod.load_tokenizer(str(folder))
+
+
+def test_a_tokenizer_of_another_model_is_refused(tiny_dir, tmp_path):
+    """Ids past the embedding table failed mid-encoding (an IndexError: 'a bug')."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    folder = tmp_path / "small"
+    AutoTokenizer.from_pretrained(tiny_dir).save_pretrained(folder)
+    BertModel(BertConfig(vocab_size=20, hidden_size=32, num_hidden_layers=6,
+                         num_attention_heads=4, intermediate_size=64)).save_pretrained(folder)
+    with pytest.raises(ValueError, match=r"makes ids up to \d+, but its embedding table has 20 "
+                                         r"rows"):
+        load_model(str(folder))
+    assert models_mod.load_tokenizer(str(tiny_dir)).is_fast

@@ -181,6 +181,56 @@ def _folder_fingerprint(folder: str, *stamp) -> str:
     return digest.hexdigest()
 
 
+def _causal_only(model_type) -> bool:
+    """Whether transformers knows ``model_type`` as a causal language model and not as a
+    masked one (GPT-2, Llama: decoders; BERT and RoBERTa are in both tables)."""
+    try:
+        from transformers.models.auto.modeling_auto import (
+            MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+            MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+        )
+    except ImportError:  # the tables moved: only the config's own flags are checked
+        return False
+    return (model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+            and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+
+def encoder_dims(model_config, name: str, pooling: str = "cls") -> tuple[int, int]:
+    """``(layers, hidden size)`` of a model that fastimg can encode with, from its config alone
+    (before any weights are loaded).
+
+    Parameters
+    ----------
+    model_config : transformers.PretrainedConfig
+    name : str
+        The model as the user named it (for the message).
+    pooling : {"cls", "mean"}
+
+    Raises
+    ------
+    ValueError
+        For an encoder-decoder (T5, BART: their model needs decoder inputs), a decoder under
+        [CLS] pooling (its first token attends to itself only, so the vector would say nothing
+        of the text after it) and a config without ``num_hidden_layers`` / ``hidden_size``.
+    """
+    kind = getattr(model_config, "model_type", None) or type(model_config).__name__
+    if getattr(model_config, "is_encoder_decoder", False):
+        raise ValueError(f"model {name!r} is an encoder-decoder ({kind}); fastimg encodes "
+                         f"with a BERT-family encoder (BERT, RoBERTa, DistilBERT, ELECTRA, "
+                         f"ALBERT, MiniLM, ...)")
+    if pooling == "cls" and (getattr(model_config, "is_decoder", False) or _causal_only(kind)):
+        raise ValueError(f"model {name!r} is a decoder ({kind}): its first token sees no "
+                         f"other token, so 'cls' pooling would give the same vector to every "
+                         f"text that starts alike; use pooling 'mean' or a BERT-family "
+                         f"encoder")
+    n_layers = getattr(model_config, "num_hidden_layers", None)
+    hidden = getattr(model_config, "hidden_size", None)
+    if not isinstance(n_layers, int) or not isinstance(hidden, int):
+        raise ValueError(f"model {name!r} ({kind}) has no num_hidden_layers / hidden_size in "
+                         f"its config; fastimg.embed needs a BERT-family encoder")
+    return n_layers, hidden
+
+
 @contextlib.contextmanager
 def _no_loading_bar():
     """transformers' weight-loading progress bar off meanwhile (its setting is global)."""
@@ -193,6 +243,59 @@ def _no_loading_bar():
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()
+
+
+def check_tokenizer(tokenizer, model_config, name: str) -> None:
+    """Refuse a tokenizer that cannot serve the model's weights.
+
+    Raises
+    ------
+    ValueError
+        When the tokenizer knows only its special tokens (a folder saved without its
+        tokenizer files: transformers then builds an empty one, and every word would be encoded
+        as the unknown token), or when it makes ids past the model's embedding table (a
+        tokenizer from another model).
+    """
+    ids = set(tokenizer.get_vocab().values())
+    if not ids - set(tokenizer.all_special_ids):
+        raise ValueError(f"model {name!r} has no tokenizer vocabulary (only its {len(ids)} "
+                         f"special tokens: no tokenizer.json, vocab.txt or the like beside "
+                         f"config.json?), so every word would be encoded as an unknown token; "
+                         f"save the tokenizer with the weights (tokenizer.save_pretrained)")
+    rows = getattr(model_config, "vocab_size", None)
+    if isinstance(rows, int) and ids and max(ids) >= rows:
+        raise ValueError(f"the tokenizer of model {name!r} makes ids up to {max(ids)}, but its "
+                         f"embedding table has {rows} rows: tokenizer and weights come from "
+                         f"different models")
+
+
+def _tokenizer(src: ModelSource, name: str, model_config, trust_remote_code: bool):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        src.source, use_fast=True, revision=src.revision, local_files_only=src.local_files_only,
+        trust_remote_code=trust_remote_code)
+    check_tokenizer(tokenizer, model_config, name)
+    return tokenizer
+
+
+def load_tokenizer(name: str = "minilm", revision: str | None = None, *,
+                   trust_remote_code: bool = False):
+    """The model's tokenizer, checked against its config (:func:`check_tokenizer`), without
+    loading the weights: what a build checks before it writes anything.
+
+    Raises
+    ------
+    ModelNotAvailableError
+        When the model or its tokenizer cannot be found or downloaded.
+    ValueError
+        When the tokenizer cannot serve the model (:func:`check_tokenizer`).
+    """
+    src = resolve_model(name, revision)
+    try:
+        return _tokenizer(src, name, src.hf_config(), trust_remote_code)
+    except OSError as exc:
+        raise _unavailable(name, str(exc).splitlines()[0]) from None
 
 
 def load_model(name: str = "minilm", revision: str | None = None, *,
@@ -212,16 +315,18 @@ def load_model(name: str = "minilm", revision: str | None = None, *,
     ------
     ModelNotAvailableError
         When the model cannot be found or downloaded.
+    ValueError
+        When the tokenizer cannot serve the model (:func:`check_tokenizer`).
     """
     import torch
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
     src = resolve_model(name, revision)
     common = dict(revision=src.revision, local_files_only=src.local_files_only,
                   trust_remote_code=trust_remote_code)
     has_safetensors = any(p.suffix == ".safetensors" for p in Path(src.folder).iterdir())
     try:
-        tokenizer = AutoTokenizer.from_pretrained(src.source, use_fast=True, **common)
+        tokenizer = _tokenizer(src, name, src.hf_config(), trust_remote_code)
         kwargs = dict(common, dtype=torch.float32, output_hidden_states=False)
         if has_safetensors:
             kwargs["use_safetensors"] = True
@@ -238,12 +343,8 @@ def load_model(name: str = "minilm", revision: str | None = None, *,
     if not getattr(tokenizer, "is_fast", False):
         logger.warning("%s has no fast tokenizer; tokenisation will be slow", name)
     model.eval()
-    cfg = model.config
-    n_layers = getattr(cfg, "num_hidden_layers", None)
-    hidden = getattr(cfg, "hidden_size", None)
-    if n_layers is None or hidden is None:
-        raise ValueError(f"model {name!r} ({type(model).__name__}) has no num_hidden_layers / "
-                         f"hidden_size in its config; fastimg.embed needs a BERT-family encoder")
+    # pooling is checked by the plan; here: the model's depth and width
+    n_layers, hidden = encoder_dims(model.config, name, pooling="mean")
     logger.info("loaded %s (%s, %d layers, hidden %d) from %s", name, type(model).__name__,
                 n_layers, hidden, src.folder)
     return LoadedModel(src, tokenizer, model, int(n_layers), int(hidden))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from fastimg._registry import Registry, torch_cuda_available
 from fastimg.embed import precision as precision_mod
 from fastimg.embed.config import EncoderConfig, resolve_layers
-from fastimg.embed.models import LoadedModel, resolve_model
+from fastimg.embed.models import LoadedModel, encoder_dims, resolve_model
 
 logger = logging.getLogger("fastimg.embed")
 
@@ -73,15 +73,15 @@ def make_plan(config: EncoderConfig, model: LoadedModel | None):
     Raises
     ------
     ValueError
-        When the device, precision, length or layers do not fit each other or the model.
+        When the device, precision, length or layers do not fit each other or the model, or
+        the model is no encoder fastimg can pool (:func:`~fastimg.embed.models.encoder_dims`).
     """
     if model is not None:
         src, model_config = model.source, model.model.config
-        n_layers, hidden = model.n_layers, model.hidden_size
     else:
         src = resolve_model(config.model, config.revision)
         model_config = src.hf_config()
-        n_layers, hidden = int(model_config.num_hidden_layers), int(model_config.hidden_size)
+    n_layers, hidden = encoder_dims(model_config, config.model, config.pooling)
     device = _resolve_device(config)
     precision = precision_mod.resolve(config.precision, device)
     ENCODE_DEVICES.check(device)  # after the precision's own refusal of this device
