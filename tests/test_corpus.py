@@ -722,3 +722,24 @@ def test_non_utf8_bytes_after_a_bom_or_in_the_header_are_placed_right(tmp_path):
     (tmp_path / "c.jsonl").write_bytes(b'\xef\xbb\xbf{"text": "a", "label": 1}\n'
                                        b'{"text": "\xe9", "label": 0}\n')
     assert "bad byte 0xe9 at line 2" in error(tmp_path / "c.jsonl")
+
+
+def test_a_rare_class_keeps_its_rows_in_train_while_others_can_spare_theirs(tmp_path, caplog):
+    """Validation and test rows are carved by label; a class of one or two rows lost its only
+    train row to them (a largest-remainder share) while the large class had rows to spare."""
+    labels = ["sports"] * 60 + ["World", "Health", "Sci/Tech", "Business"]
+    rows = [[f"r{i}", f"text {i}", y] for i, y in enumerate(labels)]
+    path = write_csv(tmp_path / "rare.csv", ["id", "text", "label"], rows)
+    with caplog.at_level(logging.WARNING, logger="fastimg.corpus"):
+        corpus = load_corpus(cfg(path, split="random", val_fraction=0.2, test_fraction=0.2))
+    counts = corpus.counts()
+    assert all(n == 1 for name, n in counts["train"].items() if name != "sports"), counts
+    assert counts["val"]["sports"] == 13 and sum(counts["val"].values()) == 13
+    assert sum(counts["test"].values()) == 10
+    assert "no rows of class" not in caplog.text
+    # a class of two rows: one trains, one validates
+    rows = [[f"r{i}", f"text {i}", y] for i, y in enumerate(["a"] * 30 + ["b"] * 2)]
+    path = write_csv(tmp_path / "two.csv", ["id", "text", "label"], rows)
+    for seed in range(3):
+        counts = load_corpus(cfg(path, split="random", val_fraction=0.5, seed=seed)).counts()
+        assert counts["train"]["b"] == 1 and counts["val"]["b"] == 1, counts

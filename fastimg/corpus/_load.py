@@ -296,31 +296,46 @@ def _pair_codes(split: np.ndarray, labels: np.ndarray) -> np.ndarray:
         int(labels.max()) - int(labels.min()) + 1) + (labels - labels.min())
 
 
-def _allocate(counts: np.ndarray, total: int) -> np.ndarray:
-    """Split ``total`` over strata in proportion to ``counts`` (largest remainder, exact)."""
+def _allocate(counts: np.ndarray, total: int, keep: int = 0) -> np.ndarray:
+    """Split ``total`` over strata in proportion to ``counts`` (largest remainder, exact),
+    leaving ``keep`` rows of every stratum untaken where the others can give the rows instead:
+    a class of one row is not moved out of train whole while larger classes have rows to
+    spare. Where no stratum needs that, the shares are the proportional ones."""
     quota = counts * (total / counts.sum())
     take = np.floor(quota).astype(np.int64)
     order = np.argsort(-(quota - take), kind="stable")
     take[order[:total - int(take.sum())]] += 1
-    return np.minimum(take, counts)
+    take = np.minimum(take, counts)
+    room = np.maximum(counts - keep, 0)
+    if not keep or (take <= room).all() or room.sum() < total:
+        return take
+    take = np.minimum(take, room)
+    while take.sum() < total:  # the rows kept back come from the strata with rows to spare,
+        for k in order:        # largest remainder first
+            if take.sum() < total and take[k] < room[k]:
+                take[k] += 1
+    return take
 
 
-def _stratified_pick(strata: np.ndarray, total: int, rng) -> np.ndarray:
-    """``total`` indices drawn without replacement, each stratum in proportion to its size."""
+def _stratified_pick(strata: np.ndarray, total: int, rng, keep: int = 0) -> np.ndarray:
+    """``total`` indices drawn without replacement, each stratum in proportion to its size
+    (less ``keep`` rows of each, where it can: :func:`_allocate`)."""
     keys, inverse, counts = np.unique(strata, return_inverse=True, return_counts=True)
-    take = _allocate(counts, total)
+    take = _allocate(counts, total, keep)
     picked = [rng.choice(np.flatnonzero(inverse == k), size=int(n), replace=False)
               for k, n in enumerate(take) if n]
     return np.concatenate(picked) if picked else np.empty(0, dtype=np.int64)
 
 
 def _split_off(labels: np.ndarray, fraction: float, rng, what: str) -> np.ndarray:
-    """Indices (into ``labels``) of a stratified validation share ``fraction``."""
+    """Indices (into ``labels``) of a stratified validation share ``fraction``; a class keeps
+    one row out of it while other classes can give theirs."""
     if labels.size < 2:
         raise CorpusError(f"{what} has {labels.size} row(s), too few to split off validation "
                           f"rows")
     n_val = min(max(int(round(labels.size * fraction)), 1), labels.size - 1)
-    return _stratified_pick(labels, n_val, rng)
+    # every class keeps a row in the part that stays (train) while others can spare theirs
+    return _stratified_pick(labels, n_val, rng, keep=1)
 
 
 def _texts(table: Table, columns, rows: np.ndarray) -> list:
