@@ -743,3 +743,17 @@ def test_a_rare_class_keeps_its_rows_in_train_while_others_can_spare_theirs(tmp_
     for seed in range(3):
         counts = load_corpus(cfg(path, split="random", val_fraction=0.5, seed=seed)).counts()
         assert counts["train"]["b"] == 1 and counts["val"]["b"] == 1, counts
+
+
+def test_classes_that_differ_only_in_case_are_kept_and_named(tmp_path, caplog):
+    """Padding around a label is stripped; 'World' and 'world' stay two classes, said aloud."""
+    labels = ["World", "world", " World ", "sports", "Sports", "sports", "Business", "Business"]
+    rows = [[f"r{i}", f"text {i}", y] for i, y in enumerate(labels * 3)]
+    path = write_csv(tmp_path / "case.csv", ["id", "text", "label"], rows)
+    with caplog.at_level(logging.WARNING, logger="fastimg.corpus"):
+        corpus = load_corpus(cfg(path, split="random", val_fraction=0.25))
+    assert corpus.class_names == ["Business", "Sports", "World", "sports", "world"]
+    notes = [w for w in corpus.warnings if "differ only in case" in w]
+    assert len(notes) == 1 and "'Sports' / 'sports'" in notes[0]
+    assert "'World' / 'world'" in notes[0] and "Business" not in notes[0]
+    assert "differ only in case" in caplog.text

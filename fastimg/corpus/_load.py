@@ -65,6 +65,7 @@ def load_corpus(config: CorpusConfig) -> Corpus:
     if len(class_names) < 2:
         raise CorpusError(f"label column {config.label_column!r} has a single class "
                           f"({class_names[0]!r}); a classifier needs at least two")
+    _note_case_variants(class_names, config.label_column, notes)
     split = _split_values(table, split_column) if mode == "column" else None
 
     rows = np.arange(table.n_rows)
@@ -168,6 +169,19 @@ def _check_train_classes(split, labels, class_names, class_values, notes, remedi
     if missing:
         notes.append(f"the train split has no rows of class {', '.join(map(repr, missing))}: "
                      f"a model trained on it cannot predict it")
+
+
+def _note_case_variants(class_names, column: str, notes: list) -> None:
+    """Note classes whose names differ only in case (``World`` / ``world``): kept apart, as
+    the labels say, but seldom meant."""
+    groups: dict = {}
+    for name in class_names:
+        groups.setdefault(name.casefold(), []).append(name)
+    variants = [" / ".join(repr(n) for n in names) for names in groups.values() if len(names) > 1]
+    if variants:
+        notes.append(f"label column {column!r} has classes that differ only in case "
+                     f"({', '.join(variants)}): they are separate classes; make the labels "
+                     f"agree if each group is one class")
 
 
 def _is_missing(value) -> bool:
