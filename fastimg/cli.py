@@ -351,14 +351,15 @@ def _cmd_train(args) -> int:
 def _cmd_predict(args) -> int:
     from fastimg._validation import file_in_the_way
     from fastimg.train import load_run
-    from fastimg.train.texts_io import read_input_texts, read_lines, write_predictions
+    from fastimg.train.texts_io import (read_input_texts, read_lines, write_predictions,
+                                        writes_to)
 
     if args.out.is_dir():
         raise UserError(f"--out {args.out} is a folder; give the path of the CSV to write")
     blocker = file_in_the_way(args.out.parent)  # before the encoding
     if blocker is not None:
         raise UserError(f"--out {args.out}: {blocker} is a file, not a folder")
-    run = load_run(args.run_dir, device=args.device)
+    run = load_run(args.run_dir, device=args.device, model=args.model)
     if str(args.input) == "-":
         ids, texts = read_lines(sys.stdin)
     else:
@@ -366,9 +367,13 @@ def _cmd_predict(args) -> int:
     if not texts:
         raise UserError(f"no texts in {'stdin' if str(args.input) == '-' else args.input}")
     prediction = run.predict(texts, batch_size=args.batch_size, progress=not args.quiet)
+    # the CSV on stdout (-, /dev/stdout) keeps stdout to itself: the summary goes to stderr
+    csv_on_stdout = writes_to(args.out, sys.stdout)
     write_predictions(args.out, ids, prediction)
     counts = ", ".join(f"{name} {prediction.names.count(name)}" for name in run.class_names)
-    print(f"predicted {len(texts)} texts with {args.run_dir} ({counts}); wrote {args.out}")
+    print(f"predicted {len(texts)} texts with {args.run_dir} ({counts}); wrote "
+          f"{'stdout' if str(args.out) == '-' else args.out}",
+          file=sys.stderr if csv_on_stdout else sys.stdout)
     return 0
 
 
@@ -675,8 +680,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="text column (repeat to join several; default text)")
     predict.add_argument("--id-column", help="id column (default: id when present, else the "
                                              "row number)")
-    predict.add_argument("--out", type=_local_path, required=True, help="predictions CSV to write")
+    predict.add_argument("--out", type=_local_path, required=True,
+                         help="predictions CSV to write; - for stdout (the summary line then "
+                              "goes to stderr)")
     predict.add_argument("--batch-size", type=int, default=256)
+    predict.add_argument("--model", help="the encoder's folder (or hub id) when it is no longer "
+                                         "where the store was built from it; its weights must "
+                                         "be the recorded ones (checked)")
     predict.add_argument("--device", type=_torch_device, default="auto",
                          help="torch device of the encoder and the classifier: "
                               "auto|cpu|cuda|cuda:N (int8 encodes on the CPU)")

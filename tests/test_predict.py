@@ -150,6 +150,34 @@ def test_a_model_fingerprint_mismatch_is_refused_in_one_line(trained, tmp_path, 
     assert not (tmp_path / "p.csv").exists()
 
 
+def test_an_encoder_folder_moved_since_training_is_named_with_model(trained, tmp_path,
+                                                                     tiny_bert_dir, capsys):
+    """The run records the folder the store was encoded from; once the folder moved, the
+    error said 'give a local folder' and predict had no way to take one."""
+    run_dir = _copy_run(trained, tmp_path)
+    moved = tmp_path / "my-bert"
+    shutil.copytree(tiny_bert_dir, moved)
+    bundle = json.loads((run_dir / BUNDLE_FILE).read_text())
+    bundle["encoder"]["model"] = str(tmp_path / "gone")
+    (run_dir / BUNDLE_FILE).write_text(json.dumps(bundle))
+    with pytest.raises(OSError, match=r"gone .*does not exist.*moved\? predict --model"):
+        load_run(run_dir).predict(["a film"])
+    pred = load_run(run_dir, model=moved).predict(trained["texts"])
+    np.testing.assert_allclose(pred.probabilities, trained["expected"], atol=1e-5)
+    corpus = _write_csv(tmp_path / "new.csv", _reviews(3))
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(run_dir), "--input", str(corpus), "--out", str(out), "--quiet",
+                 "--model", str(moved)]) == 0
+    assert len(out.read_text().splitlines()) == 4
+    # other weights are refused as before
+    other = tmp_path / "other"
+    shutil.copytree(tiny_bert_dir, other)
+    (other / "config.json").write_text((other / "config.json").read_text() + "\n")
+    assert main(["predict", str(run_dir), "--input", str(corpus), "--out", str(out), "--quiet",
+                 "--model", str(other)]) == 2
+    assert "fingerprint" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("missing", [BUNDLE_FILE, "best.pt", "normaliser.npz"])
 def test_a_run_without_its_bundle_is_refused(trained, tmp_path, missing, capsys):
     run_dir = _copy_run(trained, tmp_path)
@@ -369,3 +397,24 @@ def test_new_texts_are_encoded_in_the_precision_the_store_resolved(trained):
     assert json.loads((trained["run"] / BUNDLE_FILE).read_text())["encoder"]["precision"] == \
         "fp32"
     assert reader.encoder_config().on_device("cuda").precision == "fp32"
+
+
+def test_predictions_on_stdout_keep_stdout_to_the_csv(trained, tmp_path, capsys,
+                                                      monkeypatch):
+    """``--out -`` wrote a file named '-'; ``--out /dev/stdout`` got the summary line appended
+    to the CSV."""
+    from fastimg.train.texts_io import writes_to
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.stdin", io.StringIO("a good film\nawful\n"))
+    assert main(["predict", str(trained["run"]), "--input", "-", "--out", "-", "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert not (tmp_path / "-").exists()
+    rows = list(csv.reader(io.StringIO(out)))
+    assert rows[0][:2] == ["id", "predicted"] and [r[0] for r in rows[1:]] == ["0", "1"]
+    assert err.startswith("predicted 2 texts") and "wrote stdout" in err
+    target = tmp_path / "p.csv"
+    with open(target, "w") as stream:  # what the shell's > makes of stdout
+        assert writes_to(target, stream) and writes_to("-", stream)
+        assert not writes_to(tmp_path / "other.csv", stream)
+    assert not writes_to(target, io.StringIO())

@@ -8,7 +8,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -79,14 +80,18 @@ class Run:
         In eval mode, on ``device``.
     store_path : str or None
         The training store (used by ``explain``; prediction never reads it).
+    encoder_model : str or None
+        Where the encoder is now (a folder or hub id) when it is not where the store was built;
+        None: the recorded one. Its weights are checked against the recorded fingerprint.
     """
 
-    def __init__(self, run_dir, *, device: str = "cpu"):
+    def __init__(self, run_dir, *, device: str = "cpu", model=None):
         from fastimg.layout import DeepInsightLayout
         from fastimg.train.config import TrainConfig
         from fastimg.train.data import Normaliser
 
         self.run_dir = Path(run_dir)
+        self.encoder_model = None if model is None else os.fspath(model)
         self.bundle, stats = read_run_bundle(self.run_dir)
         try:
             self.config = TrainConfig.from_dict(self.bundle["train_config"])
@@ -124,13 +129,17 @@ class Run:
 
     # -- the text route -----------------------------------------------------------------
     def encoder_config(self):
-        """The :class:`~fastimg.embed.EncoderConfig` of the training store."""
+        """The :class:`~fastimg.embed.EncoderConfig` of the training store (its model where
+        :attr:`encoder_model` says, when given)."""
         from fastimg.embed import EncoderConfig
 
         if not self.bundle.get("encoder") or self.layout is None:
             raise RunBundleError(f"{self.run_dir} was trained on a store not built from texts "
                                  f"(no encoder settings or layout): it cannot predict texts")
-        return EncoderConfig.from_dict(self.bundle["encoder"])
+        config = EncoderConfig.from_dict(self.bundle["encoder"])
+        if self.encoder_model is not None:
+            config = replace(config, model=self.encoder_model)
+        return config
 
     def check_model(self) -> None:
         """Refuse an encoder whose weights differ from those the store was encoded with.
@@ -139,8 +148,11 @@ class Run:
         ------
         RunBundleError
             When the installed model's fingerprint differs from the recorded one.
+        ModelNotAvailableError
+            When the recorded model is gone (a moved folder: ``model=`` / ``--model`` names
+            where it is now).
         """
-        from fastimg.embed import resolve_model
+        from fastimg.embed import ModelNotAvailableError, resolve_model
 
         config = self.encoder_config()
         recorded = self.bundle.get("model_fingerprint")
@@ -148,7 +160,15 @@ class Run:
             logger.warning("%s records no model fingerprint; the encoder is not checked",
                            self.run_dir)
             return
-        found = resolve_model(config.model, config.revision).fingerprint()
+        try:
+            source = resolve_model(config.model, config.revision)
+        except ModelNotAvailableError as exc:
+            if self.encoder_model is not None:
+                raise
+            raise ModelNotAvailableError(
+                f"{exc} (moved? predict --model FOLDER, or load_run(..., model=FOLDER), "
+                f"names where it is now; its weights are checked against the run's)") from None
+        found = source.fingerprint()
         if found != recorded:
             raise RunBundleError(
                 f"encoder {config.model!r} has fingerprint {found[:12]}, but {self.run_dir} was "
@@ -230,7 +250,7 @@ class Run:
                           list(self.class_names))
 
 
-def load_run(run_dir, *, device: str = "cpu") -> Run:
+def load_run(run_dir, *, device: str = "cpu", model=None) -> Run:
     """Reload a run folder written by :func:`fastimg.train.fit` (``out_dir``).
 
     Parameters
@@ -239,6 +259,10 @@ def load_run(run_dir, *, device: str = "cpu") -> Run:
     device : str
         Where the classifier runs: ``"cpu"``, ``"cuda[:N]"`` or ``"auto"`` (CUDA when torch sees
         a GPU).
+    model : str or path, optional
+        The encoder (a folder or hub id) when it is no longer where the training store was
+        built from it; its weights must have the recorded fingerprint (checked before
+        encoding). None: the recorded model.
 
     Returns
     -------
@@ -251,4 +275,4 @@ def load_run(run_dir, *, device: str = "cpu") -> Run:
         (a run from an older fastimg), unreadable (truncated or corrupt), or they do not fit
         together; the message names the file.
     """
-    return Run(run_dir, device=device)
+    return Run(run_dir, device=device, model=model)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -66,22 +68,44 @@ def read_lines(stream) -> tuple[list, list]:
     return [str(i) for i in kept], [lines[i] for i in kept]
 
 
-def write_predictions(out, ids, prediction) -> Path:
+def writes_to(out, stream) -> bool:
+    """Whether writing ``out`` writes into ``stream`` (``-`` for stdout, ``/dev/stdout``, or
+    the file or pipe ``stream`` is): then nothing else may be printed there."""
+    if str(out) == "-":
+        return True
+    try:
+        a, b = os.stat(out), os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):  # no such file yet; a stream without an fd
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def write_predictions(out, ids, prediction, *, stdout=None) -> Path:
     """CSV with columns ``id, predicted, p_<class>...`` (probabilities to 6 decimals).
 
     A new or regular file is written beside ``out`` and moved onto it, so a cut-short write
-    never sits under its name; a symlink, ``/dev/stdout`` or a pipe is written through."""
+    never sits under its name; a symlink, ``/dev/stdout`` or a pipe is written through, and
+    ``-`` is ``stdout`` (default ``sys.stdout``)."""
+    probs = np.asarray(prediction.probabilities)
+
+    def rows(fh):
+        writer = csv.writer(fh)
+        writer.writerow(["id", "predicted", *(f"p_{c}" for c in prediction.class_names)])
+        for row_id, name, p in zip(ids, prediction.names, probs):
+            writer.writerow([row_id, name, *(f"{v:.6f}" for v in p)])
+
+    if str(out) == "-":
+        stream = sys.stdout if stdout is None else stdout
+        rows(stream)
+        stream.flush()
+        return Path(out)
     out = Path(out)
     if out.parent and not out.parent.exists():
         out.parent.mkdir(parents=True)
-    probs = np.asarray(prediction.probabilities)
 
     def write(path):
         with open(path, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["id", "predicted", *(f"p_{c}" for c in prediction.class_names)])
-            for row_id, name, p in zip(ids, prediction.names, probs):
-                writer.writerow([row_id, name, *(f"{v:.6f}" for v in p)])
+            rows(fh)
 
     replace_file(out, write)
     logger.info("wrote %d predictions to %s", len(ids), out)
