@@ -331,7 +331,8 @@ def _cmd_train(args) -> int:
     metrics = result.metrics
     test = ("absent (no test split: the validation figure chose the best epoch and is "
             "selection-biased; build with --test-fraction to carve one)"
-            if result.test_accuracy is None else f"{result.test_accuracy:.4f}")
+            if result.test_accuracy is None else
+            f"{result.test_accuracy:.4f} (macro F1 {metrics['reported']['macro_f1']:.4f})")
     probes = []
     for name, probe in (("embeddings", result.probe), ("pixels", result.probe_pixels)):
         if probe:

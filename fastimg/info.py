@@ -247,6 +247,22 @@ def _accuracy(value) -> str:
     return "absent" if value is None else f"{value:.4f}"
 
 
+def _class_scores_line(metrics: dict) -> str | None:
+    """``by class`` of the reported split: macro F1, balanced accuracy and the class recalled
+    least (what accuracy hides when the classes are imbalanced); None for runs saved before
+    fastimg scored classes."""
+    split = (metrics.get("reported") or {}).get("split")
+    scores = ((metrics.get("final") or {}).get(split) or {})
+    per_class = scores.get("per_class")
+    if not per_class or scores.get("macro_f1") is None:
+        return None
+    name, worst = min(((n, c) for n, c in per_class.items() if c["support"]),
+                      key=lambda item: item[1]["recall"])
+    return (f"by class   {split}: macro F1 {scores['macro_f1']:.4f}, balanced accuracy "
+            f"{scores['balanced_accuracy']:.4f}; lowest recall {name!r} {worst['recall']:.4f} "
+            f"(of {_plural(worst['support'], 'row')}); classes {', '.join(per_class)}")
+
+
 def _plural(count, noun: str) -> str:
     """``"1 epoch"``, ``"3 epochs"``; ``"? epochs"`` when the count is not recorded."""
     if count is None:
@@ -344,6 +360,9 @@ def describe_run(path) -> list[str]:
         lines.append(f"accuracy   val {_accuracy((final.get('val') or {}).get('accuracy'))}, "
                      f"test {_accuracy((final.get('test') or {}).get('accuracy'))} "
                      f"(best epoch's weights{biased})")
+        scores = _class_scores_line(metrics)
+        if scores:
+            lines.append(scores)
     probe = metrics.get("probe")
     if metrics:
         lines.append("probe      " + ("not run" if not probe else

@@ -434,6 +434,11 @@ def test_metrics_json_and_checkpoint(blob_store, tmp_path):
         matrix = np.array(metrics["final"][split]["confusion_matrix"])
         assert matrix.shape == (2, 2) and matrix.sum() == n
         assert np.trace(matrix) / n == pytest.approx(metrics["final"][split]["accuracy"])
+        per_class = metrics["final"][split]["per_class"]
+        assert [per_class[c]["support"] for c in ("neg", "pos")] == matrix.sum(1).tolist()
+        assert metrics["final"][split]["balanced_accuracy"] == pytest.approx(
+            np.mean(np.diag(matrix) / matrix.sum(1)))
+    assert metrics["reported"]["macro_f1"] == metrics["final"]["test"]["macro_f1"]
     assert metrics["class_names"] == ["neg", "pos"]
     assert metrics["rows"] == {"train": 144, "val": 48, "test": 48}
     probe = metrics["probe"]
@@ -733,8 +738,10 @@ def test_selection_biased_without_a_test_split(tmp_path, blob_store):
     assert "test split" in metrics["reported"]["note"]
     with_test = fit(blob_store[0], config)
     assert not with_test.selection_biased and with_test.metrics["selection_biased"] is False
+    test = with_test.metrics["final"]["test"]
     assert with_test.metrics["reported"] == {
-        "split": "test", "accuracy": with_test.test_accuracy, "selection_biased": False}
+        "split": "test", "accuracy": with_test.test_accuracy, "macro_f1": test["macro_f1"],
+        "balanced_accuracy": test["balanced_accuracy"], "selection_biased": False}
     assert with_test.metrics["final"]["test"]["selection_biased"] is False
 
 

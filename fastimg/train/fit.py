@@ -29,6 +29,7 @@ from fastimg.train.data import (LOADERS, BatchSource, ChunkedReader, Normaliser,
                                 make_loader, pixel_stats)
 from fastimg.train.extractors import check_weights
 from fastimg.train.head import build_classifier
+from fastimg.train.scores import class_scores, confusion_matrix
 
 logger = logging.getLogger("fastimg.train")
 
@@ -86,12 +87,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be auto, cpu or cuda[:N], got {name!r}")
     return device
-
-
-def _confusion(targets: np.ndarray, predictions: np.ndarray, n_classes: int) -> list:
-    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(matrix, (targets, predictions), 1)
-    return matrix.tolist()
 
 
 #: Inverse regularisation strengths the linear probes choose from on the validation split.
@@ -577,18 +572,19 @@ def _final_evaluation(run: _Run) -> tuple[dict, dict]:
     for split in ("val", "test"):
         if run.rows[split].size:
             result = run.evaluate(split)
+            confusion = confusion_matrix(result["targets"], result["predictions"],
+                                         run.data.n_classes)
             final[split] = {"rows": result["rows"], "accuracy": result["accuracy"],
-                            "loss": result["loss"],
-                            "confusion_matrix": _confusion(result["targets"],
-                                                           result["predictions"],
-                                                           run.data.n_classes),
+                            "loss": result["loss"], "confusion_matrix": confusion.tolist(),
+                            **class_scores(confusion, run.data.class_names),
                             # the best epoch was chosen on val: its figure is optimistic
                             "selection_biased": split == "val"}
         else:
             final[split] = None
     has_test = final["test"] is not None
-    reported = {"split": "test" if has_test else "val",
-                "accuracy": final["test" if has_test else "val"]["accuracy"],
+    shown = final["test" if has_test else "val"]
+    reported = {"split": "test" if has_test else "val", "accuracy": shown["accuracy"],
+                "macro_f1": shown["macro_f1"], "balanced_accuracy": shown["balanced_accuracy"],
                 "selection_biased": not has_test}
     if not has_test:
         reported["note"] = ("the store has no test split: the validation accuracy chose the "
