@@ -75,6 +75,19 @@ def standardise(image, mean, std) -> np.ndarray:
     return (np.asarray(image, dtype=np.float64) - mean) / std
 
 
+def _class_contrast(means: dict, values, names) -> tuple:
+    """Where the classes differ, as one image: ``mean B - mean A`` for two classes (signed),
+    the spread (standard deviation) of the class means for more, whose every class counts (a
+    difference of two would hide the others); ``(None, "")`` for one class."""
+    if len(values) < 2:
+        return None, ""
+    if len(values) == 2:
+        return (means[int(values[1])] - means[int(values[0])],
+                f"mean {names[1]} - mean {names[0]}")
+    stacked = np.stack([means[int(v)] for v in values])
+    return stacked.std(axis=0), f"spread of the {len(values)} class means (std)"
+
+
 def _image(ax, fig, data, title, **kwargs):
     """One image with a colour bar of its values."""
     shown = ax.imshow(data, **kwargs)
@@ -133,9 +146,9 @@ def _output_format(out) -> str:
 def show_store(path, out, *, n_per_class: int = 4, seed: int = 0) -> None:
     """Draw a store into a PNG at ``out``: per class, sample images (raw, and standardised per
     pixel with the training rows' statistics, so that what differs between samples and
-    classes shows), the class means and their difference, and the feature layout (features per
-    pixel, and the encoder layer that dominates each pixel, with a legend), each with a colour
-    bar.
+    classes shows), the class means and where they differ (two: their difference; more: their
+    spread), and the feature layout (features per pixel, and the encoder layer that dominates
+    each pixel, with a legend), each with a colour bar.
 
     ``out`` is written as its suffix says (``.png``; ``.pdf``, ``.svg`` and matplotlib's other
     formats too), as PNG without one; a folder, a missing folder or an unknown suffix is
@@ -192,24 +205,31 @@ def show_store(path, out, *, n_per_class: int = 4, seed: int = 0) -> None:
     for c, value in enumerate(values):
         _image(axes[r, c], fig, means[int(value)],
                f"mean {names[c] if c < len(names) else value}", cmap="gray", **raw_range)
-    if len(values) >= 2:
-        diff = means[int(values[-1])] - means[int(values[0])]
-        bound = float(np.abs(diff).max()) or 1.0
-        _image(axes[r, len(values)], fig, diff, f"mean {names[-1]} - mean {names[0]}",
-               cmap="RdBu_r", vmin=-bound, vmax=bound)
+    contrast, contrast_title = _class_contrast(means, values, names)
+    if contrast is not None:
+        if len(values) == 2:
+            bound = float(np.abs(contrast).max()) or 1.0
+            _image(axes[r, len(values)], fig, contrast, contrast_title, cmap="RdBu_r",
+                   vmin=-bound, vmax=bound)
+        else:
+            _image(axes[r, len(values)], fig, contrast, contrast_title, cmap="magma")
     r += 1
     _image(axes[r, 0], fig, counts, f"features per pixel ({int((counts > 0).sum())} used)",
            cmap="viridis")
     if dominant is not None:
         _layer_legend(axes[r, 1], dominant, [f"layer {layer}" for layer in layers])
-    if len(values) >= 2 and n_cols >= 3:
-        z_diff = (means[int(values[-1])] - means[int(values[0])]) / pixel_std
-        bound = float(np.abs(z_diff).max()) or 1.0
-        _image(axes[r, 2], fig, z_diff, f"(mean {names[-1]} - mean {names[0]}) / pixel std",
-               cmap="RdBu_r", vmin=-bound, vmax=bound)
+    if contrast is not None:
+        z_contrast = contrast / pixel_std
+        if len(values) == 2:
+            bound = float(np.abs(z_contrast).max()) or 1.0
+            _image(axes[r, 2], fig, z_contrast, f"({contrast_title}) / pixel std",
+                   cmap="RdBu_r", vmin=-bound, vmax=bound)
+        else:
+            _image(axes[r, 2], fig, z_contrast, f"{contrast_title} / pixel std", cmap="magma")
     fig.suptitle(f"{path}: {images.shape[0]} images {grid[0]} x {grid[1]}; per-pixel z uses "
                  f"the mean and deviation of {fit_rows.size} training images", fontsize=9)
-    fig.tight_layout()
+    # room for the title above the first row, whatever the figure's height
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))
     fig.savefig(out, dpi=110, format=image_format)
     plt.close(fig)
     logger.info("wrote %s", out)

@@ -170,6 +170,10 @@ def test_info_summarises_a_training_run_folder(tmp_path, capsys):
     assert f"epochs     2 run, best epoch {metrics['best_epoch']}" in out
     assert f"val {metrics['final']['val']['accuracy']:.4f}" in out
     assert f"probe      val {metrics['probe']['val_accuracy']:.4f}" in out
+    reported = metrics["reported"]
+    assert (f"by class   {reported['split']}: macro F1 {reported['macro_f1']:.4f}, balanced "
+            f"accuracy {reported['balanced_accuracy']:.4f}; lowest recall ") in out
+    assert f"classes {', '.join(metrics['class_names'])}\n" in out
     assert len(out.strip().splitlines()) <= 30
     assert main(["info", str(run), "--json"]) == 2
 
@@ -227,3 +231,40 @@ def test_show_draws_samples_standardised_and_a_layer_legend(built, tmp_path, mon
     # one colour bar per drawn image (colour-bar axes have no title)
     drawn = [ax for ax in fig.axes if ax.get_images() and ax.get_title()]
     assert len(fig.axes) - len(drawn) >= len(drawn) - 1
+
+
+def test_show_of_three_classes_draws_the_spread_of_their_means_below_its_title(
+        tmp_path, tiny_bert_dir, monkeypatch):
+    import matplotlib.figure
+
+    rng = np.random.default_rng(3)
+    with open(tmp_path / "topics.csv", "w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(("text", "label"))
+        for i in range(60):
+            writer.writerow((" ".join(rng.choice(TINY_WORDS, 8)),
+                             ("World", "Sports", "Tech")[i % 3]))
+    assert main(["build-dataset", "--input", str(tmp_path / "topics.csv"), "--model",
+                 str(tiny_bert_dir), "--method", "pca", "--max-length", "16", "--pixels", "8",
+                 "--quiet", "--out", str(tmp_path / "t.zarr")]) == 0
+    saved = {}
+
+    def keep(fig, out, **kwargs):
+        saved["fig"] = fig
+        out.write_bytes(b"png")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
+    assert main(["show", str(tmp_path / "t.zarr"), "--out", str(tmp_path / "t.png")]) == 0
+    fig = saved["fig"]
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "spread of the 3 class means (std)" in titles
+    assert "spread of the 3 class means (std) / pixel std" in titles
+    assert not any(" - mean " in t for t in titles)  # no difference of two of the three
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    title_bottom = fig._suptitle.get_window_extent(renderer).y0
+    assert all(ax.title.get_window_extent(renderer).y1 <= title_bottom for ax in fig.axes
+               if ax.get_title())
