@@ -260,7 +260,9 @@ def _class_scores_line(metrics: dict) -> str | None:
                       key=lambda item: item[1]["recall"])
     return (f"by class   {split}: macro F1 {scores['macro_f1']:.4f}, balanced accuracy "
             f"{scores['balanced_accuracy']:.4f}; lowest recall {name!r} {worst['recall']:.4f} "
-            f"(of {_plural(worst['support'], 'row')}); classes {', '.join(per_class)}")
+            f"(of {_plural(worst['support'], 'row')}); "
+            + (f"classes {', '.join(per_class)}" if len(per_class) <= 8 else
+               f"{len(per_class)} classes"))
 
 
 def _plural(count, noun: str) -> str:

@@ -25,13 +25,19 @@ def test_scores_match_scikit_learn_on_imbalanced_classes():
         balanced_accuracy_score(targets, predictions))
 
 
-def test_a_class_absent_from_the_split_is_left_out_of_the_means():
+def test_a_class_absent_from_the_split_counts_only_where_it_is_predicted():
     confusion = confusion_matrix([0, 0, 1, 1], [0, 1, 1, 1], 3)
     scores = class_scores(confusion, ["x", "y", "z"])
     assert scores["per_class"]["z"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0,
                                         "support": 0}
     assert scores["balanced_accuracy"] == pytest.approx(0.75)
     assert scores["macro_f1"] == pytest.approx((2 / 3 + 0.8) / 2)
+    # z absent from the split but predicted: its F1 of 0 counts, as in scikit-learn
+    targets, predictions = [0, 0, 1, 1], [0, 2, 1, 1]
+    scores = class_scores(confusion_matrix(targets, predictions, 3), ["x", "y", "z"])
+    assert scores["macro_f1"] == pytest.approx(f1_score(targets, predictions, average="macro",
+                                                        zero_division=0))
+    assert scores["macro_f1"] == pytest.approx((2 / 3 + 1 + 0) / 3)
     assert class_scores(np.zeros((2, 2)), ["x", "y"])["macro_f1"] is None
     with pytest.raises(ValueError, match="3 classes"):
         class_scores(np.zeros((2, 2)), ["x", "y", "z"])

@@ -27,9 +27,10 @@ def class_scores(confusion, class_names) -> dict:
     -------
     dict
         ``per_class``: ``{name: {"precision", "recall", "f1", "support"}}`` (a class never
-        predicted has precision 0, as scikit-learn's ``zero_division=0``); ``macro_f1`` and
-        ``balanced_accuracy`` (the mean recall): means over the classes present in the split
-        (support > 0; a class absent from it cannot be scored), None when none is.
+        predicted has precision 0, as scikit-learn's ``zero_division=0``); ``macro_f1``, the
+        mean F1 of the classes in the split or in its predictions (a class absent from the
+        split but predicted counts, with F1 0, as in scikit-learn), and ``balanced_accuracy``,
+        the mean recall of the classes in the split; None where there is no such class.
     """
     confusion = np.asarray(confusion, dtype=np.int64)
     if confusion.shape != (len(class_names),) * 2:
@@ -41,11 +42,11 @@ def class_scores(confusion, class_names) -> dict:
     precision = np.divide(hits, predicted, out=np.zeros_like(hits), where=predicted > 0)
     both = precision + recall
     f1 = np.divide(2 * precision * recall, both, out=np.zeros_like(hits), where=both > 0)
-    present = support > 0
+    present, seen = support > 0, (support > 0) | (predicted > 0)
     return {
         "per_class": {str(name): {"precision": float(precision[k]), "recall": float(recall[k]),
                                   "f1": float(f1[k]), "support": int(support[k])}
                       for k, name in enumerate(class_names)},
-        "macro_f1": float(f1[present].mean()) if present.any() else None,
+        "macro_f1": float(f1[seen].mean()) if seen.any() else None,
         "balanced_accuracy": float(recall[present].mean()) if present.any() else None,
     }
