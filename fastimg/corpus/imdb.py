@@ -105,7 +105,7 @@ def download_imdb(cache) -> Path:
                               f"expected {IMDB_MD5}; try again, or {hint}")
 
     try:
-        replace_file(target, fetch_verified)
+        replace_file(target, fetch_verified, write_through=False)
     except CorpusError:
         raise
     except (urllib.error.URLError, OSError, ValueError) as exc:

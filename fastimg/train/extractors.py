@@ -189,7 +189,7 @@ def _download(url: str, dest: Path, timeout: float) -> None:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
             shutil.copyfileobj(response, out)
 
-    replace_file(dest, fetch)
+    replace_file(dest, fetch, write_through=False)
 
 
 def resolve_weights(name: str, weights, *, timeout: float = DOWNLOAD_TIMEOUT_S):
