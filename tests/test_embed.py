@@ -753,7 +753,7 @@ def test_a_model_that_is_no_encoder_is_refused_from_its_config(tmp_path, make, p
         run_settings(["a"], EncoderConfig(model=str(tmp_path), pooling=pooling, max_length=32))
 
 
-def test_a_decoder_under_mean_pooling_is_encoded(tmp_path):
+def test_a_decoder_under_mean_pooling_is_planned(tmp_path):
     transformers.GPT2Config(n_embd=32, n_layer=6, n_head=4).save_pretrained(tmp_path)
     settings = run_settings(["a"], EncoderConfig(model=str(tmp_path), pooling="mean",
                                                  max_length=32))
@@ -792,6 +792,24 @@ def test_a_tokenizer_of_another_model_is_refused(tiny_dir, tmp_path):
                                          r"rows"):
         load_model(str(folder))
     assert models_mod.load_tokenizer(str(tiny_dir)).is_fast
+
+
+def test_tokens_added_without_resized_embeddings_are_named_as_such(tmp_path):
+    """The message said 'tokenizer and weights come from different models' of one model."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    folder = tmp_path / "added"
+    # MiniLM's tokenizer: ids 0..len-1 without gaps, so an added token gets the id past them
+    tokenizer = AutoTokenizer.from_pretrained(models_mod.resolve_model("minilm").folder)
+    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=6,
+                         num_attention_heads=4, intermediate_size=64)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    models_mod.load_tokenizer(str(folder))  # ids fit the table
+    assert tokenizer.add_tokens(["<url>"]) == 1
+    tokenizer.save_pretrained(folder)
+    with pytest.raises(ValueError, match=r"1 added token\(s\) \('<url>'\) past its embedding "
+                                         r"table of \d+ rows: resize"):
+        models_mod.load_tokenizer(str(folder))
 
 
 def test_a_relative_model_folder_is_kept_as_its_absolute_path(tiny_dir, tmp_path, monkeypatch):

@@ -254,7 +254,8 @@ def check_tokenizer(tokenizer, model_config, name: str) -> None:
         When the tokenizer knows only its special tokens (a folder saved without its
         tokenizer files: transformers then builds an empty one, and every word would be encoded
         as the unknown token), or when it makes ids past the model's embedding table (a
-        tokenizer from another model).
+        tokenizer from another model, or tokens added to it without resizing the embeddings:
+        a text holding one would fail mid-encoding).
     """
     ids = set(tokenizer.get_vocab().values())
     if not ids - set(tokenizer.all_special_ids):
@@ -263,10 +264,19 @@ def check_tokenizer(tokenizer, model_config, name: str) -> None:
                          f"config.json?), so every word would be encoded as an unknown token; "
                          f"save the tokenizer with the weights (tokenizer.save_pretrained)")
     rows = getattr(model_config, "vocab_size", None)
-    if isinstance(rows, int) and ids and max(ids) >= rows:
-        raise ValueError(f"the tokenizer of model {name!r} makes ids up to {max(ids)}, but its "
-                         f"embedding table has {rows} rows: tokenizer and weights come from "
-                         f"different models")
+    if not isinstance(rows, int) or not ids or max(ids) < rows:
+        return
+    past = {token: i for token, i in tokenizer.get_vocab().items() if i >= rows}
+    added = tokenizer.get_added_vocab()
+    if all(token in added for token in past):
+        shown = ", ".join(repr(t) for t in sorted(past, key=past.get)[:3])
+        raise ValueError(f"the tokenizer of model {name!r} has {len(past)} added token(s) "
+                         f"({shown}{', ...' if len(past) > 3 else ''}) past its embedding table "
+                         f"of {rows} rows: resize the model's embeddings "
+                         f"(model.resize_token_embeddings(len(tokenizer))) and save it again")
+    raise ValueError(f"the tokenizer of model {name!r} makes ids up to {max(ids)}, but its "
+                     f"embedding table has {rows} rows: tokenizer and weights come from "
+                     f"different models")
 
 
 def _tokenizer(src: ModelSource, name: str, model_config, trust_remote_code: bool):
