@@ -126,6 +126,13 @@ def _local_path(text: str) -> Path:
     return Path(text)
 
 
+def _local_path_or_stdout(text: str):
+    """``-``: standard output (the string, not ``Path("-")``: ``./-`` is a file named so)."""
+    from fastimg.train.texts_io import STDOUT
+
+    return STDOUT if text == STDOUT else _local_path(text)
+
+
 def _seed(text: str) -> int:
     """``--seed``: a whole number that every seeded library here accepts."""
     from fastimg._validation import SEED_LIMIT, check_seed
@@ -352,12 +359,13 @@ def _cmd_train(args) -> int:
 def _cmd_predict(args) -> int:
     from fastimg._validation import file_in_the_way
     from fastimg.train import load_run
-    from fastimg.train.texts_io import (read_input_texts, read_lines, write_predictions,
-                                        writes_to)
+    from fastimg.train.texts_io import (STDOUT, read_input_texts, read_lines,
+                                        write_predictions, writes_to)
 
-    if args.out.is_dir():
+    to_stdout = args.out == STDOUT
+    if not to_stdout and args.out.is_dir():
         raise UserError(f"--out {args.out} is a folder; give the path of the CSV to write")
-    blocker = file_in_the_way(args.out.parent)  # before the encoding
+    blocker = None if to_stdout else file_in_the_way(args.out.parent)  # before the encoding
     if blocker is not None:
         raise UserError(f"--out {args.out}: {blocker} is a file, not a folder")
     run = load_run(args.run_dir, device=args.device, model=args.model)
@@ -373,7 +381,7 @@ def _cmd_predict(args) -> int:
     write_predictions(args.out, ids, prediction)
     counts = ", ".join(f"{name} {prediction.names.count(name)}" for name in run.class_names)
     print(f"predicted {len(texts)} texts with {args.run_dir} ({counts}); wrote "
-          f"{'stdout' if str(args.out) == '-' else args.out}",
+          f"{'stdout' if to_stdout else args.out}",
           file=sys.stderr if csv_on_stdout else sys.stdout)
     return 0
 
@@ -681,7 +689,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="text column (repeat to join several; default text)")
     predict.add_argument("--id-column", help="id column (default: id when present, else the "
                                              "row number)")
-    predict.add_argument("--out", type=_local_path, required=True,
+    predict.add_argument("--out", type=_local_path_or_stdout, required=True,
                          help="predictions CSV to write; - for stdout (the summary line then "
                               "goes to stderr)")
     predict.add_argument("--batch-size", type=int, default=256)

@@ -100,8 +100,10 @@ def test_the_bundle_is_json_and_holds_what_prediction_needs(trained):
     (lambda b: b.pop("train_config"), "lacks train_config"),
     (lambda b: [b.pop("layout"), b.pop("encoder")], "lacks encoder, layout"),
     # a run saved before batch_size 1 was refused (it trained nothing)
-    (lambda b: b["train_config"].update(batch_size=1), "training settings are refused (--batch-size must"),
-    (lambda b: b["train_config"].update(colour="red"), "training settings are refused (unknown TrainConfig"),
+    (lambda b: b["train_config"].update(batch_size=1),
+     "training settings are refused (--batch-size must"),
+    (lambda b: b["train_config"].update(colour="red"),
+     "training settings are refused (unknown TrainConfig"),
 ])
 def test_a_bundle_missing_keys_is_named_in_one_line(trained, tmp_path, capsys, edit, message):
     run_dir = _copy_run(trained, tmp_path)
@@ -418,3 +420,13 @@ def test_predictions_on_stdout_keep_stdout_to_the_csv(trained, tmp_path, capsys,
         assert writes_to(target, stream) and writes_to("-", stream)
         assert not writes_to(tmp_path / "other.csv", stream)
     assert not writes_to(target, io.StringIO())
+    # a file named '-' is ./- (and a folder named '-' does not stand in stdout's way)
+    (tmp_path / "-").mkdir()
+    monkeypatch.setattr("sys.stdin", io.StringIO("a good film\n"))
+    assert main(["predict", str(trained["run"]), "--input", "-", "--out", "-", "--quiet"]) == 0
+    assert list(csv.reader(io.StringIO(capsys.readouterr().out)))[0][:2] == ["id", "predicted"]
+    (tmp_path / "-").rmdir()
+    monkeypatch.setattr("sys.stdin", io.StringIO("a good film\n"))
+    assert main(["predict", str(trained["run"]), "--input", "-", "--out", "./-", "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert (tmp_path / "-").read_text().startswith("id,predicted") and "id," not in out

@@ -68,10 +68,19 @@ def read_lines(stream) -> tuple[list, list]:
     return [str(i) for i in kept], [lines[i] for i in kept]
 
 
+#: ``out`` of :func:`write_predictions` for standard output: this string, not a path (a file
+#: named ``-`` is ``Path("-")``)
+STDOUT = "-"
+
+
+def _is_stdout(out) -> bool:
+    return isinstance(out, str) and out == STDOUT
+
+
 def writes_to(out, stream) -> bool:
-    """Whether writing ``out`` writes into ``stream`` (``-`` for stdout, ``/dev/stdout``, or
+    """Whether writing ``out`` writes into ``stream`` (:data:`STDOUT`, ``/dev/stdout``, or
     the file or pipe ``stream`` is): then nothing else may be printed there."""
-    if str(out) == "-":
+    if _is_stdout(out):
         return True
     try:
         a, b = os.stat(out), os.fstat(stream.fileno())
@@ -80,12 +89,13 @@ def writes_to(out, stream) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
-def write_predictions(out, ids, prediction, *, stdout=None) -> Path:
+def write_predictions(out, ids, prediction, *, stdout=None) -> Path | None:
     """CSV with columns ``id, predicted, p_<class>...`` (probabilities to 6 decimals).
 
     A new or regular file is written beside ``out`` and moved onto it, so a cut-short write
     never sits under its name; a symlink, ``/dev/stdout`` or a pipe is written through, and
-    ``-`` is ``stdout`` (default ``sys.stdout``)."""
+    the string ``"-"`` (:data:`STDOUT`) is ``stdout`` (default ``sys.stdout``). Returns the
+    path written, None for ``stdout``."""
     probs = np.asarray(prediction.probabilities)
 
     def rows(fh):
@@ -94,11 +104,11 @@ def write_predictions(out, ids, prediction, *, stdout=None) -> Path:
         for row_id, name, p in zip(ids, prediction.names, probs):
             writer.writerow([row_id, name, *(f"{v:.6f}" for v in p)])
 
-    if str(out) == "-":
+    if _is_stdout(out):
         stream = sys.stdout if stdout is None else stdout
         rows(stream)
         stream.flush()
-        return Path(out)
+        return None
     out = Path(out)
     if out.parent and not out.parent.exists():
         out.parent.mkdir(parents=True)
