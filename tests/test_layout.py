@@ -198,14 +198,12 @@ def test_cuml_backend_through_fakes_returns_numpy_and_records_cumls_version(
     """The cuML t-SNE backend runs only beside a GPU: here cuML and CuPy are fakes that keep
     their contract (``fit_transform`` of a device array returns a device array, which
     ``cupy.asnumpy`` brings back). pip installs cuML as ``cuml-cu13`` (the gpu extra) or
-    ``cuml-cu12``, never as ``cuml``: the layout's provenance still names its version."""
-    import importlib.metadata
+    ``cuml-cu12``, never as ``cuml``: the layout's provenance names the version of the module
+    the fit ran on."""
     import sys
     import types
 
     from sklearn.decomposition import PCA
-
-    from fastimg import _provenance
 
     class DeviceArray:  # what CuPy hands back: not a numpy array
         def __init__(self, data):
@@ -226,22 +224,13 @@ def test_cuml_backend_through_fakes_returns_numpy_and_records_cumls_version(
     cupy.asarray = lambda x, dtype=None: DeviceArray(np.asarray(x, dtype=dtype))
     cupy.asnumpy = lambda x: x.data
     cuml = types.ModuleType("cuml")
+    cuml.__version__ = "26.2.0"
     manifold = types.ModuleType("cuml.manifold")
     manifold.TSNE = TSNE
     cuml.manifold = manifold
     monkeypatch.setitem(sys.modules, "cupy", cupy)
     monkeypatch.setitem(sys.modules, "cuml", cuml)
     monkeypatch.setitem(sys.modules, "cuml.manifold", manifold)
-    real_version = importlib.metadata.version
-
-    def version(name):
-        if name == "cuml-cu13":
-            return "26.2.0"
-        if name.startswith("cuml"):
-            raise importlib.metadata.PackageNotFoundError(name)
-        return real_version(name)
-
-    monkeypatch.setattr(_provenance, "version", version)
     layout = DeepInsightLayout(grid=10, backend="cuml", random_state=4).fit(matrix)
     assert layout.backend_ == "cuml" and layout.pixel_index_.shape == (400,)
     assert calls["init"]["random_state"] == 4 and calls["init"]["metric"] == "cosine"

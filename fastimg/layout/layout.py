@@ -426,17 +426,15 @@ def _lift_zero_vectors(points: np.ndarray) -> np.ndarray:
     return points
 
 
-#: cuML's distributions: pip's wheels are named by CUDA version (the gpu extra installs
-#: cuml-cu13), conda's package is cuml; each is recorded as "cuml"
-_CUML_DISTRIBUTIONS = ("cuml-cu13", "cuml-cu12", "cuml")
-
-
 def _versions(backend: str, fastimg_version: str) -> dict:
     from fastimg._provenance import installed_versions
 
     if backend == "cuml":
-        found = installed_versions(*_CUML_DISTRIBUTIONS)
-        embedding = {"cuml": next(iter(found.values()))} if found else {}
+        # the module the fit ran on: pip names its distribution by CUDA version (cuml-cu13,
+        # cuml-cu12), conda's is cuml
+        import cuml
+
+        embedding = {"cuml": str(cuml.__version__)}
     else:
         name = "openTSNE" if backend == "opentsne" else "scikit-learn"
         embedding = installed_versions(name)
