@@ -1,0 +1,39 @@
+"""``synthetic_matrix``: the demo matrix of ``fastimg images --synthetic``, made block by block."""
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import fastimg.images
+from fastimg.images import synthetic_matrix
+
+
+def _one_draw(n, f, rank=16, seed=0, dtype=np.float16):
+    """The matrix as one draw of the whole noise (what the blocks must reproduce)."""
+    rng = np.random.default_rng(seed)
+    factors = rng.standard_normal((n, rank)).astype(np.float32)
+    loadings = rng.standard_normal((rank, f)).astype(np.float32)
+    noise = 0.3 * rng.standard_normal((n, f)).astype(np.float32)
+    return (factors @ loadings / np.sqrt(rank) + noise).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("block", [1, 7, 64, 8192])
+def test_blocks_give_the_values_of_one_draw(monkeypatch, dtype, block):
+    monkeypatch.setattr(fastimg.images, "SYNTHETIC_BLOCK_ROWS", block, raising=False)
+    got = synthetic_matrix(50, 13, seed=3, dtype=dtype)
+    assert got.dtype == dtype
+    assert got.tobytes() == _one_draw(50, 13, seed=3, dtype=dtype).tobytes()
+
+
+def test_memory_is_the_output_and_a_block(monkeypatch):
+    monkeypatch.setattr(fastimg.images, "SYNTHETIC_BLOCK_ROWS", 256, raising=False)
+    n, f = 4096, 256
+    tracemalloc.start()
+    try:
+        out = synthetic_matrix(n, f)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # a whole-matrix draw holds float64 noise (4x the float16 output) and float32 copies
+    assert peak < 2 * out.nbytes, (peak, out.nbytes)
