@@ -759,6 +759,19 @@ def test_probes_choose_c_on_validation(blob_store):
             "val": True, "test": False}
 
 
+def test_probe_shows_its_progress(blob_store, capsys):
+    """Each probe fit takes minutes on a large store: a bar over the C values says so."""
+    from fastimg.train import linear_probe
+    from fastimg.train.fit import PROBE_C_GRID
+
+    data = StoreData(blob_store[0])
+    linear_probe(data, features="pixels", progress=True)
+    err = capsys.readouterr().err
+    assert "probe pixels" in err and all(f"C={c:g}" in err for c in PROBE_C_GRID)
+    linear_probe(data, features="pixels")
+    assert "probe" not in capsys.readouterr().err
+
+
 # -- memory -----------------------------------------------------------------------------------
 
 def test_head_batchnorm_statistics_untouched_before_training():
