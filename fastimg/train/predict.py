@@ -198,7 +198,7 @@ class Run:
         batch_size : int
             Images per forward pass.
         progress : bool
-            A progress bar while encoding.
+            Progress bars while encoding and while classifying.
 
         Returns
         -------
@@ -219,17 +219,22 @@ class Run:
                               np.empty((0, len(self.class_names)), dtype=np.float32),
                               list(self.class_names))
         images, features = self.texts_to_inputs(texts, progress=progress)
-        return self.predict_images(images, features, batch_size=batch_size)
+        return self.predict_images(images, features, batch_size=batch_size, progress=progress)
 
     @torch.no_grad()
-    def logits(self, images, embeddings=None, *, batch_size: int = 256) -> np.ndarray:
-        """float32 logits of raw (un-normalised) ``[n, H, W]`` images."""
+    def logits(self, images, embeddings=None, *, batch_size: int = 256,
+               progress: bool = False) -> np.ndarray:
+        """float32 logits of raw (un-normalised) ``[n, H, W]`` images (a progress bar over
+        the images with ``progress``)."""
+        from tqdm.auto import tqdm
+
         check_count("batch_size", batch_size)
         images = np.asarray(images, dtype=np.float32)
         if images.shape[1:] != self.image_shape:
             raise ValueError(f"images of shape {images.shape[1:]} given to a run trained on "
                              f"{self.image_shape}")
         out = np.empty((images.shape[0], len(self.class_names)), dtype=np.float32)
+        bar = tqdm(total=images.shape[0], desc="classify", unit="img", disable=not progress)
         for start in range(0, images.shape[0], batch_size):
             x = self.normaliser(torch.from_numpy(images[start:start + batch_size]).to(self.device))
             emb = None
@@ -237,13 +242,16 @@ class Run:
                 emb = torch.from_numpy(np.asarray(embeddings[start:start + batch_size],
                                                   dtype=np.float32)).to(self.device)
             out[start:start + x.shape[0]] = self.model(x, emb).float().cpu().numpy()
+            bar.update(x.shape[0])
+        bar.close()
         return out
 
-    def predict_images(self, images, embeddings=None, *, batch_size: int = 256) -> Prediction:
+    def predict_images(self, images, embeddings=None, *, batch_size: int = 256,
+                       progress: bool = False) -> Prediction:
         """:class:`Prediction` of raw ``[n, H, W]`` images (and embeddings for fused runs)."""
         if self.config.fuse_embedding and embeddings is None:
             raise ValueError("this run fuses the embedding: give the embeddings too")
-        logits = self.logits(images, embeddings, batch_size=batch_size)
+        logits = self.logits(images, embeddings, batch_size=batch_size, progress=progress)
         probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
         indices = probs.argmax(1).astype(np.int64) if probs.size else np.zeros(0, np.int64)
         return Prediction(indices, [self.class_names[i] for i in indices], probs,
