@@ -94,6 +94,24 @@ def test_predict_shows_the_classifier_pass_too(trained, capsys):
     np.testing.assert_array_equal(shown.probabilities, quiet.probabilities)
 
 
+def test_predict_makes_its_images_a_block_at_a_time(trained, monkeypatch):
+    """Images of 100,000 texts were made at once (1 GB at 50 x 50): blocks of whole batches
+    give the same probabilities."""
+    from fastimg.train import predict as predict_mod
+
+    run = load_run(trained["run"])
+    whole = run.predict(trained["texts"], batch_size=3)
+    made = []
+    images_of = predict_mod.Run.images_of
+    monkeypatch.setattr(predict_mod.Run, "images_of",
+                        lambda self, f: made.append(len(f)) or images_of(self, f))
+    monkeypatch.setattr(predict_mod, "PREDICT_BLOCK_ROWS", 7)  # blocks of 2 batches of 3
+    blocks = run.predict(trained["texts"], batch_size=3)
+    assert made == [6, 6]
+    np.testing.assert_array_equal(blocks.probabilities, whole.probabilities)
+    assert blocks.names == whole.names
+
+
 def test_the_bundle_is_json_and_holds_what_prediction_needs(trained):
     bundle = json.loads((trained["run"] / BUNDLE_FILE).read_text())
     assert bundle["class_names"] == ["neg", "pos"]
@@ -272,7 +290,7 @@ def test_a_batch_size_below_one_is_refused_before_encoding(trained, tmp_path, ca
                                                             monkeypatch):
     from fastimg.train import predict as predict_mod
 
-    monkeypatch.setattr(predict_mod.Run, "texts_to_inputs",
+    monkeypatch.setattr(predict_mod.Run, "encode_texts",
                         lambda *a, **k: pytest.fail("encoded before checking the batch size"))
     monkeypatch.setattr("sys.stdin", io.StringIO("a film\n"))
     out = tmp_path / "preds.csv"
@@ -308,7 +326,7 @@ def test_an_out_predict_cannot_write_is_refused_before_encoding(trained, tmp_pat
                                                                 monkeypatch, where):
     from fastimg.train import predict as predict_mod
 
-    monkeypatch.setattr(predict_mod.Run, "texts_to_inputs",
+    monkeypatch.setattr(predict_mod.Run, "encode_texts",
                         lambda *a, **k: pytest.fail("encoded before checking --out"))
     monkeypatch.setattr("sys.stdin", io.StringIO("a film\n"))
     if where == "folder":

@@ -21,6 +21,9 @@ from fastimg.train.bundle import RunBundleError, read_run_bundle
 
 logger = logging.getLogger("fastimg.train")
 
+#: texts whose images :meth:`Run.predict` makes at a time (rounded to whole batches)
+PREDICT_BLOCK_ROWS = 16_384
+
 
 @dataclass
 class Prediction:
@@ -175,19 +178,28 @@ class Run:
                 f"trained on embeddings from fingerprint {recorded[:12]}: install the same "
                 f"model weights (predictions from other weights would be meaningless)")
 
-    def texts_to_inputs(self, texts, *, progress: bool = False):
-        """``(images, embeddings)`` of ``texts``: the store's encoder, layout and image dtype."""
+    def encode_texts(self, texts, *, progress: bool = False) -> np.ndarray:
+        """Embeddings of ``texts``: the store's encoder (its fingerprint checked first) on
+        this run's device."""
         from fastimg.embed import encode
-        from fastimg.raster import to_image_dtype
-        from fastimg.train.data import as_loaded
 
         config = self.encoder_config().on_device(self.device.type)
         self.check_model()
-        features = encode(list(texts), config, progress=progress)
-        # the float32 images the training loader saw: stored as the store's dtype, read back
-        images = as_loaded(to_image_dtype(self.layout.transform(features),
-                                          self.bundle["image_dtype"]))
-        return images, features
+        return encode(list(texts), config, progress=progress)
+
+    def images_of(self, features) -> np.ndarray:
+        """The float32 images of embeddings, as the training loader saw them: the store's
+        layout and image dtype (stored as that dtype, read back)."""
+        from fastimg.raster import to_image_dtype
+        from fastimg.train.data import as_loaded
+
+        return as_loaded(to_image_dtype(self.layout.transform(features),
+                                        self.bundle["image_dtype"]))
+
+    def texts_to_inputs(self, texts, *, progress: bool = False):
+        """``(images, embeddings)`` of ``texts``: the store's encoder, layout and image dtype."""
+        features = self.encode_texts(texts, progress=progress)
+        return self.images_of(features), features
 
     def predict(self, texts, *, batch_size: int = 256, progress: bool = False) -> Prediction:
         """Class and probabilities of each text.
@@ -218,23 +230,33 @@ class Run:
             return Prediction(np.empty(0, dtype=np.int64), [],
                               np.empty((0, len(self.class_names)), dtype=np.float32),
                               list(self.class_names))
-        images, features = self.texts_to_inputs(texts, progress=progress)
-        return self.predict_images(images, features, batch_size=batch_size, progress=progress)
+        features = self.encode_texts(texts, progress=progress)
+        # images a block at a time (float32 images of 100,000 texts at 50 x 50 take 1 GB); a
+        # block is whole batches, so the classifier sees the batches of a single pass
+        block = batch_size * max(1, PREDICT_BLOCK_ROWS // batch_size)
+        logits = np.empty((len(texts), len(self.class_names)), dtype=np.float32)
+        with _bar(len(texts), progress) as bar:
+            for start in range(0, len(texts), block):
+                part = features[start:start + block]
+                logits[start:start + len(part)] = self._logits(self.images_of(part), part,
+                                                               batch_size, bar)
+        return self._prediction(logits)
 
-    @torch.no_grad()
     def logits(self, images, embeddings=None, *, batch_size: int = 256,
                progress: bool = False) -> np.ndarray:
         """float32 logits of raw (un-normalised) ``[n, H, W]`` images (a progress bar over
         the images with ``progress``)."""
-        from tqdm.auto import tqdm
-
         check_count("batch_size", batch_size)
+        with _bar(len(images), progress) as bar:
+            return self._logits(images, embeddings, batch_size, bar)
+
+    @torch.no_grad()
+    def _logits(self, images, embeddings, batch_size: int, bar) -> np.ndarray:
         images = np.asarray(images, dtype=np.float32)
         if images.shape[1:] != self.image_shape:
             raise ValueError(f"images of shape {images.shape[1:]} given to a run trained on "
                              f"{self.image_shape}")
         out = np.empty((images.shape[0], len(self.class_names)), dtype=np.float32)
-        bar = tqdm(total=images.shape[0], desc="classify", unit="img", disable=not progress)
         for start in range(0, images.shape[0], batch_size):
             x = self.normaliser(torch.from_numpy(images[start:start + batch_size]).to(self.device))
             emb = None
@@ -243,7 +265,6 @@ class Run:
                                                   dtype=np.float32)).to(self.device)
             out[start:start + x.shape[0]] = self.model(x, emb).float().cpu().numpy()
             bar.update(x.shape[0])
-        bar.close()
         return out
 
     def predict_images(self, images, embeddings=None, *, batch_size: int = 256,
@@ -251,11 +272,21 @@ class Run:
         """:class:`Prediction` of raw ``[n, H, W]`` images (and embeddings for fused runs)."""
         if self.config.fuse_embedding and embeddings is None:
             raise ValueError("this run fuses the embedding: give the embeddings too")
-        logits = self.logits(images, embeddings, batch_size=batch_size, progress=progress)
+        return self._prediction(self.logits(images, embeddings, batch_size=batch_size,
+                                            progress=progress))
+
+    def _prediction(self, logits: np.ndarray) -> Prediction:
         probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
         indices = probs.argmax(1).astype(np.int64) if probs.size else np.zeros(0, np.int64)
         return Prediction(indices, [self.class_names[i] for i in indices], probs,
                           list(self.class_names))
+
+
+def _bar(total: int, progress: bool):
+    """The classifier pass's progress bar (off without ``progress``)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="classify", unit="img", disable=not progress)
 
 
 def load_run(run_dir, *, device: str = "cpu", model=None) -> Run:
