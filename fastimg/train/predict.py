@@ -196,11 +196,6 @@ class Run:
         return as_loaded(to_image_dtype(self.layout.transform(features),
                                         self.bundle["image_dtype"]))
 
-    def texts_to_inputs(self, texts, *, progress: bool = False):
-        """``(images, embeddings)`` of ``texts``: the store's encoder, layout and image dtype."""
-        features = self.encode_texts(texts, progress=progress)
-        return self.images_of(features), features
-
     def predict(self, texts, *, batch_size: int = 256, progress: bool = False) -> Prediction:
         """Class and probabilities of each text.
 
