@@ -257,7 +257,8 @@ def check_tokenizer(tokenizer, model_config, name: str) -> None:
         tokenizer from another model, or tokens added to it without resizing the embeddings:
         a text holding one would fail mid-encoding).
     """
-    ids = set(tokenizer.get_vocab().values())
+    vocab = tokenizer.get_vocab()
+    ids = set(vocab.values())
     if not ids - set(tokenizer.all_special_ids):
         raise ValueError(f"model {name!r} has no tokenizer vocabulary (only its {len(ids)} "
                          f"special tokens: no tokenizer.json, vocab.txt or the like beside "
@@ -266,7 +267,7 @@ def check_tokenizer(tokenizer, model_config, name: str) -> None:
     rows = getattr(model_config, "vocab_size", None)
     if not isinstance(rows, int) or not ids or max(ids) < rows:
         return
-    past = {token: i for token, i in tokenizer.get_vocab().items() if i >= rows}
+    past = {token: i for token, i in vocab.items() if i >= rows}
     added = tokenizer.get_added_vocab()
     if all(token in added for token in past):
         shown = ", ".join(repr(t) for t in sorted(past, key=past.get)[:3])
