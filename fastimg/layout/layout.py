@@ -429,14 +429,12 @@ def _lift_zero_vectors(points: np.ndarray) -> np.ndarray:
 def _versions(backend: str, fastimg_version: str) -> dict:
     from fastimg._provenance import installed_versions
 
+    versions = {"fastimg": fastimg_version, "numpy": np.__version__}
     if backend == "cuml":
         # the module the fit ran on: pip names its distribution by CUDA version (cuml-cu13,
         # cuml-cu12), conda's is cuml
         import cuml
 
-        embedding = {"cuml": str(cuml.__version__)}
-    else:
-        name = "openTSNE" if backend == "opentsne" else "scikit-learn"
-        embedding = installed_versions(name)
-    return {"fastimg": fastimg_version, "numpy": np.__version__, **embedding,
-            **installed_versions("scikit-learn", "scipy")}
+        versions["cuml"] = str(cuml.__version__)
+    embedding = ("openTSNE",) if backend == "opentsne" else ()
+    return {**versions, **installed_versions(*embedding, "scikit-learn", "scipy")}
