@@ -88,6 +88,16 @@ def _class_contrast(means: dict, values, names) -> tuple:
     return stacked.std(axis=0), f"spread of the {len(values)} class means (std)"
 
 
+def _contrast_image(ax, fig, data, title, signed: bool):
+    """A contrast of :func:`_class_contrast`: a signed one on a diverging map centred on 0,
+    a spread on a sequential one."""
+    if signed:
+        bound = float(np.abs(data).max()) or 1.0
+        _image(ax, fig, data, title, cmap="RdBu_r", vmin=-bound, vmax=bound)
+    else:
+        _image(ax, fig, data, title, cmap="magma")
+
+
 def _image(ax, fig, data, title, **kwargs):
     """One image with a colour bar of its values."""
     shown = ax.imshow(data, **kwargs)
@@ -206,26 +216,18 @@ def show_store(path, out, *, n_per_class: int = 4, seed: int = 0) -> None:
         _image(axes[r, c], fig, means[int(value)],
                f"mean {names[c] if c < len(names) else value}", cmap="gray", **raw_range)
     contrast, contrast_title = _class_contrast(means, values, names)
+    signed = len(values) == 2
     if contrast is not None:
-        if len(values) == 2:
-            bound = float(np.abs(contrast).max()) or 1.0
-            _image(axes[r, len(values)], fig, contrast, contrast_title, cmap="RdBu_r",
-                   vmin=-bound, vmax=bound)
-        else:
-            _image(axes[r, len(values)], fig, contrast, contrast_title, cmap="magma")
+        _contrast_image(axes[r, len(values)], fig, contrast, contrast_title, signed)
     r += 1
     _image(axes[r, 0], fig, counts, f"features per pixel ({int((counts > 0).sum())} used)",
            cmap="viridis")
     if dominant is not None:
         _layer_legend(axes[r, 1], dominant, [f"layer {layer}" for layer in layers])
     if contrast is not None:
-        z_contrast = contrast / pixel_std
-        if len(values) == 2:
-            bound = float(np.abs(z_contrast).max()) or 1.0
-            _image(axes[r, 2], fig, z_contrast, f"({contrast_title}) / pixel std",
-                   cmap="RdBu_r", vmin=-bound, vmax=bound)
-        else:
-            _image(axes[r, 2], fig, z_contrast, f"{contrast_title} / pixel std", cmap="magma")
+        _contrast_image(axes[r, 2], fig, contrast / pixel_std,
+                        f"({contrast_title}) / pixel std" if signed else
+                        f"{contrast_title} / pixel std", signed)
     fig.suptitle(f"{path}: {images.shape[0]} images {grid[0]} x {grid[1]}; per-pixel z uses "
                  f"the mean and deviation of {fit_rows.size} training images", fontsize=9)
     # room for the title above the first row, whatever the figure's height
