@@ -98,6 +98,10 @@ def test_suite_quick(tmp_path, suite):
             assert result[key] > 0
         assert result["epoch_ratio"] == pytest.approx(
             result["epoch_recomputed_s"] / result["epoch_cached_s"])
+        # the split larger than the reader's cache really was larger
+        assert result["larger_chunks"] > result["larger_chunks_kept"]
+        assert result["larger_ratio"] == pytest.approx(
+            result["larger_windowed_images_per_s"] / result["larger_random_images_per_s"])
 
 
 @pytest.mark.slow

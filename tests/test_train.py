@@ -836,3 +836,101 @@ def test_on_disk_cache_shuffles_within_windows_of_chunks():
     for start in range(0, 960, 80):
         assert np.unique(order[start:start + 80] // 16).size == 5
     assert np.unique(order[:160] // 16).size == 10
+
+
+class _CountingArray:
+    """A zarr-like chunked array that counts the chunks read from it."""
+
+    def __init__(self, data, chunk_rows):
+        self.data, self.shape, self.dtype = data, data.shape, data.dtype
+        self.chunks = (chunk_rows, *data.shape[1:])
+        self.reads = 0
+
+    def __getitem__(self, key):
+        self.reads += 1
+        return self.data[key]
+
+
+def _epoch_rows(source, epoch, *also):
+    served = []
+    for index in range(len(source)):
+        images, targets, rows = source.batch(epoch, index)
+        np.testing.assert_array_equal(images, source.reader.array.data[rows])
+        for reader in also:
+            reader.read(rows)
+        served.append(rows)
+    return np.concatenate(served)
+
+
+def test_a_split_larger_than_the_readers_cache_decodes_each_chunk_once_an_epoch():
+    data = np.arange(960 * 4, dtype=np.float16).reshape(960, 4)
+    array = _CountingArray(data, 16)  # 60 chunks
+    reader = ChunkedReader(array, cache_bytes=10 * 16 * 4 * 4)  # keeps 10 decoded chunks
+    rows = np.flatnonzero(np.arange(960) % 5 != 0)  # a split: 4 rows of every 5
+    source = BatchSource(reader, np.zeros(960, np.int64), rows, 32, shuffle=True, seed=3)
+    orders = []
+    for epoch in (0, 1):
+        before = array.reads
+        served = _epoch_rows(source, epoch)
+        np.testing.assert_array_equal(np.sort(served), rows)
+        assert array.reads - before <= 60  # a fully random order decoded ~8 chunks a batch
+        orders.append(served)
+    assert not np.array_equal(orders[0], orders[1])
+    # every window of 5 chunks is shuffled as a whole: no batch is one chunk's rows in order
+    assert np.unique(orders[0][:64] // 16).size == 5
+
+
+def test_the_shuffled_order_keeps_every_reader_it_reads_through_within_its_cache():
+    images = _CountingArray(np.zeros((960, 2, 2), np.float16), 16)  # 60 chunks, all kept
+    embeddings = _CountingArray(np.ones((960, 3), np.float16), 48)  # 20 chunks, 4 kept
+    image_reader = ChunkedReader(images)
+    embedding_reader = ChunkedReader(embeddings, cache_bytes=4 * 48 * 3 * 4)
+    rows = np.arange(960)
+    plain = BatchSource(image_reader, np.zeros(960, np.int64), rows, 32, shuffle=True, seed=1)
+    np.testing.assert_array_equal(plain.order(0), rows[epoch_order(960, 1, 0)])
+    source = BatchSource(image_reader, np.zeros(960, np.int64), rows, 32, shuffle=True, seed=1,
+                         also_read=(embedding_reader,))
+    served = _epoch_rows(source, 0, embedding_reader)
+    np.testing.assert_array_equal(np.sort(served), rows)
+    assert (images.reads, embeddings.reads) == (60, 20)
+
+
+@pytest.mark.parametrize("options,row_bytes", [
+    ({"pixel_branch": True}, 50 * 50 * 4),
+    ({"pixel_branch": False, "fuse_embedding": True}, 24 * 4),
+    ({"pixel_branch": False, "cache": "none"}, 50 * 50 * 4)])
+def test_fit_reads_a_store_larger_than_its_readers_a_window_at_a_time(tmp_path, monkeypatch,
+                                                                     options, row_bytes):
+    """The training epoch reads store rows through the image reader (pixel branch, no
+    cache) or the embedding reader (fusion): each decodes its chunks once an epoch."""
+    import importlib
+
+    from fastimg.train import data as data_module
+
+    fit_module = importlib.import_module("fastimg.train.fit")  # the package's `fit` is the function
+    path = tmp_path / "big.zarr"
+    write_store(path, n_rows=1280)  # 64-row chunks: the training split spans 12 of them
+    # the reader of the images (or of the 24 embedding features) keeps 4 chunks
+    monkeypatch.setattr(data_module, "READER_CACHE_BYTES", 4 * 64 * row_bytes)
+    decoded = []
+    chunk = ChunkedReader._chunk
+
+    def counting_chunk(self, index):
+        decoded.append(index not in self._chunks)
+        return chunk(self, index)
+
+    monkeypatch.setattr(ChunkedReader, "_chunk", counting_chunk)
+    per_epoch = []
+    train_epoch = fit_module._Run.train_epoch
+
+    def counted_epoch(self, epoch):
+        start = len(decoded)
+        out = train_epoch(self, epoch)
+        per_epoch.append(sum(decoded[start:]))
+        return out
+
+    monkeypatch.setattr(fit_module._Run, "train_epoch", counted_epoch)
+    config = TrainConfig(extractor="alexnet", **{**FAST, "epochs": 2, "probe": False,
+                                                 **options})
+    fit(path, config)
+    assert per_epoch and all(n <= 12 for n in per_epoch), per_epoch

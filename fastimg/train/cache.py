@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fastimg.train.data import ChunkedReader, epoch_order
+from fastimg.train.data import ChunkedReader, shuffled_order
 
 logger = logging.getLogger("fastimg.train")
 
@@ -55,29 +55,20 @@ class FeatureCache:
             return self._data[torch.from_numpy(positions)].float()
         return torch.from_numpy(self._data.read(positions))
 
-    def order(self, seed: int, epoch: int) -> np.ndarray:
-        """The positions of one shuffled training epoch.
+    def order(self, seed: int, epoch: int, also_read=()) -> np.ndarray:
+        """The positions of one shuffled training epoch (:func:`shuffled_order`).
 
-        In memory: :func:`fastimg.train.data.epoch_order`. On disk, a fully random order
-        would decode every chunk for every batch, so the chunks are shuffled, taken a window
-        at a time (as many random chunks as fit half of ``DISK_WINDOW_BYTES``) and the rows
-        shuffled within each window: every epoch decodes each chunk once.
+        In memory, a full permutation unless a reader in ``also_read`` (the store's images
+        or embeddings, read by store row for the same batches) cannot keep the split's
+        chunks. On disk, a fully random order would decode every chunk for every batch, so
+        the chunks are shuffled, taken a window at a time (as many random chunks as fit half
+        of ``DISK_WINDOW_BYTES``) and the rows shuffled within each window: every epoch
+        decodes each chunk once.
         """
-        n = len(self)
-        if not self.on_disk:
-            return epoch_order(n, seed, epoch)
-        chunk = self._data.chunk_rows
-        per_window = max(1, self._data.max_chunks // 2)
-        if per_window * chunk >= n:
-            return epoch_order(n, seed, epoch)
-        rng = np.random.default_rng([seed, epoch])
-        chunks = rng.permutation(-(-n // chunk))
-        parts = []
-        for start in range(0, chunks.size, per_window):
-            positions = np.concatenate([np.arange(c * chunk, min(n, (c + 1) * chunk))
-                                        for c in chunks[start:start + per_window]])
-            parts.append(rng.permutation(positions))
-        return np.concatenate(parts)
+        chunkings = [reader.chunking(self.rows) for reader in also_read]
+        if self.on_disk:
+            chunkings.insert(0, self._data.chunking(np.arange(len(self))))
+        return shuffled_order(len(self), seed, epoch, chunkings)
 
 
 @torch.no_grad()

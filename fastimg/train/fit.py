@@ -246,8 +246,10 @@ class _Run:
     def loader(self, split: str, shuffle: bool):
         key = (split, shuffle)
         if key not in self._loaders:
+            also_read = (self.embeddings,) if self.embeddings is not None else ()
             source = BatchSource(self.images, self.data.targets, self.rows[split],
-                                 self.config.batch_size, shuffle=shuffle, seed=self.config.seed)
+                                 self.config.batch_size, shuffle=shuffle, seed=self.config.seed,
+                                 also_read=also_read)
             self._loaders[key] = make_loader(self.loader_name, source, self.normaliser,
                                              self.device, num_workers=self.config.num_workers)
             self._calls[key] = 0
@@ -280,7 +282,11 @@ class _Run:
         if self.caches:
             cache = self.caches[split]
             n = len(cache)
-            order = cache.order(self.config.seed, epoch) if train else np.arange(n)
+            # the store's readers this pass reads by row, besides the cache
+            also_read = [reader for reader, used in ((self.images, self.model.pixel_mlp),
+                                                     (self.embeddings, self.embeddings))
+                         if used is not None]
+            order = cache.order(self.config.seed, epoch, also_read) if train else np.arange(n)
             size = self.config.batch_size
             for start in range(0, n, size):
                 positions = order[start:start + size]
