@@ -496,6 +496,20 @@ def test_resume_after_interruption_is_byte_identical(tiny, tiny_dir, tmp_path):
     assert seen == [32, 40, 48, 50] and done.shape == (50, 192)
 
 
+def test_encode_chunks_gives_the_rows_of_encode_a_chunk_at_a_time(tiny, tiny_dir):
+    from fastimg.embed import encode_chunks
+
+    texts = make_texts(21, seed=3)
+    c = cfg(tiny_dir, chunk_rows=8, max_length=64)
+    chunks = list(encode_chunks(texts, c, model=tiny))
+    assert [(start, stop) for start, stop, _ in chunks] == [(0, 8), (8, 16), (16, 21)]
+    np.testing.assert_array_equal(np.concatenate([block for *_, block in chunks]),
+                                  encode(texts, c, model=tiny))
+    assert list(encode_chunks([], c, model=tiny)) == []
+    with pytest.raises(TypeError):  # checked when called, before any chunk is asked for
+        encode_chunks("one str", c, model=tiny)
+
+
 @pytest.mark.parametrize("change, field", [
     (dict(pooling="mean"), "pooling"), (dict(max_length=32), "max_length"),
     (dict(layers="author"), "layers"), (dict(truncation="head+tail"), "truncation"),

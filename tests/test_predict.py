@@ -112,6 +112,37 @@ def test_predict_makes_its_images_a_block_at_a_time(trained, monkeypatch):
     assert blocks.names == whole.names
 
 
+def test_predict_classifies_each_block_before_encoding_the_rest(trained, monkeypatch):
+    """All the texts were encoded before any was classified (0.46 GB of embeddings per 100,000
+    texts): each block is classified as soon as its texts are encoded."""
+    import dataclasses
+
+    from fastimg.train import predict as predict_mod
+
+    run = load_run(trained["run"])
+    whole = run.predict(trained["texts"], batch_size=3)
+    events = []
+    encoder_config, encode_chunks = predict_mod.Run.encoder_config, predict_mod.Run.encode_chunks
+    images_of = predict_mod.Run.images_of
+    monkeypatch.setattr(predict_mod.Run, "encoder_config", lambda self: dataclasses.replace(
+        encoder_config(self), chunk_rows=4))
+
+    def chunks(self, texts, **kwargs):
+        for start, stop, features in encode_chunks(self, texts, **kwargs):
+            events.append(("encoded", stop))
+            yield start, stop, features
+
+    monkeypatch.setattr(predict_mod.Run, "encode_chunks", chunks)
+    monkeypatch.setattr(predict_mod.Run, "images_of",
+                        lambda self, f: events.append(("images", len(f))) or images_of(self, f))
+    monkeypatch.setattr(predict_mod, "PREDICT_BLOCK_ROWS", 3)
+    streamed = run.predict(trained["texts"], batch_size=3)
+    assert events == [("encoded", 4), ("images", 3), ("encoded", 8), ("images", 3),
+                      ("encoded", 12), ("images", 3), ("images", 3)]
+    np.testing.assert_allclose(streamed.probabilities, whole.probabilities, atol=1e-6)
+    assert streamed.names == whole.names
+
+
 def test_the_bundle_is_json_and_holds_what_prediction_needs(trained):
     bundle = json.loads((trained["run"] / BUNDLE_FILE).read_text())
     assert bundle["class_names"] == ["neg", "pos"]
@@ -290,7 +321,7 @@ def test_a_batch_size_below_one_is_refused_before_encoding(trained, tmp_path, ca
                                                             monkeypatch):
     from fastimg.train import predict as predict_mod
 
-    monkeypatch.setattr(predict_mod.Run, "encode_texts",
+    monkeypatch.setattr(predict_mod.Run, "encode_chunks",
                         lambda *a, **k: pytest.fail("encoded before checking the batch size"))
     monkeypatch.setattr("sys.stdin", io.StringIO("a film\n"))
     out = tmp_path / "preds.csv"
@@ -326,7 +357,7 @@ def test_an_out_predict_cannot_write_is_refused_before_encoding(trained, tmp_pat
                                                                 monkeypatch, where):
     from fastimg.train import predict as predict_mod
 
-    monkeypatch.setattr(predict_mod.Run, "encode_texts",
+    monkeypatch.setattr(predict_mod.Run, "encode_chunks",
                         lambda *a, **k: pytest.fail("encoded before checking --out"))
     monkeypatch.setattr("sys.stdin", io.StringIO("a film\n"))
     if where == "folder":

@@ -6,7 +6,7 @@
 ((2, 2304), dtype('float16'))
 """
 from fastimg.embed.config import EncoderConfig, resolve_layers
-from fastimg.embed.encoder import encode
+from fastimg.embed.encoder import encode, encode_chunks
 from fastimg.embed.flops import model_flops
 from fastimg.embed.models import (
     MODEL_ALIASES,
@@ -21,6 +21,7 @@ from fastimg.embed.texts import EmptyTextWarning, check_texts, texts_digest
 
 __all__ = [
     "ENCODE_DEVICES", "EmptyTextWarning", "EncoderConfig", "LoadedModel", "MODEL_ALIASES",
-    "ModelNotAvailableError", "check_texts", "encode", "encode_to_array", "load_model",
-    "model_flops", "resolve_layers", "resolve_model", "run_settings", "texts_digest",
+    "ModelNotAvailableError", "check_texts", "encode", "encode_chunks", "encode_to_array",
+    "load_model", "model_flops", "resolve_layers", "resolve_model", "run_settings",
+    "texts_digest",
 ]

@@ -30,7 +30,7 @@ from fastimg.embed.tokenize import Producer
 
 logger = logging.getLogger("fastimg.embed")
 
-__all__ = ["check_inputs", "encode", "init_stats", "iter_chunks"]
+__all__ = ["check_inputs", "encode", "encode_chunks", "init_stats", "iter_chunks"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,16 +196,42 @@ def encode(texts, config: EncoderConfig | None = None, *, model: LoadedModel | N
     plan, _ = make_plan(config, model)
     stats = init_stats(stats, plan)
     out = np.empty((len(texts), plan.n_features), dtype=config.output_dtype)
+    for start, stop, block in _chunks_of(texts, config, model, plan, progress, stats):
+        out[start:stop] = block
+    return out
+
+
+def encode_chunks(texts, config: EncoderConfig | None = None, *,
+                  model: LoadedModel | None = None, progress: bool = False,
+                  stats: dict | None = None):
+    """Encode ``texts`` a chunk (``config.chunk_rows`` texts) at a time, for callers that use
+    each chunk's embeddings and let them go (memory stays at a chunk, whatever the number of
+    texts).
+
+    Takes the parameters of :func:`encode`; the texts, the config and the layers are checked
+    when it is called, the model is loaded at the first chunk.
+
+    Returns
+    -------
+    iterator of (int, int, numpy.ndarray)
+        ``(start, stop, embeddings of texts[start:stop])`` in order; the embeddings are those
+        :func:`encode` gives for those rows.
+    """
+    texts, config, model = check_inputs(texts, config, model)
+    plan, _ = make_plan(config, model)
+    stats = init_stats(stats, plan)
+    return _chunks_of(texts, config, model, plan, progress, stats)
+
+
+def _chunks_of(texts, config, model, plan, progress, stats):
     if not texts:
-        return out
+        return
     warn_empty(texts)
     if model is None:
         model = load_model(config.model, config.revision)
     with contextlib.closing(iter_chunks(texts, config, model, plan, 0, progress,
                                         stats)) as chunks:
-        for start, stop, block in chunks:
-            out[start:stop] = block
-    return out
+        yield from chunks
 
 
 def init_stats(stats, plan: Plan) -> dict:

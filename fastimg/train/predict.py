@@ -21,7 +21,7 @@ from fastimg.train.bundle import RunBundleError, read_run_bundle
 
 logger = logging.getLogger("fastimg.train")
 
-#: texts whose images :meth:`Run.predict` makes at a time (rounded to whole batches)
+#: texts :meth:`Run.predict` encodes and classifies at a time (rounded to whole batches)
 PREDICT_BLOCK_ROWS = 16_384
 
 
@@ -178,14 +178,15 @@ class Run:
                 f"trained on embeddings from fingerprint {recorded[:12]}: install the same "
                 f"model weights (predictions from other weights would be meaningless)")
 
-    def encode_texts(self, texts, *, progress: bool = False) -> np.ndarray:
-        """Embeddings of ``texts``: the store's encoder (its fingerprint checked first) on
-        this run's device."""
-        from fastimg.embed import encode
+    def encode_chunks(self, texts, *, progress: bool = False):
+        """Embeddings of ``texts`` a chunk at a time, ``(start, stop, embeddings)``: the
+        store's encoder (its fingerprint checked first, before this returns) on this run's
+        device (:func:`fastimg.embed.encode_chunks`)."""
+        from fastimg.embed import encode_chunks
 
         config = self.encoder_config().on_device(self.device.type)
         self.check_model()
-        return encode(list(texts), config, progress=progress)
+        return encode_chunks(list(texts), config, progress=progress)
 
     def images_of(self, features) -> np.ndarray:
         """The float32 images of embeddings, as the training loader saw them: the store's
@@ -225,16 +226,22 @@ class Run:
             return Prediction(np.empty(0, dtype=np.int64), [],
                               np.empty((0, len(self.class_names)), dtype=np.float32),
                               list(self.class_names))
-        features = self.encode_texts(texts, progress=progress)
-        # images a block at a time (float32 images of 100,000 texts at 50 x 50 take 1 GB); a
-        # block is whole batches, so the classifier sees the batches of a single pass
+        # the texts are encoded and classified a block at a time, so memory stays at a block
+        # (at 50 x 50 and 2,304 features, 100,000 texts took 1 GB of float32 images and 0.46
+        # GB of embeddings); a block is whole batches, so the classifier sees the batches of
+        # a single pass
         block = batch_size * max(1, PREDICT_BLOCK_ROWS // batch_size)
         logits = np.empty((len(texts), len(self.class_names)), dtype=np.float32)
+        held, done = [], 0  # embeddings encoded and not yet classified; rows classified
         with _bar(len(texts), progress) as bar:
-            for start in range(0, len(texts), block):
-                part = features[start:start + block]
-                logits[start:start + len(part)] = self._logits(self.images_of(part), part,
-                                                               batch_size, bar)
+            for _, stop, features in self.encode_chunks(texts, progress=progress):
+                held.append(features)
+                while stop - done >= block or (stop == len(texts) and stop > done):
+                    features = np.concatenate(held) if len(held) > 1 else held[0]
+                    part = features[:block]
+                    logits[done:done + len(part)] = self._logits(self.images_of(part), part,
+                                                                 batch_size, bar)
+                    held, done = [features[len(part):]], done + len(part)
         return self._prediction(logits)
 
     def logits(self, images, embeddings=None, *, batch_size: int = 256,
