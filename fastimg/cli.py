@@ -669,7 +669,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="torch loader worker processes (default 0: in the main process)")
     train.add_argument("--seed", type=_seed, default=0,
                        help="seeds the head's initialisation, shuffling, dropout and the "
-                            "probe: the same seed gives the same run")
+                            "probe: the same seed gives the same run on the same machine, "
+                            "torch thread count and feature cache")
     train.add_argument("--force", action="store_true",
                        help="train into --out even when it already holds a run")
     train.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -2,8 +2,10 @@
 
 DeepInsight images are never augmented (the feature-to-pixel map is the meaning) and the
 extractor is frozen, so its output for a row is the same every epoch; computing it once and
-training the head on the cache gives the same model as recomputing it (the paper's way),
-in a fraction of the time.
+training the head on a float32 cache gives the same model as recomputing it (the paper's way),
+in a fraction of the time. The default float16 cache rounds the features, and training turns
+that into another model; the on-disk cache's epoch order
+(:meth:`FeatureCache.order`) differs from the in-memory one once a split passes its window.
 """
 from __future__ import annotations
 
