@@ -581,7 +581,9 @@ def build_parser() -> argparse.ArgumentParser:
     again.add_argument("--out", required=True, help="zarr store to write (path or URL)")
     _add_storage_options(again)
     _add_layout_options(again)
-    again.add_argument("--seed", type=_seed, default=0)
+    again.add_argument("--seed", type=_seed, default=0,
+                       help="seed of the layout (default 0, whatever seed SRC was built with: "
+                            "pass that one to repeat SRC's layout)")
     again.add_argument("--force", action="store_true", help="replace an existing store")
     again.add_argument("--quiet", action="store_true", help="no progress bars")
     again.set_defaults(func=_cmd_relayout)
