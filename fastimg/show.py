@@ -195,8 +195,11 @@ def show_store(path, out, *, n_per_class: int = 4, seed: int = 0) -> None:
     group_size = pixel_index.size // len(layers) if layers else None
     counts, dominant = layout_map(pixel_index, grid, group_size)
 
-    n_cols = max(n_per_class, len(values) + 1, 3)
-    n_rows = 2 * len(values) + 2
+    # the class means and their contrast wrap over rows of the samples' width (one row of
+    # 21 columns for 20 classes drew 882 axes, most of them empty)
+    n_cols = max(n_per_class, 3)
+    mean_rows = -(-(len(values) + 1) // n_cols)
+    n_rows = 2 * len(values) + mean_rows + 1
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.6 * n_cols, 2.3 * n_rows),
                              squeeze=False)
     for ax in axes.ravel():
@@ -213,13 +216,15 @@ def show_store(path, out, *, n_per_class: int = 4, seed: int = 0) -> None:
                    cmap="RdBu_r", vmin=-3, vmax=3)
     r = 2 * len(values)
     for c, value in enumerate(values):
-        _image(axes[r, c], fig, means[int(value)],
+        _image(axes[r + c // n_cols, c % n_cols], fig, means[int(value)],
                f"mean {names[c] if c < len(names) else value}", cmap="gray", **raw_range)
     contrast, contrast_title = _class_contrast(means, values, names)
     signed = len(values) == 2
     if contrast is not None:
-        _contrast_image(axes[r, len(values)], fig, contrast, contrast_title, signed)
-    r += 1
+        c = len(values)
+        _contrast_image(axes[r + c // n_cols, c % n_cols], fig, contrast, contrast_title,
+                        signed)
+    r += mean_rows
     _image(axes[r, 0], fig, counts, f"features per pixel ({int((counts > 0).sum())} used)",
            cmap="viridis")
     if dominant is not None:

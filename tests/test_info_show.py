@@ -233,17 +233,16 @@ def test_show_draws_samples_standardised_and_a_layer_legend(built, tmp_path, mon
     assert len(fig.axes) - len(drawn) >= len(drawn) - 1
 
 
-def test_show_of_three_classes_draws_the_spread_of_their_means_below_its_title(
-        tmp_path, tiny_bert_dir, monkeypatch):
+def _shown_topics(tmp_path, tiny_bert_dir, monkeypatch, classes, *show_options):
+    """The figure `fastimg show` draws of a store of 20 short texts per class."""
     import matplotlib.figure
 
     rng = np.random.default_rng(3)
     with open(tmp_path / "topics.csv", "w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(("text", "label"))
-        for i in range(60):
-            writer.writerow((" ".join(rng.choice(TINY_WORDS, 8)),
-                             ("World", "Sports", "Tech")[i % 3]))
+        for i in range(20 * len(classes)):
+            writer.writerow((" ".join(rng.choice(TINY_WORDS, 8)), classes[i % len(classes)]))
     assert main(["build-dataset", "--input", str(tmp_path / "topics.csv"), "--model",
                  str(tiny_bert_dir), "--method", "pca", "--max-length", "16", "--pixels", "8",
                  "--quiet", "--out", str(tmp_path / "t.zarr")]) == 0
@@ -254,8 +253,30 @@ def test_show_of_three_classes_draws_the_spread_of_their_means_below_its_title(
         out.write_bytes(b"png")
 
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
-    assert main(["show", str(tmp_path / "t.zarr"), "--out", str(tmp_path / "t.png")]) == 0
-    fig = saved["fig"]
+    assert main(["show", str(tmp_path / "t.zarr"), "--out", str(tmp_path / "t.png"),
+                 *show_options]) == 0
+    return saved["fig"]
+
+
+def test_show_of_many_classes_wraps_their_means_to_the_samples_width(tmp_path, tiny_bert_dir,
+                                                                     monkeypatch):
+    """The means of every class sat in one row, so 20 classes drew 42 x 21 axes, most
+    empty."""
+    classes = [f"topic{i}" for i in range(8)]
+    fig = _shown_topics(tmp_path, tiny_bert_dir, monkeypatch, classes, "--per-class", "2")
+    grids = {ax.get_subplotspec().get_topmost_subplotspec().get_gridspec() for ax in fig.axes
+             if ax.get_subplotspec() is not None}
+    assert len(grids) == 1
+    grid = grids.pop()
+    assert (grid.nrows, grid.ncols) == (2 * 8 + 3 + 1, 3)  # 9 panels of means in 3 rows
+    titles = [ax.get_title() for ax in fig.axes]
+    assert all(f"mean {name}" in titles for name in classes)
+    assert "spread of the 8 class means (std)" in titles
+
+
+def test_show_of_three_classes_draws_the_spread_of_their_means_below_its_title(
+        tmp_path, tiny_bert_dir, monkeypatch):
+    fig = _shown_topics(tmp_path, tiny_bert_dir, monkeypatch, ("World", "Sports", "Tech"))
     titles = [ax.get_title() for ax in fig.axes]
     assert "spread of the 3 class means (std)" in titles
     assert "spread of the 3 class means (std) / pixel std" in titles
