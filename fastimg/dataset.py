@@ -193,32 +193,35 @@ def build_dataset(out, corpus_config, encoder_config=None, layout_config=None,
             .add("images", stages.images_settings(config)))
     load_tokenizer(encoder_config.model, encoder_config.revision)
     timings["corpus_s"] = time.perf_counter() - start
-    existing = stages.open_existing(out, plan, force=force)
-    with StoreWriter.open(out, reuse=reuse) as writer:
-        sources = [existing] if reuse and existing else []
-        reused = stages.reconcile(writer, plan, sources, force=force)
-        if writer.resumed:
-            logger.info("resuming the unfinished build at %s", store.partial_path(out))
-        if not (writer.stage("corpus") or {}).get("done"):
-            writer.begin("corpus", plan.keys["corpus"], plan.settings["corpus"])
-            writer.write_rows(store.IDS, np.asarray(corpus.ids, dtype=str))
-            writer.write_rows(store.LABELS, np.asarray(corpus.labels, dtype=np.int64))
-            writer.write_rows(store.SPLIT, codes)
-            writer.complete_stage("corpus", summary=corpus.summary())
-        on_stage("encode")
-        with warnings.catch_warnings():  # the corpus has named its empty texts already
-            warnings.simplefilter("ignore", EmptyTextWarning)
-            encode = stages.run_encode(writer, plan, corpus.texts, encoder_config, progress,
-                                       timings, client)
-        embeddings = writer.group[store.EMBEDDINGS]
-        on_stage("layout")
-        layout = stages.run_layout(writer, plan, layout_config, fit_rows, embeddings,
-                                   timings, config.raster_backend)
-        on_stage("raster")
-        stages.run_images(writer, plan, layout, embeddings, config, progress, timings, client)
-        return _finish(writer, configs=configs, corpus_summary=writer.stage("corpus")["summary"],
-                       encode=encode, layout=layout, config=config, timings=timings,
-                       reused=reused, seed=corpus_config.seed)
+    with store.build_lock(out):  # a second command building out is refused
+        existing = stages.open_existing(out, plan, force=force)
+        with StoreWriter.open(out, reuse=reuse) as writer:
+            sources = [existing] if reuse and existing else []
+            reused = stages.reconcile(writer, plan, sources, force=force)
+            if writer.resumed:
+                logger.info("resuming the unfinished build at %s", store.partial_path(out))
+            if not (writer.stage("corpus") or {}).get("done"):
+                writer.begin("corpus", plan.keys["corpus"], plan.settings["corpus"])
+                writer.write_rows(store.IDS, np.asarray(corpus.ids, dtype=str))
+                writer.write_rows(store.LABELS, np.asarray(corpus.labels, dtype=np.int64))
+                writer.write_rows(store.SPLIT, codes)
+                writer.complete_stage("corpus", summary=corpus.summary())
+            on_stage("encode")
+            with warnings.catch_warnings():  # the corpus has named its empty texts already
+                warnings.simplefilter("ignore", EmptyTextWarning)
+                encode = stages.run_encode(writer, plan, corpus.texts, encoder_config, progress,
+                                           timings, client)
+            embeddings = writer.group[store.EMBEDDINGS]
+            on_stage("layout")
+            layout = stages.run_layout(writer, plan, layout_config, fit_rows, embeddings,
+                                       timings, config.raster_backend)
+            on_stage("raster")
+            stages.run_images(writer, plan, layout, embeddings, config, progress, timings,
+                              client)
+            return _finish(writer, configs=configs,
+                           corpus_summary=writer.stage("corpus")["summary"], encode=encode,
+                           layout=layout, config=config, timings=timings, reused=reused,
+                           seed=corpus_config.seed)
 
 
 def relayout(src, dst, layout_config=None, config: DatasetConfig | None = None, *,
@@ -284,21 +287,26 @@ def relayout(src, dst, layout_config=None, config: DatasetConfig | None = None, 
         # object stores are written in place: the source would be deleted before it is read
         raise StoreError(f"{dst} is the source and object storage has no atomic replace; "
                          f"relayout into another URL")
-    existing = None if str(dst) == str(src) else stages.open_existing(dst, plan, force=force)
-    timings = {}
-    with StoreWriter.open(dst) as writer:
-        reused = stages.reconcile(writer, plan,
-                                  [s for s in (existing, source) if s is not None], force=force)
-        embeddings = writer.group[store.EMBEDDINGS]
-        on_stage("layout")
-        layout = stages.run_layout(writer, plan, layout_config, fit_rows, embeddings,
-                                   timings, config.raster_backend)
-        on_stage("raster")
-        stages.run_images(writer, plan, layout, embeddings, config, progress, timings)
-        configs = {**source.configs, "layout": layout_config.to_dict(), "dataset": asdict(config)}
-        return _finish(writer, configs=configs, corpus_summary=records["corpus"]["summary"],
-                       encode=records["encode"], layout=layout, config=config, timings=timings,
-                       reused=reused, seed=source.provenance.get("seed"))
+    with store.build_lock(dst):  # a second command building dst is refused
+        existing = (None if str(dst) == str(src)
+                    else stages.open_existing(dst, plan, force=force))
+        timings = {}
+        with StoreWriter.open(dst) as writer:
+            reused = stages.reconcile(writer, plan,
+                                      [s for s in (existing, source) if s is not None],
+                                      force=force)
+            embeddings = writer.group[store.EMBEDDINGS]
+            on_stage("layout")
+            layout = stages.run_layout(writer, plan, layout_config, fit_rows, embeddings,
+                                       timings, config.raster_backend)
+            on_stage("raster")
+            stages.run_images(writer, plan, layout, embeddings, config, progress, timings)
+            configs = {**source.configs, "layout": layout_config.to_dict(),
+                       "dataset": asdict(config)}
+            return _finish(writer, configs=configs,
+                           corpus_summary=records["corpus"]["summary"],
+                           encode=records["encode"], layout=layout, config=config,
+                           timings=timings, reused=reused, seed=source.provenance.get("seed"))
 
 
 def load_layout(path):

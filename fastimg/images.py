@@ -11,7 +11,7 @@ import numpy as np
 from fastimg._validation import check_count, check_feature_matrix
 from fastimg.layout import LayoutConfig
 from fastimg.raster import check_image_dtype
-from fastimg.store import SPLIT, SPLIT_NAMES, StoreWriter
+from fastimg.store import SPLIT, SPLIT_NAMES, StoreWriter, build_lock
 from fastimg.store.schema import SPLIT_ALIASES, split_rows
 from fastimg.store.keys import StagePlan
 
@@ -298,28 +298,30 @@ def build_image_store(matrix, out, layout_config: LayoutConfig | None = None,
             .add("input", {"sha256": matrix_digest(matrix), "shape": list(matrix.shape)})
             .add("layout", stages.layout_settings(layout_config, fit_on, fit_rows))
             .add("images", stages.images_settings(config)))
-    stages.open_existing(out, plan, force=force)
-    timings = {}
-    with StoreWriter.open(out) as writer:
-        stages.reconcile(writer, plan, [], force=force)
-        writer.begin("input", plan.keys["input"], plan.settings["input"])
-        if split is not None:
-            writer.write_rows(SPLIT, split)
-        layout = stages.run_layout(writer, plan, layout_config, fit_rows, matrix, timings,
-                                   config.raster_backend)
-        # done once the layout has read it: a refusal before then leaves nothing behind
-        writer.complete_stage("input")
-        stages.run_images(writer, plan, layout, matrix, config, progress, timings)
-        height, width = layout_config.grid
-        summary = {
-            "rows": n_rows, "features": int(matrix.shape[1]), "image_shape": [height, width],
-            "image_dtype": config.image_dtype, "fit_on": fit_on, "fit_rows": int(fit_rows.size),
-            "occupied_pixels": layout.n_occupied_pixels, "timings": timings,
-        }
-        if split is not None:
-            summary["split_rows"] = {name: int((split == code).sum())
-                                     for code, name in enumerate(SPLIT_NAMES)}
-        writer.finish({"kind": "images",
-                       "config": {"layout": layout_config.to_dict(), "images": asdict(config)},
-                       "layout": layout.to_dict(), "summary": summary})
+    with build_lock(out):  # a second command building out is refused
+        stages.open_existing(out, plan, force=force)
+        timings = {}
+        with StoreWriter.open(out) as writer:
+            stages.reconcile(writer, plan, [], force=force)
+            writer.begin("input", plan.keys["input"], plan.settings["input"])
+            if split is not None:
+                writer.write_rows(SPLIT, split)
+            layout = stages.run_layout(writer, plan, layout_config, fit_rows, matrix, timings,
+                                       config.raster_backend)
+            # done once the layout has read it: a refusal before then leaves nothing behind
+            writer.complete_stage("input")
+            stages.run_images(writer, plan, layout, matrix, config, progress, timings)
+            height, width = layout_config.grid
+            summary = {
+                "rows": n_rows, "features": int(matrix.shape[1]),
+                "image_shape": [height, width], "image_dtype": config.image_dtype,
+                "fit_on": fit_on, "fit_rows": int(fit_rows.size),
+                "occupied_pixels": layout.n_occupied_pixels, "timings": timings,
+            }
+            if split is not None:
+                summary["split_rows"] = {name: int((split == code).sum())
+                                         for code, name in enumerate(SPLIT_NAMES)}
+            writer.finish({"kind": "images", "config": {"layout": layout_config.to_dict(),
+                                                        "images": asdict(config)},
+                           "layout": layout.to_dict(), "summary": summary})
     return summary

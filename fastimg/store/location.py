@@ -15,11 +15,13 @@ import logging
 import os
 import re
 import shutil
+import socket
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fastimg.store.schema import ATTRS_KEY, COMPLETE, PARTIAL_SUFFIX, REPLACED_SUFFIX
+from fastimg.store.schema import (ATTRS_KEY, COMPLETE, LOCK_SUFFIX, PARTIAL_SUFFIX,
+                                  REPLACED_SUFFIX, StoreError)
 
 logger = logging.getLogger("fastimg.store")
 
@@ -245,6 +247,65 @@ def replaced_path(path) -> Path:
     """Where a complete store waits while its replacement is moved in."""
     path = resolve(path)
     return path.with_name(path.name + REPLACED_SUFFIX)
+
+
+@contextmanager
+def build_lock(path):
+    """Hold the lock of building ``path`` for the block (local stores; nothing on object
+    storage).
+
+    Two commands building one store would write into one unfinished build: each keeps the
+    build's records in memory and writes them whole, and a setting one of them changes
+    (``--force``) deletes arrays the other is still writing, so a store could end complete
+    with the other command's embeddings. The second command is refused instead. The lock is
+    ``flock`` on ``OUT.lock`` (removed when the block ends; the system drops it when the
+    holder dies, so a killed build leaves nothing to clean up); on a file system without
+    locks a warning says the builds are not kept apart.
+
+    Raises
+    ------
+    StoreError
+        Another command holds the lock (the message names its process and machine).
+    """
+    path = resolve(path)
+    fd = None if isinstance(path, Location) else _lock(path)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            Path(f"{path}{LOCK_SUFFIX}").unlink(missing_ok=True)  # still ours: it is held
+            os.close(fd)
+
+
+def _lock(path: Path) -> int | None:
+    """The descriptor of ``path``'s lock file, locked (None: the file system has no locks)."""
+    import fcntl
+
+    lock = path.with_name(path.name + LOCK_SUFFIX)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise StoreError(f"{path} is being built by another fastimg command ({holder}): "
+                             f"wait for it to end, or choose another --out") from None
+        except OSError as exc:  # Lustre without -o flock: ENOSYS, NFS without lockd: ENOLCK
+            os.close(fd)
+            logger.warning("cannot lock %s (%s): a second command building %s at the same "
+                           "time would not be refused", lock, exc, path)
+            return None
+        try:  # the holder before us removed the file as it let go: lock the one there now
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"process {os.getpid()} on {socket.gethostname()}".encode())
+    return fd
 
 
 def exists(path) -> bool:

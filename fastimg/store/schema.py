@@ -43,6 +43,8 @@ COMPLETE = "complete"
 PARTIAL_SUFFIX = ".partial"
 #: a complete store moved aside while ``--force`` puts its replacement in place
 REPLACED_SUFFIX = ".replaced"
+#: beside a local store while a command builds it: the lock that keeps a second one out
+LOCK_SUFFIX = ".lock"
 IMAGE_CHUNK_ROWS = 1024
 ROW_CHUNK_ROWS = 65536
 

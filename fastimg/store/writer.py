@@ -314,14 +314,15 @@ def write_store(path, arrays: dict, attrs: dict, *, force: bool = False,
     ``arrays`` maps schema names to numpy arrays, chunked as a build chunks them unless
     ``chunk_rows`` is given.
     """
-    check_writable(path, force=force)
-    writer = StoreWriter.open(path, reuse=False)
-    for name, data in arrays.items():
-        data = np.asarray(data)
-        if name == IMAGES:
-            array = writer.create_images(data.shape[0], data.shape[1:], str(data.dtype),
-                                         chunk_rows=chunk_rows or IMAGE_CHUNK_ROWS)
-            array[:] = data
-        else:
-            writer.write_rows(name, data, chunk_rows=chunk_rows or ROW_CHUNK_ROWS)
-    writer.finish(attrs)
+    with location.build_lock(path):
+        check_writable(path, force=force)
+        writer = StoreWriter.open(path, reuse=False)
+        for name, data in arrays.items():
+            data = np.asarray(data)
+            if name == IMAGES:
+                array = writer.create_images(data.shape[0], data.shape[1:], str(data.dtype),
+                                             chunk_rows=chunk_rows or IMAGE_CHUNK_ROWS)
+                array[:] = data
+            else:
+                writer.write_rows(name, data, chunk_rows=chunk_rows or ROW_CHUNK_ROWS)
+        writer.finish(attrs)
