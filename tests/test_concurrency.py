@@ -2,6 +2,7 @@
 half-written or mixed from two builds ever looks complete."""
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import subprocess
@@ -74,3 +75,27 @@ def test_the_lock_of_a_killed_build_holds_nobody_back(matrix, tmp_path):
     assert (tmp_path / "s.zarr.lock").exists()  # left behind by the kill, locked by nobody
     assert main(_images_args(matrix, out)) == 0
     assert store.is_complete(out) and not (tmp_path / "s.zarr.lock").exists()
+
+
+def test_a_store_replaced_while_training_reads_it_gives_no_run(tmp_path, monkeypatch):
+    """The arrays are read by path: after a --force rebuild the epochs read the new build's
+    images, while the bundle records the layout of the store as it was opened."""
+    from fastimg.train import TrainConfig, fit
+    from test_train import FAST, write_store
+
+    path, run_dir = tmp_path / "blobs.zarr", tmp_path / "runs" / "r"
+    write_store(path, n_rows=120, grid=(16, 16))
+    fit_module = importlib.import_module("fastimg.train.fit")  # fastimg.train.fit: fit()
+    real = fit_module._final_evaluation
+
+    def rebuilt_meanwhile(run):
+        reader = store.StoreReader(path)
+        arrays = {name: reader.group[name][:] for name in reader.group.array_keys()}
+        arrays[store.IMAGES] = arrays[store.IMAGES][:, ::-1].copy()  # another layout
+        store.write_store(path, arrays, dict(reader.attrs), force=True)
+        return real(run)
+
+    monkeypatch.setattr(fit_module, "_final_evaluation", rebuilt_meanwhile)
+    with pytest.raises(store.StoreError, match="was replaced or deleted while this command"):
+        fit(path, TrainConfig(**{**FAST, "epochs": 1}, probe=False), out_dir=run_dir)
+    assert not (tmp_path / "runs").exists()  # no run that looks finished, no folder left

@@ -353,6 +353,19 @@ def readable(path):
     return aside if aside.exists() else path
 
 
+def identity(path):
+    """``(device, inode)`` of a local store's folder, which a replace changes (it moves another
+    folder in), or None (object storage, or nothing at ``path``)."""
+    path = resolve(path)
+    if isinstance(path, Location):
+        return None
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
 def is_complete(path) -> bool:
     """True when ``path`` is a finished fastimg store (reads only its metadata)."""
     return bool((read_attrs(readable(path)) or {}).get(COMPLETE))

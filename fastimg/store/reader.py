@@ -86,9 +86,22 @@ class StoreReader:
         self.path = path
         if not location.is_complete(path):
             raise StoreError(why_not_a_store(path))
-        self.group = location.open_group(location.readable(path), "r")
+        where = location.readable(path)
+        self._identity = location.identity(where)
+        self.group = location.open_group(where, "r")
         self.attrs = dict(self.group.attrs[ATTRS_KEY])
         check_version(path, self.attrs)
+
+    def check_unchanged(self) -> None:
+        """Raise :class:`StoreError` when the store was replaced or deleted since it was opened
+        (a ``--force`` rebuild or a ``relayout`` of it ran meanwhile): the arrays are read by
+        path, so what was read may mix two builds, or hold zeros where files had gone."""
+        where = location.readable(self.path)
+        if (location.identity(where) != self._identity
+                or location.read_attrs(where) != self.attrs):
+            raise StoreError(f"{self.path} was replaced or deleted while this command read it "
+                             f"(by a build-dataset, relayout or images --force?): what was read "
+                             f"may mix two builds; run the command again")
 
     # -- attributes -----------------------------------------------------------------------
     @property

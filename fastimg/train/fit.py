@@ -417,6 +417,9 @@ def fit(store, config: TrainConfig | None = None, *, out_dir=None,
         ``out_dir`` is a file.
     FileExistsError
         ``out_dir`` holds a run and ``overwrite`` is false.
+    fastimg.store.StoreError
+        The store was replaced or deleted while the fit read it (a ``--force`` rebuild ran
+        meanwhile); nothing is written to ``out_dir``.
     fastimg.train.extractors.WeightsUnavailableError
         ImageNet weights are missing and cannot be downloaded.
     ImportError
@@ -552,6 +555,9 @@ def _train(run: _Run, cache_mode: str, folder, start: float) -> TrainResult:
         "selection_biased": reported["selection_biased"], "probe": probe,
         "probe_pixels": probe_pixels, "timings": timings,
     }
+    # the arrays are read by path: a store rebuilt meanwhile gave part of the epochs (and
+    # the probes) another build's images, whose layout the bundle would not record
+    data.reader.check_unchanged()
     if run_dir is not None:
         _write_run_files(run, best_state, metrics)
     run.model.eval()
