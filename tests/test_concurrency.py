@@ -99,3 +99,29 @@ def test_a_store_replaced_while_training_reads_it_gives_no_run(tmp_path, monkeyp
     with pytest.raises(store.StoreError, match="was replaced or deleted while this command"):
         fit(path, TrainConfig(**{**FAST, "epochs": 1}, probe=False), out_dir=run_dir)
     assert not (tmp_path / "runs").exists()  # no run that looks finished, no folder left
+
+
+def test_a_store_or_run_inside_a_store_is_refused(matrix, tmp_path, capsys):
+    """A rebuild of the outer store (--force) deleted what was inside it, silently, and a run
+    folder that is a store hid the store from info."""
+    from test_train import write_store
+
+    outer = tmp_path / "outer.zarr"
+    assert main(_images_args(matrix, outer)) == 0
+    capsys.readouterr()
+    for out in (outer / "inner.zarr", outer / "images" / "x.zarr", outer / "new" / "x.zarr"):
+        assert main(_images_args(matrix, out)) == 2
+        err = one_line(capsys.readouterr().err)
+        assert f"{out} lies inside the store {outer}, whose rebuild would delete it" in err
+    assert sorted(p.name for p in outer.iterdir()) == ["images", "zarr.json"]
+    assert not list(outer.rglob("*.lock"))
+
+    blobs = tmp_path / "blobs.zarr"
+    write_store(blobs, n_rows=60, grid=(16, 16))
+    for out, where in ((blobs, "is"), (blobs / "run", "lies inside")):
+        assert main(["train", str(blobs), "--out", str(out), "--force", "--weights", "none",
+                     "--epochs", "1", "--no-probe", "--quiet"]) == 2
+        err = one_line(capsys.readouterr().err)
+        assert f"{out} {where} the store {blobs}, whose rebuild would delete the run" in err
+    assert store.is_complete(blobs) and not (blobs / "run").exists()
+    assert not any((blobs / name).exists() for name in ("metrics.json", "config.json"))

@@ -20,8 +20,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fastimg.store.schema import (ATTRS_KEY, COMPLETE, LOCK_SUFFIX, PARTIAL_SUFFIX,
-                                  REPLACED_SUFFIX, StoreError)
+from fastimg.store.schema import (ATTRS_KEY, BUILD_KEY, COMPLETE, LOCK_SUFFIX,
+                                  PARTIAL_SUFFIX, REPLACED_SUFFIX, StoreError)
 
 logger = logging.getLogger("fastimg.store")
 
@@ -262,12 +262,20 @@ def build_lock(path):
     holder dies, so a killed build leaves nothing to clean up); on a file system without
     locks a warning says the builds are not kept apart.
 
+    A ``path`` inside another store is refused first (before anything is created there): a
+    rebuild of that store would delete it.
+
     Raises
     ------
     StoreError
-        Another command holds the lock (the message names its process and machine).
+        Another command holds the lock (the message names its process and machine), or
+        ``path`` lies inside a store.
     """
     path = resolve(path)
+    around = store_around(path.parent) if isinstance(path, Path) else None
+    if around is not None:
+        raise StoreError(f"{path} lies inside the store {around}, whose rebuild would delete "
+                         f"it; choose an --out outside it")
     fd = None if isinstance(path, Location) else _lock(path)
     try:
         yield
@@ -364,6 +372,19 @@ def identity(path):
     except OSError:
         return None
     return stat.st_dev, stat.st_ino
+
+
+def store_around(path) -> Path | None:
+    """The fastimg store (complete or unfinished) that the local folder ``path`` is or lies
+    in, or None (object storage included): a rebuild of that store would delete it."""
+    path = resolve(path)
+    if isinstance(path, Location):
+        return None
+    path = Path(os.path.abspath(path))
+    for folder in (path, *path.parents):
+        if any(read_attrs(folder, key) is not None for key in (ATTRS_KEY, BUILD_KEY)):
+            return folder
+    return None
 
 
 def is_complete(path) -> bool:

@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 
 from fastimg._files import replace_file
 from fastimg.run_folder import (BUNDLE_FILE, CHECKPOINT_FILE, CONFIG_FILE, FEATURE_CACHE_DIR,
-                                METRICS_FILE, NORMALISER_FILE, RUN_FILES, run_files_in)
+                                METRICS_FILE, NORMALISER_FILE, RUN_FILES, check_outside_stores,
+                                run_files_in)
 from fastimg.train.bundle import save_run_bundle
 from fastimg.train.cache import build_cache, feature_cache_bytes
 from fastimg.train.config import TrainConfig
@@ -415,6 +416,8 @@ def fit(store, config: TrainConfig | None = None, *, out_dir=None,
         A weights path that does not exist, or is a folder.
     NotADirectoryError
         ``out_dir`` is a file.
+    fastimg.store.StoreError
+        ``out_dir`` is a store or lies inside one (before any work).
     FileExistsError
         ``out_dir`` holds a run and ``overwrite`` is false.
     fastimg.store.StoreError
@@ -443,6 +446,8 @@ def fit(store, config: TrainConfig | None = None, *, out_dir=None,
     run_dir = Path(out_dir) if out_dir is not None else None
     if run_dir is not None and run_dir.exists() and not run_dir.is_dir():
         raise NotADirectoryError(f"out_dir {run_dir} is a file, not a run folder")
+    if run_dir is not None:
+        check_outside_stores(run_dir)
     found = run_files_in(run_dir) if run_dir is not None and not overwrite else []
     if found:
         raise FileExistsError(f"out_dir {run_dir} already holds a run ({', '.join(found)}); "
