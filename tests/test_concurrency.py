@@ -3,6 +3,7 @@ half-written or mixed from two builds ever looks complete."""
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import signal
 import subprocess
@@ -51,7 +52,7 @@ def test_a_second_build_of_a_store_being_built_is_refused(matrix, tmp_path, monk
     assert main(_images_args(matrix, out)) == 0
     err = one_line(capsys.readouterr().err)
     assert second == [2]
-    assert f"{out} is being built by another fastimg command (process {os.getpid()}" in err
+    assert f"{out} is being written by another fastimg command (process {os.getpid()}" in err
     assert "wait for it to end, or choose another --out" in err
     assert store.StoreReader(out).images.shape == (60, 8, 8)  # the first build's, whole
     assert not (tmp_path / "s.zarr.lock").exists()
@@ -125,3 +126,32 @@ def test_a_store_or_run_inside_a_store_is_refused(matrix, tmp_path, capsys):
         assert f"{out} {where} the store {blobs}, whose rebuild would delete the run" in err
     assert store.is_complete(blobs) and not (blobs / "run").exists()
     assert not any((blobs / name).exists() for name in ("metrics.json", "config.json"))
+
+
+def test_a_second_train_into_a_run_folder_being_written_is_refused(tmp_path, monkeypatch,
+                                                                    capsys):
+    """Its run files would mix with the first one's (and with --force it deleted the first
+    one's on-disk feature cache)."""
+    from fastimg.train import TrainConfig, fit
+    from test_train import FAST, write_store
+
+    path, run_dir = tmp_path / "blobs.zarr", tmp_path / "runs" / "r"
+    write_store(path, n_rows=60, grid=(16, 16))
+    fit_module = importlib.import_module("fastimg.train.fit")
+    real, second = fit_module._final_evaluation, []
+
+    def another_train_meanwhile(run):
+        if not second:  # the first fit's end: a second train starts meanwhile
+            second.append("started")
+            second[0] = main(["train", str(path), "--out", str(run_dir), "--force",
+                              "--weights", "none", "--epochs", "1", "--no-probe", "--quiet"])
+        return real(run)
+
+    monkeypatch.setattr(fit_module, "_final_evaluation", another_train_meanwhile)
+    result = fit(path, TrainConfig(**{**FAST, "epochs": 1}, probe=False), out_dir=run_dir)
+    assert second == [2]
+    err = one_line(capsys.readouterr().err)
+    assert f"{run_dir} is being written by another fastimg command (process" in err
+    written = json.loads((run_dir / "metrics.json").read_text())["config"]
+    assert written == json.loads(json.dumps(result.metrics["config"]))  # the first fit's run
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["r"]  # no lock left

@@ -10,13 +10,14 @@ completion marker (the ``complete`` attr, written last) is the only sign of a co
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
 import re
 import shutil
 import socket
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -251,8 +252,8 @@ def replaced_path(path) -> Path:
 
 @contextmanager
 def build_lock(path):
-    """Hold the lock of building ``path`` for the block (local stores; nothing on object
-    storage).
+    """Hold the lock of building ``path`` for the block (a local store, or a training run
+    folder; nothing on object storage).
 
     Two commands building one store would write into one unfinished build: each keeps the
     build's records in memory and writes them whole, and a setting one of them changes
@@ -276,21 +277,29 @@ def build_lock(path):
     if around is not None:
         raise StoreError(f"{path} lies inside the store {around}, whose rebuild would delete "
                          f"it; choose an --out outside it")
-    fd = None if isinstance(path, Location) else _lock(path)
+    if isinstance(path, Location):
+        yield
+        return
+    lock = path.with_name(path.name + LOCK_SUFFIX)
+    created = list(itertools.takewhile(lambda folder: not folder.exists(), lock.parents))
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = None
     try:
+        fd = _lock(lock, path)
         yield
     finally:
         if fd is not None:
-            Path(f"{path}{LOCK_SUFFIX}").unlink(missing_ok=True)  # still ours: it is held
+            lock.unlink(missing_ok=True)  # still ours: it is held
             os.close(fd)
+        for folder in created:  # deepest first; those the command wrote into stay
+            with suppress(OSError):
+                folder.rmdir()
 
 
-def _lock(path: Path) -> int | None:
-    """The descriptor of ``path``'s lock file, locked (None: the file system has no locks)."""
+def _lock(lock: Path, path: Path) -> int | None:
+    """The descriptor of the file ``lock``, locked (None: the file system has no locks)."""
     import fcntl
 
-    lock = path.with_name(path.name + LOCK_SUFFIX)
-    lock.parent.mkdir(parents=True, exist_ok=True)
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -298,11 +307,11 @@ def _lock(path: Path) -> int | None:
         except BlockingIOError:
             holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
             os.close(fd)
-            raise StoreError(f"{path} is being built by another fastimg command ({holder}): "
-                             f"wait for it to end, or choose another --out") from None
+            raise StoreError(f"{path} is being written by another fastimg command "
+                             f"({holder}): wait for it to end, or choose another --out") from None
         except OSError as exc:  # Lustre without -o flock: ENOSYS, NFS without lockd: ENOLCK
             os.close(fd)
-            logger.warning("cannot lock %s (%s): a second command building %s at the same "
+            logger.warning("cannot lock %s (%s): a second command writing %s at the same "
                            "time would not be refused", lock, exc, path)
             return None
         try:  # the holder before us removed the file as it let go: lock the one there now

@@ -23,6 +23,7 @@ from fastimg._files import replace_file
 from fastimg.run_folder import (BUNDLE_FILE, CHECKPOINT_FILE, CONFIG_FILE, FEATURE_CACHE_DIR,
                                 METRICS_FILE, NORMALISER_FILE, RUN_FILES, check_outside_stores,
                                 run_files_in)
+from fastimg.store.location import build_lock
 from fastimg.train.bundle import save_run_bundle
 from fastimg.train.cache import build_cache, feature_cache_bytes
 from fastimg.train.config import TrainConfig
@@ -417,7 +418,8 @@ def fit(store, config: TrainConfig | None = None, *, out_dir=None,
     NotADirectoryError
         ``out_dir`` is a file.
     fastimg.store.StoreError
-        ``out_dir`` is a store or lies inside one (before any work).
+        ``out_dir`` is a store or lies inside one, or another fit is writing into it (before
+        any work).
     FileExistsError
         ``out_dir`` holds a run and ``overwrite`` is false.
     fastimg.store.StoreError
@@ -446,8 +448,18 @@ def fit(store, config: TrainConfig | None = None, *, out_dir=None,
     run_dir = Path(out_dir) if out_dir is not None else None
     if run_dir is not None and run_dir.exists() and not run_dir.is_dir():
         raise NotADirectoryError(f"out_dir {run_dir} is a file, not a run folder")
-    if run_dir is not None:
-        check_outside_stores(run_dir)
+    if run_dir is None:
+        return _checked_fit(store, config, run_dir, overwrite)
+    check_outside_stores(run_dir)
+    # a second fit into the folder would delete this one's feature cache and mix its files
+    # with this one's: it is refused while this one runs
+    with build_lock(run_dir):
+        return _checked_fit(store, config, run_dir, overwrite)
+
+
+def _checked_fit(store, config, run_dir, overwrite) -> TrainResult:
+    """:func:`fit` once nothing else writes into ``run_dir``: the checks that read the folder
+    and the store, then the fit."""
     found = run_files_in(run_dir) if run_dir is not None and not overwrite else []
     if found:
         raise FileExistsError(f"out_dir {run_dir} already holds a run ({', '.join(found)}); "
