@@ -153,7 +153,8 @@ def test_the_bundle_is_json_and_holds_what_prediction_needs(trained):
     assert len(bundle["layers"]) == 6 and bundle["n_features"] == 6 * 32
     with np.load(trained["run"] / "normaliser.npz", allow_pickle=False) as f:
         assert f["mean"].shape == (24, 24) and f["inv_std"].shape == (24, 24)
-    assert sorted(bundle) == sorted(BUNDLE_KEYS)
+    assert sorted(bundle) == sorted((*BUNDLE_KEYS, "sha256"))
+    assert sorted(bundle["sha256"]) == ["best.pt", "normaliser.npz"]
 
 
 @pytest.mark.parametrize("edit,message", [
@@ -249,6 +250,27 @@ def test_a_run_without_its_bundle_is_refused(trained, tmp_path, missing, capsys)
     code = main(["predict", str(run_dir), "--input", "-", "--out", str(tmp_path / "p.csv")])
     err = capsys.readouterr().err
     assert code == 2 and missing in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("rewritten", ["best.pt", "normaliser.npz"])
+def test_files_of_another_run_beside_the_bundle_are_refused(trained, tmp_path, capsys,
+                                                            rewritten):
+    """What predict reads while a train --force rewrites the run: its earlier bundle.json
+    with the new best.pt (or normaliser.npz). Both load; the predictions would be wrong."""
+    run_dir = _copy_run(trained, tmp_path)
+    path = run_dir / rewritten
+    if rewritten == "best.pt":
+        state = torch.load(path, weights_only=True)
+        torch.save({k: v + 1 if v.is_floating_point() else v for k, v in state.items()}, path)
+    else:
+        with np.load(path) as f:
+            np.savez(path, mean=f["mean"] + 1, inv_std=f["inv_std"])
+    with pytest.raises(RunBundleError, match=f"{path} is not the file bundle.json was written "
+                                             f"with"):
+        load_run(run_dir)
+    code = main(["predict", str(run_dir), "--input", "-", "--out", str(tmp_path / "p.csv")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "a train rewrote the run while it was read" in err
 
 
 def _corrupt(path, how):

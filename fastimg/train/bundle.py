@@ -13,6 +13,7 @@ Nothing is pickled: JSON and plain numpy arrays only.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -33,8 +34,35 @@ BUNDLE_KEYS = ("bundle_version", "store", "class_names", "image_shape", "image_d
                "normalize", "train_config")
 
 
+#: ``{file: sha256}`` of the files written before ``bundle.json`` (``best.pt``,
+#: ``normaliser.npz``): a reader checks it reads the files of this bundle (absent in runs
+#: written before it, which are read unchecked)
+SHA256_KEY = "sha256"
+
+
 class RunBundleError(ValueError):
     """A run folder that cannot be used for prediction (missing or foreign files)."""
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_sha256(run_dir, name: str, bundle: dict) -> None:
+    """Raise :class:`RunBundleError` when the file ``name`` of ``run_dir`` is not the one its
+    ``bundle`` was written with: a ``train --force`` rewrote the run while it was read (the
+    bundle of one run and the weights of the other), or files were copied from another
+    run."""
+    expected = (bundle.get(SHA256_KEY) or {}).get(name)
+    path = Path(run_dir) / name
+    if expected is not None and file_sha256(path) != expected:
+        raise RunBundleError(f"{path} is not the file {BUNDLE_FILE} was written with (a train "
+                             f"rewrote the run while it was read, or it comes from another "
+                             f"run): run the command again once no train writes the folder")
 
 
 def save_run_bundle(run_dir, data, normaliser, config) -> Path:
@@ -87,6 +115,9 @@ def save_run_bundle(run_dir, data, normaliser, config) -> Path:
     if normaliser.mode == "dataset":
         np.savez(run_dir / NORMALISER_FILE, mean=np.asarray(normaliser.mean, np.float32),
                  inv_std=np.asarray(normaliser.inv_std, np.float32))
+    bundle[SHA256_KEY] = {name: file_sha256(run_dir / name)
+                          for name in (CHECKPOINT_FILE, NORMALISER_FILE)
+                          if name == CHECKPOINT_FILE or normaliser.mode == "dataset"}
     path = run_dir / BUNDLE_FILE
     path.write_text(json.dumps(bundle, indent=1), encoding="utf-8")
     logger.info("run bundle written to %s", path)
@@ -134,6 +165,7 @@ def read_run_bundle(run_dir) -> tuple[dict, dict | None]:
             raise RunBundleError(f"{run_dir} has no {NORMALISER_FILE} (dataset normalisation "
                                  f"statistics): train the run again")
         stats = _read_stats(npz, bundle.get("image_shape"))
+        check_sha256(run_dir, NORMALISER_FILE, bundle)
     return bundle, stats
 
 

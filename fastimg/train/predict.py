@@ -17,7 +17,7 @@ import torch
 
 from fastimg._validation import check_count
 from fastimg.run_folder import BUNDLE_FILE, CHECKPOINT_FILE
-from fastimg.train.bundle import RunBundleError, read_run_bundle
+from fastimg.train.bundle import RunBundleError, check_sha256, read_run_bundle
 
 logger = logging.getLogger("fastimg.train")
 
@@ -122,6 +122,8 @@ class Run:
         model = build_classifier(self.config, self.image_shape, len(self.class_names),
                                  embedding_dim=self.bundle["n_features"], weights=None)
         state = _read_checkpoint(self.run_dir / CHECKPOINT_FILE)
+        # after the load: a best.pt replaced before or during it differs from the bundle's
+        check_sha256(self.run_dir, CHECKPOINT_FILE, self.bundle)
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
