@@ -547,6 +547,19 @@ def test_fit_seeded_and_leaves_global_rng_alone(blob_store):
     assert a.history[0]["train_loss"] == b.history[0]["train_loss"]
 
 
+def test_the_same_seed_writes_the_same_checkpoint_bytes(blob_store, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    # best.pt was written through a temporary file named after the process and thread, and
+    # torch.save named its archive's records after that file: equal tensors, other bytes
+    path, _ = blob_store
+    config = TrainConfig(extractor="alexnet", **{**FAST, "epochs": 1, "probe": False})
+    fit(path, config, out_dir=tmp_path / "a")
+    with ThreadPoolExecutor(1) as pool:  # another thread: another temporary name
+        pool.submit(fit, path, config, out_dir=tmp_path / "b").result()
+    assert (tmp_path / "a" / "best.pt").read_bytes() == (tmp_path / "b" / "best.pt").read_bytes()
+
+
 def test_a_failed_fit_leaves_no_run_folder(blob_store, tmp_path, monkeypatch):
     import importlib
 

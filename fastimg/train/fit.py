@@ -667,7 +667,7 @@ def _write_run_files(run: _Run, best_state: dict, metrics: dict) -> None:
     run_dir, config = run.run_dir, run.config
     for name in (METRICS_FILE, BUNDLE_FILE):
         (run_dir / name).unlink(missing_ok=True)
-    replace_file(run_dir / CHECKPOINT_FILE, lambda tmp: torch.save(best_state, tmp))
+    replace_file(run_dir / CHECKPOINT_FILE, lambda tmp: _save_state(best_state, tmp))
     if run.normaliser.mode != "dataset":
         (run_dir / NORMALISER_FILE).unlink(missing_ok=True)
     save_run_bundle(run_dir, run.data, run.normaliser, config)
@@ -675,3 +675,14 @@ def _write_run_files(run: _Run, best_state: dict, metrics: dict) -> None:
         json.dumps(config.to_dict(), indent=2), encoding="utf-8"))
     replace_file(run_dir / METRICS_FILE, lambda tmp: tmp.write_text(
         json.dumps(metrics, indent=2), encoding="utf-8"))
+
+
+def _save_state(state: dict, path) -> None:
+    """``torch.save(state)`` into ``path`` through a file object.
+
+    Given a path, torch names the records of its zip archive after the file: here the
+    temporary one, whose name holds the process and thread id (``.best.pt.PID.THREAD.tmp``),
+    so two runs of one seed wrote the same tensors in different bytes. A file object gives
+    the records torch's fixed prefix (``archive/``)."""
+    with open(path, "wb") as fh:
+        torch.save(state, fh)
