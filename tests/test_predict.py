@@ -1,6 +1,7 @@
 """fastimg predict / load_run: a run folder predicts new texts on its own."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -19,7 +20,7 @@ from fastimg.train import extractors as extractors_module
 from fastimg.run_folder import BUNDLE_FILE
 from fastimg.train.bundle import BUNDLE_KEYS, RunBundleError
 from fastimg.store import ATTRS_KEY, StoreReader
-from fastimg.train.data import ChunkedReader, Normaliser, pixel_stats
+from fastimg.train.data import ChunkedReader, Normaliser, StoreData, pixel_stats
 
 FAST = dict(weights=None, epochs=2, batch_size=16, progress=False, loader="torch",
             head_channels=(8, 8, 8, 8), hidden=(16, 8), probe=False)
@@ -271,6 +272,39 @@ def test_files_of_another_run_beside_the_bundle_are_refused(trained, tmp_path, c
     code = main(["predict", str(run_dir), "--input", "-", "--out", str(tmp_path / "p.csv")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and "a train rewrote the run while it was read" in err
+
+
+@pytest.mark.parametrize("failing", ["normaliser.npz", "bundle.json"])
+def test_a_bundle_write_cut_short_leaves_the_earlier_files_whole(trained, tmp_path, monkeypatch,
+                                                                 failing):
+    """bundle.json and normaliser.npz were written in place: a write cut short (a full disk,
+    a kill) left half a file under the name predict reads."""
+    from fastimg.train import bundle as bundle_mod
+
+    run_dir = _copy_run(trained, tmp_path)
+    before = {name: (run_dir / name).read_bytes() for name in ("bundle.json", "normaliser.npz")}
+
+    def cut_short(file, *args, **kwargs):
+        with open(file, "wb") if not hasattr(file, "write") else contextlib.nullcontext(
+                file) as fh:
+            fh.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    if failing == "normaliser.npz":
+        monkeypatch.setattr(bundle_mod.np, "savez", cut_short)
+    else:
+        monkeypatch.setattr(bundle_mod.Path, "write_text", lambda path, text, **kw: cut_short(
+            path))
+    data = StoreData(trained["store"])
+    normaliser = Normaliser("dataset", *pixel_stats(ChunkedReader(data.images),
+                                                    data.rows("train")))
+    with pytest.raises(OSError, match="No space left"):
+        bundle_mod.save_run_bundle(run_dir, data, normaliser, TrainConfig(**FAST))
+    monkeypatch.undo()
+    assert {name: (run_dir / name).read_bytes() for name in before} == before
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted(
+        p.name for p in trained["run"].iterdir())  # no temporary file left
+    load_run(run_dir)
 
 
 def _corrupt(path, how):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastimg._files import replace_file
 from fastimg.run_folder import BUNDLE_FILE, CHECKPOINT_FILE, NORMALISER_FILE
 
 logger = logging.getLogger("fastimg.train")
@@ -112,16 +113,24 @@ def save_run_bundle(run_dir, data, normaliser, config) -> Path:
         "normalize": normaliser.mode,
         "train_config": config.to_dict(),
     }
-    if normaliser.mode == "dataset":
-        np.savez(run_dir / NORMALISER_FILE, mean=np.asarray(normaliser.mean, np.float32),
-                 inv_std=np.asarray(normaliser.inv_std, np.float32))
+    if normaliser.mode == "dataset":  # through a file object: np.savez adds .npz to a path
+        stats = {"mean": np.asarray(normaliser.mean, np.float32),
+                 "inv_std": np.asarray(normaliser.inv_std, np.float32)}
+        replace_file(run_dir / NORMALISER_FILE, lambda tmp: _write_npz(tmp, stats))
     bundle[SHA256_KEY] = {name: file_sha256(run_dir / name)
                           for name in (CHECKPOINT_FILE, NORMALISER_FILE)
                           if name == CHECKPOINT_FILE or normaliser.mode == "dataset"}
     path = run_dir / BUNDLE_FILE
-    path.write_text(json.dumps(bundle, indent=1), encoding="utf-8")
+    # whole or not at all: a reader never sees half a file
+    replace_file(path, lambda tmp: tmp.write_text(json.dumps(bundle, indent=1),
+                                                  encoding="utf-8"))
     logger.info("run bundle written to %s", path)
     return path
+
+
+def _write_npz(path, arrays: dict) -> None:
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
 
 
 def read_run_bundle(run_dir) -> tuple[dict, dict | None]:
