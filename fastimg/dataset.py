@@ -295,6 +295,9 @@ def relayout(src, dst, layout_config=None, config: DatasetConfig | None = None, 
             reused = stages.reconcile(writer, plan,
                                       [s for s in (existing, source) if s is not None],
                                       force=force)
+            # the source's arrays are read by path: a rebuild of it during the copy would
+            # give this store two builds' rows
+            source.check_unchanged()
             embeddings = writer.group[store.EMBEDDINGS]
             on_stage("layout")
             layout = stages.run_layout(writer, plan, layout_config, fit_rows, embeddings,

@@ -155,3 +155,34 @@ def test_a_second_train_into_a_run_folder_being_written_is_refused(tmp_path, mon
     written = json.loads((run_dir / "metrics.json").read_text())["config"]
     assert written == json.loads(json.dumps(result.metrics["config"]))  # the first fit's run
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["r"]  # no lock left
+
+
+def test_a_source_replaced_while_relayout_copies_it_gives_no_store(tmp_path, tiny_bert_dir,
+                                                                  monkeypatch, capsys):
+    """relayout copies the source's corpus and embeddings by path: a --force rebuild of the
+    source meanwhile would have given the new store two builds' rows."""
+    import shutil
+
+    from conftest import tiny_reviews, write_csv
+    from fastimg import stages
+
+    corpus = write_csv(tmp_path / "c.csv", tiny_reviews(40), ("id", "text", "label"))
+    src, dst = tmp_path / "src.zarr", tmp_path / "dst.zarr"
+    build = ["build-dataset", "--input", str(corpus), "--model", str(tiny_bert_dir),
+             "--max-length", "16", "--method", "pca", "--pixels", "8", "--quiet"]
+    assert main([*build, "--out", str(src)]) == 0
+    real = stages.reconcile
+
+    def rebuilt_while_copied(*args, **kwargs):
+        reused = real(*args, **kwargs)
+        shutil.copytree(src, tmp_path / "rebuilt.zarr")  # a rebuild moves another folder in
+        shutil.rmtree(src)
+        (tmp_path / "rebuilt.zarr").rename(src)
+        return reused
+
+    monkeypatch.setattr(stages, "reconcile", rebuilt_while_copied)
+    assert main(["relayout", str(src), "--out", str(dst), "--pixels", "10", "--method", "pca",
+                 "--quiet"]) == 2
+    err = one_line(capsys.readouterr().err)
+    assert f"{src} was replaced or deleted while this command read it" in err
+    assert not store.location.is_complete(dst)
