@@ -186,3 +186,53 @@ def test_a_source_replaced_while_relayout_copies_it_gives_no_store(tmp_path, tin
     err = one_line(capsys.readouterr().err)
     assert f"{src} was replaced or deleted while this command read it" in err
     assert not store.location.is_complete(dst)
+
+
+def test_the_lock_of_a_folder_is_one_whatever_its_spelling(tmp_path, monkeypatch):
+    """`train --out .` failed (`Path('.').with_name`), and `a/..` or a symlink named another
+    lock file, so two commands on one folder were not kept apart."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (tmp_path / "alias").symlink_to(folder)
+    monkeypatch.chdir(folder)
+    with store.build_lock("."):
+        assert (tmp_path / "run.lock").is_file()
+        for spelling in (folder, tmp_path / "alias", folder / "sub" / "..", "."):
+            with pytest.raises(store.StoreError, match="is being written by another"):
+                with store.build_lock(spelling):
+                    pass
+    assert not (tmp_path / "run.lock").exists()
+
+
+@pytest.mark.parametrize("failure", ["no locks", "no lock file"])
+def test_a_folder_that_cannot_be_locked_is_built_with_a_warning_and_nothing_left(
+        matrix, tmp_path, monkeypatch, caplog, failure):
+    """Without flock (NFS without lockd) the lock file stayed behind with the folders made for
+    it; a parent the user cannot write into (a mounted run folder) was refused."""
+    import errno
+    import fcntl
+
+    if failure == "no locks":
+        def flock(fd, op):
+            raise OSError(errno.ENOLCK, "No locks available")
+
+        monkeypatch.setattr(fcntl, "flock", flock)
+    else:
+        real_open = os.open
+
+        def denied(path, *args, **kwargs):
+            if str(path).endswith(".lock"):
+                raise PermissionError(errno.EROFS, "Read-only file system", str(path))
+            return real_open(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", denied)
+    out = tmp_path / "new" / "dir" / "s.zarr"
+    with caplog.at_level("WARNING", logger="fastimg.store"):
+        assert main(_images_args(matrix, out)) == 0
+    assert "a second command writing" in caplog.text and store.is_complete(out)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["s.zarr"]
+
+
+def test_a_zarr_json_that_is_not_zarrs_is_no_store_around(tmp_path):
+    (tmp_path / "zarr.json").write_text("[1, 2]")
+    assert store.location.store_around(tmp_path / "x.zarr") is None

@@ -280,7 +280,9 @@ def build_lock(path):
     if isinstance(path, Location):
         yield
         return
-    lock = path.with_name(path.name + LOCK_SUFFIX)
+    # one lock file per folder however it is spelt (".", "a/..", a symlink)
+    real = Path(os.path.realpath(path))
+    lock = real.with_name(real.name + LOCK_SUFFIX) if real.name else real / LOCK_SUFFIX
     created = list(itertools.takewhile(lambda folder: not folder.exists(), lock.parents))
     lock.parent.mkdir(parents=True, exist_ok=True)
     fd = None
@@ -297,11 +299,21 @@ def build_lock(path):
 
 
 def _lock(lock: Path, path: Path) -> int | None:
-    """The descriptor of the file ``lock``, locked (None: the file system has no locks)."""
+    """The descriptor of the file ``lock``, locked; None, with a warning, where no lock can
+    be taken (a file system without locks, or a folder this user cannot create files in,
+    such as the read-only parent of a mounted run folder)."""
     import fcntl
 
+    def unlocked(exc) -> None:
+        logger.warning("cannot lock %s (%s): a second command writing %s at the same time "
+                       "would not be refused", lock, exc, path)
+
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:  # EACCES, EROFS: the command's own writes say more if they fail
+            unlocked(exc)
+            return None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -311,8 +323,9 @@ def _lock(lock: Path, path: Path) -> int | None:
                              f"({holder}): wait for it to end, or choose another --out") from None
         except OSError as exc:  # Lustre without -o flock: ENOSYS, NFS without lockd: ENOLCK
             os.close(fd)
-            logger.warning("cannot lock %s (%s): a second command writing %s at the same "
-                           "time would not be refused", lock, exc, path)
+            with suppress(OSError):  # nobody can hold it: leave nothing behind
+                lock.unlink()
+            unlocked(exc)
             return None
         try:  # the holder before us removed the file as it let go: lock the one there now
             if os.stat(lock).st_ino == os.fstat(fd).st_ino:
@@ -320,8 +333,13 @@ def _lock(lock: Path, path: Path) -> int | None:
         except FileNotFoundError:
             pass
         os.close(fd)
-    os.ftruncate(fd, 0)
-    os.write(fd, f"process {os.getpid()} on {socket.gethostname()}".encode())
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"process {os.getpid()} on {socket.gethostname()}".encode())
+    except BaseException:
+        lock.unlink(missing_ok=True)
+        os.close(fd)
+        raise
     return fd
 
 
@@ -349,7 +367,10 @@ def read_attrs(path, key: str = ATTRS_KEY) -> dict | None:
                 if not meta.is_file():
                     return None
                 text = meta.read_text(encoding="utf-8")
-            attrs = json.loads(text).get("attributes", {})
+            meta = json.loads(text)
+            attrs = meta.get("attributes", {}) if isinstance(meta, dict) else None
+            if not isinstance(attrs, dict):  # a zarr.json that is not zarr's
+                return None
         except PermissionError:
             raise  # access denied is not "no store here": _access says what to check
         except (OSError, json.JSONDecodeError, UnicodeDecodeError):  # FileNotFoundError too
