@@ -144,6 +144,26 @@ def test_predict_classifies_each_block_before_encoding_the_rest(trained, monkeyp
     assert streamed.names == whole.names
 
 
+def test_an_encoder_that_stops_short_is_not_read_as_predictions(trained, monkeypatch):
+    """Rows the encoder never gave would have been classified from uninitialised logits."""
+    import dataclasses
+
+    from fastimg.train import predict as predict_mod
+
+    run = load_run(trained["run"])
+    encoder_config, encode_chunks = predict_mod.Run.encoder_config, predict_mod.Run.encode_chunks
+
+    def first_chunk_only(self, texts, **kwargs):
+        chunks = encode_chunks(self, texts, **kwargs)
+        yield next(chunks)
+
+    monkeypatch.setattr(predict_mod.Run, "encoder_config", lambda self: dataclasses.replace(
+        encoder_config(self), chunk_rows=4))
+    monkeypatch.setattr(predict_mod.Run, "encode_chunks", first_chunk_only)
+    with pytest.raises(RuntimeError, match="the encoder gave 4 of 12 embeddings"):
+        run.predict(trained["texts"], batch_size=2)
+
+
 def test_the_bundle_is_json_and_holds_what_prediction_needs(trained):
     bundle = json.loads((trained["run"] / BUNDLE_FILE).read_text())
     assert bundle["class_names"] == ["neg", "pos"]

@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass, replace
@@ -22,7 +23,7 @@ from fastimg.train.bundle import RunBundleError, check_sha256, read_run_bundle
 logger = logging.getLogger("fastimg.train")
 
 #: texts :meth:`Run.predict` encodes and classifies at a time (rounded to whole batches)
-PREDICT_BLOCK_ROWS = 16_384
+PREDICT_BLOCK_ROWS = 4_096
 
 
 @dataclass
@@ -234,9 +235,11 @@ class Run:
         # a single pass
         block = batch_size * max(1, PREDICT_BLOCK_ROWS // batch_size)
         logits = np.empty((len(texts), len(self.class_names)), dtype=np.float32)
-        held, done = [], 0  # embeddings encoded and not yet classified; rows classified
-        with _bar(len(texts), progress) as bar:
-            for _, stop, features in self.encode_chunks(texts, progress=progress):
+        held, done, stop = [], 0, 0  # embeddings not yet classified; rows classified, encoded
+        # closed on an error too: the encoder's tokeniser thread stops with it
+        with _bar(len(texts), progress) as bar, contextlib.closing(
+                self.encode_chunks(texts, progress=progress)) as chunks:
+            for _, stop, features in chunks:
                 held.append(features)
                 while stop - done >= block or (stop == len(texts) and stop > done):
                     features = np.concatenate(held) if len(held) > 1 else held[0]
@@ -244,6 +247,8 @@ class Run:
                     logits[done:done + len(part)] = self._logits(self.images_of(part), part,
                                                                  batch_size, bar)
                     held, done = [features[len(part):]], done + len(part)
+        if stop != len(texts):  # never classify rows the encoder did not give
+            raise RuntimeError(f"the encoder gave {stop} of {len(texts)} embeddings")
         return self._prediction(logits)
 
     def logits(self, images, embeddings=None, *, batch_size: int = 256,
