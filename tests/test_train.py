@@ -908,6 +908,22 @@ def test_the_shuffled_order_keeps_every_reader_it_reads_through_within_its_cache
     assert (images.reads, embeddings.reads) == (60, 20)
 
 
+def test_readers_with_other_chunk_sizes_are_read_by_the_coarsest_ones_chunks():
+    """Grouping by the overlaps of both readers' chunks split every chunk over windows, and
+    each was decoded once per window it fell in."""
+    images = _CountingArray(np.zeros((960, 2, 2), np.float16), 16)  # 60 chunks, 10 kept
+    embeddings = _CountingArray(np.ones((960, 3), np.float16), 20)  # 48 chunks, 8 kept
+    image_reader = ChunkedReader(images, cache_bytes=10 * 16 * 4 * 4)
+    embedding_reader = ChunkedReader(embeddings, cache_bytes=8 * 20 * 3 * 4)
+    rows = np.arange(960)
+    source = BatchSource(image_reader, np.zeros(960, np.int64), rows, 16, shuffle=True, seed=2,
+                         also_read=(embedding_reader,))
+    served = _epoch_rows(source, 0, embedding_reader)
+    np.testing.assert_array_equal(np.sort(served), rows)
+    assert embeddings.reads == 48  # the coarsest reader's chunks: once each
+    assert images.reads <= 2 * 60  # a chunk across two of the coarse ones: at most twice
+
+
 @pytest.mark.parametrize("options,row_bytes", [
     ({"pixel_branch": True}, 50 * 50 * 4),
     ({"pixel_branch": False, "fuse_embedding": True}, 24 * 4),

@@ -60,19 +60,27 @@ def shuffled_order(n: int, seed: int, epoch: int, chunkings) -> np.ndarray:
     ``chunkings`` holds, for each reader the epoch reads through, ``(chunk of each position,
     chunks the reader keeps)``. When every reader keeps all the chunks of the ``n`` rows, the
     order is :func:`epoch_order` (a full permutation). Otherwise a fully random order would
-    decode a chunk for nearly every row, so it is :func:`windowed_order` over the runs of
-    positions that share a chunk of each reader that cannot keep them all, with a window of
-    half the smallest such reader's cache.
+    decode a chunk for nearly every row, so it is :func:`windowed_order` over the chunks of
+    the coarsest reader that cannot keep them all (its chunks span the most positions), with
+    a window that keeps every such reader within half its cache: each chunk of the coarsest
+    reader is decoded once an epoch, and a chunk of another that straddles two of its chunks
+    at most twice.
     """
     tight = [(np.asarray(ids), int(keeps)) for ids, keeps in chunkings
              if np.unique(ids).size > keeps]
     if not tight:
         return epoch_order(n, seed, epoch)
-    change = np.zeros(n, dtype=bool)
-    for ids, _ in tight:
-        change[1:] |= ids[1:] != ids[:-1]
-    groups = np.cumsum(change)
-    return windowed_order(groups, min(keeps for _, keeps in tight) // 2, seed, epoch)
+    groups = min(tight, key=lambda reader: np.unique(reader[0]).size)[0]
+    _, group_index = np.unique(groups, return_inverse=True)
+    same_group = group_index[1:] == group_index[:-1]
+    window = None
+    for ids, keeps in tight:
+        # the most chunks of this reader that one group reaches
+        starts = np.r_[True, ~same_group | (ids[1:] != ids[:-1])]
+        most = int(np.bincount(group_index[starts]).max())
+        fits = max(1, (keeps // 2) // most)
+        window = fits if window is None else min(window, fits)
+    return windowed_order(groups, window, seed, epoch)
 
 
 class ChunkedReader:
@@ -81,7 +89,7 @@ class ChunkedReader:
     Decoded chunks are kept as float32 (least recently used first out) up to
     ``cache_bytes``, so a store that fits is decoded once and later epochs gather from
     memory, and a larger one streams chunk by chunk (read it in an order of
-    :func:`shuffled_order`, which decodes each chunk once per epoch). ``uint8`` images are
+    :func:`shuffled_order`, which decodes each chunk about once an epoch). ``uint8`` images are
     scaled back to [0, 1]. The float16 -> float32 conversion goes through torch (numpy's is
     ~20x slower); it runs once per decoded chunk, not per read (converting each read made a
     warm epoch of 60,000 float16 rows about 7 times slower).
