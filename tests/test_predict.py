@@ -5,6 +5,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import shutil
 
 import numpy as np
@@ -325,6 +326,27 @@ def test_a_bundle_write_cut_short_leaves_the_earlier_files_whole(trained, tmp_pa
     assert sorted(p.name for p in run_dir.iterdir()) == sorted(
         p.name for p in trained["run"].iterdir())  # no temporary file left
     load_run(run_dir)
+
+
+@pytest.mark.parametrize("state", ["bundle gone", "checkpoint rewritten"])
+def test_a_run_being_rewritten_by_a_train_is_named_so(trained, tmp_path, capsys, state):
+    """While train --force writes a run, predict found its files missing or mismatched and
+    said the run came from an older fastimg, or from another run."""
+    from fastimg import store
+
+    run_dir = _copy_run(trained, tmp_path)
+    if state == "bundle gone":
+        (run_dir / BUNDLE_FILE).unlink()
+    else:
+        (run_dir / "best.pt").write_bytes((run_dir / "best.pt").read_bytes() + b"\0")
+    with store.build_lock(run_dir):  # what the train writing the folder holds
+        code = main(["predict", str(run_dir), "--input", "-", "--out",
+                     str(tmp_path / "p.csv")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert f"{run_dir} is being written by a train (process {os.getpid()} on " in err
+    code = main(["predict", str(run_dir), "--input", "-", "--out", str(tmp_path / "p.csv")])
+    assert code == 2 and "being written" not in capsys.readouterr().err  # lock let go
 
 
 def _corrupt(path, how):

@@ -280,9 +280,7 @@ def build_lock(path):
     if isinstance(path, Location):
         yield
         return
-    # one lock file per folder however it is spelt (".", "a/..", a symlink)
-    real = Path(os.path.realpath(path))
-    lock = real.with_name(real.name + LOCK_SUFFIX) if real.name else real / LOCK_SUFFIX
+    lock = _lock_file(path)
     created = list(itertools.takewhile(lambda folder: not folder.exists(), lock.parents))
     lock.parent.mkdir(parents=True, exist_ok=True)
     fd = None
@@ -296,6 +294,36 @@ def build_lock(path):
         for folder in created:  # deepest first; those the command wrote into stay
             with suppress(OSError):
                 folder.rmdir()
+
+
+def _lock_file(path: Path) -> Path:
+    """The lock file of the local folder ``path``: one however the folder is spelt (".",
+    "a/..", a symlink)."""
+    real = Path(os.path.realpath(path))
+    return real.with_name(real.name + LOCK_SUFFIX) if real.name else real / LOCK_SUFFIX
+
+
+def lock_holder(path) -> str | None:
+    """Who holds the :func:`build_lock` of ``path`` (``"process PID on HOST"``), or None
+    (nobody, object storage, or a file system without locks)."""
+    import fcntl
+
+    path = resolve(path)
+    if isinstance(path, Location):
+        return None
+    try:
+        fd = os.open(_lock_file(path), os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # let go at once, when fd is closed
+    except BlockingIOError:
+        return os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return None
 
 
 def _lock(lock: Path, path: Path) -> int | None:

@@ -61,9 +61,22 @@ def check_sha256(run_dir, name: str, bundle: dict) -> None:
     expected = (bundle.get(SHA256_KEY) or {}).get(name)
     path = Path(run_dir) / name
     if expected is not None and file_sha256(path) != expected:
-        raise RunBundleError(f"{path} is not the file {BUNDLE_FILE} was written with (a train "
-                             f"rewrote the run while it was read, or it comes from another "
-                             f"run): run the command again once no train writes the folder")
+        raise RunBundleError(being_written(run_dir) or (
+            f"{path} is not the file {BUNDLE_FILE} was written with (a train rewrote the run "
+            f"while it was read, or it comes from another run): run the command again once "
+            f"no train writes the folder"))
+
+
+def being_written(run_dir) -> str | None:
+    """A message naming the train writing ``run_dir`` now (it holds the folder's lock), or
+    None: what a reader says when it finds the run's files missing or mismatched."""
+    from fastimg.store.location import lock_holder
+
+    holder = lock_holder(run_dir)
+    if holder is None:
+        return None
+    return (f"{run_dir} is being written by a train ({holder}): run this again once it has "
+            f"finished")
 
 
 def save_run_bundle(run_dir, data, normaliser, config) -> Path:
@@ -149,10 +162,12 @@ def read_run_bundle(run_dir) -> tuple[dict, dict | None]:
         raise RunBundleError(f"run folder {run_dir} does not exist")
     path = run_dir / BUNDLE_FILE
     if not path.is_file():
-        raise RunBundleError(f"{run_dir} has no {BUNDLE_FILE} (a run from an older fastimg, or "
-                             f"not a run folder): train it again with `fastimg train`")
+        raise RunBundleError(being_written(run_dir) or (
+            f"{run_dir} has no {BUNDLE_FILE} (a run from an older fastimg, or not a run "
+            f"folder): train it again with `fastimg train`"))
     if not (run_dir / CHECKPOINT_FILE).is_file():
-        raise RunBundleError(f"{run_dir} has no {CHECKPOINT_FILE}: its training did not finish")
+        raise RunBundleError(being_written(run_dir) or (
+            f"{run_dir} has no {CHECKPOINT_FILE}: its training did not finish"))
     try:
         bundle = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
