@@ -196,8 +196,9 @@ def describe_store(reader: store.StoreReader) -> list[str]:
 
 def unfinished_build(path) -> dict | None:
     """What the unfinished build of ``path`` (the store, or its ``.partial`` folder) holds:
-    ``{"path", "complete": False, "stages": {name: done}, "rows_done", "rows"}`` (the last two
-    once encoding started), or None when there is none. Reads metadata only."""
+    ``{"path", "complete": False, "stages": {name: done}, "built_by", "rows_done", "rows"}``
+    (``built_by``: the process building it now, or None; the last two once encoding
+    started), or None when there is none. Reads metadata only."""
     from fastimg.store import location
     from fastimg.store.schema import DONE_PREFIX, EMBED_ATTRS_KEY
     from fastimg.store.writer import finished_chunks
@@ -214,8 +215,11 @@ def unfinished_build(path) -> dict | None:
         return None
     if not isinstance(stages, dict):
         return None
+    out = (partial if isinstance(partial, location.Location)
+           else partial.with_name(partial.name[:-len(store.PARTIAL_SUFFIX)]))
     found = {"path": str(partial), "complete": False,
-             "stages": {name: bool(record.get("done")) for name, record in stages.items()}}
+             "stages": {name: bool(record.get("done")) for name, record in stages.items()},
+             "built_by": location.lock_holder(out)}
     if store.EMBEDDINGS in group:
         embeddings = group[store.EMBEDDINGS]
         record = embeddings.attrs.get(EMBED_ATTRS_KEY, {})
@@ -233,8 +237,10 @@ def describe_unfinished(found: dict) -> list[str]:
     """:func:`unfinished_build`'s findings as lines."""
     done = [name for name, finished in found["stages"].items() if finished]
     running = [name for name, finished in found["stages"].items() if not finished]
-    lines = [f"{found['path']}: an unfinished fastimg build; rerun the command that started it "
-             f"to resume (--force starts over)",
+    holder = found.get("built_by")
+    lines = [f"{found['path']}: an unfinished fastimg build; "
+             + (f"being built now by another fastimg command ({holder})" if holder else
+                "rerun the command that started it to resume (--force starts over)"),
              f"stages done  {', '.join(done) or 'none'}"]
     if running:
         lines.append(f"unfinished   {', '.join(running)}")

@@ -2,7 +2,9 @@
 `fastimg show` (colour bars, layer legend, per-pixel standardised samples)."""
 import csv
 import json
+import os
 import re
+import socket
 
 import numpy as np
 import pytest
@@ -100,9 +102,19 @@ def test_info_describes_an_unfinished_build(tmp_path, tiny_bert_dir, capsys, mon
     assert main(["info", str(out), "--json"]) == 0
     found = json.loads(capsys.readouterr().out)
     assert found["complete"] is False and found["stages"]["encode"] is True
-    assert found["rows_done"] == found["rows"] == 80
+    assert found["rows_done"] == found["rows"] == 80 and found["built_by"] is None
     assert main(["info", str(tmp_path / "none.zarr")]) == 2
     assert "none.zarr does not exist" in capsys.readouterr().err
+    # while a command builds it, info and the readers say so rather than "rerun the command"
+    with store.build_lock(out):
+        assert main(["info", str(out)]) == 0
+        first = capsys.readouterr().out.splitlines()[0]
+        assert first == (f"{store.partial_path(out)}: an unfinished fastimg build; being built "
+                         f"now by another fastimg command (process {os.getpid()} on "
+                         f"{socket.gethostname()})")
+        assert main(["show", str(out), "--out", str(tmp_path / "u.png")]) == 2
+        assert (f"{out} is being built now by another fastimg command (process {os.getpid()}"
+                in capsys.readouterr().err)
 
 
 def test_packed_batches_build_the_same_store_and_say_so(built, tiny_bert_dir, capsys):

@@ -27,6 +27,10 @@ def why_not_a_store(path) -> str:
     """Why ``path`` is not a complete store, in one line: missing, unfinished, a training run
     folder, or something else."""
     where = location.readable(path)
+    holder = location.lock_holder(path)
+    if holder is not None:
+        return (f"{path} is being built now by another fastimg command ({holder}): wait for "
+                f"it to end")
     if not location.exists(where):
         partial = location.partial_path(path)
         if partial != path and location.exists(partial):
