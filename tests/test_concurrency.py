@@ -204,7 +204,7 @@ def test_the_lock_of_a_folder_is_one_whatever_its_spelling(tmp_path, monkeypatch
     assert not (tmp_path / "run.lock").exists()
 
 
-@pytest.mark.parametrize("failure", ["no locks", "no lock file"])
+@pytest.mark.parametrize("failure", ["no locks", "no lock file", "no fcntl"])
 def test_a_folder_that_cannot_be_locked_is_built_with_a_warning_and_nothing_left(
         matrix, tmp_path, monkeypatch, caplog, failure):
     """Without flock (NFS without lockd) the lock file stayed behind with the folders made for
@@ -217,6 +217,8 @@ def test_a_folder_that_cannot_be_locked_is_built_with_a_warning_and_nothing_left
             raise OSError(errno.ENOLCK, "No locks available")
 
         monkeypatch.setattr(fcntl, "flock", flock)
+    elif failure == "no fcntl":  # Windows
+        monkeypatch.setitem(sys.modules, "fcntl", None)
     else:
         real_open = os.open
 

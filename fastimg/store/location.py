@@ -296,6 +296,15 @@ def build_lock(path):
                 folder.rmdir()
 
 
+def _fcntl():
+    """The ``fcntl`` module, or None (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    return fcntl
+
+
 def _lock_file(path: Path) -> Path:
     """The lock file of the local folder ``path``: one however the folder is spelt (".",
     "a/..", a symlink)."""
@@ -306,10 +315,9 @@ def _lock_file(path: Path) -> Path:
 def lock_holder(path) -> str | None:
     """Who holds the :func:`build_lock` of ``path`` (``"process PID on HOST"``), or None
     (nobody, object storage, or a file system without locks)."""
-    import fcntl
-
+    fcntl = _fcntl()
     path = resolve(path)
-    if isinstance(path, Location):
+    if isinstance(path, Location) or fcntl is None:
         return None
     try:
         fd = os.open(_lock_file(path), os.O_RDONLY)
@@ -330,12 +338,14 @@ def _lock(lock: Path, path: Path) -> int | None:
     """The descriptor of the file ``lock``, locked; None, with a warning, where no lock can
     be taken (a file system without locks, or a folder this user cannot create files in,
     such as the read-only parent of a mounted run folder)."""
-    import fcntl
-
     def unlocked(exc) -> None:
         logger.warning("cannot lock %s (%s): a second command writing %s at the same time "
                        "would not be refused", lock, exc, path)
 
+    fcntl = _fcntl()
+    if fcntl is None:
+        unlocked("no fcntl on this system")
+        return None
     while True:
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
