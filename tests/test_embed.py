@@ -681,8 +681,15 @@ def test_run_settings_hold_device_and_precision(tiny, tiny_dir):
     # padded batches leave the settings (and so the stage keys of older stores) as they were
     assert "batching" not in s
     assert run_settings(texts, cfg(tiny_dir, batching="packed"), model=tiny)["batching"] == "packed"
+    # configs written before precision replaced dtype (older stores and runs) read as its
+    # precision; a dtype beside a precision, or one never offered, is still refused
+    old = {k: v for k, v in EncoderConfig().to_dict().items() if k != "precision"}
+    assert EncoderConfig.from_dict({**old, "dtype": "float32"}).precision == "fp32"
+    assert EncoderConfig.from_dict({**old, "dtype": "auto"}).precision == "auto"
     with pytest.raises(ValueError, match="replaced by 'precision'"):
         EncoderConfig.from_dict({**EncoderConfig().to_dict(), "dtype": "auto"})
+    with pytest.raises(ValueError, match="replaced by 'precision'"):
+        EncoderConfig.from_dict({**old, "dtype": "int4"})
 
 
 def test_interrupted_run_stops_the_tokenizer_thread(tiny, tiny_dir, tmp_path):

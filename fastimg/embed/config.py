@@ -17,6 +17,9 @@ POOLINGS = ("cls", "mean")
 TRUNCATIONS = ("head", "head+tail")
 OUTPUT_DTYPES = ("float16", "float32")
 BATCHINGS = ("padded", "packed")
+#: ``dtype`` of configs written before ``precision`` replaced it (stores and runs of older
+#: fastimg versions): the precision that runs the same compute (``auto`` resolves as it did)
+DTYPE_PRECISIONS = {"auto": "auto", "float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
 @dataclass(frozen=True)
@@ -216,11 +219,16 @@ class EncoderConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "EncoderConfig":
-        """Inverse of :meth:`to_dict`; unknown keys raise ValueError."""
+        """Inverse of :meth:`to_dict`; unknown keys raise ValueError. The ``dtype`` of a
+        config written before ``precision`` replaced it is read as the precision it ran
+        (:data:`DTYPE_PRECISIONS`)."""
         known = {f.name for f in fields(cls)}
         if "dtype" in data:
-            raise ValueError("EncoderConfig key 'dtype' was replaced by 'precision' "
-                             "(auto|fp32|int8|fp16|bf16); this config predates it")
+            if "precision" in data or data["dtype"] not in DTYPE_PRECISIONS:
+                raise ValueError("EncoderConfig key 'dtype' was replaced by 'precision' "
+                                 "(auto|fp32|int8|fp16|bf16); this config predates it")
+            data = {**{k: v for k, v in data.items() if k != "dtype"},
+                    "precision": DTYPE_PRECISIONS[data["dtype"]]}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown EncoderConfig keys: {unknown}")
