@@ -354,3 +354,42 @@ def test_a_store_of_an_older_format_is_refused_with_what_to_do(tmp_path, capsys)
     assert main(["info", str(out)]) == 2
     err = capsys.readouterr().err
     assert "format 1" in err and len(err.strip().splitlines()) == 1
+
+
+def _as_written_before_precision(path):
+    """Rewrite a store's attrs as fastimg wrote them before ``precision`` replaced the encoder's
+    ``dtype``: ``dtype`` in the config, ``compute_dtype`` in the encode stage's settings, and
+    the keys from ``encode`` on that those settings gave."""
+    meta = path / "zarr.json"
+    doc = json.loads(meta.read_text())
+    attrs = doc["attributes"][store.ATTRS_KEY]
+    encoder = attrs["config"]["encoder"]
+    encoder["dtype"] = encoder.pop("precision")
+    stages = attrs["stages"]
+    settings = stages["encode"]["settings"]
+    assert settings.pop("device") == "cpu" and settings.pop("precision") == "fp32"
+    settings["compute_dtype"] = "float32"
+    parent = stages["corpus"]["key"]
+    for stage in ("encode", "layout", "images"):
+        parent = stages[stage]["key"] = store.stage_key(parent, stages[stage]["settings"])
+    meta.write_text(json.dumps(doc))
+    return stages
+
+
+def test_a_store_from_before_precision_is_trained_on_and_its_encoding_reused(
+        corpus_csv, tmp_path, tiny_bert_dir, encode_calls, capsys):
+    out = tmp_path / "s.zarr"
+    assert main(_build_args(corpus_csv, out, tiny_bert_dir)) == 0
+    new_keys = {s: r["key"] for s, r in store.StoreReader(out).stages.items()}
+    old_keys = {s: r["key"] for s, r in _as_written_before_precision(out).items()}
+    assert old_keys["encode"] != new_keys["encode"]
+    reader = store.StoreReader(out)
+    # train's run bundle records the encoder: the old dtype reads as the precision it ran
+    assert reader.encoder_config().precision == "fp32"
+    assert {s: r["key"] for s, r in reader.stages.items()} == new_keys
+    capsys.readouterr()
+    assert main(_build_args(corpus_csv, out, tiny_bert_dir)) == 2
+    assert "with these settings" in capsys.readouterr().err
+    assert main(_build_args(corpus_csv, out, tiny_bert_dir, "--force")) == 0
+    assert "reused corpus, encode, layout, images" in capsys.readouterr().out
+    assert len(encode_calls) == 1, "the same embeddings were encoded again"

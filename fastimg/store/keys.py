@@ -14,10 +14,13 @@ import json
 
 import numpy as np
 
-from fastimg.store.schema import STAGE_SETTINGS
+from fastimg.store.schema import STAGE_SETTINGS, STAGES
 
 #: settings recorded for the reader that do not change a stage's bytes (not hashed)
 INFORMATIONAL = frozenset({"model", "raster_backend"})
+#: the encode stage's ``compute_dtype`` (stores written before ``precision`` replaced it) and
+#: the precision that runs the same compute (fp32, or fp32 weights under that autocast dtype)
+COMPUTE_DTYPE_PRECISIONS = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
 def canonical(value):
@@ -30,6 +33,36 @@ def stage_key(parent: str | None, settings: dict) -> str:
     hashed = {k: v for k, v in settings.items() if k not in INFORMATIONAL}
     text = json.dumps({"parent": parent, "settings": hashed}, sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def upgraded(stages: dict) -> dict:
+    """Stage records of a store written before ``precision`` replaced the encode stage's
+    ``compute_dtype``, in today's terms: the same run (device kind, compute dtype) named by
+    ``device`` and ``precision``, with the keys from ``encode`` on that they give, so that an
+    upgrade reuses its embeddings (the same numbers) instead of encoding again.
+
+    Other records, and records whose keys do not follow from their settings, are returned as
+    they are.
+    """
+    encode = stages.get("encode") or {}
+    settings = encode.get("settings") or {}
+    precision = COMPUTE_DTYPE_PRECISIONS.get(settings.get("compute_dtype"))
+    if precision is None or "precision" in settings or encode.get("device") not in ("cpu", "cuda"):
+        return stages
+    renamed = {**{k: v for k, v in settings.items() if k != "compute_dtype"},
+               "device": encode["device"], "precision": precision}
+    new = dict(stages)
+    old_parent = new_parent = (stages.get("corpus") or {}).get("key")
+    for stage in STAGES[STAGES.index("encode"):]:
+        record = stages.get(stage)
+        if record is None:
+            break
+        if record.get("key") != stage_key(old_parent, record.get("settings") or {}):
+            return stages
+        own = renamed if stage == "encode" else record["settings"]
+        old_parent, new_parent = record["key"], stage_key(new_parent, own)
+        new[stage] = {**record, "settings": own, "key": new_parent}
+    return new
 
 
 def _flatten(value, prefix: str, out: dict) -> dict:

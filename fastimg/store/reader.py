@@ -6,6 +6,7 @@ import logging
 import numpy as np
 
 from fastimg.store import location
+from fastimg.store.keys import upgraded
 from fastimg.store.schema import (ATTRS_KEY, BUILD_KEY, COMPLETE, EMBEDDINGS, FORMAT_VERSION,
                                   IDS, IMAGES, LABELS, SPLIT, StoreError, split_rows)
 
@@ -137,8 +138,9 @@ class StoreReader:
 
     @property
     def stages(self) -> dict:
-        """Per stage: its key, the settings it was computed with and its bookkeeping."""
-        return self.attrs.get("stages") or {}
+        """Per stage: its key, the settings it was computed with and its bookkeeping (a store
+        written before the encoder's ``precision`` in today's terms: :func:`keys.upgraded`)."""
+        return upgraded(self.attrs.get("stages") or {})
 
     @property
     def class_names(self) -> list[str]:
