@@ -588,3 +588,22 @@ def test_predictions_on_stdout_keep_stdout_to_the_csv(trained, tmp_path, capsys,
     assert main(["predict", str(trained["run"]), "--input", "-", "--out", "./-", "--quiet"]) == 0
     out, err = capsys.readouterr()
     assert (tmp_path / "-").read_text().startswith("id,predicted") and "id," not in out
+
+
+def test_a_run_from_before_a_training_setting_is_named_as_older(trained, tmp_path, capsys):
+    """A run trained before pixel_branch existed: its bundle has no pixel settings (nor
+    sha256) and best.pt no pixel branch, which today's default would add."""
+    run_dir = _copy_run(trained, tmp_path)
+    bundle = json.loads((run_dir / BUNDLE_FILE).read_text())
+    for key in ("pixel_branch", "pixel_hidden"):
+        bundle["train_config"].pop(key)
+    bundle.pop("sha256")
+    (run_dir / BUNDLE_FILE).write_text(json.dumps(bundle))
+    state = torch.load(run_dir / "best.pt", weights_only=True)
+    torch.save({k: v for k, v in state.items() if not k.startswith("pixel_mlp.")},
+               run_dir / "best.pt")
+    code = main(["predict", str(run_dir), "--input", "-", "--out", str(tmp_path / "p.csv")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err, err
+    assert "trained by an older fastimg" in err and "pixel_branch, pixel_hidden" in err
+    assert "train the run again" in err

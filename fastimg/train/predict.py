@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +128,14 @@ class Run:
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
+            # settings added since the run was trained took today's defaults, which can
+            # describe another model (a run from before pixel_branch gets a pixel branch)
+            unset = sorted({f.name for f in fields(self.config)} - set(self.bundle["train_config"]))
+            if unset:
+                raise RunBundleError(
+                    f"{self.run_dir} was trained by an older fastimg, whose model this one does "
+                    f"not rebuild (its {BUNDLE_FILE} predates the training settings "
+                    f"{', '.join(unset)}): train the run again") from None
             first = str(exc).strip().splitlines()[0]
             raise RunBundleError(f"{self.run_dir / CHECKPOINT_FILE} does not fit the run's "
                                  f"config.json ({first})") from None
