@@ -117,9 +117,23 @@ def _add_storage_options(parser) -> None:
                              "variables")
 
 
+def _path_text(text: str) -> str:
+    """A path or URL as given; an empty one (an unset shell variable) is refused: ``Path("")``
+    is the current folder, which commands then read, write into or name as ``.``."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a path, got an empty string (an unset shell "
+                                         "variable?)")
+    return text
+
+
+def _path(text: str) -> Path:
+    return Path(_path_text(text))
+
+
 def _local_path(text: str) -> Path:
     """An output written on this machine: a URL is refused (``Path`` would fold ``s3://b``
     into ``s3:/b`` and fail later with a missing folder)."""
+    _path_text(text)
     if "://" in text:
         raise argparse.ArgumentTypeError(f"expected a local path, got the URL {text!r} (this "
                                          f"output is written on this machine)")
@@ -473,12 +487,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fit a DeepInsight layout on a feature matrix and write every row's image "
                     "into a zarr store.")
     source = images.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", type=Path, help=".npy file or zarr array, samples x features")
+    source.add_argument("--input", type=_path, help=".npy file or zarr array, samples x features")
     source.add_argument("--synthetic", type=_shape, metavar="NxF",
                         help="a seeded low-rank demo matrix instead of --input (works offline)")
     images.add_argument("--out", type=_local_path, required=True, help="zarr store to write")
     _add_map_options(images)
-    images.add_argument("--split-file", type=Path, metavar="FILE",
+    images.add_argument("--split-file", type=_path, metavar="FILE",
                         help="split of each row (.npy of codes 0/1/2 or names train/val/test, or "
                              "a text file with one per line): the layout is fitted on the train "
                              "rows and the split is stored")
@@ -505,10 +519,10 @@ def build_parser() -> argparse.ArgumentParser:
     source = build.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", choices=["imdb"],
                         help="built-in recipe (looks in $FASTIMG_DATA, then the user cache)")
-    source.add_argument("--input", type=Path,
+    source.add_argument("--input", type=_path,
                         help="CSV, TSV, JSONL or Parquet file (optionally .gz), or an aclImdb "
                              "folder or tarball")
-    build.add_argument("--out", required=True,
+    build.add_argument("--out", required=True, type=_path_text,
                        help="zarr store to write: a path or an fsspec URL (s3://bucket/x.zarr)")
     build.add_argument("--text-column", action="append", metavar="NAME",
                        help="text column; repeat to join several (default: text)")
@@ -580,8 +594,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Lay out the embeddings of a store again (new image size, map, scaling, "
                     "dtype) without encoding: the images equal those of a fresh build-dataset "
                     "with the same settings.")
-    again.add_argument("src", help="a store written by build-dataset (path or URL)")
-    again.add_argument("--out", required=True, help="zarr store to write (path or URL)")
+    again.add_argument("src", type=_path_text,
+                       help="a store written by build-dataset (path or URL)")
+    again.add_argument("--out", required=True, type=_path_text,
+                       help="zarr store to write (path or URL)")
     _add_storage_options(again)
     _add_layout_options(again)
     again.add_argument("--seed", type=_seed, default=0,
@@ -597,7 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "per pixel with the training rows' statistics), the class means and their "
                     "difference, and the feature layout (features per pixel, the encoder "
                     "layer that dominates each pixel).")
-    show.add_argument("store", help="a store (path or URL)")
+    show.add_argument("store", type=_path_text, help="a store (path or URL)")
     _add_storage_options(show)
     show.add_argument("--out", type=_local_path, required=True,
                       help="image file to write (.png; .pdf, .svg also; PNG without a suffix)")
@@ -616,14 +632,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "--normalize dataset; feature_cache/ with an on-disk feature cache) and "
                     "reports the validation and test accuracy beside a linear probe on the "
                     "embeddings.")
-    train.add_argument("store", help="a store (path or URL)")
+    train.add_argument("store", type=_path_text, help="a store (path or URL)")
     _add_storage_options(train)
     train.add_argument("--extractor", default="alexnet",
                        choices=["alexnet", "wide_resnet50_2", "resnext50_32x4d",
                                 "shufflenet_v2_x1_0", "vgg16"],
                        help="ImageNet CNN whose frozen early layers extract features "
                             "(default alexnet)")
-    train.add_argument("--weights", default="DEFAULT",
+    train.add_argument("--weights", default="DEFAULT", type=_path_text,
                        help="DEFAULT (torchvision ImageNet weights), none (random init) or "
                             "the path of a state_dict")
     train.add_argument("--out", type=_local_path, required=True, help="run folder to write")
@@ -687,8 +703,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "with its layout and apply the run's best.pt; writes a CSV of id, "
                     "predicted class and the probability of each class. Needs only the run "
                     "folder (not the store), and refuses an encoder whose weights differ.")
-    predict.add_argument("run_dir", type=Path, help="run folder written by fastimg train")
-    predict.add_argument("--input", required=True,
+    predict.add_argument("run_dir", type=_path, help="run folder written by fastimg train")
+    predict.add_argument("--input", required=True, type=_path_text,
                          help="CSV / TSV / JSONL / Parquet file, or - for one text per line "
                               "on stdin (ids: line numbers from 0; blank lines skipped)")
     predict.add_argument("--text-column", action="append",
@@ -715,7 +731,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "the layout to features: writes features.csv (ranked: feature, layer, "
                     "dimension, pixel, importance per class) and importance.png. Needs "
                     "pip install 'fastimg[explain]'.")
-    explain.add_argument("run_dir", type=Path, help="run folder written by fastimg train")
+    explain.add_argument("run_dir", type=_path, help="run folder written by fastimg train")
     explain.add_argument("--split", default="val", choices=["val", "train", "test"])
     explain.add_argument("--out", type=_local_path, required=True, help="folder to write")
     explain.add_argument("--method", default="integrated_gradients",
@@ -737,7 +753,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "features, images, encoder, layout, timings, size) or of "
                                       "a training run folder (extractor, epochs, accuracy, "
                                       "probe).")
-    info.add_argument("store", help="a store (path or URL), or a run folder of fastimg train")
+    info.add_argument("store", type=_path_text,
+                      help="a store (path or URL), or a run folder of fastimg train")
     info.add_argument("--json", action="store_true",
                       help="the store's full attributes as JSON (for scripts)")
     _add_storage_options(info)

@@ -386,3 +386,38 @@ def test_a_model_folder_fastimg_cannot_use_is_refused_before_any_work(
                  str(folder), "--max-length", "16", "--quiet"]) == 2
     assert message in one_line(capsys.readouterr().err)
     assert not out.exists() and not store.partial_path(out).exists()
+
+
+@pytest.mark.parametrize("argv,option", [
+    (["images", "--synthetic", "300x128", "--out", ""], "--out"),
+    (["images", "--input", "", "--out", "o.zarr"], "--input"),
+    (["build-dataset", "--input", "c.csv", "--out", ""], "--out"),
+    (["relayout", "", "--out", "o.zarr"], "src"),
+    (["info", ""], "store"),
+    (["show", "", "--out", "s.png"], "store"),
+    (["train", "s.zarr", "--out", "r", "--weights", ""], "--weights"),
+    (["predict", "", "--input", "t.csv", "--out", "p.csv"], "run_dir"),
+    (["explain", "r", "--out", ""], "--out"),
+])
+def test_an_empty_path_is_refused_by_its_option(tmp_path, monkeypatch, capsys, argv, option):
+    # Path("") is ".": an unset shell variable read, wrote into or named the current folder
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = one_line(capsys.readouterr().err)
+    assert f"argument {option}: expected a path, got an empty string" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["info", "."], ". is not a fastimg store"),
+    (["info", "/"], "/ is the root folder, not a store"),
+    (["images", "--synthetic", "300x128", "--out", "."], ". exists and is not a fastimg store"),
+])
+def test_a_folder_spelt_without_a_name_is_named_as_given(tmp_path, monkeypatch, capsys, argv,
+                                                          message):
+    # "." and "/" have no name to put ".partial" on: Path.with_name raised "PosixPath('.')
+    # has an empty name"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("x")
+    assert main(argv) == 2
+    assert message in one_line(capsys.readouterr().err)

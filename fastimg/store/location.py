@@ -236,17 +236,29 @@ def is_local(path) -> bool:
     return isinstance(resolve(path), Path)
 
 
+def _named(path: Path) -> Path:
+    """``path`` with a last name to put a suffix on: ``.`` and ``..`` spelled out (``Path``
+    has no name for ``.``, and ``..`` + suffix would be a folder beside the current one)."""
+    if path.name in ("", ".."):
+        path = Path(os.path.abspath(path))
+        if not path.name:
+            raise StoreError(f"{path} is the root folder, not a store: give the store's folder, "
+                             f"e.g. imdb.zarr")
+    return path
+
+
 def partial_path(path):
     """Where the unfinished build of ``path`` lives (the store itself on object storage)."""
     path = resolve(path)
     if isinstance(path, Location):
         return path
+    path = _named(path)
     return path.with_name(path.name + PARTIAL_SUFFIX)
 
 
 def replaced_path(path) -> Path:
     """Where a complete store waits while its replacement is moved in."""
-    path = resolve(path)
+    path = _named(resolve(path))
     return path.with_name(path.name + REPLACED_SUFFIX)
 
 
