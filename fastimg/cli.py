@@ -818,14 +818,29 @@ def _as_flag(message: str, flags: dict) -> str:
                   lambda m: flags.get(m.group(0), m.group(0)), message)
 
 
+#: the options that size each command's memory, named when it runs out
+_MEMORY_FLAGS = {"images": "--pixels, --synthetic",
+                 "build-dataset": "--pixels, --chunk-rows, --token-budget", "relayout": "--pixels",
+                 "train": "--batch-size, --upsample, --cache-budget",
+                 "predict": "--batch-size", "explain": "--batch-size", "show": "--per-class"}
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Python's MemoryError (numpy), torch's OutOfMemoryError (CUDA) and its CPU allocator's
+    RuntimeError: a setting too large for the machine, not a bug."""
+    return (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+            or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)))
+
+
 def report_error(command: str, exc: Exception, *, debug: bool = False,
                  flags: dict | None = None) -> int:
     """Print ``exc`` as one line (the traceback above it when ``debug``); the exit code.
 
-    User mistakes (:data:`USER_ERRORS`, :class:`UserError`, and object storage's own errors:
-    credentials, endpoint) exit 2; anything else is a bug in fastimg and exits 1 (a TypeError
-    or KeyError is never the user's fault). ``flags`` (:func:`flags_of`) names a config
-    field that opens the message by the command's flag.
+    User mistakes (:data:`USER_ERRORS`, :class:`UserError`, object storage's own errors:
+    credentials, endpoint, and running out of memory: a setting too large) exit 2; anything
+    else is a bug in fastimg and exits 1 (a TypeError or KeyError is never the user's fault).
+    ``flags`` (:func:`flags_of`) names a config field that opens the message by the command's
+    flag.
     """
     if debug:
         traceback.print_exception(exc, file=sys.stderr)
@@ -836,6 +851,12 @@ def report_error(command: str, exc: Exception, *, debug: bool = False,
     if store.location.from_object_storage(exc):  # credentials, endpoint, bucket: the user's setup
         print(f"fastimg {command}: error: object storage: {_one_line(exc)} (credentials and "
               f"endpoint come from the usual environment variables or --storage-option)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    if _out_of_memory(exc):
+        flags = _MEMORY_FLAGS.get(command)
+        print(f"fastimg {command}: error: out of memory: {_one_line(exc)} (lower the setting "
+              f"that sizes it{f', such as {flags}' if flags else ''}, or free memory)",
               file=sys.stderr)
         return EXIT_USAGE
     print(f"fastimg {command}: internal error (a bug, please report it): "

@@ -421,3 +421,39 @@ def test_a_folder_spelt_without_a_name_is_named_as_given(tmp_path, monkeypatch, 
     (tmp_path / "notes.txt").write_text("x")
     assert main(argv) == 2
     assert message in one_line(capsys.readouterr().err)
+
+
+def _torch_out_of_memory():
+    torch = pytest.importorskip("torch")
+    return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+
+@pytest.mark.parametrize("error", [
+    lambda: MemoryError("Unable to allocate 149. GiB for an array with shape (2, 100000, "
+                        "100000) and data type int64"),
+    lambda: RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
+                         "can't allocate memory: you tried to allocate 30000000000 bytes."),
+    _torch_out_of_memory,
+])
+def test_running_out_of_memory_is_a_setting_too_large_not_a_bug(monkeypatch, capsys, error):
+    # images --pixels 100000 and train --upsample 1000 said "internal error (a bug, please
+    # report it)"
+    exc = error()
+
+    def boom(args):
+        raise exc
+
+    monkeypatch.setattr(cli, "_cmd_train", boom)
+    assert main(["train", "s.zarr", "--out", "r"]) == 2
+    err = one_line(capsys.readouterr().err)
+    assert err.startswith("fastimg train: error: out of memory: ") and "--batch-size" in err
+    assert "bug" not in err
+
+
+def test_a_runtime_error_that_is_not_memory_is_still_a_bug(monkeypatch, capsys):
+    def boom(args):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(cli, "_cmd_train", boom)
+    assert main(["train", "s.zarr", "--out", "r"]) == 1
+    assert "internal error (a bug" in one_line(capsys.readouterr().err)
