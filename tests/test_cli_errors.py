@@ -31,7 +31,10 @@ def one_line(err: str) -> str:
     (["build-dataset", "--dataset", "imdb", "--out", "o", "--device", "gpu"],
      "invalid choice: 'gpu'"),
     (["images", "--synthetic", "10x100", "--out", "o", "--tsne-threads", "0"],
-     "--tsne-threads must be a number of threads (>= 1) or -1 (all cores), got 0"),
+     "--tsne-threads must be a number of threads (1 to 1024) or -1 (all cores), got 0"),
+    # 100000 crashed the process (segmentation fault in openTSNE), 2000 ran for minutes
+    (["images", "--synthetic", "10x100", "--out", "o", "--tsne-threads", "100000"],
+     "--tsne-threads must be a number of threads (1 to 1024) or -1 (all cores), got 100000"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     (["images", "--synthetic", "10x100", "--out", "o", "--tsne-backend", "cuml"],
      "t-SNE backend 'cuml' cannot run here"),

@@ -21,6 +21,9 @@ from .scaling import SCALINGS, FeatureScaler
 logger = logging.getLogger("fastimg.layout")
 
 LAYOUT_FORMAT = 1
+#: most threads of a layout fit: openTSNE with 100,000 threads crashed the process
+#: (segmentation fault) and with 2,000 ran for minutes on 2 cores instead of seconds
+MAX_THREADS = 1024
 
 
 @dataclass(frozen=True)
@@ -121,9 +124,10 @@ class LayoutConfig:
         random_state = self.random_state
         if random_state is not None:
             random_state = check_seed("random_state", random_state)
-        if not is_whole(self.n_jobs) or self.n_jobs == 0 or self.n_jobs < -1:
-            raise ValueError(f"n_jobs must be a number of threads (>= 1) or -1 (all cores), got "
-                             f"{self.n_jobs!r}")
+        if (not is_whole(self.n_jobs) or self.n_jobs == 0 or self.n_jobs < -1
+                or self.n_jobs > MAX_THREADS):
+            raise ValueError(f"n_jobs must be a number of threads (1 to {MAX_THREADS}) or -1 "
+                             f"(all cores), got {self.n_jobs!r}")
         for name, value in (("perplexity", perplexity), ("fill_value", fill_value),
                             ("pca_components", pca_components),
                             ("pca_power_iterations", power_iterations),
