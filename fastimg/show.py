@@ -196,8 +196,9 @@ def show_store(path, out, *, n_per_class: int = 4, seed: int = 0) -> None:
     counts, dominant = layout_map(pixel_index, grid, group_size)
 
     # the class means and their contrast wrap over rows of the samples' width (one row of
-    # 21 columns for 20 classes drew 882 axes, most of them empty)
-    n_cols = max(n_per_class, 3)
+    # 21 columns for 20 classes drew 882 axes, most of them empty); the samples are those the
+    # classes have (--per-class 100000 drew 100,000 columns of axes and never ended)
+    n_cols = max(max(len(drawn) for drawn in rows.values()), 3)
     mean_rows = -(-(len(values) + 1) // n_cols)
     n_rows = 2 * len(values) + mean_rows + 1
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.6 * n_cols, 2.3 * n_rows),

@@ -301,3 +301,23 @@ def test_show_of_three_classes_draws_the_spread_of_their_means_below_its_title(
     title_bottom = fig._suptitle.get_window_extent(renderer).y0
     assert all(ax.title.get_window_extent(renderer).y1 <= title_bottom for ax in fig.axes
                if ax.get_title())
+
+
+def test_show_draws_as_many_samples_as_the_largest_class_has(built, tmp_path, monkeypatch):
+    """--per-class beyond the rows of every class made that many columns of axes: 100,000
+    of them never finished drawing."""
+    import matplotlib.figure
+
+    path, _ = built
+    saved = {}
+
+    def keep(fig, out, **kwargs):
+        saved["fig"] = fig
+        out.write_bytes(b"png")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
+    assert main(["show", str(path), "--out", str(tmp_path / "s.png"), "--per-class",
+                 "100000"]) == 0
+    grid = saved["fig"].axes[0].get_subplotspec().get_topmost_subplotspec().get_gridspec()
+    labels = store.StoreReader(path).labels()
+    assert grid.ncols == max(np.bincount(labels))
