@@ -158,3 +158,16 @@ def test_a_store_rebuilt_with_another_layout_is_refused(label_run, tmp_path, cap
     write_label_store(tmp_path / "other.zarr", n_rows=60, seed=1)
     code, err = _explain_against(label_run, tmp_path, capsys, tmp_path / "other.zarr")
     assert code == 2 and "another layout" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("inside", ["", "maps"])
+def test_an_out_in_a_store_is_refused_before_any_work(tmp_path, capsys, inside):
+    """explain wrote features.csv and importance.png into the store, where a rebuild of it
+    deletes them."""
+    write_label_store(tmp_path / "s.zarr", n_rows=60)
+    out = tmp_path / "s.zarr" / inside
+    code = main(["explain", str(tmp_path / "run"), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert f"the store {tmp_path / 's.zarr'}, whose rebuild would delete" in err
+    assert not (out / "features.csv").exists() and not (tmp_path / "s.zarr" / "maps").exists()
