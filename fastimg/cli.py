@@ -791,7 +791,8 @@ def _one_line(exc: BaseException) -> str:
 
 #: config fields whose flag is not the field's name with dashes
 _FLAG_OF_FIELD = {"n_jobs": "--tsne-threads", "n_per_class": "--per-class", "grid": "--pixels",
-                  "random_state": "--seed"}
+                  "random_state": "--seed", "text_columns": "--text-column",
+                  "image_dtype": "--dtype"}
 
 
 def flags_of(parser, command: str) -> dict:

@@ -48,6 +48,11 @@ def one_line(err: str) -> str:
      "--per-class must be a whole number >= 1, got -2"),
     (["images", "--synthetic", "10x100", "--out", "o", "--pixels", "0"],
      "--pixels must be at least 2 x 2 pixels, got 0 x 0"),
+    # the corpus's field name (text_columns) stood where the flag belongs
+    (["build-dataset", "--input", "c.csv", "--out", "o", "--text-column", ""],
+     "--text-column must be one or more column names, got ('',)"),
+    (["build-dataset", "--input", "c.csv", "--out", "o", "--text-column", "a", "--text-column",
+      "a"], "--text-column names 'a' twice"),
 ])
 def test_usage_mistakes_print_one_line_and_exit_2(capsys, argv, message):
     assert main(argv) == 2
