@@ -418,10 +418,14 @@ def _cmd_explain(args) -> int:
 def _check_run_folder(out: Path, *, force: bool) -> None:
     """Refuse to train into a store or a folder inside one, and into a folder that holds a run
     (or any other file) unless ``force``."""
+    from fastimg._validation import file_in_the_way
     from fastimg.run_folder import check_outside_stores, run_files_in
 
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a run folder")
+    blocker = file_in_the_way(out.parent)
+    if blocker is not None:
+        raise UserError(f"--out {out}: {blocker} is a file, not a folder")
     check_outside_stores(out)
     if force or not out.is_dir():
         return

@@ -465,3 +465,18 @@ def test_a_runtime_error_that_is_not_memory_is_still_a_bug(monkeypatch, capsys):
     monkeypatch.setattr(cli, "_cmd_train", boom)
     assert main(["train", "s.zarr", "--out", "r"]) == 1
     assert "internal error (a bug" in one_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("argv", [
+    ["images", "--synthetic", "300x128", "--out", "notes.txt/x.zarr"],
+    ["build-dataset", "--input", "c.csv", "--out", "notes.txt/deeper/x.zarr", "--quiet"],
+    ["train", "s.zarr", "--out", "notes.txt/run"],
+])
+def test_an_out_under_a_file_names_the_file(tmp_path, monkeypatch, capsys, argv):
+    # mkdir's "[Errno 17] File exists: '/abs/notes.txt'" named neither --out nor what to do
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "c.csv").write_text("text,label\na,0\nb,1\nc,0\nd,1\n")
+    assert main(argv) == 2
+    err = one_line(capsys.readouterr().err)
+    assert "notes.txt is a file, not a folder" in err and "Errno" not in err

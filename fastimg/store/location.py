@@ -292,6 +292,9 @@ def build_lock(path):
     if isinstance(path, Location):
         yield
         return
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:  # mkdir's "[Errno 17] File exists: '/abs/blocker'" named no --out
+        raise StoreError(f"{path}: {blocker} is a file, not a folder")
     lock = _lock_file(path)
     created = list(itertools.takewhile(lambda folder: not folder.exists(), lock.parents))
     lock.parent.mkdir(parents=True, exist_ok=True)
