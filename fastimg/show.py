@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from fastimg import store
-from fastimg._validation import check_count, check_seed
+from fastimg._validation import check_count, check_seed, file_in_the_way
 
 logger = logging.getLogger("fastimg.show")
 
@@ -133,6 +133,8 @@ def _output_format(out) -> str:
         When ``out`` is a folder.
     FileNotFoundError
         When its folder does not exist.
+    NotADirectoryError
+        When a file stands where its folder would be.
     ValueError
         When matplotlib cannot write its suffix's format.
     """
@@ -142,6 +144,9 @@ def _output_format(out) -> str:
     if out.is_dir():
         raise IsADirectoryError(f"{out} is a folder; give the path of the PNG file to write")
     if not out.parent.is_dir():
+        blocker = file_in_the_way(out.parent)
+        if blocker is not None:
+            raise NotADirectoryError(f"{blocker} is a file, not a folder (to write {out} into)")
         raise FileNotFoundError(f"folder {out.parent} does not exist (to write {out} into)")
     suffix = out.suffix.lower().lstrip(".")
     if not suffix:

@@ -480,3 +480,19 @@ def test_an_out_under_a_file_names_the_file(tmp_path, monkeypatch, capsys, argv)
     assert main(argv) == 2
     err = one_line(capsys.readouterr().err)
     assert "notes.txt is a file, not a folder" in err and "Errno" not in err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["predict", "notes.txt", "--input", "t.csv", "--out", "p.csv"],
+     "run folder notes.txt is a file"),
+    (["explain", "notes.txt", "--out", "x"], "run folder notes.txt is a file"),
+    (["show", "s.zarr", "--out", "notes.txt/s.png"],
+     "notes.txt is a file, not a folder (to write notes.txt/s.png into)"),
+])
+def test_a_file_where_a_folder_belongs_is_not_called_missing(tmp_path, monkeypatch, capsys,
+                                                             argv, message):
+    # these said "run folder notes.txt does not exist" and "folder notes.txt does not exist"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("x")
+    assert main(argv) == 2
+    assert message in one_line(capsys.readouterr().err)

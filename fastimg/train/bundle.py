@@ -159,7 +159,8 @@ def read_run_bundle(run_dir) -> tuple[dict, dict | None]:
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise RunBundleError(f"run folder {run_dir} does not exist")
+        raise RunBundleError(f"run folder {run_dir} "
+                             f"{'is a file' if run_dir.exists() else 'does not exist'}")
     path = run_dir / BUNDLE_FILE
     if not path.is_file():
         raise RunBundleError(being_written(run_dir) or (
