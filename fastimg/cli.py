@@ -292,10 +292,10 @@ def _cmd_relayout(args) -> int:
 
     config = _dataset_config(args)
     start = time.perf_counter()
-    summary = relayout(_location(args.src, args), _location(args.out, args),
-                       _layout_config(args), config, force=args.force,
-                       progress=not args.quiet)
-    _print_dataset_summary(_location(args.out, args), summary, time.perf_counter() - start)
+    out = _location(args.out, args)  # once: a local path's ignored options warn once
+    summary = relayout(_location(args.src, args), out, _layout_config(args), config,
+                       force=args.force, progress=not args.quiet)
+    _print_dataset_summary(out, summary, time.perf_counter() - start)
     return 0
 
 

@@ -496,3 +496,15 @@ def test_a_file_where_a_folder_belongs_is_not_called_missing(tmp_path, monkeypat
     (tmp_path / "notes.txt").write_text("x")
     assert main(argv) == 2
     assert message in one_line(capsys.readouterr().err)
+
+
+def test_relayout_warns_once_per_local_path_given_storage_options(monkeypatch, caplog):
+    # --out's warning came twice: its location was resolved again for the summary
+    import fastimg.dataset
+
+    monkeypatch.setattr(fastimg.dataset, "relayout", lambda *args, **kwargs: {})
+    monkeypatch.setattr(cli, "_print_dataset_summary", lambda *args: None)
+    assert main(["relayout", "a.zarr", "--out", "b.zarr", "--storage-option", "k=v"]) == 0
+    err = caplog.text
+    assert err.count("ignored for the local path b.zarr") == 1
+    assert err.count("ignored for the local path a.zarr") == 1
