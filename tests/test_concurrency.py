@@ -204,11 +204,11 @@ def test_the_lock_of_a_folder_is_one_whatever_its_spelling(tmp_path, monkeypatch
     assert not (tmp_path / "run.lock").exists()
 
 
-@pytest.mark.parametrize("failure", ["no locks", "no lock file", "no fcntl"])
+@pytest.mark.parametrize("failure", ["no locks", "no fcntl"])
 def test_a_folder_that_cannot_be_locked_is_built_with_a_warning_and_nothing_left(
         matrix, tmp_path, monkeypatch, caplog, failure):
     """Without flock (NFS without lockd) the lock file stayed behind with the folders made for
-    it; a parent the user cannot write into (a mounted run folder) was refused."""
+    it."""
     import errno
     import fcntl
 
@@ -217,22 +217,40 @@ def test_a_folder_that_cannot_be_locked_is_built_with_a_warning_and_nothing_left
             raise OSError(errno.ENOLCK, "No locks available")
 
         monkeypatch.setattr(fcntl, "flock", flock)
-    elif failure == "no fcntl":  # Windows
+    else:  # Windows
         monkeypatch.setitem(sys.modules, "fcntl", None)
-    else:
-        real_open = os.open
-
-        def denied(path, *args, **kwargs):
-            if str(path).endswith(".lock"):
-                raise PermissionError(errno.EROFS, "Read-only file system", str(path))
-            return real_open(path, *args, **kwargs)
-
-        monkeypatch.setattr(os, "open", denied)
     out = tmp_path / "new" / "dir" / "s.zarr"
     with caplog.at_level("WARNING", logger="fastimg.store"):
         assert main(_images_args(matrix, out)) == 0
     assert "a second command writing" in caplog.text and store.is_complete(out)
     assert sorted(p.name for p in out.parent.iterdir()) == ["s.zarr"]
+
+
+def test_a_lock_file_that_cannot_be_made_warns_only_where_the_folder_is_writable(
+        matrix, tmp_path, monkeypatch, caplog, capsys):
+    """A run folder mounted writable under a read-only parent was refused for its lock file;
+    a store whose parent is read-only printed that warning and then the error that mattered."""
+    import errno
+
+    real_open = os.open
+
+    def read_only_lock(path, *args, **kwargs):
+        if str(path).endswith(".lock"):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only_lock)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with caplog.at_level("WARNING", logger="fastimg.store"):
+        with store.build_lock(run_dir):
+            pass
+    assert "cannot lock" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # nothing writable there
+    assert main(_images_args(matrix, tmp_path / "s.zarr")) == 2
+    err = one_line(capsys.readouterr().err)
+    assert "Read-only file system" in err and "cannot lock" not in caplog.text
 
 
 def test_a_zarr_json_that_is_not_zarrs_is_no_store_around(tmp_path):

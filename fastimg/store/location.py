@@ -364,8 +364,10 @@ def _lock(lock: Path, path: Path) -> int | None:
     while True:
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as exc:  # EACCES, EROFS: the command's own writes say more if they fail
-            unlocked(exc)
+        except OSError as exc:  # EACCES, EROFS
+            if not os.access(path, os.W_OK):  # nothing could be written there either
+                raise
+            unlocked(exc)  # a writable folder under a read-only one (a mounted run folder)
             return None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
