@@ -221,10 +221,10 @@ def test_pixel_stats_stream_and_standardise(rng):
     np.testing.assert_allclose(z, (chosen[0] * 0 + images[3] - mean) / std, atol=1e-12)
 
 
-def test_show_draws_samples_standardised_and_a_layer_legend(built, tmp_path, monkeypatch):
+def _drawn_figure(monkeypatch, *show_args):
+    """The figure ``fastimg show *show_args`` draws (savefig only marks the file written)."""
     import matplotlib.figure
 
-    path, _ = built
     saved = {}
 
     def keep(fig, out, **kwargs):
@@ -232,8 +232,14 @@ def test_show_draws_samples_standardised_and_a_layer_legend(built, tmp_path, mon
         out.write_bytes(b"png")
 
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
-    assert main(["show", str(path), "--out", str(tmp_path / "s.png"), "--per-class", "2"]) == 0
-    fig = saved["fig"]
+    assert main(["show", *show_args]) == 0
+    return saved["fig"]
+
+
+def test_show_draws_samples_standardised_and_a_layer_legend(built, tmp_path, monkeypatch):
+    path, _ = built
+    fig = _drawn_figure(monkeypatch, str(path), "--out", str(tmp_path / "s.png"),
+                        "--per-class", "2")
     titles = [ax.get_title() for ax in fig.axes]
     assert sum("raw" in t for t in titles) == 4 and sum("per-pixel z" in t for t in titles) == 4
     assert any(t.startswith("dominant layer") for t in titles)
@@ -247,8 +253,6 @@ def test_show_draws_samples_standardised_and_a_layer_legend(built, tmp_path, mon
 
 def _shown_topics(tmp_path, tiny_bert_dir, monkeypatch, classes, *show_options):
     """The figure `fastimg show` draws of a store of 20 short texts per class."""
-    import matplotlib.figure
-
     rng = np.random.default_rng(3)
     with open(tmp_path / "topics.csv", "w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh)
@@ -258,16 +262,8 @@ def _shown_topics(tmp_path, tiny_bert_dir, monkeypatch, classes, *show_options):
     assert main(["build-dataset", "--input", str(tmp_path / "topics.csv"), "--model",
                  str(tiny_bert_dir), "--method", "pca", "--max-length", "16", "--pixels", "8",
                  "--quiet", "--out", str(tmp_path / "t.zarr")]) == 0
-    saved = {}
-
-    def keep(fig, out, **kwargs):
-        saved["fig"] = fig
-        out.write_bytes(b"png")
-
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
-    assert main(["show", str(tmp_path / "t.zarr"), "--out", str(tmp_path / "t.png"),
-                 *show_options]) == 0
-    return saved["fig"]
+    return _drawn_figure(monkeypatch, str(tmp_path / "t.zarr"), "--out", str(tmp_path / "t.png"),
+                         *show_options)
 
 
 def test_show_of_many_classes_wraps_their_means_to_the_samples_width(tmp_path, tiny_bert_dir,
@@ -306,18 +302,9 @@ def test_show_of_three_classes_draws_the_spread_of_their_means_below_its_title(
 def test_show_draws_as_many_samples_as_the_largest_class_has(built, tmp_path, monkeypatch):
     """--per-class beyond the rows of every class made that many columns of axes: 100,000
     of them never finished drawing."""
-    import matplotlib.figure
-
     path, _ = built
-    saved = {}
-
-    def keep(fig, out, **kwargs):
-        saved["fig"] = fig
-        out.write_bytes(b"png")
-
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
-    assert main(["show", str(path), "--out", str(tmp_path / "s.png"), "--per-class",
-                 "100000"]) == 0
-    grid = saved["fig"].axes[0].get_subplotspec().get_topmost_subplotspec().get_gridspec()
+    fig = _drawn_figure(monkeypatch, str(path), "--out", str(tmp_path / "s.png"),
+                        "--per-class", "100000")
+    grid = fig.axes[0].get_subplotspec().get_topmost_subplotspec().get_gridspec()
     labels = store.StoreReader(path).labels()
     assert grid.ncols == max(np.bincount(labels))
