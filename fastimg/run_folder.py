@@ -2,7 +2,6 @@
 commands that read them (``info``, ``predict``, ``train --force``), without torch."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 METRICS_FILE = "metrics.json"
@@ -33,18 +32,8 @@ def is_run_folder(path) -> bool:
 
 def check_outside_stores(path) -> None:
     """Refuse a run folder that is a fastimg store or lies inside one: a rebuild of the store
-    (``--force``, ``relayout``) would delete the run, and ``info`` would show the run in its
-    place.
+    would delete the run, and ``info`` would show the run in its place
+    (:func:`fastimg.store.location.check_outside_stores`)."""
+    from fastimg.store import location
 
-    Raises
-    ------
-    fastimg.store.StoreError
-        One line naming the store.
-    """
-    from fastimg.store import StoreError, location
-
-    around = location.store_around(path)
-    if around is not None:
-        where = "is" if around == Path(os.path.abspath(path)) else "lies inside"
-        raise StoreError(f"{path} {where} the store {around}, whose rebuild would delete the "
-                         f"run; choose a run folder outside it")
+    location.check_outside_stores(path, deleted="the run", instead="a run folder outside it")

@@ -21,6 +21,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fastimg._validation import file_in_the_way
 from fastimg.store.schema import (ATTRS_KEY, BUILD_KEY, COMPLETE, LOCK_SUFFIX,
                                   PARTIAL_SUFFIX, REPLACED_SUFFIX, StoreError)
 
@@ -292,7 +293,7 @@ def build_lock(path):
     if isinstance(path, Location):
         yield
         return
-    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    blocker = file_in_the_way(path.parent)
     if blocker is not None:  # mkdir's "[Errno 17] File exists: '/abs/blocker'" named no --out
         raise StoreError(f"{path}: {blocker} is a file, not a folder")
     lock = _lock_file(path)
@@ -470,6 +471,23 @@ def store_around(path) -> Path | None:
         if any(read_attrs(folder, key) is not None for key in (ATTRS_KEY, BUILD_KEY)):
             return folder
     return None
+
+
+def check_outside_stores(path, *, deleted: str, instead: str) -> None:
+    """Refuse ``path`` where it is a fastimg store or lies inside one: a rebuild of the store
+    (``--force``, ``relayout``) would delete what is written there.
+
+    Raises
+    ------
+    StoreError
+        One line naming the store, what its rebuild would delete (``deleted``) and what to
+        choose ``instead``.
+    """
+    around = store_around(path)
+    if around is not None:
+        where = "is" if around == Path(os.path.abspath(path)) else "lies inside"
+        raise StoreError(f"{path} {where} the store {around}, whose rebuild would delete "
+                         f"{deleted}; choose {instead}")
 
 
 def is_complete(path) -> bool:

@@ -264,8 +264,8 @@ def explain(run_dir, *, split: str = "val", out_dir=None, method: str = "integra
     ImportError
         Without captum (``pip install 'fastimg[explain]'``).
     """
-    from fastimg.store import StoreError, StoreReader
-    from fastimg.store.location import is_complete, store_around
+    from fastimg.store import StoreReader
+    from fastimg.store.location import check_outside_stores, is_complete
     from fastimg.train.data import ChunkedReader
     from fastimg.train.predict import load_run
 
@@ -281,11 +281,8 @@ def explain(run_dir, *, split: str = "val", out_dir=None, method: str = "integra
         if blocker is not None:
             raise NotADirectoryError(f"{blocker} is a file, not a folder (to write "
                                      f"{FEATURES_FILE} and {IMAGE_FILE} into {out_dir})")
-        around = store_around(out_dir)
-        if around is not None:
-            raise StoreError(f"{out_dir} {'is' if around == out_dir.absolute() else 'lies inside'}"
-                             f" the store {around}, whose rebuild would delete "
-                             f"{FEATURES_FILE} and {IMAGE_FILE}; choose an --out outside it")
+        check_outside_stores(out_dir, deleted=f"{FEATURES_FILE} and {IMAGE_FILE}",
+                             instead="an --out outside it")
     run = load_run(run_dir, device=device)
     if not run.store_path or not is_complete(run.store_path):
         raise RunBundleError(f"the training store of {run_dir} ({run.store_path}) is gone: "
