@@ -11,6 +11,7 @@ import numpy as np
 from fastimg._validation import is_whole
 from fastimg.embed.models import MODEL_ALIASES
 from fastimg.embed.precision import INT8_ENGINES, PRECISIONS, check_device, int8_engine
+from fastimg.store.keys import COMPUTE_DTYPE_PRECISIONS
 
 LAYER_PRESETS = ("last6", "author")
 POOLINGS = ("cls", "mean")
@@ -19,7 +20,7 @@ OUTPUT_DTYPES = ("float16", "float32")
 BATCHINGS = ("padded", "packed")
 #: ``dtype`` of configs written before ``precision`` replaced it (stores and runs of older
 #: fastimg versions): the precision that runs the same compute (``auto`` resolves as it did)
-DTYPE_PRECISIONS = {"auto": "auto", "float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+DTYPE_PRECISIONS = {"auto": "auto", **COMPUTE_DTYPE_PRECISIONS}
 
 
 @dataclass(frozen=True)
