@@ -1,10 +1,13 @@
-"""Encode once, build many: a new layout on an existing build, against building it afresh.
+"""Encode once, build many: a new layout, and a new split, on an existing build, against
+building it afresh.
 
 Before stage keys, any change of a layout or image setting meant ``--force``, which deleted the
 finished embeddings and encoded the corpus again: the baseline is that full build. fastimg
 rebuilds the same store with ``--pixels 64 --perplexity 50 --force`` (the encode stage is
 reused), and :func:`fastimg.dataset.relayout` writes the new layout into another store. Both
-are checked to hold the embeddings unchanged and the same images as each other.
+are checked to hold the embeddings unchanged and the same images as each other. Then the store
+is rebuilt with another ``--val-fraction`` (which re-encoded the same texts while the encode
+stage's key followed the corpus's): the embeddings are checked unchanged and the split changed.
 """
 from __future__ import annotations
 
@@ -56,11 +59,24 @@ def run(quick: bool = False, json_path: str | None = None) -> dict:
         assert np.array_equal(rebuilt.embeddings[:], embeddings)
         same_images = np.array_equal(store.StoreReader(folder / "relayout.zarr").images[:],
                                      rebuilt.images[:])
+        split_before = rebuilt.split_codes()
+
+        start = time.perf_counter()
+        third = build_dataset(out, CorpusConfig(dataset="imdb", limit=n_rows, seed=0,
+                                                val_fraction=0.3),
+                              encoder, new_layout, force=True, progress=False)
+        resplit_s = time.perf_counter() - start
+        resplit = store.StoreReader(out)
+        assert third["reused"] == ["encode"], third["reused"]
+        assert np.array_equal(resplit.embeddings[:], embeddings)
+        assert (resplit.split_codes() != split_before).any()
     return report({
         "suite": "reuse", "baseline": "a full build (what --force did before stage keys)",
         "rows": n_rows, "max_length": max_length, "model": "minilm",
         "fastimg_s": rebuild_s, "baseline_s": first_s, "relayout_s": relayout_s,
         "rebuild_share_of_full_build": rebuild_s / first_s,
+        "new_val_fraction_s": resplit_s, "new_val_fraction_speedup": first_s / resplit_s,
         "first_build_stages_s": first["timings"], "rebuild_stages_s": second["timings"],
+        "new_val_fraction_stages_s": third["timings"],
         "relayout_images_equal_rebuild": same_images,
     }, json_path)

@@ -10,8 +10,8 @@ Stages (the unfinished store lives at ``OUT.partial`` until the last one ends):
 
 Each stage has a key (:mod:`fastimg.store.keys`) naming exactly what its output depends on. A
 build reuses every stage whose key matches, from its own unfinished build or from the complete
-store it replaces, and recomputes from the first stage that differs: encoding runs once per
-corpus and encoder, however many layouts and image settings are tried on it. :func:`relayout`
+store it replaces, and recomputes the stages that differ: encoding runs once per texts and
+encoder, however many labels, splits, layouts and image settings are tried on them. :func:`relayout`
 makes a new store from another store's embeddings.
 """
 from __future__ import annotations

@@ -70,15 +70,13 @@ def open_existing(out, plan: StagePlan, *, force: bool) -> StoreReader | None:
     return existing if local else None
 
 
-#: stages whose unfinished work is only thrown away with ``force`` (encoding is the build)
-_COSTLY = ("corpus", "encode")
-
-
 def reconcile(writer: StoreWriter, plan: StagePlan, sources, *, force: bool) -> list[str]:
-    """Keep the unfinished build's stages while their keys match the plan, then take every
-    further matching stage from ``sources`` (complete stores). Returns the stages reused.
+    """Keep the unfinished build's stages whose keys match the plan, then take every further
+    matching stage from ``sources`` (complete stores). Returns the stages reused.
 
-    An unfinished build whose encoding would be thrown away is refused unless ``force``.
+    An unfinished build whose encoding would be thrown away is refused unless ``force``
+    (encoding is the build); one whose corpus differs only in labels, ids or split keeps its
+    encoding (its key names the texts, not the corpus stage).
     """
     foreign = [s for s in writer.stages if s not in plan.keys]
     if foreign:
@@ -88,30 +86,25 @@ def reconcile(writer: StoreWriter, plan: StagePlan, sources, *, force: bool) -> 
                              f"that started it, or pass --force to start over")
         for stage in foreign:
             writer.drop_from(stage)
-    for stage in plan.keys:
-        record = writer.stage(stage)
-        if record is None or record["key"] != plan.keys[stage]:
-            encoded = writer.stage("encode")
-            if (record is not None and stage in _COSTLY and encoded is not None
-                    and not force):
-                diffs = plan.differences(writer.stages)
-                raise StoreError(
-                    f"an unfinished build with other settings is at "
-                    f"{store.partial_path(writer.path)} ({'; '.join(diffs[:4])}); rerun with "
-                    f"its settings to resume it, or pass --force to start over")
-            if record is not None:
-                logger.warning("the unfinished build's %s stage had other settings; "
-                               "recomputing from it", stage)
+    differ = [s for s in plan.keys
+              if (writer.stage(s) or {}).get("key") not in (None, plan.keys[s])]
+    if "encode" in differ and not force:
+        diffs = plan.differences(writer.stages)
+        raise StoreError(f"an unfinished build with other settings is at "
+                         f"{store.partial_path(writer.path)} ({'; '.join(diffs[:4])}); rerun "
+                         f"with its settings to resume it, or pass --force to start over")
+    for stage in differ:
+        if writer.stage(stage) is not None:  # not dropped with a stage before it
+            logger.warning("the unfinished build's %s stage had other settings; recomputing "
+                           "it", stage)
             writer.drop_from(stage)
-            break
     reused = [s for s in plan.keys if (writer.stage(s) or {}).get("done")]
     for source in sources:
         for stage in plan.keys:
-            if (writer.stage(stage) or {}).get("done"):
-                continue
             record = source.stages.get(stage)
-            if not record or record["key"] != plan.keys[stage] or not record.get("done"):
-                break
+            if ((writer.stage(stage) or {}).get("done") or not record
+                    or record["key"] != plan.keys[stage] or not record.get("done")):
+                continue  # a key names all of a stage's input: any matching one can be taken
             writer.drop_from(stage)  # a half-done stage gives way to a finished copy
             writer.adopt(source, [stage])
             reused.append(stage)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -243,35 +244,133 @@ def test_relayout_refuses_a_source_without_embeddings(rng, tmp_path, capsys):
         assert not out.exists() and not store.partial_path(out).exists()
 
 
-def test_a_label_change_is_not_resumed_silently(tmp_path, tiny_bert_dir, monkeypatch):
+def _library_build(out, path, **kwargs):
     from fastimg.corpus import CorpusConfig
     from fastimg.dataset import build_dataset
     from fastimg.embed import EncoderConfig
     from fastimg.layout import LayoutConfig
 
+    return build_dataset(out, CorpusConfig(input=str(path), id_column="id", split_column="split"),
+                         EncoderConfig(model=str(_library_build.model), max_length=24,
+                                       chunk_rows=32),
+                         LayoutConfig(grid=(12, 12), method="pca"), progress=False, **kwargs)
+
+
+@pytest.fixture
+def library_build(tiny_bert_dir):
+    _library_build.model = tiny_bert_dir
+    return _library_build
+
+
+def _resumed_after(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "resuming embeddings after" in
+            r.getMessage()]
+
+
+def test_new_labels_of_the_same_texts_keep_the_encoding(tmp_path, library_build, monkeypatch,
+                                                         caplog):
     same_texts = _write_csv(tmp_path / "a.csv")
     flipped = _write_csv(tmp_path / "b.csv", flip_labels=True)
-    out = tmp_path / "s.zarr"
-
-    def build(path, **kwargs):
-        return build_dataset(out, CorpusConfig(input=str(path), id_column="id",
-                                               split_column="split"),
-                             EncoderConfig(model=str(tiny_bert_dir), max_length=24,
-                                           chunk_rows=32),
-                             LayoutConfig(grid=(12, 12), method="pca"), progress=False,
-                             **kwargs)
+    out, fresh = tmp_path / "s.zarr", tmp_path / "fresh.zarr"
+    caplog.set_level(logging.INFO, logger="fastimg")
 
     with interrupted_after_first_chunk(monkeypatch), pytest.raises(KeyboardInterrupt):
-        build(same_texts)
-    assert store.partial_path(out).exists()
-    with pytest.raises(store.StoreError, match="unfinished build.*corpus.digest"):
-        build(flipped)
-    build(same_texts)  # the unfinished build still resumes with its own corpus
-    with pytest.raises(store.StoreError, match="already exists.*corpus.digest"):
-        build(flipped)  # and a complete store is refused too
-    summary = build(flipped, force=True)
-    assert summary["reused"] == []
+        library_build(out, same_texts)
+    # the unfinished build resumes its encoding under the new labels (the corpus is rewritten)
+    summary = library_build(out, flipped)
+    assert _resumed_after(caplog) == ["resuming embeddings after 32 of 80 rows"]
+    assert summary["reused"] == [] and summary["resumed"]  # reused counts finished stages
+    library_build(fresh, flipped)
     assert store.StoreReader(out).labels().tolist() == [i % 2 for i in range(80)]  # neg=0
+    for name, values in _arrays(fresh).items():
+        np.testing.assert_array_equal(_arrays(out)[name], values, err_msg=name)
+
+    # a complete store is refused without --force, naming the corpus; with it, the encoding
+    # is kept (the labels pick the validation rows, so the layout is fitted again)
+    with pytest.raises(store.StoreError, match="already exists.*corpus.digest"):
+        library_build(out, same_texts)
+    summary = library_build(out, same_texts, force=True)
+    assert summary["reused"][0] == "encode" and "corpus" not in summary["reused"]
+    library_build(fresh, same_texts, force=True)
+    for name, values in _arrays(fresh).items():
+        np.testing.assert_array_equal(_arrays(out)[name], values, err_msg=name)
+
+
+def test_another_validation_split_keeps_the_encoding(corpus_csv, tmp_path, tiny_bert_dir,
+                                                     encode_calls, capsys):
+    out = tmp_path / "s.zarr"
+    assert main(_build_args(corpus_csv, out, tiny_bert_dir)) == 0
+    before = _arrays(out)
+    capsys.readouterr()
+    assert main(_build_args(corpus_csv, out, tiny_bert_dir, "--val-fraction", "0.4",
+                            "--force")) == 0
+    assert "reused encode;" in capsys.readouterr().out
+    reader = store.StoreReader(out)
+    assert reader.summary["reused"] == ["encode"]  # the layout is fitted on other train rows
+    assert len(encode_calls) == 1, "the same texts were encoded again"
+    np.testing.assert_array_equal(reader.embeddings[:], before[store.EMBEDDINGS])
+    assert (reader.split_codes() != before[store.SPLIT]).any()
+
+
+def test_other_texts_do_not_resume_an_unfinished_encoding(tmp_path, library_build, monkeypatch):
+    first = _write_csv(tmp_path / "a.csv")
+    other = _write_csv(tmp_path / "b.csv", seed=1)
+    out = tmp_path / "s.zarr"
+    with interrupted_after_first_chunk(monkeypatch), pytest.raises(KeyboardInterrupt):
+        library_build(out, first)
+    with pytest.raises(store.StoreError, match="unfinished build.*corpus.digest.*"
+                                               "encoder.texts_sha256"):
+        library_build(out, other)
+    assert library_build(out, first)["reused"] == ["corpus"]  # still resumes its own
+    summary = library_build(out, other, force=True)
+    assert summary["reused"] == []
+
+
+def _keyed_on_the_corpus(stages: dict) -> dict:
+    """``stages`` keyed as fastimg keyed them before the encode stage named its texts: the
+    encode key chained to the corpus key."""
+    parent = stages["corpus"]["key"]
+    for stage in ("encode", "layout", "images"):
+        if stage in stages:
+            parent = stages[stage]["key"] = store.stage_key(parent, stages[stage]["settings"])
+    return stages
+
+
+def test_stores_and_unfinished_builds_keyed_on_the_corpus_keep_their_encoding(
+        tmp_path, library_build, monkeypatch, caplog):
+    same_texts = _write_csv(tmp_path / "a.csv")
+    flipped = _write_csv(tmp_path / "b.csv", flip_labels=True)
+    out, old = tmp_path / "s.zarr", tmp_path / "old.zarr"
+    caplog.set_level(logging.INFO, logger="fastimg")
+    from fastimg.dataset import DatasetConfig
+
+    every_row = DatasetConfig(fit_on="all")  # the layout's rows do not follow the labels
+    library_build(out, same_texts, config=every_row)
+    new_keys = {s: r["key"] for s, r in store.StoreReader(out).stages.items()}
+
+    # a complete store
+    meta = out / "zarr.json"
+    doc = json.loads(meta.read_text())
+    old_keys = {s: r["key"] for s, r in
+                _keyed_on_the_corpus(doc["attributes"][store.ATTRS_KEY]["stages"]).items()}
+    assert old_keys["corpus"] == new_keys["corpus"] and old_keys["encode"] != new_keys["encode"]
+    meta.write_text(json.dumps(doc))
+    assert {s: r["key"] for s, r in store.StoreReader(out).stages.items()} == new_keys
+    assert library_build(out, flipped, config=every_row, force=True)["reused"] == [
+        "encode", "layout", "images"]
+
+    # an unfinished build
+    with interrupted_after_first_chunk(monkeypatch), pytest.raises(KeyboardInterrupt):
+        library_build(old, same_texts)
+    meta = store.partial_path(old) / "zarr.json"
+    doc = json.loads(meta.read_text())
+    build = doc["attributes"][store.BUILD_KEY]
+    assert set(build["stages"]) == {"corpus", "encode"}
+    _keyed_on_the_corpus(build["stages"])
+    meta.write_text(json.dumps(doc))
+    assert library_build(old, flipped)["resumed"]
+    assert _resumed_after(caplog) == ["resuming embeddings after 32 of 80 rows"]
+    assert store.StoreReader(old).stages["encode"]["key"] == new_keys["encode"]
 
 
 def test_an_unfinished_encoding_is_not_thrown_away_by_another_command(

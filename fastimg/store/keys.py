@@ -3,9 +3,11 @@
 Settings that change only rounding (the encoder's batch shapes in fp32/fp16, the raster backend,
 thread counts, the machine) are not hashed, so that changing them reuses what is stored.
 
-A stage's key hashes its parent's key with its own settings, so a change anywhere upstream
-changes every key after it. The settings are kept beside the key, so a refusal can name
-the setting that differs and its two values.
+A stage's key hashes its parent's key (the stage before it) with its own settings, so a change
+upstream changes every key after it. The encode stage has no parent
+(:data:`~fastimg.store.schema.OWN_INPUT_STAGES`): its settings name the texts it encodes, so a
+corpus that differs only in labels, ids or split keeps its embeddings. The settings are kept
+beside the key, so a refusal can name the setting that differs and its two values.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import json
 
 import numpy as np
 
-from fastimg.store.schema import STAGE_SETTINGS, STAGES
+from fastimg.store.schema import OWN_INPUT_STAGES, STAGE_SETTINGS, STAGES
 
 #: settings recorded for the reader that do not change a stage's bytes (not hashed)
 INFORMATIONAL = frozenset({"model", "raster_backend"})
@@ -35,31 +37,41 @@ def stage_key(parent: str | None, settings: dict) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def upgraded(stages: dict) -> dict:
-    """Stage records of a store written before ``precision`` replaced the encode stage's
-    ``compute_dtype``, in today's terms: the same run (device kind, compute dtype) named by
-    ``device`` and ``precision``, with the keys from ``encode`` on that they give, so that an
-    upgrade reuses its embeddings (the same numbers) instead of encoding again.
-
-    Other records, and records whose keys do not follow from their settings, are returned as
-    they are.
-    """
-    encode = stages.get("encode") or {}
+def _encode_settings_today(encode: dict) -> dict:
+    """The encode stage's settings, those of a store written before ``precision`` replaced
+    ``compute_dtype`` in today's terms: the same run (device kind, compute dtype) named by
+    ``device`` and ``precision``."""
     settings = encode.get("settings") or {}
     precision = COMPUTE_DTYPE_PRECISIONS.get(settings.get("compute_dtype"))
     if precision is None or "precision" in settings or encode.get("device") not in ("cpu", "cuda"):
+        return settings
+    return {**{k: v for k, v in settings.items() if k != "compute_dtype"},
+            "device": encode["device"], "precision": precision}
+
+
+def upgraded(stages: dict) -> dict:
+    """Stage records of a store written by an older fastimg, in today's terms, so that a build
+    reuses its embeddings (the same numbers) instead of encoding again.
+
+    Two changes are followed: the encode stage's ``compute_dtype`` became ``device`` and
+    ``precision``, and its key stopped hashing the corpus stage's (it was chained to it, so
+    a new label column re-encoded the same texts). The keys from ``encode`` on are made
+    again from the settings. Records in today's terms, records without the texts' digest, and
+    records whose keys do not follow from their settings are returned as they are.
+    """
+    encode = stages.get("encode") or {}
+    settings = _encode_settings_today(encode)
+    if "texts_sha256" not in settings or encode.get("key") == stage_key(None, settings):
         return stages
-    renamed = {**{k: v for k, v in settings.items() if k != "compute_dtype"},
-               "device": encode["device"], "precision": precision}
     new = dict(stages)
-    old_parent = new_parent = (stages.get("corpus") or {}).get("key")
+    old_parent, new_parent = (stages.get("corpus") or {}).get("key"), None
     for stage in STAGES[STAGES.index("encode"):]:
         record = stages.get(stage)
         if record is None:
             break
         if record.get("key") != stage_key(old_parent, record.get("settings") or {}):
             return stages
-        own = renamed if stage == "encode" else record["settings"]
+        own = settings if stage == "encode" else record["settings"]
         old_parent, new_parent = record["key"], stage_key(new_parent, own)
         new[stage] = {**record, "settings": own, "key": new_parent}
     return new
@@ -108,20 +120,25 @@ class StagePlan:
         self.settings, self.keys = {}, {}
 
     def add(self, stage: str, settings: dict, key: str | None = None) -> "StagePlan":
-        parent = self.keys[list(self.keys)[-1]] if self.keys else None
+        """Add ``stage`` after the last one (its parent, unless the stage names its own
+        input), keyed ``key`` or by its settings."""
+        parent = (self.keys[list(self.keys)[-1]]
+                  if self.keys and stage not in OWN_INPUT_STAGES else None)
         settings = canonical(settings)
         self.settings[stage] = settings
         self.keys[stage] = key or stage_key(parent, settings)
         return self
 
     def differences(self, stages: dict) -> list[str]:
-        """What differs from the stage records ``stages``, from the first stage that does."""
+        """What differs from the stage records ``stages``: the settings of every stage whose
+        key differs, or the first such stage when only its input does."""
+        found, first = [], None
         for stage in self.keys:
             old = stages.get(stage)
             if old is None:
-                return [f"{stage}: not in the store"]
+                return found or [f"{stage}: not in the store"]
             if old["key"] != self.keys[stage]:
-                diffs = differences(STAGE_SETTINGS.get(stage, stage),
-                                    old.get("settings", {}), self.settings[stage])
-                return diffs or [f"{stage}: computed from different input"]
-        return []
+                first = first or stage
+                found += differences(STAGE_SETTINGS.get(stage, stage),
+                                     old.get("settings", {}), self.settings[stage])
+        return found or ([f"{first}: computed from different input"] if first else [])

@@ -61,8 +61,13 @@ DIMENSIONS = {IDS: ("row",), LABELS: ("row",), SPLIT: ("row",), EMBEDDINGS: ("ro
 ENCODE_RUN_STATS = ("layers", "device", "precision", "int8_engine", "compute_dtype", "batching",
                     "attention")
 
-#: The stages of a dataset build, in order; each one's output depends on the one before.
+#: The stages of a dataset build, in order; each one's output depends on the one before,
+#: except those in :data:`OWN_INPUT_STAGES`.
 STAGES = ("corpus", "encode", "layout", "images")
+#: Stages whose settings name their whole input (the encode stage's ``n_texts`` and
+#: ``texts_sha256``) instead of taking it from the stage before: the embeddings depend on the
+#: texts alone, so other labels, ids or splits of the same texts keep them.
+OWN_INPUT_STAGES = frozenset({"encode"})
 #: The name a stage's settings go by in messages (``encoder.model: ... -> ...``).
 STAGE_SETTINGS = {"encode": "encoder"}
 #: Arrays each stage writes (the layout lives in the attrs).

@@ -13,10 +13,11 @@ import logging
 import numpy as np
 
 from fastimg.store import location
-from fastimg.store.keys import canonical
+from fastimg.store.keys import canonical, upgraded
 from fastimg.store.schema import (ATTRS_KEY, BUILD_KEY, COMPLETE, DIMENSIONS, DONE_PREFIX,
                                   EMBED_ATTRS_KEY, EMBEDDINGS, FORMAT_VERSION, IMAGE_CHUNK_ROWS,
-                                  IMAGES, ROW_CHUNK_ROWS, STAGE_ARRAYS, STAGES, StoreError)
+                                  IMAGES, OWN_INPUT_STAGES, ROW_CHUNK_ROWS, STAGE_ARRAYS, STAGES,
+                                  StoreError)
 
 logger = logging.getLogger("fastimg.store")
 
@@ -71,6 +72,10 @@ class StoreWriter:
                 if isinstance(group.attrs.get(BUILD_KEY, {}).get("stages"), dict):
                     logger.info("picking up the unfinished build at %s", tmp)
                     writer = cls(path, group, True)
+                    # an unfinished build of an older fastimg resumes under today's keys
+                    records = writer.stages
+                    if upgraded(records) is not records:
+                        writer._write(upgraded(records))
                     writer.drop_lost_stages()
                     return writer
             except Exception:  # noqa: BLE001 - an unreadable leftover is started afresh
@@ -95,7 +100,7 @@ class StoreWriter:
 
     def begin(self, name: str, key: str, settings: dict, **extra) -> dict:
         """Record stage ``name`` as started with ``key``; a record with another key is
-        dropped first, with every stage after it."""
+        dropped first, with the stages computed from it."""
         old = self.stage(name)
         if old is not None and old["key"] == key:
             return old
@@ -117,11 +122,13 @@ class StoreWriter:
         return self.update(name, done=True, **values)
 
     def drop_from(self, name: str) -> None:
-        """Forget stage ``name`` and every later one, deleting the arrays they wrote."""
+        """Forget stage ``name`` and the stages computed from it (the later ones up to one that
+        names its own input), deleting the arrays they wrote."""
         order = STAGES if name in STAGES else (name,)
         later = order[order.index(name):]
+        own_input = [i for i, stage in enumerate(later) if i and stage in OWN_INPUT_STAGES]
         stages = self.stages
-        for stage in later:
+        for stage in later[:own_input[0]] if own_input else later:
             if stages.pop(stage, None) is not None:
                 logger.info("dropping stage %s of the unfinished build", stage)
             for array in STAGE_ARRAYS.get(stage, ()):
@@ -136,16 +143,15 @@ class StoreWriter:
                 if not array.startswith(DONE_PREFIX) and array not in self.group]
 
     def drop_lost_stages(self) -> None:
-        """Forget the first finished stage whose arrays are gone, and every later one, so
-        that they are computed again (an unfinished stage makes its arrays when it resumes)."""
-        stages = self.stages
+        """Forget each finished stage whose arrays are gone, with the stages computed from it,
+        so that they are computed again (an unfinished stage makes its arrays when it
+        resumes)."""
         for name in STAGES:
-            if (stages.get(name) or {}).get("done") and self.lost_arrays(name):
+            if (self.stage(name) or {}).get("done") and self.lost_arrays(name):
                 logger.warning("the unfinished build at %s has lost the arrays of its %s stage "
                                "(%s); computing them again", location.partial_path(self.path),
                                name, ", ".join(self.lost_arrays(name)))
                 self.drop_from(name)
-                return
 
     def check_arrays(self) -> None:
         """Raise :class:`StoreError` when a finished stage's arrays are gone (the build's
