@@ -217,8 +217,12 @@ def _layers(text: str):
 
 
 def _encoder_config(args):
-    from fastimg.embed import EncoderConfig
+    from fastimg.embed import EncoderConfig, resolve_model
 
+    if args.revision is not None and resolve_model(args.model, args.revision).from_folder:
+        raise UserError(f"--revision {args.revision} picks a commit of a hub model, but --model "
+                        f"{args.model} is a local folder (its files are what is encoded); "
+                        f"drop --revision")
     return EncoderConfig(model=args.model, revision=args.revision, layers=args.layers,
                          pooling=args.pooling, max_length=args.max_length,
                          truncation=args.truncation, chunk_rows=args.chunk_rows,
@@ -254,10 +258,14 @@ def _cmd_build_dataset(args) -> int:
             print(f"[{time.perf_counter() - start:7.1f} s] {stage}", file=sys.stderr)
 
     out = _location(args.out, args)
+    if args.reuse_from and args.no_reuse:
+        raise UserError("--reuse-from takes stages from other stores, which --no-reuse forbids: "
+                        "give one of them")
     with _cluster(args.cluster) as client:
         summary = build_dataset(out, corpus, encoder, layout, config, force=args.force,
                                 reuse=not args.no_reuse, progress=not args.quiet,
-                                on_stage=announce, client=client)
+                                on_stage=announce, client=client,
+                                reuse_from=[_location(p, args) for p in args.reuse_from or ()])
     _print_dataset_summary(out, summary, time.perf_counter() - start)
     return 0
 
@@ -547,7 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seeded sample of N rows, stratified by split and label")
     build.add_argument("--model", default="minilm",
                        help="alias (minilm: offline default), hub id or local folder")
-    build.add_argument("--revision", default=None, help="hub revision of --model")
+    build.add_argument("--revision", default=None,
+                       help="hub commit, branch or tag of --model (not for a local folder)")
     build.add_argument("--layers", type=_layers, default="last6",
                        help="last6 (paper), author (hidden_states[6:12]) or indices, e.g. 1,2,3")
     build.add_argument("--pooling", default="cls", choices=["cls", "mean"])
@@ -585,6 +594,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "reused)")
     build.add_argument("--no-reuse", action="store_true",
                        help="recompute every stage, even those an earlier build has")
+    build.add_argument("--reuse-from", metavar="STORE", action="append", type=_path_text,
+                       help="also take matching stages from this complete store: its "
+                            "embeddings of the same texts and encoder settings, whatever its "
+                            "labels, split or layout (repeatable)")
     build.add_argument("--cluster", metavar="SPEC", default=None,
                        help="encode and rasterise on a dask cluster: local:N (N worker "
                             "processes, one thread each) or a scheduler address "
@@ -691,7 +704,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     train.add_argument("--no-probe", action="store_true", help="skip the linear probe")
     train.add_argument("--num-workers", type=int, default=0,
-                       help="torch loader worker processes (default 0: in the main process)")
+                       help="torch loader worker processes, 0 to 256 (default 0: in the main "
+                            "process)")
     train.add_argument("--seed", type=_seed, default=0,
                        help="seeds the head's initialisation, shuffling, dropout and the "
                             "probe: the same seed gives the same run on the same machine, "
@@ -813,10 +827,10 @@ def flags_of(parser, command: str) -> dict:
 
 def _as_flag(message: str, flags: dict) -> str:
     """``message`` with config fields named by their flags: the leading one (``chunk_rows must
-    be ...``) and any other with an underscore (``... at least max_length``), which prose
-    never has; dotted settings (``encoder.max_length: 96 -> 64``), paths and quoted values
-    (``'label_column.csv'``, ``"max_length":``) keep theirs."""
-    field = re.match(r"(\w+)(?: \([^)]*\))? must\b", message)
+    be ...``, ``limit 90 keeps ...``) and any other with an underscore (``... at least
+    max_length``), which prose never has; dotted settings (``encoder.max_length: 96 -> 64``),
+    paths and quoted values (``'label_column.csv'``, ``"max_length":``) keep theirs."""
+    field = re.match(r"([a-z]\w*)(?: \([^)]*\))? (?:must\b|-?\d)", message)
     if field and field.group(1) in flags:
         message = flags[field.group(1)] + message[field.end(1):]
     return re.sub(r"(?<![\w./'\"-])[a-z]\w*_\w+\b(?![\w'\"/]|\.\w)",
@@ -870,14 +884,30 @@ def report_error(command: str, exc: Exception, *, debug: bool = False,
     return EXIT_BUG
 
 
-def _format_own_warning(command, default, message, category, filename, lineno, line=None):
-    """fastimg's own warnings as one line, as its errors are; others as Python prints them.
+def _format_own_warning(command, flags, default, message, category, filename, lineno,
+                        line=None):
+    """fastimg's own warnings as one line naming the command's flags, as its errors are;
+    others as Python prints them.
 
     Only the formatting is replaced, so ``pytest.warns`` and
     ``warnings.catch_warnings(record=True)`` still see every warning."""
     if category.__module__.split(".")[0] == "fastimg":
-        return f"fastimg {command}: warning: {' '.join(str(message).split())}\n"
+        return f"fastimg {command}: warning: {_as_flag(' '.join(str(message).split()), flags)}\n"
     return default(message, category, filename, lineno, line)
+
+
+class _FlagNames(logging.Filter):
+    """fastimg's logged warnings name config fields by the command's flags (as its errors
+    do: ``test_fraction 0.1 ignored`` -> ``--test-fraction 0.1 ignored``)."""
+
+    def __init__(self, flags: dict):
+        super().__init__()
+        self.flags = flags
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING and record.name.split(".")[0] == "fastimg":
+            record.msg, record.args = _as_flag(record.getMessage(), self.flags), ()
+        return True
 
 
 def _silence_stdout() -> None:
@@ -895,15 +925,17 @@ def main(argv=None) -> int:
     except SystemExit as exc:  # --help, or a usage error already printed as one line
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     level = logging.INFO if args.verbose else logging.WARNING
+    flags = flags_of(parser, args.command)
     # the level on the handler too: libraries that set their own loggers' level (dask's
     # distributed, at INFO) would otherwise print through it without --verbose
     handler = logging.StreamHandler()
     handler.setLevel(level)
+    handler.addFilter(_FlagNames(flags))
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
                         handlers=[handler])
     formatwarning = warnings.formatwarning
     if not args.debug:
-        warnings.formatwarning = functools.partial(_format_own_warning, args.command,
+        warnings.formatwarning = functools.partial(_format_own_warning, args.command, flags,
                                                    formatwarning)
     try:
         return args.func(args)
@@ -918,8 +950,7 @@ def main(argv=None) -> int:
         print(f"fastimg {args.command}: interrupted{kept}", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - every error ends as one line and an exit code
-        return report_error(args.command, exc, debug=args.debug,
-                            flags=flags_of(parser, args.command))
+        return report_error(args.command, exc, debug=args.debug, flags=flags)
     finally:
         warnings.formatwarning = formatwarning
 

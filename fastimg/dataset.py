@@ -120,7 +120,7 @@ def _finish(writer: StoreWriter, *, configs: dict, corpus_summary: dict, encode:
 
 def build_dataset(out, corpus_config, encoder_config=None, layout_config=None,
                   config: DatasetConfig | None = None, *, force: bool = False, reuse: bool = True,
-                  progress: bool = True, on_stage=None, client=None,
+                  progress: bool = True, on_stage=None, client=None, reuse_from=(),
                   storage_options: dict | None = None) -> dict:
     """Build (or resume building) the image dataset of a text corpus at ``out``.
 
@@ -141,6 +141,10 @@ def build_dataset(out, corpus_config, encoder_config=None, layout_config=None,
     reuse : bool
         Reuse matching stages of the unfinished build and of the store at ``out``; ``False``
         recomputes everything.
+    reuse_from : sequence of str or path
+        Complete stores to take matching stages from too, after ``out``'s: another store's
+        embeddings of the same texts with the same encoder settings (whatever its labels,
+        split or layout) are copied instead of encoding again.
     progress : bool
         Progress bars for the long stages.
     on_stage : callable, optional
@@ -174,6 +178,10 @@ def build_dataset(out, corpus_config, encoder_config=None, layout_config=None,
     config = config or DatasetConfig()
     on_stage = on_stage or (lambda name: None)
     out = store.location.resolve(out, storage_options)
+    if reuse_from and not reuse:
+        raise ValueError("reuse_from takes stages from other stores: it needs reuse=True")
+    others = [StoreReader(other) for other in dict.fromkeys(
+        store.location.resolve(path, storage_options) for path in reuse_from) if other != out]
     configs = {"corpus": corpus_config.to_dict(), "encoder": encoder_config.to_dict(),
                "layout": layout_config.to_dict(), "dataset": asdict(config)}
 
@@ -196,8 +204,10 @@ def build_dataset(out, corpus_config, encoder_config=None, layout_config=None,
     with store.build_lock(out):  # a second command building out is refused
         existing = stages.open_existing(out, plan, force=force)
         with StoreWriter.open(out, reuse=reuse) as writer:
-            sources = [existing] if reuse and existing else []
+            sources = ([existing] if reuse and existing else []) + others
             reused = stages.reconcile(writer, plan, sources, force=force)
+            for other in others:  # its arrays were read by path: not from two builds
+                other.check_unchanged()
             if writer.resumed:
                 logger.info("resuming the unfinished build at %s", store.partial_path(out))
             if not (writer.stage("corpus") or {}).get("done"):

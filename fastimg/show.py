@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from fastimg import store
+from fastimg._figures import save_figure
 from fastimg._validation import check_count, check_seed, file_in_the_way
 
 logger = logging.getLogger("fastimg.show")
@@ -243,6 +244,6 @@ def show_store(path, out, *, n_per_class: int = 4, seed: int = 0) -> None:
                  f"the mean and deviation of {fit_rows.size} training images", fontsize=9)
     # room for the title above the first row, whatever the figure's height
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))
-    fig.savefig(out, dpi=110, format=image_format)
+    save_figure(fig, out, image_format=image_format)
     plt.close(fig)
     logger.info("wrote %s", out)

@@ -323,6 +323,41 @@ def test_config_fields_in_messages_are_named_by_their_flags():
             "one class; No such file: 'text_column.csv'; {\"max_length\": 96}; "
             "chunk_rows.zarr exists; runs/chunk_rows/x")
     assert cli._as_flag(kept, flags) == kept
+    assert cli._as_flag("limit 90 keeps a single class; raise it", flags) == \
+        "--limit 90 keeps a single class; raise it"
+    assert cli._as_flag("seed the rows", flags) == "seed the rows"  # no value: prose
+
+
+def test_logged_warnings_name_flags_not_fields():
+    import logging
+
+    flags = cli.flags_of(cli.build_parser(), "build-dataset")
+    names = cli._FlagNames(flags)
+
+    def shown(name, level, msg, *args):
+        record = logging.LogRecord(name, level, __file__, 1, msg, args, None)
+        assert names.filter(record)
+        return record.getMessage()
+
+    assert shown("fastimg.corpus", logging.WARNING, "test_fraction %s ignored: the corpus has "
+                 "test rows", 0.1) == "--test-fraction 0.1 ignored: the corpus has test rows"
+    assert shown("fastimg.corpus", logging.WARNING, "limit %d is larger than the %d rows",
+                 900, 80) == "--limit 900 is larger than the 80 rows"
+    # info lines and other libraries' warnings are left as they are
+    assert shown("fastimg.corpus", logging.INFO, "test_fraction %s", 0.1) == "test_fraction 0.1"
+    assert shown("distributed", logging.WARNING, "max_length %d", 3) == "max_length 3"
+
+
+def test_revision_with_a_local_model_folder_is_refused(tmp_path, tiny_bert_dir, capsys):
+    from conftest import tiny_reviews, write_csv
+
+    csv, out = write_csv(tmp_path / "r.csv", tiny_reviews(20), ("id", "text", "label")), \
+        tmp_path / "s.zarr"
+    assert main(["build-dataset", "--input", str(csv), "--out", str(out), "--model",
+                 str(tiny_bert_dir), "--revision", "main", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--revision main picks a commit of a hub model" in err
+    assert len(err.strip().splitlines()) == 1 and not store.partial_path(out).exists()
 
 
 def test_an_interrupted_images_build_is_kept_and_says_so(tmp_path, capsys, monkeypatch):

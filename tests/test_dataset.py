@@ -248,10 +248,11 @@ def test_a_run_this_machine_or_model_cannot_do_fails_before_anything_is_written(
 def test_only_fastimg_warnings_lose_their_file_and_line(monkeypatch):
     from fastimg.embed import EmptyTextWarning
 
-    own = cli._format_own_warning("predict", warnings.formatwarning, "2 of 9\n texts",
+    own = cli._format_own_warning("predict", {"batch_size": "--batch-size"},
+                                  warnings.formatwarning, "2 of 9\n texts at batch_size 4",
                                   EmptyTextWarning, "/x/encoder.py", 7)
-    assert own == "fastimg predict: warning: 2 of 9 texts\n"
-    other = cli._format_own_warning("predict", warnings.formatwarning, "deprecated",
+    assert own == "fastimg predict: warning: 2 of 9 texts at --batch-size 4\n"
+    other = cli._format_own_warning("predict", {}, warnings.formatwarning, "deprecated",
                                     FutureWarning, "/x/lib.py", 7)
     assert "lib.py:7" in other and "FutureWarning" in other
 

@@ -308,3 +308,14 @@ def test_show_draws_as_many_samples_as_the_largest_class_has(built, tmp_path, mo
     grid = fig.axes[0].get_subplotspec().get_topmost_subplotspec().get_gridspec()
     labels = store.StoreReader(path).labels()
     assert grid.ncols == max(np.bincount(labels))
+
+
+@pytest.mark.parametrize("suffix", ["png", "pdf", "svg"])
+def test_show_writes_the_same_bytes_twice(built, tmp_path, monkeypatch, suffix):
+    """matplotlib dates PDF and SVG files and salts SVG ids at random: two runs differed."""
+    path, _ = built
+    files = [tmp_path / f"{name}.{suffix}" for name in "ab"]
+    for out, when in zip(files, ("1000000000", "2000000000")):  # two runs, years apart
+        monkeypatch.setenv("SOURCE_DATE_EPOCH", when)
+        assert main(["show", str(path), "--out", str(out), "--per-class", "1"]) == 0
+    assert files[0].read_bytes() == files[1].read_bytes()

@@ -229,9 +229,9 @@ def test_a_model_fingerprint_mismatch_is_refused_in_one_line(trained, tmp_path, 
         load_run(run_dir).predict(["a film"])
     corpus = _write_csv(tmp_path / "new.csv", _reviews(3))
     code = main(["predict", str(run_dir), "--input", str(corpus), "--out",
-                 str(tmp_path / "p.csv"), "--quiet"])
+                 str(tmp_path / "p.csv")])  # with progress bars: none is drawn before the error
     err = capsys.readouterr().err
-    assert code == 2 and "fingerprint" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "fingerprint" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "p.csv").exists()
 
 

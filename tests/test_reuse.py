@@ -492,3 +492,43 @@ def test_a_store_from_before_precision_is_trained_on_and_its_encoding_reused(
     assert main(_build_args(corpus_csv, out, tiny_bert_dir, "--force")) == 0
     assert "reused corpus, encode, layout, images" in capsys.readouterr().out
     assert len(encode_calls) == 1, "the same embeddings were encoded again"
+
+
+def test_a_new_store_takes_the_embeddings_of_the_same_texts_from_another(
+        tmp_path, tiny_bert_dir, encode_calls, capsys):
+    first, relabelled = _write_csv(tmp_path / "a.csv"), _write_csv(tmp_path / "b.csv",
+                                                                    flip_labels=True)
+    a, b, fresh = tmp_path / "a.zarr", tmp_path / "b.zarr", tmp_path / "fresh.zarr"
+    assert main(_build_args(first, a, tiny_bert_dir)) == 0
+    capsys.readouterr()
+    assert main(_build_args(relabelled, b, tiny_bert_dir, "--reuse-from", str(a))) == 0
+    assert "reused encode" in capsys.readouterr().out
+    assert len(encode_calls) == 1, "the same texts were encoded again"
+    assert store.StoreReader(b).stages["encode"]["reused_from"] == str(a)
+    assert main(_build_args(relabelled, fresh, tiny_bert_dir)) == 0  # encodes
+    for name, values in _arrays(fresh).items():
+        np.testing.assert_array_equal(_arrays(b)[name], values, err_msg=name)
+
+    # other texts take nothing from it
+    other = _write_csv(tmp_path / "c.csv", seed=1)
+    assert main(_build_args(other, tmp_path / "c.zarr", tiny_bert_dir, "--reuse-from",
+                            str(a))) == 0
+    assert len(encode_calls) == 3 and "reused" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--reuse-from", "missing.zarr"], "missing.zarr does not exist"),
+    (["--reuse-from", "a.zarr", "--no-reuse"], "--reuse-from takes stages from other stores"),
+])
+def test_reuse_from_refusals_are_one_line(tmp_path, tiny_bert_dir, capsys, monkeypatch,
+                                          extra, needle):
+    monkeypatch.chdir(tmp_path)
+    csv = _write_csv(tmp_path / "a.csv")
+    if "a.zarr" in extra:
+        assert main(_build_args(csv, "a.zarr", tiny_bert_dir)) == 0
+        capsys.readouterr()
+    assert main(_build_args(csv, tmp_path / "b.zarr", tiny_bert_dir, *extra)) == 2
+    err = one_line(capsys.readouterr().err)
+    assert needle in err
+    out = tmp_path / "b.zarr"
+    assert not out.exists() and not store.partial_path(out).exists()

@@ -390,9 +390,13 @@ def test_config_round_trips_through_json_and_rejects_bad_values():
     assert again == config
     for bad in ({"extractor": "resnet18"}, {"normalize": "batch"}, {"epochs": 0},
                 {"unfreeze_fraction": 0.5, "cache": "memory"}, {"loader": "ffcv"},
-                {"head_channels": (8, 8)}, {"pixel_hidden": -1}):
+                {"head_channels": (8, 8)}, {"pixel_hidden": -1}, {"num_workers": -1},
+                {"num_workers": 100_000}):
         with pytest.raises(ValueError):
             TrainConfig(**bad)
+    with pytest.raises(ValueError, match="cache must be none or auto when unfreeze_fraction"):
+        TrainConfig(unfreeze_fraction=0.5, cache="zarr")
+    assert TrainConfig(num_workers=16).num_workers == 16
     with pytest.raises(ValueError, match="unknown"):
         TrainConfig.from_dict({"epochs": 2, "colour": "red"})
     assert TrainConfig(unfreeze_fraction=0.5).resolved_cache == "none"

@@ -68,6 +68,11 @@ class ModelSource:
     local_files_only: bool
     folder: str
 
+    @property
+    def from_folder(self) -> bool:
+        """Whether the model is a local folder (an alias's too), not a hub id."""
+        return self.source == self.folder
+
     def hf_config(self):
         """The model's ``transformers`` config (reads only config.json)."""
         from transformers import AutoConfig

@@ -12,6 +12,9 @@ LOADER_NAMES = ("auto", "dali", "torch")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("none", "cosine", "plateau")
 CUTS = ("paper", "nopool")
+#: the most loader worker processes a run may ask for (each is a process with its own copy of
+#: the loader; more than this is a typo, not a setting)
+MAX_WORKERS = 256
 
 #: Settings each preset gives the fields left at ``None`` (the learning rates come from
 #: :data:`fastimg.train.extractors.DEFAULT_LR` / ``PAPER_LR``, per extractor).
@@ -228,8 +231,9 @@ class TrainConfig:
             # with batch_size 1 every batch would be skipped and nothing trained
             raise ValueError(f"batch_size must be at least 2 (the BatchNorm layers cannot "
                              f"train on a batch of one sample), got {self.batch_size}")
-        if self.num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        if not 0 <= self.num_workers <= MAX_WORKERS:
+            raise ValueError(f"num_workers must be a number of loader processes (0 to "
+                             f"{MAX_WORKERS}), got {self.num_workers}")
         for name in ("lr_head", "lr_classifier"):
             value = getattr(self, name)
             if value is not None and not (value > 0 and math.isfinite(value)):
@@ -258,9 +262,9 @@ class TrainConfig:
         if not 0.0 <= self.unfreeze_fraction <= 1.0:
             raise ValueError(f"unfreeze_fraction must be in [0, 1], got {self.unfreeze_fraction}")
         if self.unfreeze_fraction > 0 and self.cache in ("memory", "zarr"):
-            raise ValueError("the feature cache needs a fully frozen extractor; use cache='none' "
-                             "(or 'auto') with unfreeze_fraction > 0, or unfreeze_fraction=0 "
-                             "(both presets keep it frozen)")
+            raise ValueError(f"cache must be none or auto when unfreeze_fraction is above 0 "
+                             f"(the feature cache needs a fully frozen extractor), got "
+                             f"{self.cache}; or keep unfreeze_fraction 0 (both presets do)")
         if self.pixel_hidden < 0:
             raise ValueError(f"pixel_hidden must be >= 0, got {self.pixel_hidden}")
         if not 0.0 <= self.dropout < 1.0:

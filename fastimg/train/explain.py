@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from fastimg._figures import save_figure
 from fastimg._validation import check_count, check_seed, file_in_the_way
 from fastimg.train.bundle import RunBundleError
 
@@ -388,6 +389,6 @@ def plot_importance(result: Explanation, path) -> Path:
     ax.set_xlabel("hidden_states index")
     fig.suptitle(f"{result.method} over {result.rows} {result.split} images", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
     return Path(path)

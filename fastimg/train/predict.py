@@ -245,8 +245,9 @@ class Run:
         logits = np.empty((len(texts), len(self.class_names)), dtype=np.float32)
         held, done, stop = [], 0, 0  # embeddings not yet classified; rows classified, encoded
         # closed on an error too: the encoder's tokeniser thread stops with it
-        with _bar(len(texts), progress) as bar, contextlib.closing(
-                self.encode_chunks(texts, progress=progress)) as chunks:
+        # the encoder is checked (encode_chunks) before any progress bar is drawn
+        with contextlib.closing(self.encode_chunks(texts, progress=progress)) as chunks, \
+                _bar(len(texts), progress) as bar:
             for _, stop, features in chunks:
                 held.append(features)
                 while stop - done >= block or (stop == len(texts) and stop > done):
