@@ -231,3 +231,74 @@ def test_unknown_protocol_and_missing_bucket_say_what_works(s3, s3_env, capsys):
     assert "nor can its bucket nobucket be seen" in _one_line_error(capsys)
     with pytest.raises(FileNotFoundError, match="the bucket nobucket does not exist or cannot"):
         store.location.open_group(store.location.resolve(url, s3), "w")
+
+
+def test_a_second_build_of_one_url_is_refused_while_the_lock_is_held(tmp_path, tiny_bert_dir,
+                                                                     s3, s3_env, capsys,
+                                                                     caplog, monkeypatch):
+    """Object storage had no lock: two builds of one URL wrote into one store."""
+    import os
+
+    from fastimg.dataset import build_dataset
+    from fastimg.store import object_lock
+
+    csv = write_csv(tmp_path / "t.csv", n=24)
+    url = f"s3://{BUCKET}/locked.zarr"
+    where = store.location.resolve(url, s3)
+    fs, key = object_lock._lock_object(where)
+    with store.build_lock(where):
+        assert fs.exists(key)
+        assert store.location.lock_holder(where) == \
+            f"process {os.getpid()} on {socket.gethostname()}"
+        assert main(_build_argv(csv, tiny_bert_dir, url, *s3_env)) == 2
+        err = capsys.readouterr().err.strip()
+        assert "is being written by another fastimg command (process" in err and "\n" not in err
+        assert not store.location.exists(where)  # nothing written
+    assert not fs.exists(key) and store.location.lock_holder(where) is None
+
+    # an interrupted build lets go of it too
+    def stop(stage):
+        if stage == "layout":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_dataset(url, *configs(csv, tiny_bert_dir), progress=False, on_stage=stop,
+                      storage_options=s3)
+    assert not fs.exists(key)
+
+    # a lock its holder left behind when it died turns stale, and is taken over
+    fs.pipe_file(key, json.dumps({"holder": "process 1 on gone", "token": "t"}).encode())
+    assert store.location.lock_holder(where) == "process 1 on gone"
+    monkeypatch.setattr(object_lock, "LEASE_SECONDS", -1.0)  # any age is past the lease
+    assert store.location.lock_holder(where) is None
+    assert main(_build_argv(csv, tiny_bert_dir, url, *s3_env)) == 0
+    assert "taking over the build lock" in caplog.text and "process 1 on gone" in caplog.text
+    assert not fs.exists(key) and store.is_complete(where)
+
+
+def test_a_held_object_lock_is_renewed_and_a_taken_one_left_alone(s3, monkeypatch, caplog):
+    import time
+
+    from fastimg.store import object_lock
+
+    where = store.location.resolve(f"s3://{BUCKET}/renewed.zarr", s3)
+    fs, key = object_lock._lock_object(where)
+    assert object_lock._lock_object(where)[0] is fs  # fsspec keeps one instance per options
+    writes = []
+    real = fs.pipe_file
+
+    def counted(path, *args, **kwargs):
+        writes.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(fs, "pipe_file", counted)
+    monkeypatch.setattr(object_lock, "RENEW_SECONDS", 0.05)
+    with store.build_lock(where):
+        time.sleep(0.6)
+        assert len(writes) >= 3, writes  # created, then renewed
+        fs.pipe_file(key, json.dumps({"holder": "process 2 on other", "token": "t"}).encode())
+        time.sleep(0.3)
+    assert "was taken over or deleted" in caplog.text
+    # not ours any more: left for its holder
+    assert store.location.lock_holder(where) == "process 2 on other"
+    fs.rm_file(key)

@@ -17,7 +17,7 @@ import os
 import re
 import shutil
 import socket
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -265,8 +265,7 @@ def replaced_path(path) -> Path:
 
 @contextmanager
 def build_lock(path):
-    """Hold the lock of building ``path`` for the block (a local store, or a training run
-    folder; nothing on object storage).
+    """Hold the lock of building ``path`` for the block (a store, or a training run folder).
 
     Two commands building one store would write into one unfinished build: each keeps the
     build's records in memory and writes them whole, and a setting one of them changes
@@ -274,7 +273,8 @@ def build_lock(path):
     with the other command's embeddings. The second command is refused instead. The lock is
     ``flock`` on ``OUT.lock`` (removed when the block ends; the system drops it when the
     holder dies, so a killed build leaves nothing to clean up); on a file system without
-    locks a warning says the builds are not kept apart.
+    locks a warning says the builds are not kept apart. On object storage it is an object
+    written only if absent and renewed while held (:mod:`fastimg.store.object_lock`).
 
     A ``path`` inside another store is refused first (before anything is created there): a
     rebuild of that store would delete it.
@@ -291,7 +291,12 @@ def build_lock(path):
         raise StoreError(f"{path} lies inside the store {around}, whose rebuild would delete "
                          f"it; choose an --out outside it")
     if isinstance(path, Location):
-        yield
+        from fastimg.store.object_lock import hold
+
+        with ExitStack() as held:
+            with _access(path):  # a denied write or a missing bucket, said as such
+                held.enter_context(hold(path))
+            yield
         return
     blocker = file_in_the_way(path.parent)
     if blocker is not None:  # mkdir's "[Errno 17] File exists: '/abs/blocker'" named no --out
@@ -330,10 +335,15 @@ def _lock_file(path: Path) -> Path:
 
 def lock_holder(path) -> str | None:
     """Who holds the :func:`build_lock` of ``path`` (``"process PID on HOST"``), or None
-    (nobody, object storage, or a file system without locks)."""
+    (nobody, or a file system without locks)."""
     fcntl = _fcntl()
     path = resolve(path)
-    if isinstance(path, Location) or fcntl is None:
+    if isinstance(path, Location):
+        from fastimg.store.object_lock import holder
+
+        with _access(path):
+            return holder(path)
+    if fcntl is None:
         return None
     try:
         fd = os.open(_lock_file(path), os.O_RDONLY)

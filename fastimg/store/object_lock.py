@@ -1,0 +1,139 @@
+"""The build lock of a store on object storage: an object beside the store (``URL.lock``),
+written only if absent (a conditional write, ``If-None-Match: *`` on S3), renewed while the
+build runs and deleted when it ends.
+
+Object storage has no ``flock`` and no process to watch: a command that dies leaves its lock
+object behind. A lock not renewed for :data:`LEASE_SECONDS` is stale, and the next build takes
+it over with a warning. Its age is the object's last-modified time (the storage's clock)
+against this machine's clock, so the clocks must agree to well within the lease (NTP does).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from datetime import datetime
+
+from fastimg.store.schema import LOCK_SUFFIX, StoreError
+
+logger = logging.getLogger("fastimg.store")
+
+#: seconds after its last renewal when a lock is stale (its holder died)
+LEASE_SECONDS = 120.0
+#: seconds between two renewals of a held lock
+RENEW_SECONDS = 30.0
+
+
+def _lock_object(location):
+    """``(filesystem, key)`` of the lock object of the store at ``location``."""
+    fs, root = location.fs()
+    return fs, root.rstrip("/") + LOCK_SUFFIX
+
+
+def _record(token: str) -> bytes:
+    return json.dumps({"holder": f"process {os.getpid()} on {socket.gethostname()}",
+                       "token": token}).encode("utf-8")
+
+
+def _age(info: dict) -> float:
+    """Seconds since the object ``info`` describes was last written (0 when the storage does
+    not say: such a lock never turns stale)."""
+    for key in ("LastModified", "last_modified", "mtime", "updated", "created"):
+        value = info.get(key)
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if isinstance(value, datetime):
+            value = value.timestamp()
+        if isinstance(value, (int, float)):
+            return max(0.0, time.time() - float(value))
+    return 0.0
+
+
+def _read(fs, key) -> tuple[dict | None, float]:
+    """The lock's record and age, or ``(None, 0)`` when there is no lock."""
+    fs.invalidate_cache(key)  # s3fs keeps listings: the lock is read fresh
+    try:
+        info, data = fs.info(key), fs.cat_file(key)
+    except FileNotFoundError:
+        return None, 0.0
+    try:
+        record = json.loads(data)
+    except ValueError:
+        record = {}
+    return (record if isinstance(record, dict) else {}), _age(info)
+
+
+def holder(location) -> str | None:
+    """Who holds the build lock of the store at ``location`` (``"process PID on HOST"``), or
+    None (nobody, or a stale lock)."""
+    record, age = _read(*_lock_object(location))
+    if record is None or age > LEASE_SECONDS:
+        return None
+    return record.get("holder") or "another process"
+
+
+def _renew(fs, key, token: str, stop: threading.Event, where) -> None:
+    """Rewrite the lock every :data:`RENEW_SECONDS` until ``stop``, while it is still ours."""
+    while not stop.wait(RENEW_SECONDS):
+        try:
+            record, _ = _read(fs, key)
+            if (record or {}).get("token") != token:
+                logger.warning("the build lock of %s was taken over or deleted while this "
+                               "command held it: another command may be writing it too", where)
+                return
+            fs.pipe_file(key, _record(token))
+        except Exception as exc:  # noqa: BLE001 - the next renewal tries again
+            logger.warning("cannot renew the build lock of %s: %s", where, exc)
+
+
+@contextmanager
+def hold(location):
+    """Hold the build lock of the store at ``location`` for the block.
+
+    Raises
+    ------
+    StoreError
+        Another command holds it (the message names its process and machine).
+    """
+    fs, key = _lock_object(location)
+    token = uuid.uuid4().hex
+    for attempt in range(3):
+        try:
+            fs.pipe_file(key, _record(token), mode="create")
+            break
+        except FileExistsError:
+            record, age = _read(fs, key)
+            if record is None:  # let go meanwhile
+                continue
+            who = record.get("holder") or "another process"
+            if age <= LEASE_SECONDS or attempt:
+                raise StoreError(
+                    f"{location} is being written by another fastimg command ({who}, its lock "
+                    f"{key} renewed {age:.0f} s ago): wait for it to end, or choose another "
+                    f"--out (a lock not renewed for {LEASE_SECONDS:.0f} s is taken over)"
+                ) from None
+            logger.warning("taking over the build lock of %s: %s has not renewed it for %.0f s "
+                           "(it died?)", location, who, age)
+            fs.rm_file(key)
+    else:
+        raise StoreError(f"cannot take the build lock {key} of {location}: it keeps changing")
+    stop = threading.Event()
+    renewer = threading.Thread(target=_renew, args=(fs, key, token, stop, location),
+                               name="fastimg-lock", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        renewer.join()
+        try:
+            if (_read(fs, key)[0] or {}).get("token") == token:
+                fs.rm_file(key)
+        except Exception as exc:  # noqa: BLE001 - never hide the block's own error
+            logger.warning("cannot remove the build lock %s: %s (it turns stale in %.0f s)",
+                           key, exc, LEASE_SECONDS)
