@@ -8,6 +8,8 @@ reused), and :func:`fastimg.dataset.relayout` writes the new layout into another
 are checked to hold the embeddings unchanged and the same images as each other. Then the store
 is rebuilt with another ``--val-fraction`` (which re-encoded the same texts while the encode
 stage's key followed the corpus's): the embeddings are checked unchanged and the split changed.
+Last, a new store with a third split (``--val-fraction 0.25``) takes the embeddings from the
+first with ``--reuse-from``.
 """
 from __future__ import annotations
 
@@ -70,6 +72,14 @@ def run(quick: bool = False, json_path: str | None = None) -> dict:
         assert third["reused"] == ["encode"], third["reused"]
         assert np.array_equal(resplit.embeddings[:], embeddings)
         assert (resplit.split_codes() != split_before).any()
+
+        start = time.perf_counter()
+        fourth = build_dataset(folder / "v25.zarr", CorpusConfig(
+            dataset="imdb", limit=n_rows, seed=0, val_fraction=0.25), encoder, new_layout,
+            reuse_from=[out], progress=False)
+        reuse_from_s = time.perf_counter() - start
+        assert fourth["reused"] == ["encode"], fourth["reused"]
+        assert np.array_equal(store.StoreReader(folder / "v25.zarr").embeddings[:], embeddings)
     return report({
         "suite": "reuse", "baseline": "a full build (what --force did before stage keys)",
         "rows": n_rows, "max_length": max_length, "model": "minilm",
@@ -78,5 +88,6 @@ def run(quick: bool = False, json_path: str | None = None) -> dict:
         "new_val_fraction_s": resplit_s, "new_val_fraction_speedup": first_s / resplit_s,
         "first_build_stages_s": first["timings"], "rebuild_stages_s": second["timings"],
         "new_val_fraction_stages_s": third["timings"],
+        "reuse_from_new_store_s": reuse_from_s, "reuse_from_stages_s": fourth["timings"],
         "relayout_images_equal_rebuild": same_images,
     }, json_path)

@@ -93,6 +93,7 @@ def test_suite_quick(tmp_path, suite):
         assert "encode_s" in result["first_build_stages_s"]
         assert "encode_s" not in result["rebuild_stages_s"]
         assert "encode_s" not in result["new_val_fraction_stages_s"]
+        assert "encode_s" not in result["reuse_from_stages_s"]
     if suite == "train":
         for key in ("torch_cold_images_per_s", "torch_warm_images_per_s", "png_pil_images_per_s",
                     "epoch_cached_s", "epoch_recomputed_s", "cache_build_s"):
