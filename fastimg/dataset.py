@@ -206,8 +206,7 @@ def build_dataset(out, corpus_config, encoder_config=None, layout_config=None,
         with StoreWriter.open(out, reuse=reuse) as writer:
             sources = ([existing] if reuse and existing else []) + others
             reused = stages.reconcile(writer, plan, sources, force=force)
-            for other in others:  # its arrays were read by path: not from two builds
-                other.check_unchanged()
+            stages.check_sources(writer, others)  # read by path: not from two builds
             if writer.resumed:
                 logger.info("resuming the unfinished build at %s", store.partial_path(out))
             if not (writer.stage("corpus") or {}).get("done"):
@@ -307,7 +306,7 @@ def relayout(src, dst, layout_config=None, config: DatasetConfig | None = None, 
                                       force=force)
             # the source's arrays are read by path: a rebuild of it during the copy would
             # give this store two builds' rows
-            source.check_unchanged()
+            stages.check_sources(writer, [source])
             embeddings = writer.group[store.EMBEDDINGS]
             on_stage("layout")
             layout = stages.run_layout(writer, plan, layout_config, fit_rows, embeddings,

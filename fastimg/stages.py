@@ -112,6 +112,23 @@ def reconcile(writer: StoreWriter, plan: StagePlan, sources, *, force: bool) -> 
     return reused
 
 
+def check_sources(writer: StoreWriter, sources) -> None:
+    """Raise :class:`StoreError` when one of ``sources`` (complete stores whose stages
+    :func:`reconcile` copied, reading their arrays by path) was replaced or deleted since it
+    was opened (:meth:`~fastimg.store.StoreReader.check_unchanged`), after dropping the stages
+    copied from it: what was copied may mix two builds, and the rerun that the error asks for
+    must not resume with it."""
+    for source in sources:
+        try:
+            source.check_unchanged()
+        except StoreError:
+            for stage, record in writer.stages.items():
+                if (record.get("reused_from") == str(source.path)
+                        and writer.stage(stage) is not None):  # not dropped with another
+                    writer.drop_from(stage)
+            raise
+
+
 def run_layout(writer: StoreWriter, plan: StagePlan, layout_config, fit_rows, matrix, timings,
                raster_backend: str | None = None):
     """The layout stage: fitted on ``matrix[fit_rows]`` unless the build has it already (the

@@ -186,6 +186,8 @@ def test_a_source_replaced_while_relayout_copies_it_gives_no_store(tmp_path, tin
     err = one_line(capsys.readouterr().err)
     assert f"{src} was replaced or deleted while this command read it" in err
     assert not store.location.is_complete(dst)
+    # nor an unfinished build whose rerun would resume with what was copied
+    assert not store.partial_path(dst).exists()
 
 
 def test_the_lock_of_a_folder_is_one_whatever_its_spelling(tmp_path, monkeypatch):

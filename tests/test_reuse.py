@@ -532,3 +532,41 @@ def test_reuse_from_refusals_are_one_line(tmp_path, tiny_bert_dir, capsys, monke
     assert needle in err
     out = tmp_path / "b.zarr"
     assert not out.exists() and not store.partial_path(out).exists()
+
+
+def test_stages_copied_from_a_store_replaced_meanwhile_are_not_kept(
+        tmp_path, tiny_bert_dir, monkeypatch, capsys):
+    """The refusal left the copied stages done in the unfinished build: the rerun it asks for
+    resumed with them, and the store held the embeddings of the other build's texts."""
+    import shutil
+
+    from fastimg.store.writer import StoreWriter
+
+    first, relabelled = _write_csv(tmp_path / "a.csv"), _write_csv(tmp_path / "b.csv",
+                                                                    flip_labels=True)
+    a, rebuilt, b = tmp_path / "a.zarr", tmp_path / "rebuilt.zarr", tmp_path / "b.zarr"
+    assert main(_build_args(first, a, tiny_bert_dir)) == 0
+    assert main(_build_args(_write_csv(tmp_path / "c.csv", seed=1), rebuilt,
+                            tiny_bert_dir)) == 0  # a --force rebuild of a with other texts
+    real = StoreWriter.adopt
+
+    def rebuilt_while_copied(self, reader, names):
+        if names == ["encode"] and rebuilt.exists():  # the rebuild moves its folder in
+            shutil.rmtree(a)
+            rebuilt.rename(a)
+        return real(self, reader, names)
+
+    monkeypatch.setattr(StoreWriter, "adopt", rebuilt_while_copied)
+    capsys.readouterr()
+    assert main(_build_args(relabelled, b, tiny_bert_dir, "--reuse-from", str(a))) == 2
+    assert f"{a} was replaced or deleted while this command read it" in one_line(
+        capsys.readouterr().err)
+    monkeypatch.setattr(StoreWriter, "adopt", real)
+    assert not (store.partial_path(b).exists() and "encode" in store.location.open_group(
+        store.partial_path(b), "r").attrs[store.BUILD_KEY]["stages"])
+
+    assert main(_build_args(relabelled, b, tiny_bert_dir)) == 0  # the rerun it asks for
+    fresh = tmp_path / "fresh.zarr"
+    assert main(_build_args(relabelled, fresh, tiny_bert_dir)) == 0
+    for name, values in _arrays(fresh).items():
+        np.testing.assert_array_equal(_arrays(b)[name], values, err_msg=name)
