@@ -326,6 +326,11 @@ def test_config_fields_in_messages_are_named_by_their_flags():
     assert cli._as_flag("limit 90 keeps a single class; raise it", flags) == \
         "--limit 90 keeps a single class; raise it"
     assert cli._as_flag("seed the rows", flags) == "seed the rows"  # no value: prose
+    assert cli._as_flag("test_fraction 0.1 ignored", flags) == "--test-fraction 0.1 ignored"
+    # a path that opens a message and starts like a field and a number is the path
+    for path in ("dataset 2024.csv", "split 2/labels.txt", "input 1.jsonl.gz"):
+        message = f"{path} is not valid UTF-8: bad byte 0xff at line 3"
+        assert cli._as_flag(message, flags) == message
 
 
 def test_logged_warnings_name_flags_not_fields():
