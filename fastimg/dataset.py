@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import time
 import warnings
@@ -180,6 +181,8 @@ def build_dataset(out, corpus_config, encoder_config=None, layout_config=None,
     out = store.location.resolve(out, storage_options)
     if reuse_from and not reuse:
         raise ValueError("reuse_from takes stages from other stores: it needs reuse=True")
+    if isinstance(reuse_from, (str, os.PathLike, store.location.Location)):
+        reuse_from = [reuse_from]  # one store, not its name's letters
     others = [StoreReader(other) for other in dict.fromkeys(
         store.location.resolve(path, storage_options) for path in reuse_from) if other != out]
     configs = {"corpus": corpus_config.to_dict(), "encoder": encoder_config.to_dict(),

@@ -89,7 +89,7 @@ def reconcile(writer: StoreWriter, plan: StagePlan, sources, *, force: bool) -> 
     differ = [s for s in plan.keys
               if (writer.stage(s) or {}).get("key") not in (None, plan.keys[s])]
     if "encode" in differ and not force:
-        diffs = plan.differences(writer.stages)
+        diffs = plan.differences(writer.stages, first="encode")  # what refuses it, first
         raise StoreError(f"an unfinished build with other settings is at "
                          f"{store.partial_path(writer.path)} ({'; '.join(diffs[:4])}); rerun "
                          f"with its settings to resume it, or pass --force to start over")

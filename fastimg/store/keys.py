@@ -129,16 +129,19 @@ class StagePlan:
         self.keys[stage] = key or stage_key(parent, settings)
         return self
 
-    def differences(self, stages: dict) -> list[str]:
+    def differences(self, stages: dict, *, first: str | None = None) -> list[str]:
         """What differs from the stage records ``stages``: the settings of every stage whose
-        key differs, or the first such stage when only its input does."""
-        found, first = [], None
-        for stage in self.keys:
+        key differs (those of stage ``first`` before the others) up to the first stage they
+        lack, or else the first stage they lack or that was computed from different input."""
+        found, unexplained = [], None
+        for stage in sorted(self.keys, key=lambda stage: stage != first):
             old = stages.get(stage)
             if old is None:
                 return found or [f"{stage}: not in the store"]
             if old["key"] != self.keys[stage]:
-                first = first or stage
-                found += differences(STAGE_SETTINGS.get(stage, stage),
-                                     old.get("settings", {}), self.settings[stage])
-        return found or ([f"{first}: computed from different input"] if first else [])
+                own = differences(STAGE_SETTINGS.get(stage, stage), old.get("settings", {}),
+                                  self.settings[stage])
+                found += own
+                unexplained = unexplained or (
+                    None if own else f"{stage}: computed from different input")
+        return found or ([unexplained] if unexplained else [])
