@@ -62,6 +62,19 @@ def s3_env(s3, monkeypatch):
     return ["--storage-option", f"endpoint_url={s3['endpoint_url']}"]
 
 
+def _interrupted_at_the_layout(url, csv, model, storage_options) -> None:
+    """A build of ``url`` stopped (KeyboardInterrupt) as its layout stage starts."""
+    from fastimg.dataset import build_dataset
+
+    def stop(stage):
+        if stage == "layout":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_dataset(url, *configs(csv, model), progress=False, on_stage=stop,
+                      storage_options=storage_options)
+
+
 def _build_argv(csv, model, out, *extra):
     return ["build-dataset", "--input", str(csv), "--split-column", "split", "--model",
             str(model), "--max-length", "32", "--chunk-rows", "8", "--pixels", "32",
@@ -138,14 +151,7 @@ def test_incomplete_s3_store_is_refused_with_one_line(tmp_path, tiny_bert_dir, s
 
     csv = write_csv(tmp_path / "t.csv", n=24)
     url = f"s3://{BUCKET}/unfinished.zarr"
-
-    def stop(stage):
-        if stage == "layout":
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        build_dataset(url, *configs(csv, tiny_bert_dir), progress=False, on_stage=stop,
-                      storage_options=s3)
+    _interrupted_at_the_layout(url, csv, tiny_bert_dir, s3)
     assert not store.is_complete(store.location.resolve(url, s3))
     capsys.readouterr()
     for command in (["show", url, "--out", str(tmp_path / "x.png")],
@@ -239,7 +245,6 @@ def test_a_second_build_of_one_url_is_refused_while_the_lock_is_held(tmp_path, t
     """Object storage had no lock: two builds of one URL wrote into one store."""
     import os
 
-    from fastimg.dataset import build_dataset
     from fastimg.store import object_lock
 
     csv = write_csv(tmp_path / "t.csv", n=24)
@@ -256,14 +261,7 @@ def test_a_second_build_of_one_url_is_refused_while_the_lock_is_held(tmp_path, t
         assert not store.location.exists(where)  # nothing written
     assert not fs.exists(key) and store.location.lock_holder(where) is None
 
-    # an interrupted build lets go of it too
-    def stop(stage):
-        if stage == "layout":
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        build_dataset(url, *configs(csv, tiny_bert_dir), progress=False, on_stage=stop,
-                      storage_options=s3)
+    _interrupted_at_the_layout(url, csv, tiny_bert_dir, s3)  # lets go of it too
     assert not fs.exists(key)
 
     # a lock its holder left behind when it died turns stale, and is taken over
