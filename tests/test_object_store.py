@@ -286,7 +286,7 @@ def test_a_held_object_lock_is_renewed_and_a_taken_one_left_alone(s3, monkeypatc
     real = fs.pipe_file
 
     def counted(path, *args, **kwargs):
-        writes.append(path)
+        writes.append(kwargs)
         return real(path, *args, **kwargs)
 
     monkeypatch.setattr(fs, "pipe_file", counted)
@@ -299,6 +299,8 @@ def test_a_held_object_lock_is_renewed_and_a_taken_one_left_alone(s3, monkeypatc
 
     with store.build_lock(where):
         assert soon(lambda: len(writes) >= 3), writes  # created, then renewed
+        # on S3 a renewal writes only over the lock it wrote (If-Match its ETag)
+        assert writes[0] == {"mode": "create"} and all("IfMatch" in w for w in writes[1:3])
         fs.pipe_file(key, json.dumps({"holder": "process 2 on other", "token": "t"}).encode())
         assert soon(lambda: "was taken over or deleted" in caplog.text)
     # not ours any more: left for its holder

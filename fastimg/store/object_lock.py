@@ -1,6 +1,7 @@
 """The build lock of a store on object storage: an object beside the store (``URL.lock``),
 written only if absent (a conditional write, ``If-None-Match: *`` on S3), renewed while the
-build runs and deleted when it ends.
+build runs (on S3 only while it is still the object written: ``If-Match``) and deleted when
+it ends.
 
 Object storage has no ``flock`` and no process to watch: a command that dies leaves its lock
 object behind. A lock not renewed for :data:`LEASE_SECONDS` is stale, and the next build takes
@@ -9,6 +10,7 @@ against this machine's clock, so the clocks must agree to well within the lease 
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -77,16 +79,36 @@ def holder(location) -> str | None:
     return record.get("holder") or "another process"
 
 
-def _renew(fs, key, token: str, stop: threading.Event, where) -> None:
+def _rewrite_if_ours(fs, key, token: str, etag: str | None) -> bool:
+    """Write the lock again if it is still ours; False when it was taken over or deleted.
+
+    On S3 (s3fs) the write is conditional on the object's ``etag`` (``If-Match``), so a
+    command taking the lock over meanwhile is never overwritten; elsewhere the lock is read
+    and compared just before (a narrow race)."""
+    if etag is not None and hasattr(fs, "_call_s3"):
+        try:
+            fs.pipe_file(key, _record(token), IfMatch=etag)
+            return True
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:  # S3's PreconditionFailed: another ETag
+                return False
+            raise
+    if (_read(fs, key)[0] or {}).get("token") != token:
+        return False
+    fs.pipe_file(key, _record(token))
+    return True
+
+
+def _renew(fs, key, token: str, etag: str | None, stop: threading.Event, where) -> None:
     """Rewrite the lock every :data:`RENEW_SECONDS` until ``stop``, while it is still ours."""
     while not stop.wait(RENEW_SECONDS):
         try:
-            record, _ = _read(fs, key)
-            if (record or {}).get("token") != token:
+            if not _rewrite_if_ours(fs, key, token, etag):
                 logger.warning("the build lock of %s was taken over or deleted while this "
                                "command held it: another command may be writing it too", where)
                 return
-            fs.pipe_file(key, _record(token))
         except Exception as exc:  # noqa: BLE001 - the next renewal tries again
             logger.warning("cannot renew the build lock of %s: %s", where, exc)
 
@@ -104,7 +126,7 @@ def hold(location):
     token = uuid.uuid4().hex
     for attempt in range(3):
         try:
-            fs.pipe_file(key, _record(token), mode="create")
+            written = fs.pipe_file(key, _record(token), mode="create")
             break
         except FileExistsError:
             record, age = _read(fs, key)
@@ -122,8 +144,10 @@ def hold(location):
             fs.rm_file(key)
     else:
         raise StoreError(f"cannot take the build lock {key} of {location}: it keeps changing")
+    # s3fs answers with the object's ETag (the same for every write of the same record)
+    etag = written.get("ETag") if isinstance(written, dict) else None
     stop = threading.Event()
-    renewer = threading.Thread(target=_renew, args=(fs, key, token, stop, location),
+    renewer = threading.Thread(target=_renew, args=(fs, key, token, etag, stop, location),
                                name="fastimg-lock", daemon=True)
     renewer.start()
     try:
