@@ -285,7 +285,10 @@ def _print_dataset_summary(out, summary: dict, seconds: float) -> None:
     timings = ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in summary["timings"].items())
     counts = "; ".join(f"{split} " + "/".join(str(n) for n in per_class.values())
                        for split, per_class in summary["counts"].items())
-    reused = f"reused {', '.join(summary['reused'])}" if summary.get("reused") else ""
+    from fastimg.info import reused_text
+
+    reused = (f"reused {reused_text(summary['reused'], summary.get('reused_from') or {})}"
+              if summary.get("reused") else "")
     work = "; ".join(part for part in (reused, timings) if part)
     print(f"wrote {out}: {summary['rows']} rows, {summary['classes']} classes "
           f"({', '.join(summary['class_names'])}; {counts}), images "

@@ -98,12 +98,16 @@ def _finish(writer: StoreWriter, *, configs: dict, corpus_summary: dict, encode:
     """Write the final attrs of a dataset store and move it in place; returns the summary."""
     writer.check_arrays()
     embeddings = writer.group[store.EMBEDDINGS]
+    # the stages copied from other stores (--reuse-from, relayout's source), and from which
+    sources = {stage: (writer.stage(stage) or {}).get("reused_from") for stage in reused}
+    sources = {stage: source for stage, source in sources.items()
+               if source and source != str(writer.path)}
     summary = {
         "rows": int(embeddings.shape[0]), "classes": corpus_summary["n_classes"],
         "class_names": list(corpus_summary["class_names"]), "counts": corpus_summary["counts"],
         "features": int(embeddings.shape[1]), "image_shape": list(layout.config.grid),
         "image_dtype": config.image_dtype, "occupied_pixels": layout.n_occupied_pixels,
-        "timings": timings, "reused": reused, "resumed": writer.resumed,
+        "timings": timings, "reused": reused, "reused_from": sources, "resumed": writer.resumed,
     }
     provenance = {
         "model": configs["encoder"]["model"], "revision": configs["encoder"]["revision"],
@@ -161,7 +165,8 @@ def build_dataset(out, corpus_config, encoder_config=None, layout_config=None,
     -------
     dict
         The summary stored in the store's attrs: rows, classes, counts, image shape, timings
-        of this run, ``reused`` (stages taken from an earlier build) and ``resumed``.
+        of this run, ``reused`` (stages taken from an earlier build), ``reused_from`` (the
+        store each stage copied from another store came from) and ``resumed``.
 
     Raises
     ------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from fastimg import store
@@ -150,6 +151,26 @@ def _layout_line(reader: store.StoreReader) -> str:
     return line
 
 
+def _elsewhere(source: str, path) -> bool:
+    """Whether ``source``, the store a stage was copied from, is not the store at ``path``
+    itself (a ``--force`` rebuild takes its stages from the store it replaces)."""
+    if store.location.is_local(path):
+        return "://" in source or os.path.abspath(source) != os.path.abspath(path)
+    return source.rstrip("/") != str(path).rstrip("/")
+
+
+def reused_text(names, sources: dict) -> str:
+    """The stages ``names`` a build reused, each one copied from another store followed by
+    that store (``sources``: stage -> store): ``corpus, encode (from a.zarr)``, or
+    ``corpus, encode (all from a.zarr)`` when every one of them came from that store."""
+    names = list(names)
+    origins = {sources.get(name) for name in names}
+    if len(origins) == 1 and None not in origins:
+        return f"{', '.join(names)} ({'all ' if len(names) > 1 else ''}from {origins.pop()})"
+    return ", ".join(f"{name} (from {sources[name]})" if sources.get(name) else name
+                     for name in names)
+
+
 def _timings_line(reader: store.StoreReader) -> str | None:
     timings = reader.summary.get("timings") or {}
     parts = [f"{name.removesuffix('_s')} {_seconds(value)}" for name, value in timings.items()]
@@ -159,10 +180,11 @@ def _timings_line(reader: store.StoreReader) -> str | None:
     if not parts:
         return None
     line = "timings   " + ", ".join(parts)
+    sources = {name: record["reused_from"] for name, record in reader.stages.items()
+               if record.get("reused_from") and _elsewhere(record["reused_from"], reader.path)}
     reused = list(reader.summary.get("reused") or [])
-    reused += [f"{name} (from {record['reused_from']})" for name, record in
-               reader.stages.items() if record.get("reused_from") and name not in reused]
-    line += f"; reused: {', '.join(reused)}" if reused else "; nothing reused"
+    reused += [name for name in sources if name not in reused]
+    line += f"; reused: {reused_text(reused, sources)}" if reused else "; nothing reused"
     if reader.summary.get("resumed"):
         line += "; resumed"
     return line
