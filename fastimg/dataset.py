@@ -123,6 +123,24 @@ def _finish(writer: StoreWriter, *, configs: dict, corpus_summary: dict, encode:
     return summary
 
 
+def _reuse_sources(reuse_from, out, storage_options) -> list[StoreReader]:
+    """The complete stores ``reuse_from`` (a path alone is one store) that a build of ``out``
+    takes matching stages from, each once and ``out`` left out (its stages are the build's
+    own). A store made by ``fastimg images`` is refused: it has no embeddings of texts, so
+    the build would encode them all again."""
+    if isinstance(reuse_from, (str, os.PathLike, store.location.Location)):
+        reuse_from = [reuse_from]  # one store, not its name's letters
+    others = [StoreReader(other) for other in dict.fromkeys(
+        store.location.resolve(path, storage_options) for path in reuse_from) if other != out]
+    for other in others:
+        if other.kind != "dataset":
+            raise StoreError(f"--reuse-from {other.path} is a store of images of a feature "
+                             f"matrix (made by `fastimg images`), without embeddings of texts "
+                             f"to reuse; give stores written by `fastimg build-dataset` or "
+                             f"`fastimg relayout`")
+    return others
+
+
 def build_dataset(out, corpus_config, encoder_config=None, layout_config=None,
                   config: DatasetConfig | None = None, *, force: bool = False, reuse: bool = True,
                   progress: bool = True, on_stage=None, client=None, reuse_from=(),
@@ -186,10 +204,7 @@ def build_dataset(out, corpus_config, encoder_config=None, layout_config=None,
     out = store.location.resolve(out, storage_options)
     if reuse_from and not reuse:
         raise ValueError("reuse_from takes stages from other stores: it needs reuse=True")
-    if isinstance(reuse_from, (str, os.PathLike, store.location.Location)):
-        reuse_from = [reuse_from]  # one store, not its name's letters
-    others = [StoreReader(other) for other in dict.fromkeys(
-        store.location.resolve(path, storage_options) for path in reuse_from) if other != out]
+    others = _reuse_sources(reuse_from, out, storage_options)
     configs = {"corpus": corpus_config.to_dict(), "encoder": encoder_config.to_dict(),
                "layout": layout_config.to_dict(), "dataset": asdict(config)}
 
@@ -208,6 +223,7 @@ def build_dataset(out, corpus_config, encoder_config=None, layout_config=None,
             .add("layout", stages.layout_settings(layout_config, config.fit_on, fit_rows))
             .add("images", stages.images_settings(config)))
     load_tokenizer(encoder_config.model, encoder_config.revision)
+    stages.warn_unmatched(plan, others)
     timings["corpus_s"] = time.perf_counter() - start
     with store.build_lock(out):  # a second command building out is refused
         existing = stages.open_existing(out, plan, force=force)

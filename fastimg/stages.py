@@ -14,7 +14,8 @@ import numpy as np
 
 from fastimg import store
 from fastimg.store import StoreError, StoreReader, StoreWriter
-from fastimg.store.keys import StagePlan, digest
+from fastimg.store.keys import StagePlan, differences, digest
+from fastimg.store.schema import STAGE_SETTINGS
 
 logger = logging.getLogger("fastimg.stages")
 
@@ -110,6 +111,37 @@ def reconcile(writer: StoreWriter, plan: StagePlan, sources, *, force: bool) -> 
             reused.append(stage)
             logger.info("reusing stage %s from %s", stage, source.path)
     return reused
+
+
+def _encoder_differences(plan: StagePlan, source) -> list[str]:
+    """What keeps the embeddings of ``source`` out of the build ``plan``: other texts (said in
+    words: their digests mean nothing to a reader) and each other encoder setting."""
+    old = (source.stages.get("encode") or {}).get("settings")
+    if old is None:
+        return plan.differences(source.stages, first="encode")
+    new = plan.settings["encode"]
+    texts = ("texts_sha256", "n_texts")
+    found = differences(STAGE_SETTINGS["encode"], {k: v for k, v in old.items() if k not in texts},
+                        {k: v for k, v in new.items() if k not in texts})
+    if old.get("texts_sha256") != new.get("texts_sha256"):
+        counts = (f"{old.get('n_texts')} each" if old.get("n_texts") == new["n_texts"]
+                  else f"{old.get('n_texts')} -> {new['n_texts']}")
+        found.insert(0, f"other texts: {counts}")
+    return found or plan.differences(source.stages, first="encode")
+
+
+def warn_unmatched(plan: StagePlan, sources) -> None:
+    """Warn about each of ``sources`` (complete stores a build was given to take stages from)
+    that has no finished stage of the build's keys, naming what keeps its embeddings out (they
+    are the work it would have saved)."""
+    for source in sources:
+        if any((source.stages.get(stage) or {}).get("key") == key
+               and source.stages[stage].get("done") for stage, key in plan.keys.items()):
+            continue
+        diffs = _encoder_differences(plan, source)
+        logger.warning("nothing is reused from --reuse-from %s: none of its stages matches this "
+                       "build (%s%s)", source.path, "; ".join(diffs[:4]),
+                       " ..." if len(diffs) > 4 else "")
 
 
 def check_sources(writer: StoreWriter, sources) -> None:

@@ -544,6 +544,47 @@ def test_the_summary_and_info_name_the_store_each_stage_was_taken_from(
     assert "; reused: corpus, encode, layout, images\n" in capsys.readouterr().out
 
 
+def test_a_reuse_from_store_that_gives_nothing_is_said(tmp_path, tiny_bert_dir, rng, capsys,
+                                                        caplog, encode_calls):
+    """A store of other texts or encoder settings was passed over in silence, and one made by
+    `fastimg images` (no embeddings of texts, so nothing of it can ever match) too: the user
+    who asked for the encoding to be reused learnt that it was not from the encode time."""
+    def warned():
+        found = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        caplog.clear()
+        return found
+
+    first, other = _write_csv(tmp_path / "a.csv"), _write_csv(tmp_path / "c.csv", seed=1)
+    a = tmp_path / "a.zarr"
+    assert main(_build_args(first, a, tiny_bert_dir)) == 0
+    caplog.clear()
+    assert main(_build_args(other, tmp_path / "c.zarr", tiny_bert_dir, "--reuse-from",
+                            str(a))) == 0
+    assert warned() == [f"nothing is reused from --reuse-from {a}: none of its stages matches "
+                        f"this build (other texts: 80 each)"]
+    relabelled = _write_csv(tmp_path / "b.csv", flip_labels=True)
+    assert main(_build_args(relabelled, tmp_path / "d.zarr", tiny_bert_dir, "--reuse-from",
+                            str(a), "--max-length", "16")) == 0
+    assert [w.split("(")[-1] for w in warned()] == ["encoder.max_length: 24 -> 16)"]
+    assert len(encode_calls) == 3
+    # a store that matches some stage is not named
+    assert main(_build_args(first, tmp_path / "e.zarr", tiny_bert_dir, "--reuse-from", str(a),
+                            "--pixels", "10")) == 0
+    assert warned() == [] and len(encode_calls) == 3
+
+    images = tmp_path / "images.zarr"
+    np.save(tmp_path / "x.npy", rng.random((80, 192)).astype(np.float32))
+    assert main(["images", "--input", str(tmp_path / "x.npy"), "--out", str(images),
+                 "--pixels", "12", "--method", "pca", "--quiet"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "f.zarr"
+    assert main(_build_args(first, out, tiny_bert_dir, "--reuse-from", str(images))) == 2
+    err = one_line(capsys.readouterr().err)
+    assert f"--reuse-from {images} is a store of images" in err and "fastimg images" in err
+    assert not out.exists() and not store.partial_path(out).exists()
+    assert len(encode_calls) == 3
+
+
 @pytest.mark.parametrize("extra, needle", [
     (["--reuse-from", "missing.zarr"], "missing.zarr does not exist"),
     (["--reuse-from", "a.zarr", "--no-reuse"], "--reuse-from takes stages from other stores"),
