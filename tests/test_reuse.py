@@ -585,6 +585,41 @@ def test_a_reuse_from_store_that_gives_nothing_is_said(tmp_path, tiny_bert_dir, 
     assert len(encode_calls) == 3
 
 
+@pytest.mark.parametrize("rerun", [(), ("--force",), ("--reuse-from", "a.zarr")])
+def test_a_build_stopped_while_copying_a_stage_is_rerun_with_other_options(
+        tmp_path, tiny_bert_dir, monkeypatch, capsys, rerun):
+    """Stopped while --reuse-from copied the embeddings, the unfinished build kept the half
+    copy without a record of it: a rerun without --reuse-from (or with --force) took it for
+    its own encoding and failed with "array 'embeddings' exists ... but was not written by
+    fastimg.embed; choose another name or remove it", which no option could get past."""
+    from fastimg.store import writer as writer_module
+
+    monkeypatch.chdir(tmp_path)
+    first, relabelled = _write_csv(tmp_path / "a.csv"), _write_csv(tmp_path / "b.csv",
+                                                                    flip_labels=True)
+    assert main(_build_args(first, "a.zarr", tiny_bert_dir)) == 0
+    real = writer_module.copy_array
+
+    def stopped(source, group, name, **kwargs):
+        if name == store.EMBEDDINGS:  # the first rows copied, then Ctrl-C
+            target = group.create_array(name, shape=source.shape, dtype=source.dtype,
+                                        chunks=source.chunks, fill_value=source.fill_value)
+            target[:1] = source[:1]
+            raise KeyboardInterrupt
+        return real(source, group, name, **kwargs)
+
+    monkeypatch.setattr(writer_module, "copy_array", stopped)
+    assert main(_build_args(relabelled, "b.zarr", tiny_bert_dir, "--reuse-from",
+                            "a.zarr")) == 130
+    monkeypatch.setattr(writer_module, "copy_array", real)
+    capsys.readouterr()
+    assert main(_build_args(relabelled, "b.zarr", tiny_bert_dir, *rerun)) == 0, \
+        capsys.readouterr().err
+    assert main(_build_args(relabelled, "fresh.zarr", tiny_bert_dir)) == 0
+    for name, values in _arrays("fresh.zarr").items():
+        np.testing.assert_array_equal(_arrays("b.zarr")[name], values, err_msg=name)
+
+
 @pytest.mark.parametrize("extra, needle", [
     (["--reuse-from", "missing.zarr"], "missing.zarr does not exist"),
     (["--reuse-from", "a.zarr", "--no-reuse"], "--reuse-from takes stages from other stores"),

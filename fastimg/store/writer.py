@@ -77,6 +77,7 @@ class StoreWriter:
                     if upgraded(records) is not records:
                         writer._write(upgraded(records))
                     writer.drop_lost_stages()
+                    writer.drop_unfinished_copies()
                     return writer
             except Exception:  # noqa: BLE001 - an unreadable leftover is started afresh
                 pass
@@ -166,15 +167,31 @@ class StoreWriter:
                              f"to compute them again")
 
     def adopt(self, reader, names) -> None:
-        """Copy stages ``names`` of a finished store (records and arrays) into this build."""
-        stages = self.stages
+        """Copy stages ``names`` of a finished store (records and arrays) into this build.
+
+        Each stage is recorded as an unfinished copy before its arrays are written, and done
+        after: a copy that stops half-way is dropped by the next :meth:`open`
+        (:meth:`drop_unfinished_copies`) instead of being taken for this build's own work."""
         for name in names:
-            record = dict(reader.stages[name])
+            record = {**reader.stages[name], "reused_from": str(reader.path)}
+            stages = self.stages
+            stages[name] = {**record, "done": False}
+            self._write(stages)
             for array in STAGE_ARRAYS.get(name, ()):
                 if array in reader.group:
                     copy_array(reader.group[array], self.group, array)
-            stages[name] = {**record, "reused_from": str(reader.path)}
-        self._write(stages)
+            self.update(name, **record)
+
+    def drop_unfinished_copies(self) -> None:
+        """Forget each stage whose copy from another store (:meth:`adopt`) stopped half-way,
+        deleting what of it was written: the arrays are not this build's, so nothing resumes
+        on them."""
+        for name, record in self.stages.items():
+            if (record.get("reused_from") and not record.get("done")
+                    and self.stage(name) is not None):  # not dropped with another
+                logger.info("dropping the unfinished copy of stage %s from %s", name,
+                            record["reused_from"])
+                self.drop_from(name)
 
     # -- arrays ---------------------------------------------------------------------------
     def create_images(self, n_rows: int, grid, dtype: str, *,
