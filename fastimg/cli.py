@@ -96,15 +96,22 @@ def _storage_options(args) -> dict:
     return options
 
 
-def _location(path: str, args):
-    """A local path or an fsspec URL with the command's ``--storage-option``s (said to be
-    ignored for a local path: a URL written without its scheme, perhaps)."""
+def _locations(paths, args) -> list:
+    """Local paths or fsspec URLs with the command's ``--storage-option``s, said to be ignored
+    for each local path when none of ``paths`` is a URL (one written without its scheme,
+    perhaps); a command that reads or writes one URL uses them."""
     options = _storage_options(args)
-    resolved = store.location.resolve(path, options)
-    if options and store.location.is_local(resolved):
-        logger.warning("--storage-option is for store URLs (s3://...): ignored for the local "
-                       "path %s", path)
+    resolved = [store.location.resolve(path, options) for path in paths]
+    if options and all(store.location.is_local(location) for location in resolved):
+        for path in paths:
+            logger.warning("--storage-option is for store URLs (s3://...): ignored for the "
+                           "local path %s", path)
     return resolved
+
+
+def _location(path: str, args):
+    """The local path or fsspec URL ``path`` (:func:`_locations`)."""
+    return _locations([path], args)[0]
 
 
 def _add_storage_options(parser) -> None:
@@ -257,7 +264,7 @@ def _cmd_build_dataset(args) -> int:
         if not args.quiet:
             print(f"[{time.perf_counter() - start:7.1f} s] {stage}", file=sys.stderr)
 
-    out = _location(args.out, args)
+    out, *reuse_from = _locations([args.out, *(args.reuse_from or ())], args)
     if args.reuse_from and args.no_reuse:
         raise UserError("--reuse-from takes stages from other stores, which --no-reuse forbids: "
                         "give one of them")
@@ -265,7 +272,7 @@ def _cmd_build_dataset(args) -> int:
         summary = build_dataset(out, corpus, encoder, layout, config, force=args.force,
                                 reuse=not args.no_reuse, progress=not args.quiet,
                                 on_stage=announce, client=client,
-                                reuse_from=[_location(p, args) for p in args.reuse_from or ()])
+                                reuse_from=reuse_from)
     _print_dataset_summary(out, summary, time.perf_counter() - start)
     return 0
 
@@ -303,9 +310,10 @@ def _cmd_relayout(args) -> int:
 
     config = _dataset_config(args)
     start = time.perf_counter()
-    out = _location(args.out, args)  # once: a local path's ignored options warn once
-    summary = relayout(_location(args.src, args), out, _layout_config(args), config,
-                       force=args.force, progress=not args.quiet)
+    # once: a local path's ignored options warn once
+    src, out = _locations([args.src, args.out], args)
+    summary = relayout(src, out, _layout_config(args), config, force=args.force,
+                       progress=not args.quiet)
     _print_dataset_summary(out, summary, time.perf_counter() - start)
     return 0
 

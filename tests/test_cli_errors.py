@@ -538,6 +538,27 @@ def test_a_file_where_a_folder_belongs_is_not_called_missing(tmp_path, monkeypat
     assert message in one_line(capsys.readouterr().err)
 
 
+@pytest.mark.parametrize("argv", [
+    ["relayout", "s3://bucket/a.zarr", "--out", "b.zarr"],
+    ["relayout", "a.zarr", "--out", "s3://bucket/b.zarr"],
+    ["build-dataset", "--dataset", "imdb", "--out", "s3://bucket/b.zarr", "--reuse-from",
+     "a.zarr"],
+    ["build-dataset", "--dataset", "imdb", "--out", "b.zarr", "--reuse-from",
+     "s3://bucket/a.zarr"],
+])
+def test_storage_options_used_by_one_url_are_not_said_ignored(monkeypatch, caplog, argv):
+    """A command with a store URL and a local store (relayout from object storage to a local
+    folder, --reuse-from a local store into s3://) warned that the --storage-option it used
+    was ignored for the local path."""
+    import fastimg.dataset
+
+    for name in ("relayout", "build_dataset"):
+        monkeypatch.setattr(fastimg.dataset, name, lambda *args, **kwargs: {})
+    monkeypatch.setattr(cli, "_print_dataset_summary", lambda *args: None)
+    assert main([*argv, "--storage-option", "k=v"]) == 0
+    assert "--storage-option" not in caplog.text
+
+
 def test_relayout_warns_once_per_local_path_given_storage_options(monkeypatch, caplog):
     # --out's warning came twice: its location was resolved again for the summary
     import fastimg.dataset
