@@ -39,6 +39,22 @@ def test_train_user_errors_exit_2_with_one_line(small_store, tmp_path, capsys, a
     assert code == 2 and message in err and "\n" not in err
 
 
+def test_images_too_small_for_the_extractor_are_refused_naming_the_upsampling(tmp_path,
+                                                                              capsys):
+    """10 x 10 images (a store built with --pixels 10) crashed alexnet's max-pool: 'internal
+    error (a bug, please report it): RuntimeError: ... Output size is too small', exit 1."""
+    write_store(tmp_path / "s.zarr", n_rows=40, grid=(10, 10))
+    argv = ["train", str(tmp_path / "s.zarr"), "--weights", "none", "--epochs", "1",
+            "--batch-size", "16", "--loader", "torch", "--quiet", "--no-probe"]
+    assert main([*argv, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "internal error" not in err
+    assert "10 x 10 images are too small for the alexnet extractor" in err
+    assert "--upsample 2" in err and "--pixels" in err
+    assert not (tmp_path / "r" / "metrics.json").exists()
+    assert main([*argv, "--upsample", "2", "--out", str(tmp_path / "r2")]) == 0
+
+
 def test_train_on_a_store_without_labels_or_missing(tmp_path, capsys):
     write_store(tmp_path / "images.zarr", n_rows=20, labels=False)
     code = main(["train", str(tmp_path / "images.zarr"), "--weights", "none", "--quiet",

@@ -156,6 +156,30 @@ def feature_shape(extractor, image_shape, upsample: int = 1) -> tuple:
     return tuple(out.shape[1:])
 
 
+#: the largest upsampling tried when looking for one that makes small images large enough
+MAX_UPSAMPLE_TRIED = 32
+
+
+def _checked_feature_shape(extractor, name: str, image_shape, upsample: int) -> tuple:
+    """:func:`feature_shape`, with images too small for the extractor's cut (its strides and
+    poolings leave less than one pixel of them) refused as a ValueError that names the
+    smallest ``--upsample`` that fits them."""
+    try:
+        return feature_shape(extractor, image_shape, upsample)
+    except RuntimeError as exc:
+        for larger in range(upsample + 1, MAX_UPSAMPLE_TRIED + 1):
+            try:
+                feature_shape(extractor, image_shape, larger)
+            except RuntimeError:
+                continue
+            height, width = image_shape
+            raise ValueError(
+                f"{height} x {width} images are too small for the {name} extractor (its "
+                f"strides and poolings leave nothing of them): train with --upsample {larger} "
+                f"or more, or build the store with a larger --pixels") from exc
+        raise
+
+
 def build_classifier(config, image_shape, n_classes: int, *, embedding_dim: int | None = None,
                      weights="config") -> ImageClassifier:
     """The classifier a :class:`~fastimg.train.TrainConfig` describes, on ``image_shape`` images.
@@ -169,7 +193,7 @@ def build_classifier(config, image_shape, n_classes: int, *, embedding_dim: int 
     extractor = build_extractor(config.extractor,
                                 config.weights if weights == "config" else weights,
                                 unfreeze_fraction=config.unfreeze_fraction, cut=config.cut)
-    shape = feature_shape(extractor, image_shape, config.upsample)
+    shape = _checked_feature_shape(extractor, config.extractor, image_shape, config.upsample)
     return ImageClassifier(
         extractor, shape, n_classes, head_channels=config.head_channels, hidden=config.hidden,
         dropout=config.dropout, embedding_dim=embedding_dim if config.fuse_embedding else None,
