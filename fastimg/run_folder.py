@@ -23,11 +23,27 @@ def run_files_in(path) -> list[str]:
     return [name for name in RUN_FILES if (path / name).exists()]
 
 
+def model_type(path) -> str | None:
+    """The ``model_type`` of the folder ``path`` when it is a model saved by transformers (its
+    ``config.json`` names one; a run's names its trainer's settings), else None."""
+    import json
+
+    try:
+        config = json.loads((Path(path) / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    kind = config.get("model_type") if isinstance(config, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
 def is_run_folder(path) -> bool:
-    """True when ``path`` is a training run folder (it holds ``metrics.json`` or
-    ``config.json``) rather than a store."""
+    """True when ``path`` is a training run folder (it holds ``metrics.json``, or a
+    ``config.json`` that is not a transformers model's) rather than a store."""
     path = Path(path)
-    return path.is_dir() and any((path / name).is_file() for name in RUN_FILES[:2])
+    if not path.is_dir():
+        return False
+    return (path / METRICS_FILE).is_file() or (
+        (path / CONFIG_FILE).is_file() and model_type(path) is None)
 
 
 def check_outside_stores(path) -> None:

@@ -130,6 +130,21 @@ def test_what_is_not_a_store_is_named(tmp_path, capsys):
             assert message in err and "\n" not in err, (command, err)
 
 
+def test_a_model_folder_is_named_as_such_not_taken_for_a_training_run(tiny_bert_dir,
+                                                                        tmp_path, capsys):
+    """A transformers model folder (its config.json) given where a store goes (the --model
+    folder given to --reuse-from, info or relayout) was said to be 'a training run folder',
+    and `fastimg info` printed it as an unfinished run with exit code 0."""
+    pytest.importorskip("transformers")
+    for command in (["info", str(tiny_bert_dir)],
+                    ["relayout", str(tiny_bert_dir), "--out", str(tmp_path / "r.zarr")],
+                    ["train", str(tiny_bert_dir), "--out", str(tmp_path / "run")]):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "training run" not in err, (command, err)
+        assert f"{tiny_bert_dir} is a model folder (a 'bert' model), not a store" in err
+
+
 def test_unfinished_store_is_refused(tmp_path, capsys):
     group = zarr.open_group(str(tmp_path / "half.zarr"), mode="w")
     group.attrs[store.ATTRS_KEY] = {"format_version": store.FORMAT_VERSION}

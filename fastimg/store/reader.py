@@ -43,12 +43,14 @@ def why_not_a_store(path) -> str:
     if any(location.read_attrs(where, key) is not None for key in (ATTRS_KEY, BUILD_KEY)):
         return (f"{path} is an unfinished fastimg store (its build did not finish: rerun the "
                 f"command that builds it)")
-    from fastimg.run_folder import BUNDLE_FILE, is_run_folder
+    from fastimg.run_folder import BUNDLE_FILE, is_run_folder, model_type
 
     if location.is_local(where) and is_run_folder(where):
         store = _run_store(where / BUNDLE_FILE)
         return (f"{path} is a training run folder, not a store"
                 + (f" (its store: {store})" if store else ""))
+    if location.is_local(where) and model_type(where) is not None:
+        return f"{path} is a model folder (a {model_type(where)!r} model), not a store"
     return f"{path} is not a fastimg store"
 
 
