@@ -620,6 +620,31 @@ def test_a_build_stopped_while_copying_a_stage_is_rerun_with_other_options(
         np.testing.assert_array_equal(_arrays("b.zarr")[name], values, err_msg=name)
 
 
+def test_a_stage_whose_arrays_a_store_lost_is_not_copied(tmp_path, tiny_bert_dir, capsys,
+                                                         caplog, encode_calls):
+    """A complete store missing its embeddings (deleted, or a copy of it cut short) gave its
+    encode stage to --reuse-from and --force with nothing to copy: 'internal error (a bug,
+    please report it): KeyError: embeddings', exit 1, and every rerun the same."""
+    import shutil
+
+    first, relabelled = _write_csv(tmp_path / "a.csv"), _write_csv(tmp_path / "b.csv",
+                                                                    flip_labels=True)
+    a, b, fresh = tmp_path / "a.zarr", tmp_path / "b.zarr", tmp_path / "fresh.zarr"
+    assert main(_build_args(first, a, tiny_bert_dir)) == 0
+    shutil.rmtree(a / store.EMBEDDINGS)
+    caplog.clear()
+    assert main(_build_args(relabelled, b, tiny_bert_dir, "--reuse-from", str(a))) == 0, \
+        capsys.readouterr().err
+    assert any(f"{a} has lost the arrays of its encode stage (embeddings)" in r.getMessage()
+               for r in caplog.records)
+    assert len(encode_calls) == 2
+    assert main(_build_args(relabelled, fresh, tiny_bert_dir)) == 0
+    for name, values in _arrays(fresh).items():
+        np.testing.assert_array_equal(_arrays(b)[name], values, err_msg=name)
+    assert main(_build_args(first, a, tiny_bert_dir, "--force")) == 0, capsys.readouterr().err
+    assert store.StoreReader(a).embeddings is not None and len(encode_calls) == 4
+
+
 @pytest.mark.parametrize("extra, needle", [
     (["--reuse-from", "missing.zarr"], "missing.zarr does not exist"),
     (["--reuse-from", "a.zarr", "--no-reuse"], "--reuse-from takes stages from other stores"),
