@@ -503,7 +503,11 @@ def test_a_new_store_takes_the_embeddings_of_the_same_texts_from_another(
     assert main(_build_args(first, a, tiny_bert_dir)) == 0
     capsys.readouterr()
     assert main(_build_args(relabelled, b, tiny_bert_dir, "--reuse-from", str(a))) == 0
-    assert "reused encode" in capsys.readouterr().out
+    # the summary and info name the store each stage was taken from (both said
+    # "reused encode" alone: which store gave it was in the JSON attributes only)
+    assert f"reused encode (from {a});" in capsys.readouterr().out
+    assert main(["info", str(b)]) == 0
+    assert f"; reused: encode (from {a})" in capsys.readouterr().out
     assert len(encode_calls) == 1, "the same texts were encoded again"
     assert store.StoreReader(b).stages["encode"]["reused_from"] == str(a)
     assert main(_build_args(relabelled, fresh, tiny_bert_dir)) == 0  # encodes
@@ -514,34 +518,21 @@ def test_a_new_store_takes_the_embeddings_of_the_same_texts_from_another(
                          reuse_from=str(a))["reused"] == ["encode"]
     assert len(encode_calls) == 2
 
-    # other texts take nothing from it
-    other = _write_csv(tmp_path / "c.csv", seed=1)
-    assert main(_build_args(other, tmp_path / "c.zarr", tiny_bert_dir, "--reuse-from",
-                            str(a))) == 0
-    assert len(encode_calls) == 3 and "reused" not in capsys.readouterr().out
-
-
-def test_the_summary_and_info_name_the_store_each_stage_was_taken_from(
-        tmp_path, tiny_bert_dir, capsys):
-    """Both said ``reused encode`` alone: which of the stores given to --reuse-from (or the
-    store a relayout read) gave the embeddings was in the JSON attributes only."""
-    first, relabelled = _write_csv(tmp_path / "a.csv"), _write_csv(tmp_path / "b.csv",
-                                                                    flip_labels=True)
-    a, b, c = tmp_path / "a.zarr", tmp_path / "b.zarr", tmp_path / "c.zarr"
-    assert main(_build_args(first, a, tiny_bert_dir)) == 0
     capsys.readouterr()
-    assert main(_build_args(relabelled, b, tiny_bert_dir, "--reuse-from", str(a))) == 0
-    assert f"reused encode (from {a});" in capsys.readouterr().out
-    assert main(["info", str(b)]) == 0
-    assert f"; reused: encode (from {a})" in capsys.readouterr().out
-    assert main(["relayout", str(b), "--out", str(c), "--pixels", "10", "--method", "pca",
-                 "--quiet"]) == 0
+    assert main(["relayout", str(b), "--out", str(tmp_path / "c.zarr"), "--pixels", "10",
+                 "--method", "pca", "--quiet"]) == 0
     assert f"reused corpus, encode (all from {b});" in capsys.readouterr().out
     # a --force rebuild takes its stages from the store it replaces: no store to name
     assert main(_build_args(relabelled, b, tiny_bert_dir, "--force")) == 0
     assert "reused corpus, encode, layout, images;" in capsys.readouterr().out
     assert main(["info", str(b)]) == 0
     assert "; reused: corpus, encode, layout, images\n" in capsys.readouterr().out
+
+    # other texts take nothing from it
+    other = _write_csv(tmp_path / "c.csv", seed=1)
+    assert main(_build_args(other, tmp_path / "other.zarr", tiny_bert_dir, "--reuse-from",
+                            str(a))) == 0
+    assert len(encode_calls) == 3 and "reused" not in capsys.readouterr().out
 
 
 def test_a_reuse_from_store_that_gives_nothing_is_said(tmp_path, tiny_bert_dir, rng, capsys,
