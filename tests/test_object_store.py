@@ -258,6 +258,7 @@ def test_a_second_build_of_one_url_is_refused_while_the_lock_is_held(tmp_path, t
         assert main(_build_argv(csv, tiny_bert_dir, url, *s3_env)) == 2
         err = capsys.readouterr().err.strip()
         assert "is being written by another fastimg command (process" in err and "\n" not in err
+        assert f"its lock {url}.lock last written" in err
         assert not store.location.exists(where)  # nothing written
     assert not fs.exists(key) and store.location.lock_holder(where) is None
 

@@ -136,14 +136,15 @@ def hold(location):
             if age <= LEASE_SECONDS or attempt:
                 raise StoreError(
                     f"{location} is being written by another fastimg command ({who}, its lock "
-                    f"{key} renewed {age:.0f} s ago): wait for it to end, or choose another "
-                    f"--out (a lock not renewed for {LEASE_SECONDS:.0f} s is taken over)"
-                ) from None
+                    f"{location}{LOCK_SUFFIX} last written {age:.0f} s ago): wait for it to "
+                    f"end, or choose another --out (a lock not renewed for "
+                    f"{LEASE_SECONDS:.0f} s is taken over)") from None
             logger.warning("taking over the build lock of %s: %s has not renewed it for %.0f s "
                            "(it died?)", location, who, age)
             fs.rm_file(key)
     else:
-        raise StoreError(f"cannot take the build lock {key} of {location}: it keeps changing")
+        raise StoreError(f"cannot take the build lock {location}{LOCK_SUFFIX}: it keeps "
+                         f"changing")
     # s3fs answers with the object's ETag (the same for every write of the same record)
     etag = written.get("ETag") if isinstance(written, dict) else None
     stop = threading.Event()
@@ -159,5 +160,5 @@ def hold(location):
             if (_read(fs, key)[0] or {}).get("token") == token:
                 fs.rm_file(key)
         except Exception as exc:  # noqa: BLE001 - never hide the block's own error
-            logger.warning("cannot remove the build lock %s: %s (it turns stale in %.0f s)",
-                           key, exc, LEASE_SECONDS)
+            logger.warning("cannot remove the build lock %s%s: %s (it turns stale in %.0f s)",
+                           location, LOCK_SUFFIX, exc, LEASE_SECONDS)
