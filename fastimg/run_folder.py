@@ -49,7 +49,18 @@ def is_run_folder(path) -> bool:
 def check_outside_stores(path) -> None:
     """Refuse a run folder that is a fastimg store or lies inside one: a rebuild of the store
     would delete the run, and ``info`` would show the run in its place
-    (:func:`fastimg.store.location.check_outside_stores`)."""
-    from fastimg.store import location
+    (:func:`fastimg.store.location.check_outside_stores`); and one that is a model folder,
+    whose ``config.json`` the run would overwrite (even with ``--force``).
+
+    Raises
+    ------
+    fastimg.store.StoreError
+        For a store, a folder inside one, or a model folder.
+    """
+    from fastimg.store import StoreError, location
 
     location.check_outside_stores(path, deleted="the run", instead="a run folder outside it")
+    kind = model_type(path) if Path(path).is_dir() else None
+    if kind is not None:
+        raise StoreError(f"{path} is a model folder (a {kind!r} model): a run written there "
+                         f"would overwrite its {CONFIG_FILE}; choose another --out")

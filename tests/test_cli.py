@@ -145,6 +145,22 @@ def test_a_model_folder_is_named_as_such_not_taken_for_a_training_run(tiny_bert_
         assert f"{tiny_bert_dir} is a model folder (a 'bert' model), not a store" in err
 
 
+def test_a_run_is_never_written_into_a_model_folder(tiny_bert_dir, tmp_path, capsys):
+    """`train --out MODEL --force` would have overwritten the model's config.json."""
+    import shutil
+
+    model = tmp_path / "bert"
+    shutil.copytree(tiny_bert_dir, model)
+    before = (model / "config.json").read_bytes()
+    assert main(["images", "--synthetic", "60x40", "--out", str(tmp_path / "s.zarr"),
+                 "--pixels", "8", "--method", "pca", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["train", str(tmp_path / "s.zarr"), "--out", str(model), "--force"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{model} is a model folder (a 'bert' model)" in err and "\n" not in err
+    assert (model / "config.json").read_bytes() == before
+
+
 def test_unfinished_store_is_refused(tmp_path, capsys):
     group = zarr.open_group(str(tmp_path / "half.zarr"), mode="w")
     group.attrs[store.ATTRS_KEY] = {"format_version": store.FORMAT_VERSION}
