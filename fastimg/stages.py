@@ -15,7 +15,8 @@ import numpy as np
 from fastimg import store
 from fastimg.store import StoreError, StoreReader, StoreWriter
 from fastimg.store.keys import StagePlan, differences, digest
-from fastimg.store.schema import DONE_PREFIX, STAGE_SETTINGS
+from fastimg.store.schema import STAGE_SETTINGS
+from fastimg.store.writer import lost_arrays
 
 logger = logging.getLogger("fastimg.stages")
 
@@ -71,13 +72,6 @@ def open_existing(out, plan: StagePlan, *, force: bool) -> StoreReader | None:
     return existing if local else None
 
 
-def _lost_arrays(source: StoreReader, stage: str) -> list[str]:
-    """The arrays of ``stage`` that the complete store ``source`` no longer holds (deleted, or
-    a copy of the store cut short): such a stage has nothing to copy."""
-    return [array for array in store.STAGE_ARRAYS.get(stage, ())
-            if not array.startswith(DONE_PREFIX) and array not in source.group]
-
-
 def reconcile(writer: StoreWriter, plan: StagePlan, sources, *, force: bool) -> list[str]:
     """Keep the unfinished build's stages whose keys match the plan, then take every further
     matching stage from ``sources`` (complete stores). Returns the stages reused.
@@ -113,7 +107,7 @@ def reconcile(writer: StoreWriter, plan: StagePlan, sources, *, force: bool) -> 
             if ((writer.stage(stage) or {}).get("done") or not record
                     or record["key"] != plan.keys[stage] or not record.get("done")):
                 continue  # a key names all of a stage's input: any matching one can be taken
-            lost = _lost_arrays(source, stage)
+            lost = lost_arrays(source.group, stage)  # deleted, or a copy of the store cut short
             if lost:
                 logger.warning("%s has lost the arrays of its %s stage (%s); computing it "
                                "instead of copying it", source.path, stage, ", ".join(lost))

@@ -74,8 +74,9 @@ class StoreWriter:
                     writer = cls(path, group, True)
                     # an unfinished build of an older fastimg resumes under today's keys
                     records = writer.stages
-                    if upgraded(records) is not records:
-                        writer._write(upgraded(records))
+                    today = upgraded(records)
+                    if today is not records:
+                        writer._write(today)
                     writer.drop_lost_stages()
                     writer.drop_unfinished_copies()
                     return writer
@@ -140,8 +141,7 @@ class StoreWriter:
     def lost_arrays(self, name: str) -> list[str]:
         """The arrays stage ``name`` wrote that are no longer in the build (deleted while it
         ran?)."""
-        return [array for array in STAGE_ARRAYS.get(name, ())
-                if not array.startswith(DONE_PREFIX) and array not in self.group]
+        return lost_arrays(self.group, name)
 
     def drop_lost_stages(self) -> None:
         """Forget each finished stage whose arrays are gone, with the stages computed from it,
@@ -275,6 +275,13 @@ class StoreWriter:
     def discard(self) -> None:
         """Delete the unfinished build."""
         location.remove(location.partial_path(self.path))
+
+
+def lost_arrays(group, stage: str) -> list[str]:
+    """The arrays that ``stage`` writes (its done markers aside) that the store ``group`` does
+    not hold."""
+    return [array for array in STAGE_ARRAYS.get(stage, ())
+            if not array.startswith(DONE_PREFIX) and array not in group]
 
 
 def _reopen_finished(group, where) -> None:
