@@ -30,6 +30,7 @@ from fastimg import __version__, stages, store
 from fastimg._provenance import installed_versions
 from fastimg.embed.texts import EmptyTextWarning
 from fastimg.images import split_codes
+from fastimg.info import copied_from
 from fastimg.raster import check_image_dtype
 from fastimg.store import StoreError, StoreReader, StoreWriter
 from fastimg.store.keys import StagePlan, digest
@@ -98,10 +99,7 @@ def _finish(writer: StoreWriter, *, configs: dict, corpus_summary: dict, encode:
     """Write the final attrs of a dataset store and move it in place; returns the summary."""
     writer.check_arrays()
     embeddings = writer.group[store.EMBEDDINGS]
-    # the stages copied from other stores (--reuse-from, relayout's source), and from which
-    sources = {stage: (writer.stage(stage) or {}).get("reused_from") for stage in reused}
-    sources = {stage: source for stage, source in sources.items()
-               if source and source != str(writer.path)}
+    sources = copied_from({stage: writer.stage(stage) or {} for stage in reused}, writer.path)
     summary = {
         "rows": int(embeddings.shape[0]), "classes": corpus_summary["n_classes"],
         "class_names": list(corpus_summary["class_names"]), "counts": corpus_summary["counts"],

@@ -159,6 +159,13 @@ def _elsewhere(source: str, path) -> bool:
     return source.rstrip("/") != str(path).rstrip("/")
 
 
+def copied_from(records: dict, path) -> dict:
+    """``{stage: store}`` for each of the stage ``records`` of the store at ``path`` that was
+    copied from another store (``--reuse-from``, a relayout's source)."""
+    return {name: record["reused_from"] for name, record in records.items()
+            if record.get("reused_from") and _elsewhere(record["reused_from"], path)}
+
+
 def reused_text(names, sources: dict) -> str:
     """The stages ``names`` a build reused, each one copied from another store followed by
     that store (``sources``: stage -> store): ``corpus, encode (from a.zarr)``, or
@@ -180,8 +187,7 @@ def _timings_line(reader: store.StoreReader) -> str | None:
     if not parts:
         return None
     line = "timings   " + ", ".join(parts)
-    sources = {name: record["reused_from"] for name, record in reader.stages.items()
-               if record.get("reused_from") and _elsewhere(record["reused_from"], reader.path)}
+    sources = copied_from(reader.stages, reader.path)
     reused = list(reader.summary.get("reused") or [])
     reused += [name for name in sources if name not in reused]
     line += f"; reused: {reused_text(reused, sources)}" if reused else "; nothing reused"
