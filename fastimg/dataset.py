@@ -302,10 +302,13 @@ def relayout(src, dst, layout_config=None, config: DatasetConfig | None = None, 
     dst = store.location.resolve(dst, storage_options)
     source = StoreReader(src)
     records = source.stages
-    if (source.kind != "dataset" or source.embeddings is None
-            or not all((records.get(s) or {}).get("done") for s in ("corpus", "encode"))):
-        raise StoreError(f"{src} has no embeddings to lay out again (made by `fastimg images`?);"
+    if source.kind != "dataset":
+        raise StoreError(f"{src} has no embeddings to lay out again (made by `fastimg images`);"
                          f" relayout needs a store written by `fastimg build-dataset`")
+    if (source.embeddings is None
+            or not all((records.get(s) or {}).get("done") for s in ("corpus", "encode"))):
+        raise StoreError(f"{src} has lost its embeddings (no array {store.EMBEDDINGS}, or no "
+                         f"finished encode stage): build it again with `fastimg build-dataset`")
     fit_rows = _fit_rows(source.split_codes(), config.fit_on)
     plan = (StagePlan()
             .add("corpus", records["corpus"]["settings"], records["corpus"]["key"])

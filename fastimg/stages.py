@@ -161,7 +161,7 @@ def check_sources(writer: StoreWriter, sources) -> None:
             source.check_unchanged()
         except StoreError:
             for stage, record in writer.stages.items():
-                if (record.get("reused_from") == str(source.path)
+                if (record.get("reused_from") == store.location.recorded_name(source.path)
                         and writer.stage(stage) is not None):  # not dropped with another
                     writer.drop_from(stage)
             raise

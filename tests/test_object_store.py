@@ -275,6 +275,34 @@ def test_a_second_build_of_one_url_is_refused_while_the_lock_is_held(tmp_path, t
     assert not fs.exists(key) and store.is_complete(where)
 
 
+def test_of_two_commands_taking_over_one_stale_lock_one_wins(s3, monkeypatch):
+    """Taking over deleted the stale lock and created one: a second command taking it over at
+    the same moment deleted the first one's new lock, and both wrote the store."""
+    from fastimg.store import object_lock
+
+    where = store.location.resolve(f"s3://{BUCKET}/contended.zarr", s3)
+    fs, key = object_lock._lock_object(where)
+    fs.pipe_file(key, json.dumps({"holder": "process 1 on gone", "token": "t"}).encode())
+    monkeypatch.setattr(object_lock, "LEASE_SECONDS", -1.0)  # any age is past the lease
+    real_read, reads = object_lock._read, []
+
+    def read_then_other_takes_over(*args):
+        answer = real_read(*args)
+        if not reads:  # the other command takes the stale lock over just after this read
+            fs.pipe_file(key, json.dumps({"holder": "process 2 on other",
+                                          "token": "u"}).encode())
+        reads.append(answer)
+        return answer
+
+    monkeypatch.setattr(object_lock, "_read", read_then_other_takes_over)
+    with pytest.raises(store.StoreError, match=r"another fastimg command \(process 2 on other"):
+        with store.build_lock(where):
+            pass
+    monkeypatch.setattr(object_lock, "_read", real_read)
+    assert object_lock._read(fs, key)[0]["holder"] == "process 2 on other"  # left alone
+    fs.rm_file(key)
+
+
 def test_a_held_object_lock_is_renewed_and_a_taken_one_left_alone(s3, monkeypatch, caplog):
     import time
 

@@ -235,7 +235,11 @@ def test_relayout_refuses_a_source_without_embeddings(rng, tmp_path, capsys):
     assert main(["images", "--input", str(tmp_path / "x.npy"), "--out", str(images),
                  "--pixels", "8", "--method", "pca", "--quiet"]) == 0
     capsys.readouterr()
-    for src, needle in ((images, "no embeddings"),
+    # a store of build-dataset whose embeddings were deleted was "made by `fastimg images`?"
+    lost = tmp_path / "lost.zarr"
+    store.write_store(lost, {store.IMAGES: np.zeros((4, 3, 3), np.float16)}, {"kind": "dataset"})
+    for src, needle in ((images, "no embeddings to lay out again (made by `fastimg images`)"),
+                        (lost, "lost.zarr has lost its embeddings (no array embeddings"),
                         (tmp_path / "missing.zarr", "missing.zarr does not exist")):
         out = tmp_path / "out.zarr"
         assert main(["relayout", str(src), "--out", str(out), "--quiet"]) == 2

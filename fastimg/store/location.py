@@ -470,6 +470,14 @@ def identity(path):
     return stat.st_dev, stat.st_ino
 
 
+def recorded_name(path) -> str:
+    """How another store's records name the store at ``path`` (the source of a copied stage):
+    a local path made absolute, so that it names the same folder read from anywhere; a URL as
+    it is."""
+    path = resolve(path)
+    return str(path) if isinstance(path, Location) else os.path.abspath(path)
+
+
 def store_around(path) -> Path | None:
     """The fastimg store (complete or unfinished) that the local folder ``path`` is or lies
     in, or None (object storage included): a rebuild of that store would delete it."""

@@ -1,7 +1,7 @@
 """The build lock of a store on object storage: an object beside the store (``URL.lock``),
 written only if absent (a conditional write, ``If-None-Match: *`` on S3), renewed while the
 build runs (on S3 only while it is still the object written: ``If-Match``) and deleted when
-it ends.
+it ends. A stale lock is taken over the same way: on S3 only while it is still the stale one.
 
 Object storage has no ``flock`` and no process to watch: a command that dies leaves its lock
 object behind. A lock not renewed for :data:`LEASE_SECONDS` is stale, and the next build takes
@@ -56,27 +56,46 @@ def _age(info: dict) -> float:
     return 0.0
 
 
-def _read(fs, key) -> tuple[dict | None, float]:
-    """The lock's record and age, or ``(None, 0)`` when there is no lock."""
+def _read(fs, key) -> tuple[dict | None, float, str | None]:
+    """The lock's record, age and ETag (None where the storage gives none), or
+    ``(None, 0, None)`` when there is no lock."""
     fs.invalidate_cache(key)  # s3fs keeps listings: the lock is read fresh
     try:
         info, data = fs.info(key), fs.cat_file(key)
     except FileNotFoundError:
-        return None, 0.0
+        return None, 0.0, None
     try:
         record = json.loads(data)
     except ValueError:
         record = {}
-    return (record if isinstance(record, dict) else {}), _age(info)
+    return (record if isinstance(record, dict) else {}), _age(info), info.get("ETag")
 
 
 def holder(location) -> str | None:
     """Who holds the build lock of the store at ``location`` (``"process PID on HOST"``), or
     None (nobody, or a stale lock)."""
-    record, age = _read(*_lock_object(location))
+    record, age, _ = _read(*_lock_object(location))
     if record is None or age > LEASE_SECONDS:
         return None
     return record.get("holder") or "another process"
+
+
+def _conditional(fs) -> bool:
+    """Whether ``fs`` writes conditionally on an ETag (``If-Match``: s3fs)."""
+    return hasattr(fs, "_call_s3")
+
+
+def _write_if_match(fs, key, token: str, etag: str):
+    """Write the lock over the object whose ETag is ``etag`` only (S3's ``If-Match``); the
+    storage's answer, or None when the object is another by now or gone."""
+    try:
+        return fs.pipe_file(key, _record(token), IfMatch=etag)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:  # S3's PreconditionFailed: another ETag
+            return None
+        raise
 
 
 def _rewrite_if_ours(fs, key, token: str, etag: str | None) -> bool:
@@ -85,20 +104,25 @@ def _rewrite_if_ours(fs, key, token: str, etag: str | None) -> bool:
     On S3 (s3fs) the write is conditional on the object's ``etag`` (``If-Match``), so a
     command taking the lock over meanwhile is never overwritten; elsewhere the lock is read
     and compared just before (a narrow race)."""
-    if etag is not None and hasattr(fs, "_call_s3"):
-        try:
-            fs.pipe_file(key, _record(token), IfMatch=etag)
-            return True
-        except FileNotFoundError:
-            return False
-        except OSError as exc:
-            if exc.errno == errno.EINVAL:  # S3's PreconditionFailed: another ETag
-                return False
-            raise
+    if etag is not None and _conditional(fs):
+        return _write_if_match(fs, key, token, etag) is not None
     if (_read(fs, key)[0] or {}).get("token") != token:
         return False
     fs.pipe_file(key, _record(token))
     return True
+
+
+def _take_over(fs, key, token: str, etag: str | None):
+    """Replace a stale lock; the storage's answer to the write, or None when the caller must
+    try to create the lock again.
+
+    On S3 the stale object is overwritten only if it is still the one read (``If-Match``), so
+    of two commands taking it over at once one wins and the other finds a fresh lock. Elsewhere
+    it is deleted, and the next create decides (a narrow race)."""
+    if etag is not None and _conditional(fs):
+        return _write_if_match(fs, key, token, etag)
+    fs.rm_file(key)
+    return None
 
 
 def _renew(fs, key, token: str, etag: str | None, stop: threading.Event, where) -> None:
@@ -129,7 +153,7 @@ def hold(location):
             written = fs.pipe_file(key, _record(token), mode="create")
             break
         except FileExistsError:
-            record, age = _read(fs, key)
+            record, age, etag = _read(fs, key)
             if record is None:  # let go meanwhile
                 continue
             who = record.get("holder") or "another process"
@@ -141,7 +165,9 @@ def hold(location):
                     f"{LEASE_SECONDS:.0f} s is taken over)") from None
             logger.warning("taking over the build lock of %s: %s has not renewed it for %.0f s "
                            "(it died?)", location, who, age)
-            fs.rm_file(key)
+            written = _take_over(fs, key, token, etag)
+            if written is not None:
+                break
     else:
         raise StoreError(f"cannot take the build lock {location}{LOCK_SUFFIX}: it keeps "
                          f"changing")

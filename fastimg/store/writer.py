@@ -173,7 +173,8 @@ class StoreWriter:
         after: a copy that stops half-way is dropped by the next :meth:`open`
         (:meth:`drop_unfinished_copies`) instead of being taken for this build's own work."""
         for name in names:
-            record = {**reader.stages[name], "reused_from": str(reader.path)}
+            record = {**reader.stages[name],
+                      "reused_from": location.recorded_name(reader.path)}
             stages = self.stages
             stages[name] = {**record, "done": False}
             self._write(stages)
