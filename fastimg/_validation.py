@@ -1,6 +1,7 @@
 """Input checks shared by the stages: one clear ValueError per user mistake."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +103,25 @@ def file_in_the_way(folder) -> Path | None:
     nothing can be written into ``folder``), or None."""
     folder = Path(folder)
     return next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+
+
+def check_can_write(path, what, *, replaced: bool = False) -> None:
+    """Refuse, before any work, to write ``what`` at ``path`` (a file or a folder) where this
+    user cannot: a read-only file system, or no permission.
+
+    An existing ``path`` is written where it is, and a new one is made in the nearest of its
+    parents that exists; ``replaced``: an existing regular file is replaced by a new file
+    beside it (:func:`fastimg._files.replace_file`), so its folder is what must be writable.
+
+    Raises
+    ------
+    PermissionError
+        One line naming ``what`` and the file or folder that cannot be written.
+    """
+    path = Path(path)
+    in_place = path.exists() and not (replaced and path.is_file() and not path.is_symlink())
+    target = path if in_place else next((p for p in path.parents if p.exists()), None)
+    if target is not None and not os.access(
+            target, os.W_OK | (os.X_OK if target.is_dir() else 0)):
+        raise PermissionError(f"cannot write {what}: {target} is not writable (a read-only "
+                              f"file system, or no permission)")

@@ -390,7 +390,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_predict(args) -> int:
-    from fastimg._validation import file_in_the_way
+    from fastimg._validation import check_can_write, file_in_the_way
     from fastimg.train import load_run
     from fastimg.train.texts_io import (STDOUT, read_input_texts, read_lines,
                                         write_predictions, writes_to)
@@ -401,6 +401,8 @@ def _cmd_predict(args) -> int:
     blocker = None if to_stdout else file_in_the_way(args.out.parent)  # before the encoding
     if blocker is not None:
         raise UserError(f"--out {args.out}: {blocker} is a file, not a folder")
+    if not to_stdout:
+        check_can_write(args.out, f"--out {args.out}", replaced=True)
     run = load_run(args.run_dir, device=args.device, model=args.model)
     if str(args.input) == "-":
         ids, texts = read_lines(sys.stdin)
@@ -437,7 +439,7 @@ def _cmd_explain(args) -> int:
 def _check_run_folder(out: Path, *, force: bool) -> None:
     """Refuse to train into a store or a folder inside one, and into a folder that holds a run
     (or any other file) unless ``force``."""
-    from fastimg._validation import file_in_the_way
+    from fastimg._validation import check_can_write, file_in_the_way
     from fastimg.run_folder import check_outside_stores, run_files_in
 
     if out.exists() and not out.is_dir():
@@ -446,6 +448,7 @@ def _check_run_folder(out: Path, *, force: bool) -> None:
     if blocker is not None:
         raise UserError(f"--out {out}: {blocker} is a file, not a folder")
     check_outside_stores(out)
+    check_can_write(out, f"the run folder {out}")
     if force or not out.is_dir():
         return
 
@@ -815,7 +818,15 @@ def _add_flags_after_commands(parser) -> None:
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+    """``exc``'s message on one line; an operating system's error as ``PATH: reason`` (Python
+    says ``[Errno 30] Read-only file system: 'PATH'``)."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+        text = f"{exc.filename}: {exc.strerror}"
+        if exc.filename2 is not None:
+            text += f" (and {exc.filename2})"
+    else:
+        text = str(exc)
+    return " ".join(text.split()) or type(exc).__name__
 
 
 #: config fields whose flag is not the field's name with dashes

@@ -8,7 +8,8 @@ import numpy as np
 
 from fastimg import store
 from fastimg._figures import save_figure
-from fastimg._validation import check_count, check_seed, file_in_the_way
+from fastimg._validation import (check_can_write, check_count, check_seed,
+                                 file_in_the_way)
 
 logger = logging.getLogger("fastimg.show")
 
@@ -149,6 +150,7 @@ def _output_format(out) -> str:
         if blocker is not None:
             raise NotADirectoryError(f"{blocker} is a file, not a folder (to write {out} into)")
         raise FileNotFoundError(f"folder {out.parent} does not exist (to write {out} into)")
+    check_can_write(out, out)
     suffix = out.suffix.lower().lstrip(".")
     if not suffix:
         return "png"

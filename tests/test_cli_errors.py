@@ -569,3 +569,52 @@ def test_relayout_warns_once_per_local_path_given_storage_options(monkeypatch, c
     err = caplog.text
     assert err.count("ignored for the local path b.zarr") == 1
     assert err.count("ignored for the local path a.zarr") == 1
+
+
+def test_an_operating_system_error_reads_as_path_and_reason(capsys):
+    """Python's ``[Errno 30] Read-only file system: '/mnt/ro/show.png'`` was printed as it was;
+    errors that fastimg words itself (no errno) keep their words."""
+    import errno
+
+    for exc, words in (
+            (OSError(errno.EROFS, "Read-only file system", "/mnt/ro/show.png"),
+             "/mnt/ro/show.png: Read-only file system"),
+            (PermissionError(errno.EACCES, "Permission denied", "/a.zarr", None, "/b.zarr"),
+             "/a.zarr: Permission denied (and /b.zarr)"),
+            (FileNotFoundError("the bucket b does not exist"), "the bucket b does not exist")):
+        assert cli.report_error("show", exc) == 2
+        assert capsys.readouterr().err == f"fastimg show: error: {words}\n"
+
+
+@pytest.mark.parametrize("argv,what", [
+    (["predict", "run", "--input", "t.csv", "--out", "ro/p.csv"], "--out ro/p.csv"),
+    (["show", "s.zarr", "--out", "ro/s.png"], "ro/s.png"),
+    (["train", "s.zarr", "--out", "ro/deeper/run"], "the run folder ro/deeper/run"),
+    (["explain", "run", "--out", "ro/x"], "features.csv and importance.png into ro/x"),
+])
+def test_an_out_in_a_read_only_folder_is_refused_before_any_work(tmp_path, monkeypatch, capsys,
+                                                                 argv, what):
+    """These ran the whole command (the encoding, training, attributions) and then failed
+    on ``[Errno 30] Read-only file system`` naming a temporary or lock file."""
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ro").mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: (
+        not (mode & os.W_OK and Path(path).resolve() == tmp_path / "ro")
+        and real_access(path, mode)))
+    assert main(argv) == 2
+    assert one_line(capsys.readouterr().err).endswith(
+        f"error: cannot write {what}: ro is not writable (a read-only file system, or no "
+        f"permission)")
+    # an existing file or folder is written where it is (its own permission is what counts),
+    # but a file replaced by one written beside it needs its folder
+    from fastimg._validation import check_can_write
+
+    (tmp_path / "ro" / "own").mkdir()
+    (tmp_path / "ro" / "p.csv").write_text("x")
+    check_can_write(tmp_path / "ro" / "own", "x")
+    check_can_write(tmp_path / "ro" / "p.csv", "x")
+    with pytest.raises(PermissionError, match="ro is not writable"):
+        check_can_write(tmp_path / "ro" / "p.csv", "x", replaced=True)

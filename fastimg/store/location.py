@@ -377,7 +377,8 @@ def _lock(lock: Path, path: Path) -> int | None:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as exc:  # EACCES, EROFS
             if not os.access(path, os.W_OK):  # nothing could be written there either
-                raise
+                raise StoreError(f"cannot write {path}: {exc.strerror or exc} (in "
+                                 f"{lock.parent})") from None
             unlocked(exc)  # a writable folder under a read-only one (a mounted run folder)
             return None
         try:

@@ -41,7 +41,8 @@ import torch
 import torch.nn as nn
 
 from fastimg._figures import save_figure
-from fastimg._validation import check_count, check_seed, file_in_the_way
+from fastimg._validation import (check_can_write, check_count, check_seed,
+                                 file_in_the_way)
 from fastimg.train.bundle import RunBundleError
 
 logger = logging.getLogger("fastimg.train")
@@ -284,6 +285,7 @@ def explain(run_dir, *, split: str = "val", out_dir=None, method: str = "integra
                                      f"{FEATURES_FILE} and {IMAGE_FILE} into {out_dir})")
         check_outside_stores(out_dir, deleted=f"{FEATURES_FILE} and {IMAGE_FILE}",
                              instead="an --out outside it")
+        check_can_write(out_dir, f"{FEATURES_FILE} and {IMAGE_FILE} into {out_dir}")
     run = load_run(run_dir, device=device)
     if not run.store_path or not is_complete(run.store_path):
         raise RunBundleError(f"the training store of {run_dir} ({run.store_path}) is gone: "
