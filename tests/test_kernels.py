@@ -103,3 +103,18 @@ def test_cpu_blocks_shared_by_threads_match_reference(rng, monkeypatch, scaling)
     np.testing.assert_allclose(out, reference(x, plan), atol=1e-5, rtol=0)
     x[[3, 50, 50, 100], [0, 1, 2, 299]] = [np.nan, np.inf, -np.inf, np.nan]
     assert cpu.raster_cpu(x, plan, out) == 4
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("scaling", ["none", "minmax", "norm2"])
+def test_negative_values_and_values_below_the_fitted_minimum_match_reference(rng, backend,
+                                                                             dtype, scaling):
+    """Embeddings are mostly signed float16, and new rows fall below the training minimum
+    (``x + shift < 1`` under norm2, clipped to 0): the uniform [0, 1) inputs above reach
+    neither the float16 sign bit nor the norm2 floor."""
+    plan = make_plan(rng, 300, (12, 12), scaling, fill_value=-0.5)
+    x = (3.0 * rng.standard_normal((37, 300))).astype(dtype)
+    assert (x < -2.0).any()  # x + shift < 1 for some values (shift is in [1, 2))
+    got = rasterize(x, plan, backend=backend)
+    np.testing.assert_allclose(got, reference(x, plan), atol=1e-5, rtol=0)
