@@ -235,3 +235,38 @@ def test_cuml_backend_through_fakes_returns_numpy_and_records_cumls_version(
     assert layout.backend_ == "cuml" and layout.pixel_index_.shape == (400,)
     assert calls["init"]["random_state"] == 4 and calls["init"]["metric"] == "cosine"
     assert layout.to_dict()["versions"]["cuml"] == "26.2.0"
+
+
+def test_assignment_gives_each_feature_its_nearest_pixel_when_none_are_shared(rng):
+    """When no two features fall on one pixel, the assignment has nothing to resolve: each
+    feature's nearest pixel centre is the pixel it falls on, so ``assignment`` equals
+    ``bin``. Catches centres off by half a pixel, swapped axes and features paired with
+    another feature's pixel."""
+    shape = (30, 40)
+    coords = rng.random((25, 2)) * [3.0, 5.0]
+    bins = assign_pixels(coords, shape, "bin")
+    assert np.unique(bins).size == bins.size  # this draw puts no two on one pixel
+    np.testing.assert_array_equal(assign_pixels(coords, shape, "assignment"), bins)
+
+
+def test_features_clustered_onto_fewer_pixels_stay_near_their_own_coordinates(rng):
+    from fastimg.layout.pixels import pixel_centres, scale_to_grid
+
+    shape = (5, 7)
+    coords = rng.random((300, 2))
+    pixels = assign_pixels(coords, shape, "assignment")
+    distance = np.linalg.norm(scale_to_grid(coords, shape) - pixel_centres(shape)[pixels],
+                              axis=1)
+    assert np.median(distance) < 1.0  # within about a pixel; a shuffled map is ~3 away
+
+
+def test_minmax_scaling_of_a_feature_constant_on_the_training_rows_is_zero(rng):
+    from fastimg.layout import FeatureScaler
+
+    x = rng.standard_normal((50, 6))
+    x[:, 2] = 4.0
+    scaler = FeatureScaler.fit(x, "minmax")
+    assert scaler.scale[2] == 0
+    new = rng.standard_normal((10, 6)) + 4.0
+    scaled = scaler.transform(new)
+    assert np.isfinite(scaled).all() and (scaled[:, 2] == 0).all()
