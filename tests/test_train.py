@@ -247,6 +247,43 @@ def test_normalisation_modes(blob_store):
     assert torch.equal(Normaliser("none")(x), x)
 
 
+
+@pytest.mark.parametrize("mode", ["image", "dataset", "none"])
+def test_numpy_normalisation_equals_the_torch_one(mode):
+    """CPU training normalises in the DataLoader's workers with ``Normaliser.numpy``; the
+    tests above check the torch path, so a slip in the numpy one went unseen."""
+    rng = np.random.default_rng(0)
+    x = (rng.random((6, 5, 4)) * 3.0 + 1.0).astype(np.float32)
+    mean = rng.random((5, 4)).astype(np.float32)
+    inv_std = (rng.random((5, 4)) + 0.5).astype(np.float32)
+    normaliser = Normaliser(mode, *((mean, inv_std) if mode == "dataset" else ()))
+    expected = normaliser(torch.from_numpy(x.copy())).numpy()
+    np.testing.assert_allclose(normaliser.numpy(x.copy()), expected, atol=1e-5, rtol=0)
+
+
+def test_uint8_images_are_read_back_in_zero_to_one():
+    from fastimg.raster import to_image_dtype
+
+    images = np.linspace(0.0, 1.0, 2 * 3 * 5, dtype=np.float32).reshape(2, 3, 5)
+    stored = to_image_dtype(images, "uint8")
+    assert stored.dtype == np.uint8
+    np.testing.assert_allclose(ChunkedReader(stored).read(np.arange(2)),
+                               stored.astype(np.float64) / 255.0, rtol=1e-6, atol=0)
+    np.testing.assert_allclose(ChunkedReader(stored).read(np.arange(2)), images,
+                               atol=0.5 / 255 + 1e-7, rtol=0)
+
+
+def test_chunked_reader_drops_the_least_recently_used_chunk():
+    array = _CountingArray(np.arange(40, dtype=np.float32).reshape(40, 1), 10)
+    reader = ChunkedReader(array, cache_bytes=2 * 10 * 4)  # keeps 2 chunks
+    assert reader.max_chunks == 2
+    for row in (0, 10, 0, 20):  # chunk 0 read again, so chunk 1 is the one dropped
+        reader.read(np.array([row]))
+    assert array.reads == 3
+    reader.read(np.array([5]))
+    assert array.reads == 3  # still kept (first in, first out would have dropped it)
+
+
 def _source(path, shuffle=True, batch_size=40):
     data = StoreData(path)
     reader = ChunkedReader(data.images)
@@ -967,3 +1004,24 @@ def test_fit_reads_a_store_larger_than_its_readers_a_window_at_a_time(tmp_path, 
                                                  **options})
     fit(path, config)
     assert per_epoch and all(n <= 12 for n in per_epoch), per_epoch
+
+
+def test_windowed_order_shuffles_whole_chunks_and_the_rows_within_each_window():
+    from fastimg.train.data import windowed_order
+
+    groups = np.repeat(np.arange(12), 10)  # 12 chunks of 10 positions
+    order = windowed_order(groups, 4, seed=0, epoch=0)
+    np.testing.assert_array_equal(np.sort(order), np.arange(120))
+    for start in range(0, 120, 40):  # windows of 4 whole chunks
+        window = groups[order[start:start + 40]]
+        assert np.unique(window).size == 4 and np.bincount(window).max() == 10
+        # the rows of a window are mixed, not served chunk by chunk
+        assert np.count_nonzero(np.diff(window)) > 10
+
+
+def test_a_split_whose_chunks_all_fit_in_the_cache_gets_a_full_permutation():
+    from fastimg.train.data import shuffled_order
+
+    ids = np.repeat(np.arange(6), 8)  # 6 chunks, and the reader keeps 6
+    np.testing.assert_array_equal(shuffled_order(48, 3, 1, [(ids, 6)]), epoch_order(48, 3, 1))
+    assert not np.array_equal(shuffled_order(48, 3, 1, [(ids, 5)]), epoch_order(48, 3, 1))
