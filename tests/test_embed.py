@@ -157,6 +157,32 @@ def test_batching_helpers():
     assert ids.tolist() == [[1, 2, 3], [4, 0, 0]] and mask.sum(1).tolist() == [3, 1]
 
 
+
+def test_length_order_keeps_texts_of_equal_length_in_input_order():
+    """The order is documented stable: numpy's default sort is stable only for short arrays
+    (insertion sort), so this takes more than the 6 lengths above."""
+    lengths = np.random.default_rng(0).integers(1, 5, 200)
+    expected = sorted(range(lengths.size), key=lambda i: -lengths[i])  # Python's sort is stable
+    assert length_order(lengths).tolist() == expected
+
+
+def test_the_padding_guard_starts_once_a_batch_holds_exactly_min_tokens():
+    # two rows of 100 hold 200 padded tokens: a third of 50 would pad 300 for 250 real (+20 %)
+    assert budget_batches([100, 100, 50], 10_000, 64, max_padding=0.1,
+                          min_tokens=200) == [(0, 2), (2, 3)]
+    assert budget_batches([100, 100, 50], 10_000, 64, max_padding=0.1,
+                          min_tokens=201) == [(0, 3)]
+
+
+def test_roberta_like_models_hold_two_tokens_fewer_than_their_positions():
+    """Their position ids start after the padding id: a 514-position RoBERTa takes 512
+    tokens, and a longer max_length must be refused before it fails inside the model."""
+    from transformers import BertConfig, RobertaConfig
+
+    assert plan_mod._positions(RobertaConfig(max_position_embeddings=514)) == 512
+    assert plan_mod._positions(BertConfig(max_position_embeddings=512)) == 512
+
+
 def test_packing_helpers():
     ids, positions, texts, cu = pack_batch([[1, 2, 3], [4], [5, 6]])
     assert ids.tolist() == [1, 2, 3, 4, 5, 6] and cu.tolist() == [0, 3, 4, 6]
