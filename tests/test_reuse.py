@@ -80,6 +80,30 @@ def _arrays(path):
                                                      store.EMBEDDINGS, store.IMAGES)}
 
 
+
+def test_digests_tell_apart_texts_split_at_another_place():
+    """The encode stage's key names its texts by their digest: without each text's length in
+    it, ["ab", "c"] and ["a", "bc"] would share their embeddings."""
+    from fastimg.embed import texts_digest
+    from fastimg.store.keys import digest
+
+    assert texts_digest(["ab", "c"]) != texts_digest(["a", "bc"])
+    assert digest("ab", "c") != digest("a", "bc")
+    assert digest(np.arange(3), np.arange(1)) != digest(np.arange(2), np.arange(2))
+
+
+def test_differences_list_top_level_settings_before_nested_ones():
+    """A refusal shows the first few: ``encoder.precision`` must come before the
+    ``encoder.int8.*`` details it brings, though it sorts after them alphabetically."""
+    from fastimg.store.keys import differences
+
+    old = {"precision": "fp32", "model": "m"}
+    new = {"precision": "int8", "model": "m", "int8": {"engine": "onnxruntime", "version": 3}}
+    assert differences("encoder", old, new) == [
+        'encoder.precision: "fp32" -> "int8"', 'encoder.int8.engine: null -> "onnxruntime"',
+        "encoder.int8.version: null -> 3"]
+
+
 def test_a_layout_change_reuses_the_embeddings_and_never_encodes(
         corpus_csv, tmp_path, tiny_bert_dir, encode_calls, capsys):
     out = tmp_path / "s.zarr"
