@@ -187,6 +187,26 @@ def test_build_image_store_checks_its_configs(matrix, tmp_path):
     assert json.dumps(ImagesConfig(fit_rows=np.int64(10)).fit_rows) == "10"
 
 
+
+@pytest.mark.parametrize("how", ["fit_rows", "split"])
+def test_build_image_store_fits_the_layout_on_its_rows_only(matrix, tmp_path, how):
+    """An in-memory (or memory-mapped ``.npy``) matrix took a shortcut that fitted the layout
+    on every row; the first ``fit_rows`` rows, or the training rows of ``split``, are meant
+    (validation and test rows must not shape the layout)."""
+    from fastimg import store
+
+    train = np.arange(200) < 120 if how == "fit_rows" else np.arange(200) % 3 != 0
+    kwargs = ({"config": ImagesConfig(fit_rows=120)} if how == "fit_rows" else
+              {"split": np.where(train, "train", "val")})
+    build_image_store(matrix, tmp_path / "s.zarr", LayoutConfig(**SMALL), progress=False,
+                      **kwargs)
+    attrs = store.StoreReader(tmp_path / "s.zarr").group.attrs[store.ATTRS_KEY]
+    stored = DeepInsightLayout.from_dict(attrs["layout"])
+    expected = DeepInsightLayout(**SMALL).fit(matrix[train])
+    np.testing.assert_array_equal(stored.scaler_.shift, expected.scaler_.shift)
+    np.testing.assert_array_equal(stored.pixel_index_, expected.pixel_index_)
+
+
 # -- encoder config and texts ----------------------------------------------------------------
 @pytest.mark.parametrize("kw, match", [
     (dict(layers=(1.5, 2)), "layers"), (dict(layers=["1", "2"]), "layers"),
