@@ -684,6 +684,15 @@ def test_gpu_precision_without_gpu_is_one_clear_error(tiny, tiny_dir, monkeypatc
             encode(["x"], EncoderConfig(model=str(tiny_dir), precision=name), model=tiny)
 
 
+
+def test_int8_with_device_auto_runs_on_the_cpu_beside_a_gpu(tiny_dir, monkeypatch):
+    """int8 has CPU kernels only: ``device="auto"`` on a machine with a GPU must take the
+    CPU for it rather than refuse (the GPU is faked: only the device's name is resolved)."""
+    monkeypatch.setattr(plan_mod.ENCODE_DEVICES, "_auto", "cuda")
+    assert plan_mod._resolve_device(EncoderConfig(model=str(tiny_dir), precision="int8")) == "cpu"
+    assert plan_mod._resolve_device(EncoderConfig(model=str(tiny_dir))) == "cuda"
+
+
 def test_precisions_per_device():
     assert precision_mod.available("cpu") == ["fp32", "int8"]
     assert precision_mod.available("cuda") == ["fp32", "fp16", "bf16"]
