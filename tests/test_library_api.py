@@ -187,12 +187,10 @@ def test_build_image_store_checks_its_configs(matrix, tmp_path):
     assert json.dumps(ImagesConfig(fit_rows=np.int64(10)).fit_rows) == "10"
 
 
-
 @pytest.mark.parametrize("how", ["fit_rows", "split"])
 def test_build_image_store_fits_the_layout_on_its_rows_only(matrix, tmp_path, how):
-    """An in-memory (or memory-mapped ``.npy``) matrix took a shortcut that fitted the layout
-    on every row; the first ``fit_rows`` rows, or the training rows of ``split``, are meant
-    (validation and test rows must not shape the layout)."""
+    """The layout of an in-memory matrix is fitted on the first ``fit_rows`` rows, or on the
+    training rows of ``split``, only: validation and test rows must not shape it."""
     from fastimg import store
 
     train = np.arange(200) < 120 if how == "fit_rows" else np.arange(200) % 3 != 0
