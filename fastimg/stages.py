@@ -63,12 +63,12 @@ def open_existing(out, plan: StagePlan, *, force: bool) -> StoreReader | None:
         diffs = plan.differences(existing.stages)
         what = ("built with other settings (" + "; ".join(diffs[:4])
                 + (" ..." if len(diffs) > 4 else "") + ")") if diffs else "with these settings"
-        raise StoreError(f"{out} already exists, {what}; pass --force to replace it "
-                         + ("(the stages that match are reused)" if local else
-                            "(on object storage the old store is deleted first: nothing is "
-                            "reused)"))
-    # no atomic replace on object storage: the old store is deleted before the new one is
-    # written in place, so nothing can be reused from it
+        raise StoreError(f"{out} already exists, {what}; pass --force to replace it (the "
+                         f"stages that match are reused"
+                         + (")" if local else "; on object storage it is rebuilt in place, "
+                            "unreadable until the build ends)"))
+    # no atomic replace on object storage: the store is rebuilt in place, its matching stages
+    # kept by the writer itself (StoreWriter.open), nothing copied
     return existing if local else None
 
 
@@ -97,8 +97,9 @@ def reconcile(writer: StoreWriter, plan: StagePlan, sources, *, force: bool) -> 
                          f"with its settings to resume it, or pass --force to start over")
     for stage in differ:
         if writer.stage(stage) is not None:  # not dropped with a stage before it
-            logger.warning("the unfinished build's %s stage had other settings; recomputing "
-                           "it", stage)
+            if writer.resumed:
+                logger.warning("the unfinished build's %s stage had other settings; "
+                               "recomputing it", stage)
             writer.drop_from(stage)
     reused = [s for s in plan.keys if (writer.stage(s) or {}).get("done")]
     for source in sources:

@@ -137,12 +137,25 @@ def test_s3_build_info_train_xarray(tmp_path, tiny_bert_dir, s3, s3_env, capsys)
     np.testing.assert_array_equal(ds["images"].values, local.group[store.IMAGES][:])
     assert ds.attrs[store.ATTRS_KEY]["complete"] is True
 
-    # --force: the old store is deleted, then written again in place
+    # --force rebuilds in place, keeping the matching stages (it deleted the store first and
+    # encoded again: a new layout of an S3 store cost a whole build)
     assert main(_build_argv(csv, tiny_bert_dir, url, *s3_env, "--pixels", "16")) == 2
     err = capsys.readouterr().err  # what differs, as for a local store
     assert "already exists, built with other settings (layout.grid: [32, 32] -> [16, 16])" in err
-    assert "deleted first: nothing is reused" in err
-    assert main(_build_argv(csv, tiny_bert_dir, url, *s3_env, "--force")) == 0
+    assert "on object storage it is rebuilt in place" in err
+    embeddings = remote.embeddings[:]
+    assert main(_build_argv(csv, tiny_bert_dir, url, *s3_env, "--pixels", "16",
+                            "--force")) == 0
+    assert "reused corpus, encode;" in capsys.readouterr().out
+    rebuilt = store.StoreReader(url, storage_options=s3)
+    assert rebuilt.images.shape == (64, 16, 16) and rebuilt.summary["reused"] == [
+        "corpus", "encode"]
+    np.testing.assert_array_equal(rebuilt.embeddings[:], embeddings)
+    assert main(_build_argv(csv, tiny_bert_dir, str(tmp_path / "local.zarr"), "--pixels", "16",
+                            "--force")) == 0
+    np.testing.assert_array_equal(rebuilt.images[:],
+                                  store.StoreReader(tmp_path / "local.zarr").images[:])
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(BUCKET)) == ["imdb.zarr"]
 
 
 def test_incomplete_s3_store_is_refused_with_one_line(tmp_path, tiny_bert_dir, s3, s3_env,

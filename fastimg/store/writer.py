@@ -60,18 +60,23 @@ class StoreWriter:
         ``path`` is a local path or a :class:`~fastimg.store.location.Location` (an object
         store, built in place: starting afresh there deletes what is at ``path``). Whether an
         existing complete store at ``path`` may be replaced is the caller's decision (it may
-        reuse stages from it); nothing here touches it.
+        reuse stages from it); a local one is not touched here. On object storage, where the
+        build is the store, a complete store is rebuilt in place when ``reuse``: it becomes a
+        build with every stage done, whose matching stages the caller keeps
+        (:func:`fastimg.stages.reconcile`), unreadable until it is complete again.
         """
         location.recover(path)
         tmp = location.partial_path(path)
         if reuse and location.exists(tmp):
             try:
                 group = location.open_group(tmp, "r+")
-                if location.is_local(path):
-                    _reopen_finished(group, tmp)
+                in_place = _reopen_finished(group, tmp) and not location.is_local(path)
                 if isinstance(group.attrs.get(BUILD_KEY, {}).get("stages"), dict):
-                    logger.info("picking up the unfinished build at %s", tmp)
-                    writer = cls(path, group, True)
+                    if in_place:
+                        logger.info("rebuilding %s in place, keeping its matching stages", tmp)
+                    else:
+                        logger.info("picking up the unfinished build at %s", tmp)
+                    writer = cls(path, group, not in_place)
                     # an unfinished build of an older fastimg resumes under today's keys
                     records = writer.stages
                     today = upgraded(records)
@@ -285,18 +290,22 @@ def lost_arrays(group, stage: str) -> list[str]:
             if not array.startswith(DONE_PREFIX) and array not in group]
 
 
-def _reopen_finished(group, where) -> None:
-    """Turn a finished build that was not moved in place (interrupted between its last attrs
-    write and the move) back into an unfinished one with every stage done, so that the rerun
-    moves it in place instead of starting afresh."""
+def _reopen_finished(group, where) -> bool:
+    """Turn a finished build back into an unfinished one with every stage done; whether it
+    did.
+
+    Locally, a finished build that was not moved in place (interrupted between its last attrs
+    write and the move), so that the rerun moves it in place instead of starting afresh. On
+    object storage, the complete store a forced rebuild writes over in place."""
     attrs = group.attrs.get(ATTRS_KEY) or {}
     if (BUILD_KEY in group.attrs or not attrs.get(COMPLETE)
             or attrs.get("format_version") != FORMAT_VERSION
             or not isinstance(attrs.get("stages"), dict)):
-        return
-    logger.info("%s is a finished build that was not moved in place; picking it up", where)
+        return False
+    logger.info("%s is a finished build; opening it as an unfinished one", where)
     others = {k: v for k, v in group.attrs.asdict().items() if k != ATTRS_KEY}
     group.attrs.put({**others, BUILD_KEY: {"stages": canonical(attrs["stages"])}})
+    return True
 
 
 def finished_chunks(done, n_rows: int, chunk_rows: int, rows_done: int):
