@@ -85,6 +85,23 @@ def check_count(name: str, value, minimum: int = 1, alternative: str = "") -> in
     return int(value)
 
 
+def check_config(name: str, value, cls, *, required: bool = False):
+    """``value`` when it is a ``cls``, ``cls()`` (the defaults) when it is None and not
+    ``required``, else a TypeError naming ``name``: a config passed in the wrong place (an
+    ``EncoderConfig`` where a ``LayoutConfig`` goes) or as a dict would otherwise fail deep
+    inside, naming neither."""
+    if isinstance(value, cls):
+        return value
+    if value is None and not required:
+        return cls()
+    hint = ""
+    if isinstance(value, dict):
+        hint = f"; build one with {cls.__name__}(**settings)" + (
+            f" or {cls.__name__}.from_dict(settings)" if hasattr(cls, "from_dict") else "")
+    raise TypeError(f"{name} must be a {cls.__name__}{'' if required else ' or None'}, got "
+                    f"{type(value).__name__}{hint}")
+
+
 def lone_surrogate(text: str) -> int | None:
     """The position of the first lone surrogate in ``text`` (half of a character, as a JSON
     ``\\ud800`` escape or a bad decode leaves it: it has no UTF-8 form, so no tokenizer reads

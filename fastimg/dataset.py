@@ -28,6 +28,7 @@ import numpy as np
 
 from fastimg import __version__, stages, store
 from fastimg._provenance import installed_versions
+from fastimg._validation import check_config
 from fastimg.embed.texts import EmptyTextWarning
 from fastimg.images import split_codes
 from fastimg.info import copied_from
@@ -186,18 +187,22 @@ def build_dataset(out, corpus_config, encoder_config=None, layout_config=None,
 
     Raises
     ------
+    TypeError
+        A config that is not of its class (an ``EncoderConfig`` given as ``layout_config``, a
+        dict), before any work.
     fastimg.corpus.CorpusError, ValueError, fastimg.store.StoreError
         For bad input or settings (a refusal names each setting that differs and its two
         values); nothing that looks complete is left behind.
     """
-    from fastimg.corpus import load_corpus
+    from fastimg.corpus import CorpusConfig, load_corpus
     from fastimg.embed import EncoderConfig, run_settings
     from fastimg.embed.models import load_tokenizer
     from fastimg.layout import LayoutConfig
 
-    encoder_config = encoder_config or EncoderConfig()
-    layout_config = layout_config or LayoutConfig()
-    config = config or DatasetConfig()
+    check_config("corpus_config", corpus_config, CorpusConfig, required=True)
+    encoder_config = check_config("encoder_config", encoder_config, EncoderConfig)
+    layout_config = check_config("layout_config", layout_config, LayoutConfig)
+    config = check_config("config", config, DatasetConfig)
     on_stage = on_stage or (lambda name: None)
     out = store.location.resolve(out, storage_options)
     if reuse_from and not reuse:
@@ -289,14 +294,16 @@ def relayout(src, dst, layout_config=None, config: DatasetConfig | None = None, 
 
     Raises
     ------
+    TypeError
+        A config that is not of its class, before any work.
     fastimg.store.StoreError
         ``src`` is incomplete, of another format or has no embeddings; ``dst`` exists and
         ``force`` is false. Nothing is written then.
     """
     from fastimg.layout import LayoutConfig
 
-    layout_config = layout_config or LayoutConfig()
-    config = config or DatasetConfig()
+    layout_config = check_config("layout_config", layout_config, LayoutConfig)
+    config = check_config("config", config, DatasetConfig)
     on_stage = on_stage or (lambda name: None)
     src = store.location.resolve(src, storage_options)
     dst = store.location.resolve(dst, storage_options)

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from fastimg._validation import check_count, check_feature_matrix
+from fastimg._validation import check_config, check_count, check_feature_matrix
 from fastimg.layout import LayoutConfig
 from fastimg.raster import check_image_dtype
 from fastimg.store import SPLIT, SPLIT_NAMES, StoreWriter, build_lock
@@ -277,13 +277,8 @@ def build_image_store(matrix, out, layout_config: LayoutConfig | None = None,
     """
     from fastimg import stages
 
-    layout_config = layout_config or LayoutConfig()
-    config = config or ImagesConfig()
-    for name, value, kind in (("layout_config", layout_config, LayoutConfig),
-                              ("config", config, ImagesConfig)):
-        if not isinstance(value, kind):
-            raise TypeError(f"{name} must be a {kind.__name__} instance, got "
-                            f"{type(value).__name__}")
+    layout_config = check_config("layout_config", layout_config, LayoutConfig)
+    config = check_config("config", config, ImagesConfig)
     if not all(hasattr(matrix, attr) for attr in ("shape", "dtype", "__getitem__")):
         matrix = np.asarray(matrix)  # a list of lists, a DataFrame: in memory anyway
     if len(matrix.shape) != 2 or matrix.shape[0] == 0:

@@ -8,12 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fastimg import build_dataset, relayout
+from fastimg.corpus import CorpusConfig
 from fastimg.embed import EncoderConfig, check_texts
 from fastimg.images import ImagesConfig, build_image_store
 from fastimg.kernels import RasterPlan
 from fastimg.layout import DeepInsightLayout, LayoutConfig
 from fastimg.raster import rasterize
 from fastimg.store import open_store
+from fastimg.train import fit
 
 SMALL = dict(grid=(10, 10), perplexity=5)
 
@@ -185,6 +188,26 @@ def test_build_image_store_checks_its_configs(matrix, tmp_path):
         with pytest.raises(ValueError, match="fit_rows"):
             ImagesConfig(fit_rows=fit_rows)
     assert json.dumps(ImagesConfig(fit_rows=np.int64(10)).fit_rows) == "10"
+
+
+@pytest.mark.parametrize("call, match", [
+    # a config in the wrong slot (encoder_config skipped), as a dict, or a grid tuple: each
+    # failed deep inside ("'LayoutConfig' object has no attribute 'model'"), naming neither
+    (lambda out: build_dataset(out, CorpusConfig(input="r.csv"), LayoutConfig()),
+     "encoder_config must be a EncoderConfig or None, got LayoutConfig"),
+    (lambda out: build_dataset(out, {"dataset": "imdb"}),
+     r"corpus_config must be a CorpusConfig, got dict; build one with CorpusConfig\(\*\*"),
+    (lambda out: build_dataset(out, CorpusConfig(input="r.csv"), None, None, {"fit_on": "all"}),
+     "config must be a DatasetConfig or None, got dict"),
+    (lambda out: relayout(out, out.with_name("b.zarr"), (32, 32)),
+     "layout_config must be a LayoutConfig or None, got tuple"),
+    (lambda out: fit(out, {"epochs": 1}),
+     r"config must be a TrainConfig or None, got dict; .* or TrainConfig.from_dict"),
+])
+def test_library_entry_points_name_a_config_of_the_wrong_type(tmp_path, call, match):
+    with pytest.raises(TypeError, match=match):
+        call(tmp_path / "a.zarr")
+    assert list(tmp_path.iterdir()) == []  # refused before anything is read or written
 
 
 @pytest.mark.parametrize("how", ["fit_rows", "split"])

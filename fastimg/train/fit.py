@@ -20,6 +20,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from fastimg._files import replace_file
+from fastimg._validation import check_config
 from fastimg.run_folder import (BUNDLE_FILE, CHECKPOINT_FILE, CONFIG_FILE, FEATURE_CACHE_DIR,
                                 METRICS_FILE, NORMALISER_FILE, RUN_FILES, check_outside_stores,
                                 run_files_in)
@@ -409,6 +410,8 @@ def fit(store, config: TrainConfig | None = None, *, out_dir=None,
 
     Raises
     ------
+    TypeError
+        ``config`` is not a :class:`TrainConfig` (a dict: ``TrainConfig(**settings)``).
     ValueError
         The store has no labels, no training or validation rows, or settings do not fit it;
         a weights file that is not a torch state_dict
@@ -443,7 +446,7 @@ def fit(store, config: TrainConfig | None = None, *, out_dir=None,
     ``np.random.default_rng(seed + epoch)``. Neither loader draws from the torch RNG, so one
     seed trains the same model with ``loader="torch"`` or ``"dali"``.
     """
-    config = config or TrainConfig()
+    config = check_config("config", config, TrainConfig)
     check_weights(config.weights)
     run_dir = Path(out_dir) if out_dir is not None else None
     if run_dir is not None and run_dir.exists() and not run_dir.is_dir():
