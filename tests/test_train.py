@@ -441,6 +441,22 @@ def test_config_round_trips_through_json_and_rejects_bad_values():
     assert TrainConfig(preset="paper").resolved_cache == "memory"
 
 
+
+@pytest.mark.parametrize("device", ["gpu", "cuda0", "CPU", "mps", 0],
+                         ids=["g-p-u", "cuda0", "upper", "mps", "int"])  # "gpu": a GPU mark
+def test_config_and_load_run_name_a_bad_device(device):
+    """A bad device is refused where it is set, naming the setting: TrainConfig took "gpu"
+    and fit failed after loading the store with torch's RuntimeError listing 24 device
+    types, naming no setting."""
+    from fastimg.train.fit import resolve_device
+
+    with pytest.raises(ValueError, match=r"^device must be auto, cpu, cuda or cuda:N, got"):
+        TrainConfig(weights="none", device=device)
+    with pytest.raises(ValueError, match=r"^device must be auto, cpu, cuda or cuda:N, got"):
+        resolve_device(device)  # load_run(device=...) and explain(device=...)
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    assert TrainConfig(weights="none", device="cuda:1").device == "cuda:1"
+
 # -- training ---------------------------------------------------------------------------------
 
 def test_two_separable_classes_reach_090_on_cpu(blob_store, tmp_path):

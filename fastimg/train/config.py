@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, fields
 
 from fastimg._validation import check_seed
@@ -15,6 +16,19 @@ CUTS = ("paper", "nopool")
 #: the most loader worker processes a run may ask for (each is a process with its own copy of
 #: the loader; more than this is a typo, not a setting)
 MAX_WORKERS = 256
+
+#: torch devices training and prediction run on: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+
+
+def check_device(name: str, value) -> str:
+    """``value`` when it names a device :func:`fastimg.train.fit.resolve_device` takes, else
+    a ValueError naming ``name`` (torch's own error lists two dozen device types and not the
+    setting)."""
+    if not (isinstance(value, str) and DEVICE_PATTERN.fullmatch(value)):
+        raise ValueError(f"{name} must be auto, cpu, cuda or cuda:N, got {value!r}")
+    return value
+
 
 #: Settings each preset gives the fields left at ``None`` (the learning rates come from
 #: :data:`fastimg.train.extractors.DEFAULT_LR` / ``PAPER_LR``, per extractor).
@@ -210,6 +224,7 @@ class TrainConfig:
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {self.preset!r}")
         check_seed("seed", self.seed)
+        check_device("device", self.device)
         if self.extractor not in EXTRACTORS:
             raise ValueError(f"unknown extractor {self.extractor!r}; choose one of "
                              f"{sorted(EXTRACTORS)}")

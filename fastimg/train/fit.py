@@ -27,7 +27,7 @@ from fastimg.run_folder import (BUNDLE_FILE, CHECKPOINT_FILE, CONFIG_FILE, FEATU
 from fastimg.store.location import build_lock
 from fastimg.train.bundle import save_run_bundle
 from fastimg.train.cache import build_cache, feature_cache_bytes
-from fastimg.train.config import TrainConfig
+from fastimg.train.config import TrainConfig, check_device
 from fastimg.train.data import (LOADERS, BatchSource, ChunkedReader, Normaliser, StoreData,
                                 make_loader, pixel_stats)
 from fastimg.train.extractors import check_weights
@@ -79,7 +79,9 @@ class TrainResult:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU (logged)."""
+    """``"auto"`` -> CUDA when available, else CPU (logged); a ``torch.device`` is taken
+    as its name."""
+    name = check_device("device", str(name) if isinstance(name, torch.device) else name)
     if name == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         logger.info("train device 'auto' resolved to %s", device)
