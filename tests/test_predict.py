@@ -16,6 +16,7 @@ import zarr
 from conftest import tiny_reviews
 from conftest import write_csv as _write_csv
 from fastimg.cli import main
+from fastimg.layout import DeepInsightLayout
 from fastimg.train import TrainConfig, fit, load_run
 from fastimg.train import extractors as extractors_module
 from fastimg.run_folder import BUNDLE_FILE
@@ -57,7 +58,7 @@ def trained(tmp_path_factory, tiny_bert_dir):
         x = Normaliser("dataset", *stats)(torch.from_numpy(images))
         expected = torch.softmax(result.model.cpu()(x).float(), 1).numpy()
     return {"store": store_path, "run": run_dir, "texts": texts, "expected": expected,
-            "root": root}
+            "root": root, "result": result}
 
 
 def _copy_run(trained, tmp_path):
@@ -388,6 +389,32 @@ def test_a_corrupt_normaliser_is_named_in_one_line(trained, tmp_path, capsys, ho
     assert code == 2 and "internal error" not in err and "\n" not in err, err
     assert str(npz) in err and "allow_pickle" not in err and "pickle.load" not in err, err
     assert ("is unreadable" in err) if how != "other arrays" else "of shape" in err
+
+
+def test_what_a_notebook_shows_of_the_library_objects_is_short(trained):
+    """The reprs a notebook prints of what the library returns: a TrainResult printed the
+    model's layers and every epoch's metrics (thousands of characters); a StoreReader, a
+    layout and a Run printed ``<... object at 0x...>``; an Explanation its arrays."""
+    result = trained["result"]
+    text = repr(result)
+    assert len(text) < 400 and "best_epoch=" in text and "test_accuracy=" in text
+    assert "Conv2d" not in text and "train_loss" not in text
+    reader = StoreReader(trained["store"])
+    assert repr(reader) == (f"StoreReader({str(trained['store'])!r}, kind='dataset', rows=64, "
+                            f"image_shape=(24, 24), classes=['neg', 'pos'])")
+    layout = reader.layout()
+    assert repr(layout) == (f"DeepInsightLayout(grid=(24, 24), method='pca', scaling='norm2', "
+                            f"fitted: {layout.n_features} features on "
+                            f"{layout.n_occupied_pixels} pixels)")
+    assert repr(DeepInsightLayout(grid=8)).endswith("scaling='norm2', not fitted)")
+    run = load_run(trained["run"])
+    assert repr(run) == (f"Run({str(trained['run'])!r}, extractor='alexnet', "
+                         f"classes=['neg', 'pos'], image_shape=(24, 24), device='cpu')")
+    pytest.importorskip("captum")
+    from fastimg.train.explain import explain
+
+    shown = repr(explain(trained["run"], max_rows=4))
+    assert len(shown) < 600 and "method='integrated_gradients'" in shown
 
 
 def test_explain_loads_the_run_the_same_way(trained, tmp_path):

@@ -282,6 +282,13 @@ class DeepInsightLayout:
         self.pixel_index_ = assign_pixels(self.coords_, cfg.grid, cfg.assignment,
                                           random_state=cfg.random_state)
 
+    def __repr__(self) -> str:
+        cfg = self.config
+        state = (f"fitted: {self.n_features} features on {self.n_occupied_pixels} pixels"
+                 if hasattr(self, "pixel_index_") else "not fitted")
+        return (f"DeepInsightLayout(grid={cfg.grid}, method={cfg.method!r}, "
+                f"scaling={cfg.scaling!r}, {state})")
+
     def _check_fitted(self):
         if not hasattr(self, "pixel_index_"):
             raise RuntimeError("this DeepInsightLayout is not fitted yet: call fit(X) first")

@@ -99,6 +99,16 @@ class StoreReader:
         self.attrs = dict(self.group.attrs[ATTRS_KEY])
         check_version(path, self.attrs)
 
+    def __repr__(self) -> str:
+        summary = self.summary
+        shape = self.images.shape if IMAGES in self.group else ()
+        parts = [f"{str(self.path)!r}", f"kind={self.kind!r}",
+                 f"rows={shape[0] if shape else summary.get('rows')}",
+                 f"image_shape={tuple(shape[1:])}"]
+        if self.class_names:
+            parts.append(f"classes={self.class_names}")
+        return f"StoreReader({', '.join(parts)})"
+
     def check_unchanged(self) -> None:
         """Raise :class:`StoreError` when the store was replaced or deleted since it was opened
         (a ``--force`` rebuild or a ``relayout`` of it ran meanwhile): the arrays are read by

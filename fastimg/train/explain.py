@@ -190,10 +190,11 @@ class Explanation:
         Paths written (``features``, ``image``), when ``out_dir`` was given.
     """
 
-    pixel_importance: np.ndarray
-    feature_importance: np.ndarray
-    importance: np.ndarray
-    ranking: np.ndarray
+    # the per-feature and per-pixel arrays are out of the repr, which a notebook shows
+    pixel_importance: np.ndarray = field(repr=False)
+    feature_importance: np.ndarray = field(repr=False)
+    importance: np.ndarray = field(repr=False)
+    ranking: np.ndarray = field(repr=False)
     layer_totals: np.ndarray
     class_names: list
     layers: list
@@ -201,8 +202,8 @@ class Explanation:
     rows: int
     method: str
     split: str
-    pixel_index: np.ndarray = None
-    pixel_features: np.ndarray = None
+    pixel_index: np.ndarray = field(default=None, repr=False)
+    pixel_features: np.ndarray = field(default=None, repr=False)
     grid: tuple = ()
     files: dict = field(default_factory=dict)
 

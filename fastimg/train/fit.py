@@ -70,9 +70,11 @@ class TrainResult:
     val_accuracy: float
     test_accuracy: float | None
     probe: dict | None
-    history: list = field(default_factory=list)
-    metrics: dict = field(default_factory=dict)
-    model: nn.Module | None = None
+    # out of the repr, which a notebook shows: the model's layers and every epoch's metrics
+    # made it thousands of characters long
+    history: list = field(default_factory=list, repr=False)
+    metrics: dict = field(default_factory=dict, repr=False)
+    model: nn.Module | None = field(default=None, repr=False)
     run_dir: Path | None = None
     probe_pixels: dict | None = None
     selection_biased: bool = False

@@ -116,6 +116,11 @@ class Run:
         self.device = resolve_device(device)
         self.model = self._build_model()
 
+    def __repr__(self) -> str:
+        return (f"Run({str(self.run_dir)!r}, extractor={self.config.extractor!r}, "
+                f"classes={self.class_names}, image_shape={self.image_shape}, "
+                f"device={str(self.device)!r})")
+
     def _build_model(self):
         from fastimg.train.head import build_classifier
 
