@@ -200,6 +200,10 @@ def _cmd_images(args) -> int:
     start = time.perf_counter()
     summary = build_image_store(matrix, args.out, layout_config, config, split=split,
                                 force=args.force, progress=not args.quiet)
+    if summary.get("up_to_date"):
+        _print_up_to_date(args.out, f"{summary['rows']} images of {summary['image_shape'][0]} "
+                                    f"x {summary['image_shape'][1]}")
+        return 0
     fitted = {"train": "the training rows", "first_rows": "the first rows",
               "all": "every row (give --split-file to fit on the training rows only)"}
     print(f"wrote {args.out}: {summary['rows']} images of {summary['image_shape'][0]} x "
@@ -288,7 +292,16 @@ def _cluster(spec):
     return connect(spec)
 
 
+def _print_up_to_date(out, what: str) -> None:
+    print(f"{out} is up to date: {what}, built with these settings; nothing computed (pass "
+          f"--force to build it again)")
+
+
 def _print_dataset_summary(out, summary: dict, seconds: float) -> None:
+    if summary.get("up_to_date"):
+        _print_up_to_date(out, f"{summary['rows']} rows, images {summary['image_shape'][0]} x "
+                               f"{summary['image_shape'][1]}")
+        return
     timings = ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in summary["timings"].items())
     counts = "; ".join(f"{split} " + "/".join(str(n) for n in per_class.values())
                        for split, per_class in summary["counts"].items())

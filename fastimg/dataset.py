@@ -159,7 +159,8 @@ def build_dataset(out, corpus_config, encoder_config=None, layout_config=None,
     config : DatasetConfig, optional
     force : bool
         Replace a complete store at ``out`` (atomically: the old one stays until the new one
-        is in place). Its stages whose keys match are reused.
+        is in place). Its stages whose keys match are reused. Without it, a store built with
+        other settings is refused, and one built with these is returned as it is.
     reuse : bool
         Reuse matching stages of the unfinished build and of the store at ``out``; ``False``
         recomputes everything.
@@ -183,7 +184,9 @@ def build_dataset(out, corpus_config, encoder_config=None, layout_config=None,
     dict
         The summary stored in the store's attrs: rows, classes, counts, image shape, timings
         of this run, ``reused`` (stages taken from an earlier build), ``reused_from`` (the
-        store each stage copied from another store came from) and ``resumed``.
+        store each stage copied from another store came from) and ``resumed``. When ``out``
+        is already built with these settings and ``force`` is false, nothing is computed: its
+        stored summary, with ``up_to_date: True``.
 
     Raises
     ------
@@ -229,6 +232,9 @@ def build_dataset(out, corpus_config, encoder_config=None, layout_config=None,
     stages.warn_unmatched(plan, others)
     timings["corpus_s"] = time.perf_counter() - start
     with store.build_lock(out):  # a second command building out is refused
+        current = stages.up_to_date(out, plan, force=force)
+        if current is not None:
+            return current
         existing = stages.open_existing(out, plan, force=force)
         with StoreWriter.open(out, reuse=reuse) as writer:
             sources = ([existing] if reuse and existing else []) + others
@@ -290,7 +296,7 @@ def relayout(src, dst, layout_config=None, config: DatasetConfig | None = None, 
     Returns
     -------
     dict
-        The new store's summary (as :func:`build_dataset`).
+        The new store's summary (as :func:`build_dataset`, ``up_to_date`` included).
 
     Raises
     ------
@@ -329,6 +335,9 @@ def relayout(src, dst, layout_config=None, config: DatasetConfig | None = None, 
         raise StoreError(f"{dst} is the source and object storage has no atomic replace; "
                          f"relayout into another URL")
     with store.build_lock(dst):  # a second command building dst is refused
+        current = None if str(dst) == str(src) else stages.up_to_date(dst, plan, force=force)
+        if current is not None:
+            return current
         existing = (None if str(dst) == str(src)
                     else stages.open_existing(dst, plan, force=force))
         timings = {}

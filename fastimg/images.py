@@ -255,7 +255,9 @@ def build_image_store(matrix, out, layout_config: LayoutConfig | None = None,
     split : array-like, optional
         One split per row (codes 0/1/2 or names); the layout is fitted on the train rows.
     force : bool
-        Replace a complete store at ``out``.
+        Replace a complete store at ``out``. Without it, a store built with other settings is
+        refused, and one built with these is returned as it is (its summary with
+        ``up_to_date: True``; nothing is computed).
     progress : bool
         Show a progress bar.
 
@@ -294,6 +296,9 @@ def build_image_store(matrix, out, layout_config: LayoutConfig | None = None,
             .add("layout", stages.layout_settings(layout_config, fit_on, fit_rows))
             .add("images", stages.images_settings(config)))
     with build_lock(out):  # a second command building out is refused
+        current = stages.up_to_date(out, plan, force=force)
+        if current is not None:
+            return current
         stages.open_existing(out, plan, force=force)
         timings = {}
         with StoreWriter.open(out) as writer:

@@ -41,6 +41,25 @@ def images_settings(config) -> dict:
     return {"dtype": config.image_dtype, "raster_backend": config.raster_backend}
 
 
+def up_to_date(out, plan: StagePlan, *, force: bool) -> dict | None:
+    """The summary of the complete store at ``out`` (with ``up_to_date: True``) when it holds
+    every stage of ``plan``, finished, under the plan's key: a build with its settings again
+    has nothing to compute, and returns instead of refusing (a rerun cell, a script run
+    twice). None otherwise, and always with ``force`` (which builds it again)."""
+    if force or not store.is_complete(out):
+        return None
+    try:
+        existing = StoreReader(out)
+    except StoreError:  # another format: open_existing says so
+        return None
+    records = existing.stages
+    if any((records.get(stage) or {}).get("key") != key or not records[stage].get("done")
+           for stage, key in plan.keys.items()):
+        return None
+    logger.info("%s is up to date: built with these settings, nothing to compute", out)
+    return {**existing.summary, "up_to_date": True}
+
+
 def open_existing(out, plan: StagePlan, *, force: bool) -> StoreReader | None:
     """The complete store at ``out``, whose matching stages a forced build reuses, or None.
 

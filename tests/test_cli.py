@@ -77,13 +77,32 @@ def test_fit_rows_past_the_rows_warns_and_fits_on_all(caplog):
     assert "fit_rows 5000 is more than the 50 rows" in caplog.text
 
 
-def test_synthetic_demo_and_existing_store_needs_force(tmp_path, capsys):
+def test_synthetic_demo_is_up_to_date_and_other_settings_need_force(tmp_path, capsys,
+                                                                   monkeypatch):
+    """The same command again was refused ("already exists, with these settings"): a script
+    or notebook cell run twice failed. It is up to date, and nothing is computed."""
+    import fastimg.stages
+
     out = tmp_path / "demo.zarr"
     args = ["images", "--synthetic", "300x120", "--out", str(out), "--pixels", "10", "--quiet"]
     assert main(args) == 0
-    assert main(args) == 2
+    before = store.StoreReader(out).images[:]
+    capsys.readouterr()
+
+    def no_layout(*args, **kwargs):
+        raise AssertionError("an up-to-date store was computed again")
+
+    monkeypatch.setattr(fastimg.stages, "run_layout", no_layout)
+    assert main(args) == 0
+    assert capsys.readouterr().out == (f"{out} is up to date: 300 images of 10 x 10, built "
+                                       f"with these settings; nothing computed (pass --force "
+                                       f"to build it again)\n")
+    np.testing.assert_array_equal(store.StoreReader(out).images[:], before)
+    monkeypatch.undo()
+    assert main([*args, "--pixels", "12"]) == 2
     err = capsys.readouterr().err
-    assert "already exists, with these settings" in err and "pass --force" in err
+    assert "already exists, built with other settings (layout.grid" in err
+    assert "pass --force" in err
     assert main([*args, "--force"]) == 0
 
 

@@ -165,6 +165,29 @@ def test_a_forced_build_with_the_same_settings_reuses_every_stage(corpus_csv, tm
     assert len(encode_calls) == 1
 
 
+def test_a_build_with_the_settings_of_its_store_is_up_to_date(corpus_csv, tmp_path,
+                                                             library_build, encode_calls):
+    """Without --force the same build again was refused ("already exists, with these
+    settings"); a notebook cell or a script run twice failed. It returns the store's summary
+    and computes nothing; other settings are still refused."""
+    from fastimg.dataset import relayout
+    from fastimg.layout import LayoutConfig
+
+    out, relaid = tmp_path / "s.zarr", tmp_path / "r.zarr"
+    first = library_build(out, corpus_csv)
+    before = _arrays(out)
+    again = library_build(out, corpus_csv)
+    assert again == {**first, "up_to_date": True} and len(encode_calls) == 1
+    for name, values in _arrays(out).items():
+        np.testing.assert_array_equal(values, before[name], err_msg=name)
+    layout = LayoutConfig(grid=(10, 10), method="pca")
+    assert "up_to_date" not in relayout(out, relaid, layout, progress=False)
+    assert relayout(out, relaid, layout, progress=False)["up_to_date"]
+    with pytest.raises(store.StoreError, match="other settings .layout.grid"):
+        relayout(out, relaid, LayoutConfig(grid=(12, 12), method="pca"), progress=False)
+    assert "up_to_date" not in library_build(out, corpus_csv, force=True)
+
+
 def test_no_reuse_recomputes_everything(corpus_csv, tmp_path, tiny_bert_dir, encode_calls):
     out = tmp_path / "s.zarr"
     assert main(_build_args(corpus_csv, out, tiny_bert_dir)) == 0
@@ -516,8 +539,8 @@ def test_a_store_from_before_precision_is_trained_on_and_its_encoding_reused(
     assert reader.encoder_config().precision == "fp32"
     assert {s: r["key"] for s, r in reader.stages.items()} == new_keys
     capsys.readouterr()
-    assert main(_build_args(corpus_csv, out, tiny_bert_dir)) == 2
-    assert "with these settings" in capsys.readouterr().err
+    assert main(_build_args(corpus_csv, out, tiny_bert_dir)) == 0
+    assert "is up to date" in capsys.readouterr().out
     assert main(_build_args(corpus_csv, out, tiny_bert_dir, "--force")) == 0
     assert "reused corpus, encode, layout, images" in capsys.readouterr().out
     assert len(encode_calls) == 1, "the same embeddings were encoded again"
