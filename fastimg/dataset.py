@@ -232,7 +232,8 @@ def build_dataset(out, corpus_config, encoder_config=None, layout_config=None,
     stages.warn_unmatched(plan, others)
     timings["corpus_s"] = time.perf_counter() - start
     with store.build_lock(out):  # a second command building out is refused
-        current = stages.up_to_date(out, plan, force=force)
+        # reuse=False asks for everything computed again: never up to date
+        current = stages.up_to_date(out, plan, force=force or not reuse)
         if current is not None:
             return current
         existing = stages.open_existing(out, plan, force=force)
@@ -303,8 +304,8 @@ def relayout(src, dst, layout_config=None, config: DatasetConfig | None = None, 
     TypeError
         A config that is not of its class, before any work.
     fastimg.store.StoreError
-        ``src`` is incomplete, of another format or has no embeddings; ``dst`` exists and
-        ``force`` is false. Nothing is written then.
+        ``src`` is incomplete, of another format or has no embeddings; ``dst`` exists, built
+        with other settings, and ``force`` is false. Nothing is written then.
     """
     from fastimg.layout import LayoutConfig
 

@@ -46,7 +46,10 @@ def up_to_date(out, plan: StagePlan, *, force: bool) -> dict | None:
     every stage of ``plan``, finished, under the plan's key: a build with its settings again
     has nothing to compute, and returns instead of refusing (a rerun cell, a script run
     twice). None otherwise, and always with ``force`` (which builds it again)."""
-    if force or not store.is_complete(out):
+    if force:
+        return None
+    store.location.recover(out)  # a replace cut short is finished or undone first
+    if not store.is_complete(out):
         return None
     try:
         existing = StoreReader(out)

@@ -186,6 +186,8 @@ def test_a_build_with_the_settings_of_its_store_is_up_to_date(corpus_csv, tmp_pa
     with pytest.raises(store.StoreError, match="other settings .layout.grid"):
         relayout(out, relaid, LayoutConfig(grid=(12, 12), method="pca"), progress=False)
     assert "up_to_date" not in library_build(out, corpus_csv, force=True)
+    with pytest.raises(store.StoreError, match="already exists, with these settings"):
+        library_build(out, corpus_csv, reuse=False)  # everything again: needs force
 
 
 def test_no_reuse_recomputes_everything(corpus_csv, tmp_path, tiny_bert_dir, encode_calls):
