@@ -97,6 +97,29 @@ def test_predict_shows_the_classifier_pass_too(trained, capsys):
     np.testing.assert_array_equal(shown.probabilities, quiet.probabilities)
 
 
+def test_a_run_loads_its_encoder_once_for_every_call(trained, monkeypatch):
+    """Each predict call loaded the encoder again (seconds for bert-base), so a caller
+    predicting in a loop paid it every time; the answers do not change."""
+    import fastimg.embed
+    import fastimg.embed.encoder
+
+    loads = []
+    real = fastimg.embed.load_model
+
+    def counted(*args, **kwargs):
+        loads.append(args)
+        return real(*args, **kwargs)
+
+    for module in (fastimg.embed, fastimg.embed.encoder):  # the run's loader, the encoder's
+        monkeypatch.setattr(module, "load_model", counted)
+    run = load_run(trained["run"])
+    first = run.predict(trained["texts"][:5])
+    second = run.predict(trained["texts"][:5])
+    assert len(loads) == 1
+    np.testing.assert_array_equal(second.probabilities, first.probabilities)
+    np.testing.assert_allclose(first.probabilities, trained["expected"][:5], atol=1e-5)
+
+
 def test_predict_makes_its_images_a_block_at_a_time(trained, monkeypatch):
     """Images of 100,000 texts were made at once (1 GB at 50 x 50): blocks of whole batches
     give the same probabilities."""

@@ -115,6 +115,7 @@ class Run:
 
         self.device = resolve_device(device)
         self.model = self._build_model()
+        self._encoder = None  # loaded at the first texts, then kept for the next calls
 
     def __repr__(self) -> str:
         return (f"Run({str(self.run_dir)!r}, extractor={self.config.extractor!r}, "
@@ -198,11 +199,13 @@ class Run:
         """Embeddings of ``texts`` a chunk at a time, ``(start, stop, embeddings)``: the
         store's encoder (its fingerprint checked first, before this returns) on this run's
         device (:func:`fastimg.embed.encode_chunks`)."""
-        from fastimg.embed import encode_chunks
+        from fastimg.embed import encode_chunks, load_model
 
         config = self.encoder_config().on_device(self.device.type)
         self.check_model()
-        return encode_chunks(list(texts), config, progress=progress)
+        if self._encoder is None:  # once: a caller predicting in a loop loaded it every call
+            self._encoder = load_model(config.model, config.revision)
+        return encode_chunks(list(texts), config, model=self._encoder, progress=progress)
 
     def images_of(self, features) -> np.ndarray:
         """The float32 images of embeddings, as the training loader saw them: the store's
