@@ -549,7 +549,8 @@ def _train(run: _Run, cache_mode: str, folder, start: float) -> TrainResult:
         run.build_caches(cache_mode, folder)
         timings["cache_s"] = time.perf_counter() - t0
     logger.info("training %s (%s weights, cut %s) on %s, loader %s, cache %s, normalise %s, "
-                "%s lr %.3g/%.3g wd %.3g schedule %s", config.extractor, config.weights,
+                "%s lr %.3g/%.3g wd %.3g schedule %s", config.extractor,
+                "random" if config.weights is None else config.weights,
                 config.cut, run.device, run.loader_name, cache_mode, config.normalize,
                 config.optimizer, config.lr_head, config.lr_classifier, config.weight_decay,
                 config.schedule)
