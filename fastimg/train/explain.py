@@ -387,7 +387,11 @@ def plot_importance(result: Explanation, path) -> Path:
         ax.set_yticks([])
         fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
     ax = axes[-1]
-    ax.bar([str(layer) for layer in result.layers], result.layer_totals, color="tab:blue")
+    # positions and tick labels, not string categories (matplotlib logs "Using categorical
+    # units" for those, twice, in a notebook that shows INFO)
+    positions = np.arange(len(result.layers))
+    ax.bar(positions, result.layer_totals, color="tab:blue")
+    ax.set_xticks(positions, [str(layer) for layer in result.layers])
     ax.set_title("importance per encoder layer", fontsize=9)
     ax.set_xlabel("hidden_states index")
     fig.suptitle(f"{result.method} over {result.rows} {result.split} images", fontsize=10)
