@@ -98,8 +98,9 @@ def check_config(name: str, value, cls, *, required: bool = False):
     if isinstance(value, dict):
         hint = f"; build one with {cls.__name__}(**settings)" + (
             f" or {cls.__name__}.from_dict(settings)" if hasattr(cls, "from_dict") else "")
-    raise TypeError(f"{name} must be a {cls.__name__}{'' if required else ' or None'}, got "
-                    f"{type(value).__name__}{hint}")
+    article = "an" if cls.__name__[0] in "AEIOU" else "a"
+    raise TypeError(f"{name} must be {article} {cls.__name__}{'' if required else ' or None'}, "
+                    f"got {type(value).__name__}{hint}")
 
 
 def lone_surrogate(text: str) -> int | None:

@@ -182,7 +182,7 @@ def test_build_image_store_with_a_numpy_seed(matrix, tmp_path):
 def test_build_image_store_checks_its_configs(matrix, tmp_path):
     with pytest.raises(TypeError, match="layout_config must be a LayoutConfig"):
         build_image_store(matrix, tmp_path / "a.zarr", {"grid": 10})
-    with pytest.raises(TypeError, match="config must be a ImagesConfig"):
+    with pytest.raises(TypeError, match="config must be an ImagesConfig"):
         build_image_store(matrix, tmp_path / "a.zarr", LayoutConfig(), {"fit_rows": 10})
     for fit_rows in (2.5, 100.0, "100", True):
         with pytest.raises(ValueError, match="fit_rows"):
@@ -194,7 +194,7 @@ def test_build_image_store_checks_its_configs(matrix, tmp_path):
     # a config in the wrong slot (encoder_config skipped), as a dict, or a grid tuple: each
     # failed deep inside ("'LayoutConfig' object has no attribute 'model'"), naming neither
     (lambda out: build_dataset(out, CorpusConfig(input="r.csv"), LayoutConfig()),
-     "encoder_config must be a EncoderConfig or None, got LayoutConfig"),
+     "encoder_config must be an EncoderConfig or None, got LayoutConfig"),
     (lambda out: build_dataset(out, {"dataset": "imdb"}),
      r"corpus_config must be a CorpusConfig, got dict; build one with CorpusConfig\(\*\*"),
     (lambda out: build_dataset(out, CorpusConfig(input="r.csv"), None, None, {"fit_on": "all"}),
@@ -203,6 +203,9 @@ def test_build_image_store_checks_its_configs(matrix, tmp_path):
      "layout_config must be a LayoutConfig or None, got tuple"),
     (lambda out: fit(out, {"epochs": 1}),
      r"config must be a TrainConfig or None, got dict; .* or TrainConfig.from_dict"),
+    # os.fspath's "expected str, bytes or os.PathLike object, not NoneType" named no store
+    (lambda out: build_dataset(None, CorpusConfig(input="r.csv")),
+     r"a store is a path or an fsspec URL \(str or os.PathLike\), got NoneType"),
 ])
 def test_library_entry_points_name_a_config_of_the_wrong_type(tmp_path, call, match):
     with pytest.raises(TypeError, match=match):

@@ -157,6 +157,8 @@ def resolve(path, storage_options: dict | None = None):
 
     Raises
     ------
+    TypeError
+        For anything but a str, an ``os.PathLike`` or a :class:`Location`.
     ValueError
         For an object-store URL that names no folder inside a bucket (``s3://``,
         ``s3://bucket``, ``s3://bucket//x.zarr``), and for a path given as a string that is
@@ -169,6 +171,9 @@ def resolve(path, storage_options: dict | None = None):
         return path
     if isinstance(path, Path):
         return path
+    if not isinstance(path, (str, os.PathLike)):  # os.fspath's error names no store
+        raise TypeError(f"a store is a path or an fsspec URL (str or os.PathLike), got "
+                        f"{type(path).__name__}")
     text = os.fspath(path) if not isinstance(path, str) else path
     if "://" not in text:
         _check_not_a_url(text)
