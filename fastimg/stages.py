@@ -59,8 +59,18 @@ def up_to_date(out, plan: StagePlan, *, force: bool) -> dict | None:
     if any((records.get(stage) or {}).get("key") != key or not records[stage].get("done")
            for stage, key in plan.keys.items()):
         return None
+    if _lost(existing, plan):  # deleted arrays: open_existing refuses, naming them
+        return None
     logger.info("%s is up to date: built with these settings, nothing to compute", out)
     return {**existing.summary, "up_to_date": True}
+
+
+def _lost(existing: StoreReader, plan: StagePlan) -> str:
+    """The arrays of ``plan``'s stages that the complete store ``existing`` no longer holds
+    (``"images stage (images)"``), or ``""``."""
+    lost = {stage: lost_arrays(existing.group, stage) for stage in plan.keys}
+    return "; ".join(f"{stage} stage ({', '.join(arrays)})"
+                     for stage, arrays in lost.items() if arrays)
 
 
 def open_existing(out, plan: StagePlan, *, force: bool) -> StoreReader | None:
@@ -83,8 +93,11 @@ def open_existing(out, plan: StagePlan, *, force: bool) -> StoreReader | None:
     local = store.location.is_local(out)
     if not force:
         diffs = plan.differences(existing.stages)
+        lost = "" if diffs else _lost(existing, plan)
         what = ("built with other settings (" + "; ".join(diffs[:4])
-                + (" ..." if len(diffs) > 4 else "") + ")") if diffs else "with these settings"
+                + (" ..." if len(diffs) > 4 else "") + ")") if diffs else (
+            f"with these settings, but it has lost the arrays of its {lost}" if lost
+            else "with these settings")
         raise StoreError(f"{out} already exists, {what}; pass --force to replace it (the "
                          f"stages that match are reused"
                          + (")" if local else "; on object storage it is rebuilt in place, "

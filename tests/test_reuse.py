@@ -743,3 +743,22 @@ def test_stages_copied_from_a_store_replaced_meanwhile_are_not_kept(
     assert main(_build_args(relabelled, fresh, tiny_bert_dir)) == 0
     for name, values in _arrays(fresh).items():
         np.testing.assert_array_equal(_arrays(b)[name], values, err_msg=name)
+
+
+def test_a_store_that_lost_arrays_is_not_up_to_date(tmp_path, tiny_bert_dir, capsys,
+                                                    encode_calls):
+    """A complete store whose images were deleted was said to be up to date (exit 0) by the
+    same build again: the up-to-date check read the stage records only. It is refused, naming
+    what it lost, and --force computes it again."""
+    import shutil
+
+    csv, out = _write_csv(tmp_path / "a.csv"), tmp_path / "a.zarr"
+    assert main(_build_args(csv, out, tiny_bert_dir)) == 0
+    shutil.rmtree(out / store.IMAGES)
+    capsys.readouterr()
+    assert main(_build_args(csv, out, tiny_bert_dir)) == 2
+    captured = capsys.readouterr()
+    assert "is up to date" not in captured.out
+    assert "has lost the arrays of its images stage (images)" in one_line(captured.err)
+    assert main(_build_args(csv, out, tiny_bert_dir, "--force")) == 0
+    assert store.StoreReader(out).images is not None and len(encode_calls) == 1
