@@ -306,6 +306,8 @@ def build_image_store(matrix, out, layout_config: LayoutConfig | None = None,
             writer.begin("input", plan.keys["input"], plan.settings["input"])
             if split is not None:
                 writer.write_rows(SPLIT, split)
+            elif SPLIT in writer.group:  # the split of a build picked up, or rebuilt in place
+                del writer.group[SPLIT]
             layout = stages.run_layout(writer, plan, layout_config, fit_rows, matrix, timings,
                                        config.raster_backend)
             # done once the layout has read it: a refusal before then leaves nothing behind

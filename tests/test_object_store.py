@@ -348,3 +348,21 @@ def test_a_held_object_lock_is_renewed_and_a_taken_one_left_alone(s3, monkeypatc
     # not ours any more: left for its holder
     assert store.location.lock_holder(where) == "process 2 on other"
     fs.rm_file(key)
+
+
+def test_an_images_store_rebuilt_in_place_without_a_split_keeps_none(s3, rng):
+    """--force on object storage rebuilds in place, keeping the matching input stage: a store
+    built with a split, rebuilt without one, kept the old split array (and `info` showed its
+    splits), though nothing of the new build came from it."""
+    from fastimg.images import build_image_store
+    from fastimg.layout import LayoutConfig
+
+    url = store.location.resolve(f"s3://{BUCKET}/split.zarr", s3)
+    matrix = rng.normal(size=(40, 12)).astype(np.float32)
+    layout = LayoutConfig(grid=(6, 6), method="pca")
+    build_image_store(matrix, url, layout, split=np.arange(40) % 3, progress=False)
+    assert store.SPLIT in store.StoreReader(url).group
+    build_image_store(matrix, url, layout, force=True, progress=False)
+    reader = store.StoreReader(url)
+    assert reader.summary["fit_on"] == "all" and store.SPLIT not in reader.group
+    store.location.remove(url)
