@@ -152,7 +152,8 @@ def build_dataset(out, corpus_config, encoder_config=None, layout_config=None,
         The zarr store to write: a local path (built at ``out + '.partial'`` and moved in place
         when complete) or an fsspec URL such as ``s3://bucket/imdb.zarr`` (built in place; the
         completion marker written last is the only sign of a complete store, and ``force``
-        deletes an old store there before writing).
+        rebuilds an old store there in place, keeping its matching stages; it is unreadable
+        until the build ends).
     corpus_config : fastimg.corpus.CorpusConfig
     encoder_config : fastimg.embed.EncoderConfig, optional
     layout_config : fastimg.layout.LayoutConfig, optional
@@ -332,7 +333,8 @@ def relayout(src, dst, layout_config=None, config: DatasetConfig | None = None, 
     if str(dst) == str(src) and not force:
         raise StoreError(f"{dst} is the source; pass --force to replace it")
     if str(dst) == str(src) and not store.location.is_local(dst):
-        # object stores are written in place: the source would be deleted before it is read
+        # object stores are written in place: the source would stop being a complete store
+        # (rebuilt in place) while it is read
         raise StoreError(f"{dst} is the source and object storage has no atomic replace; "
                          f"relayout into another URL")
     with store.build_lock(dst):  # a second command building dst is refused
