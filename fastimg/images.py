@@ -53,7 +53,9 @@ def synthetic_matrix(n_samples: int, n_features: int, *, rank: int = 16, seed: i
     Made :data:`SYNTHETIC_BLOCK_ROWS` rows at a time into the output: the temporaries (the
     float64 noise draw, its float32 copies) take a block's memory, not the matrix's (a
     200,000 x 2,304 float16 matrix needed 7 GB for 0.9 GB of output). The values are those
-    of one draw of the whole matrix: the generator's stream is drawn in the same order.
+    of one draw of the whole matrix (the generator's stream is drawn in the same order), up to
+    the float32 rounding of the product: BLAS may sum a block of another number of rows in
+    another order. The same arguments give the same bytes on one machine.
 
     Parameters
     ----------
