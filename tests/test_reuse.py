@@ -74,6 +74,14 @@ def one_line(err: str) -> str:
     return err
 
 
+def _images_command(rng, folder, out, shape, pixels) -> int:
+    """``fastimg images`` of a random ``shape`` matrix saved in ``folder`` into ``out``: its
+    exit code."""
+    np.save(folder / "x.npy", rng.random(shape).astype(np.float32))
+    return main(["images", "--input", str(folder / "x.npy"), "--out", str(out),
+                 "--pixels", str(pixels), "--method", "pca", "--quiet"])
+
+
 def _arrays(path):
     reader = store.StoreReader(path)
     return {name: reader.group[name][:] for name in (store.IDS, store.LABELS, store.SPLIT,
@@ -280,9 +288,7 @@ def test_an_interrupted_relayout_is_kept_and_resumed(corpus_csv, tmp_path, tiny_
 
 def test_relayout_refuses_a_source_without_embeddings(rng, tmp_path, capsys):
     images = tmp_path / "images.zarr"
-    np.save(tmp_path / "x.npy", rng.random((60, 120)).astype(np.float32))
-    assert main(["images", "--input", str(tmp_path / "x.npy"), "--out", str(images),
-                 "--pixels", "8", "--method", "pca", "--quiet"]) == 0
+    assert _images_command(rng, tmp_path, images, (60, 120), 8) == 0
     capsys.readouterr()
     # a store of build-dataset whose embeddings were deleted was "made by `fastimg images`?"
     lost = tmp_path / "lost.zarr"
@@ -439,9 +445,7 @@ def test_an_unfinished_encoding_is_not_thrown_away_by_another_command(
     assert (partial / store.EMBEDDINGS).exists()
     assert main(["relayout", str(src), "--out", str(out), "--method", "pca", "--quiet"]) == 2
     assert "unfinished build with other settings" in capsys.readouterr().err
-    np.save(tmp_path / "x.npy", rng.random((40, 120)).astype(np.float32))
-    assert main(["images", "--input", str(tmp_path / "x.npy"), "--out", str(out),
-                 "--pixels", "8", "--method", "pca", "--quiet"]) == 2
+    assert _images_command(rng, tmp_path, out, (40, 120), 8) == 2
     assert "unfinished build of another kind" in capsys.readouterr().err
     assert (partial / store.EMBEDDINGS).exists()  # kept for its own command to resume
     assert main(["relayout", str(src), "--out", str(out), "--method", "pca", "--quiet",
@@ -617,9 +621,7 @@ def test_a_reuse_from_store_that_gives_nothing_is_said(tmp_path, tiny_bert_dir, 
     assert warned() == [] and len(encode_calls) == 3
 
     images = tmp_path / "images.zarr"
-    np.save(tmp_path / "x.npy", rng.random((80, 192)).astype(np.float32))
-    assert main(["images", "--input", str(tmp_path / "x.npy"), "--out", str(images),
-                 "--pixels", "12", "--method", "pca", "--quiet"]) == 0
+    assert _images_command(rng, tmp_path, images, (80, 192), 12) == 0
     capsys.readouterr()
     out = tmp_path / "f.zarr"
     assert main(_build_args(first, out, tiny_bert_dir, "--reuse-from", str(images))) == 2

@@ -49,8 +49,9 @@ def why_not_a_store(path) -> str:
         store = _run_store(where / BUNDLE_FILE)
         return (f"{path} is a training run folder, not a store"
                 + (f" (its store: {store})" if store else ""))
-    if location.is_local(where) and model_type(where) is not None:
-        return f"{path} is a model folder (a {model_type(where)!r} model), not a store"
+    kind = model_type(where) if location.is_local(where) else None
+    if kind is not None:
+        return f"{path} is a model folder (a {kind!r} model), not a store"
     return f"{path} is not a fastimg store"
 
 
