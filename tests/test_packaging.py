@@ -8,27 +8,52 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+OURS = ROOT / "kernels" / "__init__.py"
 
 
 def _without_checkouts(pythonpath: str) -> str:
-    """PYTHONPATH minus source checkouts: a checkout's root holds the top-level kernels/ folder,
-    which is importable as ``kernels`` from there by construction (running the tests with
-    PYTHONPATH=checkout instead of an install); the test is about the installed package."""
+    """PYTHONPATH minus source checkouts (running the tests with PYTHONPATH=checkout instead of
+    an install): the test is about the installed package."""
     keep = [p for p in pythonpath.split(os.pathsep)
             if p and not (Path(p) / "kernels" / "__init__.py").is_file()]
     return os.pathsep.join(keep)
 
 
+def _import_kernels(cwd, *flags, first_on_path=None):
+    """Run ``import kernels`` in a fresh interpreter; return (file it came from or None, stderr)."""
+    code = "import sys\n"
+    if first_on_path is not None:
+        code += f"sys.path.insert(0, {str(first_on_path)!r})\n"
+    code += "import kernels; print(kernels.__file__)"
+    env = {**os.environ, "PYTHONPATH": _without_checkouts(os.environ.get("PYTHONPATH", ""))}
+    done = subprocess.run([sys.executable, *flags, "-c", code], cwd=cwd, capture_output=True,
+                          text=True, env=env)
+    lines = done.stdout.splitlines()
+    return (Path(lines[-1]).resolve() if done.returncode == 0 and lines else None), done.stderr
+
+
 def test_kernels_import_as_fastimg_kernels_from_outside_the_repo(tmp_path):
-    code = "import fastimg.kernels as k; print(k.__file__); import kernels"
+    code = "import fastimg.kernels as k; print(k.__file__)"
     env = {**os.environ, "PYTHONPATH": _without_checkouts(os.environ.get("PYTHONPATH", ""))}
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                           text=True, env=env)
     if "No module named 'fastimg'" in done.stderr:
         pytest.skip("fastimg is not installed (only on PYTHONPATH): nothing to check")
     assert Path(done.stdout.splitlines()[0]).parent.name == "kernels"
-    # the unrelated PyPI name must not be shadowed by ours
-    assert "No module named 'kernels'" in done.stderr
+    # the unrelated PyPI name (Hugging Face's hub kernels) is not shadowed by ours
+    found, stderr = _import_kernels(tmp_path)
+    assert found != OURS and (found is not None or "No module named 'kernels'" in stderr)
+
+
+def test_the_checkouts_kernels_folder_hands_a_bare_import_kernels_over(tmp_path):
+    """``python -m pytest`` or ``python -m benchmarks`` in the checkout puts its root on
+    sys.path, where kernels/ would shadow the PyPI package ``kernels`` that transformers >= 5.25
+    imports: ``import kernels`` gets that package, or fails as if the folder were not there."""
+    found, stderr = _import_kernels(ROOT)  # '' (the checkout) first on sys.path
+    assert found != OURS and (found is not None or "No module named 'kernels'" in stderr)
+    # -S: no site-packages, so only the checkout's folder is there to find
+    found, stderr = _import_kernels(tmp_path, "-S", first_on_path=ROOT)
+    assert found is None and "ModuleNotFoundError: No module named 'kernels'" in stderr
 
 
 @pytest.mark.slow
