@@ -116,11 +116,11 @@ def connect(spec: str, *, threads_per_worker: int = 1):
     distributed = _distributed()
     if kind == "address":
         check_reachable(value)
-        with _client_logs_muted(), distributed.Client(value) as client:
+        with _interrupt_noise_muted(), _client_logs_muted(), distributed.Client(value) as client:
             yield client
         return
     logger.info("starting a local cluster of %d worker processes", value)
-    with _environ_kept() as restore_environ:
+    with _interrupt_noise_muted(), _environ_kept() as restore_environ:
         # everything on 127.0.0.1 at free ports (the scheduler's HTTP server too, which would
         # otherwise try 8787); silence_logs: a failed task is reported once, by the client
         with _sigint_ignored():
@@ -239,6 +239,36 @@ def _dask_logs_muted():
         yield
     finally:
         logging.disable(previous)
+
+
+class _SyncCancelNoise(logging.Filter):
+    """Drops what tornado logs when dask's ``sync()`` fails to cancel its call after a Ctrl-C.
+
+    A Ctrl-C in a blocking client call makes ``distributed.utils.sync`` schedule a cancel of
+    the call's future on the event loop; when the call had not started yet, that future is
+    unset, the cancel raises, and tornado logs the traceback ("Exception in callback
+    functools.partial(<function sync.<locals>.cancel ...>)") over the one line of a Ctrl-C.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "sync.<locals>.cancel" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _interrupt_noise_muted():
+    """:class:`_SyncCancelNoise` on tornado's logger while a client is used (kept with
+    ``-v``). The event loop logs it on its own thread, possibly before the KeyboardInterrupt
+    reaches any handler of ours, so the filter is on for the whole session."""
+    if logger.isEnabledFor(logging.INFO):
+        yield
+        return
+    tornado_logger = logging.getLogger("tornado.application")
+    noise = _SyncCancelNoise()
+    tornado_logger.addFilter(noise)
+    try:
+        yield
+    finally:
+        tornado_logger.removeFilter(noise)
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ cannot load the model stops the build with one line naming it."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -486,6 +487,43 @@ def test_ctrl_c_on_a_cluster_build_is_one_line(tmp_path, corpus_csv, tiny_bert_d
     assert code == 130, err
     assert err == ("fastimg build-dataset: interrupted (the unfinished build is kept: rerun to "
                    "resume)")
+
+
+def _ctrl_c_before_a_sync_call_starts(caplog) -> list[str]:
+    """dask's ``sync()`` interrupted by a Ctrl-C while its call waits behind other work on the
+    event loop: what tornado logged (its cancel of the unstarted call fails there)."""
+    from unittest import mock
+
+    from distributed.utils import LoopRunner, sync
+
+    async def call():
+        return 1
+
+    runner = LoopRunner(asynchronous=False)
+    runner.start()
+    try:
+        busy = threading.Event()
+        runner.loop.add_callback(lambda: (busy.set(), time.sleep(0.3)))
+        busy.wait()
+        caplog.clear()
+        with mock.patch.object(threading.Event, "wait", side_effect=KeyboardInterrupt), \
+                pytest.raises(KeyboardInterrupt):
+            sync(runner.loop, call)
+        time.sleep(0.6)  # the loop runs the call's start, then the cancel
+    finally:
+        runner.stop()
+    return [r.getMessage() for r in caplog.records if r.name == "tornado.application"]
+
+
+def test_a_ctrl_c_before_a_dask_call_started_prints_no_traceback(caplog):
+    from fastimg import cluster
+
+    if not _ctrl_c_before_a_sync_call_starts(caplog):
+        pytest.skip("this dask cancels an unstarted call quietly: nothing to hide")
+    with cluster._interrupt_noise_muted():
+        assert _ctrl_c_before_a_sync_call_starts(caplog) == []
+        logging.getLogger("tornado.application").error("another callback failed")
+    assert [r.getMessage() for r in caplog.records] == ["another callback failed"]  # kept
 
 
 def test_images_on_a_cluster_without_workers_warn_instead_of_failing_to_scatter(tmp_path,
