@@ -522,6 +522,7 @@ def _ctrl_c_before_a_sync_call_starts(caplog) -> list[str]:
 def test_a_ctrl_c_before_a_dask_call_started_prints_no_traceback(caplog, monkeypatch):
     from fastimg import cluster
 
+    caplog.set_level(logging.WARNING, logger="fastimg.cluster")  # as without -v
     tornado_logger = logging.getLogger("tornado.application")
     # without the filter that an open client of this module's fixture holds
     monkeypatch.setattr(tornado_logger, "filters", [
