@@ -11,12 +11,12 @@ ROOT = Path(__file__).resolve().parents[1]
 OURS = ROOT / "kernels" / "__init__.py"
 
 
-def _without_checkouts(pythonpath: str) -> str:
-    """PYTHONPATH minus source checkouts (running the tests with PYTHONPATH=checkout instead of
-    an install): the test is about the installed package."""
-    keep = [p for p in pythonpath.split(os.pathsep)
+def _installed_env() -> dict:
+    """This environment with PYTHONPATH minus source checkouts (running the tests with
+    PYTHONPATH=checkout instead of an install): the tests are about the installed package."""
+    keep = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
             if p and not (Path(p) / "kernels" / "__init__.py").is_file()]
-    return os.pathsep.join(keep)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(keep)}
 
 
 def _import_kernels(cwd, *flags, first_on_path=None):
@@ -25,18 +25,16 @@ def _import_kernels(cwd, *flags, first_on_path=None):
     if first_on_path is not None:
         code += f"sys.path.insert(0, {str(first_on_path)!r})\n"
     code += "import kernels; print(kernels.__file__)"
-    env = {**os.environ, "PYTHONPATH": _without_checkouts(os.environ.get("PYTHONPATH", ""))}
     done = subprocess.run([sys.executable, *flags, "-c", code], cwd=cwd, capture_output=True,
-                          text=True, env=env)
+                          text=True, env=_installed_env())
     lines = done.stdout.splitlines()
     return (Path(lines[-1]).resolve() if done.returncode == 0 and lines else None), done.stderr
 
 
 def test_kernels_import_as_fastimg_kernels_from_outside_the_repo(tmp_path):
     code = "import fastimg.kernels as k; print(k.__file__)"
-    env = {**os.environ, "PYTHONPATH": _without_checkouts(os.environ.get("PYTHONPATH", ""))}
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
-                          text=True, env=env)
+                          text=True, env=_installed_env())
     if "No module named 'fastimg'" in done.stderr:
         pytest.skip("fastimg is not installed (only on PYTHONPATH): nothing to check")
     assert Path(done.stdout.splitlines()[0]).parent.name == "kernels"
