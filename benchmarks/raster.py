@@ -35,17 +35,19 @@ def _cuda_figures(x, raw, plan, fused_plan, ours, fused_ours, base_s, repeats) -
 
     d_out = cuda.device_array((x.shape[0], plan.n_pixels), dtype=np.float32)
 
-    def kernel_only(d_x, d_plan):
-        raster_cuda(d_x, d_plan, d_out)  # returns after reading the non-finite count back
-        cuda.synchronize()
+    def kernel_only_s(host, raster_plan) -> float:
+        """Median kernel time, input, plan and output on the device (freed on return)."""
+        d_in, d_plan = cuda.to_device(host), CudaPlan(raster_plan)
 
-    d_x, d_plan = cuda.to_device(x), CudaPlan(plan)
-    kernel_s = median_time(lambda: kernel_only(d_x, d_plan), repeats=max(repeats, 10))
-    del d_x
-    d_raw, d_fused = cuda.to_device(raw), CudaPlan(fused_plan)
-    fused_kernel_s = median_time(lambda: kernel_only(d_raw, d_fused), repeats=max(repeats, 10))
+        def once():
+            raster_cuda(d_in, d_plan, d_out)  # returns after reading the non-finite count back
+            cuda.synchronize()
+
+        return median_time(once, repeats=max(repeats, 10))
+
+    kernel_s = kernel_only_s(x, plan)
+    fused_kernel_s = kernel_only_s(raw, fused_plan)  # d_out now holds the fused images
     fused_diff = float(np.abs(d_out.copy_to_host().reshape(fused_ours.shape) - fused_ours).max())
-    del d_raw
     name = getattr(cuda.get_current_device(), "name", "CUDA simulator")
     return {
         "cuda_device": name.decode() if isinstance(name, bytes) else str(name),

@@ -66,3 +66,31 @@ def test_cuda_kernel_non_square_grid_and_non_finite_count(simulated):
     images, ref = got["non_square__images"], expected["non_square"]
     finite_rows = [0, 1, 3]
     np.testing.assert_allclose(images[finite_rows], ref[finite_rows], atol=1e-5, rtol=0)
+
+
+def test_raster_benchmarks_cuda_figures_under_the_simulator():
+    """benchmarks/raster.py's GPU section (run only on a GPU machine) times the right images."""
+    pytest.importorskip("pyDeepInsight")  # benchmarks.raster imports it at the top of run()
+    root = Path(__file__).resolve().parents[1]
+    script = (
+        "import json, numpy as np\n"
+        "from benchmarks.raster import _cuda_figures\n"
+        "from fastimg.kernels import RasterPlan, raster_reference\n"
+        "rng = np.random.default_rng(3)\n"
+        "raw = rng.standard_normal((2, 40)).astype(np.float16)\n"
+        "pixels = rng.integers(0, 25, 40)\n"
+        "shift, scale = rng.random(40), rng.random(40) + 0.5\n"
+        "plan = RasterPlan.from_pixels(pixels, (5, 5))\n"
+        "fused = RasterPlan.from_pixels(pixels, (5, 5), scaling='norm2', shift=shift,"
+        " scale=scale)\n"
+        "x = ((raw.astype(np.float32) - shift) / scale).astype(np.float16)\n"
+        "ours = raster_reference(x, plan, np.empty((2, 5, 5), np.float32))\n"
+        "fused_ours = raster_reference(raw, fused, np.empty((2, 5, 5), np.float32))\n"
+        "print(json.dumps(_cuda_figures(x, raw, plan, fused, ours, fused_ours, 1.0, 1)))\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = __import__("json").loads(done.stdout.splitlines()[-1])
+    assert figures["max_abs_diff_cuda_vs_cpu"] <= 1e-5
+    assert figures["max_abs_diff_cuda_vs_cpu_fused_norm2"] <= 1e-5
+    assert figures["fastimg_cuda_kernel_s"] > 0 and figures["fastimg_cuda_fused_norm2_kernel_s"] > 0
