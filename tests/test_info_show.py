@@ -319,3 +319,24 @@ def test_show_writes_the_same_bytes_twice(built, tmp_path, monkeypatch, suffix):
         monkeypatch.setenv("SOURCE_DATE_EPOCH", when)
         assert main(["show", str(path), "--out", str(out), "--per-class", "1"]) == 0
     assert files[0].read_bytes() == files[1].read_bytes()
+
+
+def test_show_cut_short_keeps_the_file_it_was_replacing(built, tmp_path, monkeypatch):
+    """Ctrl-C while show wrote a large SVG left its first half under the name of the good file
+    it was replacing."""
+    import matplotlib.figure
+
+    path, _ = built
+    out = tmp_path / "s.svg"
+    out.write_bytes(b"<svg>the figure of an earlier run</svg>")
+
+    def cut_short(fig, target, **kwargs):
+        with open(target, "wb") as fh:
+            fh.write(b"<svg><g>")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        show.show_store(path, out, n_per_class=1)
+    assert out.read_bytes() == b"<svg>the figure of an earlier run</svg>"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.svg"]
