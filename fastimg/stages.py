@@ -230,6 +230,33 @@ def run_layout(writer: StoreWriter, plan: StagePlan, layout_config, fit_rows, ma
     return layout
 
 
+def check_unscaled_uint8(matrix, scaling: str, image_dtype: str,
+                         block_rows: int = 8192) -> None:
+    """Refuse uint8 images of unscaled features outside [0, 1].
+
+    uint8 stores [0, 1] as 0..255 and clips the rest; ``norm2`` and ``minmax`` scale into
+    that range, ``none`` leaves the features as they are (encoder embeddings: about -5..10),
+    so that most pixels would be stored as 0 or 255, silently.
+
+    Raises
+    ------
+    ValueError
+        When ``image_dtype`` is uint8, ``scaling`` is none and a value of ``matrix`` lies
+        outside [0, 1].
+    """
+    if image_dtype != "uint8" or scaling != "none":
+        return
+    low, high = np.inf, -np.inf
+    for start in range(0, matrix.shape[0], block_rows):
+        block = np.asarray(matrix[start:start + block_rows], dtype=np.float32)
+        low, high = min(low, float(block.min())), max(high, float(block.max()))
+    if low < 0.0 or high > 1.0:
+        raise ValueError(f"--dtype uint8 stores values in [0, 1] as 0..255, but --scaling none "
+                         f"leaves the features as they are, here {low:.3g} to {high:.3g}: the "
+                         f"images would be clipped; use --scaling norm2 or minmax, or --dtype "
+                         f"float16")
+
+
 def run_images(writer: StoreWriter, plan: StagePlan, layout, matrix, config, progress,
                timings, client=None) -> None:
     """The images stage: ``matrix`` rasterised with ``layout``, resumed by row block (on a
@@ -239,6 +266,7 @@ def run_images(writer: StoreWriter, plan: StagePlan, layout, matrix, config, pro
     record = writer.begin("images", plan.keys["images"], plan.settings["images"])
     if record.get("done"):
         return
+    check_unscaled_uint8(matrix, layout.scaler_.method, config.image_dtype)
     writer.check_arrays()  # the rows it rasterises are still there
     start = time.perf_counter()
     n_rows = matrix.shape[0]
