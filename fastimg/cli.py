@@ -177,10 +177,20 @@ def _shape(text: str):
 
 
 def _layout_config(args):
+    """The layout's config; a t-SNE option given with another ``--method`` is refused (it
+    was ignored, yet recorded in the layout's key: a store differing in it alone was refused
+    as built with other settings, and rebuilt with --force into the same layout)."""
     from fastimg.layout import LayoutConfig
 
+    if args.method != "tsne":
+        for flag, value in (("--perplexity", args.perplexity),
+                            ("--tsne-backend", args.tsne_backend)):
+            if value is not None:
+                raise UserError(f"{flag} applies to --method tsne; --method {args.method} has "
+                                f"no use for it: drop it")
     return LayoutConfig(grid=args.pixels, scaling=args.scaling, method=args.method,
-                        backend=args.tsne_backend, perplexity=args.perplexity,
+                        backend=args.tsne_backend or "auto",
+                        perplexity=30.0 if args.perplexity is None else args.perplexity,
                         assignment=args.assignment, random_state=args.seed,
                         n_jobs=args.tsne_threads)
 
@@ -481,9 +491,10 @@ def _add_map_options(parser) -> None:
                         help="image size (default 50)")
     parser.add_argument("--scaling", default="norm2", choices=["norm2", "minmax", "none"])
     parser.add_argument("--method", default="tsne", choices=["tsne", "pca", "kpca"])
-    parser.add_argument("--tsne-backend", default="auto",
-                        choices=["auto", "opentsne", "sklearn", "cuml"])
-    parser.add_argument("--perplexity", type=float, default=30.0)
+    parser.add_argument("--tsne-backend", choices=["auto", "opentsne", "sklearn", "cuml"],
+                        help="t-SNE implementation (default auto; --method tsne only)")
+    parser.add_argument("--perplexity", type=float,
+                        help="t-SNE perplexity (default 30; --method tsne only)")
     parser.add_argument("--tsne-threads", type=int, default=1, metavar="N",
                         help="threads of the layout fit (t-SNE, and BLAS in its PCA; -1: all "
                              "cores; default 1: the layout depends on the thread count, and 1 "

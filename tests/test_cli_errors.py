@@ -53,6 +53,11 @@ def one_line(err: str) -> str:
      "--text-column must be one or more column names, got ('',)"),
     (["build-dataset", "--input", "c.csv", "--out", "o", "--text-column", "a", "--text-column",
       "a"], "--text-column names 'a' twice"),
+    # ignored by pca, yet in the layout's key: a store differing in it alone was refused
+    (["images", "--synthetic", "10x100", "--out", "o", "--method", "pca", "--perplexity", "5"],
+     "--perplexity applies to --method tsne; --method pca has no use for it"),
+    (["relayout", "s.zarr", "--out", "o", "--method", "kpca", "--tsne-backend", "sklearn"],
+     "--tsne-backend applies to --method tsne; --method kpca has no use for it"),
 ])
 def test_usage_mistakes_print_one_line_and_exit_2(capsys, argv, message):
     assert main(argv) == 2
