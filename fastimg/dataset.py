@@ -237,7 +237,7 @@ def build_dataset(out, corpus_config, encoder_config=None, layout_config=None,
         current = stages.up_to_date(out, plan, force=force or not reuse)
         if current is not None:
             return current
-        existing = stages.open_existing(out, plan, force=force)
+        existing = stages.open_existing(out, plan, force=force, reuse=reuse)
         with StoreWriter.open(out, reuse=reuse) as writer:
             sources = ([existing] if reuse and existing else []) + others
             reused = stages.reconcile(writer, plan, sources, force=force)

@@ -73,10 +73,13 @@ def _lost(existing: StoreReader, plan: StagePlan) -> str:
                      for stage, arrays in lost.items() if arrays)
 
 
-def open_existing(out, plan: StagePlan, *, force: bool) -> StoreReader | None:
+def open_existing(out, plan: StagePlan, *, force: bool,
+                  reuse: bool = True) -> StoreReader | None:
     """The complete store at ``out``, whose matching stages a forced build reuses, or None.
 
-    Raises :class:`StoreError` naming what differs when it exists and ``force`` is false.
+    Raises :class:`StoreError` naming what differs when it exists and ``force`` is false (its
+    hint says the matching stages are reused only when ``reuse`` is: --no-reuse recomputes
+    them).
     """
     store.check_writable(out, force=True)
     if not store.is_complete(out):
@@ -98,8 +101,9 @@ def open_existing(out, plan: StagePlan, *, force: bool) -> StoreReader | None:
                 + (" ..." if len(diffs) > 4 else "") + ")") if diffs else (
             f"with these settings, but it has lost the arrays of its {lost}" if lost
             else "with these settings")
-        raise StoreError(f"{out} already exists, {what}; pass --force to replace it (the "
-                         f"stages that match are reused"
+        kept = ("the stages that match are reused" if reuse else
+                "with --no-reuse every stage is computed again")
+        raise StoreError(f"{out} already exists, {what}; pass --force to replace it ({kept}"
                          + (")" if local else "; on object storage it is rebuilt in place, "
                             "unreadable until the build ends)"))
     # no atomic replace on object storage: the store is rebuilt in place, its matching stages

@@ -198,10 +198,15 @@ def test_a_build_with_the_settings_of_its_store_is_up_to_date(corpus_csv, tmp_pa
         library_build(out, corpus_csv, reuse=False)  # everything again: needs force
 
 
-def test_no_reuse_recomputes_everything(corpus_csv, tmp_path, tiny_bert_dir, encode_calls):
+def test_no_reuse_recomputes_everything(corpus_csv, tmp_path, tiny_bert_dir, encode_calls,
+                                       capsys):
     out = tmp_path / "s.zarr"
     assert main(_build_args(corpus_csv, out, tiny_bert_dir)) == 0
     before = _arrays(out)
+    # the refusal said "the stages that match are reused", which --no-reuse forbids
+    assert main(_build_args(corpus_csv, out, tiny_bert_dir, "--no-reuse")) == 2
+    err = capsys.readouterr().err
+    assert "with --no-reuse every stage is computed again" in err and "reused" not in err
     assert main(_build_args(corpus_csv, out, tiny_bert_dir, "--force", "--no-reuse")) == 0
     assert len(encode_calls) == 2
     assert store.StoreReader(out).summary["reused"] == []
