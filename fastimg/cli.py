@@ -426,6 +426,7 @@ def _cmd_predict(args) -> int:
         raise UserError(f"--out {args.out}: {blocker} is a file, not a folder")
     if not to_stdout:
         check_can_write(args.out, f"--out {args.out}", replaced=True)
+        _check_out_is_not_input(args.out, args.input)
     run = load_run(args.run_dir, device=args.device, model=args.model)
     if str(args.input) == "-":
         ids, texts = read_lines(sys.stdin)
@@ -442,6 +443,20 @@ def _cmd_predict(args) -> int:
           f"{'stdout' if to_stdout else args.out}",
           file=sys.stderr if csv_on_stdout else sys.stdout)
     return 0
+
+
+def _check_out_is_not_input(out: Path, source: str) -> None:
+    """Refuse a predictions CSV written over the input file (the texts would be replaced by
+    the predictions), however either is spelled (``a.csv``, ``sub/../a.csv``, a link)."""
+    if source == "-" or not out.exists():
+        return
+    try:
+        same = os.path.samefile(out, source)
+    except OSError:  # no such input: read_input_texts says so
+        return
+    if same:
+        raise UserError(f"--out {out} is the --input file: the predictions would replace its "
+                        f"texts; give another --out")
 
 
 def _cmd_explain(args) -> int:

@@ -518,6 +518,27 @@ def test_an_out_predict_cannot_write_is_refused_before_encoding(trained, tmp_pat
     assert code == 2 and len(err.splitlines()) == 1 and "--out" in err, err
 
 
+@pytest.mark.parametrize("spelling", ["same", "other"])
+def test_an_out_that_is_the_input_is_refused_before_encoding(trained, tmp_path, capsys,
+                                                             monkeypatch, spelling):
+    """``--out`` naming the ``--input`` file replaced the texts with the predictions, with
+    exit code 0 (a TSV then held CSV)."""
+    from fastimg.train import predict as predict_mod
+
+    monkeypatch.setattr(predict_mod.Run, "encode_chunks",
+                        lambda *a, **k: pytest.fail("encoded before checking --out"))
+    corpus = _write_csv(tmp_path / "new.csv", _reviews(3))
+    before = corpus.read_bytes()
+    out = corpus if spelling == "same" else tmp_path / "sub" / ".." / "new.csv"
+    (tmp_path / "sub").mkdir()
+    code = main(["predict", str(trained["run"]), "--input", str(corpus), "--out", str(out),
+                 "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "--out" in err and "--input" in err, err
+    assert corpus.read_bytes() == before
+
+
 @pytest.mark.parametrize("recorded, here, expected", [
     (("cuda", "fp16"), "cpu", ("cpu", "auto")),   # a GPU build predicted on a CPU
     (("cuda", "fp32"), "cpu", ("cpu", "fp32")),
