@@ -652,6 +652,9 @@ def test_a_failed_fit_leaves_no_run_folder(blob_store, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         fit(path, config, out_dir=mine)
     assert (mine / "notes.txt").read_text() == "keep"
+    # nor is the unfinished feature cache left in it: a rerun of the same `train --out`
+    # into a folder the user made was refused as "not empty"
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
     with pytest.raises(NotADirectoryError, match="is a file"):
         fit(path, config, out_dir=mine / "notes.txt")
 

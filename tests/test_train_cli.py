@@ -94,3 +94,28 @@ def test_train_with_weights_that_are_not_a_state_dict_or_a_folder(small_store, t
     err = capsys.readouterr().err.strip()
     assert code == 2 and f"weights path {tmp_path} is a directory, not a file" in err, err
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_interrupted_train_into_an_empty_folder_can_be_run_again(small_store, tmp_path,
+                                                                     monkeypatch, capsys):
+    """Ctrl-C while training into a folder the user made left its feature_cache/ there, and
+    the same command again was refused: 'is not empty; pass --force'."""
+    import importlib
+
+    fit_module = importlib.import_module("fastimg.train.fit")
+    out = tmp_path / "run"
+    out.mkdir()
+    argv = ["train", str(small_store), "--weights", "none", "--epochs", "1", "--batch-size",
+            "16", "--loader", "torch", "--cache", "zarr", "--no-probe", "--quiet",
+            "--out", str(out)]
+
+    def interrupted(run):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit_module, "_epochs", interrupted)
+    assert main(argv) == 130
+    capsys.readouterr()
+    assert list(out.iterdir()) == []
+    monkeypatch.undo()
+    assert main(argv) == 0, capsys.readouterr().err
+    assert (out / "metrics.json").is_file()

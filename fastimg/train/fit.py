@@ -506,13 +506,19 @@ def _resolve_cache(config: TrainConfig, run: "_Run") -> str:
 
 @contextlib.contextmanager
 def _run_folder(run_dir: Path):
-    """Create ``run_dir`` (and missing parents) for the block; when the block fails before
-    any of :data:`RUN_FILES` is written, remove the folders it created, and only those."""
+    """Create ``run_dir`` (and missing parents) for the block; when the block fails, remove
+    its unfinished feature cache and, before any of :data:`RUN_FILES` is written, the
+    folders it created, and only those.
+
+    The cache goes from a folder the user had too (any earlier run's was removed before the
+    block): left there, it made the same ``train --out`` run again refuse the folder as not
+    empty."""
     created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         yield run_dir
     except BaseException:
+        shutil.rmtree(run_dir / FEATURE_CACHE_DIR, ignore_errors=True)
         if created and not any((run_dir / name).exists() for name in RUN_FILES):
             shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished feature cache at most
             for parent in created[1:]:
