@@ -442,6 +442,32 @@ def test_config_round_trips_through_json_and_rejects_bad_values():
 
 
 
+def test_config_takes_numpy_numbers_as_python_ones_and_refuses_non_numbers():
+    """Settings from a numpy grid (np.arange, np.logspace) were refused with 'epochs must be a
+    positive integer, got np.int64(3)', or taken as they were: a float32 learning rate trained
+    the whole run and then failed writing config.json (not JSON serialisable), leaving best.pt
+    without metrics; an int64 seed failed in the loader with a TypeError."""
+    config = TrainConfig(weights="none", epochs=np.int64(3), batch_size=np.int32(16),
+                         upsample=np.int64(2), patience=np.int64(1), seed=np.uint32(7),
+                         num_workers=np.int64(0), pixel_hidden=np.int64(8),
+                         embedding_hidden=np.int64(8), lr_head=np.float32(1e-3),
+                         lr_classifier=np.float16(0.5), weight_decay=np.float32(0.1),
+                         unfreeze_fraction=np.float32(0.0), dropout=np.float32(0.25))
+    settings = json.loads(json.dumps(config.to_dict()))
+    assert TrainConfig.from_dict(settings) == config
+    assert (settings["epochs"], settings["seed"]) == (3, 7)
+    assert settings["lr_head"] == float(np.float32(1e-3))
+    for name in ("epochs", "seed", "num_workers", "pixel_hidden", "upsample"):
+        assert type(getattr(config, name)) is int, name
+    for name in ("lr_head", "lr_classifier", "weight_decay", "unfreeze_fraction", "dropout"):
+        assert type(getattr(config, name)) is float, name
+    for bad in ({"num_workers": 1.5}, {"num_workers": True}, {"pixel_hidden": 2.5},
+                {"embedding_hidden": 0}, {"lr_head": "1e-3"}, {"dropout": True},
+                {"weight_decay": "0.1"}, {"epochs": 2.0}):
+        with pytest.raises(ValueError, match=f"^{next(iter(bad))} must be"):
+            TrainConfig(weights="none", **bad)
+
+
 @pytest.mark.parametrize("device", ["gpu", "cuda0", "CPU", "mps", 0],
                          ids=["g-p-u", "cuda0", "upper", "mps", "int"])  # "gpu": a GPU mark
 def test_config_and_load_run_name_a_bad_device(device):

@@ -5,7 +5,9 @@ import math
 import re
 from dataclasses import asdict, dataclass, fields
 
-from fastimg._validation import check_seed
+import numpy as np
+
+from fastimg._validation import check_seed, is_whole
 
 NORMALISATIONS = ("image", "dataset", "none")
 CACHES = ("auto", "memory", "zarr", "none")
@@ -55,6 +57,17 @@ PRESETS = {
               "schedule": "none", "patience": 0, "upsample": 1, "cut": "paper",
               "unfreeze_fraction": 0.0, "pixel_branch": False},
 }
+
+
+#: the numeric settings and the Python type each is kept as (:meth:`TrainConfig.__post_init__`)
+_NUMBER_FIELDS = {"epochs": int, "batch_size": int, "upsample": int, "patience": int,
+                  "num_workers": int, "pixel_hidden": int, "embedding_hidden": int,
+                  "lr_head": float, "lr_classifier": float, "weight_decay": float,
+                  "unfreeze_fraction": float, "dropout": float}
+#: how the refusal of a setting that is not a whole number names what it must be
+_INT_WORDS = {"epochs": "a positive integer", "batch_size": "a positive integer",
+              "upsample": "a positive integer", "patience": "an integer >= 0",
+              "num_workers": f"a number of loader processes (0 to {MAX_WORKERS})"}
 
 
 @dataclass(frozen=True)
@@ -223,7 +236,7 @@ class TrainConfig:
 
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {self.preset!r}")
-        check_seed("seed", self.seed)
+        object.__setattr__(self, "seed", check_seed("seed", self.seed))
         check_device("device", self.device)
         if self.extractor not in EXTRACTORS:
             raise ValueError(f"unknown extractor {self.extractor!r}; choose one of "
@@ -237,9 +250,10 @@ class TrainConfig:
                 object.__setattr__(self, name, value)
         if isinstance(self.weights, str) and self.weights.lower() == "none":
             object.__setattr__(self, "weights", None)
+        self._as_python_numbers()
         for name in ("epochs", "batch_size", "upsample"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.batch_size < 2:
             # the training loop skips batches of one sample (BatchNorm cannot train on them):
@@ -262,8 +276,7 @@ class TrainConfig:
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise ValueError(f"weight_decay must be a finite number >= 0, got "
                              f"{self.weight_decay!r}")
-        if (not isinstance(self.patience, int) or isinstance(self.patience, bool)
-                or self.patience < 0):
+        if self.patience < 0:
             raise ValueError(f"patience must be an integer >= 0, got {self.patience!r}")
         parse_budget(self.cache_budget)
         if self.normalize not in NORMALISATIONS:
@@ -282,12 +295,30 @@ class TrainConfig:
                              f"{self.cache}; or keep unfreeze_fraction 0 (both presets do)")
         if self.pixel_hidden < 0:
             raise ValueError(f"pixel_hidden must be >= 0, got {self.pixel_hidden}")
+        if self.embedding_hidden < 1:
+            raise ValueError(f"embedding_hidden must be >= 1, got {self.embedding_hidden}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         object.__setattr__(self, "head_channels", tuple(int(c) for c in self.head_channels))
         object.__setattr__(self, "hidden", tuple(int(c) for c in self.hidden))
         if len(self.head_channels) != 4 or len(self.hidden) != 2:
             raise ValueError("head_channels needs 4 widths and hidden 2 (the paper's head)")
+
+    def _as_python_numbers(self) -> None:
+        """The numeric settings as Python ints and floats, checked to be whole numbers and
+        numbers: numpy's (a grid from ``np.arange`` or ``np.logspace``) were refused, or kept
+        until ``config.json`` could not hold them, after the whole training."""
+        for name, kind in _NUMBER_FIELDS.items():
+            value = getattr(self, name)
+            if kind is int:
+                if not is_whole(value):
+                    raise ValueError(f"{name} must be {_INT_WORDS.get(name, 'an integer')}, "
+                                     f"got {value!r}")
+            elif value is not None and (isinstance(value, (bool, np.bool_))
+                                        or not isinstance(value, (int, float, np.number))):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+            if value is not None:
+                object.__setattr__(self, name, kind(value))
 
     @property
     def resolved_cache(self) -> str:
