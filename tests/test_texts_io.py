@@ -42,3 +42,36 @@ def test_input_texts_refuse_nested_values_and_read_binary_parquet_as_text(tmp_pa
                    tmp_path / "c.parquet")
     with pytest.raises(CorpusError, match="not UTF-8"):
         read_input_texts(tmp_path / "c.parquet")
+
+
+def test_lines_that_are_not_utf8_are_named_by_their_line():
+    """Bytes that are not UTF-8 on stdin (which Python decodes with surrogateescape) were
+    refused as 'texts[1] holds a lone surrogate ... decode the text with errors='replace'',
+    naming neither the input nor the line, with advice for the library."""
+    import pytest
+
+    from fastimg.corpus import CorpusError
+
+    stream = io.TextIOWrapper(io.BytesIO(b"fine\n\ncaf\xe9 au lait\n"), encoding="utf-8",
+                              errors="surrogateescape")
+    with pytest.raises(CorpusError, match=r"^stdin is not valid UTF-8: bad byte 0xe9 at line "
+                                          r"3; re-encode the texts as UTF-8$"):
+        read_lines(stream)
+    with pytest.raises(CorpusError, match=r"^the text at line 2 of stdin holds a lone "
+                                          r"surrogate '\\ud800'"):
+        read_lines(io.StringIO("a\nb \ud800 c\n"))
+
+
+def test_input_texts_with_a_lone_surrogate_are_named_by_their_row(tmp_path):
+    """A JSON '\\ud800' escape in a predict input was refused as 'texts[0] holds ...' (the
+    library's argument), not by its line in the file as build-dataset names it."""
+    import pytest
+
+    from fastimg.corpus import CorpusError
+    from fastimg.train.texts_io import read_input_texts
+
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"text": "fine"}\n{"text": "bad \\ud800 half"}\n', encoding="utf-8")
+    with pytest.raises(CorpusError, match=r"^the text at line 2 of .*a\.jsonl holds a lone "
+                                          r"surrogate '\\ud800'"):
+        read_input_texts(path)

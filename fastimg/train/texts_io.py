@@ -30,8 +30,8 @@ def read_input_texts(path, text_columns=("text",), id_column=None) -> tuple[list
     Raises
     ------
     fastimg.corpus.CorpusError
-        (a ``ValueError``) An unreadable file or a missing column (the message lists the
-        columns that exist).
+        (a ``ValueError``) An unreadable file, a missing column (the message lists the
+        columns that exist) or a text with a lone surrogate (the message names its row).
     """
     from fastimg.corpus import CorpusError
     from fastimg.corpus._load import _id_text, _text, id_values, scalars
@@ -49,6 +49,7 @@ def read_input_texts(path, text_columns=("text",), id_column=None) -> tuple[list
     for i in range(table.n_rows):
         parts = [_text(col[i]) for col in selected]
         texts.append(parts[0] if len(parts) == 1 else "\n".join(p for p in parts if p))
+        _check_text(texts[-1], f"{table.where(i)} of {path}")
     if id_column:
         ids = [_id_text(v) for v in id_values(table, id_column)]
     else:
@@ -59,13 +60,45 @@ def read_input_texts(path, text_columns=("text",), id_column=None) -> tuple[list
 def read_lines(stream) -> tuple[list, list]:
     """``(ids, texts)`` of a text stream: one text per non-blank line, its id the line's
     number from 0 (as a file's row number is), so that blank lines, skipped with a warning,
-    do not shift the ids of the lines after them."""
+    do not shift the ids of the lines after them.
+
+    Raises
+    ------
+    fastimg.corpus.CorpusError
+        A line with bytes that are not UTF-8, or a lone surrogate (the message names it).
+    """
     lines = [line.rstrip("\r\n") for line in stream]
+    for i, line in enumerate(lines):
+        _check_text(line, f"line {i + 1}", stream="stdin")
     kept = [i for i, line in enumerate(lines) if line.strip()]
     if len(kept) < len(lines):
         logger.warning("skipped %d blank lines of %d; ids are line numbers from 0",
                        len(lines) - len(kept), len(lines))
     return [str(i) for i in kept], [lines[i] for i in kept]
+
+
+def _check_text(text: str, where: str, *, stream: str | None = None) -> None:
+    """Refuse a text that no tokenizer reads, naming ``where`` it is (``line 3 of a.jsonl``):
+    a lone surrogate (a JSON ``\\ud800`` escape), or, read from the text ``stream`` named
+    so (``stdin``, which decodes such bytes as U+DC80-U+DCFF), a byte that is not UTF-8.
+
+    Raises
+    ------
+    fastimg.corpus.CorpusError
+    """
+    from fastimg._validation import lone_surrogate
+    from fastimg.corpus import CorpusError
+
+    at = lone_surrogate(text)
+    if at is None:
+        return
+    if stream is not None and 0xDC80 <= ord(text[at]) <= 0xDCFF:
+        raise CorpusError(f"{stream} is not valid UTF-8: bad byte 0x{ord(text[at]) - 0xDC00:02x} "
+                          f"at {where}; re-encode the texts as UTF-8")
+    where = where if stream is None else f"{where} of {stream}"
+    raise CorpusError(f"the text at {where} holds a lone surrogate {text[at]!r} (half of a "
+                      f"character, as a JSON escape can write it), which no tokenizer reads; "
+                      f"fix or drop that text")
 
 
 #: ``out`` of :func:`write_predictions` for standard output: this string, not a path (a file
