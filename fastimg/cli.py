@@ -419,6 +419,11 @@ def _cmd_predict(args) -> int:
                                         write_predictions, writes_to)
 
     to_stdout = args.out == STDOUT
+    if str(args.input) == "-" and (args.text_column or args.id_column):
+        flag = "--text-column" if args.text_column else "--id-column"
+        raise UserError(f"{flag} is for a table --input (CSV, TSV, JSONL, Parquet); --input - "
+                        f"reads one text per line, its id the line number (a table on stdin: "
+                        f"save it to a file and pass its path)")
     if not to_stdout and args.out.is_dir():
         raise UserError(f"--out {args.out} is a folder; give the path of the CSV to write")
     blocker = None if to_stdout else file_in_the_way(args.out.parent)  # before the encoding
@@ -779,9 +784,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="CSV / TSV / JSONL / Parquet file, or - for one text per line "
                               "on stdin (ids: line numbers from 0; blank lines skipped)")
     predict.add_argument("--text-column", action="append",
-                         help="text column (repeat to join several; default text)")
-    predict.add_argument("--id-column", help="id column (default: id when present, else the "
-                                             "row number)")
+                         help="text column of a table --input (repeat to join several; "
+                              "default text)")
+    predict.add_argument("--id-column", help="id column of a table --input (default: id when "
+                                             "present, else the row number)")
     predict.add_argument("--out", type=_local_path_or_stdout, required=True,
                          help="predictions CSV to write; - for stdout (the summary line then "
                               "goes to stderr)")

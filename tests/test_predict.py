@@ -492,6 +492,24 @@ def test_cli_reads_texts_from_stdin(trained, tmp_path, monkeypatch, capsys):
                                atol=1e-5)
 
 
+@pytest.mark.parametrize("flag", ["--text-column", "--id-column"])
+def test_column_flags_with_stdin_are_refused_not_ignored(trained, tmp_path, monkeypatch,
+                                                         capsys, flag):
+    """With --input - the column flags were ignored: a CSV piped in with --text-column review
+    was classified line by line, its header line included, with exit code 0."""
+    from fastimg.train import predict as predict_mod
+
+    monkeypatch.setattr(predict_mod.Run, "encode_chunks",
+                        lambda *a, **k: pytest.fail("encoded stdin's lines"))
+    monkeypatch.setattr("sys.stdin", io.StringIO("id,review\n1,a good film\n"))
+    out = tmp_path / "preds.csv"
+    code = main(["predict", str(trained["run"]), "--input", "-", flag, "review", "--out",
+                 str(out), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and flag in err, err
+    assert not out.exists()
+
+
 def test_cli_names_the_columns_that_exist(trained, tmp_path, capsys):
     corpus = _write_csv(tmp_path / "new.csv", _reviews(3))
     code = main(["predict", str(trained["run"]), "--input", str(corpus), "--text-column",
