@@ -186,7 +186,7 @@ class TrainConfig:
         Worker processes of the torch DataLoader / threads of the DALI pipeline.
     seed : int
         Seeds the head's initialisation, dropout and every epoch's order
-        (``np.random.default_rng(seed + epoch)``). The global torch RNG is forked for the run
+        (``np.random.default_rng([seed, epoch])``). The global torch RNG is forked for the run
         and restored afterwards, so ``fit`` leaves no global random state behind.
     progress : bool
         tqdm progress bars.

@@ -27,8 +27,9 @@ READER_CACHE_BYTES = 4 << 30
 
 
 def epoch_order(n_rows: int, seed: int, epoch: int) -> np.ndarray:
-    """The order of one training epoch: ``np.random.default_rng(seed + epoch).permutation``."""
-    return np.random.default_rng(seed + epoch).permutation(n_rows)
+    """The order of one training epoch: ``np.random.default_rng([seed, epoch]).permutation``
+    (``seed + epoch`` gave seed 1 the orders of seed 0 shifted by one epoch)."""
+    return np.random.default_rng([seed, epoch]).permutation(n_rows)
 
 
 def windowed_order(groups: np.ndarray, window: int, seed: int, epoch: int) -> np.ndarray:

@@ -447,7 +447,7 @@ def fit(store, config: TrainConfig | None = None, *, out_dir=None,
     The global torch RNG is forked for the run (``torch.random.fork_rng``) and seeded with
     ``config.seed``: initialisation and dropout are reproducible and the caller's random
     state is restored afterwards. Every epoch's order comes from
-    ``np.random.default_rng(seed + epoch)``. Neither loader draws from the torch RNG, so one
+    ``np.random.default_rng([seed, epoch])``. Neither loader draws from the torch RNG, so one
     seed trains the same model with ``loader="torch"`` or ``"dali"``.
     """
     config = check_config("config", config, TrainConfig)
