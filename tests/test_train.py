@@ -473,6 +473,12 @@ def test_config_takes_numpy_numbers_as_python_ones_and_refuses_non_numbers():
         assert type(getattr(config, name)) is int, name
     for name in ("lr_head", "lr_classifier", "weight_decay", "unfreeze_fraction", "dropout"):
         assert type(getattr(config, name)) is float, name
+    for bad in ({"head_channels": (0, 8, 8, 8)}, {"hidden": (-1, 3)}, {"hidden": (2.5, 3)},
+                {"head_channels": "abcd"}, {"hidden": (8,)}):
+        # torch's own error when the model was built, or a width truncated (2.5 -> 2)
+        with pytest.raises(ValueError, match=f"^{next(iter(bad))} must be"):
+            TrainConfig(weights="none", **bad)
+    assert TrainConfig(hidden=[np.int64(4), 2]).hidden == (4, 2)
     for bad in ({"num_workers": 1.5}, {"num_workers": True}, {"pixel_hidden": 2.5},
                 {"embedding_hidden": 0}, {"lr_head": "1e-3"}, {"dropout": True},
                 {"weight_decay": "0.1"}, {"epochs": 2.0}):

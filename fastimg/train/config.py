@@ -299,10 +299,8 @@ class TrainConfig:
             raise ValueError(f"embedding_hidden must be >= 1, got {self.embedding_hidden}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        object.__setattr__(self, "head_channels", tuple(int(c) for c in self.head_channels))
-        object.__setattr__(self, "hidden", tuple(int(c) for c in self.hidden))
-        if len(self.head_channels) != 4 or len(self.hidden) != 2:
-            raise ValueError("head_channels needs 4 widths and hidden 2 (the paper's head)")
+        for name, count in (("head_channels", 4), ("hidden", 2)):
+            object.__setattr__(self, name, _widths(name, getattr(self, name), count))
 
     def _as_python_numbers(self) -> None:
         """The numeric settings as Python ints and floats, checked to be whole numbers and
@@ -348,6 +346,17 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown TrainConfig keys: {sorted(unknown)}")
         return cls(**data)
+
+
+def _widths(name: str, value, count: int) -> tuple:
+    """``value`` as a tuple of ``count`` whole numbers >= 1, else a ValueError naming ``name``
+    (``int()`` truncated a width of 2.5, and torch refused one of 0 when the model was
+    built)."""
+    widths = tuple(value) if isinstance(value, (list, tuple)) else ()
+    if len(widths) != count or not all(is_whole(w) and w >= 1 for w in widths):
+        raise ValueError(f"{name} must be {count} whole numbers >= 1 (the paper's head: "
+                         f"head_channels 4 widths, hidden 2), got {value!r}")
+    return tuple(int(w) for w in widths)
 
 
 _UNITS = {"": 1, "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
