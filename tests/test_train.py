@@ -501,6 +501,19 @@ def test_config_and_load_run_name_a_bad_device(device):
     assert resolve_device(torch.device("cpu")) == torch.device("cpu")
     assert TrainConfig(weights="none", device="cuda:1").device == "cuda:1"
 
+def test_a_cuda_device_past_the_last_gpu_is_refused_in_one_line(monkeypatch):
+    """cuda:N past the machine's GPUs was taken, and failed when the model moved there with
+    CUDA's 'invalid device ordinal' (an internal error, exit 1), after the store was read."""
+    from fastimg.train.fit import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(ValueError, match=r"^device 'cuda:2' requested but this machine has 2 "
+                                         r"CUDA devices \(cuda:0 to cuda:1\)$"):
+        resolve_device("cuda:2")
+
+
 # -- training ---------------------------------------------------------------------------------
 
 def test_two_separable_classes_reach_090_on_cpu(blob_store, tmp_path):

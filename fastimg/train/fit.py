@@ -91,6 +91,11 @@ def resolve_device(name: str = "auto") -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available")
+    count = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.index is not None and device.index >= count:  # else CUDA's invalid ordinal
+        raise ValueError(f"device {name!r} requested but this machine has {count} CUDA "
+                         f"device{'s' if count != 1 else ''} (cuda:0"
+                         f"{f' to cuda:{count - 1}' if count > 1 else ''})")
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be auto, cpu or cuda[:N], got {name!r}")
     return device
