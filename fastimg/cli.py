@@ -484,6 +484,7 @@ def _check_run_folder(out: Path, *, force: bool) -> None:
     (or any other file) unless ``force``."""
     from fastimg._validation import check_can_write, file_in_the_way
     from fastimg.run_folder import check_outside_stores, run_files_in
+    from fastimg.store.location import lock_holder
 
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a run folder")
@@ -492,6 +493,10 @@ def _check_run_folder(out: Path, *, force: bool) -> None:
         raise UserError(f"--out {out}: {blocker} is a file, not a folder")
     check_outside_stores(out)
     check_can_write(out, f"the run folder {out}")
+    holder = lock_holder(out)  # before its files: a train writing them is no run to --force
+    if holder is not None:
+        raise UserError(f"{out} is being written by another fastimg command ({holder}): wait "
+                        f"for it to end, or choose another --out")
     if force or not out.is_dir():
         return
 

@@ -119,3 +119,20 @@ def test_an_interrupted_train_into_an_empty_folder_can_be_run_again(small_store,
     monkeypatch.undo()
     assert main(argv) == 0, capsys.readouterr().err
     assert (out / "metrics.json").is_file()
+
+
+def test_a_second_train_into_a_folder_a_train_writes_names_it_without_force(small_store,
+                                                                            tmp_path, capsys):
+    """Without --force, a second train into the folder a train was writing said 'is not
+    empty; pass --force', and the --force it advised was then refused as being written."""
+    from fastimg.store.location import build_lock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "feature_cache").mkdir()  # what the first train has written so far
+    with build_lock(out):
+        code = main(["train", str(small_store), "--weights", "none", "--quiet",
+                     "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "is being written by another fastimg command" in err and "--force" not in err, err
