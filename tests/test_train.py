@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -479,6 +481,10 @@ def test_config_takes_numpy_numbers_as_python_ones_and_refuses_non_numbers():
         with pytest.raises(ValueError, match=f"^{next(iter(bad))} must be"):
             TrainConfig(weights="none", **bad)
     assert TrainConfig(hidden=[np.int64(4), 2]).hidden == (4, 2)
+    # a weights path as a Path trained the whole run, then failed writing config.json
+    assert TrainConfig(weights=Path("w/alexnet.pt")).weights == os.path.join("w", "alexnet.pt")
+    with pytest.raises(ValueError, match="^weights must be"):
+        TrainConfig(weights=1)
     for bad in ({"num_workers": 1.5}, {"num_workers": True}, {"pixel_hidden": 2.5},
                 {"embedding_hidden": 0}, {"lr_head": "1e-3"}, {"dropout": True},
                 {"weight_decay": "0.1"}, {"epochs": 2.0}):

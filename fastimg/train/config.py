@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import asdict, dataclass, fields
 
@@ -85,7 +86,7 @@ class TrainConfig:
         One of :data:`fastimg.train.EXTRACTORS`: ``alexnet`` (first two convs, 192 maps),
         ``wide_resnet50_2`` and ``resnext50_32x4d`` (conv1 ... layer1), ``shufflenet_v2_x1_0``
         (conv1 + BN + stage2) or ``vgg16`` (first 12 modules of ``features``), the paper's cuts.
-    weights : str or None
+    weights : str, path or None
         ``"DEFAULT"`` (torchvision's ImageNet weights, from the torch hub cache or downloaded),
         ``None`` / ``"none"`` (random init, logged) or the path of a state_dict of the whole
         torchvision model, loaded with ``torch.load(weights_only=True)``.
@@ -248,8 +249,13 @@ class TrainConfig:
         for name, value in zip(("lr_head", "lr_classifier"), rates):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
+        if isinstance(self.weights, os.PathLike):  # kept as a str: config.json holds it
+            object.__setattr__(self, "weights", os.fspath(self.weights))
         if isinstance(self.weights, str) and self.weights.lower() == "none":
             object.__setattr__(self, "weights", None)
+        if not (self.weights is None or isinstance(self.weights, str)):
+            raise ValueError(f"weights must be 'DEFAULT', None / 'none' or the path of a "
+                             f"state_dict, got {self.weights!r}")
         self._as_python_numbers()
         for name in ("epochs", "batch_size", "upsample"):
             value = getattr(self, name)
