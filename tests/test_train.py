@@ -485,6 +485,9 @@ def test_config_takes_numpy_numbers_as_python_ones_and_refuses_non_numbers():
     assert TrainConfig(weights=Path("w/alexnet.pt")).weights == os.path.join("w", "alexnet.pt")
     with pytest.raises(ValueError, match="^weights must be"):
         TrainConfig(weights=1)
+    flags = TrainConfig(probe=np.bool_(False), amp=np.bool_(True), cache_budget=np.int64(2**30))
+    assert json.loads(json.dumps(flags.to_dict()))["cache_budget"] == str(2**30)
+    assert flags.probe is False and flags.amp is True
     for bad in ({"num_workers": 1.5}, {"num_workers": True}, {"pixel_hidden": 2.5},
                 {"embedding_hidden": 0}, {"lr_head": "1e-3"}, {"dropout": True},
                 {"weight_decay": "0.1"}, {"epochs": 2.0}):

@@ -1,6 +1,7 @@
 """The frozen settings of one training run (serialised to JSON beside the run's metrics)."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -307,6 +308,16 @@ class TrainConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         for name, count in (("head_channels", 4), ("hidden", 2)):
             object.__setattr__(self, name, _widths(name, getattr(self, name), count))
+        for name in ("fuse_embedding", "amp", "channels_last", "probe", "progress"):
+            if isinstance(getattr(self, name), np.bool_):
+                object.__setattr__(self, name, bool(getattr(self, name)))
+        if is_whole(self.cache_budget):
+            object.__setattr__(self, "cache_budget", str(int(self.cache_budget)))
+        try:  # checked now, not after the training, when config.json is written
+            json.dumps(self.to_dict())
+        except TypeError as exc:
+            raise ValueError(f"every setting must be a JSON number, string or boolean (the run "
+                             f"folder's config.json holds them): {exc}") from None
 
     def _as_python_numbers(self) -> None:
         """The numeric settings as Python ints and floats, checked to be whole numbers and
