@@ -86,6 +86,17 @@ def test_a_run_predicts_as_its_model_did_after_the_store_is_gone(trained, tmp_pa
     assert none.names == [] and none.class_names == ["neg", "pos"]
 
 
+def test_uint8_images_are_read_in_zero_to_one_as_the_trainer_read_them(trained):
+    """predict_images took the uint8 images of a --dtype uint8 store as 0..255, where the
+    trainer (and predict's own route) read them back in [0, 1]: other predictions, no error."""
+    run = load_run(trained["run"])
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, *run.image_shape), dtype=np.uint8)
+    expected = run.predict_images(images.astype(np.float32) / np.float32(255))
+    got = run.predict_images(images)
+    np.testing.assert_allclose(got.probabilities, expected.probabilities, atol=1e-6)
+
+
 def test_predict_shows_the_classifier_pass_too(trained, capsys):
     """Classifying 100,000 texts took 27 of predict's 37 s with no bar on screen."""
     run = load_run(trained["run"])

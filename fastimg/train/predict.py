@@ -270,15 +270,21 @@ class Run:
 
     def logits(self, images, embeddings=None, *, batch_size: int = 256,
                progress: bool = False) -> np.ndarray:
-        """float32 logits of raw (un-normalised) ``[n, H, W]`` images (a progress bar over
-        the images with ``progress``)."""
+        """float32 logits of raw (un-normalised) ``[n, H, W]`` images, as stored (``uint8``
+        ones are read in [0, 1], as the trainer read them; a progress bar over the images with
+        ``progress``)."""
         check_count("batch_size", batch_size)
         with _bar(len(images), progress) as bar:
             return self._logits(images, embeddings, batch_size, bar)
 
     @torch.no_grad()
     def _logits(self, images, embeddings, batch_size: int, bar) -> np.ndarray:
-        images = np.asarray(images, dtype=np.float32)
+        from fastimg.train.data import as_loaded
+
+        images = np.asarray(images)
+        # as the trainer read them: a uint8 store's images in [0, 1], not 0..255
+        images = (as_loaded(images) if images.dtype == np.uint8
+                  else images.astype(np.float32, copy=False))
         if images.shape[1:] != self.image_shape:
             raise ValueError(f"images of shape {images.shape[1:]} given to a run trained on "
                              f"{self.image_shape}")
