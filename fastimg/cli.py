@@ -182,15 +182,13 @@ def _layout_config(args):
     as built with other settings, and rebuilt with --force into the same layout)."""
     from fastimg.layout import LayoutConfig
 
-    if args.method != "tsne":
-        for flag, value in (("--perplexity", args.perplexity),
-                            ("--tsne-backend", args.tsne_backend)):
-            if value is not None:
-                raise UserError(f"{flag} applies to --method tsne; --method {args.method} has "
-                                f"no use for it: drop it")
-    return LayoutConfig(grid=args.pixels, scaling=args.scaling, method=args.method,
-                        backend=args.tsne_backend or "auto",
-                        perplexity=30.0 if args.perplexity is None else args.perplexity,
+    tsne = {"perplexity": args.perplexity, "backend": args.tsne_backend}
+    given = {name: value for name, value in tsne.items() if value is not None}  # else defaults
+    if args.method != "tsne" and given:
+        flag = "--perplexity" if "perplexity" in given else "--tsne-backend"
+        raise UserError(f"{flag} applies to --method tsne; --method {args.method} has no use "
+                        f"for it: drop it")
+    return LayoutConfig(grid=args.pixels, scaling=args.scaling, method=args.method, **given,
                         assignment=args.assignment, random_state=args.seed,
                         n_jobs=args.tsne_threads)
 
