@@ -29,6 +29,11 @@ def check_feature_matrix(x, *, name: str = "X", n_features: int | None = None,
         raise ValueError(
             f"{name} contains NaN or infinite values (rows {bad_rows[:5].tolist()}"
             f"{' ...' if bad_rows.size > 5 else ''}); clean or impute them first")
+    if check_finite and x.dtype.itemsize > 4:  # the layout and the kernels compute in float32
+        largest = max(float(x.max()), -float(x.min()))  # no copy of x
+        if largest > float(np.finfo(np.float32).max):
+            raise ValueError(f"{name} holds values beyond float32's range (largest magnitude "
+                             f"{largest:.3g}), in which fastimg computes; rescale them first")
     return x
 
 

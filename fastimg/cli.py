@@ -696,7 +696,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--out", type=_local_path, required=True,
                       help="image file to write (.png; .pdf, .svg also; PNG without a suffix)")
     show.add_argument("--per-class", type=int, default=4,
-                      help="sample images per class (default 4)")
+                      help="sample images per class (default 4, at most 16)")
     show.add_argument("--seed", type=_seed, default=0,
                       help="which samples are drawn (default 0)")
     show.set_defaults(func=_cmd_show)

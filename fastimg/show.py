@@ -13,6 +13,10 @@ from fastimg._validation import (check_can_write, check_count, check_seed,
 
 logger = logging.getLogger("fastimg.show")
 
+#: most sample images drawn per class: each is two panels with colour bars, so that a figure of
+#: 60 per class (a 120-row store) was still drawing after 120 s, and past this it is unreadable
+MAX_PER_CLASS = 16
+
 
 def _class_rows(labels: np.ndarray, n_per_class: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
@@ -172,6 +176,9 @@ def show_store(path, out, *, n_per_class: int = 4, seed: int = 0) -> None:
     formats too), as PNG without one; a folder, a missing folder or an unknown suffix is
     refused before any work (``IsADirectoryError``, ``FileNotFoundError``, ``ValueError``)."""
     check_count("n_per_class", n_per_class)
+    if n_per_class > MAX_PER_CLASS:
+        raise ValueError(f"n_per_class must be at most {MAX_PER_CLASS} (two panels each per "
+                         f"class: more is unreadable, and slow to draw), got {n_per_class}")
     check_seed("seed", seed)
     try:
         import matplotlib
@@ -205,7 +212,7 @@ def show_store(path, out, *, n_per_class: int = 4, seed: int = 0) -> None:
 
     # the class means and their contrast wrap over rows of the samples' width (one row of
     # 21 columns for 20 classes drew 882 axes, most of them empty); the samples are those the
-    # classes have (--per-class 100000 drew 100,000 columns of axes and never ended)
+    # classes have (a class of 3 rows drew 3 columns, not n_per_class)
     n_cols = max(max(len(drawn) for drawn in rows.values()), 3)
     mean_rows = -(-(len(values) + 1) // n_cols)
     n_rows = 2 * len(values) + mean_rows + 1

@@ -128,6 +128,18 @@ def test_nan_input_exit_2(rng, tmp_path, capsys):
     assert "NaN or infinite" in capsys.readouterr().err
 
 
+def test_float64_input_beyond_float32s_range_is_one_line(rng, tmp_path, capsys):
+    """Finite float64 values past float32's range overflowed in the layout: three
+    RuntimeWarnings and a scikit-learn message about NaN that the input did not hold."""
+    np.save(tmp_path / "x.npy", rng.standard_normal((120, 150)) * 1e40)
+    out = tmp_path / "o.zarr"
+    assert main(["images", "--input", str(tmp_path / "x.npy"), "--out", str(out),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "beyond float32's range" in err and err.count("\n") == 1
+    assert not out.exists() and not store.partial_path(out).exists()
+
+
 def test_what_is_not_a_store_is_named(tmp_path, capsys):
     """A run folder, a build that stopped and a folder of something else: each said as such."""
     run = tmp_path / "run"

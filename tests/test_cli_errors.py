@@ -46,6 +46,8 @@ def one_line(err: str) -> str:
      "argument --out: expected a local path, got the URL 's3://bucket/s.png'"),
     (["show", "s.zarr", "--out", "s.png", "--per-class", "-2"],
      "--per-class must be a whole number >= 1, got -2"),
+    (["show", "s.zarr", "--out", "s.png", "--per-class", "17"],
+     "--per-class must be at most 16 (two panels each per class"),
     (["images", "--synthetic", "10x100", "--out", "o", "--pixels", "0"],
      "--pixels must be at least 2 x 2 pixels, got 0 x 0"),
     # the corpus's field name (text_columns) stood where the flag belongs

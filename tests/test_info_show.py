@@ -300,14 +300,19 @@ def test_show_of_three_classes_draws_the_spread_of_their_means_below_its_title(
 
 
 def test_show_draws_as_many_samples_as_the_largest_class_has(built, tmp_path, monkeypatch):
-    """--per-class beyond the rows of every class made that many columns of axes: 100,000
-    of them never finished drawing."""
+    """--per-class beyond the rows of every class made that many columns of axes (100,000
+    of them never finished drawing); past show.MAX_PER_CLASS it is refused."""
     path, _ = built
-    fig = _drawn_figure(monkeypatch, str(path), "--out", str(tmp_path / "s.png"),
-                        "--per-class", "100000")
-    grid = fig.axes[0].get_subplotspec().get_topmost_subplotspec().get_gridspec()
     labels = store.StoreReader(path).labels()
-    assert grid.ncols == max(np.bincount(labels))
+    fig = _drawn_figure(monkeypatch, str(path), "--out", str(tmp_path / "s.png"),
+                        "--per-class", str(show.MAX_PER_CLASS))
+    grid = fig.axes[0].get_subplotspec().get_topmost_subplotspec().get_gridspec()
+    assert grid.ncols == min(max(np.bincount(labels)), show.MAX_PER_CLASS)
+    drawn = show._class_rows(np.array([0, 0, 0, 1, 2, 2]), show.MAX_PER_CLASS, seed=0)
+    assert {value: rows.tolist() for value, rows in drawn.items()} == {
+        0: [0, 1, 2], 1: [3], 2: [4, 5]}  # what each class has
+    with pytest.raises(ValueError, match=f"at most {show.MAX_PER_CLASS}"):
+        show.show_store(path, tmp_path / "t.png", n_per_class=show.MAX_PER_CLASS + 1)
 
 
 @pytest.mark.parametrize("suffix", ["png", "pdf", "svg"])
