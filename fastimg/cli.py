@@ -467,7 +467,7 @@ def _cmd_explain(args) -> int:
 
     result = explain(args.run_dir, split=args.split, out_dir=args.out, method=args.method,
                      max_rows=args.max_rows, batch_size=args.batch_size, device=args.device,
-                     seed=args.seed, progress=not args.quiet)
+                     seed=args.seed, progress=not args.quiet, store=args.store)
     origins = [(f, *result.feature_origin(f)) for f in result.top(5).tolist()]
     top = ", ".join(f"{f} (encoder layer {encoder_layer}, dim {dim})"
                     for f, _, encoder_layer, dim in origins)
@@ -813,6 +813,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "pip install 'fastimg[explain]'.")
     explain.add_argument("run_dir", type=_path, help="run folder written by fastimg train")
     explain.add_argument("--split", default="val", choices=["val", "train", "test"])
+    explain.add_argument("--store", type=_path,
+                         help="the store to read the split from when the run's training store "
+                              "has moved (default: the one recorded in the run; its layout "
+                              "must be the run's)")
     explain.add_argument("--out", type=_local_path, required=True, help="folder to write")
     explain.add_argument("--method", default="integrated_gradients",
                          choices=["integrated_gradients", "input_x_gradient", "gradcam"],

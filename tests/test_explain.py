@@ -165,6 +165,25 @@ def test_a_store_rebuilt_with_another_layout_is_refused(label_run, tmp_path, cap
     assert code == 2 and "another layout" in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_moved_store_is_given_with_store(label_run, tmp_path, capsys):
+    """The run records where its store was: once moved, explain said "is gone" with no way
+    to name the new place; --store names it, and a store of another layout is refused."""
+    import shutil
+
+    moved = tmp_path / "moved.zarr"
+    shutil.copytree(label_run["store"], moved)
+    code, err = _explain_against(label_run, tmp_path, capsys, tmp_path / "gone.zarr")
+    assert code == 2 and "--store" in err
+    out = tmp_path / "x"
+    assert main(["explain", str(tmp_path / "run"), "--out", str(out), "--max-rows", "16",
+                 "--method", "input_x_gradient", "--store", str(moved)]) == 0
+    assert (out / "features.csv").is_file()
+    write_label_store(tmp_path / "other.zarr", n_rows=60, seed=1)
+    assert main(["explain", str(tmp_path / "run"), "--out", str(out), "--store",
+                 str(tmp_path / "other.zarr")]) == 2
+    assert "another layout" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("inside", ["", "maps"])
 def test_an_out_in_a_store_is_refused_before_any_work(tmp_path, capsys, inside):
     """explain wrote features.csv and importance.png into the store, where a rebuild of it

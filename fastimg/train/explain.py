@@ -229,7 +229,7 @@ def _first_conv_block(extractor):
 
 def explain(run_dir, *, split: str = "val", out_dir=None, method: str = "integrated_gradients",
             max_rows: int | None = None, batch_size: int = 64, device: str = "cpu",
-            seed: int = 0, progress: bool = False) -> Explanation:
+            seed: int = 0, progress: bool = False, store=None) -> Explanation:
     """Rank the embedding features a trained run relies on.
 
     Parameters
@@ -250,6 +250,9 @@ def explain(run_dir, *, split: str = "val", out_dir=None, method: str = "integra
         Seeds the ``max_rows`` sample.
     progress : bool
         A tqdm bar over the images (attributions take tens of milliseconds per image on a CPU).
+    store : str or path, optional
+        The store to read the split from, when the run's training store (the default, as
+        recorded in the run) has moved; it must have the run's layout (checked).
 
     Returns
     -------
@@ -288,18 +291,25 @@ def explain(run_dir, *, split: str = "val", out_dir=None, method: str = "integra
                              instead="an --out outside it")
         check_can_write(out_dir, f"{FEATURES_FILE} and {IMAGE_FILE} into {out_dir}")
     run = load_run(run_dir, device=device)
-    if not run.store_path or not is_complete(run.store_path):
-        raise RunBundleError(f"the training store of {run_dir} ({run.store_path}) is gone: "
-                             f"explain reads the {split} images from it")
+    store_path = run.store_path if store is None else str(store)
+    if not store_path or not is_complete(store_path):
+        raise RunBundleError(
+            f"the training store of {run_dir} ({store_path}) is gone: explain reads the "
+            f"{split} images from it (moved? give its new path: --store, store=)"
+            if store is None else f"{store_path} is not a complete fastimg store")
     if run.layout is None:
         raise RunBundleError(f"{run_dir} has no layout to map pixels back to features")
-    reader = StoreReader(run.store_path)
+    reader = StoreReader(store_path)
+    if not reader.has_labels:
+        raise RunBundleError(f"{store_path} holds images without labels (made by `fastimg "
+                             f"images`): explain reads a split's labelled images")
     if not np.array_equal(reader.layout().pixel_index_, run.layout.pixel_index_):
-        raise RunBundleError(f"{run.store_path} was rebuilt with another layout since "
-                             f"{run_dir} was trained on it: its images no longer fit the run")
+        raise RunBundleError(f"{store_path} does not have the layout {run_dir} was trained on "
+                             f"(rebuilt with another layout since, or another store): its "
+                             f"images do not fit the run")
     rows = reader.rows(split)
     if rows.size == 0:
-        raise RunBundleError(f"{run.store_path} has no {split} rows")
+        raise RunBundleError(f"{store_path} has no {split} rows")
     if max_rows is not None and rows.size > max_rows:
         rows = np.sort(np.random.default_rng(seed).choice(rows, max_rows, replace=False))
     images = ChunkedReader(reader.images).read(rows)
