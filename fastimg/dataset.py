@@ -96,8 +96,12 @@ def _fit_rows(split_codes: np.ndarray, fit_on: str) -> np.ndarray:
 
 
 def _finish(writer: StoreWriter, *, configs: dict, corpus_summary: dict, encode: dict, layout,
-            config, timings: dict, reused: list, seed) -> dict:
-    """Write the final attrs of a dataset store and move it in place; returns the summary."""
+            config, timings: dict, reused: list) -> dict:
+    """Write the final attrs of a dataset store and move it in place; returns the summary.
+
+    The seeds are in ``configs`` (the corpus's sample and split, the layout's random state),
+    not in the provenance: a relayout's store named its source's corpus seed there, not the
+    one its layout used."""
     writer.check_arrays()
     embeddings = writer.group[store.EMBEDDINGS]
     sources = copied_from({stage: writer.stage(stage) or {} for stage in reused}, writer.path)
@@ -112,7 +116,7 @@ def _finish(writer: StoreWriter, *, configs: dict, corpus_summary: dict, encode:
         "model": configs["encoder"]["model"], "revision": configs["encoder"]["revision"],
         "model_fingerprint": encode.get("model_fingerprint"),
         **{k: encode.get(k) for k in store.ENCODE_RUN_STATS},
-        "layout_backend": getattr(layout, "backend_", None), "seed": seed,
+        "layout_backend": getattr(layout, "backend_", None),
         "versions": _versions(), "platform": platform.platform(),
     }
     writer.finish({"kind": "dataset", "config": configs, "layout": layout.to_dict(),
@@ -264,8 +268,7 @@ def build_dataset(out, corpus_config, encoder_config=None, layout_config=None,
                               client)
             return _finish(writer, configs=configs,
                            corpus_summary=writer.stage("corpus")["summary"], encode=encode,
-                           layout=layout, config=config, timings=timings, reused=reused,
-                           seed=corpus_config.seed)
+                           layout=layout, config=config, timings=timings, reused=reused)
 
 
 def relayout(src, dst, layout_config=None, config: DatasetConfig | None = None, *,
@@ -362,7 +365,7 @@ def relayout(src, dst, layout_config=None, config: DatasetConfig | None = None, 
             return _finish(writer, configs=configs,
                            corpus_summary=records["corpus"]["summary"],
                            encode=records["encode"], layout=layout, config=config,
-                           timings=timings, reused=reused, seed=source.provenance.get("seed"))
+                           timings=timings, reused=reused)
 
 
 def load_layout(path):
