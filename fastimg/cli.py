@@ -351,12 +351,12 @@ def _cmd_info(args) -> int:
     from fastimg import info
     from fastimg.run_folder import is_run_folder
 
+    target = _location(args.store, args)  # warns of --storage-option with a local path
     if "://" not in args.store and is_run_folder(Path(args.store)):
         if args.json:
             raise UserError("--json is for stores; a run folder's metrics.json is JSON already")
         print("\n".join(info.describe_run(Path(args.store))))
         return 0
-    target = _location(args.store, args)
     try:
         reader = store.StoreReader(target)
     except store.StoreError:

@@ -414,5 +414,10 @@ def describe_run(path) -> list[str]:
     if total is not None:
         lines.append(f"time       {_seconds(total)}")
     if not metrics:
-        lines.append("no metrics.json: the run did not finish")
+        from fastimg.store.location import lock_holder
+
+        holder = lock_holder(path)
+        lines.append("no metrics.json: " + (f"being trained now by another fastimg command "
+                                            f"({holder})" if holder else
+                                            "the run did not finish"))
     return lines

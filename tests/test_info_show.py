@@ -206,6 +206,24 @@ def test_info_says_one_epoch_and_the_weights_in_words(tmp_path, capsys):
         assert "missing metrics.json, best.pt, bundle.json)" in out.splitlines()[0]
 
 
+def test_info_of_a_run_a_train_is_writing_names_the_train_not_an_unfinished_run(tmp_path,
+                                                                                 capsys, caplog):
+    """A run folder a train was still writing was said to be a run that did not finish; and
+    --storage-option with a run folder was ignored without a word."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"extractor": "alexnet", "epochs": 1}))
+    assert main(["info", str(run)]) == 0
+    assert "no metrics.json: the run did not finish" in capsys.readouterr().out
+    with store.build_lock(run):  # what the train writing the folder holds
+        assert main(["info", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert (f"no metrics.json: being trained now by another fastimg command (process "
+            f"{os.getpid()} on ") in out and "did not finish" not in out, out
+    assert main(["info", str(run), "--storage-option", "anon=true"]) == 0
+    assert "--storage-option is for store URLs (s3://...): ignored" in caplog.text
+
+
 def test_pixel_stats_stream_and_standardise(rng):
     images = rng.random((50, 4, 5)).astype(np.float16)
     images[:, 0, 0] = 0.0  # an empty pixel: deviation 1, standardised 0
