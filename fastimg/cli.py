@@ -973,6 +973,22 @@ def _format_own_warning(command, flags, default, message, category, filename, li
     return default(message, category, filename, lineno, line)
 
 
+class _CommandFormatter(logging.Formatter):
+    """fastimg's logged warnings and errors as ``fastimg COMMAND: warning: ...``, the form of
+    its :mod:`warnings` and errors; other records (``--verbose`` progress, libraries) as
+    ``LEVEL logger: message``."""
+
+    def __init__(self, command: str):
+        super().__init__("%(levelname)s %(name)s: %(message)s")
+        self.command = command
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.levelno >= logging.WARNING and record.name.split(".")[0] == "fastimg":
+            return (f"fastimg {self.command}: {record.levelname.lower()}: "
+                    f"{record.getMessage()}")
+        return super().format(record)
+
+
 class _FlagNames(logging.Filter):
     """fastimg's logged warnings name config fields by the command's flags (as its errors
     do: ``test_fraction 0.1 ignored`` -> ``--test-fraction 0.1 ignored``)."""
@@ -1008,8 +1024,8 @@ def main(argv=None) -> int:
     handler = logging.StreamHandler()
     handler.setLevel(level)
     handler.addFilter(_FlagNames(flags))
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
-                        handlers=[handler])
+    handler.setFormatter(_CommandFormatter(args.command))
+    logging.basicConfig(level=level, handlers=[handler])
     formatwarning = warnings.formatwarning
     if not args.debug:
         warnings.formatwarning = functools.partial(_format_own_warning, args.command, flags,

@@ -224,6 +224,22 @@ def test_info_of_a_run_a_train_is_writing_names_the_train_not_an_unfinished_run(
     assert "--storage-option is for store URLs (s3://...): ignored" in caplog.text
 
 
+def test_logged_warnings_read_like_the_commands_other_warnings(tmp_path):
+    """A logged warning printed as 'WARNING fastimg.cli: ...' where fastimg's other warnings
+    and its errors say 'fastimg COMMAND: ...'."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"extractor": "alexnet", "epochs": 1}))
+    done = subprocess.run([sys.executable, "-m", "fastimg.cli", "info", str(run),
+                           "--storage-option", "anon=true"], capture_output=True, text=True,
+                          check=True)
+    assert done.stderr == (f"fastimg info: warning: --storage-option is for store URLs "
+                           f"(s3://...): ignored for the local path {run}\n"), done.stderr
+
+
 def test_pixel_stats_stream_and_standardise(rng):
     images = rng.random((50, 4, 5)).astype(np.float16)
     images[:, 0, 0] = 0.0  # an empty pixel: deviation 1, standardised 0
