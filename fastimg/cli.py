@@ -366,10 +366,13 @@ def _cmd_info(args) -> int:
         print(json.dumps(found, indent=2) if args.json
               else "\n".join(info.describe_unfinished(found)))
         return 0
+    # a forced build that failed late keeps its unfinished store beside the complete one
+    beside = None if not store.location.is_local(target) else info.unfinished_build(target)
     if args.json:
-        print(json.dumps(info.store_json(reader), indent=2))
+        print(json.dumps({**info.store_json(reader), "unfinished_beside": beside}, indent=2))
     else:
-        print("\n".join(info.describe_store(reader)))
+        print("\n".join(info.describe_store(reader)
+                        + (info.describe_unfinished_beside(beside) if beside else [])))
     return 0
 
 

@@ -277,6 +277,17 @@ def describe_unfinished(found: dict) -> list[str]:
     return lines
 
 
+def describe_unfinished_beside(found: dict) -> list[str]:
+    """A line on :func:`unfinished_build`'s findings beside a complete store (a forced build
+    that failed or was stopped late): what it holds and how to finish or drop it."""
+    done = [name for name, finished in found["stages"].items() if finished]
+    what = (f"being built now by another fastimg command ({found['built_by']})"
+            if found.get("built_by") else
+            "rerun the forced command that started it to resume, or delete it")
+    return [f"beside     an unfinished build at {found['path']} (stages done: "
+            f"{', '.join(done) or 'none'}): {what}"]
+
+
 def _accuracy(value) -> str:
     return "absent" if value is None else f"{value:.4f}"
 

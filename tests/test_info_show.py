@@ -117,6 +117,41 @@ def test_info_describes_an_unfinished_build(tmp_path, tiny_bert_dir, capsys, mon
                 in capsys.readouterr().err)
 
 
+def test_info_names_the_unfinished_forced_build_beside_a_complete_store(tmp_path,
+                                                                        tiny_bert_dir, capsys,
+                                                                        monkeypatch):
+    """A forced rebuild stopped late keeps OUT.partial beside the complete OUT; info showed
+    only OUT, so the partial stayed there unseen (an encoding's worth of disk)."""
+    from fastimg.layout import DeepInsightLayout
+
+    write_reviews(tmp_path / "reviews.csv")
+    out = tmp_path / "b.zarr"
+    build = ["build-dataset", "--input", str(tmp_path / "reviews.csv"), "--model",
+             str(tiny_bert_dir), "--method", "pca", "--max-length", "32", "--quiet",
+             "--out", str(out)]
+    assert main(build) == 0
+    assert main(["info", str(out)]) == 0
+    assert "beside" not in capsys.readouterr().out
+    assert json.loads((main(["info", str(out), "--json"]), capsys.readouterr().out)[1])[
+        "unfinished_beside"] is None
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(DeepInsightLayout, "fit", stop)
+    assert main([*build, "--force", "--pixels", "12"]) == 130
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith(f"{out}: fastimg dataset store, complete")
+    assert lines[-1] == (f"beside     an unfinished build at {store.partial_path(out)} (stages "
+                         f"done: corpus, encode): rerun the forced command that started it to "
+                         f"resume, or delete it")
+    assert main(["info", str(out), "--json"]) == 0
+    beside = json.loads(capsys.readouterr().out)["unfinished_beside"]
+    assert beside["stages"] == {"corpus": True, "encode": True, "layout": False}, beside
+
+
 def test_packed_batches_build_the_same_store_and_say_so(built, tiny_bert_dir, capsys):
     path, _ = built
     out = path.parent / "packed.zarr"
