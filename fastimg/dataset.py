@@ -23,6 +23,7 @@ import platform
 import time
 import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -373,7 +374,24 @@ def load_layout(path):
     return store.StoreReader(path).layout()
 
 
-def texts_to_images(path, texts, *, device: str = "auto",
+def check_same_model(model, config) -> None:
+    """Refuse a loaded ``model`` whose folder is not that of ``config.model``.
+
+    Raises
+    ------
+    ValueError
+        Naming both folders.
+    """
+    from fastimg.embed.models import resolve_model
+
+    wanted = resolve_model(config.model, config.revision).folder
+    given = model.source.folder
+    if Path(given).resolve() != Path(wanted).resolve():
+        raise ValueError(f"model is loaded from {given}, but the store was encoded with "
+                         f"{config.model!r} ({wanted}): load that one")
+
+
+def texts_to_images(path, texts, *, device: str = "auto", model=None,
                     progress: bool = False) -> np.ndarray:
     """Images of new ``texts`` made as the store at ``path`` made its own.
 
@@ -383,10 +401,26 @@ def texts_to_images(path, texts, *, device: str = "auto",
     converts to its image dtype; no texts give no images. They equal the stored images to
     float rounding (texts encoded in other batches round differently).
 
+    Parameters
+    ----------
+    path : str or path
+        A complete store.
+    texts : sequence of str
+    device : str
+    model : fastimg.embed.LoadedModel, optional
+        The store's model from :func:`fastimg.embed.load_model` (its ``encoder.model`` and
+        ``revision``), loaded once for many calls; by default each call loads it.
+    progress : bool
+
     Returns
     -------
     ndarray, shape (len(texts), height, width), of the store's image dtype
         float16, float32, or uint8 (0..255, as stored).
+
+    Raises
+    ------
+    ValueError
+        When ``model`` is not the store's model.
     """
     from fastimg.embed import encode
     from fastimg.embed.plan import ENCODE_DEVICES
@@ -398,5 +432,7 @@ def texts_to_images(path, texts, *, device: str = "auto",
     if not texts:
         return np.empty((0, *reader.images.shape[1:]), dtype=reader.images.dtype)
     config = reader.encoder_config().on_device(ENCODE_DEVICES.resolve(device))
-    features = encode(texts, config, progress=progress)
+    if model is not None:
+        check_same_model(model, config)
+    features = encode(texts, config, model=model, progress=progress)
     return to_image_dtype(reader.layout().transform(features), str(reader.images.dtype))

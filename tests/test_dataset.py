@@ -276,6 +276,33 @@ def test_missing_text_column_names_the_columns_that_exist(tmp_path, tiny_bert_di
     assert "id" in err and "body" in err and "label" in err
 
 
+def test_texts_to_images_takes_a_model_loaded_once(tmp_path, tiny_bert_dir, monkeypatch):
+    """Each call loaded the encoder again (seconds for bert-base); a loaded model is reused,
+    and one that is not the store's is refused."""
+    import shutil
+
+    from fastimg.embed import encoder, load_model
+
+    path = _write_csv(tmp_path / "r.csv", _reviews(40), ("id", "text", "label"))
+    out = tmp_path / "s.zarr"
+    assert main(["build-dataset", "--input", str(path), "--out", str(out), "--model",
+                 str(tiny_bert_dir), "--method", "pca", "--pixels", "8", "--quiet"]) == 0
+    texts = [text for _, text, _ in _reviews(40)[:3]]
+    each_call = texts_to_images(out, texts)
+    model = load_model(str(tiny_bert_dir))
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("loaded the model again")
+
+    monkeypatch.setattr(encoder, "load_model", no_loading)
+    for _ in range(2):
+        np.testing.assert_array_equal(texts_to_images(out, texts, model=model), each_call)
+    other = shutil.copytree(tiny_bert_dir, tmp_path / "other-bert")
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="the store was encoded with"):
+        texts_to_images(out, texts, model=load_model(str(other)))
+
+
 def test_empty_texts_and_a_large_limit_warn_and_build(tmp_path, tiny_bert_dir, caplog):
     from fastimg.embed import EmptyTextWarning
 
