@@ -379,11 +379,14 @@ def check_same_model(model, config) -> None:
 
     Raises
     ------
+    TypeError
+        When ``model`` is not a :class:`~fastimg.embed.LoadedModel` (a model name or folder).
     ValueError
         Naming both folders.
     """
-    from fastimg.embed.models import resolve_model
+    from fastimg.embed.models import check_loaded_model, resolve_model
 
+    check_loaded_model(model)
     wanted = resolve_model(config.model, config.revision).folder
     given = model.source.folder
     if Path(given).resolve() != Path(wanted).resolve():
@@ -419,6 +422,9 @@ def texts_to_images(path, texts, *, device: str = "auto", model=None,
 
     Raises
     ------
+    TypeError
+        When ``model`` is not a :class:`~fastimg.embed.LoadedModel` (a model name or folder:
+        load it with :func:`fastimg.embed.load_model`).
     ValueError
         When ``model`` is not the store's model.
     """

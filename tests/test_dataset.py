@@ -301,6 +301,10 @@ def test_texts_to_images_takes_a_model_loaded_once(tmp_path, tiny_bert_dir, monk
     monkeypatch.undo()
     with pytest.raises(ValueError, match="the store was encoded with"):
         texts_to_images(out, texts, model=load_model(str(other)))
+    # the model's folder where the loaded model goes: an AttributeError ('str' object has
+    # no attribute 'source') from deep inside
+    with pytest.raises(TypeError, match="model must be a LoadedModel.*load_model"):
+        texts_to_images(out, texts, model=str(tiny_bert_dir))
 
 
 def test_empty_texts_and_a_large_limit_warn_and_build(tmp_path, tiny_bert_dir, caplog):

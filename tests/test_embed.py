@@ -15,6 +15,7 @@ from fastimg.embed import (  # noqa: E402
     EncoderConfig,
     ModelNotAvailableError,
     encode,
+    encode_chunks,
     encode_to_array,
     load_model,
     model_flops,
@@ -520,6 +521,13 @@ def test_resume_after_interruption_is_byte_identical(tiny, tiny_dir, tmp_path):
     done = encode_to_array(texts, c, tmp_path / "cut.zarr", model=tiny, progress=False,
                            on_chunk=seen.append)
     assert seen == [32, 40, 48, 50] and done.shape == (50, 192)
+
+
+@pytest.mark.parametrize("encoder", [encode, encode_chunks])
+def test_a_model_name_where_a_loaded_model_goes_is_refused(tiny_dir, encoder):
+    # was an AttributeError ('str' object has no attribute 'source') from the plan
+    with pytest.raises(TypeError, match="model must be a LoadedModel.*load_model"):
+        encoder(["a film"], EncoderConfig(model=str(tiny_dir)), model=str(tiny_dir))
 
 
 def test_encode_chunks_gives_the_rows_of_encode_a_chunk_at_a_time(tiny, tiny_dir):

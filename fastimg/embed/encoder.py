@@ -23,7 +23,7 @@ import numpy as np
 from fastimg.embed import forward as forward_mod
 from fastimg.embed import packed as packed_mod
 from fastimg.embed.config import EncoderConfig
-from fastimg.embed.models import LoadedModel, load_model
+from fastimg.embed.models import LoadedModel, check_loaded_model, load_model
 from fastimg.embed.plan import Plan, make_plan
 from fastimg.embed.texts import check_texts, warn_empty
 from fastimg.embed.tokenize import Producer
@@ -153,6 +153,7 @@ def check_inputs(texts, config, model):
         config = EncoderConfig()
     elif not isinstance(config, EncoderConfig):
         raise TypeError(f"config must be an EncoderConfig, got {type(config).__name__}")
+    check_loaded_model(model)
     texts = check_texts(texts)
     return texts, config, model
 
@@ -186,7 +187,8 @@ def encode(texts, config: EncoderConfig | None = None, *, model: LoadedModel | N
     Raises
     ------
     TypeError
-        When ``texts`` is a str or holds a non-str item.
+        When ``texts`` is a str or holds a non-str item, or ``model`` is not a
+        :class:`LoadedModel` (a model name or folder).
     ValueError
         When the layer selection does not fit the model.
     ModelNotAvailableError

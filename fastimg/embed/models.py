@@ -96,6 +96,21 @@ class LoadedModel:
     extra: dict = field(default_factory=dict)
 
 
+def check_loaded_model(model) -> None:
+    """Refuse a ``model`` argument that is not None or a :class:`LoadedModel` (a model name
+    or folder given where a loaded model goes would fail deep inside, naming neither).
+
+    Raises
+    ------
+    TypeError
+        Naming ``model`` and how to load one.
+    """
+    if model is not None and not isinstance(model, LoadedModel):
+        raise TypeError(f"model must be a LoadedModel or None, got {type(model).__name__}"
+                        f"{f' {model!r}' if isinstance(model, (str, os.PathLike)) else ''}; "
+                        f"load one with fastimg.embed.load_model(name)")
+
+
 def _hub_endpoint_reachable(timeout: float = 3.0) -> bool:
     """A quick TCP check of the hub endpoint, so that offline machines fail at once."""
     try:
