@@ -144,15 +144,18 @@ def rasterize(x, plan: RasterPlan, *, backend: str = "auto", out=None) -> np.nda
         When ``plan`` is not a :class:`~fastimg.kernels.RasterPlan`.
     ValueError
         When ``x`` is not a non-empty 2-D matrix of real numbers with ``F`` columns, holds NaN
-        or infinite values, or ``out`` has the wrong shape, dtype or memory order.
+        or infinite values or values beyond float32's range, or ``out`` has the wrong shape,
+        dtype or memory order.
     """
     if not isinstance(plan, RasterPlan):
         raise TypeError(f"plan must be a RasterPlan, got {type(plan).__name__}")
     x = check_feature_matrix(x, name="x", check_finite=False)  # the kernels count NaN and inf
     if x.shape[1] != plan.n_features:
         raise ValueError(f"expected a matrix with {plan.n_features} features, got shape {x.shape}")
+    source = x
     if x.dtype not in (np.float16, np.float32):
-        x = x.astype(np.float32)
+        with np.errstate(over="ignore"):  # float64 beyond float32's range: named below
+            x = x.astype(np.float32)
     shape = (x.shape[0], plan.height, plan.width)
     if out is None:
         out = np.empty(shape, dtype=np.float32)
@@ -165,7 +168,12 @@ def rasterize(x, plan: RasterPlan, *, backend: str = "auto", out=None) -> np.nda
                          f"{getattr(out, 'shape', None)}")
     name, kernel = RASTER_BACKENDS.get(backend)
     _wait_for_warm_up(name)
-    _check_block(kernel(x, plan, out), 0, x.shape[0])
+    n_bad = kernel(x, plan, out)
+    if n_bad and source is not x and np.isfinite(source).all():
+        # float64 values beyond float32's range became infinite in the cast: said as such
+        # (check_feature_matrix's range check), not as NaN or infinite input
+        check_feature_matrix(source, name="x")
+    _check_block(n_bad, 0, x.shape[0])
     return out
 
 

@@ -154,6 +154,23 @@ def test_rasterize_refuses_a_bad_out(plan, backend):
             rasterize(x, plan, backend=backend, out=out)
 
 
+@pytest.mark.parametrize("backend", ["cpu", "numpy"])
+def test_float64_beyond_float32_is_named_as_such_in_transform(matrix, fitted, plan, backend):
+    # fit said so; transform and rasterize warned of an overflow in a cast and then called
+    # the finite values "NaN or infinite"
+    import warnings
+
+    huge = matrix.astype(np.float64) * 1e39
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="beyond float32's range"):
+            fitted.transform(huge, backend=backend)
+        with pytest.raises(ValueError, match="beyond float32's range"):
+            rasterize(np.full((2, 6), 1e39), plan, backend=backend)
+        with pytest.raises(ValueError, match="NaN or infinite"):  # unchanged
+            rasterize(np.full((2, 6), np.nan), plan, backend=backend)
+
+
 def test_rasterize_wants_a_plan():
     with pytest.raises(TypeError, match="plan must be a RasterPlan"):
         rasterize(np.ones((2, 6), np.float32), {"height": 3})

@@ -334,7 +334,8 @@ class DeepInsightLayout:
             When the layout is not fitted.
         ValueError
             When ``X`` is not a 2-D matrix of real numbers with ``n_features`` columns, holds
-            NaN or infinite values, or ``out`` has the wrong shape, dtype or memory order.
+            NaN or infinite values or values beyond float32's range, or ``out`` has the wrong
+            shape, dtype or memory order.
         """
         from fastimg.raster import rasterize
 
