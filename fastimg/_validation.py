@@ -12,6 +12,10 @@ FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 def check_feature_matrix(x, *, name: str = "X", n_features: int | None = None,
                          check_finite: bool = True) -> np.ndarray:
     """Return ``x`` as a 2-D float array (no copy when possible) or raise ValueError."""
+    if hasattr(x, "toarray") and hasattr(x, "nnz"):
+        # np.asarray of a scipy sparse matrix is a 0-d object array: "got shape ()"
+        raise ValueError(f"{name} is a sparse matrix ({type(x).__name__}, shape {x.shape}); "
+                         f"fastimg needs a dense one: pass {name}.toarray()")
     x = np.asarray(x)
     if x.ndim != 2:
         raise ValueError(f"{name} must be a 2-D matrix (samples x features), got shape {x.shape}")

@@ -62,6 +62,14 @@ def test_fit_needs_two_features(matrix):
         DeepInsightLayout(grid=10, method="pca").fit(matrix[:, :1])
 
 
+def test_a_sparse_matrix_is_named_as_such(matrix, fitted):
+    # a TF-IDF matrix is sparse; np.asarray made it a 0-d array: "got shape ()"
+    sparse = pytest.importorskip("scipy.sparse")
+    for call in (DeepInsightLayout(grid=10, method="pca").fit, fitted.transform):
+        with pytest.raises(ValueError, match=r"X is a sparse matrix .*X\.toarray\(\)"):
+            call(sparse.csr_matrix(matrix))
+
+
 def test_unknown_override_is_refused():
     with pytest.raises(TypeError, match="gird"):
         DeepInsightLayout(gird=32)  # was silently dropped: a 50 x 50 layout
