@@ -305,6 +305,13 @@ def test_config_to_dict_is_json_and_validates():
                 {"input": "a", "split": "kfold"}, {"input": "a", "text_columns": ()}):
         with pytest.raises(CorpusError):
             CorpusConfig(**bad)
+    # float() and int() refused these with their own words ("could not convert string to
+    # float: 'abc'", a TypeError for None), naming no setting
+    for name, bad in (("val_fraction", "abc"), ("val_fraction", None), ("test_fraction", "x"),
+                      ("test_fraction", [0.1]), ("limit", "abc"), ("limit", float("inf")),
+                      ("limit", [10])):
+        with pytest.raises(CorpusError, match=f"{name} must be"):
+            CorpusConfig(input="a", **{name: bad})
 
 
 def test_summary_is_json_serialisable(tmp_path):

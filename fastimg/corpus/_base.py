@@ -23,6 +23,15 @@ class CorpusError(ValueError):
         super().__init__(re.sub(r"\s*[\r\n]+\s*", " ", str(message)))
 
 
+def _number(name: str, value) -> float:
+    """``value`` as a float (a number, or a string of one), else a CorpusError naming
+    ``name`` (``float()``'s own message named neither)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise CorpusError(f"{name} must be a number, got {value!r}") from None
+
+
 @dataclass(frozen=True)
 class CorpusConfig:
     """How to load a labelled text corpus.
@@ -108,11 +117,11 @@ class CorpusConfig:
                 raise CorpusError(f"{name} must be a column name or None, got {value!r}")
         if self.split not in SPLIT_MODES:
             raise CorpusError(f"split must be one of {', '.join(SPLIT_MODES)}, got {self.split!r}")
-        fraction = float(self.val_fraction)
+        fraction = _number("val_fraction", self.val_fraction)
         if not (math.isfinite(fraction) and 0.0 < fraction < 1.0):
             raise CorpusError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
         object.__setattr__(self, "val_fraction", fraction)
-        test = float(self.test_fraction)
+        test = _number("test_fraction", self.test_fraction)
         if not (math.isfinite(test) and 0.0 <= test < 1.0):
             raise CorpusError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
         object.__setattr__(self, "test_fraction", test)
@@ -120,7 +129,10 @@ class CorpusConfig:
             raise CorpusError(f"split 'paper' is an 80/20 train/val split; val_fraction "
                               f"{fraction} needs split 'random'")
         if self.limit is not None:
-            if isinstance(self.limit, bool) or int(self.limit) != self.limit or self.limit < 1:
+            number = (int, float, np.integer, np.floating)
+            if (isinstance(self.limit, bool) or not isinstance(self.limit, number)
+                    or not math.isfinite(self.limit) or int(self.limit) != self.limit
+                    or self.limit < 1):
                 raise CorpusError(f"limit must be a positive integer, got {self.limit!r}")
             object.__setattr__(self, "limit", int(self.limit))
         try:  # the range the layout and the trainer take too: one seed serves the whole build
