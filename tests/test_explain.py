@@ -110,6 +110,27 @@ def test_features_csv_is_ranked_and_maps_features_to_layers_and_pixels(label_run
     assert (tmp_path / "importance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_top_and_feature_origin_refuse_what_is_no_count_or_feature():
+    # top(-1) gave every feature but the least important, top("5") a TypeError from slicing;
+    # feature_origin(-1) and feature_origin(10**6) described features that do not exist
+    from fastimg.train.explain import Explanation
+
+    result = Explanation(pixel_importance=np.zeros((2, 2, 2)),
+                         feature_importance=np.zeros((4, 2)), importance=np.zeros(4),
+                         ranking=np.array([2, 0, 3, 1]), layer_totals=np.zeros(2),
+                         class_names=["a", "b"], layers=[5, 6], hidden_size=2, rows=3,
+                         method="integrated_gradients", split="val")
+    assert result.top(2).tolist() == [2, 0] and result.top(0).size == 0
+    assert result.top(10).tolist() == [2, 0, 3, 1]
+    for k in (-1, "5", 2.0):
+        with pytest.raises(ValueError, match="k must be a whole number >= 0"):
+            result.top(k)
+    assert result.feature_origin(np.int64(3)) == (1, 6, 1)
+    for feature in (-1, 4, 10**6, 1.5):
+        with pytest.raises(ValueError, match="feature must be a feature index from 0 to 3"):
+            result.feature_origin(feature)
+
+
 def test_cli_explain_writes_both_files(label_run, tmp_path, capsys):
     out = tmp_path / "explain"
     code = main(["explain", str(label_run["run"]), "--split", "val", "--out", str(out),

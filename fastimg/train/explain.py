@@ -42,7 +42,7 @@ import torch.nn as nn
 
 from fastimg._figures import save_figure
 from fastimg._validation import (check_can_write, check_count, check_seed,
-                                 file_in_the_way)
+                                 file_in_the_way, is_whole)
 from fastimg.train.bundle import RunBundleError
 
 logger = logging.getLogger("fastimg.train")
@@ -208,13 +208,30 @@ class Explanation:
     files: dict = field(default_factory=dict)
 
     def top(self, k: int) -> np.ndarray:
-        """The ``k`` most important feature indices."""
-        return self.ranking[:k]
+        """The ``k`` most important feature indices (all of them when ``k`` is larger).
+
+        Raises
+        ------
+        ValueError
+            When ``k`` is not a whole number >= 0 (``top(-1)`` gave every feature but the
+            least important one).
+        """
+        return self.ranking[:check_count("k", k, 0)]
 
     def feature_origin(self, feature: int) -> tuple:
         """``(layer, encoder_layer, dimension)`` of ``feature``: its layer's position in the
         concatenation, that layer's ``hidden_states`` index (None when unknown) and its
-        dimension in the layer."""
+        dimension in the layer.
+
+        Raises
+        ------
+        ValueError
+            When ``feature`` is not a feature index (0 to ``n_features - 1``).
+        """
+        n_features = len(self.importance)
+        if not is_whole(feature) or not 0 <= feature < n_features:
+            raise ValueError(f"feature must be a feature index from 0 to {n_features - 1}, "
+                             f"got {feature!r}")
         layer, dim = divmod(int(feature), self.hidden_size)
         return layer, self.layers[layer] if layer < len(self.layers) else None, dim
 
