@@ -44,6 +44,23 @@ def test_fit_is_reproducible_and_round_trips(matrix, fitted, tmp_path):
         assert loaded.to_dict() == fitted.to_dict()
 
 
+def test_loading_a_file_that_holds_no_layout_says_so(tmp_path):
+    # a bundle.json or a list gave "unsupported layout format None" or an AttributeError, an
+    # npz of other arrays a KeyError, a binary file a UnicodeDecodeError
+    np.savez(tmp_path / "arrays.npz", X=np.zeros((3, 3)))
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "other.json").write_text(json.dumps({"class_names": ["a"]}))
+    (tmp_path / "text.json").write_text("not json")
+    (tmp_path / "binary.json").write_bytes((tmp_path / "arrays.npz").read_bytes())
+    for name in ("arrays.npz", "list.json", "other.json", "text.json", "binary.json"):
+        with pytest.raises(ValueError, match=f"{name} holds no layout saved by .*save"):
+            DeepInsightLayout.load(tmp_path / name)
+    with pytest.raises(IsADirectoryError, match=r"StoreReader\(path\)\.layout\(\)"):
+        DeepInsightLayout.load(tmp_path)
+    with pytest.raises(ValueError, match="not a fitted layout"):
+        DeepInsightLayout.from_dict([1, 2])
+
+
 def test_fit_does_not_depend_on_memory_order(matrix, fitted):
     # the PCA's sums follow the memory order: a Fortran-ordered copy gave another layout
     fortran = DeepInsightLayout(**SMALL).fit(np.asfortranarray(matrix))

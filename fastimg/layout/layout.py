@@ -365,6 +365,17 @@ class DeepInsightLayout:
 
     @classmethod
     def from_dict(cls, data: dict) -> "DeepInsightLayout":
+        """The fitted layout described by ``data`` (:meth:`to_dict`'s form).
+
+        Raises
+        ------
+        ValueError
+            When ``data`` is no such description, or one of another format.
+        """
+        if not isinstance(data, dict) or "format" not in data:
+            keys = f" with keys {sorted(map(str, data))[:5]}" if isinstance(data, dict) else ""
+            raise ValueError(f"not a fitted layout (a dict from DeepInsightLayout.to_dict, "
+                             f"with its 'format'): got {type(data).__name__}{keys}")
         if data.get("format") != LAYOUT_FORMAT:
             raise ValueError(f"unsupported layout format {data.get('format')!r}")
         layout = cls(LayoutConfig.from_dict(data["config"]))
@@ -392,17 +403,37 @@ class DeepInsightLayout:
 
     @classmethod
     def load(cls, path) -> "DeepInsightLayout":
+        """The layout :meth:`save` wrote to ``path`` (``.npz``, else JSON).
+
+        Raises
+        ------
+        FileNotFoundError
+            When ``path`` does not exist.
+        IsADirectoryError
+            When ``path`` is a folder (a store's layout is
+            ``fastimg.store.StoreReader(path).layout()``).
+        ValueError
+            When ``path`` holds no layout saved by :meth:`save` (another JSON or npz file).
+        """
         path = os.fspath(path)
-        if path.endswith(".npz"):
-            with np.load(path, allow_pickle=False) as npz:
-                header = json.loads(str(npz["header"]))
-                header["scaler"] = {"method": header.pop("scaler_method"),
-                                    "shift": npz["shift"], "scale": npz["scale"]}
-                header["pixel_index"] = npz["pixel_index"]
-                header["coords"] = npz["coords"]
-            return cls.from_dict(header)
-        with open(path, encoding="utf-8") as fh:
-            return cls.from_dict(json.load(fh))
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"{path} is a folder, not a saved layout (a store's layout: "
+                                    f"fastimg.store.StoreReader(path).layout())")
+        try:
+            if path.endswith(".npz"):
+                with np.load(path, allow_pickle=False) as npz:
+                    header = json.loads(str(npz["header"]))
+                    header["scaler"] = {"method": header.pop("scaler_method"),
+                                        "shift": npz["shift"], "scale": npz["scale"]}
+                    header["pixel_index"] = npz["pixel_index"]
+                    header["coords"] = npz["coords"]
+                return cls.from_dict(header)
+            with open(path, encoding="utf-8") as fh:
+                return cls.from_dict(json.load(fh))
+        except (KeyError, ValueError) as exc:  # JSON and decoding errors are ValueErrors
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            raise ValueError(f"{path} holds no layout saved by DeepInsightLayout.save "
+                             f"({message})") from None
 
 
 def _threads(n_jobs: int):
