@@ -97,6 +97,24 @@ def test_uint8_images_are_read_in_zero_to_one_as_the_trainer_read_them(trained):
     np.testing.assert_allclose(got.probabilities, expected.probabilities, atol=1e-6)
 
 
+def test_embeddings_that_do_not_fit_a_fused_run_are_refused_in_one_line(trained, tmp_path):
+    """A fused run given too few embedding rows, or rows of another width, failed inside the
+    model with torch's "Sizes of tensors must match" or "running_mean should contain 10
+    elements"; logits() without them with "'NoneType' object is not subscriptable"."""
+    fit(trained["store"], TrainConfig(**FAST, fuse_embedding=True), out_dir=tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    reader = StoreReader(trained["store"])
+    images, embeddings = np.asarray(reader.images[:5]), np.asarray(reader.embeddings[:5])
+    assert run.predict_images(images, embeddings).probabilities.shape == (5, 2)
+    width = embeddings.shape[1]
+    for bad in (embeddings[:3], embeddings[:, :10]):
+        with pytest.raises(ValueError, match=rf"embeddings of shape .*{width} features.*"
+                                             rf"\(5, {width}\)"):
+            run.predict_images(images, bad)
+    with pytest.raises(ValueError, match="give the embeddings too"):
+        run.logits(images)
+
+
 def test_predict_shows_the_classifier_pass_too(trained, capsys):
     """Classifying 100,000 texts took 27 of predict's 37 s with no bar on screen."""
     run = load_run(trained["run"])

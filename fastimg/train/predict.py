@@ -288,6 +288,8 @@ class Run:
         if images.shape[1:] != self.image_shape:
             raise ValueError(f"images of shape {images.shape[1:]} given to a run trained on "
                              f"{self.image_shape}")
+        if self.config.fuse_embedding:  # else torch's errors from inside the model
+            self._check_embeddings(embeddings, images.shape[0])
         out = np.empty((images.shape[0], len(self.class_names)), dtype=np.float32)
         for start in range(0, images.shape[0], batch_size):
             x = self.normaliser(torch.from_numpy(images[start:start + batch_size]).to(self.device))
@@ -299,9 +301,28 @@ class Run:
             bar.update(x.shape[0])
         return out
 
+    def _check_embeddings(self, embeddings, n_images: int) -> None:
+        """Refuse embeddings that do not fit the images of a run that fuses them."""
+        if embeddings is None:
+            raise ValueError("this run fuses the embedding: give the embeddings too")
+        shape = np.shape(embeddings)  # a zarr array's shape, without reading it
+        expected = (n_images, self.bundle["n_features"])
+        if tuple(shape) != expected:
+            raise ValueError(f"embeddings of shape {tuple(shape)} given with {n_images} "
+                             f"images; this run fuses embeddings of {expected[1]} features, "
+                             f"one row per image: shape {expected}")
+
     def predict_images(self, images, embeddings=None, *, batch_size: int = 256,
                        progress: bool = False) -> Prediction:
-        """:class:`Prediction` of raw ``[n, H, W]`` images (and embeddings for fused runs)."""
+        """:class:`Prediction` of raw ``[n, H, W]`` images (and embeddings for fused runs).
+
+        Raises
+        ------
+        ValueError
+            When the images are not of the run's image shape, or a run that fuses the
+            embedding is given none, or embeddings that are not one row per image of the
+            store's width.
+        """
         if self.config.fuse_embedding and embeddings is None:
             raise ValueError("this run fuses the embedding: give the embeddings too")
         return self._prediction(self.logits(images, embeddings, batch_size=batch_size,
