@@ -488,6 +488,12 @@ def test_config_takes_numpy_numbers_as_python_ones_and_refuses_non_numbers():
     flags = TrainConfig(probe=np.bool_(False), amp=np.bool_(True), cache_budget=np.int64(2**30))
     assert json.loads(json.dumps(flags.to_dict()))["cache_budget"] == str(2**30)
     assert flags.probe is False and flags.amp is True
+    # a string or a number is truthy: probe="false" ran the probes, fuse_embedding="no" fused
+    for bad in ({"probe": "false"}, {"amp": "no"}, {"fuse_embedding": "no"},
+                {"pixel_branch": 0}, {"channels_last": None}, {"progress": 1}):
+        with pytest.raises(ValueError, match=f"^{next(iter(bad))} must be True or False"):
+            TrainConfig(weights="none", **bad)
+    assert TrainConfig(pixel_branch=np.bool_(False)).pixel_branch is False
     for bad in ({"num_workers": 1.5}, {"num_workers": True}, {"pixel_hidden": 2.5},
                 {"embedding_hidden": 0}, {"lr_head": "1e-3"}, {"dropout": True},
                 {"weight_decay": "0.1"}, {"epochs": 2.0}):

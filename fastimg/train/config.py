@@ -308,9 +308,13 @@ class TrainConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         for name, count in (("head_channels", 4), ("hidden", 2)):
             object.__setattr__(self, name, _widths(name, getattr(self, name), count))
-        for name in ("fuse_embedding", "amp", "channels_last", "probe", "progress"):
-            if isinstance(getattr(self, name), np.bool_):
-                object.__setattr__(self, name, bool(getattr(self, name)))
+        for name in ("fuse_embedding", "pixel_branch", "amp", "channels_last", "probe",
+                     "progress"):
+            value = getattr(self, name)
+            if not isinstance(value, (bool, np.bool_)):
+                # a string is truthy: probe="false" ran the probes, amp="no" used AMP
+                raise ValueError(f"{name} must be True or False, got {value!r}")
+            object.__setattr__(self, name, bool(value))
         if is_whole(self.cache_budget):
             object.__setattr__(self, "cache_budget", str(int(self.cache_budget)))
         try:  # checked now, not after the training, when config.json is written
