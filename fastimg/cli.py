@@ -214,12 +214,16 @@ def _cmd_images(args) -> int:
         return 0
     fitted = {"train": "the training rows", "first_rows": "the first rows",
               "all": "every row (give --split-file to fit on the training rows only)"}
+
+    def took(stage: str, digits: int) -> str:  # a stage a resumed build had done: reused
+        seconds = summary["timings"].get(f"{stage}_s")
+        return f"{stage} reused" if seconds is None else f"{stage} {seconds:.{digits}f} s"
+
     print(f"wrote {args.out}: {summary['rows']} images of {summary['image_shape'][0]} x "
           f"{summary['image_shape'][1]} ({summary['image_dtype']}), {summary['features']} "
-          f"features on {summary['occupied_pixels']} pixels; layout "
-          f"{summary['timings']['layout_s']:.1f} s (fitted on {summary['fit_rows']} rows: "
-          f"{fitted[summary['fit_on']]}), raster {summary['timings']['raster_s']:.2f} s,"
-          f" total {time.perf_counter() - start:.1f} s, "
+          f"features on {summary['occupied_pixels']} pixels; {took('layout', 1)} "
+          f"(fitted on {summary['fit_rows']} rows: {fitted[summary['fit_on']]}), "
+          f"{took('raster', 2)}, total {time.perf_counter() - start:.1f} s, "
           f"{store.size_bytes(args.out) / 2**20:.1f} MiB")
     return 0
 

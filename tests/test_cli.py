@@ -106,6 +106,29 @@ def test_synthetic_demo_is_up_to_date_and_other_settings_need_force(tmp_path, ca
     assert main([*args, "--force"]) == 0
 
 
+def test_an_images_build_stopped_after_its_layout_resumes_and_says_so(tmp_path, capsys,
+                                                                       monkeypatch):
+    """Rerun after a Ctrl-C in the raster stage, the build finished the store, then said
+    "internal error (a bug, please report it): KeyError: 'layout_s'" and exited 1: the
+    resumed run had fitted no layout, whose time the summary line read."""
+    import fastimg.stages
+
+    out = tmp_path / "demo.zarr"
+    args = ["images", "--synthetic", "300x120", "--out", str(out), "--pixels", "10", "--quiet"]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fastimg.stages, "run_images", interrupted)
+    assert main(args) == 130
+    assert not out.exists() and store.partial_path(out).exists()
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "layout reused (fitted on 300 rows" in capsys.readouterr().out
+    assert store.is_complete(out)
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--input", "missing.npy"], "does not exist"),
     (["--synthetic", "100x40"], "needs at least 91 features"),
