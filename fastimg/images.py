@@ -257,8 +257,9 @@ def build_image_store(matrix, out, layout_config: LayoutConfig | None = None,
     split : array-like, optional
         One split per row (codes 0/1/2 or names); the layout is fitted on the train rows.
     force : bool
-        Replace a complete store at ``out``. Without it, a store built with other settings is
-        refused, and one built with these is returned as it is (its summary with
+        Replace a complete store at ``out``, reusing its stages whose settings match (the
+        layout, when only the image dtype changes). Without it, a store built with other
+        settings is refused, and one built with these is returned as it is (its summary with
         ``up_to_date: True``; nothing is computed).
     progress : bool
         Show a progress bar.
@@ -301,10 +302,11 @@ def build_image_store(matrix, out, layout_config: LayoutConfig | None = None,
         current = stages.up_to_date(out, plan, force=force)
         if current is not None:
             return current
-        stages.open_existing(out, plan, force=force)
+        # a forced build takes the matching stages (the layout) of the store it replaces
+        existing = stages.open_existing(out, plan, force=force)
         timings = {}
         with StoreWriter.open(out) as writer:
-            stages.reconcile(writer, plan, [], force=force)
+            reused = stages.reconcile(writer, plan, [existing] if existing else [], force=force)
             writer.begin("input", plan.keys["input"], plan.settings["input"])
             if split is not None:
                 writer.write_rows(SPLIT, split)
@@ -321,6 +323,7 @@ def build_image_store(matrix, out, layout_config: LayoutConfig | None = None,
                 "image_shape": [height, width], "image_dtype": config.image_dtype,
                 "fit_on": fit_on, "fit_rows": int(fit_rows.size),
                 "occupied_pixels": layout.n_occupied_pixels, "timings": timings,
+                "reused": reused,
             }
             if split is not None:
                 summary["split_rows"] = {name: int((split == code).sum())

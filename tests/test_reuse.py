@@ -157,6 +157,33 @@ def test_an_image_dtype_change_reuses_the_layout(corpus_csv, tmp_path, tiny_bert
     assert len(encode_calls) == 1
 
 
+def test_an_images_store_forced_to_another_dtype_reuses_its_layout(rng, tmp_path,
+                                                                   monkeypatch, capsys):
+    """`fastimg images --force` fitted the layout again (t-SNE: minutes on a large matrix),
+    although its refusal without --force said "the stages that match are reused"."""
+    from fastimg.layout import DeepInsightLayout
+
+    out = tmp_path / "images.zarr"
+    assert _images_command(rng, tmp_path, out, (60, 120), 12) == 0
+    layout = store.StoreReader(out).attrs["layout"]
+
+    def no_fit(self, x):
+        raise AssertionError("the layout was fitted again")
+
+    monkeypatch.setattr(DeepInsightLayout, "fit", no_fit)
+    args = ["images", "--input", str(tmp_path / "x.npy"), "--out", str(out), "--pixels", "12",
+            "--method", "pca", "--quiet", "--dtype", "float32"]
+    assert main(args) == 2
+    assert "the stages that match are reused" in one_line(capsys.readouterr().err)
+    assert main([*args, "--force"]) == 0
+    assert "layout reused" in capsys.readouterr().out
+    reader = store.StoreReader(out)
+    assert reader.attrs["layout"] == layout and reader.images.dtype == np.float32
+    assert reader.summary["reused"] == ["input", "layout"]
+    np.testing.assert_array_equal(reader.images[:], DeepInsightLayout.from_dict(layout)
+                                  .transform(np.load(tmp_path / "x.npy")))
+
+
 def test_a_forced_build_with_the_same_settings_reuses_every_stage(corpus_csv, tmp_path,
                                                                   tiny_bert_dir, encode_calls,
                                                                   capsys):
