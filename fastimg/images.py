@@ -13,7 +13,7 @@ from fastimg.layout import LayoutConfig
 from fastimg.raster import check_image_dtype
 from fastimg.store import SPLIT, SPLIT_NAMES, StoreWriter, build_lock
 from fastimg.store.schema import SPLIT_ALIASES, split_rows
-from fastimg.store.keys import StagePlan
+from fastimg.store.keys import StagePlan, digest
 
 logger = logging.getLogger("fastimg")
 
@@ -294,8 +294,11 @@ def build_image_store(matrix, out, layout_config: LayoutConfig | None = None,
         split = split_codes(split, n_rows)
     fit_on, fit_rows = _fit_rows(n_rows, config.fit_rows, split)
     check_feature_matrix(np.asarray(matrix[:fit_rows.max() + 1])[fit_rows], name="input matrix")
+    given = {"sha256": matrix_digest(matrix), "shape": list(matrix.shape)}
+    if split is not None:  # stored beside the images: another split is another store
+        given["split_sha256"] = digest(split)
     plan = (StagePlan()
-            .add("input", {"sha256": matrix_digest(matrix), "shape": list(matrix.shape)})
+            .add("input", given)
             .add("layout", stages.layout_settings(layout_config, fit_on, fit_rows))
             .add("images", stages.images_settings(config)))
     with build_lock(out):  # a second command building out is refused

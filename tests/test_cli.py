@@ -106,6 +106,23 @@ def test_synthetic_demo_is_up_to_date_and_other_settings_need_force(tmp_path, ca
     assert main([*args, "--force"]) == 0
 
 
+def test_another_split_file_is_not_up_to_date(rng, tmp_path, capsys):
+    """A split file that moved rows between val and test (the same training rows) found the
+    store "up to date" and kept the old split: the split was in no stage's key."""
+    np.save(tmp_path / "x.npy", structured_matrix(rng, 60, 20).astype(np.float32))
+    out = tmp_path / "imgs.zarr"
+    args = ["images", "--input", str(tmp_path / "x.npy"), "--out", str(out), "--pixels", "6",
+            "--method", "pca", "--quiet", "--split-file", str(tmp_path / "split.txt")]
+    (tmp_path / "split.txt").write_text("train\n" * 40 + "val\n" * 10 + "test\n" * 10)
+    assert main(args) == 0
+    (tmp_path / "split.txt").write_text("train\n" * 40 + "test\n" * 10 + "val\n" * 10)
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "built with other settings (input.split_sha256" in capsys.readouterr().err
+    assert main([*args, "--force"]) == 0
+    assert store.StoreReader(out).split_codes().tolist() == [0] * 40 + [2] * 10 + [1] * 10
+
+
 def test_an_images_build_stopped_after_its_layout_resumes_and_says_so(tmp_path, capsys,
                                                                        monkeypatch):
     """Rerun after a Ctrl-C in the raster stage, the build finished the store, then said
