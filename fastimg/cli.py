@@ -1043,6 +1043,9 @@ def main(argv=None) -> int:
         _silence_stdout()
         return 141
     except KeyboardInterrupt:
+        # zarr's writes left pending on its event loop are destroyed at exit, and asyncio
+        # logs each ("Task was destroyed but it is pending!") under the one line below
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         # builds keep their finished stages; other commands leave nothing to resume
         kept = (" (the unfinished build is kept: rerun to resume)"
                 if args.command in ("build-dataset", "relayout", "images")

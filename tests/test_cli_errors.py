@@ -1,5 +1,6 @@
 """CLI consistency: one line and exit 2 for user mistakes, exit 1 and "a bug" for anything else,
 one meaning per flag name, every flag the README names exists, --split-file, train --force."""
+import functools
 import re
 from pathlib import Path
 
@@ -388,6 +389,40 @@ def test_an_interrupted_images_build_is_kept_and_says_so(tmp_path, capsys, monke
     assert store.partial_path(out).exists() and not out.exists()
     monkeypatch.setattr(DeepInsightLayout, "fit", real_fit)
     assert main(argv) == 0 and store.is_complete(out)
+
+
+def test_an_interrupt_is_one_line_without_asyncio_s_pending_writes(tmp_path, capsys, caplog,
+                                                                    monkeypatch, request):
+    """A Ctrl-C while zarr wrote images printed, under "interrupted ...", asyncio's "ERROR
+    asyncio: Task was destroyed but it is pending!" and the task's repr for each write left
+    pending on zarr's event loop (destroyed at exit), now and then."""
+    import asyncio
+    import gc
+    import logging
+
+    import fastimg.stages
+
+    asyncio_logger = logging.getLogger("asyncio")
+    request.addfinalizer(functools.partial(asyncio_logger.setLevel, asyncio_logger.level))
+    loop, pending = asyncio.new_event_loop(), []
+
+    async def write():
+        await asyncio.sleep(3600)
+
+    def stop(*args, **kwargs):  # a write in flight on an event loop, as zarr's are
+        pending.append(loop.create_task(write()))
+        loop.run_until_complete(asyncio.sleep(0))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fastimg.stages, "run_images", stop)
+    out = tmp_path / "i.zarr"
+    assert main(["images", "--synthetic", "100x120", "--out", str(out), "--pixels", "8",
+                 "--method", "pca", "--quiet"]) == 130
+    loop.close()
+    pending.clear()  # what exit does to zarr's loop
+    gc.collect()
+    assert "interrupted" in one_line(capsys.readouterr().err)
+    assert "Task was destroyed" not in caplog.text
 
 
 @pytest.mark.parametrize("seed", [-1, 2 ** 32, 1.5, True])
