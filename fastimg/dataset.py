@@ -329,6 +329,8 @@ def relayout(src, dst, layout_config=None, config: DatasetConfig | None = None, 
         raise StoreError(f"{src} has lost its embeddings (no array {store.EMBEDDINGS}, or no "
                          f"finished encode stage): build it again with `fastimg build-dataset`")
     fit_rows = _fit_rows(source.split_codes(), config.fit_on)
+    # before the layout is fitted and an unfinished build is left behind
+    stages.check_unscaled_uint8(source.embeddings, layout_config.scaling, config.image_dtype)
     plan = (StagePlan()
             .add("corpus", records["corpus"]["settings"], records["corpus"]["key"])
             .add("encode", records["encode"]["settings"], records["encode"]["key"])

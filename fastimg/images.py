@@ -294,6 +294,8 @@ def build_image_store(matrix, out, layout_config: LayoutConfig | None = None,
         split = split_codes(split, n_rows)
     fit_on, fit_rows = _fit_rows(n_rows, config.fit_rows, split)
     check_feature_matrix(np.asarray(matrix[:fit_rows.max() + 1])[fit_rows], name="input matrix")
+    # before the layout is fitted (minutes of t-SNE) and an unfinished build is left behind
+    stages.check_unscaled_uint8(matrix, layout_config.scaling, config.image_dtype)
     given = {"sha256": matrix_digest(matrix), "shape": list(matrix.shape)}
     if split is not None:  # stored beside the images: another split is another store
         given["split_sha256"] = digest(split)

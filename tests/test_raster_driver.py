@@ -105,7 +105,8 @@ def test_an_unknown_raster_backend_is_refused_before_any_work(rng, tmp_path, mon
 
 def test_uint8_images_of_unscaled_features_outside_0_1_are_refused(rng, tmp_path):
     """--scaling none --dtype uint8 clipped embeddings to [0, 1] silently: 71% of the pixels
-    of a MiniLM store were 0."""
+    of a MiniLM store were 0. Refused before the layout is fitted: the refusal came after it,
+    and left an unfinished build that a rerun "resumed" into the same refusal."""
     from fastimg import store
     from fastimg.images import ImagesConfig, build_image_store
     from fastimg.layout import LayoutConfig
@@ -115,7 +116,7 @@ def test_uint8_images_of_unscaled_features_outside_0_1_are_refused(rng, tmp_path
     with pytest.raises(ValueError, match=r"--scaling none .* -\d.* to \d"):
         build_image_store(rng.normal(size=(40, 30)).astype(np.float32), out, layout,
                           ImagesConfig(image_dtype="uint8"), progress=False)
-    assert not store.is_complete(out)
+    assert not out.exists() and not store.partial_path(out).exists()
     ok = tmp_path / "ok.zarr"  # features in [0, 1] already: nothing is clipped
     build_image_store(rng.random((40, 30)).astype(np.float32), ok, layout,
                       ImagesConfig(image_dtype="uint8"), progress=False)

@@ -318,6 +318,19 @@ def test_an_interrupted_relayout_is_kept_and_resumed(corpus_csv, tmp_path, tiny_
     assert len(encode_calls) == 1 and store.StoreReader(out).images.shape[1:] == (10, 10)
 
 
+def test_relayout_refuses_unscaled_uint8_before_its_layout(corpus_csv, tmp_path, tiny_bert_dir,
+                                                           capsys):
+    """relayout --scaling none --dtype uint8 fitted the layout, then refused the embeddings
+    outside [0, 1] and left an unfinished build whose rerun refused again."""
+    src, out = tmp_path / "src.zarr", tmp_path / "out.zarr"
+    assert main(_build_args(corpus_csv, src, tiny_bert_dir)) == 0
+    capsys.readouterr()
+    assert main(["relayout", str(src), "--out", str(out), "--method", "pca", "--quiet",
+                 "--scaling", "none", "--dtype", "uint8"]) == 2
+    assert "--scaling none leaves the features" in one_line(capsys.readouterr().err)
+    assert not out.exists() and not store.partial_path(out).exists()
+
+
 def test_relayout_refuses_a_source_without_embeddings(rng, tmp_path, capsys):
     images = tmp_path / "images.zarr"
     assert _images_command(rng, tmp_path, images, (60, 120), 8) == 0
