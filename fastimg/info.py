@@ -142,9 +142,11 @@ def _layout_line(reader: store.StoreReader) -> str:
     fit_rows = settings.get("fit_rows") or reader.summary.get("fit_rows")
     if fit_on:
         rows = "" if fit_rows is None else f" {_n(fit_rows)}"
+        # an images store fitted on all its rows has no split: no evaluation rows
+        leak = "" if reader.kind == "images" else " (evaluation rows included)"
         line += {"train": f"; fitted on the{rows} train rows",
                  "first_rows": f"; fitted on the first{rows} rows",
-                 "all": f"; fitted on all{rows} rows (evaluation rows included)"}.get(
+                 "all": f"; fitted on all{rows} rows{leak}"}.get(
                      fit_on, f"; fitted on {fit_on}{rows}")
     if layout.get("random_state") is not None:
         line += f", seed {layout.get('random_state')}"

@@ -58,6 +58,19 @@ def test_info_summarises_a_dataset_store_in_a_few_lines(built, capsys):
     assert "{" not in out
 
 
+def test_info_of_an_images_store_fitted_on_every_row_names_no_evaluation_rows(tmp_path,
+                                                                              capsys):
+    """An images store without a split (no validation or test rows) read "fitted on all 300
+    rows (evaluation rows included)"."""
+    out = tmp_path / "i.zarr"
+    assert main(["images", "--synthetic", "300x40", "--out", str(out), "--pixels", "8",
+                 "--method", "pca", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    out = capsys.readouterr().out
+    assert "assignment assignment; fitted on all 300 rows, seed 0" in out, out
+
+
 def test_info_counts_the_chunks_a_cluster_finished_out_of_order(tmp_path, capsys):
     """A cluster build marks chunks done in any order (``_done_embeddings``); ``rows_done``
     stays at the rows an in-process run finished in order."""
