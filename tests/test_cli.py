@@ -168,6 +168,20 @@ def test_nan_input_exit_2(rng, tmp_path, capsys):
     assert "NaN or infinite" in capsys.readouterr().err
 
 
+def test_nan_outside_the_fitted_rows_is_refused_before_the_layout(rng, tmp_path, capsys):
+    """A NaN in a row the layout is not fitted on (past --fit-rows, a val or test row) was
+    refused by the raster stage, after the layout fit, leaving an unfinished build that a
+    rerun "resumed" into the same refusal."""
+    x = rng.random((120, 150))
+    x[100, 7] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "o.zarr"
+    assert main(["images", "--input", str(tmp_path / "x.npy"), "--out", str(out), "--quiet",
+                 "--method", "pca", "--pixels", "10", "--fit-rows", "50"]) == 2
+    assert "NaN or infinite values (rows [100])" in capsys.readouterr().err
+    assert not out.exists() and not store.partial_path(out).exists()
+
+
 def test_float64_input_beyond_float32s_range_is_one_line(rng, tmp_path, capsys):
     """Finite float64 values past float32's range overflowed in the layout: three
     RuntimeWarnings and a scikit-learn message about NaN that the input did not hold."""

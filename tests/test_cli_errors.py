@@ -272,10 +272,14 @@ def test_a_store_given_as_the_images_input_is_named_a_group(tmp_path, capsys):
 
 
 def test_an_images_build_that_fails_at_raster_lists_its_input_stage_done(rng, tmp_path,
-                                                                         capsys):
-    x = rng.random((60, 20)).astype(np.float32)
-    x[50, 3] = np.nan  # outside the fitted rows: found at raster time
-    np.save(tmp_path / "x.npy", x)
+                                                                         capsys, monkeypatch):
+    import fastimg.raster
+
+    def disk_full(*args, **kwargs):  # (a NaN outside the fitted rows is refused before)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fastimg.raster, "rasterize_to_array", disk_full)
+    np.save(tmp_path / "x.npy", rng.random((60, 20)).astype(np.float32))
     out = tmp_path / "o.zarr"
     assert main(["images", "--input", str(tmp_path / "x.npy"), "--fit-rows", "40", "--out",
                  str(out), "--pixels", "8", "--method", "pca", "--quiet"]) == 2
