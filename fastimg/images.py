@@ -224,23 +224,25 @@ def _fit_rows(n_rows: int, fit_rows: int | None, split) -> tuple[str, np.ndarray
     return "all", np.arange(n_rows)
 
 
-def check_finite_rows(matrix, block_rows: int = 8192) -> None:
-    """Raise ValueError naming the first rows of ``matrix`` that hold NaN or infinite values,
-    read block by block."""
-    for start in range(0, matrix.shape[0], block_rows):
-        block = np.asarray(matrix[start:start + block_rows])
-        bad = np.flatnonzero(~np.isfinite(block).all(axis=1)) + start
-        if bad.size:
-            raise ValueError(f"input matrix contains NaN or infinite values (rows "
-                             f"{bad[:5].tolist()}{' ...' if bad.size > 5 else ''}); clean or "
-                             f"impute them first")
+def matrix_digest(matrix, *, check_finite: bool = False, block_rows: int = 8192) -> str:
+    """sha256 of a matrix's shape, dtype and values, read block by block; with
+    ``check_finite``, the same pass refuses rows that hold NaN or infinite values.
 
-
-def matrix_digest(matrix, block_rows: int = 8192) -> str:
-    """sha256 of a matrix's shape, dtype and values, read block by block."""
+    Raises
+    ------
+    ValueError
+        Naming the first such rows.
+    """
     digest = hashlib.sha256(json.dumps([list(matrix.shape), str(matrix.dtype)]).encode())
     for start in range(0, matrix.shape[0], block_rows):
-        digest.update(np.ascontiguousarray(matrix[start:start + block_rows]).tobytes())
+        block = np.ascontiguousarray(matrix[start:start + block_rows])
+        if check_finite:
+            bad = np.flatnonzero(~np.isfinite(block).all(axis=1)) + start
+            if bad.size:
+                raise ValueError(f"input matrix contains NaN or infinite values (rows "
+                                 f"{bad[:5].tolist()}{' ...' if bad.size > 5 else ''}); clean "
+                                 f"or impute them first")
+        digest.update(block.tobytes())
     return digest.hexdigest()
 
 
@@ -306,11 +308,11 @@ def build_image_store(matrix, out, layout_config: LayoutConfig | None = None,
         split = split_codes(split, n_rows)
     fit_on, fit_rows = _fit_rows(n_rows, config.fit_rows, split)
     check_feature_matrix(np.asarray(matrix[:fit_rows.max() + 1])[fit_rows], name="input matrix")
-    if fit_rows.size < n_rows:  # the other rows too, before the layout is fitted on these
-        check_finite_rows(matrix)
+    # the rows the layout is not fitted on are checked too, before it is fitted on these
+    given = {"sha256": matrix_digest(matrix, check_finite=fit_rows.size < n_rows),
+             "shape": list(matrix.shape)}
     # before the layout is fitted (minutes of t-SNE) and an unfinished build is left behind
     stages.check_unscaled_uint8(matrix, layout_config.scaling, config.image_dtype)
-    given = {"sha256": matrix_digest(matrix), "shape": list(matrix.shape)}
     if split is not None:  # stored beside the images: another split is another store
         given["split_sha256"] = digest(split)
     plan = (StagePlan()
