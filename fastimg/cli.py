@@ -437,6 +437,8 @@ def _cmd_predict(args) -> int:
     if not to_stdout:
         check_can_write(args.out, f"--out {args.out}", replaced=True)
         _check_out_is_not_input(args.out, args.input)
+        store.location.check_outside_stores(args.out, deleted="the predictions",
+                                            instead="an --out outside it")
     run = load_run(args.run_dir, device=args.device, model=args.model)
     if str(args.input) == "-":
         ids, texts = read_lines(sys.stdin)

@@ -189,6 +189,7 @@ def show_store(path, out, *, n_per_class: int = 4, seed: int = 0) -> None:
     import matplotlib.pyplot as plt
 
     image_format = _output_format(out)
+    store.location.check_outside_stores(out, deleted="the drawing", instead="a file outside it")
 
     reader = store.StoreReader(path)
     if not reader.has_labels:

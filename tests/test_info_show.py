@@ -408,6 +408,17 @@ def test_show_writes_the_same_bytes_twice(built, tmp_path, monkeypatch, suffix):
     assert files[0].read_bytes() == files[1].read_bytes()
 
 
+def test_show_refuses_an_out_inside_a_store(built, capsys):
+    """A drawing written inside a store was counted in its size by info and deleted without
+    a word by its next --force rebuild."""
+    path, _ = built
+    out = path / "samples.png"
+    assert main(["show", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"lies inside the store {path}" in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
+
+
 def test_show_cut_short_keeps_the_file_it_was_replacing(built, tmp_path, monkeypatch):
     """Ctrl-C while show wrote a large SVG left its first half under the name of the good file
     it was replacing."""

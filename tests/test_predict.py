@@ -586,6 +586,24 @@ def test_an_out_that_is_the_input_is_refused_before_encoding(trained, tmp_path, 
     assert corpus.read_bytes() == before
 
 
+def test_an_out_inside_a_store_is_refused_before_encoding(trained, tmp_path, capsys,
+                                                          monkeypatch):
+    """Predictions written inside a store were counted in its size by info and deleted
+    without a word by its next --force rebuild."""
+    from fastimg.train import predict as predict_mod
+
+    monkeypatch.setattr(predict_mod.Run, "encode_chunks",
+                        lambda *a, **k: pytest.fail("encoded before checking --out"))
+    corpus = _write_csv(tmp_path / "new.csv", _reviews(3))
+    out = trained["store"] / "preds.csv"
+    code = main(["predict", str(trained["run"]), "--input", str(corpus), "--out", str(out),
+                 "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert f"lies inside the store {trained['store']}" in err and "--out" in err, err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("recorded, here, expected", [
     (("cuda", "fp16"), "cpu", ("cpu", "auto")),   # a GPU build predicted on a CPU
     (("cuda", "fp32"), "cpu", ("cpu", "fp32")),
