@@ -207,7 +207,8 @@ def _cmd_images(args) -> int:
                           raster_backend=args.raster_backend)
     start = time.perf_counter()
     summary = build_image_store(matrix, args.out, layout_config, config, split=split,
-                                force=args.force, progress=not args.quiet)
+                                force=args.force, progress=not args.quiet,
+                                on_stage=_stage_announcer(args, start))
     if summary.get("up_to_date"):
         _print_up_to_date(args.out, f"{summary['rows']} images of {summary['image_shape'][0]} "
                                     f"x {summary['image_shape'][1]}")
@@ -275,11 +276,7 @@ def _cmd_build_dataset(args) -> int:
     layout = _layout_config(args)
     config = _dataset_config(args)
     start = time.perf_counter()
-
-    def announce(stage):
-        if not args.quiet:
-            print(f"[{time.perf_counter() - start:7.1f} s] {stage}", file=sys.stderr)
-
+    announce = _stage_announcer(args, start)
     out, *reuse_from = _locations([args.out, *(args.reuse_from or ())], args)
     if args.reuse_from and args.no_reuse:
         raise UserError("--reuse-from takes stages from other stores, which --no-reuse forbids: "
@@ -291,6 +288,16 @@ def _cmd_build_dataset(args) -> int:
                                 reuse_from=reuse_from)
     _print_dataset_summary(out, summary, time.perf_counter() - start)
     return 0
+
+
+def _stage_announcer(args, start: float):
+    """``on_stage`` of the build commands: each stage's name on stderr as it starts, with the
+    seconds since ``start`` (nothing with ``--quiet``)."""
+    def announce(stage: str) -> None:
+        if not args.quiet:
+            print(f"[{time.perf_counter() - start:7.1f} s] {stage}", file=sys.stderr)
+
+    return announce
 
 
 def _cluster(spec):
@@ -338,7 +345,7 @@ def _cmd_relayout(args) -> int:
     # once: a local path's ignored options warn once
     src, out = _locations([args.src, args.out], args)
     summary = relayout(src, out, _layout_config(args), config, force=args.force,
-                       progress=not args.quiet)
+                       progress=not args.quiet, on_stage=_stage_announcer(args, start))
     _print_dataset_summary(out, summary, time.perf_counter() - start)
     return 0
 

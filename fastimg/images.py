@@ -248,7 +248,7 @@ def matrix_digest(matrix, *, check_finite: bool = False, block_rows: int = 8192)
 
 def build_image_store(matrix, out, layout_config: LayoutConfig | None = None,
                       config: ImagesConfig | None = None, *, split=None, force: bool = False,
-                      progress: bool = True) -> dict:
+                      progress: bool = True, on_stage=None) -> dict:
     """Fit a layout on ``matrix`` and write every row's image into a new zarr store at ``out``.
 
     The layout is fitted on the training rows of ``split`` (codes or names per row, see
@@ -277,6 +277,9 @@ def build_image_store(matrix, out, layout_config: LayoutConfig | None = None,
         ``up_to_date: True``; nothing is computed).
     progress : bool
         Show a progress bar.
+    on_stage : callable, optional
+        ``on_stage(name)`` when a stage starts (``input``: the matrix is read and checked;
+        ``layout``; ``raster``).
 
     Returns
     -------
@@ -298,6 +301,8 @@ def build_image_store(matrix, out, layout_config: LayoutConfig | None = None,
 
     layout_config = check_config("layout_config", layout_config, LayoutConfig)
     config = check_config("config", config, ImagesConfig)
+    on_stage = on_stage or (lambda name: None)
+    on_stage("input")
     if not all(hasattr(matrix, attr) for attr in ("shape", "dtype", "__getitem__")):
         matrix = np.asarray(matrix)  # a list of lists, a DataFrame: in memory anyway
     if len(matrix.shape) != 2 or matrix.shape[0] == 0:
@@ -333,10 +338,12 @@ def build_image_store(matrix, out, layout_config: LayoutConfig | None = None,
                 writer.write_rows(SPLIT, split)
             elif SPLIT in writer.group:  # the split of a build picked up, or rebuilt in place
                 del writer.group[SPLIT]
+            on_stage("layout")
             layout = stages.run_layout(writer, plan, layout_config, fit_rows, matrix, timings,
                                        config.raster_backend)
             # done once the layout has read it: a refusal before then leaves nothing behind
             writer.complete_stage("input")
+            on_stage("raster")
             stages.run_images(writer, plan, layout, matrix, config, progress, timings)
             height, width = layout_config.grid
             summary = {

@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -65,6 +66,20 @@ def test_images_from_npy_end_to_end(rng, tmp_path, capsys):
     assert '"rows": 150' in capsys.readouterr().out
     assert main(["info", str(out)]) == 0
     assert "fitted on the first 100 rows" in capsys.readouterr().out
+
+
+def test_images_and_relayout_name_each_stage_as_it_starts(tmp_path, capsys):
+    """build-dataset named each stage as it started; images and relayout printed nothing
+    during the layout fit (minutes of t-SNE on a large matrix)."""
+    out = tmp_path / "s.zarr"
+    assert main(["images", "--synthetic", "80x30", "--out", str(out), "--pixels", "8",
+                 "--method", "pca"]) == 0
+    err = capsys.readouterr().err
+    stages = re.findall(r"^\[ *[0-9.]+ s\] (\w+)$", err, flags=re.M)
+    assert stages == ["input", "layout", "raster"], err
+    assert main(["images", "--synthetic", "80x30", "--out", str(out), "--pixels", "8",
+                 "--method", "pca", "--quiet"]) == 0
+    assert "] input" not in capsys.readouterr().err
 
 
 def test_fit_rows_past_the_rows_warns_and_fits_on_all(caplog):

@@ -280,9 +280,13 @@ def test_relayout_equals_a_fresh_build_byte_for_byte(corpus_csv, tmp_path, tiny_
     assert main(_build_args(corpus_csv, src, tiny_bert_dir)) == 0
     assert main(_build_args(corpus_csv, fresh, tiny_bert_dir, *new)) == 0
     assert len(encode_calls) == 2
-    assert main(["relayout", str(src), "--out", str(again), "--method", "pca", "--quiet",
-                 *new]) == 0
-    assert "reused corpus, encode" in capsys.readouterr().out
+    capsys.readouterr()
+    assert main(["relayout", str(src), "--out", str(again), "--method", "pca", *new]) == 0
+    said = capsys.readouterr()
+    assert "reused corpus, encode" in said.out
+    # each stage named as it starts, as build-dataset does
+    assert [line.split("] ")[1] for line in said.err.splitlines() if "] " in line] == \
+        ["layout", "raster"], said.err
     assert len(encode_calls) == 2, "relayout encoded"
     a, b = _arrays(fresh), _arrays(again)
     for name in a:
