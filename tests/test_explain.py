@@ -131,6 +131,16 @@ def test_top_and_feature_origin_refuse_what_is_no_count_or_feature():
             result.feature_origin(feature)
 
 
+def test_a_loaded_run_is_refused_naming_its_folder(label_run):
+    """explain(load_run(...)) failed in pathlib: 'expected str, bytes or os.PathLike object,
+    not Run'."""
+    from fastimg.train import load_run
+
+    run = load_run(label_run["run"])
+    with pytest.raises(TypeError, match=f"got a Run: pass its run_dir \\({label_run['run']}"):
+        explain(run)
+
+
 def test_cli_explain_writes_both_files(label_run, tmp_path, capsys):
     out = tmp_path / "explain"
     code = main(["explain", str(label_run["run"]), "--split", "val", "--out", str(out),

@@ -252,7 +252,8 @@ def explain(run_dir, *, split: str = "val", out_dir=None, method: str = "integra
     Parameters
     ----------
     run_dir : str or path
-        A run folder written by :func:`fastimg.train.fit`; its training store must exist
+        A run folder written by :func:`fastimg.train.fit` (a loaded
+        :class:`~fastimg.train.Run` is refused: pass its ``run_dir``); its training store must exist
         (the split's images are read from it).
     split : {"val", "train", "test"}
     out_dir : str or path, optional
@@ -290,8 +291,11 @@ def explain(run_dir, *, split: str = "val", out_dir=None, method: str = "integra
     from fastimg.store import StoreReader
     from fastimg.store.location import check_outside_stores, is_complete
     from fastimg.train.data import ChunkedReader
-    from fastimg.train.predict import load_run
+    from fastimg.train.predict import Run, load_run
 
+    if isinstance(run_dir, Run):  # pathlib's TypeError named neither
+        raise TypeError(f"run_dir is a run folder's path, got a Run: pass its run_dir "
+                        f"({run_dir.run_dir})")
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be train, val or test, got {split!r}")
     if max_rows is not None:
