@@ -964,6 +964,11 @@ def test_auto_cache_falls_back_to_zarr_over_its_budget(blob_store, tmp_path):
         with pytest.raises(ValueError, match="cache_budget"):
             TrainConfig(cache_budget=bad)
     assert TrainConfig(cache_budget="2GiB").cache_budget_bytes == 2 << 30
+    # a bare fraction was 0 bytes (every cache on disk), where half the RAM was meant
+    with pytest.raises(ValueError, match=r"not a whole number of bytes \(a share of RAM is "
+                                         r"written '50%'\)"):
+        TrainConfig(cache_budget=0.5)
+    assert TrainConfig(cache_budget=2.0).cache_budget_bytes == 2
 
 
 def test_on_disk_cache_shuffles_within_windows_of_chunks():

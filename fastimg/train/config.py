@@ -414,4 +414,8 @@ def parse_budget(text) -> int:
     if not match:
         raise ValueError(f"cache_budget must be a share of RAM ('25%') or a size ('6GiB', "
                          f"'512MiB', bytes), got {text!r}")
-    return int(float(match.group(1)) * _UNITS[match.group(2) or ""])
+    number = float(match.group(1))
+    if match.group(2) is None and not number.is_integer():  # 0.5 was 0 bytes, not half the RAM
+        share = f" (a share of RAM is written '{number * 100:g}%')" if number < 1 else ""
+        raise ValueError(f"cache_budget {text!r} is not a whole number of bytes{share}")
+    return int(number * _UNITS[match.group(2) or ""])
