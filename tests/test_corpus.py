@@ -6,6 +6,7 @@ import importlib.util
 import io
 import json
 import logging
+import re
 import tarfile
 import urllib.error
 from pathlib import Path
@@ -674,6 +675,10 @@ def test_a_text_column_named_twice_and_empty_column_names_are_refused(tmp_path):
     for name in ("id_column", "split_column"):
         with pytest.raises(CorpusError, match=f"{name} must be a column name"):
             cfg(path, **{name: ""})
+    for label in ("", " ", 5, ("label",)):  # 5 was accepted, unlike the other columns
+        with pytest.raises(CorpusError, match=f"label_column must be a column name, got "
+                                              f"{re.escape(repr(label))}"):
+            cfg(path, label_column=label)
 
 
 def test_a_one_column_header_suggests_the_delimiter(tmp_path):

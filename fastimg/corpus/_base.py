@@ -109,8 +109,8 @@ class CorpusConfig:
             raise CorpusError(f"text_columns names {twice!r} twice; each text column is "
                               f"joined once")
         object.__setattr__(self, "text_columns", columns)
-        if not self.label_column:
-            raise CorpusError("label_column must be a column name")
+        if not (isinstance(self.label_column, str) and self.label_column.strip()):
+            raise CorpusError(f"label_column must be a column name, got {self.label_column!r}")
         for name in ("id_column", "split_column"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, str) and value.strip()):
