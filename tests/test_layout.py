@@ -1,3 +1,5 @@
+import zipfile
+
 import numpy as np
 import pytest
 
@@ -51,10 +53,12 @@ def test_correlated_features_land_close(rng):
     assert between > 2 * within
 
 
-@pytest.mark.parametrize("fmt", ["json", "npz"])
+@pytest.mark.parametrize("fmt", ["json", "npz", "NPZ"])
 def test_save_load_round_trip(matrix, tmp_path, fmt):
     layout = DeepInsightLayout(grid=(12, 9), scaling="minmax").fit(matrix)
     layout.save(tmp_path / f"layout.{fmt}")
+    # an .NPZ file held JSON: numpy and other tools could not read it
+    assert zipfile.is_zipfile(tmp_path / f"layout.{fmt}") == (fmt != "json")
     loaded = DeepInsightLayout.load(tmp_path / f"layout.{fmt}")
     np.testing.assert_array_equal(loaded.pixel_index_, layout.pixel_index_)
     assert loaded.config == layout.config

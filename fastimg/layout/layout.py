@@ -192,6 +192,7 @@ class DeepInsightLayout:
     backend_ : str
         Embedding backend actually used.
     fit_seconds_ : float
+        Seconds :meth:`fit` took (set by ``fit``; a loaded layout has none).
 
     Examples
     --------
@@ -391,12 +392,13 @@ class DeepInsightLayout:
         (arrays plus a JSON header; loaded without pickle)."""
         data = self.to_dict()
         path = os.fspath(path)
-        if path.endswith(".npz"):
+        if path.lower().endswith(".npz"):
             arrays = {k: np.asarray(data.pop(k)) for k in ("pixel_index", "coords")}
             scaler = data.pop("scaler")
-            np.savez(path, header=json.dumps({**data, "scaler_method": scaler["method"]}),
-                     shift=np.asarray(scaler["shift"], np.float32),
-                     scale=np.asarray(scaler["scale"], np.float32), **arrays)
+            with open(path, "wb") as fh:  # a path not ending in .npz gets one from numpy
+                np.savez(fh, header=json.dumps({**data, "scaler_method": scaler["method"]}),
+                         shift=np.asarray(scaler["shift"], np.float32),
+                         scale=np.asarray(scaler["scale"], np.float32), **arrays)
         else:
             with open(path, "w", encoding="utf-8") as fh:
                 json.dump(data, fh)
@@ -420,7 +422,7 @@ class DeepInsightLayout:
             raise IsADirectoryError(f"{path} is a folder, not a saved layout (a store's layout: "
                                     f"fastimg.store.StoreReader(path).layout())")
         try:
-            if path.endswith(".npz"):
+            if path.lower().endswith(".npz"):
                 with np.load(path, allow_pickle=False) as npz:
                     header = json.loads(str(npz["header"]))
                     header["scaler"] = {"method": header.pop("scaler_method"),
