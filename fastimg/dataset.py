@@ -23,7 +23,6 @@ import platform
 import time
 import warnings
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -376,26 +375,6 @@ def load_layout(path):
     return store.StoreReader(path).layout()
 
 
-def check_same_model(model, config) -> None:
-    """Refuse a loaded ``model`` whose folder is not that of ``config.model``.
-
-    Raises
-    ------
-    TypeError
-        When ``model`` is not a :class:`~fastimg.embed.LoadedModel` (a model name or folder).
-    ValueError
-        Naming both folders.
-    """
-    from fastimg.embed.models import check_loaded_model, resolve_model
-
-    check_loaded_model(model)
-    wanted = resolve_model(config.model, config.revision).folder
-    given = model.source.folder
-    if Path(given).resolve() != Path(wanted).resolve():
-        raise ValueError(f"model is loaded from {given}, but the store was encoded with "
-                         f"{config.model!r} ({wanted}): load that one")
-
-
 def texts_to_images(path, texts, *, device: str = "auto", model=None,
                     progress: bool = False) -> np.ndarray:
     """Images of new ``texts`` made as the store at ``path`` made its own.
@@ -440,7 +419,5 @@ def texts_to_images(path, texts, *, device: str = "auto", model=None,
     if not texts:
         return np.empty((0, *reader.images.shape[1:]), dtype=reader.images.dtype)
     config = reader.encoder_config().on_device(ENCODE_DEVICES.resolve(device))
-    if model is not None:
-        check_same_model(model, config)
     features = encode(texts, config, model=model, progress=progress)
     return to_image_dtype(reader.layout().transform(features), str(reader.images.dtype))

@@ -299,7 +299,7 @@ def test_texts_to_images_takes_a_model_loaded_once(tmp_path, tiny_bert_dir, monk
         np.testing.assert_array_equal(texts_to_images(out, texts, model=model), each_call)
     other = shutil.copytree(tiny_bert_dir, tmp_path / "other-bert")
     monkeypatch.undo()
-    with pytest.raises(ValueError, match="the store was encoded with"):
+    with pytest.raises(ValueError, match="the encoder settings name"):
         texts_to_images(out, texts, model=load_model(str(other)))
     # the model's folder where the loaded model goes: an AttributeError ('str' object has
     # no attribute 'source') from deep inside

@@ -530,6 +530,19 @@ def test_a_model_name_where_a_loaded_model_goes_is_refused(tiny_dir, encoder):
         encoder(["a film"], EncoderConfig(model=str(tiny_dir)), model=str(tiny_dir))
 
 
+@pytest.mark.parametrize("encoder", [encode, encode_chunks])
+def test_a_loaded_model_other_than_the_configs_is_refused(tiny, tiny_dir, tmp_path, encoder):
+    """The loaded model was used and the config's model ignored without a word (a store
+    would have recorded the config's model beside another model's embeddings)."""
+    import shutil
+
+    other = shutil.copytree(tiny_dir, tmp_path / "other-bert")
+    with pytest.raises(ValueError, match=f"model is loaded from {tiny_dir}, but the encoder "
+                                         f"settings name '{other}'"):
+        list(encoder(["a film"], EncoderConfig(model=str(other)), model=tiny))
+    assert len(list(encoder(["a film"], model=tiny))) == 1  # no settings: the model's own
+
+
 def test_encode_chunks_gives_the_rows_of_encode_a_chunk_at_a_time(tiny, tiny_dir):
     from fastimg.embed import encode_chunks
 

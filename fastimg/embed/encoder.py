@@ -149,11 +149,13 @@ def iter_chunks(texts, config, loaded: LoadedModel, plan: Plan, start_row: int,
 def check_inputs(texts, config, model):
     """``(texts as a list of str, config, model)``: the texts and the config checked, the
     config defaulted."""
-    if config is None:
+    if config is None:  # a model given alone is encoded with the default settings
+        check_loaded_model(model)
         config = EncoderConfig()
     elif not isinstance(config, EncoderConfig):
         raise TypeError(f"config must be an EncoderConfig, got {type(config).__name__}")
-    check_loaded_model(model)
+    else:
+        check_loaded_model(model, config)
     texts = check_texts(texts)
     return texts, config, model
 

@@ -96,19 +96,30 @@ class LoadedModel:
     extra: dict = field(default_factory=dict)
 
 
-def check_loaded_model(model) -> None:
+def check_loaded_model(model, config=None) -> None:
     """Refuse a ``model`` argument that is not None or a :class:`LoadedModel` (a model name
-    or folder given where a loaded model goes would fail deep inside, naming neither).
+    or folder given where a loaded model goes would fail deep inside, naming neither), or,
+    with an :class:`~fastimg.embed.EncoderConfig` ``config``, one loaded from another folder
+    than ``config.model``'s (it was used, and the config's model ignored, without a word).
 
     Raises
     ------
     TypeError
         Naming ``model`` and how to load one.
+    ValueError
+        Naming both folders.
     """
     if model is not None and not isinstance(model, LoadedModel):
         raise TypeError(f"model must be a LoadedModel or None, got {type(model).__name__}"
                         f"{f' {model!r}' if isinstance(model, (str, os.PathLike)) else ''}; "
                         f"load one with fastimg.embed.load_model(name)")
+    if model is None or config is None:
+        return
+    wanted = resolve_model(config.model, config.revision).folder
+    given = model.source.folder
+    if Path(given).resolve() != Path(wanted).resolve():
+        raise ValueError(f"model is loaded from {given}, but the encoder settings name "
+                         f"{config.model!r} ({wanted}): load that one")
 
 
 def _hub_endpoint_reachable(timeout: float = 3.0) -> bool:
