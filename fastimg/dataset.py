@@ -335,19 +335,21 @@ def relayout(src, dst, layout_config=None, config: DatasetConfig | None = None, 
             .add("encode", records["encode"]["settings"], records["encode"]["key"])
             .add("layout", stages.layout_settings(layout_config, config.fit_on, fit_rows))
             .add("images", stages.images_settings(config)))
-    if str(dst) == str(src) and not force:
+    # however it is spelled: ds.zarr, ./x/../ds.zarr, a link to it
+    onto_source = (str(dst) == str(src) if not store.location.is_local(dst)
+                   else os.path.realpath(dst) == os.path.realpath(src))
+    if onto_source and not force:
         raise StoreError(f"{dst} is the source; pass --force to replace it")
-    if str(dst) == str(src) and not store.location.is_local(dst):
+    if onto_source and not store.location.is_local(dst):
         # object stores are written in place: the source would stop being a complete store
         # (rebuilt in place) while it is read
         raise StoreError(f"{dst} is the source and object storage has no atomic replace; "
                          f"relayout into another URL")
     with store.build_lock(dst):  # a second command building dst is refused
-        current = None if str(dst) == str(src) else stages.up_to_date(dst, plan, force=force)
+        current = None if onto_source else stages.up_to_date(dst, plan, force=force)
         if current is not None:
             return current
-        existing = (None if str(dst) == str(src)
-                    else stages.open_existing(dst, plan, force=force))
+        existing = None if onto_source else stages.open_existing(dst, plan, force=force)
         timings = {}
         with StoreWriter.open(dst) as writer:
             reused = stages.reconcile(writer, plan,

@@ -200,6 +200,25 @@ def test_a_forced_build_with_the_same_settings_reuses_every_stage(corpus_csv, tm
     assert len(encode_calls) == 1
 
 
+def test_relayout_onto_its_source_is_known_however_it_is_spelled(corpus_csv, tmp_path,
+                                                                 tiny_bert_dir, capsys):
+    """The source was recognised by its spelling alone: through a link or another spelling
+    of its path, relayout onto it went down the path of another store."""
+    src = tmp_path / "s.zarr"
+    assert main(_build_args(corpus_csv, src, tiny_bert_dir)) == 0
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.zarr").symlink_to(src)
+    for spelling in (tmp_path / "sub" / ".." / "s.zarr", tmp_path / "link.zarr"):
+        capsys.readouterr()
+        assert main(["relayout", str(spelling), "--out", str(src), "--method", "pca",
+                     "--pixels", "10", "--quiet"]) == 2
+        assert one_line(capsys.readouterr().err).endswith(
+            f"{src} is the source; pass --force to replace it")
+    assert main(["relayout", str(tmp_path / "link.zarr"), "--out", str(src), "--method", "pca",
+                 "--pixels", "10", "--quiet", "--force"]) == 0
+    assert store.StoreReader(src).images.shape[1:] == (10, 10)
+
+
 def test_a_build_with_the_settings_of_its_store_is_up_to_date(corpus_csv, tmp_path,
                                                              library_build, encode_calls):
     """Without --force the same build again was refused ("already exists, with these
