@@ -66,6 +66,28 @@ def test_save_load_round_trip(matrix, tmp_path, fmt):
     np.testing.assert_array_equal(loaded.transform(new), layout.transform(new))
 
 
+def test_scikit_learn_clones_and_sets_its_settings(matrix):
+    """Described as sklearn-style, it had no get_params/set_params: sklearn.clone and the
+    parameter searches could not take it."""
+    from sklearn.base import clone
+    from sklearn.pipeline import Pipeline
+
+    layout = DeepInsightLayout(grid=10, method="pca").fit(matrix)
+    copy = clone(layout)
+    assert copy.config == layout.config and not hasattr(copy, "pixel_index_")
+    pipe = Pipeline([("layout", copy)]).set_params(layout__grid=(8, 6))
+    assert copy.config.grid == (8, 6) and copy.config.method == "pca"
+    assert copy.get_params()["grid"] == [8, 6] and "config" in copy.get_params(deep=False)
+    assert pipe.fit(matrix).named_steps["layout"].transform(matrix[:3]).shape == (3, 8, 6)
+    layout.set_params(method="pca")  # the same settings: the fitted map stays
+    assert hasattr(layout, "pixel_index_")
+    layout.set_params(grid=12)  # a map of the 10 x 10 grid would draw wrong images
+    with pytest.raises(RuntimeError, match="not fitted"):
+        layout.transform(matrix[:2])
+    with pytest.raises(TypeError, match="unknown LayoutConfig field"):
+        layout.set_params(perplexityy=5)
+
+
 @pytest.mark.parametrize("method", ["pca", "kpca"])
 def test_other_embedding_methods(matrix, method):
     layout = DeepInsightLayout(grid=10, method=method).fit(matrix)

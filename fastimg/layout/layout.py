@@ -213,6 +213,30 @@ class DeepInsightLayout:
         base = config or LayoutConfig()
         self.config = LayoutConfig.from_dict({**base.to_dict(), **overrides}) if overrides else base
 
+    def get_params(self, deep: bool = True) -> dict:
+        """The settings, as scikit-learn's ``clone`` and searches read them: ``{"config":
+        LayoutConfig}`` (``deep`` adds each of its fields by name)."""
+        params = {"config": self.config}
+        if deep:
+            params.update(self.config.to_dict())
+        return params
+
+    def set_params(self, **params) -> "DeepInsightLayout":
+        """Replace ``config`` and/or fields of it (``set_params(perplexity=50)``), as a
+        scikit-learn search does. A fitted map made with other settings is dropped: fit again.
+
+        Raises
+        ------
+        TypeError, ValueError
+            As the constructor does.
+        """
+        config = type(self)(params.pop("config", self.config), **params).config
+        if config != self.config:  # a map of another grid would draw wrong images
+            for name in [n for n in vars(self) if n.endswith("_") and not n.startswith("_")]:
+                delattr(self, name)
+        self.config = config
+        return self
+
     # -- fitting -----------------------------------------------------------------------------
     def fit(self, X, y=None) -> "DeepInsightLayout":
         """Fit the scaling and the feature-to-pixel map on the training rows.
