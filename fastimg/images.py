@@ -278,8 +278,8 @@ def build_image_store(matrix, out, layout_config: LayoutConfig | None = None,
     progress : bool
         Show a progress bar.
     on_stage : callable, optional
-        ``on_stage(name)`` when a stage starts (``input``: the matrix is read and checked;
-        ``layout``; ``raster``).
+        ``on_stage(name)`` when a stage starts (``layout``, ``raster``), once the input and
+        the settings are checked.
 
     Returns
     -------
@@ -302,7 +302,6 @@ def build_image_store(matrix, out, layout_config: LayoutConfig | None = None,
     layout_config = check_config("layout_config", layout_config, LayoutConfig)
     config = check_config("config", config, ImagesConfig)
     on_stage = on_stage or (lambda name: None)
-    on_stage("input")
     if not all(hasattr(matrix, attr) for attr in ("shape", "dtype", "__getitem__")):
         matrix = np.asarray(matrix)  # a list of lists, a DataFrame: in memory anyway
     if len(matrix.shape) != 2 or matrix.shape[0] == 0:

@@ -76,10 +76,10 @@ def test_images_and_relayout_name_each_stage_as_it_starts(tmp_path, capsys):
                  "--method", "pca"]) == 0
     err = capsys.readouterr().err
     stages = re.findall(r"^\[ *[0-9.]+ s\] (\w+)$", err, flags=re.M)
-    assert stages == ["input", "layout", "raster"], err
+    assert stages == ["layout", "raster"], err
     assert main(["images", "--synthetic", "80x30", "--out", str(out), "--pixels", "8",
-                 "--method", "pca", "--quiet"]) == 0
-    assert "] input" not in capsys.readouterr().err
+                 "--method", "pca", "--quiet", "--force"]) == 0
+    assert "] layout" not in capsys.readouterr().err
 
 
 def test_fit_rows_past_the_rows_warns_and_fits_on_all(caplog):
