@@ -810,7 +810,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", type=_local_path_or_stdout, required=True,
                          help="predictions CSV to write; - for stdout (the summary line then "
                               "goes to stderr)")
-    predict.add_argument("--batch-size", type=int, default=256)
+    predict.add_argument("--batch-size", type=int, default=256,
+                         help="images per classifier pass (default 256); texts are encoded and "
+                              "classified about 4,096 at a time, in whole batches")
     predict.add_argument("--model", help="the encoder's folder (or hub id) when it is no longer "
                                          "where the store was built from it; its weights must "
                                          "be the recorded ones (checked)")
