@@ -579,7 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--input", type=_path, help=".npy file or zarr array, samples x features")
     source.add_argument("--synthetic", type=_shape, metavar="NxF",
                         help="a seeded low-rank demo matrix instead of --input (works offline)")
-    images.add_argument("--out", type=_local_path, required=True, help="zarr store to write")
+    images.add_argument("--out", type=_local_path, required=True,
+                        help="zarr store to write (a local path)")
     _add_map_options(images)
     images.add_argument("--split-file", type=_path, metavar="FILE",
                         help="split of each row (.npy of codes 0/1/2 or names train/val/test, or "
