@@ -832,10 +832,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "pip install 'fastimg[explain]'.")
     explain.add_argument("run_dir", type=_path, help="run folder written by fastimg train")
     explain.add_argument("--split", default="val", choices=["val", "train", "test"])
-    explain.add_argument("--store", type=_path,
-                         help="the store to read the split from when the run's training store "
-                              "has moved (default: the one recorded in the run; its layout "
-                              "must be the run's)")
+    explain.add_argument("--store", type=_path_text,
+                         help="the store (path or URL) to read the split from when the run's "
+                              "training store has moved (default: the one recorded in the run; "
+                              "its layout must be the run's)")
     explain.add_argument("--out", type=_local_path, required=True, help="folder to write")
     explain.add_argument("--method", default="integrated_gradients",
                          choices=["integrated_gradients", "input_x_gradient", "gradcam"],

@@ -502,6 +502,21 @@ def test_an_empty_path_is_refused_by_its_option(tmp_path, monkeypatch, capsys, a
     assert list(tmp_path.iterdir()) == []
 
 
+def test_explain_store_keeps_a_url(monkeypatch):
+    # --store was parsed as a Path, which folds s3://bucket/x.zarr into the local s3:/bucket/x.zarr
+    from fastimg.train import explain as explain_module
+
+    seen = {}
+
+    def fake_explain(run_dir, **kwargs):
+        seen.update(kwargs)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(explain_module, "explain", fake_explain)
+    assert main(["explain", "r", "--store", "s3://bucket/x.zarr", "--out", "e"]) == 2
+    assert str(seen["store"]) == "s3://bucket/x.zarr"
+
+
 @pytest.mark.parametrize("argv,message", [
     (["info", "."], ". is not a fastimg store"),
     (["info", "/"], "/ is the root folder, not a store"),
