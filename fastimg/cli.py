@@ -626,7 +626,10 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--split", default="auto", choices=["auto", "column", "paper", "random"],
                        help="auto: the split column if any, else random; paper: pool all rows, "
                             "80/20 train/val (40k/10k on IMDB)")
-    build.add_argument("--val-fraction", type=float, default=0.2)
+    build.add_argument("--val-fraction", type=float, default=0.2,
+                       help="validation share: of the pooled rows (--split random), or of train "
+                            "when the split column has no val rows (default 0.2, the only value "
+                            "--split paper takes)")
     build.add_argument("--test-fraction", type=float, default=0.0,
                        help="carve this share of train as a test split when there is none")
     build.add_argument("--limit", type=int, default=None,
