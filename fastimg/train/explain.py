@@ -263,7 +263,10 @@ def explain(run_dir, *, split: str = "val", out_dir=None, method: str = "integra
     max_rows : int, optional
         A seeded random sample of at most this many rows of the split.
     batch_size : int
+        Images per attribution batch.
     device : str
+        Torch device of the classifier: ``"cpu"`` (the default; ``fastimg explain --device``
+        defaults to ``"auto"``), ``"cuda[:N]"`` or ``"auto"``.
     seed : int
         Seeds the ``max_rows`` sample.
     progress : bool

@@ -349,8 +349,9 @@ def load_run(run_dir, *, device: str = "cpu", model=None) -> Run:
     ----------
     run_dir : str or path
     device : str
-        Where the classifier runs: ``"cpu"``, ``"cuda[:N]"`` or ``"auto"`` (CUDA when torch sees
-        a GPU).
+        Where the encoder and the classifier run (int8 encodes on the CPU): ``"cpu"`` (the
+        default; ``fastimg predict --device`` defaults to ``"auto"``), ``"cuda[:N]"`` or
+        ``"auto"`` (CUDA when torch sees a GPU).
     model : str or path, optional
         The encoder (a folder or hub id) when it is no longer where the training store was
         built from it; its weights must have the recorded fingerprint (checked before
