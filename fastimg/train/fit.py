@@ -52,7 +52,8 @@ class TrainResult:
         The linear-probe baseline on the stored embeddings (``C`` chosen on validation,
         ``val_accuracy``, ``test_accuracy``, ...), or None when it was not run.
     history : list of dict
-        Per epoch: ``train_loss``, ``train_accuracy``, ``val_loss``, ``val_accuracy``,
+        Per epoch: ``epoch`` (1-based), ``train_loss``, ``train_accuracy``, ``val_loss``,
+        ``val_accuracy``, ``lr_head``, ``lr_classifier`` (the rates it started with),
         ``seconds``; validation computed afresh every epoch.
     metrics : dict
         Everything written to ``metrics.json``.
