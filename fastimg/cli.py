@@ -775,9 +775,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "the extractor (preset)")
     train.add_argument("--cache", default="auto", choices=["auto", "memory", "zarr", "none"],
                        help="frozen-feature cache; auto: memory within --cache-budget, "
-                            "else zarr on disk; none recomputes the extractor every epoch")
+                            "else zarr on disk (none when --unfreeze-fraction is above 0); "
+                            "none recomputes the extractor every epoch")
     train.add_argument("--cache-budget", default="25%",
-                       help="memory the auto cache may use: a share of RAM or a size (6GiB)")
+                       help="memory the auto cache may use: a share of RAM (default 25%%) or a "
+                            "size (6GiB)")
     train.add_argument("--loader", default="auto", choices=["auto", "dali", "torch"],
                        help="image loader; auto: DALI with a GPU and DALI installed, else torch")
     train.add_argument("--device", type=_torch_device, default="auto",
