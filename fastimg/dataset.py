@@ -286,7 +286,7 @@ def relayout(src, dst, layout_config=None, config: DatasetConfig | None = None, 
         A complete store written by ``build-dataset`` (or ``relayout``).
     dst : str or path
         The store to write (``--force`` semantics as :func:`build_dataset`; ``dst`` may be
-        ``src`` itself with ``force``).
+        ``src`` itself with ``force``, but not on object storage, which has no atomic replace).
     layout_config : fastimg.layout.LayoutConfig, optional
     config : DatasetConfig, optional
     force : bool
@@ -309,7 +309,8 @@ def relayout(src, dst, layout_config=None, config: DatasetConfig | None = None, 
         A config that is not of its class, before any work.
     fastimg.store.StoreError
         ``src`` is incomplete, of another format or has no embeddings; ``dst`` exists, built
-        with other settings, and ``force`` is false. Nothing is written then.
+        with other settings, and ``force`` is false; ``dst`` is ``src`` without ``force``, or on
+        object storage. Nothing is written then.
     """
     from fastimg.layout import LayoutConfig
 
