@@ -481,9 +481,11 @@ def _check_out_is_not_input(out: Path, source: str) -> None:
 def _cmd_explain(args) -> int:
     from fastimg.train.explain import explain
 
+    store = None if args.store is None else _location(args.store, args)
     result = explain(args.run_dir, split=args.split, out_dir=args.out, method=args.method,
                      max_rows=args.max_rows, batch_size=args.batch_size, device=args.device,
-                     seed=args.seed, progress=not args.quiet, store=args.store)
+                     seed=args.seed, progress=not args.quiet, store=store,
+                     storage_options=_storage_options(args))
     origins = [(f, *result.feature_origin(f)) for f in result.top(5).tolist()]
     top = ", ".join(f"{f} (encoder layer {encoder_layer}, dim {dim})"
                     for f, _, encoder_layer, dim in origins)
@@ -854,6 +856,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--seed", type=_seed, default=0,
                          help="seeds the --max-rows sample (default 0)")
     explain.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_storage_options(explain)
     explain.set_defaults(func=_cmd_explain)
 
     info = sub.add_parser("info", help="summary of a store or a training run folder",

@@ -131,6 +131,12 @@ def test_s3_build_info_train_xarray(tmp_path, tiny_bert_dir, s3, s3_env, capsys)
                  "--quiet", "--out", str(run)]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert len(metrics["epochs"]) == 1
+    # explain reads the split from the run's store: the endpoint comes as --storage-option
+    # (explain had none: a store behind an endpoint of its own could not be read)
+    capsys.readouterr()
+    assert main(["explain", str(run), *s3_env, "--method", "input_x_gradient", "--max-rows",
+                 "4", "--quiet", "--out", str(tmp_path / "why")]) == 0, capsys.readouterr().err
+    assert (tmp_path / "why" / "features.csv").is_file()
 
     ds = xr.open_zarr(url, storage_options=s3, consolidated=False)
     assert ds["images"].dims == ("row", "y", "x") and ds["images"].shape == (64, 32, 32)

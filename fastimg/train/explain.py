@@ -246,7 +246,8 @@ def _first_conv_block(extractor):
 
 def explain(run_dir, *, split: str = "val", out_dir=None, method: str = "integrated_gradients",
             max_rows: int | None = None, batch_size: int = 64, device: str = "cpu",
-            seed: int = 0, progress: bool = False, store=None) -> Explanation:
+            seed: int = 0, progress: bool = False, store=None,
+            storage_options: dict | None = None) -> Explanation:
     """Rank the embedding features a trained run relies on.
 
     Parameters
@@ -274,6 +275,8 @@ def explain(run_dir, *, split: str = "val", out_dir=None, method: str = "integra
     store : str or path, optional
         The store to read the split from, when the run's training store (the default, as
         recorded in the run) has moved; it must have the run's layout (checked).
+    storage_options : dict, optional
+        fsspec options (an endpoint, credentials) for the store when it is a URL.
 
     Returns
     -------
@@ -292,7 +295,7 @@ def explain(run_dir, *, split: str = "val", out_dir=None, method: str = "integra
         Without captum (``pip install 'fastimg[explain]'``).
     """
     from fastimg.store import StoreReader
-    from fastimg.store.location import check_outside_stores, is_complete
+    from fastimg.store.location import check_outside_stores, is_complete, resolve
     from fastimg.train.data import ChunkedReader
     from fastimg.train.predict import Run, load_run
 
@@ -315,7 +318,9 @@ def explain(run_dir, *, split: str = "val", out_dir=None, method: str = "integra
                              instead="an --out outside it")
         check_can_write(out_dir, f"{FEATURES_FILE} and {IMAGE_FILE} into {out_dir}")
     run = load_run(run_dir, device=device)
-    store_path = run.store_path if store is None else str(store)
+    store_path = run.store_path if store is None else store
+    if store_path:
+        store_path = resolve(store_path, storage_options)
     if not store_path or not is_complete(store_path):
         raise RunBundleError(
             f"the training store of {run_dir} ({store_path}) is gone: explain reads the "
