@@ -337,8 +337,9 @@ def relayout(src, dst, layout_config=None, config: DatasetConfig | None = None, 
             .add("layout", stages.layout_settings(layout_config, config.fit_on, fit_rows))
             .add("images", stages.images_settings(config)))
     # however it is spelled: ds.zarr, ./x/../ds.zarr, a link to it
-    onto_source = (str(dst) == str(src) if not store.location.is_local(dst)
-                   else os.path.realpath(dst) == os.path.realpath(src))
+    local = store.location.is_local(dst), store.location.is_local(src)
+    onto_source = (os.path.realpath(dst) == os.path.realpath(src) if all(local)
+                   else str(dst) == str(src))
     if onto_source and not force:
         raise StoreError(f"{dst} is the source; pass --force to replace it")
     if onto_source and not store.location.is_local(dst):

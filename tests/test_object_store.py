@@ -109,6 +109,11 @@ def test_s3_build_info_train_xarray(tmp_path, tiny_bert_dir, s3, s3_env, capsys)
     relaid_images = store.StoreReader(relaid, storage_options=s3).images[:]
     assert relaid_images.shape == (64, 16, 16)
     np.testing.assert_array_equal(relaid_images, store.StoreReader(tmp_path / "r.zarr").images[:])
+    # from the bucket onto a local path
+    assert main(["relayout", url, "--out", str(tmp_path / "from-s3.zarr"), "--method", "pca",
+                 "--pixels", "16", "--quiet", *s3_env]) == 0, capsys.readouterr().err
+    np.testing.assert_array_equal(store.StoreReader(tmp_path / "from-s3.zarr").images[:],
+                                  relaid_images)
     assert store.is_complete(store.location.resolve(url, s3))
     fs.rm(f"{BUCKET}/relaid.zarr", recursive=True)
 
