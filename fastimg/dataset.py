@@ -134,7 +134,8 @@ def _reuse_sources(reuse_from, out, storage_options) -> list[StoreReader]:
     if isinstance(reuse_from, (str, os.PathLike, store.location.Location)):
         reuse_from = [reuse_from]  # one store, not its name's letters
     others = [StoreReader(other) for other in dict.fromkeys(
-        store.location.resolve(path, storage_options) for path in reuse_from) if other != out]
+        store.location.resolve(path, storage_options) for path in reuse_from)
+        if not store.location.same_store(other, out)]
     for other in others:
         if other.kind != "dataset":
             raise StoreError(f"--reuse-from {other.path} is a store of images of a feature "
@@ -336,10 +337,7 @@ def relayout(src, dst, layout_config=None, config: DatasetConfig | None = None, 
             .add("encode", records["encode"]["settings"], records["encode"]["key"])
             .add("layout", stages.layout_settings(layout_config, config.fit_on, fit_rows))
             .add("images", stages.images_settings(config)))
-    # however it is spelled: ds.zarr, ./x/../ds.zarr, a link to it
-    local = store.location.is_local(dst), store.location.is_local(src)
-    onto_source = (os.path.realpath(dst) == os.path.realpath(src) if all(local)
-                   else str(dst) == str(src))
+    onto_source = store.location.same_store(dst, src)
     if onto_source and not force:
         raise StoreError(f"{dst} is the source; pass --force to replace it")
     if onto_source and not store.location.is_local(dst):

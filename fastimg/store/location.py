@@ -242,6 +242,15 @@ def is_local(path) -> bool:
     return isinstance(resolve(path), Path)
 
 
+def same_store(a, b) -> bool:
+    """Whether ``a`` and ``b`` name one store: local paths however spelt (``ds.zarr``,
+    ``./x/../ds.zarr``, a link to it), URLs as written."""
+    a, b = resolve(a), resolve(b)
+    if isinstance(a, Path) and isinstance(b, Path):
+        return os.path.realpath(a) == os.path.realpath(b)
+    return str(a) == str(b)
+
+
 def _named(path: Path) -> Path:
     """``path`` with a last name to put a suffix on: ``.`` and ``..`` spelled out (``Path``
     has no name for ``.``, and ``..`` + suffix would be a folder beside the current one)."""
