@@ -263,15 +263,21 @@ def unfinished_build(path) -> dict | None:
     return found
 
 
+def _unfinished_state(found: dict, otherwise: str) -> tuple[str, str]:
+    """``(the stages done, what to do)`` of :func:`unfinished_build`'s findings: the command
+    building it now when one holds its lock, else ``otherwise``."""
+    done = ", ".join(name for name, finished in found["stages"].items() if finished)
+    holder = found.get("built_by")
+    return (done or "none",
+            f"being built now by another fastimg command ({holder})" if holder else otherwise)
+
+
 def describe_unfinished(found: dict) -> list[str]:
     """:func:`unfinished_build`'s findings as lines."""
-    done = [name for name, finished in found["stages"].items() if finished]
+    done, what = _unfinished_state(
+        found, "rerun the command that started it to resume (--force starts over)")
     running = [name for name, finished in found["stages"].items() if not finished]
-    holder = found.get("built_by")
-    lines = [f"{found['path']}: an unfinished fastimg build; "
-             + (f"being built now by another fastimg command ({holder})" if holder else
-                "rerun the command that started it to resume (--force starts over)"),
-             f"stages done  {', '.join(done) or 'none'}"]
+    lines = [f"{found['path']}: an unfinished fastimg build; {what}", f"stages done  {done}"]
     if running:
         lines.append(f"unfinished   {', '.join(running)}")
     if "rows" in found:
@@ -282,12 +288,9 @@ def describe_unfinished(found: dict) -> list[str]:
 def describe_unfinished_beside(found: dict) -> list[str]:
     """A line on :func:`unfinished_build`'s findings beside a complete store (a forced build
     that failed or was stopped late): what it holds and how to finish or drop it."""
-    done = [name for name, finished in found["stages"].items() if finished]
-    what = (f"being built now by another fastimg command ({found['built_by']})"
-            if found.get("built_by") else
-            "rerun the forced command that started it to resume, or delete it")
-    return [f"beside     an unfinished build at {found['path']} (stages done: "
-            f"{', '.join(done) or 'none'}): {what}"]
+    done, what = _unfinished_state(
+        found, "rerun the forced command that started it to resume, or delete it")
+    return [f"beside     an unfinished build at {found['path']} (stages done: {done}): {what}"]
 
 
 def _accuracy(value) -> str:
