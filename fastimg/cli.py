@@ -182,10 +182,11 @@ def _layout_config(args):
     as built with other settings, and rebuilt with --force into the same layout)."""
     from fastimg.layout import LayoutConfig
 
-    tsne = {"perplexity": args.perplexity, "backend": args.tsne_backend}
+    tsne = {"perplexity": args.perplexity, "metric": args.metric, "backend": args.tsne_backend}
     given = {name: value for name, value in tsne.items() if value is not None}  # else defaults
     if args.method != "tsne" and given:
-        flag = "--perplexity" if "perplexity" in given else "--tsne-backend"
+        name = next(iter(given))
+        flag = "--tsne-backend" if name == "backend" else f"--{name}"
         raise UserError(f"{flag} applies to --method tsne; --method {args.method} has no use "
                         f"for it: drop it")
     return LayoutConfig(grid=args.pixels, scaling=args.scaling, method=args.method, **given,
@@ -536,6 +537,9 @@ def _add_map_options(parser) -> None:
                         help="t-SNE implementation (default auto; --method tsne only)")
     parser.add_argument("--perplexity", type=float,
                         help="t-SNE perplexity (default 30; --method tsne only)")
+    parser.add_argument("--metric", choices=["cosine", "euclidean", "manhattan"],
+                        help="t-SNE distance between features (default cosine, DeepInsight's; "
+                             "--method tsne only)")
     parser.add_argument("--tsne-threads", type=int, default=1, metavar="N",
                         help="threads of the layout fit (t-SNE, and BLAS in its PCA; -1: all "
                              "cores; default 1: the layout depends on the thread count, and 1 "

@@ -121,6 +121,20 @@ def test_synthetic_demo_is_up_to_date_and_other_settings_need_force(tmp_path, ca
     assert main([*args, "--force"]) == 0
 
 
+def test_metric_is_the_layouts_distance(tmp_path, capsys):
+    """--metric reaches the t-SNE: recorded in the store's layout, and another distance gives
+    another map (the config's metric had no flag)."""
+    maps = {}
+    for metric in ("cosine", "euclidean"):
+        out = tmp_path / f"{metric}.zarr"
+        assert main(["images", "--synthetic", "120x60", "--out", str(out), "--pixels", "8",
+                     "--perplexity", "5", "--metric", metric, "--quiet"]) == 0
+        layout = store.StoreReader(out).layout()
+        assert layout.config.metric == metric
+        maps[metric] = layout.pixel_index_
+    assert not np.array_equal(maps["cosine"], maps["euclidean"])
+
+
 def test_another_split_file_is_not_up_to_date(rng, tmp_path, capsys):
     """A split file that moved rows between val and test (the same training rows) found the
     store "up to date" and kept the old split: the split was in no stage's key."""

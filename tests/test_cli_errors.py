@@ -59,6 +59,8 @@ def one_line(err: str) -> str:
     # ignored by pca, yet in the layout's key: a store differing in it alone was refused
     (["images", "--synthetic", "10x100", "--out", "o", "--method", "pca", "--perplexity", "5"],
      "--perplexity applies to --method tsne; --method pca has no use for it"),
+    (["images", "--synthetic", "10x100", "--out", "o", "--method", "pca", "--metric",
+      "euclidean"], "--metric applies to --method tsne; --method pca has no use for it"),
     (["relayout", "s.zarr", "--out", "o", "--method", "kpca", "--tsne-backend", "sklearn"],
      "--tsne-backend applies to --method tsne; --method kpca has no use for it"),
 ])

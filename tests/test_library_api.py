@@ -125,6 +125,8 @@ def test_transform_into_out(matrix, fitted):
     (dict(n_jobs=1.5), "n_jobs"), (dict(n_jobs="1"), "n_jobs"),
     (dict(fill_value=float("nan")), "fill_value"), (dict(fill_value="0"), "fill_value"),
     (dict(metric=None), "metric"),
+    # any string passed, and a typo failed in the t-SNE, after the encode
+    (dict(metric="cosin"), "metric must be one of"),
 ])
 def test_layout_config_rejects_bad_values(kw, match):
     with pytest.raises(ValueError, match=match):

@@ -15,6 +15,9 @@ from fastimg._registry import Registry, has_module
 logger = logging.getLogger("fastimg.layout")
 
 METHODS = ("tsne", "pca", "kpca")
+# the distances every t-SNE backend computes (openTSNE's exact and Annoy neighbours,
+# scikit-learn, cuML): a layout's settings mean the same on a laptop and on a GPU
+TSNE_METRICS = ("cosine", "euclidean", "manhattan")
 _FFT_MIN_POINTS = 4_000  # openTSNE gradient: Barnes-Hut below, FFT interpolation from here
 
 

@@ -14,7 +14,7 @@ from fastimg._validation import (check_count, check_feature_matrix, check_grid, 
                                  is_whole)
 from fastimg.kernels import RasterPlan
 
-from .embedding import METHODS, TSNE_BACKENDS, embed_points
+from .embedding import METHODS, TSNE_BACKENDS, TSNE_METRICS, embed_points
 from .pixels import ASSIGNMENTS, assign_pixels, rotate_to_bounding_rectangle
 from .scaling import SCALINGS, FeatureScaler
 
@@ -42,8 +42,9 @@ class LayoutConfig:
         t-SNE implementation; ``"auto"`` prefers cuML on a GPU, then openTSNE.
     perplexity : float
         t-SNE perplexity, positive and finite; needs more than ``3 * perplexity`` features.
-    metric : str
-        Distance between features for t-SNE (DeepInsight uses ``"cosine"``).
+    metric : {"cosine", "euclidean", "manhattan"}
+        Distance between features for t-SNE (DeepInsight uses ``"cosine"``); the distances
+        every t-SNE backend computes.
     pca_components : int or None
         Reduce the transposed matrix to this many dimensions with PCA before t-SNE when it has
         more samples than that (40k training rows become 50 dimensions); ``None`` disables it.
@@ -107,9 +108,8 @@ class LayoutConfig:
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         TSNE_BACKENDS.resolve(self.backend)  # unknown names fail here, not after the fit
-        if not isinstance(self.metric, str) or not self.metric:
-            raise ValueError(f"metric must be a distance name such as 'cosine', got "
-                             f"{self.metric!r}")
+        if self.metric not in TSNE_METRICS:  # a typo fails here, not after the encode
+            raise ValueError(f"metric must be one of {TSNE_METRICS}, got {self.metric!r}")
         # numbers become plain Python ints and floats: numpy scalars would pass every check
         # and then break the JSON the config is saved as (the store's attrs, the stage keys)
         perplexity = _real("perplexity", self.perplexity)
