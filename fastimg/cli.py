@@ -934,13 +934,15 @@ def _as_flag(message: str, flags: dict) -> str:
     """``message`` with config fields named by their flags: the leading one (``chunk_rows must
     be ...``, ``limit 90 keeps ...``) and any other with an underscore (``... at least
     max_length``), which prose never has; dotted settings (``encoder.max_length: 96 -> 64``),
-    paths and quoted values (``'label_column.csv'``, ``"max_length":``) keep theirs. The
+    paths and quoted values (``'label_column.csv'``, ``"max_length":``) keep theirs, and a
+    flag is not said to take ``None`` (leaving it out is that). The
     leading value is a whole number word: a path that opens a message (``dataset 2024.csv is
     not valid UTF-8``) keeps its name."""
     field = re.match(r"([a-z]\w*)(?: \([^)]*\))? "
                      r"(?:must\b|-?\d+(?:\.\d+)?(?:e[-+]?\d+)?(?![\w/]|\.\w))", message)
     if field and field.group(1) in flags:
-        message = flags[field.group(1)] + message[field.end(1):]
+        # a flag's "None" is leaving it out: "--fit-rows must be a whole number >= 2, got 0"
+        message = flags[field.group(1)] + message[field.end(1):].replace(" or None,", ",", 1)
     return re.sub(r"(?<![\w./'\"-])[a-z]\w*_\w+\b(?![\w'\"/]|\.\w)",
                   lambda m: flags.get(m.group(0), m.group(0)), message)
 

@@ -216,12 +216,12 @@ def _fit_rows(n_rows: int, fit_rows: int | None, split) -> tuple[str, np.ndarray
             raise ValueError(f"the split has {rows.size} training rows; the layout needs at "
                              f"least 2")
         return "train", rows
-    if fit_rows is not None:
-        if fit_rows > n_rows:
-            logger.warning("fit_rows %d is more than the %d rows: the layout is fitted on all "
-                           "of them", fit_rows, n_rows)
-        return "first_rows", np.arange(min(fit_rows, n_rows))
-    return "all", np.arange(n_rows)
+    if fit_rows is not None and fit_rows < n_rows:
+        return "first_rows", np.arange(fit_rows)
+    if fit_rows is not None and fit_rows > n_rows:
+        logger.warning("fit_rows %d is more than the %d rows: the layout is fitted on all "
+                       "of them", fit_rows, n_rows)
+    return "all", np.arange(n_rows)  # recorded as all: the same layout key as without fit_rows
 
 
 def matrix_digest(matrix, *, check_finite: bool = False, block_rows: int = 8192) -> str:

@@ -88,8 +88,13 @@ def test_fit_rows_past_the_rows_warns_and_fits_on_all(caplog):
     with caplog.at_level("WARNING", logger="fastimg"):
         assert _fit_rows(50, 40, None)[1].size == 40 and not caplog.records
         how, rows = _fit_rows(50, 5000, None)
-    assert how == "first_rows" and rows.tolist() == list(range(50))
+    # recorded as fitted on all rows (it said "the first rows"): the layout key of a build
+    # without fit_rows, which fits the same rows
+    assert how == "all" and rows.tolist() == list(range(50))
     assert "fit_rows 5000 is more than the 50 rows" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fastimg"):
+        assert _fit_rows(50, 50, None)[0] == "all" and not caplog.records
 
 
 def test_synthetic_demo_is_up_to_date_and_other_settings_need_force(tmp_path, capsys,

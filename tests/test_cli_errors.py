@@ -59,6 +59,9 @@ def one_line(err: str) -> str:
     # ignored by pca, yet in the layout's key: a store differing in it alone was refused
     (["images", "--synthetic", "10x100", "--out", "o", "--method", "pca", "--perplexity", "5"],
      "--perplexity applies to --method tsne; --method pca has no use for it"),
+    # "or None" is the library's; a flag left out is None
+    (["images", "--synthetic", "10x100", "--out", "o", "--fit-rows", "0"],
+     "--fit-rows must be a whole number >= 2, got 0"),
     (["images", "--synthetic", "10x100", "--out", "o", "--method", "pca", "--metric",
       "euclidean"], "--metric applies to --method tsne; --method pca has no use for it"),
     (["relayout", "s.zarr", "--out", "o", "--method", "kpca", "--tsne-backend", "sklearn"],
