@@ -165,12 +165,28 @@ def _output_format(out) -> str:
     return suffix
 
 
+def _standardising_rows(reader, n_rows: int) -> tuple[np.ndarray, str]:
+    """The rows whose per-pixel mean and deviation standardise the samples, and what they
+    are: the training rows (of a dataset, or of an images store given a split), else those
+    an images store's layout was fitted on; every row when fewer than 2."""
+    summary = reader.summary
+    try:
+        rows, name = reader.rows("train"), "training images"
+    except KeyError:  # an images store without a split
+        fitted = summary.get("fit_rows") if summary.get("fit_on") == "first_rows" else n_rows
+        rows, name = np.arange(fitted), "images the layout was fitted on"
+    if rows.size < 2:
+        return np.arange(n_rows), "images"
+    return rows, name
+
+
 def show_store(path, out, *, n_per_class: int = 4, seed: int = 0) -> None:
     """Draw a store into a PNG at ``out``: per class, sample images (raw, and standardised per
     pixel with the training rows' statistics, so that what differs between samples and
     classes shows), the class means and where they differ (two: their difference; more: their
     spread), and the feature layout (features per pixel, and the encoder layer that dominates
-    each pixel, with a legend), each with a colour bar.
+    each pixel, with a legend), each with a colour bar. The rows of a store made by
+    ``fastimg images`` (no labels) are one group.
 
     ``out`` is written as its suffix says (``.png``; ``.pdf``, ``.svg`` and matplotlib's other
     formats too), as PNG without one; a folder, a missing folder or an unknown suffix is
@@ -192,17 +208,15 @@ def show_store(path, out, *, n_per_class: int = 4, seed: int = 0) -> None:
     store.location.check_outside_stores(out, deleted="the drawing", instead="a file outside it")
 
     reader = store.StoreReader(path)
-    if not reader.has_labels:
-        raise store.StoreError(f"{path} holds images without labels (made by `fastimg images`); "
-                               f"show needs a dataset built by `fastimg build-dataset`")
-    images, labels = reader.images, reader.labels()
-    names = reader.class_names
+    images = reader.images
+    if reader.has_labels:
+        labels, names = reader.labels(), reader.class_names
+    else:  # made by `fastimg images`: its rows are drawn as one group
+        labels, names = np.zeros(images.shape[0], dtype=np.int64), ["image"]
     values = np.unique(labels)
     rows = _class_rows(labels, n_per_class, seed)
     means = _mean_images(images, labels)
-    fit_rows = reader.rows("train")
-    if fit_rows.size < 2:
-        fit_rows = np.arange(labels.size)
+    fit_rows, fit_rows_name = _standardising_rows(reader, labels.size)
     pixel_mean, pixel_std = pixel_stats(images, fit_rows)
     layout = reader.layout()
     grid = tuple(layout.config.grid)
@@ -251,7 +265,7 @@ def show_store(path, out, *, n_per_class: int = 4, seed: int = 0) -> None:
                         f"({contrast_title}) / pixel std" if signed else
                         f"{contrast_title} / pixel std", signed)
     fig.suptitle(f"{path}: {images.shape[0]} images {grid[0]} x {grid[1]}; per-pixel z uses "
-                 f"the mean and deviation of {fit_rows.size} training images", fontsize=9)
+                 f"the mean and deviation of {fit_rows.size} {fit_rows_name}", fontsize=9)
     # room for the title above the first row, whatever the figure's height
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))
     save_figure(fig, out, image_format=image_format)

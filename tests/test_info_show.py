@@ -333,6 +333,29 @@ def test_show_draws_samples_standardised_and_a_layer_legend(built, tmp_path, mon
     assert len(fig.axes) - len(drawn) >= len(drawn) - 1
 
 
+@pytest.mark.parametrize("fit", ["fit-rows", "split-file", "all"])
+def test_show_draws_an_images_store_as_one_group(tmp_path, monkeypatch, fit):
+    """A store made by `fastimg images` (no labels) was refused; its samples, mean image and
+    layout are drawn, standardised with the rows its layout was fitted on."""
+    args = ["images", "--synthetic", "60x40", "--out", str(tmp_path / "i.zarr"), "--pixels",
+            "6", "--method", "pca", "--quiet"]
+    if fit == "fit-rows":
+        args += ["--fit-rows", "30"]
+    elif fit == "split-file":
+        (tmp_path / "split.txt").write_text("\n".join(["train"] * 25 + ["test"] * 35))
+        args += ["--split-file", str(tmp_path / "split.txt")]
+    assert main(args) == 0
+    fig = _drawn_figure(monkeypatch, str(tmp_path / "i.zarr"), "--out", str(tmp_path / "i.png"),
+                        "--per-class", "3")
+    titles = [ax.get_title() for ax in fig.axes]
+    assert sum(re.fullmatch(r"image #\d+ raw", t) is not None for t in titles) == 3
+    assert "mean image" in titles and "features per pixel (36 used)" in titles
+    assert fig._suptitle.get_text().endswith({
+        "fit-rows": "of 30 images the layout was fitted on",
+        "split-file": "of 25 training images",
+        "all": "of 60 images the layout was fitted on"}[fit])
+
+
 def _shown_topics(tmp_path, tiny_bert_dir, monkeypatch, classes, *show_options):
     """The figure `fastimg show` draws of a store of 20 short texts per class."""
     rng = np.random.default_rng(3)
