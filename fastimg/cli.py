@@ -482,10 +482,10 @@ def _check_out_is_not_input(out: Path, source: str) -> None:
 def _cmd_explain(args) -> int:
     from fastimg.train.explain import explain
 
-    store = None if args.store is None else _location(args.store, args)
+    # explain says when --storage-option has no URL to go to (--store, or the run's store)
     result = explain(args.run_dir, split=args.split, out_dir=args.out, method=args.method,
                      max_rows=args.max_rows, batch_size=args.batch_size, device=args.device,
-                     seed=args.seed, progress=not args.quiet, store=store,
+                     seed=args.seed, progress=not args.quiet, store=args.store,
                      storage_options=_storage_options(args))
     origins = [(f, *result.feature_origin(f)) for f in result.top(5).tolist()]
     top = ", ".join(f"{f} (encoder layer {encoder_layer}, dim {dim})"
@@ -915,7 +915,7 @@ def _one_line(exc: BaseException) -> str:
 #: config fields whose flag is not the field's name with dashes
 _FLAG_OF_FIELD = {"n_jobs": "--tsne-threads", "n_per_class": "--per-class", "grid": "--pixels",
                   "random_state": "--seed", "text_columns": "--text-column",
-                  "image_dtype": "--dtype"}
+                  "image_dtype": "--dtype", "storage_options": "--storage-option"}
 
 
 def flags_of(parser, command: str) -> dict:

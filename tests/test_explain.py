@@ -141,13 +141,26 @@ def test_a_loaded_run_is_refused_naming_its_folder(label_run):
         explain(run)
 
 
-def test_cli_explain_writes_both_files(label_run, tmp_path, capsys):
+@pytest.mark.parametrize("store", [False, True])
+def test_cli_explain_writes_both_files(label_run, tmp_path, capsys, caplog, store):
+    """--storage-option with the run's local store (no --store) was ignored unsaid; with a
+    local --store it is said once."""
+    from fastimg import cli
+
     out = tmp_path / "explain"
+    given = ["--store", str(label_run["store"])] if store else []
     code = main(["explain", str(label_run["run"]), "--split", "val", "--out", str(out),
-                 "--method", "input_x_gradient", "--max-rows", "32"])
-    assert code == 0, capsys.readouterr().err
+                 "--method", "input_x_gradient", "--max-rows", "32", *given,
+                 "--storage-option", "anon=true"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
     assert (out / "features.csv").is_file() and (out / "importance.png").is_file()
-    assert "top features" in capsys.readouterr().out
+    assert "top features" in captured.out
+    warnings = [r.getMessage() for r in caplog.records if "store URLs" in r.getMessage()]
+    assert warnings == [f"storage_options (for store URLs such as s3://...) ignored for the "
+                        f"local store {label_run['store']}"]
+    flags = cli.flags_of(cli.build_parser(), "explain")
+    assert cli._as_flag(warnings[0], flags).startswith("--storage-option (for store URLs")
 
 
 @pytest.mark.parametrize("flags, message", [

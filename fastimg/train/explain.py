@@ -295,7 +295,7 @@ def explain(run_dir, *, split: str = "val", out_dir=None, method: str = "integra
         Without captum (``pip install 'fastimg[explain]'``).
     """
     from fastimg.store import StoreReader
-    from fastimg.store.location import check_outside_stores, is_complete, resolve
+    from fastimg.store.location import check_outside_stores, is_complete, is_local, resolve
     from fastimg.train.data import ChunkedReader
     from fastimg.train.predict import Run, load_run
 
@@ -321,6 +321,9 @@ def explain(run_dir, *, split: str = "val", out_dir=None, method: str = "integra
     store_path = run.store_path if store is None else store
     if store_path:
         store_path = resolve(store_path, storage_options)
+        if storage_options and is_local(store_path):  # the run's own store, perhaps
+            logger.warning("storage_options (for store URLs such as s3://...) ignored for the "
+                           "local store %s", store_path)
     if not store_path or not is_complete(store_path):
         raise RunBundleError(
             f"the training store of {run_dir} ({store_path}) is gone: explain reads the "
