@@ -9,6 +9,11 @@ import numpy as np
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 
 
+def total_memory_bytes() -> int:
+    """Physical memory of this machine (``os.sysconf``)."""
+    return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+
+
 def check_feature_matrix(x, *, name: str = "X", n_features: int | None = None,
                          check_finite: bool = True) -> np.ndarray:
     """Return ``x`` as a 2-D float array (no copy when possible) or raise ValueError."""

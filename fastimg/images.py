@@ -8,7 +8,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from fastimg._validation import check_config, check_count, check_feature_matrix
+from fastimg._validation import (check_config, check_count, check_feature_matrix,
+                                 total_memory_bytes)
 from fastimg.layout import LayoutConfig
 from fastimg.raster import check_image_dtype
 from fastimg.store import SPLIT, SPLIT_NAMES, StoreWriter, build_lock
@@ -74,6 +75,11 @@ def synthetic_matrix(n_samples: int, n_features: int, *, rank: int = 16, seed: i
     """
     check_count("n_samples", n_samples)
     check_count("n_features", n_features)
+    needed = n_samples * n_features * np.dtype(dtype).itemsize
+    if needed > total_memory_bytes():  # np.empty would succeed, and the fill be killed
+        raise MemoryError(f"a {n_samples} x {n_features} {np.dtype(dtype)} matrix needs "
+                          f"{needed / 2**30:.1f} GiB, more than this machine's "
+                          f"{total_memory_bytes() / 2**30:.1f} GiB of memory")
     rng = np.random.default_rng(seed)
     factors = rng.standard_normal((n_samples, rank)).astype(np.float32)
     loadings = rng.standard_normal((rank, n_features)).astype(np.float32)

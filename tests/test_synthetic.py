@@ -43,3 +43,19 @@ def test_memory_is_the_output_and_a_block(monkeypatch):
         tracemalloc.stop()
     # a whole-matrix draw holds float64 noise (4x the float16 output) and float32 copies
     assert peak < 2 * out.nbytes, (peak, out.nbytes)
+
+
+def test_a_matrix_past_the_machines_memory_is_refused_before_any_work(monkeypatch, tmp_path,
+                                                                      capsys):
+    """np.empty of more than the machine has succeeds (the pages come later), so the fill
+    ran until the kernel killed the process: no message, exit 137."""
+    from fastimg.cli import main
+
+    monkeypatch.setattr(fastimg.images, "total_memory_bytes", lambda: 100 * 40 * 2 - 1)
+    with pytest.raises(MemoryError, match=r"a 100 x 40 float16 matrix needs 0\.0 GiB, more "):
+        synthetic_matrix(100, 40)
+    assert main(["images", "--synthetic", "100x40", "--out", str(tmp_path / "o.zarr")]) == 2
+    assert "error: out of memory: a 100 x 40 float16 matrix needs" in capsys.readouterr().err
+    assert not (tmp_path / "o.zarr").exists()
+    monkeypatch.setattr(fastimg.images, "total_memory_bytes", lambda: 100 * 40 * 2)
+    assert synthetic_matrix(100, 40).shape == (100, 40)

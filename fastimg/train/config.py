@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from fastimg._validation import check_seed, is_whole
+from fastimg._validation import check_seed, is_whole, total_memory_bytes
 
 NORMALISATIONS = ("image", "dataset", "none")
 CACHES = ("auto", "memory", "zarr", "none")
@@ -382,13 +382,6 @@ def _widths(name: str, value, count: int) -> tuple:
 
 _UNITS = {"": 1, "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
           "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
-
-
-def total_memory_bytes() -> int:
-    """Physical memory of this machine (``os.sysconf``)."""
-    import os
-
-    return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
 
 
 def parse_budget(text) -> int:
