@@ -445,6 +445,7 @@ def _cmd_predict(args) -> int:
     if not to_stdout:
         check_can_write(args.out, f"--out {args.out}", replaced=True)
         _check_out_is_not_input(args.out, args.input)
+        _check_out_is_not_a_run_file(args.out, args.run_dir)
         store.location.check_outside_stores(args.out, deleted="the predictions",
                                             instead="an --out outside it")
     run = load_run(args.run_dir, device=args.device, model=args.model)
@@ -477,6 +478,17 @@ def _check_out_is_not_input(out: Path, source: str) -> None:
     if same:
         raise UserError(f"--out {out} is the --input file: the predictions would replace its "
                         f"texts; give another --out")
+
+
+def _check_out_is_not_a_run_file(out: Path, run_dir: Path) -> None:
+    """Refuse a predictions CSV written over a file of the run folder it predicts with
+    (``best.pt``, ``bundle.json``, ...: the run would be destroyed; a ``metrics.json`` written
+    into an unfinished run would mark it finished), however either is spelled."""
+    from fastimg.run_folder import RUN_FILES
+
+    if out.name in RUN_FILES and out.parent.resolve() == run_dir.resolve():
+        raise UserError(f"--out {out} is the run's own {out.name}: the predictions would "
+                        f"replace it; give another --out")
 
 
 def _cmd_explain(args) -> int:

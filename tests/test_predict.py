@@ -586,6 +586,27 @@ def test_an_out_that_is_the_input_is_refused_before_encoding(trained, tmp_path, 
     assert corpus.read_bytes() == before
 
 
+@pytest.mark.parametrize("name", ["best.pt", "bundle.json", "metrics.json"])
+def test_an_out_that_is_a_file_of_the_run_is_refused_before_encoding(trained, tmp_path, capsys,
+                                                                    monkeypatch, name):
+    """``--out RUN/best.pt`` replaced the run's checkpoint with the predictions CSV, with exit
+    code 0 (the next predict said best.pt was corrupt); into an unfinished run a
+    ``metrics.json`` would have marked it finished."""
+    from fastimg.train import predict as predict_mod
+
+    monkeypatch.setattr(predict_mod.Run, "encode_chunks",
+                        lambda *a, **k: pytest.fail("encoded before checking --out"))
+    run = _copy_run(trained, tmp_path)
+    before = (run / name).read_bytes()
+    corpus = _write_csv(tmp_path / "new.csv", _reviews(3))
+    code = main(["predict", str(run), "--input", str(corpus), "--out",
+                 str(run / "sub" / ".." / name), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "--out" in err and name in err, err
+    assert (run / name).read_bytes() == before
+
+
 def test_an_out_inside_a_store_is_refused_before_encoding(trained, tmp_path, capsys,
                                                           monkeypatch):
     """Predictions written inside a store were counted in its size by info and deleted
