@@ -78,6 +78,24 @@ def test_top_features_recover_the_label_carrying_set(label_run, tmp_path):
         assert flat[pixels].mean() > np.delete(flat, pixels).mean() + 3 * flat.std() / 10
 
 
+def test_uint8_images_are_attributed_in_zero_to_one_as_the_trainer_read_them(label_run):
+    """``mean_attribution_maps`` of a uint8 store's images (0..255) normalised the codes as
+    they were, so the maps were of images 255 times brighter than any the model saw."""
+    from fastimg.raster import to_image_dtype
+    from fastimg.train import load_run
+    from fastimg.train.data import as_loaded
+    from fastimg.train.explain import mean_attribution_maps
+
+    reader = store.StoreReader(label_run["store"])
+    rows = reader.rows("val")[:16]
+    codes = to_image_dtype(np.asarray(reader.images[:])[rows], "uint8")
+    run = load_run(label_run["run"])
+    targets = reader.targets()[rows]
+    got = mean_attribution_maps(run, codes, targets, method="input_x_gradient")
+    expected = mean_attribution_maps(run, as_loaded(codes), targets, method="input_x_gradient")
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+
+
 def test_features_csv_is_ranked_and_maps_features_to_layers_and_pixels(label_run, tmp_path,
                                                                        caplog):
     with caplog.at_level("INFO"):

@@ -119,7 +119,8 @@ def mean_attribution_maps(run, images, targets, embeddings=None, *,
     ----------
     run : fastimg.train.Run
     images : ndarray, shape (n, H, W)
-        Raw images as stored (normalised here with the run's normaliser).
+        Raw images as stored (``uint8`` ones read in [0, 1], as the trainer read them;
+        normalised here with the run's normaliser).
     targets : ndarray of int, shape (n,)
         True class of each image; each image is attributed to its true class.
     embeddings : ndarray, optional
@@ -131,6 +132,8 @@ def mean_attribution_maps(run, images, targets, embeddings=None, *,
     """
     from tqdm.auto import tqdm
 
+    from fastimg.train.data import as_loaded
+
     if method not in METHODS:
         raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
     check_count("batch_size", batch_size)
@@ -141,8 +144,9 @@ def mean_attribution_maps(run, images, targets, embeddings=None, *,
     counts = np.zeros(n_classes, dtype=np.int64)
     bar = tqdm(total=images.shape[0], unit="image", desc=method, disable=not progress)
     for start in range(0, images.shape[0], batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size],
-                                                      dtype=np.float32)).to(run.device)
+        # as the trainer read them: a uint8 store's images in [0, 1], not 0..255
+        batch = torch.from_numpy(np.ascontiguousarray(as_loaded(np.asarray(
+            images[start:start + batch_size])))).to(run.device)
         x = run.normaliser(batch)
         if embeddings is not None and run.config.fuse_embedding:
             wrapped.embeddings = torch.from_numpy(np.asarray(
