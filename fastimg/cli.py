@@ -858,7 +858,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--store", type=_path_text,
                          help="the store (path or URL) to read the split from when the run's "
                               "training store has moved (default: the one recorded in the run; "
-                              "its layout must be the run's)")
+                              "its layout and classes must be the run's)")
     explain.add_argument("--out", type=_local_path, required=True, help="folder to write")
     explain.add_argument("--method", default="integrated_gradients",
                          choices=["integrated_gradients", "input_x_gradient", "gradcam"],

@@ -227,6 +227,25 @@ def test_a_store_rebuilt_with_another_layout_is_refused(label_run, tmp_path, cap
     assert code == 2 and "another layout" in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_store_of_the_layout_with_other_classes_is_refused(label_run, tmp_path, capsys):
+    """A store of the run's layout labelled otherwise (another label column, the layout fitted
+    on every row) failed inside the attribution with an internal error (a class index past
+    the run's), or, with as many classes, explained the run against the wrong classes."""
+    reader = store.StoreReader(label_run["store"])
+    labels = reader.labels()
+    arrays = {name: np.asarray(reader.group[name][:]) for name in
+              (store.IMAGES, store.SPLIT, store.EMBEDDINGS, store.IDS)}
+    arrays[store.LABELS] = np.where(np.arange(labels.size) % 3 == 0, 2, labels)
+    attrs = {"kind": "dataset", "corpus": {"class_values": None},
+             "summary": {"class_names": ["neg", "pos", "mixed"], "image_shape": [24, 24]},
+             "layout": label_run["layout"].to_dict(),
+             "provenance": {"layers": list(range(1, N_LAYERS + 1))}}
+    store.write_store(tmp_path / "relabelled.zarr", arrays, attrs, chunk_rows=128)
+    code, err = _explain_against(label_run, tmp_path, capsys, tmp_path / "relabelled.zarr")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "'mixed'" in err and "classes" in err, err
+
+
 def test_a_moved_store_is_given_with_store(label_run, tmp_path, capsys):
     """The run records where its store was: once moved, explain said "is gone" with no way
     to name the new place; --store names it, and a store of another layout is refused."""

@@ -290,7 +290,7 @@ def explain(run_dir, *, split: str = "val", out_dir=None, method: str = "integra
     ------
     RunBundleError
         When the run's store is gone (explain reads the split from it), was rebuilt with
-        another layout, or has no such rows.
+        another layout or other classes, or has no such rows.
     NotADirectoryError
         When ``out_dir`` is a file (before any work).
     fastimg.store.StoreError
@@ -343,6 +343,10 @@ def explain(run_dir, *, split: str = "val", out_dir=None, method: str = "integra
         raise RunBundleError(f"{store_path} does not have the layout {run_dir} was trained on "
                              f"(rebuilt with another layout since, or another store): its "
                              f"images do not fit the run")
+    if reader.class_names != run.class_names:  # its labels would index other classes
+        raise RunBundleError(f"{store_path} has the classes {reader.class_names}, not the "
+                             f"classes {run.class_names} {run_dir} was trained on (labelled "
+                             f"from another column?): its labels do not fit the run")
     rows = reader.rows(split)
     if rows.size == 0:
         raise RunBundleError(f"{store_path} has no {split} rows")
