@@ -128,6 +128,29 @@ def test_features_csv_is_ranked_and_maps_features_to_layers_and_pixels(label_run
     assert (tmp_path / "importance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_features_csv_write_cut_short_leaves_the_earlier_file_whole(label_run, tmp_path,
+                                                                     monkeypatch):
+    """features.csv was written in place: an explain stopped while writing it (Ctrl-C) left
+    the first rows of the new ranking under the name, a file that reads as a whole one."""
+    from fastimg.train import explain as explain_module
+
+    result = explain(label_run["run"], out_dir=tmp_path, max_rows=8)
+    before = (tmp_path / "features.csv").read_bytes()
+    origin, calls = explain_module.Explanation.feature_origin, []
+
+    def cut_short(self, feature):
+        calls.append(feature)
+        if len(calls) > 10:
+            raise KeyboardInterrupt
+        return origin(self, feature)
+
+    monkeypatch.setattr(explain_module.Explanation, "feature_origin", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        explain_module.write_features_csv(result, tmp_path / "features.csv")
+    assert (tmp_path / "features.csv").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["features.csv", "importance.png"]
+
+
 def test_top_and_feature_origin_refuse_what_is_no_count_or_feature():
     # top(-1) gave every feature but the least important, top("5") a TypeError from slicing;
     # feature_origin(-1) and feature_origin(10**6) described features that do not exist

@@ -41,6 +41,7 @@ import torch
 import torch.nn as nn
 
 from fastimg._figures import save_figure
+from fastimg._files import replace_file
 from fastimg._validation import (check_can_write, check_count, check_seed,
                                  file_in_the_way, is_whole)
 from fastimg.train.bundle import RunBundleError
@@ -396,22 +397,28 @@ def write_features_csv(result: Explanation, path) -> Path:
     concatenation), ``encoder_layer`` (the ``hidden_states`` index it came from, when known),
     ``dimension`` (``feature % hidden_size``), ``row, col`` (its pixel), ``pixel_features``
     (features sharing that pixel), ``importance`` (mean over classes) and
-    ``importance_<class>``.
+    ``importance_<class>``. Written beside ``path`` and moved onto it, as the figure is.
     """
     path = Path(path)
     width = result.grid[1]
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["rank", "feature", "layer", "encoder_layer", "dimension", "row", "col",
-                         "pixel_features", "importance",
-                         *(f"importance_{c}" for c in result.class_names)])
-        for rank, f in enumerate(result.ranking.tolist(), start=1):
-            layer, encoder_layer, dim = result.feature_origin(f)
-            row, col = divmod(int(result.pixel_index[f]), width)
-            writer.writerow([rank, f, layer, "" if encoder_layer is None else encoder_layer, dim,
-                             row, col, int(result.pixel_features[f]),
-                             f"{result.importance[f]:.6g}",
-                             *(f"{v:.6g}" for v in result.feature_importance[f])])
+
+    def write(tmp):
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["rank", "feature", "layer", "encoder_layer", "dimension", "row",
+                             "col", "pixel_features", "importance",
+                             *(f"importance_{c}" for c in result.class_names)])
+            for rank, f in enumerate(result.ranking.tolist(), start=1):
+                layer, encoder_layer, dim = result.feature_origin(f)
+                row, col = divmod(int(result.pixel_index[f]), width)
+                writer.writerow([rank, f, layer, "" if encoder_layer is None else encoder_layer,
+                                 dim, row, col, int(result.pixel_features[f]),
+                                 f"{result.importance[f]:.6g}",
+                                 *(f"{v:.6g}" for v in result.feature_importance[f])])
+
+    # beside it, then moved onto it: a write cut short leaves the earlier file whole, not the
+    # first rows of a ranking under its name
+    replace_file(path, write)
     return path
 
 
