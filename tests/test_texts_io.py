@@ -75,3 +75,23 @@ def test_input_texts_with_a_lone_surrogate_are_named_by_their_row(tmp_path):
     with pytest.raises(CorpusError, match=r"^the text at line 2 of .*a\.jsonl holds a lone "
                                           r"surrogate '\\ud800'"):
         read_input_texts(path)
+
+
+def test_a_plain_text_file_is_pointed_to_stdin(tmp_path):
+    """``predict --input reviews.txt`` (one text per line) was refused with the readers'
+    advice for build-dataset (an aclImdb folder or tarball), naming nothing that reads such a
+    file; ``--input -`` does."""
+    import pytest
+
+    from fastimg.corpus import CorpusError
+    from fastimg.train.texts_io import read_input_texts
+
+    for name in ("reviews.txt", "reviews"):
+        path = tmp_path / name
+        path.write_text("Great film.\nAwful film.\n", encoding="utf-8")
+        with pytest.raises(CorpusError, match=rf"^unsupported input format '{name}': .*; a "
+                                              rf"file of one text per line is read from stdin: "
+                                              rf"--input - < .*{name}$"):
+            read_input_texts(path)
+    (tmp_path / "a.csv").write_text("text\nfine\n", encoding="utf-8")
+    assert read_input_texts(tmp_path / "a.csv") == (["0"], ["fine"])

@@ -30,14 +30,23 @@ def read_input_texts(path, text_columns=("text",), id_column=None) -> tuple[list
     Raises
     ------
     fastimg.corpus.CorpusError
-        (a ``ValueError``) An unreadable file, a missing column (the message lists the
+        (a ``ValueError``) An unreadable file, a file of no table format (the message names
+        ``--input -`` for one text per line), a missing column (the message lists the
         columns that exist) or a text with a lone surrogate (the message names its row).
     """
     from fastimg.corpus import CorpusError
     from fastimg.corpus._load import _id_text, _text, id_values, scalars
-    from fastimg.corpus.readers import read_table
+    from fastimg.corpus.readers import SUPPORTED, TABLE_SUFFIXES, TAR_SUFFIXES, read_table
 
-    table = read_table(Path(path))
+    path = Path(path)
+    name = path.name.lower()
+    if (path.is_file() and Path(name.removesuffix(".gz")).suffix not in TABLE_SUFFIXES
+            and not name.endswith(TAR_SUFFIXES)):
+        # a plain text file (reviews.txt) is what --input - reads, which the readers' own
+        # message does not name
+        raise CorpusError(f"unsupported input format {path.name!r}: {SUPPORTED}; a file of "
+                          f"one text per line is read from stdin: --input - < {path}")
+    table = read_table(path)
     names = ", ".join(repr(n) for n in table.columns)
     for column in [*text_columns, *([id_column] if id_column else [])]:
         if column not in table.columns:
