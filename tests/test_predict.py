@@ -316,6 +316,18 @@ def test_an_encoder_folder_moved_since_training_is_named_with_model(trained, tmp
     assert "fingerprint" in capsys.readouterr().err
 
 
+def test_a_run_folder_given_as_the_encoder_is_named_so(trained, tmp_path, capsys):
+    """``predict RUN --model RUN`` fingerprinted the run's config.json as an encoder's and
+    said the weights differ: 'install the same model weights'."""
+    corpus = _write_csv(tmp_path / "new.csv", _reviews(3))
+    code = main(["predict", str(trained["run"]), "--input", str(corpus), "--out",
+                 str(tmp_path / "p.csv"), "--quiet", "--model", str(trained["run"])])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert f"{trained['run']} is a fastimg training run, not an encoder" in err, err
+    assert "fingerprint" not in err and not (tmp_path / "p.csv").exists()
+
+
 @pytest.mark.parametrize("missing", [BUNDLE_FILE, "best.pt", "normaliser.npz"])
 def test_a_run_without_its_bundle_is_refused(trained, tmp_path, missing, capsys):
     run_dir = _copy_run(trained, tmp_path)

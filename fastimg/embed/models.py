@@ -155,7 +155,8 @@ def resolve_model(name: str, revision: str | None = None) -> ModelSource:
     Raises
     ------
     ModelNotAvailableError
-        When the name is not an alias, not a folder, not cached and the hub cannot provide it.
+        When the name is not an alias, not a folder, not cached and the hub cannot provide it;
+        or is a folder without ``config.json``, or a training run folder of ``fastimg train``.
     """
     alias = MODEL_ALIASES.get(name.lower())
     target = alias() if callable(alias) else (alias or name)
@@ -163,6 +164,11 @@ def resolve_model(name: str, revision: str | None = None) -> ModelSource:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise _unavailable(name, f"folder {path} has no config.json")
+        from fastimg.run_folder import BUNDLE_FILE, METRICS_FILE
+
+        # its config.json holds training settings: fingerprinted, it read as other weights
+        if any((path / run_file).is_file() for run_file in (BUNDLE_FILE, METRICS_FILE)):
+            raise _unavailable(name, f"folder {path} is a fastimg training run, not an encoder")
         return ModelSource(name, os.fspath(path), None, True, os.fspath(path))
     if target.startswith(("/", "./", "../", "~")) or target.count("/") > 1:
         raise _unavailable(name, f"folder {path} does not exist")
