@@ -215,9 +215,11 @@ def show_store(path, out, *, n_per_class: int = 4, seed: int = 0) -> None:
         labels, names = np.zeros(images.shape[0], dtype=np.int64), ["image"]
     values = np.unique(labels)
     rows = _class_rows(labels, n_per_class, seed)
-    means = _mean_images(images, labels)
+    # a uint8 store's codes drawn in [0, 1], as the trainer reads them and float stores hold
+    unit = np.float32(1 / 255) if images.dtype == np.uint8 else np.float32(1)
+    means = {value: mean * unit for value, mean in _mean_images(images, labels).items()}
     fit_rows, fit_rows_name = _standardising_rows(reader, labels.size)
-    pixel_mean, pixel_std = pixel_stats(images, fit_rows)
+    pixel_mean, pixel_std = (stat * unit for stat in pixel_stats(images, fit_rows))
     layout = reader.layout()
     grid = tuple(layout.config.grid)
     layers = list(reader.provenance.get("layers") or [])
@@ -240,7 +242,7 @@ def show_store(path, out, *, n_per_class: int = 4, seed: int = 0) -> None:
     for r, value in enumerate(values):
         name = names[r] if r < len(names) else str(value)
         for c, row in enumerate(rows[int(value)]):
-            raw = np.asarray(images[int(row)], dtype=np.float32)
+            raw = np.asarray(images[int(row)], dtype=np.float32) * unit
             _image(axes[2 * r, c], fig, raw, f"{name} #{int(row)} raw", cmap="gray")
             z = standardise(raw, pixel_mean, pixel_std)
             _image(axes[2 * r + 1, c], fig, z, f"{name} #{int(row)} per-pixel z",

@@ -356,6 +356,25 @@ def test_show_draws_an_images_store_as_one_group(tmp_path, monkeypatch, fit):
         "all": "of 60 images the layout was fitted on"}[fit])
 
 
+def test_show_draws_a_uint8_store_on_the_scale_of_a_float_one(tmp_path, monkeypatch):
+    """A uint8 store's samples and means were drawn in codes (0..255), a float store's in
+    [0, 1]: figures of one layout had scales 255 apart."""
+    drawn = {}
+    for dtype in ("uint8", "float32"):
+        assert main(["images", "--synthetic", "60x40", "--out", str(tmp_path / f"{dtype}.zarr"),
+                     "--pixels", "6", "--method", "pca", "--dtype", dtype, "--quiet"]) == 0
+        fig = _drawn_figure(monkeypatch, str(tmp_path / f"{dtype}.zarr"), "--out",
+                            str(tmp_path / f"{dtype}.png"), "--per-class", "2")
+        drawn[dtype] = {ax.get_title(): np.asarray(ax.get_images()[0].get_array())
+                        for ax in fig.axes if ax.get_title() and ax.get_images()}
+    assert drawn["uint8"].keys() == drawn["float32"].keys()
+    for title, image in drawn["float32"].items():
+        if title.endswith("raw") or title.startswith("mean"):
+            assert image.max() <= 1.0
+            np.testing.assert_allclose(drawn["uint8"][title], image, atol=1 / 255,
+                                       err_msg=title)
+
+
 def _shown_topics(tmp_path, tiny_bert_dir, monkeypatch, classes, *show_options):
     """The figure `fastimg show` draws of a store of 20 short texts per class."""
     rng = np.random.default_rng(3)
