@@ -322,6 +322,38 @@ def _plural(count, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
+def _optimiser_line(config: dict) -> str:
+    """The optimiser, its rates and schedule and early stopping, of a run's config (the
+    settings an older run did not record left out)."""
+    rates = (f"lr head {config.get('lr_head') or 'default'} / classifier "
+             f"{config.get('lr_classifier') or 'default'}")
+    parts = [f"{config['optimizer']}, {rates}" if config.get("optimizer") else rates]
+    if config.get("weight_decay") is not None:
+        parts.append(f"weight decay {config['weight_decay']:g}")
+    if config.get("schedule") is not None:
+        parts.append(f"schedule {config['schedule']}")
+    patience = config.get("patience")
+    if patience is not None:
+        parts.append(f"early stop after {_plural(patience, 'epoch')} without a val gain"
+                     if patience else "no early stop")
+    return ", ".join(parts)
+
+
+def _head_line(config: dict) -> str:
+    """Where the run cuts its extractor and what it adds around it (upsampling, branches);
+    empty for a config that records none of it."""
+    parts = []
+    if config.get("cut") is not None:
+        parts.append(f"{config['cut']} cut")
+    if config.get("upsample") is not None:
+        parts.append(f"upsample {config['upsample']}x")
+    if config.get("pixel_branch"):
+        parts.append("pixel branch")
+    if config.get("fuse_embedding"):
+        parts.append("embedding fused")
+    return ", ".join(parts)
+
+
 def _weights(value) -> str:
     """The extractor's starting weights in words (the run's ``weights`` setting)."""
     if value is None or (isinstance(value, str) and value.lower() == "none"):
@@ -388,11 +420,14 @@ def describe_run(path) -> list[str]:
                      f"{_weights(extractor.get('weights'))}"
                      + (f", features {' x '.join(map(str, shape))}" if shape else "")
                      + ("" if extractor.get("frozen", True) else ", partly trained"))
+    preset = f" (preset {config['preset']})" if config.get("preset") else ""
     lines.append(f"training   {_plural(config.get('epochs'), 'epoch')}, batch "
-                 f"{config.get('batch_size')}, "
-                 f"lr head {config.get('lr_head') or 'default'} / classifier "
-                 f"{config.get('lr_classifier') or 'default'}, normalise "
-                 f"{config.get('normalize')}, seed {config.get('seed')}")
+                 f"{config.get('batch_size')}, normalise {config.get('normalize')}, seed "
+                 f"{config.get('seed')}{preset}")
+    lines.append(f"optimiser  {_optimiser_line(config)}")
+    head = _head_line(config)
+    if head:
+        lines.append(f"head       {head}")
     if metrics.get("device"):
         lines.append(f"ran on     {metrics['device']}, loader {metrics.get('loader')}, cache "
                      f"{metrics.get('cache')}, amp {metrics.get('amp')}")

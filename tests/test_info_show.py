@@ -226,7 +226,11 @@ def test_info_summarises_a_training_run_folder(tmp_path, capsys):
     assert out.startswith(f"{run}: fastimg training run (metrics.json, config.json, best.pt, "
                           f"bundle.json, normaliser.npz)")
     assert "extractor  alexnet, weights random init (none)" in out and "None" not in out
-    assert "training   2 epochs, batch 16" in out
+    assert "training   2 epochs, batch 16, normalise dataset, seed 0 (preset ours)\n" in out
+    # the optimiser, early stopping and the head's variant were not said
+    assert ("optimiser  adamw, lr head 0.001 / classifier 0.001, weight decay 0.1, schedule "
+            "cosine, early stop after 8 epochs without a val gain\n") in out
+    assert "head       paper cut, upsample 1x, pixel branch\n" in out
     assert f"epochs     2 run, best epoch {metrics['best_epoch']}" in out
     assert f"val {metrics['final']['val']['accuracy']:.4f}" in out
     assert f"probe      val {metrics['probe']['val_accuracy']:.4f}" in out
@@ -250,6 +254,8 @@ def test_info_says_one_epoch_and_the_weights_in_words(tmp_path, capsys):
         out = capsys.readouterr().out
         assert f"extractor  alexnet, weights {words}\n" in out
         assert "training   1 epoch, batch 8" in out
+        assert "optimiser  lr head default / classifier default\n" in out
+        assert "head       " not in out  # not recorded: not said
         # image normalisation writes no normaliser.npz: it is not reported missing
         assert "missing metrics.json, best.pt, bundle.json)" in out.splitlines()[0]
 
