@@ -238,9 +238,16 @@ def test_what_is_not_a_store_is_named(tmp_path, capsys):
     store.partial_path(stopped).mkdir()
     other = tmp_path / "other"
     other.mkdir()
+    images = tmp_path / "i.zarr"
+    assert main(["images", "--synthetic", "40x20", "--out", str(images), "--pixels", "5",
+                 "--method", "pca", "--quiet"]) == 0
+    # a file or an array inside a store or a run folder was "not a fastimg store"
     expected = {run: "is a training run folder, not a store (its store: imdb.zarr)",
                 stopped: "is not finished: its build stopped before the end",
-                other: "is not a fastimg store"}
+                other: "is not a fastimg store",
+                images / "images": f"lies inside the fastimg store {images}: give that instead",
+                run / "metrics.json": f"lies inside the training run folder {run}: give that "
+                                      f"instead"}
     for path, message in expected.items():
         for command in (["show", str(path), "--out", str(tmp_path / "x.png")],
                         ["relayout", str(path), "--out", str(tmp_path / "r.zarr"), "--quiet"]):

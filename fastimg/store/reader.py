@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import numpy as np
 
@@ -52,6 +54,14 @@ def why_not_a_store(path) -> str:
     kind = model_type(where) if location.is_local(where) else None
     if kind is not None:
         return f"{path} is a model folder (a {kind!r} model), not a store"
+    if location.is_local(where):  # a file or an array of a store or run (imdb.zarr/images)
+        store = location.store_around(where)
+        run = next((folder for folder in Path(os.path.abspath(where)).parents
+                    if is_run_folder(folder)), None)
+        if store is not None or run is not None:
+            return (f"{path} lies inside the " + (f"fastimg store {store}" if store is not None
+                                                  else f"training run folder {run}")
+                    + ": give that instead")
     return f"{path} is not a fastimg store"
 
 
