@@ -2,7 +2,7 @@
 import io
 import logging
 
-from fastimg.train.texts_io import read_lines
+from fastimg.train.texts_io import read_input_texts, read_lines
 
 
 def test_lines_keep_their_numbers_as_ids_when_blank_ones_are_skipped(caplog):
@@ -95,3 +95,20 @@ def test_a_plain_text_file_is_pointed_to_stdin(tmp_path):
             read_input_texts(path)
     (tmp_path / "a.csv").write_text("text\nfine\n", encoding="utf-8")
     assert read_input_texts(tmp_path / "a.csv") == (["0"], ["fine"])
+
+
+def test_empty_or_repeated_ids_are_warned_of(tmp_path, caplog):
+    """Empty and repeated ids were written as given without a word: the predictions could
+    not be joined back to the rows."""
+    path = tmp_path / "t.csv"
+    path.write_text("id,text\na,one\n,two\nb,three\na,four\nb,five\n", encoding="utf-8")
+    with caplog.at_level("WARNING", logger="fastimg"):
+        ids, texts = read_input_texts(path, id_column="id")
+    assert ids == ["a", "", "b", "a", "b"] and texts[3] == "four"
+    assert (f"ids in column 'id' of {path}: 1 empty and 2 repeated (first: 'a'); written as "
+            f"given") in caplog.text
+    caplog.clear()
+    path.write_text("id,text\na,one\nb,two\n", encoding="utf-8")
+    with caplog.at_level("WARNING", logger="fastimg"):
+        read_input_texts(path, id_column="id")
+    assert not caplog.records

@@ -61,9 +61,27 @@ def read_input_texts(path, text_columns=("text",), id_column=None) -> tuple[list
         _check_text(texts[-1], f"{table.where(i)} of {path}")
     if id_column:
         ids = [_id_text(v) for v in id_values(table, id_column)]
+        _warn_of_ambiguous_ids(ids, id_column, path)
     else:
         ids = [str(i) for i in range(table.n_rows)]
     return ids, texts
+
+
+def _warn_of_ambiguous_ids(ids: list, column: str, path) -> None:
+    """Say when some predictions cannot be joined back by their id: an empty id, or one that
+    several rows share (they are written as given)."""
+    empty = sum(1 for i in ids if not i)
+    seen, repeated = set(), []
+    for i in ids:
+        if i and i in seen:
+            repeated.append(i)
+        seen.add(i)
+    if empty or repeated:
+        said = [f"{empty} empty" if empty else "",
+                f"{len(repeated)} repeated (first: {repeated[0]!r})" if repeated else ""]
+        logger.warning("ids in column %r of %s: %s; written as given, so those predictions "
+                       "cannot be joined back by id", column, path,
+                       " and ".join(p for p in said if p))
 
 
 def read_lines(stream) -> tuple[list, list]:
