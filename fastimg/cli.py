@@ -428,8 +428,8 @@ def _cmd_train(args) -> int:
 def _cmd_predict(args) -> int:
     from fastimg._validation import check_can_write, file_in_the_way
     from fastimg.train import load_run
-    from fastimg.train.texts_io import (STDOUT, read_input_texts, read_lines,
-                                        write_predictions, writes_to)
+    from fastimg.train.texts_io import (STDOUT, MissingColumnError, read_input_texts,
+                                        read_lines, write_predictions, writes_to)
 
     to_stdout = args.out == STDOUT
     if str(args.input) == "-" and (args.text_column or args.id_column):
@@ -452,7 +452,17 @@ def _cmd_predict(args) -> int:
     if str(args.input) == "-":
         ids, texts = read_lines(sys.stdin)
     else:
-        ids, texts = read_input_texts(args.input, args.text_column or ["text"], args.id_column)
+        # by default the columns the run's store was built from, joined as the build did
+        columns = args.text_column or run.text_columns or ["text"]
+        try:
+            ids, texts = read_input_texts(args.input, columns, args.id_column)
+        except MissingColumnError as exc:
+            if args.text_column or exc.column not in columns:  # given, or the id column
+                raise
+            raise UserError(f"{exc}; without --text-column the texts are read from the "
+                            f"column{'s' if len(columns) > 1 else ''} the run's store was "
+                            f"built from ({', '.join(columns)}): give --text-column for "
+                            f"another") from None
     if not texts:
         raise UserError(f"no texts in {'stdin' if str(args.input) == '-' else args.input}")
     prediction = run.predict(texts, batch_size=args.batch_size, progress=not args.quiet)
@@ -828,7 +838,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "on stdin (ids: line numbers from 0; blank lines skipped)")
     predict.add_argument("--text-column", action="append",
                          help="text column of a table --input (repeat to join several; "
-                              "default text)")
+                              "default: the columns the run's store was built from, text "
+                              "for older runs)")
     predict.add_argument("--id-column", help="id column of a table --input (default: id when "
                                              "present, else the row number)")
     predict.add_argument("--out", type=_local_path_or_stdout, required=True,

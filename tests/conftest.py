@@ -58,6 +58,13 @@ def tiny_reviews(n, *, seed=0, words=10, labels=("pos", "neg")):
     return [(f"r{i}", " ".join(rng.choice(TINY_WORDS, words)), labels[i % 2]) for i in range(n)]
 
 
+def one_line(err: str) -> str:
+    """A command's stderr, checked to be one line (a user mistake's message)."""
+    err = err.strip()
+    assert err and "\n" not in err, err
+    return err
+
+
 def write_csv(path, rows, header=("id", "text", "label")):
     """A CSV file of ``rows`` under ``header``; returns ``path``."""
     import csv

@@ -10,15 +10,9 @@ import pytest
 from fastimg import cli, store
 from fastimg.cli import main
 from fastimg.layout import DeepInsightLayout, LayoutConfig
-from conftest import structured_matrix
+from conftest import one_line, structured_matrix
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-
-
-def one_line(err: str) -> str:
-    err = err.strip()
-    assert err and "\n" not in err, err
-    return err
 
 
 @pytest.mark.parametrize("argv,message", [

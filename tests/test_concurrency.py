@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from fastimg import store
+from conftest import one_line
 from fastimg.cli import main
 
 
@@ -26,12 +27,6 @@ def matrix(rng, tmp_path):
     path = tmp_path / "x.npy"
     np.save(path, rng.random((60, 120)).astype(np.float32))
     return path
-
-
-def one_line(err: str) -> str:
-    err = err.strip()
-    assert err and "\n" not in err, err
-    return err
 
 
 def test_a_second_build_of_a_store_being_built_is_refused(matrix, tmp_path, monkeypatch,

@@ -13,7 +13,7 @@ import pytest
 import torch
 import zarr
 
-from conftest import tiny_reviews
+from conftest import one_line, tiny_reviews
 from conftest import write_csv as _write_csv
 from fastimg.cli import main
 from fastimg.layout import DeepInsightLayout
@@ -228,7 +228,8 @@ def test_the_bundle_is_json_and_holds_what_prediction_needs(trained):
     assert len(bundle["layers"]) == 6 and bundle["n_features"] == 6 * 32
     with np.load(trained["run"] / "normaliser.npz", allow_pickle=False) as f:
         assert f["mean"].shape == (24, 24) and f["inv_std"].shape == (24, 24)
-    assert sorted(bundle) == sorted((*BUNDLE_KEYS, "sha256"))
+    assert bundle["text_columns"] == ["text"]  # the columns the store's texts came from
+    assert sorted(bundle) == sorted((*BUNDLE_KEYS, "sha256", "text_columns"))
     assert sorted(bundle["sha256"]) == ["best.pt", "normaliser.npz"]
 
 
@@ -549,6 +550,29 @@ def test_column_flags_with_stdin_are_refused_not_ignored(trained, tmp_path, monk
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and flag in err, err
     assert not out.exists()
+
+
+def test_predict_reads_the_text_columns_the_store_was_built_from(trained, tmp_path, capsys):
+    """--text-column defaulted to text, whatever columns the store's texts came from: a run
+    of a title + body store predicted on a table of titles and bodies needed both flags
+    again, and without them was refused for a missing 'text' column."""
+    run = _copy_run(trained, tmp_path)
+    bundle = json.loads((run / BUNDLE_FILE).read_text())
+    bundle["text_columns"] = ["title", "body"]
+    (run / BUNDLE_FILE).write_text(json.dumps(bundle))
+    rows = [(f"x{i}", t[:20], t[20:]) for i, t in enumerate(trained["texts"])]
+    corpus = _write_csv(tmp_path / "new.csv", rows, ("id", "title", "body"))
+    for given in ([], ["--text-column", "title", "--text-column", "body"]):
+        assert main(["predict", str(run), "--input", str(corpus), *given, "--out",
+                     str(tmp_path / f"p{len(given)}.csv"), "--quiet"]) == 0
+    assert (tmp_path / "p0.csv").read_bytes() == (tmp_path / "p4.csv").read_bytes()
+    texts = _write_csv(tmp_path / "texts.csv", _reviews(3))
+    assert main(["predict", str(run), "--input", str(texts), "--out",
+                 str(tmp_path / "p.csv")]) == 2
+    err = one_line(capsys.readouterr().err)
+    assert ("has no column 'title' (columns: 'id', 'text', 'label'); without --text-column the "
+            "texts are read from the columns the run's store was built from (title, body): "
+            "give --text-column for another") in err
 
 
 def test_cli_names_the_columns_that_exist(trained, tmp_path, capsys):

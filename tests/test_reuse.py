@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 
-from conftest import tiny_reviews, write_csv
+from conftest import one_line, tiny_reviews, write_csv
 from fastimg import store
 from fastimg.cli import main
 
@@ -66,12 +66,6 @@ def _build_args(csv_path, out, model, *extra):
     return ["build-dataset", "--input", str(csv_path), "--id-column", "id", "--split-column",
             "split", "--out", str(out), "--model", str(model), "--max-length", "24",
             "--chunk-rows", "32", "--method", "pca", "--pixels", "12", "--quiet", *extra]
-
-
-def one_line(err: str) -> str:
-    err = err.strip()
-    assert err and "\n" not in err, err
-    return err
 
 
 def _images_command(rng, folder, out, shape, pixels) -> int:

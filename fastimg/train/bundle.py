@@ -125,6 +125,8 @@ def save_run_bundle(run_dir, data, normaliser, config) -> Path:
         "layout": layout,
         "normalize": normaliser.mode,
         "train_config": config.to_dict(),
+        # the columns its texts were read from: predict reads a table's the same way
+        "text_columns": (configs.get("corpus") or {}).get("text_columns"),
     }
     if normaliser.mode == "dataset":  # through a file object: np.savez adds .npz to a path
         stats = {"mean": np.asarray(normaliser.mean, np.float32),

@@ -105,6 +105,8 @@ class Run:
         self.class_names = [str(n) for n in self.bundle["class_names"]]
         self.image_shape = tuple(self.bundle["image_shape"])
         self.store_path = self.bundle.get("store")
+        # the training store's text columns (None: a run of an images store, or older)
+        self.text_columns = self.bundle.get("text_columns")
         self.layout = (DeepInsightLayout.from_dict(self.bundle["layout"])
                        if self.bundle.get("layout") else None)
         if stats is not None:

@@ -11,8 +11,17 @@ from pathlib import Path
 import numpy as np
 
 from fastimg._files import replace_file
+from fastimg.corpus._base import CorpusError
 
 logger = logging.getLogger("fastimg.train")
+
+
+class MissingColumnError(CorpusError):
+    """A table without the ``column`` it was asked for."""
+
+    def __init__(self, message: str, column: str):
+        super().__init__(message)
+        self.column = column
 
 
 def read_input_texts(path, text_columns=("text",), id_column=None) -> tuple[list, list]:
@@ -31,10 +40,10 @@ def read_input_texts(path, text_columns=("text",), id_column=None) -> tuple[list
     ------
     fastimg.corpus.CorpusError
         (a ``ValueError``) An unreadable file, a file of no table format (the message names
-        ``--input -`` for one text per line), a missing column (the message lists the
-        columns that exist) or a text with a lone surrogate (the message names its row).
+        ``--input -`` for one text per line), a missing column (:class:`MissingColumnError`,
+        whose message lists the columns that exist) or a text with a lone surrogate (the
+        message names its row).
     """
-    from fastimg.corpus import CorpusError
     from fastimg.corpus._load import _id_text, _text, id_values, scalars
     from fastimg.corpus.readers import SUPPORTED, TABLE_SUFFIXES, TAR_SUFFIXES, read_table
 
@@ -50,7 +59,8 @@ def read_input_texts(path, text_columns=("text",), id_column=None) -> tuple[list
     names = ", ".join(repr(n) for n in table.columns)
     for column in [*text_columns, *([id_column] if id_column else [])]:
         if column not in table.columns:
-            raise CorpusError(f"{path} has no column {column!r} (columns: {names})")
+            raise MissingColumnError(f"{path} has no column {column!r} (columns: {names})",
+                                     column)
     if id_column is None:
         id_column = next((c for c in (table.id_column, "id") if c in table.columns), None)
     selected = [scalars(table, c) for c in text_columns]
@@ -114,7 +124,6 @@ def _check_text(text: str, where: str, *, stream: str | None = None) -> None:
     fastimg.corpus.CorpusError
     """
     from fastimg._validation import lone_surrogate
-    from fastimg.corpus import CorpusError
 
     at = lone_surrogate(text)
     if at is None:
