@@ -398,11 +398,22 @@ def describe_run(path) -> list[str]:
     Raises
     ------
     ValueError
-        When the folder's ``metrics.json`` or ``config.json`` is not valid JSON.
+        When the folder's ``metrics.json`` or ``config.json`` is not valid JSON, or does not
+        hold what ``fastimg train`` writes.
     """
     path = Path(path)
     metrics = _read_json(path / METRICS_FILE, {})
     config = _read_json(path / CONFIG_FILE, metrics.get("config") or {})
+    try:
+        return _run_lines(path, metrics, config)
+    except (AttributeError, TypeError, KeyError, IndexError, ValueError) as exc:
+        # a field of another type than train writes ("final": {"val": 1}): hand-edited
+        raise ValueError(f"{path}: its {METRICS_FILE} or {CONFIG_FILE} does not hold what "
+                         f"fastimg train writes ({type(exc).__name__}: {exc}; edited?)") from None
+
+
+def _run_lines(path: Path, metrics: dict, config: dict) -> list[str]:
+    """:func:`describe_run`'s lines of a run's parsed ``metrics`` and ``config``."""
     files = _run_files(path, config)
     present = ", ".join(n for n, ok in files.items() if ok)
     missing = ", ".join(n for n, ok in files.items() if not ok)

@@ -143,6 +143,18 @@ def test_info_on_a_metrics_json_that_is_not_an_object_is_one_line(tmp_path, caps
     assert "not the object fastimg train writes" in _one_line_error(capsys)
 
 
+@pytest.mark.parametrize("content", [{"final": {"val": 1}}, {"epochs": [3], "best_epoch": 1},
+                                     {"rows": [1, 2]}])
+def test_info_on_a_metrics_json_with_a_field_of_another_type_is_one_line(tmp_path, capsys,
+                                                                         content):
+    """A hand-edited field ("final": {"val": 1}) was an internal error (AttributeError)."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps(content))
+    assert main(["info", str(tmp_path / "run")]) == 2
+    assert "metrics.json or config.json does not hold what fastimg train writes" in \
+        _one_line_error(capsys)
+
+
 def test_info_marks_a_selection_biased_run_and_shows_the_pixel_probe(tmp_path, capsys):
     write_store(tmp_path / "s.zarr", n_rows=60, test=False)
     fit(tmp_path / "s.zarr", TrainConfig(**{**FAST, "probe": True}), out_dir=tmp_path / "run")
