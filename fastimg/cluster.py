@@ -494,7 +494,8 @@ def _record_chunk(result: dict, stats: dict) -> None:
 
 def _drive(client, futures, stage: str, stats: dict, *, rows: int, progress: bool) -> None:
     """Wait for ``futures`` (a bar of the ``rows`` they hold); a worker that cannot load the
-    model or reach the store stops the build."""
+    model or reach the store, a lost scheduler or a task that killed every worker it ran on
+    stops the build (:class:`ClusterError`)."""
     from tqdm.auto import tqdm
 
     distributed = _distributed()
@@ -512,6 +513,16 @@ def _drive(client, futures, stage: str, stats: dict, *, rows: int, progress: boo
                                    f"): the unfinished build is kept; with the scheduler and "
                                    f"workers up again, rerun the same command to resume"
                                    ) from None
+            except distributed.KilledWorker as exc:
+                # every worker that ran the task died (its nanny's memory limit, a crash):
+                # the node's set-up, not a bug; the marked chunks are kept
+                last = getattr(exc.last_worker, "address", exc.last_worker)
+                raise ClusterError(f"{stage}: task {exc.task} killed each of the "
+                                   f"{exc.allowed_failures + 1} workers that ran it (the last: "
+                                   f"{last}; out of memory? see the worker logs): the "
+                                   f"unfinished build is kept; with workers given more memory "
+                                   f"(dask worker --memory-limit), rerun the same command to "
+                                   f"resume") from None
             _record_chunk(result, stats)
             bar.update(result["rows"])
             logger.info("%s chunk %d done on %s (%.2f s%s)", stage, result["index"],

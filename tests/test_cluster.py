@@ -455,6 +455,31 @@ def test_a_lost_scheduler_is_one_line_and_keeps_the_build(monkeypatch):
         cluster._drive(client, [future], "encode", {}, rows=8, progress=False)
 
 
+def test_a_task_that_kills_its_workers_is_one_line_and_keeps_the_build(monkeypatch):
+    """A worker over its nanny's memory limit is killed and restarted; a task that does that
+    to every worker it runs on ends in distributed's KilledWorker: the node's set-up, not a
+    bug (it was reported as an internal error, exit code 1)."""
+    from types import SimpleNamespace
+
+    import distributed
+
+    from fastimg import cluster
+
+    killed = distributed.KilledWorker("fastimg-encode-ab12-3",
+                                      SimpleNamespace(address="tcp://127.0.0.1:4321"), 3)
+
+    def result():
+        raise killed
+
+    future = SimpleNamespace(result=result, done=lambda: True)
+    monkeypatch.setattr(distributed, "as_completed", iter)
+    client = SimpleNamespace(cancel=lambda futures: None)
+    with pytest.raises(cluster.ClusterError, match=r"encode: task fastimg-encode-ab12-3 killed "
+                       r"each of the 4 workers .*tcp://127.0.0.1:4321; out of memory\? .*"
+                       r"rerun the same command to resume"):
+        cluster._drive(client, [future], "encode", {}, rows=8, progress=False)
+
+
 @pytest.mark.slow
 def test_ctrl_c_on_a_cluster_build_is_one_line(tmp_path, corpus_csv, tiny_bert_dir):
     """A real SIGINT to the whole process group, as a terminal's Ctrl-C sends: the workers
