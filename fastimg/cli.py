@@ -137,14 +137,28 @@ def _path(text: str) -> Path:
     return Path(_path_text(text))
 
 
-def _local_path(text: str) -> Path:
-    """An output written on this machine: a URL is refused (``Path`` would fold ``s3://b``
-    into ``s3:/b`` and fail later with a missing folder)."""
+def _not_a_url(text: str, why: str) -> str:
+    """``text``, a path on this machine: a URL is refused, saying ``why`` (``Path`` would fold
+    ``s3://b`` into ``s3:/b`` and fail later with a missing file or folder)."""
     _path_text(text)
     if "://" in text:
-        raise argparse.ArgumentTypeError(f"expected a local path, got the URL {text!r} (this "
-                                         f"output is written on this machine)")
-    return Path(text)
+        raise argparse.ArgumentTypeError(f"expected a local path, got the URL {text!r} ({why})")
+    return text
+
+
+def _local_path(text: str) -> Path:
+    """An output written on this machine (:func:`_not_a_url`)."""
+    return Path(_not_a_url(text, "this output is written on this machine"))
+
+
+def _local_input(text: str) -> str:
+    """An input file read on this machine (:func:`_not_a_url`): only stores are read from
+    object storage."""
+    return _not_a_url(text, "this input is read on this machine: copy it here first")
+
+
+def _local_input_path(text: str) -> Path:
+    return Path(_local_input(text))
 
 
 def _local_path_or_stdout(text: str):
@@ -604,13 +618,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fit a DeepInsight layout on a feature matrix and write every row's image "
                     "into a zarr store.")
     source = images.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", type=_path, help=".npy file or zarr array, samples x features")
+    source.add_argument("--input", type=_local_input_path,
+                        help=".npy file or zarr array, samples x features")
     source.add_argument("--synthetic", type=_shape, metavar="NxF",
                         help="a seeded low-rank demo matrix instead of --input (works offline)")
     images.add_argument("--out", type=_local_path, required=True,
                         help="zarr store to write (a local path)")
     _add_map_options(images)
-    images.add_argument("--split-file", type=_path, metavar="FILE",
+    images.add_argument("--split-file", type=_local_input_path, metavar="FILE",
                         help="split of each row (.npy of codes 0/1/2 or names train/val/test, or "
                              "a text file with one per line): the layout is fitted on the train "
                              "rows and the split is stored")
@@ -637,7 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
     source = build.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", choices=["imdb"],
                         help="built-in recipe (looks in $FASTIMG_DATA, then the user cache)")
-    source.add_argument("--input", type=_path,
+    source.add_argument("--input", type=_local_input_path,
                         help="CSV, TSV, JSONL or Parquet file (optionally .gz), or an aclImdb "
                              "folder or tarball")
     build.add_argument("--out", required=True, type=_path_text,
@@ -765,7 +780,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "shufflenet_v2_x1_0", "vgg16"],
                        help="ImageNet CNN whose frozen early layers extract features "
                             "(default alexnet)")
-    train.add_argument("--weights", default="DEFAULT", type=_path_text,
+    train.add_argument("--weights", default="DEFAULT", type=_local_input,
                        help="DEFAULT (torchvision ImageNet weights), none (random init) or "
                             "the path of a state_dict")
     train.add_argument("--out", type=_local_path, required=True, help="run folder to write")
@@ -832,8 +847,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "with its layout and apply the run's best.pt; writes a CSV of id, "
                     "predicted class and the probability of each class. Needs only the run "
                     "folder (not the store), and refuses an encoder whose weights differ.")
-    predict.add_argument("run_dir", type=_path, help="run folder written by fastimg train")
-    predict.add_argument("--input", required=True, type=_path_text,
+    predict.add_argument("run_dir", type=_local_input_path,
+                         help="run folder written by fastimg train")
+    predict.add_argument("--input", required=True, type=_local_input,
                          help="CSV / TSV / JSONL / Parquet file, or - for one text per line "
                               "on stdin (ids: line numbers from 0; blank lines skipped)")
     predict.add_argument("--text-column", action="append",
@@ -864,7 +880,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "the layout to features: writes features.csv (ranked: feature, layer, "
                     "dimension, pixel, importance per class) and importance.png. Needs "
                     "pip install 'fastimg[explain]'.")
-    explain.add_argument("run_dir", type=_path, help="run folder written by fastimg train")
+    explain.add_argument("run_dir", type=_local_input_path,
+                         help="run folder written by fastimg train")
     explain.add_argument("--split", default="val", choices=["val", "train", "test"])
     explain.add_argument("--store", type=_path_text,
                          help="the store (path or URL) to read the split from when the run's "

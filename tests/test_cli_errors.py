@@ -39,6 +39,23 @@ README = Path(__file__).resolve().parents[1] / "README.md"
     (["images", "--synthetic", "10x-3", "--out", "o"], "at least one row and one feature"),
     (["show", "s.zarr", "--out", "s3://bucket/s.png"],
      "argument --out: expected a local path, got the URL 's3://bucket/s.png'"),
+    # an input file is read on this machine: a URL was folded into the path 's3:/bucket/c.csv'
+    # and said not to exist
+    (["build-dataset", "--input", "s3://bucket/c.csv", "--out", "s3://bucket/o.zarr"],
+     "argument --input: expected a local path, got the URL 's3://bucket/c.csv' (this input is "
+     "read on this machine: copy it here first)"),
+    (["images", "--input", "s3://bucket/s.zarr/embeddings", "--out", "o"],
+     "argument --input: expected a local path, got the URL 's3://bucket/s.zarr/embeddings'"),
+    (["predict", "run", "--input", "https://example.com/c.csv", "--out", "p.csv"],
+     "argument --input: expected a local path, got the URL 'https://example.com/c.csv'"),
+    (["images", "--synthetic", "10x100", "--out", "o", "--split-file", "s3://bucket/s.npy"],
+     "argument --split-file: expected a local path, got the URL 's3://bucket/s.npy'"),
+    (["train", "s3://bucket/s.zarr", "--out", "r", "--weights", "s3://bucket/w.pt"],
+     "argument --weights: expected a local path, got the URL 's3://bucket/w.pt'"),
+    (["predict", "s3://bucket/run", "--input", "c.csv", "--out", "p.csv"],
+     "argument run_dir: expected a local path, got the URL 's3://bucket/run'"),
+    (["explain", "s3://bucket/run", "--out", "e"],
+     "argument run_dir: expected a local path, got the URL 's3://bucket/run'"),
     (["show", "s.zarr", "--out", "s.png", "--per-class", "-2"],
      "--per-class must be a whole number >= 1, got -2"),
     (["show", "s.zarr", "--out", "s.png", "--per-class", "17"],
