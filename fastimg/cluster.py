@@ -40,6 +40,8 @@ logger = logging.getLogger("fastimg.cluster")
 
 #: times a task that failed (an exception, not a lost worker) is tried again
 RETRIES = 2
+#: seconds between two looks at the cluster's workers while a stage waits for its tasks
+WATCH_SECONDS = 15.0
 
 
 class ClusterError(RuntimeError):
@@ -501,6 +503,7 @@ def _drive(client, futures, stage: str, stats: dict, *, rows: int, progress: boo
     distributed = _distributed()
     bar = tqdm(total=rows, unit="row", desc=f"{stage} on the cluster", disable=not progress,
                leave=False)
+    stop_watching = _watch_workers(client, stage)
     try:
         for future in distributed.as_completed(futures):
             try:
@@ -529,8 +532,38 @@ def _drive(client, futures, stage: str, stats: dict, *, rows: int, progress: boo
                         result["worker"], result["seconds"],
                         ", already done" if result["skipped"] else "")
     finally:
+        stop_watching()
         bar.close()
         client.cancel([f for f in futures if not f.done()])
+
+
+def _watch_workers(client, stage: str):
+    """Look at the cluster's workers every :data:`WATCH_SECONDS` on a thread, and warn once
+    when two looks in a row find none: the tasks wait for a worker, and would wait silently
+    (workers that died for good, say of a package missing on their node, or were stopped).
+    A worker back clears the warning's memory. Returns the function that stops the watch."""
+    import threading
+
+    stop = threading.Event()
+
+    def watch():
+        looks_without = 0
+        while not stop.wait(WATCH_SECONDS):
+            try:
+                workers = len(client.nthreads())
+            except Exception:  # noqa: BLE001 - the client's own wait reports a lost scheduler
+                return
+            looks_without = 0 if workers else looks_without + 1
+            if looks_without == 2 and not stop.is_set():
+                address = getattr(client.scheduler, "address", "the scheduler")
+                logger.warning("%s: the cluster has had no workers for %.0f s (they died or were "
+                               "stopped: see their logs); the tasks wait for one (start them "
+                               "with `dask worker %s`), or Ctrl-C keeps the unfinished build",
+                               stage, WATCH_SECONDS, address)
+
+    # not joined when stopped: a look at a lost scheduler can take dask's connect timeout
+    threading.Thread(target=watch, name="fastimg-workers", daemon=True).start()
+    return stop.set
 
 
 def _warn_workers(client, n_tasks: int, n_chunks: int, stage: str, *, idle: bool) -> None:

@@ -480,6 +480,46 @@ def test_a_task_that_kills_its_workers_is_one_line_and_keeps_the_build(monkeypat
         cluster._drive(client, [future], "encode", {}, rows=8, progress=False)
 
 
+def test_a_cluster_that_loses_every_worker_mid_stage_says_so(monkeypatch):
+    """Workers that die for good mid-build (fastimg missing on their node: a worker that
+    cannot unpickle a task closes) left the build waiting without a word, forever."""
+    from types import SimpleNamespace
+
+    import distributed
+
+    from fastimg import cluster
+
+    monkeypatch.setattr(cluster, "WATCH_SECONDS", 0.02, raising=False)
+    warned, messages = threading.Event(), []
+
+    def waiting(futures):  # the tasks wait until the warning comes (or 30 s)
+        warned.wait(30)
+        return iter(futures)
+
+    class Seen(logging.Handler):
+        def emit(self, record):
+            if "no workers" in record.getMessage():
+                messages.append(record.getMessage())
+                warned.set()
+
+    seen = Seen(logging.WARNING)
+    logging.getLogger("fastimg.cluster").addHandler(seen)
+    future = SimpleNamespace(result=lambda: {"index": 0, "rows": 8, "skipped": False,
+                                             "seconds": 0.1, "worker": "w"},
+                             done=lambda: True)
+    monkeypatch.setattr(distributed, "as_completed", waiting)
+    client = SimpleNamespace(cancel=lambda futures: None, nthreads=dict,
+                             scheduler=SimpleNamespace(address="tcp://10.0.0.1:8786"))
+    stats = {"tasks": 0, "skipped": 0, "task_seconds": 0.0}
+    try:
+        cluster._drive(client, [future], "encode", stats, rows=8, progress=False)
+    finally:
+        logging.getLogger("fastimg.cluster").removeHandler(seen)
+    assert warned.is_set() and stats["tasks"] == 1
+    assert messages[0].startswith("encode: the cluster has had no workers for 0 s (they died")
+    assert "`dask worker tcp://10.0.0.1:8786`" in messages[0] and "Ctrl-C keeps" in messages[0]
+
+
 @pytest.mark.slow
 def test_ctrl_c_on_a_cluster_build_is_one_line(tmp_path, corpus_csv, tiny_bert_dir):
     """A real SIGINT to the whole process group, as a terminal's Ctrl-C sends: the workers
