@@ -223,6 +223,11 @@ def test_unknown_or_empty_storage_option_is_one_line(s3_env, capsys):
         assert "s3fs does not accept the storage option 'bogus" in _one_line_error(capsys)
     assert main(["info", url, *s3_env, "--storage-option", "client_kwargs=5"]) == 2
     assert "correct its name or value" in _one_line_error(capsys)
+    # an endpoint without its scheme: botocore's "Invalid endpoint: 127.0.0.1:9000" named
+    # neither the store nor the option
+    assert main(["info", url, "--storage-option", "endpoint_url=127.0.0.1:9000"]) == 2
+    assert (f"{url}: Invalid endpoint: 127.0.0.1:9000: the storage option endpoint_url is a URL "
+            f"with its scheme, e.g. http://HOST:PORT") in _one_line_error(capsys)
     # KEY= (an unset shell variable) is refused; KEY='""' is the empty string
     assert main(["info", url, *s3_env, "--storage-option", "endpoint_url="]) == 2
     assert "'endpoint_url=' has no value" in _one_line_error(capsys)

@@ -50,7 +50,8 @@ class Location:
         ImportError
             The protocol's fsspec backend is not installed (the message names its package).
         ValueError
-            An unknown protocol, or a storage option the backend does not accept.
+            An unknown protocol, a storage option the backend does not accept, or an
+            ``endpoint_url`` without its scheme.
         """
         from fsspec.core import url_to_fs
 
@@ -65,6 +66,9 @@ class Location:
             # the wrong type (client_kwargs=5): "'int' object has no attribute 'copy'"
             raise ValueError(self._refused_option(exc)) from exc
         except ValueError as exc:
+            if str(exc).startswith("Invalid endpoint"):  # botocore's, naming no option
+                raise ValueError(f"{self.url}: {exc}: the storage option endpoint_url is a URL "
+                                 f"with its scheme, e.g. http://HOST:PORT") from exc
             if not str(exc).startswith("Protocol not known"):
                 raise
             raise ValueError(f"{self.url}: unknown protocol {self.protocol}://; a store is "
