@@ -382,3 +382,31 @@ def test_an_images_store_rebuilt_in_place_without_a_split_keeps_none(s3, rng):
     reader = store.StoreReader(url)
     assert reader.summary["fit_on"] == "all" and store.SPLIT not in reader.group
     store.location.remove(url)
+
+
+def test_an_error_reaching_a_store_rebuilt_in_place_leaves_it_whole(s3, rng, monkeypatch):
+    """Any error reopening the build (the store itself, on object storage) started it
+    afresh, which deletes what is there: a network or permission error while a --force
+    rebuild opened a complete store deleted it. Only an unreadable leftover starts afresh."""
+    from fastimg.images import build_image_store
+    from fastimg.layout import LayoutConfig
+    from fastimg.store import writer
+
+    url = store.location.resolve(f"s3://{BUCKET}/reach.zarr", s3)
+    matrix = rng.normal(size=(40, 12)).astype(np.float32)
+    layout = LayoutConfig(grid=(6, 6), method="pca")
+    build_image_store(matrix, url, layout, progress=False)
+    before = store.StoreReader(url).images[:]
+    open_group = writer.location.open_group
+
+    def unreachable(path, mode, *args, **kwargs):
+        if mode == "r+":
+            raise ConnectionError("the network went away")
+        return open_group(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(writer.location, "open_group", unreachable)
+    with pytest.raises(ConnectionError, match="network went away"):
+        build_image_store(matrix, url, layout, force=True, progress=False)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(store.StoreReader(url).images[:], before)
+    store.location.remove(url)

@@ -85,7 +85,11 @@ class StoreWriter:
                     writer.drop_lost_stages()
                     writer.drop_unfinished_copies()
                     return writer
-            except Exception:  # noqa: BLE001 - an unreadable leftover is started afresh
+            # an unreadable leftover (bad JSON, not zarr, another schema) is started afresh;
+            # an error reaching it (permissions, the network) is not: on object storage the
+            # build is the store, which starting afresh deletes
+            except (ValueError, KeyError, TypeError, AttributeError, IndexError,
+                    FileNotFoundError):
                 pass
             logger.info("%s is not an unfinished build of this fastimg; starting afresh", tmp)
         location.remove(tmp)
