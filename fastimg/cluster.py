@@ -399,8 +399,15 @@ def _write_chunk(location, name: str, stage: str, index: int, start: int, stop: 
     if stage_key is not None and not _current(location, stage, stage_key):
         return {**info, "skipped": True, "stale": True, "seconds": time.perf_counter() - t0}
     with _storage_errors_named():
+        # looked at afresh: a task cancelled mid-run (a Ctrl-C) runs on, and a rerun may have
+        # done its chunk, or finished the stage and dropped the markers, which a late mark
+        # would bring back as a stray folder in the finished store
+        marker = DONE_PREFIX + name
+        group = store.location.open_group(location, "r+")
+        if marker not in group or group[marker][index]:
+            return {**info, "skipped": True, "seconds": time.perf_counter() - t0}
         group[name][start:stop] = block
-        done[index] = 1  # after the rows: a marked chunk is always complete
+        group[marker][index] = 1  # after the rows: a marked chunk is always complete
     return {**info, "skipped": False, "seconds": time.perf_counter() - t0, **report}
 
 

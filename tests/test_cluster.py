@@ -113,6 +113,33 @@ def test_a_stale_task_writes_nothing_into_a_restarted_build(tmp_path, tiny_bert_
     assert np.asarray(writer.group[store.EMBEDDINGS][0:4]).any()
 
 
+def test_a_cancelled_task_that_ends_late_marks_nothing(tmp_path, tiny_bert_dir, monkeypatch):
+    """A task cancelled mid-run (a Ctrl-C) runs on; when a rerun had finished the stage and
+    dropped the markers meanwhile, its late mark left a stray marker folder in the store."""
+    from fastimg import cluster
+    from fastimg.embed import EncoderConfig
+    from fastimg.store import StoreWriter
+
+    config = EncoderConfig(model=str(tiny_bert_dir), max_length=16, chunk_rows=4, device="cpu")
+    texts = ["the film was good", "a bad plot", "great acting", "awful music"]
+    writer = StoreWriter.open(tmp_path / "s.zarr")
+    writer.begin("encode", "key", {})
+    writer.create_embeddings(8, 6 * 32, "float16", 4, {})
+    writer.done_markers(store.EMBEDDINGS)
+    location = store.partial_path(writer.path)
+    model = cluster._model
+
+    def rerun_finishes_meanwhile(*args, **kwargs):  # while this task encodes
+        writer.drop_done_markers(store.EMBEDDINGS)
+        return model(*args, **kwargs)
+
+    monkeypatch.setattr(cluster, "_model", rerun_finishes_meanwhile)
+    late = cluster.encode_chunk(location, texts, config.to_json(), 0, 0, 4, "key")
+    assert late["skipped"]
+    assert not (location / (store.schema.DONE_PREFIX + store.EMBEDDINGS)).exists()
+    assert not np.asarray(writer.group[store.EMBEDDINGS][0:4]).any()
+
+
 def test_finished_rows_run_to_the_first_unmarked_chunk(tmp_path):
     from fastimg.store import StoreWriter
 
@@ -178,12 +205,27 @@ def test_a_cluster_build_cut_short_resumes_in_process(tmp_path, client, corpus_c
         client.cancel(futures[2:])
         raise RuntimeError("cut short")
 
+    import cloudpickle
+
     out = tmp_path / "cut.zarr"
-    with monkeypatch.context() as patch:
-        patch.setattr(cluster, "_drive", two_chunks_then_cut)
-        with pytest.raises(RuntimeError, match="cut short"):
-            build_dataset(out, *configs(corpus_csv, tiny_bert_dir), progress=False,
-                          client=client)
+    # slow tasks: with fast ones, warm workers finished every chunk before the cancel (the
+    # test failed alone, with nothing to resume)
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    client.run(_slow_encode, 0.5)
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(cluster, "_drive", two_chunks_then_cut)
+            with pytest.raises(RuntimeError, match="cut short"):
+                build_dataset(out, *configs(corpus_csv, tiny_bert_dir), progress=False,
+                              client=client)
+        # the cancelled tasks a worker had started run on (dask cannot stop them, and the
+        # scheduler forgets them): their end is awaited, for a rerun with chunks to resume
+        deadline = time.monotonic() + 120
+        while any(client.run(_executing).values()):
+            assert time.monotonic() < deadline, client.run(_executing)
+            time.sleep(0.05)
+    finally:
+        client.run(_slow_encode, 0.0)
     assert _marked_chunks(store.partial_path(out)) >= 2
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each worker, and the reference, ran
@@ -213,6 +255,11 @@ def _slow_encode(seconds: float) -> None:
         return original(*args, **kwargs)
 
     cluster._model = slow
+
+
+def _executing(dask_worker) -> int:
+    """Run on each worker: the tasks it is running, cancelled ones included."""
+    return len(dask_worker.state.executing)
 
 
 def _marked_chunks(partial) -> int:
