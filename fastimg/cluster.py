@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 import uuid
 import warnings
@@ -71,7 +72,8 @@ def _distributed():
 
 
 def parse_spec(spec: str) -> tuple[str, int | str]:
-    """``("local", N)`` for ``local:N``, ``("address", spec)`` for a scheduler address.
+    """``("local", N)`` for ``local:N``, ``("address", spec)`` for a scheduler address
+    (``host:port`` without a scheme is ``tcp://host:port``, as for dask).
 
     Raises
     ------
@@ -89,6 +91,8 @@ def parse_spec(spec: str) -> tuple[str, int | str]:
         return "local", n
     if "://" in text and len(text.split("://", 1)[1]) > 0:
         return "address", text
+    if re.fullmatch(r"(?:[\w.-]+|\[[0-9a-fA-F:]+\]):\d+", text):  # host:8786, as dask takes it
+        return "address", f"tcp://{text}"
     raise ValueError(f"--cluster expects local:N or a scheduler address such as "
                      f"tcp://host:8786, got {spec!r}")
 

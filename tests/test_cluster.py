@@ -174,7 +174,11 @@ def test_parse_spec():
 
     assert parse_spec("local:3") == ("local", 3)
     assert parse_spec("tcp://10.0.0.1:8786") == ("address", "tcp://10.0.0.1:8786")
-    for bad in ("local:0", "local:x", "8786", "tcp://"):
+    # host:port, which dask takes as tcp://, was refused
+    assert parse_spec("10.0.0.1:8786") == ("address", "tcp://10.0.0.1:8786")
+    assert parse_spec("node-3.lab:8786") == ("address", "tcp://node-3.lab:8786")
+    assert parse_spec("[::1]:8786") == ("address", "tcp://[::1]:8786")
+    for bad in ("local:0", "local:x", "8786", "tcp://", "host:", "a b:1"):
         with pytest.raises(ValueError, match="local:N"):
             parse_spec(bad)
 
