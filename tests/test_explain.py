@@ -237,6 +237,20 @@ def test_explain_needs_the_store_and_says_so_in_one_line(label_run, tmp_path, ca
     assert code == 2 and "gone.zarr" in err and len(err.strip().splitlines()) == 1
 
 
+def test_an_unfinished_store_is_named_so(label_run, tmp_path, capsys):
+    """explain said "is not a complete fastimg store" (--store) or "is gone" (the recorded
+    store) of an unfinished build; every other command says it is unfinished."""
+    from fastimg import store
+
+    unfinished = tmp_path / "unfinished.zarr"
+    store.partial_path(unfinished).mkdir()
+    code, err = _explain_against(label_run, tmp_path, capsys, unfinished)
+    assert code == 2 and "is not finished: its build stopped before the end" in err
+    assert main(["explain", str(tmp_path / "run"), "--out", str(tmp_path / "x"), "--store",
+                 str(unfinished)]) == 2
+    assert "is not finished: its build stopped" in capsys.readouterr().err
+
+
 def test_missing_captum_names_the_extra(label_run, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "captum", None)
     monkeypatch.setitem(sys.modules, "captum.attr", None)

@@ -300,7 +300,9 @@ def explain(run_dir, *, split: str = "val", out_dir=None, method: str = "integra
         Without captum (``pip install 'fastimg[explain]'``).
     """
     from fastimg.store import StoreReader
-    from fastimg.store.location import check_outside_stores, is_complete, is_local, resolve
+    from fastimg.store.location import (check_outside_stores, exists, is_complete, is_local,
+                                        partial_path, resolve)
+    from fastimg.store.reader import why_not_a_store
     from fastimg.train.data import ChunkedReader
     from fastimg.train.predict import Run, load_run
 
@@ -330,10 +332,12 @@ def explain(run_dir, *, split: str = "val", out_dir=None, method: str = "integra
             logger.warning("storage_options (for store URLs such as s3://...) ignored for the "
                            "local store %s", store_path)
     if not store_path or not is_complete(store_path):
+        if store_path and (store is not None or exists(store_path)
+                           or exists(partial_path(store_path))):  # unfinished, or no store
+            raise RunBundleError(why_not_a_store(store_path))
         raise RunBundleError(
             f"the training store of {run_dir} ({store_path}) is gone: explain reads the "
-            f"{split} images from it (moved? give its new path: --store, store=)"
-            if store is None else f"{store_path} is not a complete fastimg store")
+            f"{split} images from it (moved? give its new path: --store, store=)")
     if run.layout is None:
         raise RunBundleError(f"{run_dir} has no layout to map pixels back to features")
     reader = StoreReader(store_path)
