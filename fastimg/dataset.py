@@ -377,8 +377,8 @@ def load_layout(path):
     return store.StoreReader(path).layout()
 
 
-def texts_to_images(path, texts, *, device: str = "auto", model=None,
-                    progress: bool = False) -> np.ndarray:
+def texts_to_images(path, texts, *, device: str = "auto", model=None, progress: bool = False,
+                    storage_options: dict | None = None) -> np.ndarray:
     """Images of new ``texts`` made as the store at ``path`` made its own.
 
     Encodes with the store's encoder settings on ``device`` (``"auto"``: the GPU when torch
@@ -397,6 +397,9 @@ def texts_to_images(path, texts, *, device: str = "auto", model=None,
         The store's model from :func:`fastimg.embed.load_model` (its ``encoder.model`` and
         ``revision``), loaded once for many calls; by default each call loads it.
     progress : bool
+    storage_options : dict, optional
+        fsspec options of a store URL (``{"endpoint_url": ...}``), as for
+        :class:`~fastimg.store.StoreReader`.
 
     Returns
     -------
@@ -417,7 +420,7 @@ def texts_to_images(path, texts, *, device: str = "auto", model=None,
     from fastimg.raster import to_image_dtype
 
     texts = check_texts(texts)
-    reader = store.StoreReader(path)
+    reader = store.StoreReader(path, storage_options)
     if not texts:
         return np.empty((0, *reader.images.shape[1:]), dtype=reader.images.dtype)
     config = reader.encoder_config().on_device(ENCODE_DEVICES.resolve(device))

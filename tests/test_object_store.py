@@ -94,6 +94,14 @@ def test_s3_build_info_train_xarray(tmp_path, tiny_bert_dir, s3, s3_env, capsys)
 
     fs = s3fs.S3FileSystem(**s3, skip_instance_cache=True)
     assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(BUCKET)) == ["imdb.zarr"]
+    # new texts made into images as the S3 store made its own, as the local store would
+    # (texts_to_images took no storage_options: an endpoint of its own was out of reach)
+    from fastimg.dataset import texts_to_images
+
+    texts = ["a good film", "a bad plot"]
+    np.testing.assert_array_equal(
+        texts_to_images(url, texts, device="cpu", storage_options=s3),
+        texts_to_images(tmp_path / "local.zarr", texts, device="cpu"))
 
     # no atomic replace on object storage: an in-place relayout would delete its own source
     assert main(["relayout", url, "--out", url, "--force", "--method", "pca", *s3_env]) == 2
