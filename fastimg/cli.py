@@ -133,10 +133,6 @@ def _path_text(text: str) -> str:
     return text
 
 
-def _path(text: str) -> Path:
-    return Path(_path_text(text))
-
-
 def _not_a_url(text: str, why: str) -> str:
     """``text``, a path on this machine: a URL is refused, saying ``why`` (``Path`` would fold
     ``s3://b`` into ``s3:/b`` and fail later with a missing file or folder)."""
