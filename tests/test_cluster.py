@@ -485,25 +485,33 @@ def test_a_port_that_is_no_dask_scheduler_fails_instead_of_hanging():
         thread.join()
 
 
-def test_a_lost_scheduler_is_one_line_and_keeps_the_build(monkeypatch):
+def _drive_a_task_that_raises(error, monkeypatch):
+    """``cluster._drive`` of one encode task whose result raises ``error``."""
     from types import SimpleNamespace
 
     import distributed
 
     from fastimg import cluster
 
-    lost = distributed.client.FutureCancelledError("fastimg-encode-0",
-                                                   "scheduler-connection-lost")
-
     def result():
-        raise lost
+        raise error
 
     future = SimpleNamespace(result=result, done=lambda: True)
     monkeypatch.setattr(distributed, "as_completed", iter)
     client = SimpleNamespace(cancel=lambda futures: None)
+    cluster._drive(client, [future], "encode", {}, rows=8, progress=False)
+
+
+def test_a_lost_scheduler_is_one_line_and_keeps_the_build(monkeypatch):
+    import distributed
+
+    from fastimg import cluster
+
+    lost = distributed.client.FutureCancelledError("fastimg-encode-0",
+                                                   "scheduler-connection-lost")
     with pytest.raises(cluster.ClusterError, match=r"scheduler dropped .*"
                        r"scheduler-connection-lost.*rerun the same command to resume"):
-        cluster._drive(client, [future], "encode", {}, rows=8, progress=False)
+        _drive_a_task_that_raises(lost, monkeypatch)
 
 
 def test_a_task_that_kills_its_workers_is_one_line_and_keeps_the_build(monkeypatch):
@@ -518,17 +526,10 @@ def test_a_task_that_kills_its_workers_is_one_line_and_keeps_the_build(monkeypat
 
     killed = distributed.KilledWorker("fastimg-encode-ab12-3",
                                       SimpleNamespace(address="tcp://127.0.0.1:4321"), 3)
-
-    def result():
-        raise killed
-
-    future = SimpleNamespace(result=result, done=lambda: True)
-    monkeypatch.setattr(distributed, "as_completed", iter)
-    client = SimpleNamespace(cancel=lambda futures: None)
     with pytest.raises(cluster.ClusterError, match=r"encode: task fastimg-encode-ab12-3 killed "
                        r"each of the 4 workers .*tcp://127.0.0.1:4321; out of memory\? .*"
                        r"rerun the same command to resume"):
-        cluster._drive(client, [future], "encode", {}, rows=8, progress=False)
+        _drive_a_task_that_raises(killed, monkeypatch)
 
 
 def test_a_cluster_that_loses_every_worker_mid_stage_says_so(monkeypatch):
