@@ -400,14 +400,16 @@ def _write_chunk(location, name: str, stage: str, index: int, start: int, stop: 
     if done[index]:
         return {**info, "skipped": True, "seconds": time.perf_counter() - t0}
     block, report = compute(group)
-    if stage_key is not None and not _current(location, stage, stage_key):
+    with _storage_errors_named():
+        # looked at afresh: the build may have moved on while this task computed
+        group = store.location.open_group(location, "r+")
+    if stage_key is not None and not _current(group, stage, stage_key):
         return {**info, "skipped": True, "stale": True, "seconds": time.perf_counter() - t0}
     with _storage_errors_named():
-        # looked at afresh: a task cancelled mid-run (a Ctrl-C) runs on, and a rerun may have
-        # done its chunk, or finished the stage and dropped the markers, which a late mark
-        # would bring back as a stray folder in the finished store
+        # a task cancelled mid-run (a Ctrl-C) runs on, and a rerun may have done its chunk,
+        # or finished the stage and dropped the markers, which a late mark would bring back
+        # as a stray folder in the finished store
         marker = DONE_PREFIX + name
-        group = store.location.open_group(location, "r+")
         if marker not in group or group[marker][index]:
             return {**info, "skipped": True, "seconds": time.perf_counter() - t0}
         group[name][start:stop] = block
@@ -433,14 +435,14 @@ def _storage_errors_named():
                                  f"{message}{hint}") from None
 
 
-def _current(location, stage: str, key: str) -> bool:
-    """Whether the build at ``location`` still runs ``stage`` with ``key``.
+def _current(group, stage: str, key: str) -> bool:
+    """Whether the build, opened as ``group``, still runs ``stage`` with ``key``.
 
     A task of a client that was killed can outlive it on a remote scheduler; if the build was
     restarted with other settings meanwhile (same array shapes, new stage key), that task must
     not write old rows into the new arrays or mark their chunks done.
     """
-    attrs = store.location.open_group(location, "r").attrs.get(BUILD_KEY) or {}
+    attrs = group.attrs.get(BUILD_KEY) or {}
     return (attrs.get("stages") or {}).get(stage, {}).get("key") == key
 
 
