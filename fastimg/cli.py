@@ -1009,13 +1009,12 @@ def report_error(command: str, exc: Exception, *, debug: bool = False,
     """
     if debug:
         traceback.print_exception(exc, file=sys.stderr)
+    if store.location.from_object_storage(exc):  # credentials, endpoint, bucket: the user's setup
+        print(f"fastimg {command}: error: object storage: "
+              f"{store.location.storage_error_message(exc)}", file=sys.stderr)
+        return EXIT_USAGE
     if isinstance(exc, (UserError, *USER_ERRORS)):
         print(f"fastimg {command}: error: {_as_flag(_one_line(exc), flags or {})}",
-              file=sys.stderr)
-        return EXIT_USAGE
-    if store.location.from_object_storage(exc):  # credentials, endpoint, bucket: the user's setup
-        print(f"fastimg {command}: error: object storage: {_one_line(exc)} (credentials and "
-              f"endpoint come from the usual environment variables or --storage-option)",
               file=sys.stderr)
         return EXIT_USAGE
     if _out_of_memory(exc):

@@ -120,6 +120,23 @@ def test_object_storage_errors_are_the_users_setup(monkeypatch, capsys):
     assert "object storage: Unable to locate credentials" in err and "--storage-option" in err
 
 
+@pytest.mark.parametrize("name,reason", [("EndpointConnectionError", "could not connect"),
+                                         ("ConnectTimeoutError", "timed out")])
+def test_an_endpoint_out_of_reach_is_named(monkeypatch, capsys, name, reason):
+    # botocore named the object it was fetching (the store's .lock), not the endpoint to check
+    exceptions = pytest.importorskip("botocore.exceptions")
+
+    def boom(args):
+        raise getattr(exceptions, name)(endpoint_url="http://127.0.0.1:1/bkt/x.zarr.lock")
+
+    monkeypatch.setattr(cli, "_cmd_info", boom)
+    assert main(["info", "s3://bkt/x.zarr"]) == 2
+    err = one_line(capsys.readouterr().err)
+    assert (f"object storage: the object store's endpoint http://127.0.0.1:1 is out of reach "
+            f"({reason}): check the storage option endpoint_url") in err
+    assert ".lock" not in err
+
+
 @pytest.mark.parametrize("error,code,word", [
     (ValueError("bad value"), 2, "error: bad value"),
     (FileNotFoundError("no file here"), 2, "error: no file here"),

@@ -105,6 +105,28 @@ def from_object_storage(exc: BaseException) -> bool:
     return any(cls.__module__.split(".")[0] in STORAGE_PACKAGES for cls in type(exc).__mro__)
 
 
+def storage_error_message(exc: BaseException) -> str:
+    """One line for an object store's client error (:func:`from_object_storage`) that says
+    what to check.
+
+    An endpoint out of reach names the endpoint (botocore names the object it was fetching,
+    such as the store's ``.lock``, after retrying for several seconds); anything else is the
+    client's message with where credentials and the endpoint come from.
+    """
+    endpoint = getattr(exc, "kwargs", {}).get("endpoint_url")
+    if endpoint and "endpoint URL" in str(exc):  # EndpointConnectionError, ConnectTimeoutError
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(endpoint)
+        server = f"{parts.scheme}://{parts.netloc}" if parts.netloc else endpoint
+        reason = "timed out" if "timeout" in str(exc).lower() else "could not connect"
+        return (f"the object store's endpoint {server} is out of reach ({reason}): check the "
+                f"storage option endpoint_url (or AWS_ENDPOINT_URL) and that the service is "
+                f"running and reachable from here")
+    return (f"{' '.join(str(exc).split())} (credentials and endpoint come from the usual "
+            f"environment variables or --storage-option)")
+
+
 #: the forms of a store's location, for messages
 STORE_FORMS = ("a local path or a URL: s3://bucket/path, gs://bucket/path, "
                "az://container/path or file:///path")
