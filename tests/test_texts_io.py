@@ -112,3 +112,12 @@ def test_empty_or_repeated_ids_are_warned_of(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="fastimg"):
         read_input_texts(path, id_column="id")
     assert not caplog.records
+
+
+def test_lines_over_bytes_are_utf8_whatever_the_locale():
+    """stdin was decoded in the locale's encoding: under a Latin-1 locale 'café' reached the
+    model as 'cafÃ©', and a byte-order mark as part of the first text."""
+    stream = io.TextIOWrapper(io.BytesIO("\ufeffcaf\u00e9\nna\u00efve\r\n".encode()),
+                              encoding="latin-1")
+    assert read_lines(stream) == (["0", "1"], ["caf\u00e9", "na\u00efve"])
+    assert not stream.closed  # stdin stays usable

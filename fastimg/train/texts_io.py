@@ -3,6 +3,7 @@ plain lines from a stream, and the predictions CSV."""
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 import sys
@@ -99,12 +100,23 @@ def read_lines(stream) -> tuple[list, list]:
     number from 0 (as a file's row number is), so that blank lines, skipped with a warning,
     do not shift the ids of the lines after them.
 
+    A stream over bytes (``sys.stdin``) is read as UTF-8 whatever the locale says (a
+    Latin-1 locale turned ``café`` into ``cafÃ©`` without a word), a leading byte-order mark
+    dropped, as the corpus readers read files.
+
     Raises
     ------
     fastimg.corpus.CorpusError
         A line with bytes that are not UTF-8, or a lone surrogate (the message names it).
     """
-    lines = [line.rstrip("\r\n") for line in stream]
+    if hasattr(stream, "buffer"):
+        utf8 = io.TextIOWrapper(stream.buffer, encoding="utf-8-sig", errors="surrogateescape")
+        try:
+            lines = [line.rstrip("\r\n") for line in utf8]
+        finally:
+            utf8.detach()  # leave the stream itself open
+    else:
+        lines = [line.rstrip("\r\n") for line in stream]
     for i, line in enumerate(lines):
         _check_text(line, f"line {i + 1}", stream="stdin")
     kept = [i for i, line in enumerate(lines) if line.strip()]
