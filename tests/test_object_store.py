@@ -312,6 +312,45 @@ def test_a_second_build_of_one_url_is_refused_while_the_lock_is_held(tmp_path, t
     assert not fs.exists(key) and store.is_complete(where)
 
 
+def test_a_lock_left_by_a_dead_process_of_this_machine_is_taken_over_at_once(s3, caplog):
+    """A build killed on this machine (SIGKILL, out of memory) left a lock the next build
+    honoured for two minutes, naming a process that no longer ran."""
+    import os
+    import subprocess
+    import sys
+
+    from fastimg.store import object_lock
+
+    namespace = object_lock._pid_namespace()
+    if namespace is None:
+        pytest.skip("no /proc to tell this machine's processes")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    where = store.location.resolve(f"s3://{BUCKET}/killed.zarr", s3)
+    fs, key = object_lock._lock_object(where)
+
+    def left(pid, namespace=namespace, host=socket.gethostname()):
+        fs.pipe_file(key, json.dumps({"holder": f"process {pid} on {host}", "token": "t",
+                                      "pid": pid, "host": host,
+                                      "pid_namespace": namespace}).encode())
+
+    left(os.getpid())  # alive: honoured
+    assert store.location.lock_holder(where) == f"process {os.getpid()} on {socket.gethostname()}"
+    with pytest.raises(store.StoreError, match="being written by another fastimg command"):
+        with store.build_lock(where):
+            pass
+    # another PID namespace (a container of the same host name) or host: cannot tell, honoured
+    for other in ({"namespace": "pid:[1]"}, {"host": "elsewhere"}):
+        left(int(dead), **other)
+        assert store.location.lock_holder(where) is not None, other
+    left(int(dead))
+    assert store.location.lock_holder(where) is None
+    with store.build_lock(where):
+        assert json.loads(fs.cat_file(key))["pid"] == os.getpid()
+    assert f"process {dead} on {socket.gethostname()} no longer runs" in caplog.text
+    assert not fs.exists(key)
+
+
 def test_of_two_commands_taking_over_one_stale_lock_one_wins(s3, monkeypatch):
     """Taking over deleted the stale lock and created one: a second command taking it over at
     the same moment deleted the first one's new lock, and both wrote the store."""

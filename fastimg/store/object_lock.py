@@ -7,6 +7,9 @@ Object storage has no ``flock`` and no process to watch: a command that dies lea
 object behind. A lock not renewed for :data:`LEASE_SECONDS` is stale, and the next build takes
 it over with a warning. Its age is the object's last-modified time (the storage's clock)
 against this machine's clock, so the clocks must agree to well within the lease (NTP does).
+A lock whose holder was a process of this machine that no longer runs (killed, out of memory)
+is stale at once: the record names the host and the PID namespace, so a process of another
+container of the same name is never taken for a dead one.
 """
 from __future__ import annotations
 
@@ -37,9 +40,40 @@ def _lock_object(location):
     return fs, root.rstrip("/") + LOCK_SUFFIX
 
 
+def _pid_namespace() -> str | None:
+    """This process's PID namespace (``pid:[4026531836]``), or None where there is no
+    ``/proc`` to say."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 def _record(token: str) -> bytes:
     return json.dumps({"holder": f"process {os.getpid()} on {socket.gethostname()}",
-                       "token": token}).encode("utf-8")
+                       "token": token, "pid": os.getpid(), "host": socket.gethostname(),
+                       "pid_namespace": _pid_namespace()}).encode("utf-8")
+
+
+def _holder_died_here(record: dict) -> bool:
+    """Whether the lock's holder was a process of this machine (same host name and PID
+    namespace) that no longer runs; False whenever that cannot be told."""
+    pid, namespace = record.get("pid"), _pid_namespace()
+    if (namespace is None or record.get("pid_namespace") != namespace
+            or record.get("host") != socket.gethostname() or not isinstance(pid, int)
+            or pid <= 0):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # running as another user
+        return False
+    return False
+
+
+def _stale(record: dict, age: float) -> bool:
+    return age > LEASE_SECONDS or _holder_died_here(record)
 
 
 def _age(info: dict) -> float:
@@ -75,7 +109,7 @@ def holder(location) -> str | None:
     """Who holds the build lock of the store at ``location`` (``"process PID on HOST"``), or
     None (nobody, or a stale lock)."""
     record, age, _ = _read(*_lock_object(location))
-    if record is None or age > LEASE_SECONDS:
+    if record is None or _stale(record, age):
         return None
     return record.get("holder") or "another process"
 
@@ -157,14 +191,18 @@ def hold(location):
             if record is None:  # let go meanwhile
                 continue
             who = record.get("holder") or "another process"
-            if age <= LEASE_SECONDS or attempt:
+            if not _stale(record, age) or attempt:
                 raise StoreError(
                     f"{location} is being written by another fastimg command ({who}, its lock "
                     f"{location}{LOCK_SUFFIX} last written {age:.0f} s ago): wait for it to "
                     f"end, or choose another --out (a lock not renewed for "
                     f"{LEASE_SECONDS:.0f} s is taken over)") from None
-            logger.warning("taking over the build lock of %s: %s has not renewed it for %.0f s "
-                           "(it died?)", location, who, age)
+            if age > LEASE_SECONDS:
+                logger.warning("taking over the build lock of %s: %s has not renewed it for "
+                               "%.0f s (it died?)", location, who, age)
+            else:
+                logger.warning("taking over the build lock of %s: %s no longer runs (killed?)",
+                               location, who)
             written = _take_over(fs, key, token, etag)
             if written is not None:
                 break
