@@ -89,7 +89,7 @@ def _class_contrast(means: dict, values, names) -> tuple:
         return None, ""
     if len(values) == 2:
         return (means[int(values[1])] - means[int(values[0])],
-                f"mean {names[1]} - mean {names[0]}")
+                f"mean {names[values[1]]} - mean {names[values[0]]}")
     stacked = np.stack([means[int(v)] for v in values])
     return stacked.std(axis=0), f"spread of the {len(values)} class means (std)"
 
@@ -210,7 +210,9 @@ def show_store(path, out, *, n_per_class: int = 4, seed: int = 0) -> None:
     reader = store.StoreReader(path)
     images = reader.images
     if reader.has_labels:
-        labels, names = reader.labels(), reader.class_names
+        # class indices, not the stored values: a class with no rows here (one --limit
+        # sampled none of) must not shift the names of the classes after it
+        labels, names = reader.targets(), reader.class_names
     else:  # made by `fastimg images`: its rows are drawn as one group
         labels, names = np.zeros(images.shape[0], dtype=np.int64), ["image"]
     values = np.unique(labels)
@@ -240,7 +242,7 @@ def show_store(path, out, *, n_per_class: int = 4, seed: int = 0) -> None:
     raw_range = {"vmin": float(min(m.min() for m in means.values())),
                  "vmax": float(max(m.max() for m in means.values()))}
     for r, value in enumerate(values):
-        name = names[r] if r < len(names) else str(value)
+        name = names[value] if value < len(names) else str(value)
         for c, row in enumerate(rows[int(value)]):
             raw = np.asarray(images[int(row)], dtype=np.float32) * unit
             _image(axes[2 * r, c], fig, raw, f"{name} #{int(row)} raw", cmap="gray")
@@ -250,7 +252,8 @@ def show_store(path, out, *, n_per_class: int = 4, seed: int = 0) -> None:
     r = 2 * len(values)
     for c, value in enumerate(values):
         _image(axes[r + c // n_cols, c % n_cols], fig, means[int(value)],
-               f"mean {names[c] if c < len(names) else value}", cmap="gray", **raw_range)
+               f"mean {names[value] if value < len(names) else value}", cmap="gray",
+               **raw_range)
     contrast, contrast_title = _class_contrast(means, values, names)
     signed = len(values) == 2
     if contrast is not None:

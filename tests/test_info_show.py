@@ -429,6 +429,34 @@ def test_show_of_three_classes_draws_the_spread_of_their_means_below_its_title(
                if ax.get_title())
 
 
+def test_show_names_the_classes_of_a_store_a_class_has_no_rows_in(tmp_path, tiny_bert_dir,
+                                                                   monkeypatch):
+    """--limit sampled no row of the rare class 'apple': its name went to the samples and the
+    mean of 'banana', and 'banana' to those of 'cherry'."""
+    rng = np.random.default_rng(4)
+    with open(tmp_path / "fruit.csv", "w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(("text", "label"))
+        writer.writerow(("the film", "apple"))
+        for i in range(40):
+            writer.writerow((" ".join(rng.choice(TINY_WORDS, 8)), ("banana", "cherry")[i % 2]))
+    assert main(["build-dataset", "--input", str(tmp_path / "fruit.csv"), "--model",
+                 str(tiny_bert_dir), "--method", "pca", "--max-length", "16", "--pixels", "8",
+                 "--limit", "12", "--quiet", "--out", str(tmp_path / "f.zarr")]) == 0
+    reader = store.StoreReader(tmp_path / "f.zarr")
+    names, targets = reader.class_names, reader.targets()
+    assert names == ["apple", "banana", "cherry"] and 0 not in targets
+    fig = _drawn_figure(monkeypatch, str(tmp_path / "f.zarr"), "--out", str(tmp_path / "f.png"),
+                        "--per-class", "2")
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    samples = [re.fullmatch(r"(\w+) #(\d+) raw", t) for t in titles]
+    samples = [(m[1], int(m[2])) for m in samples if m]
+    assert len(samples) == 4
+    assert all(names[targets[row]] == name for name, row in samples)
+    assert "mean banana" in titles and "mean cherry" in titles and "mean apple" not in titles
+    assert "mean cherry - mean banana" in titles
+
+
 def test_show_draws_as_many_samples_as_the_largest_class_has(built, tmp_path, monkeypatch):
     """--per-class beyond the rows of every class made that many columns of axes (100,000
     of them never finished drawing); past show.MAX_PER_CLASS it is refused."""
