@@ -333,15 +333,16 @@ def _print_dataset_summary(out, summary: dict, seconds: float) -> None:
                                f"{summary['image_shape'][1]}")
         return
     timings = ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in summary["timings"].items())
-    counts = "; ".join(f"{split} " + "/".join(str(n) for n in per_class.values())
+    from fastimg.info import class_counts_text, class_names_text, reused_text
+
+    counts = "; ".join(f"{split} {class_counts_text(per_class, '/')}"
                        for split, per_class in summary["counts"].items())
-    from fastimg.info import reused_text
 
     reused = (f"reused {reused_text(summary['reused'], summary.get('reused_from') or {})}"
               if summary.get("reused") else "")
     work = "; ".join(part for part in (reused, timings) if part)
     print(f"wrote {out}: {summary['rows']} rows, {summary['classes']} classes "
-          f"({', '.join(summary['class_names'])}; {counts}), images "
+          f"({class_names_text(summary['class_names'])}; {counts}), images "
           f"{summary['image_shape'][0]} x {summary['image_shape'][1]} {summary['image_dtype']} "
           f"from {summary['features']} features on {summary['occupied_pixels']} pixels; "
           f"{work + '; ' if work else ''}total {seconds:.1f} s; "

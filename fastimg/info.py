@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from fastimg import store
@@ -35,8 +36,44 @@ def store_json(reader: store.StoreReader) -> dict:
     return attrs
 
 
+#: Classes named one by one in a summary; past it, the first ones and how many more.
+MAX_LISTED_CLASSES = 20
+#: What makes a class name read as something else in a list: a separator, a bracket,
+#: doubled, leading or trailing spaces, nothing at all.
+_AMBIGUOUS_NAME = re.compile(r"[,;/()]|\s\s|^\s|\s$|^$")
+
+
 def _n(value) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def class_names_text(names) -> str:
+    """Class names as a summary lists them: quoted, all of them, when one would misread
+    (``very good, really`` read as two classes), and the first :data:`MAX_LISTED_CLASSES`
+    with how many more when there are more."""
+    names = [str(name) for name in names]
+    quote = any(_AMBIGUOUS_NAME.search(name) for name in names)
+    shown = [repr(name) if quote else name for name in names[:MAX_LISTED_CLASSES]]
+    more = len(names) - len(shown)
+    return ", ".join(shown) + (f", ... ({_n(more)} more)" if more > 0 else "")
+
+
+def class_counts_text(per_class: dict, separator: str = ", ") -> str:
+    """Rows per class of one split: each class's (``name n``, or the counts alone joined by
+    ``"/"``) up to :data:`MAX_LISTED_CLASSES` classes, the range per class past them (after
+    the split's rows with ``"/"``, whose line does not give them)."""
+    counts = [int(n) for n in per_class.values()]
+    if len(counts) > MAX_LISTED_CLASSES:
+        empty = sum(n == 0 for n in counts)
+        low, high = min(counts), max(counts)
+        return ((f"{_n(sum(counts))} rows, " if separator == "/" else "")
+                + f"{_n(low)}{f' to {_n(high)}' if high != low else ''} per class"
+                + (f", {_n(empty)} classes without rows" if empty else ""))
+    if separator == "/":
+        return "/".join(_n(n) for n in counts)
+    quote = any(_AMBIGUOUS_NAME.search(str(name)) for name in per_class)
+    return separator.join(f"{name!r} {_n(n)}" if quote else f"{name} {_n(n)}"
+                          for name, n in per_class.items())
 
 
 def _seconds(value) -> str:
@@ -55,13 +92,13 @@ def _rows_lines(reader: store.StoreReader) -> list[str]:
     counts = summary.get("counts")
     if counts:
         names = reader.class_names
-        lines = [f"classes   {len(names)}: {', '.join(names)}"]
+        lines = [f"classes   {len(names)}: {class_names_text(names)}"]
         for split in store.SPLIT_NAMES:
             per_class = counts.get(split)
             if not per_class:
                 continue
             total = sum(per_class.values())
-            detail = ", ".join(f"{name} {_n(n)}" for name, n in per_class.items())
+            detail = class_counts_text(per_class)
             lines.append(f"  {split:<7} {_n(total):>9} rows  ({detail})")
         return lines
     split_rows = summary.get("split_rows")
@@ -74,12 +111,12 @@ def _rows_lines(reader: store.StoreReader) -> list[str]:
                 if split_rows else [])
     # labels without a count in the summary (a store written by another tool): count them
     names, targets, codes = reader.class_names, reader.targets(), reader.split_codes()
-    lines = [f"classes   {len(names)}: {', '.join(names)}"]
+    lines = [f"classes   {len(names)}: {class_names_text(names)}"]
     for code, split in enumerate(store.SPLIT_NAMES):
         in_split = targets[codes == code]
         if in_split.size:
-            detail = ", ".join(f"{name} {_n(int((in_split == k).sum()))}"
-                               for k, name in enumerate(names))
+            detail = class_counts_text({name: int((in_split == k).sum())
+                                        for k, name in enumerate(names)})
             lines.append(f"  {split:<7} {_n(int(in_split.size)):>9} rows  ({detail})")
     return lines
 

@@ -58,6 +58,43 @@ def test_info_summarises_a_dataset_store_in_a_few_lines(built, capsys):
     assert "{" not in out
 
 
+def test_the_summaries_of_odd_and_many_class_names_read_as_the_classes(tmp_path,
+                                                                       tiny_bert_dir, capsys):
+    """A class 'very good, really' was listed as two names, and 300 classes made a summary
+    line of 3,000 characters: names that misread are quoted, and past 20 classes the first
+    20 are named and the counts per split given as a range."""
+    rng = np.random.default_rng(5)
+    for name, classes in (("odd", ["very good, really", "bad  one", "ok"]),
+                          ("many", [f"c{k}" for k in range(30)])):
+        with open(tmp_path / f"{name}.csv", "w", encoding="utf-8", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(("text", "label"))
+            for i in range(4 * len(classes)):
+                writer.writerow((" ".join(rng.choice(TINY_WORDS, 6)), classes[i % len(classes)]))
+        capsys.readouterr()
+        assert main(["build-dataset", "--input", str(tmp_path / f"{name}.csv"), "--model",
+                     str(tiny_bert_dir), "--method", "pca", "--max-length", "16", "--pixels",
+                     "8", "--quiet", "--out", str(tmp_path / f"{name}.zarr")]) == 0
+        built_line = capsys.readouterr().out
+        assert main(["info", str(tmp_path / f"{name}.zarr")]) == 0
+        info = capsys.readouterr().out
+        if name == "odd":
+            assert "3 classes ('bad  one', 'ok', 'very good, really'; train " in built_line
+            assert "classes   3: 'bad  one', 'ok', 'very good, really'\n" in info
+            assert re.search(r"^  train +\d+ rows  \('bad  one' \d+, 'ok' \d+, "
+                             r"'very good, really' \d+\)$", info, flags=re.M)
+        else:
+            assert len(built_line) < 600
+            assert "30 classes (c0, c1, c10, " in built_line and ", ... (10 more); " in built_line
+            assert re.search(r"; train 9\d rows, 3 to 4 per class; val 2\d rows, 0 to 1 per "
+                             r"class, \d classes without rows\), images", built_line)
+            assert re.search(r"^classes   30: c0, c1, .*, c26, \.\.\. \(10 more\)$", info,
+                             flags=re.M)
+            assert re.search(r"^  val +2\d rows  \(0 to 1 per class, \d classes without "
+                             r"rows\)$", info, flags=re.M)
+            assert max(map(len, info.splitlines())) < 300
+
+
 def test_info_of_an_images_store_fitted_on_every_row_names_no_evaluation_rows(tmp_path,
                                                                               capsys):
     """An images store without a split (no validation or test rows) read "fitted on all 300
