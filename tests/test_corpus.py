@@ -79,6 +79,36 @@ def test_tsv_jsonl_and_gzip_variants_read_the_same(tmp_path):
     assert read_table(tmp_path / "hidden.csv").columns["text"] == ["t1", "t2"]
 
 
+def test_tsv_quotes_are_text_unless_the_file_quotes_its_fields(tmp_path):
+    """A TSV written without quoting had '"Great" movie' read as 'Great movie', and a text
+    opening a quote swallowed the next row (its label taken for the first one's): its quotes
+    are text. A TSV that quotes fields (csv.writer's) reads as it was written."""
+    (tmp_path / "plain.tsv").write_text(
+        'id\ttext\tlabel\nr1\t"Great" movie, really\tpos\nr2\tbad film\tneg\n'
+        'r3\t"an opened quote\tpos\nr4\tthe end "quoted"\tneg\n', encoding="utf-8")
+    table = read_table(tmp_path / "plain.tsv")
+    assert table.columns["id"] == ["r1", "r2", "r3", "r4"]
+    assert table.columns["text"] == ['"Great" movie, really', "bad film", '"an opened quote',
+                                     'the end "quoted"']
+    assert table.columns["label"] == ["pos", "neg", "pos", "neg"]
+    texts = ['say "hi"', "a\ttab", "two\nlines", '"Great" movie']
+    path = write_csv(tmp_path / "quoted.tsv", ["text", "label"],
+                     [[t, "ab"[i % 2]] for i, t in enumerate(texts)], "\t")
+    assert read_table(path).columns["text"] == texts
+
+
+def test_csv_with_a_stray_quote_is_refused_not_altered(tmp_path):
+    """'r1,"Great" movie,pos' was read as the text 'Great movie', and a quote opened and
+    closed rows later joined those rows into one text: both are refused, naming the line."""
+    (tmp_path / "stray.csv").write_text('id,text,label\nr1,ok,neg\nr2,"Great" movie,pos\n')
+    message = error(tmp_path / "stray.csv")
+    assert "near line 3" in message and "quoted whole, its quotes doubled" in message
+    (tmp_path / "open.csv").write_text('id,text,label\nr1,"opened,pos\nr2,ok,neg\nr3,"x",pos\n')
+    assert "quoted whole" in error(tmp_path / "open.csv")
+    (tmp_path / "unclosed.csv").write_text('id,text,label\nr1,ok,neg\nr2,"never closed,pos\n')
+    assert "every quote closed" in error(tmp_path / "unclosed.csv")
+
+
 @pytest.mark.skipif(not HAS_PYARROW, reason="needs pyarrow")
 def test_parquet(tmp_path):
     import pyarrow as pa

@@ -141,12 +141,20 @@ def _raise_field_limit() -> None:
 
 def _read_delimited(text: str, path: Path, delimiter: str) -> Table:
     _raise_field_limit()
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    try:
-        rows = [row for row in reader if row]
-    except csv.Error as exc:
-        raise CorpusError(f"cannot parse {path} as {'TSV' if delimiter == chr(9) else 'CSV'} "
-                          f"near line {reader.line_num}: {exc}") from None
+    rows = _unquoted_tsv(text) if delimiter == "\t" else None
+    if rows is None:
+        # strict: a stray quote ('"Great" movie', a quote opened and never closed) is refused,
+        # not dropped from the text or left to swallow the rows up to the next quote
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+        try:
+            rows = [row for row in reader if row]
+        except csv.Error as exc:
+            hint = ("; a field that holds a quote must be quoted whole, its quotes doubled "
+                    "(\"say \"\"hi\"\"\"), and every quote closed" if '"' in str(exc)
+                    or "end of data" in str(exc) else "")
+            raise CorpusError(f"cannot parse {path} as "
+                              f"{'TSV' if delimiter == chr(9) else 'CSV'} near line "
+                              f"{reader.line_num}: {exc}{hint}") from None
     if not rows:
         raise CorpusError(f"input {path} is empty")
     header, body = rows[0], rows[1:]
@@ -159,6 +167,22 @@ def _read_delimited(text: str, path: Path, delimiter: str) -> Table:
         raise CorpusError(f"{path}: row {i + 1} has {len(row)} fields but the header has "
                           f"{width} (wrong delimiter or unbalanced quotes?)")
     return Table({name: list(values) for name, values in zip(header, zip(*body))}, str(path))
+
+
+def _unquoted_tsv(text: str) -> list | None:
+    """The rows of a TSV file written without quotes (tab-separated values proper, whose
+    fields hold no tab and no line break, and whose quotes are text: '"Great" movie'), or
+    None when the file quotes fields (one is quoted whole, or the rows only line up with the
+    quotes read) or has no quote at all (both readings agree)."""
+    if '"' not in text:
+        return None
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    rows = [row for row in reader if row]
+    if not rows or any(len(row) != len(rows[0]) for row in rows):
+        return None
+    if any(len(value) > 1 and value[0] == value[-1] == '"' for row in rows for value in row):
+        return None
+    return rows
 
 
 def _check_header(header, path: Path) -> None:
