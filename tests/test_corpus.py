@@ -698,6 +698,28 @@ def test_a_train_split_of_one_class_is_refused_and_missing_classes_named(tmp_pat
     assert "train split has no rows of class 'neutral'" in caplog.text
 
 
+def test_classes_the_limit_samples_no_row_of_are_named_once_and_briefly(tmp_path, caplog):
+    """--limit 120 of 300 classes warned that 'the train split' lacked 220 classes, all named
+    in one line of 2,000 characters, though 180 of them had no row at all: those are said to
+    be absent from the sample, and a list past 20 names says how many more."""
+    rows = [[f"t{i}", f"c{i % 300:03d}"] for i in range(900)]
+    path = write_csv(tmp_path / "many.csv", ["text", "label"], rows)
+    with caplog.at_level(logging.WARNING, logger="fastimg.corpus"):
+        corpus = load_corpus(cfg(path, limit=120))
+    present = set(corpus.targets.tolist())
+    absent = 300 - len(present)
+    no_train = len(present) - len(set(corpus.targets[corpus.split == "train"].tolist()))
+    assert absent == 180 and no_train > 20
+    assert len(corpus.class_names) == 300
+    notes = [n for n in corpus.warnings if "no rows" in n]
+    assert len(notes) == 2 and all(len(n) < 500 for n in notes)
+    assert notes[0].startswith("180 of the 300 classes have no rows in the limit's sample ('c")
+    assert ", ... (160 more)): they stay classes" in notes[0]
+    assert notes[1].startswith("the train split has no rows of class 'c")
+    assert notes[1].endswith(f", ... ({no_train - 20} more): a model trained on it cannot "
+                             f"predict them")
+
+
 def test_a_text_column_named_twice_and_empty_column_names_are_refused(tmp_path):
     path = write_csv(tmp_path / "a.csv", ["text", "label"], [["a", "1"], ["b", "0"]])
     with pytest.raises(CorpusError, match="names 'text' twice"):

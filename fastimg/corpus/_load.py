@@ -166,9 +166,24 @@ def _check_train_classes(split, labels, class_names, class_values, notes, remedi
         raise CorpusError(f"the train split holds a single class ({only}) of "
                           f"{len(class_names)}; a classifier needs two (try "
                           f"{'; '.join(remedies) or 'more rows'})")
+    if not missing:
+        return
+    kept = set(values.tolist())
+    absent = [name for k, name in enumerate(class_names) if k not in kept]
+    if absent:  # classes of the file that the sample (--limit) holds no row of
+        notes.append(f"{len(absent)} of the {len(class_names)} classes "
+                     f"{'has' if len(absent) == 1 else 'have'} no rows in the limit's sample "
+                     f"({_listed(absent)}): they stay classes of the store, without rows")
+    missing = [name for name in missing if name not in set(absent)]
     if missing:
-        notes.append(f"the train split has no rows of class {', '.join(map(repr, missing))}: "
-                     f"a model trained on it cannot predict it")
+        notes.append(f"the train split has no rows of class {_listed(missing)}: a model "
+                     f"trained on it cannot predict {'it' if len(missing) == 1 else 'them'}")
+
+
+def _listed(names, limit: int = 20) -> str:
+    """``names`` quoted and joined, the first ``limit`` of them and how many more."""
+    shown = ", ".join(map(repr, names[:limit]))
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
 def _note_case_variants(class_names, column: str, notes: list) -> None:
