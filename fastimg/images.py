@@ -183,13 +183,28 @@ def read_split(path, n_rows: int) -> np.ndarray:
             line = raw.count(b"\n", 0, exc.start) + 1
             raise ValueError(f"split file {path} is not valid UTF-8 (line {line}); re-encode "
                              f"it as UTF-8") from None
-        values = np.array(text.split())
+        # one split per line: a blank line is a row without a split, not a line to skip
+        # (skipping it moved every later row's split up by one)
+        lines = text.splitlines()
+        while lines and not lines[-1].strip():
+            lines.pop()
+        blank = next((i for i, line in enumerate(lines) if not line.strip()), None)
+        if blank is not None:
+            raise ValueError(f"split file {path}: line {blank + 1} is empty; give each row's "
+                             f"split (train, val or test) on a line of its own")
+        if len(lines) != n_rows:
+            raise ValueError(f"split file {path} has {len(lines)} lines; give one split per "
+                             f"row ({n_rows})")
+        values = np.array([line.strip() for line in lines])
+        return split_codes(values, n_rows, source=str(path), lines=True)
     return split_codes(values, n_rows, source=str(path))
 
 
-def split_codes(values, n_rows: int, *, source: str = "split") -> np.ndarray:
+def split_codes(values, n_rows: int, *, source: str = "split",
+                lines: bool = False) -> np.ndarray:
     """``values`` (codes, or names as :data:`~fastimg.store.schema.SPLIT_ALIASES` spells them,
-    or codes written as text; one per row) as int8 codes; raises ValueError when invalid."""
+    or codes written as text; one per row) as int8 codes; raises ValueError when invalid,
+    naming the 0-based row, or the 1-based line of a text file when ``lines``."""
     values = np.asarray(values)
     if values.ndim != 1 or values.shape[0] != n_rows:
         raise ValueError(f"{source} must hold one split per row ({n_rows}), got shape "
@@ -206,7 +221,8 @@ def split_codes(values, n_rows: int, *, source: str = "split") -> np.ndarray:
         raise ValueError(f"{source} must hold split codes or names, got dtype {values.dtype}")
     bad = np.flatnonzero((codes < 0) | (codes >= len(SPLIT_NAMES)))
     if bad.size:
-        raise ValueError(f"{source}: row {bad[0]} has split {values[bad[0]].item()!r}; expected "
+        where = f"line {bad[0] + 1}" if lines else f"row {bad[0]}"
+        raise ValueError(f"{source}: {where} has split {values[bad[0]].item()!r}; expected "
                          f"one of {', '.join(SPLIT_NAMES)} or their codes "
                          f"0-{len(SPLIT_NAMES) - 1}")
     return codes.astype(np.int8)

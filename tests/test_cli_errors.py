@@ -261,6 +261,24 @@ def test_a_text_split_file_takes_codes_and_the_corpus_aliases(tmp_path, capsys):
     np.testing.assert_array_equal(store.StoreReader(out).group[store.SPLIT][:], codes)
 
 
+@pytest.mark.parametrize("lines,message", [
+    (["train"] * 50 + [""] + ["train"] * 49 + ["test"] * 20 + ["", ""],
+     "split.txt: line 51 is empty; give each row's split"),
+    (["train"] * 100 + ["train val"] + ["test"] * 19, "split.txt: line 101 has split 'train val'"),
+    (["train"] * 50 + ["holdout"] + ["test"] * 69, "split.txt: line 51 has split 'holdout'"),
+    (["train"] * 119, "split.txt has 119 lines; give one split per row (120)"),
+])
+def test_a_text_split_file_is_read_line_by_line(tmp_path, capsys, lines, message):
+    """Blank lines and the words of a line were split apart alike: a blank line dropped moved
+    every later row's split up by one, 'train val' counted as two rows, and an unknown split
+    was named by its 0-based row, one before its line."""
+    (tmp_path / "split.txt").write_text("\n".join(lines), encoding="utf-8")
+    code = main(["images", "--synthetic", "120x150", "--split-file", str(tmp_path / "split.txt"),
+                 "--out", str(tmp_path / "o.zarr"), "--quiet"])
+    assert code == 2 and message in one_line(capsys.readouterr().err)
+    assert not (tmp_path / "o.zarr").exists()
+
+
 def _latin1_split(path):
     path.write_bytes("train\n".encode() * 3 + "v\xe9l\n".encode("latin-1"))
 
