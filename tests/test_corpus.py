@@ -698,6 +698,20 @@ def test_a_train_split_of_one_class_is_refused_and_missing_classes_named(tmp_pat
     assert "train split has no rows of class 'neutral'" in caplog.text
 
 
+@pytest.mark.parametrize("column", ["id", "text"])
+def test_a_label_column_of_distinct_values_is_refused(tmp_path, column):
+    """--label-column id (or text and label swapped) built a store of 120 classes of one row
+    each, with no word of warning."""
+    rows = [[f"r{i}", f"text number {i}", "ab"[i % 2]] for i in range(120)]
+    path = write_csv(tmp_path / "a.csv", ["id", "text", "label"], rows)
+    message = error(path, label_column=column)
+    assert message.startswith(f"label column {column!r} holds a different value in each of "
+                              f"its 120 rows")
+    assert "is it the label column? (--label-column; columns: 'id', 'text', 'label')" in message
+    few = write_csv(tmp_path / "few.csv", ["text", "label"], [["x", "a"], ["y", "b"], ["z", "c"]])
+    assert load_corpus(cfg(few, split="random", val_fraction=0.34)).class_names == ["a", "b", "c"]
+
+
 def test_classes_the_limit_samples_no_row_of_are_named_once_and_briefly(tmp_path, caplog):
     """--limit 120 of 300 classes warned that 'the train split' lacked 220 classes, all named
     in one line of 2,000 characters, though 180 of them had no row at all: those are said to

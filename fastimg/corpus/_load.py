@@ -16,6 +16,8 @@ from fastimg.store.schema import SPLIT_ALIASES
 logger = logging.getLogger("fastimg.corpus")
 
 MISSING_LABELS = {"", "nan", "na", "n/a", "null", "none"}
+#: A label column that many rows long, every value distinct, is not one (an id or text column).
+MIN_ROWS_ALL_DISTINCT = 10
 _NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
 
 
@@ -27,7 +29,8 @@ def load_corpus(config: CorpusConfig) -> Corpus:
     CorpusError
         One line per problem: missing or empty input, unreadable format, a missing column
         (listing those that exist), non-UTF-8 bytes, a missing label, a single class (in
-        the corpus or in its train split), a duplicate or empty id, an unknown split name, a
+        the corpus or in its train split), a label column whose every value differs (at least
+        :data:`MIN_ROWS_ALL_DISTINCT` rows), a duplicate or empty id, an unknown split name, a
         nested value (each naming the row).
     """
     if config.dataset == "imdb":
@@ -65,6 +68,11 @@ def load_corpus(config: CorpusConfig) -> Corpus:
     if len(class_names) < 2:
         raise CorpusError(f"label column {config.label_column!r} has a single class "
                           f"({class_names[0]!r}); a classifier needs at least two")
+    if len(class_names) == table.n_rows >= MIN_ROWS_ALL_DISTINCT:
+        raise CorpusError(f"label column {config.label_column!r} holds a different value in "
+                          f"each of its {table.n_rows} rows (first: {str(class_names[0])[:40]!r})"
+                          f", so every row would be a class of its own; is it the label column? "
+                          f"(--label-column; columns: {_names(table)})")
     _note_case_variants(class_names, config.label_column, notes)
     split = _split_values(table, split_column) if mode == "column" else None
 
