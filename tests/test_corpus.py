@@ -698,6 +698,22 @@ def test_a_train_split_of_one_class_is_refused_and_missing_classes_named(tmp_pat
     assert "train split has no rows of class 'neutral'" in caplog.text
 
 
+def test_labels_that_spell_one_number_two_ways_are_merged_with_a_warning(tmp_path, caplog):
+    """Codes '01' and '1' became one class '1' without a word."""
+    rows = [[f"t{i}", ("01", "1", "2", "2")[i % 4]] for i in range(40)]
+    path = write_csv(tmp_path / "a.csv", ["text", "label"], rows)
+    with caplog.at_level(logging.WARNING, logger="fastimg.corpus"):
+        corpus = load_corpus(cfg(path))
+    assert corpus.class_names == ["1", "2"]
+    assert "label column 'label' writes one number in several ways ('01' / '1'): each is one " \
+           "class" in caplog.text
+    caplog.clear()
+    rows = [[f"t{i}", ("1.0", "2.0")[i % 2]] for i in range(40)]  # one spelling each: quiet
+    with caplog.at_level(logging.WARNING, logger="fastimg.corpus"):
+        load_corpus(cfg(write_csv(tmp_path / "b.csv", ["text", "label"], rows)))
+    assert "several ways" not in caplog.text
+
+
 @pytest.mark.parametrize("column", ["id", "text"])
 def test_a_label_column_of_distinct_values_is_refused(tmp_path, column):
     """--label-column id (or text and label swapped) built a store of 120 classes of one row

@@ -74,6 +74,8 @@ def load_corpus(config: CorpusConfig) -> Corpus:
                           f", so every row would be a class of its own; is it the label column? "
                           f"(--label-column; columns: {_names(table)})")
     _note_case_variants(class_names, config.label_column, notes)
+    if class_values is not None:
+        _note_number_spellings(scalars(table, config.label_column), config.label_column, notes)
     split = _split_values(table, split_column) if mode == "column" else None
 
     rows = np.arange(table.n_rows)
@@ -205,6 +207,21 @@ def _note_case_variants(class_names, column: str, notes: list) -> None:
         notes.append(f"label column {column!r} has classes that differ only in case "
                      f"({', '.join(variants)}): they are separate classes; make the labels "
                      f"agree if each group is one class")
+
+
+def _note_number_spellings(values, column: str, notes: list) -> None:
+    """Note integer labels written in several ways (``01`` and ``1``, ``7`` and ``7.0``):
+    one class, as numbers, but codes such as ``01`` seldom mean ``1``."""
+    spellings: dict = {}
+    for value in dict.fromkeys(v for v in values if isinstance(v, str)):
+        spellings.setdefault(_as_integer(value), set()).add(value.strip())
+    merged = [" / ".join(map(repr, sorted(names))) for number, names in spellings.items()
+              if len(names) > 1]
+    if merged:
+        notes.append(f"label column {column!r} writes one number in several ways "
+                     f"({', '.join(merged[:20])}{', ...' if len(merged) > 20 else ''}): each "
+                     f"is one class, named by its integer; keep them apart with labels that "
+                     f"are not numbers")
 
 
 def _is_missing(value) -> bool:
