@@ -480,7 +480,9 @@ def _cmd_predict(args) -> int:
     # the CSV on stdout (-, /dev/stdout) keeps stdout to itself: the summary goes to stderr
     csv_on_stdout = writes_to(args.out, sys.stdout)
     write_predictions(args.out, ids, prediction)
-    counts = ", ".join(f"{name} {prediction.names.count(name)}" for name in run.class_names)
+    from fastimg.info import class_counts_text
+
+    counts = class_counts_text({name: prediction.names.count(name) for name in run.class_names})
     print(f"predicted {len(texts)} texts with {args.run_dir} ({counts}); wrote "
           f"{'stdout' if to_stdout else args.out}",
           file=sys.stderr if csv_on_stdout else sys.stdout)

@@ -851,3 +851,23 @@ def test_classes_that_differ_only_in_case_are_kept_and_named(tmp_path, caplog):
     assert len(notes) == 1 and "'Sports' / 'sports'" in notes[0]
     assert "'World' / 'world'" in notes[0] and "Business" not in notes[0]
     assert "differ only in case" in caplog.text
+
+
+def test_a_column_name_in_another_case_or_misspelt_is_pointed_to(tmp_path):
+    """A header 'ID,Text,Label' was refused listing its columns only, the one meant unnamed."""
+    path = write_csv(tmp_path / "a.csv", ["ID", "Text", "Label"], [[1, "a", "x"], [2, "b", "y"]])
+    message = error(path)
+    assert message.startswith(f"{path} has no text column 'text' (did you mean 'Text'?); its "
+                              f"columns: 'ID', 'Text', 'Label'"), message
+    assert "(did you mean 'Label'?)" in error(path, text_columns=("Text",), label_column="lable")
+    assert "did you mean" not in error(path, text_columns=("Text",), label_column="category")
+
+
+@pytest.mark.parametrize("encoding,name", [("utf-16", "UTF-16"), ("utf-32", "UTF-32")])
+def test_a_utf16_file_is_named_so(tmp_path, encoding, name):
+    """Excel's 'Unicode text' export (UTF-16 with its byte-order mark) was refused as 'bad
+    byte 0xff at the header', which says nothing of what the file is."""
+    path = tmp_path / "a.tsv"
+    path.write_bytes("text\tlabel\ngood\t1\nbad\t0\n".encode(encoding))
+    assert error(path) == f"{path} is {name} (its byte-order mark says so), not UTF-8; re-encode " \
+                          f"the file as UTF-8"

@@ -60,7 +60,8 @@ def load_corpus(config: CorpusConfig) -> Corpus:
     for role, name in [("text", c) for c in config.text_columns] + [
             ("label", config.label_column), ("id", id_column), ("split", split_column)]:
         if name is not None and name not in table.columns:
-            raise CorpusError(f"{table.source} has no {role} column {name!r}; its columns: "
+            raise CorpusError(f"{table.source} has no {role} column {name!r}"
+                              f"{_did_you_mean(name, table.columns)}; its columns: "
                               f"{_names(table)}")
 
     ids = _ids(table, id_column)
@@ -153,6 +154,16 @@ def load_corpus(config: CorpusConfig) -> Corpus:
                   split=split.astype("<U5"), source=table.source, split_mode=mode,
                   n_empty_texts=len(empty), limit_shortfall=shortfall, warnings=tuple(notes),
                   class_values=class_values, unused_settings=unused)
+
+
+def _did_you_mean(name: str, columns) -> str:
+    """`` (did you mean 'Text'?)`` for the column ``name`` probably meant (the same name in
+    another case, or a close spelling), else ``""``."""
+    import difflib
+
+    folded = {str(c).casefold(): str(c) for c in columns}
+    close = difflib.get_close_matches(name.casefold(), list(folded), n=1, cutoff=0.75)
+    return f" (did you mean {folded[close[0]]!r}?)" if close else ""
 
 
 def _names(table: Table) -> str:

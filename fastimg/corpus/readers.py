@@ -103,10 +103,19 @@ def _gunzip(raw: bytes, path: Path) -> bytes:
         raise CorpusError(f"cannot decompress {path}: {exc}") from None
 
 
+#: byte-order marks of encodings that are not UTF-8 (UTF-32's first: it opens like UTF-16's)
+_OTHER_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
+               (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16"))
+
+
 def _decode(raw: bytes, path: Path, kind: str) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
+        encoding = next((name for bom, name in _OTHER_BOMS if raw.startswith(bom)), None)
+        if encoding is not None:  # Excel's "Unicode text", Windows tools: bad byte 0xff
+            raise CorpusError(f"{path} is {encoding} (its byte-order mark says so), not UTF-8; "
+                              f"re-encode the file as UTF-8") from None
         # utf-8-sig counts offsets after the byte-order mark it drops
         start = exc.start + (len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0)
         line = raw.count(b"\n", 0, start) + 1
