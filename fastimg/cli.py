@@ -957,12 +957,17 @@ _FLAG_OF_FIELD = {"n_jobs": "--tsne-threads", "n_per_class": "--per-class", "gri
                   "image_dtype": "--dtype", "storage_options": "--storage-option"}
 
 
+def _subparser(parser, command: str) -> argparse.ArgumentParser:
+    """The parser of ``command`` (``fastimg images``) in the top-level ``parser``."""
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return commands.choices[command]
+
+
 def flags_of(parser, command: str) -> dict:
     """``{config field: flag}`` for ``command``: each option's dest (``chunk_rows`` ->
     ``--chunk-rows``) and :data:`_FLAG_OF_FIELD`."""
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     flags = {action.dest: action.option_strings[-1]
-             for action in commands.choices[command]._actions
+             for action in _subparser(parser, command)._actions
              if action.option_strings and action.dest != "help"}
     flags.update({field: flag for field, flag in _FLAG_OF_FIELD.items()
                   if flag in flags.values()})
@@ -1085,7 +1090,10 @@ def _silence_stdout() -> None:
 def main(argv=None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # named by the command's parser, whose --help lists what it takes
+            _subparser(parser, args.command).error(
+                f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:  # --help, or a usage error already printed as one line
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     level = logging.INFO if args.verbose else logging.WARNING

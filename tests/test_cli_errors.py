@@ -83,6 +83,21 @@ def test_usage_mistakes_print_one_line_and_exit_2(capsys, argv, message):
     assert message in one_line(capsys.readouterr().err)
 
 
+@pytest.mark.parametrize("argv,prog", [
+    (["images", "--synthetic", "10x100", "--out", "o", "--nope"], "fastimg images"),
+    (["info", "--nope", "s.zarr"], "fastimg info"),
+    (["build-dataset", "--dataset", "imdb", "--out", "o", "--nope", "1"],
+     "fastimg build-dataset"),
+])
+def test_an_unknown_flag_is_named_by_its_command(capsys, argv, prog):
+    # the top-level parser reported it, pointing at `fastimg --help`, which lists no flag of
+    # the command
+    assert main(argv) == 2
+    err = one_line(capsys.readouterr().err)
+    assert err.startswith(f"{prog}: error: unrecognized arguments: --nope")
+    assert err.endswith(f"(see {prog} --help)")
+
+
 def test_a_gpu_raster_backend_without_a_gpu_is_refused_before_any_work(tmp_path, capsys,
                                                                         monkeypatch):
     import dataclasses
