@@ -927,6 +927,9 @@ def test_probe_shows_its_progress(blob_store, capsys):
     linear_probe(data, features="pixels", progress=True)
     err = capsys.readouterr().err
     assert "probe pixels" in err and all(f"C={c:g}" in err for c in PROBE_C_GRID)
+    # the fits done: the bar stood at 0/5 through every fit
+    n = len(PROBE_C_GRID)
+    assert all(f"{done}/{n} " in err for done in range(1, n))
     linear_probe(data, features="pixels")
     assert "probe" not in capsys.readouterr().err
 

@@ -173,17 +173,21 @@ def linear_probe(data: StoreData, *, features: str = "embeddings", seed: int = 0
     n_train, n_features = x["train"].shape
     logger.info("linear probe on the %s: %d training rows (of %d) x %d features, C in %s",
                 features, n_train, train_rows, n_features, ", ".join(f"{c:g}" for c in grid))
-    bar = tqdm(grid, desc=f"probe {features}", unit="C", leave=False, disable=not progress)
-    for c in bar:
-        bar.set_postfix_str(f"C={c:g}", refresh=True)
-        model = LogisticRegression(C=c, max_iter=max_iter, random_state=seed)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
-            model.fit(x["train"], y["train"])
-        converged[c] = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
-        by_c[c] = float(model.score(x["val"], y["val"]))
-        if best is None or by_c[c] > by_c[best[0]]:  # ties: the stronger regularisation
-            best = (c, model)
+    # counted by hand: a bar iterating over the grid shows its count only when it redraws,
+    # and the C shown at each fit's start redrew it at 0/5 all along
+    with tqdm(total=len(grid), desc=f"probe {features}", unit="C", leave=False,
+              disable=not progress) as bar:
+        for c in grid:
+            bar.set_postfix_str(f"C={c:g}", refresh=True)
+            model = LogisticRegression(C=c, max_iter=max_iter, random_state=seed)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ConvergenceWarning)
+                model.fit(x["train"], y["train"])
+            converged[c] = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+            by_c[c] = float(model.score(x["val"], y["val"]))
+            if best is None or by_c[c] > by_c[best[0]]:  # ties: the stronger regularisation
+                best = (c, model)
+            bar.update(1)
     c, model = best
     out = {"features": features,
            "model": f"StandardScaler + LogisticRegression(C={c:g}), C chosen on val",
