@@ -13,6 +13,12 @@ def test_lines_keep_their_numbers_as_ids_when_blank_ones_are_skipped(caplog):
     assert "skipped 2 blank lines of 5" in caplog.text
 
 
+def test_one_blank_line_is_one_line(caplog):
+    with caplog.at_level(logging.WARNING):
+        assert read_lines(io.StringIO("a\n\nb\n")) == (["0", "2"], ["a", "b"])
+    assert "skipped 1 blank line of 3;" in caplog.text
+
+
 def test_lines_without_blanks_say_nothing(caplog):
     with caplog.at_level(logging.WARNING):
         assert read_lines(io.StringIO("a\nb")) == (["0", "1"], ["a", "b"])

@@ -121,8 +121,9 @@ def read_lines(stream) -> tuple[list, list]:
         _check_text(line, f"line {i + 1}", stream="stdin")
     kept = [i for i, line in enumerate(lines) if line.strip()]
     if len(kept) < len(lines):
-        logger.warning("skipped %d blank lines of %d; ids are line numbers from 0",
-                       len(lines) - len(kept), len(lines))
+        blank = len(lines) - len(kept)
+        logger.warning("skipped %d blank line%s of %d; ids are line numbers from 0",
+                       blank, "" if blank == 1 else "s", len(lines))
     return [str(i) for i in kept], [lines[i] for i in kept]
 
 
