@@ -9,8 +9,17 @@ __all__ = ["__version__", "DeepInsightLayout", "LayoutConfig", "rasterize", "bui
            "relayout", "DatasetConfig", "texts_to_images"]
 
 
+#: Subpackages reached as attributes after a bare ``import fastimg``, as the README writes them
+#: (``fastimg.embed.load_model(...)``), imported on first use.
+_SUBPACKAGES = ("corpus", "embed", "kernels", "layout", "store", "train")
+
+
 def __getattr__(name):
     # heavy imports (scipy, sklearn, numba) wait until the user asks for them
+    if name in _SUBPACKAGES:
+        import importlib
+
+        return importlib.import_module(f"fastimg.{name}")
     if name in ("DeepInsightLayout", "LayoutConfig"):
         from fastimg import layout
 

@@ -311,6 +311,18 @@ def test_every_lazy_export_is_listed_and_resolves():
     assert all(getattr(fastimg, name) is not None for name in fastimg.__all__)
 
 
+def test_subpackages_are_attributes_of_a_bare_import():
+    # the README's `texts_to_images(..., model=fastimg.embed.load_model(name, revision))` after
+    # `import fastimg` raised "module 'fastimg' has no attribute 'embed'" (a fresh interpreter:
+    # here other tests have imported the subpackages already)
+    import subprocess
+    import sys
+
+    code = ("import fastimg; assert callable(fastimg.embed.load_model); "
+            "assert fastimg.kernels.raster_reference and fastimg.train.load_run")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
 def test_stored_encoder_configs_with_an_empty_revision_still_load():
     from fastimg.embed import EncoderConfig
 
