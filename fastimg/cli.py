@@ -340,7 +340,9 @@ def _print_dataset_summary(out, summary: dict, seconds: float) -> None:
 
     reused = (f"reused {reused_text(summary['reused'], summary.get('reused_from') or {})}"
               if summary.get("reused") else "")
-    work = "; ".join(part for part in (reused, timings) if part)
+    # a rerun after a stop: its encoding went on from the last finished chunk (info says so too)
+    resumed = "resumed the unfinished build" if summary.get("resumed") else ""
+    work = "; ".join(part for part in (reused, resumed, timings) if part)
     print(f"wrote {out}: {summary['rows']} rows, {summary['classes']} classes "
           f"({class_names_text(summary['class_names'])}; {counts}), images "
           f"{summary['image_shape'][0]} x {summary['image_shape'][1]} {summary['image_dtype']} "

@@ -180,6 +180,23 @@ def test_an_images_build_stopped_after_its_layout_resumes_and_says_so(tmp_path, 
     assert store.is_complete(out)
 
 
+def test_the_summary_of_a_resumed_build_says_so(tmp_path, capsys):
+    """A rerun after a kill said only "reused corpus", its encode timed as if from scratch;
+    ``fastimg info`` said "resumed"."""
+    from fastimg.cli import _print_dataset_summary
+
+    summary = {"rows": 10, "classes": 2, "class_names": ["neg", "pos"],
+               "counts": {"train": {"neg": 5, "pos": 5}}, "image_shape": [4, 4],
+               "image_dtype": "float16", "features": 16, "occupied_pixels": 16,
+               "timings": {"encode_s": 1.0}, "reused": ["corpus"], "reused_from": {},
+               "resumed": True}
+    _print_dataset_summary(tmp_path, summary, 2.0)
+    assert "; reused corpus; resumed the unfinished build; encode 1.0 s;" in (
+        capsys.readouterr().out)
+    _print_dataset_summary(tmp_path, {**summary, "resumed": False}, 2.0)
+    assert "; reused corpus; encode 1.0 s;" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--input", "missing.npy"], "does not exist"),
     (["--synthetic", "100x40"], "needs at least 91 features"),
