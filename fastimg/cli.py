@@ -7,10 +7,13 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 import time
 import traceback
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from fastimg import __version__, store
@@ -337,7 +340,6 @@ def _print_dataset_summary(out, summary: dict, seconds: float) -> None:
 
     counts = "; ".join(f"{split} {class_counts_text(per_class, '/')}"
                        for split, per_class in summary["counts"].items())
-
     reused = (f"reused {reused_text(summary['reused'], summary.get('reused_from') or {})}"
               if summary.get("reused") else "")
     # a rerun after a stop: its encoding went on from the last finished chunk (info says so too)
@@ -1089,6 +1091,32 @@ def _silence_stdout() -> None:
         pass
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a batch scheduler cancelling the job) raised as Ctrl-C
+    is: the command stops the same way, its lock let go and its finished stages kept."""
+
+
+def _raise_terminated(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends it at once
+    raise Terminated
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM raises :class:`Terminated` in the block, where it would end the process with
+    nothing said and, on object storage, the build lock left behind; only in the main thread
+    and only where no one else handles SIGTERM (an application embedding :func:`main`)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     try:
@@ -1112,11 +1140,12 @@ def main(argv=None) -> int:
         warnings.formatwarning = functools.partial(_format_own_warning, args.command, flags,
                                                    formatwarning)
     try:
-        return args.func(args)
+        with _sigterm_as_interrupt():
+            return args.func(args)
     except BrokenPipeError:  # `fastimg info STORE | head`: the reader left, nothing to say
         _silence_stdout()
         return 141
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         # zarr's writes left pending on its event loop are destroyed at exit, and asyncio
         # logs each ("Task was destroyed but it is pending!") under the one line below
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
@@ -1124,8 +1153,10 @@ def main(argv=None) -> int:
         kept = (" (the unfinished build is kept: rerun to resume)"
                 if args.command in ("build-dataset", "relayout", "images")
                 and _unfinished_build_written(args) else "")
-        print(f"fastimg {args.command}: interrupted{kept}", file=sys.stderr)
-        return 130
+        terminated = isinstance(exc, Terminated)
+        print(f"fastimg {args.command}: {'terminated' if terminated else 'interrupted'}{kept}",
+              file=sys.stderr)
+        return 128 + int(signal.SIGTERM if terminated else signal.SIGINT)
     except Exception as exc:  # noqa: BLE001 - every error ends as one line and an exit code
         return report_error(args.command, exc, debug=args.debug, flags=flags)
     finally:

@@ -344,3 +344,63 @@ def test_empty_texts_and_a_large_limit_warn_and_build(tmp_path, tiny_bert_dir, c
     none = texts_to_images(out, [])  # no texts, no images (not an "X is empty" from the layout)
     assert none.shape == (0, 8, 12) and none.dtype == np.uint8
     np.testing.assert_array_equal(labels, [("neg", "pos").index(r[2]) for r in rows])
+
+
+def test_sigterm_stops_a_build_as_ctrl_c_does(tmp_path, tiny_bert_dir):
+    """SIGTERM (kill, timeout, a batch scheduler's cancel) ended a build with no word and,
+    on object storage, its lock left behind; it stops as Ctrl-C does now: one line, exit 143,
+    the finished stages kept for a rerun to resume."""
+    csv_path = _write_csv(tmp_path / "r.csv", tiny_reviews(40))
+    out, started = tmp_path / "term.zarr", tmp_path / "layout-started"
+    # the layout stage waits (as a long t-SNE would) once it has begun, for the signal
+    script = ("import sys, time; from fastimg import stages; from fastimg.cli import main\n"
+              "def slow(*args, **kwargs):\n"
+              f"    open({str(started)!r}, 'w').close(); time.sleep(120)\n"
+              "stages.run_layout = slow\n"
+              "sys.exit(main(sys.argv[1:]))")
+    argv = [sys.executable, "-c", script, "build-dataset", "--input", str(csv_path),
+            "--model", str(tiny_bert_dir), "--max-length", "32", "--pixels", "8",
+            "--method", "pca", "--device", "cpu", "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while not started.exists() and proc.poll() is None:
+            assert time.monotonic() < deadline, "the layout stage never began"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    err = err.decode().strip()
+    assert proc.returncode == 143, err
+    assert err.splitlines()[-1] == ("fastimg build-dataset: terminated (the unfinished build is "
+                                    "kept: rerun to resume)"), err
+    assert "Traceback" not in err
+    assert store.location.lock_holder(out) is None  # let go
+    assert main(["build-dataset", "--input", str(csv_path), "--model", str(tiny_bert_dir),
+                 "--max-length", "32", "--pixels", "8", "--method", "pca", "--device", "cpu",
+                 "--out", str(out), "--quiet"]) == 0
+    assert store.StoreReader(out).group.attrs[store.ATTRS_KEY]["summary"]["resumed"] is True
+
+
+def test_sigterm_handling_is_main_s_own(monkeypatch, capsys):
+    """main() handles SIGTERM only while its command runs, and leaves a handler another
+    application installed alone."""
+    def terminated(args):
+        handler = signal.getsignal(signal.SIGTERM)
+        assert handler is not signal.SIG_DFL, "no SIGTERM handler while the command runs"
+        handler(signal.SIGTERM, None)  # as the signal would run it
+        return 0
+
+    monkeypatch.setattr(cli, "_cmd_info", terminated)
+    assert main(["info", "x.zarr"]) == 143
+    assert capsys.readouterr().err.strip() == "fastimg info: terminated"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+    seen = []
+    monkeypatch.setattr(cli, "_cmd_info", lambda args: os.kill(os.getpid(), signal.SIGTERM) or 0)
+    previous = signal.signal(signal.SIGTERM, lambda *a: seen.append("theirs"))
+    try:
+        assert main(["info", "x.zarr"]) == 0 and seen == ["theirs"]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
