@@ -982,10 +982,14 @@ def _as_flag(message: str, flags: dict) -> str:
     """``message`` with config fields named by their flags: the leading one (``chunk_rows must
     be ...``, ``limit 90 keeps ...``) and any other with an underscore (``... at least
     max_length``), which prose never has; dotted settings (``encoder.max_length: 96 -> 64``),
-    paths and quoted values (``'label_column.csv'``, ``"max_length":``) keep theirs, and a
+    paths and quoted values (``'label_column.csv'``, ``"max_length":``) keep theirs, a leading
+    ``layers='author'`` is ``--layers author``, and a
     flag is not said to take ``None`` (leaving it out is that). The
     leading value is a whole number word: a path that opens a message (``dataset 2024.csv is
     not valid UTF-8``) keeps its name."""
+    setting = re.match(r"([a-z]\w*)='([^']*)' ", message)  # layers='author' takes ...
+    if setting and setting.group(1) in flags:
+        message = f"{flags[setting.group(1)]} {setting.group(2)}{message[setting.end() - 1:]}"
     field = re.match(r"([a-z]\w*)(?: \([^)]*\))? "
                      r"(?:must\b|-?\d+(?:\.\d+)?(?:e[-+]?\d+)?(?![\w/]|\.\w))", message)
     if field and field.group(1) in flags:

@@ -405,6 +405,10 @@ def test_config_fields_in_messages_are_named_by_their_flags():
         "--limit 90 keeps a single class; raise it"
     assert cli._as_flag("seed the rows", flags) == "seed the rows"  # no value: prose
     assert cli._as_flag("test_fraction 0.1 ignored", flags) == "--test-fraction 0.1 ignored"
+    # the library's keyword and value: the flag and its value (it said layers='author' takes)
+    assert cli._as_flag("layers='author' takes hidden_states[6:12]", flags) == \
+        "--layers author takes hidden_states[6:12]"
+    assert cli._as_flag("mode='x' is not a field", flags) == "mode='x' is not a field"
     # a path that opens a message and starts like a field and a number is the path
     for path in ("dataset 2024.csv", "split 2/labels.txt", "input 1.jsonl.gz"):
         message = f"{path} is not valid UTF-8: bad byte 0xff at line 3"
