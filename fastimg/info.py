@@ -449,6 +449,18 @@ def describe_run(path) -> list[str]:
                          f"fastimg train writes ({type(exc).__name__}: {exc}; edited?)") from None
 
 
+def _store_state(recorded) -> str:
+    """`` (gone: ...)`` after a run's local training store when it is no longer a complete
+    store there (a URL is not looked up: info reads no object storage for a run)."""
+    from fastimg.store import location
+
+    where = location.resolve(recorded)
+    if not location.is_local(where) or location.is_complete(where):
+        return ""
+    return (" (not there now: moved or deleted? explain reads the split from it; give the "
+            "new path with --store)")
+
+
 def _run_lines(path: Path, metrics: dict, config: dict) -> list[str]:
     """:func:`describe_run`'s lines of a run's parsed ``metrics`` and ``config``."""
     files = _run_files(path, config)
@@ -457,7 +469,7 @@ def _run_lines(path: Path, metrics: dict, config: dict) -> list[str]:
     lines = [f"{path}: fastimg training run ({present}"
              + (f"; missing {missing}" if missing else "") + ")"]
     if metrics.get("store"):
-        lines.append(f"store      {metrics['store']}")
+        lines.append(f"store      {metrics['store']}{_store_state(metrics['store'])}")
     extractor = metrics.get("extractor") or {"name": config.get("extractor"),
                                               "weights": config.get("weights")}
     shape = extractor.get("feature_shape")

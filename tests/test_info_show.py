@@ -276,7 +276,13 @@ def test_info_summarises_a_training_run_folder(tmp_path, capsys):
             f"accuracy {reported['balanced_accuracy']:.4f}; lowest recall ") in out
     assert f"classes {', '.join(metrics['class_names'])}\n" in out
     assert len(out.strip().splitlines()) <= 30
+    assert f"store      {metrics['store']}\n" in out
     assert main(["info", str(run), "--json"]) == 2
+    # a training store moved away was named as if it were there
+    (tmp_path / "s.zarr").rename(tmp_path / "moved.zarr")
+    assert main(["info", str(run)]) == 0
+    assert (f"store      {metrics['store']} (not there now: moved or deleted? explain reads the "
+            f"split from it; give the new path with --store)\n") in capsys.readouterr().out
 
 
 def test_info_says_one_epoch_and_the_weights_in_words(tmp_path, capsys):
