@@ -470,6 +470,15 @@ def test_empty_texts_are_kept_counted_and_warned(tmp_path, caplog):
     assert len(corpus) == 5 and corpus.n_empty_texts == 2
     assert "2 of 5 texts are empty" in caplog.text and "row 2" in caplog.text
     assert corpus.summary()["n_empty_texts"] == 2
+    # a JSON Lines record without the text key was an 'empty or blank' text, nothing more
+    path = write_jsonl(tmp_path / "a.jsonl", [{"text": "a", "label": 1}, {"label": 0},
+                                              {"text": None, "label": 1}, {"text": "", "label": 0},
+                                              {"text": "e", "label": 1}])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fastimg.corpus"):
+        load_corpus(cfg(path))
+    assert ("3 of 5 texts are empty or blank (first: line 2, id '1'; 2 of them have no 'text' "
+            "(a record without the key, or null)); kept") in caplog.text, caplog.text
 
 
 # ---------------------------------------------------------------- the imdb recipe

@@ -101,9 +101,15 @@ def load_corpus(config: CorpusConfig) -> Corpus:
     texts = _texts(table, config.text_columns, rows)
     empty = [i for i, t in enumerate(texts) if not t.strip()]
     if empty:
+        # a JSON record without the key, or a null: a schema slip more often than a text
+        keyless = sum(all(table.columns[c][int(rows[i])] is None for c in config.text_columns)
+                      for i in empty)
+        absent = (f"; {keyless} of them {'has' if keyless == 1 else 'have'} no "
+                  f"{' or '.join(map(repr, config.text_columns))} (a record without the key, "
+                  f"or null)" if keyless and table.location_kind == "line" else "")
         notes.append(f"{len(empty)} of {len(texts)} texts are empty or blank (first: "
-                     f"{table.where(int(rows[empty[0]]))}, id {str(ids[empty[0]])!r}); kept, "
-                     f"encoded as [CLS] [SEP] alone")
+                     f"{table.where(int(rows[empty[0]]))}, id {str(ids[empty[0]])!r}{absent}); "
+                     f"kept, encoded as [CLS] [SEP] alone")
 
     rng = np.random.default_rng([config.seed, 2])
     fraction = PAPER_VAL_FRACTION if mode == "paper" else config.val_fraction
