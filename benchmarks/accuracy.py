@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks._harness import machine
+from benchmarks.encode import use_imdb
 
 logger = logging.getLogger("benchmarks.accuracy")
 
@@ -86,6 +87,7 @@ def _imdb_store(path: Path, limit: int) -> None:
     from fastimg.embed import EncoderConfig
     from fastimg.layout import LayoutConfig
 
+    use_imdb()
     build_dataset(path, CorpusConfig(dataset="imdb", limit=limit, seed=0),
                   EncoderConfig(model="minilm", layers="last6", max_length=256),
                   LayoutConfig(grid=(50, 50), random_state=0), progress=False)

@@ -18,7 +18,6 @@ that it runs at all.
 """
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 import warnings
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks._harness import report
-from benchmarks.encode import author_loop, imdb_path
+from benchmarks.encode import author_loop, use_imdb
 
 
 def _naive(corpus, max_length: int, folder: Path, device: str) -> dict:
@@ -80,7 +79,7 @@ def run(quick: bool = False, json_path: str | None = None, device: str = "auto",
     # both sides encode on the same device (resolved once), or the ratio measures the device
     device = ENCODE_DEVICES.resolve(device)
     n_rows, max_length = (64, 64) if quick else (5000, 512)
-    os.environ.setdefault("FASTIMG_DATA", str(imdb_path().parents[1]))
+    use_imdb()  # fastimg's loader reads the same file
     corpus_config = CorpusConfig(dataset="imdb", limit=n_rows, seed=0)
     corpus = load_corpus(corpus_config)
     with tempfile.TemporaryDirectory() as tmp:

@@ -47,14 +47,32 @@ LAST6 = 6
 
 
 def imdb_path() -> Path:
+    """The IMDB reviews, ``imdb/imdb.csv.gz`` in ``$FASTIMG_DATA`` when it is set, else in
+    ``../shared/data`` beside the checkout.
+
+    Raises
+    ------
+    FileNotFoundError
+        The file is not there.
+    """
     env = os.environ.get("FASTIMG_DATA")
-    candidates = [Path(env) / "imdb/imdb.csv.gz", Path(env)] if env else []
-    candidates.append(ROOT.parent / "shared/data/imdb/imdb.csv.gz")
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise FileNotFoundError(f"IMDB reviews not found (looked at {[str(c) for c in candidates]}); "
-                            f"set FASTIMG_DATA to the folder holding imdb/imdb.csv.gz")
+    # only $FASTIMG_DATA when it is set: fastimg's own loader reads no other folder
+    root = Path(env) if env else ROOT.parent / "shared/data"
+    path = root / "imdb/imdb.csv.gz"
+    if not path.is_file():
+        where = "$FASTIMG_DATA" if env else "beside the checkout; $FASTIMG_DATA is not set"
+        raise FileNotFoundError(f"IMDB reviews not found: no {path} ({where}); set FASTIMG_DATA "
+                                f"to the folder holding imdb/imdb.csv.gz")
+    return path
+
+
+def use_imdb() -> Path:
+    """:func:`imdb_path`, with ``$FASTIMG_DATA`` set to its folder when unset, so that fastimg's
+    loader (``CorpusConfig(dataset="imdb")``) reads the same file instead of looking in its
+    cache and downloading the reviews."""
+    path = imdb_path()
+    os.environ.setdefault("FASTIMG_DATA", str(path.parents[1]))
+    return path
 
 
 def imdb_sample(n: int, seed: int = 0) -> list[str]:
@@ -145,6 +163,7 @@ def probe_slice(n: int, seed: int = 0):
     """The IMDB probe slice: a seeded sample of ``n`` reviews, stratified by split and label."""
     from fastimg.corpus import CorpusConfig, load_corpus
 
+    use_imdb()
     corpus = load_corpus(CorpusConfig(dataset="imdb", limit=n, seed=seed))
     return corpus.texts, np.asarray(corpus.labels), np.asarray(corpus.split)
 

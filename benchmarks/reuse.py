@@ -13,7 +13,6 @@ first with ``--reuse-from``.
 """
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks._harness import report
-from benchmarks.encode import imdb_path
+from benchmarks.encode import use_imdb
 
 
 def run(quick: bool = False, json_path: str | None = None) -> dict:
@@ -32,7 +31,7 @@ def run(quick: bool = False, json_path: str | None = None) -> dict:
     from fastimg.layout import LayoutConfig
 
     n_rows, max_length = (64, 64) if quick else (5000, 512)
-    os.environ.setdefault("FASTIMG_DATA", str(imdb_path().parents[1]))
+    use_imdb()  # fastimg's loader reads the same file
     corpus = CorpusConfig(dataset="imdb", limit=n_rows, seed=0)
     encoder = EncoderConfig(max_length=max_length)
     first_layout = LayoutConfig(random_state=0)

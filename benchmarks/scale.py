@@ -14,7 +14,6 @@ may round differently from the multi-threaded in-process run).
 """
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks._harness import report
-from benchmarks.encode import imdb_path
+from benchmarks.encode import use_imdb
 
 WORKERS = 2
 
@@ -48,7 +47,7 @@ def run(quick: bool = False, json_path: str | None = None) -> dict:
 
     n_rows, max_length, chunk_rows = (64, 32, 16) if quick else (2000, 128, 125)
     method = "pca" if quick else "tsne"  # the layout is the same code on both sides
-    os.environ.setdefault("FASTIMG_DATA", str(imdb_path().parents[1]))
+    use_imdb()  # fastimg's loader reads the same file
     corpus_config = CorpusConfig(dataset="imdb", limit=n_rows, seed=0)
     encoder_config = EncoderConfig(max_length=max_length, chunk_rows=chunk_rows, device="cpu")
     warm_corpus = CorpusConfig(dataset="imdb", limit=40, seed=1)
