@@ -2,12 +2,45 @@ import argparse
 import importlib
 import inspect
 import logging
+import os
+
+from benchmarks._harness import BenchmarkError
 
 SUITES = ("raster", "layout", "encode", "build", "reuse", "scale", "train", "accuracy")
+#: the suites that take --device, and --precision
+DEVICE_SUITES = ("encode", "build", "accuracy")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit 2), as fastimg's CLI: the usage is in --help."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _count(minimum: int):
+    """An argparse type: an integer of at least ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+    return parse
+
+
+def _seeds(text: str) -> str:
+    try:
+        [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks")
+    parser = _Parser(prog="python -m benchmarks")
     parser.add_argument("suite", choices=[*SUITES, "all"])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (CI smoke run)")
     parser.add_argument("--json", help="write the result(s) here (all: PATH.SUITE.json)")
@@ -15,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="device for suites that take one (encode, build, accuracy); auto "
                              "picks CUDA if present")
     parser.add_argument("--store", help="accuracy: the IMDB store to train on (built if absent)")
-    parser.add_argument("--limit", type=int, default=4000,
+    parser.add_argument("--limit", type=_count(1), default=4000,
                         help="accuracy: reviews in a store it builds (default 4000)")
     parser.add_argument("--configs", help="accuracy: comma-separated configurations, or all "
                                           "(default ours,paper,fused)")
@@ -25,16 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="accuracy: extractor weights (default none: random init)")
     parser.add_argument("--extractors", default="alexnet",
                         help="accuracy: comma-separated extractors (default alexnet)")
-    parser.add_argument("--epochs", type=int, default=None,
+    parser.add_argument("--epochs", type=_count(1), default=None,
                         help="accuracy: most epochs of every configuration but the paper "
                              "preset's 15 (default: each preset's)")
-    parser.add_argument("--seeds", default="0", help="accuracy: comma-separated seeds")
+    parser.add_argument("--seeds", type=_seeds, default="0", help="accuracy: comma-separated seeds")
     parser.add_argument("--precision", default="auto",
                         choices=["auto", "fp32", "int8", "fp16", "bf16"],
                         help="build: fastimg's encoder precision (the naive side stays fp32)")
-    parser.add_argument("--docs", type=int, default=None,
+    parser.add_argument("--docs", type=_count(1), default=None,
                         help="encode: reviews timed (default 512, quick 16)")
-    parser.add_argument("--probe", type=int, default=None,
+    parser.add_argument("--probe", type=_count(0), default=None,
                         help="encode: size of the IMDB slice for the linear probe of every "
                              "precision (default 0 = none, quick 40)")
     parser.add_argument("--tokenizer", default=None, metavar="FOLDER",
@@ -45,10 +78,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main():
-    args = build_parser().parse_args()
+def _check(parser: argparse.ArgumentParser, args, suites) -> None:
+    """Refuse, before any suite runs, what would fail minutes into one: a device or precision
+    this machine cannot run, a --json path that cannot be written."""
+    if any(suite in DEVICE_SUITES for suite in suites):
+        from fastimg.embed import ENCODE_DEVICES, EncoderConfig
+
+        try:
+            ENCODE_DEVICES.check(args.device)
+            if "build" in suites:
+                EncoderConfig(device=ENCODE_DEVICES.resolve(args.device),
+                              precision=args.precision)
+        except ValueError as exc:
+            parser.error(str(exc))
+    if args.json:
+        folder = os.path.dirname(args.json) or "."
+        try:  # the suites write their results here after their run
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            parser.error(f"--json {args.json}: cannot create its folder ({exc.strerror})")
+        if os.path.isdir(args.json) or not os.access(folder, os.W_OK):
+            parser.error(f"--json {args.json}: not a file this user can write")
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    for suite in SUITES if args.suite == "all" else (args.suite,):
+    suites = SUITES if args.suite == "all" else (args.suite,)
+    _check(parser, args, suites)
+    for suite in suites:
         print(f"== {suite}{' (quick)' if args.quick else ''}")
         path = args.json
         if path and args.suite == "all":
@@ -60,7 +119,10 @@ def main():
                                                 "epochs", "seeds", "precision", "tokenizer",
                                                 "pooling")
                  if k in params}
-        run(quick=args.quick, json_path=path, **extra)
+        try:
+            run(quick=args.quick, json_path=path, **extra)
+        except BenchmarkError as exc:  # a missing input, a bad value: one line, no traceback
+            parser.exit(2, f"{parser.prog} {suite}: error: {exc}\n")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,15 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 
 
+class BenchmarkError(Exception):
+    """A mistake in the command or a missing input (the IMDB reviews, a GPU):
+    ``python -m benchmarks`` prints it as one line on stderr and exits with status 2."""
+
+
+class MissingData(BenchmarkError, FileNotFoundError):
+    """Data a suite reads is not where it looks."""
+
+
 def median_time(fn, *, repeats: int, warmup: int = 1) -> float:
     """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` untimed runs."""
     for _ in range(warmup):

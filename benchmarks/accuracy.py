@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._harness import machine
+from benchmarks._harness import BenchmarkError, machine
 from benchmarks.encode import use_imdb
 
 logger = logging.getLogger("benchmarks.accuracy")
@@ -107,13 +107,13 @@ def run(quick: bool = False, json_path: str | None = None, store: str | None = N
              configs.split(",") if configs else list(DEFAULT_CONFIGS))
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
-        raise SystemExit(f"unknown configuration(s) {unknown}; choose from {list(CONFIGS)}")
+        raise BenchmarkError(f"unknown configuration(s) {unknown}; choose from {list(CONFIGS)}")
     from fastimg.train import EXTRACTORS
 
     extractors = extractors.split(",")
     unknown = [e for e in extractors if e not in EXTRACTORS]
     if unknown:
-        raise SystemExit(f"unknown extractor(s) {unknown}; choose from {sorted(EXTRACTORS)}")
+        raise BenchmarkError(f"unknown extractor(s) {unknown}; choose from {sorted(EXTRACTORS)}")
     with tempfile.TemporaryDirectory(prefix="fastimg-accuracy-") as tmp:
         if quick:
             path = Path(tmp) / "quick.zarr"

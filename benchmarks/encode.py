@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._harness import report
+from benchmarks._harness import BenchmarkError, MissingData, report
 
 logger = logging.getLogger("benchmarks.encode")
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,8 +52,8 @@ def imdb_path() -> Path:
 
     Raises
     ------
-    FileNotFoundError
-        The file is not there.
+    MissingData
+        The file is not there (a FileNotFoundError too).
     """
     env = os.environ.get("FASTIMG_DATA")
     # only $FASTIMG_DATA when it is set: fastimg's own loader reads no other folder
@@ -61,8 +61,8 @@ def imdb_path() -> Path:
     path = root / "imdb/imdb.csv.gz"
     if not path.is_file():
         where = "$FASTIMG_DATA" if env else "beside the checkout; $FASTIMG_DATA is not set"
-        raise FileNotFoundError(f"IMDB reviews not found: no {path} ({where}); set FASTIMG_DATA "
-                                f"to the folder holding imdb/imdb.csv.gz")
+        raise MissingData(f"IMDB reviews not found: no {path} ({where}); set FASTIMG_DATA "
+                          f"to the folder holding imdb/imdb.csv.gz")
     return path
 
 
@@ -80,6 +80,8 @@ def imdb_sample(n: int, seed: int = 0) -> list[str]:
     csv.field_size_limit(1 << 30)
     with gzip.open(imdb_path(), "rt", encoding="utf-8", newline="") as fh:
         texts = [row["text"] for row in csv.DictReader(fh)]
+    if n > len(texts):
+        raise BenchmarkError(f"{n} reviews asked for; {imdb_path()} holds {len(texts)}")
     pick = np.random.default_rng(seed).choice(len(texts), size=n, replace=False)
     return [texts[i] for i in pick]
 

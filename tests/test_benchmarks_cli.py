@@ -1,8 +1,10 @@
 """The benchmark CLI (``python -m benchmarks``) without running a suite: where it finds the IMDB
-reviews."""
+reviews, one line and exit 2 for a bad value or a missing input."""
+import sys
+
 import pytest
 
-from conftest import shared_imdb
+from conftest import one_line, shared_imdb
 
 
 @pytest.fixture
@@ -41,3 +43,66 @@ def test_fastimg_data_set_is_the_only_place_looked(beside_checkout, tmp_path, mo
     monkeypatch.setenv("FASTIMG_DATA", str(tmp_path / "empty"))
     with pytest.raises(FileNotFoundError, match=r"no .*empty/imdb/imdb\.csv\.gz \(\$FASTIMG_DATA"):
         imdb_path()
+
+
+def _usage_error(capsys, argv) -> str:
+    """Run ``python -m benchmarks ARGV`` in this process; its one-line error (exit 2)."""
+    from benchmarks.__main__ import main
+
+    with pytest.raises(SystemExit) as exc, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["python -m benchmarks", *argv])
+        main()
+    assert exc.value.code == 2
+    return one_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("argv,message", [
+    # argparse's usage block came first (nine lines)
+    (["bogus"], "invalid choice: 'bogus'"),
+    (["raster", "--quik"], "unrecognized arguments: --quik"),
+    # 0 ran the default 512 reviews; -3 and 60000 were numpy's traceback after loading the model
+    (["encode", "--docs", "0"], "argument --docs: expected an integer >= 1, got '0'"),
+    (["encode", "--probe", "-1"], "argument --probe: expected an integer >= 0, got '-1'"),
+    (["accuracy", "--epochs", "0"], "argument --epochs: expected an integer >= 1, got '0'"),
+    # a traceback after the linear probes
+    (["accuracy", "--seeds", "0,x"], "argument --seeds: expected comma-separated integers"),
+    # exit 1 (SystemExit with a message)
+    (["accuracy", "--quick", "--configs", "ourz"], "accuracy: error: unknown configuration(s) "
+                                                    "['ourz']"),
+    (["accuracy", "--quick", "--extractors", "alexnt"], "unknown extractor(s) ['alexnt']"),
+    # a traceback after the corpus was loaded
+    (["build", "--quick", "--precision", "fp16", "--device", "cpu"],
+     "precision 'fp16' runs on cuda only"),
+])
+def test_bad_values_are_one_line_and_exit_2(capsys, tmp_path, monkeypatch, argv, message):
+    # no reviews, in a folder of its own: a value that is not refused fails fast there
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FASTIMG_DATA", str(tmp_path))
+    assert message in _usage_error(capsys, argv)
+
+
+def test_a_device_missing_here_is_one_line(capsys):
+    """--device cuda without a GPU: torch's traceback once the model was loaded."""
+    from fastimg.embed import ENCODE_DEVICES
+
+    if ENCODE_DEVICES.resolve("auto") == "cuda":
+        pytest.skip("this machine has a CUDA GPU")
+    assert "'cuda' cannot run here" in _usage_error(capsys, ["encode", "--device", "cuda"])
+
+
+def test_json_path_that_cannot_be_written_is_refused_first(capsys, tmp_path):
+    """A --json folder that did not exist failed encode and accuracy after their run; a folder
+    given as the file failed every suite after its run."""
+    assert "not a file this user can write" in _usage_error(
+        capsys, ["raster", "--json", str(tmp_path)])
+    (tmp_path / "file").write_text("")
+    assert "cannot create its folder" in _usage_error(
+        capsys, ["raster", "--json", str(tmp_path / "file" / "r.json")])
+
+
+def test_missing_reviews_are_one_line(capsys, tmp_path, monkeypatch):
+    """No IMDB reviews: a traceback (exit 1)."""
+    monkeypatch.setenv("FASTIMG_DATA", str(tmp_path))
+    err = _usage_error(capsys, ["encode", "--quick", "--device", "cpu"])
+    assert err.startswith("python -m benchmarks encode: error: IMDB reviews not found")
+    assert "set FASTIMG_DATA" in err
