@@ -5,6 +5,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from importlib.metadata import PackageNotFoundError, version
 
@@ -28,6 +29,15 @@ def median_time(fn, *, repeats: int, warmup: int = 1) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+_START = time.perf_counter()
+
+
+def step(message: str) -> None:
+    """Say on stderr what a suite starts now and how long it has run: the long suites are
+    otherwise silent for minutes (stdout keeps the results alone)."""
+    print(f"-- {message} ({time.perf_counter() - _START:.0f} s in)", file=sys.stderr, flush=True)
 
 
 def machine() -> dict:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._harness import report
+from benchmarks._harness import report, step
 from benchmarks.encode import author_loop, use_imdb
 
 
@@ -38,10 +38,12 @@ def _naive(corpus, max_length: int, folder: Path, device: str) -> dict:
     loaded = load_model("minilm")
     loaded.model.to(device)
     times = {}
+    step(f"naive: the author's loop on {len(corpus.texts)} reviews")
     start = time.perf_counter()
     embeddings = author_loop(corpus.texts, loaded, device, max_length)
     times["encode_s"] = time.perf_counter() - start
 
+    step("naive: pyDeepInsight's t-SNE fit")
     start = time.perf_counter()
     train = corpus.split == "train"
     scaler = Norm2Scaler().fit(embeddings[train])
@@ -84,10 +86,12 @@ def run(quick: bool = False, json_path: str | None = None, device: str = "auto",
     corpus = load_corpus(corpus_config)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
+        step("warm-up build (40 reviews)")
         # warm the JIT caches and the model files so neither side pays first-use costs
         build_dataset(folder / "warm.zarr", CorpusConfig(dataset="imdb", limit=40, seed=1),
                       EncoderConfig(max_length=32, device=device, precision=precision),
                       LayoutConfig(method="pca"), progress=False)
+        step(f"fastimg: build_dataset on {n_rows} reviews")
         start = time.perf_counter()
         # assignment="bin": the images pyDeepInsight makes on the naive side (like for like)
         summary = build_dataset(folder / "fast.zarr", corpus_config,

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._harness import BenchmarkError, MissingData, report
+from benchmarks._harness import BenchmarkError, MissingData, report, step
 
 logger = logging.getLogger("benchmarks.encode")
 ROOT = Path(__file__).resolve().parents[1]
@@ -318,6 +318,7 @@ def precision_section(texts, loaded, model_name, device, max_length, probe: int 
         encoders.update(others)
         for encoder in encoders.values():  # warm-up: kernels, thread pools, int8's quantisation
             encoder(texts[:8], {})
+    step(f"{len(encoders)} precisions and engines, {blocks} blocks of {len(texts)} reviews")
     names = list(configs)
     section: dict = {"precisions": names, "pooling": pooling, "onnxruntime": list(others),
                      "n_docs": len(texts), "blocks": blocks,
@@ -340,6 +341,7 @@ def precision_section(texts, loaded, model_name, device, max_length, probe: int 
     if probe_data is not None:
         padded = [n for n, c in configs.items() if c.batching == "padded"]
         p_texts, y, split = probe_data
+        step(f"the probe slice, {len(p_texts)} reviews, then the linear probes")
         timed = _interleaved(p_texts, {n: encoders[n] for n in padded + list(others)}, device,
                              2 * blocks)
         ref = timed["fp32"][2]
@@ -396,6 +398,7 @@ def run(quick: bool = False, json_path: str | None = None, device: str = "auto",
     n_tokens = int(lengths.sum())
     repeats = 3 if device == "cuda" else 1
 
+    step(f"{model_desc} on {device}: warm-up, then fastimg on {n} reviews")
     # warm-up (allocator, kernels, thread pools) on a few reviews
     encode(texts[:8], config, model=loaded)
     author_loop(texts[:2], loaded, device, max_length)
@@ -419,6 +422,7 @@ def run(quick: bool = False, json_path: str | None = None, device: str = "auto",
         with open(json_path, "w", encoding="utf-8") as fh:
             json.dump({"suite": "encode", "partial": True, "precision_section": precisions}, fh,
                       indent=2)
+    step(f"unsorted batches, then the author's loop on {n} reviews")
     unsorted_cfg = EncoderConfig(model=model_name, device=device, max_length=max_length,
                                  sort_by_length=False)
     unsorted_s, _ = _timed(lambda: encode(texts, unsorted_cfg, model=loaded), device, 1)

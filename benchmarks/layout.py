@@ -17,7 +17,7 @@ import warnings
 
 import numpy as np
 
-from benchmarks._harness import report
+from benchmarks._harness import report, step
 from fastimg.images import synthetic_matrix
 from fastimg.layout import DeepInsightLayout
 
@@ -62,6 +62,7 @@ def real_embeddings_scores(quick: bool = False) -> dict:
         return {"real_skipped": str(exc)}
     # quick (CI smoke): the last layer only, 384 features, so both t-SNE fits take seconds
     n_reviews, max_length, layers = (64, 64, (6,)) if quick else (1_000, 128, "last6")
+    step(f"real embeddings: {n_reviews} IMDB reviews encoded, then the fits")
     start = time.perf_counter()
     x = encode(imdb_sample(n_reviews, seed=1), EncoderConfig(
         model="minilm", layers=layers, max_length=max_length, device="cpu",
@@ -93,6 +94,7 @@ def run(quick: bool = False, json_path: str | None = None) -> dict:
     n_rows, n_features = (2_000, 768) if quick else (40_000, 4_608)
     x = synthetic_matrix(n_rows, n_features, rank=32, seed=0, dtype=np.float32)
 
+    step(f"fastimg's fit, then pyDeepInsight's, on {n_rows} x {n_features}")
     start = time.perf_counter()
     # assignment="bin": pyDeepInsight's pixel map, so both sides make the same map
     layout = DeepInsightLayout(grid=50, assignment="bin", random_state=0).fit(x)

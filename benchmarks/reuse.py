@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._harness import report
+from benchmarks._harness import report, step
 from benchmarks.encode import use_imdb
 
 
@@ -39,15 +39,18 @@ def run(quick: bool = False, json_path: str | None = None) -> dict:
                               random_state=0)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
+        step("warm-up build (40 reviews)")
         # warm the JIT caches and the model files so no timing pays first-use costs
         build_dataset(folder / "warm.zarr", CorpusConfig(dataset="imdb", limit=40, seed=1),
                       EncoderConfig(max_length=32), LayoutConfig(method="pca"), progress=False)
         out = folder / "imdb.zarr"
+        step(f"the full build on {n_rows} reviews")
         start = time.perf_counter()
         first = build_dataset(out, corpus, encoder, first_layout, progress=False)
         first_s = time.perf_counter() - start
         embeddings = store.StoreReader(out).embeddings[:]
 
+        step("relayout, rebuild, new split, --reuse-from")
         start = time.perf_counter()
         relayout(out, folder / "relayout.zarr", new_layout, progress=False)
         relayout_s = time.perf_counter() - start

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._harness import report
+from benchmarks._harness import report, step
 from benchmarks.encode import use_imdb
 
 WORKERS = 2
@@ -55,9 +55,11 @@ def run(quick: bool = False, json_path: str | None = None) -> dict:
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
+        step(f"in-process builds (warm-up, then {n_rows} reviews)")
         _build(folder / "warm.zarr", warm_corpus, warm_encoder, method="pca")
         local_s, local = _build(folder / "local.zarr", corpus_config, encoder_config,
                                 method=method)
+        step(f"a local:{WORKERS} cluster: warm-up, then {n_rows} reviews")
         start = time.perf_counter()
         with connect(f"local:{WORKERS}") as client:
             startup_s = time.perf_counter() - start

@@ -13,6 +13,12 @@ ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("pyDeepInsight")
 #: suites that read IMDB reviews (the others make their data)
 IMDB_SUITES = ("encode", "build", "reuse")
+#: suites that run for minutes at full size: each says on stderr what it starts
+LONG_SUITES = ("layout", "encode", "build", "reuse", "scale")
+
+
+def progress_lines(stderr: str) -> list:
+    return [line for line in stderr.splitlines() if line.startswith("-- ")]
 
 
 @pytest.mark.slow
@@ -33,6 +39,8 @@ def test_suite_quick(tmp_path, suite):
         assert key in result
     assert result["suite"] == suite and result["fastimg_s"] > 0
     assert result["ratio"] == pytest.approx(result["baseline_s"] / result["fastimg_s"])
+    if suite in LONG_SUITES:  # silent for minutes at full size before
+        assert len(progress_lines(done.stderr)) >= 2, done.stderr[-3000:]
     if suite == "raster":
         assert result["max_abs_diff"] <= 1e-5
     if suite == "encode":
@@ -115,8 +123,10 @@ def test_scale_quick(tmp_path):
     if shared_imdb() is None:
         pytest.skip("needs ../shared/data/imdb/imdb.csv.gz")
     path = tmp_path / "scale.json"
-    subprocess.run([sys.executable, "-m", "benchmarks", "scale", "--quick", "--json", str(path)],
-                   cwd=ROOT, check=True, capture_output=True, timeout=600)
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "scale", "--quick", "--json",
+                           str(path)], cwd=ROOT, check=True, capture_output=True, text=True,
+                          timeout=600)
+    assert len(progress_lines(done.stderr)) >= 2
     result = json.loads(path.read_text())
     assert result["suite"] == "scale" and result["fastimg_s"] > 0 and result["baseline_s"] > 0
     assert result["ratio"] == pytest.approx(result["baseline_s"] / result["fastimg_s"])
