@@ -67,14 +67,23 @@ def machine() -> dict:
             "versions": versions}
 
 
+def _shown(value) -> str:
+    """A result's value as printed: floats to 4 significant digits, in dicts (stage times) too;
+    the JSON keeps them whole."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_shown(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
 def report(result: dict, json_path: str | None) -> dict:
     """Add the ratio and the machine, print a summary, write JSON."""
     result = {**result, "ratio": result["baseline_s"] / result["fastimg_s"], "machine": machine()}
     width = max(len(k) for k in result)
     for key, value in result.items():
         if key != "machine":
-            shown = f"{value:.4g}" if isinstance(value, float) else value
-            print(f"{key:<{width}}  {shown}")
+            print(f"{key:<{width}}  {_shown(value)}")
     if json_path:  # bench-results/ is not in a fresh clone
         os.makedirs(os.path.dirname(json_path) or ".", exist_ok=True)
         with open(json_path, "w", encoding="utf-8") as fh:

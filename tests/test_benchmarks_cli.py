@@ -106,3 +106,17 @@ def test_missing_reviews_are_one_line(capsys, tmp_path, monkeypatch):
     err = _usage_error(capsys, ["encode", "--quick", "--device", "cpu"])
     assert err.startswith("python -m benchmarks encode: error: IMDB reviews not found")
     assert "set FASTIMG_DATA" in err
+
+
+def test_report_prints_stage_times_as_short_as_the_rest(capsys):
+    """The stage times of build, reuse and scale were printed with 16 digits
+    ({'corpus_s': 4.914878683999632, ...}) beside every other figure's four."""
+    from benchmarks._harness import report
+
+    result = report({"suite": "x", "fastimg_s": 2.0, "baseline_s": 3.0,
+                     "fastimg_stages_s": {"encode_s": 1.2345678, "layout_s": 0.123456},
+                     "batches_per_epoch": {"torch": 2}}, None)
+    out = capsys.readouterr().out
+    assert "{encode_s: 1.235, layout_s: 0.1235}" in out and "{torch: 2}" in out
+    assert out.splitlines()[-1].split() == ["ratio", "1.5"]
+    assert result["fastimg_stages_s"]["encode_s"] == 1.2345678  # the JSON keeps every digit
