@@ -47,12 +47,17 @@ def _n(value) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def _quoted(names) -> bool:
+    """Whether a list of these class names quotes them: one of them would misread."""
+    return any(_AMBIGUOUS_NAME.search(str(name)) for name in names)
+
+
 def class_names_text(names) -> str:
     """Class names as a summary lists them: quoted, all of them, when one would misread
     (``very good, really`` read as two classes), and the first :data:`MAX_LISTED_CLASSES`
     with how many more when there are more."""
     names = [str(name) for name in names]
-    quote = any(_AMBIGUOUS_NAME.search(name) for name in names)
+    quote = _quoted(names)
     shown = [repr(name) if quote else name for name in names[:MAX_LISTED_CLASSES]]
     more = len(names) - len(shown)
     return ", ".join(shown) + (f", ... ({_n(more)} more)" if more > 0 else "")
@@ -71,7 +76,7 @@ def class_counts_text(per_class: dict, separator: str = ", ") -> str:
                 + (f", {_n(empty)} classes without rows" if empty else ""))
     if separator == "/":
         return "/".join(_n(n) for n in counts)
-    quote = any(_AMBIGUOUS_NAME.search(str(name)) for name in per_class)
+    quote = _quoted(per_class)
     return separator.join(f"{name!r} {_n(n)}" if quote else f"{name} {_n(n)}"
                           for name, n in per_class.items())
 
@@ -450,7 +455,7 @@ def describe_run(path) -> list[str]:
 
 
 def _store_state(recorded) -> str:
-    """`` (gone: ...)`` after a run's local training store when it is no longer a complete
+    """`` (not there now: ...)`` after a run's local training store when it is no longer a complete
     store there (a URL is not looked up: info reads no object storage for a run)."""
     from fastimg.store import location
 

@@ -201,16 +201,18 @@ def _check_train_classes(split, labels, class_names, class_values, notes, remedi
         notes.append(f"{len(absent)} of the {len(class_names)} classes "
                      f"{'has' if len(absent) == 1 else 'have'} no rows in the limit's sample "
                      f"({_listed(absent)}): they stay classes of the store, without rows")
-    missing = [name for name in missing if name not in set(absent)]
+    absent_names = set(absent)
+    missing = [name for name in missing if name not in absent_names]
     if missing:
         notes.append(f"the train split has no rows of class {_listed(missing)}: a model "
                      f"trained on it cannot predict {'it' if len(missing) == 1 else 'them'}")
 
 
-def _listed(names, limit: int = 20) -> str:
-    """``names`` quoted and joined, the first ``limit`` of them and how many more."""
-    shown = ", ".join(map(repr, names[:limit]))
-    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+def _listed(names, limit: int = 20, shown=repr) -> str:
+    """``names`` written by ``shown`` (quoted) and joined, the first ``limit`` of them and
+    how many more."""
+    text = ", ".join(map(shown, names[:limit]))
+    return text + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
 def _note_case_variants(class_names, column: str, notes: list) -> None:
@@ -236,7 +238,7 @@ def _note_number_spellings(values, column: str, notes: list) -> None:
               if len(names) > 1]
     if merged:
         notes.append(f"label column {column!r} writes one number in several ways "
-                     f"({', '.join(merged[:20])}{', ...' if len(merged) > 20 else ''}): each "
+                     f"({_listed(merged, shown=str)}): each "
                      f"is one class, named by its integer; keep them apart with labels that "
                      f"are not numbers")
 

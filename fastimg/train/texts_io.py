@@ -109,14 +109,13 @@ def read_lines(stream) -> tuple[list, list]:
     fastimg.corpus.CorpusError
         A line with bytes that are not UTF-8, or a lone surrogate (the message names it).
     """
-    if hasattr(stream, "buffer"):
-        utf8 = io.TextIOWrapper(stream.buffer, encoding="utf-8-sig", errors="surrogateescape")
-        try:
-            lines = [line.rstrip("\r\n") for line in utf8]
-        finally:
+    utf8 = (io.TextIOWrapper(stream.buffer, encoding="utf-8-sig", errors="surrogateescape")
+            if hasattr(stream, "buffer") else None)
+    try:
+        lines = [line.rstrip("\r\n") for line in (utf8 or stream)]
+    finally:
+        if utf8 is not None:
             utf8.detach()  # leave the stream itself open
-    else:
-        lines = [line.rstrip("\r\n") for line in stream]
     for i, line in enumerate(lines):
         _check_text(line, f"line {i + 1}", stream="stdin")
     kept = [i for i, line in enumerate(lines) if line.strip()]
