@@ -750,7 +750,7 @@ def test_classes_the_limit_samples_no_row_of_are_named_once_and_briefly(tmp_path
     no_train = len(present) - len(set(corpus.targets[corpus.split == "train"].tolist()))
     assert absent == 180 and no_train > 20
     assert len(corpus.class_names) == 300
-    notes = [n for n in corpus.warnings if "no rows" in n]
+    notes = [n for n in corpus.warnings if "no rows" in n and not n.startswith("the val")]
     assert len(notes) == 2 and all(len(n) < 500 for n in notes)
     assert notes[0].startswith("180 of the 300 classes have no rows in the limit's sample ('c")
     assert ", ... (160 more)): they stay classes" in notes[0]
@@ -839,7 +839,7 @@ def test_a_rare_class_keeps_its_rows_in_train_while_others_can_spare_theirs(tmp_
     assert all(n == 1 for name, n in counts["train"].items() if name != "sports"), counts
     assert counts["val"]["sports"] == 13 and sum(counts["val"].values()) == 13
     assert sum(counts["test"].values()) == 10
-    assert "no rows of class" not in caplog.text
+    assert "the train split has no rows of class" not in caplog.text
     # a class of two rows: one trains, one validates
     rows = [[f"r{i}", f"text {i}", y] for i, y in enumerate(["a"] * 30 + ["b"] * 2)]
     path = write_csv(tmp_path / "two.csv", ["id", "text", "label"], rows)
@@ -880,3 +880,37 @@ def test_a_utf16_file_is_named_so(tmp_path, encoding, name):
     path.write_bytes("text\tlabel\ngood\t1\nbad\t0\n".encode(encoding))
     assert error(path) == f"{path} is {name} (its byte-order mark says so), not UTF-8; re-encode " \
                           f"the file as UTF-8"
+
+
+def test_a_corpus_too_small_to_lay_out_is_built_with_a_warning(tmp_path):
+    """`--limit 3` built a store without a word, though a layout fitted on three rows places
+    features by noise; below MIN_ROWS_ADVISED rows the corpus says so (and builds)."""
+    from fastimg.corpus._load import MIN_ROWS_ADVISED
+
+    path = sorted_corpus(tmp_path, n_neg=100, n_pos=100)
+    small = load_corpus(cfg(path, limit=12))
+    notes = [n for n in small.warnings if n.startswith("only ")]
+    assert len(small) == 12 and notes == [
+        f"only 12 rows (the limit): the layout places each feature by its values over the rows "
+        f"and a head learns from them, so with fewer than {MIN_ROWS_ADVISED} both are mostly "
+        f"noise (DeepInsight's results use thousands)"]
+    assert not [n for n in load_corpus(cfg(path, limit=MIN_ROWS_ADVISED)).warnings
+                if n.startswith("only ")]
+    tiny = sorted_corpus(tmp_path, n_neg=3, n_pos=3, name="tiny.csv")
+    assert [n for n in load_corpus(cfg(tiny)).warnings if n.startswith("only 6 rows:")]
+
+
+def test_classes_the_val_split_lacks_are_noted(tmp_path):
+    """A val split without a class the train split has never scores it while picking the best
+    epoch; it was silent (`val 0/1` in the summary only)."""
+    rows = [[f"t{i}", "rare" if i < 2 else ("a" if i % 2 else "b")] for i in range(200)]
+    path = write_csv(tmp_path / "rare.csv", ["text", "label"], rows)
+    for seed in range(20):  # a seed whose val draws neither 'rare' row
+        corpus = load_corpus(cfg(path, seed=seed, val_fraction=0.1))
+        if "rare" not in {corpus.class_names[k] for k in corpus.targets[corpus.split == "val"]}:
+            break
+    notes = [n for n in corpus.warnings if n.startswith("the val split")]
+    assert notes == ["the val split (20 rows) has no rows of class 'rare': validation, which "
+                     "picks the best epoch, never scores it"]
+    balanced = load_corpus(cfg(sorted_corpus(tmp_path, 100, 100, name="b.csv")))
+    assert not [n for n in balanced.warnings if n.startswith("the val split")]

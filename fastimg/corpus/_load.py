@@ -18,6 +18,9 @@ logger = logging.getLogger("fastimg.corpus")
 MISSING_LABELS = {"", "nan", "na", "n/a", "null", "none"}
 #: A label column that many rows long, every value distinct, is not one (an id or text column).
 MIN_ROWS_ALL_DISTINCT = 10
+#: Fewer rows than this are built, with a warning: the layout places each feature by its values
+#: over the rows and the head learns from them; with so few, both are mostly noise.
+MIN_ROWS_ADVISED = 100
 _NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
 
 
@@ -98,6 +101,11 @@ def load_corpus(config: CorpusConfig) -> Corpus:
 
     labels = labels[rows]
     ids = ids[rows]
+    if len(rows) < MIN_ROWS_ADVISED:
+        notes.append(f"only {len(rows)} rows{' (the limit)' if config.limit is not None else ''}"
+                     f": the layout places each feature by its values over the rows and a head "
+                     f"learns from them, so with fewer than {MIN_ROWS_ADVISED} both are mostly "
+                     f"noise (DeepInsight's results use thousands)")
     texts = _texts(table, config.text_columns, rows)
     empty = [i for i, t in enumerate(texts) if not t.strip()]
     if empty:
@@ -153,6 +161,7 @@ def load_corpus(config: CorpusConfig) -> Corpus:
     if mode == "column":
         remedies.append(f"train rows of more than one class in split column {split_column!r}")
     _check_train_classes(split, labels, class_names, class_values, notes, remedies)
+    _note_val_classes(split, labels, class_names, class_values, notes)
 
     for note in notes:
         logger.warning("%s", note)
@@ -206,6 +215,20 @@ def _check_train_classes(split, labels, class_names, class_values, notes, remedi
     if missing:
         notes.append(f"the train split has no rows of class {_listed(missing)}: a model "
                      f"trained on it cannot predict {'it' if len(missing) == 1 else 'them'}")
+
+
+def _note_val_classes(split, labels, class_names, class_values, notes) -> None:
+    """Note the classes the train split has and the val split lacks: validation, which picks
+    the best epoch, never scores them (a class without train rows is noted already)."""
+    values = labels if class_values is None else np.searchsorted(class_values, labels)
+    val = values[split == "val"]
+    if not val.size:
+        return
+    missing = sorted(set(values[split == "train"].tolist()) - set(val.tolist()))
+    if missing:
+        notes.append(f"the val split ({val.size} row{'s' if val.size > 1 else ''}) has no rows of class "
+                     f"{_listed([class_names[k] for k in missing])}: validation, which picks "
+                     f"the best epoch, never scores {'it' if len(missing) == 1 else 'them'}")
 
 
 def _listed(names, limit: int = 20, shown=repr) -> str:
