@@ -914,3 +914,13 @@ def test_classes_the_val_split_lacks_are_noted(tmp_path):
                      "picks the best epoch, never scores it"]
     balanced = load_corpus(cfg(sorted_corpus(tmp_path, 100, 100, name="b.csv")))
     assert not [n for n in balanced.warnings if n.startswith("the val split")]
+
+
+def test_typed_numbers_among_text_labels_are_one_class_per_integer(tmp_path):
+    """JSONL labels 1.0, 1 and "other": one class (1 == 1.0), named '1.0' or '1' by which came
+    first, because a text label sent the column down the text path; it is '1' whatever the
+    order. Text spellings stay apart."""
+    records = [{"text": f"t{i}", "label": [1.0, 1, "other", "01"][i % 4]} for i in range(40)]
+    corpus = load_corpus(cfg(write_jsonl(tmp_path / "mixed.jsonl", records)))
+    assert corpus.class_names == ["01", "1", "other"]
+    assert np.bincount(corpus.labels).tolist() == [10, 20, 10]

@@ -327,11 +327,19 @@ def _labels(table: Table, column: str):
         class_values = tuple(sorted(set(numbers.values())))
         names = table.label_names if set(class_values) <= set(table.label_names) else {}
         return labels, [names.get(v, str(v)) for v in class_values], class_values
-    strings = {v: str(v).strip() for v in distinct}
+    strings = {v: _class_name(v) for v in distinct}
     class_names = sorted(set(strings.values()))
     index = {v: class_names.index(name) for v, name in strings.items()}
     labels = np.fromiter((index[v] for v in values), dtype=np.int64, count=len(values))
     return labels, class_names, None
+
+
+def _class_name(value) -> str:
+    """A label's class name among text labels: a typed number (JSON, Parquet) named by its
+    integer when it is one (``1`` and ``1.0`` are one class), text as written, stripped."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value).strip()
 
 
 def id_values(table: Table, column: str) -> list:
