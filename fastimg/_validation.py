@@ -7,6 +7,9 @@ from pathlib import Path
 import numpy as np
 
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
+#: Names (classes, values) a message or summary lists one by one; past it, the first ones and
+#: how many more.
+MAX_LISTED = 20
 
 
 def total_memory_bytes() -> int:

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from fastimg import store
+from fastimg._validation import MAX_LISTED
 from fastimg.run_folder import CONFIG_FILE, METRICS_FILE, NORMALISER_FILE, RUN_FILES
 
 #: Layout entries that are arrays (thousands of numbers): left out of the JSON view.
@@ -36,8 +37,6 @@ def store_json(reader: store.StoreReader) -> dict:
     return attrs
 
 
-#: Classes named one by one in a summary; past it, the first ones and how many more.
-MAX_LISTED_CLASSES = 20
 #: What makes a class name read as something else in a list: a separator, a bracket,
 #: doubled, leading or trailing spaces, nothing at all.
 _AMBIGUOUS_NAME = re.compile(r"[,;/()]|\s\s|^\s|\s$|^$")
@@ -54,21 +53,21 @@ def _quoted(names) -> bool:
 
 def class_names_text(names) -> str:
     """Class names as a summary lists them: quoted, all of them, when one would misread
-    (``very good, really`` read as two classes), and the first :data:`MAX_LISTED_CLASSES`
+    (``very good, really`` read as two classes), and the first :data:`MAX_LISTED`
     with how many more when there are more."""
     names = [str(name) for name in names]
     quote = _quoted(names)
-    shown = [repr(name) if quote else name for name in names[:MAX_LISTED_CLASSES]]
+    shown = [repr(name) if quote else name for name in names[:MAX_LISTED]]
     more = len(names) - len(shown)
     return ", ".join(shown) + (f", ... ({_n(more)} more)" if more > 0 else "")
 
 
 def class_counts_text(per_class: dict, separator: str = ", ") -> str:
     """Rows per class of one split: each class's (``name n``, or the counts alone joined by
-    ``"/"``) up to :data:`MAX_LISTED_CLASSES` classes, the range per class past them (after
+    ``"/"``) up to :data:`MAX_LISTED` classes, the range per class past them (after
     the split's rows with ``"/"``, whose line does not give them)."""
     counts = [int(n) for n in per_class.values()]
-    if len(counts) > MAX_LISTED_CLASSES:
+    if len(counts) > MAX_LISTED:
         empty = sum(n == 0 for n in counts)
         low, high = min(counts), max(counts)
         return ((f"{_n(sum(counts))} rows, " if separator == "/" else "")

@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 
-from fastimg._validation import lone_surrogate
+from fastimg._validation import MAX_LISTED, lone_surrogate
 from fastimg.corpus._base import PAPER_VAL_FRACTION, Corpus, CorpusConfig, CorpusError
 from fastimg.corpus.imdb import IMDB_LABEL_NAMES, resolve_imdb
 from fastimg.corpus.readers import Table, read_table
@@ -231,7 +231,7 @@ def _note_val_classes(split, labels, class_names, class_values, notes) -> None:
                      f"the best epoch, never scores {'it' if len(missing) == 1 else 'them'}")
 
 
-def _listed(names, limit: int = 20, shown=repr) -> str:
+def _listed(names, limit: int = MAX_LISTED, shown=repr) -> str:
     """``names`` written by ``shown`` (quoted) and joined, the first ``limit`` of them and
     how many more."""
     text = ", ".join(map(shown, names[:limit]))
