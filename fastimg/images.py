@@ -204,7 +204,7 @@ def split_codes(values, n_rows: int, *, source: str = "split",
                 lines: bool = False) -> np.ndarray:
     """``values`` (codes, or names as :data:`~fastimg.store.schema.SPLIT_ALIASES` spells them,
     or codes written as text; one per row) as int8 codes; raises ValueError when invalid,
-    naming the 0-based row, or the 1-based line of a text file when ``lines``."""
+    naming the row by its index (0-based), or the 1-based line of a text file when ``lines``."""
     values = np.asarray(values)
     if values.ndim != 1 or values.shape[0] != n_rows:
         raise ValueError(f"{source} must hold one split per row ({n_rows}), got shape "
@@ -221,7 +221,7 @@ def split_codes(values, n_rows: int, *, source: str = "split",
         raise ValueError(f"{source} must hold split codes or names, got dtype {values.dtype}")
     bad = np.flatnonzero((codes < 0) | (codes >= len(SPLIT_NAMES)))
     if bad.size:
-        where = f"line {bad[0] + 1}" if lines else f"row {bad[0]}"
+        where = f"line {bad[0] + 1}" if lines else f"index {bad[0]}"  # as numpy counts
         raise ValueError(f"{source}: {where} has split {values[bad[0]].item()!r}; expected "
                          f"one of {', '.join(SPLIT_NAMES)} or their codes "
                          f"0-{len(SPLIT_NAMES) - 1}")

@@ -255,8 +255,8 @@ def test_images_fit_the_layout_on_the_training_rows_of_a_split_file(rng, tmp_pat
 
 
 @pytest.mark.parametrize("content,message", [
-    (np.array([0, 1, 5] * 40), "row 2 has split 5;"),
-    (np.array(["train", "holdout"] * 60), "row 1 has split 'holdout'"),
+    (np.array([0, 1, 5] * 40), "index 2 has split 5;"),
+    (np.array(["train", "holdout"] * 60), "index 1 has split 'holdout'"),
     (np.zeros(7, dtype=np.int8), "one split per row (120)"),
 ])
 def test_bad_split_files_exit_2(rng, tmp_path, capsys, content, message):
