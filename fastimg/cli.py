@@ -99,13 +99,15 @@ def _storage_options(args) -> dict:
     return options
 
 
-def _locations(paths, args) -> list:
+def _locations(paths, args, *, input_url: bool = False) -> list:
     """Local paths or fsspec URLs with the command's ``--storage-option``s, said to be ignored
     for each local path when none of ``paths`` is a URL (one written without its scheme,
-    perhaps); a command that reads or writes one URL uses them."""
+    perhaps) and the input is not one (``input_url``); a command that reads or writes one URL
+    uses them."""
     options = _storage_options(args)
     resolved = [store.location.resolve(path, options) for path in paths]
-    if options and all(store.location.is_local(location) for location in resolved):
+    if (options and not input_url
+            and all(store.location.is_local(location) for location in resolved)):
         for path in paths:
             logger.warning("--storage-option is for store URLs (s3://...): ignored for the "
                            "local path %s", path)
@@ -151,13 +153,31 @@ def _local_path(text: str) -> Path:
 
 
 def _local_input(text: str) -> str:
-    """An input file read on this machine (:func:`_not_a_url`): only stores are read from
-    object storage."""
+    """An input file read on this machine (:func:`_not_a_url`): only stores and the corpus
+    of build-dataset are read from object storage."""
     return _not_a_url(text, "this input is read on this machine: copy it here first")
 
 
 def _local_input_path(text: str) -> Path:
     return Path(_local_input(text))
+
+
+def _input_path_or_url(text: str) -> str:
+    """A corpus file on this machine or at a URL; a URL with a slash missing
+    (``s3:/bucket/c.csv``) is refused (it would be looked for in a local folder ``s3:``)."""
+    _path_text(text)
+    try:
+        store.location._check_not_a_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _corpus_input(text):
+    """``--input`` of build-dataset: a local path as ``Path`` writes it, a URL as given."""
+    if text is None or "://" in text:
+        return text
+    return str(Path(text))
 
 
 def _local_path_or_stdout(text: str):
@@ -281,7 +301,7 @@ def _cmd_build_dataset(args) -> int:
     from fastimg.dataset import build_dataset
 
     corpus = CorpusConfig(
-        input=None if args.input is None else str(args.input), dataset=args.dataset,
+        input=_corpus_input(args.input), dataset=args.dataset,
         text_columns=tuple(args.text_column or ("text",)), label_column=args.label_column,
         id_column=args.id_column, split_column=args.split_column, limit=args.limit,
         split=args.split, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
@@ -291,7 +311,8 @@ def _cmd_build_dataset(args) -> int:
     config = _dataset_config(args)
     start = time.perf_counter()
     announce = _stage_announcer(args, start)
-    out, *reuse_from = _locations([args.out, *(args.reuse_from or ())], args)
+    out, *reuse_from = _locations([args.out, *(args.reuse_from or ())], args,
+                                  input_url=corpus.input is not None and "://" in corpus.input)
     if args.reuse_from and args.no_reuse:
         raise UserError("--reuse-from takes stages from other stores, which --no-reuse forbids: "
                         "give one of them")
@@ -299,7 +320,7 @@ def _cmd_build_dataset(args) -> int:
         summary = build_dataset(out, corpus, encoder, layout, config, force=args.force,
                                 reuse=not args.no_reuse, progress=not args.quiet,
                                 on_stage=announce, client=client,
-                                reuse_from=reuse_from)
+                                reuse_from=reuse_from, storage_options=_storage_options(args))
     _print_dataset_summary(out, summary, time.perf_counter() - start)
     return 0
 
@@ -655,9 +676,10 @@ def build_parser() -> argparse.ArgumentParser:
     source = build.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", choices=["imdb"],
                         help="built-in recipe (looks in $FASTIMG_DATA, then the user cache)")
-    source.add_argument("--input", type=_local_input_path,
+    source.add_argument("--input", type=_input_path_or_url,
                         help="CSV, TSV, JSONL or Parquet file (optionally .gz), or an aclImdb "
-                             "folder or tarball")
+                             "folder or tarball; a file may be a URL (s3://bucket/x.csv, read "
+                             "with --storage-option)")
     build.add_argument("--out", required=True, type=_path_text,
                        help="zarr store to write: a path or an fsspec URL (s3://bucket/x.zarr)")
     build.add_argument("--text-column", action="append", metavar="NAME",

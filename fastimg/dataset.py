@@ -183,7 +183,8 @@ def build_dataset(out, corpus_config, encoder_config=None, layout_config=None,
         :mod:`fastimg.cluster`); the layout is fitted here. The store must be reachable from
         every worker (object storage or a shared file system).
     storage_options : dict, optional
-        fsspec options for a URL ``out`` (credentials, endpoint).
+        fsspec options for a URL ``out``, ``reuse_from`` or corpus input (credentials,
+        endpoint).
 
     Returns
     -------
@@ -223,7 +224,7 @@ def build_dataset(out, corpus_config, encoder_config=None, layout_config=None,
     timings = {}
     start = time.perf_counter()
     on_stage("corpus")
-    corpus = load_corpus(corpus_config)
+    corpus = load_corpus(corpus_config, storage_options)
     codes = split_codes(corpus.split, len(corpus), source="the corpus split")
     fit_rows = _fit_rows(codes, config.fit_on)
     # a model that cannot be found or pooled (run_settings), or whose tokenizer cannot serve

@@ -39,11 +39,10 @@ README = Path(__file__).resolve().parents[1] / "README.md"
     (["images", "--synthetic", "10x-3", "--out", "o"], "at least one row and one feature"),
     (["show", "s.zarr", "--out", "s3://bucket/s.png"],
      "argument --out: expected a local path, got the URL 's3://bucket/s.png'"),
-    # an input file is read on this machine: a URL was folded into the path 's3:/bucket/c.csv'
-    # and said not to exist
-    (["build-dataset", "--input", "s3://bucket/c.csv", "--out", "s3://bucket/o.zarr"],
-     "argument --input: expected a local path, got the URL 's3://bucket/c.csv' (this input is "
-     "read on this machine: copy it here first)"),
+    # a corpus may be a URL; one with a slash missing was looked for in a local folder 's3:'
+    (["build-dataset", "--input", "s3:/bucket/c.csv", "--out", "o"],
+     "argument --input: s3:/bucket/c.csv looks like a URL with a slash missing: write "
+     "s3://bucket/c.csv"),
     (["images", "--input", "s3://bucket/s.zarr/embeddings", "--out", "o"],
      "argument --input: expected a local path, got the URL 's3://bucket/s.zarr/embeddings'"),
     (["predict", "run", "--input", "https://example.com/c.csv", "--out", "p.csv"],

@@ -457,3 +457,58 @@ def test_an_error_reaching_a_store_rebuilt_in_place_leaves_it_whole(s3, rng, mon
     monkeypatch.undo()
     np.testing.assert_array_equal(store.StoreReader(url).images[:], before)
     store.location.remove(url)
+
+
+def _put(s3, key: str, data: bytes) -> str:
+    import s3fs
+
+    s3fs.S3FileSystem(**s3, skip_instance_cache=True).pipe(f"{BUCKET}/{key}", data)
+    return f"s3://{BUCKET}/{key}"
+
+
+def test_a_corpus_on_s3_is_read_as_the_same_file_here_is(tmp_path, s3):
+    """`--input s3://...` was refused ("copy it here first") though stores live there: a
+    table file or an aclImdb tarball is read from the bucket as from this disk."""
+    import gzip
+
+    from fastimg.corpus import CorpusConfig, load_corpus
+    from test_corpus import tiny_tarball
+
+    csv = write_csv(tmp_path / "t.csv", n=40)
+    url = _put(s3, "corpora/t.csv.gz", gzip.compress(csv.read_bytes()))
+    here, there = (load_corpus(CorpusConfig(input=source, split_column="split"), options)
+                   for source, options in ((str(csv), None), (url, s3)))
+    assert there.texts == here.texts and there.ids.tolist() == here.ids.tolist()
+    assert there.labels.tolist() == here.labels.tolist() and there.source == url
+    tar = _put(s3, "corpora/aclImdb_v1.tar.gz", tiny_tarball(tmp_path))
+    assert len(load_corpus(CorpusConfig(input=tar), s3)) == 8
+
+
+def test_a_corpus_url_that_is_missing_or_a_folder_is_one_line(s3):
+    from fastimg.corpus import CorpusError, read_table
+
+    _put(s3, "folder/a.csv", b"text,label\na,1\n")
+    for url, message in [
+            (f"s3://{BUCKET}/nope.csv", f"input s3://{BUCKET}/nope.csv does not exist"),
+            ("s3://nobucket/c.csv", "s3://nobucket/c.csv: the bucket nobucket does not exist"),
+            (f"s3://{BUCKET}/folder", f"input s3://{BUCKET}/folder is a folder: an aclImdb "
+                                      f"folder is read from a local disk")]:
+        with pytest.raises(CorpusError, match=f"^{message}"):
+            read_table(url, s3)
+    with pytest.raises(CorpusError, match=r"^input s3:/b/c.csv looks like a URL with a slash "
+                                          r"missing: write s3://b/c.csv"):
+        read_table("s3:/b/c.csv")
+
+
+@pytest.mark.slow
+def test_build_dataset_reads_its_corpus_from_s3(tmp_path, tiny_bert_dir, s3, s3_env, capsys):
+    csv = write_csv(tmp_path / "t.csv", n=40)
+    url = _put(s3, "corpora/t.csv", csv.read_bytes())
+    assert main(_build_argv(url, tiny_bert_dir, str(tmp_path / "there.zarr"), *s3_env)) == 0
+    assert main(_build_argv(csv, tiny_bert_dir, str(tmp_path / "here.zarr"))) == 0
+    # the storage options served the input: no "ignored for the local path" warning
+    assert "ignored" not in capsys.readouterr().err
+    there, here = (store.StoreReader(tmp_path / name) for name in ("there.zarr", "here.zarr"))
+    np.testing.assert_array_equal(there.images[:], here.images[:])
+    assert there.configs["corpus"]["input"] == url
+    assert "secret" not in json.dumps(there.configs)  # the options are never stored

@@ -41,7 +41,9 @@ class CorpusConfig:
     input : str or None
         A CSV, TSV, JSONL or Parquet file (each optionally ``.gz``-compressed), an aclImdb
         folder (``{train,test}/{pos,neg}/*.txt``, or a folder holding ``aclImdb/``) or an
-        aclImdb tarball. Exactly one of ``input`` and ``dataset`` is given.
+        aclImdb tarball; a file may be an fsspec URL (``s3://bucket/reviews.csv.gz``), read
+        with the storage options given to :func:`~fastimg.corpus.load_corpus`. Exactly one of
+        ``input`` and ``dataset`` is given.
     dataset : {"imdb"} or None
         A built-in recipe; ``"imdb"`` finds the data with :func:`fastimg.corpus.resolve_imdb`.
     text_columns : tuple of str

@@ -24,8 +24,11 @@ MIN_ROWS_ADVISED = 100
 _NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
 
 
-def load_corpus(config: CorpusConfig) -> Corpus:
+def load_corpus(config: CorpusConfig, storage_options: dict | None = None) -> Corpus:
     """Load, check, sample and split a labelled corpus as ``config`` says.
+
+    ``storage_options`` (credentials, endpoint) serve an input given as an fsspec URL
+    (``s3://bucket/reviews.csv``); they are not part of ``config``, so never stored.
 
     Raises
     ------
@@ -42,7 +45,7 @@ def load_corpus(config: CorpusConfig) -> Corpus:
         table.split_column = table.split_column or "split"
         table.label_names = table.label_names or dict(IMDB_LABEL_NAMES)
     else:
-        table = read_table(config.input)
+        table = read_table(config.input, storage_options)
         # columns named like the defaults are the file's ids and split unless others are named,
         # as "text" and "label" are its texts and labels
         for role, name in (("id_column", "id"), ("split_column", "split")):

@@ -58,27 +58,81 @@ class Table:
         return f"{self.location_kind} {self.locations[i]}"
 
 
-def read_table(path) -> Table:
-    """Read ``path`` into a :class:`Table`, or raise :class:`CorpusError` with one line."""
+def read_table(path, storage_options: dict | None = None) -> Table:
+    """Read ``path`` into a :class:`Table`, or raise :class:`CorpusError` with one line.
+
+    ``path`` is a local file or folder, or an fsspec URL of a file (``s3://bucket/x.csv``,
+    read with ``storage_options``); an aclImdb folder is read from a local disk only.
+    """
+    if isinstance(path, str):
+        scheme, _, rest = path.partition("://") if "://" in path else ("", "", path)
+        if scheme in ("file", "local"):
+            path = rest
+        elif scheme:
+            return _read_url(path, storage_options or {})
+        else:
+            _check_not_a_url(path)
     path = Path(path)
     if not path.exists():
         raise CorpusError(f"input {path} does not exist")
     if path.is_dir():
         return read_aclimdb_folder(path)
-    name = path.name.lower()
     if path.is_file() and path.stat().st_size == 0:
         raise CorpusError(f"input {path} is empty")
-    if name.endswith(TAR_SUFFIXES):
+    if path.name.lower().endswith(TAR_SUFFIXES):
         return read_aclimdb_tar(path)
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise CorpusError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return _table_from_bytes(raw, path, path.name)
+
+
+def _read_url(url: str, storage_options: dict) -> Table:
+    """A file on object storage (or any fsspec URL), read whole into memory as a local one is;
+    a missing object or bucket and a refused access are one line each."""
+    from fastimg.store import location
+
+    where = location.Location(url.rstrip("/"), storage_options)
+    name = where.url.rsplit("/", 1)[-1]
+    try:
+        with location._access(where):
+            fs, key = where.fs()
+            if fs.isdir(key):
+                raise CorpusError(f"input {url} is a folder: an aclImdb folder is read from a "
+                                  f"local disk; give a table file or the aclImdb tarball")
+            if name.lower().endswith(TAR_SUFFIXES):
+                with fs.open(key, "rb") as handle:
+                    return read_aclimdb_tar(url, fileobj=handle)
+            raw = fs.cat_file(key)
+    except FileNotFoundError as exc:
+        if str(exc).startswith(f"{where.url}: the bucket"):  # named by location._access
+            raise CorpusError(str(exc)) from None
+        raise CorpusError(f"input {url} does not exist") from None
+    except (PermissionError, ValueError, ImportError) as exc:
+        raise CorpusError(str(exc)) from None
+    return _table_from_bytes(raw, url, name)
+
+
+def _check_not_a_url(text: str) -> None:
+    """Refuse a path that is a URL with a slash missing (``s3:/bucket/x.csv``), which would
+    be looked for as a local file in a folder named ``s3:``."""
+    from fastimg.store import location
+
+    try:
+        location._check_not_a_url(text)
+    except ValueError as exc:
+        raise CorpusError(f"input {exc}") from None
+
+
+def _table_from_bytes(raw: bytes, path, name: str) -> Table:
+    """The table in a file's bytes; ``path`` names it in messages, ``name`` (its file name)
+    says its format."""
     if not raw:
         raise CorpusError(f"input {path} is empty")
-    stem = name
-    if name.endswith(".gz"):
-        stem = name[:-3]
+    stem = name.lower()
+    if stem.endswith(".gz"):
+        stem = stem[:-3]
         if not raw.startswith(GZIP_MAGIC):
             raise CorpusError(f"{path} is named .gz but is not gzip-compressed")
     if raw.startswith(GZIP_MAGIC):
@@ -87,7 +141,7 @@ def read_table(path) -> Table:
             raise CorpusError(f"input {path} is empty (after decompression)")
     kind = TABLE_SUFFIXES.get(Path(stem).suffix)
     if kind is None:
-        raise CorpusError(f"unsupported input format {path.name!r}: {SUPPORTED}")
+        raise CorpusError(f"unsupported input format {name!r}: {SUPPORTED}")
     if kind == "parquet":
         return _read_parquet(raw, path)
     text = _decode(raw, path, kind)
@@ -231,7 +285,7 @@ def _read_parquet(raw: bytes, path: Path) -> Table:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise CorpusError(f"reading {path.name} needs pyarrow: pip install pyarrow") from None
+        raise CorpusError(f"reading {path} needs pyarrow: pip install pyarrow") from None
     try:
         # one thread, no dataset layer: pyarrow's pools can abort the interpreter at exit
         # ("terminate called without an active exception", apache/arrow#34314)
@@ -304,12 +358,13 @@ def read_aclimdb_folder(path: Path) -> Table:
     return _aclimdb_table(reviews, str(path))
 
 
-def read_aclimdb_tar(path: Path) -> Table:
-    """The aclImdb tarball, read member by member: only regular files named like
-    ``aclImdb/{train,test}/{pos,neg}/ID_RATING.txt`` are read; nothing is written to disk."""
+def read_aclimdb_tar(path, fileobj=None) -> Table:
+    """The aclImdb tarball at ``path`` (or in ``fileobj``, ``path`` naming it), read member by
+    member: only regular files named like ``aclImdb/{train,test}/{pos,neg}/ID_RATING.txt`` are
+    read; nothing is written to disk."""
     reviews = []
     try:
-        with tarfile.open(path, mode="r:*") as archive:
+        with tarfile.open(None if fileobj else path, mode="r:*", fileobj=fileobj) as archive:
             for member in archive:
                 match = ACLIMDB_MEMBER.match(member.name)
                 if match is None or not member.isreg():
