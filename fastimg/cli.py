@@ -943,6 +943,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _kept(args) -> bool:
+    """Whether a stopped command left something a rerun resumes: builds keep their finished
+    stages; other commands leave nothing to resume."""
+    return (args.command in ("build-dataset", "relayout", "images")
+            and _unfinished_build_written(args))
+
+
+def _disk_full(exc: BaseException) -> OSError | None:
+    """The ``OSError`` of a full disk (or quota) in ``exc``'s chain of causes, if any."""
+    import errno
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def _unfinished_build_written(args) -> bool:
     """Whether a build command stopped with its unfinished store written (a Ctrl-C while the
     corpus is read leaves nothing to resume)."""
@@ -1175,15 +1195,22 @@ def main(argv=None) -> int:
         # zarr's writes left pending on its event loop are destroyed at exit, and asyncio
         # logs each ("Task was destroyed but it is pending!") under the one line below
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-        # builds keep their finished stages; other commands leave nothing to resume
-        kept = (" (the unfinished build is kept: rerun to resume)"
-                if args.command in ("build-dataset", "relayout", "images")
-                and _unfinished_build_written(args) else "")
+        kept = " (the unfinished build is kept: rerun to resume)" if _kept(args) else ""
         terminated = isinstance(exc, Terminated)
         print(f"fastimg {args.command}: {'terminated' if terminated else 'interrupted'}{kept}",
               file=sys.stderr)
         return 128 + int(signal.SIGTERM if terminated else signal.SIGINT)
     except Exception as exc:  # noqa: BLE001 - every error ends as one line and an exit code
+        full = _disk_full(exc)
+        if full is not None:  # the machine's state, not a bug: what to do, and what is kept
+            if args.debug:
+                traceback.print_exception(exc, file=sys.stderr)
+            where = f" (writing {full.filename})" if full.filename else ""
+            print(f"fastimg {args.command}: error: no space left on the device{where}: free "
+                  f"some space, then rerun"
+                  f"{' to resume (the unfinished build is kept)' if _kept(args) else ''}",
+                  file=sys.stderr)
+            return EXIT_USAGE
         return report_error(args.command, exc, debug=args.debug, flags=flags)
     finally:
         warnings.formatwarning = formatwarning

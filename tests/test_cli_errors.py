@@ -748,3 +748,29 @@ def test_an_out_in_a_read_only_folder_is_refused_before_any_work(tmp_path, monke
     check_can_write(tmp_path / "ro" / "p.csv", "x")
     with pytest.raises(PermissionError, match="ro is not writable"):
         check_can_write(tmp_path / "ro" / "p.csv", "x", replaced=True)
+
+
+@pytest.mark.parametrize("chained", [False, True])
+def test_a_full_disk_is_one_line_that_says_what_to_do(tmp_path, capsys, monkeypatch, chained):
+    """A disk filling up mid-build printed "error: [Errno 28] No space left on device" (or,
+    wrapped by another library, an internal error): what happened, and that a rerun resumes."""
+    import errno
+
+    import fastimg.dataset
+
+    out = tmp_path / "d.zarr"
+
+    def fill_the_disk(*args, **kwargs):
+        store.partial_path(out).mkdir()  # the unfinished build a rerun resumes
+        full = OSError(errno.ENOSPC, "No space left on device")
+        if not chained:
+            raise full
+        raise RuntimeError("a write failed") from full
+
+    monkeypatch.setattr(fastimg.dataset, "build_dataset", fill_the_disk)
+    code = main(["build-dataset", "--input", str(tmp_path / "c.csv"), "--out", str(out),
+                 "--quiet"])
+    assert code == 2
+    assert one_line(capsys.readouterr().err) == (
+        "fastimg build-dataset: error: no space left on the device: free some space, then "
+        "rerun to resume (the unfinished build is kept)")
