@@ -122,7 +122,8 @@ def _location(path: str, args):
 def _add_storage_options(parser) -> None:
     parser.add_argument("--storage-option", action="append", type=_storage_option,
                         metavar="KEY=VALUE",
-                        help="fsspec option for a store URL (s3://, gs://), e.g. "
+                        help="fsspec option for a store URL (s3://, gs://) or a corpus "
+                             "URL (build-dataset --input), e.g. "
                              "endpoint_url=http://127.0.0.1:9000; repeatable; JSON values are "
                              "parsed, a.b=v nests, an empty value is refused (KEY='\"\"' is the "
                              "empty string); credentials also come from the usual environment "
