@@ -7,8 +7,11 @@ import os
 from benchmarks._harness import BenchmarkError
 
 SUITES = ("raster", "layout", "encode", "build", "reuse", "scale", "train", "accuracy")
-#: the suites that take --device, and --precision
+#: the suites that take --device (build also --precision)
 DEVICE_SUITES = ("encode", "build", "accuracy")
+#: options handed to each suite's ``run()`` that takes a parameter of that name
+SUITE_OPTIONS = ("device", "docs", "probe", "store", "limit", "configs", "weights", "probes",
+                 "extractors", "epochs", "seeds", "precision", "tokenizer", "pooling")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -101,11 +104,38 @@ def _check(parser: argparse.ArgumentParser, args, suites) -> None:
             parser.error(f"--json {args.json}: not a file this user can write")
 
 
+def _suite_options(suite: str) -> set:
+    """The :data:`SUITE_OPTIONS` that ``suite``'s ``run()`` takes."""
+    run = importlib.import_module(f"benchmarks.{suite}").run
+    return set(inspect.signature(run).parameters) & set(SUITE_OPTIONS)
+
+
+def _flag(option: str) -> str:
+    return "--no-probes" if option == "probes" else f"--{option}"
+
+
+def _check_options(parser: argparse.ArgumentParser, args, suites) -> None:
+    """Refuse an option given that none of ``suites`` takes (it was silently ignored: a
+    --precision int8 build of the encode suite timed what it always does), naming the suites
+    that take it."""
+    taken = {suite: _suite_options(suite) for suite in SUITES}
+    for option in SUITE_OPTIONS:
+        if getattr(args, option) == parser.get_default(option):
+            continue
+        if not any(option in taken[suite] for suite in suites):
+            takers = [suite for suite in SUITES if option in taken[suite]]
+            names = " and ".join([", ".join(takers[:-1]), takers[-1]] if len(takers) > 1
+                                 else takers)
+            parser.error(f"{_flag(option)} is not an option of the {args.suite} suite (it is "
+                         f"for the {names} suite{'s' if len(takers) > 1 else ''})")
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     suites = SUITES if args.suite == "all" else (args.suite,)
+    _check_options(parser, args, suites)
     _check(parser, args, suites)
     for suite in suites:
         print(f"== {suite}{' (quick)' if args.quick else ''}")
@@ -113,12 +143,7 @@ def main(argv=None):
         if path and args.suite == "all":
             path = f"{path.removesuffix('.json')}.{suite}.json"
         run = importlib.import_module(f"benchmarks.{suite}").run
-        params = inspect.signature(run).parameters
-        extra = {k: getattr(args, k) for k in ("device", "docs", "probe", "store", "limit",
-                                                "configs", "weights", "probes", "extractors",
-                                                "epochs", "seeds", "precision", "tokenizer",
-                                                "pooling")
-                 if k in params}
+        extra = {k: getattr(args, k) for k in _suite_options(suite)}
         try:
             run(quick=args.quick, json_path=path, **extra)
         except BenchmarkError as exc:  # a missing input, a bad value: one line, no traceback

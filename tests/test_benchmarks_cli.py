@@ -73,6 +73,13 @@ def _usage_error(capsys, argv) -> str:
     # a traceback after the corpus was loaded
     (["build", "--quick", "--precision", "fp16", "--device", "cpu"],
      "precision 'fp16' runs on cuda only"),
+    # an option the suite does not take was dropped without a word: encode timed fp32 and the
+    # rest as always, layout ignored --device
+    (["encode", "--quick", "--precision", "int8"], "--precision is not an option of the encode "
+                                                   "suite (it is for the build suite)"),
+    (["layout", "--device", "cpu"], "--device is not an option of the layout suite (it is for "
+                                    "the encode, build and accuracy suites)"),
+    (["raster", "--no-probes"], "--no-probes is not an option of the raster suite"),
 ])
 def test_bad_values_are_one_line_and_exit_2(capsys, tmp_path, monkeypatch, argv, message):
     # no reviews, in a folder of its own: a value that is not refused fails fast there
