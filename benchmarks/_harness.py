@@ -40,6 +40,14 @@ def step(message: str) -> None:
     print(f"-- {message} ({time.perf_counter() - _START:.0f} s in)", file=sys.stderr, flush=True)
 
 
+def left_out(columns: str, why: str) -> str:
+    """Say on stderr which columns a suite leaves out on this machine, and why (a table
+    without its GPU columns read as if the suite had none); the line, for the results."""
+    line = f"{columns} left out: {why}"
+    print(f"-- {line}", file=sys.stderr, flush=True)
+    return line
+
+
 def machine() -> dict:
     cpu = platform.processor()
     try:
