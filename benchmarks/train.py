@@ -41,7 +41,7 @@ from fastimg import store
 
 
 def write_store(path, n_rows: int, *, grid=(50, 50), seed: int = 0, val_fraction=0.0,
-                chunk_rows: int | None = None):
+                test_fraction=0.0, chunk_rows: int | None = None):
     """A finished labelled store of sparse random images (fast: numpy + the store helpers)."""
     rng = np.random.default_rng(seed)
     occupied = rng.random(grid) < 0.35
@@ -54,7 +54,9 @@ def write_store(path, n_rows: int, *, grid=(50, 50), seed: int = 0, val_fraction
         block[labels[start:stop] == 1, :10, :10] += 0.5
         images[start:stop] = block.astype(np.float16)
     split = np.zeros(n_rows, np.int8)
-    split[rng.random(n_rows) < val_fraction] = 1
+    draw = rng.random(n_rows)
+    split[draw < val_fraction] = 1
+    split[(draw >= val_fraction) & (draw < val_fraction + test_fraction)] = 2
     store.write_store(path, {store.IMAGES: images, store.LABELS: labels.astype(np.int64),
                              store.SPLIT: split,
                              store.EMBEDDINGS: rng.standard_normal((n_rows, 8)).astype(np.float16)},
@@ -153,7 +155,8 @@ def _cache_vs_recompute(folder: Path, n_rows: int, epochs: int) -> dict:
     from fastimg.train import TrainConfig, fit
 
     path = folder / "fit.zarr"
-    write_store(path, n_rows, val_fraction=0.1, seed=1)
+    # a test split, as a user's store has (without one each fit warns that its figure is val's)
+    write_store(path, n_rows, val_fraction=0.1, test_fraction=0.1, seed=1)
     # the paper's cut and every epoch: comparable figures
     base = dict(extractor="wide_resnet50_2", weights=None, epochs=epochs, batch_size=128,
                 loader="torch", probe=False, progress=False, normalize="image",
