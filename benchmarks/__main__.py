@@ -133,7 +133,11 @@ def _check_options(parser: argparse.ArgumentParser, args, suites) -> None:
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    # the level on the handler too: dask's distributed sets its loggers to INFO, and a
+    # local cluster's start-up (scale) printed some twenty lines through the root handler
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     suites = SUITES if args.suite == "all" else (args.suite,)
     _check_options(parser, args, suites)
     _check(parser, args, suites)
