@@ -8,7 +8,8 @@ the image pixels standardised per pixel (what a linear model gets from the image
 
 The store: ``--store PATH`` (built there first when it does not exist: IMDB, ``--limit``
 reviews, MiniLM, 256 tokens, 50 x 50; the 25k/25k IMDB split gives a test split, validation
-is carved from train). ``--quick`` trains on a tiny synthetic store instead (CI: no IMDB, no
+is carved from train); without it, ``benchmarks/imdb-LIMIT.zarr`` in fastimg's cache
+(``$XDG_CACHE_HOME/fastimg``), built by the first run and reused by the next. ``--quick`` trains on a tiny synthetic store instead (CI: no IMDB, no
 encoder), so the suite cannot rot.
 
 ImageNet weights are not downloadable on every machine: the extractors use random weights
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._harness import BenchmarkError, machine
+from benchmarks._harness import BenchmarkError, machine, step
 from benchmarks.encode import use_imdb
 
 logger = logging.getLogger("benchmarks.accuracy")
@@ -81,6 +82,15 @@ def _quick_store(path: Path, n_rows: int = 160, grid=(24, 24), seed: int = 0) ->
                       force=True)
 
 
+def default_store(limit: int) -> Path:
+    """Where the suite builds its IMDB store without ``--store``: fastimg's cache, one store per
+    ``limit`` (it wrote ``imdb4k.zarr`` into the working folder, the same name for 4,000 and
+    4,500 reviews)."""
+    from fastimg.corpus.imdb import cache_dir
+
+    return cache_dir() / "benchmarks" / f"imdb-{limit}.zarr"
+
+
 def _imdb_store(path: Path, limit: int) -> None:
     from fastimg.corpus import CorpusConfig
     from fastimg.dataset import build_dataset
@@ -121,10 +131,12 @@ def run(quick: bool = False, json_path: str | None = None, store: str | None = N
             shared = {"epochs": 2, "batch_size": 32, "head_channels": (8, 8, 8, 8),
                       "hidden": (16, 8), "embedding_hidden": 16}
         else:
-            path = Path(store or f"imdb{limit // 1000}k.zarr")
+            path = Path(store) if store else default_store(limit)
             if not path.exists():
-                print(f"building {path} (IMDB, {limit} reviews, MiniLM, 256 tokens)")
+                step(f"building {path} (IMDB, {limit} reviews, MiniLM, 256 tokens)")
                 _imdb_store(path, limit)
+            else:
+                step(f"training on {path}")
             shared = {}
         data = StoreData(path)
         rows = {s: int(data.rows(s).size) for s in ("train", "val", "test")}

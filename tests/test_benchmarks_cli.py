@@ -127,3 +127,27 @@ def test_report_prints_stage_times_as_short_as_the_rest(capsys):
     assert "{encode_s: 1.235, layout_s: 0.1235}" in out and "{torch: 2}" in out
     assert out.splitlines()[-1].split() == ["ratio", "1.5"]
     assert result["fastimg_stages_s"]["encode_s"] == 1.2345678  # the JSON keeps every digit
+
+
+def test_accuracy_builds_its_default_store_in_the_cache_one_per_limit(tmp_path, monkeypatch,
+                                                                     capsys):
+    """Without --store the accuracy suite wrote imdb4k.zarr into the working folder, under one
+    name for --limit 4000 and 4500 (the second run trained on the first's 4,000 reviews)."""
+    from benchmarks.accuracy import default_store
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert default_store(4000) == tmp_path / "cache/fastimg/benchmarks/imdb-4000.zarr"
+    assert default_store(4500) != default_store(4000)
+    # no reviews here: it stops with one line, and has written nothing into the working folder
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("FASTIMG_DATA", str(tmp_path))
+    from benchmarks.__main__ import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["accuracy", "--limit", "4500"])
+    err = capsys.readouterr().err.splitlines()
+    assert exc.value.code == 2 and "IMDB reviews not found" in err[-1]
+    assert err[0].startswith(f"-- building {default_store(4500)} (IMDB, 4500 reviews")
+    assert list(work.iterdir()) == []
