@@ -102,6 +102,8 @@ def run(quick: bool = False, json_path: str | None = None, device: str = "auto",
         fast = dict(summary["timings"])
         fast["store_and_other_s"] = fast_s - sum(fast.values())
         store_mib = store.size_bytes(folder / "fast.zarr") / 2**20
+        # what ran ("auto" resolved: fp32 on the CPU, fp16 on CUDA), as the store records it
+        ran = store.StoreReader(folder / "fast.zarr").stages["encode"]
 
         naive = _naive(corpus, max_length, folder, device)
         naive_mib = sum(f.stat().st_size for f in folder.glob("naive_*.npy")) / 2**20
@@ -111,7 +113,8 @@ def run(quick: bool = False, json_path: str | None = None, device: str = "auto",
         "suite": "build", "baseline": "author's loop + pyDeepInsight tsne fit + rgb transform "
                                       "+ numpy.save",
         "rows": n_rows, "max_length": max_length, "model": "minilm", "device": device,
-        "precision": precision,
+        "precision": ran["precision"], "precision_requested": precision,
+        "int8_engine": ran.get("int8_engine"),
         "fastimg_s": fast_s, "baseline_s": base_s,
         "fastimg_stages_s": fast, "baseline_stages_s": naive,
         "ratio_without_encoding": (base_s - naive["encode_s"]) / not_encoding,

@@ -105,6 +105,9 @@ def test_suite_quick(tmp_path, suite):
         assert all(result["fastimg_stages_s"][k] > 0 and result["baseline_stages_s"][k] > 0
                    for k in stages)
         assert 0 < result["fastimg_share_not_encoding"] < 1
+        # the precision that ran, not the "auto" asked for
+        assert result["precision_requested"] == "auto"
+        assert result["precision"] == ("fp16" if result["device"] == "cuda" else "fp32")
     if suite == "reuse":
         assert result["relayout_images_equal_rebuild"] is True
         assert "encode_s" in result["first_build_stages_s"]
