@@ -882,24 +882,6 @@ def test_a_utf16_file_is_named_so(tmp_path, encoding, name):
                           f"the file as UTF-8"
 
 
-def test_a_corpus_too_small_to_lay_out_is_built_with_a_warning(tmp_path):
-    """`--limit 3` built a store without a word, though a layout fitted on three rows places
-    features by noise; below MIN_ROWS_ADVISED rows the corpus says so (and builds)."""
-    from fastimg.corpus._load import MIN_ROWS_ADVISED
-
-    path = sorted_corpus(tmp_path, n_neg=100, n_pos=100)
-    small = load_corpus(cfg(path, limit=12))
-    notes = [n for n in small.warnings if n.startswith("only ")]
-    assert len(small) == 12 and notes == [
-        f"only 12 rows (the limit): the layout places each feature by its values over the rows "
-        f"and a head learns from them, so with fewer than {MIN_ROWS_ADVISED} both are mostly "
-        f"noise (DeepInsight's results use thousands)"]
-    assert not [n for n in load_corpus(cfg(path, limit=MIN_ROWS_ADVISED)).warnings
-                if n.startswith("only ")]
-    tiny = sorted_corpus(tmp_path, n_neg=3, n_pos=3, name="tiny.csv")
-    assert [n for n in load_corpus(cfg(tiny)).warnings if n.startswith("only 6 rows:")]
-
-
 def test_classes_the_val_split_lacks_are_noted(tmp_path):
     """A val split without a class the train split has never scores it while picking the best
     epoch; it was silent (`val 0/1` in the summary only)."""

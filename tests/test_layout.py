@@ -296,3 +296,25 @@ def test_minmax_scaling_of_a_feature_constant_on_the_training_rows_is_zero(rng):
     new = rng.standard_normal((10, 6)) + 4.0
     scaled = scaler.transform(new)
     assert np.isfinite(scaled).all() and (scaled[:, 2] == 0).all()
+
+
+def test_a_layout_fitted_on_few_rows_warns_and_fits(rng, caplog):
+    """`build-dataset --limit 3` (a layout fitted on 2 rows) built without a word though each
+    feature was placed by noise; below MIN_FIT_ROWS_ADVISED fitted rows the layout says so."""
+    import logging
+
+    from fastimg.layout.layout import MIN_FIT_ROWS_ADVISED
+
+    def warnings_of(n_rows):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="fastimg.layout"):
+            layout = DeepInsightLayout(grid=(8, 8), method="pca").fit(
+                structured_matrix(rng, n_rows, 40))
+        assert layout.pixel_index_.shape == (40,)
+        return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+    assert warnings_of(12) == [
+        f"the layout is fitted on only 12 rows: each feature is placed by its values over them, "
+        f"so with fewer than {MIN_FIT_ROWS_ADVISED} the layout is mostly noise (DeepInsight's "
+        f"results use thousands)"]
+    assert warnings_of(MIN_FIT_ROWS_ADVISED) == []

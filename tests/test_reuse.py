@@ -660,9 +660,9 @@ def test_a_reuse_from_store_that_gives_nothing_is_said(tmp_path, tiny_bert_dir, 
     `fastimg images` (no embeddings of texts, so nothing of it can ever match) too: the user
     who asked for the encoding to be reused learnt that it was not from the encode time."""
     def warned():
-        # the corpus's own notes (a corpus this small is one) are not the reuse's
+        # the layout's own note (a layout fitted on this few rows) is not the reuse's
         found = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING
-                 and r.name != "fastimg.corpus"]
+                 and r.name != "fastimg.layout"]
         caplog.clear()
         return found
 

@@ -18,9 +18,6 @@ logger = logging.getLogger("fastimg.corpus")
 MISSING_LABELS = {"", "nan", "na", "n/a", "null", "none"}
 #: A label column that many rows long, every value distinct, is not one (an id or text column).
 MIN_ROWS_ALL_DISTINCT = 10
-#: Fewer rows than this are built, with a warning: the layout places each feature by its values
-#: over the rows and the head learns from them; with so few, both are mostly noise.
-MIN_ROWS_ADVISED = 100
 _NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
 
 
@@ -104,11 +101,6 @@ def load_corpus(config: CorpusConfig, storage_options: dict | None = None) -> Co
 
     labels = labels[rows]
     ids = ids[rows]
-    if len(rows) < MIN_ROWS_ADVISED:
-        notes.append(f"only {len(rows)} rows{' (the limit)' if config.limit is not None else ''}"
-                     f": the layout places each feature by its values over the rows and a head "
-                     f"learns from them, so with fewer than {MIN_ROWS_ADVISED} both are mostly "
-                     f"noise (DeepInsight's results use thousands)")
     texts = _texts(table, config.text_columns, rows)
     empty = [i for i, t in enumerate(texts) if not t.strip()]
     if empty:

@@ -21,6 +21,8 @@ from .scaling import SCALINGS, FeatureScaler
 logger = logging.getLogger("fastimg.layout")
 
 LAYOUT_FORMAT = 1
+#: Fewer fitted rows than this are laid out with a warning (a small --limit, a tiny corpus).
+MIN_FIT_ROWS_ADVISED = 100
 #: most threads of a layout fit: openTSNE with 100,000 threads crashed the process
 #: (segmentation fault) and with 2,000 ran for minutes on 2 cores instead of seconds
 MAX_THREADS = 1024
@@ -272,6 +274,11 @@ class DeepInsightLayout:
             raise ValueError(f"need at least 2 samples to lay features out, got {X.shape[0]}")
         if X.shape[1] < 2:
             raise ValueError(f"need at least 2 features to lay out, got {X.shape[1]}")
+        if X.shape[0] < MIN_FIT_ROWS_ADVISED:
+            logger.warning("the layout is fitted on only %d rows: each feature is placed by its "
+                           "values over them, so with fewer than %d the layout is mostly noise "
+                           "(DeepInsight's results use thousands)", X.shape[0],
+                           MIN_FIT_ROWS_ADVISED)
         with _threads(cfg.n_jobs):
             self._fit(X)
         self.fit_seconds_ = time.perf_counter() - start
