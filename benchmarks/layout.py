@@ -5,8 +5,7 @@ Both maps are scored with the same metric: the trustworthiness (k = 5) of the 2-
 map with respect to the cosine distances between the scaled features, i.e. how much of the
 neighbourhood structure of the transposed matrix the layout keeps.
 
-Each side is warmed first by a fit of a small matrix (its imports, scikit-learn's among them,
-which the side timed first paid alone). The timed fit is on a synthetic low-rank matrix (the size of the paper's training set). Real
+The timed fit is on a synthetic low-rank matrix (the size of the paper's training set). Real
 [CLS] embeddings have another structure, so when the IMDB reviews are present the suite also
 encodes a small slice with MiniLM (1,000 reviews at 128 tokens, [CLS] of the last six layers)
 and scores both fits on it (``real_*``; ``real_skipped`` says why when the data is absent).
@@ -94,11 +93,6 @@ def real_embeddings_scores(quick: bool = False) -> dict:
 def run(quick: bool = False, json_path: str | None = None) -> dict:
     n_rows, n_features = (2_000, 768) if quick else (40_000, 4_608)
     x = synthetic_matrix(n_rows, n_features, rank=32, seed=0, dtype=np.float32)
-
-    step("warm-up: a fit of 100 x 120 on each side")
-    small = synthetic_matrix(100, 120, rank=8, seed=1, dtype=np.float32)
-    DeepInsightLayout(grid=50, assignment="bin", random_state=0).fit(small)
-    _baseline_fit(small)
 
     step(f"fastimg's fit, then pyDeepInsight's, on {n_rows} x {n_features}")
     start = time.perf_counter()
