@@ -63,8 +63,6 @@ def export(model, layers, folder) -> dict[str, Path]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.transformers import optimizer
 
-    from fastimg.embed.onnx_graph import quiet_quantizer
-
     folder = Path(folder)
     eager = copy.deepcopy(model).eval()
     eager.config._attn_implementation = "eager"  # ORT's fusions match the eager graph, not SDPA
@@ -85,10 +83,9 @@ def export(model, layers, folder) -> dict[str, Path]:
                     {k: v for k, v in opt.get_fused_operator_statistics().items() if v})
         opt.save_model_to_file(str(fused))
         # the fused ops (Attention, SkipLayerNormalization) are outside ONNX's shape inference
-        with quiet_quantizer():
-            quantize_dynamic(fused, int8, weight_type=QuantType.QInt8, per_channel=True,
-                             reduce_range=True, op_types_to_quantize=["MatMul", "Attention"],
-                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        quantize_dynamic(fused, int8, weight_type=QuantType.QInt8, per_channel=True,
+                         reduce_range=True, op_types_to_quantize=["MatMul", "Attention"],
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     return dict(zip(VARIANTS, (fused, int8)))
 
 

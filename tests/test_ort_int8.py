@@ -297,21 +297,3 @@ def test_a_model_without_the_fast_path_modules_is_refused_clearly(tiny, tiny_ber
     stats = {}
     encode(TEXTS, _config(tiny_bert_dir, int8_engine="torch"), model=tiny, stats=stats)
     assert stats["int8_engine"] == "torch"
-
-
-def test_quantising_logs_no_preprocessing_advice_and_keeps_other_root_records(tiny, tmp_path,
-                                                                            caplog):
-    """Every int8 build printed ONNX Runtime's "Please consider to run pre-processing before
-    quantization" (a root-logger warning) although the graph is built fused; other records
-    of the root logger still pass, during and after."""
-    import logging
-
-    with caplog.at_level(logging.WARNING):
-        onnx_graph.save_int8(tiny.model, (1, 2), tmp_path / "int8.onnx")
-        with onnx_graph.quiet_quantizer():
-            logging.warning("a note of the user's own")
-        logging.warning("Please consider to run pre-processing: after the build, kept")
-    messages = [record.getMessage() for record in caplog.records]
-    assert not [m for m in messages if m.startswith("Please consider to run pre-processing ")]
-    assert messages[-2:] == ["a note of the user's own",
-                             "Please consider to run pre-processing: after the build, kept"]

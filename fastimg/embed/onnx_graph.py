@@ -23,8 +23,6 @@ the top, so it is imported only then.
 """
 from __future__ import annotations
 
-import contextlib
-import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,23 +244,6 @@ def build(model, layers, exact_first_row: bool | None = None,
             linear.quantized)
 
 
-def _no_preprocessing_note(record: logging.LogRecord) -> bool:
-    return not record.getMessage().startswith("Please consider to run pre-processing")
-
-
-@contextlib.contextmanager
-def quiet_quantizer():
-    """Drop ``quantize_dynamic``'s advice to run ONNX Runtime's pre-processing first (its
-    shape inference and fusions), logged on the root logger as a warning on every call: this
-    graph is built already fused, with its shapes given, so it is noise in every int8 build."""
-    root = logging.getLogger()
-    root.addFilter(_no_preprocessing_note)  # a logger's filters see its own records only
-    try:
-        yield
-    finally:
-        root.removeFilter(_no_preprocessing_note)
-
-
 def save_int8(model, layers, path, exact_first_row: bool | None = None,
               pooling: str = "cls") -> None:
     """:func:`build`, its every-row MatMuls quantised by ONNX Runtime's dynamic quantisation,
@@ -289,8 +270,7 @@ def save_int8(model, layers, path, exact_first_row: bool | None = None,
         onnx.save(graph, fp32, save_as_external_data=True, location="fp32.onnx.data")
         # contrib ops are outside ONNX's shape inference: their outputs are float32; op types as
         # well as nodes, since an empty node list would mean every node
-        with quiet_quantizer():
-            quantize_dynamic(fp32, path, weight_type=QuantType.QInt8, per_channel=True,
-                             reduce_range=True, nodes_to_quantize=all_rows,
-                             op_types_to_quantize=["MatMul"], use_external_data_format=True,
-                             extra_options={"DefaultTensorType": TensorProto.FLOAT})
+        quantize_dynamic(fp32, path, weight_type=QuantType.QInt8, per_channel=True,
+                         reduce_range=True, nodes_to_quantize=all_rows,
+                         op_types_to_quantize=["MatMul"], use_external_data_format=True,
+                         extra_options={"DefaultTensorType": TensorProto.FLOAT})
