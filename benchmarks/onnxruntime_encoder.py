@@ -63,6 +63,8 @@ def export(model, layers, folder) -> dict[str, Path]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.transformers import optimizer
 
+    from fastimg.embed.ort_int8 import _quiet_root_logger
+
     folder = Path(folder)
     eager = copy.deepcopy(model).eval()
     eager.config._attn_implementation = "eager"  # ORT's fusions match the eager graph, not SDPA
@@ -82,10 +84,16 @@ def export(model, layers, folder) -> dict[str, Path]:
         logger.info("onnxruntime fusions: %s",
                     {k: v for k, v in opt.get_fused_operator_statistics().items() if v})
         opt.save_model_to_file(str(fused))
-        # the fused ops (Attention, SkipLayerNormalization) are outside ONNX's shape inference
-        quantize_dynamic(fused, int8, weight_type=QuantType.QInt8, per_channel=True,
-                         reduce_range=True, op_types_to_quantize=["MatMul", "Attention"],
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        # the fused ops (Attention, SkipLayerNormalization) are outside ONNX's shape inference.
+        # The quantiser warns, through the root logger, to pre-process the graph first
+        # (quant_pre_process: ORT's graph optimisations and shape inference): noise here, as
+        # for fastimg's own int8 graph, whose quiet context this borrows. The graph is ORT's
+        # optimiser's output already; on MiniLM, pre-processed or not, it is the same graph and
+        # its int8 quantises the same ops (all 18 MatMuls and 6 Attentions)
+        with _quiet_root_logger():
+            quantize_dynamic(fused, int8, weight_type=QuantType.QInt8, per_channel=True,
+                             reduce_range=True, op_types_to_quantize=["MatMul", "Attention"],
+                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     return dict(zip(VARIANTS, (fused, int8)))
 
 
