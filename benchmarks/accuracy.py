@@ -9,8 +9,8 @@ the image pixels standardised per pixel (what a linear model gets from the image
 The store: ``--store PATH`` (built there first when it does not exist: IMDB, ``--limit``
 reviews, MiniLM, 256 tokens, 50 x 50; the 25k/25k IMDB split gives a test split, validation
 is carved from train); without it, ``benchmarks/imdb-LIMIT.zarr`` in fastimg's cache
-(``$XDG_CACHE_HOME/fastimg``), built by the first run and reused by the next. ``--quick`` trains on a tiny synthetic store instead (CI: no IMDB, no
-encoder), so the suite cannot rot.
+(``$XDG_CACHE_HOME/fastimg``), built by the first run and reused by the next. ``--quick``
+trains on a tiny synthetic store instead (CI: no IMDB, no encoder), so the suite cannot rot.
 
 ImageNet weights are not downloadable on every machine: the extractors use random weights
 (``weights=None``) unless ``--weights DEFAULT`` is given.

@@ -221,7 +221,8 @@ def _note_val_classes(split, labels, class_names, class_values, notes) -> None:
         return
     missing = sorted(set(values[split == "train"].tolist()) - set(val.tolist()))
     if missing:
-        notes.append(f"the val split ({val.size} row{'s' if val.size > 1 else ''}) has no rows of class "
+        rows = f"{val.size} row{'s' if val.size > 1 else ''}"
+        notes.append(f"the val split ({rows}) has no rows of class "
                      f"{_listed([class_names[k] for k in missing])}: validation, which picks "
                      f"the best epoch, never scores {'it' if len(missing) == 1 else 'them'}")
 
