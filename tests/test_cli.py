@@ -18,19 +18,21 @@ from conftest import structured_matrix
 ])
 def test_cli_layout_defaults_are_the_library_defaults(argv):
     # the CLI declares its own defaults for argparse's help; they must be LayoutConfig's
-    from fastimg.cli import _layout_config, build_parser
+    from fastimg.cli import build_parser
+    from fastimg.cli.build import layout_config
     from fastimg.layout import LayoutConfig
 
-    assert _layout_config(build_parser().parse_args(argv)) == LayoutConfig()
+    assert layout_config(build_parser().parse_args(argv)) == LayoutConfig()
 
 
 def test_tsne_threads_reach_the_layout_and_its_stage_settings():
-    from fastimg.cli import _layout_config, build_parser
+    from fastimg.cli import build_parser
+    from fastimg.cli.build import layout_config
     from fastimg.layout import LayoutConfig
     from fastimg.stages import layout_settings
 
     argv = ["build-dataset", "--dataset", "imdb", "--out", "x.zarr", "--tsne-threads", "-1"]
-    config = _layout_config(build_parser().parse_args(argv))
+    config = layout_config(build_parser().parse_args(argv))
     assert config == LayoutConfig(n_jobs=-1)
     rows = np.arange(10)
     # each thread count gives its own layout: a store fitted with one is not reused for another
@@ -38,14 +40,15 @@ def test_tsne_threads_reach_the_layout_and_its_stage_settings():
 
 
 def test_cli_encoder_defaults_are_the_library_defaults():
-    from fastimg.cli import _encoder_config, build_parser
+    from fastimg.cli import build_parser
+    from fastimg.cli.build import encoder_config
     from fastimg.embed import EncoderConfig
 
     args = build_parser().parse_args(["build-dataset", "--dataset", "imdb", "--out", "x.zarr"])
-    assert _encoder_config(args) == EncoderConfig()
+    assert encoder_config(args) == EncoderConfig()
     args = build_parser().parse_args(["build-dataset", "--dataset", "imdb", "--out", "x.zarr",
                                       "--batching", "packed", "--token-budget", "4096"])
-    assert _encoder_config(args) == EncoderConfig(batching="packed", token_budget=4096)
+    assert encoder_config(args) == EncoderConfig(batching="packed", token_budget=4096)
 
 
 def test_images_from_npy_end_to_end(rng, tmp_path, capsys):
@@ -183,17 +186,17 @@ def test_an_images_build_stopped_after_its_layout_resumes_and_says_so(tmp_path, 
 def test_the_summary_of_a_resumed_build_says_so(tmp_path, capsys):
     """A rerun after a kill said only "reused corpus", its encode timed as if from scratch;
     ``fastimg info`` said "resumed"."""
-    from fastimg.cli import _print_dataset_summary
+    from fastimg.cli.build import print_dataset_summary
 
     summary = {"rows": 10, "classes": 2, "class_names": ["neg", "pos"],
                "counts": {"train": {"neg": 5, "pos": 5}}, "image_shape": [4, 4],
                "image_dtype": "float16", "features": 16, "occupied_pixels": 16,
                "timings": {"encode_s": 1.0}, "reused": ["corpus"], "reused_from": {},
                "resumed": True}
-    _print_dataset_summary(tmp_path, summary, 2.0)
+    print_dataset_summary(tmp_path, summary, 2.0)
     assert "; reused corpus; resumed the unfinished build; encode 1.0 s;" in (
         capsys.readouterr().out)
-    _print_dataset_summary(tmp_path, {**summary, "resumed": False}, 2.0)
+    print_dataset_summary(tmp_path, {**summary, "resumed": False}, 2.0)
     assert "; reused corpus; encode 1.0 s;" in capsys.readouterr().out
 
 

@@ -1,5 +1,6 @@
 """CLI consistency: one line and exit 2 for user mistakes, exit 1 and "a bug" for anything else,
 one meaning per flag name, every flag the README names exists, --split-file, train --force."""
+import argparse
 import functools
 import re
 from pathlib import Path
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 from fastimg import cli, store
+from fastimg.cli import app, build, describe, report, runs
 from fastimg.cli import main
 from fastimg.layout import DeepInsightLayout, LayoutConfig
 from conftest import one_line, structured_matrix
@@ -128,7 +130,7 @@ def test_object_storage_errors_are_the_users_setup(monkeypatch, capsys):
     def boom(args):
         raise exceptions.NoCredentialsError()
 
-    monkeypatch.setattr(cli, "_cmd_info", boom)
+    monkeypatch.setattr(describe, "cmd_info", boom)
     assert main(["info", "s3://bucket/x.zarr"]) == 2
     err = one_line(capsys.readouterr().err)
     assert "object storage: Unable to locate credentials" in err and "--storage-option" in err
@@ -143,7 +145,7 @@ def test_an_endpoint_out_of_reach_is_named(monkeypatch, capsys, name, reason):
     def boom(args):
         raise getattr(exceptions, name)(endpoint_url="http://127.0.0.1:1/bkt/x.zarr.lock")
 
-    monkeypatch.setattr(cli, "_cmd_info", boom)
+    monkeypatch.setattr(describe, "cmd_info", boom)
     assert main(["info", "s3://bkt/x.zarr"]) == 2
     err = one_line(capsys.readouterr().err)
     assert (f"object storage: the object store's endpoint http://127.0.0.1:1 is out of reach "
@@ -163,7 +165,7 @@ def test_user_errors_exit_2_and_bugs_exit_1(monkeypatch, capsys, error, code, wo
     def boom(args):
         raise error
 
-    monkeypatch.setattr(cli, "_cmd_info", boom)
+    monkeypatch.setattr(describe, "cmd_info", boom)
     assert main(["info", "x.zarr"]) == code
     err = one_line(capsys.readouterr().err)
     assert err.startswith("fastimg info: ") and word in err
@@ -175,7 +177,7 @@ def test_debug_prints_the_traceback(monkeypatch, capsys, argv):
     def boom(args):
         raise TypeError("wrong call")
 
-    monkeypatch.setattr(cli, "_cmd_info", boom)
+    monkeypatch.setattr(describe, "cmd_info", boom)
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "in boom" in err
@@ -185,10 +187,10 @@ def test_debug_prints_the_traceback(monkeypatch, capsys, argv):
 def _parser_options() -> dict:
     parser = cli.build_parser()
     options = {"": {o for a in parser._actions for o in a.option_strings}}
-    sub = next(a for a in parser._actions if isinstance(a, cli.argparse._SubParsersAction))
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     for name, command in sub.choices.items():
         options[name] = {o for a in command._actions for o in a.option_strings
-                         if a.help != cli.argparse.SUPPRESS}
+                         if a.help != argparse.SUPPRESS}
     return options
 
 
@@ -221,13 +223,13 @@ def test_device_means_the_torch_device_everywhere():
 
 def test_enumerated_flags_have_choices():
     parser = cli.build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, cli.argparse._SubParsersAction))
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     enumerated = {"--scaling", "--method", "--tsne-backend", "--assignment", "--fit-on",
                   "--dtype", "--raster-backend", "--pooling", "--truncation", "--split",
                   "--extractor", "--normalize", "--cache", "--loader", "--dataset"}
     for name, command in sub.choices.items():
         for action in command._actions:
-            if enumerated & set(action.option_strings) and action.help != cli.argparse.SUPPRESS:
+            if enumerated & set(action.option_strings) and action.help != argparse.SUPPRESS:
                 assert action.choices, (name, action.option_strings)
 
 
@@ -383,42 +385,42 @@ def test_a_reader_that_leaves_the_pipe_ends_the_command_quietly(monkeypatch, cap
         raise BrokenPipeError(32, "Broken pipe")
 
     silenced = []
-    monkeypatch.setattr(cli, "_cmd_info", info_into_a_closed_pipe)
-    monkeypatch.setattr(cli, "_silence_stdout", lambda: silenced.append(True))
+    monkeypatch.setattr(describe, "cmd_info", info_into_a_closed_pipe)
+    monkeypatch.setattr(app, "_silence_stdout", lambda: silenced.append(True))
     assert main(["info", "x.zarr"]) == 141
     assert silenced and capsys.readouterr().err == ""
 
 
 def test_config_fields_in_messages_are_named_by_their_flags():
     flags = cli.flags_of(cli.build_parser(), "build-dataset")
-    assert cli._as_flag("chunk_rows must be a whole number >= 1, got 0", flags) == \
+    assert report.as_flag("chunk_rows must be a whole number >= 1, got 0", flags) == \
         "--chunk-rows must be a whole number >= 1, got 0"
-    assert cli._as_flag("token_budget (8) must be at least max_length (64)", flags) == \
+    assert report.as_flag("token_budget (8) must be at least max_length (64)", flags) == \
         "--token-budget (8) must be at least --max-length (64)"
     kept = ("an unfinished build with other settings is at /tmp/max_length.zarr.partial "
             "(encoder.max_length: 96 -> 64); not_a_flag stays; label column 'label_column' has "
             "one class; No such file: 'text_column.csv'; {\"max_length\": 96}; "
             "chunk_rows.zarr exists; runs/chunk_rows/x")
-    assert cli._as_flag(kept, flags) == kept
-    assert cli._as_flag("limit 90 keeps a single class; raise it", flags) == \
+    assert report.as_flag(kept, flags) == kept
+    assert report.as_flag("limit 90 keeps a single class; raise it", flags) == \
         "--limit 90 keeps a single class; raise it"
-    assert cli._as_flag("seed the rows", flags) == "seed the rows"  # no value: prose
-    assert cli._as_flag("test_fraction 0.1 ignored", flags) == "--test-fraction 0.1 ignored"
+    assert report.as_flag("seed the rows", flags) == "seed the rows"  # no value: prose
+    assert report.as_flag("test_fraction 0.1 ignored", flags) == "--test-fraction 0.1 ignored"
     # the library's keyword and value: the flag and its value (it said layers='author' takes)
-    assert cli._as_flag("layers='author' takes hidden_states[6:12]", flags) == \
+    assert report.as_flag("layers='author' takes hidden_states[6:12]", flags) == \
         "--layers author takes hidden_states[6:12]"
-    assert cli._as_flag("mode='x' is not a field", flags) == "mode='x' is not a field"
+    assert report.as_flag("mode='x' is not a field", flags) == "mode='x' is not a field"
     # a path that opens a message and starts like a field and a number is the path
     for path in ("dataset 2024.csv", "split 2/labels.txt", "input 1.jsonl.gz"):
         message = f"{path} is not valid UTF-8: bad byte 0xff at line 3"
-        assert cli._as_flag(message, flags) == message
+        assert report.as_flag(message, flags) == message
 
 
 def test_logged_warnings_name_flags_not_fields():
     import logging
 
     flags = cli.flags_of(cli.build_parser(), "build-dataset")
-    names = cli._FlagNames(flags)
+    names = report.FlagNames(flags)
 
     def shown(name, level, msg, *args):
         record = logging.LogRecord(name, level, __file__, 1, msg, args, None)
@@ -621,7 +623,7 @@ def test_running_out_of_memory_is_a_setting_too_large_not_a_bug(monkeypatch, cap
     def boom(args):
         raise exc
 
-    monkeypatch.setattr(cli, "_cmd_train", boom)
+    monkeypatch.setattr(runs, "cmd_train", boom)
     assert main(["train", "s.zarr", "--out", "r"]) == 2
     err = one_line(capsys.readouterr().err)
     assert err.startswith("fastimg train: error: out of memory: ") and "--batch-size" in err
@@ -632,7 +634,7 @@ def test_a_runtime_error_that_is_not_memory_is_still_a_bug(monkeypatch, capsys):
     def boom(args):
         raise RuntimeError("shape mismatch")
 
-    monkeypatch.setattr(cli, "_cmd_train", boom)
+    monkeypatch.setattr(runs, "cmd_train", boom)
     assert main(["train", "s.zarr", "--out", "r"]) == 1
     assert "internal error (a bug" in one_line(capsys.readouterr().err)
 
@@ -684,7 +686,7 @@ def test_storage_options_used_by_one_url_are_not_said_ignored(monkeypatch, caplo
 
     for name in ("relayout", "build_dataset"):
         monkeypatch.setattr(fastimg.dataset, name, lambda *args, **kwargs: {})
-    monkeypatch.setattr(cli, "_print_dataset_summary", lambda *args: None)
+    monkeypatch.setattr(build, "print_dataset_summary", lambda *args: None)
     assert main([*argv, "--storage-option", "k=v"]) == 0
     assert "--storage-option" not in caplog.text
 
@@ -694,7 +696,7 @@ def test_relayout_warns_once_per_local_path_given_storage_options(monkeypatch, c
     import fastimg.dataset
 
     monkeypatch.setattr(fastimg.dataset, "relayout", lambda *args, **kwargs: {})
-    monkeypatch.setattr(cli, "_print_dataset_summary", lambda *args: None)
+    monkeypatch.setattr(build, "print_dataset_summary", lambda *args: None)
     assert main(["relayout", "a.zarr", "--out", "b.zarr", "--storage-option", "k=v"]) == 0
     err = caplog.text
     assert err.count("ignored for the local path b.zarr") == 1

@@ -18,8 +18,8 @@ import pytest
 
 from conftest import shared_imdb, tiny_reviews
 from conftest import write_csv as _write_csv
-from fastimg import cli, store
-from fastimg.cli import main
+from fastimg import store
+from fastimg.cli import describe, main, report
 from fastimg.dataset import texts_to_images
 
 IMDB = shared_imdb()
@@ -248,11 +248,11 @@ def test_a_run_this_machine_or_model_cannot_do_fails_before_anything_is_written(
 def test_only_fastimg_warnings_lose_their_file_and_line(monkeypatch):
     from fastimg.embed import EmptyTextWarning
 
-    own = cli._format_own_warning("predict", {"batch_size": "--batch-size"},
+    own = report.format_own_warning("predict", {"batch_size": "--batch-size"},
                                   warnings.formatwarning, "2 of 9\n texts at batch_size 4",
                                   EmptyTextWarning, "/x/encoder.py", 7)
     assert own == "fastimg predict: warning: 2 of 9 texts at --batch-size 4\n"
-    other = cli._format_own_warning("predict", {}, warnings.formatwarning, "deprecated",
+    other = report.format_own_warning("predict", {}, warnings.formatwarning, "deprecated",
                                     FutureWarning, "/x/lib.py", 7)
     assert "lib.py:7" in other and "FutureWarning" in other
 
@@ -261,7 +261,7 @@ def test_only_fastimg_warnings_lose_their_file_and_line(monkeypatch):
         return 0
 
     seen, before = [], warnings.formatwarning
-    monkeypatch.setattr(cli, "_cmd_info", info_that_warns)
+    monkeypatch.setattr(describe, "cmd_info", info_that_warns)
     assert main(["info", "x.zarr"]) == 0 and main(["info", "x.zarr", "--debug"]) == 0
     assert seen[0] == "fastimg info: warning: 1 of 3 texts\n"
     assert "e.py:7" in seen[1]  # --debug keeps Python's form
@@ -392,13 +392,14 @@ def test_sigterm_handling_is_main_s_own(monkeypatch, capsys):
         handler(signal.SIGTERM, None)  # as the signal would run it
         return 0
 
-    monkeypatch.setattr(cli, "_cmd_info", terminated)
+    monkeypatch.setattr(describe, "cmd_info", terminated)
     assert main(["info", "x.zarr"]) == 143
     assert capsys.readouterr().err.strip() == "fastimg info: terminated"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
     seen = []
-    monkeypatch.setattr(cli, "_cmd_info", lambda args: os.kill(os.getpid(), signal.SIGTERM) or 0)
+    monkeypatch.setattr(describe, "cmd_info",
+                        lambda args: os.kill(os.getpid(), signal.SIGTERM) or 0)
     previous = signal.signal(signal.SIGTERM, lambda *a: seen.append("theirs"))
     try:
         assert main(["info", "x.zarr"]) == 0 and seen == ["theirs"]

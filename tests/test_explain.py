@@ -187,6 +187,7 @@ def test_cli_explain_writes_both_files(label_run, tmp_path, capsys, caplog, stor
     """--storage-option with the run's local store (no --store) was ignored unsaid; with a
     local --store it is said once."""
     from fastimg import cli
+    from fastimg.cli import report
 
     out = tmp_path / "explain"
     given = ["--store", str(label_run["store"])] if store else []
@@ -201,7 +202,7 @@ def test_cli_explain_writes_both_files(label_run, tmp_path, capsys, caplog, stor
     assert warnings == [f"storage_options (for store URLs such as s3://...) ignored for the "
                         f"local store {label_run['store']}"]
     flags = cli.flags_of(cli.build_parser(), "explain")
-    assert cli._as_flag(warnings[0], flags).startswith("--storage-option (for store URLs")
+    assert report.as_flag(warnings[0], flags).startswith("--storage-option (for store URLs")
 
 
 @pytest.mark.parametrize("flags, message", [

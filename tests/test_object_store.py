@@ -203,17 +203,17 @@ def test_incomplete_s3_store_is_refused_with_one_line(tmp_path, tiny_bert_dir, s
 
 
 def test_storage_option_parsing():
-    from fastimg.cli import _storage_option, _storage_options
+    from fastimg.cli.options import storage_option as parse, storage_options
 
     class Args:
-        storage_option = [_storage_option("anon=true"), _storage_option("endpoint_url=http://h:1"),
-                          _storage_option("client_kwargs.region_name=eu-west-1")]
+        storage_option = [parse("anon=true"), parse("endpoint_url=http://h:1"),
+                          parse("client_kwargs.region_name=eu-west-1")]
 
-    assert _storage_options(Args) == {"anon": True, "endpoint_url": "http://h:1",
+    assert storage_options(Args) == {"anon": True, "endpoint_url": "http://h:1",
                                       "client_kwargs": {"region_name": "eu-west-1"}}
-    assert _storage_option('token=""') == ("token", "")
+    assert parse('token=""') == ("token", "")
     with pytest.raises(__import__("argparse").ArgumentTypeError, match="has no value"):
-        _storage_option("token=")
+        parse("token=")
     assert store.location.resolve("file:///tmp/x.zarr") == __import__("pathlib").Path("/tmp/x.zarr")
     assert str(store.location.resolve("gs://b/x.zarr/")) == "gs://b/x.zarr"
 

@@ -1,0 +1,123 @@
+"""``fastimg``'s entry point: parses, sets up the log and warnings, runs the command, and ends
+each way a command can end (an error, Ctrl-C, SIGTERM, a closed pipe, a full disk) with one
+line and its exit code."""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+import sys
+import threading
+import traceback
+import warnings
+from contextlib import contextmanager
+
+from fastimg import store
+from fastimg.cli import options, report
+from fastimg.cli.parser import build_parser, flags_of, subparser
+
+
+def _kept(args) -> bool:
+    """Whether a stopped command left something a rerun resumes: builds keep their finished
+    stages; other commands leave nothing to resume."""
+    return (args.command in ("build-dataset", "relayout", "images")
+            and _unfinished_build_written(args))
+
+
+def _unfinished_build_written(args) -> bool:
+    """Whether a build command stopped with its unfinished store written (a Ctrl-C while the
+    corpus is read leaves nothing to resume)."""
+    try:
+        out = store.location.resolve(args.out, options.storage_options(args))
+        return store.location.exists(store.location.partial_path(out))
+    except Exception:  # noqa: BLE001 - cannot tell: say what a rerun would find
+        return True
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's flush at exit finds no closed pipe."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # no file descriptor behind stdout (captured, replaced)
+        pass
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a batch scheduler cancelling the job) raised as Ctrl-C
+    is: the command stops the same way, its lock let go and its finished stages kept."""
+
+
+def _raise_terminated(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends it at once
+    raise Terminated
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM raises :class:`Terminated` in the block, where it would end the process with
+    nothing said and, on object storage, the build lock left behind; only in the main thread
+    and only where no one else handles SIGTERM (an application embedding :func:`main`)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def main(argv=None) -> int:
+    """Run ``fastimg`` with ``argv`` (the process's arguments by default); the exit code."""
+    parser = build_parser()
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # named by the command's parser, whose --help lists what it takes
+            subparser(parser, args.command).error(
+                f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as exc:  # --help, or a usage error already printed as one line
+        return exc.code if isinstance(exc.code, int) else report.EXIT_USAGE
+    level = logging.INFO if args.verbose else logging.WARNING
+    flags = flags_of(parser, args.command)
+    # the level on the handler too: libraries that set their own loggers' level (dask's
+    # distributed, at INFO) would otherwise print through it without --verbose
+    handler = logging.StreamHandler()
+    handler.setLevel(level)
+    handler.addFilter(report.FlagNames(flags))
+    handler.setFormatter(report.CommandFormatter(args.command))
+    logging.basicConfig(level=level, handlers=[handler])
+    formatwarning = warnings.formatwarning
+    if not args.debug:
+        warnings.formatwarning = functools.partial(report.format_own_warning, args.command, flags,
+                                                   formatwarning)
+    try:
+        with _sigterm_as_interrupt():
+            return args.func(args)
+    except BrokenPipeError:  # `fastimg info STORE | head`: the reader left, nothing to say
+        _silence_stdout()
+        return 141
+    except KeyboardInterrupt as exc:
+        # zarr's writes left pending on its event loop are destroyed at exit, and asyncio
+        # logs each ("Task was destroyed but it is pending!") under the one line below
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+        kept = " (the unfinished build is kept: rerun to resume)" if _kept(args) else ""
+        terminated = isinstance(exc, Terminated)
+        print(f"fastimg {args.command}: {'terminated' if terminated else 'interrupted'}{kept}",
+              file=sys.stderr)
+        return 128 + int(signal.SIGTERM if terminated else signal.SIGINT)
+    except Exception as exc:  # noqa: BLE001 - every error ends as one line and an exit code
+        full = report.disk_full(exc)
+        if full is not None:  # the machine's state, not a bug: what to do, and what is kept
+            if args.debug:
+                traceback.print_exception(exc, file=sys.stderr)
+            where = f" (writing {full.filename})" if full.filename else ""
+            print(f"fastimg {args.command}: error: no space left on the device{where}: free "
+                  f"some space, then rerun"
+                  f"{' to resume (the unfinished build is kept)' if _kept(args) else ''}",
+                  file=sys.stderr)
+            return report.EXIT_USAGE
+        return report.report_error(args.command, exc, debug=args.debug, flags=flags)
+    finally:
+        warnings.formatwarning = formatwarning

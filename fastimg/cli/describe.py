@@ -1,0 +1,84 @@
+"""The commands that describe a store or a run: ``show`` (a figure) and ``info`` (a
+summary), with their flags."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fastimg import store
+from fastimg.cli import options
+from fastimg.cli.report import UserError
+
+
+def cmd_show(args) -> int:
+    """``fastimg show``: the figure of a store."""
+    from fastimg.show import show_store
+
+    show_store(options.location(args.store, args), args.out, n_per_class=args.per_class,
+               seed=args.seed)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    """``fastimg info``: a store's, an unfinished build's or a run folder's summary."""
+    from fastimg import info
+    from fastimg.run_folder import is_run_folder
+
+    target = options.location(args.store, args)  # warns of --storage-option with a local path
+    if "://" not in args.store and is_run_folder(Path(args.store)):
+        if args.json:
+            raise UserError("--json is for stores; a run folder's metrics.json is JSON already")
+        print("\n".join(info.describe_run(Path(args.store))))
+        return 0
+    try:
+        reader = store.StoreReader(target)
+    except store.StoreError:
+        found = info.unfinished_build(target)
+        if found is None:
+            raise
+        print(json.dumps(found, indent=2) if args.json
+              else "\n".join(info.describe_unfinished(found)))
+        return 0
+    # a forced build that failed late keeps its unfinished store beside the complete one
+    beside = None if not store.location.is_local(target) else info.unfinished_build(target)
+    if args.json:
+        print(json.dumps({**info.store_json(reader), "unfinished_beside": beside}, indent=2))
+    else:
+        print("\n".join(info.describe_store(reader)
+                        + (info.describe_unfinished_beside(beside) if beside else [])))
+    return 0
+
+
+def add_show(sub) -> None:
+    """The ``show`` command and its flags."""
+    show = sub.add_parser(
+        "show", help="PNG of sample images, class means and the layout",
+        description="Draw a labelled store: per class, sample images (raw, and standardised "
+                    "per pixel with the training rows' statistics), the class means and their "
+                    "difference, and the feature layout (features per pixel, the encoder "
+                    "layer that dominates each pixel).")
+    show.add_argument("store", type=options.path_text, help="a store (path or URL)")
+    options.add_storage_options(show)
+    show.add_argument("--out", type=options.local_path, required=True,
+                      help="image file to write (.png; .pdf, .svg also; PNG without a suffix)")
+    show.add_argument("--per-class", type=int, default=4,
+                      help="sample images per class (default 4, at most 16)")
+    show.add_argument("--seed", type=options.seed, default=0,
+                      help="which samples are drawn (default 0)")
+    show.set_defaults(func=cmd_show)
+
+
+def add_info(sub) -> None:
+    """The ``info`` command and its flags."""
+    info = sub.add_parser("info", help="summary of a store or a training run folder",
+                          description="A short summary of a store (rows and classes per split, "
+                                      "features, images, encoder, layout, timings, size) or of "
+                                      "a training run folder (extractor, epochs, accuracy, "
+                                      "probe).")
+    info.add_argument("store", type=options.path_text,
+                      help="a store (path or URL), or a run folder of fastimg train")
+    info.add_argument("--json", action="store_true",
+                      help="the store's full attributes as JSON (for scripts)")
+    options.add_storage_options(info)
+    info.set_defaults(func=cmd_info)
