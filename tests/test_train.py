@@ -892,7 +892,7 @@ def test_selection_biased_without_a_test_split(tmp_path, blob_store):
 
 def test_probes_choose_c_on_validation(blob_store):
     from fastimg.train import linear_probe
-    from fastimg.train.fit import PROBE_C_GRID
+    from fastimg.train.probe import PROBE_C_GRID
 
     data = StoreData(blob_store[0])
     for features in ("embeddings", "pixels"):
@@ -921,7 +921,7 @@ def test_probes_fit_a_seeded_sample_of_a_large_training_split(blob_store):
 def test_probe_shows_its_progress(blob_store, capsys):
     """Each probe fit takes minutes on a large store: a bar over the C values says so."""
     from fastimg.train import linear_probe
-    from fastimg.train.fit import PROBE_C_GRID
+    from fastimg.train.probe import PROBE_C_GRID
 
     data = StoreData(blob_store[0])
     linear_probe(data, features="pixels", progress=True)

@@ -7,8 +7,9 @@ paper's conv head and dense classifier, DALI or torch loaders, honest evaluation
 from fastimg.train.config import TrainConfig
 from fastimg.train.extractors import (EXTRACTORS, StateDictError, WeightsUnavailableError,
                                       build_extractor)
-from fastimg.train.fit import TrainResult, fit, linear_probe
+from fastimg.train.fit import TrainResult, fit
 from fastimg.train.predict import Prediction, Run, load_run
+from fastimg.train.probe import linear_probe
 
 __all__ = ["EXTRACTORS", "StateDictError", "TrainConfig", "TrainResult", "WeightsUnavailableError",
            "build_extractor", "fit", "linear_probe", "load_run", "Prediction", "Run"]

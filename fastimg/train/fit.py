@@ -1,4 +1,4 @@
-"""The training loop, honest evaluation, the linear-probe baseline and the run folder."""
+"""The training loop, honest evaluation and the run folder."""
 from __future__ import annotations
 
 import contextlib
@@ -10,7 +10,6 @@ import os
 import shutil
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from fastimg.train.data import (LOADERS, BatchSource, ChunkedReader, Normaliser,
                                 make_loader, pixel_stats)
 from fastimg.train.extractors import check_weights
 from fastimg.train.head import build_classifier
+from fastimg.train.probe import linear_probe
 from fastimg.train.scores import class_scores, confusion_matrix
 
 logger = logging.getLogger("fastimg.train")
@@ -100,107 +100,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be auto, cpu or cuda[:N], got {name!r}")
     return device
-
-
-#: Inverse regularisation strengths the linear probes choose from on the validation split.
-PROBE_C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-
-#: Training rows a probe is fitted on at most (a seeded sample beyond): the pixel probe of
-#: 160,000 training images of 50 x 50 ran over 10 minutes at 8.8 GB; the full IMDB store's
-#: 20,000 training rows are all used.
-PROBE_MAX_FIT_ROWS = 50_000
-
-
-def linear_probe(data: StoreData, *, features: str = "embeddings", seed: int = 0,
-                 max_iter: int = 1000, grid=PROBE_C_GRID, progress: bool = False,
-                 max_fit_rows: int | None = PROBE_MAX_FIT_ROWS) -> dict | None:
-    """Logistic regression on the stored embeddings (or the image pixels), fitted on the
-    training split, its ``C`` chosen on the validation split, scored on the test split.
-
-    It is tuned the way the image route is (selection on validation only), so the two are
-    comparable: the validation figure is selection-biased, the test figure is not.
-
-    Parameters
-    ----------
-    data : StoreData
-    features : {"embeddings", "pixels"}
-        ``"embeddings"``: the baseline the image route should match. ``"pixels"``: the image
-        values, each pixel standardised with the training split's statistics (the bar for
-        the image route: what a linear model gets from the images themselves).
-    seed : int
-    max_iter : int
-    grid : sequence of float
-        The ``C`` values tried.
-    progress : bool
-        A progress bar over the ``C`` values: on a large store each fit takes minutes (the
-        pixel probe of 160,000 training images of 50 x 50 ran over 10 minutes), and without
-        it the run looked hung after its last epoch.
-    max_fit_rows : int or None
-        The scaler and the regressions are fitted on at most this many training rows, a
-        sample drawn with ``seed`` (None: all); validation and test are scored in full.
-
-    Returns
-    -------
-    dict or None
-        ``C``, ``val_accuracy_by_C``, ``train_accuracy`` (on the rows fitted), ``fit_rows``,
-        ``train_rows``, ``val_accuracy``, ``test_accuracy`` (None without a test split),
-        ``converged``, ``seconds``; None when the store has no embeddings
-        (``features="embeddings"``) or one training class.
-    """
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
-    if features not in ("embeddings", "pixels"):
-        raise ValueError(f"features must be 'embeddings' or 'pixels', got {features!r}")
-    array = data.embeddings if features == "embeddings" else data.images
-    if array is None:
-        return None
-    start = time.perf_counter()
-    reader = ChunkedReader(array)
-    rows = {s: data.rows(s) for s in ("train", "val", "test")}
-    if np.unique(data.targets[rows["train"]]).size < 2 or rows["val"].size == 0:
-        return None
-    train_rows = int(rows["train"].size)
-    if max_fit_rows is not None and train_rows > max_fit_rows:
-        rng = np.random.default_rng(seed)
-        rows["train"] = np.sort(rng.choice(rows["train"], size=max_fit_rows, replace=False))
-    scaler = StandardScaler().fit(reader.read(rows["train"]).reshape(rows["train"].size, -1))
-    x = {s: scaler.transform(reader.read(r).reshape(r.size, -1)) if r.size else None
-         for s, r in rows.items()}
-    y = {s: data.targets[r] for s, r in rows.items()}
-    by_c, best, converged = {}, None, {}
-    n_train, n_features = x["train"].shape
-    logger.info("linear probe on the %s: %d training rows (of %d) x %d features, C in %s",
-                features, n_train, train_rows, n_features, ", ".join(f"{c:g}" for c in grid))
-    # counted by hand: a bar iterating over the grid shows its count only when it redraws,
-    # and the C shown at each fit's start redrew it at 0/5 all along
-    with tqdm(total=len(grid), desc=f"probe {features}", unit="C", leave=False,
-              disable=not progress) as bar:
-        for c in grid:
-            bar.set_postfix_str(f"C={c:g}", refresh=True)
-            model = LogisticRegression(C=c, max_iter=max_iter, random_state=seed)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", ConvergenceWarning)
-                model.fit(x["train"], y["train"])
-            converged[c] = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
-            by_c[c] = float(model.score(x["val"], y["val"]))
-            if best is None or by_c[c] > by_c[best[0]]:  # ties: the stronger regularisation
-                best = (c, model)
-            bar.update(1)
-    c, model = best
-    out = {"features": features,
-           "model": f"StandardScaler + LogisticRegression(C={c:g}), C chosen on val",
-           "C": c, "val_accuracy_by_C": {f"{k:g}": v for k, v in by_c.items()},
-           "converged": converged[c],
-           "train_accuracy": float(model.score(x["train"], y["train"])),
-           "fit_rows": n_train, "train_rows": train_rows,
-           "val_accuracy": by_c[c],
-           "test_accuracy": (float(model.score(x["test"], y["test"]))
-                             if x["test"] is not None else None),
-           "selection_biased": {"val": True, "test": False}}
-    out["seconds"] = time.perf_counter() - start
-    return out
 
 
 class _Run:
