@@ -48,14 +48,6 @@ def budget_batches(lengths, token_budget: int, max_batch_size: int, *,
     return batches
 
 
-def inverse_permutation(order) -> np.ndarray:
-    """``inv`` such that ``x[order][inv] == x``."""
-    order = np.asarray(order, dtype=np.int64)
-    inv = np.empty_like(order)
-    inv[order] = np.arange(order.size, dtype=np.int64)
-    return inv
-
-
 def head_tail(ids, max_length: int, head_tokens: int, cls_id: int, sep_id: int) -> list[int]:
     """``[CLS] + first head_tokens + last (max_length - 2 - head_tokens) + [SEP]`` of the content
     token ids ``ids`` (no special tokens); short texts are kept whole."""
