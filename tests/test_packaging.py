@@ -71,3 +71,17 @@ def test_wheel_maps_kernels_into_fastimg(tmp_path):
                            f"{str(target)!r}); {code}"], cwd=tmp_path, capture_output=True,
                           text=True, check=True)
     assert done.stdout.strip().startswith(str(target))
+
+
+def test_pyproject_lists_every_package():
+    """setuptools installs a package missing from pyproject's list as mere package data, with
+    a warning that a later version will leave it out: a new subpackage must be listed."""
+    import tomllib
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = {".".join(p.parent.relative_to(ROOT).parts)
+             for p in (ROOT / "fastimg").rglob("__init__.py")}
+    found |= {f"fastimg.{'.'.join(p.parent.relative_to(ROOT).parts)}"
+              for p in (ROOT / "kernels").rglob("__init__.py")}
+    assert setuptools["package-dir"] == {"fastimg.kernels": "kernels"}
+    assert set(setuptools["packages"]) == found
