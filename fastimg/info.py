@@ -501,7 +501,10 @@ def _run_lines(path: Path, metrics: dict, config: dict) -> list[str]:
     epochs = metrics.get("epochs") or []
     if epochs:
         best = metrics.get("best_epoch")
-        lines.append(f"epochs     {len(epochs)} run, best epoch {best} (val accuracy "
+        # why fewer epochs ran than the config's: train's own summary says so
+        stopped = (f", stopped early (no val gain in {_plural(config.get('patience'), 'epoch')})"
+                   if metrics.get("stopped_early") else "")
+        lines.append(f"epochs     {len(epochs)} run{stopped}, best epoch {best} (val accuracy "
                      f"{_accuracy(epochs[best - 1]['val_accuracy'] if best else None)}), "
                      f"last train loss {epochs[-1]['train_loss']:.4f}")
     final = metrics.get("final") or {}

@@ -303,6 +303,25 @@ def test_info_says_one_epoch_and_the_weights_in_words(tmp_path, capsys):
         assert "missing metrics.json, best.pt, bundle.json)" in out.splitlines()[0]
 
 
+def test_info_says_a_run_stopped_early(tmp_path, capsys):
+    """A run of 10 epochs that early stopping ended after 4 read '10 epochs' and '4 run'
+    without a word of why (train's own summary line says it stopped early)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"extractor": "alexnet", "epochs": 10,
+                                                 "patience": 2, "normalize": "image"}))
+    epochs = [{"epoch": e, "train_loss": 0.5, "val_accuracy": a}
+              for e, a in enumerate((0.5, 0.6, 0.55, 0.55), start=1)]
+    metrics = {"epochs": epochs, "best_epoch": 2, "epochs_run": 4, "stopped_early": True}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    assert main(["info", str(run)]) == 0
+    assert ("epochs     4 run, stopped early (no val gain in 2 epochs), best epoch 2 (val "
+            "accuracy 0.6000)") in capsys.readouterr().out
+    (run / "metrics.json").write_text(json.dumps({**metrics, "stopped_early": False}))
+    assert main(["info", str(run)]) == 0
+    assert "epochs     4 run, best epoch 2 (val" in capsys.readouterr().out
+
+
 def test_info_of_a_run_a_train_is_writing_names_the_train_not_an_unfinished_run(tmp_path,
                                                                                  capsys, caplog):
     """A run folder a train was still writing was said to be a run that did not finish; and
