@@ -455,6 +455,29 @@ def test_config_round_trips_through_json_and_rejects_bad_values():
     assert TrainConfig(preset="paper").resolved_cache == "memory"
 
 
+def test_replace_fills_the_settings_left_unset_from_the_new_preset_and_extractor():
+    """dataclasses.replace (how a frozen config is varied, in a sweep over extractors) kept
+    the settings the first preset and extractor had filled in: replace(paper alexnet,
+    extractor="vgg16") trained vgg16 at alexnet's Table I rates, and replace(ours,
+    preset="paper") said preset "paper" in config.json while it held ours' settings."""
+    from dataclasses import replace
+
+    base = TrainConfig(preset="paper", extractor="alexnet", weights=None, epochs=3)
+    for extractor in EXTRACTORS:
+        assert replace(base, extractor=extractor) == TrainConfig(
+            preset="paper", extractor=extractor, weights=None, epochs=3), extractor
+    ours = TrainConfig(weights=None, lr_head=0.01)
+    assert replace(ours, preset="paper") == TrainConfig(preset="paper", weights=None,
+                                                        lr_head=0.01)  # given: it stays
+    # a setting the preset filled and replace sets is the one given
+    assert replace(ours, epochs=4).epochs == 4 and replace(base, lr_classifier=0.1) == \
+        TrainConfig(preset="paper", weights=None, epochs=3, lr_classifier=0.1)
+    # the bookkeeping is no setting: not in config.json, nor taken by from_dict
+    assert "_filled" not in base.to_dict() and "_filled" not in repr(base)
+    with pytest.raises(ValueError, match="unknown"):
+        TrainConfig.from_dict({**base.to_dict(), "_filled": {}})
+
+
 
 def test_config_takes_numpy_numbers_as_python_ones_and_refuses_non_numbers():
     """Settings from a numpy grid (np.arange, np.logspace) were refused with 'epochs must be a

@@ -5,7 +5,7 @@ import json
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
@@ -83,6 +83,8 @@ class TrainConfig:
         paper (Table I's learning rates per extractor, Adam, per-image z-normalisation,
         15 epochs, no schedule, no early stopping), ``"ours"`` (the default) is what
         measured best on validation data (see :data:`PRESETS`). Explicit values win.
+        ``dataclasses.replace`` with another preset or extractor fills the settings left
+        unset again, from the new ones (the settings given, or given to it, stay).
     extractor : str
         One of :data:`fastimg.train.EXTRACTORS`: ``alexnet`` (first two convs, 192 maps),
         ``wide_resnet50_2`` and ``resnext50_32x4d`` (conv1 ... layer1), ``shufflenet_v2_x1_0``
@@ -232,6 +234,11 @@ class TrainConfig:
     num_workers: int = 0
     seed: int = 0
     progress: bool = True
+    # the settings the preset and the extractor's rates filled in, with their values:
+    # dataclasses.replace passes it on, so that the new config fills them again from its own
+    # preset and extractor (they were kept: replace(paper alexnet, extractor="vgg16") trained
+    # at alexnet's rates); no setting, out of to_dict, from_dict and equality
+    _filled: dict | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         from fastimg.train.extractors import DEFAULT_LR, EXTRACTORS, PAPER_LR
@@ -243,6 +250,11 @@ class TrainConfig:
         if self.extractor not in EXTRACTORS:
             raise ValueError(f"unknown extractor {self.extractor!r}; choose one of "
                              f"{sorted(EXTRACTORS)}")
+        for name, value in (self._filled or {}).items():
+            if getattr(self, name) == value:  # carried over unchanged by dataclasses.replace
+                object.__setattr__(self, name, None)
+        unset = [name for name in (*PRESETS[self.preset], "lr_head", "lr_classifier")
+                 if getattr(self, name) is None]
         for name, value in PRESETS[self.preset].items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
@@ -258,6 +270,7 @@ class TrainConfig:
             raise ValueError(f"weights must be 'DEFAULT', None / 'none' or the path of a "
                              f"state_dict, got {self.weights!r}")
         self._as_python_numbers()
+        object.__setattr__(self, "_filled", {name: getattr(self, name) for name in unset})
         for name in ("epochs", "batch_size", "upsample"):
             value = getattr(self, name)
             if value < 1:
@@ -355,6 +368,7 @@ class TrainConfig:
     def to_dict(self) -> dict:
         """JSON-serialisable settings (tuples become lists)."""
         out = asdict(self)
+        del out["_filled"]
         out["head_channels"] = list(self.head_channels)
         out["hidden"] = list(self.hidden)
         return out
@@ -362,11 +376,15 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
         """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
+        known = set(SETTINGS)
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown TrainConfig keys: {sorted(unknown)}")
         return cls(**data)
+
+
+#: the names of :class:`TrainConfig`'s settings (its fields but the private bookkeeping)
+SETTINGS = tuple(f.name for f in fields(TrainConfig) if not f.name.startswith("_"))
 
 
 def _widths(name: str, value, count: int) -> tuple:

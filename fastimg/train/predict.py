@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ import torch
 from fastimg._validation import check_count
 from fastimg.run_folder import BUNDLE_FILE, CHECKPOINT_FILE
 from fastimg.train.bundle import RunBundleError, check_sha256, read_run_bundle
+from fastimg.train.config import SETTINGS
 
 logger = logging.getLogger("fastimg.train")
 
@@ -138,7 +139,7 @@ class Run:
         except RuntimeError as exc:
             # settings added since the run was trained took today's defaults, which can
             # describe another model (a run from before pixel_branch gets a pixel branch)
-            unset = sorted({f.name for f in fields(self.config)} - set(self.bundle["train_config"]))
+            unset = sorted(set(SETTINGS) - set(self.bundle["train_config"]))
             if unset:
                 raise RunBundleError(
                     f"{self.run_dir} was trained by an older fastimg, whose model this one does "
