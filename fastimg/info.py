@@ -351,12 +351,12 @@ def _class_scores_line(metrics: dict) -> str | None:
                       key=lambda item: item[1]["recall"])
     return (f"by class   {split}: macro F1 {scores['macro_f1']:.4f}, balanced accuracy "
             f"{scores['balanced_accuracy']:.4f}; lowest recall {name!r} {worst['recall']:.4f} "
-            f"(of {_plural(worst['support'], 'row')}); "
+            f"(of {plural(worst['support'], 'row')}); "
             + (f"classes {', '.join(per_class)}" if len(per_class) <= 8 else
                f"{len(per_class)} classes"))
 
 
-def _plural(count, noun: str) -> str:
+def plural(count, noun: str) -> str:
     """``"1 epoch"``, ``"3 epochs"``; ``"? epochs"`` when the count is not recorded."""
     if count is None:
         return f"? {noun}s"
@@ -375,7 +375,7 @@ def _optimiser_line(config: dict) -> str:
         parts.append(f"schedule {config['schedule']}")
     patience = config.get("patience")
     if patience is not None:
-        parts.append(f"early stop after {_plural(patience, 'epoch')} without a val gain"
+        parts.append(f"early stop after {plural(patience, 'epoch')} without a val gain"
                      if patience else "no early stop")
     return ", ".join(parts)
 
@@ -485,7 +485,7 @@ def _run_lines(path: Path, metrics: dict, config: dict) -> list[str]:
                      + (f", features {' x '.join(map(str, shape))}" if shape else "")
                      + ("" if extractor.get("frozen", True) else ", partly trained"))
     preset = f" (preset {config['preset']})" if config.get("preset") else ""
-    lines.append(f"training   {_plural(config.get('epochs'), 'epoch')}, batch "
+    lines.append(f"training   {plural(config.get('epochs'), 'epoch')}, batch "
                  f"{config.get('batch_size')}, normalise {config.get('normalize')}, seed "
                  f"{config.get('seed')}{preset}")
     lines.append(f"optimiser  {_optimiser_line(config)}")
@@ -502,7 +502,7 @@ def _run_lines(path: Path, metrics: dict, config: dict) -> list[str]:
     if epochs:
         best = metrics.get("best_epoch")
         # why fewer epochs ran than the config's: train's own summary says so
-        stopped = (f", stopped early (no val gain in {_plural(config.get('patience'), 'epoch')})"
+        stopped = (f", stopped early (no val gain in {plural(config.get('patience'), 'epoch')})"
                    if metrics.get("stopped_early") else "")
         lines.append(f"epochs     {len(epochs)} run{stopped}, best epoch {best} (val accuracy "
                      f"{_accuracy(epochs[best - 1]['val_accuracy'] if best else None)}), "

@@ -233,6 +233,17 @@ def test_enumerated_flags_have_choices():
                 assert action.choices, (name, action.option_strings)
 
 
+def test_every_flag_says_what_it_does():
+    """``--help`` listed --scaling, --method, --pooling, --truncation, --seed and explain's
+    --split with their choices and nothing else: not what they change, nor the default."""
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    bare = [(name, action.option_strings or action.dest)
+            for name, command in sub.choices.items() for action in command._actions
+            if not action.help]
+    assert not bare, bare
+
+
 def test_images_fit_the_layout_on_the_training_rows_of_a_split_file(rng, tmp_path, capsys):
     x = structured_matrix(rng, 120, 150).astype(np.float32)
     np.save(tmp_path / "x.npy", x)

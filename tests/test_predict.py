@@ -752,6 +752,13 @@ def test_new_texts_are_encoded_in_the_precision_the_store_resolved(trained):
     assert reader.encoder_config().on_device("cuda").precision == "fp32"
 
 
+def test_one_text_is_said_in_the_singular(trained, capsys, monkeypatch):
+    """'predicted 1 texts' for one line on stdin."""
+    monkeypatch.setattr("sys.stdin", io.StringIO("a good film\n"))
+    assert main(["predict", str(trained["run"]), "--input", "-", "--out", "-", "--quiet"]) == 0
+    assert capsys.readouterr().err.startswith(f"predicted 1 text with {trained['run']} (")
+
+
 def test_predictions_on_stdout_keep_stdout_to_the_csv(trained, tmp_path, capsys,
                                                       monkeypatch):
     """``--out -`` wrote a file named '-'; ``--out /dev/stdout`` got the summary line appended

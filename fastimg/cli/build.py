@@ -191,8 +191,13 @@ def add_map_options(parser) -> None:
     relayout)."""
     parser.add_argument("--pixels", type=options.grid, default=(50, 50), metavar="N|HxW",
                         help="image size (default 50)")
-    parser.add_argument("--scaling", default="norm2", choices=["norm2", "minmax", "none"])
-    parser.add_argument("--method", default="tsne", choices=["tsne", "pca", "kpca"])
+    parser.add_argument("--scaling", default="norm2", choices=["norm2", "minmax", "none"],
+                        help="feature scaling fitted on the layout's rows: norm2 (default, "
+                             "DeepInsight's log scaling), minmax (per feature to [0, 1]) or "
+                             "none")
+    parser.add_argument("--method", default="tsne", choices=["tsne", "pca", "kpca"],
+                        help="2-D map of the features: tsne (default, DeepInsight's), pca or "
+                             "kpca (kernel PCA)")
     parser.add_argument("--tsne-backend", choices=["auto", "opentsne", "sklearn", "cuml"],
                         help="t-SNE implementation (default auto; --method tsne only)")
     parser.add_argument("--perplexity", type=float,
@@ -247,14 +252,16 @@ def add_images(sub) -> None:
     images.add_argument("--fit-rows", type=int, default=None,
                         help="fit the layout on the first N rows (the training rows); default: "
                              "the train rows of --split-file, else every row")
-    images.add_argument("--dtype", default="float16", choices=["float16", "float32", "uint8"])
+    images.add_argument("--dtype", default="float16", choices=["float16", "float32", "uint8"],
+                        help="stored image dtype (default float16)")
     images.add_argument("--raster-backend", default="auto",
                         choices=["auto", "cpu", "cuda", "numpy"],
                         help="rasterisation kernel (auto: the CPU kernel)")
     images.add_argument("--device", action=options.Refuse,
                         hint="--device is the torch device in fastimg and images has no model: "
                              "choose the raster kernel with --raster-backend")
-    images.add_argument("--seed", type=options.seed, default=0)
+    images.add_argument("--seed", type=options.seed, default=0,
+                        help="seeds the layout, and --synthetic's matrix (default 0)")
     images.add_argument("--force", action="store_true", help="overwrite an existing store")
     images.add_argument("--quiet", action="store_true", help="no progress bars")
     images.set_defaults(func=cmd_images)
@@ -302,9 +309,14 @@ def add_build_dataset(sub) -> None:
                        help="hub commit, branch or tag of --model (not for a local folder)")
     build.add_argument("--layers", type=options.layers, default="last6",
                        help="last6 (paper), author (hidden_states[6:12]) or indices, e.g. 1,2,3")
-    build.add_argument("--pooling", default="cls", choices=["cls", "mean"])
+    build.add_argument("--pooling", default="cls", choices=["cls", "mean"],
+                       help="vector of a text in each layer: cls, the first token's (default, "
+                            "the paper's), or mean, over its tokens (what sentence-transformers "
+                            "such as MiniLM are trained for)")
     build.add_argument("--max-length", type=int, default=512, help="tokens per text (512)")
-    build.add_argument("--truncation", default="head", choices=["head", "head+tail"])
+    build.add_argument("--truncation", default="head", choices=["head", "head+tail"],
+                       help="a text longer than --max-length keeps its first tokens (head, "
+                            "default) or its first quarter and its end (head+tail)")
     build.add_argument("--chunk-rows", type=int, default=1024,
                        help="texts per encoding chunk: the unit an interrupted build resumes "
                             "at (it shapes the batches, so it moves fp32 values by float "
@@ -331,7 +343,9 @@ def add_build_dataset(sub) -> None:
                             "default 8192 on the CPU, 65536 on CUDA; lower it if a GPU runs "
                             "out of memory; like --chunk-rows it moves fp32 values by float "
                             "rounding only and is part of the stage key in int8 only")
-    build.add_argument("--seed", type=options.seed, default=0)
+    build.add_argument("--seed", type=options.seed, default=0,
+                       help="seeds --limit's sample, the random split and the layout "
+                            "(default 0)")
     build.add_argument("--force", action="store_true",
                        help="replace an existing store (its stages whose settings match are "
                             "reused)")

@@ -125,10 +125,10 @@ def cmd_predict(args) -> int:
     # the CSV on stdout (-, /dev/stdout) keeps stdout to itself: the summary goes to stderr
     csv_on_stdout = writes_to(args.out, sys.stdout)
     write_predictions(args.out, ids, prediction)
-    from fastimg.info import class_counts_text
+    from fastimg.info import class_counts_text, plural
 
     counts = class_counts_text({name: prediction.names.count(name) for name in run.class_names})
-    print(f"predicted {len(texts)} texts with {args.run_dir} ({counts}); wrote "
+    print(f"predicted {plural(len(texts), 'text')} with {args.run_dir} ({counts}); wrote "
           f"{'stdout' if to_stdout else args.out}",
           file=sys.stderr if csv_on_stdout else sys.stdout)
     return 0
@@ -303,7 +303,8 @@ def add_explain(sub) -> None:
                     "pip install 'fastimg[explain]'.")
     explain.add_argument("run_dir", type=options.local_input_path,
                          help="run folder written by fastimg train")
-    explain.add_argument("--split", default="val", choices=["val", "train", "test"])
+    explain.add_argument("--split", default="val", choices=["val", "train", "test"],
+                         help="the split of the store whose images are attributed (default val)")
     explain.add_argument("--store", type=options.path_text,
                          help="the store (path or URL) to read the split from when the run's "
                               "training store has moved (default: the one recorded in the run; "
