@@ -1,4 +1,5 @@
-"""fastimg.kernels comes from the top-level kernels/ folder, editable and as a wheel."""
+"""fastimg.kernels comes from the top-level kernels/ folder, editable and as a wheel; every
+package is installed."""
 import os
 import subprocess
 import sys

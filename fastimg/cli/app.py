@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 import threading
-import traceback
 import warnings
 from contextlib import contextmanager
 
@@ -108,16 +107,9 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 128 + int(signal.SIGTERM if terminated else signal.SIGINT)
     except Exception as exc:  # noqa: BLE001 - every error ends as one line and an exit code
-        full = report.disk_full(exc)
-        if full is not None:  # the machine's state, not a bug: what to do, and what is kept
-            if args.debug:
-                traceback.print_exception(exc, file=sys.stderr)
-            where = f" (writing {full.filename})" if full.filename else ""
-            print(f"fastimg {args.command}: error: no space left on the device{where}: free "
-                  f"some space, then rerun"
-                  f"{' to resume (the unfinished build is kept)' if _kept(args) else ''}",
-                  file=sys.stderr)
-            return report.EXIT_USAGE
+        if report.disk_full(exc) is not None:  # the machine's state, not a bug
+            return report.report_disk_full(args.command, exc, kept=_kept(args),
+                                           debug=args.debug)
         return report.report_error(args.command, exc, debug=args.debug, flags=flags)
     finally:
         warnings.formatwarning = formatwarning

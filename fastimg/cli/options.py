@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fastimg import store
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("fastimg.cli")
 
 
 class Refuse(argparse.Action):

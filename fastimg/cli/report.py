@@ -78,8 +78,8 @@ def report_error(command: str, exc: Exception, *, debug: bool = False,
     User mistakes (:data:`USER_ERRORS`, :class:`UserError`, object storage's own errors:
     credentials, endpoint, and running out of memory: a setting too large) exit 2; anything
     else is a bug in fastimg and exits 1 (a TypeError or KeyError is never the user's fault).
-    ``flags`` (:func:`flags_of`) names a config field that opens the message by the command's
-    flag.
+    ``flags`` (:func:`fastimg.cli.parser.flags_of`) names a config field that opens the
+    message by the command's flag.
     """
     if debug:
         traceback.print_exception(exc, file=sys.stderr)
@@ -114,6 +114,20 @@ def disk_full(exc: BaseException) -> OSError | None:
             return exc
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def report_disk_full(command: str, exc: BaseException, *, kept: bool,
+                     debug: bool = False) -> int:
+    """Print ``exc``, a full disk somewhere in its causes (:func:`disk_full`), as one line
+    that says what to do and whether the unfinished build is ``kept``; the exit code."""
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    full = disk_full(exc)
+    where = f" (writing {full.filename})" if full.filename else ""
+    print(f"fastimg {command}: error: no space left on the device{where}: free some space, "
+          f"then rerun{' to resume (the unfinished build is kept)' if kept else ''}",
+          file=sys.stderr)
+    return EXIT_USAGE
 
 
 def format_own_warning(command, flags, default, message, category, filename, lineno,
