@@ -170,9 +170,9 @@ def _standardising_rows(reader, n_rows: int) -> tuple[np.ndarray, str]:
     are: the training rows (of a dataset, or of an images store given a split), else those
     an images store's layout was fitted on; every row when fewer than 2."""
     summary = reader.summary
-    try:
+    if store.SPLIT in reader.group:
         rows, name = reader.rows("train"), "training images"
-    except KeyError:  # an images store without a split
+    else:  # an images store without a split
         fitted = summary.get("fit_rows") if summary.get("fit_on") == "first_rows" else n_rows
         rows, name = np.arange(fitted), "images the layout was fitted on"
     if rows.size < 2:

@@ -257,6 +257,20 @@ def test_library_entry_points_name_a_config_of_the_wrong_type(tmp_path, call, ma
     assert list(tmp_path.iterdir()) == []  # refused before anything is read or written
 
 
+def test_reading_labels_of_an_images_store_names_the_store(matrix, tmp_path):
+    # reader.labels(), targets(), ids() and rows() raised zarr's bare KeyError: 'labels'
+    from fastimg.store import StoreError
+
+    build_image_store(matrix, tmp_path / "m.zarr", LayoutConfig(**SMALL), progress=False)
+    reader = open_store(tmp_path / "m.zarr")
+    for call, name in ((reader.labels, "labels"), (reader.targets, "labels"),
+                       (reader.ids, "ids"), (lambda: reader.rows("train"), "split"),
+                       (reader.split_codes, "split")):
+        with pytest.raises(StoreError, match=rf"m.zarr has no {name}: it holds the images"):
+            call()
+    assert reader.class_names == [] and not reader.has_labels
+
+
 @pytest.mark.parametrize("how", ["fit_rows", "split"])
 def test_build_image_store_fits_the_layout_on_its_rows_only(matrix, tmp_path, how):
     """The layout of an in-memory matrix is fitted on the first ``fit_rows`` rows, or on the

@@ -217,15 +217,46 @@ class StoreReader:
     def has_labels(self) -> bool:
         return LABELS in self.group and SPLIT in self.group
 
+    def _corpus_array(self, name: str):
+        """The array ``name``; :class:`StoreError` naming the store when it has none (a store
+        of a feature matrix's images has no ids or labels, and a split only when it was
+        given one), not zarr's bare ``KeyError: 'labels'``."""
+        if name not in self.group:
+            given = " (build_image_store(..., split=...))" if name == SPLIT else ""
+            raise StoreError(f"{self.path} has no {name}: it holds the images of a feature "
+                             f"matrix (made by `fastimg images`){given}, not a labelled corpus "
+                             f"(`fastimg build-dataset`)")
+        return self.group[name]
+
     def labels(self) -> np.ndarray:
-        return np.asarray(self.group[LABELS][:], dtype=np.int64)
+        """The stored label of every row (see :meth:`targets` for class indices).
+
+        Raises
+        ------
+        StoreError
+            When the store has no labels (one made by ``fastimg images``).
+        """
+        return np.asarray(self._corpus_array(LABELS)[:], dtype=np.int64)
 
     def split_codes(self) -> np.ndarray:
-        """int8 codes into :data:`SPLIT_NAMES`."""
-        return np.asarray(self.group[SPLIT][:], dtype=np.int8)
+        """int8 codes into :data:`SPLIT_NAMES`.
+
+        Raises
+        ------
+        StoreError
+            When the store has no split (one made by ``fastimg images`` without a split).
+        """
+        return np.asarray(self._corpus_array(SPLIT)[:], dtype=np.int8)
 
     def ids(self) -> np.ndarray:
-        return np.asarray(self.group[IDS][:])
+        """The id of every row.
+
+        Raises
+        ------
+        StoreError
+            When the store has no ids (one made by ``fastimg images``).
+        """
+        return np.asarray(self._corpus_array(IDS)[:])
 
     def targets(self) -> np.ndarray:
         """Class indices 0..K-1: the stored labels mapped through the class values."""
@@ -246,7 +277,15 @@ class StoreReader:
         return targets.astype(np.int64)
 
     def rows(self, split: str) -> np.ndarray:
-        """Row indices of ``split`` ("train", "val" or "test"), ascending."""
+        """Row indices of ``split`` ("train", "val" or "test"), ascending.
+
+        Raises
+        ------
+        ValueError
+            When ``split`` is no such name.
+        StoreError
+            When the store has no split (as :meth:`split_codes`).
+        """
         return split_rows(self.split_codes(), split)
 
     def array_info(self) -> dict:
