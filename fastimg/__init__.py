@@ -9,9 +9,10 @@ __all__ = ["__version__", "DeepInsightLayout", "LayoutConfig", "rasterize", "bui
            "relayout", "DatasetConfig", "texts_to_images"]
 
 
-#: Subpackages reached as attributes after a bare ``import fastimg``, as the README writes them
-#: (``fastimg.embed.load_model(...)``), imported on first use.
-_SUBPACKAGES = ("corpus", "embed", "kernels", "layout", "store", "train")
+#: Subpackages and public modules reached as attributes after a bare ``import fastimg``, as the
+#: README writes them (``fastimg.embed.load_model(...)``), imported on first use.
+_SUBPACKAGES = ("corpus", "dataset", "embed", "images", "kernels", "layout", "raster", "store",
+                "train")
 
 
 def __getattr__(name):

@@ -333,7 +333,12 @@ def test_subpackages_are_attributes_of_a_bare_import():
     import sys
 
     code = ("import fastimg; assert callable(fastimg.embed.load_model); "
-            "assert fastimg.kernels.raster_reference and fastimg.train.load_run")
+            "assert fastimg.kernels.raster_reference and fastimg.train.load_run; "
+            # the public modules too: fastimg.images.build_image_store and
+            # fastimg.dataset.load_layout raised AttributeError until fastimg.build_dataset
+            # (or a from-import) had imported them
+            "assert fastimg.images.build_image_store and fastimg.dataset.load_layout; "
+            "assert fastimg.raster.rasterize_to_array")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
