@@ -906,3 +906,10 @@ def test_typed_numbers_among_text_labels_are_one_class_per_integer(tmp_path):
     corpus = load_corpus(cfg(write_jsonl(tmp_path / "mixed.jsonl", records)))
     assert corpus.class_names == ["01", "1", "other"]
     assert np.bincount(corpus.labels).tolist() == [10, 20, 10]
+
+
+def test_load_corpus_names_a_config_of_the_wrong_type():
+    # a dict raised AttributeError: 'dict' object has no attribute 'dataset'
+    with pytest.raises(TypeError, match=r"config must be a CorpusConfig, got dict; build one "
+                                        r"with CorpusConfig\(\*\*settings\)"):
+        load_corpus({"dataset": "imdb"})

@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 
-from fastimg._validation import MAX_LISTED, lone_surrogate
+from fastimg._validation import MAX_LISTED, check_config, lone_surrogate
 from fastimg.corpus._base import PAPER_VAL_FRACTION, Corpus, CorpusConfig, CorpusError
 from fastimg.corpus.imdb import IMDB_LABEL_NAMES, resolve_imdb
 from fastimg.corpus.readers import Table, read_table
@@ -35,7 +35,10 @@ def load_corpus(config: CorpusConfig, storage_options: dict | None = None) -> Co
         the corpus or in its train split), a label column whose every value differs (at least
         :data:`MIN_ROWS_ALL_DISTINCT` rows), a duplicate or empty id, an unknown split name, a
         nested value (each naming the row).
+    TypeError
+        When ``config`` is not a :class:`CorpusConfig` (a dict: ``CorpusConfig(**settings)``).
     """
+    check_config("config", config, CorpusConfig, required=True)
     if config.dataset == "imdb":
         table = read_table(resolve_imdb())
         table.id_column = table.id_column or "id"
