@@ -913,3 +913,16 @@ def test_load_corpus_names_a_config_of_the_wrong_type():
     with pytest.raises(TypeError, match=r"config must be a CorpusConfig, got dict; build one "
                                         r"with CorpusConfig\(\*\*settings\)"):
         load_corpus({"dataset": "imdb"})
+
+
+def test_corpus_and_table_reprs_are_short(tmp_path):
+    # the dataclasses' reprs printed every text and cell: a notebook cell showing the loaded
+    # IMDB corpus printed 67 MB
+    rows = [[i, "x" * 1000, "pos" if i % 2 else "neg"] for i in range(60)]
+    path = write_csv(tmp_path / "r.csv", ["id", "text", "label"], rows)
+    corpus = load_corpus(CorpusConfig(input=str(path), seed=0))
+    text = repr(corpus)
+    assert len(text) < 300 and "x" * 20 not in text
+    assert text.startswith("Corpus(60 rows, classes ['neg', 'pos'], splits: train 48, val 12")
+    table = read_table(path)
+    assert repr(table) == f"Table({str(path)!r}, 60 rows, columns ['id', 'text', 'label'])"

@@ -157,7 +157,7 @@ class CorpusConfig:
         return out
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class Corpus:
     """A loaded corpus: one entry per row, in the source's order.
 
@@ -209,6 +209,13 @@ class Corpus:
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    def __repr__(self) -> str:
+        # the dataclass's repr printed every text (67 MB for the 50,000 IMDB reviews)
+        splits = ", ".join(f"{name} {int((self.split == name).sum())}" for name in SPLIT_NAMES
+                           if (self.split == name).any())
+        return (f"Corpus({len(self)} rows, classes {list(self.class_names)}, splits: "
+                f"{splits or 'none'}, source={self.source!r})")
 
     @property
     def targets(self) -> np.ndarray:

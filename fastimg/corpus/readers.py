@@ -32,7 +32,7 @@ SUPPORTED = ("give a .csv, .tsv, .jsonl or .parquet file (optionally .gz), an ac
              "an aclImdb tarball")
 
 
-@dataclass
+@dataclass(repr=False)
 class Table:
     """Columns of equal length read from one source.
 
@@ -51,6 +51,10 @@ class Table:
     @property
     def n_rows(self) -> int:
         return len(next(iter(self.columns.values()))) if self.columns else 0
+
+    def __repr__(self) -> str:
+        # the dataclass's repr printed every cell (67 MB for the IMDB csv)
+        return f"Table({self.source!r}, {self.n_rows} rows, columns {list(self.columns)})"
 
     def where(self, i: int) -> str:
         if self.locations is None:
