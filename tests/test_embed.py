@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -439,6 +440,18 @@ def test_non_str_input_raises_type_error(tiny, tiny_dir, bad, match):
 def test_layers_checked_against_model_depth(tiny, tiny_dir):
     with pytest.raises(ValueError, match="out of range for a model with 12 layers"):
         encode(["x"], cfg(tiny_dir, layers=(13,)), model=tiny)
+
+
+def test_load_model_takes_a_path_and_names_a_name_of_the_wrong_type(tiny_dir):
+    # a pathlib folder (EncoderConfig takes one) and None failed with AttributeError:
+    # 'PosixPath' object has no attribute 'lower'
+    loaded = load_model(Path(tiny_dir))
+    assert loaded.source.folder == str(tiny_dir) and loaded.n_layers == 12
+    assert resolve_model(Path(tiny_dir)).folder == str(tiny_dir)
+    for name in (None, 3, ""):
+        with pytest.raises(TypeError, match="name must be a model alias, a local folder or a "
+                                            "hub id"):
+            load_model(name)
 
 
 def test_unknown_model_offline_fails_with_one_clear_message(monkeypatch, tmp_path):

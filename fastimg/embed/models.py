@@ -148,6 +148,17 @@ def _unavailable(name: str, why: str) -> ModelNotAvailableError:
         f"Hugging Face cache)")
 
 
+def _model_name(name) -> str:
+    """``name`` as a str (a folder given as a path too), else a TypeError naming it (``None``
+    failed with AttributeError: 'NoneType' object has no attribute 'lower')."""
+    if isinstance(name, os.PathLike):
+        name = os.fspath(name)
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a model alias, a local folder or a hub id (a non-empty "
+                        f"str or a path), got {name!r}")
+    return name
+
+
 def resolve_model(name: str, revision: str | None = None) -> ModelSource:
     """Turn an alias, a folder or a hub id into a :class:`ModelSource`, downloading config.json
     (only) when the hub is needed.
@@ -157,7 +168,10 @@ def resolve_model(name: str, revision: str | None = None) -> ModelSource:
     ModelNotAvailableError
         When the name is not an alias, not a folder, not cached and the hub cannot provide it;
         or is a folder without ``config.json``, or a training run folder of ``fastimg train``.
+    TypeError
+        When ``name`` is not a str or a path.
     """
+    name = _model_name(name)
     alias = MODEL_ALIASES.get(name.lower())
     target = alias() if callable(alias) else (alias or name)
     path = Path(target).expanduser()
@@ -352,7 +366,7 @@ def load_model(name: str = "minilm", revision: str | None = None, *,
 
     Parameters
     ----------
-    name : str
+    name : str or path
         Alias, local folder or hub id (see :func:`resolve_model`).
     revision : str or None
         Hub revision.
@@ -363,12 +377,15 @@ def load_model(name: str = "minilm", revision: str | None = None, *,
     ------
     ModelNotAvailableError
         When the model cannot be found or downloaded.
+    TypeError
+        When ``name`` is not a str or a path.
     ValueError
         When the tokenizer cannot serve the model (:func:`check_tokenizer`).
     """
     import torch
     from transformers import AutoModel
 
+    name = _model_name(name)
     src = resolve_model(name, revision)
     common = dict(revision=src.revision, local_files_only=src.local_files_only,
                   trust_remote_code=trust_remote_code)
