@@ -454,6 +454,12 @@ def test_load_model_takes_a_path_and_names_a_name_of_the_wrong_type(tiny_dir):
             load_model(name)
 
 
+def test_a_loaded_models_repr_is_one_line(tiny, tiny_dir):
+    # the dataclass's repr printed the tokenizer's and the whole torch module's
+    assert repr(tiny) == (f"LoadedModel({str(tiny_dir)!r}, BertModel, 12 layers, hidden 32, "
+                          f"folder={str(tiny_dir)!r})")
+
+
 def test_unknown_model_offline_fails_with_one_clear_message(monkeypatch, tmp_path):
     monkeypatch.setattr(models_mod, "_hub_endpoint_reachable", lambda timeout=3.0: False)
     with pytest.raises(ModelNotAvailableError, match="not in the Hugging Face cache, and the hub "

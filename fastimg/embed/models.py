@@ -84,9 +84,22 @@ class ModelSource:
         return _folder_fingerprint(self.folder, *_folder_stamp(self.folder))
 
 
-@dataclass
+@dataclass(repr=False)
 class LoadedModel:
-    """A tokenizer and a model in eval mode, with the facts the encoder needs."""
+    """A tokenizer and a model in eval mode, with the facts the encoder needs.
+
+    Attributes
+    ----------
+    source : ModelSource
+        Where the name pointed (``source.folder`` holds its files).
+    tokenizer : transformers.PreTrainedTokenizerBase
+    model : torch.nn.Module
+        The transformers model, fp32, on the CPU until an encode moves it.
+    n_layers, hidden_size : int
+        The model's depth and width (its features are ``len(layers) * hidden_size``).
+    extra : dict
+        Free-form state kept with the model (empty as loaded).
+    """
 
     source: ModelSource
     tokenizer: object
@@ -94,6 +107,13 @@ class LoadedModel:
     n_layers: int
     hidden_size: int
     extra: dict = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        # the dataclass's repr printed the tokenizer's and the whole torch module's (a page
+        # for MiniLM)
+        return (f"LoadedModel({self.source.name!r}, {type(self.model).__name__}, "
+                f"{self.n_layers} layers, hidden {self.hidden_size}, "
+                f"folder={self.source.folder!r})")
 
 
 def check_loaded_model(model, config=None) -> None:
