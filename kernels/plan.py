@@ -85,17 +85,30 @@ class RasterPlan:
         Parameters
         ----------
         pixel_index : array-like of int, shape (F,)
-            ``row * width + col`` for every feature.
-        shape : tuple of int
-            ``(height, width)``.
+            ``row * width + col`` for every feature (whole numbers; ``2.0`` is 2).
+        shape : int or (int, int)
+            ``(height, width)``, each at least 1; an int means a square grid.
         scaling : {"none", "minmax", "norm2"}
         shift, scale : array-like of float, shape (F,), optional
             Scaling parameters; default to the identity (0 and 1).
         fill_value : float
             Value of empty pixels.
+
+        Raises
+        ------
+        ValueError
+            When ``shape`` is not a grid, ``pixel_index`` is not a 1-D array of whole
+            numbers in ``[0, height * width)``, or a scaling argument is invalid.
         """
-        height, width = (int(s) for s in shape)
-        pixel_index = np.asarray(pixel_index, dtype=np.int64)
+        height, width = _grid(shape)
+        given = np.asarray(pixel_index)
+        if given.dtype.kind not in "iuf" or (given.dtype.kind == "f"
+                                             and not np.array_equal(given, np.trunc(given))):
+            # int64 of 1.7 is 1: the feature would land on another pixel without a word
+            raise ValueError(f"pixel_index must hold whole numbers (flat pixel indices), got "
+                             f"dtype {given.dtype}"
+                             + (" with fractions" if given.dtype.kind == "f" else ""))
+        pixel_index = given.astype(np.int64)
         n_pixels = height * width
         if pixel_index.ndim != 1:
             raise ValueError("pixel_index must be one-dimensional")
@@ -118,3 +131,20 @@ class RasterPlan:
         return cls(height, width, pixel_index.astype(np.int32), order, starts, inv_count,
                    empty_fill, np.ascontiguousarray(shift), np.ascontiguousarray(scale), scaling,
                    float(fill_value))
+
+
+def _grid(shape) -> tuple[int, int]:
+    """``shape`` (an int, or a pair of whole numbers) as ``(height, width)``, each >= 1, else
+    ValueError (an int failed with "'int' object is not iterable", a negative pair passed)."""
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, (bool, np.bool_)):
+        shape = (shape, shape)
+    try:
+        height, width = shape
+        if not all(isinstance(s, (int, np.integer, float, np.floating))
+                   and not isinstance(s, (bool, np.bool_)) and float(s).is_integer()
+                   and s >= 1 for s in (height, width)):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ValueError(f"shape must be an int or a (height, width) pair of whole numbers "
+                         f">= 1, got {shape!r}") from None
+    return int(height), int(width)

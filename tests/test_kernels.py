@@ -81,6 +81,26 @@ def test_plan_rejects_pixels_outside_the_grid():
         RasterPlan.from_pixels([0, 4], (2, 2))
 
 
+@pytest.mark.parametrize("pixels, shape, match", [
+    # 1.7 became pixel 1 without a word; (-1, -1) made a plan of "1 pixel"; an int shape
+    # failed with "'int' object is not iterable", a triple with "too many values to unpack"
+    ([0.5, 1.7], (2, 2), "pixel_index must hold whole numbers"),
+    (["0", "1"], (2, 2), "pixel_index must hold whole numbers"),
+    ([0], (-1, -1), r"shape must be an int or a \(height, width\) pair"),
+    ([0], (2, 2, 2), r"shape must be an int or a \(height, width\) pair"),
+    ([0], (2.5, 2), r"shape must be an int or a \(height, width\) pair"),
+])
+def test_plan_refuses_fractions_and_bad_shapes(pixels, shape, match):
+    with pytest.raises(ValueError, match=match):
+        RasterPlan.from_pixels(pixels, shape)
+
+
+def test_plan_takes_a_square_grid_as_an_int_and_whole_floats():
+    plan = RasterPlan.from_pixels(np.array([0.0, 3.0]), 2)
+    assert (plan.height, plan.width) == (2, 2)
+    assert plan.pixel_of_feature.tolist() == [0, 3]
+
+
 def test_unknown_backend_lists_the_choices():
     with pytest.raises(ValueError, match="cpu"):
         RASTER_BACKENDS.resolve("tpu")
