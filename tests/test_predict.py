@@ -67,6 +67,21 @@ def _copy_run(trained, tmp_path):
     return run
 
 
+def test_a_predictions_repr_is_short_whatever_the_number_of_texts():
+    # the dataclass's repr listed every name, and numpy every probability up to 1,000
+    from fastimg.train.predict import Prediction
+
+    n = 5000
+    indices = np.arange(n) % 2
+    pred = Prediction(indices, [["neg", "pos"][i] for i in indices],
+                      np.full((n, 2), 0.5, np.float32), ["neg", "pos"])
+    assert repr(pred) == ("Prediction(5000 rows, names=['neg', 'pos', 'neg', ..., 'pos', "
+                          "'neg', 'pos'], probabilities=<float32 (5000, 2)>, "
+                          "class_names=['neg', 'pos'])")
+    two = Prediction(indices[:2], ["neg", "pos"], np.zeros((2, 2), np.float32), ["neg", "pos"])
+    assert "names=['neg', 'pos']," in repr(two)
+
+
 def test_a_run_predicts_as_its_model_did_after_the_store_is_gone(trained, tmp_path):
     run_dir = _copy_run(trained, tmp_path)
     moved = tmp_path / "elsewhere.zarr"

@@ -27,7 +27,7 @@ logger = logging.getLogger("fastimg.train")
 PREDICT_BLOCK_ROWS = 4_096
 
 
-@dataclass
+@dataclass(repr=False)
 class Prediction:
     """What :meth:`Run.predict` returns.
 
@@ -46,6 +46,18 @@ class Prediction:
     names: list
     probabilities: np.ndarray
     class_names: list
+
+    def __repr__(self) -> str:
+        # the dataclass's repr listed every name (and numpy every probability up to 1,000):
+        # a page per few hundred texts in a notebook
+        shown = self.names
+        names = (repr(list(shown)) if len(shown) <= 6 else
+                 "[" + ", ".join(map(repr, shown[:3])) + ", ..., "
+                 + ", ".join(map(repr, shown[-3:])) + "]")
+        probabilities = np.asarray(self.probabilities)
+        return (f"Prediction({len(shown)} rows, names={names}, probabilities="
+                f"<{probabilities.dtype} {probabilities.shape}>, "
+                f"class_names={list(self.class_names)})")
 
 
 def _read_checkpoint(path: Path) -> dict:
