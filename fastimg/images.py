@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -312,7 +313,7 @@ def build_image_store(matrix, out, layout_config: LayoutConfig | None = None,
     ------
     TypeError
         When ``layout_config`` or ``config`` is not a :class:`LayoutConfig` /
-        :class:`ImagesConfig`.
+        :class:`ImagesConfig`, or ``matrix`` is a path (read it with :func:`read_matrix`).
     ValueError
         When ``matrix`` is not a non-empty 2-D matrix of real numbers, holds NaN or infinite
         values, or the split is invalid.
@@ -324,6 +325,11 @@ def build_image_store(matrix, out, layout_config: LayoutConfig | None = None,
     layout_config = check_config("layout_config", layout_config, LayoutConfig)
     config = check_config("config", config, ImagesConfig)
     on_stage = on_stage or (lambda name: None)
+    if isinstance(matrix, (str, bytes, os.PathLike)):
+        # np.asarray of a path is a 0-d str array: "must be 2-D ..., got shape ()"
+        raise TypeError(f"matrix must be an array, got the path {matrix!r}: "
+                        f"build_image_store(matrix, out, ...) takes the matrix first (a .npy "
+                        f"file or zarr array: fastimg.images.read_matrix(path))")
     if not all(hasattr(matrix, attr) for attr in ("shape", "dtype", "__getitem__")):
         matrix = np.asarray(matrix)  # a list of lists, a DataFrame: in memory anyway
     if len(matrix.shape) != 2 or matrix.shape[0] == 0:

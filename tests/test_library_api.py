@@ -216,6 +216,17 @@ def test_build_image_store_takes_array_likes(matrix, tmp_path):
                                       reference, err_msg=name)
 
 
+def test_build_image_store_names_a_path_given_as_the_matrix(matrix, tmp_path):
+    # build_image_store(out, matrix), build_dataset's order, said "input matrix must be 2-D
+    # with at least one row, got shape ()"
+    with pytest.raises(TypeError, match=r"matrix must be an array, got the path .*a.zarr.*"
+                                        r"takes the matrix first"):
+        build_image_store(str(tmp_path / "a.zarr"), matrix, progress=False)
+    with pytest.raises(TypeError, match="matrix must be an array, got the path"):
+        build_image_store(tmp_path / "m.npy", tmp_path / "a.zarr", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_build_image_store_with_a_numpy_seed(matrix, tmp_path):
     # np.int64 used to reach json.dumps of the stage settings: TypeError after the checks
     config = LayoutConfig(**SMALL, random_state=np.int64(1))
