@@ -282,6 +282,21 @@ def test_reading_labels_of_an_images_store_names_the_store(matrix, tmp_path):
     assert reader.class_names == [] and not reader.has_labels
 
 
+def test_store_ids_are_a_plain_str_array(tmp_path):
+    # zarr gave numpy's StringDType: ids.astype(str) raised "cannot cast dtype StringDType()"
+    # and np.save pickled them
+    from fastimg import store
+
+    ids = np.array(["train/neg/3_4", "r1", "a much longer id than the others"])
+    store.write_store(tmp_path / "s.zarr", {store.IDS: ids, store.LABELS: np.arange(3),
+                                            store.SPLIT: np.zeros(3, np.int8)},
+                      {"kind": "dataset", "summary": {"class_names": ["a", "b", "c"]}})
+    read = open_store(tmp_path / "s.zarr").ids()
+    assert read.dtype.kind == "U" and read.tolist() == ids.tolist()
+    np.save(tmp_path / "ids.npy", read)
+    assert np.load(tmp_path / "ids.npy", allow_pickle=False).tolist() == ids.tolist()
+
+
 @pytest.mark.parametrize("how", ["fit_rows", "split"])
 def test_build_image_store_fits_the_layout_on_its_rows_only(matrix, tmp_path, how):
     """The layout of an in-memory matrix is fitted on the first ``fit_rows`` rows, or on the

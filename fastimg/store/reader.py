@@ -249,14 +249,20 @@ class StoreReader:
         return np.asarray(self._corpus_array(SPLIT)[:], dtype=np.int8)
 
     def ids(self) -> np.ndarray:
-        """The id of every row.
+        """The id of every row, as a numpy str array (fixed width, as :attr:`Corpus.ids
+        <fastimg.corpus.Corpus>`).
 
         Raises
         ------
         StoreError
             When the store has no ids (one made by ``fastimg images``).
         """
-        return np.asarray(self._corpus_array(IDS)[:])
+        ids = np.asarray(self._corpus_array(IDS)[:])
+        if ids.dtype.kind == "T":
+            # zarr reads numpy's variable-width StringDType, which astype(str) refuses and
+            # np.save pickles
+            ids = np.array(ids.tolist(), dtype=str)
+        return ids
 
     def targets(self) -> np.ndarray:
         """Class indices 0..K-1: the stored labels mapped through the class values."""
