@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fastimg.layout import DeepInsightLayout, LayoutConfig, assign_pixels
-from fastimg.layout.pixels import rotate_to_bounding_rectangle
+from fastimg.layout.pixels import ASSIGNMENTS, rotate_to_bounding_rectangle
 from conftest import structured_matrix
 
 
@@ -128,6 +128,30 @@ def test_bin_matches_floor_of_scaled_coordinates():
     coords = np.array([[0.0, 0.0], [1.0, 1.0], [0.49, 0.99], [0.5, 0.2]])
     pixels = assign_pixels(coords, (2, 4), "bin")
     np.testing.assert_array_equal(pixels, [0, 7, 3, 4])
+
+
+@pytest.mark.parametrize("coords, shape, match", [
+    # NaN went to pixel 0 with a RuntimeWarning; three columns and an int shape failed inside
+    # numpy ("operands could not be broadcast", "cannot unpack non-iterable int object")
+    (np.array([[0.0, 0.0], [np.nan, 1.0]]), (2, 2), r"coords hold NaN or infinite values "
+                                                     r"\(rows \[1\]\)"),
+    (np.zeros((4, 3)), (2, 2), r"coords must be an \(n_features, 2\) array"),
+    (np.zeros(4), (2, 2), r"coords must be an \(n_features, 2\) array"),
+    (np.zeros((4, 2)), (2,), r"shape must be an int or a \(height, width\) pair"),
+])
+def test_pixel_helpers_name_bad_coordinates_and_shapes(coords, shape, match):
+    for method in ASSIGNMENTS:
+        with pytest.raises(ValueError, match=match):
+            assign_pixels(coords, shape, method)
+    if shape == (2, 2):
+        with pytest.raises(ValueError, match=match):
+            rotate_to_bounding_rectangle(coords)
+
+
+def test_assign_pixels_takes_a_square_grid_as_an_int():
+    coords = np.array([[0.0, 0.0], [1.0, 1.0], [0.49, 0.99], [0.5, 0.2]])
+    np.testing.assert_array_equal(assign_pixels(coords, 2, "bin"),
+                                  assign_pixels(coords, (2, 2), "bin"))
 
 
 def test_rotation_aligns_a_tilted_rectangle(rng):

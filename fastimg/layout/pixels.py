@@ -9,7 +9,25 @@ from __future__ import annotations
 
 import numpy as np
 
+from fastimg._validation import check_grid
+
 ASSIGNMENTS = ("bin", "assignment")
+
+
+def _checked_coords(coords) -> np.ndarray:
+    """``coords`` as an array when it is an (n, 2) matrix of finite real numbers, else a
+    ValueError naming it (numpy's broadcast or index errors named nothing)."""
+    coords = np.asarray(coords)
+    if coords.ndim != 2 or coords.shape[1] != 2 or coords.shape[0] == 0:
+        raise ValueError(f"coords must be an (n_features, 2) array of 2-D coordinates, got "
+                         f"shape {coords.shape}")
+    if not np.issubdtype(coords.dtype, np.number) or np.iscomplexobj(coords):
+        raise ValueError(f"coords must hold real numbers, got dtype {coords.dtype}")
+    bad = np.flatnonzero(~np.isfinite(coords).all(axis=1))
+    if bad.size:
+        raise ValueError(f"coords hold NaN or infinite values (rows {bad[:5].tolist()}"
+                         f"{' ...' if bad.size > 5 else ''})")
+    return coords
 
 
 def rotate_to_bounding_rectangle(coords: np.ndarray) -> np.ndarray:
@@ -19,8 +37,15 @@ def rotate_to_bounding_rectangle(coords: np.ndarray) -> np.ndarray:
     the convex hull, so only the hull's edge angles are tried. Each candidate rotates by minus the
     edge angle, which puts that edge on the x axis (pyDeepInsight rotates by plus the angle, so its
     "minimum" rectangle is usually not minimal), and the hull is closed (its last edge counts).
+
+    Raises
+    ------
+    ValueError
+        When ``coords`` is not an (n, 2) array of finite numbers.
     """
     from scipy.spatial import ConvexHull, QhullError
+
+    coords = _checked_coords(coords)
 
     try:
         hull = coords[ConvexHull(coords).vertices]
@@ -93,7 +118,37 @@ def assign_unique(coords: np.ndarray, shape: tuple[int, int], *,
 
 def assign_pixels(coords: np.ndarray, shape: tuple[int, int], method: str = "bin", *,
                   random_state: int | None = 0) -> np.ndarray:
-    """Flat pixel index of every feature, by ``method`` in :data:`ASSIGNMENTS`."""
+    """Flat pixel index of every feature, by ``method`` in :data:`ASSIGNMENTS`.
+
+    Parameters
+    ----------
+    coords : array-like, shape (n_features, 2)
+        Finite 2-D coordinates of the features (rotated: :func:`rotate_to_bounding_rectangle`).
+    shape : int or (int, int)
+        The grid ``(height, width)``; an int means a square grid.
+    method : {"bin", "assignment"}
+        ``"bin"`` (this function's default, DeepInsight's): the pixel each feature falls on,
+        shared by the features that fall on it. ``"assignment"`` (:class:`LayoutConfig`'s
+        default): a pixel of its own for each feature (see :func:`assign_unique`).
+    random_state : int or None
+        Seed of the k-means grouping of ``"assignment"`` with more features than pixels.
+
+    Returns
+    -------
+    ndarray of int64, shape (n_features,)
+        ``row * width + col`` of each feature's pixel.
+
+    Raises
+    ------
+    ValueError
+        When ``coords`` is not an (n, 2) array of finite numbers (NaN went to pixel 0), or
+        ``shape`` or ``method`` is invalid.
+    """
+    coords = _checked_coords(coords)
+    try:
+        shape = check_grid(shape)
+    except ValueError as exc:  # check_grid names the LayoutConfig field
+        raise ValueError(str(exc).replace("grid", "shape", 1)) from None
     if method == "bin":
         return assign_bin(coords, shape)
     if method == "assignment":
