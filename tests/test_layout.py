@@ -148,6 +148,20 @@ def test_pixel_helpers_name_bad_coordinates_and_shapes(coords, shape, match):
             rotate_to_bounding_rectangle(coords)
 
 
+def test_feature_scaler_names_a_matrix_of_the_wrong_shape(rng):
+    # transform of another feature count failed with numpy's "operands could not be
+    # broadcast together", fit of a 1-D array with "tuple index out of range"
+    from fastimg.layout import FeatureScaler
+
+    scaler = FeatureScaler.fit(rng.normal(size=(5, 4)), "minmax")
+    with pytest.raises(ValueError, match=r"x must be a 2-D matrix with the 4 features the "
+                                         r"scaler was fitted on, got shape \(2, 3\)"):
+        scaler.transform(rng.normal(size=(2, 3)))
+    with pytest.raises(ValueError, match=r"x must be a non-empty 2-D matrix"):
+        FeatureScaler.fit(np.zeros(4), "norm2")
+    assert scaler.transform(rng.normal(size=(2, 4)).tolist()).shape == (2, 4)
+
+
 def test_assign_pixels_takes_a_square_grid_as_an_int():
     coords = np.array([[0.0, 0.0], [1.0, 1.0], [0.49, 0.99], [0.5, 0.2]])
     np.testing.assert_array_equal(assign_pixels(coords, 2, "bin"),

@@ -38,6 +38,10 @@ class FeatureScaler:
     def fit(cls, x: np.ndarray, method: str = "norm2") -> "FeatureScaler":
         if method not in SCALINGS:
             raise ValueError(f"scaling must be one of {SCALINGS}, got {method!r}")
+        x = np.asarray(x)
+        if x.ndim != 2 or 0 in x.shape:
+            raise ValueError(f"x must be a non-empty 2-D matrix (samples x features), got "
+                             f"shape {x.shape}")
         n_features = x.shape[1]
         if method == "none":
             return cls(method, np.zeros(n_features, np.float32), np.ones(n_features, np.float32))
@@ -65,6 +69,11 @@ class FeatureScaler:
         layout fit uses float32, which halves the memory traffic."""
         if np.dtype(dtype) not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, got {np.dtype(dtype)}")
+        x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != self.shift.shape[0]:
+            # numpy's "operands could not be broadcast together" named neither
+            raise ValueError(f"x must be a 2-D matrix with the {self.shift.shape[0]} features "
+                             f"the scaler was fitted on, got shape {x.shape}")
         return scale_features(x, self.method, self.shift, self.scale, dtype=dtype)
 
     def to_dict(self) -> dict:
