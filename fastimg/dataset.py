@@ -95,6 +95,14 @@ def _fit_rows(split_codes: np.ndarray, fit_on: str) -> np.ndarray:
     return rows
 
 
+def ordered_counts(counts: dict, class_names) -> dict:
+    """``{split: {class: rows}}`` in split order (train, val, test) and class order: the
+    store's attrs keep JSON keys sorted as text (class ``10`` before ``2``, test before
+    train), and the counts are read in order without their names (``train 6/12/24``)."""
+    return {split: {name: counts[split].get(name, 0) for name in class_names}
+            for split in store.SPLIT_NAMES if split in counts}
+
+
 def _finish(writer: StoreWriter, *, configs: dict, corpus_summary: dict, encode: dict, layout,
             config, timings: dict, reused: list) -> dict:
     """Write the final attrs of a dataset store and move it in place; returns the summary.
@@ -107,7 +115,8 @@ def _finish(writer: StoreWriter, *, configs: dict, corpus_summary: dict, encode:
     sources = copied_from({stage: writer.stage(stage) or {} for stage in reused}, writer.path)
     summary = {
         "rows": int(embeddings.shape[0]), "classes": corpus_summary["n_classes"],
-        "class_names": list(corpus_summary["class_names"]), "counts": corpus_summary["counts"],
+        "class_names": list(corpus_summary["class_names"]),
+        "counts": ordered_counts(corpus_summary["counts"], corpus_summary["class_names"]),
         "features": int(embeddings.shape[1]), "image_shape": list(layout.config.grid),
         "image_dtype": config.image_dtype, "occupied_pixels": layout.n_occupied_pixels,
         "timings": timings, "reused": reused, "reused_from": sources, "resumed": writer.resumed,

@@ -101,6 +101,8 @@ def _rows_lines(reader: store.StoreReader) -> list[str]:
             per_class = counts.get(split)
             if not per_class:
                 continue
+            # the attrs keep keys sorted as text: class '10' came before '2'
+            per_class = {**{n: per_class[n] for n in names if n in per_class}, **per_class}
             total = sum(per_class.values())
             detail = class_counts_text(per_class)
             lines.append(f"  {split:<7} {_n(total):>9} rows  ({detail})")

@@ -576,3 +576,24 @@ def test_show_cut_short_keeps_the_file_it_was_replacing(built, tmp_path, monkeyp
         show.show_store(path, out, n_per_class=1)
     assert out.read_bytes() == b"<svg>the figure of an earlier run</svg>"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.svg"]
+
+
+def test_counts_per_class_follow_the_class_order_past_nine_classes(tmp_path, tiny_bert_dir,
+                                                                   capsys):
+    """Integer labels 1, 2 and 10: the store's attrs keep their keys sorted as text ('10'
+    before '2', test before train), and the build line, which gives the counts without
+    names, gave class 2's count as class 10's (and info listed class 10 second)."""
+    rng = np.random.default_rng(7)
+    with open(tmp_path / "r.csv", "w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(("text", "label"))
+        for label, n in ((1, 8), (2, 16), (10, 32)):
+            writer.writerows((" ".join(rng.choice(TINY_WORDS, 6)), label) for _ in range(n))
+    capsys.readouterr()
+    assert main(["build-dataset", "--input", str(tmp_path / "r.csv"), "--model",
+                 str(tiny_bert_dir), "--method", "pca", "--max-length", "16", "--pixels", "8",
+                 "--val-fraction", "0.25", "--quiet", "--out", str(tmp_path / "r.zarr")]) == 0
+    assert "3 classes (1, 2, 10; train 6/12/24; val 2/4/8)" in capsys.readouterr().out
+    assert main(["info", str(tmp_path / "r.zarr")]) == 0
+    info = capsys.readouterr().out
+    assert re.search(r"^  train +42 rows  \(1 6, 2 12, 10 24\)$", info, flags=re.M), info
