@@ -602,6 +602,24 @@ def test_test_fraction_ignored_when_the_corpus_has_test_rows(tmp_path, caplog):
     assert any("test_fraction 0.3 ignored" in r.getMessage() for r in caplog.records)
 
 
+def test_val_fraction_ignored_when_the_split_column_has_val_rows(tmp_path, caplog):
+    """--val-fraction 0.3 on a file whose split column has val rows changed nothing and said
+    nothing (an ignored --test-fraction warns), and its store's key differed from the one
+    without it."""
+    path = sorted_corpus(tmp_path, split=lambda i: ("test", "val", "train", "train")[i % 4])
+    plain = cfg(path)
+    with caplog.at_level(logging.WARNING, logger="fastimg.corpus"):
+        corpus = load_corpus(cfg(path, val_fraction=0.3))
+    assert int((corpus.split == "val").sum()) == 25
+    assert any("val_fraction 0.3 ignored: the corpus has 25 val rows" in r.getMessage()
+               for r in caplog.records)
+    assert cfg(path, val_fraction=0.3).effective(corpus).to_dict() == plain.to_dict()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fastimg.corpus"):
+        load_corpus(plain)  # the default is no request: nothing to warn about
+    assert not caplog.records
+
+
 def test_settings_that_change_nothing_give_the_settings_of_the_same_corpus(tmp_path):
     """An ignored test_fraction and a limit of at least the row count leave the corpus as
     without them, so its stage settings are those of the plain config too."""

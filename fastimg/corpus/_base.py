@@ -72,7 +72,8 @@ class CorpusConfig:
         ``"random"``: the same pooling with ``val_fraction``. ``"auto"``: ``"column"``
         when there is a split column, else ``"random"``.
     val_fraction : float
-        Share of the validation split, in (0, 1). ``"paper"`` needs the default 0.2.
+        Share of the validation split, in (0, 1). ``"paper"`` needs the default 0.2; ignored,
+        with a warning, when the split column has ``val`` rows.
     test_fraction : float
         When the corpus has no test rows (``"paper"``, ``"random"``, or a split column
         without ``test``): move this share of the training split (after validation is

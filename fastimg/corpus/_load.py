@@ -126,6 +126,10 @@ def load_corpus(config: CorpusConfig, storage_options: dict | None = None) -> Co
         if "train" not in present:
             raise CorpusError(f"split column {split_column!r} has no train rows "
                               f"(found: {', '.join(sorted(present))})")
+        if "val" in present and config.val_fraction != PAPER_VAL_FRACTION:
+            unused["val_fraction"] = PAPER_VAL_FRACTION  # the default: the same corpus's key
+            notes.append(f"val_fraction {config.val_fraction} ignored: the corpus has "
+                         f"{int((split == 'val').sum())} val rows")
         if "val" not in present:
             train = np.flatnonzero(split == "train")
             val = train[_split_off(labels[train], fraction, rng, "the train split")]
