@@ -73,6 +73,11 @@ def _lost(existing: StoreReader, plan: StagePlan) -> str:
                      for stage, arrays in lost.items() if arrays)
 
 
+#: what a store of each kind is, in a refusal
+_KINDS = {"dataset": "a dataset store (made by `fastimg build-dataset`)",
+          "images": "a store of images of a feature matrix (made by `fastimg images`)"}
+
+
 def open_existing(out, plan: StagePlan, *, force: bool,
                   reuse: bool = True) -> StoreReader | None:
     """The complete store at ``out``, whose matching stages a forced build reuses, or None.
@@ -94,6 +99,11 @@ def open_existing(out, plan: StagePlan, *, force: bool,
         logger.info("not reusing %s: %s", out, exc)
         return None
     local = store.location.is_local(out)
+    kind = "dataset" if "corpus" in plan.keys else "images"
+    if not force and existing.kind != kind:  # no setting differs: the store is another thing
+        what = _KINDS.get(existing.kind, f"a store of kind {existing.kind!r}")
+        raise StoreError(f"{out} already exists: {what}, not {_KINDS[kind].split(' (')[0]}; "
+                         f"pass --force to replace it")
     if not force:
         diffs = plan.differences(existing.stages)
         lost = "" if diffs else _lost(existing, plan)

@@ -828,3 +828,24 @@ def test_a_store_that_lost_arrays_is_not_up_to_date(tmp_path, tiny_bert_dir, cap
     assert "has lost the arrays of its images stage (images)" in one_line(captured.err)
     assert main(_build_args(csv, out, tiny_bert_dir, "--force")) == 0
     assert store.StoreReader(out).images is not None and len(encode_calls) == 1
+
+
+def test_an_out_that_is_another_kind_of_store_is_named_as_such(corpus_csv, rng, tmp_path,
+                                                                 tiny_bert_dir, capsys):
+    """build-dataset onto a store of `fastimg images` (and images onto a dataset store) was
+    refused as "built with other settings (corpus: not in the store)", as if a setting
+    differed: the refusal says what the store is."""
+    images, dataset = tmp_path / "images.zarr", tmp_path / "dataset.zarr"
+    assert _images_command(rng, tmp_path, images, (60, 120), 8) == 0
+    assert main(_build_args(corpus_csv, dataset, tiny_bert_dir)) == 0
+    capsys.readouterr()
+    assert main(_build_args(corpus_csv, images, tiny_bert_dir)) == 2
+    err = one_line(capsys.readouterr().err)
+    assert "not in the store" not in err
+    assert (f"{images} already exists: a store of images of a feature matrix (made by "
+            f"`fastimg images`), not a dataset store; pass --force to replace it") in err
+    assert _images_command(rng, tmp_path, dataset, (60, 120), 8) == 2
+    err = one_line(capsys.readouterr().err)
+    assert (f"{dataset} already exists: a dataset store (made by `fastimg build-dataset`), "
+            f"not a store of images of a feature matrix; pass --force to replace it") in err
+    assert main(_build_args(corpus_csv, images, tiny_bert_dir, "--force")) == 0
