@@ -689,6 +689,22 @@ def test_nested_texts_and_ids_are_refused_not_stringified(tmp_path):
     assert "column 'id' holds a nested list at line 2" in error(path)
 
 
+def test_an_integer_label_past_64_bits_is_refused_in_one_line(tmp_path):
+    """A label of 20 digits (a code, not a class index) raised OverflowError, which the CLI
+    reported as a bug."""
+    path = write_csv(tmp_path / "a.csv", ["text", "label"],
+                     [["a", "7"], ["b", "18446744073709551615"], ["c", "7"]])
+    assert ("label column 'label' holds an integer too large for a class value "
+            "(18446744073709551615) at row 2" in error(path))
+    path = write_jsonl(tmp_path / "b.jsonl", [{"text": "a", "label": 1},
+                                              {"text": "b", "label": 1e30}])
+    assert "too large for a class value" in error(path) and "at line 2" in error(path)
+    big = str(2**63 - 1)  # the largest that fits is a class
+    path = write_csv(tmp_path / "c.csv", ["text", "label"], [["a", "1"], ["b", big]] * 3)
+    assert load_corpus(cfg(path, split="random", val_fraction=0.34)).class_values == (
+        1, 2**63 - 1)
+
+
 def test_a_non_integer_number_label_is_refused_in_a_csv_as_in_jsonl(tmp_path):
     path = write_csv(tmp_path / "a.csv", ["text", "label"],
                      [["a", "0.0"], ["b", "1.0"], ["c", "2.5"], ["d", "1.0"]])

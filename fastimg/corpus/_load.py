@@ -326,6 +326,14 @@ def _labels(table: Table, column: str):
             raise CorpusError(f"label column {column!r} holds a non-integer number ({value}) at "
                               f"{table.where(_first(values, lambda v: v == value))}; labels "
                               f"must be classes")
+        info = np.iinfo(np.int64)  # a code of 20 digits overflowed int64 labels (a bug exit)
+        value = next((v for v, number in numbers.items()
+                      if not info.min <= number <= info.max), None)
+        if value is not None:
+            raise CorpusError(f"label column {column!r} holds an integer too large for a class "
+                              f"value ({value}) at "
+                              f"{table.where(_first(values, lambda v: v == value))}; labels must "
+                              f"fit in 64 bits: re-code them, or make them text (a letter first)")
         labels = np.fromiter((numbers[v] for v in values), dtype=np.int64, count=len(values))
         class_values = tuple(sorted(set(numbers.values())))
         names = table.label_names if set(class_values) <= set(table.label_names) else {}
