@@ -113,8 +113,9 @@ def _rows_lines(reader: store.StoreReader) -> list[str]:
         split_rows = {name: int((codes == code).sum())
                       for code, name in enumerate(store.SPLIT_NAMES)}
     if not reader.has_labels:
-        return (["splits    " + ", ".join(f"{s} {_n(n)}" for s, n in split_rows.items() if n)]
-                if split_rows else [])
+        # in split order: the attrs keep keys sorted as text (test before train)
+        return (["splits    " + ", ".join(f"{s} {_n(split_rows[s])}" for s in store.SPLIT_NAMES
+                                         if split_rows.get(s))] if split_rows else [])
     # labels without a count in the summary (a store written by another tool): count them
     names, targets, codes = reader.class_names, reader.targets(), reader.split_codes()
     lines = [f"classes   {len(names)}: {class_names_text(names)}"]

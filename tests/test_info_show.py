@@ -108,6 +108,18 @@ def test_info_of_an_images_store_fitted_on_every_row_names_no_evaluation_rows(tm
     assert "assignment assignment; fitted on all 300 rows, seed 0" in out, out
 
 
+def test_info_lists_the_splits_of_an_images_store_in_split_order(tmp_path, capsys):
+    """The attrs keep keys sorted as text: info read "splits    test 5, train 20, val 5"."""
+    (tmp_path / "split.txt").write_text("train\n" * 20 + "val\n" * 5 + "test\n" * 5)
+    out = tmp_path / "i.zarr"
+    assert main(["images", "--synthetic", "30x40", "--out", str(out), "--pixels", "8",
+                 "--method", "pca", "--split-file", str(tmp_path / "split.txt"),
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    assert "splits    train 20, val 5, test 5\n" in capsys.readouterr().out
+
+
 def test_info_counts_the_chunks_a_cluster_finished_out_of_order(tmp_path, capsys):
     """A cluster build marks chunks done in any order (``_done_embeddings``); ``rows_done``
     stays at the rows an in-process run finished in order."""
