@@ -97,6 +97,21 @@ def test_tsv_quotes_are_text_unless_the_file_quotes_its_fields(tmp_path):
     assert read_table(path).columns["text"] == texts
 
 
+def test_an_unquoted_tsv_with_a_text_in_quotes_keeps_its_quotes(tmp_path):
+    """A TSV that quotes nothing, one of whose texts is a quotation ('"Wow"'), was taken for
+    a quoted TSV and refused at another text's quote ('"Great" movie'): the file quotes
+    nothing, so its quotes are text."""
+    (tmp_path / "plain.tsv").write_text('text\tlabel\n"Wow"\tpos\n"Great" movie\tpos\n'
+                                        'bad film\tneg\n', encoding="utf-8")
+    table = read_table(tmp_path / "plain.tsv")
+    assert table.columns["text"] == ['"Wow"', '"Great" movie', "bad film"]
+    assert table.columns["label"] == ["pos", "pos", "neg"]
+    # a field quoted whole that the quoted reading parses is still read as quoted
+    (tmp_path / "quoted.tsv").write_text('text\tlabel\n"Wow"\tpos\n"say ""hi"""\tneg\n',
+                                         encoding="utf-8")
+    assert read_table(tmp_path / "quoted.tsv").columns["text"] == ["Wow", 'say "hi"']
+
+
 def test_csv_with_a_stray_quote_is_refused_not_altered(tmp_path):
     """'r1,"Great" movie,pos' was read as the text 'Great movie', and a quote opened and
     closed rows later joined those rows into one text: both are refused, naming the line."""

@@ -216,12 +216,20 @@ def _read_delimited(text: str, path: Path, delimiter: str) -> Table:
         try:
             rows = [row for row in reader if row]
         except csv.Error as exc:
-            hint = ("; a field that holds a quote must be quoted whole, its quotes doubled "
-                    "(\"say \"\"hi\"\"\"), and every quote closed" if '"' in str(exc)
-                    or "end of data" in str(exc) else "")
-            raise CorpusError(f"cannot parse {path} as "
-                              f"{'TSV' if delimiter == chr(9) else 'CSV'} near line "
-                              f"{reader.line_num}: {exc}{hint}") from None
+            # a TSV whose quoted reading fails yet whose rows line up unquoted quotes nothing:
+            # a text that is a quotation ('"Wow"') made it look quoted
+            rows = _plain_tsv(text) if delimiter == "\t" else None
+            if rows is None:
+                hint = ("; a field that holds a quote must be quoted whole, its quotes doubled "
+                        "(\"say \"\"hi\"\"\"), and every quote closed" if '"' in str(exc)
+                        or "end of data" in str(exc) else "")
+                raise CorpusError(f"cannot parse {path} as "
+                                  f"{'TSV' if delimiter == chr(9) else 'CSV'} near line "
+                                  f"{reader.line_num}: {exc}{hint}") from None
+    return _delimited_table(rows, path)
+
+
+def _delimited_table(rows: list, path: Path) -> Table:
     if not rows:
         raise CorpusError(f"input {path} is empty")
     header, body = rows[0], rows[1:]
@@ -243,11 +251,20 @@ def _unquoted_tsv(text: str) -> list | None:
     quotes read) or has no quote at all (both readings agree)."""
     if '"' not in text:
         return None
+    rows = _plain_tsv(text)
+    if rows is None:
+        return None
+    if any(len(value) > 1 and value[0] == value[-1] == '"' for row in rows for value in row):
+        return None
+    return rows
+
+
+def _plain_tsv(text: str) -> list | None:
+    """The rows of ``text`` read as tab-separated values with no quoting, or None when they do
+    not line up (as many fields in every row)."""
     reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
     rows = [row for row in reader if row]
     if not rows or any(len(row) != len(rows[0]) for row in rows):
-        return None
-    if any(len(value) > 1 and value[0] == value[-1] == '"' for row in rows for value in row):
         return None
     return rows
 
