@@ -139,6 +139,23 @@ def test_parquet(tmp_path):
     assert sorted(corpus.split.tolist()) == ["train", "train", "val", "val"]
 
 
+def test_parquet_decimal_labels_are_numbers(tmp_path):
+    """A decimal column (SQL's NUMERIC) made classes '0.00' and '1.00' of whole labels and
+    a class '2.50' of a non-integer one, which every other format refuses."""
+    from decimal import Decimal
+
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    texts = [f"t{i}" for i in range(6)]
+    for name, labels in (("whole", ["0", "1.00"]), ("half", ["1", "2.50"])):
+        column = pa.array([Decimal(v) for v in labels] * 3, pa.decimal128(5, 2))
+        pq.write_table(pa.table({"text": texts, "label": column}), tmp_path / f"{name}.parquet")
+    corpus = load_corpus(cfg(tmp_path / "whole.parquet", val_fraction=0.34))
+    assert corpus.class_values == (0, 1) and corpus.class_names == ["0", "1"]
+    assert "non-integer number (2.50) at row 2" in error(tmp_path / "half.parquet")
+
+
 def test_parquet_without_pyarrow_names_the_install(tmp_path, monkeypatch):
     import builtins
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from decimal import Decimal
 
 import numpy as np
 
@@ -348,7 +349,7 @@ def _labels(table: Table, column: str):
 def _class_name(value) -> str:
     """A label's class name among text labels: a typed number (JSON, Parquet) named by its
     integer when it is one (``1`` and ``1.0`` are one class), text as written, stripped."""
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+    if isinstance(value, (float, np.floating, Decimal)) and _as_integer(value) is not False:
         return str(int(value))
     return str(value).strip()
 
@@ -382,6 +383,8 @@ def _as_integer(value):
         return int(value)
     if isinstance(value, (float, np.floating)):
         return int(value) if float(value).is_integer() else False
+    if isinstance(value, Decimal):  # a Parquet decimal column (SQL's NUMERIC)
+        return int(value) if value.is_finite() and value == value.to_integral_value() else False
     if isinstance(value, str) and _NUMBER.match(value.strip()):
         text = value.strip()
         if text.lstrip("+-").isdigit():
