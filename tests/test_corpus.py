@@ -652,6 +652,21 @@ def test_val_fraction_ignored_when_the_split_column_has_val_rows(tmp_path, caplo
     assert not caplog.records
 
 
+@pytest.mark.parametrize("mode", ["random", "paper"])
+def test_split_column_given_with_a_pooling_split_is_said_to_be_ignored(tmp_path, caplog, mode):
+    """--split-column with --split random or paper pooled the file's test rows into train
+    and val without a word; the store's key held the column that changed nothing."""
+    path = sorted_corpus(tmp_path, split=lambda i: ("test", "val", "train", "train")[i % 4])
+    plain = cfg(path, split=mode)
+    with caplog.at_level(logging.WARNING, logger="fastimg.corpus"):
+        corpus = load_corpus(cfg(path, split=mode, split_column="split"))
+    assert not (corpus.split == "test").any()  # pooled, as documented
+    assert any(f"split_column 'split' ignored: split {mode!r} pools every row" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
+    effective = cfg(path, split=mode, split_column="split").effective(corpus).to_dict()
+    assert effective == plain.effective(load_corpus(plain)).to_dict()
+
+
 def test_settings_that_change_nothing_give_the_settings_of_the_same_corpus(tmp_path):
     """An ignored test_fraction and a limit of at least the row count leave the corpus as
     without them, so its stage settings are those of the plain config too."""

@@ -60,7 +60,8 @@ class CorpusConfig:
         A column of split names: ``train``; ``test``; ``val``/``valid``/``validation``/``dev``
         (-> ``val``). ``None``: the source's own split (aclImdb, the imdb recipe), else a
         column named ``split`` if the file has one (a file's own test rows are never pooled
-        into training unless ``split`` says so), else none.
+        into training unless ``split`` says so), else none. ``split`` ``"random"`` or
+        ``"paper"`` pools every row: a column given then is ignored, with a warning.
     limit : int or None
         Keep a seeded random sample of this many rows, stratified by (split, label);
         ``None`` keeps all. A limit above the number of rows keeps all and warns.

@@ -89,6 +89,10 @@ def load_corpus(config: CorpusConfig, storage_options: dict | None = None) -> Co
     rows = np.arange(table.n_rows)
     shortfall = 0
     unused = {}  # settings that changed nothing, and the value that says so
+    if mode != "column" and config.split_column:
+        unused["split_column"] = None
+        notes.append(f"split_column {config.split_column!r} ignored: split {mode!r} pools every "
+                     f"row (its test rows too) into train and val (split 'column' keeps them)")
     if config.limit is not None:
         if config.limit >= table.n_rows:
             unused["limit"] = None
