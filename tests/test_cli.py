@@ -51,6 +51,18 @@ def test_cli_encoder_defaults_are_the_library_defaults():
     assert encoder_config(args) == EncoderConfig(batching="packed", token_budget=4096)
 
 
+def test_layers_take_a_list_of_negative_indices():
+    """``--layers -2,-1`` was 'expected one argument': argparse takes a value that starts
+    with a dash, and is not one number, for a flag (the layer message offers -7..-1)."""
+    from fastimg.cli import build_parser
+
+    base = ["build-dataset", "--dataset", "imdb", "--out", "x.zarr"]
+    for given in (["--layers", "-2,-1"], ["--layers=-2,-1"]):
+        assert build_parser().parse_args([*base, *given]).layers == (-2, -1)
+    assert build_parser().parse_args([*base, "--layers", "-1"]).layers == (-1,)
+    assert build_parser().parse_args([*base, "--layers", "1,-1", "--quiet"]).quiet
+
+
 def test_images_from_npy_end_to_end(rng, tmp_path, capsys):
     x = structured_matrix(rng, 150, 200).astype(np.float32)
     np.save(tmp_path / "x.npy", x)

@@ -308,7 +308,8 @@ def add_build_dataset(sub) -> None:
     build.add_argument("--revision", default=None,
                        help="hub commit, branch or tag of --model (not for a local folder)")
     build.add_argument("--layers", type=options.layers, default="last6",
-                       help="last6 (paper), author (hidden_states[6:12]) or indices, e.g. 1,2,3")
+                       help="last6 (paper), author (hidden_states[6:12]) or hidden-state "
+                            "indices, e.g. 1,2,3 or -2,-1 (from the last)")
     build.add_argument("--pooling", default="cls", choices=["cls", "mean"],
                        help="vector of a text in each layer: cls, the first token's (default, "
                             "the paper's), or mean, over its tokens (what sentence-transformers "

@@ -3,9 +3,16 @@ them, and the flag of each config field (for messages)."""
 from __future__ import annotations
 
 import argparse
+import re
+import sys
 
 from fastimg import __version__
 from fastimg.cli import build, describe, report, runs
+
+
+#: flags whose value may be a list of negative numbers (``--layers -2,-1``)
+_LIST_FLAGS = ("--layers",)
+_NEGATIVE_LIST = re.compile(r"-\d+(,-?\d+)+")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -13,6 +20,16 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(report.EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        """As argparse's, with ``--layers -2,-1`` read as ``--layers=-2,-1`` (argparse takes a
+        value that starts with a dash and is not one number for a flag: "expected one
+        argument")."""
+        args = list(sys.argv[1:] if args is None else args)
+        for i in range(len(args) - 1, 0, -1):
+            if args[i - 1] in _LIST_FLAGS and _NEGATIVE_LIST.fullmatch(args[i]):
+                args[i - 1:i + 1] = [f"{args[i - 1]}={args[i]}"]
+        return super().parse_known_args(args, namespace)
 
 
 #: config fields whose flag is not the field's name with dashes
