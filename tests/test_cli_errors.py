@@ -233,6 +233,15 @@ def test_enumerated_flags_have_choices():
                 assert action.choices, (name, action.option_strings)
 
 
+@pytest.mark.parametrize("given", ["-", "/dev/stdin"])
+def test_a_corpus_on_stdin_is_refused_in_one_line(given, tmp_path, capsys):
+    """--input - said 'input - does not exist', /dev/stdin 'unsupported input format'."""
+    code = main(["build-dataset", "--input", given, "--out", str(tmp_path / "s.zarr")])
+    err = one_line(capsys.readouterr().err)
+    assert code == 2 and "not read from standard input: save it to a file" in err, err
+    assert not (tmp_path / "s.zarr").exists()
+
+
 def test_every_flag_says_what_it_does():
     """``--help`` listed --scaling, --method, --pooling, --truncation, --seed and explain's
     --split with their choices and nothing else: not what they change, nor the default."""

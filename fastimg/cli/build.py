@@ -293,8 +293,10 @@ def add_build_dataset(sub) -> None:
                        help="column of train/val/test names (default: 'split' when the file "
                             "has one)")
     build.add_argument("--split", default="auto", choices=["auto", "column", "paper", "random"],
-                       help="auto: the split column if any, else random; paper: pool all rows, "
-                            "80/20 train/val (40k/10k on IMDB)")
+                       help="auto (default): the split column if any, else random; column: "
+                            "the split column's train/val/test (val carved from train when it "
+                            "has none); random: pool all rows, --val-fraction of them val; "
+                            "paper: pool all rows, 80/20 train/val (40k/10k on IMDB)")
     build.add_argument("--val-fraction", type=float, default=0.2,
                        help="validation share: of the pooled rows (--split random), or of train "
                             "when the split column has no val rows (default 0.2, the only value "

@@ -142,8 +142,12 @@ def local_input_path(text: str) -> Path:
 
 def input_path_or_url(text: str) -> str:
     """A corpus file on this machine or at a URL; a URL with a slash missing
-    (``s3:/bucket/c.csv``) is refused (it would be looked for in a local folder ``s3:``)."""
+    (``s3:/bucket/c.csv``) is refused (it would be looked for in a local folder ``s3:``), and
+    so is standard input (``-`` was "input - does not exist")."""
     path_text(text)
+    if text in ("-", "/dev/stdin"):
+        raise argparse.ArgumentTypeError("a corpus is not read from standard input: save it to "
+                                         "a file (CSV, TSV, JSONL, Parquet) and give its path")
     try:
         store.location._check_not_a_url(text)
     except ValueError as exc:
