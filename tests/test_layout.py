@@ -324,6 +324,40 @@ def test_features_clustered_onto_fewer_pixels_stay_near_their_own_coordinates(rn
     assert np.median(distance) < 1.0  # within about a pixel; a shuffled map is ~3 away
 
 
+def test_more_features_than_pixels_on_fewer_distinct_points_share_pixels(rng):
+    """Features on few distinct coordinates (layer 0's [CLS] vector is the same for every
+    text: its features sit together) ran k-means with more clusters than distinct points:
+    scikit-learn's ConvergenceWarning, raw, and clusters without a feature. Features that
+    share their coordinates share a pixel; distinct ones get pixels of their own."""
+    shape = (5, 6)
+    points = rng.random((20, 2))
+    which = np.concatenate([np.arange(20), rng.integers(0, 20, 30)])  # 50 features > 30
+    pixels = assign_pixels(points[which], shape, "assignment")  # warnings are errors here
+    assert np.unique(pixels).size == 20
+    for point in range(20):
+        assert np.unique(pixels[which == point]).size == 1
+
+
+def test_a_layout_with_many_constant_features_says_so(rng, caplog):
+    """--layers 0 with [CLS] pooling (the embedding layer's [CLS] row is the same for every
+    text) built images a seventh of whose features carry nothing, without a word."""
+    import logging
+
+    x = structured_matrix(rng, 120, 60)
+
+    def warnings_of(matrix):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="fastimg.layout"):
+            DeepInsightLayout(grid=(8, 8), method="pca").fit(matrix)
+        return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+    assert warnings_of(x) == []
+    x[:, :10] = 0.25
+    assert warnings_of(x) == [
+        "10 of the 60 features (17%) are constant on the 120 fitted rows: they carry nothing "
+        "(with [CLS] pooling, the embedding layer's, layer 0, is the same for every text)"]
+
+
 def test_minmax_scaling_of_a_feature_constant_on_the_training_rows_is_zero(rng):
     from fastimg.layout import FeatureScaler
 

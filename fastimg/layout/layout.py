@@ -23,6 +23,9 @@ logger = logging.getLogger("fastimg.layout")
 LAYOUT_FORMAT = 1
 #: Fewer fitted rows than this are laid out with a warning (a small --limit, a tiny corpus).
 MIN_FIT_ROWS_ADVISED = 100
+#: A share of features constant on the fitted rows above this is said (layer 0 under [CLS]
+#: pooling: the same vector for every text).
+CONSTANT_SHARE_WARNED = 0.05
 #: most threads of a layout fit: openTSNE with 100,000 threads crashed the process
 #: (segmentation fault) and with 2,000 ran for minutes on 2 cores instead of seconds
 MAX_THREADS = 1024
@@ -295,6 +298,7 @@ class DeepInsightLayout:
         if _all_rows_equal(points):
             raise ValueError("every feature has the same scaled values in the fitted rows (a "
                              "constant matrix?): a layout cannot tell the features apart")
+        _warn_constant_features(points)
         if cfg.metric == "cosine":
             points = _lift_zero_vectors(points)
         if cfg.pca_components is not None and points.shape[1] > cfg.pca_components \
@@ -488,6 +492,19 @@ def _threads(n_jobs: int):
 
     importlib.import_module("sklearn.decomposition")  # loaded before the limit, see above
     return threadpool_limits(n_jobs)
+
+
+def _warn_constant_features(points: np.ndarray) -> None:
+    """Say when more than :data:`CONSTANT_SHARE_WARNED` of the features (the rows of
+    ``points``) are constant on the fitted rows: real encoders have a few, but layer 0 under
+    [CLS] pooling is the same vector for every text, and its features carry nothing."""
+    constant = int((points.max(axis=1) == points.min(axis=1)).sum())
+    n_features = points.shape[0]
+    if constant > CONSTANT_SHARE_WARNED * n_features:
+        logger.warning("%d of the %d features (%.0f%%) are constant on the %d fitted rows: "
+                       "they carry nothing (with [CLS] pooling, the embedding layer's, layer "
+                       "0, is the same for every text)", constant, n_features,
+                       100 * constant / n_features, points.shape[1])
 
 
 def _lift_zero_vectors(points: np.ndarray) -> np.ndarray:

@@ -93,7 +93,8 @@ def assign_unique(coords: np.ndarray, shape: tuple[int, int], *,
 
     With at least as many pixels as features every feature gets a pixel of its own (a linear sum
     assignment of features to pixel centres). With more features than pixels the features are
-    first grouped into ``height * width`` k-means clusters and each cluster gets a pixel.
+    first grouped into ``height * width`` k-means clusters and each cluster gets a pixel (the
+    features on one point share its pixel when there are no more distinct points than pixels).
     Unlike pyDeepInsight's version this is correct on non-square grids.
     """
     from scipy.optimize import linear_sum_assignment
@@ -106,10 +107,14 @@ def assign_unique(coords: np.ndarray, shape: tuple[int, int], *,
         groups = scaled
         labels = np.arange(scaled.shape[0])
     else:
-        from sklearn.cluster import KMeans
+        groups, labels = np.unique(scaled, axis=0, return_inverse=True)
+        labels = labels.ravel()
+        if groups.shape[0] > n_pixels:  # else features that share a point share its pixel
+            from sklearn.cluster import KMeans
 
-        kmeans = KMeans(n_clusters=n_pixels, n_init=1, random_state=random_state).fit(scaled)
-        groups, labels = kmeans.cluster_centers_, kmeans.labels_
+            kmeans = KMeans(n_clusters=n_pixels, n_init=1, random_state=random_state)
+            kmeans.fit(scaled)
+            groups, labels = kmeans.cluster_centers_, kmeans.labels_
     group_rows, pixels = linear_sum_assignment(cdist(groups, centres, "sqeuclidean"))
     pixel_of_group = np.empty(groups.shape[0], dtype=np.int64)
     pixel_of_group[group_rows] = pixels
