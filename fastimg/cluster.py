@@ -106,7 +106,8 @@ def connect(spec: str, *, threads_per_worker: int = 1):
     spec : str
         ``local:N``: a :class:`distributed.LocalCluster` of N worker processes with
         ``threads_per_worker`` threads each, on 127.0.0.1, started here and closed after
-        (its workers ignore SIGINT: a Ctrl-C stops this process, which closes them).
+        (its workers ignore SIGINT and SIGTERM: a Ctrl-C or a SIGTERM to the job stops this
+        process, which closes them).
         A scheduler address (``tcp://host:8786``): connect to a running cluster.
     threads_per_worker : int
         Threads per local worker (torch in a task uses as many).
@@ -129,7 +130,8 @@ def connect(spec: str, *, threads_per_worker: int = 1):
     with _interrupt_noise_muted(), _environ_kept() as restore_environ:
         # everything on 127.0.0.1 at free ports (the scheduler's HTTP server too, which would
         # otherwise try 8787); silence_logs: a failed task is reported once, by the client
-        with _sigint_ignored():
+        _quiet_resource_tracker()
+        with _stop_signals_ignored():
             cluster = distributed.LocalCluster(
                 n_workers=value, threads_per_worker=threads_per_worker, processes=True,
                 host="127.0.0.1", scheduler_port=0, dashboard_address="127.0.0.1:0",
@@ -140,7 +142,7 @@ def connect(spec: str, *, threads_per_worker: int = 1):
             client = distributed.Client(cluster)
             # workers the nanny starts again after a crash inherit nothing: the plugin runs on
             # every worker, now and later
-            client.register_plugin(_sigint_ignoring_plugin(distributed))
+            client.register_plugin(_signal_ignoring_plugin(distributed))
             yield client
         finally:
             with _dask_logs_muted():  # workers killed at close, tasks lost to a Ctrl-C
@@ -194,42 +196,74 @@ def check_reachable(address: str, *, timeout: float = 10.0) -> None:
                            f"usually 8786, its dashboard's 8787)")
 
 
-@contextlib.contextmanager
-def _sigint_ignored():
-    """SIGINT ignored while a local cluster starts: the worker processes it spawns inherit
-    that (Python keeps an ignored SIGINT), so a Ctrl-C stops the client, which cancels the
-    tasks and closes the workers, instead of raising KeyboardInterrupt in every worker.
+#: Signals a local cluster's worker processes ignore: a Ctrl-C reaches every process of the
+#: terminal's group, and ``timeout``, a batch scheduler's cancel or ``kill -- -PGID`` send
+#: SIGTERM to every process of the job; the client's process stops the build and closes its
+#: workers (gracefully, else with SIGKILL), where a worker killed at once left a traceback and
+#: multiprocessing's "leaked semaphore objects" warning after the command's one line.
+WORKER_IGNORED_SIGNALS = ("SIGINT", "SIGTERM")
 
-    A Ctrl-C in those seconds is lost (press it again). A worker the nanny starts again
-    later, after a crash, inherits nothing: :func:`_sigint_ignoring_plugin` covers those."""
+
+@contextlib.contextmanager
+def _stop_signals_ignored():
+    """:data:`WORKER_IGNORED_SIGNALS` ignored while a local cluster starts: the worker
+    processes it spawns inherit that (an ignored signal stays ignored across exec, and Python
+    keeps an ignored SIGINT), so the client stops them, instead of each stopping on its own.
+
+    A Ctrl-C or SIGTERM in those seconds is lost (send it again). A worker the nanny starts
+    again later, after a crash, inherits nothing: :func:`_signal_ignoring_plugin` covers
+    those."""
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = {name: signal.signal(getattr(signal, name), signal.SIG_IGN)
+                for name in WORKER_IGNORED_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for name, handler in previous.items():
+            signal.signal(getattr(signal, name), handler)
 
 
-def _sigint_ignoring_plugin(distributed):
-    """A worker plugin that makes its worker process ignore SIGINT (see
-    :func:`_sigint_ignored`)."""
+def _signal_ignoring_plugin(distributed):
+    """A worker plugin that makes its worker process ignore :data:`WORKER_IGNORED_SIGNALS`
+    (see :func:`_stop_signals_ignored`)."""
 
-    class IgnoreSigint(distributed.WorkerPlugin):
-        name = "fastimg-ignore-sigint"
+    class IgnoreStopSignals(distributed.WorkerPlugin):
+        name = "fastimg-ignore-stop-signals"
 
         def setup(self, worker):
             import signal
             import threading
 
             if threading.current_thread() is threading.main_thread():
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                for name in WORKER_IGNORED_SIGNALS:
+                    signal.signal(getattr(signal, name), signal.SIG_IGN)
 
-    return IgnoreSigint()
+    return IgnoreStopSignals()
+
+
+#: The warnings of multiprocessing's resource tracker that :func:`_quiet_resource_tracker`
+#: filters (the ``PYTHONWARNINGS`` form: action, message start, category)
+TRACKER_WARNINGS = "ignore:resource_tracker:UserWarning"
+
+
+def _quiet_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker, if it is not running, with its own warnings
+    filtered: a local cluster's workers share it with this process, and one still running a
+    task when the build stops (Ctrl-C, SIGTERM) is killed by its nanny after a few seconds;
+    the tracker then printed "There appear to be 1 leaked semaphore objects to clean up at
+    shutdown" under the command's one line, and cleaned them up, as it does, itself.
+
+    Call it where the environment is put back after (:func:`_environ_kept`)."""
+    from multiprocessing import resource_tracker
+
+    given = os.environ.get("PYTHONWARNINGS")
+    os.environ["PYTHONWARNINGS"] = f"{given},{TRACKER_WARNINGS}" if given else TRACKER_WARNINGS
+    resource_tracker.ensure_running()
 
 
 @contextlib.contextmanager

@@ -611,6 +611,24 @@ def test_ctrl_c_on_a_cluster_build_is_one_line(tmp_path, corpus_csv, tiny_bert_d
         "fastimg build-dataset: interrupted (the unfinished build is kept: rerun to resume)"]
 
 
+def test_a_worker_killed_at_close_leaves_no_leaked_semaphore_warning(tmp_path):
+    """A worker still running a task when the build stops (Ctrl-C, SIGTERM) is killed by its
+    nanny after 4 s, and multiprocessing's resource tracker, which the workers share with the
+    client's process, printed "There appear to be 1 leaked semaphore objects to clean up at
+    shutdown" under the command's one line (it cleans them up itself). A semaphore left
+    registered stands in for the killed worker's."""
+    import subprocess
+
+    script = ("from multiprocessing import resource_tracker\n"
+              "from fastimg.cluster import connect\n"
+              "with connect('local:1'):\n"
+              "    resource_tracker.register('/fastimg-test-left', 'semaphore')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "resource_tracker" not in done.stderr, done.stderr
+
+
 def _ctrl_c_before_a_sync_call_starts(caplog) -> list[str]:
     """dask's ``sync()`` interrupted by a Ctrl-C while its call waits behind other work on the
     event loop: what tornado logged (its cancel of the unstarted call fails there)."""
