@@ -310,12 +310,13 @@ def test_worker_killed_mid_task_still_completes(tmp_path, client, corpus_csv, ti
     assert victim not in client.run(os.getpid).values()  # it was really killed (and replaced)
     assert_same(out, reference)
     client.wait_for_workers(2, timeout=120)
-    # the worker started again ignores a Ctrl-C too (it inherits nothing: a plugin sets it)
-    assert set(client.run(_sigint_handler).values()) == {signal.SIG_IGN}
+    # the worker started again ignores a Ctrl-C and a SIGTERM too (it inherits nothing: a
+    # plugin sets it)
+    assert set(client.run(_stop_handlers).values()) == {(signal.SIG_IGN, signal.SIG_IGN)}
 
 
-def _sigint_handler():
-    return signal.getsignal(signal.SIGINT)
+def _stop_handlers():
+    return signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
 
 
 def _preload(path, body: str):
