@@ -32,7 +32,7 @@ from fastimg._validation import check_config
 from fastimg.embed.texts import EmptyTextWarning
 from fastimg.images import split_codes
 from fastimg.info import copied_from
-from fastimg.raster import check_image_dtype
+from fastimg.raster import RASTER_BACKENDS, check_image_dtype
 from fastimg.store import StoreError, StoreReader, StoreWriter
 from fastimg.store.keys import StagePlan, digest
 
@@ -67,6 +67,8 @@ class DatasetConfig:
         if self.fit_on not in FIT_ON:
             raise ValueError(f"fit_on must be one of {FIT_ON}, got {self.fit_on!r}")
         check_image_dtype(self.image_dtype)
+        if self.raster_backend != "auto":  # the name; whether it runs here, the build says
+            RASTER_BACKENDS.resolve(self.raster_backend)  # an unknown one: ValueError
 
 
 def _versions() -> dict:

@@ -12,7 +12,7 @@ import numpy as np
 from fastimg._validation import (check_config, check_count, check_feature_matrix,
                                  total_memory_bytes)
 from fastimg.layout import LayoutConfig
-from fastimg.raster import check_image_dtype
+from fastimg.raster import RASTER_BACKENDS, check_image_dtype
 from fastimg.store import SPLIT, SPLIT_NAMES, StoreWriter, build_lock
 from fastimg.store.schema import SPLIT_ALIASES, split_rows
 from fastimg.store.keys import StagePlan, digest
@@ -39,6 +39,8 @@ class ImagesConfig:
 
     def __post_init__(self):
         check_image_dtype(self.image_dtype)
+        if self.raster_backend != "auto":  # the name; whether it runs here, the build says
+            RASTER_BACKENDS.resolve(self.raster_backend)  # an unknown one: ValueError
         if self.fit_rows is not None:  # stored as a Python int: JSON-safe
             object.__setattr__(self, "fit_rows",
                                check_count("fit_rows", self.fit_rows, 2, "or None"))

@@ -103,6 +103,19 @@ def test_an_unknown_raster_backend_is_refused_before_any_work(rng, tmp_path, mon
     assert not out.exists() and not store.partial_path(out).exists()
 
 
+def test_configs_refuse_an_unknown_raster_backend_when_made():
+    """DatasetConfig(raster_backend="gpu") was accepted and refused only by a build, where
+    LayoutConfig refuses its unknown backend as it is made; a known one that cannot run on
+    this machine is still a config (a store built on a GPU is read here)."""
+    from fastimg.dataset import DatasetConfig
+    from fastimg.images import ImagesConfig
+
+    for config in (DatasetConfig, ImagesConfig):
+        with pytest.raises(ValueError, match="unknown raster backend 'gpu'"):
+            config(raster_backend="gpu")
+        assert config(raster_backend="cuda").raster_backend == "cuda"
+
+
 def test_uint8_images_of_unscaled_features_outside_0_1_are_refused(rng, tmp_path):
     """--scaling none --dtype uint8 clipped embeddings to [0, 1] silently: 71% of the pixels
     of a MiniLM store were 0. Refused before the layout is fitted: the refusal came after it,
