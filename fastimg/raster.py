@@ -111,10 +111,24 @@ def _wait_for_warm_up(name: str) -> None:
         thread.join()
 
 
-def _check_block(n_bad: int, start: int, stop: int) -> None:
+def _check_block(n_bad: int, block: np.ndarray, start: int) -> None:
+    """Name the rows of ``x`` (``block`` its rows from ``start``) whose ``n_bad`` values the
+    kernel found NaN or infinite, as :func:`~fastimg._validation.check_feature_matrix` does
+    (was "input rows 0..9 contain 1 NaN or infinite values": which one, it did not say)."""
     if n_bad:
-        raise ValueError(f"input rows {start}..{stop - 1} contain {n_bad} NaN or infinite "
-                         f"values; clean or impute them first")
+        bad = np.flatnonzero(~np.isfinite(block).all(axis=1)) + start
+        raise ValueError(f"x contains NaN or infinite values (rows {bad[:5].tolist()}"
+                         f"{' ...' if bad.size > 5 else ''}); clean or impute them first")
+
+
+def _described(array) -> str:
+    """``array``'s type, dtype, shape and layout, for a refusal (a list is "a list")."""
+    if not isinstance(array, np.ndarray):
+        return f"a {type(array).__name__}"
+    flags = [name for name, ok in (("C-contiguous", array.flags.c_contiguous),
+                                   ("writeable", array.flags.writeable)) if not ok]
+    return (f"{array.dtype} of shape {array.shape}"
+            + (f", not {' or '.join(flags)}" if flags else ""))
 
 
 def rasterize(x, plan: RasterPlan, *, backend: str = "auto", out=None) -> np.ndarray:
@@ -164,8 +178,7 @@ def rasterize(x, plan: RasterPlan, *, backend: str = "auto", out=None) -> np.nda
         # the compiled kernels index out by the plan's pixels without bounds checks: a
         # smaller array would be written past its end
         raise ValueError(f"out must be a writeable, C-contiguous float32 array of shape {shape}, "
-                         f"got {type(out).__name__} {getattr(out, 'dtype', '')} of shape "
-                         f"{getattr(out, 'shape', None)}")
+                         f"got {_described(out)}")
     name, kernel = RASTER_BACKENDS.get(backend)
     _wait_for_warm_up(name)
     n_bad = kernel(x, plan, out)
@@ -173,7 +186,7 @@ def rasterize(x, plan: RasterPlan, *, backend: str = "auto", out=None) -> np.nda
         # float64 values beyond float32's range became infinite in the cast: said as such
         # (check_feature_matrix's range check), not as NaN or infinite input
         check_feature_matrix(source, name="x")
-    _check_block(n_bad, 0, x.shape[0])
+    _check_block(n_bad, x, 0)
     return out
 
 
@@ -225,7 +238,7 @@ def rasterize_to_array(source, plan: RasterPlan, target, *, backend: str = "auto
             if block.dtype not in (np.float16, np.float32):
                 block = block.astype(np.float32)
             images = buffer[: stop - start]
-            _check_block(kernel(block, plan, images), start, stop)
+            _check_block(kernel(block, plan, images), block, start)
             target[start:stop] = to_image_dtype(images, np.dtype(target.dtype).name)
             bar.update(stop - start)
             if on_block is not None:

@@ -66,8 +66,19 @@ def test_non_finite_input_is_a_value_error(rng, backend, dtype, bad):
     plan = make_plan(rng, 30, (6, 6))
     x = rng.random((10, 30)).astype(dtype)
     x[4, 17] = bad
-    with pytest.raises(ValueError, match="NaN or infinite"):
+    with pytest.raises(ValueError, match=r"^x contains NaN or infinite values \(rows \[4\]\)"):
         rasterize(x, plan, backend=backend)
+
+
+@pytest.mark.parametrize("out, said", [
+    ([[0.0]], "got a list"), (np.zeros((2, 6, 6)), "got float64 of shape (2, 6, 6)"),
+    (np.zeros((2, 6, 6), np.float32)[:, ::-1], "not C-contiguous")])
+def test_an_out_that_cannot_take_the_images_is_described(rng, out, said):
+    """out=[[0.0]] was "got list  of shape None"."""
+    plan = make_plan(rng, 30, (6, 6))
+    with pytest.raises(ValueError, match="out must be") as caught:
+        rasterize(rng.random((2, 30)).astype(np.float32), plan, out=out)
+    assert str(caught.value).endswith(said), str(caught.value)
 
 
 def test_feature_count_mismatch_is_a_value_error(rng):
