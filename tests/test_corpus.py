@@ -1007,3 +1007,14 @@ def test_corpus_and_table_reprs_are_short(tmp_path):
     assert text.startswith("Corpus(60 rows, classes ['neg', 'pos'], splits: train 48, val 12")
     table = read_table(path)
     assert repr(table) == f"Table({str(path)!r}, 60 rows, columns ['id', 'text', 'label'])"
+
+
+def test_an_input_that_is_no_path_is_refused_as_the_config_is_made(tmp_path):
+    """CorpusConfig(input=3) became the file '3', input=b"a.csv" the file "b'a.csv'"."""
+    for given in (3, b"reviews.csv", ["reviews.csv"]):
+        with pytest.raises(TypeError, match="input must be a path or URL"):
+            CorpusConfig(input=given)
+    with pytest.raises(CorpusError, match="input is an empty path"):
+        CorpusConfig(input="")
+    assert CorpusConfig(input=tmp_path / "r.csv").input == str(tmp_path / "r.csv")
+    assert CorpusConfig(input="s3://b/r.csv").input == "s3://b/r.csv"

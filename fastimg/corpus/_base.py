@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
@@ -38,7 +39,7 @@ class CorpusConfig:
 
     Parameters
     ----------
-    input : str or None
+    input : str, path or None
         A CSV, TSV, JSONL or Parquet file (each optionally ``.gz``-compressed), an aclImdb
         folder (``{train,test}/{pos,neg}/*.txt``, or a folder holding ``aclImdb/``) or an
         aclImdb tarball; a file may be an fsspec URL (``s3://bucket/reviews.csv.gz``), read
@@ -101,7 +102,13 @@ class CorpusConfig:
         if (self.input is None) == (self.dataset is None):
             raise CorpusError("give exactly one of an input path and a dataset name")
         if self.input is not None:
-            object.__setattr__(self, "input", str(self.input))
+            if not isinstance(self.input, (str, os.PathLike)):
+                # str(3) was the file '3', str(b"a.csv") the file "b'a.csv'"
+                raise TypeError(f"input must be a path or URL (a str or a pathlib.Path), got "
+                                f"{self.input!r}")
+            object.__setattr__(self, "input", os.fspath(self.input))
+            if not self.input:
+                raise CorpusError("input is an empty path")
         if self.dataset is not None and self.dataset not in DATASETS:
             raise CorpusError(f"unknown dataset {self.dataset!r}; built-in: {', '.join(DATASETS)}")
         columns = (self.text_columns,) if isinstance(self.text_columns, str) else self.text_columns
