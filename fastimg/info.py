@@ -9,7 +9,8 @@ from pathlib import Path
 
 from fastimg import store
 from fastimg._validation import MAX_LISTED
-from fastimg.run_folder import CONFIG_FILE, METRICS_FILE, NORMALISER_FILE, RUN_FILES
+from fastimg.run_folder import (CONFIG_FILE, METRICS_FILE, NORMALISER_FILE, RUN_FILES,
+                                run_files_in)
 
 #: Layout entries that are arrays (thousands of numbers): left out of the JSON view.
 LAYOUT_ARRAYS = ("pixel_index", "coords", "scaler")
@@ -454,6 +455,23 @@ def describe_run(path) -> list[str]:
         # a field of another type than train writes ("final": {"val": 1}): hand-edited
         raise ValueError(f"{path}: its {METRICS_FILE} or {CONFIG_FILE} does not hold what "
                          f"fastimg train writes ({type(exc).__name__}: {exc}; edited?)") from None
+
+
+def run_json(path) -> dict:
+    """A training run folder for scripts (``fastimg info RUN --json``): ``run_folder``,
+    ``files`` (the :data:`RUN_FILES` it holds), ``finished`` (``metrics.json`` is written last),
+    and the ``config`` and ``metrics`` that ``fastimg train`` wrote (None where absent).
+
+    Raises
+    ------
+    ValueError
+        When the folder's ``metrics.json`` or ``config.json`` is not a valid JSON object.
+    """
+    path = Path(path)
+    metrics = _read_json(path / METRICS_FILE, None)
+    config = _read_json(path / CONFIG_FILE, (metrics or {}).get("config"))
+    return {"run_folder": str(path), "files": run_files_in(path), "finished": metrics is not None,
+            "config": config, "metrics": metrics}
 
 
 def _store_state(recorded) -> str:

@@ -289,7 +289,13 @@ def test_info_summarises_a_training_run_folder(tmp_path, capsys):
     assert f"classes {', '.join(metrics['class_names'])}\n" in out
     assert len(out.strip().splitlines()) <= 30
     assert f"store      {metrics['store']}\n" in out
-    assert main(["info", str(run), "--json"]) == 2
+    capsys.readouterr()
+    assert main(["info", str(run), "--json"]) == 0  # was refused: scripts read the files
+    data = json.loads(capsys.readouterr().out)
+    assert data["metrics"] == metrics and data["finished"] and data["run_folder"] == str(run)
+    assert data["config"] == json.loads((run / "config.json").read_text())
+    assert data["files"] == ["metrics.json", "config.json", "best.pt", "bundle.json",
+                             "normaliser.npz"]
     # a training store moved away was named as if it were there
     (tmp_path / "s.zarr").rename(tmp_path / "moved.zarr")
     assert main(["info", str(run)]) == 0

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from fastimg import store
 from fastimg.cli import options
-from fastimg.cli.report import UserError
 
 
 def cmd_show(args) -> int:
@@ -27,9 +26,8 @@ def cmd_info(args) -> int:
 
     target = options.location(args.store, args)  # warns of --storage-option with a local path
     if "://" not in args.store and is_run_folder(Path(args.store)):
-        if args.json:
-            raise UserError("--json is for stores; a run folder's metrics.json is JSON already")
-        print("\n".join(info.describe_run(Path(args.store))))
+        print(json.dumps(info.run_json(args.store), indent=2) if args.json
+              else "\n".join(info.describe_run(Path(args.store))))
         return 0
     try:
         reader = store.StoreReader(target)
@@ -79,6 +77,7 @@ def add_info(sub) -> None:
     info.add_argument("store", type=options.path_text,
                       help="a store (path or URL), or a run folder of fastimg train")
     info.add_argument("--json", action="store_true",
-                      help="the store's full attributes as JSON (for scripts)")
+                      help="as JSON, for scripts: a store's full attributes, or a run "
+                           "folder's config.json and metrics.json")
     options.add_storage_options(info)
     info.set_defaults(func=cmd_info)
