@@ -36,11 +36,8 @@ def check_feature_matrix(x, *, name: str = "X", n_features: int | None = None,
     if n_features is not None and x.shape[1] != n_features:
         raise ValueError(
             f"{name} has {x.shape[1]} features but the layout was fitted on {n_features}")
-    if check_finite and not np.isfinite(x).all():
-        bad_rows = np.flatnonzero(~np.isfinite(x).all(axis=1))
-        raise ValueError(
-            f"{name} contains NaN or infinite values (rows {bad_rows[:5].tolist()}"
-            f"{' ...' if bad_rows.size > 5 else ''}); clean or impute them first")
+    if check_finite:
+        check_finite_rows(x, name)
     if check_finite and x.dtype.itemsize > 4:  # the layout and the kernels compute in float32
         largest = max(float(x.max()), -float(x.min()))  # no copy of x
         if largest > float(np.finfo(np.float32).max):
@@ -49,18 +46,38 @@ def check_feature_matrix(x, *, name: str = "X", n_features: int | None = None,
     return x
 
 
-def check_grid(shape) -> tuple[int, int]:
+def non_finite_rows(x: np.ndarray, *, offset: int = 0) -> str | None:
+    """``"rows [3, 9]"``: the first rows of the 2-D ``x`` (numbered from ``offset``) that hold
+    a NaN or infinite value (`` ...`` after five), for a refusal; None when all are finite."""
+    finite = np.isfinite(x)
+    if finite.all():
+        return None
+    bad = np.flatnonzero(~finite.all(axis=1)) + offset
+    return f"rows {bad[:5].tolist()}{' ...' if bad.size > 5 else ''}"
+
+
+def check_finite_rows(x: np.ndarray, name: str, *, offset: int = 0) -> None:
+    """ValueError naming the first rows of the 2-D ``x`` (numbered from ``offset``) that hold a
+    NaN or infinite value, if any (:func:`non_finite_rows`)."""
+    rows = non_finite_rows(x, offset=offset)
+    if rows is not None:
+        raise ValueError(f"{name} contains NaN or infinite values ({rows}); clean or impute "
+                         f"them first")
+
+
+def check_grid(shape, name: str = "grid") -> tuple[int, int]:
     """Normalise ``50`` or ``(50, 40)`` to ``(height, width)``; both must be whole numbers
-    >= 2 (a string, a fraction or a bool is a ValueError, not truncated or split)."""
+    >= 2 (a string, a fraction or a bool is a ValueError naming ``name``, not truncated or
+    split)."""
     if isinstance(shape, (int, np.integer)) and not isinstance(shape, (bool, np.bool_)):
         shape = (int(shape), int(shape))
     try:
         height, width = (_whole(s) for s in (() if isinstance(shape, (str, bytes)) else shape))
     except (TypeError, ValueError):
-        raise ValueError(f"grid must be an int or a (height, width) pair of ints, got "
+        raise ValueError(f"{name} must be an int or a (height, width) pair of ints, got "
                          f"{shape!r}") from None
     if height < 2 or width < 2:
-        raise ValueError(f"grid must be at least 2 x 2 pixels, got {height} x {width}")
+        raise ValueError(f"{name} must be at least 2 x 2 pixels, got {height} x {width}")
     return height, width
 
 

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 
 from fastimg._registry import Registry, has_module
-from fastimg._validation import check_feature_matrix
+from fastimg._validation import check_feature_matrix, check_finite_rows
 from fastimg.kernels import RasterPlan, raster_reference
 
 logger = logging.getLogger("fastimg.raster")
@@ -116,9 +116,7 @@ def _check_block(n_bad: int, block: np.ndarray, start: int) -> None:
     kernel found NaN or infinite, as :func:`~fastimg._validation.check_feature_matrix` does
     (was "input rows 0..9 contain 1 NaN or infinite values": which one, it did not say)."""
     if n_bad:
-        bad = np.flatnonzero(~np.isfinite(block).all(axis=1)) + start
-        raise ValueError(f"x contains NaN or infinite values (rows {bad[:5].tolist()}"
-                         f"{' ...' if bad.size > 5 else ''}); clean or impute them first")
+        check_finite_rows(block, "x", offset=start)
 
 
 def _described(array) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastimg._validation import check_grid
+from fastimg._validation import check_grid, non_finite_rows
 
 ASSIGNMENTS = ("bin", "assignment")
 
@@ -23,10 +23,9 @@ def _checked_coords(coords) -> np.ndarray:
                          f"shape {coords.shape}")
     if not np.issubdtype(coords.dtype, np.number) or np.iscomplexobj(coords):
         raise ValueError(f"coords must hold real numbers, got dtype {coords.dtype}")
-    bad = np.flatnonzero(~np.isfinite(coords).all(axis=1))
-    if bad.size:
-        raise ValueError(f"coords hold NaN or infinite values (rows {bad[:5].tolist()}"
-                         f"{' ...' if bad.size > 5 else ''})")
+    rows = non_finite_rows(coords)
+    if rows is not None:
+        raise ValueError(f"coords hold NaN or infinite values ({rows})")
     return coords
 
 
@@ -150,10 +149,7 @@ def assign_pixels(coords: np.ndarray, shape: tuple[int, int], method: str = "bin
         ``shape`` or ``method`` is invalid.
     """
     coords = _checked_coords(coords)
-    try:
-        shape = check_grid(shape)
-    except ValueError as exc:  # check_grid names the LayoutConfig field
-        raise ValueError(str(exc).replace("grid", "shape", 1)) from None
+    shape = check_grid(shape, "shape")
     if method == "bin":
         return assign_bin(coords, shape)
     if method == "assignment":
