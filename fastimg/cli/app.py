@@ -107,8 +107,9 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 128 + int(signal.SIGTERM if terminated else signal.SIGINT)
     except Exception as exc:  # noqa: BLE001 - every error ends as one line and an exit code
-        if report.disk_full(exc) is not None:  # the machine's state, not a bug
-            return report.report_disk_full(args.command, exc, kept=_kept(args),
+        full = report.disk_full(exc)
+        if full is not None:  # the machine's state, not a bug
+            return report.report_disk_full(args.command, exc, full, kept=_kept(args),
                                            debug=args.debug)
         return report.report_error(args.command, exc, debug=args.debug, flags=flags)
     finally:

@@ -116,13 +116,12 @@ def disk_full(exc: BaseException) -> OSError | None:
     return None
 
 
-def report_disk_full(command: str, exc: BaseException, *, kept: bool,
+def report_disk_full(command: str, exc: BaseException, full: OSError, *, kept: bool,
                      debug: bool = False) -> int:
-    """Print ``exc``, a full disk somewhere in its causes (:func:`disk_full`), as one line
-    that says what to do and whether the unfinished build is ``kept``; the exit code."""
+    """Print ``exc``, with the full disk ``full`` among its causes (:func:`disk_full`), as one
+    line that says what to do and whether the unfinished build is ``kept``; the exit code."""
     if debug:
         traceback.print_exception(exc, file=sys.stderr)
-    full = disk_full(exc)
     where = f" (writing {full.filename})" if full.filename else ""
     print(f"fastimg {command}: error: no space left on the device{where}: free some space, "
           f"then rerun{' to resume (the unfinished build is kept)' if kept else ''}",
