@@ -10,6 +10,8 @@ from fastimg.train.extractors import (EXTRACTORS, StateDictError, WeightsUnavail
 from fastimg.train.fit import TrainResult, fit
 from fastimg.train.predict import Prediction, Run, load_run
 from fastimg.train.probe import linear_probe
+from fastimg.train.torch_dataset import StoreDataset, StoreSampler
 
 __all__ = ["EXTRACTORS", "StateDictError", "TrainConfig", "TrainResult", "WeightsUnavailableError",
-           "build_extractor", "fit", "linear_probe", "load_run", "Prediction", "Run"]
+           "build_extractor", "fit", "linear_probe", "load_run", "Prediction", "Run",
+           "StoreDataset", "StoreSampler"]

@@ -1,0 +1,179 @@
+"""One split of a dataset store as a torch ``Dataset``, for a training loop of your own.
+
+>>> from fastimg.train import StoreDataset
+>>> train = StoreDataset("imdb.zarr", "train", normalize="dataset")
+>>> loader = torch.utils.data.DataLoader(train, batch_size=128, sampler=train.sampler(seed=0))
+>>> for epoch in range(10):
+...     loader.sampler.set_epoch(epoch)
+...     for images, targets in loader:       # float32 [128, 1, 50, 50], int64 [128]
+...         ...
+
+The images are read through the trainer's chunk-caching reader, normalised as the trainer
+normalises them, and :meth:`StoreDataset.sampler` shuffles in the trainer's order, which
+decodes each stored chunk about once an epoch even when the split does not fit the cache.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fastimg.store import SPLIT_NAMES
+from fastimg.train.config import NORMALISATIONS
+from fastimg.train.data import ChunkedReader, Normaliser, StoreData, pixel_stats, shuffled_order
+
+
+class StoreDataset(torch.utils.data.Dataset):
+    """The images and class indices of one split of a store written by ``build-dataset``.
+
+    Item ``i`` is ``(image, target)`` for the split's ``i``-th row (store rows ascending):
+    ``image`` a float32 tensor ``[1, H, W]``, ``target`` the class index (0 .. K-1, into
+    :attr:`class_names`); with ``embeddings=True`` it is ``(image, embedding, target)``, the
+    embedding the row's stored float32 vector. A DataLoader reads a batch with one call
+    (``__getitems__``).
+
+    Parameters
+    ----------
+    path : str or path
+        A labelled dataset store (``fastimg build-dataset``).
+    split : {"train", "val", "test"}
+    normalize : {"none", "image", "dataset"}
+        ``"image"``: each image standardised on its own (the paper's); ``"dataset"``: each
+        pixel standardised with the training split's mean and variance (the trainer's
+        default; computed when the dataset is made, from the train split whatever ``split``
+        is); ``"none"``: the stored values (``uint8`` images scaled to [0, 1]).
+    embeddings : bool
+        Also return each row's stored embedding.
+    transform : callable, optional
+        Applied to each image tensor after normalisation (a torchvision transform, say).
+    cache_bytes : int, optional
+        Decoded (float32) bytes of images kept per process, 4 GiB by default (about
+        430,000 images of 50 x 50); each DataLoader worker keeps its own.
+
+    Attributes
+    ----------
+    rows : ndarray of int64
+        The store row of each item.
+    targets : ndarray of int64
+        The class index of each item.
+    class_names : list of str
+    pixel_mean, pixel_inv_std : ndarray of float32 or None
+        The training split's per-pixel statistics (``normalize="dataset"`` only).
+    """
+
+    def __init__(self, path, split: str = "train", *, normalize: str = "none",
+                 embeddings: bool = False, transform=None, cache_bytes: int | None = None):
+        if normalize not in NORMALISATIONS:
+            raise ValueError(f"normalize must be one of {NORMALISATIONS}, got {normalize!r}")
+        data = StoreData(path)
+        if embeddings and data.embeddings is None:
+            raise ValueError(f"{path} stores no embeddings")
+        self.path = path
+        self.split = split
+        self.rows = data.rows(split)
+        if self.rows.size == 0:
+            counts = ", ".join(f"{name} {data.rows(name).size}" for name in SPLIT_NAMES)
+            raise ValueError(f"{path} has no {split} rows ({counts})")
+        self.targets = data.targets[self.rows]
+        self.class_names = data.class_names
+        self.image_shape = data.image_shape
+        self.transform = transform
+        self._images = ChunkedReader(data.images, cache_bytes=cache_bytes)
+        self._embeddings = ChunkedReader(data.embeddings) if embeddings else None
+        self.pixel_mean = self.pixel_inv_std = None
+        if normalize == "dataset":
+            train_rows = self.rows if split == "train" else data.rows("train")
+            if train_rows.size == 0:
+                raise ValueError(f"{path} has no train rows to take the pixel statistics of "
+                                 f"(normalize='dataset'); pass normalize='image' or 'none'")
+            # the train split's own reader keeps what it decodes; another split's would hold
+            # train chunks it never serves
+            stats_reader = self._images if split == "train" else ChunkedReader(
+                data.images, cache_bytes=0)
+            self.pixel_mean, self.pixel_inv_std = pixel_stats(stats_reader, train_rows)
+        self._normaliser = Normaliser(normalize, self.pixel_mean, self.pixel_inv_std)
+
+    def __repr__(self) -> str:
+        return (f"StoreDataset({str(self.path)!r}, {self.split!r}, "
+                f"normalize={self._normaliser.mode!r}, rows={len(self)}, "
+                f"classes={len(self.class_names)})")
+
+    def __len__(self) -> int:
+        return int(self.rows.size)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    def __getitem__(self, index):
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices):
+        """The items at ``indices`` (a list), read as one batch."""
+        positions = np.asarray(indices, dtype=np.int64)
+        if positions.size and (positions.min() < -len(self) or positions.max() >= len(self)):
+            raise IndexError(f"index out of range for {len(self)} rows")
+        rows = self.rows[positions]
+        images = torch.from_numpy(self._normaliser.numpy(self._images.read(rows))).unsqueeze(1)
+        targets = self.targets[positions]
+        columns = [images]
+        if self._embeddings is not None:
+            columns.append(torch.from_numpy(self._embeddings.read(rows)))
+        items = []
+        for position in range(positions.size):
+            item = [column[position] for column in columns]
+            if self.transform is not None:
+                item[0] = self.transform(item[0])
+            items.append((*item, int(targets[position])))
+        return items
+
+    def sampler(self, *, shuffle: bool = True, seed: int = 0) -> "StoreSampler":
+        """A sampler of this dataset's positions in the trainer's order (see
+        :class:`StoreSampler`)."""
+        return StoreSampler(self, shuffle=shuffle, seed=seed)
+
+    def chunkings(self) -> list:
+        """``(chunk of each item, chunks kept)`` of each array an item reads."""
+        readers = [self._images] + ([self._embeddings] if self._embeddings is not None else [])
+        return [reader.chunking(self.rows) for reader in readers]
+
+
+class StoreSampler(torch.utils.data.Sampler):
+    """The positions of a :class:`StoreDataset` in the trainer's order.
+
+    Shuffled, an epoch is a permutation of every position, drawn from ``[seed, epoch]``, the
+    same order ``fastimg train`` reads the split in: a full permutation while the split's
+    chunks fit the dataset's cache, else shuffled a window of chunks at a time so each chunk
+    is decoded about once an epoch (a fully random order decodes a chunk for nearly every
+    image). Call :meth:`set_epoch` before each epoch, as with torch's
+    ``DistributedSampler``; the global torch random state is not used.
+
+    Parameters
+    ----------
+    dataset : StoreDataset
+    shuffle : bool
+        False: the positions in order (store rows ascending).
+    seed : int
+    """
+
+    def __init__(self, dataset: StoreDataset, *, shuffle: bool = True, seed: int = 0):
+        self.size = len(dataset)
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.epoch = 0
+        self._chunkings = dataset.chunkings() if shuffle else None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Serve the order of ``epoch`` from the next iteration on."""
+        self.epoch = int(epoch)
+
+    def order(self) -> np.ndarray:
+        """The positions of the current epoch."""
+        if not self.shuffle:
+            return np.arange(self.size)
+        return shuffled_order(self.size, self.seed, self.epoch, self._chunkings)
+
+    def __iter__(self):
+        return iter(self.order().tolist())
+
+    def __len__(self) -> int:
+        return self.size

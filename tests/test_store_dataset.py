@@ -1,0 +1,178 @@
+"""fastimg.train.StoreDataset / StoreSampler: a store's split for a training loop of one's own."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fastimg import store
+from fastimg.train import StoreDataset, StoreSampler
+from fastimg.train.data import BatchSource, ChunkedReader
+
+from test_train import write_store
+
+
+@pytest.fixture(scope="module")
+def blobs(tmp_path_factory):
+    path = tmp_path_factory.mktemp("torch-dataset") / "blobs.zarr"
+    y = write_store(path, n_rows=240, grid=(12, 10))     # chunks of 64 rows; 144/48/48 rows
+    reader = store.StoreReader(path)
+    raw = np.asarray(reader.images[:], dtype=np.float64)
+    return path, y, raw, reader.split_codes(), np.asarray(reader.embeddings[:], np.float32)
+
+
+def standardised(x, mean, var):
+    return (x - mean) / np.sqrt(var + 1e-5)
+
+
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_items_are_the_stored_images_and_class_indices(blobs, split):
+    path, y, raw, codes, _ = blobs
+    rows = np.flatnonzero(codes == store.SPLIT_NAMES.index(split))
+    dataset = StoreDataset(path, split)
+    assert len(dataset) == rows.size and dataset.class_names == ["neg", "pos"]
+    np.testing.assert_array_equal(dataset.rows, rows)
+    image, target = dataset[5]
+    assert image.dtype == torch.float32 and tuple(image.shape) == (1, 12, 10)
+    np.testing.assert_array_equal(image[0].numpy(), raw[rows[5]].astype(np.float32))
+    assert isinstance(target, int) and target == y[rows[5]]   # labels 3/7 -> classes 0/1
+    np.testing.assert_array_equal(dataset[-1][0][0].numpy(), raw[rows[-1]].astype(np.float32))
+
+
+def test_image_normalisation_standardises_each_image(blobs):
+    path, _, raw, codes, _ = blobs
+    dataset = StoreDataset(path, "val", normalize="image")
+    row = dataset.rows[3]
+    expected = standardised(raw[row], raw[row].mean(), raw[row].var())
+    np.testing.assert_allclose(dataset[3][0][0].numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_dataset_normalisation_uses_the_train_split_statistics(blobs, split):
+    path, _, raw, codes, _ = blobs
+    train = raw[codes == 0]
+    mean, var = train.mean(0), train.var(0)
+    dataset = StoreDataset(path, split, normalize="dataset")
+    np.testing.assert_allclose(dataset.pixel_mean, mean, rtol=1e-5, atol=1e-6)
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])[:, 0].numpy()
+    np.testing.assert_allclose(images, standardised(raw[dataset.rows], mean, var),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_a_dataloader_batches_images_embeddings_and_targets(blobs):
+    path, y, raw, _, embeddings = blobs
+    dataset = StoreDataset(path, "train", embeddings=True, transform=lambda x: 2 * x)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=32,
+                                         sampler=dataset.sampler(seed=3))
+    seen = []
+    for images, vectors, targets in loader:
+        rows = dataset.rows[np.asarray(loader.sampler.order()[len(seen):len(seen) + 32])]
+        assert images.shape[1:] == (1, 12, 10) and vectors.shape[1:] == (24,)
+        np.testing.assert_array_equal(images[:, 0].numpy(), 2 * raw[rows].astype(np.float32))
+        np.testing.assert_array_equal(vectors.numpy(), embeddings[rows])
+        np.testing.assert_array_equal(targets.numpy(), y[rows])
+        assert targets.dtype == torch.int64
+        seen.extend(rows)
+    assert sorted(seen) == list(dataset.rows)
+
+
+def test_worker_processes_serve_the_same_batches(blobs):
+    path = blobs[0]
+    dataset = StoreDataset(path, "train", normalize="dataset")
+
+    def epoch(workers):
+        sampler = dataset.sampler(seed=1)
+        sampler.set_epoch(2)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=40, sampler=sampler,
+                                             num_workers=workers)
+        return [(images.numpy(), targets.numpy()) for images, targets in loader]
+
+    for (a, ta), (b, tb) in zip(epoch(0), epoch(2), strict=True):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(ta, tb)
+
+
+def test_the_sampler_shuffles_each_epoch_reproducibly(blobs):
+    dataset = StoreDataset(blobs[0], "train")
+    sampler = StoreSampler(dataset, seed=5)
+    first = list(sampler)
+    assert sorted(first) == list(range(len(dataset))) and first != sorted(first)
+    assert list(StoreSampler(dataset, seed=5)) == first
+    assert list(StoreSampler(dataset, seed=6)) != first
+    sampler.set_epoch(1)
+    assert list(sampler) != first and sorted(sampler) == sorted(first)
+    assert list(dataset.sampler(shuffle=False)) == list(range(len(dataset)))
+    assert len(sampler) == len(dataset)
+
+
+def test_the_sampler_reads_in_the_trainers_order(blobs):
+    path = blobs[0]
+    dataset = StoreDataset(path, "train", cache_bytes=1)
+    source = BatchSource(ChunkedReader(store.StoreReader(path).images, cache_bytes=1),
+                         dataset.targets, dataset.rows, 32, shuffle=True, seed=4)
+    sampler = dataset.sampler(seed=4)
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        np.testing.assert_array_equal(dataset.rows[sampler.order()], source.order(epoch))
+
+
+class _CountingArray:
+    """An array that counts the reads a chunk cache makes of it."""
+
+    def __init__(self, array):
+        self.array, self.shape, self.dtype, self.chunks = (array, array.shape, array.dtype,
+                                                            array.chunks)
+        self.reads = 0
+
+    def __getitem__(self, key):
+        self.reads += 1
+        return self.array[key]
+
+
+def test_a_split_beyond_the_cache_is_decoded_once_an_epoch(blobs):
+    path = blobs[0]
+    dataset = StoreDataset(path, "train", cache_bytes=1)       # keeps 2 chunks of 64 rows
+    counting = _CountingArray(dataset._images.array)
+    dataset._images.array = counting
+    loader = torch.utils.data.DataLoader(dataset, batch_size=16, sampler=dataset.sampler())
+    for epoch in range(2):
+        loader.sampler.set_epoch(epoch)
+        counting.reads = 0
+        assert sum(len(targets) for _, targets in loader) == len(dataset)
+        assert counting.reads == 3                             # rows 0..143: chunks 0, 1, 2
+    shuffled = torch.utils.data.DataLoader(dataset, batch_size=16, shuffle=True,
+                                           generator=torch.Generator().manual_seed(0))
+    counting.reads = 0
+    for _ in shuffled:
+        pass
+    assert counting.reads > 3                                  # what the sampler saves
+
+
+def test_bad_requests_say_what_is_wrong(blobs, tmp_path):
+    path = blobs[0]
+    with pytest.raises(ValueError, match="normalize must be one of .*got 'pixel'"):
+        StoreDataset(path, normalize="pixel")
+    with pytest.raises(ValueError, match="split must be one of train, val, test, got 'dev'"):
+        StoreDataset(path, "dev")
+    with pytest.raises(IndexError, match="out of range for 144 rows"):
+        StoreDataset(path)[144]
+    no_test = tmp_path / "no-test.zarr"
+    write_store(no_test, n_rows=40, grid=(6, 6), test=False)
+    with pytest.raises(ValueError, match=r"no-test.zarr has no test rows \(train 24, val 16, "
+                                         r"test 0\)"):
+        StoreDataset(no_test, "test")
+    unlabelled = tmp_path / "images.zarr"
+    write_store(unlabelled, n_rows=40, grid=(6, 6), labels=False)
+    with pytest.raises(ValueError, match="has no labels"):
+        StoreDataset(unlabelled)
+    no_embeddings = tmp_path / "no-embeddings.zarr"
+    store.write_store(no_embeddings, {store.IMAGES: np.zeros((4, 6, 6), np.float16),
+                                      store.SPLIT: np.zeros(4, np.int8),
+                                      store.LABELS: np.array([0, 1, 0, 1])},
+                      {"kind": "dataset", "corpus": {"class_values": [0, 1]},
+                       "summary": {"class_names": ["a", "b"], "image_shape": [6, 6]}})
+    assert len(StoreDataset(no_embeddings)) == 4
+    with pytest.raises(ValueError, match="no-embeddings.zarr stores no embeddings"):
+        StoreDataset(no_embeddings, embeddings=True)
+    assert "rows=144" in repr(StoreDataset(path)) and "normalize='none'" in repr(
+        StoreDataset(path))
