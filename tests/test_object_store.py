@@ -512,3 +512,25 @@ def test_build_dataset_reads_its_corpus_from_s3(tmp_path, tiny_bert_dir, s3, s3_
     np.testing.assert_array_equal(there.images[:], here.images[:])
     assert there.configs["corpus"]["input"] == url
     assert "secret" not in json.dumps(there.configs)  # the options are never stored
+
+
+def test_the_training_library_reads_a_store_url_with_its_storage_options(tmp_path, s3):
+    """fit and StoreDataset took no storage_options: a store on an S3 API of one's own (an
+    endpoint_url) could be trained on from the command line only."""
+    import torch
+
+    from fastimg.train import StoreDataset, TrainConfig, fit
+    from test_train import FAST, write_store
+
+    url = f"s3://{BUCKET}/library.zarr"
+    y = write_store(store.location.resolve(url, s3), n_rows=80, grid=(32, 32))
+    result = fit(url, TrainConfig(**{**FAST, "epochs": 1}, probe=False), storage_options=s3)
+    assert 0.0 <= result.val_accuracy <= 1.0 and result.metrics["epochs_run"] == 1
+    dataset = StoreDataset(url, "val", storage_options=s3)
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    local = tmp_path / "local.zarr"
+    write_store(local, n_rows=80, grid=(32, 32))
+    expected = np.asarray(store.StoreReader(local).images[:])[dataset.rows]
+    np.testing.assert_array_equal(images[:, 0].numpy(), expected.astype(np.float32))
+    assert [dataset[i][1] for i in range(len(dataset))] == list(y[dataset.rows])
+    store.location.remove(store.location.resolve(url, s3))

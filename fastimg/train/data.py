@@ -154,6 +154,8 @@ class StoreData:
     ----------
     path : str or path
         A store written by ``fastimg build-dataset``.
+    storage_options : dict, optional
+        fsspec options for a store URL (``s3://...``).
 
     Attributes
     ----------
@@ -167,8 +169,8 @@ class StoreData:
     embeddings : zarr.Array or None
     """
 
-    def __init__(self, path):
-        reader = store.StoreReader(path)
+    def __init__(self, path, storage_options: dict | None = None):
+        reader = store.StoreReader(path, storage_options)
         if not reader.has_labels:
             raise ValueError(f"{path} has no labels (stores made by `fastimg images` have "
                              f"none); build a labelled one with `fastimg build-dataset`")

@@ -23,7 +23,7 @@ from fastimg._validation import check_config
 from fastimg.run_folder import (BUNDLE_FILE, CHECKPOINT_FILE, CONFIG_FILE, FEATURE_CACHE_DIR,
                                 METRICS_FILE, NORMALISER_FILE, RUN_FILES, check_outside_stores,
                                 run_files_in)
-from fastimg.store.location import build_lock
+from fastimg.store.location import build_lock, resolve
 from fastimg.train.bundle import save_run_bundle
 from fastimg.train.cache import build_cache, feature_cache_bytes
 from fastimg.train.config import TrainConfig, check_device
@@ -285,13 +285,14 @@ class _Run:
 
 
 def fit(store, config: TrainConfig | None = None, *, out_dir=None,
-        overwrite: bool = False) -> TrainResult:
+        overwrite: bool = False, storage_options: dict | None = None) -> TrainResult:
     """Train the image route on a dataset store and evaluate it honestly.
 
     Parameters
     ----------
     store : str or path
-        A store written by ``fastimg build-dataset`` (labels, split, images, embeddings).
+        A store written by ``fastimg build-dataset`` (labels, split, images, embeddings): a
+        local path or an fsspec URL (``s3://bucket/imdb.zarr``).
     config : TrainConfig, optional
     out_dir : str or path, optional
         Run folder (:data:`RUN_FILES`), created once training can start (the weights and the
@@ -316,6 +317,8 @@ def fit(store, config: TrainConfig | None = None, *, out_dir=None,
         run's ``feature_cache/``, and its ``normaliser.npz`` when this run writes none, are
         removed); without it such a folder is refused (before any work). ``metrics.json`` is
         written last: a folder without it holds no finished run.
+    storage_options : dict, optional
+        fsspec options for a store URL (``{"endpoint_url": ...}``).
 
     Returns
     -------
@@ -361,6 +364,7 @@ def fit(store, config: TrainConfig | None = None, *, out_dir=None,
     """
     config = check_config("config", config, TrainConfig)
     check_weights(config.weights)
+    store = resolve(store, storage_options)
     run_dir = Path(out_dir) if out_dir is not None else None
     if run_dir is not None and run_dir.exists() and not run_dir.is_dir():
         raise NotADirectoryError(f"out_dir {run_dir} is a file, not a run folder")

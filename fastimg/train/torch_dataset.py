@@ -34,7 +34,7 @@ class StoreDataset(torch.utils.data.Dataset):
     Parameters
     ----------
     path : str or path
-        A labelled dataset store (``fastimg build-dataset``).
+        A labelled dataset store (``fastimg build-dataset``): a local path or an fsspec URL.
     split : {"train", "val", "test"}
     normalize : {"none", "image", "dataset"}
         ``"image"``: each image standardised on its own (the paper's); ``"dataset"``: each
@@ -48,6 +48,8 @@ class StoreDataset(torch.utils.data.Dataset):
     cache_bytes : int, optional
         Decoded (float32) bytes of images kept per process, 4 GiB by default (about
         430,000 images of 50 x 50); each DataLoader worker keeps its own.
+    storage_options : dict, optional
+        fsspec options for a store URL (``{"endpoint_url": ...}``).
 
     Attributes
     ----------
@@ -61,10 +63,11 @@ class StoreDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, path, split: str = "train", *, normalize: str = "none",
-                 embeddings: bool = False, transform=None, cache_bytes: int | None = None):
+                 embeddings: bool = False, transform=None, cache_bytes: int | None = None,
+                 storage_options: dict | None = None):
         if normalize not in NORMALISATIONS:
             raise ValueError(f"normalize must be one of {NORMALISATIONS}, got {normalize!r}")
-        data = StoreData(path)
+        data = StoreData(path, storage_options)
         if embeddings and data.embeddings is None:
             raise ValueError(f"{path} stores no embeddings")
         self.path = path
