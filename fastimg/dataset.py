@@ -351,7 +351,7 @@ def relayout(src, dst, layout_config=None, config: DatasetConfig | None = None, 
             .add("images", stages.images_settings(config)))
     onto_source = store.location.same_store(dst, src)
     if onto_source and not force:
-        raise StoreError(f"{dst} is the source; pass --force to replace it")
+        raise StoreError(f"{dst} is the source; pass force=True to replace it")
     if onto_source and not store.location.is_local(dst):
         # object stores are written in place: the source would stop being a complete store
         # (rebuilt in place) while it is read

@@ -89,7 +89,7 @@ def open_existing(out, plan: StagePlan, *, force: bool,
     store.check_writable(out, force=True)
     if not store.is_complete(out):
         if store.read_attrs(out) is not None and not force:
-            raise StoreError(f"{out} already exists; pass --force to replace it")
+            raise StoreError(f"{out} already exists; pass force=True to replace it")
         return None
     try:
         existing = StoreReader(out)
@@ -103,7 +103,7 @@ def open_existing(out, plan: StagePlan, *, force: bool,
     if not force and existing.kind != kind:  # no setting differs: the store is another thing
         what = _KINDS.get(existing.kind, f"a store of kind {existing.kind!r}")
         raise StoreError(f"{out} already exists: {what}, not {_KINDS[kind].split(' (')[0]}; "
-                         f"pass --force to replace it")
+                         f"pass force=True to replace it")
     if not force:
         diffs = plan.differences(existing.stages)
         lost = "" if diffs else _lost(existing, plan)
@@ -112,8 +112,8 @@ def open_existing(out, plan: StagePlan, *, force: bool,
             f"with these settings, but it has lost the arrays of its {lost}" if lost
             else "with these settings")
         kept = ("the stages that match are reused" if reuse else
-                "with --no-reuse every stage is computed again")
-        raise StoreError(f"{out} already exists, {what}; pass --force to replace it ({kept}"
+                "with reuse=False every stage is computed again")
+        raise StoreError(f"{out} already exists, {what}; pass force=True to replace it ({kept}"
                          + (")" if local else "; on object storage it is rebuilt in place, "
                             "unreadable until the build ends)"))
     # no atomic replace on object storage: the store is rebuilt in place, its matching stages
@@ -134,7 +134,7 @@ def reconcile(writer: StoreWriter, plan: StagePlan, sources, *, force: bool) -> 
         if writer.stage("encode") is not None and "encode" in foreign and not force:
             raise StoreError(f"an unfinished build of another kind (with embeddings) is at "
                              f"{store.partial_path(writer.path)}; finish it with the command "
-                             f"that started it, or pass --force to start over")
+                             f"that started it, or pass force=True to start over")
         for stage in foreign:
             writer.drop_from(stage)
     differ = [s for s in plan.keys
@@ -143,7 +143,7 @@ def reconcile(writer: StoreWriter, plan: StagePlan, sources, *, force: bool) -> 
         diffs = plan.differences(writer.stages, first="encode")  # what refuses it, first
         raise StoreError(f"an unfinished build with other settings is at "
                          f"{store.partial_path(writer.path)} ({'; '.join(diffs[:4])}); rerun "
-                         f"with its settings to resume it, or pass --force to start over")
+                         f"with its settings to resume it, or pass force=True to start over")
     for stage in differ:
         if writer.stage(stage) is not None:  # not dropped with a stage before it
             if writer.resumed:

@@ -234,7 +234,9 @@ def test_a_build_with_the_settings_of_its_store_is_up_to_date(corpus_csv, tmp_pa
     with pytest.raises(store.StoreError, match="other settings .layout.grid"):
         relayout(out, relaid, LayoutConfig(grid=(12, 12), method="pca"), progress=False)
     assert "up_to_date" not in library_build(out, corpus_csv, force=True)
-    with pytest.raises(store.StoreError, match="already exists, with these settings"):
+    # the library's refusal names its own arguments (the command line's: --force, --no-reuse)
+    with pytest.raises(store.StoreError, match=r"already exists, with these settings; pass "
+                       r"force=True to replace it \(with reuse=False every stage is computed"):
         library_build(out, corpus_csv, reuse=False)  # everything again: needs force
 
 

@@ -36,6 +36,10 @@ def one_line(exc: BaseException) -> str:
     return " ".join(text.split()) or type(exc).__name__
 
 
+#: the library's keyword arguments that messages advise, as the command line's flags
+_ARGUMENT_FLAGS = {"force=True": "--force", "reuse=False": "--no-reuse"}
+
+
 def as_flag(message: str, flags: dict) -> str:
     """``message`` with config fields named by their flags: the leading one (``chunk_rows must
     be ...``, ``limit 90 keeps ...``) and any other with an underscore (``... at least
@@ -44,7 +48,10 @@ def as_flag(message: str, flags: dict) -> str:
     ``layers='author'`` is ``--layers author``, and a
     flag is not said to take ``None`` (leaving it out is that). The
     leading value is a whole number word: a path that opens a message (``dataset 2024.csv is
-    not valid UTF-8``) keeps its name."""
+    not valid UTF-8``) keeps its name. The keyword arguments a message advises (``pass
+    force=True``) are the flags that set them (``pass --force``)."""
+    for argument, flag in _ARGUMENT_FLAGS.items():
+        message = re.sub(rf"\b{re.escape(argument)}\b", flag, message)
     setting = re.match(r"([a-z]\w*)='([^']*)' ", message)  # layers='author' takes ...
     if setting and setting.group(1) in flags:
         message = f"{flags[setting.group(1)]} {setting.group(2)}{message[setting.end() - 1:]}"

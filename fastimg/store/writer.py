@@ -348,7 +348,7 @@ def check_writable(path, *, force: bool) -> None:
             return  # an object store's unfinished build is in place: resumed, not refused
         raise StoreError(f"{path} exists and is not a fastimg store; choose another --out")
     if not force:
-        raise StoreError(f"{path} already exists; pass --force to replace it")
+        raise StoreError(f"{path} already exists; pass force=True to replace it")
 
 
 def write_store(path, arrays: dict, attrs: dict, *, force: bool = False,
