@@ -244,7 +244,8 @@ def test_the_bundle_is_json_and_holds_what_prediction_needs(trained):
     with np.load(trained["run"] / "normaliser.npz", allow_pickle=False) as f:
         assert f["mean"].shape == (24, 24) and f["inv_std"].shape == (24, 24)
     assert bundle["text_columns"] == ["text"]  # the columns the store's texts came from
-    assert sorted(bundle) == sorted((*BUNDLE_KEYS, "sha256", "text_columns"))
+    assert bundle["class_values"] is None  # text labels: matched by name
+    assert sorted(bundle) == sorted((*BUNDLE_KEYS, "sha256", "text_columns", "class_values"))
     assert sorted(bundle["sha256"]) == ["best.pt", "normaliser.npz"]
 
 
@@ -549,7 +550,7 @@ def test_cli_reads_texts_from_stdin(trained, tmp_path, monkeypatch, capsys):
                                atol=1e-5)
 
 
-@pytest.mark.parametrize("flag", ["--text-column", "--id-column"])
+@pytest.mark.parametrize("flag", ["--text-column", "--id-column", "--label-column"])
 def test_column_flags_with_stdin_are_refused_not_ignored(trained, tmp_path, monkeypatch,
                                                          capsys, flag):
     """With --input - the column flags were ignored: a CSV piped in with --text-column review
@@ -822,3 +823,89 @@ def test_a_run_from_before_a_training_setting_is_named_as_older(trained, tmp_pat
     assert code == 2 and "\n" not in err, err
     assert "trained by an older fastimg" in err and "pixel_branch, pixel_hidden" in err
     assert "train the run again" in err
+
+
+# -- predictions against true labels ------------------------------------------------------------
+
+def test_cli_scores_predictions_against_a_label_column(trained, tmp_path, capsys):
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    labels = ["pos", "neg", " pos", "neg"] * 3                    # as a file may space them
+    rows = [(f"x{i}", t, labels[i]) for i, t in enumerate(trained["texts"])]
+    corpus = _write_csv(tmp_path / "new.csv", rows)
+    out = tmp_path / "preds.csv"
+    code = main(["predict", str(trained["run"]), "--input", str(corpus), "--label-column",
+                 "label", "--out", str(out), "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    with open(out, newline="", encoding="utf-8") as fh:
+        table = list(csv.DictReader(fh))
+    assert list(table[0]) == ["id", "label", "predicted", "p_neg", "p_pos"]
+    assert [r["label"] for r in table] == labels
+    truth = [label.strip() for label in labels]
+    predicted = [["neg", "pos"][i] for i in trained["expected"].argmax(1)]
+    assert [r["predicted"] for r in table] == predicted
+    accuracy = np.mean([a == b for a, b in zip(truth, predicted)])
+    macro_f1 = f1_score(truth, predicted, average="macro", zero_division=0)
+    balanced = balanced_accuracy_score(truth, predicted)
+    assert (f"against label: accuracy {accuracy:.4f}, macro F1 {macro_f1:.4f}, balanced "
+            f"accuracy {balanced:.4f}; wrote") in captured.out, captured.out
+
+
+def test_labels_that_are_no_class_of_the_run_are_refused_before_encoding(trained, tmp_path,
+                                                                         capsys, monkeypatch):
+    from fastimg.train import predict as predict_mod
+
+    monkeypatch.setattr(predict_mod.Run, "encode_chunks",
+                        lambda *a, **k: pytest.fail("encoded before checking the labels"))
+    rows = [("a", "a film", "pos"), ("b", "a play", "neutral"), ("c", "a book", "neutral"),
+            ("d", "a song", "")]
+    corpus = _write_csv(tmp_path / "new.csv", rows)
+    out = tmp_path / "preds.csv"
+    code = main(["predict", str(trained["run"]), "--input", str(corpus), "--label-column",
+                 "label", "--out", str(out), "--quiet"])
+    err = one_line(capsys.readouterr().err)
+    assert code == 2 and err.endswith(
+        f"--label-column label of {corpus}: labels that are no class of the run (neg, pos): "
+        f"'neutral' (2 rows), a missing label (1 row)"), err
+    assert not out.exists()
+    assert main(["predict", str(trained["run"]), "--input", str(corpus), "--label-column",
+                 "truth", "--out", str(out), "--quiet"]) == 2
+    assert "has no column 'truth' (columns: 'id', 'text', 'label')" in capsys.readouterr().err
+
+
+def test_labels_map_to_classes_as_the_build_read_them():
+    from fastimg.train.predict import class_indices
+
+    # integer labels 3 / 7, named neg / pos: by value, in any spelling, or by name
+    np.testing.assert_array_equal(
+        class_indices([7, "3", 3.0, "pos", " neg ", np.int64(7)], ["neg", "pos"], [3, 7]),
+        [1, 0, 0, 1, 0, 1])
+    # integer labels without names (class names "3", "7"; older runs record no values)
+    np.testing.assert_array_equal(class_indices([7, "3", 7.0], ["3", "7"]), [1, 0, 1])
+    with pytest.raises(ValueError, match=r"no class of the run \(neg, pos\): 5 \(1 row\), "
+                                         r"a missing label \(3 rows\)$"):
+        class_indices([5, None, float("nan"), "", 3], ["neg", "pos"], [3, 7])
+    with pytest.raises(ValueError, match=r"'c' \(1 row\), 'd' \(1 row\), 'e' \(1 row\), "
+                                         r"'f' \(1 row\), 'g' \(1 row\) and 2 more$"):
+        class_indices(list("abcdefghi"), ["a", "b"])
+
+
+def test_a_prediction_is_scored_against_class_indices():
+    from sklearn.metrics import confusion_matrix, f1_score
+
+    from fastimg.train import Prediction
+
+    rng = np.random.default_rng(0)
+    predicted, truth = rng.integers(0, 3, 50), rng.integers(0, 3, 50)
+    prediction = Prediction(predicted, [str(i) for i in predicted], np.zeros((50, 3), np.float32),
+                            ["a", "b", "c"])
+    scores = prediction.score(truth)
+    assert scores["rows"] == 50 and scores["accuracy"] == pytest.approx(np.mean(predicted == truth))
+    assert scores["confusion"] == confusion_matrix(truth, predicted, labels=[0, 1, 2]).tolist()
+    assert scores["macro_f1"] == pytest.approx(f1_score(truth, predicted, average="macro"))
+    assert set(scores["per_class"]) == {"a", "b", "c"}
+    with pytest.raises(ValueError, match="49 targets for 50 predictions"):
+        prediction.score(truth[:49])
+    with pytest.raises(ValueError, match=r"targets are class indices 0..2"):
+        prediction.score(np.full(50, 3))

@@ -668,8 +668,15 @@ def test_pixel_branch_trains_and_its_run_reloads_with_the_same_predictions(blob_
     data = StoreData(path)
     rows = data.rows("test")
     run = load_run(tmp_path / "run")
-    predicted = run.predict_images(ChunkedReader(data.images).read(rows)).indices
-    assert np.mean(predicted == data.targets[rows]) == pytest.approx(result.test_accuracy)
+    prediction = run.predict_images(ChunkedReader(data.images).read(rows))
+    assert np.mean(prediction.indices == data.targets[rows]) == pytest.approx(
+        result.test_accuracy)
+    # the stored labels (3 / 7, named neg / pos) map to the classes through the bundle
+    labels = data.reader.labels()[rows]
+    assert set(labels.tolist()) == {3, 7} and run.class_values == [3, 7]
+    np.testing.assert_array_equal(run.targets(labels), data.targets[rows])
+    assert prediction.score(run.targets(labels))["accuracy"] == pytest.approx(
+        result.test_accuracy)
 
 
 def test_fusion_no_test_split_and_zarr_cache(tmp_path):

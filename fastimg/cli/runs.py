@@ -88,8 +88,9 @@ def cmd_predict(args) -> int:
                                         read_lines, write_predictions, writes_to)
 
     to_stdout = args.out == STDOUT
-    if str(args.input) == "-" and (args.text_column or args.id_column):
-        flag = "--text-column" if args.text_column else "--id-column"
+    if str(args.input) == "-" and (args.text_column or args.id_column or args.label_column):
+        flag = ("--text-column" if args.text_column else "--id-column" if args.id_column
+                else "--label-column")
         raise UserError(f"{flag} is for a table --input (CSV, TSV, JSONL, Parquet); --input - "
                         f"reads one text per line, its id the line number (a table on stdin: "
                         f"save it to a file and pass its path)")
@@ -105,13 +106,15 @@ def cmd_predict(args) -> int:
         store.location.check_outside_stores(args.out, deleted="the predictions",
                                             instead="an --out outside it")
     run = load_run(args.run_dir, device=args.device, model=args.model)
+    labels = targets = None
     if str(args.input) == "-":
         ids, texts = read_lines(sys.stdin)
     else:
         # by default the columns the run's store was built from, joined as the build did
         columns = args.text_column or run.text_columns or ["text"]
         try:
-            ids, texts = read_input_texts(args.input, columns, args.id_column)
+            read = read_input_texts(args.input, columns, args.id_column,
+                                    label_column=args.label_column)
         except MissingColumnError as exc:
             if args.text_column or exc.column not in columns:  # given, or the id column
                 raise
@@ -119,16 +122,30 @@ def cmd_predict(args) -> int:
                             f"column{'s' if len(columns) > 1 else ''} the run's store was "
                             f"built from ({', '.join(columns)}): give --text-column for "
                             f"another") from None
+        ids, texts = read[:2]
+        if args.label_column:  # every label a class of the run, before the encoding
+            labels = read[2]
+            try:
+                targets = run.targets(labels)
+            except ValueError as exc:
+                raise UserError(f"--label-column {args.label_column} of {args.input}: "
+                                f"{exc}") from None
     if not texts:
         raise UserError(f"no texts in {'stdin' if str(args.input) == '-' else args.input}")
     prediction = run.predict(texts, batch_size=args.batch_size, progress=not args.quiet)
     # the CSV on stdout (-, /dev/stdout) keeps stdout to itself: the summary goes to stderr
     csv_on_stdout = writes_to(args.out, sys.stdout)
-    write_predictions(args.out, ids, prediction)
+    write_predictions(args.out, ids, prediction, labels=labels)
     from fastimg.info import class_counts_text, plural
 
     counts = class_counts_text({name: prediction.names.count(name) for name in run.class_names})
-    print(f"predicted {plural(len(texts), 'text')} with {args.run_dir} ({counts}); wrote "
+    scored = ""
+    if targets is not None:
+        scores = prediction.score(targets)
+        scored = (f"; against {args.label_column}: accuracy {scores['accuracy']:.4f}, macro F1 "
+                  f"{scores['macro_f1']:.4f}, balanced accuracy "
+                  f"{scores['balanced_accuracy']:.4f}")
+    print(f"predicted {plural(len(texts), 'text')} with {args.run_dir} ({counts}){scored}; wrote "
           f"{'stdout' if to_stdout else args.out}",
           file=sys.stderr if csv_on_stdout else sys.stdout)
     return 0
@@ -276,6 +293,10 @@ def add_predict(sub) -> None:
                               "for older runs)")
     predict.add_argument("--id-column", help="id column of a table --input (default: id when "
                                              "present, else the row number)")
+    predict.add_argument("--label-column",
+                         help="true class of each row of a table --input (a class name of "
+                              "the run, or its integer label): the CSV gets a label column "
+                              "and the summary the accuracy, macro F1 and balanced accuracy")
     predict.add_argument("--out", type=options.local_path_or_stdout, required=True,
                          help="predictions CSV to write; - for stdout (the summary line then "
                               "goes to stderr)")

@@ -115,6 +115,8 @@ def save_run_bundle(run_dir, data, normaliser, config) -> Path:
         "store": (os.fspath(reader.path.resolve()) if isinstance(reader.path, Path)
                   else str(reader.path)),
         "class_names": list(data.class_names),
+        # integer labels: the stored value of each class (predict matches labels by it)
+        "class_values": reader.class_values,
         "image_shape": list(data.image_shape),
         "image_dtype": str(np.dtype(data.images.dtype)),
         "n_features": n_features,

@@ -59,6 +59,34 @@ class Prediction:
                 f"<{probabilities.dtype} {probabilities.shape}>, "
                 f"class_names={list(self.class_names)})")
 
+    def score(self, targets) -> dict:
+        """How these predictions fare against the true classes ``targets``.
+
+        Parameters
+        ----------
+        targets : array-like of int, shape (n,)
+            The class index of each text (:meth:`Run.targets` maps labels to them).
+
+        Returns
+        -------
+        dict
+            ``rows``, ``accuracy``, ``confusion`` (``[n_classes, n_classes]`` counts as a
+            list of lists; row = true class, column = predicted), and the per-class precision,
+            recall, F1 and support with their macro F1 and balanced accuracy
+            (:func:`fastimg.train.scores.class_scores`).
+        """
+        from fastimg.train.scores import class_scores, confusion_matrix
+
+        targets = np.asarray(targets, dtype=np.int64)
+        if targets.shape != np.shape(self.indices):
+            raise ValueError(f"{targets.size} targets for {len(self.indices)} predictions")
+        if targets.size and not 0 <= targets.min() <= targets.max() < len(self.class_names):
+            raise ValueError(f"targets are class indices 0..{len(self.class_names) - 1}")
+        confusion = confusion_matrix(targets, self.indices, len(self.class_names))
+        accuracy = float(np.mean(targets == self.indices)) if targets.size else None
+        return {"rows": int(targets.size), "accuracy": accuracy,
+                "confusion": confusion.tolist(), **class_scores(confusion, self.class_names)}
+
 
 def _read_checkpoint(path: Path) -> dict:
     """The state_dict in a run's ``best.pt``.
@@ -116,6 +144,8 @@ class Run:
             raise RunBundleError(f"{self.run_dir / BUNDLE_FILE}: its training settings are "
                                  f"refused ({exc}); train the run again") from None
         self.class_names = [str(n) for n in self.bundle["class_names"]]
+        # the stored label value of each class (integer labels; None: text labels, or older)
+        self.class_values = self.bundle.get("class_values")
         self.image_shape = tuple(self.bundle["image_shape"])
         self.store_path = self.bundle.get("store")
         # the training store's text columns (None: a run of an images store, or older)
@@ -343,11 +373,63 @@ class Run:
         return self._prediction(self.logits(images, embeddings, batch_size=batch_size,
                                             progress=progress))
 
+    def targets(self, labels) -> np.ndarray:
+        """The class index of each of ``labels``, as ``build-dataset`` read the training
+        store's labels: a class's name (``"pos"``), or its integer value for a store built
+        from integer labels (``1``, ``"1"`` or ``1.0``).
+
+        Raises
+        ------
+        ValueError
+            Naming the labels that are no class of the run (or missing), with their counts.
+        """
+        return class_indices(labels, self.class_names, self.class_values)
+
     def _prediction(self, logits: np.ndarray) -> Prediction:
         probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
         indices = probs.argmax(1).astype(np.int64) if probs.size else np.zeros(0, np.int64)
         return Prediction(indices, [self.class_names[i] for i in indices], probs,
                           list(self.class_names))
+
+
+#: how :func:`class_indices` names a missing label (empty, NaN or None)
+_MISSING = "a missing label"
+
+
+def class_indices(labels, class_names, class_values=None) -> np.ndarray:
+    """int64 index into ``class_names`` of each label: an integer label by ``class_values``
+    (the stored value of each class) when they are given, any other by its name (``1.0`` is
+    ``"1"``, text is stripped). ValueError naming the labels that match no class."""
+    from fastimg.corpus._load import _as_integer, _class_name, _is_missing
+
+    names = {name: k for k, name in enumerate(class_names)}
+    values = {int(v): k for k, v in enumerate(class_values)} if class_values else {}
+
+    def class_of(label) -> int:
+        number = _as_integer(label)
+        if values and number not in (None, False):
+            return values.get(number, -1)
+        return names.get(_class_name(label), -1)
+
+    index, unknown = {}, {}
+    out = np.empty(len(labels), dtype=np.int64)
+    for i, label in enumerate(labels):
+        missing = _is_missing(label)
+        key = _MISSING if missing else label if isinstance(label, (str, int, float)) else \
+            repr(label)
+        if key not in index:
+            index[key] = -1 if missing else class_of(label)
+        out[i] = index[key]
+        if out[i] < 0:
+            unknown[key] = unknown.get(key, 0) + 1
+    if unknown:
+        shown = ", ".join(f"{label if label is _MISSING else repr(label)} "
+                          f"({count} row{'s' * (count != 1)})"
+                          for label, count in list(unknown.items())[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise ValueError(f"labels that are no class of the run ({', '.join(class_names)}): "
+                         f"{shown}{more}")
+    return out
 
 
 def _bar(total: int, progress: bool):

@@ -25,8 +25,10 @@ class MissingColumnError(CorpusError):
         self.column = column
 
 
-def read_input_texts(path, text_columns=("text",), id_column=None) -> tuple[list, list]:
-    """``(ids, texts)`` of a CSV / TSV / JSONL / Parquet file (optionally gzip-compressed).
+def read_input_texts(path, text_columns=("text",), id_column=None, *,
+                     label_column=None) -> tuple:
+    """``(ids, texts)`` of a CSV / TSV / JSONL / Parquet file (optionally gzip-compressed);
+    ``(ids, texts, labels)`` with ``label_column``.
 
     Parameters
     ----------
@@ -36,6 +38,9 @@ def read_input_texts(path, text_columns=("text",), id_column=None) -> tuple[list
     id_column : str, optional
         Ids of the rows; without it the ``id`` column when there is one, else rows are
         numbered from 0.
+    label_column : str, optional
+        The true class of each row, its values as the file holds them (map them with
+        :meth:`fastimg.train.Run.targets`).
 
     Raises
     ------
@@ -58,7 +63,7 @@ def read_input_texts(path, text_columns=("text",), id_column=None) -> tuple[list
                           f"one text per line is read from stdin: --input - < {path}")
     table = read_table(path)
     names = ", ".join(repr(n) for n in table.columns)
-    for column in [*text_columns, *([id_column] if id_column else [])]:
+    for column in [*text_columns, *(c for c in (id_column, label_column) if c)]:
         if column not in table.columns:
             raise MissingColumnError(f"{path} has no column {column!r} (columns: {names})",
                                      column)
@@ -75,6 +80,8 @@ def read_input_texts(path, text_columns=("text",), id_column=None) -> tuple[list
         _warn_of_ambiguous_ids(ids, id_column, path)
     else:
         ids = [str(i) for i in range(table.n_rows)]
+    if label_column:
+        return ids, texts, scalars(table, label_column)
     return ids, texts
 
 
@@ -170,8 +177,9 @@ def writes_to(out, stream) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
-def write_predictions(out, ids, prediction, *, stdout=None) -> Path | None:
-    """CSV with columns ``id, predicted, p_<class>...`` (probabilities to 6 decimals).
+def write_predictions(out, ids, prediction, *, labels=None, stdout=None) -> Path | None:
+    """CSV with columns ``id, predicted, p_<class>...`` (probabilities to 6 decimals), and
+    ``label`` after ``id`` when ``labels`` (each row's true class) are given.
 
     A new or regular file is written beside ``out`` and moved onto it, so a cut-short write
     never sits under its name; a symlink, ``/dev/stdout`` or a pipe is written through, and
@@ -181,9 +189,12 @@ def write_predictions(out, ids, prediction, *, stdout=None) -> Path | None:
 
     def rows(fh):
         writer = csv.writer(fh)
-        writer.writerow(["id", "predicted", *(f"p_{c}" for c in prediction.class_names)])
-        for row_id, name, p in zip(ids, prediction.names, probs):
-            writer.writerow([row_id, name, *(f"{v:.6f}" for v in p)])
+        true = [] if labels is None else ["label"]
+        writer.writerow(["id", *true, "predicted",
+                         *(f"p_{c}" for c in prediction.class_names)])
+        for i, (row_id, name, p) in enumerate(zip(ids, prediction.names, probs)):
+            true = [] if labels is None else [labels[i]]
+            writer.writerow([row_id, *true, name, *(f"{v:.6f}" for v in p)])
 
     if _is_stdout(out):
         stream = sys.stdout if stdout is None else stdout
