@@ -176,3 +176,24 @@ def test_bad_requests_say_what_is_wrong(blobs, tmp_path):
         StoreDataset(no_embeddings, embeddings=True)
     assert "rows=144" in repr(StoreDataset(path)) and "normalize='none'" in repr(
         StoreDataset(path))
+
+
+def test_spawned_workers_get_the_dataset_without_its_decoded_chunks(blobs):
+    """A worker started by spawn or forkserver (macOS; Python 3.14's default on Linux) was
+    sent the reader's whole decoded cache (up to 4 GiB per worker)."""
+    import pickle
+
+    dataset = StoreDataset(blobs[0], "train", normalize="dataset")
+    assert len(dataset._images._chunks) == 3             # the train statistics decoded them
+    copy = pickle.loads(pickle.dumps(dataset))
+    assert len(copy._images._chunks) == 0 and len(dataset._images._chunks) == 3
+    np.testing.assert_array_equal(copy[7][0].numpy(), dataset[7][0].numpy())
+
+    def epoch(**workers):
+        loader = torch.utils.data.DataLoader(dataset, batch_size=48,
+                                             sampler=dataset.sampler(seed=2), **workers)
+        return [images.numpy() for images, _ in loader]
+
+    for a, b in zip(epoch(), epoch(num_workers=1, multiprocessing_context="spawn"),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -106,6 +106,11 @@ class ChunkedReader:
         self.max_chunks = max(2, cache_bytes // max(1, row_bytes * self.chunk_rows))
         self._chunks: OrderedDict[int, np.ndarray] = OrderedDict()
 
+    def __getstate__(self) -> dict:
+        # a worker started by spawn or forkserver (macOS, Python 3.14's default on Linux)
+        # decodes its own chunks: pickling the cache sent up to cache_bytes to each worker
+        return {**self.__dict__, "_chunks": OrderedDict()}
+
     def chunking(self, rows: np.ndarray) -> tuple[np.ndarray, int]:
         """``(chunk of each row, chunks kept)``: this reader's entry for
         :func:`shuffled_order`."""
