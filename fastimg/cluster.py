@@ -129,13 +129,17 @@ def connect(spec: str, *, threads_per_worker: int = 1):
     logger.info("starting a local cluster of %d worker processes", value)
     with _interrupt_noise_muted(), _environ_kept() as restore_environ:
         # everything on 127.0.0.1 at free ports (the scheduler's HTTP server too, which would
-        # otherwise try 8787); silence_logs: a failed task is reported once, by the client
+        # otherwise try 8787); silence_logs: a failed task is reported once, by the client,
+        # and the scheduler lives in this process, so a worker that cannot reach it is
+        # closing with it (a loaded machine's Ctrl-C printed a worker's failed heartbeat and
+        # its traceback under the command's one line); -v keeps the workers' errors
         _quiet_resource_tracker()
+        verbose = logger.isEnabledFor(logging.INFO)
         with _stop_signals_ignored():
             cluster = distributed.LocalCluster(
                 n_workers=value, threads_per_worker=threads_per_worker, processes=True,
                 host="127.0.0.1", scheduler_port=0, dashboard_address="127.0.0.1:0",
-                silence_logs=logging.ERROR)
+                silence_logs=logging.ERROR if verbose else logging.CRITICAL)
         restore_environ()  # the nannies are up; each writes its variables again to respawn
         client = None
         try:

@@ -630,6 +630,27 @@ def test_a_worker_killed_at_close_leaves_no_leaked_semaphore_warning(tmp_path):
     assert "resource_tracker" not in done.stderr, done.stderr
 
 
+@pytest.mark.parametrize("verbose", [False, True])
+def test_a_local_workers_errors_are_hidden_unless_verbose(tmp_path, verbose):
+    """On a loaded machine a Ctrl-C closed the scheduler (in the client's process) before a
+    worker's heartbeat: the worker printed "Failed to communicate with scheduler during
+    heartbeat" and 30 lines of traceback under the command's one line. A local worker's
+    errors say that its cluster is closing; failed tasks are reported by the client; -v
+    keeps them."""
+    import subprocess
+
+    script = ("import logging\n"
+              "from fastimg.cluster import connect\n"
+              f"logging.getLogger('fastimg.cluster').setLevel({logging.INFO if verbose else 0})\n"
+              "with connect('local:1') as client:\n"
+              "    client.run(lambda: logging.getLogger('distributed.worker').error(\n"
+              "        'Failed to communicate with scheduler during heartbeat.'))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert ("Failed to communicate with scheduler" in done.stderr) is verbose, done.stderr
+
+
 def _ctrl_c_before_a_sync_call_starts(caplog) -> list[str]:
     """dask's ``sync()`` interrupted by a Ctrl-C while its call waits behind other work on the
     event loop: what tornado logged (its cancel of the unstarted call fails there)."""
