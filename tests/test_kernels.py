@@ -41,6 +41,27 @@ def test_reference_is_the_mean_of_each_pixel():
     np.testing.assert_array_equal(got[0], [[9.0, 2.0], [5.0, 9.0]])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("scaling, expected", [
+    # the SCALING_CODES formulas by hand, one feature per pixel, shift 2 and scale 0.25:
+    # minmax clip((x + 2) / 4, 0, 1); norm2 min(log(max(x + 2, 1)) / 4, 1)
+    ("none", [-3.0, -0.5, 0.0, 1.0, 30.0, 100.0]),
+    ("minmax", [0.0, 0.375, 0.5, 0.75, 1.0, 1.0]),
+    ("norm2", [0.0, np.log(1.5) / 4, np.log(2.0) / 4, np.log(3.0) / 4, np.log(32.0) / 4, 1.0]),
+])
+def test_scaling_follows_the_documented_formulas(backend, scaling, expected):
+    """The other tests compare every backend with raster_reference (the "numpy" backend is
+    raster_reference itself): a scaling formula wrong in the oracle and a kernel alike, or in
+    the oracle alone for the "numpy" backend, passed them. Values below and above the clip
+    bounds (x + shift < 1 under norm2, log(102) / 4 > 1) are among them."""
+    x = np.array([[-3.0, -0.5, 0.0, 1.0, 30.0, 100.0]], np.float32)
+    plan = RasterPlan.from_pixels([0, 1, 2, 3, 4, 5], (2, 4), scaling=scaling,
+                                  shift=np.full(6, 2.0, np.float32),
+                                  scale=np.full(6, 0.25, np.float32), fill_value=-9.0)
+    got = rasterize(x, plan, backend=backend).reshape(-1)
+    np.testing.assert_allclose(got, [*expected, -9.0, -9.0], atol=1e-6, rtol=0)
+
+
 def test_empty_pixels_get_fill_value_and_others_do_not(rng):
     plan = make_plan(rng, 10, (8, 8), fill_value=-7.0)
     got = rasterize(rng.random((5, 10)).astype(np.float32), plan, backend="cpu")
