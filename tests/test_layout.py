@@ -3,7 +3,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from fastimg.layout import DeepInsightLayout, LayoutConfig, assign_pixels
+from fastimg.layout import DeepInsightLayout, FeatureScaler, LayoutConfig, assign_pixels
 from fastimg.layout.pixels import ASSIGNMENTS, rotate_to_bounding_rectangle
 from conftest import structured_matrix
 
@@ -90,9 +90,23 @@ def test_scikit_learn_clones_and_sets_its_settings(matrix):
 
 @pytest.mark.parametrize("method", ["pca", "kpca"])
 def test_other_embedding_methods(matrix, method):
+    """The map's points are the method's 2-D embedding of the scaled features, up to the
+    rotation onto the bounding rectangle (pairwise distances kept): pca is the features' top
+    two principal components, kpca an RBF kernel PCA of the 50-component PCA pre-reduction.
+    (Shape and occupancy alone passed with the method ignored, t-SNE run instead.)"""
+    from scipy.spatial.distance import pdist
+    from sklearn.decomposition import PCA, KernelPCA
+
     layout = DeepInsightLayout(grid=10, method=method).fit(matrix)
     assert layout.pixel_index_.shape == (400,)
     assert 10 < layout.n_occupied_pixels <= 100
+    points = FeatureScaler.fit(matrix, "norm2").transform(matrix).T  # features are the points
+    if method == "pca":
+        want = PCA(n_components=2, svd_solver="full").fit_transform(points)
+    else:
+        reduced = PCA(n_components=50, svd_solver="full").fit_transform(points)
+        want = KernelPCA(n_components=2, kernel="rbf").fit_transform(reduced)
+    np.testing.assert_allclose(pdist(layout.coords_), pdist(want), atol=1e-3, rtol=0)
 
 
 def test_sklearn_tsne_backend(matrix):
