@@ -133,6 +133,13 @@ def test_a_layout_change_reuses_the_embeddings_and_never_encodes(
     assert after[store.IMAGES].shape == (80, 16, 16)
     reader = store.StoreReader(out)
     assert reader.attrs["layout"] != layout_before
+    # the images are the new layout's (minmax scaling) of the reused embeddings
+    from fastimg.dataset import load_layout
+
+    layout = load_layout(out)
+    assert layout.config.scaling == "minmax" and layout.config.grid == (16, 16)
+    np.testing.assert_allclose(after[store.IMAGES].astype(np.float32),
+                               layout.transform(after[store.EMBEDDINGS]), atol=1e-3)
     assert reader.summary["reused"] == ["corpus", "encode"]
     assert reader.stages["encode"]["reused_from"] == str(out)
     assert not store.replaced_path(out).exists() and not store.partial_path(out).exists()
