@@ -641,6 +641,7 @@ def test_cache_gives_the_same_model_as_recomputing(blob_store, pixel_branch):
     cached = fit(path, TrainConfig(extractor="alexnet", cache="memory", cache_dtype="float32",
                                    **base))
     fresh = fit(path, TrainConfig(extractor="alexnet", cache="none", **base))
+    assert len(cached.history) == len(fresh.history) == 2  # zip stops at the shorter one
     for a, b in zip(cached.history, fresh.history):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
@@ -991,6 +992,7 @@ def test_auto_cache_falls_back_to_zarr_over_its_budget(blob_store, tmp_path):
     assert run.metrics["cache"] == "zarr" and (tmp_path / "run" / "feature_cache" / "val").is_dir()
     big = fit(path, TrainConfig(extractor="alexnet", cache_budget="50%", **base))
     assert big.metrics["cache"] == "memory"
+    assert len(small.history) == len(big.history) == 2  # zip stops at the shorter one
     for a, b in zip(small.history, big.history):  # same float16 features, same order
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
     for bad in ("lots", "0%", "150%"):
