@@ -542,7 +542,7 @@ def test_a_cluster_that_loses_every_worker_mid_stage_says_so(monkeypatch):
 
     from fastimg import cluster
 
-    monkeypatch.setattr(cluster, "WATCH_SECONDS", 0.02, raising=False)
+    monkeypatch.setattr(cluster, "WATCH_SECONDS", 0.02)
     warned, messages = threading.Event(), []
 
     def waiting(futures):  # the tasks wait until the warning comes (or 30 s)

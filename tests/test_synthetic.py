@@ -20,7 +20,7 @@ def _one_draw(n, f, rank=16, seed=0, dtype=np.float16):
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
 @pytest.mark.parametrize("block", [1, 7, 64, 8192])
 def test_blocks_give_the_values_of_one_draw(monkeypatch, dtype, block):
-    monkeypatch.setattr(fastimg.images, "SYNTHETIC_BLOCK_ROWS", block, raising=False)
+    monkeypatch.setattr(fastimg.images, "SYNTHETIC_BLOCK_ROWS", block)
     got = synthetic_matrix(50, 13, seed=3, dtype=dtype)
     assert got.dtype == dtype
     expected = _one_draw(50, 13, seed=3, dtype=dtype)
@@ -33,7 +33,7 @@ def test_blocks_give_the_values_of_one_draw(monkeypatch, dtype, block):
 
 
 def test_memory_is_the_output_and_a_block(monkeypatch):
-    monkeypatch.setattr(fastimg.images, "SYNTHETIC_BLOCK_ROWS", 256, raising=False)
+    monkeypatch.setattr(fastimg.images, "SYNTHETIC_BLOCK_ROWS", 256)
     n, f = 4096, 256
     tracemalloc.start()
     try:
