@@ -110,8 +110,18 @@ def test_other_embedding_methods(matrix, method):
 
 
 def test_sklearn_tsne_backend(matrix):
+    """The backend's name alone passed whatever embedding ran: the map's points are
+    scikit-learn's t-SNE (perplexity 30, cosine, seed 0) of the scaled features (scaled in
+    float32, see DeepInsightLayout._fit), up to the rotation onto the bounding rectangle."""
+    from scipy.spatial.distance import pdist
+    from sklearn.manifold import TSNE
+
     layout = DeepInsightLayout(grid=10, backend="sklearn", pca_components=None).fit(matrix)
     assert layout.backend_ == "sklearn"
+    points = FeatureScaler.fit(matrix, "norm2").transform(matrix, dtype=np.float32).T
+    want = TSNE(n_components=2, perplexity=30, metric="cosine", random_state=0,
+                n_jobs=1).fit_transform(np.ascontiguousarray(points, dtype=np.float64))
+    np.testing.assert_allclose(pdist(layout.coords_), pdist(want), atol=1e-6, rtol=0)
 
 
 def test_assignment_gives_each_feature_its_own_pixel_on_non_square_grid(rng):
