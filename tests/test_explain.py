@@ -197,7 +197,12 @@ def test_cli_explain_writes_both_files(label_run, tmp_path, capsys, caplog, stor
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert (out / "features.csv").is_file() and (out / "importance.png").is_file()
-    assert "top features" in captured.out
+    # the five best-ranked features of features.csv, each with its layer and dimension
+    # (provenance layers 1..6, HIDDEN dimensions each)
+    with open(out / "features.csv", newline="", encoding="utf-8") as fh:
+        best = [int(row["feature"]) for row in csv.DictReader(fh)][:5]
+    top = ", ".join(f"{f} (encoder layer {f // HIDDEN + 1}, dim {f % HIDDEN})" for f in best)
+    assert f"top features: {top}; wrote {out / 'features.csv'}" in captured.out, captured.out
     warnings = [r.getMessage() for r in caplog.records if "store URLs" in r.getMessage()]
     assert warnings == [f"storage_options (for store URLs such as s3://...) ignored for the "
                         f"local store {label_run['store']}"]
