@@ -47,7 +47,9 @@ def test_info_summarises_a_dataset_store_in_a_few_lines(built, capsys):
     assert 6 <= len(lines) <= 30
     reader = store.StoreReader(path)
     train = reader.rows("train").size
-    assert "complete" in lines[0] and "MiB on disk" in lines[0]
+    # "complete" alone is in "NOT complete" too
+    assert lines[0].startswith(f"{path}: fastimg dataset store, complete, ")
+    assert "MiB on disk" in lines[0]
     assert "classes   2: neg, pos" in out
     assert re.search(rf"^  train +{train} rows  \(neg \d+, pos \d+\)$", out, flags=re.M)
     assert "features  192 = 6 layers x 32 hidden" in out
