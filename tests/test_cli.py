@@ -76,6 +76,13 @@ def test_images_from_npy_end_to_end(rng, tmp_path, capsys):
     assert attrs["summary"]["fit_rows"] == 100
     # the stored layout turns the same rows into the same images
     layout = DeepInsightLayout.from_dict(attrs["layout"])
+    # its scaling is fitted on the first 100 rows, not on all 150 (the count alone said so)
+    from fastimg.layout import FeatureScaler
+
+    first, every = FeatureScaler.fit(x[:100], "norm2"), FeatureScaler.fit(x, "norm2")
+    assert not np.array_equal(first.shift, every.shift)
+    np.testing.assert_array_equal(layout.scaler_.shift, first.shift)
+    np.testing.assert_array_equal(layout.scaler_.scale, first.scale)
     np.testing.assert_array_equal(group[store.IMAGES][:], layout.transform(x))
     assert main(["info", str(out), "--json"]) == 0
     assert '"rows": 150' in capsys.readouterr().out
