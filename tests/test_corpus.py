@@ -17,8 +17,10 @@ import pytest
 from fastimg.corpus import (Corpus, CorpusConfig, CorpusError, load_corpus, read_table,
                             resolve_imdb)
 from fastimg.corpus import imdb as imdb_mod
+from conftest import shared_imdb
 
-SHARED_IMDB = Path(__file__).resolve().parents[2] / "shared/data/imdb/imdb.csv.gz"
+# $FASTIMG_DATA or ../shared/data, as the other IMDB tests find it
+SHARED_IMDB = (shared_imdb() or Path("/nonexistent")) / "imdb" / "imdb.csv.gz"
 HAS_PYARROW = importlib.util.find_spec("pyarrow") is not None
 
 
@@ -516,7 +518,8 @@ def test_empty_texts_are_kept_counted_and_warned(tmp_path, caplog):
 
 # ---------------------------------------------------------------- the imdb recipe
 
-@pytest.mark.skipif(not SHARED_IMDB.is_file(), reason="needs ../shared/data/imdb/imdb.csv.gz")
+@pytest.mark.skipif(not SHARED_IMDB.is_file(),
+                    reason="needs ../shared/data/imdb/imdb.csv.gz or $FASTIMG_DATA")
 def test_imdb_recipe_reads_fastimg_data(monkeypatch, tmp_path):
     monkeypatch.setenv("FASTIMG_DATA", str(SHARED_IMDB.parents[1]))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
