@@ -910,3 +910,13 @@ def test_a_prediction_is_scored_against_class_indices():
         prediction.score(truth[:49])
     with pytest.raises(ValueError, match=r"targets are class indices 0..2"):
         prediction.score(np.full(50, 3))
+
+
+def test_the_label_zero_is_a_class_value_like_any_other():
+    # IMDB stores 0 / 1 named neg / pos: 0 == False made the value 0 fall back to the names
+    from fastimg.train.predict import class_indices
+
+    np.testing.assert_array_equal(
+        class_indices([0, "0", 0.0, " 0 ", np.int64(0), 1, "neg", False], ["neg", "pos"],
+                      [0, 1]),
+        [0, 0, 0, 0, 0, 1, 0, 0])

@@ -406,8 +406,8 @@ def class_indices(labels, class_names, class_values=None) -> np.ndarray:
     values = {int(v): k for k, v in enumerate(class_values)} if class_values else {}
 
     def class_of(label) -> int:
-        number = _as_integer(label)
-        if values and number not in (None, False):
+        number = _as_integer(label)  # 0 == False: tested by identity
+        if values and number is not None and number is not False:
             return values.get(number, -1)
         return names.get(_class_name(label), -1)
 
