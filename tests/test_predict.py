@@ -884,9 +884,14 @@ def test_labels_map_to_classes_as_the_build_read_them():
         [1, 0, 0, 1, 0, 1])
     # integer labels without names (class names "3", "7"; older runs record no values)
     np.testing.assert_array_equal(class_indices([7, "3", 7.0], ["3", "7"]), [1, 0, 1])
-    with pytest.raises(ValueError, match=r"no class of the run \(neg, pos\): 5 \(1 row\), "
-                                         r"a missing label \(3 rows\)$"):
-        class_indices([5, None, float("nan"), "", 3], ["neg", "pos"], [3, 7])
+    with pytest.raises(ValueError, match=r"no class of the run \(neg \(3\), pos \(7\)\): 5 "
+                                         r"\(2 rows\), a missing label \(3 rows\)$"):
+        class_indices([5, None, float("nan"), "", 3, np.int64(5)], ["neg", "pos"], [3, 7])
+    with pytest.raises(ValueError, match=r"no class of the run \(3, 7\): 'neg' \(1 row\)$"):
+        class_indices(["neg", 3], ["3", "7"], [3, 7])
+    # a label that reads as the marker of missing ones is a label like any other
+    with pytest.raises(ValueError, match=r"\(a, b\): 'a missing label' \(1 row\)$"):
+        class_indices(["a missing label"], ["a", "b"])
     with pytest.raises(ValueError, match=r"'c' \(1 row\), 'd' \(1 row\), 'e' \(1 row\), "
                                          r"'f' \(1 row\), 'g' \(1 row\) and 2 more$"):
         class_indices(list("abcdefghi"), ["a", "b"])
@@ -920,3 +925,16 @@ def test_the_label_zero_is_a_class_value_like_any_other():
         class_indices([0, "0", 0.0, " 0 ", np.int64(0), 1, "neg", False], ["neg", "pos"],
                       [0, 1]),
         [0, 0, 0, 0, 0, 1, 0, 0])
+
+
+def test_long_labels_are_shown_cut_short():
+    # a text column given as the labels: each refused label was shown whole
+    from fastimg.train.predict import class_indices
+
+    review = "A quiet, lovely film about a lighthouse keeper and his dog. " * 20
+    with pytest.raises(ValueError) as info:
+        class_indices([review, review + "!", "pos"], ["neg", "pos"])
+    message = str(info.value)
+    assert len(message) < 200, message
+    assert message.endswith("'A quiet, lovely film about a lightho... (1 row), "
+                            "'A quiet, lovely film about a lightho... (1 row)"), message

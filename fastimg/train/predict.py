@@ -392,14 +392,38 @@ class Run:
                           list(self.class_names))
 
 
-#: how :func:`class_indices` names a missing label (empty, NaN or None)
-_MISSING = "a missing label"
+class _Missing:
+    """How :func:`class_indices` names a missing label (empty, NaN or None)."""
+
+    def __repr__(self) -> str:
+        return "a missing label"
+
+
+_MISSING = _Missing()
+
+#: characters of a label :func:`class_indices` shows (a text column given as the labels)
+_SHOWN_CHARS = 40
+
+
+def _shown_label(label) -> str:
+    text = repr(label)
+    return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS - 3] + "..."
+
+
+def _shown_classes(class_names, class_values) -> str:
+    """The classes a label may name: ``neg (0), pos (1)`` where they have values."""
+    shown = [name if value is None or name == str(value) else f"{name} ({value})"
+             for name, value in zip(class_names, class_values or [None] * len(class_names))]
+    more = f" and {len(shown) - 10} more" if len(shown) > 10 else ""
+    return ", ".join(shown[:10]) + more
 
 
 def class_indices(labels, class_names, class_values=None) -> np.ndarray:
     """int64 index into ``class_names`` of each label: an integer label by ``class_values``
     (the stored value of each class) when they are given, any other by its name (``1.0`` is
     ``"1"``, text is stripped). ValueError naming the labels that match no class."""
+    from collections.abc import Hashable
+
     from fastimg.corpus._load import _as_integer, _class_name, _is_missing
 
     names = {name: k for k, name in enumerate(class_names)}
@@ -414,21 +438,22 @@ def class_indices(labels, class_names, class_values=None) -> np.ndarray:
     index, unknown = {}, {}
     out = np.empty(len(labels), dtype=np.int64)
     for i, label in enumerate(labels):
+        if isinstance(label, np.generic):  # np.int64(5) is shown as 5
+            label = label.item()
         missing = _is_missing(label)
-        key = _MISSING if missing else label if isinstance(label, (str, int, float)) else \
-            repr(label)
+        key = _MISSING if missing else label if isinstance(label, Hashable) else repr(label)
         if key not in index:
             index[key] = -1 if missing else class_of(label)
         out[i] = index[key]
         if out[i] < 0:
             unknown[key] = unknown.get(key, 0) + 1
     if unknown:
-        shown = ", ".join(f"{label if label is _MISSING else repr(label)} "
+        shown = ", ".join(f"{repr(label) if label is _MISSING else _shown_label(label)} "
                           f"({count} row{'s' * (count != 1)})"
                           for label, count in list(unknown.items())[:5])
         more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
-        raise ValueError(f"labels that are no class of the run ({', '.join(class_names)}): "
-                         f"{shown}{more}")
+        raise ValueError(f"labels that are no class of the run "
+                         f"({_shown_classes(class_names, class_values)}): {shown}{more}")
     return out
 
 
