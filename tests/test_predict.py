@@ -938,3 +938,16 @@ def test_long_labels_are_shown_cut_short():
     assert len(message) < 200, message
     assert message.endswith("'A quiet, lovely film about a lightho... (1 row), "
                             "'A quiet, lovely film about a lightho... (1 row)"), message
+
+
+@pytest.mark.parametrize("given", [[], ["--text-column", "label"]])
+def test_a_label_column_that_is_the_text_column_is_named_so(trained, tmp_path, capsys, given):
+    corpus = _write_csv(tmp_path / "new.csv", _reviews(3))
+    column = "label" if given else "text"
+    code = main(["predict", str(trained["run"]), "--input", str(corpus), *given,
+                 "--label-column", column, "--out", str(tmp_path / "p.csv"), "--quiet"])
+    err = one_line(capsys.readouterr().err)
+    where = "--text-column, label" if given else "the store's text column, text"
+    assert code == 2 and err.endswith(
+        f"--label-column {column} is a text column, not labels (texts: {where}); name the "
+        f"column of each text's true class"), err

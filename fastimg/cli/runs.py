@@ -112,6 +112,12 @@ def cmd_predict(args) -> int:
     else:
         # by default the columns the run's store was built from, joined as the build did
         columns = args.text_column or run.text_columns or ["text"]
+        if args.label_column in columns:  # every label a text: refused, each shown
+            where = ("--text-column" if args.text_column
+                     else "the store's text column" + "s" * (len(columns) > 1))
+            raise UserError(f"--label-column {args.label_column} is a text column, not labels "
+                            f"(texts: {where}, {', '.join(columns)}); name the column of "
+                            f"each text's true class")
         try:
             read = read_input_texts(args.input, columns, args.id_column,
                                     label_column=args.label_column)
