@@ -842,8 +842,8 @@ def test_cli_scores_predictions_against_a_label_column(trained, tmp_path, capsys
     with open(out, newline="", encoding="utf-8") as fh:
         table = list(csv.DictReader(fh))
     assert list(table[0]) == ["id", "label", "predicted", "p_neg", "p_pos"]
-    assert [r["label"] for r in table] == labels
     truth = [label.strip() for label in labels]
+    assert [r["label"] for r in table] == truth                  # the class, as predicted
     predicted = [["neg", "pos"][i] for i in trained["expected"].argmax(1)]
     assert [r["predicted"] for r in table] == predicted
     accuracy = np.mean([a == b for a, b in zip(truth, predicted)])
@@ -951,3 +951,22 @@ def test_a_label_column_that_is_the_text_column_is_named_so(trained, tmp_path, c
     assert code == 2 and err.endswith(
         f"--label-column {column} is a text column, not labels (texts: {where}); name the "
         f"column of each text's true class"), err
+
+
+def test_the_csv_names_the_true_class_of_an_integer_label_as_predicted_names_it(trained,
+                                                                                 tmp_path):
+    # IMDB's labels are 0 / 1, its classes neg / pos: the CSV held 0 beside neg, so
+    # label == predicted was never true
+    run = _copy_run(trained, tmp_path)
+    bundle = json.loads((run / BUNDLE_FILE).read_text())
+    bundle["class_values"] = [0, 1]
+    (run / BUNDLE_FILE).write_text(json.dumps(bundle))
+    rows = [(f"x{i}", t, ["0", "1.0", " 1", "pos"][i % 4])
+            for i, t in enumerate(trained["texts"])]
+    corpus = _write_csv(tmp_path / "new.csv", rows)
+    out = tmp_path / "preds.csv"
+    assert main(["predict", str(run), "--input", str(corpus), "--label-column", "label",
+                 "--out", str(out), "--quiet"]) == 0
+    with open(out, newline="", encoding="utf-8") as fh:
+        table = list(csv.DictReader(fh))
+    assert [r["label"] for r in table] == ["neg", "pos", "pos", "pos"] * 3

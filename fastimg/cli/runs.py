@@ -106,7 +106,7 @@ def cmd_predict(args) -> int:
         store.location.check_outside_stores(args.out, deleted="the predictions",
                                             instead="an --out outside it")
     run = load_run(args.run_dir, device=args.device, model=args.model)
-    labels = targets = None
+    targets = None
     if str(args.input) == "-":
         ids, texts = read_lines(sys.stdin)
     else:
@@ -130,9 +130,8 @@ def cmd_predict(args) -> int:
                             f"another") from None
         ids, texts = read[:2]
         if args.label_column:  # every label a class of the run, before the encoding
-            labels = read[2]
             try:
-                targets = run.targets(labels)
+                targets = run.targets(read[2])
             except ValueError as exc:
                 raise UserError(f"--label-column {args.label_column} of {args.input}: "
                                 f"{exc}") from None
@@ -141,7 +140,9 @@ def cmd_predict(args) -> int:
     prediction = run.predict(texts, batch_size=args.batch_size, progress=not args.quiet)
     # the CSV on stdout (-, /dev/stdout) keeps stdout to itself: the summary goes to stderr
     csv_on_stdout = writes_to(args.out, sys.stdout)
-    write_predictions(args.out, ids, prediction, labels=labels)
+    # the true class by name, as predicted: a file's 0 / 1.0 / ' pos' is comparable with it
+    true = None if targets is None else [run.class_names[k] for k in targets]
+    write_predictions(args.out, ids, prediction, labels=true)
     from fastimg.info import class_counts_text, plural
 
     counts = class_counts_text({name: prediction.names.count(name) for name in run.class_names})
