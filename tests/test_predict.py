@@ -970,3 +970,25 @@ def test_the_csv_names_the_true_class_of_an_integer_label_as_predicted_names_it(
     with open(out, newline="", encoding="utf-8") as fh:
         table = list(csv.DictReader(fh))
     assert [r["label"] for r in table] == ["neg", "pos", "pos", "pos"] * 3
+
+
+def test_an_older_run_without_class_values_says_why_integer_labels_are_unknown(trained,
+                                                                               tmp_path):
+    run_dir = _copy_run(trained, tmp_path)
+    bundle = json.loads((run_dir / BUNDLE_FILE).read_text())
+    bundle.pop("class_values", None)
+    (run_dir / BUNDLE_FILE).write_text(json.dumps(bundle))
+    run = load_run(run_dir)
+    np.testing.assert_array_equal(run.targets(["neg", "pos"]), [0, 1])
+    with pytest.raises(ValueError, match=r"\(neg, pos\): 0 \(1 row\); this run's bundle.json is "
+                                         r"older than the class values it now records, so "
+                                         r"integer labels are unknown to it: give the class "
+                                         r"names, or train the run again$"):
+        run.targets([0, "pos"])
+    with pytest.raises(ValueError, match=r"\(neg, pos\): 'good' \(1 row\)$"):
+        run.targets(["good", "pos"])
+    # a run that records them (text labels: None) is told nothing of the kind
+    bundle["class_values"] = None
+    (run_dir / BUNDLE_FILE).write_text(json.dumps(bundle))
+    with pytest.raises(ValueError, match=r"\(neg, pos\): 0 \(1 row\)$"):
+        load_run(run_dir).targets([0, "pos"])

@@ -382,8 +382,20 @@ class Run:
         ------
         ValueError
             Naming the labels that are no class of the run (or missing), with their counts.
+            A run from before the bundle recorded the class values (``class_values``) knows
+            its classes by name only.
         """
-        return class_indices(labels, self.class_names, self.class_values)
+        try:
+            return class_indices(labels, self.class_names, self.class_values)
+        except ValueError as exc:
+            # classes named 3 / 7 match integer labels by name: those of neg / pos may not
+            if "class_values" in self.bundle or all(
+                    _is_integer_label(name) for name in self.class_names) or not any(
+                    _is_integer_label(label) for label in labels):
+                raise
+            raise ValueError(f"{exc}; this run's {BUNDLE_FILE} is older than the class values "
+                             f"it now records, so integer labels are unknown to it: give the "
+                             f"class names, or train the run again") from None
 
     def _prediction(self, logits: np.ndarray) -> Prediction:
         probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
@@ -416,6 +428,17 @@ def _shown_classes(class_names, class_values) -> str:
              for name, value in zip(class_names, class_values or [None] * len(class_names))]
     more = f" and {len(shown) - 10} more" if len(shown) > 10 else ""
     return ", ".join(shown[:10]) + more
+
+
+def _is_integer_label(label) -> bool:
+    from fastimg.corpus._load import _as_integer, _is_missing
+
+    if isinstance(label, np.generic):
+        label = label.item()
+    if _is_missing(label):
+        return False
+    number = _as_integer(label)
+    return number is not None and number is not False
 
 
 def class_indices(labels, class_names, class_values=None) -> np.ndarray:
