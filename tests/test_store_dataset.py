@@ -197,3 +197,23 @@ def test_spawned_workers_get_the_dataset_without_its_decoded_chunks(blobs):
     for a, b in zip(epoch(), epoch(num_workers=1, multiprocessing_context="spawn"),
                     strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("index", [1.5, "1", None, slice(0, 2)])
+def test_an_index_that_is_no_integer_is_refused(blobs, index):
+    # np.asarray(..., dtype=int64) took 1.5 as 1 and "1" as 1: another image, silently
+    dataset = StoreDataset(blobs[0])
+    with pytest.raises(TypeError, match=r"StoreDataset indices must be integers, got "):
+        dataset[index]
+    with pytest.raises(TypeError, match=r"must be integers"):
+        dataset.__getitems__([0, index])
+
+
+def test_integer_indices_of_any_kind_are_taken(blobs):
+    dataset = StoreDataset(blobs[0])
+    first = dataset[0][0]
+    for index in (np.int32(0), np.int64(0), torch.tensor(0), -len(dataset)):
+        assert torch.equal(dataset[index][0], first)
+    assert dataset.__getitems__([]) == []
+    assert [t for _, t in dataset.__getitems__(torch.tensor([0, -1]))] == [
+        int(dataset.targets[0]), int(dataset.targets[-1])]
