@@ -911,7 +911,8 @@ def test_a_prediction_is_scored_against_class_indices():
     assert scores["confusion"] == confusion_matrix(truth, predicted, labels=[0, 1, 2]).tolist()
     assert scores["macro_f1"] == pytest.approx(f1_score(truth, predicted, average="macro"))
     assert set(scores["per_class"]) == {"a", "b", "c"}
-    with pytest.raises(ValueError, match="49 targets for 50 predictions"):
+    with pytest.raises(ValueError, match="targets of shape 49 for 50 predictions; give one "
+                                         "class index per prediction"):
         prediction.score(truth[:49])
     with pytest.raises(ValueError, match=r"targets are class indices 0..2"):
         prediction.score(np.full(50, 3))
@@ -992,3 +993,22 @@ def test_an_older_run_without_class_values_says_why_integer_labels_are_unknown(t
     (run_dir / BUNDLE_FILE).write_text(json.dumps(bundle))
     with pytest.raises(ValueError, match=r"\(neg, pos\): 0 \(1 row\)$"):
         load_run(run_dir).targets([0, "pos"])
+
+
+def test_targets_that_are_no_class_indices_are_refused_not_cast():
+    # np.asarray(targets, dtype=int64) scored 1.9 as class 1, "1" and True as 1
+    from fastimg.train import Prediction
+
+    prediction = Prediction(np.array([0, 1, 1]), ["neg", "pos", "pos"],
+                            np.zeros((3, 2), np.float32), ["neg", "pos"])
+    for targets in (["0", "1", "1"], [0.5, 1.2, 1.9], [True, False, True],
+                    ["neg", "pos", "pos"]):
+        with pytest.raises(TypeError, match=r"targets are class indices \(whole numbers "
+                                            r"0..1\), got .* values; map labels \(class names "
+                                            r"or values\) to them with Run.targets\(labels\)"):
+            prediction.score(targets)
+    with pytest.raises(ValueError, match="targets of shape 1x3 for 3 predictions"):
+        prediction.score([[0, 1, 1]])
+    for targets in ([0, 1, 1], np.array([0, 1, 1], np.uint8), [0.0, 1.0, 1.0],
+                    torch.tensor([0, 1, 1])):
+        assert prediction.score(targets)["accuracy"] == 1.0

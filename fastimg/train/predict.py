@@ -74,12 +74,29 @@ class Prediction:
             list of lists; row = true class, column = predicted), and the per-class precision,
             recall, F1 and support with their macro F1 and balanced accuracy
             (:func:`fastimg.train.scores.class_scores`).
+
+        Raises
+        ------
+        TypeError
+            For targets that are no whole numbers (class names, ``"1"``, ``1.5``, booleans).
+        ValueError
+            For a count or shape other than the predictions', or an index out of range.
         """
         from fastimg.train.scores import class_scores, confusion_matrix
 
-        targets = np.asarray(targets, dtype=np.int64)
-        if targets.shape != np.shape(self.indices):
-            raise ValueError(f"{targets.size} targets for {len(self.indices)} predictions")
+        given = np.asarray(targets)
+        # dtype=int64 took "1" as 1, 1.9 as 1 and True as 1: labels, not class indices
+        whole = given.dtype.kind in "iu" or (given.dtype.kind == "f" and bool(
+            np.all(np.isfinite(given)) and np.all(given == np.round(given))))
+        if given.size and not whole:
+            raise TypeError(f"targets are class indices (whole numbers 0.."
+                            f"{len(self.class_names) - 1}), got {given.dtype} values; map "
+                            f"labels (class names or values) to them with Run.targets(labels)")
+        if given.shape != np.shape(self.indices):
+            shape = "x".join(map(str, given.shape)) or "a scalar"
+            raise ValueError(f"targets of shape {shape} for {len(self.indices)} predictions; "
+                             f"give one class index per prediction")
+        targets = given.astype(np.int64)
         if targets.size and not 0 <= targets.min() <= targets.max() < len(self.class_names):
             raise ValueError(f"targets are class indices 0..{len(self.class_names) - 1}")
         confusion = confusion_matrix(targets, self.indices, len(self.class_names))
