@@ -1012,3 +1012,15 @@ def test_targets_that_are_no_class_indices_are_refused_not_cast():
     for targets in ([0, 1, 1], np.array([0, 1, 1], np.uint8), [0.0, 1.0, 1.0],
                     torch.tensor([0, 1, 1])):
         assert prediction.score(targets)["accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("flag", ["--id-column", "--label-column"])
+def test_an_empty_column_name_is_refused_not_taken_as_none(trained, tmp_path, capsys, flag):
+    # --label-column "" predicted without a word of the labels, --id-column "" numbered rows
+    corpus = _write_csv(tmp_path / "new.csv", _reviews(3))
+    out = tmp_path / "p.csv"
+    code = main(["predict", str(trained["run"]), "--input", str(corpus), flag, "", "--out",
+                 str(out), "--quiet"])
+    err = one_line(capsys.readouterr().err)
+    assert code == 2 and err.endswith(f"{flag} must be a column name, got ''"), err
+    assert not out.exists()

@@ -88,6 +88,9 @@ def cmd_predict(args) -> int:
                                         read_lines, write_predictions, writes_to)
 
     to_stdout = args.out == STDOUT
+    for flag, value in (("--id-column", args.id_column), ("--label-column", args.label_column)):
+        if value == "":  # was taken as not given: no ids read, or no scores
+            raise UserError(f"{flag} must be a column name, got ''")
     if str(args.input) == "-" and (args.text_column or args.id_column or args.label_column):
         flag = ("--text-column" if args.text_column else "--id-column" if args.id_column
                 else "--label-column")
