@@ -217,3 +217,31 @@ def test_integer_indices_of_any_kind_are_taken(blobs):
     assert dataset.__getitems__([]) == []
     assert [t for _, t in dataset.__getitems__(torch.tensor([0, -1]))] == [
         int(dataset.targets[0]), int(dataset.targets[-1])]
+
+
+def test_a_pickled_dataset_leaves_its_decoded_chunks_behind(blobs):
+    # a spawned DataLoader worker (macOS' and Windows' default) was sent the chunks the
+    # train split's statistics had decoded: up to cache_bytes (4 GiB) per worker
+    import pickle
+
+    dataset = StoreDataset(blobs[0], "train", normalize="dataset", embeddings=True)
+    dataset[0]
+    assert len(dataset._images._chunks) == 3 and len(dataset._embeddings._chunks) == 1
+    copy = pickle.loads(pickle.dumps(dataset))
+    assert len(copy._images._chunks) == 0 and len(copy._embeddings._chunks) == 0
+    assert len(dataset._images._chunks) == 3                   # the original keeps its own
+    assert len(pickle.dumps(dataset)) < 20_000 < dataset._images.shape[0] * 120 * 4
+    for (a, *rest_a), (b, *rest_b) in zip(dataset.__getitems__(range(-5, 5)),
+                                          copy.__getitems__(range(-5, 5)), strict=True):
+        assert torch.equal(a, b) and str(rest_a) == str(rest_b)
+
+
+def test_cache_bytes_bounds_the_embeddings_too(blobs):
+    # the embeddings' reader kept its 4 GiB default whatever cache_bytes said
+    dataset = StoreDataset(blobs[0], embeddings=True, cache_bytes=1)
+    assert dataset._images.max_chunks == dataset._embeddings.max_chunks == 2
+    counting = _CountingArray(dataset._embeddings.array)
+    dataset._embeddings.array = counting
+    loader = torch.utils.data.DataLoader(dataset, batch_size=16, sampler=dataset.sampler())
+    assert sum(len(targets) for *_, targets in loader) == len(dataset)
+    assert counting.reads == 3                                 # rows 0..143: chunks 0, 1, 2

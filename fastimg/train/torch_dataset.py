@@ -47,7 +47,8 @@ class StoreDataset(torch.utils.data.Dataset):
         Applied to each image tensor after normalisation (a torchvision transform, say).
     cache_bytes : int, optional
         Decoded (float32) bytes of images kept per process, 4 GiB by default (about
-        430,000 images of 50 x 50); each DataLoader worker keeps its own.
+        430,000 images of 50 x 50), and as many of embeddings with ``embeddings=True``; each
+        DataLoader worker keeps its own.
     storage_options : dict, optional
         fsspec options for a store URL (``{"endpoint_url": ...}``).
 
@@ -81,7 +82,8 @@ class StoreDataset(torch.utils.data.Dataset):
         self.image_shape = data.image_shape
         self.transform = transform
         self._images = ChunkedReader(data.images, cache_bytes=cache_bytes)
-        self._embeddings = ChunkedReader(data.embeddings) if embeddings else None
+        self._embeddings = (ChunkedReader(data.embeddings, cache_bytes=cache_bytes)
+                            if embeddings else None)
         self.pixel_mean = self.pixel_inv_std = None
         if normalize == "dataset":
             train_rows = self.rows if split == "train" else data.rows("train")
