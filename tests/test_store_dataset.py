@@ -245,3 +245,14 @@ def test_cache_bytes_bounds_the_embeddings_too(blobs):
     loader = torch.utils.data.DataLoader(dataset, batch_size=16, sampler=dataset.sampler())
     assert sum(len(targets) for *_, targets in loader) == len(dataset)
     assert counting.reads == 3                                 # rows 0..143: chunks 0, 1, 2
+
+
+
+@pytest.mark.parametrize("cache_bytes", ["4GB", -1, float("nan"), True])
+def test_a_cache_size_that_is_no_byte_count_is_refused(blobs, cache_bytes):
+    # "4GB" failed in '//' with str and int; -1 and NaN kept 2 chunks, silently
+    with pytest.raises(ValueError, match=r"cache_bytes must be a number of bytes, at least 0 "
+                                         r"\(1 GiB: 2\*\*30\), got "):
+        StoreDataset(blobs[0], cache_bytes=cache_bytes)
+    assert len(StoreDataset(blobs[0], cache_bytes=0)) == len(StoreDataset(blobs[0],
+                                                                          cache_bytes=1e9))

@@ -14,6 +14,8 @@ decodes each stored chunk about once an epoch even when the split does not fit t
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import torch
 
@@ -68,6 +70,10 @@ class StoreDataset(torch.utils.data.Dataset):
                  storage_options: dict | None = None):
         if normalize not in NORMALISATIONS:
             raise ValueError(f"normalize must be one of {NORMALISATIONS}, got {normalize!r}")
+        if cache_bytes is not None and (isinstance(cache_bytes, bool) or not isinstance(
+                cache_bytes, numbers.Real) or not cache_bytes >= 0):
+            raise ValueError(f"cache_bytes must be a number of bytes, at least 0 (1 GiB: "
+                             f"2**30), got {cache_bytes!r}")
         data = StoreData(path, storage_options)
         if embeddings and data.embeddings is None:
             raise ValueError(f"{path} stores no embeddings")
