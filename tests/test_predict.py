@@ -868,7 +868,7 @@ def test_labels_that_are_no_class_of_the_run_are_refused_before_encoding(trained
     err = one_line(capsys.readouterr().err)
     assert code == 2 and err.endswith(
         f"--label-column label of {corpus}: labels that are no class of the run (neg, pos): "
-        f"'neutral' (2 rows), a missing label (1 row)"), err
+        f"'neutral' (2 rows), a missing label (1 row); correct those rows or leave them out"), err
     assert not out.exists()
     assert main(["predict", str(trained["run"]), "--input", str(corpus), "--label-column",
                  "truth", "--out", str(out), "--quiet"]) == 2
@@ -885,15 +885,16 @@ def test_labels_map_to_classes_as_the_build_read_them():
     # integer labels without names (class names "3", "7"; older runs record no values)
     np.testing.assert_array_equal(class_indices([7, "3", 7.0], ["3", "7"]), [1, 0, 1])
     with pytest.raises(ValueError, match=r"no class of the run \(neg \(3\), pos \(7\)\): 5 "
-                                         r"\(2 rows\), a missing label \(3 rows\)$"):
+                                         r"\(2 rows\), a missing label \(3 rows\); correct those "
+                                         r"rows or leave them out$"):
         class_indices([5, None, float("nan"), "", 3, np.int64(5)], ["neg", "pos"], [3, 7])
-    with pytest.raises(ValueError, match=r"no class of the run \(3, 7\): 'neg' \(1 row\)$"):
+    with pytest.raises(ValueError, match=r"no class of the run \(3, 7\): 'neg' \(1 row\); "):
         class_indices(["neg", 3], ["3", "7"], [3, 7])
     # a label that reads as the marker of missing ones is a label like any other
-    with pytest.raises(ValueError, match=r"\(a, b\): 'a missing label' \(1 row\)$"):
+    with pytest.raises(ValueError, match=r"\(a, b\): 'a missing label' \(1 row\); "):
         class_indices(["a missing label"], ["a", "b"])
     with pytest.raises(ValueError, match=r"'c' \(1 row\), 'd' \(1 row\), 'e' \(1 row\), "
-                                         r"'f' \(1 row\), 'g' \(1 row\) and 2 more$"):
+                                         r"'f' \(1 row\), 'g' \(1 row\) and 2 more; "):
         class_indices(list("abcdefghi"), ["a", "b"])
 
 
@@ -936,9 +937,10 @@ def test_long_labels_are_shown_cut_short():
     with pytest.raises(ValueError) as info:
         class_indices([review, review + "!", "pos"], ["neg", "pos"])
     message = str(info.value)
-    assert len(message) < 200, message
+    assert len(message) < 240, message
     assert message.endswith("'A quiet, lovely film about a lightho... (1 row), "
-                            "'A quiet, lovely film about a lightho... (1 row)"), message
+                            "'A quiet, lovely film about a lightho... (1 row); correct those "
+                            "rows or leave them out"), message
 
 
 @pytest.mark.parametrize("given", [[], ["--text-column", "label"]])
@@ -986,12 +988,14 @@ def test_an_older_run_without_class_values_says_why_integer_labels_are_unknown(t
                                          r"integer labels are unknown to it: give the class "
                                          r"names, or train the run again$"):
         run.targets([0, "pos"])
-    with pytest.raises(ValueError, match=r"\(neg, pos\): 'good' \(1 row\)$"):
+    with pytest.raises(ValueError, match=r"\(neg, pos\): 'good' \(1 row\); correct those rows "
+                                         r"or leave them out$"):
         run.targets(["good", "pos"])
     # a run that records them (text labels: None) is told nothing of the kind
     bundle["class_values"] = None
     (run_dir / BUNDLE_FILE).write_text(json.dumps(bundle))
-    with pytest.raises(ValueError, match=r"\(neg, pos\): 0 \(1 row\)$"):
+    with pytest.raises(ValueError, match=r"\(neg, pos\): 0 \(1 row\); correct those rows or "
+                                         r"leave them out$"):
         load_run(run_dir).targets([0, "pos"])
 
 

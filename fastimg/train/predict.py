@@ -410,7 +410,8 @@ class Run:
                     _is_integer_label(name) for name in self.class_names) or not any(
                     _is_integer_label(label) for label in labels):
                 raise
-            raise ValueError(f"{exc}; this run's {BUNDLE_FILE} is older than the class values "
+            raise ValueError(f"{str(exc).removesuffix(_FIX_LABELS)}; this run's "
+                             f"{BUNDLE_FILE} is older than the class values "
                              f"it now records, so integer labels are unknown to it: give the "
                              f"class names, or train the run again") from None
 
@@ -437,6 +438,10 @@ _SHOWN_CHARS = 40
 def _shown_label(label) -> str:
     text = repr(label)
     return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS - 3] + "..."
+
+
+#: what :func:`class_indices` asks of labels it refuses
+_FIX_LABELS = "; correct those rows or leave them out"
 
 
 def _shown_classes(class_names, class_values) -> str:
@@ -493,7 +498,8 @@ def class_indices(labels, class_names, class_values=None) -> np.ndarray:
                           for label, count in list(unknown.items())[:5])
         more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
         raise ValueError(f"labels that are no class of the run "
-                         f"({_shown_classes(class_names, class_values)}): {shown}{more}")
+                         f"({_shown_classes(class_names, class_values)}): {shown}{more}"
+                         f"{_FIX_LABELS}")
     return out
 
 
