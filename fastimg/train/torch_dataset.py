@@ -61,6 +61,9 @@ class StoreDataset(torch.utils.data.Dataset):
     targets : ndarray of int64
         The class index of each item.
     class_names : list of str
+    n_classes : int
+    image_shape : tuple of int
+        ``(H, W)`` of the stored images.
     pixel_mean, pixel_inv_std : ndarray of float32 or None
         The training split's per-pixel statistics (``normalize="dataset"`` only).
     """
