@@ -256,3 +256,19 @@ def test_a_cache_size_that_is_no_byte_count_is_refused(blobs, cache_bytes):
         StoreDataset(blobs[0], cache_bytes=cache_bytes)
     assert len(StoreDataset(blobs[0], cache_bytes=0)) == len(StoreDataset(blobs[0],
                                                                           cache_bytes=1e9))
+
+
+def test_a_seed_or_epoch_that_numpy_cannot_seed_is_named(blobs):
+    # seed=1.7 shuffled as seed 1; seed=-1 failed at iteration with numpy's 'expected
+    # non-negative integer', naming no seed
+    dataset = StoreDataset(blobs[0])
+    for seed in (-1, 1.7, None, 2**32):
+        with pytest.raises(ValueError, match=r"seed must be a whole number from 0 to "):
+            dataset.sampler(seed=seed)
+    sampler = dataset.sampler(seed=np.int64(3))
+    assert list(sampler) == list(dataset.sampler(seed=3))
+    for epoch in (-1, 0.5):
+        with pytest.raises(ValueError, match=r"epoch must be a whole number >= 0, got "):
+            sampler.set_epoch(epoch)
+    sampler.set_epoch(np.int64(2))
+    assert sampler.epoch == 2

@@ -19,6 +19,7 @@ import numbers
 import numpy as np
 import torch
 
+from fastimg._validation import check_count, check_seed
 from fastimg.store import SPLIT_NAMES
 from fastimg.train.config import NORMALISATIONS
 from fastimg.train.data import ChunkedReader, Normaliser, StoreData, pixel_stats, shuffled_order
@@ -178,13 +179,14 @@ class StoreSampler(torch.utils.data.Sampler):
     def __init__(self, dataset: StoreDataset, *, shuffle: bool = True, seed: int = 0):
         self.size = len(dataset)
         self.shuffle = shuffle
-        self.seed = int(seed)
+        # as TrainConfig's seed: int() took 1.7 as 1, and numpy's refusal of -1 named no seed
+        self.seed = check_seed("seed", seed)
         self.epoch = 0
         self._chunkings = dataset.chunkings() if shuffle else None
 
     def set_epoch(self, epoch: int) -> None:
         """Serve the order of ``epoch`` from the next iteration on."""
-        self.epoch = int(epoch)
+        self.epoch = check_count("epoch", epoch, minimum=0)
 
     def order(self) -> np.ndarray:
         """The positions of the current epoch."""
