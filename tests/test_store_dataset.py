@@ -207,6 +207,9 @@ def test_an_index_that_is_no_integer_is_refused(blobs, index):
         dataset[index]
     with pytest.raises(TypeError, match=r"must be integers"):
         dataset.__getitems__([0, index])
+    # an integer beyond int64 (an object array) is out of range, not a StopIteration
+    with pytest.raises(IndexError, match="out of range for 144 rows"):
+        dataset.__getitems__([0, 2**70])
 
 
 def test_integer_indices_of_any_kind_are_taken(blobs):

@@ -126,10 +126,12 @@ class StoreDataset(torch.utils.data.Dataset):
         """The items at ``indices`` (a list), read as one batch."""
         positions = np.asarray(indices)
         if positions.size and positions.dtype.kind not in "iu":  # dtype=int64 took 1.5 as 1
-            bad = next(i for i in np.asarray(indices, dtype=object).ravel()
-                       if not isinstance(i, (int, np.integer)) or isinstance(i, bool))
+            bad = [i for i in np.asarray(indices, dtype=object).ravel()
+                   if not isinstance(i, (int, np.integer)) or isinstance(i, bool)]
+            if not bad:  # integers numpy holds as objects: beyond int64
+                raise IndexError(f"index out of range for {len(self)} rows")
             raise TypeError(f"StoreDataset indices must be integers, got "
-                            f"{type(bad).__name__} {bad!r}")
+                            f"{type(bad[0]).__name__} {bad[0]!r}")
         positions = positions.astype(np.int64, copy=False)
         if positions.size and (positions.min() < -len(self) or positions.max() >= len(self)):
             raise IndexError(f"index out of range for {len(self)} rows")
