@@ -991,6 +991,8 @@ def test_an_older_run_without_class_values_says_why_integer_labels_are_unknown(t
     with pytest.raises(ValueError, match=r"\(neg, pos\): 'good' \(1 row\); correct those rows "
                                          r"or leave them out$"):
         run.targets(["good", "pos"])
+    with pytest.raises(ValueError, match=r"integer labels are unknown to it"):
+        run.targets(x for x in [0, "pos"])                       # a generator, read twice
     # a run that records them (text labels: None) is told nothing of the kind
     bundle["class_values"] = None
     (run_dir / BUNDLE_FILE).write_text(json.dumps(bundle))
@@ -1028,3 +1030,17 @@ def test_an_empty_column_name_is_refused_not_taken_as_none(trained, tmp_path, ca
     err = one_line(capsys.readouterr().err)
     assert code == 2 and err.endswith(f"{flag} must be a column name, got ''"), err
     assert not out.exists()
+
+
+def test_labels_are_a_sequence_of_labels():
+    # a lone "pos" was read as the labels 'p', 'o', 's'; a generator failed in len()
+    from fastimg.train.predict import class_indices
+
+    for one in ("pos", b"pos", 1, np.int64(1)):
+        with pytest.raises(TypeError, match=r"labels are one label per text \(a list, an "
+                                            r"array, a column\), got "):
+            class_indices(one, ["neg", "pos"])
+    np.testing.assert_array_equal(class_indices((x for x in ["pos", "neg"]), ["neg", "pos"]),
+                                  [1, 0])
+    np.testing.assert_array_equal(class_indices(np.array(["pos"]), ["neg", "pos"]), [1])
+    assert class_indices([], ["neg", "pos"]).shape == (0,)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -402,6 +403,8 @@ class Run:
             A run from before the bundle recorded the class values (``class_values``) knows
             its classes by name only.
         """
+        if isinstance(labels, Iterator):  # read twice below
+            labels = list(labels)
         try:
             return class_indices(labels, self.class_names, self.class_values)
         except ValueError as exc:
@@ -471,6 +474,11 @@ def class_indices(labels, class_names, class_values=None) -> np.ndarray:
 
     from fastimg.corpus._load import _as_integer, _class_name, _is_missing
 
+    if isinstance(labels, (str, bytes)) or np.ndim(labels) == 0 and not hasattr(
+            labels, "__iter__"):
+        raise TypeError(f"labels are one label per text (a list, an array, a column), got "
+                        f"{type(labels).__name__} {_shown_label(labels)}")
+    labels = list(labels)  # a generator has no len()
     names = {name: k for k, name in enumerate(class_names)}
     values = {int(v): k for k, v in enumerate(class_values)} if class_values else {}
 
