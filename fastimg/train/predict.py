@@ -137,6 +137,10 @@ class Run:
         The contents of ``bundle.json``.
     config : fastimg.train.TrainConfig
     class_names : list of str
+    class_values : list of int or None
+        The stored label value of each class for a store built from integer labels (IMDB's
+        0 / 1 for neg / pos), which :meth:`targets` matches integer labels by; None for text
+        labels, and for runs trained before bundles recorded them.
     layout : fastimg.layout.DeepInsightLayout
     normaliser : fastimg.train.data.Normaliser
     model : fastimg.train.head.ImageClassifier
