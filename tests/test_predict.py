@@ -1044,3 +1044,16 @@ def test_labels_are_a_sequence_of_labels():
                                   [1, 0])
     np.testing.assert_array_equal(class_indices(np.array(["pos"]), ["neg", "pos"]), [1])
     assert class_indices([], ["neg", "pos"]).shape == (0,)
+
+
+def test_a_label_column_without_labels_is_named_so(trained, tmp_path, capsys):
+    # a test file with an empty label column was refused as 'a missing label (3 rows); correct
+    # those rows', where the way out is to predict without --label-column
+    rows = [(f"x{i}", t, "") for i, t in enumerate(trained["texts"][:3])]
+    corpus = _write_csv(tmp_path / "new.csv", rows)
+    code = main(["predict", str(trained["run"]), "--input", str(corpus), "--label-column",
+                 "label", "--out", str(tmp_path / "p.csv"), "--quiet"])
+    err = one_line(capsys.readouterr().err)
+    assert code == 2 and err.endswith(
+        f"--label-column label of {corpus} holds no labels (every row's is empty); predict "
+        f"without --label-column, or name the column of the true classes"), err
