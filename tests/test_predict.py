@@ -1057,3 +1057,18 @@ def test_a_label_column_without_labels_is_named_so(trained, tmp_path, capsys):
     assert code == 2 and err.endswith(
         f"--label-column label of {corpus} holds no labels (every row's is empty); predict "
         f"without --label-column, or name the column of the true classes"), err
+
+
+def test_fits_refusal_of_a_run_folder_names_train_s_flag(tmp_path, capsys, monkeypatch):
+    # a run that another train finished between train's own check and fit's said
+    # 'pass overwrite=True' on the command line
+    from fastimg.cli import runs as runs_module
+
+    run = tmp_path / "run"
+    run.mkdir()
+    monkeypatch.setattr(runs_module, "_check_run_folder", lambda out, force: (
+        (out / "metrics.json").write_text("{}")))
+    code = main(["train", str(tmp_path / "missing.zarr"), "--out", str(run), "--quiet"])
+    err = one_line(capsys.readouterr().err)
+    assert code == 2 and err.endswith("already holds a run (metrics.json); pass --force to "
+                                      "replace it"), err

@@ -37,7 +37,9 @@ def one_line(exc: BaseException) -> str:
 
 
 #: the library's keyword arguments that messages advise, as the command line's flags
-_ARGUMENT_FLAGS = {"force=True": "--force", "reuse=False": "--no-reuse"}
+_ARGUMENT_FLAGS = {"force=True": "--force", "reuse=False": "--no-reuse",
+                   # fit's: train --force is passed to it as overwrite=True
+                   "overwrite=True": "--force"}
 
 
 def as_flag(message: str, flags: dict) -> str:
