@@ -275,3 +275,23 @@ def test_a_seed_or_epoch_that_numpy_cannot_seed_is_named(blobs):
             sampler.set_epoch(epoch)
     sampler.set_epoch(np.int64(2))
     assert sampler.epoch == 2
+
+
+def test_a_store_replaced_between_epochs_is_named_not_read(tmp_path):
+    # its arrays are read by path: the next epoch read the new build's images (another
+    # layout) beside chunks cached from the old one, silently
+    import shutil
+
+    path = tmp_path / "blobs.zarr"
+    write_store(path, n_rows=80, grid=(6, 6))
+    dataset = StoreDataset(path, cache_bytes=0)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=16, sampler=dataset.sampler())
+    assert sum(len(targets) for _, targets in loader) == len(dataset)
+    write_store(tmp_path / "new.zarr", n_rows=80, grid=(6, 6), seed=1)
+    shutil.rmtree(path)                                        # as --force moves it in
+    (tmp_path / "new.zarr").rename(path)
+    with pytest.raises(store.StoreError, match=r"was replaced or deleted while this command "
+                                               r"read it"):
+        next(iter(loader))
+    with pytest.raises(store.StoreError, match=r"was replaced or deleted"):
+        dataset.check_unchanged()

@@ -87,6 +87,7 @@ class StoreDataset(torch.utils.data.Dataset):
         if self.rows.size == 0:
             counts = ", ".join(f"{name} {data.rows(name).size}" for name in SPLIT_NAMES)
             raise ValueError(f"{path} has no {split} rows ({counts})")
+        self._store = data.reader  # check_unchanged (this process's: not pickled)
         self.targets = data.targets[self.rows]
         self.class_names = data.class_names
         self.image_shape = data.image_shape
@@ -114,6 +115,11 @@ class StoreDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return int(self.rows.size)
+
+    def __getstate__(self) -> dict:
+        # a DataLoader worker started by spawn or forkserver gets the dataset pickled; it
+        # needs no reader of the store's attributes (the sampler checks the store here)
+        return {**self.__dict__, "_store": None}
 
     @property
     def n_classes(self) -> int:
@@ -149,6 +155,15 @@ class StoreDataset(torch.utils.data.Dataset):
             items.append((*item, int(targets[position])))
         return items
 
+    def check_unchanged(self) -> None:
+        """Raise :class:`fastimg.store.StoreError` when the store was replaced or deleted since
+        this dataset was made (a ``build-dataset``, ``relayout`` or ``images --force`` onto it):
+        its arrays are read by path, so the images read may mix two builds, whose layouts
+        differ. :class:`StoreSampler` checks before each epoch; ``fit`` checks once more after
+        its last one, before it writes the run. A worker process's copy checks nothing."""
+        if self._store is not None:
+            self._store.check_unchanged()
+
     def sampler(self, *, shuffle: bool = True, seed: int = 0) -> "StoreSampler":
         """A sampler of this dataset's positions in the trainer's order (see
         :class:`StoreSampler`)."""
@@ -168,7 +183,8 @@ class StoreSampler(torch.utils.data.Sampler):
     chunks fit the dataset's cache, else shuffled a window of chunks at a time so each chunk
     is decoded about once an epoch (a fully random order decodes a chunk for nearly every
     image). Call :meth:`set_epoch` before each epoch, as with torch's
-    ``DistributedSampler``; the global torch random state is not used.
+    ``DistributedSampler``; the global torch random state is not used. Each epoch begins
+    with :meth:`StoreDataset.check_unchanged`.
 
     Parameters
     ----------
@@ -185,6 +201,7 @@ class StoreSampler(torch.utils.data.Sampler):
         self.seed = check_seed("seed", seed)
         self.epoch = 0
         self._chunkings = dataset.chunkings() if shuffle else None
+        self._check_unchanged = dataset.check_unchanged
 
     def set_epoch(self, epoch: int) -> None:
         """Serve the order of ``epoch`` from the next iteration on."""
@@ -197,6 +214,8 @@ class StoreSampler(torch.utils.data.Sampler):
         return shuffled_order(self.size, self.seed, self.epoch, self._chunkings)
 
     def __iter__(self):
+        # an epoch over a store rebuilt since would read another layout's images, by path
+        self._check_unchanged()
         return iter(self.order().tolist())
 
     def __len__(self) -> int:
