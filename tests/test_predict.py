@@ -915,8 +915,10 @@ def test_a_prediction_is_scored_against_class_indices():
     with pytest.raises(ValueError, match="targets of shape 49 for 50 predictions; give one "
                                          "class index per prediction"):
         prediction.score(truth[:49])
-    with pytest.raises(ValueError, match=r"targets are class indices 0..2"):
-        prediction.score(np.full(50, 3))
+    with pytest.raises(ValueError, match=r"targets are class indices 0..2 \(one per class of "
+                                         r"a, b, c\), got 3..3; map labels \(class names or "
+                                         r"values\) to them with Run.targets\(labels\)$"):
+        prediction.score(np.full(50, 3))                         # the labels 1..3, say
 
 
 def test_the_label_zero_is_a_class_value_like_any_other():

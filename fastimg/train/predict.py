@@ -99,7 +99,10 @@ class Prediction:
                              f"give one class index per prediction")
         targets = given.astype(np.int64)
         if targets.size and not 0 <= targets.min() <= targets.max() < len(self.class_names):
-            raise ValueError(f"targets are class indices 0..{len(self.class_names) - 1}")
+            raise ValueError(f"targets are class indices 0..{len(self.class_names) - 1} (one "
+                             f"per class of {', '.join(self.class_names[:10])}), got "
+                             f"{targets.min()}..{targets.max()}; map labels (class names or "
+                             f"values) to them with Run.targets(labels)")
         confusion = confusion_matrix(targets, self.indices, len(self.class_names))
         accuracy = float(np.mean(targets == self.indices)) if targets.size else None
         return {"rows": int(targets.size), "accuracy": accuracy,
