@@ -909,7 +909,8 @@ def test_a_prediction_is_scored_against_class_indices():
                             ["a", "b", "c"])
     scores = prediction.score(truth)
     assert scores["rows"] == 50 and scores["accuracy"] == pytest.approx(np.mean(predicted == truth))
-    assert scores["confusion"] == confusion_matrix(truth, predicted, labels=[0, 1, 2]).tolist()
+    assert scores["confusion_matrix"] == confusion_matrix(
+        truth, predicted, labels=[0, 1, 2]).tolist()
     assert scores["macro_f1"] == pytest.approx(f1_score(truth, predicted, average="macro"))
     assert set(scores["per_class"]) == {"a", "b", "c"}
     with pytest.raises(ValueError, match="targets of shape 49 for 50 predictions; give one "

@@ -71,8 +71,8 @@ class Prediction:
         Returns
         -------
         dict
-            ``rows``, ``accuracy``, ``confusion`` (``[n_classes, n_classes]`` counts as a
-            list of lists; row = true class, column = predicted), and the per-class precision,
+            ``rows``, ``accuracy``, ``confusion_matrix`` (``[n_classes, n_classes]`` counts as
+            a list of lists; row = true class, column = predicted), and the per-class precision,
             recall, F1 and support with their macro F1 and balanced accuracy
             (:func:`fastimg.train.scores.class_scores`).
 
@@ -105,8 +105,10 @@ class Prediction:
                              f"values) to them with Run.targets(labels)")
         confusion = confusion_matrix(targets, self.indices, len(self.class_names))
         accuracy = float(np.mean(targets == self.indices)) if targets.size else None
+        # the keys of a split's figures in metrics.json
         return {"rows": int(targets.size), "accuracy": accuracy,
-                "confusion": confusion.tolist(), **class_scores(confusion, self.class_names)}
+                "confusion_matrix": confusion.tolist(),
+                **class_scores(confusion, self.class_names)}
 
 
 def _read_checkpoint(path: Path) -> dict:
