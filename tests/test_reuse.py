@@ -577,10 +577,12 @@ def test_a_store_of_an_older_format_is_refused_with_what_to_do(tmp_path, capsys)
     doc = json.loads(meta.read_text())
     doc["attributes"][store.ATTRS_KEY]["format_version"] = 1
     meta.write_text(json.dumps(doc))
-    with pytest.raises(store.StoreError, match="older fastimg .store format 1.*--force"):
+    with pytest.raises(store.StoreError, match=r"older fastimg \(store format 1; this one "
+                       r"reads format \d+\): rebuild it as it was made, with force=True$"):
         store.StoreReader(out)
     assert main(["info", str(out)]) == 2
     err = capsys.readouterr().err
+    assert err.strip().endswith("rebuild it as it was made, with --force"), err
     assert "format 1" in err and len(err.strip().splitlines()) == 1
 
 

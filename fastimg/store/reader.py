@@ -22,8 +22,8 @@ def check_version(path, attrs: dict) -> None:
         older = isinstance(version, int) and version < FORMAT_VERSION
         what = "an older" if older else "another"
         raise StoreError(f"{path} was written by {what} fastimg (store format {version}; this "
-                         f"one reads format {FORMAT_VERSION}): rebuild it with the command that "
-                         f"made it and --force" + ("" if older else ", or upgrade fastimg"))
+                         f"one reads format {FORMAT_VERSION}): rebuild it as it was made, with "
+                         f"force=True" + ("" if older else ", or upgrade fastimg"))
 
 
 def why_not_a_store(path) -> str:
