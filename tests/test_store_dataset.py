@@ -295,3 +295,30 @@ def test_a_store_replaced_between_epochs_is_named_not_read(tmp_path):
         next(iter(loader))
     with pytest.raises(store.StoreError, match=r"was replaced or deleted"):
         dataset.check_unchanged()
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_distributed_processes_share_each_epoch_as_torchs_sampler_does(blobs, shuffle):
+    dataset = StoreDataset(blobs[0], "val")                   # 48 rows: 5 replicas pad to 50
+    whole = dataset.sampler(shuffle=shuffle, seed=3)
+    whole.set_epoch(2)
+    for replicas in (2, 5):
+        shards = [dataset.sampler(shuffle=shuffle, seed=3, num_replicas=replicas, rank=rank)
+                  for rank in range(replicas)]
+        for shard in shards:
+            shard.set_epoch(2)
+        served = [list(shard) for shard in shards]
+        assert [len(s) for s in served] == [len(shard) for shard in shards] == \
+            [-(-48 // replicas)] * replicas
+        # torch's DistributedSampler: the order padded from its start, dealt out by rank
+        padded = (whole.order().tolist() * 2)[:len(served[0]) * replicas]
+        for rank in range(replicas):
+            assert served[rank] == padded[rank::replicas]
+            if not shuffle:  # the same dealing as torch's own
+                assert served[rank] == list(torch.utils.data.DistributedSampler(
+                    dataset, num_replicas=replicas, rank=rank, shuffle=False))
+        assert sorted(set().union(*served)) == list(range(48))
+    with pytest.raises(ValueError, match=r"rank must be below num_replicas \(2\), got 2"):
+        dataset.sampler(num_replicas=2, rank=2)
+    with pytest.raises(ValueError, match="num_replicas must be a whole number >= 1, got 0"):
+        dataset.sampler(num_replicas=0)

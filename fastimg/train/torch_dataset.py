@@ -164,10 +164,12 @@ class StoreDataset(torch.utils.data.Dataset):
         if self._store is not None:
             self._store.check_unchanged()
 
-    def sampler(self, *, shuffle: bool = True, seed: int = 0) -> "StoreSampler":
+    def sampler(self, *, shuffle: bool = True, seed: int = 0, num_replicas: int = 1,
+                rank: int = 0) -> "StoreSampler":
         """A sampler of this dataset's positions in the trainer's order (see
         :class:`StoreSampler`)."""
-        return StoreSampler(self, shuffle=shuffle, seed=seed)
+        return StoreSampler(self, shuffle=shuffle, seed=seed, num_replicas=num_replicas,
+                            rank=rank)
 
     def chunkings(self) -> list:
         """``(chunk of each item, chunks kept)`` of each array an item reads."""
@@ -192,9 +194,22 @@ class StoreSampler(torch.utils.data.Sampler):
     shuffle : bool
         False: the positions in order (store rows ascending).
     seed : int
+        The same in every process of a distributed run.
+    num_replicas, rank : int
+        Processes that share each epoch (distributed data parallel: the world size) and this
+        one's rank: it serves every ``num_replicas``-th position of the epoch's order from
+        ``rank`` on, the order padded with its own first positions to a multiple of
+        ``num_replicas`` so that every process serves as many, as torch's
+        ``DistributedSampler`` does.
     """
 
-    def __init__(self, dataset: StoreDataset, *, shuffle: bool = True, seed: int = 0):
+    def __init__(self, dataset: StoreDataset, *, shuffle: bool = True, seed: int = 0,
+                 num_replicas: int = 1, rank: int = 0):
+        self.num_replicas = check_count("num_replicas", num_replicas)
+        self.rank = check_count("rank", rank, minimum=0)
+        if self.rank >= self.num_replicas:
+            raise ValueError(f"rank must be below num_replicas ({self.num_replicas}), "
+                             f"got {rank}")
         self.size = len(dataset)
         self.shuffle = shuffle
         # as TrainConfig's seed: int() took 1.7 as 1, and numpy's refusal of -1 named no seed
@@ -208,10 +223,13 @@ class StoreSampler(torch.utils.data.Sampler):
         self.epoch = check_count("epoch", epoch, minimum=0)
 
     def order(self) -> np.ndarray:
-        """The positions of the current epoch."""
-        if not self.shuffle:
-            return np.arange(self.size)
-        return shuffled_order(self.size, self.seed, self.epoch, self._chunkings)
+        """The positions this process serves in the current epoch."""
+        order = (shuffled_order(self.size, self.seed, self.epoch, self._chunkings)
+                 if self.shuffle else np.arange(self.size))
+        if self.num_replicas == 1:
+            return order
+        padded = np.resize(order, len(self) * self.num_replicas)  # repeats from the start
+        return padded[self.rank::self.num_replicas]
 
     def __iter__(self):
         # an epoch over a store rebuilt since would read another layout's images, by path
@@ -219,4 +237,4 @@ class StoreSampler(torch.utils.data.Sampler):
         return iter(self.order().tolist())
 
     def __len__(self) -> int:
-        return self.size
+        return -(-self.size // self.num_replicas)
