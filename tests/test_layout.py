@@ -414,3 +414,33 @@ def test_a_layout_fitted_on_few_rows_warns_and_fits(rng, caplog):
         f"so with fewer than {MIN_FIT_ROWS_ADVISED} the layout is mostly noise (DeepInsight's "
         f"results use thousands)"]
     assert warnings_of(MIN_FIT_ROWS_ADVISED) == []
+
+
+@pytest.mark.parametrize("assignment", ["assignment", "bin"])
+def test_pixels_density_and_inverse_transform_describe_the_map(rng, assignment):
+    x = structured_matrix(rng, 40, 30)
+    layout = DeepInsightLayout(grid=(6, 9), method="pca", assignment=assignment).fit(x)
+    rows, cols = layout.feature_pixels().T
+    np.testing.assert_array_equal(rows * 9 + cols, layout.pixel_index_)
+    assert (0 <= rows).all() and (rows < 6).all() and (0 <= cols).all() and (cols < 9).all()
+    density = layout.feature_density()
+    assert density.shape == (6, 9) and density.sum() == 30
+    assert (density > 0).sum() == layout.n_occupied_pixels
+    for feature in range(30):
+        assert density[rows[feature], cols[feature]] == np.sum(
+            layout.pixel_index_ == layout.pixel_index_[feature])
+    scaled = layout.scaler_.transform(x, dtype=np.float32)
+    back = layout.inverse_transform(layout.transform(x))
+    assert back.shape == (40, 30) and back.dtype == np.float32
+    # each feature's pixel holds it, or the mean of the features that share the pixel
+    expected = np.stack([scaled[:, layout.pixel_index_ == p].mean(1)
+                         for p in layout.pixel_index_], axis=1)
+    np.testing.assert_allclose(back, expected, rtol=1e-6, atol=1e-6)
+    if assignment == "assignment":                 # a pixel each: the scaled features back
+        np.testing.assert_allclose(back, scaled, rtol=1e-6, atol=1e-6)
+    else:                                          # binned: some pixels are shared
+        assert layout.n_occupied_pixels < 30
+    np.testing.assert_array_equal(layout.inverse_transform(layout.transform(x)[3]), back[3:4])
+    with pytest.raises(ValueError, match=r"images must be of shape \(n, 6, 9\) or \(6, 9\), "
+                                         r"got \(40, 9, 6\)"):
+        layout.inverse_transform(np.zeros((40, 9, 6)))

@@ -88,3 +88,19 @@ def test_layout_transform_matches_pydeepinsight_with_our_coordinates(rng):
     np.testing.assert_array_equal(layout.pixel_index_, rc[:, 0] * 30 + rc[:, 1])
     expected = it.transform(Norm2Scaler().fit_transform(x), img_format="scalar")
     assert np.abs(layout.transform(x) - expected).max() <= 1e-5
+
+
+def test_pixel_coordinates_density_and_inverse_match_pydeepinsights(rng):
+    """feature_pixels / feature_density / inverse_transform are pyDeepInsight's coords() /
+    feature_density_matrix() / inverse_transform() for the same map."""
+    x = structured_matrix(rng, 60, 300)
+    layout = DeepInsightLayout(grid=(24, 30), scaling="norm2", assignment="bin").fit(x)
+    it = pdi.ImageTransformer(feature_extractor=FixedEmbedding(layout.coords_), pixels=(24, 30))
+    it.fit(x)
+    it._xrot = layout.coords_
+    it._calculate_coords()
+    np.testing.assert_array_equal(layout.feature_pixels(), it.coords())
+    np.testing.assert_array_equal(layout.feature_density(), it.feature_density_matrix())
+    images = layout.transform(x)
+    np.testing.assert_allclose(layout.inverse_transform(images), it.inverse_transform(images),
+                               rtol=0, atol=0)

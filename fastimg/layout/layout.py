@@ -339,6 +339,40 @@ class DeepInsightLayout:
         self._check_fitted()
         return int(np.unique(self.pixel_index_).size)
 
+    def feature_pixels(self) -> np.ndarray:
+        """``(row, col)`` of each feature's pixel, int64 ``[n_features, 2]`` (pyDeepInsight's
+        ``coords()``)."""
+        self._check_fitted()
+        return np.stack(np.divmod(self.pixel_index_, self.config.grid[1]), axis=1)
+
+    def feature_density(self) -> np.ndarray:
+        """How many features each pixel holds, int64 ``[height, width]`` (pyDeepInsight's
+        ``feature_density_matrix()``)."""
+        self._check_fitted()
+        height, width = self.config.grid
+        return np.bincount(self.pixel_index_, minlength=height * width).reshape(height, width)
+
+    def inverse_transform(self, images) -> np.ndarray:
+        """The value of each feature's pixel in ``images``: float32 ``[n, n_features]``.
+
+        The images hold the scaled features (features that share a pixel, their mean), so
+        this is :meth:`transform`'s input after its scaling where each feature has a pixel of
+        its own; it maps pixel attributions (saliency, Grad-CAM) back to the features.
+
+        Parameters
+        ----------
+        images : array-like, shape (n, height, width) or (height, width)
+            One image gives one row.
+        """
+        self._check_fitted()
+        images = np.asarray(images)
+        grid = tuple(self.config.grid)
+        if images.ndim not in (2, 3) or images.shape[-2:] != grid:
+            raise ValueError(f"images must be of shape (n, {grid[0]}, {grid[1]}) or "
+                             f"({grid[0]}, {grid[1]}), got {images.shape}")
+        flat = images.reshape(-1, grid[0] * grid[1])
+        return np.ascontiguousarray(flat[:, self.pixel_index_], dtype=np.float32)
+
     def raster_plan(self) -> RasterPlan:
         """The kernel contract for this layout (scaling fused)."""
         self._check_fitted()
