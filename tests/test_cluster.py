@@ -618,16 +618,23 @@ def test_a_worker_killed_at_close_leaves_no_leaked_semaphore_warning(tmp_path):
     client's process, printed "There appear to be 1 leaked semaphore objects to clean up at
     shutdown" under the command's one line (it cleans them up itself). A semaphore left
     registered stands in for the killed worker's."""
+    err = _stderr_of(tmp_path, "from multiprocessing import resource_tracker\n"
+                               "from fastimg.cluster import connect\n"
+                               "with connect('local:1'):\n"
+                               "    resource_tracker.register('/fastimg-test-left', "
+                               "'semaphore')\n")
+    assert "resource_tracker" not in err, err
+
+
+def _stderr_of(tmp_path, script: str) -> str:
+    """What a Python ``script`` run in a process of its own prints on stderr (it must succeed):
+    a local cluster's workers write there too."""
     import subprocess
 
-    script = ("from multiprocessing import resource_tracker\n"
-              "from fastimg.cluster import connect\n"
-              "with connect('local:1'):\n"
-              "    resource_tracker.register('/fastimg-test-left', 'semaphore')\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "resource_tracker" not in done.stderr, done.stderr
+    return done.stderr
 
 
 @pytest.mark.parametrize("verbose", [False, True])
@@ -637,18 +644,14 @@ def test_a_local_workers_errors_are_hidden_unless_verbose(tmp_path, verbose):
     heartbeat" and 30 lines of traceback under the command's one line. A local worker's
     errors say that its cluster is closing; failed tasks are reported by the client; -v
     keeps them."""
-    import subprocess
-
-    script = ("import logging\n"
-              "from fastimg.cluster import connect\n"
-              f"logging.getLogger('fastimg.cluster').setLevel({logging.INFO if verbose else 0})\n"
-              "with connect('local:1') as client:\n"
-              "    client.run(lambda: logging.getLogger('distributed.worker').error(\n"
-              "        'Failed to communicate with scheduler during heartbeat.'))\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=300, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert ("Failed to communicate with scheduler" in done.stderr) is verbose, done.stderr
+    err = _stderr_of(tmp_path, (
+        "import logging\n"
+        "from fastimg.cluster import connect\n"
+        f"logging.getLogger('fastimg.cluster').setLevel({logging.INFO if verbose else 0})\n"
+        "with connect('local:1') as client:\n"
+        "    client.run(lambda: logging.getLogger('distributed.worker').error(\n"
+        "        'Failed to communicate with scheduler during heartbeat.'))\n"))
+    assert ("Failed to communicate with scheduler" in err) is verbose, err
 
 
 def _ctrl_c_before_a_sync_call_starts(caplog) -> list[str]:
