@@ -212,6 +212,20 @@ def test_an_index_that_is_no_integer_is_refused(blobs, index):
         dataset.__getitems__([0, 2**70])
 
 
+@pytest.mark.parametrize("index", [[1, 2], np.array([1, 2]), torch.tensor([1, 2])])
+def test_a_list_given_as_one_index_is_refused_as_such(blobs, index):
+    # dataset[[1, 2]] failed in numpy's "boolean index did not match indexed array"
+    dataset = StoreDataset(blobs[0])
+    with pytest.raises(TypeError, match=r"StoreDataset indices must be integers, got "
+                                        r"(list|ndarray|Tensor) "):
+        dataset[index]
+    with pytest.raises(TypeError, match=r"StoreDataset indices must be integers, got list "
+                                        r"\[1, 2\]"):
+        dataset.__getitems__([0, [1, 2]])
+    with pytest.raises(TypeError, match=r"__getitems__ takes a sequence of indices, got int 3"):
+        dataset.__getitems__(3)
+
+
 def test_integer_indices_of_any_kind_are_taken(blobs):
     dataset = StoreDataset(blobs[0])
     first = dataset[0][0]

@@ -130,9 +130,16 @@ class StoreDataset(torch.utils.data.Dataset):
 
     def __getitems__(self, indices):
         """The items at ``indices`` (a list), read as one batch."""
-        positions = np.asarray(indices)
-        if positions.size and positions.dtype.kind not in "iu":  # dtype=int64 took 1.5 as 1
-            bad = [i for i in np.asarray(indices, dtype=object).ravel()
+        try:
+            positions = np.asarray(indices)
+        except ValueError:  # ragged, [0, [1, 2]]: an index that is a list, named below
+            positions = None
+        if positions is not None and positions.ndim == 0:
+            raise TypeError(f"StoreDataset.__getitems__ takes a sequence of indices, got "
+                            f"{type(indices).__name__} {indices!r}")
+        nested = positions is None or positions.ndim > 1  # dataset[[1, 2]]
+        if nested or positions.size and positions.dtype.kind not in "iu":  # int64 took 1.5
+            bad = [i for i in (indices if nested else np.asarray(indices, dtype=object))
                    if not isinstance(i, (int, np.integer)) or isinstance(i, bool)]
             if not bad:  # integers numpy holds as objects: beyond int64
                 raise IndexError(f"index out of range for {len(self)} rows")
