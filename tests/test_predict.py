@@ -1023,6 +1023,22 @@ def test_targets_that_are_no_class_indices_are_refused_not_cast():
         assert prediction.score(targets)["accuracy"] == 1.0
 
 
+def test_whole_float_targets_beyond_int64_are_out_of_range_as_given():
+    # the cast to int64 came first: a RuntimeWarning, and 1e30 shown as -9223372036854775808
+    import warnings
+
+    from fastimg.train import Prediction
+
+    prediction = Prediction(np.array([0, 1]), ["neg", "pos"], np.zeros((2, 2), np.float32),
+                            ["neg", "pos"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"got 0..1000000000000000019884624838656; map "):
+            prediction.score([0.0, 1e30])
+        with pytest.raises(ValueError, match=r"got -2..1; map "):
+            prediction.score(np.array([-2, 1], np.int8))
+
+
 @pytest.mark.parametrize("flag", ["--id-column", "--label-column"])
 def test_an_empty_column_name_is_refused_not_taken_as_none(trained, tmp_path, capsys, flag):
     # --label-column "" predicted without a word of the labels, --id-column "" numbered rows

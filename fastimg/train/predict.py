@@ -97,12 +97,13 @@ class Prediction:
             shape = "x".join(map(str, given.shape)) or "a scalar"
             raise ValueError(f"targets of shape {shape} for {len(self.indices)} predictions; "
                              f"give one class index per prediction")
-        targets = given.astype(np.int64)
-        if targets.size and not 0 <= targets.min() <= targets.max() < len(self.class_names):
+        # the range as given: the cast took 1e30 to int64's least value
+        if given.size and not 0 <= given.min() <= given.max() < len(self.class_names):
             raise ValueError(f"targets are class indices 0..{len(self.class_names) - 1} (one "
                              f"per class of {', '.join(self.class_names[:10])}), got "
-                             f"{targets.min()}..{targets.max()}; map labels (class names or "
-                             f"values) to them with Run.targets(labels)")
+                             f"{given.min():.0f}..{given.max():.0f}; map labels (class names "
+                             f"or values) to them with Run.targets(labels)")
+        targets = given.astype(np.int64)
         confusion = confusion_matrix(targets, self.indices, len(self.class_names))
         accuracy = float(np.mean(targets == self.indices)) if targets.size else None
         # the keys of a split's figures in metrics.json
