@@ -1039,6 +1039,20 @@ def test_whole_float_targets_beyond_int64_are_out_of_range_as_given():
             prediction.score(np.array([-2, 1], np.int8))
 
 
+def test_score_refusals_read_as_sentences():
+    # "targets of shape a scalar for 1 predictions"; twelve classes were listed as ten
+    from fastimg.train import Prediction
+
+    names = [f"c{k}" for k in range(12)]
+    prediction = Prediction(np.array([0]), ["c0"], np.zeros((1, 12), np.float32), names)
+    with pytest.raises(ValueError, match=r"^targets are a scalar for 1 prediction; give one "
+                                         r"class index per prediction$"):
+        prediction.score(1)
+    with pytest.raises(ValueError, match=r"\(one per class of c0, c1, c2, c3, c4, c5, c6, c7, "
+                                         r"c8, c9 and 2 more\), got 12..12; "):
+        prediction.score([12])
+
+
 @pytest.mark.parametrize("flag", ["--id-column", "--label-column"])
 def test_an_empty_column_name_is_refused_not_taken_as_none(trained, tmp_path, capsys, flag):
     # --label-column "" predicted without a word of the labels, --id-column "" numbered rows

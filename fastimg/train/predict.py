@@ -94,13 +94,14 @@ class Prediction:
                             f"{len(self.class_names) - 1}), got {given.dtype} values; map "
                             f"labels (class names or values) to them with Run.targets(labels)")
         if given.shape != np.shape(self.indices):
-            shape = "x".join(map(str, given.shape)) or "a scalar"
-            raise ValueError(f"targets of shape {shape} for {len(self.indices)} predictions; "
-                             f"give one class index per prediction")
+            what = f"of shape {'x'.join(map(str, given.shape))}" if given.ndim else "are a scalar"
+            n = len(self.indices)
+            raise ValueError(f"targets {what} for {n} "
+                             f"prediction{'s' * (n != 1)}; give one class index per prediction")
         # the range as given: the cast took 1e30 to int64's least value
         if given.size and not 0 <= given.min() <= given.max() < len(self.class_names):
             raise ValueError(f"targets are class indices 0..{len(self.class_names) - 1} (one "
-                             f"per class of {', '.join(self.class_names[:10])}), got "
+                             f"per class of {_shown_classes(self.class_names, None)}), got "
                              f"{given.min():.0f}..{given.max():.0f}; map labels (class names "
                              f"or values) to them with Run.targets(labels)")
         targets = given.astype(np.int64)
