@@ -1069,7 +1069,8 @@ def test_labels_are_a_sequence_of_labels():
     # a lone "pos" was read as the labels 'p', 'o', 's'; a generator failed in len()
     from fastimg.train.predict import class_indices
 
-    for one in ("pos", b"pos", 1, np.int64(1)):
+    # a 0-d array or tensor failed in list() with "iteration over a 0-d array"
+    for one in ("pos", b"pos", 1, np.int64(1), np.array("pos"), np.array(1), torch.tensor(1)):
         with pytest.raises(TypeError, match=r"labels are one label per text \(a list, an "
                                             r"array, a column\), got "):
             class_indices(one, ["neg", "pos"])

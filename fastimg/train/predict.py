@@ -485,8 +485,8 @@ def class_indices(labels, class_names, class_values=None) -> np.ndarray:
 
     from fastimg.corpus._load import _as_integer, _class_name, _is_missing
 
-    if isinstance(labels, (str, bytes)) or np.ndim(labels) == 0 and not hasattr(
-            labels, "__iter__"):
+    if isinstance(labels, (str, bytes)) or not hasattr(labels, "__iter__") or getattr(
+            labels, "ndim", None) == 0:  # a 0-d array or tensor has __iter__, and fails in it
         raise TypeError(f"labels are one label per text (a list, an array, a column), got "
                         f"{type(labels).__name__} {_shown_label(labels)}")
     labels = list(labels)  # a generator has no len()
