@@ -407,8 +407,20 @@ class Run:
         store's labels: a class's name (``"pos"``), or its integer value for a store built
         from integer labels (``1``, ``"1"`` or ``1.0``).
 
+        Parameters
+        ----------
+        labels : iterable
+            One label per text (a list, an array, a column, a generator).
+
+        Returns
+        -------
+        ndarray of int64, shape (n,)
+            Indices into :attr:`class_names`, for :meth:`Prediction.score`.
+
         Raises
         ------
+        TypeError
+            For one label given alone (``"pos"``, ``1``) rather than one per text.
         ValueError
             Naming the labels that are no class of the run (or missing), with their counts.
             A run from before the bundle recorded the class values (``class_values``) knows
