@@ -444,3 +444,17 @@ def test_pixels_density_and_inverse_transform_describe_the_map(rng, assignment):
     with pytest.raises(ValueError, match=r"images must be of shape \(n, 6, 9\) or \(6, 9\), "
                                          r"got \(40, 9, 6\)"):
         layout.inverse_transform(np.zeros((40, 9, 6)))
+
+
+def test_inverse_transform_reads_uint8_images_as_the_trainer_does(rng):
+    # a uint8 store's images (to_image_dtype: [0, 1] as 0..255) came back 255 times the
+    # scaled features the docstring promises
+    from fastimg.raster import to_image_dtype
+
+    x = structured_matrix(rng, 40, 30)
+    layout = DeepInsightLayout(grid=(6, 9), method="pca", assignment="assignment").fit(x)
+    images = layout.transform(x)
+    stored = to_image_dtype(images, "uint8")
+    back = layout.inverse_transform(stored)
+    assert back.dtype == np.float32
+    np.testing.assert_allclose(back, layout.inverse_transform(images), rtol=0, atol=0.5 / 255)

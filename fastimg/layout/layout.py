@@ -362,7 +362,8 @@ class DeepInsightLayout:
         Parameters
         ----------
         images : array-like, shape (n, height, width) or (height, width)
-            One image gives one row.
+            One image gives one row. ``uint8`` images (a store's) are scaled back to [0, 1],
+            as the trainer reads them.
         """
         self._check_fitted()
         images = np.asarray(images)
@@ -370,8 +371,11 @@ class DeepInsightLayout:
         if images.ndim not in (2, 3) or images.shape[-2:] != grid:
             raise ValueError(f"images must be of shape (n, {grid[0]}, {grid[1]}) or "
                              f"({grid[0]}, {grid[1]}), got {images.shape}")
-        flat = images.reshape(-1, grid[0] * grid[1])
-        return np.ascontiguousarray(flat[:, self.pixel_index_], dtype=np.float32)
+        values = np.ascontiguousarray(images.reshape(-1, grid[0] * grid[1])[:, self.pixel_index_],
+                                      dtype=np.float32)
+        if images.dtype == np.uint8:  # fastimg.raster.to_image_dtype's 0..255
+            values *= np.float32(1.0 / 255.0)
+        return values
 
     def raster_plan(self) -> RasterPlan:
         """The kernel contract for this layout (scaling fused)."""
