@@ -441,9 +441,13 @@ def test_pixels_density_and_inverse_transform_describe_the_map(rng, assignment):
     else:                                          # binned: some pixels are shared
         assert layout.n_occupied_pixels < 30
     np.testing.assert_array_equal(layout.inverse_transform(layout.transform(x)[3]), back[3:4])
-    with pytest.raises(ValueError, match=r"images must be of shape \(n, 6, 9\) or \(6, 9\), "
-                                         r"got \(40, 9, 6\)"):
+    # a model's input or its attribution map, [n, 1, H, W]
+    np.testing.assert_array_equal(layout.inverse_transform(layout.transform(x)[:, None]), back)
+    with pytest.raises(ValueError, match=r"images must be of shape \(n, 6, 9\), \(n, 1, 6, 9\) "
+                                         r"or \(6, 9\), got \(40, 9, 6\)"):
         layout.inverse_transform(np.zeros((40, 9, 6)))
+    with pytest.raises(ValueError, match=r"got \(40, 3, 6, 9\)"):
+        layout.inverse_transform(np.zeros((40, 3, 6, 9)))
 
 
 def test_inverse_transform_reads_uint8_images_as_the_trainer_does(rng):

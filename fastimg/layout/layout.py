@@ -361,16 +361,20 @@ class DeepInsightLayout:
 
         Parameters
         ----------
-        images : array-like, shape (n, height, width) or (height, width)
-            One image gives one row. ``uint8`` images (a store's) are scaled back to [0, 1],
-            as the trainer reads them.
+        images : array-like, shape (n, height, width), (n, 1, height, width) or (height, width)
+            One image gives one row; a channel axis of one (a model's input, an attribution
+            map of it) is dropped. ``uint8`` images (a store's) are scaled back to [0, 1], as
+            the trainer reads them.
         """
         self._check_fitted()
         images = np.asarray(images)
         grid = tuple(self.config.grid)
+        if images.ndim == 4 and images.shape[1] == 1:
+            images = images[:, 0]
         if images.ndim not in (2, 3) or images.shape[-2:] != grid:
-            raise ValueError(f"images must be of shape (n, {grid[0]}, {grid[1]}) or "
-                             f"({grid[0]}, {grid[1]}), got {images.shape}")
+            raise ValueError(f"images must be of shape (n, {grid[0]}, {grid[1]}), (n, 1, "
+                             f"{grid[0]}, {grid[1]}) or ({grid[0]}, {grid[1]}), got "
+                             f"{images.shape}")
         values = np.ascontiguousarray(images.reshape(-1, grid[0] * grid[1])[:, self.pixel_index_],
                                       dtype=np.float32)
         if images.dtype == np.uint8:  # fastimg.raster.to_image_dtype's 0..255

@@ -217,8 +217,10 @@ class StoreSampler(torch.utils.data.Sampler):
         if self.rank >= self.num_replicas:
             raise ValueError(f"rank must be below num_replicas ({self.num_replicas}), "
                              f"got {rank}")
+        if not isinstance(shuffle, (bool, np.bool_)):  # "no" shuffled
+            raise TypeError(f"shuffle must be True or False, got {shuffle!r}")
         self.size = len(dataset)
-        self.shuffle = shuffle
+        self.shuffle = bool(shuffle)
         # as TrainConfig's seed: int() took 1.7 as 1, and numpy's refusal of -1 named no seed
         self.seed = check_seed("seed", seed)
         self.epoch = 0
