@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -426,20 +425,8 @@ class Run:
             A run from before the bundle recorded the class values (``class_values``) knows
             its classes by name only.
         """
-        if isinstance(labels, Iterator):  # read twice below
-            labels = list(labels)
-        try:
-            return class_indices(labels, self.class_names, self.class_values)
-        except ValueError as exc:
-            # classes named 3 / 7 match integer labels by name: those of neg / pos may not
-            if "class_values" in self.bundle or all(
-                    _is_integer_label(name) for name in self.class_names) or not any(
-                    _is_integer_label(label) for label in labels):
-                raise
-            raise ValueError(f"{str(exc).removesuffix(_FIX_LABELS)}; this run's "
-                             f"{BUNDLE_FILE} is older than the class values "
-                             f"it now records, so integer labels are unknown to it: give the "
-                             f"class names, or train the run again") from None
+        return class_indices(labels, self.class_names, self.class_values,
+                             values_recorded="class_values" in self.bundle)
 
     def _prediction(self, logits: np.ndarray) -> Prediction:
         probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
@@ -478,24 +465,30 @@ def _shown_classes(class_names, class_values) -> str:
     return ", ".join(shown[:10]) + more
 
 
-def _is_integer_label(label) -> bool:
+def _integer_of(label) -> int | None:
+    """The integer a label is (``1``, ``"1"``, ``1.0``, ``np.int64(1)``), or None: text, a
+    fraction, a missing label (``_as_integer``'s ``False`` for a fraction is told from ``0`` by
+    identity)."""
     from fastimg.corpus._load import _as_integer, _is_missing
 
     if isinstance(label, np.generic):
         label = label.item()
     if _is_missing(label):
-        return False
+        return None
     number = _as_integer(label)
-    return number is not None and number is not False
+    return None if number is None or number is False else number
 
 
-def class_indices(labels, class_names, class_values=None) -> np.ndarray:
+def class_indices(labels, class_names, class_values=None, *,
+                  values_recorded: bool = True) -> np.ndarray:
     """int64 index into ``class_names`` of each label: an integer label by ``class_values``
     (the stored value of each class) when they are given, any other by its name (``1.0`` is
-    ``"1"``, text is stripped). ValueError naming the labels that match no class."""
+    ``"1"``, text is stripped). ValueError naming the labels that match no class; with
+    ``values_recorded`` false (a run from before bundles recorded class values), one that
+    holds integer labels while the classes have other names says why they are unknown."""
     from collections.abc import Hashable
 
-    from fastimg.corpus._load import _as_integer, _class_name, _is_missing
+    from fastimg.corpus._load import _class_name, _is_missing
 
     if isinstance(labels, (str, bytes)) or not hasattr(labels, "__iter__") or getattr(
             labels, "ndim", None) == 0:  # a 0-d array or tensor has __iter__, and fails in it
@@ -506,8 +499,8 @@ def class_indices(labels, class_names, class_values=None) -> np.ndarray:
     values = {int(v): k for k, v in enumerate(class_values)} if class_values else {}
 
     def class_of(label) -> int:
-        number = _as_integer(label)  # 0 == False: tested by identity
-        if values and number is not None and number is not False:
+        number = _integer_of(label)
+        if values and number is not None:
             return values.get(number, -1)
         return names.get(_class_name(label), -1)
 
@@ -528,9 +521,17 @@ def class_indices(labels, class_names, class_values=None) -> np.ndarray:
                           f"({count} row{'s' * (count != 1)})"
                           for label, count in list(unknown.items())[:5])
         more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        advice = _FIX_LABELS
+        # classes named 3 / 7 match integer labels by name: those of neg / pos may not
+        if not values_recorded and not all(_integer_of(name) is not None
+                                           for name in class_names) and any(
+                _integer_of(label) is not None for label in labels):
+            advice = (f"; this run's {BUNDLE_FILE} is older than the class values it now "
+                      f"records, so integer labels are unknown to it: give the class names, "
+                      f"or train the run again")
         raise ValueError(f"labels that are no class of the run "
                          f"({_shown_classes(class_names, class_values)}): {shown}{more}"
-                         f"{_FIX_LABELS}")
+                         f"{advice}")
     return out
 
 
