@@ -9,7 +9,7 @@ from fastimg import store
 from fastimg.train import StoreDataset, StoreSampler
 from fastimg.train.data import BatchSource, ChunkedReader
 
-from test_train import write_store
+from test_train import _CountingArray, write_store
 
 
 @pytest.fixture(scope="module")
@@ -116,23 +116,10 @@ def test_the_sampler_reads_in_the_trainers_order(blobs):
         np.testing.assert_array_equal(dataset.rows[sampler.order()], source.order(epoch))
 
 
-class _CountingArray:
-    """An array that counts the reads a chunk cache makes of it."""
-
-    def __init__(self, array):
-        self.array, self.shape, self.dtype, self.chunks = (array, array.shape, array.dtype,
-                                                            array.chunks)
-        self.reads = 0
-
-    def __getitem__(self, key):
-        self.reads += 1
-        return self.array[key]
-
-
 def test_a_split_beyond_the_cache_is_decoded_once_an_epoch(blobs):
     path = blobs[0]
     dataset = StoreDataset(path, "train", cache_bytes=1)       # keeps 2 chunks of 64 rows
-    counting = _CountingArray(dataset._images.array)
+    counting = _CountingArray(dataset._images.array, dataset._images.chunk_rows)
     dataset._images.array = counting
     loader = torch.utils.data.DataLoader(dataset, batch_size=16, sampler=dataset.sampler())
     for epoch in range(2):
@@ -257,7 +244,7 @@ def test_cache_bytes_bounds_the_embeddings_too(blobs):
     # the embeddings' reader kept its 4 GiB default whatever cache_bytes said
     dataset = StoreDataset(blobs[0], embeddings=True, cache_bytes=1)
     assert dataset._images.max_chunks == dataset._embeddings.max_chunks == 2
-    counting = _CountingArray(dataset._embeddings.array)
+    counting = _CountingArray(dataset._embeddings.array, dataset._embeddings.chunk_rows)
     dataset._embeddings.array = counting
     loader = torch.utils.data.DataLoader(dataset, batch_size=16, sampler=dataset.sampler())
     assert sum(len(targets) for *_, targets in loader) == len(dataset)
