@@ -41,13 +41,16 @@ def _mean_images(images, labels: np.ndarray, block_rows: int = 8192) -> dict:
     return {value: sums[value] / counts[value] for value in sorted(sums)}
 
 
-def layout_map(pixel_index: np.ndarray, grid, group_size: int | None = None):
-    """Features per pixel, and (when ``group_size`` is given, e.g. the hidden size of the
-    encoder) the feature group (layer) most represented on each pixel (-1 where empty)."""
-    height, width = grid
-    counts = np.bincount(pixel_index, minlength=height * width).reshape(height, width)
+def layout_map(layout, group_size: int | None = None):
+    """Features per pixel of the fitted ``layout`` (:meth:`DeepInsightLayout.feature_density
+    <fastimg.layout.DeepInsightLayout.feature_density>`), and (when ``group_size`` is given,
+    e.g. the hidden size of the encoder) the feature group (layer) most represented on each
+    pixel (-1 where empty)."""
+    counts = layout.feature_density()
     if not group_size:
         return counts, None
+    height, width = counts.shape
+    pixel_index = np.asarray(layout.pixel_index_, dtype=np.int64)
     groups = np.arange(pixel_index.size) // group_size
     n_groups = int(groups.max()) + 1
     tally = np.zeros((height * width, n_groups), dtype=np.int64)
@@ -225,9 +228,8 @@ def show_store(path, out, *, n_per_class: int = 4, seed: int = 0) -> None:
     layout = reader.layout()
     grid = tuple(layout.config.grid)
     layers = list(reader.provenance.get("layers") or [])
-    pixel_index = np.asarray(layout.pixel_index_, dtype=np.int64)
-    group_size = pixel_index.size // len(layers) if layers else None
-    counts, dominant = layout_map(pixel_index, grid, group_size)
+    group_size = layout.n_features // len(layers) if layers else None
+    counts, dominant = layout_map(layout, group_size)
 
     # the class means and their contrast wrap over rows of the samples' width (one row of
     # 21 columns for 20 classes drew 882 axes, most of them empty); the samples are those the
