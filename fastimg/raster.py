@@ -201,6 +201,13 @@ def to_image_dtype(images: np.ndarray, dtype: str) -> np.ndarray:
     return images.astype(dtype, copy=False)
 
 
+def image_unit(dtype) -> np.float32:
+    """What a step of 1 in a stored image dtype is worth in [0, 1]: ``1/255`` for ``uint8``
+    (:func:`to_image_dtype`'s 0..255), 1 for the float dtypes. Stored values times this are
+    the images as the trainer reads them."""
+    return np.float32(1 / 255) if np.dtype(dtype) == np.uint8 else np.float32(1)
+
+
 def rasterize_to_array(source, plan: RasterPlan, target, *, backend: str = "auto",
                        block_rows: int | None = None, start_row: int = 0,
                        progress: bool = True, on_block=None) -> None:

@@ -10,6 +10,7 @@ from fastimg import store
 from fastimg._figures import save_figure
 from fastimg._validation import (check_can_write, check_count, check_seed,
                                  file_in_the_way)
+from fastimg.raster import image_unit
 
 logger = logging.getLogger("fastimg.show")
 
@@ -221,7 +222,7 @@ def show_store(path, out, *, n_per_class: int = 4, seed: int = 0) -> None:
     values = np.unique(labels)
     rows = _class_rows(labels, n_per_class, seed)
     # a uint8 store's codes drawn in [0, 1], as the trainer reads them and float stores hold
-    unit = np.float32(1 / 255) if images.dtype == np.uint8 else np.float32(1)
+    unit = image_unit(images.dtype)
     means = {value: mean * unit for value, mean in _mean_images(images, labels).items()}
     fit_rows, fit_rows_name = _standardising_rows(reader, labels.size)
     pixel_mean, pixel_std = (stat * unit for stat in pixel_stats(images, fit_rows))

@@ -134,3 +134,14 @@ def test_uint8_images_of_unscaled_features_outside_0_1_are_refused(rng, tmp_path
     build_image_store(rng.random((40, 30)).astype(np.float32), ok, layout,
                       ImagesConfig(image_dtype="uint8"), progress=False)
     assert store.StoreReader(ok).images.dtype == np.uint8
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float16", "float32"])
+def test_image_unit_reads_each_stored_dtype_back_into_the_unit_interval(dtype):
+    from fastimg.raster import image_unit, to_image_dtype
+
+    values = np.random.default_rng(0).random((4, 5, 6), dtype=np.float32)
+    back = to_image_dtype(values, dtype).astype(np.float32) * image_unit(dtype)
+    step = 1 / 255 if dtype == "uint8" else 1e-3  # uint8 rounds to the nearest of 0..255
+    assert np.abs(back - values).max() <= step / 2 + 1e-7
+    assert back.dtype == np.float32

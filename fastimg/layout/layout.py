@@ -13,6 +13,7 @@ import numpy as np
 from fastimg._validation import (check_count, check_feature_matrix, check_grid, check_seed,
                                  is_whole)
 from fastimg.kernels import RasterPlan
+from fastimg.raster import image_unit
 
 from .embedding import METHODS, TSNE_BACKENDS, TSNE_METRICS, embed_points
 from .pixels import ASSIGNMENTS, assign_pixels, rotate_to_bounding_rectangle
@@ -378,7 +379,7 @@ class DeepInsightLayout:
         values = np.ascontiguousarray(images.reshape(-1, grid[0] * grid[1])[:, self.pixel_index_],
                                       dtype=np.float32)
         if images.dtype == np.uint8:  # fastimg.raster.to_image_dtype's 0..255
-            values *= np.float32(1.0 / 255.0)
+            values *= image_unit(images.dtype)
         return values
 
     def raster_plan(self) -> RasterPlan:

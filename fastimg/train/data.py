@@ -16,6 +16,7 @@ import torch
 
 from fastimg import store
 from fastimg._registry import Registry, has_module, torch_cuda_available
+from fastimg.raster import image_unit
 
 logger = logging.getLogger("fastimg.train")
 
@@ -148,7 +149,7 @@ def as_loaded(block: np.ndarray) -> np.ndarray:
     out = np.empty(block.shape, dtype=np.float32)
     torch.from_numpy(out).copy_(torch.from_numpy(np.ascontiguousarray(block)))
     if block.dtype == np.uint8:
-        out *= np.float32(1.0 / 255.0)
+        out *= image_unit(block.dtype)
     return out
 
 

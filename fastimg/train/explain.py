@@ -384,7 +384,7 @@ def _to_features(run, pixel_importance, *, method, split, rows) -> Explanation:
     ranking = np.lexsort((np.arange(n_features), -overall))
     hidden = int(run.bundle.get("hidden_size") or n_features)
     layers = run.bundle.get("layers") or list(range(-(-n_features // hidden)))
-    share = np.bincount(pix, minlength=flat.shape[1])[pix]
+    share = run.layout.feature_density().ravel()[pix]  # the features on each one's pixel
     layer_of = np.arange(n_features) // hidden
     totals = np.bincount(layer_of, weights=overall / share, minlength=len(layers))
     return Explanation(
