@@ -133,9 +133,9 @@ def cmd_predict(args) -> int:
                             f"another") from None
         ids, texts = read[:2]
         if args.label_column:  # every label a class of the run, before the encoding
-            from fastimg.corpus._load import _is_missing
+            from fastimg.corpus.cells import is_missing_label
 
-            if read[2] and all(_is_missing(label) for label in read[2]):
+            if read[2] and all(is_missing_label(label) for label in read[2]):
                 raise UserError(f"--label-column {args.label_column} of {args.input} holds no "
                                 f"labels (every row's is empty); predict without "
                                 f"--label-column, or name the column of the true classes")

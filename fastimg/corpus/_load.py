@@ -2,24 +2,21 @@
 from __future__ import annotations
 
 import logging
-import math
-import re
-from decimal import Decimal
 
 import numpy as np
 
 from fastimg._validation import MAX_LISTED, check_config, lone_surrogate
 from fastimg.corpus._base import PAPER_VAL_FRACTION, Corpus, CorpusConfig, CorpusError
+from fastimg.corpus.cells import (as_integer, cell_text, class_name, id_text, id_values,
+                                  is_missing_label, scalars)
 from fastimg.corpus.imdb import IMDB_LABEL_NAMES, resolve_imdb
 from fastimg.corpus.readers import Table, read_table
 from fastimg.store.schema import SPLIT_ALIASES
 
 logger = logging.getLogger("fastimg.corpus")
 
-MISSING_LABELS = {"", "nan", "na", "n/a", "null", "none"}
 #: A label column that many rows long, every value distinct, is not one (an id or text column).
 MIN_ROWS_ALL_DISTINCT = 10
-_NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
 
 
 def load_corpus(config: CorpusConfig, storage_options: dict | None = None) -> Corpus:
@@ -264,7 +261,7 @@ def _note_number_spellings(values, column: str, notes: list) -> None:
     one class, as numbers, but codes such as ``01`` seldom mean ``1``."""
     spellings: dict = {}
     for value in dict.fromkeys(v for v in values if isinstance(v, str)):
-        spellings.setdefault(_as_integer(value), set()).add(value.strip())
+        spellings.setdefault(as_integer(value), set()).add(value.strip())
     merged = [" / ".join(map(repr, sorted(names))) for number, names in spellings.items()
               if len(names) > 1]
     if merged:
@@ -274,25 +271,8 @@ def _note_number_spellings(values, column: str, notes: list) -> None:
                      f"are not numbers")
 
 
-def _is_missing(value) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, float):
-        return math.isnan(value)
-    return isinstance(value, str) and value.strip().lower() in MISSING_LABELS
-
-
 def _first(values, predicate) -> int:
     return next(i for i, v in enumerate(values) if predicate(v))
-
-
-def _id_text(value) -> str:
-    """An id (from :func:`id_values`) as text."""
-    if _is_missing(value):
-        return ""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value).strip()
 
 
 def _ids(table: Table, column: str | None) -> np.ndarray:
@@ -302,7 +282,7 @@ def _ids(table: Table, column: str | None) -> np.ndarray:
     if all(type(v) is str for v in values):
         ids = [v.strip() for v in values]
     else:
-        ids = [_id_text(v) for v in values]
+        ids = [id_text(v) for v in values]
     if "" in set(ids):
         raise CorpusError(f"id column {column!r} is empty at {table.where(ids.index(''))}")
     if len(set(ids)) != len(ids):
@@ -319,10 +299,10 @@ def _labels(table: Table, column: str):
     """-> (labels int64, class_names, class_values or None); each distinct value parsed once."""
     values = scalars(table, column)
     distinct = list(dict.fromkeys(values))
-    if any(_is_missing(v) for v in distinct):
+    if any(is_missing_label(v) for v in distinct):
         raise CorpusError(f"label is missing (NaN or empty) in column {column!r} at "
-                          f"{table.where(_first(values, _is_missing))}; drop or fix that row")
-    numbers = {value: _as_integer(value) for value in distinct}
+                          f"{table.where(_first(values, is_missing_label))}; drop or fix that row")
+    numbers = {value: as_integer(value) for value in distinct}
     if all(number is not None for number in numbers.values()):
         # every label is a number (a CSV's too): one that is not an integer is refused,
         # whichever comes first, rather than turning the column into string classes
@@ -343,66 +323,18 @@ def _labels(table: Table, column: str):
         class_values = tuple(sorted(set(numbers.values())))
         names = table.label_names if set(class_values) <= set(table.label_names) else {}
         return labels, [names.get(v, str(v)) for v in class_values], class_values
-    strings = {v: _class_name(v) for v in distinct}
+    strings = {v: class_name(v) for v in distinct}
     class_names = sorted(set(strings.values()))
     index = {v: class_names.index(name) for v, name in strings.items()}
     labels = np.fromiter((index[v] for v in values), dtype=np.int64, count=len(values))
     return labels, class_names, None
 
 
-def _class_name(value) -> str:
-    """A label's class name among text labels: a typed number (JSON, Parquet) named by its
-    integer when it is one (``1`` and ``1.0`` are one class), text as written, stripped."""
-    if isinstance(value, (float, np.floating, Decimal)) and _as_integer(value) is not False:
-        return str(int(value))
-    return str(value).strip()
-
-
-def id_values(table: Table, column: str) -> list:
-    """The id column's values as :func:`scalars` gives them, but a binary id that is not UTF-8
-    text (a UUID, a digest) kept, as hex."""
-    return scalars(table, column, [v.hex() if isinstance(v, bytes) else v
-                                   for v in table.columns[column]])
-
-
-def scalars(table: Table, column: str, values=None) -> list:
-    """The column's ``values`` (default: the table's); a nested value (a JSON list or object, a
-    Parquet list or struct) or bytes that are not UTF-8 (a Parquet binary column) is refused,
-    naming its row (``str()`` would make ``"{'a': 1}"`` or ``"b'..'"`` of it)."""
-    values = table.columns[column] if values is None else values
-    for i, value in enumerate(values):
-        if isinstance(value, (list, dict)):
-            kind = "list" if isinstance(value, list) else "object"
-            raise CorpusError(f"column {column!r} holds a nested {kind} at {table.where(i)}; "
-                              f"expected a single value")
-        if isinstance(value, bytes):
-            raise CorpusError(f"column {column!r} holds bytes that are not UTF-8 text at "
-                              f"{table.where(i)}; store the column as UTF-8 text")
-    return values
-
-
-def _as_integer(value):
-    """An int, ``None`` (not a number: string labels) or ``False`` (a non-integral number)."""
-    if isinstance(value, (bool, np.bool_, int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return int(value) if float(value).is_integer() else False
-    if isinstance(value, Decimal):  # a Parquet decimal column (SQL's NUMERIC)
-        return int(value) if value.is_finite() and value == value.to_integral_value() else False
-    if isinstance(value, str) and _NUMBER.match(value.strip()):
-        text = value.strip()
-        if text.lstrip("+-").isdigit():
-            return int(text)  # exact, however many digits
-        number = float(text)
-        return int(number) if math.isfinite(number) and number.is_integer() else False
-    return None
-
-
 def _split_values(table: Table, column: str) -> np.ndarray:
     values = scalars(table, column)
     names = {}
     for value in dict.fromkeys(values):
-        name = None if _is_missing(value) else SPLIT_ALIASES.get(str(value).strip().lower())
+        name = None if is_missing_label(value) else SPLIT_ALIASES.get(str(value).strip().lower())
         if name is None:
             where = table.where(_first(values, lambda v: v is value or v == value))
             raise CorpusError(f"split column {column!r} has {value!r} at {where}; "
@@ -464,7 +396,7 @@ def _texts(table: Table, columns, rows: np.ndarray) -> list:
     selected = [scalars(table, c) for c in columns]
     texts = []
     for i in rows.tolist():
-        parts = [_text(col[i]) for col in selected]
+        parts = [cell_text(col[i]) for col in selected]
         text = parts[0] if len(parts) == 1 else "\n".join(p for p in parts if p)
         at = lone_surrogate(text)
         if at is not None:
@@ -473,13 +405,3 @@ def _texts(table: Table, columns, rows: np.ndarray) -> list:
                               f"it), which no tokenizer reads; fix or drop that row")
         texts.append(text)
     return texts
-
-
-def _text(value) -> str:
-    """A text cell (from :func:`scalars`: never nested, never bytes) as text."""
-    if isinstance(value, str):
-        return value
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return str(value)
-

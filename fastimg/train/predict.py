@@ -467,15 +467,15 @@ def _shown_classes(class_names, class_values) -> str:
 
 def _integer_of(label) -> int | None:
     """The integer a label is (``1``, ``"1"``, ``1.0``, ``np.int64(1)``), or None: text, a
-    fraction, a missing label (``_as_integer``'s ``False`` for a fraction is told from ``0`` by
+    fraction, a missing label (``as_integer``'s ``False`` for a fraction is told from ``0`` by
     identity)."""
-    from fastimg.corpus._load import _as_integer, _is_missing
+    from fastimg.corpus.cells import as_integer, is_missing_label
 
     if isinstance(label, np.generic):
         label = label.item()
-    if _is_missing(label):
+    if is_missing_label(label):
         return None
-    number = _as_integer(label)
+    number = as_integer(label)
     return None if number is None or number is False else number
 
 
@@ -488,7 +488,7 @@ def class_indices(labels, class_names, class_values=None, *,
     holds integer labels while the classes have other names says why they are unknown."""
     from collections.abc import Hashable
 
-    from fastimg.corpus._load import _class_name, _is_missing
+    from fastimg.corpus.cells import class_name, is_missing_label
 
     if isinstance(labels, (str, bytes)) or not hasattr(labels, "__iter__") or getattr(
             labels, "ndim", None) == 0:  # a 0-d array or tensor has __iter__, and fails in it
@@ -502,14 +502,14 @@ def class_indices(labels, class_names, class_values=None, *,
         number = _integer_of(label)
         if values and number is not None:
             return values.get(number, -1)
-        return names.get(_class_name(label), -1)
+        return names.get(class_name(label), -1)
 
     index, unknown = {}, {}
     out = np.empty(len(labels), dtype=np.int64)
     for i, label in enumerate(labels):
         if isinstance(label, np.generic):  # np.int64(5) is shown as 5
             label = label.item()
-        missing = _is_missing(label)
+        missing = is_missing_label(label)
         key = _MISSING if missing else label if isinstance(label, Hashable) else repr(label)
         if key not in index:
             index[key] = -1 if missing else class_of(label)

@@ -50,7 +50,7 @@ def read_input_texts(path, text_columns=("text",), id_column=None, *,
         whose message lists the columns that exist) or a text with a lone surrogate (the
         message names its row).
     """
-    from fastimg.corpus._load import _id_text, _text, id_values, scalars
+    from fastimg.corpus.cells import cell_text, id_text, id_values, scalars
     from fastimg.corpus.readers import SUPPORTED, TABLE_SUFFIXES, TAR_SUFFIXES, read_table
 
     path = Path(path)
@@ -72,11 +72,11 @@ def read_input_texts(path, text_columns=("text",), id_column=None, *,
     selected = [scalars(table, c) for c in text_columns]
     texts = []
     for i in range(table.n_rows):
-        parts = [_text(col[i]) for col in selected]
+        parts = [cell_text(col[i]) for col in selected]
         texts.append(parts[0] if len(parts) == 1 else "\n".join(p for p in parts if p))
         _check_text(texts[-1], f"{table.where(i)} of {path}")
     if id_column:
-        ids = [_id_text(v) for v in id_values(table, id_column)]
+        ids = [id_text(v) for v in id_values(table, id_column)]
         _warn_of_ambiguous_ids(ids, id_column, path)
     else:
         ids = [str(i) for i in range(table.n_rows)]
