@@ -63,4 +63,4 @@ def check_outside_stores(path) -> None:
     kind = model_type(path) if Path(path).is_dir() else None
     if kind is not None:
         raise StoreError(f"{path} is a model folder (a {kind!r} model): a run written there "
-                         f"would overwrite its {CONFIG_FILE}; choose another --out")
+                         f"would overwrite its {CONFIG_FILE}; choose another output path")

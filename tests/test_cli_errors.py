@@ -796,3 +796,17 @@ def test_a_full_disk_is_one_line_that_says_what_to_do(tmp_path, capsys, monkeypa
     assert one_line(capsys.readouterr().err) == (
         "fastimg build-dataset: error: no space left on the device: free some space, then "
         "rerun to resume (the unfinished build is kept)")
+
+
+def test_the_library_advises_an_output_path_and_the_command_line_its_out_flag(tmp_path):
+    from fastimg.store import StoreError
+    from fastimg.store.writer import check_writable
+
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("mine")
+    with pytest.raises(StoreError) as refused:
+        check_writable(tmp_path / "notes", force=True)
+    message = str(refused.value)
+    assert "choose another output path" in message and "--out" not in message
+    flags = cli.flags_of(cli.build_parser(), "build-dataset")
+    assert report.as_flag(message, flags).endswith("is not a fastimg store; choose another --out")

@@ -36,10 +36,13 @@ def one_line(exc: BaseException) -> str:
     return " ".join(text.split()) or type(exc).__name__
 
 
-#: the library's keyword arguments that messages advise, as the command line's flags
+#: what the library's messages advise (its keyword arguments, an output path), as the
+#: command line's flags
 _ARGUMENT_FLAGS = {"force=True": "--force", "reuse=False": "--no-reuse",
                    # fit's: train --force is passed to it as overwrite=True
-                   "overwrite=True": "--force"}
+                   "overwrite=True": "--force",
+                   # every command names its output --out
+                   "another output path": "another --out"}
 
 
 def as_flag(message: str, flags: dict) -> str:

@@ -427,7 +427,8 @@ def _lock(lock: Path, path: Path) -> int | None:
             holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
             os.close(fd)
             raise StoreError(f"{path} is being written by another fastimg command "
-                             f"({holder}): wait for it to end, or choose another --out") from None
+                             f"({holder}): wait for it to end, or choose another output "
+                             f"path") from None
         except OSError as exc:  # Lustre without -o flock: ENOSYS, NFS without lockd: ENOLCK
             os.close(fd)
             with suppress(OSError):  # nobody can hold it: leave nothing behind

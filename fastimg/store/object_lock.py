@@ -195,7 +195,7 @@ def hold(location):
                 raise StoreError(
                     f"{location} is being written by another fastimg command ({who}, its lock "
                     f"{location}{LOCK_SUFFIX} last written {age:.0f} s ago): wait for it to "
-                    f"end, or choose another --out (a lock not renewed for "
+                    f"end, or choose another output path (a lock not renewed for "
                     f"{LEASE_SECONDS:.0f} s is taken over)") from None
             if age > LEASE_SECONDS:
                 logger.warning("taking over the build lock of %s: %s has not renewed it for "

@@ -346,7 +346,7 @@ def check_writable(path, *, force: bool) -> None:
     if location.read_attrs(path) is None:
         if location.read_attrs(path, BUILD_KEY) is not None:
             return  # an object store's unfinished build is in place: resumed, not refused
-        raise StoreError(f"{path} exists and is not a fastimg store; choose another --out")
+        raise StoreError(f"{path} exists and is not a fastimg store; choose another output path")
     if not force:
         raise StoreError(f"{path} already exists; pass force=True to replace it")
 
