@@ -9,8 +9,8 @@ from pathlib import Path
 
 from fastimg import store
 from fastimg._validation import MAX_LISTED
-from fastimg.run_folder import (CONFIG_FILE, METRICS_FILE, NORMALISER_FILE, RUN_FILES,
-                                run_files_in)
+from fastimg.run_folder import (CONFIG_FILE, METRICS_FILE, NORMALISER_FILE, RESUME_FILE,
+                                RUN_FILES, run_files_in)
 
 #: Layout entries that are arrays (thousands of numbers): left out of the JSON view.
 LAYOUT_ARRAYS = ("pixel_index", "coords", "scaler")
@@ -448,9 +448,11 @@ def describe_run(path) -> list[str]:
     """
     path = Path(path)
     metrics = _read_json(path / METRICS_FILE, {})
-    config = _read_json(path / CONFIG_FILE, metrics.get("config") or {})
+    saved = _saved_epochs(path) if not metrics else None
+    config = _read_json(path / CONFIG_FILE, metrics.get("config") or (saved or {}).get("config")
+                        or {})
     try:
-        return _run_lines(path, metrics, config)
+        return _run_lines(path, metrics, config, saved)
     except (AttributeError, TypeError, KeyError, IndexError, ValueError) as exc:
         # a field of another type than train writes ("final": {"val": 1}): hand-edited
         raise ValueError(f"{path}: its {METRICS_FILE} or {CONFIG_FILE} does not hold what "
@@ -469,9 +471,22 @@ def run_json(path) -> dict:
     """
     path = Path(path)
     metrics = _read_json(path / METRICS_FILE, None)
-    config = _read_json(path / CONFIG_FILE, (metrics or {}).get("config"))
+    saved = _saved_epochs(path) if metrics is None else None
+    config = _read_json(path / CONFIG_FILE, (metrics or {}).get("config")
+                        or (saved or {}).get("config"))
     return {"run_folder": str(path), "files": run_files_in(path), "finished": metrics is not None,
+            "epochs_done": None if saved is None else saved["done"],
             "config": config, "metrics": metrics}
+
+
+def _saved_epochs(path: Path) -> dict | None:
+    """The unfinished run's state in ``path`` (:func:`fastimg.train.resume.saved_epochs`; torch
+    is imported only for a folder that holds one)."""
+    if not (path / RESUME_FILE).is_file():
+        return None
+    from fastimg.train.resume import saved_epochs
+
+    return saved_epochs(path)
 
 
 def _store_state(recorded) -> str:
@@ -486,8 +501,9 @@ def _store_state(recorded) -> str:
             "new path with --store)")
 
 
-def _run_lines(path: Path, metrics: dict, config: dict) -> list[str]:
-    """:func:`describe_run`'s lines of a run's parsed ``metrics`` and ``config``."""
+def _run_lines(path: Path, metrics: dict, config: dict, saved: dict | None) -> list[str]:
+    """:func:`describe_run`'s lines of a run's parsed ``metrics`` and ``config``, and of the
+    ``saved`` state of its finished epochs while it is unfinished."""
     files = _run_files(path, config)
     present = ", ".join(n for n, ok in files.items() if ok)
     missing = ", ".join(n for n, ok in files.items() if not ok)
@@ -556,7 +572,14 @@ def _run_lines(path: Path, metrics: dict, config: dict) -> list[str]:
         from fastimg.store.location import lock_holder
 
         holder = lock_holder(path)
-        lines.append("no metrics.json: " + (f"being trained now by another fastimg command "
-                                            f"({holder})" if holder else
-                                            "the run did not finish"))
+        done = ""
+        if saved is not None:
+            history, best = saved["history"], saved["best"]
+            done = (f", {saved['done']} of {plural(config.get('epochs'), 'epoch')} done"
+                    + (f" (best val accuracy {_accuracy(history[best]['val_accuracy'])} at "
+                       f"epoch {best + 1})" if history and best is not None else ""))
+        lines.append("no metrics.json: " + (
+            f"being trained now by another fastimg command ({holder}){done}" if holder else
+            f"the run did not finish{done}" + ("; the same fastimg train command resumes it"
+                                               if saved is not None else "")))
     return lines

@@ -15,6 +15,9 @@ FEATURE_CACHE_DIR = "feature_cache"
 #: Every file :func:`fastimg.train.fit` writes into a run folder; the first two mark a folder
 #: as a run. :data:`FEATURE_CACHE_DIR` comes beside them with an on-disk feature cache.
 RUN_FILES = (METRICS_FILE, CONFIG_FILE, CHECKPOINT_FILE, BUNDLE_FILE, NORMALISER_FILE)
+#: An unfinished run's state after its last finished epoch (:mod:`fastimg.train.resume`): the
+#: same fit run again goes on from there. Removed once the run's files are written.
+RESUME_FILE = "resume.pt"
 
 
 def run_files_in(path) -> list[str]:
@@ -37,12 +40,13 @@ def model_type(path) -> str | None:
 
 
 def is_run_folder(path) -> bool:
-    """True when ``path`` is a training run folder (it holds ``metrics.json``, or a
-    ``config.json`` that is not a transformers model's) rather than a store."""
+    """True when ``path`` is a training run folder (it holds ``metrics.json``, an unfinished
+    run's state, or a ``config.json`` that is not a transformers model's) rather than a
+    store."""
     path = Path(path)
     if not path.is_dir():
         return False
-    return (path / METRICS_FILE).is_file() or (
+    return (path / METRICS_FILE).is_file() or (path / RESUME_FILE).is_file() or (
         (path / CONFIG_FILE).is_file() and model_type(path) is None)
 
 

@@ -738,7 +738,7 @@ def test_a_failed_fit_leaves_no_run_folder(blob_store, tmp_path, monkeypatch):
     # interrupted once the folder exists (an on-disk feature cache written into it): removed,
     # parents fit created included, but a folder the user had is kept
     def interrupted(run, *args):
-        run.build_caches("zarr", args[-2])
+        run.build_caches("zarr", args[1])  # (cache_mode, folder, ...)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(fit_module, "_train", interrupted)

@@ -109,7 +109,7 @@ def test_an_interrupted_train_into_an_empty_folder_can_be_run_again(small_store,
             "16", "--loader", "torch", "--cache", "zarr", "--no-probe", "--quiet",
             "--out", str(out)]
 
-    def interrupted(run):
+    def interrupted(run, epochs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(fit_module, "_epochs", interrupted)

@@ -17,11 +17,17 @@ from fastimg.cli import options, report
 from fastimg.cli.parser import build_parser, flags_of, subparser
 
 
-def _kept(args) -> bool:
-    """Whether a stopped command left something a rerun resumes: builds keep their finished
-    stages; other commands leave nothing to resume."""
-    return (args.command in ("build-dataset", "relayout", "images")
-            and _unfinished_build_written(args))
+def _kept(args) -> str:
+    """What a stopped command left that a rerun resumes, in words ("" for nothing): builds
+    keep their finished stages, ``train`` its finished epochs; other commands leave nothing
+    to resume."""
+    if args.command in ("build-dataset", "relayout", "images"):
+        return "the unfinished build is kept" if _unfinished_build_written(args) else ""
+    if args.command == "train":
+        from fastimg.run_folder import RESUME_FILE
+
+        return "its finished epochs are kept" if (args.out / RESUME_FILE).is_file() else ""
+    return ""
 
 
 def _unfinished_build_written(args) -> bool:
@@ -101,7 +107,8 @@ def main(argv=None) -> int:
         # zarr's writes left pending on its event loop are destroyed at exit, and asyncio
         # logs each ("Task was destroyed but it is pending!") under the one line below
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-        kept = " (the unfinished build is kept: rerun to resume)" if _kept(args) else ""
+        kept = _kept(args)
+        kept = f" ({kept}: rerun to resume)" if kept else ""
         terminated = isinstance(exc, Terminated)
         print(f"fastimg {args.command}: {'terminated' if terminated else 'interrupted'}{kept}",
               file=sys.stderr)

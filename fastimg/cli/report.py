@@ -128,15 +128,16 @@ def disk_full(exc: BaseException) -> OSError | None:
     return None
 
 
-def report_disk_full(command: str, exc: BaseException, full: OSError, *, kept: bool,
+def report_disk_full(command: str, exc: BaseException, full: OSError, *, kept: str,
                      debug: bool = False) -> int:
     """Print ``exc``, with the full disk ``full`` among its causes (:func:`disk_full`), as one
-    line that says what to do and whether the unfinished build is ``kept``; the exit code."""
+    line that says what to do and what a rerun resumes (``kept``: "the unfinished build is
+    kept", or "" for nothing); the exit code."""
     if debug:
         traceback.print_exception(exc, file=sys.stderr)
     where = f" (writing {full.filename})" if full.filename else ""
     print(f"fastimg {command}: error: no space left on the device{where}: free some space, "
-          f"then rerun{' to resume (the unfinished build is kept)' if kept else ''}",
+          f"then rerun{f' to resume ({kept})' if kept else ''}",
           file=sys.stderr)
     return EXIT_USAGE
 

@@ -41,6 +41,8 @@ def cmd_train(args) -> int:
                 "" if probe.get("test_accuracy") is None else
                 f", test {probe['test_accuracy']:.4f}") + f" (C={probe['C']:g})")
     stop = " (stopped early)" if metrics["stopped_early"] else ""
+    if metrics["resumed_after_epoch"] is not None:
+        stop += f" (resumed after epoch {metrics['resumed_after_epoch']})"
     print(f"trained {args.extractor} ({config.preset} preset) on {args.store}: best epoch "
           f"{result.best_epoch}/{metrics['epochs_run']}{stop}, val accuracy "
           f"{result.val_accuracy:.4f}, test accuracy {test}; linear probe "
@@ -52,9 +54,10 @@ def cmd_train(args) -> int:
 
 def _check_run_folder(out: Path, *, force: bool) -> None:
     """Refuse to train into a store or a folder inside one, and into a folder that holds a run
-    (or any other file) unless ``force``."""
+    (or any other file but an unfinished run's state, which the fit resumes) unless
+    ``force``."""
     from fastimg._validation import check_can_write, file_in_the_way
-    from fastimg.run_folder import check_outside_stores, run_files_in
+    from fastimg.run_folder import RESUME_FILE, check_outside_stores, run_files_in
     from fastimg.store.location import lock_holder
 
     if out.exists() and not out.is_dir():
@@ -75,7 +78,7 @@ def _check_run_folder(out: Path, *, force: bool) -> None:
     if found:
         raise UserError(f"{out} already holds a run ({', '.join(found)}); pass --force to "
                         f"overwrite it, or choose another --out")
-    if any(out.iterdir()):
+    if any(entry.name != RESUME_FILE for entry in out.iterdir()):
         raise UserError(f"{out} is not empty; pass --force to train into it anyway, or choose "
                         f"another --out")
 
@@ -220,7 +223,8 @@ def add_train(sub) -> None:
                     "predict and explain need: bundle.json, plus normaliser.npz with "
                     "--normalize dataset; feature_cache/ with an on-disk feature cache) and "
                     "reports the validation and test accuracy beside a linear probe on the "
-                    "embeddings.")
+                    "embeddings. Stopped after an epoch, the same command run again resumes "
+                    "after the last finished one (resume.pt in --out).")
     train.add_argument("store", type=options.path_text, help="a store (path or URL)")
     options.add_storage_options(train)
     train.add_argument("--extractor", default="alexnet",
@@ -285,7 +289,8 @@ def add_train(sub) -> None:
                             "probe: the same seed gives the same run on the same machine, "
                             "torch thread count and feature cache")
     train.add_argument("--force", action="store_true",
-                       help="train into --out even when it already holds a run")
+                       help="train into --out even when it already holds a run; start an "
+                            "unfinished run over instead of resuming it")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=cmd_train)
 

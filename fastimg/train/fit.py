@@ -21,8 +21,9 @@ from tqdm.auto import tqdm
 from fastimg._files import replace_file
 from fastimg._validation import check_config
 from fastimg.run_folder import (BUNDLE_FILE, CHECKPOINT_FILE, CONFIG_FILE, FEATURE_CACHE_DIR,
-                                METRICS_FILE, NORMALISER_FILE, RUN_FILES, check_outside_stores,
-                                run_files_in)
+                                METRICS_FILE, NORMALISER_FILE, RESUME_FILE, RUN_FILES,
+                                check_outside_stores, run_files_in)
+from fastimg.store import StoreError
 from fastimg.store.location import build_lock, resolve
 from fastimg.train.bundle import save_run_bundle
 from fastimg.train.cache import build_cache, feature_cache_bytes
@@ -31,6 +32,7 @@ from fastimg.train.data import (LOADERS, BatchSource, ChunkedReader, Normaliser,
                                 make_loader, pixel_stats)
 from fastimg.train.extractors import check_weights
 from fastimg.train.head import build_classifier
+from fastimg.train import resume
 from fastimg.train.probe import linear_probe
 from fastimg.train.scores import class_scores, confusion_matrix
 
@@ -105,8 +107,10 @@ def resolve_device(name: str = "auto") -> torch.device:
 class _Run:
     """State of one fit: the model, the optimiser and the batch iterators of each split."""
 
-    def __init__(self, data: StoreData, config: TrainConfig, device: torch.device, run_dir):
+    def __init__(self, data: StoreData, config: TrainConfig, device: torch.device, run_dir,
+                 resume_key: dict | None = None):
         self.data, self.config, self.device, self.run_dir = data, config, device, run_dir
+        self.resume_key = resume_key  # what the state saved after each epoch is filed under
         cuda = device.type == "cuda"
         self.amp = config.amp and cuda
         self.memory_format = (torch.channels_last if cuda and config.channels_last
@@ -310,13 +314,18 @@ def fit(store, config: TrainConfig | None = None, *, out_dir=None,
           (``normalize="dataset"`` only);
         - ``feature_cache/``: the on-disk feature cache, when there is one (``cache="zarr"``).
 
-        Without it nothing is written but an on-disk cache, in a temporary folder removed at
-        the end.
+        While the fit runs, ``resume.pt`` holds its state after the last finished epoch
+        (:mod:`fastimg.train.resume`): a fit stopped early (Ctrl-C, a killed job) keeps the
+        folder with it, and the same fit into the folder goes on after that epoch and ends
+        with the numbers of an uninterrupted fit. It goes once the run's files are written.
+        Without ``out_dir`` nothing is written but an on-disk cache, in a temporary folder
+        removed at the end.
     overwrite : bool
         Train into an ``out_dir`` that already holds a run, replacing its files (the earlier
         run's ``feature_cache/``, and its ``normaliser.npz`` when this run writes none, are
-        removed); without it such a folder is refused (before any work). ``metrics.json`` is
-        written last: a folder without it holds no finished run.
+        removed), and starting over instead of resuming an unfinished run; without it such a
+        folder is refused (before any work). ``metrics.json`` is written last: a folder
+        without it holds no finished run.
     storage_options : dict, optional
         fsspec options for a store URL (``{"endpoint_url": ...}``).
 
@@ -340,7 +349,8 @@ def fit(store, config: TrainConfig | None = None, *, out_dir=None,
         ``out_dir`` is a store or lies inside one, or another fit is writing into it (before
         any work).
     FileExistsError
-        ``out_dir`` holds a run and ``overwrite`` is false.
+        ``out_dir`` holds a run, or the state of an unfinished one with other settings or on a
+        store rebuilt since (the message names what differs), and ``overwrite`` is false.
     fastimg.store.StoreError
         The store was replaced or deleted while the fit read it (a ``--force`` rebuild ran
         meanwhile); nothing is written to ``out_dir``.
@@ -392,10 +402,17 @@ def _checked_fit(store, config, run_dir, overwrite) -> TrainResult:
         raise ValueError(f"{store} has 1 train row; training needs at least 2 (BatchNorm "
                          f"cannot train on one sample)")
     device = resolve_device(config.device)
+    saved = key = None
+    if run_dir is not None:
+        key = resume.resume_key(config, data)
+        if overwrite:
+            (run_dir / RESUME_FILE).unlink(missing_ok=True)
+        else:
+            saved = resume.load(run_dir, key)
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(config.seed)
-        return _fit(data, config, device, run_dir)
+        return _fit(data, config, device, run_dir, key, saved)
 
 
 def _resolve_cache(config: TrainConfig, run: "_Run") -> str:
@@ -420,8 +437,8 @@ def _resolve_cache(config: TrainConfig, run: "_Run") -> str:
 @contextlib.contextmanager
 def _run_folder(run_dir: Path):
     """Create ``run_dir`` (and missing parents) for the block; when the block fails, remove
-    its unfinished feature cache and, before any of :data:`RUN_FILES` is written, the
-    folders it created, and only those.
+    its unfinished feature cache and, before any of :data:`RUN_FILES` or the state of a
+    finished epoch is written, the folders it created, and only those.
 
     The cache goes from a folder the user had too (any earlier run's was removed before the
     block): left there, it made the same ``train --out`` run again refuse the folder as not
@@ -430,9 +447,11 @@ def _run_folder(run_dir: Path):
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         yield run_dir
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(run_dir / FEATURE_CACHE_DIR, ignore_errors=True)
-        if created and not any((run_dir / name).exists() for name in RUN_FILES):
+        if isinstance(exc, StoreError):  # the store was replaced while the fit read it: the
+            (run_dir / RESUME_FILE).unlink(missing_ok=True)  # epochs saved read what is gone
+        if created and not any((run_dir / name).exists() for name in (*RUN_FILES, RESUME_FILE)):
             shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished feature cache at most
             for parent in created[1:]:
                 with contextlib.suppress(OSError):  # another process may have written there
@@ -441,9 +460,12 @@ def _run_folder(run_dir: Path):
         raise
 
 
-def _fit(data, config, device, run_dir) -> TrainResult:
+def _fit(data, config, device, run_dir, key, saved) -> TrainResult:
+    """The fit on a checked store: ``key`` is its :func:`~fastimg.train.resume.resume_key`
+    (None without a run folder), ``saved`` the state of an unfinished run to go on from."""
     start = time.perf_counter()
-    run = _Run(data, config, device, run_dir)  # builds the model: the weights are read here
+    # builds the model: the weights are read here
+    run = _Run(data, config, device, run_dir, resume_key=key)
     cache_mode = _resolve_cache(config, run)
     with contextlib.ExitStack() as stack:
         if run_dir is not None:
@@ -455,12 +477,13 @@ def _fit(data, config, device, run_dir) -> TrainResult:
         if cache_mode == "zarr":
             folder = (run_dir / FEATURE_CACHE_DIR if run_dir is not None else
                       stack.enter_context(tempfile.TemporaryDirectory(prefix="fastimg-cache-")))
-        return _train(run, cache_mode, folder, start)
+        return _train(run, cache_mode, folder, start, saved)
 
 
-def _train(run: _Run, cache_mode: str, folder, start: float) -> TrainResult:
-    """The fit of ``run``: its feature cache (in ``folder`` when on disk), the epochs, the final
-    evaluation, the probes, and the run files when it has a folder."""
+def _train(run: _Run, cache_mode: str, folder, start: float, saved) -> TrainResult:
+    """The fit of ``run``: its feature cache (in ``folder`` when on disk), the epochs (after
+    those of the ``saved`` state, when there is one), the final evaluation, the probes, and
+    the run files when it has a folder."""
     data, config, run_dir = run.data, run.config, run.run_dir
     timings = {}
     if cache_mode != "none":
@@ -473,10 +496,13 @@ def _train(run: _Run, cache_mode: str, folder, start: float) -> TrainResult:
                 config.cut, run.device, run.loader_name, cache_mode, config.normalize,
                 config.optimizer, config.lr_head, config.lr_classifier, config.weight_decay,
                 config.schedule)
+    # the random state last, as the next epoch of an uninterrupted run would have found it
+    epochs = resume.restore(saved, run) if saved is not None else resume.Epochs()
+    resumed_after = epochs.done if saved is not None else None
     t0 = time.perf_counter()
-    history, best, best_state, stopped_early = _epochs(run)
+    history, best, best_state, stopped_early = _epochs(run, epochs)
     timings["train_s"] = time.perf_counter() - t0
-    timings["epoch_s"] = timings["train_s"] / len(history)
+    timings["epoch_s"] = sum(epoch["seconds"] for epoch in history) / len(history)
 
     run.model.load_state_dict(best_state)
     final, reported = _final_evaluation(run)
@@ -495,7 +521,8 @@ def _train(run: _Run, cache_mode: str, folder, start: float) -> TrainResult:
         "amp": run.amp, "class_names": data.class_names,
         "rows": {s: int(r.size) for s, r in run.rows.items()},
         "epochs": history, "best_epoch": best + 1, "epochs_run": len(history),
-        "stopped_early": stopped_early, "final": final, "reported": reported,
+        "stopped_early": stopped_early, "resumed_after_epoch": resumed_after,
+        "final": final, "reported": reported,
         "selection_biased": reported["selection_biased"], "probe": probe,
         "probe_pixels": probe_pixels, "timings": timings,
     }
@@ -512,14 +539,17 @@ def _train(run: _Run, cache_mode: str, folder, start: float) -> TrainResult:
         probe_pixels=probe_pixels, selection_biased=reported["selection_biased"])
 
 
-def _epochs(run: _Run):
-    """Train epoch after epoch, choosing the best on validation only (the test split is never
-    looked at before the end); ``(history, best epoch index, its state on the CPU, stopped
-    early)``."""
+def _epochs(run: _Run, epochs: resume.Epochs):
+    """Train epoch after epoch from ``epochs`` on, choosing the best on validation only (the
+    test split is never looked at before the end); ``(history, best epoch index, its state on
+    the CPU, stopped early)``. With a run folder the state after each epoch is saved there
+    (:mod:`~fastimg.train.resume`)."""
     config = run.config
-    history, best, best_state, stopped_early = [], None, None, False
-    bar = tqdm(range(config.epochs), desc="train", unit="epoch", disable=not config.progress)
-    for epoch in bar:
+    history, best, best_state = list(epochs.history), epochs.best, epochs.best_state
+    stopped_early = epochs.stopped_early
+    bar = tqdm(total=config.epochs, initial=epochs.done, desc="train", unit="epoch",
+               disable=not config.progress)
+    for epoch in range(config.epochs if stopped_early else epochs.done, config.epochs):
         e0 = time.perf_counter()
         lrs = [group["lr"] for group in run.optimizer.param_groups]
         train_loss, train_acc = run.train_epoch(epoch)
@@ -537,8 +567,14 @@ def _epochs(run: _Run):
         bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val['accuracy']:.3f}")
         logger.info("epoch %d: train loss %.4f, val accuracy %.4f", epoch + 1, train_loss,
                     val["accuracy"])
-        if config.patience and epoch - best >= config.patience:
-            stopped_early = True
+        bar.update()
+        stopped_early = bool(config.patience and epoch - best >= config.patience)
+        if run.run_dir is not None:
+            # a state is saved only from epochs that read one build of the store
+            run.data.reader.check_unchanged()
+            resume.save(run.run_dir, run.resume_key, run, resume.Epochs(
+                epoch + 1, history, best, best_state, stopped_early))
+        if stopped_early:
             logger.info("early stop after epoch %d: no validation gain for %d epochs",
                         epoch + 1, config.patience)
             break
@@ -602,6 +638,7 @@ def _write_run_files(run: _Run, best_state: dict, metrics: dict) -> None:
         json.dumps(config.to_dict(), indent=2), encoding="utf-8"))
     replace_file(run_dir / METRICS_FILE, lambda tmp: tmp.write_text(
         json.dumps(metrics, indent=2), encoding="utf-8"))
+    (run_dir / RESUME_FILE).unlink(missing_ok=True)
 
 
 def _save_state(state: dict, path) -> None:

@@ -1,0 +1,139 @@
+"""An unfinished fit's state after its last finished epoch, and the same fit going on from it.
+
+After each epoch :func:`fastimg.train.fit` with a run folder writes :data:`RESUME_FILE` there:
+the model's, optimiser's, schedules' and gradient scaler's states, the torch random state, the
+history and the best epoch so far, under a key of the fit's settings and the store's
+attributes. Run again into the folder with the same settings on the same store, the fit loads
+it and trains the remaining epochs: every epoch's order comes from ``[seed, epoch]`` and the
+random state is the one the next epoch would have started with, so the run ends with the
+numbers of an uninterrupted one (on the same machine and device). The file goes once the run's
+files are written.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from fastimg._files import replace_file
+from fastimg.run_folder import RESUME_FILE
+from fastimg.store.keys import differences
+
+logger = logging.getLogger("fastimg.train")
+
+#: settings that change how a fit runs, not what it computes
+_INFORMATIONAL = ("progress", "num_workers")
+
+
+@dataclass
+class Epochs:
+    """Where a fit's epochs stand: ``done`` epochs, their ``history``, the ``best`` epoch's
+    index and its weights (on the CPU), and whether early stopping ended them."""
+
+    done: int = 0
+    history: list = field(default_factory=list)
+    best: int | None = None
+    best_state: dict | None = None
+    stopped_early: bool = False
+
+
+def resume_key(config, data) -> dict:
+    """What must match for a run folder's state to be resumed: the fit's settings (all but
+    :data:`_INFORMATIONAL`) and a digest of the store's attributes (a store rebuilt since has
+    other attributes: its timings, if nothing else)."""
+    attrs = json.dumps(data.reader.attrs, sort_keys=True, default=str)
+    return {"config": {k: v for k, v in config.to_dict().items() if k not in _INFORMATIONAL},
+            "store_attrs_sha256": hashlib.sha256(attrs.encode("utf-8")).hexdigest()}
+
+
+def load(run_dir: Path, key: dict) -> dict | None:
+    """The state saved in ``run_dir`` for ``key``, or None when there is none.
+
+    Raises
+    ------
+    FileExistsError
+        The folder holds the state of a fit with other settings or on another store (the
+        message names them), or a state that cannot be read.
+    """
+    path = Path(run_dir) / RESUME_FILE
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        saved = json.loads(state["key"])
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is one answer
+        raise FileExistsError(f"{run_dir} holds an unfinished run whose {RESUME_FILE} "
+                              f"cannot be read ({type(exc).__name__}); pass overwrite=True to "
+                              f"start over") from None
+    if saved != key:
+        found = differences("", saved["config"], key["config"])
+        if saved.get("store_attrs_sha256") != key["store_attrs_sha256"]:
+            found.append("the store was rebuilt since, or is another store")
+        done = state["done"]
+        raise FileExistsError(f"{run_dir} holds an unfinished run ({done} epoch"
+                              f"{'s' * (done != 1)} done) with other settings "
+                              f"({'; '.join(found[:6])}): "
+                              f"run it again with its own settings to resume it, or pass "
+                              f"overwrite=True to start over")
+    return state
+
+
+def saved_epochs(run_dir: Path) -> dict | None:
+    """What the state in ``run_dir`` says of its run, for ``fastimg info``: ``done`` (epochs),
+    ``history``, ``best`` (index), ``stopped_early`` and ``config`` (the fit's settings but
+    :data:`_INFORMATIONAL`); None without a state, or with one that cannot be read."""
+    try:
+        state = torch.load(Path(run_dir) / RESUME_FILE, map_location="cpu", weights_only=True)
+        return {"done": state["done"], "history": state["history"], "best": state["best"],
+                "stopped_early": state["stopped_early"],
+                "config": json.loads(state["key"])["config"]}
+    except Exception:  # noqa: BLE001 - missing or unreadable: nothing to say of it
+        return None
+
+
+def save(run_dir: Path, key: dict, run, epochs: Epochs) -> None:
+    """Write the state of ``run`` (a fit's model, optimiser, schedules, scaler) after
+    ``epochs.done`` epochs, replacing the one before."""
+    device = run.device
+    state = {
+        "key": json.dumps(key, sort_keys=True), "done": epochs.done,
+        "history": epochs.history, "best": epochs.best, "best_state": epochs.best_state,
+        "stopped_early": epochs.stopped_early,
+        "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
+        "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
+        "step_scheduler": _state_of(run.step_scheduler),
+        "epoch_scheduler": _state_of(run.epoch_scheduler),
+        "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+
+    def write(tmp):
+        with open(tmp, "wb") as fh:
+            torch.save(state, fh)
+
+    replace_file(Path(run_dir) / RESUME_FILE, write, write_through=False)
+
+
+def restore(state: dict, run) -> Epochs:
+    """Put ``run`` where the saved ``state`` left it; the epochs to go on from."""
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scaler.load_state_dict(state["scaler"])
+    for scheduler, saved in ((run.step_scheduler, state["step_scheduler"]),
+                             (run.epoch_scheduler, state["epoch_scheduler"])):
+        if scheduler is not None:
+            scheduler.load_state_dict(saved)
+    torch.set_rng_state(state["rng"])
+    if state["cuda_rng"] is not None and run.device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_rng"], run.device)
+    logger.info("resuming %s after epoch %d", run.run_dir, state["done"])
+    return Epochs(done=state["done"], history=state["history"], best=state["best"],
+                  best_state=state["best_state"], stopped_early=state["stopped_early"])
+
+
+def _state_of(scheduler):
+    return None if scheduler is None else scheduler.state_dict()

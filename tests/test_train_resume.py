@@ -1,0 +1,196 @@
+"""An interrupted fit resumes after its last finished epoch (fastimg.train.resume), from the
+library and from `fastimg train`."""
+import importlib
+import json
+
+import pytest
+import torch
+
+from fastimg.cli import main
+from fastimg.run_folder import RESUME_FILE
+from fastimg.train import TrainConfig, fit
+from test_train import FAST, write_store
+
+fit_module = importlib.import_module("fastimg.train.fit")
+
+# dropout and a per-step schedule: a resume that lost the random state or the schedule's
+# step count would train other numbers
+SETTINGS = {**FAST, "epochs": 4, "probe": False, "schedule": "cosine", "dropout": 0.3}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("resume") / "s.zarr"
+    write_store(path, n_rows=120)
+    return path
+
+
+def _epochs_trained(monkeypatch, stop_at=None):
+    """Record the epochs ``_Run.train_epoch`` is called for; Ctrl-C at epoch ``stop_at``."""
+    calls = []
+    train_epoch = fit_module._Run.train_epoch
+
+    def recorded(run, epoch):
+        calls.append(epoch)
+        if epoch == stop_at:
+            raise KeyboardInterrupt
+        return train_epoch(run, epoch)
+
+    monkeypatch.setattr(fit_module._Run, "train_epoch", recorded)
+    return calls
+
+
+@pytest.mark.parametrize("cache", ["memory", "none"])
+def test_an_interrupted_fit_resumes_with_the_numbers_of_an_uninterrupted_one(
+        store, tmp_path, monkeypatch, cache):
+    config = TrainConfig(extractor="alexnet", **{**SETTINGS, "cache": cache})
+    whole = fit(store, config, out_dir=tmp_path / "whole")
+    assert whole.metrics["resumed_after_epoch"] is None
+
+    calls = _epochs_trained(monkeypatch, stop_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(store, config, out_dir=tmp_path / "cut")
+    assert calls == [0, 1, 2]
+    # the finished epochs are kept; nothing of a finished run is written
+    assert [p.name for p in (tmp_path / "cut").iterdir()] == [RESUME_FILE]
+    monkeypatch.undo()
+
+    calls = _epochs_trained(monkeypatch)
+    resumed = fit(store, config, out_dir=tmp_path / "cut")
+    assert calls == [2, 3]  # not the first two again
+    assert resumed.metrics["resumed_after_epoch"] == 2
+    keys = ("train_loss", "val_loss", "val_accuracy", "lr_head")
+    assert ([[epoch[k] for k in keys] for epoch in resumed.history]
+            == [[epoch[k] for k in keys] for epoch in whole.history])
+    assert resumed.best_epoch == whole.best_epoch
+    assert (tmp_path / "cut" / "best.pt").read_bytes() == (
+        tmp_path / "whole" / "best.pt").read_bytes()
+    assert resumed.metrics["final"] == whole.metrics["final"]
+    assert not (tmp_path / "cut" / RESUME_FILE).exists()
+    assert not (tmp_path / "whole" / RESUME_FILE).exists()
+
+
+def test_a_fit_interrupted_after_its_last_epoch_trains_no_epoch_again(store, tmp_path,
+                                                                      monkeypatch):
+    config = TrainConfig(extractor="alexnet", **{**SETTINGS, "epochs": 2})
+    final_evaluation = fit_module._final_evaluation
+
+    def interrupted(run):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit_module, "_final_evaluation", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fit(store, config, out_dir=tmp_path / "run")
+    monkeypatch.setattr(fit_module, "_final_evaluation", final_evaluation)
+    calls = _epochs_trained(monkeypatch)
+    result = fit(store, config, out_dir=tmp_path / "run")
+    assert calls == [] and result.metrics["resumed_after_epoch"] == 2
+    assert [epoch["epoch"] for epoch in result.history] == [1, 2]
+    assert (tmp_path / "run" / "metrics.json").is_file()
+
+
+def test_an_unfinished_run_with_other_settings_is_refused_and_overwrite_starts_over(
+        store, tmp_path, monkeypatch):
+    config = TrainConfig(extractor="alexnet", **SETTINGS)
+    _epochs_trained(monkeypatch, stop_at=1)
+    with pytest.raises(KeyboardInterrupt):
+        fit(store, config, out_dir=tmp_path / "run")
+    monkeypatch.undo()
+    more = TrainConfig(extractor="alexnet", **{**SETTINGS, "epochs": 5})
+    with pytest.raises(FileExistsError, match=r"1 epoch done\) with other settings \(epochs: "
+                                              r"4 -> 5\).*overwrite=True to start over"):
+        fit(store, more, out_dir=tmp_path / "run")
+    # what does not change the numbers does not stand in the way
+    calls = _epochs_trained(monkeypatch)
+    fit(store, TrainConfig(extractor="alexnet", **{**SETTINGS, "num_workers": 1}),
+        out_dir=tmp_path / "run")
+    assert calls == [1, 2, 3]
+    monkeypatch.undo()
+
+    _epochs_trained(monkeypatch, stop_at=1)
+    with pytest.raises(KeyboardInterrupt):
+        fit(store, config, out_dir=tmp_path / "again", overwrite=True)
+    monkeypatch.undo()
+    calls = _epochs_trained(monkeypatch)
+    result = fit(store, more, out_dir=tmp_path / "again", overwrite=True)
+    assert calls == [0, 1, 2, 3, 4] and result.metrics["resumed_after_epoch"] is None
+
+
+def test_a_store_rebuilt_since_is_not_resumed(tmp_path, monkeypatch):
+    from fastimg import store
+
+    path = tmp_path / "s.zarr"
+    write_store(path, n_rows=80)
+    config = TrainConfig(extractor="alexnet", **SETTINGS)
+    _epochs_trained(monkeypatch, stop_at=1)
+    with pytest.raises(KeyboardInterrupt):
+        fit(path, config, out_dir=tmp_path / "run")
+    monkeypatch.undo()
+    # a build records its timings: a rebuild of the same settings has other attributes
+    reader = store.StoreReader(path)
+    arrays = {name: reader.group[name][:] for name in
+              (store.IMAGES, store.SPLIT, store.EMBEDDINGS, store.IDS, store.LABELS)}
+    attrs = {**reader.attrs, "summary": {**reader.attrs["summary"], "timings": {"total": 1.0}}}
+    store.write_store(path, arrays, attrs, force=True, chunk_rows=64)
+    with pytest.raises(FileExistsError, match="the store was rebuilt since, or is another store"):
+        fit(path, config, out_dir=tmp_path / "run")
+
+
+def test_train_interrupted_says_its_epochs_are_kept_and_the_same_command_resumes(
+        store, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    argv = ["train", str(store), "--extractor", "alexnet", "--weights", "none", "--epochs", "3",
+            "--batch-size", "32", "--loader", "torch", "--no-probe", "--quiet",
+            "--out", str(out)]
+    _epochs_trained(monkeypatch, stop_at=1)
+    assert main(argv) == 130
+    assert capsys.readouterr().err.strip() == (
+        "fastimg train: interrupted (its finished epochs are kept: rerun to resume)")
+    monkeypatch.undo()
+
+    assert main(["info", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "no metrics.json: the run did not finish, 1 of 3 epochs done (best val accuracy" in shown
+    assert "the same fastimg train command resumes it" in shown
+    assert "training   3 epochs, batch 32" in shown
+    assert main(["info", str(out), "--json"]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert described["finished"] is False and described["epochs_done"] == 1
+    assert described["config"]["epochs"] == 3
+
+    assert main([*argv[:-2], "--epochs", "4", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "(epochs: 3 -> 4)" in err and "pass --force to start over" in err
+
+    calls = _epochs_trained(monkeypatch)
+    assert main(argv) == 0, capsys.readouterr().err
+    assert calls == [1, 2]
+    assert "(resumed after epoch 1)" in capsys.readouterr().out
+    assert not (out / RESUME_FILE).exists()
+    assert torch.load(out / "best.pt", weights_only=True)
+
+
+def test_a_store_replaced_between_epochs_stops_the_fit_and_keeps_no_state(tmp_path,
+                                                                         monkeypatch):
+    """The epochs after a rebuild read the new build's images: their state is never saved,
+    and the one saved before goes too (its store is gone)."""
+    from fastimg import store
+
+    path = tmp_path / "s.zarr"
+    write_store(path, n_rows=80)
+    train_epoch = fit_module._Run.train_epoch
+    calls = []
+
+    def rebuilt_during_the_second_epoch(run, epoch):
+        calls.append(epoch)
+        if epoch == 1:
+            reader = store.StoreReader(path)
+            arrays = {name: reader.group[name][:] for name in reader.group.array_keys()}
+            store.write_store(path, arrays, {**reader.attrs, "rebuilt": True}, force=True)
+        return train_epoch(run, epoch)
+
+    monkeypatch.setattr(fit_module._Run, "train_epoch", rebuilt_during_the_second_epoch)
+    with pytest.raises(store.StoreError, match="was replaced or deleted while this command"):
+        fit(path, TrainConfig(extractor="alexnet", **SETTINGS), out_dir=tmp_path / "runs" / "r")
+    assert calls == [0, 1]  # stopped at the end of the epoch the rebuild fell in
+    assert not (tmp_path / "runs").exists()
