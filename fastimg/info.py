@@ -541,6 +541,8 @@ def _run_lines(path: Path, metrics: dict, config: dict, saved: dict | None) -> l
         # why fewer epochs ran than the config's: train's own summary says so
         stopped = (f", stopped early (no val gain in {plural(config.get('patience'), 'epoch')})"
                    if metrics.get("stopped_early") else "")
+        if metrics.get("resumed_after_epoch") is not None:  # a stopped run run again
+            stopped += f", resumed after epoch {metrics['resumed_after_epoch']}"
         lines.append(f"epochs     {len(epochs)} run{stopped}, best epoch {best} (val accuracy "
                      f"{_accuracy(epochs[best - 1]['val_accuracy'] if best else None)}), "
                      f"last train loss {epochs[-1]['train_loss']:.4f}")

@@ -166,6 +166,8 @@ def test_train_interrupted_says_its_epochs_are_kept_and_the_same_command_resumes
     assert main(argv) == 0, capsys.readouterr().err
     assert calls == [1, 2]
     assert "(resumed after epoch 1)" in capsys.readouterr().out
+    assert main(["info", str(out)]) == 0
+    assert "epochs     3 run, resumed after epoch 1, best epoch" in capsys.readouterr().out
     assert not (out / RESUME_FILE).exists()
     assert torch.load(out / "best.pt", weights_only=True)
 
