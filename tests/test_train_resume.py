@@ -196,3 +196,63 @@ def test_a_store_replaced_between_epochs_stops_the_fit_and_keeps_no_state(tmp_pa
         fit(path, TrainConfig(extractor="alexnet", **SETTINGS), out_dir=tmp_path / "runs" / "r")
     assert calls == [0, 1]  # stopped at the end of the epoch the rebuild fell in
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_resumed_fit_reads_its_finished_on_disk_feature_cache_again(store, tmp_path,
+                                                                      monkeypatch):
+    cache_module = importlib.import_module("fastimg.train.cache")
+    config = TrainConfig(extractor="alexnet", **{**SETTINGS, "cache": "zarr"})
+    whole = fit(store, config, out_dir=tmp_path / "whole")
+
+    _epochs_trained(monkeypatch, stop_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(store, config, out_dir=tmp_path / "cut")
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == ["feature_cache", RESUME_FILE]
+    built = []
+    build_cache = fit_module.build_cache
+
+    def counted(*args, **kwargs):
+        built.append(kwargs["desc"])
+        return build_cache(*args, **kwargs)
+
+    monkeypatch.setattr(fit_module, "build_cache", counted)
+    resumed = fit(store, config, out_dir=tmp_path / "cut")
+    assert built == []  # every split's features read from the run folder's cache
+    assert resumed.metrics["resumed_after_epoch"] == 2
+    assert (tmp_path / "cut" / "best.pt").read_bytes() == (
+        tmp_path / "whole" / "best.pt").read_bytes()
+    assert [e["val_loss"] for e in resumed.history] == [e["val_loss"] for e in whole.history]
+
+    # a cache cut short, or of another fit, is built again
+    _epochs_trained(monkeypatch, stop_at=1)
+    with pytest.raises(KeyboardInterrupt):
+        fit(store, config, out_dir=tmp_path / "again")
+    monkeypatch.undo()
+    import zarr
+
+    array = zarr.open_array(str(tmp_path / "again" / "feature_cache" / "val"), mode="r+")
+    array.attrs[cache_module.FINISHED_KEY] = {"key": "another fit", "rows": 24}
+    monkeypatch.setattr(fit_module, "build_cache", counted)
+    built.clear()
+    fit(store, config, out_dir=tmp_path / "again")
+    assert built == ["features val"]
+
+
+def test_train_into_a_folder_with_an_unfinished_run_and_its_cache_resumes(store, tmp_path,
+                                                                          monkeypatch, capsys):
+    out = tmp_path / "run"
+    argv = ["train", str(store), "--extractor", "alexnet", "--weights", "none", "--epochs", "2",
+            "--batch-size", "32", "--loader", "torch", "--cache", "zarr", "--no-probe",
+            "--quiet", "--out", str(out)]
+    _epochs_trained(monkeypatch, stop_at=1)
+    assert main(argv) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert sorted(p.name for p in out.iterdir()) == ["feature_cache", RESUME_FILE]
+    (out / "notes.txt").write_text("mine")  # anything else still makes the folder not empty
+    assert main(argv) == 2
+    assert "is not empty; pass --force" in capsys.readouterr().err
+    (out / "notes.txt").unlink()
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "(resumed after epoch 1)" in capsys.readouterr().out

@@ -57,7 +57,8 @@ def _check_run_folder(out: Path, *, force: bool) -> None:
     (or any other file but an unfinished run's state, which the fit resumes) unless
     ``force``."""
     from fastimg._validation import check_can_write, file_in_the_way
-    from fastimg.run_folder import RESUME_FILE, check_outside_stores, run_files_in
+    from fastimg.run_folder import (FEATURE_CACHE_DIR, RESUME_FILE, check_outside_stores,
+                                    run_files_in)
     from fastimg.store.location import lock_holder
 
     if out.exists() and not out.is_dir():
@@ -78,7 +79,8 @@ def _check_run_folder(out: Path, *, force: bool) -> None:
     if found:
         raise UserError(f"{out} already holds a run ({', '.join(found)}); pass --force to "
                         f"overwrite it, or choose another --out")
-    if any(entry.name != RESUME_FILE for entry in out.iterdir()):
+    resumable = (RESUME_FILE, FEATURE_CACHE_DIR) if (out / RESUME_FILE).is_file() else ()
+    if any(entry.name not in resumable for entry in out.iterdir()):
         raise UserError(f"{out} is not empty; pass --force to train into it anyway, or choose "
                         f"another --out")
 

@@ -26,6 +26,8 @@ logger = logging.getLogger("fastimg.train")
 CHUNK_BYTES = 16 << 20
 #: decoded bytes the on-disk cache keeps in memory (the shuffle window is half of it)
 DISK_WINDOW_BYTES = 512 << 20
+#: the attribute of a finished on-disk cache: the key it was built under and its rows
+FINISHED_KEY = "fastimg_feature_cache"
 
 
 def feature_cache_bytes(n_rows: int, shape, dtype: str = "float16") -> int:
@@ -73,10 +75,25 @@ class FeatureCache:
         return shuffled_order(len(self), seed, epoch, chunkings)
 
 
+def open_cache(path, rows: np.ndarray, key: str) -> FeatureCache | None:
+    """The finished on-disk cache at ``path`` built under ``key`` for ``rows``, or None (no
+    array there, an unfinished one, or one of another key or other rows)."""
+    import zarr
+
+    try:
+        array = zarr.open_array(os.fspath(path), mode="r")
+    except (FileNotFoundError, ValueError, TypeError, KeyError):  # nothing, or no array there
+        return None
+    if array.attrs.get(FINISHED_KEY) != {"key": key, "rows": int(rows.size)}:
+        return None
+    logger.info("feature cache of %d rows reused from %s", rows.size, path)
+    return FeatureCache(ChunkedReader(array, cache_bytes=DISK_WINDOW_BYTES), rows)
+
+
 @torch.no_grad()
 def build_cache(model, loader, rows: np.ndarray, *, where: str = "memory",
                 path=None, autocast=None, progress: bool = False, desc: str = "cache",
-                dtype: str = "float16"):
+                dtype: str = "float16", key: str | None = None):
     """Run the frozen extractor of ``model`` over one pass of ``loader`` (unshuffled).
 
     Parameters
@@ -91,6 +108,8 @@ def build_cache(model, loader, rows: np.ndarray, *, where: str = "memory",
         Mixed precision for the extractor on CUDA.
     dtype : {"float16", "float32"}
         dtype of the kept features.
+    key : str, optional
+        Recorded in a finished on-disk cache (:func:`open_cache` reopens it under that key).
 
     Returns
     -------
@@ -129,6 +148,7 @@ def build_cache(model, loader, rows: np.ndarray, *, where: str = "memory",
     if done != len(rows):
         raise RuntimeError(f"the loader served {done} of {len(rows)} rows")
     if array is not None:
+        array.attrs[FINISHED_KEY] = {"key": key, "rows": done}
         logger.info("feature cache of %d rows in %s", done, path)
         return FeatureCache(ChunkedReader(array, cache_bytes=DISK_WINDOW_BYTES), rows)
     return FeatureCache(out, rows)

@@ -26,7 +26,7 @@ from fastimg.run_folder import (BUNDLE_FILE, CHECKPOINT_FILE, CONFIG_FILE, FEATU
 from fastimg.store import StoreError
 from fastimg.store.location import build_lock, resolve
 from fastimg.train.bundle import save_run_bundle
-from fastimg.train.cache import build_cache, feature_cache_bytes
+from fastimg.train.cache import build_cache, feature_cache_bytes, open_cache
 from fastimg.train.config import TrainConfig, check_device
 from fastimg.train.data import (LOADERS, BatchSource, ChunkedReader, Normaliser, StoreData,
                                 make_loader, pixel_stats)
@@ -183,16 +183,20 @@ class _Run:
         self._calls[key] = epoch + 1
         return loader.epoch(epoch)
 
-    def build_caches(self, where: str, folder=None):
+    def build_caches(self, where: str, folder=None, *, reuse: bool = False):
         """Compute the frozen extractor's features of every split once (``folder``: where
-        the zarr arrays go)."""
+        the zarr arrays go); with ``reuse``, a split's finished on-disk cache of this fit
+        there (a resumed fit's) is read instead."""
+        key = None if self.resume_key is None else resume.key_digest(self.resume_key)
         for split, rows in self.rows.items():
             if rows.size:
                 path = Path(folder) / split if folder is not None else None
-                self.caches[split] = build_cache(
+                cache = (open_cache(path, rows, key) if reuse and where == "zarr"
+                         and key is not None else None)
+                self.caches[split] = cache or build_cache(
                     self.model, self.loader(split, False), rows, where=where,
                     path=path, autocast=self.autocast, progress=self.config.progress,
-                    desc=f"features {split}", dtype=self.config.cache_dtype)
+                    desc=f"features {split}", dtype=self.config.cache_dtype, key=key)
                 self._calls[(split, False)] = 1
 
     def batches(self, split: str, *, train: bool, epoch: int = 0):
@@ -317,7 +321,8 @@ def fit(store, config: TrainConfig | None = None, *, out_dir=None,
         While the fit runs, ``resume.pt`` holds its state after the last finished epoch
         (:mod:`fastimg.train.resume`): a fit stopped early (Ctrl-C, a killed job) keeps the
         folder with it, and the same fit into the folder goes on after that epoch and ends
-        with the numbers of an uninterrupted fit. It goes once the run's files are written.
+        with the numbers of an uninterrupted fit (an on-disk feature cache of it is read
+        again, not recomputed). It goes once the run's files are written.
         Without ``out_dir`` nothing is written but an on-disk cache, in a temporary folder
         removed at the end.
     overwrite : bool
@@ -436,9 +441,9 @@ def _resolve_cache(config: TrainConfig, run: "_Run") -> str:
 
 @contextlib.contextmanager
 def _run_folder(run_dir: Path):
-    """Create ``run_dir`` (and missing parents) for the block; when the block fails, remove
-    its unfinished feature cache and, before any of :data:`RUN_FILES` or the state of a
-    finished epoch is written, the folders it created, and only those.
+    """Create ``run_dir`` (and missing parents) for the block; when the block fails before the
+    state of a finished epoch is written, remove its feature cache and, before any of
+    :data:`RUN_FILES` is written too, the folders it created, and only those.
 
     The cache goes from a folder the user had too (any earlier run's was removed before the
     block): left there, it made the same ``train --out`` run again refuse the folder as not
@@ -448,9 +453,10 @@ def _run_folder(run_dir: Path):
     try:
         yield run_dir
     except BaseException as exc:
-        shutil.rmtree(run_dir / FEATURE_CACHE_DIR, ignore_errors=True)
         if isinstance(exc, StoreError):  # the store was replaced while the fit read it: the
             (run_dir / RESUME_FILE).unlink(missing_ok=True)  # epochs saved read what is gone
+        if not (run_dir / RESUME_FILE).is_file():  # else the fit run again reads its cache
+            shutil.rmtree(run_dir / FEATURE_CACHE_DIR, ignore_errors=True)
         if created and not any((run_dir / name).exists() for name in (*RUN_FILES, RESUME_FILE)):
             shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished feature cache at most
             for parent in created[1:]:
@@ -470,9 +476,11 @@ def _fit(data, config, device, run_dir, key, saved) -> TrainResult:
     with contextlib.ExitStack() as stack:
         if run_dir is not None:
             stack.enter_context(_run_folder(run_dir))
-            # a previous run's cache (an overwritten run) is never reused: features of another
-            # store, extractor or cut, and splits this store may not have
-            shutil.rmtree(run_dir / FEATURE_CACHE_DIR, ignore_errors=True)
+            if saved is None:
+                # a previous run's cache (an overwritten run) is never reused: features of
+                # another store, extractor or cut, and splits this store may not have; a
+                # resumed run's own finished cache is (its key is checked)
+                shutil.rmtree(run_dir / FEATURE_CACHE_DIR, ignore_errors=True)
         folder = None
         if cache_mode == "zarr":
             folder = (run_dir / FEATURE_CACHE_DIR if run_dir is not None else
@@ -488,7 +496,7 @@ def _train(run: _Run, cache_mode: str, folder, start: float, saved) -> TrainResu
     timings = {}
     if cache_mode != "none":
         t0 = time.perf_counter()
-        run.build_caches(cache_mode, folder)
+        run.build_caches(cache_mode, folder, reuse=saved is not None)
         timings["cache_s"] = time.perf_counter() - t0
     logger.info("training %s (%s weights, cut %s) on %s, loader %s, cache %s, normalise %s, "
                 "%s lr %.3g/%.3g wd %.3g schedule %s", config.extractor,

@@ -50,6 +50,11 @@ def resume_key(config, data) -> dict:
             "store_attrs_sha256": hashlib.sha256(attrs.encode("utf-8")).hexdigest()}
 
 
+def key_digest(key: dict) -> str:
+    """A resume key as one string (what the fit's on-disk feature cache records)."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()
+
+
 def load(run_dir: Path, key: dict) -> dict | None:
     """The state saved in ``run_dir`` for ``key``, or None when there is none.
 
