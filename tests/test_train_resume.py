@@ -256,3 +256,16 @@ def test_train_into_a_folder_with_an_unfinished_run_and_its_cache_resumes(store,
     (out / "notes.txt").unlink()
     assert main(argv) == 0, capsys.readouterr().err
     assert "(resumed after epoch 1)" in capsys.readouterr().out
+
+
+def test_a_resumed_fit_keeps_the_cache_place_its_epochs_had(store, tmp_path, monkeypatch):
+    """--cache auto chooses by the machine's RAM: resumed where it would choose otherwise, the
+    on-disk cache's epoch order would change."""
+    config = TrainConfig(extractor="alexnet", **{**SETTINGS, "cache": "auto"})
+    monkeypatch.setattr(fit_module, "_resolve_cache", lambda config, run: "zarr")
+    _epochs_trained(monkeypatch, stop_at=1)
+    with pytest.raises(KeyboardInterrupt):
+        fit(store, config, out_dir=tmp_path / "run")
+    monkeypatch.undo()
+    monkeypatch.setattr(fit_module, "_resolve_cache", lambda config, run: "memory")
+    assert fit(store, config, out_dir=tmp_path / "run").metrics["cache"] == "zarr"

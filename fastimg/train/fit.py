@@ -111,6 +111,7 @@ class _Run:
                  resume_key: dict | None = None):
         self.data, self.config, self.device, self.run_dir = data, config, device, run_dir
         self.resume_key = resume_key  # what the state saved after each epoch is filed under
+        self.cache_mode = None  # the feature cache's place, once the fit has chosen it
         cuda = device.type == "cuda"
         self.amp = config.amp and cuda
         self.memory_format = (torch.channels_last if cuda and config.channels_last
@@ -472,7 +473,10 @@ def _fit(data, config, device, run_dir, key, saved) -> TrainResult:
     start = time.perf_counter()
     # builds the model: the weights are read here
     run = _Run(data, config, device, run_dir, resume_key=key)
-    cache_mode = _resolve_cache(config, run)
+    # where the features are cached sets the order of an on-disk cache's epochs: a resumed
+    # fit keeps the one its epochs had (``auto`` chooses by the machine's RAM)
+    cache_mode = saved["cache"] if saved is not None else _resolve_cache(config, run)
+    run.cache_mode = cache_mode
     with contextlib.ExitStack() as stack:
         if run_dir is not None:
             stack.enter_context(_run_folder(run_dir))

@@ -107,7 +107,7 @@ def save(run_dir: Path, key: dict, run, epochs: Epochs) -> None:
     state = {
         "key": json.dumps(key, sort_keys=True), "done": epochs.done,
         "history": epochs.history, "best": epochs.best, "best_state": epochs.best_state,
-        "stopped_early": epochs.stopped_early,
+        "stopped_early": epochs.stopped_early, "cache": run.cache_mode,
         "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
         "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
         "step_scheduler": _state_of(run.step_scheduler),
