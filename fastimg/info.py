@@ -448,7 +448,7 @@ def describe_run(path) -> list[str]:
     """
     path = Path(path)
     metrics = _read_json(path / METRICS_FILE, {})
-    saved = _saved_epochs(path) if not metrics else None
+    saved = _saved_epochs(path)
     config = _read_json(path / CONFIG_FILE, metrics.get("config") or (saved or {}).get("config")
                         or {})
     try:
@@ -461,8 +461,10 @@ def describe_run(path) -> list[str]:
 
 def run_json(path) -> dict:
     """A training run folder for scripts (``fastimg info RUN --json``): ``run_folder``,
-    ``files`` (the :data:`RUN_FILES` it holds), ``finished`` (``metrics.json`` is written last),
-    and the ``config`` and ``metrics`` that ``fastimg train`` wrote (None where absent).
+    ``files`` (the :data:`RUN_FILES` it holds, and ``resume.pt`` while a run is unfinished),
+    ``finished`` (``metrics.json`` is written last), ``epochs_done`` (by the unfinished run
+    whose state is there, else None), and the ``config`` and ``metrics`` that ``fastimg
+    train`` wrote (None where absent; an unfinished run's config from its state).
 
     Raises
     ------
@@ -471,22 +473,34 @@ def run_json(path) -> dict:
     """
     path = Path(path)
     metrics = _read_json(path / METRICS_FILE, None)
-    saved = _saved_epochs(path) if metrics is None else None
+    saved = _saved_epochs(path)
     config = _read_json(path / CONFIG_FILE, (metrics or {}).get("config")
                         or (saved or {}).get("config"))
-    return {"run_folder": str(path), "files": run_files_in(path), "finished": metrics is not None,
-            "epochs_done": None if saved is None else saved["done"],
-            "config": config, "metrics": metrics}
+    files = run_files_in(path) + ([RESUME_FILE] if saved is not None else [])
+    return {"run_folder": str(path), "files": files, "finished": metrics is not None,
+            "epochs_done": (saved or {}).get("done"), "config": config, "metrics": metrics}
 
 
 def _saved_epochs(path: Path) -> dict | None:
     """The unfinished run's state in ``path`` (:func:`fastimg.train.resume.saved_epochs`; torch
-    is imported only for a folder that holds one)."""
+    is imported only for a folder that holds one): None without one, ``{}`` for one that
+    cannot be read."""
     if not (path / RESUME_FILE).is_file():
         return None
     from fastimg.train.resume import saved_epochs
 
-    return saved_epochs(path)
+    return saved_epochs(path) or {}
+
+
+def _unfinished_text(saved: dict, config: dict) -> str:
+    """The epochs an unfinished run's state says are done, in words."""
+    if not saved:
+        return (f"its {RESUME_FILE} cannot be read (cut short, or of another fastimg): "
+                f"fastimg train --force starts over")
+    history, best = saved["history"], saved["best"]
+    return (f"{saved['done']} of {plural(config.get('epochs'), 'epoch')} done"
+            + (f" (best val accuracy {_accuracy(history[best]['val_accuracy'])} at epoch "
+               f"{best + 1})" if history and best is not None else ""))
 
 
 def _store_state(recorded) -> str:
@@ -574,14 +588,14 @@ def _run_lines(path: Path, metrics: dict, config: dict, saved: dict | None) -> l
         from fastimg.store.location import lock_holder
 
         holder = lock_holder(path)
-        done = ""
-        if saved is not None:
-            history, best = saved["history"], saved["best"]
-            done = (f", {saved['done']} of {plural(config.get('epochs'), 'epoch')} done"
-                    + (f" (best val accuracy {_accuracy(history[best]['val_accuracy'])} at "
-                       f"epoch {best + 1})" if history and best is not None else ""))
+        done = "" if saved is None else f", {_unfinished_text(saved, config)}"
         lines.append("no metrics.json: " + (
             f"being trained now by another fastimg command ({holder}){done}" if holder else
             f"the run did not finish{done}" + ("; the same fastimg train command resumes it"
-                                               if saved is not None else "")))
+                                               if saved else "")))
+    elif saved is not None:  # a train --force over this run, stopped: it replaces this one
+        lines.append(f"unfinished a train over this run (--force) stopped, "
+                     f"{_unfinished_text(saved, saved.get('config') or {})}"
+                     + ("; the same command without --force resumes it and replaces this run "
+                        "when it ends" if saved else ""))
     return lines

@@ -1,5 +1,6 @@
 """An interrupted fit resumes after its last finished epoch (fastimg.train.resume), from the
 library and from `fastimg train`."""
+import dataclasses
 import importlib
 import json
 
@@ -132,7 +133,8 @@ def test_a_store_rebuilt_since_is_not_resumed(tmp_path, monkeypatch):
               (store.IMAGES, store.SPLIT, store.EMBEDDINGS, store.IDS, store.LABELS)}
     attrs = {**reader.attrs, "summary": {**reader.attrs["summary"], "timings": {"total": 1.0}}}
     store.write_store(path, arrays, attrs, force=True, chunk_rows=64)
-    with pytest.raises(FileExistsError, match="the store was rebuilt since, or is another store"):
+    with pytest.raises(FileExistsError, match="on a store that was rebuilt since, or on another "
+                                              "store: pass overwrite=True to start over"):
         fit(path, config, out_dir=tmp_path / "run")
 
 
@@ -269,3 +271,118 @@ def test_a_resumed_fit_keeps_the_cache_place_its_epochs_had(store, tmp_path, mon
     monkeypatch.undo()
     monkeypatch.setattr(fit_module, "_resolve_cache", lambda config, run: "memory")
     assert fit(store, config, out_dir=tmp_path / "run").metrics["cache"] == "zarr"
+
+
+def _argv(store, out, *more):
+    return ["train", str(store), "--extractor", "alexnet", "--weights", "none", "--epochs", "3",
+            "--batch-size", "32", "--loader", "torch", "--no-probe", "--quiet", *more,
+            "--out", str(out)]
+
+
+def test_a_fit_stopped_while_writing_its_run_files_resumes(store, tmp_path, monkeypatch):
+    """best.pt written, metrics.json not: the rerun was refused as 'already holds a run',
+    while the Ctrl-C line and info said it would resume."""
+    config = TrainConfig(extractor="alexnet", **SETTINGS)
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit_module, "save_run_bundle", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        fit(store, config, out_dir=tmp_path / "run")
+    monkeypatch.undo()
+    assert (tmp_path / "run" / "best.pt").is_file()
+    calls = _epochs_trained(monkeypatch)
+    result = fit(store, config, out_dir=tmp_path / "run")
+    assert calls == [] and result.metrics["resumed_after_epoch"] == 4
+
+
+def test_a_train_force_stopped_resumes_without_force_and_replaces_the_run(
+        store, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    assert main(_argv(store, out)) == 0
+    _epochs_trained(monkeypatch, stop_at=1)
+    assert main(_argv(store, out, "--epochs", "4", "--force")) == 130
+    assert capsys.readouterr().err.strip() == ("fastimg train: interrupted (its finished epochs "
+                                               "are kept: rerun without --force to resume)")
+    monkeypatch.undo()
+    assert main(["info", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "epochs     3 run" in shown  # the finished run, still there
+    assert ("unfinished a train over this run (--force) stopped, 1 of 4 epochs done" in shown
+            and "the same command without --force resumes it" in shown)
+    calls = _epochs_trained(monkeypatch)
+    assert main(_argv(store, out, "--epochs", "4")) == 0, capsys.readouterr().err
+    assert calls == [1, 2, 3]
+    assert len(json.loads((out / "metrics.json").read_text())["epochs"]) == 4
+
+
+def test_a_killed_train_resumes_beside_its_cache_and_a_state_write_cut_short(store, tmp_path,
+                                                                          monkeypatch, capsys):
+    """SIGKILL leaves what no handler removed: the on-disk cache and a temporary state file.
+    The rerun said 'is not empty; pass --force'."""
+    out = tmp_path / "run"
+    _epochs_trained(monkeypatch, stop_at=1)
+    assert main(_argv(store, out, "--cache", "zarr")) == 130
+    monkeypatch.undo()
+    (out / f".{RESUME_FILE}.123.456.tmp").write_bytes(b"cut sh")
+    capsys.readouterr()
+    assert main(_argv(store, out, "--cache", "zarr")) == 0, capsys.readouterr().err
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("state", [{"key": json.dumps({"settings": {}}), "done": 1},
+                                   {"key": "not json"}, b"cut short"])
+def test_a_state_of_another_format_is_one_line_and_force_starts_over(store, tmp_path, capsys,
+                                                                      state):
+    out = tmp_path / "run"
+    out.mkdir()
+    if isinstance(state, bytes):
+        (out / RESUME_FILE).write_bytes(state)
+    else:
+        torch.save(state, out / RESUME_FILE)
+    assert main(_argv(store, out)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"whose {RESUME_FILE} cannot be read" in err and "--force" in err
+    assert main(["info", str(out)]) == 0
+    assert f"its {RESUME_FILE} cannot be read (cut short, or of another fastimg): fastimg " \
+           f"train --force starts over" in capsys.readouterr().out
+    assert main(["predict", str(out), "--input", "-", "--out", str(tmp_path / "p.csv")]) == 2
+    assert "holds a training run that did not finish (no bundle.json yet): the same fastimg " \
+           "train command resumes it" in capsys.readouterr().err
+    assert main([*_argv(store, out), "--force"]) == 0
+
+
+def test_the_key_holds_what_changes_the_numbers_as_it_resolves(store):
+    from fastimg.train.data import StoreData
+    from fastimg.train.resume import resume_key
+
+    data = StoreData(store)
+    config = TrainConfig(extractor="alexnet", **SETTINGS)
+    cpu = resume_key(config, data, torch.device("cpu"), "torch")
+    # device="auto" is the CPU here and CUDA (with AMP and channels_last) on a GPU machine
+    assert resume_key(config, data, torch.device("cuda"), "torch") != cpu
+    same = dataclasses.replace(config, device="cpu", amp=False, channels_last=False, probe=True,
+                               cache_budget="1GiB", num_workers=2, progress=True)
+    assert resume_key(same, data, torch.device("cpu"), "torch") == cpu
+    assert resume_key(dataclasses.replace(config, seed=1), data, torch.device("cpu"),
+                      "torch") != cpu
+
+
+def test_a_resumed_fit_keeps_its_extractor_whatever_its_weights_file_holds_now(
+        store, tmp_path, monkeypatch):
+    import torchvision
+
+    weights = tmp_path / "w.pt"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), weights)
+    config = TrainConfig(extractor="alexnet", **{**SETTINGS, "weights": str(weights)})
+    whole = fit(store, config, out_dir=tmp_path / "whole")
+    _epochs_trained(monkeypatch, stop_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(store, config, out_dir=tmp_path / "cut")
+    monkeypatch.undo()
+    torch.manual_seed(1)
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), weights)
+    resumed = fit(store, config, out_dir=tmp_path / "cut")
+    assert [e["train_loss"] for e in resumed.history] == [e["train_loss"] for e in whole.history]

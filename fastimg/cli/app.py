@@ -108,7 +108,10 @@ def main(argv=None) -> int:
         # logs each ("Task was destroyed but it is pending!") under the one line below
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         kept = _kept(args)
-        kept = f" ({kept}: rerun to resume)" if kept else ""
+        # train --force starts an unfinished run over: the rerun that resumes goes without it
+        again = ("rerun without --force" if args.command == "train" and args.force else
+                 "rerun")
+        kept = f" ({kept}: {again} to resume)" if kept else ""
         terminated = isinstance(exc, Terminated)
         print(f"fastimg {args.command}: {'terminated' if terminated else 'interrupted'}{kept}",
               file=sys.stderr)

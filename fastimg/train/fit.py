@@ -396,7 +396,10 @@ def fit(store, config: TrainConfig | None = None, *, out_dir=None,
 def _checked_fit(store, config, run_dir, overwrite) -> TrainResult:
     """:func:`fit` once nothing else writes into ``run_dir``: the checks that read the folder
     and the store, then the fit."""
-    found = run_files_in(run_dir) if run_dir is not None and not overwrite else []
+    # with an unfinished run's state, the run files are its own, cut short while written, or
+    # those of the run a --force it was overwrites once it ends: load() checks the state
+    unfinished = run_dir is not None and (run_dir / RESUME_FILE).is_file()
+    found = run_files_in(run_dir) if run_dir is not None and not (overwrite or unfinished) else []
     if found:
         raise FileExistsError(f"out_dir {run_dir} already holds a run ({', '.join(found)}); "
                               f"pass overwrite=True to replace it")
@@ -410,7 +413,7 @@ def _checked_fit(store, config, run_dir, overwrite) -> TrainResult:
     device = resolve_device(config.device)
     saved = key = None
     if run_dir is not None:
-        key = resume.resume_key(config, data)
+        key = resume.resume_key(config, data, device, LOADERS.resolve(config.loader))
         if overwrite:
             (run_dir / RESUME_FILE).unlink(missing_ok=True)
         else:
@@ -485,6 +488,8 @@ def _fit(data, config, device, run_dir, key, saved) -> TrainResult:
                 # another store, extractor or cut, and splits this store may not have; a
                 # resumed run's own finished cache is (its key is checked)
                 shutil.rmtree(run_dir / FEATURE_CACHE_DIR, ignore_errors=True)
+            for tmp in run_dir.glob(f".{RESUME_FILE}.*.tmp"):  # a write cut short by SIGKILL
+                tmp.unlink(missing_ok=True)
         folder = None
         if cache_mode == "zarr":
             folder = (run_dir / FEATURE_CACHE_DIR if run_dir is not None else
@@ -498,6 +503,7 @@ def _train(run: _Run, cache_mode: str, folder, start: float, saved) -> TrainResu
     the run files when it has a folder."""
     data, config, run_dir = run.data, run.config, run.run_dir
     timings = {}
+    epochs = resume.restore(saved, run) if saved is not None else resume.Epochs()
     if cache_mode != "none":
         t0 = time.perf_counter()
         run.build_caches(cache_mode, folder, reuse=saved is not None)
@@ -508,8 +514,8 @@ def _train(run: _Run, cache_mode: str, folder, start: float, saved) -> TrainResu
                 config.cut, run.device, run.loader_name, cache_mode, config.normalize,
                 config.optimizer, config.lr_head, config.lr_classifier, config.weight_decay,
                 config.schedule)
-    # the random state last, as the next epoch of an uninterrupted run would have found it
-    epochs = resume.restore(saved, run) if saved is not None else resume.Epochs()
+    if saved is not None:  # last, as the next epoch of an uninterrupted run would find it
+        resume.restore_random_state(saved, run)
     resumed_after = epochs.done if saved is not None else None
     t0 = time.perf_counter()
     history, best, best_state, stopped_early = _epochs(run, epochs)

@@ -25,8 +25,16 @@ from fastimg.store.keys import differences
 
 logger = logging.getLogger("fastimg.train")
 
-#: settings that change how a fit runs, not what it computes
-_INFORMATIONAL = ("progress", "num_workers")
+#: settings that change how a fit runs, not what it computes (the probe runs after the
+#: epochs; the cache budget chooses the cache's place, which a resumed fit keeps); the device,
+#: loader, AMP and channels_last are keyed as they resolve (``auto`` is the CPU on one machine
+#: and CUDA on another)
+_NOT_KEYED = ("progress", "num_workers", "probe", "cache_budget", "device", "loader", "amp",
+              "channels_last")
+#: what :func:`save` writes and :func:`load` needs
+_FIELDS = ("key", "config", "done", "history", "best", "best_state", "stopped_early", "cache",
+           "model", "optimizer", "scaler", "step_scheduler", "epoch_scheduler", "rng",
+           "cuda_rng")
 
 
 @dataclass
@@ -41,12 +49,17 @@ class Epochs:
     stopped_early: bool = False
 
 
-def resume_key(config, data) -> dict:
+def resume_key(config, data, device, loader: str) -> dict:
     """What must match for a run folder's state to be resumed: the fit's settings (all but
-    :data:`_INFORMATIONAL`) and a digest of the store's attributes (a store rebuilt since has
-    other attributes: its timings, if nothing else)."""
+    :data:`_NOT_KEYED`; the ``device`` and ``loader`` as resolved, AMP and channels_last as
+    they apply there) and a digest of the store's attributes (a store rebuilt since has other
+    attributes: its timings, if nothing else)."""
     attrs = json.dumps(data.reader.attrs, sort_keys=True, default=str)
-    return {"config": {k: v for k, v in config.to_dict().items() if k not in _INFORMATIONAL},
+    cuda = device.type == "cuda"
+    settings = {k: v for k, v in config.to_dict().items() if k not in _NOT_KEYED}
+    settings.update(device=device.type, loader=loader, amp=bool(config.amp and cuda),
+                    channels_last=bool(config.channels_last and cuda))
+    return {"config": settings,
             "store_attrs_sha256": hashlib.sha256(attrs.encode("utf-8")).hexdigest()}
 
 
@@ -67,37 +80,50 @@ def load(run_dir: Path, key: dict) -> dict | None:
     path = Path(run_dir) / RESUME_FILE
     if not path.is_file():
         return None
+    state = _read(path)
+    if state is None:
+        raise FileExistsError(f"{run_dir} holds an unfinished run whose {RESUME_FILE} cannot "
+                              f"be read (cut short, or of another fastimg); pass "
+                              f"overwrite=True to start over")
+    saved = json.loads(state["key"])
+    if saved == key:
+        return state
+    done = f"{state['done']} epoch{'s' * (state['done'] != 1)} done"
+    found = differences("", saved["config"], key["config"])
+    if not found:  # the settings match: the store does not
+        raise FileExistsError(f"{run_dir} holds an unfinished run ({done}) on a store that was "
+                              f"rebuilt since, or on another store: pass overwrite=True to "
+                              f"start over")
+    if saved["store_attrs_sha256"] != key["store_attrs_sha256"]:
+        found.append("the store was rebuilt since, or is another store")
+    more = f"; and {len(found) - 6} more" if len(found) > 6 else ""
+    raise FileExistsError(f"{run_dir} holds an unfinished run ({done}) with other settings "
+                          f"({'; '.join(found[:6])}{more}): run it again with its own settings "
+                          f"to resume it, or pass overwrite=True to start over")
+
+
+def _read(path: Path) -> dict | None:
+    """The state saved at ``path``, or None when it cannot be read or lacks a field."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        saved = json.loads(state["key"])
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is one answer
-        raise FileExistsError(f"{run_dir} holds an unfinished run whose {RESUME_FILE} "
-                              f"cannot be read ({type(exc).__name__}); pass overwrite=True to "
-                              f"start over") from None
-    if saved != key:
-        found = differences("", saved["config"], key["config"])
-        if saved.get("store_attrs_sha256") != key["store_attrs_sha256"]:
-            found.append("the store was rebuilt since, or is another store")
-        done = state["done"]
-        raise FileExistsError(f"{run_dir} holds an unfinished run ({done} epoch"
-                              f"{'s' * (done != 1)} done) with other settings "
-                              f"({'; '.join(found[:6])}): "
-                              f"run it again with its own settings to resume it, or pass "
-                              f"overwrite=True to start over")
-    return state
+        key = json.loads(state["key"])
+        if (all(name in state for name in _FIELDS) and isinstance(key, dict)
+                and isinstance(key.get("config"), dict) and "store_attrs_sha256" in key):
+            return state
+    except Exception:  # noqa: BLE001 - any unreadable file is one answer
+        pass
+    return None
 
 
 def saved_epochs(run_dir: Path) -> dict | None:
     """What the state in ``run_dir`` says of its run, for ``fastimg info``: ``done`` (epochs),
-    ``history``, ``best`` (index), ``stopped_early`` and ``config`` (the fit's settings but
-    :data:`_INFORMATIONAL`); None without a state, or with one that cannot be read."""
-    try:
-        state = torch.load(Path(run_dir) / RESUME_FILE, map_location="cpu", weights_only=True)
-        return {"done": state["done"], "history": state["history"], "best": state["best"],
-                "stopped_early": state["stopped_early"],
-                "config": json.loads(state["key"])["config"]}
-    except Exception:  # noqa: BLE001 - missing or unreadable: nothing to say of it
+    ``history``, ``best`` (index), ``stopped_early`` and ``config`` (the fit's settings, as
+    ``config.json`` holds them); None without a state, or with one that cannot be read."""
+    state = _read(Path(run_dir) / RESUME_FILE)
+    if state is None:
         return None
+    return {name: state[name] for name in ("done", "history", "best", "stopped_early")} | {
+        "config": json.loads(state["config"])}
 
 
 def save(run_dir: Path, key: dict, run, epochs: Epochs) -> None:
@@ -105,7 +131,8 @@ def save(run_dir: Path, key: dict, run, epochs: Epochs) -> None:
     ``epochs.done`` epochs, replacing the one before."""
     device = run.device
     state = {
-        "key": json.dumps(key, sort_keys=True), "done": epochs.done,
+        "key": json.dumps(key, sort_keys=True), "config": json.dumps(run.config.to_dict()),
+        "done": epochs.done,
         "history": epochs.history, "best": epochs.best, "best_state": epochs.best_state,
         "stopped_early": epochs.stopped_early, "cache": run.cache_mode,
         "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
@@ -124,7 +151,10 @@ def save(run_dir: Path, key: dict, run, epochs: Epochs) -> None:
 
 
 def restore(state: dict, run) -> Epochs:
-    """Put ``run`` where the saved ``state`` left it; the epochs to go on from."""
+    """Put ``run``'s model, optimiser, schedules and scaler where the saved ``state`` left
+    them (before its feature cache is built: the extractor is the saved one, whatever its
+    weights file holds now); the epochs to go on from. The random state comes last
+    (:func:`restore_random_state`)."""
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scaler.load_state_dict(state["scaler"])
@@ -132,12 +162,16 @@ def restore(state: dict, run) -> Epochs:
                              (run.epoch_scheduler, state["epoch_scheduler"])):
         if scheduler is not None:
             scheduler.load_state_dict(saved)
-    torch.set_rng_state(state["rng"])
-    if state["cuda_rng"] is not None and run.device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda_rng"], run.device)
     logger.info("resuming %s after epoch %d", run.run_dir, state["done"])
     return Epochs(done=state["done"], history=state["history"], best=state["best"],
                   best_state=state["best_state"], stopped_early=state["stopped_early"])
+
+
+def restore_random_state(state: dict, run) -> None:
+    """The torch random state the next epoch of an uninterrupted run would have found."""
+    torch.set_rng_state(state["rng"])
+    if state["cuda_rng"] is not None and run.device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_rng"], run.device)
 
 
 def _state_of(scheduler):
