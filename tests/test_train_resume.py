@@ -386,3 +386,20 @@ def test_a_resumed_fit_keeps_its_extractor_whatever_its_weights_file_holds_now(
     torch.save(torchvision.models.alexnet(weights=None).state_dict(), weights)
     resumed = fit(store, config, out_dir=tmp_path / "cut")
     assert [e["train_loss"] for e in resumed.history] == [e["train_loss"] for e in whole.history]
+
+
+@pytest.mark.gpu
+def test_a_cuda_fit_with_amp_resumes_its_scaler_and_random_state(store, tmp_path, monkeypatch):
+    """On CUDA (no deterministic cuDNN algorithms are forced) the numbers may differ in their
+    last bits: what must hold is that the state of each part comes back."""
+    config = TrainConfig(extractor="alexnet", device="cuda", **SETTINGS)
+    _epochs_trained(monkeypatch, stop_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(store, config, out_dir=tmp_path / "run")
+    monkeypatch.undo()
+    state = torch.load(tmp_path / "run" / RESUME_FILE, weights_only=True)
+    assert state["scaler"] and state["cuda_rng"] is not None  # AMP's scale, CUDA's generator
+    calls = _epochs_trained(monkeypatch)
+    result = fit(store, config, out_dir=tmp_path / "run")
+    assert calls == [2, 3] and result.metrics["amp"] and result.metrics["resumed_after_epoch"] == 2
+    assert result.val_accuracy > 0.9
