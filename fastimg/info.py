@@ -449,8 +449,9 @@ def describe_run(path) -> list[str]:
     path = Path(path)
     metrics = _read_json(path / METRICS_FILE, {})
     saved = _saved_epochs(path)
-    config = _read_json(path / CONFIG_FILE, metrics.get("config") or (saved or {}).get("config")
-                        or {})
+    # unfinished, its config.json may be that of the run a --force of it overwrites
+    config = (saved or {}).get("config") if not metrics else None
+    config = config or _read_json(path / CONFIG_FILE, metrics.get("config") or {})
     try:
         return _run_lines(path, metrics, config, saved)
     except (AttributeError, TypeError, KeyError, IndexError, ValueError) as exc:
@@ -474,8 +475,8 @@ def run_json(path) -> dict:
     path = Path(path)
     metrics = _read_json(path / METRICS_FILE, None)
     saved = _saved_epochs(path)
-    config = _read_json(path / CONFIG_FILE, (metrics or {}).get("config")
-                        or (saved or {}).get("config"))
+    config = (saved or {}).get("config") if metrics is None else None
+    config = config or _read_json(path / CONFIG_FILE, (metrics or {}).get("config"))
     files = run_files_in(path) + ([RESUME_FILE] if saved is not None else [])
     return {"run_folder": str(path), "files": files, "finished": metrics is not None,
             "epochs_done": (saved or {}).get("done"), "config": config, "metrics": metrics}
@@ -591,8 +592,8 @@ def _run_lines(path: Path, metrics: dict, config: dict, saved: dict | None) -> l
         done = "" if saved is None else f", {_unfinished_text(saved, config)}"
         lines.append("no metrics.json: " + (
             f"being trained now by another fastimg command ({holder}){done}" if holder else
-            f"the run did not finish{done}" + ("; the same fastimg train command resumes it"
-                                               if saved else "")))
+            f"the run did not finish{done}" + ("; fastimg train with its settings, without "
+                                               "--force, resumes it" if saved else "")))
     elif saved is not None:  # a train --force over this run, stopped: it replaces this one
         lines.append(f"unfinished a train over this run (--force) stopped, "
                      f"{_unfinished_text(saved, saved.get('config') or {})}"

@@ -20,6 +20,21 @@ RUN_FILES = (METRICS_FILE, CONFIG_FILE, CHECKPOINT_FILE, BUNDLE_FILE, NORMALISER
 RESUME_FILE = "resume.pt"
 
 
+def is_unfinished(path) -> bool:
+    """True when the folder ``path`` holds an unfinished run's state (:data:`RESUME_FILE`):
+    the same fit resumes it (and checks that it is its own); whatever else is there, the
+    folder was accepted when that fit began."""
+    return (Path(path) / RESUME_FILE).is_file()
+
+
+def remove_cut_short_writes(path) -> None:
+    """Remove the temporary files of run-file writes that a kill cut short (``replace_file``'s
+    ``.NAME.PID.THREAD.tmp``) from the folder ``path``."""
+    for name in (*RUN_FILES, RESUME_FILE):
+        for tmp in Path(path).glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
 def run_files_in(path) -> list[str]:
     """The names of :data:`RUN_FILES` that the folder ``path`` holds (none for a missing one)."""
     path = Path(path)

@@ -153,7 +153,7 @@ def test_train_interrupted_says_its_epochs_are_kept_and_the_same_command_resumes
     assert main(["info", str(out)]) == 0
     shown = capsys.readouterr().out
     assert "no metrics.json: the run did not finish, 1 of 3 epochs done (best val accuracy" in shown
-    assert "the same fastimg train command resumes it" in shown
+    assert "fastimg train with its settings, without --force, resumes it" in shown
     assert "training   3 epochs, batch 32" in shown
     assert main(["info", str(out), "--json"]) == 0
     described = json.loads(capsys.readouterr().out)
@@ -174,10 +174,11 @@ def test_train_interrupted_says_its_epochs_are_kept_and_the_same_command_resumes
     assert torch.load(out / "best.pt", weights_only=True)
 
 
-def test_a_store_replaced_between_epochs_stops_the_fit_and_keeps_no_state(tmp_path,
+def test_a_store_replaced_between_epochs_stops_the_fit_and_saves_no_state_of_it(tmp_path,
                                                                          monkeypatch):
-    """The epochs after a rebuild read the new build's images: their state is never saved,
-    and the one saved before goes too (its store is gone)."""
+    """The epochs after a rebuild read the new build's images: their state is never saved;
+    the one saved before is kept (a store that failed to read once is resumed), and the
+    rebuilt store is refused by its key."""
     from fastimg import store
 
     path = tmp_path / "s.zarr"
@@ -194,10 +195,16 @@ def test_a_store_replaced_between_epochs_stops_the_fit_and_keeps_no_state(tmp_pa
         return train_epoch(run, epoch)
 
     monkeypatch.setattr(fit_module._Run, "train_epoch", rebuilt_during_the_second_epoch)
+    run = tmp_path / "runs" / "r"
+    config = TrainConfig(extractor="alexnet", **SETTINGS)
     with pytest.raises(store.StoreError, match="was replaced or deleted while this command"):
-        fit(path, TrainConfig(extractor="alexnet", **SETTINGS), out_dir=tmp_path / "runs" / "r")
+        fit(path, config, out_dir=run)
     assert calls == [0, 1]  # stopped at the end of the epoch the rebuild fell in
-    assert not (tmp_path / "runs").exists()
+    assert torch.load(run / RESUME_FILE, weights_only=True)["done"] == 1  # the epoch before
+    assert sorted(p.name for p in run.iterdir()) == [RESUME_FILE]
+    monkeypatch.undo()
+    with pytest.raises(FileExistsError, match="on a store that was rebuilt since"):
+        fit(path, config, out_dir=run)
 
 
 def test_a_resumed_fit_reads_its_finished_on_disk_feature_cache_again(store, tmp_path,
@@ -252,12 +259,10 @@ def test_train_into_a_folder_with_an_unfinished_run_and_its_cache_resumes(store,
     monkeypatch.undo()
     capsys.readouterr()
     assert sorted(p.name for p in out.iterdir()) == ["feature_cache", RESUME_FILE]
-    (out / "notes.txt").write_text("mine")  # anything else still makes the folder not empty
-    assert main(argv) == 2
-    assert "is not empty; pass --force" in capsys.readouterr().err
-    (out / "notes.txt").unlink()
+    (out / "notes.txt").write_text("mine")  # the folder was accepted when the run began
     assert main(argv) == 0, capsys.readouterr().err
     assert "(resumed after epoch 1)" in capsys.readouterr().out
+    assert (out / "notes.txt").read_text() == "mine"
 
 
 def test_a_resumed_fit_keeps_the_cache_place_its_epochs_had(store, tmp_path, monkeypatch):
@@ -348,8 +353,8 @@ def test_a_state_of_another_format_is_one_line_and_force_starts_over(store, tmp_
     assert f"its {RESUME_FILE} cannot be read (cut short, or of another fastimg): fastimg " \
            f"train --force starts over" in capsys.readouterr().out
     assert main(["predict", str(out), "--input", "-", "--out", str(tmp_path / "p.csv")]) == 2
-    assert "holds a training run that did not finish (no bundle.json yet): the same fastimg " \
-           "train command resumes it" in capsys.readouterr().err
+    assert "holds a training run that did not finish (no bundle.json yet): fastimg train with " \
+           "its settings, without --force, resumes it" in capsys.readouterr().err
     assert main([*_argv(store, out), "--force"]) == 0
 
 
@@ -403,3 +408,78 @@ def test_a_cuda_fit_with_amp_resumes_its_scaler_and_random_state(store, tmp_path
     result = fit(store, config, out_dir=tmp_path / "run")
     assert calls == [2, 3] and result.metrics["amp"] and result.metrics["resumed_after_epoch"] == 2
     assert result.val_accuracy > 0.9
+
+
+def test_an_early_stopped_fit_cut_short_before_its_files_trains_no_epoch_again(
+        store, tmp_path, monkeypatch):
+    config = TrainConfig(extractor="alexnet", **{**SETTINGS, "epochs": 12, "patience": 1})
+    whole = fit(store, config, out_dir=tmp_path / "whole")
+    assert whole.metrics["stopped_early"] and len(whole.history) < 12
+
+    def interrupted(run):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit_module, "_final_evaluation", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fit(store, config, out_dir=tmp_path / "run")
+    monkeypatch.undo()
+    calls = _epochs_trained(monkeypatch)
+    result = fit(store, config, out_dir=tmp_path / "run")
+    assert calls == [] and result.metrics["stopped_early"]
+    assert len(result.history) == len(whole.history)
+
+
+def test_a_refusal_names_the_settings_and_the_store_when_both_differ(tmp_path, monkeypatch):
+    from fastimg import store as store_module
+
+    path = tmp_path / "s.zarr"
+    write_store(path, n_rows=80)
+    config = TrainConfig(extractor="alexnet", **SETTINGS)
+    _epochs_trained(monkeypatch, stop_at=1)
+    with pytest.raises(KeyboardInterrupt):
+        fit(path, config, out_dir=tmp_path / "run")
+    monkeypatch.undo()
+    reader = store_module.StoreReader(path)
+    arrays = {name: reader.group[name][:] for name in reader.group.array_keys()}
+    store_module.write_store(path, arrays, {**reader.attrs, "rebuilt": True}, force=True)
+    with pytest.raises(FileExistsError, match=r"\(seed: 0 -> 1; the store was rebuilt since, "
+                                              r"or is another store\)"):
+        fit(path, dataclasses.replace(config, seed=1), out_dir=tmp_path / "run")
+
+
+def test_a_stopped_train_force_resumes_beside_what_the_folder_held(store, tmp_path,
+                                                                 monkeypatch, capsys):
+    """An explain/ folder in the run folder (the README's own example), or a run file's write
+    that a kill cut short, made the rerun 'not empty; pass --force', which starts over."""
+    out = tmp_path / "run"
+    assert main(_argv(store, out)) == 0
+    (out / "explain").mkdir()
+    _epochs_trained(monkeypatch, stop_at=1)
+    assert main(_argv(store, out, "--epochs", "4", "--force")) == 130
+    monkeypatch.undo()
+    (out / ".best.pt.123.456.tmp").write_bytes(b"cut sh")
+    capsys.readouterr()
+    calls = _epochs_trained(monkeypatch)
+    assert main(_argv(store, out, "--epochs", "4")) == 0, capsys.readouterr().err
+    assert calls == [1, 2, 3] and (out / "explain").is_dir()
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_a_full_disk_during_train_force_says_to_resume_without_force(store, tmp_path,
+                                                                     monkeypatch, capsys):
+    import errno
+
+    out = tmp_path / "run"
+    assert main(_argv(store, out)) == 0
+    train_epoch = fit_module._Run.train_epoch
+
+    def full(run, epoch):
+        if epoch == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return train_epoch(run, epoch)
+
+    monkeypatch.setattr(fit_module._Run, "train_epoch", full)
+    capsys.readouterr()
+    assert main(_argv(store, out, "--force")) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "free some space, then rerun without --force to resume (its finished epochs are kept)")

@@ -17,17 +17,19 @@ from fastimg.cli import options, report
 from fastimg.cli.parser import build_parser, flags_of, subparser
 
 
-def _kept(args) -> str:
-    """What a stopped command left that a rerun resumes, in words ("" for nothing): builds
-    keep their finished stages, ``train`` its finished epochs; other commands leave nothing
-    to resume."""
+def _kept(args) -> tuple[str, str]:
+    """What a stopped command left that a rerun resumes, in words ("" for nothing), and the
+    rerun that resumes it: builds keep their finished stages, ``train`` its finished epochs
+    (resumed without ``--force``, which starts over); other commands leave nothing."""
     if args.command in ("build-dataset", "relayout", "images"):
-        return "the unfinished build is kept" if _unfinished_build_written(args) else ""
+        return ("the unfinished build is kept" if _unfinished_build_written(args) else "",
+                "rerun")
     if args.command == "train":
-        from fastimg.run_folder import RESUME_FILE
+        from fastimg.run_folder import is_unfinished
 
-        return "its finished epochs are kept" if (args.out / RESUME_FILE).is_file() else ""
-    return ""
+        return ("its finished epochs are kept" if is_unfinished(args.out) else "",
+                "rerun without --force" if args.force else "rerun")
+    return "", "rerun"
 
 
 def _unfinished_build_written(args) -> bool:
@@ -107,10 +109,7 @@ def main(argv=None) -> int:
         # zarr's writes left pending on its event loop are destroyed at exit, and asyncio
         # logs each ("Task was destroyed but it is pending!") under the one line below
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-        kept = _kept(args)
-        # train --force starts an unfinished run over: the rerun that resumes goes without it
-        again = ("rerun without --force" if args.command == "train" and args.force else
-                 "rerun")
+        kept, again = _kept(args)
         kept = f" ({kept}: {again} to resume)" if kept else ""
         terminated = isinstance(exc, Terminated)
         print(f"fastimg {args.command}: {'terminated' if terminated else 'interrupted'}{kept}",
@@ -119,7 +118,8 @@ def main(argv=None) -> int:
     except Exception as exc:  # noqa: BLE001 - every error ends as one line and an exit code
         full = report.disk_full(exc)
         if full is not None:  # the machine's state, not a bug
-            return report.report_disk_full(args.command, exc, full, kept=_kept(args),
+            kept, again = _kept(args)
+            return report.report_disk_full(args.command, exc, full, kept=kept, again=again,
                                            debug=args.debug)
         return report.report_error(args.command, exc, debug=args.debug, flags=flags)
     finally:

@@ -129,15 +129,15 @@ def disk_full(exc: BaseException) -> OSError | None:
 
 
 def report_disk_full(command: str, exc: BaseException, full: OSError, *, kept: str,
-                     debug: bool = False) -> int:
+                     again: str = "rerun", debug: bool = False) -> int:
     """Print ``exc``, with the full disk ``full`` among its causes (:func:`disk_full`), as one
     line that says what to do and what a rerun resumes (``kept``: "the unfinished build is
-    kept", or "" for nothing); the exit code."""
+    kept", or "" for nothing; ``again``: the rerun that resumes it); the exit code."""
     if debug:
         traceback.print_exception(exc, file=sys.stderr)
     where = f" (writing {full.filename})" if full.filename else ""
     print(f"fastimg {command}: error: no space left on the device{where}: free some space, "
-          f"then rerun{f' to resume ({kept})' if kept else ''}",
+          f"then {again if kept else 'rerun'}{f' to resume ({kept})' if kept else ''}",
           file=sys.stderr)
     return EXIT_USAGE
 

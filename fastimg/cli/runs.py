@@ -54,11 +54,10 @@ def cmd_train(args) -> int:
 
 def _check_run_folder(out: Path, *, force: bool) -> None:
     """Refuse to train into a store or a folder inside one, and into a folder that holds a run
-    (or any other file but an unfinished run's state, which the fit resumes) unless
-    ``force``."""
+    (or any other file) unless ``force`` or an unfinished run's state is there (the fit
+    resumes it)."""
     from fastimg._validation import check_can_write, file_in_the_way
-    from fastimg.run_folder import (FEATURE_CACHE_DIR, RESUME_FILE, RUN_FILES,
-                                    check_outside_stores, run_files_in)
+    from fastimg.run_folder import check_outside_stores, is_unfinished, run_files_in
     from fastimg.store.location import lock_holder
 
     if out.exists() and not out.is_dir():
@@ -75,17 +74,13 @@ def _check_run_folder(out: Path, *, force: bool) -> None:
     if force or not out.is_dir():
         return
 
-    # an unfinished run's folder: the fit resumes it, or names what differs. Beside its state:
-    # its feature cache, a state write that a kill cut short, and run files it was writing
-    # (or, stopped after --force, the run it overwrites)
-    unfinished = (out / RESUME_FILE).is_file()
-    found = [] if unfinished else run_files_in(out)
+    if is_unfinished(out):  # the fit resumes it, or names what differs
+        return
+    found = run_files_in(out)
     if found:
         raise UserError(f"{out} already holds a run ({', '.join(found)}); pass --force to "
                         f"overwrite it, or choose another --out")
-    resumable = (RESUME_FILE, FEATURE_CACHE_DIR, *RUN_FILES) if unfinished else ()
-    if any(entry.name not in resumable and not (unfinished and entry.name.startswith(
-            f".{RESUME_FILE}.") and entry.name.endswith(".tmp")) for entry in out.iterdir()):
+    if any(out.iterdir()):
         raise UserError(f"{out} is not empty; pass --force to train into it anyway, or choose "
                         f"another --out")
 

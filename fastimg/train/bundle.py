@@ -168,8 +168,9 @@ def read_run_bundle(run_dir) -> tuple[dict, dict | None]:
     path = run_dir / BUNDLE_FILE
     if not path.is_file():
         raise RunBundleError(being_written(run_dir) or (
-            f"{run_dir} holds a training run that did not finish (no {BUNDLE_FILE} yet): the "
-            f"same fastimg train command resumes it" if (run_dir / RESUME_FILE).is_file() else
+            f"{run_dir} holds a training run that did not finish (no {BUNDLE_FILE} yet): "
+            f"fastimg train with its settings, without --force, resumes it"
+            if (run_dir / RESUME_FILE).is_file() else
             f"{run_dir} has no {BUNDLE_FILE} (a run from an older fastimg, or not a run "
             f"folder): train it again with `fastimg train`"))
     if not (run_dir / CHECKPOINT_FILE).is_file():

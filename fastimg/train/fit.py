@@ -21,9 +21,9 @@ from tqdm.auto import tqdm
 from fastimg._files import replace_file
 from fastimg._validation import check_config
 from fastimg.run_folder import (BUNDLE_FILE, CHECKPOINT_FILE, CONFIG_FILE, FEATURE_CACHE_DIR,
-                                METRICS_FILE, NORMALISER_FILE, RESUME_FILE, RUN_FILES,
-                                check_outside_stores, run_files_in)
-from fastimg.store import StoreError
+                                METRICS_FILE, NORMALISER_FILE, RESUME_FILE,
+                                check_outside_stores, is_unfinished, remove_cut_short_writes,
+                                run_files_in)
 from fastimg.store.location import build_lock, resolve
 from fastimg.train.bundle import save_run_bundle
 from fastimg.train.cache import build_cache, feature_cache_bytes, open_cache
@@ -31,8 +31,8 @@ from fastimg.train.config import TrainConfig, check_device
 from fastimg.train.data import (LOADERS, BatchSource, ChunkedReader, Normaliser, StoreData,
                                 make_loader, pixel_stats)
 from fastimg.train.extractors import check_weights
-from fastimg.train.head import build_classifier
 from fastimg.train import resume
+from fastimg.train.head import build_classifier
 from fastimg.train.probe import linear_probe
 from fastimg.train.scores import class_scores, confusion_matrix
 
@@ -356,7 +356,8 @@ def fit(store, config: TrainConfig | None = None, *, out_dir=None,
         any work).
     FileExistsError
         ``out_dir`` holds a run, or the state of an unfinished one with other settings or on a
-        store rebuilt since (the message names what differs), and ``overwrite`` is false.
+        store rebuilt since (the message names what differs), or a state that cannot be
+        read, and ``overwrite`` is false.
     fastimg.store.StoreError
         The store was replaced or deleted while the fit read it (a ``--force`` rebuild ran
         meanwhile); nothing is written to ``out_dir``.
@@ -398,8 +399,8 @@ def _checked_fit(store, config, run_dir, overwrite) -> TrainResult:
     and the store, then the fit."""
     # with an unfinished run's state, the run files are its own, cut short while written, or
     # those of the run a --force it was overwrites once it ends: load() checks the state
-    unfinished = run_dir is not None and (run_dir / RESUME_FILE).is_file()
-    found = run_files_in(run_dir) if run_dir is not None and not (overwrite or unfinished) else []
+    found = (run_files_in(run_dir) if run_dir is not None and not overwrite
+             and not is_unfinished(run_dir) else [])
     if found:
         raise FileExistsError(f"out_dir {run_dir} already holds a run ({', '.join(found)}); "
                               f"pass overwrite=True to replace it")
@@ -456,12 +457,14 @@ def _run_folder(run_dir: Path):
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         yield run_dir
-    except BaseException as exc:
-        if isinstance(exc, StoreError):  # the store was replaced while the fit read it: the
-            (run_dir / RESUME_FILE).unlink(missing_ok=True)  # epochs saved read what is gone
-        if not (run_dir / RESUME_FILE).is_file():  # else the fit run again reads its cache
-            shutil.rmtree(run_dir / FEATURE_CACHE_DIR, ignore_errors=True)
-        if created and not any((run_dir / name).exists() for name in (*RUN_FILES, RESUME_FILE)):
+    except BaseException:
+        # a finished epoch's state is kept, with the cache the fit run again reads: its epochs
+        # read one build (checked before each save), and a store rebuilt since is refused by
+        # its key, while a store that failed to read once is resumed
+        if is_unfinished(run_dir):
+            raise
+        shutil.rmtree(run_dir / FEATURE_CACHE_DIR, ignore_errors=True)
+        if created and not run_files_in(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished feature cache at most
             for parent in created[1:]:
                 with contextlib.suppress(OSError):  # another process may have written there
@@ -488,8 +491,7 @@ def _fit(data, config, device, run_dir, key, saved) -> TrainResult:
                 # another store, extractor or cut, and splits this store may not have; a
                 # resumed run's own finished cache is (its key is checked)
                 shutil.rmtree(run_dir / FEATURE_CACHE_DIR, ignore_errors=True)
-            for tmp in run_dir.glob(f".{RESUME_FILE}.*.tmp"):  # a write cut short by SIGKILL
-                tmp.unlink(missing_ok=True)
+            remove_cut_short_writes(run_dir)  # by a SIGKILL
         folder = None
         if cache_mode == "zarr":
             folder = (run_dir / FEATURE_CACHE_DIR if run_dir is not None else
