@@ -136,3 +136,50 @@ def test_a_second_train_into_a_folder_a_train_writes_names_it_without_force(smal
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "is being written by another fastimg command" in err and "--force" not in err, err
+
+
+def test_info_of_several_runs_is_a_table_a_row_a_run(small_store, tmp_path, capsys):
+    import torch
+
+    from fastimg.run_folder import RESUME_FILE
+
+    base = ["train", str(small_store), "--weights", "none", "--epochs", "2", "--batch-size",
+            "16", "--loader", "torch", "--quiet"]
+    assert main([*base, "--extractor", "alexnet", "--out", str(tmp_path / "alex")]) == 0
+    assert main([*base, "--extractor", "shufflenet_v2_x1_0", "--no-probe",
+                 "--out", str(tmp_path / "shuffle")]) == 0
+    other = tmp_path / "other.zarr"  # no test split: its figure is val's, not shown as test
+    write_store(other, n_rows=60, test=False)
+    assert main(["train", str(other), *base[2:], "--out", str(tmp_path / "notest")]) == 0
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    torch.save({"not": "a state"}, unfinished / RESUME_FILE)
+    capsys.readouterr()
+    runs = [str(tmp_path / name) for name in ("alex", "shuffle", "notest", "unfinished")]
+    assert main(["info", *runs]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["run", "extractor", "weights", "preset", "epochs", "val",
+                                "test", "macro", "F1", "probe", "emb", "probe", "px", "time"]
+    metrics = json.loads((tmp_path / "alex" / "metrics.json").read_text())
+    alex = lines[1].split()
+    assert alex[:4] == [runs[0], "alexnet", "random", "ours"]
+    assert alex[4:8] == ["best", str(metrics["best_epoch"]), "of", "2"]
+    assert alex[8:13] == [f"{metrics['final'][s]['accuracy']:.4f}" for s in ("val", "test")] + [
+        f"{metrics['reported']['macro_f1']:.4f}", f"{metrics['probe']['test_accuracy']:.4f}",
+        f"{metrics['probe_pixels']['test_accuracy']:.4f}"]
+    assert lines[2].split()[1] == "shufflenet_v2_x1_0" and lines[2].split()[11:13] == ["-"] * 2
+    notest = lines[3].split()
+    assert notest[9:11] == ["-", "-"]  # val chose the epoch: no test figure, no macro F1
+    assert lines[4].split() == [runs[3], "?", "?", "?", "unfinished"]  # an unreadable state
+    assert lines[5].startswith("stores: ") and str(other) in lines[5]
+    assert len(lines) == 6
+
+    assert main(["info", *runs[:2], "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [run["run_folder"] for run in listed] == runs[:2]
+    assert listed[0]["metrics"]["best_epoch"] == metrics["best_epoch"]
+
+    assert main(["info", runs[0], str(small_store)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"fastimg info: error: {small_store} is not a training run folder: info "
+                   f"shows several run folders side by side, and a store one at a time")

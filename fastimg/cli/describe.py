@@ -7,6 +7,7 @@ from pathlib import Path
 
 from fastimg import store
 from fastimg.cli import options
+from fastimg.cli.report import UserError
 
 
 def cmd_show(args) -> int:
@@ -20,14 +21,18 @@ def cmd_show(args) -> int:
 
 
 def cmd_info(args) -> int:
-    """``fastimg info``: a store's, an unfinished build's or a run folder's summary."""
+    """``fastimg info``: a store's, an unfinished build's or a run folder's summary; several
+    run folders side by side."""
     from fastimg import info
     from fastimg.run_folder import is_run_folder
 
-    target = options.location(args.store, args)  # warns of --storage-option with a local path
-    if "://" not in args.store and is_run_folder(Path(args.store)):
-        print(json.dumps(info.run_json(args.store), indent=2) if args.json
-              else "\n".join(info.describe_run(Path(args.store))))
+    if len(args.store) > 1:
+        return _compare_runs(args)
+    path = args.store[0]
+    target = options.location(path, args)  # warns of --storage-option with a local path
+    if "://" not in path and is_run_folder(Path(path)):
+        print(json.dumps(info.run_json(path), indent=2) if args.json
+              else "\n".join(info.describe_run(Path(path))))
         return 0
     try:
         reader = store.StoreReader(target)
@@ -45,6 +50,21 @@ def cmd_info(args) -> int:
     else:
         print("\n".join(info.describe_store(reader)
                         + (info.describe_unfinished_beside(beside) if beside else [])))
+    return 0
+
+
+def _compare_runs(args) -> int:
+    """``fastimg info RUN RUN ...``: a table of the runs (``--json``: their summaries)."""
+    from fastimg import info
+    from fastimg.run_folder import is_run_folder
+    from fastimg.runs_table import compare_runs
+
+    for path in args.store:
+        if "://" in path or not is_run_folder(Path(path)):
+            raise UserError(f"{path} is not a training run folder: info shows several run "
+                            f"folders side by side, and a store one at a time")
+    print(json.dumps([info.run_json(path) for path in args.store], indent=2) if args.json
+          else "\n".join(compare_runs(args.store)))
     return 0
 
 
@@ -73,11 +93,14 @@ def add_info(sub) -> None:
                           description="A short summary of a store (rows and classes per split, "
                                       "features, images, encoder, layout, timings, size) or of "
                                       "a training run folder (extractor, epochs, accuracy, "
-                                      "probe).")
-    info.add_argument("store", type=options.path_text,
-                      help="a store (path or URL), or a run folder of fastimg train")
+                                      "probe); several run folders side by side, one row a "
+                                      "run.")
+    info.add_argument("store", type=options.path_text, nargs="+",
+                      help="a store (path or URL), or a run folder of fastimg train; or "
+                           "several run folders (runs/*), compared in a table")
     info.add_argument("--json", action="store_true",
                       help="as JSON, for scripts: a store's full attributes, or a run "
-                           "folder's config.json and metrics.json")
+                           "folder's config.json and metrics.json (a list of them for "
+                           "several run folders)")
     options.add_storage_options(info)
     info.set_defaults(func=cmd_info)
