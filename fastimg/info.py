@@ -463,8 +463,9 @@ def describe_run(path) -> list[str]:
 def run_json(path) -> dict:
     """A training run folder for scripts (``fastimg info RUN --json``): ``run_folder``,
     ``files`` (the :data:`RUN_FILES` it holds, and ``resume.pt`` while a run is unfinished),
-    ``finished`` (``metrics.json`` is written last), ``epochs_done`` (by the unfinished run
-    whose state is there, else None), and the ``config`` and ``metrics`` that ``fastimg
+    ``finished`` (``metrics.json`` is written last), ``unfinished`` (the unfinished run whose
+    state is there, ``{"epochs_done", "epochs"}``, else None; a train ``--force`` over a
+    finished run, stopped, leaves both), and the ``config`` and ``metrics`` that ``fastimg
     train`` wrote (None where absent; an unfinished run's config from its state).
 
     Raises
@@ -479,7 +480,10 @@ def run_json(path) -> dict:
     config = config or _read_json(path / CONFIG_FILE, (metrics or {}).get("config"))
     files = run_files_in(path) + ([RESUME_FILE] if saved is not None else [])
     return {"run_folder": str(path), "files": files, "finished": metrics is not None,
-            "epochs_done": (saved or {}).get("done"), "config": config, "metrics": metrics}
+            "unfinished": None if saved is None else {
+                "epochs_done": saved.get("done"),
+                "epochs": (saved.get("config") or {}).get("epochs")},
+            "config": config, "metrics": metrics}
 
 
 def _saved_epochs(path: Path) -> dict | None:

@@ -27,12 +27,30 @@ def is_unfinished(path) -> bool:
     return (Path(path) / RESUME_FILE).is_file()
 
 
+def _cut_short_write(name: str) -> bool:
+    return any(name.startswith(f".{run_file}.") and name.endswith(".tmp")
+               for run_file in (*RUN_FILES, RESUME_FILE))
+
+
+def holds_only_leftovers(path) -> bool:
+    """True when all the folder ``path`` holds is what a fit killed before its first epoch's
+    state leaves (no handler ran): its on-disk feature cache (``train``, ``val``, ``test``
+    arrays) and writes cut short. The next fit into the folder removes them."""
+    for entry in Path(path).iterdir():
+        if entry.name == FEATURE_CACHE_DIR and entry.is_dir():
+            if any(split.name not in ("train", "val", "test") for split in entry.iterdir()):
+                return False
+        elif not _cut_short_write(entry.name):
+            return False
+    return True
+
+
 def remove_cut_short_writes(path) -> None:
     """Remove the temporary files of run-file writes that a kill cut short (``replace_file``'s
     ``.NAME.PID.THREAD.tmp``) from the folder ``path``."""
-    for name in (*RUN_FILES, RESUME_FILE):
-        for tmp in Path(path).glob(f".{name}.*.tmp"):
-            tmp.unlink(missing_ok=True)
+    for entry in Path(path).iterdir():
+        if _cut_short_write(entry.name):
+            entry.unlink(missing_ok=True)
 
 
 def run_files_in(path) -> list[str]:

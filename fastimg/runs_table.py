@@ -2,9 +2,11 @@
 the figures the paper's Table I compares, and the probes beside them."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from fastimg.info import run_json
+from fastimg.run_folder import RESUME_FILE
 
 #: the columns, in order
 _COLUMNS = ("run", "extractor", "weights", "preset", "epochs", "val", "test", "macro F1",
@@ -29,23 +31,34 @@ def _time(seconds) -> str:
     return f"{seconds:.0f} s" if seconds < 600 else f"{seconds / 60:.0f} min"
 
 
-def _row(run: dict) -> dict:
+def _name(text: str) -> str:
+    """A folder name in a row: quoted when it holds a control character (a newline would
+    split the row)."""
+    return repr(text) if any(not ch.isprintable() for ch in text) else text
+
+
+def _row(run: dict, name: str) -> dict:
     """The cells of one run's row, from :func:`fastimg.info.run_json`."""
     config, metrics = run["config"] or {}, run["metrics"] or {}
-    row = {"run": run["run_folder"], "extractor": config.get("extractor") or "?",
+    row = {"run": _name(name), "extractor": config.get("extractor") or "?",
            "weights": _weights(config["weights"]) if "weights" in config else "?",
            "preset": config.get("preset") or "?"}
+    unfinished = run["unfinished"] or {}
+    done = unfinished.get("epochs_done")
+    pending = "" if done is None else f"{done}/{unfinished.get('epochs') or '?'}"
     if not run["finished"]:
-        done = run["epochs_done"]
-        row["epochs"] = ("unfinished" if done is None else
-                         f"{done}/{config.get('epochs', '?')} so far")
+        row["epochs"] = f"unfinished {pending}".rstrip()
         return row
     final = metrics.get("final") or {}
     reported = metrics.get("reported") or {}
-    stop = (", early" if metrics.get("stopped_early") else "") + (
-        ", resumed" if metrics.get("resumed_after_epoch") is not None else "")
+    flags = [word for word, on in (("early", metrics.get("stopped_early")),
+                                   ("resumed", metrics.get("resumed_after_epoch") is not None))
+             if on]
+    if RESUME_FILE in run["files"]:  # a train --force over it, stopped
+        flags.append(f"--force pending {pending or '?'}")
     row.update({
-        "epochs": f"best {metrics.get('best_epoch')} of {metrics.get('epochs_run')}{stop}",
+        "epochs": f"{metrics.get('best_epoch')}/{metrics.get('epochs_run')}"
+                  + (f" ({', '.join(flags)})" if flags else ""),
         "val": _score((final.get("val") or {}).get("accuracy")),
         # a store without a test split reports its selection-biased val figure: not here
         "test": _score((final.get("test") or {}).get("accuracy")),
@@ -61,27 +74,42 @@ def _row(run: dict) -> dict:
 def compare_runs(paths) -> list[str]:
     """The lines of a table of the run folders ``paths``, one row a run, in the order given.
 
-    ``val`` and ``test`` are the best epoch's accuracies (the best epoch chosen on val),
-    ``macro F1`` the test split's, the probes' figures their test accuracies; ``-`` where a
-    run has no such figure (no test split, no probe), and an unfinished run shows the epochs
-    it has done. ``time`` is the run's last process's (a resumed run's, since it resumed).
-    The store is named under the table, each run's when they differ.
+    ``epochs`` is the best epoch of the epochs run (the best chosen on val), ``val`` and
+    ``test`` are its accuracies, ``macro F1`` the test split's, the probes' figures their test
+    accuracies; ``-`` where a run has no such figure (no test split, no probe), and an
+    unfinished run shows the epochs it has done. ``time`` is the run's last process's (a
+    resumed run's, since it resumed). Runs in one folder are named by their folder's name
+    under a line naming it; the stores are named under the table.
 
     Raises
     ------
     ValueError
-        When a folder's ``metrics.json`` or ``config.json`` is not a valid JSON object.
+        When a folder's ``metrics.json`` or ``config.json`` is not what ``fastimg train``
+        writes (the message names the folder).
     """
-    runs = [run_json(path) for path in paths]
-    rows = [_row(run) for run in runs]
+    paths = [Path(path) for path in paths]
+    parents = {os.path.abspath(path.parent) for path in paths}
+    names = [path.name if len(parents) == 1 else str(path) for path in paths]
+    rows, runs = [], []
+    for path, name in zip(paths, names):
+        run = run_json(path)
+        try:
+            rows.append(_row(run, name))
+        except (AttributeError, TypeError, KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"{path}: its metrics.json or config.json does not hold what "
+                             f"fastimg train writes ({type(exc).__name__}: {exc}; "
+                             f"edited?)") from None
+        runs.append(run)
     widths = {c: max(len(c), *(len(row.get(c, "")) for row in rows)) for c in _COLUMNS}
-    lines = ["  ".join(f"{c:<{widths[c]}}" for c in _COLUMNS).rstrip()]
+    lines = [f"runs in {paths[0].parent}"] if len(parents) == 1 else []
+    lines.append("  ".join(f"{c:<{widths[c]}}" for c in _COLUMNS).rstrip())
     lines += ["  ".join(f"{row.get(c, ''):<{widths[c]}}" for c in _COLUMNS).rstrip()
               for row in rows]
-    stores = [(run["metrics"] or {}).get("store") for run in runs]
-    if len({s for s in stores if s}) > 1:
-        lines.append("stores: " + "; ".join(f"{run['run_folder']}: {store or '?'}"
-                                            for run, store in zip(runs, stores)))
-    elif stores and stores[0]:
-        lines.append(f"store: {stores[0]}")
+    stores = {name: (run["metrics"] or {}).get("store") for name, run in zip(names, runs)}
+    known = {store for store in stores.values() if store}
+    if len(known) == 1:
+        lines.append(f"store: {known.pop()}")
+    elif known:
+        lines.append("stores:")
+        lines += [f"  {_name(name)}: {store or '?'}" for name, store in stores.items()]
     return lines

@@ -138,48 +138,89 @@ def test_a_second_train_into_a_folder_a_train_writes_names_it_without_force(smal
     assert "is being written by another fastimg command" in err and "--force" not in err, err
 
 
-def test_info_of_several_runs_is_a_table_a_row_a_run(small_store, tmp_path, capsys):
+def test_info_of_several_runs_is_a_table_a_row_a_run(small_store, tmp_path, capsys, caplog):
     import torch
 
     from fastimg.run_folder import RESUME_FILE
 
     base = ["train", str(small_store), "--weights", "none", "--epochs", "2", "--batch-size",
             "16", "--loader", "torch", "--quiet"]
-    assert main([*base, "--extractor", "alexnet", "--out", str(tmp_path / "alex")]) == 0
+    runs = tmp_path / "runs"
+    assert main([*base, "--extractor", "alexnet", "--out", str(runs / "alex")]) == 0
     assert main([*base, "--extractor", "shufflenet_v2_x1_0", "--no-probe",
-                 "--out", str(tmp_path / "shuffle")]) == 0
+                 "--out", str(runs / "shuffle")]) == 0
     other = tmp_path / "other.zarr"  # no test split: its figure is val's, not shown as test
     write_store(other, n_rows=60, test=False)
-    assert main(["train", str(other), *base[2:], "--out", str(tmp_path / "notest")]) == 0
-    unfinished = tmp_path / "unfinished"
-    unfinished.mkdir()
-    torch.save({"not": "a state"}, unfinished / RESUME_FILE)
+    assert main(["train", str(other), *base[2:], "--out", str(runs / "notest")]) == 0
+    (runs / "unfinished").mkdir()
+    torch.save({"not": "a state"}, runs / "unfinished" / RESUME_FILE)
+    (runs / "notes.txt").write_text("a stray file runs/* matches")
     capsys.readouterr()
-    runs = [str(tmp_path / name) for name in ("alex", "shuffle", "notest", "unfinished")]
-    assert main(["info", *runs]) == 0
+    caplog.clear()
+    names = ["alex", "shuffle", "notest", "unfinished"]
+    given = [str(runs / name) for name in names]
+    assert main(["info", *given, str(runs / "notes.txt"), str(runs / "alex") + "/"]) == 0
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"{runs / 'notes.txt'} is a file: left out"]
+    caplog.clear()
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["run", "extractor", "weights", "preset", "epochs", "val",
+    assert lines[0] == f"runs in {runs}"
+    assert lines[1].split() == ["run", "extractor", "weights", "preset", "epochs", "val",
                                 "test", "macro", "F1", "probe", "emb", "probe", "px", "time"]
-    metrics = json.loads((tmp_path / "alex" / "metrics.json").read_text())
-    alex = lines[1].split()
-    assert alex[:4] == [runs[0], "alexnet", "random", "ours"]
-    assert alex[4:8] == ["best", str(metrics["best_epoch"]), "of", "2"]
-    assert alex[8:13] == [f"{metrics['final'][s]['accuracy']:.4f}" for s in ("val", "test")] + [
+    metrics = json.loads((runs / "alex" / "metrics.json").read_text())
+    alex = lines[2].split()
+    assert alex[:5] == ["alex", "alexnet", "random", "ours", f"{metrics['best_epoch']}/2"]
+    assert alex[5:10] == [f"{metrics['final'][s]['accuracy']:.4f}" for s in ("val", "test")] + [
         f"{metrics['reported']['macro_f1']:.4f}", f"{metrics['probe']['test_accuracy']:.4f}",
         f"{metrics['probe_pixels']['test_accuracy']:.4f}"]
-    assert lines[2].split()[1] == "shufflenet_v2_x1_0" and lines[2].split()[11:13] == ["-"] * 2
-    notest = lines[3].split()
-    assert notest[9:11] == ["-", "-"]  # val chose the epoch: no test figure, no macro F1
-    assert lines[4].split() == [runs[3], "?", "?", "?", "unfinished"]  # an unreadable state
-    assert lines[5].startswith("stores: ") and str(other) in lines[5]
-    assert len(lines) == 6
+    assert lines[3].split()[1] == "shufflenet_v2_x1_0" and lines[3].split()[8:10] == ["-"] * 2
+    assert lines[4].split()[6:8] == ["-", "-"]  # val chose the epoch: no test figure, no F1
+    assert lines[5].split() == ["unfinished", "?", "?", "?", "unfinished"]  # unreadable state
+    assert lines[6:] == ["stores:", f"  alex: {small_store}", f"  shuffle: {small_store}",
+                         f"  notest: {other}", "  unfinished: ?"]  # alex given twice: once
 
-    assert main(["info", *runs[:2], "--json"]) == 0
+    assert main(["info", *given[:2], "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert [run["run_folder"] for run in listed] == runs[:2]
+    assert [run["run_folder"] for run in listed] == given[:2]
     assert listed[0]["metrics"]["best_epoch"] == metrics["best_epoch"]
 
-    assert main(["info", runs[0], str(small_store)]) == 2
+    assert main(["info", str(small_store), str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "fastimg info: error: none of the paths is a training run folder: info shows several "
+        "run folders side by side, and a store one at a time")
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"{small_store} is not a training run folder: left out",
+        f"{tmp_path / 'missing'} is missing: left out"]
+
+
+def test_the_runs_table_names_a_pending_force_and_an_edited_run(small_store, tmp_path,
+                                                                monkeypatch, capsys):
+    import importlib
+
+    fit_module = importlib.import_module("fastimg.train.fit")
+    base = ["train", str(small_store), "--weights", "none", "--epochs", "2", "--batch-size",
+            "16", "--loader", "torch", "--no-probe", "--quiet"]
+    for name in ("a", "b"):
+        assert main([*base, "--out", str(tmp_path / name)]) == 0
+    train_epoch = fit_module._Run.train_epoch
+
+    def stopped(run, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return train_epoch(run, epoch)
+
+    monkeypatch.setattr(fit_module._Run, "train_epoch", stopped)
+    assert main([*base, "--epochs", "3", "--force", "--out", str(tmp_path / "b")]) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    row = capsys.readouterr().out.splitlines()[3]
+    assert row.startswith("b ") and "(--force pending 1/3)" in row
+
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    metrics["final"]["val"]["accuracy"] = "0.9"  # edited by hand
+    (tmp_path / "a" / "metrics.json").write_text(json.dumps(metrics))
+    assert main(["info", str(tmp_path / "a"), str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == (f"fastimg info: error: {small_store} is not a training run folder: info "
-                   f"shows several run folders side by side, and a store one at a time")
+    assert err.startswith(f"fastimg info: error: {tmp_path / 'a'}: its metrics.json or "
+                          f"config.json does not hold what fastimg train writes")

@@ -157,7 +157,8 @@ def test_train_interrupted_says_its_epochs_are_kept_and_the_same_command_resumes
     assert "training   3 epochs, batch 32" in shown
     assert main(["info", str(out), "--json"]) == 0
     described = json.loads(capsys.readouterr().out)
-    assert described["finished"] is False and described["epochs_done"] == 1
+    assert described["finished"] is False
+    assert described["unfinished"] == {"epochs_done": 1, "epochs": 3}
     assert described["config"]["epochs"] == 3
 
     assert main([*argv[:-2], "--epochs", "4", "--out", str(out)]) == 2
@@ -483,3 +484,20 @@ def test_a_full_disk_during_train_force_says_to_resume_without_force(store, tmp_
     assert main(_argv(store, out, "--force")) == 2
     assert capsys.readouterr().err.strip().endswith(
         "free some space, then rerun without --force to resume (its finished epochs are kept)")
+
+
+def test_what_a_train_killed_before_its_first_state_leaves_does_not_block_the_next(
+        store, tmp_path, capsys):
+    """SIGKILL during the first epoch of `--cache zarr` left feature_cache/ (and maybe a state
+    write cut short): the same command again said 'is not empty; pass --force'."""
+    out = tmp_path / "run"
+    (out / "feature_cache" / "train").mkdir(parents=True)
+    (out / "feature_cache" / "train" / "zarr.json").write_text("{}")
+    (out / f".{RESUME_FILE}.123.456.tmp").write_bytes(b"cut sh")
+    assert main(_argv(store, out, "--cache", "zarr")) == 0, capsys.readouterr().err
+    assert not list(out.glob(".*.tmp")) and (out / "metrics.json").is_file()
+
+    mine = tmp_path / "mine"
+    (mine / "feature_cache" / "my notes").mkdir(parents=True)  # not a fit's cache
+    assert main(_argv(store, mine)) == 2
+    assert "is not empty; pass --force" in capsys.readouterr().err

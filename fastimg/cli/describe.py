@@ -3,11 +3,15 @@ summary), with their flags."""
 from __future__ import annotations
 
 import json
+import logging
+import os
 from pathlib import Path
 
 from fastimg import store
 from fastimg.cli import options
 from fastimg.cli.report import UserError
+
+logger = logging.getLogger("fastimg.cli")
 
 
 def cmd_show(args) -> int:
@@ -54,17 +58,29 @@ def cmd_info(args) -> int:
 
 
 def _compare_runs(args) -> int:
-    """``fastimg info RUN RUN ...``: a table of the runs (``--json``: their summaries)."""
+    """``fastimg info RUN RUN ...``: a table of the runs (``--json``: their summaries). What
+    is not a run folder (a stray file that ``runs/*`` matched) is left out with a warning;
+    a folder given twice is shown once."""
     from fastimg import info
     from fastimg.run_folder import is_run_folder
     from fastimg.runs_table import compare_runs
 
+    runs, seen = [], set()
     for path in args.store:
-        if "://" in path or not is_run_folder(Path(path)):
-            raise UserError(f"{path} is not a training run folder: info shows several run "
-                            f"folders side by side, and a store one at a time")
-    print(json.dumps([info.run_json(path) for path in args.store], indent=2) if args.json
-          else "\n".join(compare_runs(args.store)))
+        what = ("a URL (info reads run folders on this machine)" if "://" in path else
+                "missing" if not Path(path).exists() else
+                "a file" if not Path(path).is_dir() else
+                None if is_run_folder(Path(path)) else "not a training run folder")
+        if what is not None:
+            logger.warning("%s is %s: left out", path, what)
+        elif os.path.realpath(path) not in seen:
+            seen.add(os.path.realpath(path))
+            runs.append(path)
+    if not runs:
+        raise UserError("none of the paths is a training run folder: info shows several run "
+                        "folders side by side, and a store one at a time")
+    print(json.dumps([info.run_json(path) for path in runs], indent=2) if args.json
+          else "\n".join(compare_runs(runs)))
     return 0
 
 

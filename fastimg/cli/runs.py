@@ -57,7 +57,8 @@ def _check_run_folder(out: Path, *, force: bool) -> None:
     (or any other file) unless ``force`` or an unfinished run's state is there (the fit
     resumes it)."""
     from fastimg._validation import check_can_write, file_in_the_way
-    from fastimg.run_folder import check_outside_stores, is_unfinished, run_files_in
+    from fastimg.run_folder import (check_outside_stores, holds_only_leftovers, is_unfinished,
+                                    run_files_in)
     from fastimg.store.location import lock_holder
 
     if out.exists() and not out.is_dir():
@@ -80,7 +81,7 @@ def _check_run_folder(out: Path, *, force: bool) -> None:
     if found:
         raise UserError(f"{out} already holds a run ({', '.join(found)}); pass --force to "
                         f"overwrite it, or choose another --out")
-    if any(out.iterdir()):
+    if not holds_only_leftovers(out):  # a fit killed early: the next removes them
         raise UserError(f"{out} is not empty; pass --force to train into it anyway, or choose "
                         f"another --out")
 

@@ -360,7 +360,8 @@ def fit(store, config: TrainConfig | None = None, *, out_dir=None,
         read, and ``overwrite`` is false.
     fastimg.store.StoreError
         The store was replaced or deleted while the fit read it (a ``--force`` rebuild ran
-        meanwhile); nothing is written to ``out_dir``.
+        meanwhile), checked at the end of each epoch and before the run files are written:
+        none of them is written; the state of the epochs before (and their cache) is kept.
     fastimg.train.extractors.WeightsUnavailableError
         ImageNet weights are missing and cannot be downloaded.
     ImportError
