@@ -9,7 +9,7 @@ from fastimg.info import run_json
 from fastimg.run_folder import RESUME_FILE
 
 #: the columns, in order
-_COLUMNS = ("run", "extractor", "weights", "preset", "epochs", "val", "test", "macro F1",
+_COLUMNS = ("run", "extractor", "weights", "preset", "best/epochs", "val", "test", "macro F1",
             "probe emb", "probe px", "time")
 
 
@@ -47,7 +47,7 @@ def _row(run: dict, name: str) -> dict:
     done = unfinished.get("epochs_done")
     pending = "" if done is None else f"{done}/{unfinished.get('epochs') or '?'}"
     if not run["finished"]:
-        row["epochs"] = f"unfinished {pending}".rstrip()
+        row["best/epochs"] = f"unfinished {pending}".rstrip()
         return row
     final = metrics.get("final") or {}
     reported = metrics.get("reported") or {}
@@ -57,7 +57,7 @@ def _row(run: dict, name: str) -> dict:
     if RESUME_FILE in run["files"]:  # a train --force over it, stopped
         flags.append(f"--force pending {pending or '?'}")
     row.update({
-        "epochs": f"{metrics.get('best_epoch')}/{metrics.get('epochs_run')}"
+        "best/epochs": f"{metrics.get('best_epoch')}/{metrics.get('epochs_run')}"
                   + (f" ({', '.join(flags)})" if flags else ""),
         "val": _score((final.get("val") or {}).get("accuracy")),
         # a store without a test split reports its selection-biased val figure: not here
@@ -74,7 +74,7 @@ def _row(run: dict, name: str) -> dict:
 def compare_runs(paths) -> list[str]:
     """The lines of a table of the run folders ``paths``, one row a run, in the order given.
 
-    ``epochs`` is the best epoch of the epochs run (the best chosen on val), ``val`` and
+    ``best/epochs`` is the best epoch of the epochs run (the best chosen on val), ``val`` and
     ``test`` are its accuracies, ``macro F1`` the test split's, the probes' figures their test
     accuracies; ``-`` where a run has no such figure (no test split, no probe), and an
     unfinished run shows the epochs it has done. ``time`` is the run's last process's (a

@@ -165,7 +165,7 @@ def test_info_of_several_runs_is_a_table_a_row_a_run(small_store, tmp_path, caps
     caplog.clear()
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"runs in {runs}"
-    assert lines[1].split() == ["run", "extractor", "weights", "preset", "epochs", "val",
+    assert lines[1].split() == ["run", "extractor", "weights", "preset", "best/epochs", "val",
                                 "test", "macro", "F1", "probe", "emb", "probe", "px", "time"]
     metrics = json.loads((runs / "alex" / "metrics.json").read_text())
     alex = lines[2].split()
