@@ -41,6 +41,23 @@ def _epochs_trained(monkeypatch, stop_at=None):
     return calls
 
 
+def _stopped(store, config, out, monkeypatch, at=1, **kwargs):
+    """A fit into ``out`` (``fit``'s ``kwargs``) stopped (Ctrl-C) as epoch ``at`` begins."""
+    _epochs_trained(monkeypatch, stop_at=at)
+    with pytest.raises(KeyboardInterrupt):
+        fit(store, config, out_dir=out, **kwargs)
+    monkeypatch.undo()
+
+
+def _rebuilt(path, **attrs):
+    """The store at ``path`` written again with the same arrays and ``attrs`` changed."""
+    from fastimg import store
+
+    reader = store.StoreReader(path)
+    arrays = {name: reader.group[name][:] for name in reader.group.array_keys()}
+    store.write_store(path, arrays, {**reader.attrs, **attrs}, force=True)
+
+
 @pytest.mark.parametrize("cache", ["memory", "none"])
 def test_an_interrupted_fit_resumes_with_the_numbers_of_an_uninterrupted_one(
         store, tmp_path, monkeypatch, cache):
@@ -93,10 +110,7 @@ def test_a_fit_interrupted_after_its_last_epoch_trains_no_epoch_again(store, tmp
 def test_an_unfinished_run_with_other_settings_is_refused_and_overwrite_starts_over(
         store, tmp_path, monkeypatch):
     config = TrainConfig(extractor="alexnet", **SETTINGS)
-    _epochs_trained(monkeypatch, stop_at=1)
-    with pytest.raises(KeyboardInterrupt):
-        fit(store, config, out_dir=tmp_path / "run")
-    monkeypatch.undo()
+    _stopped(store, config, tmp_path / "run", monkeypatch)
     more = TrainConfig(extractor="alexnet", **{**SETTINGS, "epochs": 5})
     with pytest.raises(FileExistsError, match=r"1 epoch done\) with other settings \(epochs: "
                                               r"4 -> 5\).*overwrite=True to start over"):
@@ -108,10 +122,7 @@ def test_an_unfinished_run_with_other_settings_is_refused_and_overwrite_starts_o
     assert calls == [1, 2, 3]
     monkeypatch.undo()
 
-    _epochs_trained(monkeypatch, stop_at=1)
-    with pytest.raises(KeyboardInterrupt):
-        fit(store, config, out_dir=tmp_path / "again", overwrite=True)
-    monkeypatch.undo()
+    _stopped(store, config, tmp_path / "again", monkeypatch, overwrite=True)
     calls = _epochs_trained(monkeypatch)
     result = fit(store, more, out_dir=tmp_path / "again", overwrite=True)
     assert calls == [0, 1, 2, 3, 4] and result.metrics["resumed_after_epoch"] is None
@@ -123,16 +134,10 @@ def test_a_store_rebuilt_since_is_not_resumed(tmp_path, monkeypatch):
     path = tmp_path / "s.zarr"
     write_store(path, n_rows=80)
     config = TrainConfig(extractor="alexnet", **SETTINGS)
-    _epochs_trained(monkeypatch, stop_at=1)
-    with pytest.raises(KeyboardInterrupt):
-        fit(path, config, out_dir=tmp_path / "run")
-    monkeypatch.undo()
+    _stopped(path, config, tmp_path / "run", monkeypatch)
     # a build records its timings: a rebuild of the same settings has other attributes
-    reader = store.StoreReader(path)
-    arrays = {name: reader.group[name][:] for name in
-              (store.IMAGES, store.SPLIT, store.EMBEDDINGS, store.IDS, store.LABELS)}
-    attrs = {**reader.attrs, "summary": {**reader.attrs["summary"], "timings": {"total": 1.0}}}
-    store.write_store(path, arrays, attrs, force=True, chunk_rows=64)
+    summary = store.StoreReader(path).attrs["summary"]
+    _rebuilt(path, summary={**summary, "timings": {"total": 1.0}})
     with pytest.raises(FileExistsError, match="on a store that was rebuilt since, or on another "
                                               "store: pass overwrite=True to start over"):
         fit(path, config, out_dir=tmp_path / "run")
@@ -190,9 +195,7 @@ def test_a_store_replaced_between_epochs_stops_the_fit_and_saves_no_state_of_it(
     def rebuilt_during_the_second_epoch(run, epoch):
         calls.append(epoch)
         if epoch == 1:
-            reader = store.StoreReader(path)
-            arrays = {name: reader.group[name][:] for name in reader.group.array_keys()}
-            store.write_store(path, arrays, {**reader.attrs, "rebuilt": True}, force=True)
+            _rebuilt(path, rebuilt=True)
         return train_epoch(run, epoch)
 
     monkeypatch.setattr(fit_module._Run, "train_epoch", rebuilt_during_the_second_epoch)
@@ -214,10 +217,7 @@ def test_a_resumed_fit_reads_its_finished_on_disk_feature_cache_again(store, tmp
     config = TrainConfig(extractor="alexnet", **{**SETTINGS, "cache": "zarr"})
     whole = fit(store, config, out_dir=tmp_path / "whole")
 
-    _epochs_trained(monkeypatch, stop_at=2)
-    with pytest.raises(KeyboardInterrupt):
-        fit(store, config, out_dir=tmp_path / "cut")
-    monkeypatch.undo()
+    _stopped(store, config, tmp_path / "cut", monkeypatch, at=2)
     assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == ["feature_cache", RESUME_FILE]
     built = []
     build_cache = fit_module.build_cache
@@ -235,10 +235,7 @@ def test_a_resumed_fit_reads_its_finished_on_disk_feature_cache_again(store, tmp
     assert [e["val_loss"] for e in resumed.history] == [e["val_loss"] for e in whole.history]
 
     # a cache cut short, or of another fit, is built again
-    _epochs_trained(monkeypatch, stop_at=1)
-    with pytest.raises(KeyboardInterrupt):
-        fit(store, config, out_dir=tmp_path / "again")
-    monkeypatch.undo()
+    _stopped(store, config, tmp_path / "again", monkeypatch)
     import zarr
 
     array = zarr.open_array(str(tmp_path / "again" / "feature_cache" / "val"), mode="r+")
@@ -271,10 +268,7 @@ def test_a_resumed_fit_keeps_the_cache_place_its_epochs_had(store, tmp_path, mon
     on-disk cache's epoch order would change."""
     config = TrainConfig(extractor="alexnet", **{**SETTINGS, "cache": "auto"})
     monkeypatch.setattr(fit_module, "_resolve_cache", lambda config, run: "zarr")
-    _epochs_trained(monkeypatch, stop_at=1)
-    with pytest.raises(KeyboardInterrupt):
-        fit(store, config, out_dir=tmp_path / "run")
-    monkeypatch.undo()
+    _stopped(store, config, tmp_path / "run", monkeypatch)
     monkeypatch.setattr(fit_module, "_resolve_cache", lambda config, run: "memory")
     assert fit(store, config, out_dir=tmp_path / "run").metrics["cache"] == "zarr"
 
@@ -384,10 +378,7 @@ def test_a_resumed_fit_keeps_its_extractor_whatever_its_weights_file_holds_now(
     torch.save(torchvision.models.alexnet(weights=None).state_dict(), weights)
     config = TrainConfig(extractor="alexnet", **{**SETTINGS, "weights": str(weights)})
     whole = fit(store, config, out_dir=tmp_path / "whole")
-    _epochs_trained(monkeypatch, stop_at=2)
-    with pytest.raises(KeyboardInterrupt):
-        fit(store, config, out_dir=tmp_path / "cut")
-    monkeypatch.undo()
+    _stopped(store, config, tmp_path / "cut", monkeypatch, at=2)
     torch.manual_seed(1)
     torch.save(torchvision.models.alexnet(weights=None).state_dict(), weights)
     resumed = fit(store, config, out_dir=tmp_path / "cut")
@@ -399,10 +390,7 @@ def test_a_cuda_fit_with_amp_resumes_its_scaler_and_random_state(store, tmp_path
     """On CUDA (no deterministic cuDNN algorithms are forced) the numbers may differ in their
     last bits: what must hold is that the state of each part comes back."""
     config = TrainConfig(extractor="alexnet", device="cuda", **SETTINGS)
-    _epochs_trained(monkeypatch, stop_at=2)
-    with pytest.raises(KeyboardInterrupt):
-        fit(store, config, out_dir=tmp_path / "run")
-    monkeypatch.undo()
+    _stopped(store, config, tmp_path / "run", monkeypatch, at=2)
     state = torch.load(tmp_path / "run" / RESUME_FILE, weights_only=True)
     assert state["scaler"] and state["cuda_rng"] is not None  # AMP's scale, CUDA's generator
     calls = _epochs_trained(monkeypatch)
@@ -431,18 +419,11 @@ def test_an_early_stopped_fit_cut_short_before_its_files_trains_no_epoch_again(
 
 
 def test_a_refusal_names_the_settings_and_the_store_when_both_differ(tmp_path, monkeypatch):
-    from fastimg import store as store_module
-
     path = tmp_path / "s.zarr"
     write_store(path, n_rows=80)
     config = TrainConfig(extractor="alexnet", **SETTINGS)
-    _epochs_trained(monkeypatch, stop_at=1)
-    with pytest.raises(KeyboardInterrupt):
-        fit(path, config, out_dir=tmp_path / "run")
-    monkeypatch.undo()
-    reader = store_module.StoreReader(path)
-    arrays = {name: reader.group[name][:] for name in reader.group.array_keys()}
-    store_module.write_store(path, arrays, {**reader.attrs, "rebuilt": True}, force=True)
+    _stopped(path, config, tmp_path / "run", monkeypatch)
+    _rebuilt(path, rebuilt=True)
     with pytest.raises(FileExistsError, match=r"\(seed: 0 -> 1; the store was rebuilt since, "
                                               r"or is another store\)"):
         fit(path, dataclasses.replace(config, seed=1), out_dir=tmp_path / "run")
