@@ -287,7 +287,8 @@ def test_a_fit_stopped_while_writing_its_run_files_resumes(store, tmp_path, monk
     def stopped(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(fit_module, "save_run_bundle", stopped)
+    monkeypatch.setattr(importlib.import_module("fastimg.train.run_files"), "save_run_bundle",
+                        stopped)
     with pytest.raises(KeyboardInterrupt):
         fit(store, config, out_dir=tmp_path / "run")
     monkeypatch.undo()

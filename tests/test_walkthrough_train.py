@@ -101,7 +101,7 @@ def test_overwrite_removes_the_earlier_runs_cache_and_normaliser(tmp_path, capsy
 
 
 def test_metrics_json_is_written_last_so_a_cut_run_never_looks_finished(tmp_path, monkeypatch):
-    fit_module = importlib.import_module("fastimg.train.fit")
+    run_files = importlib.import_module("fastimg.train.run_files")  # writes the run folder
     write_store(tmp_path / "s.zarr", n_rows=60)
     out = tmp_path / "run"
     fit(tmp_path / "s.zarr", TrainConfig(**FAST), out_dir=out)
@@ -110,7 +110,7 @@ def test_metrics_json_is_written_last_so_a_cut_run_never_looks_finished(tmp_path
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(fit_module, "save_run_bundle", disk_full)
+    monkeypatch.setattr(run_files, "save_run_bundle", disk_full)
     with pytest.raises(OSError):
         fit(tmp_path / "s.zarr", TrainConfig(**{**FAST, "seed": 1}), out_dir=out,
             overwrite=True)

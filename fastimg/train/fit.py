@@ -1,12 +1,11 @@
-"""The training loop, honest evaluation and the run folder."""
+"""The training loop and honest evaluation (the run folder's files: :mod:`.run_files`; an
+unfinished fit's state: :mod:`.resume`)."""
 from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -18,22 +17,19 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from fastimg._files import replace_file
 from fastimg._validation import check_config
-from fastimg.run_folder import (BUNDLE_FILE, CHECKPOINT_FILE, CONFIG_FILE, FEATURE_CACHE_DIR,
-                                METRICS_FILE, NORMALISER_FILE, RESUME_FILE,
-                                check_outside_stores, is_unfinished, remove_cut_short_writes,
-                                run_files_in)
+from fastimg.run_folder import (FEATURE_CACHE_DIR, RESUME_FILE, check_outside_stores,
+                                is_unfinished, remove_cut_short_writes, run_files_in)
 from fastimg.store.location import build_lock, resolve
-from fastimg.train.bundle import save_run_bundle
+from fastimg.train import resume
 from fastimg.train.cache import build_cache, feature_cache_bytes, open_cache
 from fastimg.train.config import TrainConfig, check_device
 from fastimg.train.data import (LOADERS, BatchSource, ChunkedReader, Normaliser, StoreData,
                                 make_loader, pixel_stats)
 from fastimg.train.extractors import check_weights
-from fastimg.train import resume
 from fastimg.train.head import build_classifier
 from fastimg.train.probe import linear_probe
+from fastimg.train.run_files import run_folder, store_name, write_run_files
 from fastimg.train.scores import class_scores, confusion_matrix
 
 logger = logging.getLogger("fastimg.train")
@@ -445,35 +441,6 @@ def _resolve_cache(config: TrainConfig, run: "_Run") -> str:
     return mode
 
 
-@contextlib.contextmanager
-def _run_folder(run_dir: Path):
-    """Create ``run_dir`` (and missing parents) for the block; when the block fails before the
-    state of a finished epoch is written, remove its feature cache and, before any of
-    :data:`RUN_FILES` is written too, the folders it created, and only those.
-
-    The cache goes from a folder the user had too (any earlier run's was removed before the
-    block): left there, it made the same ``train --out`` run again refuse the folder as not
-    empty."""
-    created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
-    run_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        yield run_dir
-    except BaseException:
-        # a finished epoch's state is kept, with the cache the fit run again reads: its epochs
-        # read one build (checked before each save), and a store rebuilt since is refused by
-        # its key, while a store that failed to read once is resumed
-        if is_unfinished(run_dir):
-            raise
-        shutil.rmtree(run_dir / FEATURE_CACHE_DIR, ignore_errors=True)
-        if created and not run_files_in(run_dir):
-            shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished feature cache at most
-            for parent in created[1:]:
-                with contextlib.suppress(OSError):  # another process may have written there
-                    parent.rmdir()
-            logger.info("removed the unfinished run folder %s", created[-1])
-        raise
-
-
 def _fit(data, config, device, run_dir, key, saved) -> TrainResult:
     """The fit on a checked store: ``key`` is its :func:`~fastimg.train.resume.resume_key`
     (None without a run folder), ``saved`` the state of an unfinished run to go on from."""
@@ -486,7 +453,7 @@ def _fit(data, config, device, run_dir, key, saved) -> TrainResult:
     run.cache_mode = cache_mode
     with contextlib.ExitStack() as stack:
         if run_dir is not None:
-            stack.enter_context(_run_folder(run_dir))
+            stack.enter_context(run_folder(run_dir))
             if saved is None:
                 # a previous run's cache (an overwritten run) is never reused: features of
                 # another store, extractor or cut, and splits this store may not have; a
@@ -534,7 +501,7 @@ def _train(run: _Run, cache_mode: str, folder, start: float, saved) -> TrainResu
                                     progress=config.progress)
     timings["total_s"] = time.perf_counter() - start
     metrics = {
-        "store": _store_name(data), "config": config.to_dict(),
+        "store": store_name(data), "config": config.to_dict(),
         "extractor": {"name": config.extractor, "weights": config.weights, "cut": config.cut,
                       "feature_shape": list(run.feature_shape),
                       "frozen": run.model.extractor.fully_frozen},
@@ -551,7 +518,7 @@ def _train(run: _Run, cache_mode: str, folder, start: float, saved) -> TrainResu
     # the probes) another build's images, whose layout the bundle would not record
     data.reader.check_unchanged()
     if run_dir is not None:
-        _write_run_files(run, best_state, metrics)
+        write_run_files(run, best_state, metrics)
     run.model.eval()
     return TrainResult(
         best_epoch=best + 1, val_accuracy=final["val"]["accuracy"],
@@ -631,43 +598,3 @@ def _final_evaluation(run: _Run) -> tuple[dict, dict]:
         logger.warning("%s has no test split: the reported validation accuracy is "
                        "selection-biased", run.data.path)
     return final, reported
-
-
-def _store_name(data: StoreData) -> str:
-    """The store as the run records it: a local store by its absolute path (``info`` and
-    ``explain`` read it from any folder), an object store by its URL."""
-    path = data.reader.path
-    return os.fspath(path.resolve()) if isinstance(path, Path) else str(data.path)
-
-
-def _write_run_files(run: _Run, best_state: dict, metrics: dict) -> None:
-    """The run folder's files: the best checkpoint, the bundle, the config, then the metrics.
-
-    ``metrics.json`` comes last and marks a finished run, so a folder interrupted while being
-    written never looks finished; over an earlier run (``overwrite``) its ``metrics.json``
-    and ``bundle.json`` go first (so the new ``best.pt`` is never read with the earlier
-    bundle), and files of the earlier run that this one does not write (``normaliser.npz``
-    without dataset normalisation) are removed."""
-    run_dir, config = run.run_dir, run.config
-    for name in (METRICS_FILE, BUNDLE_FILE):
-        (run_dir / name).unlink(missing_ok=True)
-    replace_file(run_dir / CHECKPOINT_FILE, lambda tmp: _save_state(best_state, tmp))
-    if run.normaliser.mode != "dataset":
-        (run_dir / NORMALISER_FILE).unlink(missing_ok=True)
-    save_run_bundle(run_dir, run.data, run.normaliser, config)
-    replace_file(run_dir / CONFIG_FILE, lambda tmp: tmp.write_text(
-        json.dumps(config.to_dict(), indent=2), encoding="utf-8"))
-    replace_file(run_dir / METRICS_FILE, lambda tmp: tmp.write_text(
-        json.dumps(metrics, indent=2), encoding="utf-8"))
-    (run_dir / RESUME_FILE).unlink(missing_ok=True)
-
-
-def _save_state(state: dict, path) -> None:
-    """``torch.save(state)`` into ``path`` through a file object.
-
-    Given a path, torch names the records of its zip archive after the file: here the
-    temporary one, whose name holds the process and thread id (``.best.pt.PID.THREAD.tmp``),
-    so two runs of one seed wrote the same tensors in different bytes. A file object gives
-    the records torch's fixed prefix (``archive/``)."""
-    with open(path, "wb") as fh:
-        torch.save(state, fh)

@@ -22,6 +22,7 @@ import torch
 from fastimg._files import replace_file
 from fastimg.run_folder import RESUME_FILE
 from fastimg.store.keys import differences
+from fastimg.train.run_files import save_state
 
 logger = logging.getLogger("fastimg.train")
 
@@ -143,11 +144,8 @@ def save(run_dir: Path, key: dict, run, epochs: Epochs) -> None:
         "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
     }
 
-    def write(tmp):
-        with open(tmp, "wb") as fh:
-            torch.save(state, fh)
-
-    replace_file(Path(run_dir) / RESUME_FILE, write, write_through=False)
+    replace_file(Path(run_dir) / RESUME_FILE, lambda tmp: save_state(state, tmp),
+                 write_through=False)
 
 
 def restore(state: dict, run) -> Epochs:
