@@ -63,7 +63,8 @@ def write_run_files(run, best_state: dict, metrics: dict) -> None:
     written never looks finished; over an earlier run (``overwrite``) its ``metrics.json``
     and ``bundle.json`` go first (so the new ``best.pt`` is never read with the earlier
     bundle), and files of the earlier run that this one does not write (``normaliser.npz``
-    without dataset normalisation) are removed."""
+    without dataset normalisation) are removed. ``run`` is the fit's state (its ``run_dir``,
+    ``config``, ``data`` and ``normaliser`` are read)."""
     run_dir, config = run.run_dir, run.config
     for name in (METRICS_FILE, BUNDLE_FILE):
         (run_dir / name).unlink(missing_ok=True)
