@@ -9,8 +9,8 @@ from pathlib import Path
 
 from fastimg import store
 from fastimg._validation import MAX_LISTED
-from fastimg.run_folder import (CONFIG_FILE, METRICS_FILE, NORMALISER_FILE, RESUME_FILE,
-                                RUN_FILES, run_files_in)
+from fastimg.run_folder import (CONFIG_FILE, METRICS_FILE, NORMALISER_FILE, RESUME_ADVICE,
+                                RESUME_FILE, RUN_FILES, is_unfinished, run_files_in)
 
 #: Layout entries that are arrays (thousands of numbers): left out of the JSON view.
 LAYOUT_ARRAYS = ("pixel_index", "coords", "scaler")
@@ -447,13 +447,9 @@ def describe_run(path) -> list[str]:
         hold what ``fastimg train`` writes.
     """
     path = Path(path)
-    metrics = _read_json(path / METRICS_FILE, {})
-    saved = _saved_epochs(path)
-    # unfinished, its config.json may be that of the run a --force of it overwrites
-    config = (saved or {}).get("config") if not metrics else None
-    config = config or _read_json(path / CONFIG_FILE, metrics.get("config") or {})
+    metrics, config, saved = _run_documents(path)
     try:
-        return _run_lines(path, metrics, config, saved)
+        return _run_lines(path, metrics or {}, config or {}, saved)
     except (AttributeError, TypeError, KeyError, IndexError, ValueError) as exc:
         # a field of another type than train writes ("final": {"val": 1}): hand-edited
         raise ValueError(f"{path}: its {METRICS_FILE} or {CONFIG_FILE} does not hold what "
@@ -474,10 +470,7 @@ def run_json(path) -> dict:
         When the folder's ``metrics.json`` or ``config.json`` is not a valid JSON object.
     """
     path = Path(path)
-    metrics = _read_json(path / METRICS_FILE, None)
-    saved = _saved_epochs(path)
-    config = (saved or {}).get("config") if metrics is None else None
-    config = config or _read_json(path / CONFIG_FILE, (metrics or {}).get("config"))
+    metrics, config, saved = _run_documents(path)
     files = run_files_in(path) + ([RESUME_FILE] if saved is not None else [])
     return {"run_folder": str(path), "files": files, "finished": metrics is not None,
             "unfinished": None if saved is None else {
@@ -486,11 +479,22 @@ def run_json(path) -> dict:
             "config": config, "metrics": metrics}
 
 
+def _run_documents(path: Path) -> tuple[dict | None, dict | None, dict | None]:
+    """``(metrics, config, saved)`` of a run folder: its ``metrics.json`` and config (None
+    where absent), and its unfinished run's state (:func:`_saved_epochs`). An unfinished
+    run's config is its state's: its ``config.json`` may be that of the run a ``--force`` of
+    it overwrites."""
+    metrics = _read_json(path / METRICS_FILE, None)
+    saved = _saved_epochs(path)
+    config = (saved or {}).get("config") if metrics is None else None
+    return metrics, config or _read_json(path / CONFIG_FILE, (metrics or {}).get("config")), saved
+
+
 def _saved_epochs(path: Path) -> dict | None:
     """The unfinished run's state in ``path`` (:func:`fastimg.train.resume.saved_epochs`; torch
     is imported only for a folder that holds one): None without one, ``{}`` for one that
     cannot be read."""
-    if not (path / RESUME_FILE).is_file():
+    if not is_unfinished(path):
         return None
     from fastimg.train.resume import saved_epochs
 
@@ -596,8 +600,7 @@ def _run_lines(path: Path, metrics: dict, config: dict, saved: dict | None) -> l
         done = "" if saved is None else f", {_unfinished_text(saved, config)}"
         lines.append("no metrics.json: " + (
             f"being trained now by another fastimg command ({holder}){done}" if holder else
-            f"the run did not finish{done}" + ("; fastimg train with its settings, without "
-                                               "--force, resumes it" if saved else "")))
+            f"the run did not finish{done}" + (f"; {RESUME_ADVICE}" if saved else "")))
     elif saved is not None:  # a train --force over this run, stopped: it replaces this one
         lines.append(f"unfinished a train over this run (--force) stopped, "
                      f"{_unfinished_text(saved, saved.get('config') or {})}"

@@ -18,6 +18,8 @@ RUN_FILES = (METRICS_FILE, CONFIG_FILE, CHECKPOINT_FILE, BUNDLE_FILE, NORMALISER
 #: An unfinished run's state after its last finished epoch (:mod:`fastimg.train.resume`): the
 #: same fit run again goes on from there. Removed once the run's files are written.
 RESUME_FILE = "resume.pt"
+#: how an unfinished run is resumed, as the messages about one say
+RESUME_ADVICE = "fastimg train with its settings, without --force, resumes it"
 
 
 def is_unfinished(path) -> bool:
@@ -79,7 +81,7 @@ def is_run_folder(path) -> bool:
     path = Path(path)
     if not path.is_dir():
         return False
-    return (path / METRICS_FILE).is_file() or (path / RESUME_FILE).is_file() or (
+    return (path / METRICS_FILE).is_file() or is_unfinished(path) or (
         (path / CONFIG_FILE).is_file() and model_type(path) is None)
 
 

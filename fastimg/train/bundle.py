@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from fastimg._files import replace_file
-from fastimg.run_folder import BUNDLE_FILE, CHECKPOINT_FILE, NORMALISER_FILE, RESUME_FILE
+from fastimg.run_folder import (BUNDLE_FILE, CHECKPOINT_FILE, NORMALISER_FILE, RESUME_ADVICE,
+                                is_unfinished)
 
 logger = logging.getLogger("fastimg.train")
 
@@ -169,8 +170,7 @@ def read_run_bundle(run_dir) -> tuple[dict, dict | None]:
     if not path.is_file():
         raise RunBundleError(being_written(run_dir) or (
             f"{run_dir} holds a training run that did not finish (no {BUNDLE_FILE} yet): "
-            f"fastimg train with its settings, without --force, resumes it"
-            if (run_dir / RESUME_FILE).is_file() else
+            f"{RESUME_ADVICE}" if is_unfinished(run_dir) else
             f"{run_dir} has no {BUNDLE_FILE} (a run from an older fastimg, or not a run "
             f"folder): train it again with `fastimg train`"))
     if not (run_dir / CHECKPOINT_FILE).is_file():
