@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 from fastimg.info import run_json
-from fastimg.run_folder import RESUME_FILE
 
 #: the columns, in order
 _COLUMNS = ("run", "extractor", "weights", "preset", "best/epochs", "val", "test", "macro F1",
@@ -54,7 +53,7 @@ def _row(run: dict, name: str) -> dict:
     flags = [word for word, on in (("early", metrics.get("stopped_early")),
                                    ("resumed", metrics.get("resumed_after_epoch") is not None))
              if on]
-    if RESUME_FILE in run["files"]:  # a train --force over it, stopped
+    if run["unfinished"] is not None:  # a train --force over it, stopped
         flags.append(f"--force pending {pending or '?'}")
     row.update({
         "best/epochs": f"{metrics.get('best_epoch')}/{metrics.get('epochs_run')}"
