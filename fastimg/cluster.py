@@ -21,6 +21,7 @@ dask and distributed are imported only here, only when used (``pip install 'fast
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -673,9 +674,7 @@ def encode_chunks(client, writer, texts, config, *, progress: bool = False) -> d
     from fastimg.embed.resume import record_rows_done, rows_done
 
     array = writer.group[EMBEDDINGS]
-    chunk_rows = int(array.chunks[0])
-    if chunk_rows != config.chunk_rows:
-        config = type(config).from_dict({**config.to_dict(), "chunk_rows": chunk_rows})
+    config = dataclasses.replace(config, chunk_rows=int(array.chunks[0]))
     # the stage key holds the device and precision resolved here: every worker must run
     # those (an "auto" resolved on each worker's own hardware could mix precisions)
     settings = writer.stage("encode")["settings"]

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from fastimg._validation import (check_config, check_count, check_feature_matrix,
-                                 total_memory_bytes)
+                                 check_finite_rows, total_memory_bytes)
 from fastimg.layout import LayoutConfig
 from fastimg.raster import RASTER_BACKENDS, check_image_dtype
 from fastimg.store import SPLIT, SPLIT_NAMES, StoreWriter, build_lock
@@ -262,11 +262,7 @@ def matrix_digest(matrix, *, check_finite: bool = False, block_rows: int = 8192)
     for start in range(0, matrix.shape[0], block_rows):
         block = np.ascontiguousarray(matrix[start:start + block_rows])
         if check_finite:
-            bad = np.flatnonzero(~np.isfinite(block).all(axis=1)) + start
-            if bad.size:
-                raise ValueError(f"input matrix contains NaN or infinite values (rows "
-                                 f"{bad[:5].tolist()}{' ...' if bad.size > 5 else ''}); clean "
-                                 f"or impute them first")
+            check_finite_rows(block, "input matrix", offset=start)
         digest.update(block.tobytes())
     return digest.hexdigest()
 

@@ -1,8 +1,7 @@
 """Numba CPU rasterisation kernel.
 
 The kernel is compiled ``nogil`` and run by ``numba.get_num_threads()`` Python threads that take
-blocks of ``_ROWS_PER_BLOCK`` rows from a shared counter (dynamic scheduling; a
-``parallel=True`` build of the same kernel, ``_raster_prange``, is kept for comparison).
+blocks of ``_ROWS_PER_BLOCK`` rows from a shared counter (dynamic scheduling).
 Per task of ``_ROWS_PER_TASK`` rows, each thread keeps small buffers that stay in L1:
 
 1. *widen*: the input row is read once, contiguously, as raw bits (a ``uint16`` view for float16
@@ -35,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
-from numba import njit, prange, types
+from numba import njit, types
 from numba.extending import overload
 
 from .plan import RasterPlan
@@ -183,7 +182,7 @@ def _raster_kernel(x_bits, pixel_of_feature, inv_count, empty_fill, shift, scale
     n_pixels = out.shape[1]
     n_tasks = (n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
     n_bad = 0
-    for t in prange(n_tasks):
+    for t in range(n_tasks):
         bits = np.zeros(_ROWS_PER_PASS * n_features, dtype=np.uint32)
         buf = bits.view(np.float32)
         expo = np.empty(n_features if code == 2 else 0, dtype=np.float32)
@@ -223,16 +222,11 @@ def _raster_kernel(x_bits, pixel_of_feature, inv_count, empty_fill, shift, scale
     return n_bad
 
 
-# Without parallel=True, prange is range: the serial kernel releases the GIL and is run on blocks
-# of rows by a pool of Python threads (see raster_cpu). error_model="numpy": no ZeroDivisionError
-# branch on the division in _log_ge1, which otherwise keeps that loop scalar (the denominator is
-# m + 1 >= 1.7 anyway). cache=True: compiled once per machine, then loaded from __pycache__ (or
+# The serial kernel releases the GIL and is run on blocks of rows by a pool of Python threads
+# (see raster_cpu). error_model="numpy": no ZeroDivisionError branch on the division in
+# _log_ge1, which otherwise keeps that loop scalar (the denominator is m + 1 >= 1.7 anyway). cache=True: compiled once per machine, then loaded from __pycache__ (or
 # $NUMBA_CACHE_DIR). One signature per input type (uint16: float16, uint32: float32).
 _raster = njit(nogil=True, cache=True, error_model="numpy")(_raster_kernel)
-# The parallel=True build, kept for comparison, is not cached: Numba's cache key (code, closure,
-# signature) does not include the compile flags, so it would share -- and overwrite -- the entries
-# of the nogil build above.
-_raster_prange = njit(parallel=True, error_model="numpy")(_raster_kernel)
 
 
 def raster_cpu(x: np.ndarray, plan: RasterPlan, out: np.ndarray) -> int:
@@ -250,9 +244,9 @@ def raster_cpu(x: np.ndarray, plan: RasterPlan, out: np.ndarray) -> int:
     if x.ndim != 2 or x.shape[1] != plan.n_features or out.shape[0] != x.shape[0]:
         raise ValueError(f"expected x of shape (n, {plan.n_features}) and out with n rows")
     if x.dtype == np.float16:
-        kernel, x_bits, adjust = _raster, x.view(np.uint16), _F16_EXPONENT_ADJUST
+        x_bits, adjust = x.view(np.uint16), _F16_EXPONENT_ADJUST
     elif x.dtype == np.float32:
-        kernel, x_bits, adjust = _raster, x.view(np.uint32), np.float32(1.0)
+        x_bits, adjust = x.view(np.uint32), np.float32(1.0)
     else:
         raise TypeError(f"raster_cpu takes float16 or float32 input, got {x.dtype}")
     code = plan.scaling_code
@@ -263,7 +257,7 @@ def raster_cpu(x: np.ndarray, plan: RasterPlan, out: np.ndarray) -> int:
     n_rows = x_bits.shape[0]
     n_threads = _n_threads()
     if n_threads == 1 or n_rows <= _ROWS_PER_BLOCK:
-        return int(kernel(x_bits, *args, out2d))
+        return int(_raster(x_bits, *args, out2d))
     # Dynamic scheduling: each thread takes the next block of rows until none is left, so a
     # thread that loses its core to another process does not hold the others up (a prange
     # splits the rows statically; measured ~15% slower in median on a shared 2-core machine).
@@ -276,7 +270,7 @@ def raster_cpu(x: np.ndarray, plan: RasterPlan, out: np.ndarray) -> int:
             if lo >= n_rows:
                 return bad
             hi = min(n_rows, lo + _ROWS_PER_BLOCK)
-            bad += kernel(x_bits[lo:hi], *args, out2d[lo:hi])
+            bad += _raster(x_bits[lo:hi], *args, out2d[lo:hi])
 
     pool = _pool(n_threads)
     return int(sum(f.result() for f in [pool.submit(work) for _ in range(n_threads)]))

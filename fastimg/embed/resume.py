@@ -11,6 +11,7 @@ bytes of an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 
 from fastimg.embed import precision as precision_mod
@@ -180,7 +181,7 @@ def encode_to_array(texts, config: EncoderConfig | None, target, *, name: str = 
             if rows_done and chunk_rows != min(config.chunk_rows, len(texts)):
                 logger.info("resuming with the stored chunk size %d (config says %d)",
                             chunk_rows, config.chunk_rows)
-            config = EncoderConfig.from_dict({**config.to_dict(), "chunk_rows": chunk_rows})
+            config = dataclasses.replace(config, chunk_rows=chunk_rows)
         if meta.get("complete"):
             logger.info("%s is complete (%d rows); nothing to do", name, rows_done)
             return array

@@ -9,6 +9,7 @@ that into another model; the on-disk cache's epoch order
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -92,7 +93,7 @@ def open_cache(path, rows: np.ndarray, key: str) -> FeatureCache | None:
 
 @torch.no_grad()
 def build_cache(model, loader, rows: np.ndarray, *, where: str = "memory",
-                path=None, autocast=None, progress: bool = False, desc: str = "cache",
+                path=None, autocast=contextlib.nullcontext, progress: bool = False, desc: str = "cache",
                 dtype: str = "float16", key: str | None = None):
     """Run the frozen extractor of ``model`` over one pass of ``loader`` (unshuffled).
 
@@ -104,8 +105,8 @@ def build_cache(model, loader, rows: np.ndarray, *, where: str = "memory",
     where : {"memory", "zarr"}
     path : path, optional
         Folder of the zarr array (``where="zarr"``).
-    autocast : context manager factory, optional
-        Mixed precision for the extractor on CUDA.
+    autocast : context manager factory
+        Mixed precision for the extractor on CUDA (none by default).
     dtype : {"float16", "float32"}
         dtype of the kept features.
     key : str, optional
@@ -119,7 +120,7 @@ def build_cache(model, loader, rows: np.ndarray, *, where: str = "memory",
     out, array, done = None, None, 0
     bar = tqdm(total=len(rows), desc=desc, unit="img", disable=not progress, leave=False)
     for images, _, batch_rows in loader.epoch(0):
-        with autocast() if autocast else _null():
+        with autocast():
             feats = model.extract(images)
         feats = feats.to("cpu", getattr(torch, dtype)).contiguous()
         if np.any(batch_rows.cpu().numpy() != rows[done:done + feats.shape[0]]):
@@ -152,11 +153,3 @@ def build_cache(model, loader, rows: np.ndarray, *, where: str = "memory",
         logger.info("feature cache of %d rows in %s", done, path)
         return FeatureCache(ChunkedReader(array, cache_bytes=DISK_WINDOW_BYTES), rows)
     return FeatureCache(out, rows)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

@@ -396,8 +396,6 @@ class Run:
             embedding is given none, or embeddings that are not one row per image of the
             store's width.
         """
-        if self.config.fuse_embedding and embeddings is None:
-            raise ValueError("this run fuses the embedding: give the embeddings too")
         return self._prediction(self.logits(images, embeddings, batch_size=batch_size,
                                             progress=progress))
 
