@@ -530,7 +530,7 @@ def test_config_and_load_run_name_a_bad_device(device):
     """A bad device is refused where it is set, naming the setting: TrainConfig took "gpu"
     and fit failed after loading the store with torch's RuntimeError listing 24 device
     types, naming no setting."""
-    from fastimg.train.fit import resolve_device
+    from fastimg.train.config import resolve_device
 
     with pytest.raises(ValueError, match=r"^device must be auto, cpu, cuda or cuda:N, got"):
         TrainConfig(weights="none", device=device)
@@ -542,7 +542,7 @@ def test_config_and_load_run_name_a_bad_device(device):
 def test_a_cuda_device_past_the_last_gpu_is_refused_in_one_line(monkeypatch):
     """cuda:N past the machine's GPUs was taken, and failed when the model moved there with
     CUDA's 'invalid device ordinal' (an internal error, exit 1), after the store was read."""
-    from fastimg.train.fit import resolve_device
+    from fastimg.train.config import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

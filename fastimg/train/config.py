@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -10,6 +11,8 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 
 from fastimg._validation import check_seed, is_whole, total_memory_bytes
+
+logger = logging.getLogger("fastimg.train")
 
 NORMALISATIONS = ("image", "dataset", "none")
 CACHES = ("auto", "memory", "zarr", "none")
@@ -26,12 +29,38 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 
 
 def check_device(name: str, value) -> str:
-    """``value`` when it names a device :func:`fastimg.train.fit.resolve_device` takes, else
+    """``value`` when it names a device :func:`resolve_device` takes, else
     a ValueError naming ``name`` (torch's own error lists two dozen device types and not the
     setting)."""
     if not (isinstance(value, str) and DEVICE_PATTERN.fullmatch(value)):
         raise ValueError(f"{name} must be auto, cpu, cuda or cuda:N, got {value!r}")
     return value
+
+
+def resolve_device(name: str = "auto"):
+    """``"auto"`` -> CUDA when available, else CPU (logged); a ``torch.device`` is taken
+    as its name.
+
+    Returns
+    -------
+    torch.device
+    """
+    import torch
+
+    name = check_device("device", str(name) if isinstance(name, torch.device) else name)
+    if name == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        logger.info("train device 'auto' resolved to %s", device)
+        return device
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    count = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.index is not None and device.index >= count:  # else CUDA's invalid ordinal
+        raise ValueError(f"device {name!r} requested but this machine has {count} CUDA "
+                         f"device{'s' if count != 1 else ''} (cuda:0"
+                         f"{f' to cuda:{count - 1}' if count > 1 else ''})")
+    return device
 
 
 #: Settings each preset gives the fields left at ``None`` (the learning rates come from

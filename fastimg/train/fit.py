@@ -23,7 +23,7 @@ from fastimg.run_folder import (FEATURE_CACHE_DIR, RESUME_FILE, check_outside_st
 from fastimg.store.location import build_lock, resolve
 from fastimg.train import resume
 from fastimg.train.cache import build_cache, feature_cache_bytes, open_cache
-from fastimg.train.config import TrainConfig, check_device
+from fastimg.train.config import TrainConfig, resolve_device
 from fastimg.train.data import (LOADERS, BatchSource, ChunkedReader, Normaliser, StoreData,
                                 make_loader, pixel_stats)
 from fastimg.train.extractors import check_weights
@@ -77,27 +77,6 @@ class TrainResult:
     run_dir: Path | None = None
     probe_pixels: dict | None = None
     selection_biased: bool = False
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU (logged); a ``torch.device`` is taken
-    as its name."""
-    name = check_device("device", str(name) if isinstance(name, torch.device) else name)
-    if name == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        logger.info("train device 'auto' resolved to %s", device)
-        return device
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
-    count = torch.cuda.device_count() if device.type == "cuda" else 0
-    if device.index is not None and device.index >= count:  # else CUDA's invalid ordinal
-        raise ValueError(f"device {name!r} requested but this machine has {count} CUDA "
-                         f"device{'s' if count != 1 else ''} (cuda:0"
-                         f"{f' to cuda:{count - 1}' if count > 1 else ''})")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda[:N], got {name!r}")
-    return device
 
 
 class _Run:

@@ -184,7 +184,7 @@ class Run:
             self.normaliser = Normaliser("dataset", stats["mean"], stats["inv_std"])
         else:
             self.normaliser = Normaliser(self.bundle["normalize"])
-        from fastimg.train.fit import resolve_device
+        from fastimg.train.config import resolve_device
 
         self.device = resolve_device(device)
         self.model = self._build_model()
