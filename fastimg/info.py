@@ -1,16 +1,14 @@
-"""What ``fastimg info`` says about a store or a training run folder: a short human summary
-(a list of lines, at most about 30) or the full attributes as JSON-ready data."""
+"""What ``fastimg info`` says about a store: a short human summary (a list of lines, at most
+about 30) or the full attributes as JSON-ready data (a run folder's: :mod:`fastimg.run_summary`)."""
 from __future__ import annotations
 
-import json
 import os
 import re
-from pathlib import Path
+
+import numpy as np
 
 from fastimg import store
 from fastimg._validation import MAX_LISTED
-from fastimg.run_folder import (CONFIG_FILE, METRICS_FILE, NORMALISER_FILE, RESUME_ADVICE,
-                                RESUME_FILE, RUN_FILES, is_unfinished, run_files_in)
 
 #: Layout entries that are arrays (thousands of numbers): left out of the JSON view.
 LAYOUT_ARRAYS = ("pixel_index", "coords", "scaler")
@@ -43,7 +41,8 @@ def store_json(reader: store.StoreReader) -> dict:
 _AMBIGUOUS_NAME = re.compile(r"[,;/()]|\s\s|^\s|\s$|^$")
 
 
-def _n(value) -> str:
+def number_text(value) -> str:
+    """``12,500`` for a count; anything else (``?``, a recorded string) as it is."""
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
@@ -60,7 +59,7 @@ def class_names_text(names) -> str:
     quote = _quoted(names)
     shown = [repr(name) if quote else name for name in names[:MAX_LISTED]]
     more = len(names) - len(shown)
-    return ", ".join(shown) + (f", ... ({_n(more)} more)" if more > 0 else "")
+    return ", ".join(shown) + (f", ... ({number_text(more)} more)" if more > 0 else "")
 
 
 def class_counts_text(per_class: dict, separator: str = ", ") -> str:
@@ -71,17 +70,18 @@ def class_counts_text(per_class: dict, separator: str = ", ") -> str:
     if len(counts) > MAX_LISTED:
         empty = sum(n == 0 for n in counts)
         low, high = min(counts), max(counts)
-        return ((f"{_n(sum(counts))} rows, " if separator == "/" else "")
-                + f"{_n(low)}{f' to {_n(high)}' if high != low else ''} per class"
-                + (f", {_n(empty)} classes without rows" if empty else ""))
+        return ((f"{number_text(sum(counts))} rows, " if separator == "/" else "")
+                + f"{number_text(low)}{f' to {number_text(high)}' if high != low else ''} per class"
+                + (f", {number_text(empty)} classes without rows" if empty else ""))
     if separator == "/":
-        return "/".join(_n(n) for n in counts)
+        return "/".join(number_text(n) for n in counts)
     quote = _quoted(per_class)
-    return separator.join(f"{name!r} {_n(n)}" if quote else f"{name} {_n(n)}"
+    return separator.join(f"{name!r} {number_text(n)}" if quote else f"{name} {number_text(n)}"
                           for name, n in per_class.items())
 
 
-def _seconds(value) -> str:
+def seconds_text(value) -> str:
+    """``4.21 s``, ``37.5 s``; ``?`` when not recorded."""
     if value is None:
         return "?"
     return f"{value:.2f} s" if value < 10 else f"{value:.1f} s"
@@ -95,6 +95,11 @@ def _rows_lines(reader: store.StoreReader) -> list[str]:
     """Rows per split and class (dataset stores), or per split (image stores with one)."""
     summary = reader.summary
     counts = summary.get("counts")
+    if not counts and reader.has_labels:  # a store written by another tool: count them
+        targets, codes = reader.targets(), reader.split_codes()
+        counts = {split: {name: int(np.count_nonzero(targets[codes == code] == k))
+                          for k, name in enumerate(reader.class_names)}
+                  for code, split in enumerate(store.SPLIT_NAMES) if np.any(codes == code)}
     if counts:
         names = reader.class_names
         lines = [f"classes   {len(names)}: {class_names_text(names)}"]
@@ -106,27 +111,17 @@ def _rows_lines(reader: store.StoreReader) -> list[str]:
             per_class = {**{n: per_class[n] for n in names if n in per_class}, **per_class}
             total = sum(per_class.values())
             detail = class_counts_text(per_class)
-            lines.append(f"  {split:<7} {_n(total):>9} rows  ({detail})")
+            lines.append(f"  {split:<7} {number_text(total):>9} rows  ({detail})")
         return lines
     split_rows = summary.get("split_rows")
     if not split_rows and store.SPLIT in reader.group:
         codes = reader.split_codes()
         split_rows = {name: int((codes == code).sum())
                       for code, name in enumerate(store.SPLIT_NAMES)}
-    if not reader.has_labels:
-        # in split order: the attrs keep keys sorted as text (test before train)
-        return (["splits    " + ", ".join(f"{s} {_n(split_rows[s])}" for s in store.SPLIT_NAMES
-                                         if split_rows.get(s))] if split_rows else [])
-    # labels without a count in the summary (a store written by another tool): count them
-    names, targets, codes = reader.class_names, reader.targets(), reader.split_codes()
-    lines = [f"classes   {len(names)}: {class_names_text(names)}"]
-    for code, split in enumerate(store.SPLIT_NAMES):
-        in_split = targets[codes == code]
-        if in_split.size:
-            detail = class_counts_text({name: int((in_split == k).sum())
-                                        for k, name in enumerate(names)})
-            lines.append(f"  {split:<7} {_n(int(in_split.size)):>9} rows  ({detail})")
-    return lines
+    # in split order: the attrs keep keys sorted as text (test before train)
+    return (["splits    " + ", ".join(f"{s} {number_text(split_rows[s])}"
+                                      for s in store.SPLIT_NAMES if split_rows.get(s))]
+            if split_rows else [])
 
 
 def _features_line(reader: store.StoreReader) -> str:
@@ -134,9 +129,9 @@ def _features_line(reader: store.StoreReader) -> str:
     if features is None and reader.embeddings is not None:
         features = int(reader.embeddings.shape[1])
     layers = reader.provenance.get("layers") or []
-    line = f"features  {_n(features) if features is not None else 'not recorded'}"
+    line = f"features  {number_text(features) if features is not None else 'not recorded'}"
     if layers and features and features % len(layers) == 0:
-        line += f" = {len(layers)} layers x {_n(features // len(layers))} hidden"
+        line += f" = {len(layers)} layers x {number_text(features // len(layers))} hidden"
     embeddings = reader.embeddings
     if embeddings is not None:
         line += f"; embeddings stored ({embeddings.dtype})"
@@ -147,9 +142,10 @@ def _images_line(reader: store.StoreReader) -> str:
     summary = reader.summary
     height, width = summary.get("image_shape") or reader.images.shape[1:]
     occupied = summary.get("occupied_pixels")
-    line = f"images    {_n(int(reader.images.shape[0]))} x {height} x {width} {reader.images.dtype}"
+    line = (f"images    {number_text(int(reader.images.shape[0]))} x {height} x {width} "
+            f"{reader.images.dtype}")
     if occupied is not None:
-        line += (f"; {_n(occupied)} of {_n(height * width)} pixels occupied "
+        line += (f"; {number_text(occupied)} of {number_text(height * width)} pixels occupied "
                  f"({100 * occupied / (height * width):.1f}%)")
     return line
 
@@ -186,7 +182,7 @@ def _layout_line(reader: store.StoreReader) -> str:
     fit_on = settings.get("fit_on") or reader.summary.get("fit_on")
     fit_rows = settings.get("fit_rows") or reader.summary.get("fit_rows")
     if fit_on:
-        rows = "" if fit_rows is None else f" {_n(fit_rows)}"
+        rows = "" if fit_rows is None else f" {number_text(fit_rows)}"
         # an images store fitted on all its rows has no split: no evaluation rows
         leak = "" if reader.kind == "images" else " (evaluation rows included)"
         line += {"train": f"; fitted on the{rows} train rows",
@@ -227,9 +223,9 @@ def reused_text(names, sources: dict) -> str:
 
 def _timings_line(reader: store.StoreReader) -> str | None:
     timings = reader.summary.get("timings") or {}
-    parts = [f"{name.removesuffix('_s')} {_seconds(value)}" for name, value in timings.items()]
+    parts = [f"{name.removesuffix('_s')} {seconds_text(value)}" for name, value in timings.items()]
     if not parts:
-        parts = [f"{name} {_seconds(record['seconds'])}" for name, record in
+        parts = [f"{name} {seconds_text(record['seconds'])}" for name, record in
                  reader.stages.items() if record.get("seconds") is not None]
     if not parts:
         return None
@@ -255,7 +251,7 @@ def describe_store(reader: store.StoreReader) -> list[str]:
     corpus = reader.corpus
     rows = reader.summary.get("rows") or int(reader.images.shape[0])
     source = corpus.get("source") or (reader.configs.get("corpus") or {}).get("dataset")
-    lines.append(f"rows      {_n(rows)}" + (f" from {source}" if source else "")
+    lines.append(f"rows      {number_text(rows)}" + (f" from {source}" if source else "")
                  + (f" (split: {corpus['split_mode']})" if corpus.get("split_mode") else ""))
     lines += _rows_lines(reader)
     lines.append(_features_line(reader))
@@ -326,7 +322,8 @@ def describe_unfinished(found: dict) -> list[str]:
     if running:
         lines.append(f"unfinished   {', '.join(running)}")
     if "rows" in found:
-        lines.append(f"encoded      {_n(found['rows_done'])} of {_n(found['rows'])} rows")
+        lines.append(f"encoded      {number_text(found['rows_done'])} of "
+                     f"{number_text(found['rows'])} rows")
     return lines
 
 
@@ -336,274 +333,3 @@ def describe_unfinished_beside(found: dict) -> list[str]:
     done, what = _unfinished_state(
         found, "rerun the forced command that started it to resume, or delete it")
     return [f"beside     an unfinished build at {found['path']} (stages done: {done}): {what}"]
-
-
-def _accuracy(value) -> str:
-    return "absent" if value is None else f"{value:.4f}"
-
-
-def _class_scores_line(metrics: dict) -> str | None:
-    """``by class`` of the reported split: macro F1, balanced accuracy and the class recalled
-    least (what accuracy hides when the classes are imbalanced); None for runs saved before
-    fastimg scored classes."""
-    split = (metrics.get("reported") or {}).get("split")
-    scores = ((metrics.get("final") or {}).get(split) or {})
-    per_class = scores.get("per_class")
-    if not per_class or scores.get("macro_f1") is None:
-        return None
-    name, worst = min(((n, c) for n, c in per_class.items() if c["support"]),
-                      key=lambda item: item[1]["recall"])
-    return (f"by class   {split}: macro F1 {scores['macro_f1']:.4f}, balanced accuracy "
-            f"{scores['balanced_accuracy']:.4f}; lowest recall {name!r} {worst['recall']:.4f} "
-            f"(of {plural(worst['support'], 'row')}); "
-            + (f"classes {', '.join(per_class)}" if len(per_class) <= 8 else
-               f"{len(per_class)} classes"))
-
-
-def plural(count, noun: str) -> str:
-    """``"1 epoch"``, ``"3 epochs"``; ``"? epochs"`` when the count is not recorded."""
-    if count is None:
-        return f"? {noun}s"
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
-
-
-def _optimiser_line(config: dict) -> str:
-    """The optimiser, its rates and schedule and early stopping, of a run's config (the
-    settings an older run did not record left out)."""
-    rates = (f"lr head {config.get('lr_head') or 'default'} / classifier "
-             f"{config.get('lr_classifier') or 'default'}")
-    parts = [f"{config['optimizer']}, {rates}" if config.get("optimizer") else rates]
-    if config.get("weight_decay") is not None:
-        parts.append(f"weight decay {config['weight_decay']:g}")
-    if config.get("schedule") is not None:
-        parts.append(f"schedule {config['schedule']}")
-    patience = config.get("patience")
-    if patience is not None:
-        parts.append(f"early stop after {plural(patience, 'epoch')} without a val gain"
-                     if patience else "no early stop")
-    return ", ".join(parts)
-
-
-def _head_line(config: dict) -> str:
-    """Where the run cuts its extractor and what it adds around it (upsampling, branches);
-    empty for a config that records none of it."""
-    parts = []
-    if config.get("cut") is not None:
-        parts.append(f"{config['cut']} cut")
-    if config.get("upsample") is not None:
-        parts.append(f"upsample {config['upsample']}x")
-    if config.get("pixel_branch"):
-        parts.append("pixel branch")
-    if config.get("fuse_embedding"):
-        parts.append("embedding fused")
-    return ", ".join(parts)
-
-
-def _weights(value) -> str:
-    """The extractor's starting weights in words (the run's ``weights`` setting)."""
-    if value is None or (isinstance(value, str) and value.lower() == "none"):
-        return "random init (none)"
-    if isinstance(value, str) and value.upper() == "DEFAULT":
-        return "ImageNet (DEFAULT)"
-    return f"from {value}"
-
-
-def _run_files(path: Path, config: dict) -> dict:
-    """``{name: present}`` of the run files the folder should hold (``normaliser.npz`` only
-    with ``dataset`` normalisation, or when it is there)."""
-    files = {name: (path / name).is_file() for name in RUN_FILES}
-    if not files[NORMALISER_FILE] and config.get("normalize") != "dataset":
-        del files[NORMALISER_FILE]
-    return files
-
-
-def _read_json(path: Path, missing):
-    """The JSON object at ``path``, or ``missing`` when there is no such file.
-
-    Raises
-    ------
-    ValueError
-        When the file is not valid JSON, or holds something other than an object.
-    """
-    if not path.is_file():
-        return missing
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read the run's JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise ValueError(f"{path} holds a JSON {type(document).__name__}, not the object "
-                         f"fastimg train writes (edited or cut short?)")
-    return document
-
-
-def describe_run(path) -> list[str]:
-    """A short human summary of a training run folder (:data:`RUN_FILES`), one string per line.
-
-    Raises
-    ------
-    ValueError
-        When the folder's ``metrics.json`` or ``config.json`` is not valid JSON, or does not
-        hold what ``fastimg train`` writes.
-    """
-    path = Path(path)
-    metrics, config, saved = _run_documents(path)
-    try:
-        return _run_lines(path, metrics or {}, config or {}, saved)
-    except (AttributeError, TypeError, KeyError, IndexError, ValueError) as exc:
-        # a field of another type than train writes ("final": {"val": 1}): hand-edited
-        raise ValueError(f"{path}: its {METRICS_FILE} or {CONFIG_FILE} does not hold what "
-                         f"fastimg train writes ({type(exc).__name__}: {exc}; edited?)") from None
-
-
-def run_json(path) -> dict:
-    """A training run folder for scripts (``fastimg info RUN --json``): ``run_folder``,
-    ``files`` (the :data:`RUN_FILES` it holds, and ``resume.pt`` while a run is unfinished),
-    ``finished`` (``metrics.json`` is written last), ``unfinished`` (the unfinished run whose
-    state is there, ``{"epochs_done", "epochs"}``, else None; a train ``--force`` over a
-    finished run, stopped, leaves both), and the ``config`` and ``metrics`` that ``fastimg
-    train`` wrote (None where absent; an unfinished run's config from its state).
-
-    Raises
-    ------
-    ValueError
-        When the folder's ``metrics.json`` or ``config.json`` is not a valid JSON object.
-    """
-    path = Path(path)
-    metrics, config, saved = _run_documents(path)
-    files = run_files_in(path) + ([RESUME_FILE] if saved is not None else [])
-    return {"run_folder": str(path), "files": files, "finished": metrics is not None,
-            "unfinished": None if saved is None else {
-                "epochs_done": saved.get("done"),
-                "epochs": (saved.get("config") or {}).get("epochs")},
-            "config": config, "metrics": metrics}
-
-
-def _run_documents(path: Path) -> tuple[dict | None, dict | None, dict | None]:
-    """``(metrics, config, saved)`` of a run folder: its ``metrics.json`` and config (None
-    where absent), and its unfinished run's state (:func:`_saved_epochs`). An unfinished
-    run's config is its state's: its ``config.json`` may be that of the run a ``--force`` of
-    it overwrites."""
-    metrics = _read_json(path / METRICS_FILE, None)
-    saved = _saved_epochs(path)
-    config = (saved or {}).get("config") if metrics is None else None
-    return metrics, config or _read_json(path / CONFIG_FILE, (metrics or {}).get("config")), saved
-
-
-def _saved_epochs(path: Path) -> dict | None:
-    """The unfinished run's state in ``path`` (:func:`fastimg.train.resume.saved_epochs`; torch
-    is imported only for a folder that holds one): None without one, ``{}`` for one that
-    cannot be read."""
-    if not is_unfinished(path):
-        return None
-    from fastimg.train.resume import saved_epochs
-
-    return saved_epochs(path) or {}
-
-
-def _unfinished_text(saved: dict, config: dict) -> str:
-    """The epochs an unfinished run's state says are done, in words."""
-    if not saved:
-        return (f"its {RESUME_FILE} cannot be read (cut short, or of another fastimg): "
-                f"fastimg train --force starts over")
-    history, best = saved["history"], saved["best"]
-    return (f"{saved['done']} of {plural(config.get('epochs'), 'epoch')} done"
-            + (f" (best val accuracy {_accuracy(history[best]['val_accuracy'])} at epoch "
-               f"{best + 1})" if history and best is not None else ""))
-
-
-def _store_state(recorded) -> str:
-    """`` (not there now: ...)`` after a run's local training store when it is no longer a complete
-    store there (a URL is not looked up: info reads no object storage for a run)."""
-    from fastimg.store import location
-
-    where = location.resolve(recorded)
-    if not location.is_local(where) or location.is_complete(where):
-        return ""
-    return (" (not there now: moved or deleted? explain reads the split from it; give the "
-            "new path with --store)")
-
-
-def _run_lines(path: Path, metrics: dict, config: dict, saved: dict | None) -> list[str]:
-    """:func:`describe_run`'s lines of a run's parsed ``metrics`` and ``config``, and of the
-    ``saved`` state of its finished epochs while it is unfinished."""
-    files = _run_files(path, config)
-    present = ", ".join(n for n, ok in files.items() if ok)
-    missing = ", ".join(n for n, ok in files.items() if not ok)
-    lines = [f"{path}: fastimg training run ({present}"
-             + (f"; missing {missing}" if missing else "") + ")"]
-    if metrics.get("store"):
-        lines.append(f"store      {metrics['store']}{_store_state(metrics['store'])}")
-    extractor = metrics.get("extractor") or {"name": config.get("extractor"),
-                                              "weights": config.get("weights")}
-    shape = extractor.get("feature_shape")
-    if extractor.get("name") is None:  # neither file says: not "random init"
-        lines.append("extractor  not recorded")
-    else:
-        lines.append(f"extractor  {extractor.get('name')}, weights "
-                     f"{_weights(extractor.get('weights'))}"
-                     + (f", features {' x '.join(map(str, shape))}" if shape else "")
-                     + ("" if extractor.get("frozen", True) else ", partly trained"))
-    preset = f" (preset {config['preset']})" if config.get("preset") else ""
-    lines.append(f"training   {plural(config.get('epochs'), 'epoch')}, batch "
-                 f"{config.get('batch_size')}, normalise {config.get('normalize')}, seed "
-                 f"{config.get('seed')}{preset}")
-    lines.append(f"optimiser  {_optimiser_line(config)}")
-    head = _head_line(config)
-    if head:
-        lines.append(f"head       {head}")
-    if metrics.get("device"):
-        lines.append(f"ran on     {metrics['device']}, loader {metrics.get('loader')}, cache "
-                     f"{metrics.get('cache')}, amp {metrics.get('amp')}")
-    rows = metrics.get("rows")
-    if rows:
-        lines.append("rows       " + ", ".join(f"{s} {_n(n)}" for s, n in rows.items()))
-    epochs = metrics.get("epochs") or []
-    if epochs:
-        best = metrics.get("best_epoch")
-        # why fewer epochs ran than the config's: train's own summary says so
-        stopped = (f", stopped early (no val gain in {plural(config.get('patience'), 'epoch')})"
-                   if metrics.get("stopped_early") else "")
-        if metrics.get("resumed_after_epoch") is not None:  # a stopped run run again
-            stopped += f", resumed after epoch {metrics['resumed_after_epoch']}"
-        lines.append(f"epochs     {len(epochs)} run{stopped}, best epoch {best} (val accuracy "
-                     f"{_accuracy(epochs[best - 1]['val_accuracy'] if best else None)}), "
-                     f"last train loss {epochs[-1]['train_loss']:.4f}")
-    final = metrics.get("final") or {}
-    if final:
-        biased = ("; no test split: the val figure chose the best epoch (selection-biased)"
-                  if metrics.get("selection_biased") else "")
-        lines.append(f"accuracy   val {_accuracy((final.get('val') or {}).get('accuracy'))}, "
-                     f"test {_accuracy((final.get('test') or {}).get('accuracy'))} "
-                     f"(best epoch's weights{biased})")
-        scores = _class_scores_line(metrics)
-        if scores:
-            lines.append(scores)
-    probe = metrics.get("probe")
-    if metrics:
-        lines.append("probe      " + ("not run" if not probe else
-                                      f"val {_accuracy(probe.get('val_accuracy'))}, test "
-                                      f"{_accuracy(probe.get('test_accuracy'))} "
-                                      f"({probe.get('model', 'linear')})"))
-    pixels = metrics.get("probe_pixels")
-    if pixels:
-        lines.append(f"  pixels   val {_accuracy(pixels.get('val_accuracy'))}, test "
-                     f"{_accuracy(pixels.get('test_accuracy'))} (the same probe on the image "
-                     f"pixels)")
-    total = (metrics.get("timings") or {}).get("total_s")
-    if total is not None:
-        lines.append(f"time       {_seconds(total)}")
-    if not metrics:
-        from fastimg.store.location import lock_holder
-
-        holder = lock_holder(path)
-        done = "" if saved is None else f", {_unfinished_text(saved, config)}"
-        lines.append("no metrics.json: " + (
-            f"being trained now by another fastimg command ({holder}){done}" if holder else
-            f"the run did not finish{done}" + (f"; {RESUME_ADVICE}" if saved else "")))
-    elif saved is not None:  # a train --force over this run, stopped: it replaces this one
-        lines.append(f"unfinished a train over this run (--force) stopped, "
-                     f"{_unfinished_text(saved, saved.get('config') or {})}"
-                     + ("; the same command without --force resumes it and replaces this run "
-                        "when it ends" if saved else ""))
-    return lines

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fastimg.info import run_json
+from fastimg.run_summary import as_written_by_train, run_json, weights_text
 
 #: the columns, in order
 _COLUMNS = ("run", "extractor", "weights", "preset", "best/epochs", "val", "test", "macro F1",
@@ -14,14 +14,6 @@ _COLUMNS = ("run", "extractor", "weights", "preset", "best/epochs", "val", "test
 
 def _score(value) -> str:
     return "-" if value is None else f"{value:.4f}"
-
-
-def _weights(value) -> str:
-    if value is None or (isinstance(value, str) and value.lower() == "none"):
-        return "random"
-    if isinstance(value, str) and value.upper() == "DEFAULT":
-        return "ImageNet"
-    return Path(str(value)).name
 
 
 def _time(seconds) -> str:
@@ -37,10 +29,10 @@ def _name(text: str) -> str:
 
 
 def _row(run: dict, name: str) -> dict:
-    """The cells of one run's row, from :func:`fastimg.info.run_json`."""
+    """The cells of one run's row, from :func:`fastimg.run_summary.run_json`."""
     config, metrics = run["config"] or {}, run["metrics"] or {}
     row = {"run": _name(name), "extractor": config.get("extractor") or "?",
-           "weights": _weights(config["weights"]) if "weights" in config else "?",
+           "weights": weights_text(config["weights"], short=True) if "weights" in config else "?",
            "preset": config.get("preset") or "?"}
     unfinished = run["unfinished"] or {}
     done = unfinished.get("epochs_done")
@@ -92,12 +84,8 @@ def compare_runs(paths) -> list[str]:
     rows, runs = [], []
     for path, name in zip(paths, names):
         run = run_json(path)
-        try:
+        with as_written_by_train(path):
             rows.append(_row(run, name))
-        except (AttributeError, TypeError, KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"{path}: its metrics.json or config.json does not hold what "
-                             f"fastimg train writes ({type(exc).__name__}: {exc}; "
-                             f"edited?)") from None
         runs.append(run)
     widths = {c: max(len(c), *(len(row.get(c, "")) for row in rows)) for c in _COLUMNS}
     lines = [f"runs in {paths[0].parent}"] if len(parents) == 1 else []

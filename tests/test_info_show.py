@@ -4,10 +4,12 @@ import csv
 import json
 import os
 import re
+import shutil
 import socket
 
 import numpy as np
 import pytest
+import zarr
 
 from conftest import TINY_WORDS
 from fastimg import show, store
@@ -58,6 +60,27 @@ def test_info_summarises_a_dataset_store_in_a_few_lines(built, capsys):
     assert "layout    pca" in out and f"fitted on the {train} train rows" in out
     assert "reused: corpus, encode" in out
     assert "{" not in out
+
+
+def test_info_counts_the_classes_of_a_store_whose_summary_has_no_counts(built, tmp_path,
+                                                                        capsys):
+    """A store another tool wrote records no class counts: info counts them from the labels,
+    in the lines it gives a store that records them."""
+    path, _ = built
+    capsys.readouterr()
+    assert main(["info", str(path)]) == 0
+    recorded = [line for line in capsys.readouterr().out.splitlines()
+                if line.startswith(("classes", "  train", "  val", "  test"))]
+    copy = tmp_path / "uncounted.zarr"
+    shutil.copytree(path, copy)
+    group = zarr.open_group(str(copy), mode="r+")
+    attrs = dict(group.attrs[store.ATTRS_KEY])
+    attrs["summary"] = {k: v for k, v in attrs["summary"].items() if k != "counts"}
+    group.attrs[store.ATTRS_KEY] = attrs
+    assert main(["info", str(copy)]) == 0
+    counted = [line for line in capsys.readouterr().out.splitlines()
+               if line.startswith(("classes", "  train", "  val", "  test"))]
+    assert len(recorded) >= 3 and counted == recorded
 
 
 def test_the_summaries_of_odd_and_many_class_names_read_as_the_classes(tmp_path,

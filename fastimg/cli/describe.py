@@ -27,7 +27,7 @@ def cmd_show(args) -> int:
 def cmd_info(args) -> int:
     """``fastimg info``: a store's, an unfinished build's or a run folder's summary; several
     run folders side by side."""
-    from fastimg import info
+    from fastimg import info, run_summary
     from fastimg.run_folder import is_run_folder
 
     if len(args.store) > 1:
@@ -35,8 +35,8 @@ def cmd_info(args) -> int:
     path = args.store[0]
     target = options.location(path, args)  # warns of --storage-option with a local path
     if "://" not in path and is_run_folder(Path(path)):
-        print(json.dumps(info.run_json(path), indent=2) if args.json
-              else "\n".join(info.describe_run(Path(path))))
+        print(json.dumps(run_summary.run_json(path), indent=2) if args.json
+              else "\n".join(run_summary.describe_run(Path(path))))
         return 0
     try:
         reader = store.StoreReader(target)
@@ -61,8 +61,8 @@ def _compare_runs(args) -> int:
     """``fastimg info RUN RUN ...``: a table of the runs (``--json``: their summaries). What
     is not a run folder (a stray file that ``runs/*`` matched) is left out with a warning;
     a folder given twice is shown once."""
-    from fastimg import info
     from fastimg.run_folder import is_run_folder
+    from fastimg.run_summary import run_json
     from fastimg.runs_table import compare_runs
 
     runs, seen = [], set()
@@ -79,7 +79,7 @@ def _compare_runs(args) -> int:
     if not runs:
         raise UserError("none of the paths is a training run folder: info shows several run "
                         "folders side by side, and a store one at a time")
-    print(json.dumps([info.run_json(path) for path in runs], indent=2) if args.json
+    print(json.dumps([run_json(path) for path in runs], indent=2) if args.json
           else "\n".join(compare_runs(runs)))
     return 0
 

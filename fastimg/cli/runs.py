@@ -158,7 +158,8 @@ def cmd_predict(args) -> int:
     # the true class by name, as predicted: a file's 0 / 1.0 / ' pos' is comparable with it
     true = None if targets is None else [run.class_names[k] for k in targets]
     write_predictions(args.out, ids, prediction, labels=true)
-    from fastimg.info import class_counts_text, plural
+    from fastimg.info import class_counts_text
+    from fastimg.run_summary import plural
 
     counts = class_counts_text({name: prediction.names.count(name) for name in run.class_names})
     scored = ""

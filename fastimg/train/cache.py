@@ -92,8 +92,8 @@ def open_cache(path, rows: np.ndarray, key: str) -> FeatureCache | None:
 
 
 @torch.no_grad()
-def build_cache(model, loader, rows: np.ndarray, *, where: str = "memory",
-                path=None, autocast=contextlib.nullcontext, progress: bool = False, desc: str = "cache",
+def build_cache(model, loader, rows: np.ndarray, *, where: str = "memory", path=None,
+                autocast=contextlib.nullcontext, progress: bool = False, desc: str = "cache",
                 dtype: str = "float16", key: str | None = None):
     """Run the frozen extractor of ``model`` over one pass of ``loader`` (unshuffled).
 
