@@ -10,7 +10,7 @@ import pytest
 
 from fastimg import build_dataset, relayout
 from fastimg.corpus import CorpusConfig
-from fastimg.embed import EncoderConfig, check_texts
+from fastimg.embed import EncoderConfig, check_texts, encode
 from fastimg.images import ImagesConfig, build_image_store
 from fastimg.kernels import RasterPlan
 from fastimg.layout import DeepInsightLayout, LayoutConfig
@@ -258,6 +258,8 @@ def test_build_image_store_checks_its_configs(matrix, tmp_path):
      "layout_config must be a LayoutConfig or None, got tuple"),
     (lambda out: fit(out, {"epochs": 1}),
      r"config must be a TrainConfig or None, got dict; .* or TrainConfig.from_dict"),
+    (lambda out: encode(["a review"], {"max_length": 8}),
+     r"config must be an EncoderConfig or None, got dict; build one with EncoderConfig\(\*\*"),
     # os.fspath's "expected str, bytes or os.PathLike object, not NoneType" named no store
     (lambda out: build_dataset(None, CorpusConfig(input="r.csv")),
      r"a store is a path or an fsspec URL \(str or os.PathLike\), got NoneType"),

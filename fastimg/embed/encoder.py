@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 
+from fastimg._validation import check_config
 from fastimg.embed import forward as forward_mod
 from fastimg.embed import packed as packed_mod
 from fastimg.embed.config import EncoderConfig
@@ -152,10 +153,8 @@ def check_inputs(texts, config, model):
     if config is None:  # a model given alone is encoded with the default settings
         check_loaded_model(model)
         config = EncoderConfig()
-    elif not isinstance(config, EncoderConfig):
-        raise TypeError(f"config must be an EncoderConfig, got {type(config).__name__}")
     else:
-        check_loaded_model(model, config)
+        check_loaded_model(model, check_config("config", config, EncoderConfig))
     texts = check_texts(texts)
     return texts, config, model
 
