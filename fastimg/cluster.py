@@ -469,7 +469,7 @@ def _storage_errors_named():
             raise
         message = " ".join(f"{type(exc).__name__}: {exc}".split())
         hint = (" (a worker needs its own access: the store's path on its node, or credentials "
-                "in its environment or --storage-option)") if access else ""
+                "in its environment or storage_options)") if access else ""
         raise WorkerStorageError(f"worker {_worker_address()} cannot reach the store: "
                                  f"{message}{hint}") from None
 
@@ -629,7 +629,7 @@ def _warn_workers(client, n_tasks: int, n_chunks: int, stage: str, *, idle: bool
                       f"with `dask worker {address}`)", ClusterWarning, stacklevel=3)
     elif idle and 0 < n_tasks == n_chunks < n_workers:
         warnings.warn(f"{stage}: {n_tasks} task{'s' * (n_tasks != 1)} for {n_workers} workers "
-                      f"(one per chunk of --chunk-rows rows): lower --chunk-rows to use them "
+                      f"(one per chunk of chunk_rows rows): lower chunk_rows to use them "
                       f"all", ClusterWarning, stacklevel=3)
 
 

@@ -93,7 +93,7 @@ def _fit_rows(split_codes: np.ndarray, fit_on: str) -> np.ndarray:
     rows = store.split_rows(split_codes, "train")
     if rows.size < 2:
         raise ValueError(f"the training split has {rows.size} rows; the layout needs at least 2 "
-                         f"(use a larger --limit, or --fit-on all)")
+                         f"(use a larger limit, or fit_on='all')")
     return rows
 
 
@@ -149,7 +149,7 @@ def _reuse_sources(reuse_from, out, storage_options) -> list[StoreReader]:
         if not store.location.same_store(other, out)]
     for other in others:
         if other.kind != "dataset":
-            raise StoreError(f"--reuse-from {other.path} is a store of images of a feature "
+            raise StoreError(f"reuse_from {other.path} is a store of images of a feature "
                              f"matrix (made by `fastimg images`), without embeddings of texts "
                              f"to reuse; give stores written by `fastimg build-dataset` or "
                              f"`fastimg relayout`")

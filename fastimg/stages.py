@@ -195,7 +195,7 @@ def warn_unmatched(plan: StagePlan, sources) -> None:
                and source.stages[stage].get("done") for stage, key in plan.keys.items()):
             continue
         diffs = _encoder_differences(plan, source)
-        logger.warning("nothing is reused from --reuse-from %s: none of its stages matches this "
+        logger.warning("nothing is reused from reuse_from %s: none of its stages matches this "
                        "build (%s%s)", source.path, "; ".join(diffs[:4]),
                        " ..." if len(diffs) > 4 else "")
 
@@ -265,10 +265,10 @@ def check_unscaled_uint8(matrix, scaling: str, image_dtype: str,
         block = np.asarray(matrix[start:start + block_rows], dtype=np.float32)
         low, high = min(low, float(block.min())), max(high, float(block.max()))
     if low < 0.0 or high > 1.0:
-        raise ValueError(f"--dtype uint8 stores values in [0, 1] as 0..255, but --scaling none "
-                         f"leaves the features as they are, here {low:.3g} to {high:.3g}: the "
-                         f"images would be clipped; use --scaling norm2 or minmax, or --dtype "
-                         f"float16")
+        raise ValueError(f"image_dtype='uint8' stores values in [0, 1] as 0..255, but "
+                         f"scaling='none' leaves the features as they are, here {low:.3g} to "
+                         f"{high:.3g}: the images would be clipped; use scaling='norm2' or "
+                         f"scaling='minmax', or image_dtype='float16'")
 
 
 def run_images(writer: StoreWriter, plan: StagePlan, layout, matrix, config, progress,

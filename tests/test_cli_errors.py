@@ -430,6 +430,14 @@ def test_config_fields_in_messages_are_named_by_their_flags():
     assert report.as_flag("layers='author' takes hidden_states[6:12]", flags) == \
         "--layers author takes hidden_states[6:12]"
     assert report.as_flag("mode='x' is not a field", flags) == "mode='x' is not a field"
+    # ... anywhere in the message, quoted or a number; not a value of another form, a field
+    # of a dotted name or a quoted one, or a keyword the command has no flag for
+    assert report.as_flag("use scaling='norm2' or scaling='minmax', or fit_on='all'", flags) \
+        == "use --scaling norm2 or --scaling minmax, or --fit-on all"
+    assert report.as_flag("lower it: token_budget=4096", flags) == "lower it: --token-budget 4096"
+    advice = ("load_run(..., model=FOLDER); config.seed=3; 'seed=3'; weights=None; "
+              "mode='x'; scaling=norm2")
+    assert report.as_flag(advice, flags) == advice
     # a path that opens a message and starts like a field and a number is the path
     for path in ("dataset 2024.csv", "split 2/labels.txt", "input 1.jsonl.gz"):
         message = f"{path} is not valid UTF-8: bad byte 0xff at line 3"

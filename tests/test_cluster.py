@@ -431,7 +431,7 @@ def test_fewer_tasks_than_workers_is_one_warning():
         def nthreads(self):
             return {"tcp://a": 1, "tcp://b": 1, "tcp://c": 1}
 
-    with pytest.warns(ClusterWarning, match="encode: 1 task for 3 workers .*lower --chunk-rows"):
+    with pytest.warns(ClusterWarning, match="encode: 1 task for 3 workers .*lower chunk_rows"):
         _warn_workers(Client(), 1, 1, "encode", idle=True)
     import warnings
 

@@ -294,7 +294,7 @@ def test_a_files_own_split_column_is_kept_not_pooled(tmp_path, kind):
     assert "test" not in set(pooled.split.tolist())
     records[3]["split"] = "holdout"
     path = write_jsonl(tmp_path / "bad.jsonl", records)
-    with pytest.raises(CorpusError, match="'holdout' at .*--split random ignores the column"):
+    with pytest.raises(CorpusError, match="'holdout' at .*split='random' ignores the column"):
         load_corpus(cfg(path))
     assert "test" not in set(load_corpus(cfg(path, split="random")).split.tolist())
 
@@ -817,7 +817,7 @@ def test_a_label_column_of_distinct_values_is_refused(tmp_path, column):
     message = error(path, label_column=column)
     assert message.startswith(f"label column {column!r} holds a different value in each of "
                               f"its 120 rows")
-    assert "is it the label column? (--label-column; columns: 'id', 'text', 'label')" in message
+    assert "is it the label column? (label_column; columns: 'id', 'text', 'label')" in message
     few = write_csv(tmp_path / "few.csv", ["text", "label"], [["x", "a"], ["y", "b"], ["z", "c"]])
     assert load_corpus(cfg(few, split="random", val_fraction=0.34)).class_names == ["a", "b", "c"]
 

@@ -126,7 +126,7 @@ def test_uint8_images_of_unscaled_features_outside_0_1_are_refused(rng, tmp_path
 
     layout = LayoutConfig(method="pca", grid=(6, 6), scaling="none")
     out = tmp_path / "out.zarr"
-    with pytest.raises(ValueError, match=r"--scaling none .* -\d.* to \d"):
+    with pytest.raises(ValueError, match=r"scaling='none' .* -\d.* to \d"):
         build_image_store(rng.normal(size=(40, 30)).astype(np.float32), out, layout,
                           ImagesConfig(image_dtype="uint8"), progress=False)
     assert not out.exists() and not store.partial_path(out).exists()

@@ -683,7 +683,7 @@ def test_a_reuse_from_store_that_gives_nothing_is_said(tmp_path, tiny_bert_dir, 
     caplog.clear()
     assert main(_build_args(other, tmp_path / "c.zarr", tiny_bert_dir, "--reuse-from",
                             str(a))) == 0
-    assert warned() == [f"nothing is reused from --reuse-from {a}: none of its stages matches "
+    assert warned() == [f"nothing is reused from reuse_from {a}: none of its stages matches "
                         f"this build (other texts: 80 each)"]
     relabelled = _write_csv(tmp_path / "b.csv", flip_labels=True)
     assert main(_build_args(relabelled, tmp_path / "d.zarr", tiny_bert_dir, "--reuse-from",

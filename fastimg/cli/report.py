@@ -42,7 +42,7 @@ _ARGUMENT_FLAGS = {"force=True": "--force", "reuse=False": "--no-reuse",
                    # fit's: train --force is passed to it as overwrite=True
                    "overwrite=True": "--force",
                    # every command names its output --out
-                   "another output path": "another --out"}
+                   "another output path": "another --out", "an output path": "an --out"}
 
 
 def as_flag(message: str, flags: dict) -> str:
@@ -57,6 +57,10 @@ def as_flag(message: str, flags: dict) -> str:
     force=True``) are the flags that set them (``pass --force``)."""
     for argument, flag in _ARGUMENT_FLAGS.items():
         message = re.sub(rf"\b{re.escape(argument)}\b", flag, message)
+    # a setting advised with its value, anywhere: "use scaling='norm2'", "upsample=4"
+    message = re.sub(r"(?<![\w.'\"])([a-z]\w*)=(?:'([^']*)'|(\d+(?:\.\d+)?)\b)",
+                     lambda m: (f"{flags[m.group(1)]} {m.group(2) or m.group(3)}"
+                                if m.group(1) in flags else m.group(0)), message)
     setting = re.match(r"([a-z]\w*)='([^']*)' ", message)  # layers='author' takes ...
     if setting and setting.group(1) in flags:
         message = f"{flags[setting.group(1)]} {setting.group(2)}{message[setting.end() - 1:]}"

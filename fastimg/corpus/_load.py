@@ -77,7 +77,7 @@ def load_corpus(config: CorpusConfig, storage_options: dict | None = None) -> Co
         raise CorpusError(f"label column {config.label_column!r} holds a different value in "
                           f"each of its {table.n_rows} rows (first: {str(class_names[0])[:40]!r})"
                           f", so every row would be a class of its own; is it the label column? "
-                          f"(--label-column; columns: {_names(table)})")
+                          f"(label_column; columns: {_names(table)})")
     _note_case_variants(class_names, config.label_column, notes)
     if class_values is not None:
         _note_number_spellings(scalars(table, config.label_column), config.label_column, notes)
@@ -339,7 +339,7 @@ def _split_values(table: Table, column: str) -> np.ndarray:
             where = table.where(_first(values, lambda v: v is value or v == value))
             raise CorpusError(f"split column {column!r} has {value!r} at {where}; "
                               f"expected train, test or val (valid, validation, dev); "
-                              f"--split random ignores the column")
+                              f"split='random' ignores the column")
         names[value] = name
     return np.asarray([names[v] for v in values], dtype="<U5")
 

@@ -329,7 +329,7 @@ def build_lock(path):
     around = store_around(path.parent) if isinstance(path, Path) else None
     if around is not None:
         raise StoreError(f"{path} lies inside the store {around}, whose rebuild would delete "
-                         f"it; choose an --out outside it")
+                         f"it; choose an output path outside it")
     if isinstance(path, Location):
         from fastimg.store.object_lock import hold
 

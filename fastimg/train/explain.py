@@ -322,7 +322,7 @@ def explain(run_dir, *, split: str = "val", out_dir=None, method: str = "integra
             raise NotADirectoryError(f"{blocker} is a file, not a folder (to write "
                                      f"{FEATURES_FILE} and {IMAGE_FILE} into {out_dir})")
         check_outside_stores(out_dir, deleted=f"{FEATURES_FILE} and {IMAGE_FILE}",
-                             instead="an --out outside it")
+                             instead="an output path outside it")
         check_can_write(out_dir, f"{FEATURES_FILE} and {IMAGE_FILE} into {out_dir}")
     run = load_run(run_dir, device=device)
     store_path = run.store_path if store is None else store
