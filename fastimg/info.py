@@ -271,6 +271,7 @@ def unfinished_build(path) -> dict | None:
     (``built_by``: the process building it now, or None; the last two once encoding
     started), or None when there is none. Reads metadata only."""
     from fastimg.store import location
+    from fastimg.store.locks import lock_holder
     from fastimg.store.schema import DONE_PREFIX, EMBED_ATTRS_KEY
     from fastimg.store.writer import finished_chunks
 
@@ -290,7 +291,7 @@ def unfinished_build(path) -> dict | None:
            else partial.with_name(partial.name[:-len(store.PARTIAL_SUFFIX)]))
     found = {"path": str(partial), "complete": False,
              "stages": {name: bool(record.get("done")) for name, record in stages.items()},
-             "built_by": location.lock_holder(out)}
+             "built_by": lock_holder(out)}
     if store.EMBEDDINGS in group:
         embeddings = group[store.EMBEDDINGS]
         record = embeddings.attrs.get(EMBED_ATTRS_KEY, {})

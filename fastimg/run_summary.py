@@ -277,7 +277,7 @@ def _run_lines(path: Path, metrics: dict, config: dict, saved: dict | None) -> l
     if total is not None:
         lines.append(f"time       {seconds_text(total)}")
     if not metrics:
-        from fastimg.store.location import lock_holder
+        from fastimg.store.locks import lock_holder
 
         holder = lock_holder(path)
         done = "" if saved is None else f", {_unfinished_text(saved, config)}"

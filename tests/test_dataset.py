@@ -382,7 +382,7 @@ def test_sigterm_stops_a_build_as_ctrl_c_does(tmp_path, tiny_bert_dir):
     assert err.splitlines()[-1] == ("fastimg build-dataset: terminated (the unfinished build is "
                                     "kept: rerun to resume)"), err
     assert "Traceback" not in err
-    assert store.location.lock_holder(out) is None  # let go
+    assert store.locks.lock_holder(out) is None  # let go
     assert main(["build-dataset", "--input", str(csv_path), "--model", str(tiny_bert_dir),
                  "--max-length", "32", "--pixels", "8", "--method", "pca", "--device", "cpu",
                  "--out", str(out), "--quiet"]) == 0

@@ -290,23 +290,23 @@ def test_a_second_build_of_one_url_is_refused_while_the_lock_is_held(tmp_path, t
     fs, key = object_lock._lock_object(where)
     with store.build_lock(where):
         assert fs.exists(key)
-        assert store.location.lock_holder(where) == \
+        assert store.locks.lock_holder(where) == \
             f"process {os.getpid()} on {socket.gethostname()}"
         assert main(_build_argv(csv, tiny_bert_dir, url, *s3_env)) == 2
         err = capsys.readouterr().err.strip()
         assert "is being written by another fastimg command (process" in err and "\n" not in err
         assert f"its lock {url}.lock last written" in err
         assert not store.location.exists(where)  # nothing written
-    assert not fs.exists(key) and store.location.lock_holder(where) is None
+    assert not fs.exists(key) and store.locks.lock_holder(where) is None
 
     _interrupted_at_the_layout(url, csv, tiny_bert_dir, s3)  # lets go of it too
     assert not fs.exists(key)
 
     # a lock its holder left behind when it died turns stale, and is taken over
     fs.pipe_file(key, json.dumps({"holder": "process 1 on gone", "token": "t"}).encode())
-    assert store.location.lock_holder(where) == "process 1 on gone"
+    assert store.locks.lock_holder(where) == "process 1 on gone"
     monkeypatch.setattr(object_lock, "LEASE_SECONDS", -1.0)  # any age is past the lease
-    assert store.location.lock_holder(where) is None
+    assert store.locks.lock_holder(where) is None
     assert main(_build_argv(csv, tiny_bert_dir, url, *s3_env)) == 0
     assert "taking over the build lock" in caplog.text and "process 1 on gone" in caplog.text
     assert not fs.exists(key) and store.is_complete(where)
@@ -335,16 +335,16 @@ def test_a_lock_left_by_a_dead_process_of_this_machine_is_taken_over_at_once(s3,
                                       "pid_namespace": namespace}).encode())
 
     left(os.getpid())  # alive: honoured
-    assert store.location.lock_holder(where) == f"process {os.getpid()} on {socket.gethostname()}"
+    assert store.locks.lock_holder(where) == f"process {os.getpid()} on {socket.gethostname()}"
     with pytest.raises(store.StoreError, match="being written by another fastimg command"):
         with store.build_lock(where):
             pass
     # another PID namespace (a container of the same host name) or host: cannot tell, honoured
     for other in ({"namespace": "pid:[1]"}, {"host": "elsewhere"}):
         left(int(dead), **other)
-        assert store.location.lock_holder(where) is not None, other
+        assert store.locks.lock_holder(where) is not None, other
     left(int(dead))
-    assert store.location.lock_holder(where) is None
+    assert store.locks.lock_holder(where) is None
     with store.build_lock(where):
         assert json.loads(fs.cat_file(key))["pid"] == os.getpid()
     assert f"process {dead} on {socket.gethostname()} no longer runs" in caplog.text
@@ -409,7 +409,7 @@ def test_a_held_object_lock_is_renewed_and_a_taken_one_left_alone(s3, monkeypatc
         fs.pipe_file(key, json.dumps({"holder": "process 2 on other", "token": "t"}).encode())
         assert soon(lambda: "was taken over or deleted" in caplog.text)
     # not ours any more: left for its holder
-    assert store.location.lock_holder(where) == "process 2 on other"
+    assert store.locks.lock_holder(where) == "process 2 on other"
     fs.rm_file(key)
 
 

@@ -125,7 +125,7 @@ def test_a_second_train_into_a_folder_a_train_writes_names_it_without_force(smal
                                                                             tmp_path, capsys):
     """Without --force, a second train into the folder a train was writing said 'is not
     empty; pass --force', and the --force it advised was then refused as being written."""
-    from fastimg.store.location import build_lock
+    from fastimg.store.locks import build_lock
 
     out = tmp_path / "run"
     out.mkdir()

@@ -59,7 +59,7 @@ def _check_run_folder(out: Path, *, force: bool) -> None:
     from fastimg._validation import check_can_write, file_in_the_way
     from fastimg.run_folder import (check_outside_stores, holds_only_leftovers, is_unfinished,
                                     run_files_in)
-    from fastimg.store.location import lock_holder
+    from fastimg.store.locks import lock_holder
 
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a run folder")

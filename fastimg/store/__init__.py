@@ -5,7 +5,8 @@
 >>> reader.summary["rows"], reader.images.shape, reader.layout().config.grid
 """
 from fastimg.store.keys import differences, stage_key
-from fastimg.store.location import (build_lock, is_complete, partial_path, read_attrs, recover,
+from fastimg.store.locks import build_lock
+from fastimg.store.location import (is_complete, partial_path, read_attrs, recover,
                                     replaced_path, size_bytes)
 from fastimg.store.reader import StoreReader, check_version, open_store
 from fastimg.store.schema import (ATTRS_KEY, BUILD_KEY, COMPLETE, EMBEDDINGS,

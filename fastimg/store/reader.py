@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from fastimg.store import location
+from fastimg.store.locks import lock_holder
 from fastimg.store.keys import upgraded
 from fastimg.store.schema import (ATTRS_KEY, BUILD_KEY, COMPLETE, EMBEDDINGS, FORMAT_VERSION,
                                   IDS, IMAGES, LABELS, SPLIT, StoreError, split_rows)
@@ -30,7 +31,7 @@ def why_not_a_store(path) -> str:
     """Why ``path`` is not a complete store, in one line: missing, unfinished, a training run
     folder, or something else."""
     where = location.readable(path)
-    holder = location.lock_holder(path)
+    holder = lock_holder(path)
     if holder is not None:
         return (f"{path} is being built now by another fastimg command ({holder}): wait for "
                 f"it to end")

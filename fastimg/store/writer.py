@@ -13,6 +13,7 @@ import logging
 import numpy as np
 
 from fastimg.store import location
+from fastimg.store.locks import build_lock
 from fastimg.store.keys import canonical, upgraded
 from fastimg.store.schema import (ATTRS_KEY, BUILD_KEY, COMPLETE, DIMENSIONS, DONE_PREFIX,
                                   EMBED_ATTRS_KEY, EMBEDDINGS, FORMAT_VERSION, IMAGE_CHUNK_ROWS,
@@ -358,7 +359,7 @@ def write_store(path, arrays: dict, attrs: dict, *, force: bool = False,
     ``arrays`` maps schema names to numpy arrays, chunked as a build chunks them unless
     ``chunk_rows`` is given.
     """
-    with location.build_lock(path):
+    with build_lock(path):
         check_writable(path, force=force)
         writer = StoreWriter.open(path, reuse=False)
         for name, data in arrays.items():

@@ -71,7 +71,7 @@ def check_sha256(run_dir, name: str, bundle: dict) -> None:
 def being_written(run_dir) -> str | None:
     """A message naming the train writing ``run_dir`` now (it holds the folder's lock), or
     None: what a reader says when it finds the run's files missing or mismatched."""
-    from fastimg.store.location import lock_holder
+    from fastimg.store.locks import lock_holder
 
     holder = lock_holder(run_dir)
     if holder is None:

@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 from fastimg._validation import check_config
 from fastimg.run_folder import (FEATURE_CACHE_DIR, RESUME_FILE, check_outside_stores,
                                 is_unfinished, remove_cut_short_writes, run_files_in)
-from fastimg.store.location import build_lock, resolve
+from fastimg.store.location import resolve
+from fastimg.store.locks import build_lock
 from fastimg.train import resume
 from fastimg.train.cache import build_cache, feature_cache_bytes, open_cache
 from fastimg.train.config import TrainConfig, resolve_device
