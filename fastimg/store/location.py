@@ -1,7 +1,7 @@
 """Where a store lives: its final path, its unfinished build and the atomic replace.
 
-Every filesystem operation on a store goes through this module, so that a store on another
-kind of storage needs changes here only.
+Every filesystem operation on a store goes through this module (its build lock through
+:mod:`fastimg.store.locks`), so that a store on another kind of storage needs changes here only.
 
 A store is either a local path or an fsspec URL (``s3://bucket/imdb.zarr``, ``gs://...``;
 ``file://`` URLs are local paths). Local stores are built at ``OUT.partial`` and renamed in
