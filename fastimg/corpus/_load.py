@@ -37,20 +37,68 @@ def load_corpus(config: CorpusConfig, storage_options: dict | None = None) -> Co
         When ``config`` is not a :class:`CorpusConfig` (a dict: ``CorpusConfig(**settings)``).
     """
     check_config("config", config, CorpusConfig, required=True)
+    table = _open_table(config, storage_options)
+    notes: list[str] = []
+    id_column, split_column, mode = _columns(config, table)
+    ids = _ids(table, id_column)
+    labels, class_names, class_values = _labels(table, config.label_column)
+    _check_classes(config, table, class_names)
+    _note_case_variants(class_names, config.label_column, notes)
+    if class_values is not None:
+        _note_number_spellings(scalars(table, config.label_column), config.label_column, notes)
+    split = _split_values(table, split_column) if mode == "column" else None
+
+    unused = {}  # settings that changed nothing, and the value that says so
+    if mode != "column" and config.split_column:
+        unused["split_column"] = None
+        notes.append(f"split_column {config.split_column!r} ignored: split {mode!r} pools every "
+                     f"row (its test rows too) into train and val (split 'column' keeps them)")
+    rows, shortfall = _sample(config, table, labels, split, unused, notes)
+    labels = labels[rows]
+    ids = ids[rows]
+    texts = _texts(table, config.text_columns, rows)
+    n_empty = _note_empty_texts(config, table, texts, ids, rows, notes)
+    split, carved = _assign_splits(config, mode, None if split is None else split[rows], labels,
+                                   split_column, unused, notes)
+    remedies = (["a larger limit"] if config.limit is not None and "limit" not in unused else [])
+    if carved:
+        remedies.append(f"a smaller {' or '.join(carved)}")
+    if mode == "paper":  # its 80/20 is fixed
+        remedies.append("split 'random' with a smaller val_fraction")
+    if mode == "column":
+        remedies.append(f"train rows of more than one class in split column {split_column!r}")
+    _check_train_classes(split, labels, class_names, class_values, notes, remedies)
+    _note_val_classes(split, labels, class_names, class_values, notes)
+
+    for note in notes:
+        logger.warning("%s", note)
+    return Corpus(ids=ids, texts=texts, labels=labels, class_names=class_names,
+                  split=split.astype("<U5"), source=table.source, split_mode=mode,
+                  n_empty_texts=n_empty, limit_shortfall=shortfall, warnings=tuple(notes),
+                  class_values=class_values, unused_settings=unused)
+
+
+def _open_table(config: CorpusConfig, storage_options) -> Table:
+    """The table of the corpus: IMDB's, or the input file's, with the roles of its columns
+    named like the defaults."""
     if config.dataset == "imdb":
         table = read_table(resolve_imdb())
         table.id_column = table.id_column or "id"
         table.split_column = table.split_column or "split"
         table.label_names = table.label_names or dict(IMDB_LABEL_NAMES)
-    else:
-        table = read_table(config.input, storage_options)
-        # columns named like the defaults are the file's ids and split unless others are named,
-        # as "text" and "label" are its texts and labels
-        for role, name in (("id_column", "id"), ("split_column", "split")):
-            if getattr(table, role) is None and name in table.columns:
-                setattr(table, role, name)
-    notes: list[str] = []
+        return table
+    table = read_table(config.input, storage_options)
+    # columns named like the defaults are the file's ids and split unless others are named,
+    # as "text" and "label" are its texts and labels
+    for role, name in (("id_column", "id"), ("split_column", "split")):
+        if getattr(table, role) is None and name in table.columns:
+            setattr(table, role, name)
+    return table
 
+
+def _columns(config: CorpusConfig, table: Table) -> tuple:
+    """``(id column, split column, split mode)``: ``auto`` resolved, a source's own split
+    column dropped when pooling, and every column named checked to exist."""
     id_column = config.id_column or table.id_column
     split_column = config.split_column or table.split_column
     mode = config.split
@@ -67,9 +115,12 @@ def load_corpus(config: CorpusConfig, storage_options: dict | None = None) -> Co
             raise CorpusError(f"{table.source} has no {role} column {name!r}"
                               f"{_did_you_mean(name, table.columns)}; its columns: "
                               f"{_names(table)}")
+    return id_column, split_column, mode
 
-    ids = _ids(table, id_column)
-    labels, class_names, class_values = _labels(table, config.label_column)
+
+def _check_classes(config: CorpusConfig, table: Table, class_names) -> None:
+    """Refuse a label column of one class, or one whose every value differs (an id or text
+    column named as the labels)."""
     if len(class_names) < 2:
         raise CorpusError(f"label column {config.label_column!r} has a single class "
                           f"({class_names[0]!r}); a classifier needs at least two")
@@ -78,35 +129,32 @@ def load_corpus(config: CorpusConfig, storage_options: dict | None = None) -> Co
                           f"each of its {table.n_rows} rows (first: {str(class_names[0])[:40]!r})"
                           f", so every row would be a class of its own; is it the label column? "
                           f"(label_column; columns: {_names(table)})")
-    _note_case_variants(class_names, config.label_column, notes)
-    if class_values is not None:
-        _note_number_spellings(scalars(table, config.label_column), config.label_column, notes)
-    split = _split_values(table, split_column) if mode == "column" else None
 
+
+def _sample(config: CorpusConfig, table: Table, labels, split, unused: dict,
+            notes: list) -> tuple[np.ndarray, int]:
+    """``(rows kept, rows short of the limit)``: ``config.limit`` rows stratified by class
+    (and by split with a split column), ascending; every row without a limit or past it."""
     rows = np.arange(table.n_rows)
-    shortfall = 0
-    unused = {}  # settings that changed nothing, and the value that says so
-    if mode != "column" and config.split_column:
-        unused["split_column"] = None
-        notes.append(f"split_column {config.split_column!r} ignored: split {mode!r} pools every "
-                     f"row (its test rows too) into train and val (split 'column' keeps them)")
-    if config.limit is not None:
-        if config.limit >= table.n_rows:
-            unused["limit"] = None
-        if config.limit > table.n_rows:
-            shortfall = config.limit - table.n_rows
-            notes.append(f"limit {config.limit} is larger than the {table.n_rows} rows of "
-                         f"{table.source}; using all {table.n_rows}")
-        elif config.limit < table.n_rows:
-            strata = labels if split is None else _pair_codes(split, labels)
-            rng = np.random.default_rng([config.seed, 1])
-            rows = np.sort(_stratified_pick(strata, config.limit, rng))
-            if np.unique(labels[rows]).size < 2:
-                raise CorpusError(f"limit {config.limit} keeps a single class; raise it")
+    if config.limit is None:
+        return rows, 0
+    if config.limit >= table.n_rows:
+        unused["limit"] = None
+    if config.limit > table.n_rows:
+        notes.append(f"limit {config.limit} is larger than the {table.n_rows} rows of "
+                     f"{table.source}; using all {table.n_rows}")
+        return rows, config.limit - table.n_rows
+    if config.limit < table.n_rows:
+        strata = labels if split is None else _pair_codes(split, labels)
+        rng = np.random.default_rng([config.seed, 1])
+        rows = np.sort(_stratified_pick(strata, config.limit, rng))
+        if np.unique(labels[rows]).size < 2:
+            raise CorpusError(f"limit {config.limit} keeps a single class; raise it")
+    return rows, 0
 
-    labels = labels[rows]
-    ids = ids[rows]
-    texts = _texts(table, config.text_columns, rows)
+
+def _note_empty_texts(config: CorpusConfig, table: Table, texts, ids, rows, notes: list) -> int:
+    """How many of the kept texts are empty or blank (noted, with the first one's place)."""
     empty = [i for i, t in enumerate(texts) if not t.strip()]
     if empty:
         # a JSON record without the key, or a null: a schema slip more often than a text
@@ -118,12 +166,18 @@ def load_corpus(config: CorpusConfig, storage_options: dict | None = None) -> Co
         notes.append(f"{len(empty)} of {len(texts)} texts are empty or blank (first: "
                      f"{table.where(int(rows[empty[0]]))}, id {str(ids[empty[0]])!r}{absent}); "
                      f"kept, encoded as [CLS] [SEP] alone")
+    return len(empty)
 
+
+def _assign_splits(config: CorpusConfig, mode: str, split, labels, split_column, unused: dict,
+                   notes: list) -> tuple[np.ndarray, list[str]]:
+    """``(split of each kept row, the fractions that carved rows)``: the split column's
+    (``split``, with val carved from train when it has none) or every row pooled into train
+    and val; then test carved from train with ``test_fraction``."""
     rng = np.random.default_rng([config.seed, 2])
     fraction = PAPER_VAL_FRACTION if mode == "paper" else config.val_fraction
     carved_val = carved_test = False
     if mode == "column":
-        split = split[rows]
         present = set(split.tolist())
         if "train" not in present:
             raise CorpusError(f"split column {split_column!r} has no train rows "
@@ -140,7 +194,7 @@ def load_corpus(config: CorpusConfig, storage_options: dict | None = None) -> Co
             logger.info("carved %d validation rows from %d train rows (val_fraction %.3g)",
                         val.size, train.size, fraction)
     else:
-        split = np.full(len(rows), "train", dtype="<U5")
+        split = np.full(len(labels), "train", dtype="<U5")
         split[_split_off(labels, fraction, rng, "the corpus")] = "val"
     if config.test_fraction:
         if (split == "test").any():
@@ -155,24 +209,9 @@ def load_corpus(config: CorpusConfig, storage_options: dict | None = None) -> Co
             carved_test = True
             logger.info("carved %d test rows from %d train rows (test_fraction %.3g)",
                         test.size, train.size, config.test_fraction)
-    remedies = (["a larger limit"] if config.limit is not None and "limit" not in unused else [])
     carved = [name for name, carved in (("val_fraction", mode == "random" or carved_val),
                                         ("test_fraction", carved_test)) if carved]
-    if carved:
-        remedies.append(f"a smaller {' or '.join(carved)}")
-    if mode == "paper":  # its 80/20 is fixed
-        remedies.append("split 'random' with a smaller val_fraction")
-    if mode == "column":
-        remedies.append(f"train rows of more than one class in split column {split_column!r}")
-    _check_train_classes(split, labels, class_names, class_values, notes, remedies)
-    _note_val_classes(split, labels, class_names, class_values, notes)
-
-    for note in notes:
-        logger.warning("%s", note)
-    return Corpus(ids=ids, texts=texts, labels=labels, class_names=class_names,
-                  split=split.astype("<U5"), source=table.source, split_mode=mode,
-                  n_empty_texts=len(empty), limit_shortfall=shortfall, warnings=tuple(notes),
-                  class_values=class_values, unused_settings=unused)
+    return split, carved
 
 
 def _did_you_mean(name: str, columns) -> str:
