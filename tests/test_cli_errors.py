@@ -3,6 +3,9 @@ one meaning per flag name, every flag the README names exists, --split-file, tra
 import argparse
 import functools
 import re
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -526,6 +529,61 @@ def test_an_interrupt_is_one_line_without_asyncio_s_pending_writes(tmp_path, cap
     gc.collect()
     assert "interrupted" in one_line(capsys.readouterr().err)
     assert "Task was destroyed" not in caplog.text
+
+
+def test_an_error_raised_while_a_ctrl_c_is_handled_is_the_interrupt(tmp_path, capsys,
+                                                                     monkeypatch):
+    """A Ctrl-C inside torch.save (a train saving its state after an epoch) came out of
+    torch's zip writer as "RuntimeError: [enforce fail at inline_container.cc:672] unexpected
+    pos", reported as an internal error (exit 1): it is the interrupt (exit 130)."""
+    def stop(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos")
+
+    monkeypatch.setattr(DeepInsightLayout, "fit", stop)
+    out = tmp_path / "i.zarr"
+    argv = ["images", "--synthetic", "100x120", "--out", str(out), "--pixels", "8", "--method",
+            "pca", "--quiet"]
+    assert main(argv) == 130
+    assert one_line(capsys.readouterr().err).startswith("fastimg images: interrupted")
+
+
+def test_python_dash_m_fastimg_is_the_command():
+    done = subprocess.run([sys.executable, "-m", "fastimg", "info", "no-such.zarr"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.startswith("fastimg info: error: no-such.zarr")
+
+
+def test_a_ctrl_c_after_the_command_ended_keeps_its_exit_code(tmp_path):
+    """A Ctrl-C in the second Python took to shut down after a train (its summary printed,
+    its files written) killed the process by SIGINT: a finished job counted as failed. Here
+    the signal comes while the exit handlers run; the command's own handlers run first."""
+    script = tmp_path / "late.py"
+    script.write_text(textwrap.dedent(f"""
+        import atexit, os, signal, time
+        from fastimg.cli import app
+
+        def command():
+            atexit.register(lambda: open({str(tmp_path / "cleaned")!r}, "w").close())
+            atexit.register(late)  # runs first
+            print("summary")
+            return 3
+
+        def late():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+            print("not reached")
+
+        app.main = command
+        app.run()
+    """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120)
+    assert (done.returncode, done.stdout, done.stderr) == (3, "summary\n", "")
+    assert not (tmp_path / "cleaned").exists()  # the signal ended it: no handler after
 
 
 @pytest.mark.parametrize("seed", [-1, 2 ** 32, 1.5, True])

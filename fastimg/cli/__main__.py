@@ -1,7 +1,5 @@
 """``python -m fastimg.cli``: the ``fastimg`` command."""
-import sys
-
-from fastimg.cli.app import main
+from fastimg.cli.app import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

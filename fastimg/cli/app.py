@@ -3,6 +3,7 @@ each way a command can end (an error, Ctrl-C, SIGTERM, a closed pipe, a full dis
 line and its exit code."""
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import os
@@ -10,6 +11,7 @@ import signal
 import sys
 import threading
 import warnings
+import contextlib
 from contextlib import contextmanager
 
 from fastimg import store
@@ -76,6 +78,20 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def _interruption(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C (or SIGTERM) that ``exc`` was raised while handling, if any: a library
+    that cleans up after an interrupted write can raise its own error instead (torch's zip
+    writer, stopped inside ``torch.save``: "RuntimeError: [enforce fail at
+    inline_container.cc] unexpected pos"), which is no bug of fastimg."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__context__
+    return None
+
+
 def main(argv=None) -> int:
     """Run ``fastimg`` with ``argv`` (the process's arguments by default); the exit code."""
     parser = build_parser()
@@ -101,7 +117,10 @@ def main(argv=None) -> int:
                                                    formatwarning)
     try:
         with _sigterm_as_interrupt():
-            return args.func(args)
+            try:
+                return args.func(args)
+            except Exception as exc:  # noqa: BLE001 - re-raised as what it is
+                raise _interruption(exc) or exc
     except BrokenPipeError:  # `fastimg info STORE | head`: the reader left, nothing to say
         _silence_stdout()
         return 141
@@ -124,3 +143,38 @@ def main(argv=None) -> int:
         return report.report_error(args.command, exc, debug=args.debug, flags=flags)
     finally:
         warnings.formatwarning = formatwarning
+
+
+def run() -> None:
+    """The ``fastimg`` command (its console script, ``python -m fastimg``): :func:`main` on
+    the process's arguments, then exit with its code.
+
+    Once the command has ended (its summary printed, its files written) and Python's exit
+    handlers have run, the process ends at once with the command's code, skipping the
+    interpreter's own teardown of torch, numba and zarr (about a second after a train, with
+    no Python code left to run). A Ctrl-C or SIGTERM in that second killed the process by the
+    signal, turning a finished job into a failed one; one that comes after the command has
+    ended now ends it with the command's code."""
+    ended = []
+    atexit.register(_exit_with, ended)  # registered first: runs after every other handler
+    code = main()
+    ended.append(code)
+
+    def exit_now(signum, frame):
+        _exit_with(ended)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, exit_now)
+        signal.signal(signal.SIGTERM, exit_now)
+    sys.exit(code)
+
+
+def _exit_with(ended: list) -> None:
+    """End the process with the code in ``ended`` (nothing before the command has ended),
+    its output flushed."""
+    if not ended:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed pipe: nothing more to say
+            stream.flush()
+    os._exit(ended[0])
