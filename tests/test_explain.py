@@ -151,6 +151,26 @@ def test_a_features_csv_write_cut_short_leaves_the_earlier_file_whole(label_run,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["features.csv", "importance.png"]
 
 
+def test_an_explain_stopped_while_writing_keeps_the_earlier_pair(label_run, tmp_path,
+                                                                 monkeypatch):
+    """features.csv was moved in before importance.png was drawn: an explain stopped in
+    between (Ctrl-C) left a new ranking beside the earlier figure, or, into a new folder, a
+    ranking without its figure."""
+    from fastimg.train import explain as explain_module
+
+    explain(label_run["run"], out_dir=tmp_path / "a", max_rows=8)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()}
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(explain_module, "plot_importance", stopped)
+    for out, kept in ((tmp_path / "a", before), (tmp_path / "new", {})):
+        with pytest.raises(KeyboardInterrupt):
+            explain(label_run["run"], out_dir=out, max_rows=16, seed=1)
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == kept
+
+
 def test_top_and_feature_origin_refuse_what_is_no_count_or_feature():
     # top(-1) gave every feature but the least important, top("5") a TypeError from slicing;
     # feature_origin(-1) and feature_origin(10**6) described features that do not exist

@@ -33,6 +33,9 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -367,10 +370,29 @@ def explain(run_dir, *, split: str = "val", out_dir=None, method: str = "integra
                                              batch_size=batch_size, progress=progress)
     result = _to_features(run, pixel_importance, method=method, split=split, rows=rows.size)
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        result.files["features"] = write_features_csv(result, out_dir / FEATURES_FILE)
-        result.files["image"] = plot_importance(result, out_dir / IMAGE_FILE)
+        result.files.update(_write_files(result, out_dir))
     return result
+
+
+def _write_files(result: Explanation, out_dir: Path) -> dict:
+    """``features.csv`` and ``importance.png`` into ``out_dir``, both or neither: written
+    into a temporary folder there, then moved in one after the other, so that an explain
+    stopped while writing (Ctrl-C) leaves the earlier pair, or none, never a new ranking
+    beside an old figure."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".explain-", dir=out_dir))
+    files = {"features": out_dir / FEATURES_FILE, "image": out_dir / IMAGE_FILE}
+    try:
+        write_features_csv(result, staging / FEATURES_FILE)
+        plot_importance(result, staging / IMAGE_FILE)
+        for path in files.values():
+            if path.is_symlink():  # a user's link to a file elsewhere: written through
+                shutil.copyfile(staging / path.name, path)
+            else:
+                os.replace(staging / path.name, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return files
 
 
 def _to_features(run, pixel_importance, *, method, split, rows) -> Explanation:
