@@ -438,6 +438,15 @@ def test_config_fields_in_messages_are_named_by_their_flags():
     assert report.as_flag("use scaling='norm2' or scaling='minmax', or fit_on='all'", flags) \
         == "use --scaling norm2 or --scaling minmax, or --fit-on all"
     assert report.as_flag("lower it: token_budget=4096", flags) == "lower it: --token-budget 4096"
+    # a list of differences names each setting's flag (it named those with an underscore)
+    train = cli.flags_of(cli.build_parser(), "train")
+    assert report.as_flag("a run with other settings (epochs: 30 -> 31; seed: 0 -> 1; "
+                          "encoder.pooling: 'cls' -> 'mean')", train) == \
+        "a run with other settings (--epochs: 30 -> 31; --seed: 0 -> 1; " \
+        "encoder.pooling: 'cls' -> 'mean')"
+    # an on/off pair is named by its on flag: the pixel branch turned off read as
+    # "--no-pixel-branch: true -> false"
+    assert train["pixel_branch"] == "--pixel-branch"
     advice = ("load_run(..., model=FOLDER); config.seed=3; 'seed=3'; weights=None; "
               "mode='x'; scaling=norm2")
     assert report.as_flag(advice, flags) == advice

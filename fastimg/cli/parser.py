@@ -83,7 +83,9 @@ def subparser(parser, command: str) -> argparse.ArgumentParser:
 def flags_of(parser, command: str) -> dict:
     """``{config field: flag}`` for ``command``: each option's dest (``chunk_rows`` ->
     ``--chunk-rows``) and :data:`_FLAG_OF_FIELD`."""
-    flags = {action.dest: action.option_strings[-1]
+    # the first long option: --verbose of -v/--verbose, --pixel-branch of its --no- pair
+    flags = {action.dest: next((o for o in action.option_strings if o.startswith("--")),
+                               action.option_strings[-1])
              for action in subparser(parser, command)._actions
              if action.option_strings and action.dest != "help"}
     flags.update({field: flag for field, flag in _FLAG_OF_FIELD.items()

@@ -47,28 +47,30 @@ _ARGUMENT_FLAGS = {"force=True": "--force", "reuse=False": "--no-reuse",
 
 def as_flag(message: str, flags: dict) -> str:
     """``message`` with config fields named by their flags: the leading one (``chunk_rows must
-    be ...``, ``limit 90 keeps ...``) and any other with an underscore (``... at least
-    max_length``), which prose never has; dotted settings (``encoder.max_length: 96 -> 64``),
-    paths and quoted values (``'label_column.csv'``, ``"max_length":``) keep theirs, a leading
-    ``layers='author'`` is ``--layers author``, and a
-    flag is not said to take ``None`` (leaving it out is that). The
-    leading value is a whole number word: a path that opens a message (``dataset 2024.csv is
-    not valid UTF-8``) keeps its name. The keyword arguments a message advises (``pass
-    force=True``) are the flags that set them (``pass --force``)."""
+    be ...``, ``limit 90 keeps ...``), those of a list of differences (``(epochs: 30 -> 31;
+    seed: 0 -> 1)``) and any other with an underscore (``... at least max_length``), which
+    prose never has; a field given with a quoted or numeric value anywhere
+    (``layers='author'``, ``use scaling='norm2'``, ``upsample=4``) is the flag and the value.
+    Dotted settings (``encoder.max_length: 96 -> 64``), paths and quoted values
+    (``'label_column.csv'``, ``"max_length":``) keep their names, and a flag is not said to
+    take ``None`` (leaving it out is that). The leading value is a whole number word: a path
+    that opens a message (``dataset 2024.csv is not valid UTF-8``) keeps its name. The keyword
+    arguments a message advises (``pass force=True``) are the flags that set them (``pass
+    --force``)."""
     for argument, flag in _ARGUMENT_FLAGS.items():
         message = re.sub(rf"\b{re.escape(argument)}\b", flag, message)
-    # a setting advised with its value, anywhere: "use scaling='norm2'", "upsample=4"
+    # a setting with its value, anywhere: "layers='author' takes", "use scaling='norm2'"
     message = re.sub(r"(?<![\w.'\"])([a-z]\w*)=(?:'([^']*)'|(\d+(?:\.\d+)?)\b)",
                      lambda m: (f"{flags[m.group(1)]} {m.group(2) or m.group(3)}"
                                 if m.group(1) in flags else m.group(0)), message)
-    setting = re.match(r"([a-z]\w*)='([^']*)' ", message)  # layers='author' takes ...
-    if setting and setting.group(1) in flags:
-        message = f"{flags[setting.group(1)]} {setting.group(2)}{message[setting.end() - 1:]}"
     field = re.match(r"([a-z]\w*)(?: \([^)]*\))? "
                      r"(?:must\b|-?\d+(?:\.\d+)?(?:e[-+]?\d+)?(?![\w/]|\.\w))", message)
     if field and field.group(1) in flags:
         # a flag's "None" is leaving it out: "--fit-rows must be a whole number >= 2, got 0"
         message = flags[field.group(1)] + message[field.end(1):].replace(" or None,", ",", 1)
+    # the settings of a list of differences: "(epochs: 30 -> 31; seed: 0 -> 1)"
+    message = re.sub(r"(?<=[(;] )([a-z]\w*)(?=: )",
+                     lambda m: flags.get(m.group(1), m.group(1)), message)
     return re.sub(r"(?<![\w./'\"-])[a-z]\w*_\w+\b(?![\w'\"/]|\.\w)",
                   lambda m: flags.get(m.group(0), m.group(0)), message)
 
