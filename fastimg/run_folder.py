@@ -2,6 +2,7 @@
 commands that read them (``info``, ``predict``, ``train --force``), without torch."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 METRICS_FILE = "metrics.json"
@@ -83,6 +84,42 @@ def is_run_folder(path) -> bool:
         return False
     return (path / METRICS_FILE).is_file() or is_unfinished(path) or (
         (path / CONFIG_FILE).is_file() and model_type(path) is None)
+
+
+def runs_inside(path) -> list[str]:
+    """The names of the training run folders directly inside the folder ``path``, sorted (a
+    folder of runs given where one run goes)."""
+    path = Path(path)
+    if not path.is_dir():
+        return []
+    return sorted(entry.name for entry in path.iterdir() if is_run_folder(entry))
+
+
+def listed_runs(names) -> str:
+    """``a, b and 3 more``: the run folders :func:`runs_inside` found, for a message."""
+    shown = ", ".join(names[:3])
+    return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def why_not_a_run(path) -> str:
+    """Why the folder ``path``, which holds no run's files, is not a training run folder, in
+    one line: a store, a model folder, a folder of runs, or none of these."""
+    from fastimg.store import location
+
+    store = location.store_around(path)
+    if store is not None:
+        return (f"{path} is a fastimg store, not a training run folder: train a run on it "
+                f"with `fastimg train {path} --out RUN`" if store == Path(os.path.abspath(path))
+                else f"{path} lies inside the fastimg store {store}, not a training run folder")
+    kind = model_type(path)
+    if kind is not None:
+        return f"{path} is a model folder (a {kind!r} model), not a training run folder"
+    runs = runs_inside(path)
+    if runs:
+        return (f"{path} holds training run folders ({listed_runs(runs)}), not a run: give one "
+                f"of them")
+    return (f"{path} has no {BUNDLE_FILE} (a run from an older fastimg, or not a run folder): "
+            f"train it again with `fastimg train`")
 
 
 def check_outside_stores(path) -> None:

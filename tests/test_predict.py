@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -354,6 +355,33 @@ def test_a_run_without_its_bundle_is_refused(trained, tmp_path, missing, capsys)
     code = main(["predict", str(run_dir), "--input", "-", "--out", str(tmp_path / "p.csv")])
     err = capsys.readouterr().err
     assert code == 2 and missing in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_store_or_a_folder_of_runs_given_as_the_run_is_named_so(trained, tmp_path, capsys):
+    """predict and explain on a store (or a folder of runs) said it had no bundle.json, "a
+    run from an older fastimg, or not a run folder: train it again"; info on a folder of runs
+    that it was not a store."""
+    runs = tmp_path / "runs"
+    for name in ("a", "b"):
+        shutil.copytree(trained["run"], runs / name)
+    store_path = trained["store"]
+    expected = {
+        store_path: f"{store_path} is a fastimg store, not a training run folder: train a run "
+                    f"on it with `fastimg train {store_path} --out RUN`",
+        store_path / "images": f"{store_path / 'images'} lies inside the fastimg store "
+                               f"{store_path}, not a training run folder",
+        runs: f"{runs} holds training run folders (a, b), not a run: give one of them"}
+    for given, message in expected.items():
+        with pytest.raises(RunBundleError, match=re.escape(message)):
+            load_run(given)
+        for command in (["predict", str(given), "--input", "-", "--out", str(tmp_path / "p")],
+                        ["explain", str(given), "--out", str(tmp_path / "e")]):
+            assert main(command) == 2
+            assert capsys.readouterr().err.strip() == f"fastimg {command[0]}: error: {message}"
+    assert main(["info", str(runs)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"fastimg info: error: {runs} is not a fastimg store: it holds training run folders "
+        f"(a, b); `fastimg info {runs}/*` shows them side by side")
 
 
 @pytest.mark.parametrize("rewritten", ["best.pt", "normaliser.npz"])

@@ -168,7 +168,7 @@ def test_train_interrupted_says_its_epochs_are_kept_and_the_same_command_resumes
 
     assert main([*argv[:-2], "--epochs", "4", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "(epochs: 3 -> 4)" in err and "pass --force to start over" in err
+    assert "\n" not in err and "(--epochs: 3 -> 4)" in err and "pass --force to start over" in err
 
     calls = _epochs_trained(monkeypatch)
     assert main(argv) == 0, capsys.readouterr().err

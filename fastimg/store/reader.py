@@ -46,7 +46,7 @@ def why_not_a_store(path) -> str:
     if any(location.read_attrs(where, key) is not None for key in (ATTRS_KEY, BUILD_KEY)):
         return (f"{path} is an unfinished fastimg store (its build did not finish: rerun the "
                 f"command that builds it)")
-    from fastimg.run_folder import BUNDLE_FILE, is_run_folder, model_type
+    from fastimg.run_folder import BUNDLE_FILE, is_run_folder, listed_runs, model_type, runs_inside
 
     if location.is_local(where) and is_run_folder(where):
         store = _run_store(where / BUNDLE_FILE)
@@ -63,6 +63,10 @@ def why_not_a_store(path) -> str:
             return (f"{path} lies inside the " + (f"fastimg store {store}" if store is not None
                                                   else f"training run folder {run}")
                     + ": give that instead")
+        runs = runs_inside(where)
+        if runs:
+            return (f"{path} is not a fastimg store: it holds training run folders "
+                    f"({listed_runs(runs)}); `fastimg info {path}/*` shows them side by side")
     return f"{path} is not a fastimg store"
 
 

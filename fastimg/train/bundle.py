@@ -24,7 +24,7 @@ import numpy as np
 
 from fastimg._files import replace_file
 from fastimg.run_folder import (BUNDLE_FILE, CHECKPOINT_FILE, NORMALISER_FILE, RESUME_ADVICE,
-                                is_unfinished)
+                                is_unfinished, why_not_a_run)
 
 logger = logging.getLogger("fastimg.train")
 
@@ -170,9 +170,7 @@ def read_run_bundle(run_dir) -> tuple[dict, dict | None]:
     if not path.is_file():
         raise RunBundleError(being_written(run_dir) or (
             f"{run_dir} holds a training run that did not finish (no {BUNDLE_FILE} yet): "
-            f"{RESUME_ADVICE}" if is_unfinished(run_dir) else
-            f"{run_dir} has no {BUNDLE_FILE} (a run from an older fastimg, or not a run "
-            f"folder): train it again with `fastimg train`"))
+            f"{RESUME_ADVICE}" if is_unfinished(run_dir) else why_not_a_run(run_dir)))
     if not (run_dir / CHECKPOINT_FILE).is_file():
         raise RunBundleError(being_written(run_dir) or (
             f"{run_dir} has no {CHECKPOINT_FILE}: its training did not finish"))
