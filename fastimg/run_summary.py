@@ -158,7 +158,7 @@ def run_json(path) -> dict:
     return {"run_folder": str(path), "files": files, "finished": metrics is not None,
             "unfinished": None if saved is None else {
                 "epochs_done": saved.get("done"),
-                "epochs": (saved.get("config") or {}).get("epochs")},
+                "epochs": (saved.get("config") or {}).get("epochs"), "store": saved.get("store")},
             "config": config, "metrics": metrics}
 
 
@@ -211,12 +211,13 @@ def _run_lines(path: Path, metrics: dict, config: dict, saved: dict | None) -> l
     """:func:`describe_run`'s lines of a run's parsed ``metrics`` and ``config``, and of the
     ``saved`` state of its finished epochs while it is unfinished."""
     files = _run_files(path, config)
-    present = ", ".join(n for n, ok in files.items() if ok)
+    present = [n for n, ok in files.items() if ok] + ([RESUME_FILE] if saved is not None else [])
     missing = ", ".join(n for n, ok in files.items() if not ok)
-    lines = [f"{path}: fastimg training run ({present}"
-             + (f"; missing {missing}" if missing else "") + ")"]
-    if metrics.get("store"):
-        lines.append(f"store      {metrics['store']}{_store_state(metrics['store'])}")
+    lines = [f"{path}: fastimg training run (" + "; ".join(
+        part for part in (", ".join(present), missing and f"missing {missing}") if part) + ")"]
+    trained_on = metrics.get("store") or (saved or {}).get("store")
+    if trained_on:
+        lines.append(f"store      {trained_on}{_store_state(trained_on)}")
     extractor = metrics.get("extractor") or {"name": config.get("extractor"),
                                               "weights": config.get("weights")}
     shape = extractor.get("feature_shape")

@@ -92,7 +92,8 @@ def compare_runs(paths) -> list[str]:
     lines.append("  ".join(f"{c:<{widths[c]}}" for c in _COLUMNS).rstrip())
     lines += ["  ".join(f"{row.get(c, ''):<{widths[c]}}" for c in _COLUMNS).rstrip()
               for row in rows]
-    stores = {name: (run["metrics"] or {}).get("store") for name, run in zip(names, runs)}
+    stores = {name: (run["metrics"] or {}).get("store") or (run["unfinished"] or {}).get("store")
+              for name, run in zip(names, runs)}
     known = {store for store in stores.values() if store}
     if len(known) == 1:
         lines.append(f"store: {known.pop()}")

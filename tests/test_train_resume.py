@@ -160,10 +160,17 @@ def test_train_interrupted_says_its_epochs_are_kept_and_the_same_command_resumes
     assert "no metrics.json: the run did not finish, 1 of 3 epochs done (best val accuracy" in shown
     assert "fastimg train with its settings, without --force, resumes it" in shown
     assert "training   3 epochs, batch 32" in shown
+    # the store it resumes on (a setting of the command that resumes it), and its files
+    # without an empty list ("(; missing metrics.json, ...)")
+    assert f"\nstore      {store.resolve()}\n" in shown
+    assert shown.startswith(f"{out}: fastimg training run ({RESUME_FILE}; missing ")
     assert main(["info", str(out), "--json"]) == 0
     described = json.loads(capsys.readouterr().out)
     assert described["finished"] is False
-    assert described["unfinished"] == {"epochs_done": 1, "epochs": 3}
+    assert described["unfinished"] == {"epochs_done": 1, "epochs": 3,
+                                       "store": str(store.resolve())}
+    assert main(["info", str(out), str(out.parent)]) == 0  # the table names it too
+    assert f"store: {store.resolve()}" in capsys.readouterr().out
     assert described["config"]["epochs"] == 3
 
     assert main([*argv[:-2], "--epochs", "4", "--out", str(out)]) == 2

@@ -22,7 +22,7 @@ import torch
 from fastimg._files import replace_file
 from fastimg.run_folder import RESUME_FILE
 from fastimg.store.keys import differences
-from fastimg.train.run_files import save_state
+from fastimg.train.run_files import save_state, store_name
 
 logger = logging.getLogger("fastimg.train")
 
@@ -118,13 +118,15 @@ def _read(path: Path) -> dict | None:
 
 def saved_epochs(run_dir: Path) -> dict | None:
     """What the state in ``run_dir`` says of its run, for ``fastimg info``: ``done`` (epochs),
-    ``history``, ``best`` (index), ``stopped_early`` and ``config`` (the fit's settings, as
-    ``config.json`` holds them); None without a state, or with one that cannot be read."""
+    ``history``, ``best`` (index), ``stopped_early``, ``config`` (the fit's settings, as
+    ``config.json`` holds them) and ``store`` (as ``metrics.json`` names it; None in a state
+    saved before fastimg recorded it); None without a state, or with one that cannot be
+    read."""
     state = _read(Path(run_dir) / RESUME_FILE)
     if state is None:
         return None
     return {name: state[name] for name in ("done", "history", "best", "stopped_early")} | {
-        "config": json.loads(state["config"])}
+        "config": json.loads(state["config"]), "store": state.get("store")}
 
 
 def save(run_dir: Path, key: dict, run, epochs: Epochs) -> None:
@@ -133,7 +135,7 @@ def save(run_dir: Path, key: dict, run, epochs: Epochs) -> None:
     device = run.device
     state = {
         "key": json.dumps(key, sort_keys=True), "config": json.dumps(run.config.to_dict()),
-        "done": epochs.done,
+        "store": store_name(run.data), "done": epochs.done,
         "history": epochs.history, "best": epochs.best, "best_state": epochs.best_state,
         "stopped_early": epochs.stopped_early, "cache": run.cache_mode,
         "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
