@@ -224,6 +224,16 @@ def test_device_means_the_torch_device_everywhere():
     assert "--device" in options["train"]
 
 
+def test_every_command_takes_quiet():
+    """A script passing --quiet to every command broke on info and show ("unrecognized
+    arguments: --quiet")."""
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert len(commands.choices) >= 8
+    for name, command in commands.choices.items():
+        assert "--quiet" in command._option_string_actions, name
+
+
 def test_enumerated_flags_have_choices():
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))

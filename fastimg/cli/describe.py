@@ -87,7 +87,7 @@ def _compare_runs(args) -> int:
 def add_show(sub) -> None:
     """The ``show`` command and its flags."""
     show = sub.add_parser(
-        "show", help="PNG of sample images, class means and the layout",
+        "show", help="a figure (PNG, PDF, SVG) of sample images, class means and the layout",
         description="Draw a labelled store: per class, sample images (raw, and standardised "
                     "per pixel with the training rows' statistics), the class means and their "
                     "difference, and the feature layout (features per pixel, the encoder "
@@ -100,6 +100,7 @@ def add_show(sub) -> None:
                       help="sample images per class (default 4, at most 16)")
     show.add_argument("--seed", type=options.seed, default=0,
                       help="which samples are drawn (default 0)")
+    _add_quiet(show)
     show.set_defaults(func=cmd_show)
 
 
@@ -119,4 +120,13 @@ def add_info(sub) -> None:
                            "folder's config.json and metrics.json (a list of them for "
                            "several run folders)")
     options.add_storage_options(info)
+    _add_quiet(info)
     info.set_defaults(func=cmd_info)
+
+
+def _add_quiet(command) -> None:
+    """``--quiet``, as every command takes it (a script passes it to each): these draw no
+    progress bar."""
+    command.add_argument("--quiet", action="store_true",
+                         help="no progress bars (this command draws none; taken as every "
+                              "command takes it)")
