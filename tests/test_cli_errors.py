@@ -234,6 +234,29 @@ def test_every_command_takes_quiet():
         assert "--quiet" in command._option_string_actions, name
 
 
+def test_train_help_gives_each_preset_s_value():
+    """train --help said "(preset)" without the value (--epochs: 15)."""
+    from fastimg.train.config import PRESETS
+
+    train = cli.build_parser()._subparsers._group_actions[0].choices["train"]
+    flags = cli.flags_of(cli.build_parser(), "train")
+    def words(value):
+        return ("on" if value else "off") if isinstance(value, bool) else \
+            f"{value:g}" if isinstance(value, float) else value
+
+    for field, ours in PRESETS["ours"].items():
+        paper = PRESETS["paper"][field]
+        text = " ".join(train._option_string_actions[flags[field]].help.split())
+        if field == "normalize":  # said by what each means
+            assert "(ours)" in text and "(paper)" in text
+        elif field == "unfreeze_fraction":
+            assert f"both presets: {ours:g}" in text
+        elif ours == paper:
+            assert f"preset: {words(ours)}" in text, (field, text)
+        else:
+            assert f"ours {words(ours)}, paper {words(paper)}" in text, (field, text)
+
+
 def test_enumerated_flags_have_choices():
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))

@@ -222,7 +222,7 @@ def add_layout_options(parser) -> None:
     parser.add_argument("--fit-on", default="train", choices=["train", "all"],
                         help="rows the layout is fitted on; all = the author's leaky variant")
     parser.add_argument("--dtype", default="float16", choices=["float16", "float32", "uint8"],
-                        help="stored image dtype")
+                        help="stored image dtype (default float16)")
     parser.add_argument("--raster-backend", default="auto",
                         choices=["auto", "cpu", "cuda", "numpy"],
                         help="rasterisation kernel (auto: the CPU kernel, fastest for images "

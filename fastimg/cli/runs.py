@@ -237,33 +237,37 @@ def add_train(sub) -> None:
                        help="ImageNet CNN whose frozen early layers extract features "
                             "(default alexnet)")
     train.add_argument("--weights", default="DEFAULT", type=options.local_input,
-                       help="DEFAULT (torchvision ImageNet weights), none (random init) or "
-                            "the path of a state_dict")
+                       help="DEFAULT (the default: torchvision's ImageNet weights, from "
+                            "torch's cache or downloaded), none (random init) or the path of "
+                            "a state_dict")
     train.add_argument("--out", type=options.local_path, required=True, help="run folder to write")
     train.add_argument("--preset", default="ours", choices=["ours", "paper"],
                        help="defaults of the options left unset: ours (what measured best on "
                             "validation) or paper (Table I learning rates, Adam, per-image "
                             "z-normalisation, 15 epochs)")
-    train.add_argument("--epochs", type=int, default=None, help="most epochs (preset)")
+    train.add_argument("--epochs", type=int, default=None, help="most epochs (preset: 15)")
     train.add_argument("--batch-size", type=int, default=128,
                        help="rows per step (default 128; at least 2, as BatchNorm needs)")
     train.add_argument("--lr-head", type=float, default=None, help="(preset, per extractor)")
     train.add_argument("--lr-classifier", type=float, default=None,
                        help="(preset, per extractor)")
-    train.add_argument("--optimizer", default=None, choices=["adamw", "adam"], help="(preset)")
-    train.add_argument("--weight-decay", type=float, default=None, help="(preset)")
+    train.add_argument("--optimizer", default=None, choices=["adamw", "adam"],
+                       help="(preset: ours adamw, paper adam)")
+    train.add_argument("--weight-decay", type=float, default=None,
+                       help="(preset: ours 0.1, paper 0)")
     train.add_argument("--schedule", default=None, choices=["cosine", "plateau", "none"],
-                       help="learning-rate schedule (preset)")
+                       help="learning-rate schedule (preset: ours cosine, paper none)")
     train.add_argument("--patience", type=int, default=None,
                        help="stop after this many epochs without a validation gain; 0: never "
-                            "(preset)")
+                            "(preset: ours 8, paper 0)")
     train.add_argument("--normalize", default=None, choices=["dataset", "image", "none"],
                        help="dataset: per-pixel statistics of the training split (ours); "
                             "image: per-image z-normalisation (paper)")
     train.add_argument("--upsample", type=int, default=None,
-                       help="integer upsampling (author: 3; preset)")
+                       help="integer upsampling (preset: 1; the author's code: 3)")
     train.add_argument("--cut", default=None, choices=["paper", "nopool"],
-                       help="extractor cut: the paper's, or without its max-pools (preset)")
+                       help="extractor cut: the paper's, or without its max-pools (preset: "
+                            "paper)")
     train.add_argument("--unfreeze-fraction", type=float, default=None,
                        help="also train the last fraction of the extractor's blocks (both "
                             "presets: 0, frozen, which allows the feature cache)")
@@ -271,7 +275,7 @@ def add_train(sub) -> None:
                        help="concatenate an MLP of the stored embedding before the classifier")
     train.add_argument("--pixel-branch", action=argparse.BooleanOptionalAction, default=None,
                        help="also feed the image's pixels straight to the classifier, around "
-                            "the extractor (preset)")
+                            "the extractor (preset: ours on, paper off)")
     train.add_argument("--cache", default="auto", choices=["auto", "memory", "zarr", "none"],
                        help="frozen-feature cache; auto: memory within --cache-budget, "
                             "else zarr on disk (none when --unfreeze-fraction is above 0); "
