@@ -46,10 +46,14 @@ class Registry:
     ----------
     stage : str
         Name used in log lines and error messages.
+    setting : str, optional
+        The config field that chooses the backend (``raster_backend``): a backend that cannot
+        run here is refused naming it (the command line: its flag).
     """
 
-    def __init__(self, stage: str):
+    def __init__(self, stage: str, setting: str | None = None):
         self.stage = stage
+        self.setting = setting
         self._backends: dict[str, Backend] = {}
         self._auto: str | None = None
 
@@ -83,8 +87,10 @@ class Registry:
         backend = self._backends[self.resolve(name)]
         if not backend.available():
             hint = f"; it needs pip install 'fastimg[{backend.extra}]'" if backend.extra else ""
-            raise ValueError(f"{self.stage} backend {name!r} cannot run here (no CUDA GPU that "
-                             f"it can use{hint}); 'auto' picks one that can")
+            chosen, auto = ((f"{self.setting}={name!r}", f"{self.setting}='auto'")
+                            if self.setting else (f"{self.stage} backend {name!r}", "'auto'"))
+            raise ValueError(f"{chosen} cannot run here (no CUDA GPU that it can use{hint}); "
+                             f"{auto} picks one that can")
 
     def get(self, name: str = "auto") -> tuple[str, Callable]:
         """Resolve ``name`` and import its implementation (an ImportError names the extra)."""

@@ -55,7 +55,7 @@ def _load_numpy():
     return run
 
 
-RASTER_BACKENDS = Registry("raster")
+RASTER_BACKENDS = Registry("raster", setting="raster_backend")
 # "auto" is the CPU kernel: for images that start and end in host memory (a zarr store) the
 # PCIe copies dominate the CUDA path. Measured on an H100 machine, 50k x 4,608 float16: CUDA
 # 0.28 s from host arrays (2.4 ms of kernel), the CPU kernel on its 16 cores 0.028 s. Features

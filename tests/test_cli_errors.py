@@ -37,7 +37,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
      "--tsne-threads must be a number of threads (1 to 1024) or -1 (all cores), got 100000"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     (["images", "--synthetic", "10x100", "--out", "o", "--tsne-backend", "cuml"],
-     "t-SNE backend 'cuml' cannot run here"),
+     "--tsne-backend cuml cannot run here"),
     (["images", "--synthetic", "0x10", "--out", "o"],
      "argument --synthetic: expected at least one row and one feature (NxF, e.g. 2000x768), "
      "got '0x10'"),
@@ -114,7 +114,7 @@ def test_a_gpu_raster_backend_without_a_gpu_is_refused_before_any_work(tmp_path,
     out = tmp_path / "o.zarr"
     assert main(["images", "--synthetic", "10x100", "--out", str(out), "--raster-backend",
                  "cuda"]) == 2
-    assert "raster backend 'cuda' cannot run here" in one_line(capsys.readouterr().err)
+    assert "--raster-backend cuda cannot run here" in one_line(capsys.readouterr().err)
     assert not out.exists() and not store.partial_path(out).exists()
 
 

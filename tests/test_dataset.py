@@ -233,7 +233,8 @@ def test_an_unknown_model_fails_before_anything_is_written(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--max-length", "513"], "--max-length 513 is longer than the 512 positions"),
-    (["--device", "cuda"], "encode device backend 'cuda' cannot run here"),
+    (["--device", "cuda"], "--device cuda cannot run here (no CUDA GPU that it can use); "
+                           "--device auto picks one that can"),
 ])
 def test_a_run_this_machine_or_model_cannot_do_fails_before_anything_is_written(
         tmp_path, tiny_bert_dir, capsys, argv, message):

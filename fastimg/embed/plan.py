@@ -18,7 +18,7 @@ __all__ = ["DEFAULT_BUDGET", "ENCODE_DEVICES", "Plan", "make_plan"]
 DEFAULT_BUDGET = {"cpu": 8192, "cuda": 65536}
 
 #: Device of the encoder: ``"auto"`` picks CUDA when torch sees a GPU, else the CPU.
-ENCODE_DEVICES = Registry("encode device")
+ENCODE_DEVICES = Registry("encode device", setting="device")
 ENCODE_DEVICES.add("cuda", lambda: "cuda", available=torch_cuda_available, priority=2)
 ENCODE_DEVICES.add("cpu", lambda: "cpu", priority=1)
 

@@ -451,7 +451,7 @@ def _dali_on_gpu() -> bool:
     return has_module("nvidia.dali") and torch_cuda_available()
 
 
-LOADERS = Registry("loader")
+LOADERS = Registry("loader", setting="loader")
 LOADERS.add("dali", lambda: (__import__("nvidia.dali.plugin.pytorch"), DaliLoader)[1],
             available=_dali_on_gpu, priority=1, extra="dali")
 LOADERS.add("torch", lambda: TorchLoader, priority=0)
