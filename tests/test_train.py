@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastimg import store
+from fastimg import cli, store
+from fastimg.cli import report
 from fastimg.train import EXTRACTORS, TrainConfig, WeightsUnavailableError, build_extractor, fit
 from fastimg.train import extractors as extractors_module
 from fastimg.train.data import (BatchSource, ChunkedReader, Normaliser, StoreData, epoch_order,
@@ -102,7 +103,11 @@ def test_weights_missing_offline_is_one_clear_error(tmp_path, monkeypatch):
     with pytest.raises(WeightsUnavailableError) as info:
         build_extractor("alexnet", "DEFAULT")
     message = str(info.value)
-    assert str(expected) in message and url in message and "none" in message
+    assert str(expected) in message and url in message
+    # the setting as the library takes it, and as the command line's flag
+    assert "(or pass weights='none' for random init" in message
+    flags = cli.flags_of(cli.build_parser(), "train")
+    assert "(or pass --weights none for random init" in report.as_flag(message, flags)
     assert not expected.exists()
 
 

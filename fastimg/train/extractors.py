@@ -234,7 +234,7 @@ def resolve_weights(name: str, weights, *, timeout: float = DOWNLOAD_TIMEOUT_S):
                 raise WeightsUnavailableError(
                     f"ImageNet weights of {name} are not in the torch hub cache and could not "
                     f"be downloaded ({exc}); download {url} and put the file at {path} (or pass "
-                    f"weights=None / --weights none for random init, or a state_dict path)"
+                    f"weights='none' for random init, or a state_dict path)"
                 ) from None
         else:
             logger.info("%s: ImageNet weights from %s", name, path)
