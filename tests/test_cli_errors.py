@@ -472,6 +472,9 @@ def test_config_fields_in_messages_are_named_by_their_flags():
         == "use --scaling norm2 or --scaling minmax, or --fit-on all"
     assert report.as_flag("lower it: token_budget=4096", flags) == "lower it: --token-budget 4096"
     # a list of differences names each setting's flag (it named those with an underscore)
+    assert report.as_flag("layers: index 99 is out of range", flags) == \
+        "--layers: index 99 is out of range"
+    assert report.as_flag("reviews: no such file", flags) == "reviews: no such file"
     train = cli.flags_of(cli.build_parser(), "train")
     assert report.as_flag("a run with other settings (epochs: 30 -> 31; seed: 0 -> 1; "
                           "encoder.pooling: 'cls' -> 'mean')", train) == \

@@ -298,11 +298,11 @@ def resolve_layers(spec, n_layers: int) -> tuple[int, ...]:
     for i in spec:
         j = i + n_states if i < 0 else i
         if not 0 <= j < n_states:
-            raise ValueError(f"layer index {i} is out of range for a model with {n_layers} layers "
-                             f"(hidden_states has {n_states} entries: 0..{n_layers}, or "
-                             f"{-n_states}..-1)")
+            raise ValueError(f"layers: index {i} is out of range for a model with {n_layers} "
+                             f"layers (hidden_states has {n_states} entries: 0..{n_layers}, "
+                             f"or {-n_states}..-1)")
         if j in out:
-            raise ValueError(f"layer index {i} names hidden_states[{j}] twice (layers "
+            raise ValueError(f"layers: index {i} names hidden_states[{j}] twice (layers "
                              f"{list(spec)}): its features would be stored twice")
         out.append(j)
     return tuple(out)
