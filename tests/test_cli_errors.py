@@ -36,6 +36,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
     (["images", "--synthetic", "10x100", "--out", "o", "--tsne-threads", "100000"],
      "--tsne-threads must be a number of threads (1 to 1024) or -1 (all cores), got 100000"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["images", "--synthetic", "10x100", "--out", "o", "--fit-rows", "5", "--split-file",
+      "s.npy"], "--fit-rows and --split-file: give one, not both"),
     (["images", "--synthetic", "10x100", "--out", "o", "--tsne-backend", "cuml"],
      "--tsne-backend cuml cannot run here"),
     (["images", "--synthetic", "0x10", "--out", "o"],

@@ -57,6 +57,9 @@ def cmd_images(args) -> int:
     from fastimg.images import (ImagesConfig, build_image_store, read_matrix, read_split,
                                 synthetic_matrix)
 
+    if args.fit_rows is not None and args.split_file is not None:  # before reading the matrix
+        raise UserError("--fit-rows and --split-file: give one, not both (with a split, the "
+                        "layout is fitted on its train rows)")
     if args.synthetic:
         matrix = synthetic_matrix(*args.synthetic, seed=args.seed)
     else:
