@@ -336,7 +336,9 @@ def test_an_interrupted_relayout_is_kept_and_resumed(corpus_csv, tmp_path, tiny_
                 "--quiet"]
     assert main(relayout) == 130
     err = capsys.readouterr().err
-    assert "interrupted (the unfinished build is kept: rerun to resume)" in one_line(err)
+    # the stages it keeps: the source's corpus and encoding, copied before the layout
+    assert one_line(err) == ("fastimg relayout: interrupted (the unfinished build is kept, "
+                             "corpus and encode done: rerun to resume)")
     assert not out.exists() and store.partial_path(out).exists()
     monkeypatch.setattr(DeepInsightLayout, "fit", real_fit)
     assert main(relayout) == 0

@@ -24,8 +24,7 @@ def _kept(args) -> tuple[str, str]:
     rerun that resumes it: builds keep their finished stages, ``train`` its finished epochs
     (resumed without ``--force``, which starts over); other commands leave nothing."""
     if args.command in ("build-dataset", "relayout", "images"):
-        return ("the unfinished build is kept" if _unfinished_build_written(args) else "",
-                "rerun")
+        return _unfinished_build_kept(args), "rerun"
     if args.command == "train":
         from fastimg.run_folder import is_unfinished
 
@@ -34,14 +33,30 @@ def _kept(args) -> tuple[str, str]:
     return "", "rerun"
 
 
-def _unfinished_build_written(args) -> bool:
-    """Whether a build command stopped with its unfinished store written (a Ctrl-C while the
-    corpus is read leaves nothing to resume)."""
+def _unfinished_build_kept(args) -> str:
+    """What a build command that stopped keeps, in words: its unfinished store and the stages
+    done there (and the rows encoded, while encoding), or "" (a Ctrl-C while the corpus is
+    read leaves nothing to resume)."""
+    from fastimg.info import unfinished_build
+
     try:
         out = store.location.resolve(args.out, options.storage_options(args))
-        return store.location.exists(store.location.partial_path(out))
+        if not store.location.exists(store.location.partial_path(out)):
+            return ""
+        found = unfinished_build(out) or {}
     except Exception:  # noqa: BLE001 - cannot tell: say what a rerun would find
-        return True
+        return "the unfinished build is kept"
+    stages = found.get("stages") or {}
+    done = [name for name, finished in stages.items() if finished]
+    parts = [f"{_joined(done)} done"] if done else []
+    if "rows" in found and not stages.get("encode"):
+        parts.append(f"{found['rows_done']:,} of {found['rows']:,} rows encoded")
+    return "the unfinished build is kept" + (f", {' and '.join(parts)}" if parts else "")
+
+
+def _joined(names) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _silence_stdout() -> None:
