@@ -226,6 +226,18 @@ def test_device_means_the_torch_device_everywhere():
     assert "--device" in options["train"]
 
 
+def test_a_file_url_is_a_local_path_for_every_local_input_and_output():
+    """predict --input file:///abs/new.csv was refused as a URL ("copy it here first"), while
+    the stores that info and train read take file:// URLs as paths."""
+    from fastimg.cli import options
+
+    assert options.local_input("file:///data/new.csv") == "/data/new.csv"
+    assert options.local_path("file:///runs/a") == Path("/runs/a")
+    assert options.local_input_path("local://rel/w.pt") == Path("rel/w.pt")
+    with pytest.raises(argparse.ArgumentTypeError, match="got an empty string"):
+        options.local_input("file://")
+
+
 def test_every_command_takes_quiet():
     """A script passing --quiet to every command broke on info and show ("unrecognized
     arguments: --quiet")."""

@@ -116,9 +116,12 @@ def path_text(text: str) -> str:
 
 
 def _not_a_url(text: str, why: str) -> str:
-    """``text``, a path on this machine: a URL is refused, saying ``why`` (``Path`` would fold
-    ``s3://b`` into ``s3:/b`` and fail later with a missing file or folder)."""
+    """``text``, a path on this machine (a ``file://`` URL as its path, as stores take it): any
+    other URL is refused, saying ``why`` (``Path`` would fold ``s3://b`` into ``s3:/b`` and
+    fail later with a missing file or folder)."""
     path_text(text)
+    if text.startswith(("file://", "local://")):
+        return path_text(text.split("://", 1)[1])
     if "://" in text:
         raise argparse.ArgumentTypeError(f"expected a local path, got the URL {text!r} ({why})")
     return text
