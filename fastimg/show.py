@@ -141,8 +141,6 @@ def _output_format(out) -> str:
     ------
     IsADirectoryError
         When ``out`` is a folder.
-    FileNotFoundError
-        When its folder does not exist.
     NotADirectoryError
         When a file stands where its folder would be.
     ValueError
@@ -153,11 +151,9 @@ def _output_format(out) -> str:
     out = Path(out)
     if out.is_dir():
         raise IsADirectoryError(f"{out} is a folder; give the path of the PNG file to write")
-    if not out.parent.is_dir():
-        blocker = file_in_the_way(out.parent)
-        if blocker is not None:
-            raise NotADirectoryError(f"{blocker} is a file, not a folder (to write {out} into)")
-        raise FileNotFoundError(f"folder {out.parent} does not exist (to write {out} into)")
+    blocker = file_in_the_way(out.parent)  # a missing folder is made, as other outputs' are
+    if blocker is not None:
+        raise NotADirectoryError(f"{blocker} is a file, not a folder (to write {out} into)")
     check_can_write(out, out)
     suffix = out.suffix.lower().lstrip(".")
     if not suffix:
@@ -193,8 +189,9 @@ def show_store(path, out, *, n_per_class: int = 4, seed: int = 0) -> None:
     ``fastimg images`` (no labels) are one group.
 
     ``out`` is written as its suffix says (``.png``; ``.pdf``, ``.svg`` and matplotlib's other
-    formats too), as PNG without one; a folder, a missing folder or an unknown suffix is
-    refused before any work (``IsADirectoryError``, ``FileNotFoundError``, ``ValueError``)."""
+    formats too), as PNG without one, its missing folders made; a folder, a file where a
+    folder would be, or an unknown suffix is refused before any work (``IsADirectoryError``,
+    ``NotADirectoryError``, ``ValueError``)."""
     check_count("n_per_class", n_per_class)
     if n_per_class > MAX_PER_CLASS:
         raise ValueError(f"n_per_class must be at most {MAX_PER_CLASS} (two panels each per "
@@ -276,6 +273,7 @@ def show_store(path, out, *, n_per_class: int = 4, seed: int = 0) -> None:
                  f"the mean and deviation of {fit_rows.size} {fit_rows_name}", fontsize=9)
     # room for the title above the first row, whatever the figure's height
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     save_figure(fig, out, image_format=image_format)
     plt.close(fig)
     logger.info("wrote %s", out)

@@ -589,6 +589,14 @@ def test_show_writes_the_same_bytes_twice(built, tmp_path, monkeypatch, suffix):
     assert files[0].read_bytes() == files[1].read_bytes()
 
 
+def test_show_makes_the_missing_folders_of_its_out(built, tmp_path):
+    """show refused an --out in a folder that did not exist, where predict, train and explain
+    make theirs."""
+    out = tmp_path / "figures" / "new" / "store.png"
+    assert main(["show", str(built[0]), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_show_refuses_an_out_inside_a_store(built, capsys):
     """A drawing written inside a store was counted in its size by info and deleted without
     a word by its next --force rebuild."""
