@@ -314,8 +314,9 @@ def add_predict(sub) -> None:
     predict.add_argument("run_dir", type=options.local_input_path,
                          help="run folder written by fastimg train")
     predict.add_argument("--input", required=True, type=options.local_input,
-                         help="CSV / TSV / JSONL / Parquet file, or - for one text per line "
-                              "on stdin (ids: line numbers from 0; blank lines skipped)")
+                         help="CSV / TSV / JSONL / Parquet file (.gz too), an aclImdb folder "
+                              "or tarball, or - for one text per line on stdin (ids: line "
+                              "numbers from 0; blank lines skipped)")
     predict.add_argument("--text-column", action="append",
                          help="text column of a table --input (repeat to join several; "
                               "default: the columns the run's store was built from, text "
