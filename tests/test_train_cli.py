@@ -55,6 +55,21 @@ def test_images_too_small_for_the_extractor_are_refused_naming_the_upsampling(tm
     assert main([*argv, "--upsample", "2", "--out", str(tmp_path / "r2")]) == 0
 
 
+def test_a_cache_budget_with_a_cache_chosen_is_said_to_be_ignored(small_store, tmp_path,
+                                                                   caplog):
+    """--cache memory --cache-budget 1MiB trained with the budget ignored, unsaid."""
+    argv = ["train", str(small_store), "--extractor", "alexnet", "--weights", "none",
+            "--epochs", "1", "--batch-size", "16", "--loader", "torch", "--quiet",
+            "--no-probe", "--cache", "memory"]
+    assert main([*argv, "--out", str(tmp_path / "a"), "--cache-budget", "1MiB"]) == 0
+    said = [r.getMessage() for r in caplog.records if "--cache-budget" in r.getMessage()]
+    assert said == ["--cache-budget 1MiB ignored: it sizes --cache auto's choice, and --cache "
+                    "memory is chosen"]
+    caplog.clear()
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 0
+    assert not [r for r in caplog.records if "--cache-budget" in r.getMessage()]
+
+
 def test_train_on_a_store_without_labels_or_missing(tmp_path, capsys):
     write_store(tmp_path / "images.zarr", n_rows=20, labels=False)
     code = main(["train", str(tmp_path / "images.zarr"), "--weights", "none", "--quiet",

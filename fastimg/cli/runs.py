@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -11,6 +12,8 @@ from fastimg import store
 from fastimg.cli import options
 from fastimg.cli.report import UserError
 
+logger = logging.getLogger("fastimg.cli")
+
 
 def cmd_train(args) -> int:
     """``fastimg train``: a run folder, and the run's one-line summary."""
@@ -18,6 +21,9 @@ def cmd_train(args) -> int:
 
     location = options.location(args.store, args)
     _check_run_folder(args.out, force=args.force)
+    if args.cache != "auto" and args.cache_budget != "25%":
+        logger.warning("--cache-budget %s ignored: it sizes --cache auto's choice, and --cache "
+                       "%s is chosen", args.cache_budget, args.cache)
     config = TrainConfig(
         preset=args.preset, extractor=args.extractor, weights=args.weights, epochs=args.epochs,
         batch_size=args.batch_size, lr_head=args.lr_head, lr_classifier=args.lr_classifier,
