@@ -8,8 +8,9 @@ import json
 from pathlib import Path
 
 from fastimg.info import number_text, seconds_text
-from fastimg.run_folder import (CONFIG_FILE, METRICS_FILE, NORMALISER_FILE, RESUME_ADVICE,
-                                RESUME_FILE, RUN_FILES, is_unfinished, run_files_in)
+from fastimg.run_folder import (BUNDLE_FILE, CONFIG_FILE, METRICS_FILE, NORMALISER_FILE,
+                                RESUME_ADVICE, RESUME_FILE, RUN_FILES, is_unfinished,
+                                run_files_in)
 
 
 def _accuracy(value) -> str:
@@ -195,16 +196,29 @@ def _unfinished_text(saved: dict, config: dict) -> str:
                f"{best + 1})" if history and best is not None else ""))
 
 
-def _store_state(recorded) -> str:
-    """`` (not there now: ...)`` after a run's local training store when it is no longer a complete
-    store there (a URL is not looked up: info reads no object storage for a run)."""
-    from fastimg.store import location
+def store_state(run_dir, recorded) -> str:
+    """What became of the run folder ``run_dir``'s local training store ``recorded`` since,
+    to follow its name: `` (not there now: ...)`` when it is no longer a complete store
+    there, `` (rebuilt since with another layout: ...)`` when its layout is not the one the
+    run was trained on (explain refuses it), else ``""`` (a URL is not looked up: info reads
+    no object storage for a run)."""
+    from fastimg.store import ATTRS_KEY, location
 
     where = location.resolve(recorded)
-    if not location.is_local(where) or location.is_complete(where):
+    if not location.is_local(where):
         return ""
-    return (" (not there now: moved or deleted? explain reads the split from it; give the "
-            "new path with --store)")
+    if not location.is_complete(where):
+        return (" (not there now: moved or deleted? explain reads the split from it; give the "
+                "new path with --store)")
+    try:
+        trained_on = (_read_json(Path(run_dir) / BUNDLE_FILE, {}).get("layout") or {})
+    except ValueError:  # a bundle that cannot be read: predict and explain say so
+        return ""
+    now = (location.read_attrs(where, ATTRS_KEY) or {}).get("layout") or {}
+    if "pixel_index" in trained_on and now.get("pixel_index") != trained_on["pixel_index"]:
+        return (" (rebuilt since with another layout: its images no longer fit this run, and "
+                "explain refuses it)")
+    return ""
 
 
 def _run_lines(path: Path, metrics: dict, config: dict, saved: dict | None) -> list[str]:
@@ -217,7 +231,7 @@ def _run_lines(path: Path, metrics: dict, config: dict, saved: dict | None) -> l
         part for part in (", ".join(present), missing and f"missing {missing}") if part) + ")"]
     trained_on = metrics.get("store") or (saved or {}).get("store")
     if trained_on:
-        lines.append(f"store      {trained_on}{_store_state(trained_on)}")
+        lines.append(f"store      {trained_on}{store_state(path, trained_on)}")
     extractor = metrics.get("extractor") or {"name": config.get("extractor"),
                                               "weights": config.get("weights")}
     shape = extractor.get("feature_shape")

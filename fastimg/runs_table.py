@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fastimg.run_summary import as_written_by_train, run_json, weights_text
+from fastimg.run_summary import as_written_by_train, run_json, store_state, weights_text
 
 #: the columns, in order
 _COLUMNS = ("run", "extractor", "weights", "preset", "best/epochs", "val", "test", "macro F1",
@@ -92,10 +92,12 @@ def compare_runs(paths) -> list[str]:
     lines.append("  ".join(f"{c:<{widths[c]}}" for c in _COLUMNS).rstrip())
     lines += ["  ".join(f"{row.get(c, ''):<{widths[c]}}" for c in _COLUMNS).rstrip()
               for row in rows]
-    stores = {name: (run["metrics"] or {}).get("store") or (run["unfinished"] or {}).get("store")
-              for name, run in zip(names, runs)}
-    known = {store for store in stores.values() if store}
-    if len(known) == 1:
+    stores = {}  # each run's store, with what became of it since (moved, rebuilt)
+    for path, name, run in zip(paths, names, runs):
+        store = (run["metrics"] or {}).get("store") or (run["unfinished"] or {}).get("store")
+        stores[name] = f"{store}{store_state(path, store)}" if store else None
+    known = set(stores.values()) - {None}
+    if len(known) == 1 and None not in stores.values():
         lines.append(f"store: {known.pop()}")
     elif known:
         lines.append("stores:")

@@ -239,3 +239,42 @@ def test_the_runs_table_names_a_pending_force_and_an_edited_run(small_store, tmp
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"fastimg info: error: {tmp_path / 'a'}: its metrics.json or "
                           f"config.json does not hold what fastimg train writes")
+
+
+def test_info_says_the_store_of_a_run_was_rebuilt_with_another_layout_or_moved(small_store,
+                                                                              tmp_path, capsys):
+    """info showed a run's store as if nothing had changed after it was rebuilt with another
+    layout (explain then refused it), and the runs table did not say a store was gone."""
+    import shutil
+
+    import zarr
+
+    from fastimg import store
+
+    path = tmp_path / "s.zarr"
+    shutil.copytree(small_store, path)
+    group = zarr.open_group(str(path), mode="r+")  # its layout: where each feature went
+    attrs = dict(group.attrs[store.ATTRS_KEY])
+    group.attrs[store.ATTRS_KEY] = {**attrs, "layout": {"pixel_index": list(range(24))}}
+    argv = ["train", str(path), "--extractor", "alexnet", "--weights", "none", "--epochs", "1",
+            "--batch-size", "16", "--loader", "torch", "--quiet", "--no-probe"]
+    for run in ("a", "b"):
+        assert main([*argv, "--out", str(tmp_path / "runs" / run)]) == 0
+    runs = [str(tmp_path / "runs" / run) for run in ("a", "b")]
+    capsys.readouterr()
+    assert main(["info", runs[0]]) == 0
+    assert f"store      {path.resolve()}\n" in capsys.readouterr().out
+
+    # a rebuild with another layout
+    group.attrs[store.ATTRS_KEY] = {**attrs, "layout": {"pixel_index": list(range(24))[::-1]}}
+    rebuilt = " (rebuilt since with another layout: its images no longer fit this run"
+    assert main(["info", runs[0]]) == 0
+    assert f"store      {path.resolve()}{rebuilt}" in capsys.readouterr().out
+    assert main(["info", *runs]) == 0
+    assert f"store: {path.resolve()}{rebuilt}" in capsys.readouterr().out
+
+    path.rename(tmp_path / "moved.zarr")
+    assert main(["info", *runs]) == 0
+    assert f"store: {path.resolve()} (not there now: moved or deleted?" in \
+        capsys.readouterr().out
+
