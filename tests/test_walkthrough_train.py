@@ -205,7 +205,9 @@ def test_show_writes_exactly_the_path_it_names(label_store, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("target,message", [(".", "is a folder"),
-                                            ("nodir/s.png", "does not exist"),
+                                            # a missing folder is made: a file is
+                                            # where one would be
+                                            ("notes/s.png", "is a file, not a folder"),
                                             ("s.xyz", "unknown image format")])
 def test_show_refuses_a_bad_out_before_drawing(label_store, tmp_path, capsys, monkeypatch,
                                                target, message):
@@ -215,6 +217,7 @@ def test_show_refuses_a_bad_out_before_drawing(label_store, tmp_path, capsys, mo
         raise AssertionError("show read the images before refusing --out")
 
     monkeypatch.setattr(show_module, "_mean_images", no_work)
+    (tmp_path / "notes").write_text("a file")
     out = tmp_path / target
     code = main(["show", str(label_store), "--out", str(out)])
     assert code == 2 and message in _one_line_error(capsys)
