@@ -3,7 +3,6 @@ each way a command can end (an error, Ctrl-C, SIGTERM, a closed pipe, a full dis
 line and its exit code."""
 from __future__ import annotations
 
-import atexit
 import functools
 import logging
 import os
@@ -11,7 +10,6 @@ import signal
 import sys
 import threading
 import warnings
-import contextlib
 from contextlib import contextmanager
 
 from fastimg import store
@@ -164,32 +162,12 @@ def run() -> None:
     """The ``fastimg`` command (its console script, ``python -m fastimg``): :func:`main` on
     the process's arguments, then exit with its code.
 
-    Once the command has ended (its summary printed, its files written) and Python's exit
-    handlers have run, the process ends at once with the command's code, skipping the
-    interpreter's own teardown of torch, numba and zarr (about a second after a train, with
-    no Python code left to run). A Ctrl-C or SIGTERM in that second killed the process by the
-    signal, turning a finished job into a failed one; one that comes after the command has
-    ended now ends it with the command's code."""
-    ended = []
-    atexit.register(_exit_with, ended)  # registered first: runs after every other handler
+    Once the command has ended (its summary printed, its files written), Ctrl-C and SIGTERM
+    are ignored while Python shuts down: its teardown of torch, numba and zarr takes about a
+    second after a train, with no Python code left to run, and a signal then killed the
+    process by that signal, turning a finished job into a failed one."""
     code = main()
-    ended.append(code)
-
-    def exit_now(signum, frame):
-        _exit_with(ended)
-
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, exit_now)
-        signal.signal(signal.SIGTERM, exit_now)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sys.exit(code)
-
-
-def _exit_with(ended: list) -> None:
-    """End the process with the code in ``ended`` (nothing before the command has ended),
-    its output flushed."""
-    if not ended:
-        return
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):  # a closed pipe: nothing more to say
-            stream.flush()
-    os._exit(ended[0])
