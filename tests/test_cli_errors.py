@@ -486,9 +486,13 @@ def test_config_fields_in_messages_are_named_by_their_flags():
         == "use --scaling norm2 or --scaling minmax, or --fit-on all"
     assert report.as_flag("lower it: token_budget=4096", flags) == "lower it: --token-budget 4096"
     # a list of differences names each setting's flag (it named those with an underscore)
-    assert report.as_flag("layers: index 99 is out of range", flags) == \
-        "--layers: index 99 is out of range"
-    assert report.as_flag("reviews: no such file", flags) == "reviews: no such file"
+    assert report.as_flag("layers='1,2,99': index 99 is out of range", flags) == \
+        "--layers 1,2,99: index 99 is out of range"
+    # an operating system's error opens with its path: a file named like a flag keeps it
+    assert report.as_flag("model: No such file or directory", flags) == \
+        "model: No such file or directory"
+    assert report.as_flag("use a larger limit, or fit_on='all'", flags) == \
+        "use a larger --limit, or --fit-on all"
     train = cli.flags_of(cli.build_parser(), "train")
     assert report.as_flag("a run with other settings (epochs: 30 -> 31; seed: 0 -> 1; "
                           "encoder.pooling: 'cls' -> 'mean')", train) == \

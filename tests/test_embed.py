@@ -115,7 +115,7 @@ def test_a_run_the_machine_or_model_cannot_do_is_refused_before_any_work(tiny_be
 
 
 def test_resolve_layers():
-    with pytest.raises(ValueError, match=r"^layers: index -1 names hidden_states\[6\] twice"):
+    with pytest.raises(ValueError, match=r"^layers='.*': index -1 names hidden_states\[6\] twice"):
         resolve_layers((6, -1), 6)
     assert resolve_layers("last6", 12) == (7, 8, 9, 10, 11, 12)
     assert resolve_layers("last6", 6) == (1, 2, 3, 4, 5, 6)

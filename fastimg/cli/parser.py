@@ -35,7 +35,8 @@ class _Parser(argparse.ArgumentParser):
 #: config fields whose flag is not the field's name with dashes
 _FLAG_OF_FIELD = {"n_jobs": "--tsne-threads", "n_per_class": "--per-class", "grid": "--pixels",
                   "random_state": "--seed", "text_columns": "--text-column",
-                  "image_dtype": "--dtype", "storage_options": "--storage-option"}
+                  "image_dtype": "--dtype", "storage_options": "--storage-option",
+                  "backend": "--tsne-backend"}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -42,7 +42,10 @@ _ARGUMENT_FLAGS = {"force=True": "--force", "reuse=False": "--no-reuse",
                    # fit's: train --force is passed to it as overwrite=True
                    "overwrite=True": "--force",
                    # every command names its output --out
-                   "another output path": "another --out", "an output path": "an --out"}
+                   "another output path": "another --out", "an output path": "an --out",
+                   # remedies said in prose by the library
+                   "a larger limit": "a larger --limit",
+                   "lower the perplexity": "lower --perplexity"}
 
 
 def as_flag(message: str, flags: dict) -> str:
@@ -68,9 +71,8 @@ def as_flag(message: str, flags: dict) -> str:
     if field and field.group(1) in flags:
         # a flag's "None" is leaving it out: "--fit-rows must be a whole number >= 2, got 0"
         message = flags[field.group(1)] + message[field.end(1):].replace(" or None,", ",", 1)
-    # the settings of a list of differences, "(epochs: 30 -> 31; seed: 0 -> 1)", and one that
-    # opens a message: "layers: index 99 is out of range"
-    message = re.sub(r"(?:^|(?<=\()|(?<=; ))([a-z]\w*)(?=: )",
+    # the settings of a list of differences: "(epochs: 30 -> 31; seed: 0 -> 1)"
+    message = re.sub(r"(?:(?<=\()|(?<=; ))([a-z]\w*)(?=: )",
                      lambda m: flags.get(m.group(1), m.group(1)), message)
     return re.sub(r"(?<![\w./'\"-])[a-z]\w*_\w+\b(?![\w'\"/]|\.\w)",
                   lambda m: flags.get(m.group(0), m.group(0)), message)

@@ -240,6 +240,11 @@ class EncoderConfig:
         return cls.from_dict(json.loads(text))
 
 
+def _spec_text(spec) -> str:
+    """A list of layer indices as ``--layers`` takes it: ``1,2,-1``."""
+    return ",".join(str(i) for i in spec)
+
+
 def local_folder(model: str) -> str:
     """``model`` as an absolute path when it names a local folder (as
     :func:`~fastimg.embed.models.resolve_model` reads it: aliases first), else unchanged: a
@@ -298,11 +303,11 @@ def resolve_layers(spec, n_layers: int) -> tuple[int, ...]:
     for i in spec:
         j = i + n_states if i < 0 else i
         if not 0 <= j < n_states:
-            raise ValueError(f"layers: index {i} is out of range for a model with {n_layers} "
-                             f"layers (hidden_states has {n_states} entries: 0..{n_layers}, "
-                             f"or {-n_states}..-1)")
+            raise ValueError(f"layers='{_spec_text(spec)}': index {i} is out of range for a "
+                             f"model with {n_layers} layers (hidden_states has {n_states} "
+                             f"entries: 0..{n_layers}, or {-n_states}..-1)")
         if j in out:
-            raise ValueError(f"layers: index {i} names hidden_states[{j}] twice (layers "
-                             f"{list(spec)}): its features would be stored twice")
+            raise ValueError(f"layers='{_spec_text(spec)}': index {i} names hidden_states[{j}] "
+                             f"twice: its features would be stored twice")
         out.append(j)
     return tuple(out)

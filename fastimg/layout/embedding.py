@@ -73,7 +73,7 @@ def _load_cuml_tsne():
     return fit
 
 
-TSNE_BACKENDS = Registry("t-SNE", setting="tsne_backend")
+TSNE_BACKENDS = Registry("t-SNE", setting="backend")
 TSNE_BACKENDS.add("cuml", _load_cuml_tsne, available=_cuda_available, priority=2, extra="gpu")
 TSNE_BACKENDS.add("opentsne", _load_opentsne, priority=1)
 TSNE_BACKENDS.add("sklearn", _load_sklearn_tsne, priority=0)

@@ -100,7 +100,7 @@ class StoreDataset(torch.utils.data.Dataset):
             train_rows = self.rows if split == "train" else data.rows("train")
             if train_rows.size == 0:
                 raise ValueError(f"{path} has no train rows to take the pixel statistics of "
-                                 f"(normalize='dataset'); pass normalize='image' or 'none'")
+                                 f"(normalize='dataset'); pass normalize='image' or normalize='none'")
             # the train split's own reader keeps what it decodes; another split's would hold
             # train chunks it never serves
             stats_reader = self._images if split == "train" else ChunkedReader(
