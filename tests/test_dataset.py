@@ -380,8 +380,9 @@ def test_sigterm_stops_a_build_as_ctrl_c_does(tmp_path, tiny_bert_dir):
         proc.kill()
     err = err.decode().strip()
     assert proc.returncode == 143, err
+    # stopped in the layout stage: the corpus and the encoding are kept
     assert err.splitlines()[-1] == ("fastimg build-dataset: terminated (the unfinished build is "
-                                    "kept: rerun to resume)"), err
+                                    "kept, corpus and encode done: rerun to resume)"), err
     assert "Traceback" not in err
     assert store.locks.lock_holder(out) is None  # let go
     assert main(["build-dataset", "--input", str(csv_path), "--model", str(tiny_bert_dir),
