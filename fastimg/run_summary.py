@@ -196,6 +196,16 @@ def _unfinished_text(saved: dict, config: dict) -> str:
                f"{best + 1})" if history and best is not None else ""))
 
 
+def run_seconds(metrics: dict) -> float | None:
+    """The seconds a finished run took, over its processes: the last one's (``total_s``) and,
+    for a resumed run, those of the processes before it up to their last saved epoch; None
+    when not recorded."""
+    timings = metrics.get("timings") or {}
+    if timings.get("total_s") is None:
+        return None
+    return timings["total_s"] + timings.get("before_resume_s", 0.0)
+
+
 def store_state(run_dir, recorded) -> str:
     """What became of the run folder ``run_dir``'s local training store ``recorded`` since,
     to follow its name: `` (not there now: ...)`` when it is no longer a complete store
@@ -288,9 +298,12 @@ def _run_lines(path: Path, metrics: dict, config: dict, saved: dict | None) -> l
         lines.append(f"  pixels   val {_accuracy(pixels.get('val_accuracy'))}, test "
                      f"{_accuracy(pixels.get('test_accuracy'))} (the same probe on the image "
                      f"pixels)")
-    total = (metrics.get("timings") or {}).get("total_s")
+    total = run_seconds(metrics)
     if total is not None:
-        lines.append(f"time       {seconds_text(total)}")
+        before = (metrics.get("timings") or {}).get("before_resume_s")
+        lines.append(f"time       {seconds_text(total)}" + (
+            f" ({seconds_text(before)} of it before it was stopped and resumed)"
+            if before else ""))
     if not metrics:
         from fastimg.store.locks import lock_holder
 

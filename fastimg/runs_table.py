@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fastimg.run_summary import as_written_by_train, run_json, store_state, weights_text
+from fastimg.run_summary import (as_written_by_train, run_json, run_seconds, store_state,
+                                  weights_text)
 
 #: the columns, in order
 _COLUMNS = ("run", "extractor", "weights", "preset", "best/epochs", "val", "test", "macro F1",
@@ -57,7 +58,7 @@ def _row(run: dict, name: str) -> dict:
                            else None),
         "probe emb": _score((metrics.get("probe") or {}).get("test_accuracy")),
         "probe px": _score((metrics.get("probe_pixels") or {}).get("test_accuracy")),
-        "time": _time((metrics.get("timings") or {}).get("total_s")),
+        "time": _time(run_seconds(metrics)),
     })
     return row
 
@@ -68,9 +69,9 @@ def compare_runs(paths) -> list[str]:
     ``best/epochs`` is the best epoch of the epochs run (the best chosen on val), ``val`` and
     ``test`` are its accuracies, ``macro F1`` the test split's, the probes' figures their test
     accuracies; ``-`` where a run has no such figure (no test split, no probe), and an
-    unfinished run shows the epochs it has done. ``time`` is the run's last process's (a
-    resumed run's, since it resumed). Runs in one folder are named by their folder's name
-    under a line naming it; the stores are named under the table.
+    unfinished run shows the epochs it has done. ``time`` is the run's, over the processes it
+    took (:func:`~fastimg.run_summary.run_seconds`). Runs in one folder are named by their
+    folder's name under a line naming it; the stores are named under the table.
 
     Raises
     ------

@@ -3,12 +3,14 @@ library and from `fastimg train`."""
 import dataclasses
 import importlib
 import json
+import re
 
 import pytest
 import torch
 
 from fastimg.cli import main
 from fastimg.run_folder import RESUME_FILE
+from fastimg.run_summary import run_seconds
 from fastimg.train import TrainConfig, fit
 from test_train import FAST, write_store
 
@@ -182,7 +184,15 @@ def test_train_interrupted_says_its_epochs_are_kept_and_the_same_command_resumes
     assert calls == [1, 2]
     assert "(resumed after epoch 1)" in capsys.readouterr().out
     assert main(["info", str(out)]) == 0
-    assert "epochs     3 run, resumed after epoch 1, best epoch" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "epochs     3 run, resumed after epoch 1, best epoch" in shown
+    # the time of the process stopped after epoch 1 counts too (the table showed only the
+    # resumed process's)
+    timings = json.loads((out / "metrics.json").read_text())["timings"]
+    assert timings["before_resume_s"] > 0
+    assert run_seconds({"timings": timings}) == timings["total_s"] + timings["before_resume_s"]
+    assert re.search(r"^time       \S+ s \(\S+ s of it before it was stopped and resumed\)$",
+                     shown, flags=re.M), shown
     assert not (out / RESUME_FILE).exists()
     assert torch.load(out / "best.pt", weights_only=True)
 

@@ -84,9 +84,11 @@ class _Run:
     """State of one fit: the model, the optimiser and the batch iterators of each split."""
 
     def __init__(self, data: StoreData, config: TrainConfig, device: torch.device, run_dir,
-                 resume_key: dict | None = None):
+                 resume_key: dict | None = None, started: float | None = None):
         self.data, self.config, self.device, self.run_dir = data, config, device, run_dir
         self.resume_key = resume_key  # what the state saved after each epoch is filed under
+        # when this process's fit began (time.perf_counter), for the time saved with a state
+        self.started = time.perf_counter() if started is None else started
         self.cache_mode = None  # the feature cache's place, once the fit has chosen it
         cuda = device.type == "cuda"
         self.amp = config.amp and cuda
@@ -426,7 +428,7 @@ def _fit(data, config, device, run_dir, key, saved) -> TrainResult:
     (None without a run folder), ``saved`` the state of an unfinished run to go on from."""
     start = time.perf_counter()
     # builds the model: the weights are read here
-    run = _Run(data, config, device, run_dir, resume_key=key)
+    run = _Run(data, config, device, run_dir, resume_key=key, started=start)
     # where the features are cached sets the order of an on-disk cache's epochs: a resumed
     # fit keeps the one its epochs had (``auto`` chooses by the machine's RAM)
     cache_mode = saved["cache"] if saved is not None else _resolve_cache(config, run)
@@ -467,6 +469,8 @@ def _train(run: _Run, cache_mode: str, folder, start: float, saved) -> TrainResu
     if saved is not None:  # last, as the next epoch of an uninterrupted run would find it
         resume.restore_random_state(saved, run)
     resumed_after = epochs.done if saved is not None else None
+    if saved is not None:  # what the processes before this one ran, to their last state
+        timings["before_resume_s"] = epochs.elapsed_s
     t0 = time.perf_counter()
     history, best, best_state, stopped_early = _epochs(run, epochs)
     timings["train_s"] = time.perf_counter() - t0
@@ -541,7 +545,8 @@ def _epochs(run: _Run, epochs: resume.Epochs):
             # a state is saved only from epochs that read one build of the store
             run.data.reader.check_unchanged()
             resume.save(run.run_dir, run.resume_key, run, resume.Epochs(
-                epoch + 1, history, best, best_state, stopped_early))
+                epoch + 1, history, best, best_state, stopped_early,
+                epochs.elapsed_s + time.perf_counter() - run.started))
         if stopped_early:
             logger.info("early stop after epoch %d: no validation gain for %d epochs",
                         epoch + 1, config.patience)

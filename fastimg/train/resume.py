@@ -41,13 +41,15 @@ _FIELDS = ("key", "config", "done", "history", "best", "best_state", "stopped_ea
 @dataclass
 class Epochs:
     """Where a fit's epochs stand: ``done`` epochs, their ``history``, the ``best`` epoch's
-    index and its weights (on the CPU), and whether early stopping ended them."""
+    index and its weights (on the CPU), whether early stopping ended them, and the seconds
+    the fit ran to get there (``elapsed_s``, over the processes it took)."""
 
     done: int = 0
     history: list = field(default_factory=list)
     best: int | None = None
     best_state: dict | None = None
     stopped_early: bool = False
+    elapsed_s: float = 0.0
 
 
 def resume_key(config, data, device, loader: str) -> dict:
@@ -137,7 +139,8 @@ def save(run_dir: Path, key: dict, run, epochs: Epochs) -> None:
         "key": json.dumps(key, sort_keys=True), "config": json.dumps(run.config.to_dict()),
         "store": store_name(run.data), "done": epochs.done,
         "history": epochs.history, "best": epochs.best, "best_state": epochs.best_state,
-        "stopped_early": epochs.stopped_early, "cache": run.cache_mode,
+        "stopped_early": epochs.stopped_early, "elapsed_s": epochs.elapsed_s,
+        "cache": run.cache_mode,
         "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
         "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
         "step_scheduler": _state_of(run.step_scheduler),
@@ -164,7 +167,8 @@ def restore(state: dict, run) -> Epochs:
             scheduler.load_state_dict(saved)
     logger.info("resuming %s after epoch %d", run.run_dir, state["done"])
     return Epochs(done=state["done"], history=state["history"], best=state["best"],
-                  best_state=state["best_state"], stopped_early=state["stopped_early"])
+                  best_state=state["best_state"], stopped_early=state["stopped_early"],
+                  elapsed_s=state.get("elapsed_s", 0.0))  # a state saved before it was kept
 
 
 def restore_random_state(state: dict, run) -> None:
