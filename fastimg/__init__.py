@@ -1,9 +1,12 @@
-"""fastimg: text corpora to DeepInsight images for pretrained vision CNNs, fast."""
-import logging
+"""fastimg: text corpora to DeepInsight images for pretrained vision CNNs, fast.
+
+fastimg logs to the ``fastimg`` logger (``fastimg.corpus``, ``fastimg.train``, ...). Its
+warnings (a setting that changed nothing, empty texts, a layout fitted on few rows, a figure
+chosen on validation) reach a program that set up no logging through Python's last-resort
+handler, on stderr, as a notebook shows them; ``logging.getLogger("fastimg")`` controls them.
+"""
 
 __version__ = "0.1.0"
-
-logging.getLogger("fastimg").addHandler(logging.NullHandler())
 
 __all__ = ["__version__", "DeepInsightLayout", "LayoutConfig", "rasterize", "build_dataset",
            "relayout", "DatasetConfig", "texts_to_images"]

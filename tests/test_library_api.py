@@ -374,3 +374,20 @@ def test_stored_encoder_configs_with_an_empty_revision_still_load():
     from fastimg.embed import EncoderConfig
 
     assert EncoderConfig.from_dict({"model": "minilm", "revision": ""}).revision == ""
+
+
+def test_library_warnings_reach_a_program_that_set_up_no_logging(tmp_path):
+    """The fastimg logger had a NullHandler: a notebook never saw a warning (a layout fitted
+    on three rows, a setting ignored, empty texts)."""
+    import subprocess
+    import sys
+
+    script = ("import numpy as np\n"
+              "from fastimg.layout import DeepInsightLayout\n"
+              "DeepInsightLayout(grid=8, method='pca').fit(\n"
+              "    np.random.default_rng(0).random((3, 40)).astype('float32'))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.startswith("the layout is fitted on only 3 rows"), done.stderr
+
