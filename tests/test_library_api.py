@@ -142,6 +142,20 @@ def test_layout_config_takes_numpy_scalars_as_json_numbers():
     assert data["random_state"] == 3 and data["perplexity"] == 5.0
 
 
+
+def test_layout_config_from_dict_refuses_a_misspelt_key_as_its_siblings_do(tmp_path):
+    """LayoutConfig.from_dict({"perplexty": 5}) gave perplexity 30 unsaid, where
+    EncoderConfig and TrainConfig refuse unknown keys; a stored layout of a newer fastimg,
+    with a field this one lacks, is still read."""
+    with pytest.raises(ValueError, match=r"unknown LayoutConfig keys: \['perplexty'\]"):
+        LayoutConfig.from_dict({"grid": 8, "perplexty": 5})
+    layout = DeepInsightLayout(grid=8, method="pca", random_state=0).fit(
+        np.random.default_rng(0).random((40, 30)).astype(np.float32))
+    data = layout.to_dict()
+    data["config"]["a_newer_field"] = 1
+    assert DeepInsightLayout.from_dict(data).config == layout.config
+
+
 def test_python_numbers_are_saved_as_given():
     # the stage keys of stores built with perplexity=30 (an int) must not change; numpy
     # scalars become the Python numbers they are

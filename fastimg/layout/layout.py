@@ -141,14 +141,22 @@ class LayoutConfig:
             object.__setattr__(self, name, value)
 
     def to_dict(self) -> dict:
+        """A JSON-ready dict (``grid`` as a list)."""
         data = asdict(self)
         data["grid"] = list(self.grid)
         return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "LayoutConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        """Inverse of :meth:`to_dict`; unknown keys raise ValueError (a misspelt setting would
+        otherwise fall back to its default unsaid; a stored layout of a newer fastimg is read
+        by :meth:`DeepInsightLayout.from_dict`, which leaves out the fields it does not
+        know)."""
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown LayoutConfig keys: {unknown}; the fields are "
+                             f"{[f.name for f in fields(cls)]}")
+        return cls(**data)
 
 
 def _real(name: str, value) -> float:
@@ -212,8 +220,7 @@ class DeepInsightLayout:
                             f"pass settings as keywords (DeepInsightLayout(grid=32))")
         unknown = sorted(set(overrides) - {f.name for f in fields(LayoutConfig)})
         if unknown:
-            # LayoutConfig.from_dict drops unknown keys (newer stores' fields); a typo here
-            # must not silently fall back to the default
+            # a typo here must not silently fall back to the default
             raise TypeError(f"unknown LayoutConfig field(s) {unknown}; the fields are "
                             f"{[f.name for f in fields(LayoutConfig)]}")
         base = config or LayoutConfig()
@@ -457,7 +464,9 @@ class DeepInsightLayout:
                              f"with its 'format'): got {type(data).__name__}{keys}")
         if data.get("format") != LAYOUT_FORMAT:
             raise ValueError(f"unsupported layout format {data.get('format')!r}")
-        layout = cls(LayoutConfig.from_dict(data["config"]))
+        known = {f.name for f in fields(LayoutConfig)}  # a newer fastimg's fields left out
+        layout = cls(LayoutConfig.from_dict({k: v for k, v in data["config"].items()
+                                             if k in known}))
         layout.backend_ = data["backend"]
         layout.pixel_index_ = np.asarray(data["pixel_index"], dtype=np.int64)
         layout.coords_ = np.asarray(data["coords"], dtype=np.float64).reshape(-1, 2)
