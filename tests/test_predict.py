@@ -113,6 +113,18 @@ def test_uint8_images_are_read_in_zero_to_one_as_the_trainer_read_them(trained):
     np.testing.assert_allclose(got.probabilities, expected.probabilities, atol=1e-6)
 
 
+def test_images_with_nan_or_infinite_values_are_refused(trained):
+    """predict_images gave NaN probabilities and still named a class (argmax of NaN) for
+    images holding NaN or inf, where the layout's transform refuses such values."""
+    run = load_run(trained["run"])
+    images = np.zeros((3, *run.image_shape), np.float32)
+    for bad in (np.nan, np.inf):
+        images[1, 2, 3] = bad
+        with pytest.raises(ValueError, match=r"^the image array contains NaN or infinite values "
+                                             r"\(rows \[1\]\)"):
+            run.predict_images(images)
+
+
 def test_embeddings_that_do_not_fit_a_fused_run_are_refused_in_one_line(trained, tmp_path):
     """A fused run given too few embedding rows, or rows of another width, failed inside the
     model with torch's "Sizes of tensors must match" or "running_mean should contain 10

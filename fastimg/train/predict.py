@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastimg._validation import check_count
+from fastimg._validation import check_count, check_finite_rows
 from fastimg.run_folder import BUNDLE_FILE, CHECKPOINT_FILE
 from fastimg.train.bundle import RunBundleError, check_sha256, read_run_bundle
 from fastimg.train.config import SETTINGS
@@ -361,6 +361,8 @@ class Run:
         if images.shape[1:] != self.image_shape:
             raise ValueError(f"images of shape {images.shape[1:]} given to a run trained on "
                              f"{self.image_shape}")
+        # NaN logits would still name a class (argmax), a confident answer of no meaning
+        check_finite_rows(images.reshape(images.shape[0], -1), "the image array")
         if self.config.fuse_embedding:  # else torch's errors from inside the model
             self._check_embeddings(embeddings, images.shape[0])
         out = np.empty((images.shape[0], len(self.class_names)), dtype=np.float32)
