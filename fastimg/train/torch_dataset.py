@@ -8,8 +8,8 @@
 ...     for images, targets in loader:       # float32 [128, 1, 50, 50], int64 [128]
 ...         ...
 
-The images are read through the trainer's chunk-caching reader, normalised as the trainer
-normalises them, and :meth:`StoreDataset.sampler` shuffles in the trainer's order, which
+The images are read through the trainer's chunk-caching reader, normalised as ``normalize``
+says (``"dataset"`` is the trainer's default; ``"none"``, the stored values, this one's), and :meth:`StoreDataset.sampler` shuffles in the trainer's order, which
 decodes each stored chunk about once an epoch even when the split does not fit the cache.
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ class StoreDataset(torch.utils.data.Dataset):
         ``"image"``: each image standardised on its own (the paper's); ``"dataset"``: each
         pixel standardised with the training split's mean and variance (the trainer's
         default; computed when the dataset is made, from the train split whatever ``split``
-        is); ``"none"``: the stored values (``uint8`` images scaled to [0, 1]).
+        is); ``"none"`` (the default): the stored values (``uint8`` images scaled to [0, 1]).
     embeddings : bool
         Also return each row's stored embedding.
     transform : callable, optional
