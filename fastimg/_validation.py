@@ -18,8 +18,9 @@ def total_memory_bytes() -> int:
 
 
 def check_feature_matrix(x, *, name: str = "X", n_features: int | None = None,
-                         check_finite: bool = True) -> np.ndarray:
-    """Return ``x`` as a 2-D float array (no copy when possible) or raise ValueError."""
+                         check_finite: bool = True, rows_required: bool = True) -> np.ndarray:
+    """Return ``x`` as a 2-D float array (no copy when possible) or raise ValueError; without
+    ``rows_required``, a matrix of no rows is one (the last, empty batch of a loop)."""
     if hasattr(x, "toarray") and hasattr(x, "nnz"):
         # np.asarray of a scipy sparse matrix is a 0-d object array: "got shape ()"
         raise ValueError(f"{name} is a sparse matrix ({type(x).__name__}, shape {x.shape}); "
@@ -27,7 +28,7 @@ def check_feature_matrix(x, *, name: str = "X", n_features: int | None = None,
     x = np.asarray(x)
     if x.ndim != 2:
         raise ValueError(f"{name} must be a 2-D matrix (samples x features), got shape {x.shape}")
-    if x.shape[0] == 0 or x.shape[1] == 0:
+    if (x.shape[0] == 0 and rows_required) or x.shape[1] == 0:
         raise ValueError(f"{name} is empty: shape {x.shape}")
     if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
         raise ValueError(f"{name} must hold real numbers, got dtype {x.dtype}")

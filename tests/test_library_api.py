@@ -405,3 +405,17 @@ def test_library_warnings_reach_a_program_that_set_up_no_logging(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stderr.startswith("the layout is fitted on only 3 rows"), done.stderr
 
+
+def test_a_matrix_of_no_rows_gives_no_images(tmp_path):
+    """transform(np.empty((0, F))) raised "X is empty", where encode([]) and
+    texts_to_images(path, []) give empty results: the last, empty batch of a loop crashed."""
+    rng = np.random.default_rng(0)
+    layout = DeepInsightLayout(grid=(6, 7), method="pca", random_state=0).fit(
+        rng.random((40, 30)).astype(np.float32))
+    images = layout.transform(np.empty((0, 30), np.float32))
+    assert images.shape == (0, 6, 7) and images.dtype == np.float32
+    with pytest.raises(ValueError, match="X has 29 features but the layout was fitted on 30"):
+        layout.transform(np.empty((0, 29)))
+    with pytest.raises(ValueError, match="X is empty"):  # fitting needs rows
+        DeepInsightLayout(grid=8).fit(np.empty((0, 30)))
+

@@ -426,7 +426,12 @@ class DeepInsightLayout:
         from fastimg.raster import rasterize
 
         self._check_fitted()
-        X = check_feature_matrix(X, n_features=self.n_features, check_finite=False)
+        X = check_feature_matrix(X, n_features=self.n_features, check_finite=False,
+                                 rows_required=False)
+        if X.shape[0] == 0:  # no rows, no images (encode([]) gives no embeddings either)
+            if out is not None and np.shape(out)[:1] != (0,):
+                raise ValueError(f"out has {np.shape(out)[0]} rows for the 0 rows of X")
+            return out if out is not None else np.empty((0, *self.config.grid), np.float32)
         return rasterize(X, self.raster_plan(), backend=backend, out=out)
 
     def fit_transform(self, X, y=None, **kwargs) -> np.ndarray:
