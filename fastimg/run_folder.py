@@ -109,7 +109,8 @@ def why_not_a_run(path) -> str:
     store = location.store_around(path)
     if store is not None:
         return (f"{path} is a fastimg store, not a training run folder: train a run on it "
-                f"with `fastimg train {path} --out RUN`" if store == Path(os.path.abspath(path))
+                f"(`fastimg train {path} --out RUN`, or fit(store, out_dir=RUN))"
+                if store == Path(os.path.abspath(path))
                 else f"{path} lies inside the fastimg store {store}, not a training run folder")
     kind = model_type(path)
     if kind is not None:

@@ -379,7 +379,8 @@ def test_a_store_or_a_folder_of_runs_given_as_the_run_is_named_so(trained, tmp_p
     store_path = trained["store"]
     expected = {
         store_path: f"{store_path} is a fastimg store, not a training run folder: train a run "
-                    f"on it with `fastimg train {store_path} --out RUN`",
+                    f"on it (`fastimg train {store_path} --out RUN`, or fit(store, "
+                    f"out_dir=RUN))",
         store_path / "images": f"{store_path / 'images'} lies inside the fastimg store "
                                f"{store_path}, not a training run folder",
         runs: f"{runs} holds training run folders (a, b), not a run: give one of them"}

@@ -90,7 +90,7 @@ class Location:
         else:
             what, fix = f"one of the storage options ({exc})", "correct its name or value"
         return (f"{self.url}: {self._package()} does not accept {what}: {fix} (see "
-                f"{self._package()}'s documentation) or drop that --storage-option")
+                f"{self._package()}'s documentation) or drop it from storage_options")
 
 
 #: packages whose exceptions s3fs lets through (NoCredentialsError, EndpointConnectionError)
@@ -121,7 +121,7 @@ def storage_error_message(exc: BaseException) -> str:
                 f"storage option endpoint_url (or AWS_ENDPOINT_URL) and that the service is "
                 f"running and reachable from here")
     return (f"{' '.join(str(exc).split())} (credentials and endpoint come from the usual "
-            f"environment variables or --storage-option)")
+            f"environment variables or storage_options)")
 
 
 #: the forms of a store's location, for messages
@@ -147,7 +147,7 @@ def _access(path):
         if isinstance(path, Location):
             anon = " (anon=true sends none)" if path.storage_options.get("anon") else ""
             hint = ("check the credentials: the usual environment variables or "
-                    f"--storage-option{anon}")
+                    f"storage_options{anon}")
         else:
             hint = "check its file permissions"
         raise PermissionError(f"access to {path} was denied ({exc}): {hint}") from exc

@@ -176,7 +176,8 @@ def _checked_feature_shape(extractor, name: str, image_shape, upsample: int) -> 
             raise ValueError(
                 f"{height} x {width} images are too small for the {name} extractor (its "
                 f"strides and poolings leave nothing of them): train with upsample={larger} "
-                f"or more, or build the store with a larger grid (build-dataset --pixels)"
+                f"or more, or build the store with a larger grid (LayoutConfig(grid=...), "
+                f"build-dataset --pixels)"
             ) from exc
         raise
 
