@@ -113,6 +113,19 @@ def test_uint8_images_are_read_in_zero_to_one_as_the_trainer_read_them(trained):
     np.testing.assert_allclose(got.probabilities, expected.probabilities, atol=1e-6)
 
 
+def test_what_is_no_run_folder_path_or_no_texts_is_named(trained):
+    """load_run(a Run) failed in pathlib ("expected str, bytes or os.PathLike object, not
+    Run"), naming no argument; predict({"a": 1}) predicted its keys."""
+    run = load_run(trained["run"])
+    with pytest.raises(TypeError, match=r"^run_dir is a run folder's path, got a Run: pass "
+                                        r"its run_dir"):
+        load_run(run)
+    with pytest.raises(TypeError, match=r"^run_dir is a run folder's path, got int$"):
+        load_run(3)
+    with pytest.raises(TypeError, match=r"^texts must be a sequence of str, got a dict"):
+        run.predict({"a quiet film": 1})
+
+
 def test_images_with_nan_or_infinite_values_are_refused(trained):
     """predict_images gave NaN probabilities and still named a class (argmax of NaN) for
     images holding NaN or inf, where the layout's transform refuses such values."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from collections.abc import Mapping
 
 from fastimg._validation import lone_surrogate
 
@@ -19,8 +20,8 @@ def check_texts(texts) -> list[str]:
     Raises
     ------
     TypeError
-        When ``texts`` is a single str or bytes, not iterable, or holds a non-str item (the
-        first one is named).
+        When ``texts`` is a single str or bytes, a mapping, not iterable, or holds a non-str
+        item (the first one is named).
     ValueError
         When a text holds a lone surrogate (``"\\ud800"``, from a bad decode or a JSON
         escape): it has no UTF-8 form, so no tokenizer can read it.
@@ -28,6 +29,9 @@ def check_texts(texts) -> list[str]:
     if isinstance(texts, (str, bytes)):
         raise TypeError("texts must be a sequence of str, not a single "
                         f"{type(texts).__name__}; wrap it in a list")
+    if isinstance(texts, Mapping):  # its keys would be taken for the texts
+        raise TypeError(f"texts must be a sequence of str, got a {type(texts).__name__}; pass "
+                        f"its values (list(d.values())) if they are the texts")
     try:
         texts = list(texts)
     except TypeError:

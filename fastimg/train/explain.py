@@ -307,11 +307,9 @@ def explain(run_dir, *, split: str = "val", out_dir=None, method: str = "integra
                                         partial_path, resolve)
     from fastimg.store.reader import why_not_a_store
     from fastimg.train.data import ChunkedReader
-    from fastimg.train.predict import Run, load_run
+    from fastimg.train.predict import check_run_dir, load_run
 
-    if isinstance(run_dir, Run):  # pathlib's TypeError named neither
-        raise TypeError(f"run_dir is a run folder's path, got a Run: pass its run_dir "
-                        f"({run_dir.run_dir})")
+    check_run_dir(run_dir)
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be train, val or test, got {split!r}")
     if max_rows is not None:

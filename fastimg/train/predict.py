@@ -163,7 +163,7 @@ class Run:
         from fastimg.train.config import TrainConfig
         from fastimg.train.data import Normaliser
 
-        self.run_dir = Path(run_dir)
+        self.run_dir = Path(check_run_dir(run_dir))
         self.encoder_model = None if model is None else os.fspath(model)
         self.bundle, stats = read_run_bundle(self.run_dir)
         try:
@@ -310,10 +310,10 @@ class Run:
         RunBundleError
             A model fingerprint mismatch, or a run trained on a store not built from texts.
         """
-        if isinstance(texts, str):
-            raise TypeError("predict takes a sequence of texts, not one str")
+        from fastimg.embed.texts import check_texts
+
+        texts = check_texts(texts)  # one str, a dict, a non-str item: refused
         check_count("batch_size", batch_size)  # before encoding, not after
-        texts = list(texts)
         if not texts:  # an empty last batch of a caller's loop: an empty answer
             return Prediction(np.empty(0, dtype=np.int64), [],
                               np.empty((0, len(self.class_names)), dtype=np.float32),
@@ -540,6 +540,18 @@ def _bar(total: int, progress: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="classify", unit="img", disable=not progress)
+
+
+def check_run_dir(run_dir):
+    """``run_dir`` when it is a path (str or ``os.PathLike``), else a TypeError naming it
+    (pathlib's named neither; a :class:`Run` given for its folder is told to pass its
+    ``run_dir``)."""
+    if isinstance(run_dir, Run):
+        raise TypeError(f"run_dir is a run folder's path, got a Run: pass its run_dir "
+                        f"({run_dir.run_dir})")
+    if not isinstance(run_dir, (str, os.PathLike)):
+        raise TypeError(f"run_dir is a run folder's path, got {type(run_dir).__name__}")
+    return run_dir
 
 
 def load_run(run_dir, *, device: str = "cpu", model=None) -> Run:
