@@ -42,6 +42,11 @@ def test_fit_is_reproducible_and_round_trips(matrix, fitted, tmp_path):
         fitted.save(tmp_path / name)
         loaded = DeepInsightLayout.load(tmp_path / name)
         assert loaded.to_dict() == fitted.to_dict()
+    # another suffix was written as JSON under its name
+    with pytest.raises(ValueError, match=r"layout.pkl: a layout is saved as .json or .npz, "
+                                         r"not .pkl$"):
+        fitted.save(tmp_path / "layout.pkl")
+    assert not (tmp_path / "layout.pkl").exists()
 
 
 def test_loading_a_file_that_holds_no_layout_says_so(tmp_path):

@@ -480,10 +480,19 @@ class DeepInsightLayout:
         return layout
 
     def save(self, path) -> None:
-        """Write the fitted layout to ``path``: ``.json`` (one JSON document) or ``.npz``
-        (arrays plus a JSON header; loaded without pickle)."""
-        data = self.to_dict()
+        """Write the fitted layout to ``path``: ``.json`` (one JSON document; a path without a
+        suffix too) or ``.npz`` (arrays plus a JSON header; loaded without pickle).
+
+        Raises
+        ------
+        ValueError
+            For another suffix (``layout.pkl`` was written as JSON under that name).
+        """
         path = os.fspath(path)
+        suffix = os.path.splitext(path)[1].lower()
+        if suffix not in ("", ".json", ".npz"):
+            raise ValueError(f"{path}: a layout is saved as .json or .npz, not {suffix}")
+        data = self.to_dict()
         if path.lower().endswith(".npz"):
             arrays = {k: np.asarray(data.pop(k)) for k in ("pixel_index", "coords")}
             scaler = data.pop("scaler")
