@@ -106,7 +106,8 @@ def report_error(command: str, exc: Exception, *, debug: bool = False,
         traceback.print_exception(exc, file=sys.stderr)
     if store.location.from_object_storage(exc):  # credentials, endpoint, bucket: the user's setup
         print(f"fastimg {command}: error: object storage: "
-              f"{store.location.storage_error_message(exc)}", file=sys.stderr)
+              f"{as_flag(store.location.storage_error_message(exc), flags or {})}",
+              file=sys.stderr)
         return EXIT_USAGE
     if isinstance(exc, (UserError, *USER_ERRORS)):
         print(f"fastimg {command}: error: {as_flag(one_line(exc), flags or {})}",
