@@ -224,8 +224,9 @@ def _raster_kernel(x_bits, pixel_of_feature, inv_count, empty_fill, shift, scale
 
 # The serial kernel releases the GIL and is run on blocks of rows by a pool of Python threads
 # (see raster_cpu). error_model="numpy": no ZeroDivisionError branch on the division in
-# _log_ge1, which otherwise keeps that loop scalar (the denominator is m + 1 >= 1.7 anyway). cache=True: compiled once per machine, then loaded from __pycache__ (or
-# $NUMBA_CACHE_DIR). One signature per input type (uint16: float16, uint32: float32).
+# _log_ge1, which otherwise keeps that loop scalar (the denominator is m + 1 >= 1.7 anyway).
+# cache=True: compiled once per machine, then loaded from __pycache__ (or $NUMBA_CACHE_DIR).
+# One signature per input type (uint16: float16, uint32: float32).
 _raster = njit(nogil=True, cache=True, error_model="numpy")(_raster_kernel)
 
 

@@ -9,8 +9,9 @@
 ...         ...
 
 The images are read through the trainer's chunk-caching reader, normalised as ``normalize``
-says (``"dataset"`` is the trainer's default; ``"none"``, the stored values, this one's), and :meth:`StoreDataset.sampler` shuffles in the trainer's order, which
-decodes each stored chunk about once an epoch even when the split does not fit the cache.
+says (``"dataset"`` is the trainer's default; ``"none"``, the stored values, this one's), and
+:meth:`StoreDataset.sampler` shuffles in the trainer's order, which decodes each stored chunk
+about once an epoch even when the split does not fit the cache.
 """
 from __future__ import annotations
 
@@ -100,7 +101,8 @@ class StoreDataset(torch.utils.data.Dataset):
             train_rows = self.rows if split == "train" else data.rows("train")
             if train_rows.size == 0:
                 raise ValueError(f"{path} has no train rows to take the pixel statistics of "
-                                 f"(normalize='dataset'); pass normalize='image' or normalize='none'")
+                                 f"(normalize='dataset'); pass normalize='image' or "
+                                 f"normalize='none'")
             # the train split's own reader keeps what it decodes; another split's would hold
             # train chunks it never serves
             stats_reader = self._images if split == "train" else ChunkedReader(
