@@ -21,7 +21,7 @@ def cmd_train(args) -> int:
 
     location = options.location(args.store, args)
     _check_run_folder(args.out, force=args.force)
-    if args.cache != "auto" and args.cache_budget != "25%":
+    if args.cache != "auto" and args.cache_budget != TrainConfig.cache_budget:  # not its default
         logger.warning("--cache-budget %s ignored: it sizes --cache auto's choice, and --cache "
                        "%s is chosen", args.cache_budget, args.cache)
     config = TrainConfig(

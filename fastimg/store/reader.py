@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from fastimg.store import location
-from fastimg.store.locks import lock_holder
 from fastimg.store.keys import upgraded
+from fastimg.store.locks import lock_holder
 from fastimg.store.schema import (ATTRS_KEY, BUILD_KEY, COMPLETE, EMBEDDINGS, FORMAT_VERSION,
                                   IDS, IMAGES, LABELS, SPLIT, StoreError, split_rows)
 

@@ -87,7 +87,8 @@ class _Run:
                  resume_key: dict | None = None, started: float | None = None):
         self.data, self.config, self.device, self.run_dir = data, config, device, run_dir
         self.resume_key = resume_key  # what the state saved after each epoch is filed under
-        # when this process's fit began (time.perf_counter), for the time saved with a state
+        # when this process's fit began (time.perf_counter): its total time, and the time
+        # saved with a state
         self.started = time.perf_counter() if started is None else started
         self.cache_mode = None  # the feature cache's place, once the fit has chosen it
         cuda = device.type == "cuda"
@@ -446,10 +447,10 @@ def _fit(data, config, device, run_dir, key, saved) -> TrainResult:
         if cache_mode == "zarr":
             folder = (run_dir / FEATURE_CACHE_DIR if run_dir is not None else
                       stack.enter_context(tempfile.TemporaryDirectory(prefix="fastimg-cache-")))
-        return _train(run, cache_mode, folder, start, saved)
+        return _train(run, cache_mode, folder, saved)
 
 
-def _train(run: _Run, cache_mode: str, folder, start: float, saved) -> TrainResult:
+def _train(run: _Run, cache_mode: str, folder, saved) -> TrainResult:
     """The fit of ``run``: its feature cache (in ``folder`` when on disk), the epochs (after
     those of the ``saved`` state, when there is one), the final evaluation, the probes, and
     the run files when it has a folder."""
@@ -483,7 +484,7 @@ def _train(run: _Run, cache_mode: str, folder, start: float, saved) -> TrainResu
         probe = linear_probe(data, seed=config.seed, progress=config.progress)
         probe_pixels = linear_probe(data, features="pixels", seed=config.seed,
                                     progress=config.progress)
-    timings["total_s"] = time.perf_counter() - start
+    timings["total_s"] = time.perf_counter() - run.started
     metrics = {
         "store": store_name(data), "config": config.to_dict(),
         "extractor": {"name": config.extractor, "weights": config.weights, "cut": config.cut,
