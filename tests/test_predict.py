@@ -1147,16 +1147,19 @@ def test_a_label_column_without_labels_is_named_so(trained, tmp_path, capsys):
         f"without --label-column, or name the column of the true classes"), err
 
 
-def test_fits_refusal_of_a_run_folder_names_train_s_flag(tmp_path, capsys, monkeypatch):
-    # a run that another train finished between train's own check and fit's said
-    # 'pass overwrite=True' on the command line
-    from fastimg.cli import runs as runs_module
-
+def test_train_s_refusals_of_its_run_folder_name_its_flags(tmp_path, capsys):
+    # the library's refusals (out_dir, overwrite=True) on the command line
+    store = tmp_path / "missing.zarr"  # refused after the folder: never read
     run = tmp_path / "run"
     run.mkdir()
-    monkeypatch.setattr(runs_module, "_check_run_folder", lambda out, force: (
-        (out / "metrics.json").write_text("{}")))
-    code = main(["train", str(tmp_path / "missing.zarr"), "--out", str(run), "--quiet"])
+    (run / "notes.txt").write_text("mine")
+    code = main(["train", str(store), "--out", str(run), "--quiet"])
     err = one_line(capsys.readouterr().err)
-    assert code == 2 and err.endswith("already holds a run (metrics.json); pass --force to "
-                                      "replace it"), err
+    assert code == 2 and err.endswith(f"--out {run} is not empty; pass --force to train into "
+                                      f"it anyway, or choose another --out"), err
+    (run / "metrics.json").write_text("{}")
+    code = main(["train", str(store), "--out", str(run), "--quiet"])
+    err = one_line(capsys.readouterr().err)
+    assert code == 2 and err.endswith(f"--out {run} already holds a run (metrics.json); pass "
+                                      f"--force to replace it, or choose another --out"), err
+    assert sorted(p.name for p in run.iterdir()) == ["metrics.json", "notes.txt"]

@@ -804,6 +804,28 @@ def test_fit_refuses_a_folder_holding_a_run_unless_overwrite(blob_store, tmp_pat
     assert result.run_dir == out and json.loads((out / "config.json").read_text())["seed"] == 1
 
 
+
+def test_fit_refuses_a_folder_holding_other_files_before_any_work(blob_store, tmp_path,
+                                                                  monkeypatch):
+    """Only the command line refused a folder of the user's own files: fit() trained into it,
+    its run files among them."""
+    import importlib
+
+    fit_module = importlib.import_module("fastimg.train.fit")
+    path, _ = blob_store
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("fit started work before refusing the folder")
+
+    monkeypatch.setattr(fit_module, "StoreData", no_work)
+    with pytest.raises(FileExistsError, match=f"out_dir {out} is not empty; pass "
+                                              f"overwrite=True to train into it anyway"):
+        fit(path, TrainConfig(extractor="alexnet", **FAST), out_dir=out)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
 # -- CUDA (skipped without a GPU) -------------------------------------------------------------
 
 @pytest.mark.gpu

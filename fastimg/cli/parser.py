@@ -36,7 +36,7 @@ class _Parser(argparse.ArgumentParser):
 _FLAG_OF_FIELD = {"n_jobs": "--tsne-threads", "n_per_class": "--per-class", "grid": "--pixels",
                   "random_state": "--seed", "text_columns": "--text-column",
                   "image_dtype": "--dtype", "storage_options": "--storage-option",
-                  "backend": "--tsne-backend"}
+                  "backend": "--tsne-backend", "out_dir": "--out"}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,7 +20,6 @@ def cmd_train(args) -> int:
     from fastimg.train import TrainConfig, fit
 
     location = options.location(args.store, args)
-    _check_run_folder(args.out, force=args.force)
     if args.cache != "auto" and args.cache_budget != TrainConfig.cache_budget:  # not its default
         logger.warning("--cache-budget %s ignored: it sizes --cache auto's choice, and --cache "
                        "%s is chosen", args.cache_budget, args.cache)
@@ -56,40 +55,6 @@ def cmd_train(args) -> int:
           f"{metrics['timings']['epoch_s']:.1f} s/epoch, {metrics['timings']['total_s']:.1f} s; "
           f"run folder {args.out}")
     return 0
-
-
-def _check_run_folder(out: Path, *, force: bool) -> None:
-    """Refuse to train into a store or a folder inside one, and into a folder that holds a run
-    (or any other file) unless ``force`` or an unfinished run's state is there (the fit
-    resumes it)."""
-    from fastimg._validation import check_can_write, file_in_the_way
-    from fastimg.run_folder import (check_outside_stores, holds_only_leftovers, is_unfinished,
-                                    run_files_in)
-    from fastimg.store.locks import lock_holder
-
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a run folder")
-    blocker = file_in_the_way(out.parent)
-    if blocker is not None:
-        raise UserError(f"--out {out}: {blocker} is a file, not a folder")
-    check_outside_stores(out)
-    check_can_write(out, f"the run folder {out}")
-    holder = lock_holder(out)  # before its files: a train writing them is no run to --force
-    if holder is not None:
-        raise UserError(f"{out} is being written by another fastimg command ({holder}): wait "
-                        f"for it to end, or choose another --out")
-    if force or not out.is_dir():
-        return
-
-    if is_unfinished(out):  # the fit resumes it, or names what differs
-        return
-    found = run_files_in(out)
-    if found:
-        raise UserError(f"{out} already holds a run ({', '.join(found)}); pass --force to "
-                        f"overwrite it, or choose another --out")
-    if not holds_only_leftovers(out):  # a fit killed early: the next removes them
-        raise UserError(f"{out} is not empty; pass --force to train into it anyway, or choose "
-                        f"another --out")
 
 
 def cmd_predict(args) -> int:

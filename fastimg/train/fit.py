@@ -17,9 +17,10 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from fastimg._validation import check_config
+from fastimg._validation import check_can_write, check_config
 from fastimg.run_folder import (FEATURE_CACHE_DIR, RESUME_FILE, check_outside_stores,
-                                is_unfinished, remove_cut_short_writes, run_files_in)
+                                holds_only_leftovers, is_unfinished, remove_cut_short_writes,
+                                run_files_in)
 from fastimg.store.location import resolve
 from fastimg.store.locks import build_lock
 from fastimg.train import resume
@@ -309,8 +310,10 @@ def fit(store, config: TrainConfig | None = None, *, out_dir=None,
         Train into an ``out_dir`` that already holds a run, replacing its files (the earlier
         run's ``feature_cache/``, and its ``normaliser.npz`` when this run writes none, are
         removed), and starting over instead of resuming an unfinished run; without it such a
-        folder is refused (before any work). ``metrics.json`` is written last: a folder
-        without it holds no finished run.
+        folder is refused (before any work), as is one that holds other files (but an
+        unfinished run's state, which the fit resumes, and what a fit killed before its
+        first epoch left). ``metrics.json`` is written last: a folder without it holds no
+        finished run.
     storage_options : dict, optional
         fsspec options for a store URL (``{"endpoint_url": ...}``).
 
@@ -330,13 +333,15 @@ def fit(store, config: TrainConfig | None = None, *, out_dir=None,
         A weights path that does not exist, or is a folder.
     NotADirectoryError
         ``out_dir`` is a file.
+    PermissionError
+        ``out_dir`` cannot be written (before any work).
     fastimg.store.StoreError
         ``out_dir`` is a store or lies inside one, or another fit is writing into it (before
         any work).
     FileExistsError
-        ``out_dir`` holds a run, or the state of an unfinished one with other settings or on a
-        store rebuilt since (the message names what differs), or a state that cannot be
-        read, and ``overwrite`` is false.
+        ``out_dir`` holds a run or other files, or the state of an unfinished one with other
+        settings or on a store rebuilt since (the message names what differs), or a state
+        that cannot be read, and ``overwrite`` is false.
     fastimg.store.StoreError
         The store was replaced or deleted while the fit read it (a ``--force`` rebuild ran
         meanwhile), checked at the end of each epoch and before the run files are written:
@@ -368,6 +373,7 @@ def fit(store, config: TrainConfig | None = None, *, out_dir=None,
     if run_dir is None:
         return _checked_fit(store, config, run_dir, overwrite)
     check_outside_stores(run_dir)
+    check_can_write(run_dir, f"the run folder {run_dir}")
     # a second fit into the folder would delete this one's feature cache and mix its files
     # with this one's: it is refused while this one runs
     with build_lock(run_dir):
@@ -379,11 +385,8 @@ def _checked_fit(store, config, run_dir, overwrite) -> TrainResult:
     and the store, then the fit."""
     # with an unfinished run's state, the run files are its own, cut short while written, or
     # those of the run a --force it was overwrites once it ends: load() checks the state
-    found = (run_files_in(run_dir) if run_dir is not None and not overwrite
-             and not is_unfinished(run_dir) else [])
-    if found:
-        raise FileExistsError(f"out_dir {run_dir} already holds a run ({', '.join(found)}); "
-                              f"pass overwrite=True to replace it")
+    if run_dir is not None and not overwrite and not is_unfinished(run_dir):
+        _check_unused(run_dir)
     data = StoreData(store)
     for split in ("train", "val"):
         if data.rows(split).size == 0:
@@ -403,6 +406,19 @@ def _checked_fit(store, config, run_dir, overwrite) -> TrainResult:
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(config.seed)
         return _fit(data, config, device, run_dir, key, saved)
+
+
+def _check_unused(run_dir: Path) -> None:
+    """Refuse a run folder that holds a run, or any file but what a fit killed before its
+    first epoch left (:func:`~fastimg.run_folder.holds_only_leftovers`: the fit removes it)."""
+    found = run_files_in(run_dir)
+    if found:
+        raise FileExistsError(f"out_dir {run_dir} already holds a run ({', '.join(found)}); "
+                              f"pass overwrite=True to replace it, or choose another output "
+                              f"path")
+    if run_dir.is_dir() and not holds_only_leftovers(run_dir):
+        raise FileExistsError(f"out_dir {run_dir} is not empty; pass overwrite=True to train "
+                              f"into it anyway, or choose another output path")
 
 
 def _resolve_cache(config: TrainConfig, run: "_Run") -> str:
