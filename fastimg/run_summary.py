@@ -206,6 +206,14 @@ def run_seconds(metrics: dict) -> float | None:
     return timings["total_s"] + timings.get("before_resume_s", 0.0)
 
 
+def trained_store(run_dir, metrics: dict | None, saved: dict | None) -> str | None:
+    """The store the run in ``run_dir`` was trained on, as its ``metrics`` record it or else
+    its unfinished run's ``saved`` state, followed by what became of it since
+    (:func:`store_state`); None when neither records one."""
+    recorded = (metrics or {}).get("store") or (saved or {}).get("store")
+    return f"{recorded}{store_state(run_dir, recorded)}" if recorded else None
+
+
 def store_state(run_dir, recorded) -> str:
     """What became of the run folder ``run_dir``'s local training store ``recorded`` since,
     to follow its name: `` (not there now: ...)`` when it is no longer a complete store
@@ -239,9 +247,9 @@ def _run_lines(path: Path, metrics: dict, config: dict, saved: dict | None) -> l
     missing = ", ".join(n for n, ok in files.items() if not ok)
     lines = [f"{path}: fastimg training run (" + "; ".join(
         part for part in (", ".join(present), missing and f"missing {missing}") if part) + ")"]
-    trained_on = metrics.get("store") or (saved or {}).get("store")
+    trained_on = trained_store(path, metrics, saved)
     if trained_on:
-        lines.append(f"store      {trained_on}{store_state(path, trained_on)}")
+        lines.append(f"store      {trained_on}")
     extractor = metrics.get("extractor") or {"name": config.get("extractor"),
                                               "weights": config.get("weights")}
     shape = extractor.get("feature_shape")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fastimg.run_summary import (as_written_by_train, run_json, run_seconds, store_state,
+from fastimg.run_summary import (as_written_by_train, run_json, run_seconds, trained_store,
                                   weights_text)
 
 #: the columns, in order
@@ -95,8 +95,7 @@ def compare_runs(paths) -> list[str]:
               for row in rows]
     stores = {}  # each run's store, with what became of it since (moved, rebuilt)
     for path, name, run in zip(paths, names, runs):
-        store = (run["metrics"] or {}).get("store") or (run["unfinished"] or {}).get("store")
-        stores[name] = f"{store}{store_state(path, store)}" if store else None
+        stores[name] = trained_store(path, run["metrics"], run["unfinished"])
     known = set(stores.values()) - {None}
     if len(known) == 1 and None not in stores.values():
         lines.append(f"store: {known.pop()}")
