@@ -219,6 +219,15 @@ def test_every_flag_the_readme_names_exists():
         assert used <= options[command] | options[""], (command, used - options[command])
 
 
+
+def test_the_readme_names_every_flag_of_every_command():
+    """show --per-class, --verbose and --version were in --help only."""
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", README.read_text(encoding="utf-8")))
+    unnamed = {command or "fastimg": sorted(o for o in flags if o.startswith("--")
+                                            and o not in named | {"--help"})
+               for command, flags in _parser_options().items()}
+    assert not any(unnamed.values()), unnamed
+
 def test_device_means_the_torch_device_everywhere():
     options = _parser_options()
     assert "--device" not in options["images"] and "--raster-backend" in options["images"]
