@@ -128,13 +128,13 @@ def test_a_cancelled_task_that_ends_late_marks_nothing(tmp_path, tiny_bert_dir, 
     writer.create_embeddings(8, 6 * 32, "float16", 4, {})
     writer.done_markers(store.EMBEDDINGS)
     location = store.partial_path(writer.path)
-    model = cluster._model
+    model = cluster.tasks._model
 
     def rerun_finishes_meanwhile(*args, **kwargs):  # while this task encodes
         writer.drop_done_markers(store.EMBEDDINGS)
         return model(*args, **kwargs)
 
-    monkeypatch.setattr(cluster, "_model", rerun_finishes_meanwhile)
+    monkeypatch.setattr(cluster.tasks, "_model", rerun_finishes_meanwhile)
     late = cluster.encode_chunk(location, texts, config.to_json(), 0, 0, 4, "key")
     assert late["skipped"]
     assert not (location / (store.schema.DONE_PREFIX + store.EMBEDDINGS)).exists()
@@ -219,7 +219,7 @@ def test_a_cluster_build_cut_short_resumes_in_process(tmp_path, client, corpus_c
     client.run(_slow_encode, 0.5)
     try:
         with monkeypatch.context() as patch:
-            patch.setattr(cluster, "_drive", two_chunks_then_cut)
+            patch.setattr(cluster.driver, "_drive", two_chunks_then_cut)
             with pytest.raises(RuntimeError, match="cut short"):
                 build_dataset(out, *configs(corpus_csv, tiny_bert_dir), progress=False,
                               client=client)
@@ -247,19 +247,19 @@ def test_a_cluster_build_cut_short_resumes_in_process(tmp_path, client, corpus_c
 def _slow_encode(seconds: float) -> None:
     """Run on the workers (pickled by value): each encode task sleeps before it loads its
     model (cached) and encodes."""
-    import fastimg.cluster as cluster
+    import fastimg.cluster.tasks as tasks
 
-    original = getattr(cluster, "_unpatched_model", cluster._model)
-    cluster._unpatched_model = original
+    original = getattr(tasks, "_unpatched_model", tasks._model)
+    tasks._unpatched_model = original
     if seconds <= 0:
-        cluster._model = original
+        tasks._model = original
         return
 
     def slow(*args, **kwargs):
         time.sleep(seconds)
         return original(*args, **kwargs)
 
-    cluster._model = slow
+    tasks._model = slow
 
 
 def _executing(dask_worker) -> int:
@@ -426,7 +426,8 @@ def test_a_task_that_cannot_open_the_store_names_its_worker(tmp_path, tiny_bert_
 
 
 def test_fewer_tasks_than_workers_is_one_warning():
-    from fastimg.cluster import ClusterWarning, _warn_workers
+    from fastimg.cluster import ClusterWarning
+    from fastimg.cluster.driver import _warn_workers
 
     class Client:
         def nthreads(self):
@@ -447,7 +448,8 @@ def test_fewer_tasks_than_workers_is_one_warning():
 def test_a_cluster_without_workers_says_so_instead_of_waiting_silently():
     from types import SimpleNamespace
 
-    from fastimg.cluster import ClusterWarning, _warn_workers
+    from fastimg.cluster import ClusterWarning
+    from fastimg.cluster.driver import _warn_workers
 
     client = SimpleNamespace(nthreads=dict, scheduler=SimpleNamespace(address="tcp://s:8786"))
     for idle in (True, False):
@@ -488,7 +490,7 @@ def test_a_port_that_is_no_dask_scheduler_fails_instead_of_hanging():
 
 
 def _drive_a_task_that_raises(error, monkeypatch):
-    """``cluster._drive`` of one encode task whose result raises ``error``."""
+    """``cluster.driver._drive`` of one encode task whose result raises ``error``."""
     from types import SimpleNamespace
 
     import distributed
@@ -501,7 +503,7 @@ def _drive_a_task_that_raises(error, monkeypatch):
     future = SimpleNamespace(result=result, done=lambda: True)
     monkeypatch.setattr(distributed, "as_completed", iter)
     client = SimpleNamespace(cancel=lambda futures: None)
-    cluster._drive(client, [future], "encode", {}, rows=8, progress=False)
+    cluster.driver._drive(client, [future], "encode", {}, rows=8, progress=False)
 
 
 def test_a_lost_scheduler_is_one_line_and_keeps_the_build(monkeypatch):
@@ -543,7 +545,7 @@ def test_a_cluster_that_loses_every_worker_mid_stage_says_so(monkeypatch):
 
     from fastimg import cluster
 
-    monkeypatch.setattr(cluster, "WATCH_SECONDS", 0.02)
+    monkeypatch.setattr(cluster.driver, "WATCH_SECONDS", 0.02)
     warned, messages = threading.Event(), []
 
     def waiting(futures):  # the tasks wait until the warning comes (or 30 s)
@@ -566,7 +568,7 @@ def test_a_cluster_that_loses_every_worker_mid_stage_says_so(monkeypatch):
                              scheduler=SimpleNamespace(address="tcp://10.0.0.1:8786"))
     stats = {"tasks": 0, "skipped": 0, "task_seconds": 0.0}
     try:
-        cluster._drive(client, [future], "encode", stats, rows=8, progress=False)
+        cluster.driver._drive(client, [future], "encode", stats, rows=8, progress=False)
     finally:
         logging.getLogger("fastimg.cluster").removeHandler(seen)
     assert warned.is_set() and stats["tasks"] == 1
@@ -690,10 +692,10 @@ def test_a_ctrl_c_before_a_dask_call_started_prints_no_traceback(caplog, monkeyp
     tornado_logger = logging.getLogger("tornado.application")
     # without the filter that an open client of this module's fixture holds
     monkeypatch.setattr(tornado_logger, "filters", [
-        f for f in tornado_logger.filters if not isinstance(f, cluster._SyncCancelNoise)])
+        f for f in tornado_logger.filters if not isinstance(f, cluster.quiet.SyncCancelNoise)])
     if not _ctrl_c_before_a_sync_call_starts(caplog):
         pytest.skip("this dask cancels an unstarted call quietly: nothing to hide")
-    with cluster._interrupt_noise_muted():
+    with cluster.quiet.interrupt_noise_muted():
         assert _ctrl_c_before_a_sync_call_starts(caplog) == []
         tornado_logger.error("another callback failed")
     assert [r.getMessage() for r in caplog.records] == ["another callback failed"]  # kept
@@ -724,7 +726,7 @@ def test_images_on_a_cluster_without_workers_warn_instead_of_failing_to_scatter(
     client = SimpleNamespace(nthreads=dict, scatter=scatter,
                              scheduler=SimpleNamespace(address="tcp://s:8786"),
                              submit=lambda *args, **kwargs: submitted.append(args))
-    monkeypatch.setattr(cluster, "_drive", lambda *args, **kwargs: None)
+    monkeypatch.setattr(cluster.driver, "_drive", lambda *args, **kwargs: None)
     with pytest.warns(cluster.ClusterWarning, match="images: the cluster has no workers yet"):
         cluster.raster_chunks(client, writer, layout, DatasetConfig())
     assert len(submitted) == 3 and all(isinstance(args[2], str) for args in submitted)
