@@ -26,7 +26,6 @@ RETRIES = 2
 WATCH_SECONDS = 15.0
 
 
-
 def _task_location(writer):
     """The unfinished store as workers must open it: a URL, or an absolute path (a relative
     one would be resolved in each worker's own working directory)."""

@@ -21,6 +21,7 @@ class ClusterWarning(UserWarning):
 
 
 def import_distributed():
+    """dask.distributed, or an ImportError that says how to install it."""
     try:
         import distributed
     except ImportError as exc:
