@@ -128,7 +128,8 @@ def interrupt_noise_muted():
 @contextlib.contextmanager
 def client_logs_muted():
     """distributed.client's errors and tracebacks hidden (kept with ``-v``): a scheduler lost
-    mid-build is reported once, as one line (:func:`fastimg.cluster.driver._drive`), not as its reconnect attempts."""
+    mid-build is reported once, as one line (:func:`fastimg.cluster.driver._drive`), not as
+    its reconnect attempts."""
     if logger.isEnabledFor(logging.INFO):
         yield
         return
