@@ -78,17 +78,19 @@ class Registry:
                 f"{['auto', *self._backends]}")
         return name
 
-    def check(self, name: str) -> None:
+    def check(self, name: str, *, setting: str | None = None) -> None:
         """Raise ValueError when ``name`` (a backend asked for by name, not ``"auto"``) cannot
         run on this machine, or is unknown: a build refuses it before any work, not at its
-        stage."""
+        stage. ``setting`` names the argument that chose it where that is not the registry's
+        config field (``rasterize(backend=...)``)."""
         if name == "auto":
             return
         backend = self._backends[self.resolve(name)]
         if not backend.available():
             hint = f"; it needs pip install 'fastimg[{backend.extra}]'" if backend.extra else ""
-            chosen, auto = ((f"{self.setting}={name!r}", f"{self.setting}='auto'")
-                            if self.setting else (f"{self.stage} backend {name!r}", "'auto'"))
+            setting = setting or self.setting
+            chosen, auto = ((f"{setting}={name!r}", f"{setting}='auto'")
+                            if setting else (f"{self.stage} backend {name!r}", "'auto'"))
             raise ValueError(f"{chosen} cannot run here (no CUDA GPU that it can use{hint}); "
                              f"{auto} picks one that can")
 

@@ -157,7 +157,8 @@ def rasterize(x, plan: RasterPlan, *, backend: str = "auto", out=None) -> np.nda
     ValueError
         When ``x`` is not a non-empty 2-D matrix of real numbers with ``F`` columns, holds NaN
         or infinite values or values beyond float32's range, or ``out`` has the wrong shape,
-        dtype or memory order.
+        dtype or memory order; an unknown ``backend``, or one that cannot run here
+        (``"cuda"`` without a CUDA GPU).
     """
     if not isinstance(plan, RasterPlan):
         raise TypeError(f"plan must be a RasterPlan, got {type(plan).__name__}")
@@ -177,6 +178,7 @@ def rasterize(x, plan: RasterPlan, *, backend: str = "auto", out=None) -> np.nda
         # smaller array would be written past its end
         raise ValueError(f"out must be a writeable, C-contiguous float32 array of shape {shape}, "
                          f"got {_described(out)}")
+    RASTER_BACKENDS.check(backend, setting="backend")  # not numba's traceback
     name, kernel = RASTER_BACKENDS.get(backend)
     _wait_for_warm_up(name)
     n_bad = kernel(x, plan, out)
@@ -228,6 +230,7 @@ def rasterize_to_array(source, plan: RasterPlan, target, *, backend: str = "auto
     chunk_rows = getattr(target, "chunks", (1,))[0]
     if block_rows is None:
         block_rows = max(chunk_rows, (4096 // chunk_rows) * chunk_rows)
+    RASTER_BACKENDS.check(backend, setting="backend")  # not numba's traceback
     name, kernel = RASTER_BACKENDS.get(backend)
     _wait_for_warm_up(name)
     logger.info("rasterising %d rows with the %s backend, %d rows per block", n_rows, name,

@@ -288,10 +288,13 @@ def test_cuml_backend_through_fakes_returns_numpy_and_records_cumls_version(
     ``cupy.asnumpy`` brings back). pip installs cuML as ``cuml-cu13`` (the gpu extra) or
     ``cuml-cu12``, never as ``cuml``: the layout's provenance names the version of the module
     the fit ran on."""
+    import dataclasses
     import sys
     import types
 
     from sklearn.decomposition import PCA
+
+    from fastimg.layout.embedding import TSNE_BACKENDS
 
     class DeviceArray:  # what CuPy hands back: not a numpy array
         def __init__(self, data):
@@ -319,6 +322,10 @@ def test_cuml_backend_through_fakes_returns_numpy_and_records_cumls_version(
     monkeypatch.setitem(sys.modules, "cupy", cupy)
     monkeypatch.setitem(sys.modules, "cuml", cuml)
     monkeypatch.setitem(sys.modules, "cuml.manifold", manifold)
+    # and a GPU beside them (a backend that cannot run here is refused before it is loaded)
+    cuml_backend = TSNE_BACKENDS._backends["cuml"]
+    monkeypatch.setitem(TSNE_BACKENDS._backends, "cuml",
+                        dataclasses.replace(cuml_backend, available=lambda: True))
     layout = DeepInsightLayout(grid=10, backend="cuml", random_state=4).fit(matrix)
     assert layout.backend_ == "cuml" and layout.pixel_index_.shape == (400,)
     assert calls["init"]["random_state"] == 4 and calls["init"]["metric"] == "cosine"

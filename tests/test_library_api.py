@@ -423,4 +423,30 @@ def test_a_matrix_of_no_rows_gives_no_images(tmp_path):
         layout.transform(np.empty((0, 29)))
     with pytest.raises(ValueError, match="X is empty"):  # fitting needs rows
         DeepInsightLayout(grid=8).fit(np.empty((0, 30)))
+    # out of another grid's shape was taken and returned as the images
+    with pytest.raises(ValueError, match=r"out must be of shape \(0, 6, 7\) for the 0 rows "
+                                         r"of X, got \(0, 3, 3\)"):
+        layout.transform(np.empty((0, 30)), out=np.empty((0, 3, 3), np.float32))
+
+
+@pytest.mark.skipif(__import__("fastimg.raster").raster._cuda_available(),
+                    reason="a CUDA GPU is here: the backends run")
+def test_a_gpu_backend_on_a_machine_without_one_is_one_line():
+    """transform(X, backend="cuda") raised numba's CudaSupportError (five lines, after an
+    AttributeError), and embed_points(backend="cuml") cuML's or an ImportError."""
+    from fastimg.layout.embedding import embed_points
+    from fastimg.raster import rasterize
+
+    rng = np.random.default_rng(0)
+    layout = DeepInsightLayout(grid=(6, 7), method="pca", random_state=0).fit(
+        rng.random((40, 30)).astype(np.float32))
+    x = rng.random((5, 30)).astype(np.float32)
+    refusal = (r"^backend='cuda' cannot run here \(no CUDA GPU that it can use; it needs pip "
+               r"install 'fastimg\[gpu\]'\); backend='auto' picks one that can$")
+    with pytest.raises(ValueError, match=refusal):
+        layout.transform(x, backend="cuda")
+    with pytest.raises(ValueError, match=refusal):
+        rasterize(x, layout.raster_plan(), backend="cuda")
+    with pytest.raises(ValueError, match=r"^backend='cuml' cannot run here"):
+        embed_points(rng.random((60, 8)), method="tsne", backend="cuml", perplexity=5)
 

@@ -112,6 +112,7 @@ def embed_points(points: np.ndarray, method: str = "tsne", *, backend: str = "au
             f"t-SNE with perplexity {perplexity:g} needs at least {needed} features (the points "
             f"of the transposed matrix), got {points.shape[0]}: lower the perplexity or use "
             f"method='pca'")
+    TSNE_BACKENDS.check(backend)  # cuML without a GPU: not its traceback
     name, fit = TSNE_BACKENDS.get(backend)
     logger.info("t-SNE (%s) on %d points x %d dims, perplexity %g, metric %s", name,
                 points.shape[0], points.shape[1], perplexity, metric)

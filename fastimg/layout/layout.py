@@ -421,7 +421,8 @@ class DeepInsightLayout:
         ValueError
             When ``X`` is not a 2-D matrix of real numbers with ``n_features`` columns, holds
             NaN or infinite values or values beyond float32's range, or ``out`` has the wrong
-            shape, dtype or memory order.
+            shape, dtype or memory order; an unknown ``backend``, or one that cannot run here
+            (``"cuda"`` without a CUDA GPU).
         """
         from fastimg.raster import rasterize
 
@@ -429,9 +430,11 @@ class DeepInsightLayout:
         X = check_feature_matrix(X, n_features=self.n_features, check_finite=False,
                                  rows_required=False)
         if X.shape[0] == 0:  # no rows, no images (encode([]) gives no embeddings either)
-            if out is not None and np.shape(out)[:1] != (0,):
-                raise ValueError(f"out has {np.shape(out)[0]} rows for the 0 rows of X")
-            return out if out is not None else np.empty((0, *self.config.grid), np.float32)
+            shape = (0, *self.config.grid)
+            if out is not None and np.shape(out) != shape:
+                raise ValueError(f"out must be of shape {shape} for the 0 rows of X, got "
+                                 f"{np.shape(out)}")
+            return out if out is not None else np.empty(shape, np.float32)
         return rasterize(X, self.raster_plan(), backend=backend, out=out)
 
     def fit_transform(self, X, y=None, **kwargs) -> np.ndarray:
