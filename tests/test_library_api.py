@@ -49,7 +49,7 @@ def test_fit_is_reproducible_and_round_trips(matrix, fitted, tmp_path):
     assert not (tmp_path / "layout.pkl").exists()
 
 
-def test_loading_a_file_that_holds_no_layout_says_so(tmp_path):
+def test_loading_a_file_that_holds_no_layout_says_so(tmp_path, fitted):
     # a bundle.json or a list gave "unsupported layout format None" or an AttributeError, an
     # npz of other arrays a KeyError, a binary file a UnicodeDecodeError
     np.savez(tmp_path / "arrays.npz", X=np.zeros((3, 3)))
@@ -64,6 +64,14 @@ def test_loading_a_file_that_holds_no_layout_says_so(tmp_path):
         DeepInsightLayout.load(tmp_path)
     with pytest.raises(ValueError, match="not a fitted layout"):
         DeepInsightLayout.from_dict([1, 2])
+    # a description with a part missing or of the wrong type raised KeyError, AttributeError
+    data = fitted.to_dict()
+    for broken, said in (({"format": data["format"]}, "its 'config' is missing"),
+                         ({k: v for k, v in data.items() if k != "pixel_index"},
+                          "its 'pixel_index' is missing"),
+                         ({**data, "config": 5}, "its 'config' is of type int, not a dict")):
+        with pytest.raises(ValueError, match=f"^not a fitted layout: {said}$"):
+            DeepInsightLayout.from_dict(broken)
 
 
 def test_fit_does_not_depend_on_memory_order(matrix, fitted):

@@ -473,12 +473,21 @@ class DeepInsightLayout:
         if data.get("format") != LAYOUT_FORMAT:
             raise ValueError(f"unsupported layout format {data.get('format')!r}")
         known = {f.name for f in fields(LayoutConfig)}  # a newer fastimg's fields left out
-        layout = cls(LayoutConfig.from_dict({k: v for k, v in data["config"].items()
-                                             if k in known}))
-        layout.backend_ = data["backend"]
-        layout.pixel_index_ = np.asarray(data["pixel_index"], dtype=np.int64)
-        layout.coords_ = np.asarray(data["coords"], dtype=np.float64).reshape(-1, 2)
-        layout.scaler_ = FeatureScaler.from_dict(data["scaler"])
+        try:
+            layout = cls(LayoutConfig.from_dict({k: v for k, v in data["config"].items()
+                                                 if k in known}))
+            layout.backend_ = data["backend"]
+            layout.pixel_index_ = np.asarray(data["pixel_index"], dtype=np.int64)
+            layout.coords_ = np.asarray(data["coords"], dtype=np.float64).reshape(-1, 2)
+            layout.scaler_ = FeatureScaler.from_dict(data["scaler"])
+        except KeyError as exc:
+            raise ValueError(f"not a fitted layout: its {exc.args[0]!r} is missing") from None
+        except (AttributeError, TypeError) as exc:  # a part of the wrong type
+            part = next((k for k in ("config", "scaler") if not isinstance(data.get(k), dict)),
+                        None)
+            raise ValueError("not a fitted layout: " + (
+                f"its {part!r} is of type {type(data[part]).__name__}, not a dict" if part
+                else str(exc))) from None
         layout.versions_ = data.get("versions", {})
         return layout
 
