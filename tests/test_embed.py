@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,11 @@ def test_resolve_layers():
         resolve_layers((7,), 6)
     with pytest.raises(ValueError, match="out of range"):
         resolve_layers((-8,), 6)
+    # what EncoderConfig refuses: returned as given ([1.5], []) or a TypeError ("foo", 5)
+    for spec, said in (([1.5], "or a list of ints, got [1.5]"), ([], "is an empty list"),
+                       ("foo", "got 'foo'"), (5, "or a list of ints, got 5")):
+        with pytest.raises(ValueError, match=re.escape(said)):
+            resolve_layers(spec, 12)
 
 
 def test_batching_helpers():

@@ -133,24 +133,7 @@ class EncoderConfig:
         # "" (an unset --revision "$REV") is kept as stores before saved it: no revision
         if self.revision is not None and not isinstance(self.revision, str):
             raise ValueError(f"revision must be a string or None, got {self.revision!r}")
-        layers = self.layers
-        if isinstance(layers, str):
-            if layers not in LAYER_PRESETS:
-                raise ValueError(f"layers must be one of {LAYER_PRESETS} or a list of hidden-state "
-                                 f"indices such as (1, 2, 3), got {layers!r}")
-        else:
-            try:
-                items = list(layers)
-            except TypeError:
-                raise ValueError(f"layers must be one of {LAYER_PRESETS} or a list of ints, got "
-                                 f"{self.layers!r}") from None
-            if not items:
-                raise ValueError("layers is an empty list; give at least one index")
-            # int(1.5) would pick layer 1 without a word, int("1") hide a string
-            if not all(is_whole(i) for i in items):
-                raise ValueError(f"layers must be one of {LAYER_PRESETS} or a list of ints, got "
-                                 f"{self.layers!r}")
-            object.__setattr__(self, "layers", tuple(int(i) for i in items))
+        object.__setattr__(self, "layers", check_layers(self.layers))
         _choice("pooling", self.pooling, POOLINGS)
         _choice("truncation", self.truncation, TRUNCATIONS)
         _choice("precision", self.precision, PRECISIONS)
@@ -268,6 +251,33 @@ def _positive(config, name, minimum=1):
     object.__setattr__(config, name, int(value))
 
 
+def check_layers(layers) -> str | tuple[int, ...]:
+    """``layers`` as :class:`EncoderConfig` keeps it: a preset name, or a tuple of ints.
+
+    Raises
+    ------
+    ValueError
+        For an unknown preset, an empty list, or items that are not whole numbers.
+    """
+    if isinstance(layers, str):
+        if layers not in LAYER_PRESETS:
+            raise ValueError(f"layers must be one of {LAYER_PRESETS} or a list of hidden-state "
+                             f"indices such as (1, 2, 3), got {layers!r}")
+        return layers
+    try:
+        items = list(layers)
+    except TypeError:
+        raise ValueError(f"layers must be one of {LAYER_PRESETS} or a list of ints, got "
+                         f"{layers!r}") from None
+    if not items:
+        raise ValueError("layers is an empty list; give at least one index")
+    # int(1.5) would pick layer 1 without a word, int("1") hide a string
+    if not all(is_whole(i) for i in items):
+        raise ValueError(f"layers must be one of {LAYER_PRESETS} or a list of ints, got "
+                         f"{layers!r}")
+    return tuple(int(i) for i in items)
+
+
 def resolve_layers(spec, n_layers: int) -> tuple[int, ...]:
     """Indices into ``hidden_states`` (length ``n_layers + 1``) for a layer spec.
 
@@ -286,8 +296,10 @@ def resolve_layers(spec, n_layers: int) -> tuple[int, ...]:
     Raises
     ------
     ValueError
-        When the model is too shallow for the spec or an index is out of range.
+        When the spec is not one (:func:`check_layers`), the model is too shallow for it or
+        an index is out of range.
     """
+    spec = check_layers(spec)
     n_states = n_layers + 1
     if spec == "last6":
         if n_layers < 6:
