@@ -76,6 +76,13 @@ def test_extractor_output_shape_on_50x50(name, shape):
     assert not extractor.training and extractor.fully_frozen
 
 
+@pytest.mark.parametrize("fraction", [2, -1, 1.5, "x", True, float("nan")])
+def test_build_extractor_refuses_an_unfreeze_fraction_outside_0_1(fraction):
+    # 2 made every block trainable and -1 none, unsaid; "x" was a TypeError deep inside
+    with pytest.raises(ValueError, match=r"^unfreeze_fraction must be a number in \[0, 1\]"):
+        build_extractor("alexnet", None, unfreeze_fraction=fraction)
+
+
 def test_weights_from_a_path_match_torchvisions_cut(tmp_path):
     import torchvision
 

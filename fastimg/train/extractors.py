@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import os
 import re
 import shutil
@@ -263,10 +264,11 @@ def build_extractor(name: str, weights="DEFAULT", *, unfreeze_fraction: float = 
     name : str
         A key of :data:`EXTRACTORS`.
     weights : {"DEFAULT", None, "none"} or path
-        See :func:`resolve_weights`.
+        ImageNet's, random init or a state_dict file
+        (:func:`fastimg.train.extractors.resolve_weights`).
     unfreeze_fraction : float
-        The last ``ceil(fraction * n)`` of the cut's ``n`` blocks with parameters stay
-        trainable; the rest are frozen.
+        In [0, 1]: the last ``ceil(fraction * n)`` of the cut's ``n`` blocks with parameters
+        stay trainable; the rest are frozen.
     cut : {"paper", "nopool"}
         ``"nopool"`` drops the cut's max-pool layers (the same convolutions and weights),
         so more of the DeepInsight grid reaches the head.
@@ -275,6 +277,12 @@ def build_extractor(name: str, weights="DEFAULT", *, unfreeze_fraction: float = 
     -------
     FrozenExtractor
         Input ``[B, 3, H, W]``, output ``[B, channels, h, w]``.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``name`` or ``cut``, an ``unfreeze_fraction`` outside [0, 1], or a weights
+        file that is not a state_dict of the model; as :func:`resolve_weights` for the rest.
     """
     import torchvision
 
@@ -282,6 +290,11 @@ def build_extractor(name: str, weights="DEFAULT", *, unfreeze_fraction: float = 
         raise ValueError(f"unknown extractor {name!r}; choose one of {sorted(EXTRACTORS)}")
     if cut not in CUTS:
         raise ValueError(f"cut must be one of {CUTS}, got {cut!r}")
+    # 2 made every block trainable and -1 none, unsaid (TrainConfig refuses both)
+    if (isinstance(unfreeze_fraction, bool) or not isinstance(unfreeze_fraction, numbers.Real)
+            or not 0.0 <= unfreeze_fraction <= 1.0):
+        raise ValueError(f"unfreeze_fraction must be a number in [0, 1], got "
+                         f"{unfreeze_fraction!r}")
     spec = EXTRACTORS[name]
     state = resolve_weights(name, weights)
     # build on the meta device: only the cut is materialised (the dense layers of alexnet
