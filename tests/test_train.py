@@ -764,8 +764,8 @@ def test_a_failed_fit_leaves_no_run_folder(blob_store, tmp_path, monkeypatch):
         fit(path, config, out_dir=mine / "run")
     assert mine.is_dir() and not (mine / "run").exists()
     (mine / "notes.txt").write_text("keep")
-    with pytest.raises(KeyboardInterrupt):
-        fit(path, config, out_dir=mine)
+    with pytest.raises(KeyboardInterrupt):  # a folder of other files is trained into on demand
+        fit(path, config, out_dir=mine, overwrite=True)
     assert (mine / "notes.txt").read_text() == "keep"
     # nor is the unfinished feature cache left in it: a rerun of the same `train --out`
     # into a folder the user made was refused as "not empty"
