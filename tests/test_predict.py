@@ -138,6 +138,16 @@ def test_images_with_nan_or_infinite_values_are_refused(trained):
             run.predict_images(images)
 
 
+def test_no_images_give_no_predictions_as_no_texts_do(trained):
+    # predict([]) gave an empty Prediction, predict_images of no images numpy's "cannot
+    # reshape array of size 0 into shape (0,newaxis)"
+    run = load_run(trained["run"])
+    for prediction in (run.predict([]),
+                       run.predict_images(np.zeros((0, *run.image_shape), np.float32))):
+        assert prediction.indices.shape == (0,) and prediction.names == []
+        assert prediction.probabilities.shape == (0, len(run.class_names))
+
+
 def test_embeddings_that_do_not_fit_a_fused_run_are_refused_in_one_line(trained, tmp_path):
     """A fused run given too few embedding rows, or rows of another width, failed inside the
     model with torch's "Sizes of tensors must match" or "running_mean should contain 10

@@ -362,7 +362,8 @@ class Run:
             raise ValueError(f"images of shape {images.shape[1:]} given to a run trained on "
                              f"{self.image_shape}")
         # NaN logits would still name a class (argmax), a confident answer of no meaning
-        check_finite_rows(images.reshape(images.shape[0], -1), "the image array")
+        check_finite_rows(images.reshape(images.shape[0], images[0].size if len(images) else 0),
+                          "the image array")  # no images: no predictions, as predict([])
         if self.config.fuse_embedding:  # else torch's errors from inside the model
             self._check_embeddings(embeddings, images.shape[0])
         out = np.empty((images.shape[0], len(self.class_names)), dtype=np.float32)
