@@ -63,6 +63,14 @@ FAST = dict(weights=None, epochs=3, batch_size=32, progress=False, loader="torch
 
 # -- extractors -------------------------------------------------------------------------------
 
+def test_the_layout_of_a_store_written_without_one_is_a_store_error(tmp_path):
+    # was KeyError: 'layout', where encoder_config() of such a store is a StoreError
+    write_store(tmp_path / "s.zarr", n_rows=20)
+    with pytest.raises(store.StoreError, match=r"s\.zarr holds no layout \(written by "
+                                               r"write_store without one\)$"):
+        store.StoreReader(tmp_path / "s.zarr").layout()
+
+
 @pytest.mark.parametrize("name,shape", [("alexnet", (192, 5, 5)),
                                         ("wide_resnet50_2", (256, 13, 13)),
                                         ("resnext50_32x4d", (256, 13, 13)),

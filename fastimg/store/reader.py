@@ -185,9 +185,18 @@ class StoreReader:
         return self.corpus.get("class_values")
 
     def layout(self):
-        """The fitted :class:`~fastimg.layout.DeepInsightLayout`."""
+        """The fitted :class:`~fastimg.layout.DeepInsightLayout`.
+
+        Raises
+        ------
+        StoreError
+            For a store written without one (:func:`~fastimg.store.write_store`).
+        """
         from fastimg.layout import DeepInsightLayout
 
+        if "layout" not in self.attrs:
+            raise StoreError(f"{self.path} holds no layout (written by write_store without "
+                             f"one)")
         return DeepInsightLayout.from_dict(self.attrs["layout"])
 
     def encoder_config(self):
