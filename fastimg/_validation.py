@@ -120,6 +120,14 @@ def check_count(name: str, value, minimum: int = 1, alternative: str = "") -> in
     return int(value)
 
 
+def check_description(cls, data) -> None:
+    """Refuse, with a TypeError naming ``cls.from_dict``, a ``data`` that is no dict (None, a
+    JSON list): iterating it failed with "'NoneType' object is not iterable"."""
+    if not isinstance(data, dict):
+        raise TypeError(f"{cls.__name__}.from_dict takes a dict (what to_dict gives), got "
+                        f"{type(data).__name__}")
+
+
 def check_config(name: str, value, cls, *, required: bool = False):
     """``value`` when it is a ``cls``, ``cls()`` (the defaults) when it is None and not
     ``required``, else a TypeError naming ``name``: a config passed in the wrong place (an

@@ -169,6 +169,18 @@ def test_layout_config_from_dict_refuses_a_misspelt_key_as_its_siblings_do(tmp_p
     assert DeepInsightLayout.from_dict(data).config == layout.config
 
 
+@pytest.mark.parametrize("description", [None, [["grid", 8]], "grid=8"])
+def test_config_from_dict_of_no_dict_names_what_it_takes(description):
+    # was "'NoneType' object is not iterable", "argument of type 'NoneType' is not iterable"
+    from fastimg.embed import EncoderConfig
+    from fastimg.train import TrainConfig
+
+    for cls in (LayoutConfig, EncoderConfig, TrainConfig):
+        with pytest.raises(TypeError, match=rf"^{cls.__name__}\.from_dict takes a dict \(what "
+                                            rf"to_dict gives\), got {type(description).__name__}$"):
+            cls.from_dict(description)
+
+
 def test_python_numbers_are_saved_as_given():
     # the stage keys of stores built with perplexity=30 (an int) must not change; numpy
     # scalars become the Python numbers they are

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from fastimg._validation import is_whole
+from fastimg._validation import check_description, is_whole
 from fastimg.embed.models import MODEL_ALIASES
 from fastimg.embed.precision import INT8_ENGINES, PRECISIONS, check_device, int8_engine
 from fastimg.store.keys import COMPUTE_DTYPE_PRECISIONS
@@ -206,6 +206,7 @@ class EncoderConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise ValueError. The ``dtype`` of a
         config written before ``precision`` replaced it is read as the precision it ran
         (:data:`DTYPE_PRECISIONS`)."""
+        check_description(cls, data)
         known = {f.name for f in fields(cls)}
         if "dtype" in data:
             if "precision" in data or data["dtype"] not in DTYPE_PRECISIONS:

@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from fastimg._validation import (check_count, check_feature_matrix, check_grid, check_seed,
-                                 is_whole)
+from fastimg._validation import (check_count, check_description, check_feature_matrix,
+                                 check_grid, check_seed, is_whole)
 from fastimg.kernels import RasterPlan
 from fastimg.raster import image_unit
 
@@ -152,6 +152,7 @@ class LayoutConfig:
         otherwise fall back to its default unsaid; a stored layout of a newer fastimg is read
         by :meth:`DeepInsightLayout.from_dict`, which leaves out the fields it does not
         know)."""
+        check_description(cls, data)
         unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(f"unknown LayoutConfig keys: {unknown}; the fields are "

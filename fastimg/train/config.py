@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from fastimg._validation import check_seed, is_whole, total_memory_bytes
+from fastimg._validation import check_description, check_seed, is_whole, total_memory_bytes
 
 logger = logging.getLogger("fastimg.train")
 
@@ -405,6 +405,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
         """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        check_description(cls, data)
         known = set(SETTINGS)
         unknown = set(data) - known
         if unknown:
