@@ -110,6 +110,12 @@ def test_a_run_the_machine_or_model_cannot_do_is_refused_before_any_work(tiny_be
     with pytest.raises(ValueError, match="max_length 513 is longer than the 512 positions"):
         run_settings(["a"], EncoderConfig(max_length=513, **base))
     assert run_settings(["a"], EncoderConfig(max_length=512, **base))["max_length"] == 512
+    # a dict for the config failed with "'dict' object has no attribute 'model'", and one str
+    # was read as its characters ("n_texts": 3)
+    with pytest.raises(TypeError, match=r"^config must be an EncoderConfig, got dict"):
+        run_settings(["a"], base)
+    with pytest.raises(TypeError, match="not a single str"):
+        run_settings("abc", EncoderConfig(**base))
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match=r"^device='cuda' cannot run here \(no CUDA GPU"):
             run_settings(["a"], EncoderConfig(device="cuda", **base))

@@ -90,6 +90,11 @@ def test_digests_tell_apart_texts_split_at_another_place():
     from fastimg.store.keys import digest
 
     assert texts_digest(["ab", "c"]) != texts_digest(["a", "bc"])
+    # one str was hashed as its characters, the digest of ["a", "b"]
+    with pytest.raises(TypeError, match="not a single str; wrap it in a list"):
+        texts_digest("ab")
+    with pytest.raises(TypeError, match=r"^texts\[1\] is int \(3\), expected str$"):
+        texts_digest(["a", 3])
     assert digest("ab", "c") != digest("a", "bc")
     assert digest(np.arange(3), np.arange(1)) != digest(np.arange(2), np.arange(2))
 

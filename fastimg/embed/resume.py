@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import logging
 
+from fastimg._validation import check_config
 from fastimg.embed import precision as precision_mod
 from fastimg.embed.commit import Committer
 from fastimg.embed.config import EncoderConfig
@@ -63,7 +64,13 @@ def run_settings(texts, config: EncoderConfig, model: LoadedModel | None = None)
     dict
         JSON-ready; ``device`` is the resolved kind (``"cpu"`` / ``"cuda"``) and ``precision``
         the resolved precision (``"fp32"``, ``"int8"``, ``"fp16"`` or ``"bf16"``).
+
+    Raises
+    ------
+    TypeError
+        ``config`` is not an :class:`EncoderConfig`; ``texts`` as :func:`texts_digest`.
     """
+    config = check_config("config", config, EncoderConfig, required=True)
     return _settings(texts, config, *make_plan(config, model))
 
 

@@ -38,7 +38,7 @@ def check_texts(texts) -> list[str]:
         raise TypeError(f"texts must be a sequence of str, got {type(texts).__name__}") from None
     for i, text in enumerate(texts):
         if not isinstance(text, str):
-            raise TypeError(f"texts[{i}] is {type(text).__name__} ({text!r:.40}), expected str")
+            raise _not_a_text(i, text)
         at = lone_surrogate(text)
         if at is not None:
             raise ValueError(f"texts[{i}] holds a lone surrogate {text[at]!r} at character "
@@ -55,10 +55,25 @@ def warn_empty(texts, stacklevel: int = 3) -> None:
                       f"encoded as [CLS] [SEP] alone", EmptyTextWarning, stacklevel=stacklevel)
 
 
+def _not_a_text(index: int, item) -> TypeError:
+    return TypeError(f"texts[{index}] is {type(item).__name__} ({item!r:.40}), expected str")
+
+
 def texts_digest(texts) -> str:
-    """sha256 over the texts (length-prefixed, UTF-8): identifies the input of a run."""
+    """sha256 over the texts (length-prefixed, UTF-8): identifies the input of a run.
+
+    Raises
+    ------
+    TypeError
+        As :func:`check_texts` for a single str or bytes, a mapping, or a non-str item (the
+        digest of "ab" was that of ["a", "b"]).
+    """
+    if isinstance(texts, (str, bytes, Mapping)):
+        check_texts(texts)
     digest = hashlib.sha256()
-    for text in texts:
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise _not_a_text(i, text)
         data = text.encode("utf-8", "surrogatepass")
         digest.update(len(data).to_bytes(8, "little"))
         digest.update(data)
