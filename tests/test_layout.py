@@ -469,3 +469,18 @@ def test_inverse_transform_reads_uint8_images_as_the_trainer_does(rng):
     back = layout.inverse_transform(stored)
     assert back.dtype == np.float32
     np.testing.assert_allclose(back, layout.inverse_transform(images), rtol=0, atol=0.5 / 255)
+
+
+def test_embed_points_defaults_are_the_layouts():
+    """embed_points ran t-SNE on every core by default (-1) where a layout's default is one
+    thread, the count that gives the same map on every machine."""
+    import inspect
+
+    from fastimg.layout.embedding import embed_points
+
+    config = LayoutConfig()
+    defaults = {name: p.default for name, p in inspect.signature(embed_points).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    assert defaults == {"method": config.method, "backend": config.backend,
+                        "perplexity": config.perplexity, "metric": config.metric,
+                        "random_state": config.random_state, "n_jobs": config.n_jobs}

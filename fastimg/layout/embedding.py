@@ -86,14 +86,36 @@ def min_points_for_perplexity(perplexity: float) -> int:
 
 def embed_points(points: np.ndarray, method: str = "tsne", *, backend: str = "auto",
                  perplexity: float = 30.0, metric: str = "cosine", random_state: int | None = 0,
-                 n_jobs: int = -1) -> tuple[np.ndarray, str]:
-    """Embed ``points`` [n_points, dim] in 2-D.
+                 n_jobs: int = 1) -> tuple[np.ndarray, str]:
+    """Embed ``points`` [n_points, dim] in 2-D (DeepInsight: the features of the transposed
+    matrix).
+
+    Parameters
+    ----------
+    points : ndarray, shape (n_points, dim)
+    method : {"tsne", "pca", "kpca"}
+    backend : {"auto", "opentsne", "sklearn", "cuml"}
+        t-SNE implementation (``"auto"``: cuML beside a GPU, else openTSNE).
+    perplexity : float
+        t-SNE's; it needs more than ``3 * perplexity`` points.
+    metric : {"cosine", "euclidean", "manhattan"}
+        t-SNE's distance between points.
+    random_state : int or None
+    n_jobs : int
+        t-SNE's threads (-1: all cores). Each thread count gives its own map; 1, as
+        :class:`~fastimg.layout.LayoutConfig`'s default, gives the same on every machine.
 
     Returns
     -------
     coords : ndarray, shape (n_points, 2)
     backend : str
         The backend actually used (``"auto"`` resolved), e.g. ``"opentsne"``.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``method`` or ``backend``, one that cannot run here, or too few points
+        for the perplexity.
     """
     if method == "pca":
         from sklearn.decomposition import PCA
