@@ -991,6 +991,24 @@ def test_probes_fit_a_seeded_sample_of_a_large_training_split(blob_store):
         **sample, "seconds": pytest.approx(sample["seconds"], abs=60)}
 
 
+def test_a_probe_takes_a_store_path_and_refuses_bad_settings_in_one_line(blob_store):
+    # it took only a StoreData, not exported (a path: "'str' object has no attribute
+    # 'embeddings'"); max_fit_rows=0 gave numpy's reshape error, grid=() a TypeError, seed=-1
+    # numpy's, a negative C scikit-learn's
+    from fastimg.train import linear_probe
+
+    path = blob_store[0]
+    assert linear_probe(path, max_fit_rows=40) == {
+        **linear_probe(StoreData(path), max_fit_rows=40), "seconds": pytest.approx(0, abs=60)}
+    for settings, said in (({"max_fit_rows": 0}, "max_fit_rows must be a whole number >= 2"),
+                           ({"grid": ()}, "grid must be a non-empty list of positive"),
+                           ({"grid": (-1.0,)}, "grid must be a non-empty list of positive"),
+                           ({"seed": -1}, "seed must be a whole number from 0"),
+                           ({"max_iter": 0}, "max_iter must be a whole number >= 1")):
+        with pytest.raises(ValueError, match=f"^{said}"):
+            linear_probe(path, **settings)
+
+
 def test_probe_shows_its_progress(blob_store, capsys):
     """Each probe fit takes minutes on a large store: a bar over the C values says so."""
     from fastimg.train import linear_probe

@@ -3,12 +3,15 @@ tuned on validation like the image route, so the two figures compare."""
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 import time
 import warnings
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from fastimg._validation import check_count, check_seed
 from fastimg.train.data import ChunkedReader, StoreData
 
 logger = logging.getLogger("fastimg.train")
@@ -23,9 +26,21 @@ PROBE_C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 PROBE_MAX_FIT_ROWS = 50_000
 
 
-def linear_probe(data: StoreData, *, features: str = "embeddings", seed: int = 0,
+def _c_values(grid) -> tuple[float, ...]:
+    """``grid`` as a tuple of floats, or a ValueError unless it is a non-empty sequence of
+    positive, finite numbers (sklearn's own refusal named the parameter C, not grid)."""
+    values = tuple(grid) if isinstance(grid, (list, tuple, np.ndarray)) else ()
+    if not values or not all(isinstance(c, numbers.Real) and not isinstance(c, bool)
+                             and math.isfinite(c) and c > 0 for c in values):
+        raise ValueError(f"grid must be a non-empty list of positive, finite C values, got "
+                         f"{grid!r}")
+    return tuple(float(c) for c in values)
+
+
+def linear_probe(data, *, features: str = "embeddings", seed: int = 0,
                  max_iter: int = 1000, grid=PROBE_C_GRID, progress: bool = False,
-                 max_fit_rows: int | None = PROBE_MAX_FIT_ROWS) -> dict | None:
+                 max_fit_rows: int | None = PROBE_MAX_FIT_ROWS,
+                 storage_options: dict | None = None) -> dict | None:
     """Logistic regression on the stored embeddings (or the image pixels), fitted on the
     training split, its ``C`` chosen on the validation split, scored on the test split.
 
@@ -34,7 +49,9 @@ def linear_probe(data: StoreData, *, features: str = "embeddings", seed: int = 0
 
     Parameters
     ----------
-    data : StoreData
+    data : str, path or StoreData
+        A labelled store (a local path or an fsspec URL), or its opened
+        :class:`~fastimg.train.data.StoreData`.
     features : {"embeddings", "pixels"}
         ``"embeddings"``: the baseline the image route should match. ``"pixels"``: the image
         values, each pixel standardised with the training split's statistics (the bar for
@@ -50,6 +67,8 @@ def linear_probe(data: StoreData, *, features: str = "embeddings", seed: int = 0
     max_fit_rows : int or None
         The scaler and the regressions are fitted on at most this many training rows, a
         sample drawn with ``seed`` (None: all); validation and test are scored in full.
+    storage_options : dict, optional
+        fsspec options for a store URL.
 
     Returns
     -------
@@ -58,6 +77,12 @@ def linear_probe(data: StoreData, *, features: str = "embeddings", seed: int = 0
         ``train_rows``, ``val_accuracy``, ``test_accuracy`` (None without a test split),
         ``converged``, ``seconds``; None when the store has no embeddings
         (``features="embeddings"``) or one training class.
+
+    Raises
+    ------
+    ValueError
+        A setting out of range (``features``, ``seed``, ``max_iter``, ``grid``,
+        ``max_fit_rows``), or a store without labels.
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
@@ -65,6 +90,13 @@ def linear_probe(data: StoreData, *, features: str = "embeddings", seed: int = 0
 
     if features not in ("embeddings", "pixels"):
         raise ValueError(f"features must be 'embeddings' or 'pixels', got {features!r}")
+    seed = check_seed("seed", seed)
+    max_iter = check_count("max_iter", max_iter)
+    if max_fit_rows is not None:
+        max_fit_rows = check_count("max_fit_rows", max_fit_rows, 2, "or None")
+    grid = _c_values(grid)
+    if not isinstance(data, StoreData):
+        data = StoreData(data, storage_options)
     array = data.embeddings if features == "embeddings" else data.images
     if array is None:
         return None
