@@ -71,6 +71,21 @@ def test_the_layout_of_a_store_written_without_one_is_a_store_error(tmp_path):
         store.StoreReader(tmp_path / "s.zarr").layout()
 
 
+def test_write_store_refuses_bad_input_before_writing_anything(tmp_path):
+    # 2-D images: "not enough values to unpack" with the .partial store left behind;
+    # chunk_rows=0 was taken
+    out = tmp_path / "w.zarr"
+    for arrays, kwargs, error, said in (
+            ({store.IMAGES: np.zeros((4, 9), np.float32)}, {}, ValueError,
+             r"images must be \[n, H, W\], got shape \(4, 9\)"),
+            ({store.IMAGES: np.zeros((4, 3, 3), np.float32)}, {"chunk_rows": 0}, ValueError,
+             "chunk_rows must be a whole number >= 1"),
+            ([1], {}, TypeError, "arrays and attrs must be dicts, got list and dict")):
+        with pytest.raises(error, match=said):
+            store.write_store(out, arrays, {}, **kwargs)
+        assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("name,shape", [("alexnet", (192, 5, 5)),
                                         ("wide_resnet50_2", (256, 13, 13)),
                                         ("resnext50_32x4d", (256, 13, 13)),

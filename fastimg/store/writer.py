@@ -12,6 +12,7 @@ import logging
 
 import numpy as np
 
+from fastimg._validation import check_count
 from fastimg.store import location
 from fastimg.store.locks import build_lock
 from fastimg.store.keys import canonical, upgraded
@@ -356,9 +357,35 @@ def write_store(path, arrays: dict, attrs: dict, *, force: bool = False,
                 chunk_rows: int | None = None) -> None:
     """Write a whole store from in-memory arrays (synthetic stores in tests and benchmarks).
 
-    ``arrays`` maps schema names to numpy arrays, chunked as a build chunks them unless
-    ``chunk_rows`` is given.
+    Parameters
+    ----------
+    path : str or path
+        The store to write (a local path or an fsspec URL).
+    arrays : dict
+        Schema names (``images``, ``embeddings``, ``labels``, ``split``, ...) to arrays of one
+        row per sample; ``images`` is ``[n, H, W]``.
+    attrs : dict
+        The store's attributes (:data:`~fastimg.store.ATTRS_KEY`'s content).
+    force : bool
+        Replace a complete store at ``path``.
+    chunk_rows : int, optional
+        Rows per chunk; by default those of a build.
+
+    Raises
+    ------
+    TypeError
+        ``arrays`` or ``attrs`` is no dict.
+    ValueError
+        ``chunk_rows`` below 1, or ``images`` that are not ``[n, H, W]`` (before anything is
+        written).
     """
+    if not isinstance(arrays, dict) or not isinstance(attrs, dict):
+        raise TypeError(f"arrays and attrs must be dicts, got {type(arrays).__name__} and "
+                        f"{type(attrs).__name__}")
+    if chunk_rows is not None:
+        chunk_rows = check_count("chunk_rows", chunk_rows)
+    if IMAGES in arrays and np.ndim(arrays[IMAGES]) != 3:
+        raise ValueError(f"images must be [n, H, W], got shape {np.shape(arrays[IMAGES])}")
     with build_lock(path):
         check_writable(path, force=force)
         writer = StoreWriter.open(path, reuse=False)
