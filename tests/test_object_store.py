@@ -202,6 +202,14 @@ def test_incomplete_s3_store_is_refused_with_one_line(tmp_path, tiny_bert_dir, s
     assert summary["resumed"] and store.StoreReader(url, storage_options=s3).complete
 
 
+def test_where_a_store_is_built_and_set_aside_on_object_storage():
+    # replaced_path of a URL was "'Location' object has no attribute 'name'"
+    assert str(store.partial_path("s3://bucket/a.zarr")) == "s3://bucket/a.zarr"  # in place
+    with pytest.raises(ValueError, match=r"^s3://bucket/a\.zarr is on object storage, where a "
+                                         r"store is rebuilt in place: it has no replaced path$"):
+        store.replaced_path("s3://bucket/a.zarr")
+
+
 def test_storage_option_parsing():
     from fastimg.cli.options import storage_option as parse, storage_options
 

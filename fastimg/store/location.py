@@ -295,8 +295,18 @@ def partial_path(path):
 
 
 def replaced_path(path) -> Path:
-    """Where a complete store waits while its replacement is moved in."""
-    path = _named(resolve(path))
+    """Where a complete local store waits while its replacement is moved in.
+
+    Raises
+    ------
+    ValueError
+        For a store on object storage, which is rebuilt in place (no store waits aside).
+    """
+    path = resolve(path)
+    if isinstance(path, Location):
+        raise ValueError(f"{path} is on object storage, where a store is rebuilt in place: "
+                         f"it has no replaced path")
+    path = _named(path)
     return path.with_name(path.name + REPLACED_SUFFIX)
 
 
