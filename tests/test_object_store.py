@@ -202,12 +202,16 @@ def test_incomplete_s3_store_is_refused_with_one_line(tmp_path, tiny_bert_dir, s
     assert summary["resumed"] and store.StoreReader(url, storage_options=s3).complete
 
 
-def test_where_a_store_is_built_and_set_aside_on_object_storage():
+def test_a_store_url_s_partial_and_replaced_paths_and_its_options():
     # replaced_path of a URL was "'Location' object has no attribute 'name'"
     assert str(store.partial_path("s3://bucket/a.zarr")) == "s3://bucket/a.zarr"  # in place
     with pytest.raises(ValueError, match=r"^s3://bucket/a\.zarr is on object storage, where a "
                                          r"store is rebuilt in place: it has no replaced path$"):
         store.replaced_path("s3://bucket/a.zarr")
+    # options that are no dict: dict's "dictionary update sequence element #0 has length 1"
+    with pytest.raises(TypeError, match=r"^storage_options must be a dict of fsspec options, "
+                                        r"got str$"):
+        store.StoreReader("s3://bucket/a.zarr", "anon=true")
 
 
 def test_storage_option_parsing():

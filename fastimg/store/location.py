@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,13 +182,17 @@ def resolve(path, storage_options: dict | None = None):
     Raises
     ------
     TypeError
-        For anything but a str, an ``os.PathLike`` or a :class:`Location`.
+        For anything but a str, an ``os.PathLike`` or a :class:`Location`, and
+        ``storage_options`` that are no dict.
     ValueError
         For an object-store URL that names no folder inside a bucket (``s3://``,
         ``s3://bucket``, ``s3://bucket//x.zarr``), and for a path given as a string that is
         a URL with a slash missing (``s3:/bucket/x.zarr``), which would otherwise be written
         on this machine as a folder named ``s3:``.
     """
+    if storage_options is not None and not isinstance(storage_options, Mapping):
+        raise TypeError(f"storage_options must be a dict of fsspec options, got "
+                        f"{type(storage_options).__name__}")
     if isinstance(path, Location):
         if storage_options:
             return Location(path.url, {**path.storage_options, **storage_options})
