@@ -225,6 +225,9 @@ def build_dataset(out, corpus_config, encoder_config=None, layout_config=None,
     layout_config = check_config("layout_config", layout_config, LayoutConfig)
     config = check_config("config", config, DatasetConfig)
     on_stage = on_stage or (lambda name: None)
+    if client is not None and not callable(getattr(client, "submit", None)):
+        raise TypeError(f"client must be a dask.distributed Client, got "
+                        f"{type(client).__name__}")
     out = store.location.resolve(out, storage_options)
     if reuse_from and not reuse:
         raise ValueError("reuse_from takes stages from other stores: it needs reuse=True")

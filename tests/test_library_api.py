@@ -302,6 +302,9 @@ def test_build_image_store_checks_its_configs(matrix, tmp_path):
     # os.fspath's "expected str, bytes or os.PathLike object, not NoneType" named no store
     (lambda out: build_dataset(None, CorpusConfig(input="r.csv")),
      r"a store is a path or an fsspec URL \(str or os.PathLike\), got NoneType"),
+    # a client that is none: "'int' object has no attribute 'nthreads'" after the layout
+    (lambda out: build_dataset(out, CorpusConfig(input="r.csv"), client=4),
+     r"^client must be a dask.distributed Client, got int$"),
 ])
 def test_library_entry_points_name_a_config_of_the_wrong_type(tmp_path, call, match):
     with pytest.raises(TypeError, match=match):
