@@ -513,6 +513,24 @@ def _interrupt_after_first_chunk(texts, config, target, model):
         encode_to_array(texts, config, target, model=model, progress=False, on_chunk=stop)
 
 
+def test_encode_to_array_refuses_a_target_or_name_that_is_none(tiny, tiny_dir, tmp_path,
+                                                                monkeypatch):
+    # target=5 made a store named ./5 in the working folder, name="" took the group itself
+    # for an array ("exists ... but was not written by fastimg.embed"), a file target raised
+    # pathlib's FileExistsError from inside zarr
+    monkeypatch.chdir(tmp_path)
+    c = cfg(tiny_dir, max_length=16)
+    (tmp_path / "a.txt").write_text("x")
+    for target, name, error, said in (
+            (5, "embeddings", TypeError, "target must be a zarr.Group or a path, got int"),
+            (tmp_path / "s.zarr", "", ValueError, "name must be the array's name in the group"),
+            (tmp_path / "s.zarr", 5, TypeError, "name must be the array's name in the group"),
+            (tmp_path / "a.txt", "embeddings", NotADirectoryError, "is a file, not a zarr")):
+        with pytest.raises(error, match=said):
+            encode_to_array(["a film"], c, target, name=name, model=tiny, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
 def test_resume_after_interruption_is_byte_identical(tiny, tiny_dir, tmp_path):
     import zarr
 

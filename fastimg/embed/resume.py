@@ -155,12 +155,26 @@ def encode_to_array(texts, config: EncoderConfig | None, target, *, name: str = 
 
     Raises
     ------
+    TypeError
+        A ``target`` that is no group or path, or a ``name`` that is no str.
     ValueError
         When the array exists with other settings (the message lists every difference) or was
-        not written by this function.
+        not written by this function; an empty ``name``.
+    NotADirectoryError
+        A ``target`` path that is a file.
     """
+    import os
+
     import zarr
 
+    if not isinstance(name, str):
+        raise TypeError(f"name must be the array's name in the group, got {name!r}")
+    if not name.strip("/"):  # the group itself: "array '' exists ... not written by fastimg"
+        raise ValueError(f"name must be the array's name in the group, got {name!r}")
+    if not isinstance(target, (zarr.Group, str, os.PathLike)):  # 5 made a folder named 5
+        raise TypeError(f"target must be a zarr.Group or a path, got {type(target).__name__}")
+    if not isinstance(target, zarr.Group) and os.path.isfile(target):
+        raise NotADirectoryError(f"target {target} is a file, not a zarr group")
     texts, config, model = check_inputs(texts, config, model)
     group = target if isinstance(target, zarr.Group) else zarr.open_group(
         str(target), mode="a", zarr_format=3)
