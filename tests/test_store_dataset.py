@@ -1,6 +1,8 @@
 """fastimg.train.StoreDataset / StoreSampler: a store's split for a training loop of one's own."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -260,6 +262,14 @@ def test_a_cache_size_that_is_no_byte_count_is_refused(blobs, cache_bytes):
         StoreDataset(blobs[0], cache_bytes=cache_bytes)
     assert len(StoreDataset(blobs[0], cache_bytes=0)) == len(StoreDataset(blobs[0],
                                                                           cache_bytes=1e9))
+
+
+@pytest.mark.parametrize("embeddings", ["no", 0, None])
+def test_embeddings_is_true_or_false(blobs, embeddings):
+    # "no" turned them on
+    with pytest.raises(ValueError, match=rf"^embeddings must be True or False, got "
+                                         rf"{re.escape(repr(embeddings))}$"):
+        StoreDataset(blobs[0], embeddings=embeddings)
 
 
 def test_a_seed_or_epoch_that_numpy_cannot_seed_is_named(blobs):

@@ -75,6 +75,8 @@ class StoreDataset(torch.utils.data.Dataset):
                  storage_options: dict | None = None):
         if normalize not in NORMALISATIONS:
             raise ValueError(f"normalize must be one of {NORMALISATIONS}, got {normalize!r}")
+        if not isinstance(embeddings, (bool, np.bool_)):  # "no" would turn them on
+            raise ValueError(f"embeddings must be True or False, got {embeddings!r}")
         if cache_bytes is not None and (isinstance(cache_bytes, bool) or not isinstance(
                 cache_bytes, numbers.Real) or not cache_bytes >= 0):
             raise ValueError(f"cache_bytes must be a number of bytes, at least 0 (1 GiB: "
