@@ -192,6 +192,14 @@ def test_assign_pixels_takes_a_square_grid_as_an_int():
                                   assign_pixels(coords, (2, 2), "bin"))
 
 
+@pytest.mark.parametrize("method", ["bin", "assignment"])
+def test_assign_pixels_names_a_seed_it_cannot_use(rng, method):
+    # sklearn's "The 'random_state' parameter of KMeans must be ..." for "assignment" with more
+    # features than pixels; nothing at all for "bin"
+    with pytest.raises(ValueError, match=r"^random_state must be a whole number from 0 "):
+        assign_pixels(rng.random((40, 2)), (3, 3), method, random_state=-5)
+
+
 def test_rotation_aligns_a_tilted_rectangle(rng):
     corners = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     base = np.vstack([corners, rng.random((500, 2))]) * [10.0, 1.0]  # its MBR is the 10 x 1 box

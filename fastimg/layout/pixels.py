@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastimg._validation import check_grid, non_finite_rows
+from fastimg._validation import check_grid, check_seed, non_finite_rows
 
 ASSIGNMENTS = ("bin", "assignment")
 
@@ -146,10 +146,12 @@ def assign_pixels(coords: np.ndarray, shape: tuple[int, int], method: str = "bin
     ------
     ValueError
         When ``coords`` is not an (n, 2) array of finite numbers (NaN went to pixel 0), or
-        ``shape`` or ``method`` is invalid.
+        ``shape``, ``method`` or ``random_state`` is invalid.
     """
     coords = _checked_coords(coords)
     shape = check_grid(shape, "shape")
+    if random_state is not None:  # refused for either method, not by KMeans's name
+        random_state = check_seed("random_state", random_state)
     if method == "bin":
         return assign_bin(coords, shape)
     if method == "assignment":
