@@ -496,6 +496,12 @@ def test_model_flops():
     # 1 layer, H=2, I=4, one sequence of 3 tokens: 2*3*(16+16) + 4*9*2
     assert model_flops([3], 1, 2, 4) == 2 * 3 * 32 + 72
     assert model_flops([3, 3], 2, 2, 4) == 4 * (2 * 3 * 32 + 72)
+    # the [CLS] path of 0 layers counted -26,680,320 FLOPs; negative lengths and widths passed
+    for args, said in ((([10], 0, 384, 1536), "n_layers_run must be a whole number >= 1"),
+                       (([-3], 1, 2, 4), "lengths must be token counts >= 0"),
+                       (([3], 1, 0, 4), "hidden must be a whole number >= 1")):
+        with pytest.raises(ValueError, match=said):
+            model_flops(*args, first_token_last_layer=True)
 
 
 # --- streaming to zarr, resume ----------------------------------------------------------------

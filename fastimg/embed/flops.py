@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fastimg._validation import check_count
+
 
 def model_flops(lengths, n_layers_run: int, hidden: int, intermediate: int, *,
                 first_token_last_layer: bool = False) -> float:
@@ -28,8 +30,19 @@ def model_flops(lengths, n_layers_run: int, hidden: int, intermediate: int, *,
     -------
     float
         Multiply-adds counted as two FLOPs.
+
+    Raises
+    ------
+    ValueError
+        Negative lengths, widths below 1, or fewer layers than the count needs (1 with
+        ``first_token_last_layer``, which counts the last one apart; else 0).
     """
     t = np.asarray(lengths, dtype=np.float64)
+    if (t < 0).any():
+        raise ValueError("lengths must be token counts >= 0")
+    check_count("hidden", hidden)
+    check_count("intermediate", intermediate)
+    check_count("n_layers_run", n_layers_run, 1 if first_token_last_layer else 0)
     h, i = float(hidden), float(intermediate)
     full = 2.0 * t * (4 * h * h + 2 * h * i) + 4.0 * t ** 2 * h
     if not first_token_last_layer:
