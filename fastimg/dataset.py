@@ -425,9 +425,12 @@ def texts_to_images(path, texts, *, device: str = "auto", model=None, progress: 
     ------
     TypeError
         When ``model`` is not a :class:`~fastimg.embed.LoadedModel` (a model name or folder:
-        load it with :func:`fastimg.embed.load_model`).
+        load it with :func:`fastimg.embed.load_model`), or ``texts`` is one str, a mapping, or
+        holds an item that is no str.
     ValueError
-        When ``model`` is not the store's model.
+        When ``model`` is not the store's model, or ``device`` is unknown or cannot run here.
+    fastimg.store.StoreError
+        (a ``ValueError``) When ``path`` holds no complete store, or one not built from texts.
     """
     from fastimg.embed import encode
     from fastimg.embed.plan import ENCODE_DEVICES

@@ -136,9 +136,21 @@ class Run:
     extractor (nothing is downloaded) and ``best.pt`` is loaded over all of it: the checkpoint
     holds the whole classifier, extractor included, so ImageNet weights are never needed.
 
+    Parameters
+    ----------
+    run_dir, device, model
+        As :func:`load_run` takes them.
+
     Attributes
     ----------
     run_dir : pathlib.Path
+    device : torch.device
+        Where the classifier (and the encoder, once texts come) runs.
+    image_shape : tuple of int
+        ``(H, W)`` of the run's images.
+    text_columns : list of str or None
+        The training store's text columns, joined as its build joined them (None: a run of
+        a store of images, or from before fastimg recorded them).
     bundle : dict
         The contents of ``bundle.json``.
     config : fastimg.train.TrainConfig
@@ -307,8 +319,15 @@ class Run:
 
         Raises
         ------
+        TypeError
+            ``texts`` is one str, a mapping, or holds an item that is no str.
+        ValueError
+            ``batch_size`` below 1, or a text with a lone surrogate.
         RunBundleError
             A model fingerprint mismatch, or a run trained on a store not built from texts.
+        fastimg.embed.ModelNotAvailableError
+            The run's encoder cannot be found here (give its new place: ``load_run(...,
+            model=PATH)``).
         """
         from fastimg.embed.texts import check_texts
 
@@ -576,9 +595,13 @@ def load_run(run_dir, *, device: str = "cpu", model=None) -> Run:
 
     Raises
     ------
+    TypeError
+        ``run_dir`` is no path (a :class:`Run`, None).
     RunBundleError
         (a ``ValueError``) When ``best.pt``, ``bundle.json`` or ``normaliser.npz`` is missing
         (a run from an older fastimg), unreadable (truncated or corrupt), or they do not fit
         together; the message names the file.
+    ValueError
+        A ``device`` that is unknown or cannot run here.
     """
     return Run(run_dir, device=device, model=model)
