@@ -55,7 +55,8 @@ def as_flag(message: str, flags: dict) -> str:
     prose never has; a field given with a quoted or numeric value anywhere
     (``layers='author'``, ``use scaling='norm2'``, ``upsample=4``) is the flag and the value.
     Dotted settings (``encoder.max_length: 96 -> 64``), paths and quoted values
-    (``'label_column.csv'``, ``"max_length":``) keep their names, and a flag is not said to
+    (``'label_column.csv'``, ``"max_length":``) and keywords of a quoted call
+    (``fit(store, out_dir=RUN)``) keep their names, and a flag is not said to
     take ``None`` (leaving it out is that). The leading value is a whole number word: a path
     that opens a message (``dataset 2024.csv is not valid UTF-8``) keeps its name. The keyword
     arguments a message advises (``pass force=True``) are the flags that set them (``pass
@@ -74,7 +75,8 @@ def as_flag(message: str, flags: dict) -> str:
     # the settings of a list of differences: "(epochs: 30 -> 31; seed: 0 -> 1)"
     message = re.sub(r"(?:(?<=\()|(?<=; ))([a-z]\w*)(?=: )",
                      lambda m: flags.get(m.group(1), m.group(1)), message)
-    return re.sub(r"(?<![\w./'\"-])[a-z]\w*_\w+\b(?![\w'\"/]|\.\w)",
+    # not a keyword of a call the message quotes: "or fit(store, out_dir=RUN)"
+    return re.sub(r"(?<![\w./'\"-])[a-z]\w*_\w+\b(?![\w'\"/=]|\.\w)",
                   lambda m: flags.get(m.group(0), m.group(0)), message)
 
 
