@@ -1173,3 +1173,7 @@ def test_train_s_refusals_of_its_run_folder_name_its_flags(tmp_path, capsys):
     assert code == 2 and err.endswith(f"--out {run} already holds a run (metrics.json); pass "
                                       f"--force to replace it, or choose another --out"), err
     assert sorted(p.name for p in run.iterdir()) == ["metrics.json", "notes.txt"]
+    code = main(["train", str(store), "--out", str(run / "notes.txt" / "r"), "--quiet"])
+    err = one_line(capsys.readouterr().err)
+    assert code == 2 and err.endswith(f"--out {run / 'notes.txt' / 'r'}: {run / 'notes.txt'} is "
+                                      f"a file, not a folder"), err

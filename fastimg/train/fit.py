@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from fastimg._validation import check_can_write, check_config
+from fastimg._validation import check_can_write, check_config, file_in_the_way
 from fastimg.run_folder import (FEATURE_CACHE_DIR, RESUME_FILE, check_outside_stores,
                                 holds_only_leftovers, is_unfinished, remove_cut_short_writes,
                                 run_files_in)
@@ -332,7 +332,7 @@ def fit(store, config: TrainConfig | None = None, *, out_dir=None,
     FileNotFoundError, IsADirectoryError
         A weights path that does not exist, or is a folder.
     NotADirectoryError
-        ``out_dir`` is a file.
+        ``out_dir`` is a file, or lies under one.
     PermissionError
         ``out_dir`` cannot be written (before any work).
     fastimg.store.StoreError
@@ -370,6 +370,9 @@ def fit(store, config: TrainConfig | None = None, *, out_dir=None,
     run_dir = Path(out_dir) if out_dir is not None else None
     if run_dir is not None and run_dir.exists() and not run_dir.is_dir():
         raise NotADirectoryError(f"out_dir {run_dir} is a file, not a run folder")
+    blocker = None if run_dir is None else file_in_the_way(run_dir.parent)
+    if blocker is not None:
+        raise NotADirectoryError(f"out_dir {run_dir}: {blocker} is a file, not a folder")
     if run_dir is None:
         return _checked_fit(store, config, run_dir, overwrite)
     check_outside_stores(run_dir)
