@@ -109,14 +109,14 @@ def run(quick: bool = False, json_path: str | None = None) -> dict:
     n_rows, n_features = (2_000, 768) if quick else (40_000, 4_608)
     x = synthetic_matrix(n_rows, n_features, rank=32, seed=0, dtype=np.float32)
 
-    step(f"warm-up (a small fit), then fastimg's fit and pyDeepInsight's on {n_rows} x "
-         f"{n_features}")
+    step(f"warm-up (a small fit), then fastimg's fit on {n_rows} x {n_features}")
     warm_up(x)
     start = time.perf_counter()
     # assignment="bin": pyDeepInsight's pixel map, so both sides make the same map
     layout = DeepInsightLayout(grid=50, assignment="bin", random_state=0).fit(x)
     fast_s = time.perf_counter() - start
 
+    step(f"pyDeepInsight's fit on {n_rows} x {n_features}")
     start = time.perf_counter()
     scaled, it = _baseline_fit(x)
     base_s = time.perf_counter() - start

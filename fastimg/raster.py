@@ -129,6 +129,21 @@ def _described(array) -> str:
             + (f", not {' or '.join(flags)}" if flags else ""))
 
 
+def checked_out(out, shape: tuple, backend: str) -> np.ndarray:
+    """``out`` (a new float32 array when None) once it and ``backend`` are fit to take the
+    images of ``shape``, else the ValueError :func:`rasterize` documents."""
+    if out is None:
+        out = np.empty(shape, dtype=np.float32)
+    elif (not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != np.float32
+          or not out.flags.c_contiguous or not out.flags.writeable):
+        # the compiled kernels index out by the plan's pixels without bounds checks: a
+        # smaller array would be written past its end
+        raise ValueError(f"out must be a writeable, C-contiguous float32 array of shape {shape}, "
+                         f"got {_described(out)}")
+    RASTER_BACKENDS.check(backend, setting="backend")  # not numba's traceback
+    return out
+
+
 def rasterize(x, plan: RasterPlan, *, backend: str = "auto", out=None) -> np.ndarray:
     """Images of every row of ``x``, in memory.
 
@@ -169,16 +184,7 @@ def rasterize(x, plan: RasterPlan, *, backend: str = "auto", out=None) -> np.nda
     if x.dtype not in (np.float16, np.float32):
         with np.errstate(over="ignore"):  # float64 beyond float32's range: named below
             x = x.astype(np.float32)
-    shape = (x.shape[0], plan.height, plan.width)
-    if out is None:
-        out = np.empty(shape, dtype=np.float32)
-    elif (not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != np.float32
-          or not out.flags.c_contiguous or not out.flags.writeable):
-        # the compiled kernels index out by the plan's pixels without bounds checks: a
-        # smaller array would be written past its end
-        raise ValueError(f"out must be a writeable, C-contiguous float32 array of shape {shape}, "
-                         f"got {_described(out)}")
-    RASTER_BACKENDS.check(backend, setting="backend")  # not numba's traceback
+    out = checked_out(out, (x.shape[0], plan.height, plan.width), backend)
     name, kernel = RASTER_BACKENDS.get(backend)
     _wait_for_warm_up(name)
     n_bad = kernel(x, plan, out)

@@ -425,6 +425,24 @@ def test_a_task_that_cannot_open_the_store_names_its_worker(tmp_path, tiny_bert_
         encode_chunk(tmp_path / "elsewhere.zarr.partial", ["a film"], config.to_json(), 0, 0, 1)
 
 
+def test_a_raster_backend_a_worker_cannot_run_names_the_worker(tmp_path):
+    """The client's check of --raster-backend passed on its own machine; a worker without its
+    GPU said the library's "backend='cuda' ...", which the command line read as
+    --tsne-backend."""
+    from fastimg.cli.parser import build_parser, flags_of
+    from fastimg.cli.report import as_flag
+    from fastimg.cluster import WorkerSetupError, raster_chunk
+    from fastimg.raster import RASTER_BACKENDS
+
+    if RASTER_BACKENDS._backends["cuda"].available():
+        pytest.skip("the cuda raster backend runs here")
+    with pytest.raises(WorkerSetupError, match=r"worker pid \d+ cannot rasterise: "
+                                               r"raster_backend='cuda' cannot run here") as err:
+        raster_chunk(tmp_path / "elsewhere.zarr.partial", "{}", "uint8", "cuda", 0, 0, 1)
+    said = as_flag(str(err.value), flags_of(build_parser(), "build-dataset"))
+    assert "--raster-backend cuda cannot run here" in said and "--tsne" not in said
+
+
 def test_fewer_tasks_than_workers_is_one_warning():
     from fastimg.cluster import ClusterWarning
     from fastimg.cluster.driver import _warn_workers

@@ -57,7 +57,15 @@ def test_loading_a_file_that_holds_no_layout_says_so(tmp_path, fitted):
     (tmp_path / "other.json").write_text(json.dumps({"class_names": ["a"]}))
     (tmp_path / "text.json").write_text("not json")
     (tmp_path / "binary.json").write_bytes((tmp_path / "arrays.npz").read_bytes())
-    for name in ("arrays.npz", "list.json", "other.json", "text.json", "binary.json"):
+    # an empty npz gave EOFError, a truncated one BadZipFile, a header of a list TypeError
+    (tmp_path / "empty.npz").write_bytes(b"")
+    fitted.save(tmp_path / "whole.npz")
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "whole.npz").read_bytes()[:200])
+    np.savez(tmp_path / "header.npz", header=np.array("[1, 2]"))
+    np.save(tmp_path / "array.npy", np.zeros(3))  # np.load gave an array, not an archive
+    (tmp_path / "array.npy").rename(tmp_path / "array.npz")
+    for name in ("arrays.npz", "list.json", "other.json", "text.json", "binary.json",
+                 "empty.npz", "cut.npz", "header.npz", "array.npz"):
         with pytest.raises(ValueError, match=f"{name} holds no layout saved by .*save"):
             DeepInsightLayout.load(tmp_path / name)
     with pytest.raises(IsADirectoryError, match=r"StoreReader\(path\)\.layout\(\)"):
@@ -69,7 +77,12 @@ def test_loading_a_file_that_holds_no_layout_says_so(tmp_path, fitted):
     for broken, said in (({"format": data["format"]}, "its 'config' is missing"),
                          ({k: v for k, v in data.items() if k != "pixel_index"},
                           "its 'pixel_index' is missing"),
-                         ({**data, "config": 5}, "its 'config' is of type int, not a dict")):
+                         ({**data, "config": 5}, "its 'config' is of type int, not a dict"),
+                         # these named no part, or the wrong one
+                         ({**data, "scaler": {"shift": [0.0], "scale": [1.0]}},
+                          "its 'scaler' has no 'method'"),
+                         ({**data, "pixel_index": None},
+                          "its 'pixel_index' is unreadable \\(.*\\)")):
         with pytest.raises(ValueError, match=f"^not a fitted layout: {said}$"):
             DeepInsightLayout.from_dict(broken)
 
@@ -447,9 +460,15 @@ def test_a_matrix_of_no_rows_gives_no_images(tmp_path):
     with pytest.raises(ValueError, match="X is empty"):  # fitting needs rows
         DeepInsightLayout(grid=8).fit(np.empty((0, 30)))
     # out of another grid's shape was taken and returned as the images
-    with pytest.raises(ValueError, match=r"out must be of shape \(0, 6, 7\) for the 0 rows "
-                                         r"of X, got \(0, 3, 3\)"):
+    with pytest.raises(ValueError, match=r"out must be a writeable, C-contiguous float32 array "
+                                         r"of shape \(0, 6, 7\), got float32 of shape "
+                                         r"\(0, 3, 3\)"):
         layout.transform(np.empty((0, 30)), out=np.empty((0, 3, 3), np.float32))
+    # a float64 out and an unknown backend were returned as no images, unsaid
+    with pytest.raises(ValueError, match=r"float32 array .* got float64 of shape \(0, 6, 7\)"):
+        layout.transform(np.empty((0, 30)), out=np.empty((0, 6, 7)))
+    with pytest.raises(ValueError, match="unknown raster backend 'nope'"):
+        layout.transform(np.empty((0, 30)), backend="nope")
 
 
 @pytest.mark.skipif(__import__("fastimg.raster").raster._cuda_available(),

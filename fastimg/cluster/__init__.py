@@ -26,9 +26,10 @@ from __future__ import annotations
 from fastimg.cluster.connection import check_reachable, connect, parse_spec
 from fastimg.cluster.driver import encode_chunks, raster_chunks
 from fastimg.cluster.errors import (ClusterError, ClusterWarning, ModelLoadError,
-                                    WorkerStorageError)
+                                    WorkerSetupError, WorkerStorageError)
 from fastimg.cluster.tasks import encode_chunk, raster_chunk
 
-__all__ = ["ClusterError", "ClusterWarning", "ModelLoadError", "WorkerStorageError",
+__all__ = ["ClusterError", "ClusterWarning", "ModelLoadError", "WorkerSetupError",
+           "WorkerStorageError",
            "check_reachable", "connect", "encode_chunk", "encode_chunks", "parse_spec",
            "raster_chunk", "raster_chunks"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from fastimg import store
-from fastimg.cluster.errors import (ClusterError, ClusterWarning, ModelLoadError,
+from fastimg.cluster.errors import (ClusterError, ClusterWarning, WorkerSetupError,
                                     WorkerStorageError, import_distributed)
 from fastimg.cluster.tasks import encode_chunk, raster_chunk
 from fastimg.store.schema import EMBEDDINGS, ENCODE_RUN_STATS, IMAGES
@@ -55,7 +55,7 @@ def _record_chunk(result: dict, stats: dict) -> None:
 
 def _drive(client, futures, stage: str, stats: dict, *, rows: int, progress: bool) -> None:
     """Wait for ``futures`` (a bar of the ``rows`` they hold); a worker that cannot load the
-    model or reach the store, a lost scheduler or a task that killed every worker it ran on
+    model, run the raster backend or reach the store, a lost scheduler or a task that killed every worker it ran on
     stops the build (:class:`ClusterError`)."""
     from tqdm.auto import tqdm
 
@@ -67,7 +67,7 @@ def _drive(client, futures, stage: str, stats: dict, *, rows: int, progress: boo
         for future in distributed.as_completed(futures):
             try:
                 result = future.result()
-            except (ModelLoadError, WorkerStorageError) as exc:
+            except (WorkerSetupError, WorkerStorageError) as exc:
                 raise ClusterError(str(exc)) from None
             except distributed.client.FutureCancelledError as exc:
                 # the scheduler went away (or restarted): the marked chunks are kept

@@ -7,7 +7,12 @@ class ClusterError(RuntimeError):
     """The cluster cannot do the build (bad spec, a worker that cannot load the model)."""
 
 
-class ModelLoadError(RuntimeError):
+class WorkerSetupError(RuntimeError):
+    """Raised in a worker that lacks what its task needs (the model, the GPU of a raster
+    backend asked for by name); its message names the worker."""
+
+
+class ModelLoadError(WorkerSetupError):
     """Raised in a worker that cannot load the model; its message names the worker."""
 
 

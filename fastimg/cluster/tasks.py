@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from fastimg import store
-from fastimg.cluster.errors import ModelLoadError, WorkerStorageError
+from fastimg.cluster.errors import ModelLoadError, WorkerSetupError, WorkerStorageError
 from fastimg.store.schema import BUILD_KEY, DONE_PREFIX, EMBEDDINGS, ENCODE_RUN_STATS, IMAGES
 
 logger = logging.getLogger("fastimg.cluster")
@@ -166,7 +166,16 @@ def _layout(layout_json: str):
 def raster_chunk(location, layout_json: str, dtype: str, backend: str, index: int, start: int,
                  stop: int, stage_key: str | None = None) -> dict:
     """Task: rasterise rows ``start:stop`` (one chunk of ``images``) and mark it done (fenced
-    by the images stage's ``stage_key`` as :func:`encode_chunk` is by the encode stage's)."""
+    by the images stage's ``stage_key`` as :func:`encode_chunk` is by the encode stage's).
+    A raster backend that cannot run on this worker raises :class:`WorkerSetupError` naming
+    it (the client's check passed on the client's machine)."""
+    from fastimg.raster import RASTER_BACKENDS
+
+    try:
+        RASTER_BACKENDS.check(backend)
+    except ValueError as exc:
+        raise WorkerSetupError(f"worker {_worker_address()} cannot rasterise: {exc}") from None
+
     def compute(group):
         from fastimg.raster import rasterize, to_image_dtype
 

@@ -183,6 +183,18 @@ def resolve_model(name: str, revision: str | None = None) -> ModelSource:
     """Turn an alias, a folder or a hub id into a :class:`ModelSource`, downloading config.json
     (only) when the hub is needed.
 
+    Parameters
+    ----------
+    name : str or path-like
+        An alias of :data:`MODEL_ALIASES` (any case), a local model folder, or a hub id.
+    revision : str, optional
+        The hub revision (branch, tag or commit) of a hub id (``bert-base``'s included);
+        ignored for local folders (the MiniLM aliases', which name one).
+
+    Returns
+    -------
+    ModelSource
+
     Raises
     ------
     ModelNotAvailableError

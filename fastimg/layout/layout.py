@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import time
+import zipfile
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -239,6 +240,17 @@ class DeepInsightLayout:
         """Replace ``config`` and/or fields of it (``set_params(perplexity=50)``), as a
         scikit-learn search does. A fitted map made with other settings is dropped: fit again.
 
+        Parameters
+        ----------
+        **params
+            ``config`` (a :class:`LayoutConfig`, replacing the current one) and/or fields of
+            :class:`LayoutConfig`, applied over it.
+
+        Returns
+        -------
+        DeepInsightLayout
+            ``self``; unfitted when its settings changed (the same settings keep the fit).
+
         Raises
         ------
         TypeError, ValueError
@@ -425,21 +437,40 @@ class DeepInsightLayout:
             shape, dtype or memory order; an unknown ``backend``, or one that cannot run here
             (``"cuda"`` without a CUDA GPU).
         """
-        from fastimg.raster import rasterize
+        from fastimg.raster import checked_out, rasterize
 
         self._check_fitted()
         X = check_feature_matrix(X, n_features=self.n_features, check_finite=False,
                                  rows_required=False)
         if X.shape[0] == 0:  # no rows, no images (encode([]) gives no embeddings either)
-            shape = (0, *self.config.grid)
-            if out is not None and np.shape(out) != shape:
-                raise ValueError(f"out must be of shape {shape} for the 0 rows of X, got "
-                                 f"{np.shape(out)}")
-            return out if out is not None else np.empty(shape, np.float32)
+            return checked_out(out, (0, *self.config.grid), backend)
         return rasterize(X, self.raster_plan(), backend=backend, out=out)
 
     def fit_transform(self, X, y=None, **kwargs) -> np.ndarray:
-        """:meth:`fit` on ``X``, then :meth:`transform` it (``kwargs`` go to ``transform``)."""
+        """:meth:`fit` on ``X``, then :meth:`transform` it (``kwargs`` go to ``transform``).
+
+        Parameters
+        ----------
+        X : array-like, shape (n_samples, n_features)
+            As :meth:`fit` takes it.
+        y : ignored
+            For scikit-learn compatibility.
+        **kwargs
+            ``backend`` and ``out``, as :meth:`transform` takes them (checked only after the
+            fit).
+
+        Returns
+        -------
+        ndarray of float32, shape (n_samples, height, width)
+            ``out`` when given.
+
+        Raises
+        ------
+        ValueError
+            As :meth:`fit` and :meth:`transform` raise it.
+        TypeError
+            For a keyword :meth:`transform` does not take (after the fit).
+        """
         return self.fit(X).transform(X, **kwargs)
 
     # -- persistence -------------------------------------------------------------------------
@@ -474,21 +505,15 @@ class DeepInsightLayout:
         if data.get("format") != LAYOUT_FORMAT:
             raise ValueError(f"unsupported layout format {data.get('format')!r}")
         known = {f.name for f in fields(LayoutConfig)}  # a newer fastimg's fields left out
-        try:
-            layout = cls(LayoutConfig.from_dict({k: v for k, v in data["config"].items()
-                                                 if k in known}))
-            layout.backend_ = data["backend"]
-            layout.pixel_index_ = np.asarray(data["pixel_index"], dtype=np.int64)
-            layout.coords_ = np.asarray(data["coords"], dtype=np.float64).reshape(-1, 2)
-            layout.scaler_ = FeatureScaler.from_dict(data["scaler"])
-        except KeyError as exc:
-            raise ValueError(f"not a fitted layout: its {exc.args[0]!r} is missing") from None
-        except (AttributeError, TypeError) as exc:  # a part of the wrong type
-            part = next((k for k in ("config", "scaler") if not isinstance(data.get(k), dict)),
-                        None)
-            raise ValueError("not a fitted layout: " + (
-                f"its {part!r} is of type {type(data[part]).__name__}, not a dict" if part
-                else str(exc))) from None
+        config = _part(data, "config", lambda config: LayoutConfig.from_dict(
+            {k: v for k, v in config.items() if k in known}), dict)
+        layout = cls(config)
+        layout.backend_ = _part(data, "backend", str, str)
+        layout.pixel_index_ = _part(data, "pixel_index",
+                                    lambda index: np.asarray(index, dtype=np.int64))
+        layout.coords_ = _part(data, "coords",
+                               lambda coords: np.asarray(coords, np.float64).reshape(-1, 2))
+        layout.scaler_ = _part(data, "scaler", FeatureScaler.from_dict, dict)
         layout.versions_ = data.get("versions", {})
         return layout
 
@@ -496,10 +521,18 @@ class DeepInsightLayout:
         """Write the fitted layout to ``path``: ``.json`` (one JSON document; a path without a
         suffix too) or ``.npz`` (arrays plus a JSON header; loaded without pickle).
 
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to write (replaced when it exists); its suffix, in any case, picks the
+            format.
+
         Raises
         ------
         ValueError
             For another suffix (``layout.pkl`` was written as JSON under that name).
+        RuntimeError
+            When the layout is not fitted.
         """
         path = os.fspath(path)
         suffix = os.path.splitext(path)[1].lower()
@@ -521,6 +554,17 @@ class DeepInsightLayout:
     def load(cls, path) -> "DeepInsightLayout":
         """The layout :meth:`save` wrote to ``path`` (``.npz``, else JSON).
 
+        Parameters
+        ----------
+        path : str or os.PathLike
+            A file :meth:`save` wrote: read as npz (without pickle) when its name ends in
+            ``.npz`` (in any case), else as JSON.
+
+        Returns
+        -------
+        DeepInsightLayout
+            The fitted layout (without ``fit_seconds_``).
+
         Raises
         ------
         FileNotFoundError
@@ -537,19 +581,48 @@ class DeepInsightLayout:
                                     f"fastimg.store.StoreReader(path).layout())")
         try:
             if path.lower().endswith(".npz"):
-                with np.load(path, allow_pickle=False) as npz:
-                    header = json.loads(str(npz["header"]))
-                    header["scaler"] = {"method": header.pop("scaler_method"),
-                                        "shift": npz["shift"], "scale": npz["scale"]}
-                    header["pixel_index"] = npz["pixel_index"]
-                    header["coords"] = npz["coords"]
-                return cls.from_dict(header)
+                with open(path, "rb") as fh:  # numpy leaves a file it cannot unzip open
+                    return cls.from_dict(_read_npz(np.load(fh, allow_pickle=False)))
             with open(path, encoding="utf-8") as fh:
                 return cls.from_dict(json.load(fh))
-        except (KeyError, ValueError) as exc:  # JSON and decoding errors are ValueErrors
+        # JSON and decoding errors are ValueErrors; an empty npz is an EOFError, a cut one a
+        # BadZipFile
+        except (KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
             raise ValueError(f"{path} holds no layout saved by DeepInsightLayout.save "
                              f"({message})") from None
+
+
+def _part(data: dict, name: str, convert, kind: type | None = None):
+    """``convert(data[name])``, or a ValueError naming the part of a layout description that
+    is missing, not of ``kind``, or unreadable (a scaler without its method)."""
+    if name not in data:
+        raise ValueError(f"not a fitted layout: its {name!r} is missing")
+    value = data[name]
+    if kind is not None and not isinstance(value, kind):
+        raise ValueError(f"not a fitted layout: its {name!r} is of type {type(value).__name__}, "
+                         f"not a {kind.__name__}")
+    try:
+        return convert(value)
+    except KeyError as exc:
+        raise ValueError(f"not a fitted layout: its {name!r} has no {exc.args[0]!r}") from None
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"not a fitted layout: its {name!r} is unreadable ({exc})") from None
+
+
+def _read_npz(npz) -> dict:
+    """The layout description :meth:`DeepInsightLayout.save` wrote into an npz archive."""
+    if isinstance(npz, np.ndarray):
+        raise ValueError("it holds one array (.npy), not an npz archive")
+    with npz:
+        header = json.loads(str(npz["header"]))
+        if not isinstance(header, dict):
+            raise ValueError("its header is no JSON object")
+        header["scaler"] = {"method": header.pop("scaler_method"),
+                            "shift": npz["shift"], "scale": npz["scale"]}
+        header["pixel_index"] = npz["pixel_index"]
+        header["coords"] = npz["coords"]
+    return header
 
 
 def _threads(n_jobs: int):

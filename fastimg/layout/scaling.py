@@ -28,6 +28,19 @@ class FeatureScaler:
     ``norm2`` follows DeepInsight's log normalisation (pyDeepInsight's ``Norm2Scaler``):
     ``log(x + |min_f| + 1) / max`` with the minimum per feature and the maximum global, clipped to
     [0, 1] for new data. ``minmax`` is ``(x - min_f) / (max_f - min_f)`` clipped to [0, 1].
+
+    Attributes
+    ----------
+    method : {"norm2", "minmax", "none"}
+        The scaling.
+    shift : ndarray of float32, shape (n_features,)
+        Added to each feature first: ``|min_f| + 1`` (``norm2``), ``-min_f`` (``minmax``) or 0
+        (``none``).
+    scale : ndarray of float32, shape (n_features,)
+        Multiplies each shifted feature (after the log for ``norm2``): one value for every
+        feature, 1 / the largest ``log(x + shift)`` of the fitted rows (``norm2``; 1 when that
+        is 0), ``1 / (max_f - min_f)`` (``minmax``; 0 for a constant feature, which scales to
+        0) or 1 (``none``).
     """
 
     method: str
@@ -36,6 +49,26 @@ class FeatureScaler:
 
     @classmethod
     def fit(cls, x: np.ndarray, method: str = "norm2") -> "FeatureScaler":
+        """The scaling ``method`` fitted on the rows of ``x``.
+
+        Parameters
+        ----------
+        x : array-like, shape (n_samples, n_features)
+            The training rows: real numbers, finite (not checked here:
+            :meth:`DeepInsightLayout.fit <fastimg.layout.DeepInsightLayout.fit>` does). Read
+            in blocks of rows; the minima and maxima are kept in float64.
+        method : {"norm2", "minmax", "none"}
+            The scaling (``"none"`` reads nothing of ``x`` but its shape).
+
+        Returns
+        -------
+        FeatureScaler
+
+        Raises
+        ------
+        ValueError
+            When ``method`` is unknown, or ``x`` is not a non-empty 2-D matrix.
+        """
         if method not in SCALINGS:
             raise ValueError(f"scaling must be one of {SCALINGS}, got {method!r}")
         x = np.asarray(x)
@@ -66,7 +99,27 @@ class FeatureScaler:
     def transform(self, x: np.ndarray, dtype=np.float64) -> np.ndarray:
         """Scaled copy of ``x`` in ``dtype`` (the kernels fuse this step; this is for the layout
         fit and for inspection). float64 (the default) is the numpy oracle's precision; the
-        layout fit uses float32, which halves the memory traffic."""
+        layout fit uses float32, which halves the memory traffic.
+
+        Parameters
+        ----------
+        x : array-like, shape (n_samples, n_features)
+            Rows with the features the scaler was fitted on.
+        dtype : {numpy.float64, numpy.float32}
+            Precision of the result (any spelling :class:`numpy.dtype` accepts).
+
+        Returns
+        -------
+        ndarray of ``dtype``, shape (n_samples, n_features)
+            A new array; clipped to [0, 1] for ``norm2`` and ``minmax``, ``x`` as it is for
+            ``none``.
+
+        Raises
+        ------
+        ValueError
+            When ``dtype`` is neither float32 nor float64, or ``x`` is not a 2-D matrix with
+            the fitted number of features.
+        """
         if np.dtype(dtype) not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, got {np.dtype(dtype)}")
         x = np.asarray(x)

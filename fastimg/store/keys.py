@@ -31,7 +31,22 @@ def canonical(value):
 
 
 def stage_key(parent: str | None, settings: dict) -> str:
-    """sha256 of the parent key and the settings that change the stage's output."""
+    """sha256 of the parent key and the settings that change the stage's output.
+
+    Parameters
+    ----------
+    parent : str or None
+        The key of the stage this one is computed from; None for the first stage and for a
+        stage that names its own input (:data:`~fastimg.store.schema.OWN_INPUT_STAGES`).
+    settings : dict
+        The stage's settings (JSON types; key order does not matter). Top-level
+        :data:`INFORMATIONAL` ones are recorded but not hashed.
+
+    Returns
+    -------
+    str
+        64 hex digits.
+    """
     hashed = {k: v for k, v in settings.items() if k not in INFORMATIONAL}
     text = json.dumps({"parent": parent, "settings": hashed}, sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -94,7 +109,23 @@ def _short(value) -> str:
 def differences(stage: str, old: dict, new: dict) -> list[str]:
     """``'stage.setting: old -> new'`` for each setting that differs, top-level settings first
     (a refusal shows the first few: ``encoder.precision`` before the ``encoder.int8.*`` details
-    it brings)."""
+    it brings).
+
+    Parameters
+    ----------
+    stage : str
+        The name the settings go by in messages (``"encoder"`` for the encode stage:
+        :data:`~fastimg.store.schema.STAGE_SETTINGS`), the first part of each setting's name.
+    old, new : dict
+        The recorded settings and today's; nested dicts are compared setting by setting,
+        their names joined by dots.
+
+    Returns
+    -------
+    list of str
+        One line per setting that differs (empty when none does); each value as JSON (null
+        where a side lacks the setting), shortened to at most 40 characters.
+    """
     old, new = _flatten(canonical(old), stage, {}), _flatten(canonical(new), stage, {})
     return [f"{k}: {_short(old.get(k))} -> {_short(new.get(k))}"
             for k in sorted(set(old) | set(new), key=lambda k: (k.count("."), k))

@@ -179,6 +179,18 @@ def resolve(path, storage_options: dict | None = None):
     ``file://`` URLs become paths (with the atomic replace); options given for a local
     path are ignored.
 
+    Parameters
+    ----------
+    path : str, os.PathLike or Location
+        A local path, a ``file://`` (or ``local://``) URL, or an fsspec URL (trailing slashes
+        dropped). A :class:`~pathlib.Path` is returned as it is.
+    storage_options : dict, optional
+        fsspec options of a URL; for a :class:`Location`, merged over its own (these win).
+
+    Returns
+    -------
+    pathlib.Path or Location
+
     Raises
     ------
     TypeError
@@ -327,7 +339,32 @@ def exists(path) -> bool:
 
 def read_attrs(path, key: str = ATTRS_KEY) -> dict | None:
     """The ``fastimg`` attrs (or those under ``key``) of the group at ``path`` (its metadata
-    only), or None; a denied access raises :class:`PermissionError` (it is not "no store")."""
+    only), or None; a denied access raises :class:`PermissionError` (it is not "no store").
+
+    Parameters
+    ----------
+    path : str, path or Location
+        The group (a store, or an unfinished build).
+    key : str
+        The attribute to read: :data:`~fastimg.store.schema.ATTRS_KEY` (a finished store's)
+        by default, :data:`~fastimg.store.schema.BUILD_KEY` for an unfinished build's records.
+
+    Returns
+    -------
+    dict or None
+        The value under ``key``; None when nothing is at ``path``, its ``zarr.json`` is
+        missing, unreadable or not zarr's, or it has no ``key``.
+
+    Raises
+    ------
+    PermissionError
+        When access to ``path`` is denied (the message says what to check).
+    TypeError, ValueError
+        When ``path`` is no store location (as :func:`resolve`); on object storage also an
+        unknown protocol or storage option (as :meth:`Location.fs`).
+    ImportError
+        When the fsspec backend of the URL's protocol is not installed.
+    """
     path = resolve(path)
     with _access(path):
         try:

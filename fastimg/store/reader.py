@@ -17,7 +17,22 @@ logger = logging.getLogger("fastimg.store")
 
 
 def check_version(path, attrs: dict) -> None:
-    """Raise :class:`StoreError` unless ``attrs`` were written in this fastimg's format."""
+    """Raise :class:`StoreError` unless ``attrs`` were written in this fastimg's format.
+
+    Parameters
+    ----------
+    path : str, path or fastimg.store.location.Location
+        The store, named in the message.
+    attrs : dict
+        Its ``fastimg`` attributes; their ``format_version`` is compared with
+        :data:`~fastimg.store.schema.FORMAT_VERSION`.
+
+    Raises
+    ------
+    StoreError
+        When the format differs or is missing: the message says to rebuild the store, or (for
+        a format that is not an older one) to upgrade fastimg.
+    """
     version = attrs.get("format_version")
     if version != FORMAT_VERSION:
         older = isinstance(version, int) and version < FORMAT_VERSION
@@ -320,5 +335,34 @@ class StoreReader:
 
 
 def open_store(path, storage_options: dict | None = None) -> StoreReader:
-    """Open a finished store read-only (see :class:`StoreReader`)."""
+    """Open a finished store read-only (see :class:`StoreReader`).
+
+    Parameters
+    ----------
+    path : str, path or fastimg.store.location.Location
+        A complete store: a local path or an fsspec URL (``s3://bucket/imdb.zarr``).
+    storage_options : dict, optional
+        fsspec options for a URL (credentials, ``client_kwargs={"endpoint_url": ...}``),
+        merged over those of a ``Location``; ignored for a local path.
+
+    Returns
+    -------
+    StoreReader
+
+    Raises
+    ------
+    StoreError
+        (a ``ValueError``) When ``path`` is missing, unfinished (or being built), not a store,
+        or of another store format; the message says which.
+    TypeError
+        When ``path`` is no str, path or ``Location``, or ``storage_options`` no dict.
+    ValueError
+        When ``path`` is an object-store URL that names no folder inside a bucket, or a URL
+        with a slash missing (as :func:`~fastimg.store.location.resolve`); on object storage
+        also an unknown protocol or storage option.
+    ImportError
+        When the fsspec backend of the URL's protocol is not installed.
+    PermissionError
+        When access to the store is denied.
+    """
     return StoreReader(path, storage_options)

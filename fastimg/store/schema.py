@@ -32,7 +32,25 @@ def split_code(split: str) -> int:
 
 
 def split_rows(codes, split: str):
-    """Row indices (ascending) whose ``split`` code is ``split``'s."""
+    """Row indices (ascending) whose ``split`` code is ``split``'s.
+
+    Parameters
+    ----------
+    codes : array-like of int
+        The split code of every row (indices into :data:`SPLIT_NAMES`, as the ``split``
+        array holds them).
+    split : {"train", "val", "test"}
+        The split whose rows to find.
+
+    Returns
+    -------
+    ndarray of intp, shape (n_rows_in_split,)
+
+    Raises
+    ------
+    ValueError
+        When ``split`` is no such name.
+    """
     return np.flatnonzero(np.asarray(codes) == split_code(split))
 
 

@@ -66,6 +66,33 @@ class StoreWriter:
         build is the store, a complete store is rebuilt in place when ``reuse``: it becomes a
         build with every stage done, whose matching stages the caller keeps
         (:func:`fastimg.stages.reconcile`), unreadable until it is complete again.
+
+        Parameters
+        ----------
+        path : str, path or fastimg.store.location.Location
+            Where the store goes when finished (its build is at ``partial_path(path)``).
+        reuse : bool
+            Pick up the unfinished build at ``partial_path(path)``; its records are brought to
+            today's keys (:func:`~fastimg.store.keys.upgraded`), and finished stages whose
+            arrays are gone and half-done copies (:meth:`adopt`) are dropped. A leftover that
+            is no build of this fastimg (bad JSON, not zarr, another schema), or any leftover
+            when false, is deleted and a new build started.
+
+        Returns
+        -------
+        StoreWriter
+            ``resumed`` is true when an unfinished build was picked up (false for a new build
+            and for a complete store rebuilt in place).
+
+        Raises
+        ------
+        TypeError, ValueError
+            When ``path`` is no store location (as :func:`~fastimg.store.location.resolve`).
+        StoreError
+            When ``path`` is the root folder.
+        PermissionError
+            When access to the build is denied (it is not started afresh then: on object
+            storage that would delete the store).
         """
         location.recover(path)
         tmp = location.partial_path(path)
@@ -113,7 +140,26 @@ class StoreWriter:
 
     def begin(self, name: str, key: str, settings: dict, **extra) -> dict:
         """Record stage ``name`` as started with ``key``; a record with another key is
-        dropped first, with the stages computed from it."""
+        dropped first, with the stages computed from it.
+
+        Parameters
+        ----------
+        name : str
+            The stage (one of :data:`~fastimg.store.schema.STAGES`, or a build's own stage
+            such as ``"input"``).
+        key : str
+            The stage's key (:func:`~fastimg.store.keys.stage_key`).
+        settings : dict
+            The settings ``key`` was made from, recorded beside it.
+        **extra
+            More fields of a new record (its bookkeeping).
+
+        Returns
+        -------
+        dict
+            The stage's record: the existing one as it is (``settings`` and ``extra`` not
+            applied) when it has ``key``, else the new one, not done.
+        """
         old = self.stage(name)
         if old is not None and old["key"] == key:
             return old
@@ -182,7 +228,19 @@ class StoreWriter:
 
         Each stage is recorded as an unfinished copy before its arrays are written, and done
         after: a copy that stops half-way is dropped by the next :meth:`open`
-        (:meth:`drop_unfinished_copies`) instead of being taken for this build's own work."""
+        (:meth:`drop_unfinished_copies`) instead of being taken for this build's own work.
+
+        Parameters
+        ----------
+        reader : StoreReader
+            The finished store; each record keeps its fields, with ``reused_from`` naming
+            ``reader.path`` (:func:`~fastimg.store.location.recorded_name`).
+        names : iterable of str
+            Stages recorded in ``reader.stages``. Their arrays that ``reader`` holds are copied
+            (:func:`copy_array`), replacing this build's; records of these stages already here,
+            and the stages computed from them, are not dropped first (the caller does:
+            :meth:`drop_from`).
+        """
         for name in names:
             record = {**reader.stages[name],
                       "reused_from": location.recorded_name(reader.path)}
@@ -208,7 +266,25 @@ class StoreWriter:
     # -- arrays ---------------------------------------------------------------------------
     def create_images(self, n_rows: int, grid, dtype: str, *,
                       chunk_rows: int = IMAGE_CHUNK_ROWS):
-        """The ``images`` array [N, H, W], chunked by ``chunk_rows`` rows."""
+        """The ``images`` array [N, H, W], chunked by ``chunk_rows`` rows.
+
+        Parameters
+        ----------
+        n_rows : int
+            Rows (images) N.
+        grid : (int, int)
+            ``(H, W)`` of each image.
+        dtype : str
+            The images' dtype (``"uint8"``, ``"float16"``, ``"float32"``).
+        chunk_rows : int
+            Rows per chunk (by default a build's), capped at ``n_rows`` and at least 1.
+
+        Returns
+        -------
+        zarr.Array
+            The new array, filled with 0 (one already in the build is replaced), with
+            dimension names.
+        """
         height, width = grid
         return self.group.create_array(IMAGES, shape=(n_rows, height, width), dtype=dtype,
                                        chunks=(max(1, min(chunk_rows, n_rows)), height, width),
@@ -216,7 +292,19 @@ class StoreWriter:
                                        dimension_names=DIMENSIONS[IMAGES])
 
     def write_rows(self, name: str, data, *, chunk_rows: int = ROW_CHUNK_ROWS) -> None:
-        """An array of per-row values (ids, labels, split codes) in one go."""
+        """An array of per-row values (ids, labels, split codes) in one go.
+
+        Parameters
+        ----------
+        name : str
+            The array's name (``ids``, ``labels``, ``split``: those get their dimension names;
+            an array of that name already in the build is replaced).
+        data : array-like
+            One element (or row) per sample along the first axis; a numpy str array is stored
+            as zarr strings.
+        chunk_rows : int
+            Rows per chunk (by default a build's), capped at the number of rows and at least 1.
+        """
         data = np.asarray(data)
         dtype = str if data.dtype.kind == "U" else data.dtype
         array = self.group.create_array(name, shape=data.shape, dtype=dtype,
@@ -229,7 +317,28 @@ class StoreWriter:
                           record: dict):
         """The ``embeddings`` array [N, F] with the encoder's resume ``record`` (settings,
         config) and ``rows_done`` 0, as :func:`fastimg.embed.encode_to_array` makes it (it
-        resumes on it), with dimension names."""
+        resumes on it), with dimension names.
+
+        Parameters
+        ----------
+        n_rows : int
+            Rows (texts) N.
+        n_features : int
+            Features F per row (layers times the hidden size).
+        dtype : str
+            The embeddings' dtype (the encoder's ``output_dtype``).
+        chunk_rows : int
+            Rows per chunk, capped at ``n_rows``; not checked (give at least 1).
+        record : dict
+            The encoder's resume record, stored under
+            :data:`~fastimg.store.schema.EMBED_ATTRS_KEY` as JSON with ``rows_done`` 0 and
+            ``complete`` false (over any values of its own).
+
+        Returns
+        -------
+        zarr.Array
+            The new array, filled with 0 (one already in the build is replaced).
+        """
         array = self.group.create_array(EMBEDDINGS, shape=(n_rows, n_features), dtype=dtype,
                                         chunks=(min(chunk_rows, max(1, n_rows)), n_features),
                                         fill_value=0, overwrite=True,
@@ -239,7 +348,23 @@ class StoreWriter:
 
     def done_markers(self, name: str, *, create: bool = True):
         """The completion markers of the row chunks of array ``name`` (uint8, one element per
-        chunk, each in its own chunk: concurrent tasks never write one file), or None."""
+        chunk, each in its own chunk: concurrent tasks never write one file), or None.
+
+        Parameters
+        ----------
+        name : str
+            The array whose chunks are marked (``images`` or ``embeddings``); it must be in the
+            build for the markers to be made.
+        create : bool
+            Make the markers (all 0, one per row chunk of ``name``, at least one) when there
+            are none; else return None then.
+
+        Returns
+        -------
+        zarr.Array or None
+            The markers (existing ones as they are), or None when there are none and
+            ``create`` is false.
+        """
         marker = DONE_PREFIX + name
         if marker in self.group:
             return self.group[marker]
@@ -253,7 +378,21 @@ class StoreWriter:
     def finished_rows(self, name: str, rows_done: int) -> int:
         """Rows of array ``name`` finished in order from the first: ``rows_done`` (an
         in-process run's), or more where a cluster build marked the chunks after them done, up
-        to the first unmarked one. An in-process run resumes there."""
+        to the first unmarked one. An in-process run resumes there.
+
+        Parameters
+        ----------
+        name : str
+            The array (``images`` or ``embeddings``), in the build when it has markers.
+        rows_done : int
+            Rows an in-process run finished in order (its record's ``rows_done``).
+
+        Returns
+        -------
+        int
+            ``rows_done`` when there are no markers (:meth:`done_markers`), else the larger of
+            it and the first row of the first unfinished chunk (all rows when none is).
+        """
         markers = self.done_markers(name, create=False)
         if markers is None:
             return rows_done
@@ -326,7 +465,28 @@ def finished_chunks(done, n_rows: int, chunk_rows: int, rows_done: int):
 
 def copy_array(source, group, name: str, *, block_rows: int | None = None):
     """Copy a zarr array into ``group`` under ``name``, chunks and attrs kept, row block by
-    row block (never the whole array in memory)."""
+    row block (never the whole array in memory).
+
+    Parameters
+    ----------
+    source : zarr.Array
+        The array to copy; its shape, dtype, chunks, fill value, dimension names and attrs are
+        kept.
+    group : zarr.Group
+        Where the copy goes (an array ``name`` there is replaced).
+    name : str
+        The copy's name in ``group``.
+    block_rows : int, optional
+        Rows read and written at a time, at least 1; by default as many whole row chunks
+        of ``source`` as fit in 8,192 rows, at least one.
+
+    Returns
+    -------
+    zarr.Array
+        The copy.
+    """
+    if block_rows is not None:  # -1 copied no row, 0 fell back to the default
+        check_count("block_rows", block_rows, 1, "or None")
     target = group.create_array(name, shape=source.shape, dtype=source.dtype,
                                 chunks=source.chunks, fill_value=source.fill_value,
                                 overwrite=True, dimension_names=getattr(
@@ -340,7 +500,29 @@ def copy_array(source, group, name: str, *, block_rows: int | None = None):
 
 def check_writable(path, *, force: bool) -> None:
     """Refuse when something that is not a store is at ``path`` (never deleted, even with
-    ``force``), or a store is and ``force`` is false."""
+    ``force``), or a store is and ``force`` is false.
+
+    An interrupted replace at ``path`` is finished or undone first
+    (:func:`~fastimg.store.location.recover`). Nothing at ``path``, and an unfinished build in
+    place there (as object storage builds), pass.
+
+    Parameters
+    ----------
+    path : str, path or fastimg.store.location.Location
+        Where the store is to be written.
+    force : bool
+        Let a fastimg store at ``path`` (of any store format) be replaced.
+
+    Raises
+    ------
+    StoreError
+        When something that is not a fastimg store is at ``path``, a store is and ``force``
+        is false, or ``path`` is the root folder.
+    TypeError, ValueError
+        When ``path`` is no store location (as :func:`~fastimg.store.location.resolve`).
+    PermissionError
+        When access to ``path`` is denied.
+    """
     location.recover(path)
     path = location.resolve(path)
     if not location.exists(path):

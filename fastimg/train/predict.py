@@ -281,9 +281,29 @@ class Run:
                 f"model weights (predictions from other weights would be meaningless)")
 
     def encode_chunks(self, texts, *, progress: bool = False):
-        """Embeddings of ``texts`` a chunk at a time, ``(start, stop, embeddings)``: the
-        store's encoder (its fingerprint checked first, before this returns) on this run's
-        device (:func:`fastimg.embed.encode_chunks`)."""
+        """Embeddings of ``texts`` a chunk at a time: the store's encoder (its fingerprint
+        checked first, before this returns) on this run's device.
+
+        Parameters
+        ----------
+        texts : iterable of str
+            The texts, read into a list first.
+        progress : bool
+            A progress bar over the texts.
+
+        Returns
+        -------
+        iterator of (int, int, ndarray)
+            ``(start, stop, embeddings of texts[start:stop])`` in order, as
+            :func:`fastimg.embed.encode_chunks` gives them.
+
+        Raises
+        ------
+        RunBundleError
+            A model fingerprint mismatch, or a run trained on a store not built from texts.
+        fastimg.embed.ModelNotAvailableError
+            The run's encoder cannot be found here.
+        """
         from fastimg.embed import encode_chunks, load_model
 
         config = self.encoder_config().on_device(self.device.type)
@@ -294,7 +314,18 @@ class Run:
 
     def images_of(self, features) -> np.ndarray:
         """The float32 images of embeddings, as the training loader saw them: the store's
-        layout and image dtype (stored as that dtype, read back)."""
+        layout and image dtype (stored as that dtype, read back).
+
+        Parameters
+        ----------
+        features : array-like of shape (n, n_features)
+            Embeddings of the store's width (its encoder's, as :meth:`encode_chunks` gives).
+
+        Returns
+        -------
+        ndarray of float32, shape (n, H, W)
+            Un-normalised, as :meth:`logits` takes them (``uint8`` images read in [0, 1]).
+        """
         from fastimg.raster import to_image_dtype
         from fastimg.train.data import as_loaded
 
@@ -362,9 +393,31 @@ class Run:
 
     def logits(self, images, embeddings=None, *, batch_size: int = 256,
                progress: bool = False) -> np.ndarray:
-        """float32 logits of raw (un-normalised) ``[n, H, W]`` images, as stored (``uint8``
-        ones are read in [0, 1], as the trainer read them; a progress bar over the images with
-        ``progress``)."""
+        """float32 logits of raw (un-normalised) images, as stored.
+
+        Parameters
+        ----------
+        images : array-like of shape (n, H, W)
+            Images of the run's image shape; ``uint8`` ones are read in [0, 1], as the trainer
+            read them, float ones as they are.
+        embeddings : array-like of shape (n, n_features), optional
+            One row per image: needed by a run that fuses the embedding, ignored otherwise.
+        batch_size : int
+            Images per forward pass.
+        progress : bool
+            A progress bar over the images.
+
+        Returns
+        -------
+        ndarray of float32, shape (n, n_classes)
+            One row per image, in the order of :attr:`class_names`.
+
+        Raises
+        ------
+        ValueError
+            ``batch_size`` below 1, images of another shape or with a non-finite value, or
+            embeddings missing or not one row per image of the store's width (fused runs).
+        """
         check_count("batch_size", batch_size)
         with _bar(len(images), progress) as bar:
             return self._logits(images, embeddings, batch_size, bar)
@@ -410,6 +463,16 @@ class Run:
     def predict_images(self, images, embeddings=None, *, batch_size: int = 256,
                        progress: bool = False) -> Prediction:
         """:class:`Prediction` of raw ``[n, H, W]`` images (and embeddings for fused runs).
+
+        Parameters
+        ----------
+        images, embeddings, batch_size, progress
+            As :meth:`logits` takes them.
+
+        Returns
+        -------
+        Prediction
+            One entry per image (none for no images).
 
         Raises
         ------
