@@ -1,6 +1,7 @@
 """Input checks shared by the stages: one clear ValueError per user mistake."""
 from __future__ import annotations
 
+import numbers
 import os
 from pathlib import Path
 
@@ -109,6 +110,23 @@ def check_seed(name: str, value) -> int:
         raise ValueError(f"{name} must be a whole number from 0 to {SEED_LIMIT - 1}, "
                          f"got {value!r}")
     return int(value)
+
+
+def check_flag(name: str, value) -> bool:
+    """``value`` as a bool when it is one (numpy's included), else ValueError naming ``name``:
+    a string is truthy, so ``probe="false"`` ran the probes and ``shuffle="no"`` shuffled."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def check_fraction(name: str, value) -> float:
+    """``value`` as a float when it is a real number in [0, 1], else ValueError naming
+    ``name`` (True is no number here)."""
+    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real)
+            or not 0.0 <= value <= 1.0):
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    return float(value)
 
 
 def check_count(name: str, value, minimum: int = 1, alternative: str = "") -> int:

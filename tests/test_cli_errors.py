@@ -219,7 +219,6 @@ def test_every_flag_the_readme_names_exists():
         assert used <= options[command] | options[""], (command, used - options[command])
 
 
-
 def test_the_readme_names_every_flag_of_every_command():
     """show --per-class, --verbose and --version were in --help only."""
     named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", README.read_text(encoding="utf-8")))

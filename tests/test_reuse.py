@@ -95,6 +95,8 @@ def test_digests_tell_apart_texts_split_at_another_place():
         texts_digest("ab")
     with pytest.raises(TypeError, match=r"^texts\[1\] is int \(3\), expected str$"):
         texts_digest(["a", 3])
+    with pytest.raises(TypeError, match="^texts must be a sequence of str, got int$"):
+        texts_digest(3)  # was "'int' object is not iterable"
     assert digest("ab", "c") != digest("a", "bc")
     assert digest(np.arange(3), np.arange(1)) != digest(np.arange(2), np.arange(2))
 

@@ -333,5 +333,5 @@ def test_distributed_processes_share_each_epoch_as_torchs_sampler_does(blobs, sh
         dataset.sampler(num_replicas=2, rank=2)
     with pytest.raises(ValueError, match="num_replicas must be a whole number >= 1, got 0"):
         dataset.sampler(num_replicas=0)
-    with pytest.raises(TypeError, match="shuffle must be True or False, got 'no'"):
+    with pytest.raises(ValueError, match="shuffle must be True or False, got 'no'"):
         dataset.sampler(shuffle="no")

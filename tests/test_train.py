@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import urllib.error
 from pathlib import Path
 
@@ -790,8 +791,7 @@ def test_a_failed_fit_leaves_no_run_folder(blob_store, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):  # a folder of other files is trained into on demand
         fit(path, config, out_dir=mine, overwrite=True)
     assert (mine / "notes.txt").read_text() == "keep"
-    # nor is the unfinished feature cache left in it: a rerun of the same `train --out`
-    # into a folder the user made was refused as "not empty"
+    # nor is the unfinished feature cache left in it, among the user's own files
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
     with pytest.raises(NotADirectoryError, match="is a file"):
         fit(path, config, out_dir=mine / "notes.txt")
@@ -834,7 +834,6 @@ def test_fit_refuses_a_folder_holding_a_run_unless_overwrite(blob_store, tmp_pat
     assert result.run_dir == out and json.loads((out / "config.json").read_text())["seed"] == 1
 
 
-
 def test_fit_refuses_a_folder_holding_other_files_before_any_work(blob_store, tmp_path,
                                                                   monkeypatch):
     """Only the command line refused a folder of the user's own files: fit() trained into it,
@@ -851,10 +850,11 @@ def test_fit_refuses_a_folder_holding_other_files_before_any_work(blob_store, tm
         raise AssertionError("fit started work before refusing the folder")
 
     monkeypatch.setattr(fit_module, "StoreData", no_work)
-    with pytest.raises(FileExistsError, match=f"out_dir {out} is not empty; pass "
-                                              f"overwrite=True to train into it anyway"):
+    with pytest.raises(FileExistsError, match=f"out_dir {re.escape(str(out))} is not empty; "
+                                              f"pass overwrite=True to train into it anyway"):
         fit(path, TrainConfig(extractor="alexnet", **FAST), out_dir=out)
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
 
 # -- CUDA (skipped without a GPU) -------------------------------------------------------------
 
@@ -1019,9 +1019,15 @@ def test_a_probe_takes_a_store_path_and_refuses_bad_settings_in_one_line(blob_st
                            ({"grid": ()}, "grid must be a non-empty list of positive"),
                            ({"grid": (-1.0,)}, "grid must be a non-empty list of positive"),
                            ({"seed": -1}, "seed must be a whole number from 0"),
-                           ({"max_iter": 0}, "max_iter must be a whole number >= 1")):
+                           ({"max_iter": 0}, "max_iter must be a whole number >= 1"),
+                           # a TypeError "iteration over a 0-d array"
+                           ({"grid": np.array(1.0)}, "grid must be a non-empty list of "),
+                           ({"grid": np.array([0.5, 1.0]), "max_iter": 0}, "max_iter must")):
         with pytest.raises(ValueError, match=f"^{said}"):
             linear_probe(path, **settings)
+    # storage_options beside an opened store were left unused, unsaid
+    with pytest.raises(ValueError, match="^storage_options go with a store's path"):
+        linear_probe(StoreData(path), storage_options={"anon": True})
 
 
 def test_probe_shows_its_progress(blob_store, capsys):

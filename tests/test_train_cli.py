@@ -31,7 +31,7 @@ def test_train_writes_the_run_folder_and_prints_a_summary(small_store, tmp_path,
 @pytest.mark.parametrize("argv,message", [
     (["--extractor", "alexnet", "--epochs", "0"], "--epochs must be a positive integer"),
     (["--weights", "/no/such/weights.pt"], "does not exist"),
-    (["--loader", "torch", "--unfreeze-fraction", "2"], "--unfreeze-fraction must be in [0, 1]"),
+    (["--loader", "torch", "--unfreeze-fraction", "2"], "--unfreeze-fraction must be a number in [0, 1]"),
 ])
 def test_train_user_errors_exit_2_with_one_line(small_store, tmp_path, capsys, argv, message):
     code = main(["train", str(small_store), "--quiet", "--out", str(tmp_path / "r"), *argv])

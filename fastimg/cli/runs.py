@@ -268,8 +268,9 @@ def add_train(sub) -> None:
                             "probe: the same seed gives the same run on the same machine, "
                             "torch thread count and feature cache")
     train.add_argument("--force", action="store_true",
-                       help="train into --out even when it already holds a run; start an "
-                            "unfinished run over instead of resuming it")
+                       help="train into --out even when it already holds a run or other "
+                            "files (which are kept); start an unfinished run over instead of "
+                            "resuming it")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=cmd_train)
 

@@ -6,9 +6,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass, fields
 
-import numpy as np
-
-from fastimg._validation import check_description, is_whole
+from fastimg._validation import check_description, check_flag, is_whole
 from fastimg.embed.models import MODEL_ALIASES
 from fastimg.embed.precision import INT8_ENGINES, PRECISIONS, check_device, int8_engine
 from fastimg.store.keys import COMPUTE_DTYPE_PRECISIONS
@@ -146,9 +144,8 @@ class EncoderConfig:
         _choice("batching", self.batching, BATCHINGS)
         _choice("device", self.device, ("auto", "cpu", "cuda"))
         check_device(self.precision, self.device)  # the registry knows each precision's devices
-        if not isinstance(self.sort_by_length, (bool, np.bool_)):
-            raise ValueError(f"sort_by_length must be True or False, got {self.sort_by_length!r}")
-        object.__setattr__(self, "sort_by_length", bool(self.sort_by_length))
+        object.__setattr__(self, "sort_by_length", check_flag("sort_by_length",
+                                                              self.sort_by_length))
         # numpy ints are taken as Python ints (the config is saved as JSON)
         _positive(self, "max_length", minimum=3)
         _positive(self, "max_batch_size")

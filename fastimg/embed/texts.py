@@ -14,6 +14,21 @@ class EmptyTextWarning(UserWarning):
     """Some texts are empty or whitespace-only (they are encoded as ``[CLS] [SEP]``)."""
 
 
+def _items(texts):
+    """An iterator over ``texts``, or the TypeError of :func:`check_texts` for a single str or
+    bytes, a mapping, or something not iterable."""
+    if isinstance(texts, (str, bytes)):
+        raise TypeError("texts must be a sequence of str, not a single "
+                        f"{type(texts).__name__}; wrap it in a list")
+    if isinstance(texts, Mapping):  # its keys would be taken for the texts
+        raise TypeError(f"texts must be a sequence of str, got a {type(texts).__name__}; pass "
+                        f"its values (list(d.values())) if they are the texts")
+    try:
+        return iter(texts)
+    except TypeError:
+        raise TypeError(f"texts must be a sequence of str, got {type(texts).__name__}") from None
+
+
 def check_texts(texts) -> list[str]:
     """Return ``texts`` as a list of str.
 
@@ -26,16 +41,7 @@ def check_texts(texts) -> list[str]:
         When a text holds a lone surrogate (``"\\ud800"``, from a bad decode or a JSON
         escape): it has no UTF-8 form, so no tokenizer can read it.
     """
-    if isinstance(texts, (str, bytes)):
-        raise TypeError("texts must be a sequence of str, not a single "
-                        f"{type(texts).__name__}; wrap it in a list")
-    if isinstance(texts, Mapping):  # its keys would be taken for the texts
-        raise TypeError(f"texts must be a sequence of str, got a {type(texts).__name__}; pass "
-                        f"its values (list(d.values())) if they are the texts")
-    try:
-        texts = list(texts)
-    except TypeError:
-        raise TypeError(f"texts must be a sequence of str, got {type(texts).__name__}") from None
+    texts = list(_items(texts))
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise _not_a_text(i, text)
@@ -65,13 +71,11 @@ def texts_digest(texts) -> str:
     Raises
     ------
     TypeError
-        As :func:`check_texts` for a single str or bytes, a mapping, or a non-str item (the
-        digest of "ab" was that of ["a", "b"]).
+        As :func:`check_texts` for a single str or bytes, a mapping, something not iterable,
+        or a non-str item (the digest of "ab" was that of ["a", "b"]).
     """
-    if isinstance(texts, (str, bytes, Mapping)):
-        check_texts(texts)
     digest = hashlib.sha256()
-    for i, text in enumerate(texts):
+    for i, text in enumerate(_items(texts)):
         if not isinstance(text, str):
             raise _not_a_text(i, text)
         data = text.encode("utf-8", "surrogatepass")

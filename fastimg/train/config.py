@@ -10,7 +10,8 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from fastimg._validation import check_description, check_seed, is_whole, total_memory_bytes
+from fastimg._validation import (check_description, check_flag, check_fraction, check_seed,
+                                 is_whole, total_memory_bytes)
 
 logger = logging.getLogger("fastimg.train")
 
@@ -336,8 +337,7 @@ class TrainConfig:
             raise ValueError(f"cache_dtype must be float16 or float32, got {self.cache_dtype!r}")
         if self.loader not in LOADER_NAMES:
             raise ValueError(f"loader must be one of {LOADER_NAMES}, got {self.loader!r}")
-        if not 0.0 <= self.unfreeze_fraction <= 1.0:
-            raise ValueError(f"unfreeze_fraction must be in [0, 1], got {self.unfreeze_fraction}")
+        check_fraction("unfreeze_fraction", self.unfreeze_fraction)
         if self.unfreeze_fraction > 0 and self.cache in ("memory", "zarr"):
             raise ValueError(f"cache must be none or auto when unfreeze_fraction is above 0 "
                              f"(the feature cache needs a fully frozen extractor), got "
@@ -352,11 +352,7 @@ class TrainConfig:
             object.__setattr__(self, name, _widths(name, getattr(self, name), count))
         for name in ("fuse_embedding", "pixel_branch", "amp", "channels_last", "probe",
                      "progress"):
-            value = getattr(self, name)
-            if not isinstance(value, (bool, np.bool_)):
-                # a string is truthy: probe="false" ran the probes, amp="no" used AMP
-                raise ValueError(f"{name} must be True or False, got {value!r}")
-            object.__setattr__(self, name, bool(value))
+            object.__setattr__(self, name, check_flag(name, getattr(self, name)))
         if is_whole(self.cache_budget):
             object.__setattr__(self, "cache_budget", str(int(self.cache_budget)))
         try:  # checked now, not after the training, when config.json is written

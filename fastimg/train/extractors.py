@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
 import os
 import re
 import shutil
@@ -22,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from fastimg._files import replace_file
+from fastimg._validation import check_fraction
 from fastimg.train.config import CUTS
 
 logger = logging.getLogger("fastimg.train")
@@ -291,10 +291,7 @@ def build_extractor(name: str, weights="DEFAULT", *, unfreeze_fraction: float = 
     if cut not in CUTS:
         raise ValueError(f"cut must be one of {CUTS}, got {cut!r}")
     # 2 made every block trainable and -1 none, unsaid (TrainConfig refuses both)
-    if (isinstance(unfreeze_fraction, bool) or not isinstance(unfreeze_fraction, numbers.Real)
-            or not 0.0 <= unfreeze_fraction <= 1.0):
-        raise ValueError(f"unfreeze_fraction must be a number in [0, 1], got "
-                         f"{unfreeze_fraction!r}")
+    check_fraction("unfreeze_fraction", unfreeze_fraction)
     spec = EXTRACTORS[name]
     state = resolve_weights(name, weights)
     # build on the meta device: only the cut is materialised (the dense layers of alexnet

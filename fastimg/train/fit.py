@@ -368,11 +368,11 @@ def fit(store, config: TrainConfig | None = None, *, out_dir=None,
     check_weights(config.weights)
     store = resolve(store, storage_options)
     run_dir = Path(out_dir) if out_dir is not None else None
-    if run_dir is not None and run_dir.exists() and not run_dir.is_dir():
-        raise NotADirectoryError(f"out_dir {run_dir} is a file, not a run folder")
-    blocker = None if run_dir is None else file_in_the_way(run_dir.parent)
+    blocker = None if run_dir is None else file_in_the_way(run_dir)
     if blocker is not None:
-        raise NotADirectoryError(f"out_dir {run_dir}: {blocker} is a file, not a folder")
+        raise NotADirectoryError(f"out_dir {run_dir} is a file, not a run folder"
+                                 if blocker == run_dir else
+                                 f"out_dir {run_dir}: {blocker} is a file, not a folder")
     if run_dir is None:
         return _checked_fit(store, config, run_dir, overwrite)
     check_outside_stores(run_dir)

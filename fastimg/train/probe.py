@@ -29,7 +29,8 @@ PROBE_MAX_FIT_ROWS = 50_000
 def _c_values(grid) -> tuple[float, ...]:
     """``grid`` as a tuple of floats, or a ValueError unless it is a non-empty sequence of
     positive, finite numbers (sklearn's own refusal named the parameter C, not grid)."""
-    values = tuple(grid) if isinstance(grid, (list, tuple, np.ndarray)) else ()
+    # a 0-d array is no list (tuple() of it: "iteration over a 0-d array")
+    values = tuple(grid) if isinstance(grid, (list, tuple)) or np.ndim(grid) == 1 else ()
     if not values or not all(isinstance(c, numbers.Real) and not isinstance(c, bool)
                              and math.isfinite(c) and c > 0 for c in values):
         raise ValueError(f"grid must be a non-empty list of positive, finite C values, got "
@@ -68,7 +69,7 @@ def linear_probe(data, *, features: str = "embeddings", seed: int = 0,
         The scaler and the regressions are fitted on at most this many training rows, a
         sample drawn with ``seed`` (None: all); validation and test are scored in full.
     storage_options : dict, optional
-        fsspec options for a store URL.
+        fsspec options for a store URL (an opened ``StoreData`` has its own).
 
     Returns
     -------
@@ -82,7 +83,8 @@ def linear_probe(data, *, features: str = "embeddings", seed: int = 0,
     ------
     ValueError
         A setting out of range (``features``, ``seed``, ``max_iter``, ``grid``,
-        ``max_fit_rows``), or a store without labels.
+        ``max_fit_rows``), ``storage_options`` with a ``StoreData``, or a store without
+        labels.
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
@@ -97,6 +99,8 @@ def linear_probe(data, *, features: str = "embeddings", seed: int = 0,
     grid = _c_values(grid)
     if not isinstance(data, StoreData):
         data = StoreData(data, storage_options)
+    elif storage_options is not None:  # an opened store's were given when it was opened
+        raise ValueError("storage_options go with a store's path, not with an opened StoreData")
     array = data.embeddings if features == "embeddings" else data.images
     if array is None:
         return None

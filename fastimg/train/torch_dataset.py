@@ -20,7 +20,7 @@ import numbers
 import numpy as np
 import torch
 
-from fastimg._validation import check_count, check_seed
+from fastimg._validation import check_count, check_flag, check_seed
 from fastimg.store import SPLIT_NAMES
 from fastimg.train.config import NORMALISATIONS
 from fastimg.train.data import ChunkedReader, Normaliser, StoreData, pixel_stats, shuffled_order
@@ -75,8 +75,7 @@ class StoreDataset(torch.utils.data.Dataset):
                  storage_options: dict | None = None):
         if normalize not in NORMALISATIONS:
             raise ValueError(f"normalize must be one of {NORMALISATIONS}, got {normalize!r}")
-        if not isinstance(embeddings, (bool, np.bool_)):  # "no" would turn them on
-            raise ValueError(f"embeddings must be True or False, got {embeddings!r}")
+        check_flag("embeddings", embeddings)  # "no" would turn them on
         if cache_bytes is not None and (isinstance(cache_bytes, bool) or not isinstance(
                 cache_bytes, numbers.Real) or not cache_bytes >= 0):
             raise ValueError(f"cache_bytes must be a number of bytes, at least 0 (1 GiB: "
@@ -221,8 +220,7 @@ class StoreSampler(torch.utils.data.Sampler):
         if self.rank >= self.num_replicas:
             raise ValueError(f"rank must be below num_replicas ({self.num_replicas}), "
                              f"got {rank}")
-        if not isinstance(shuffle, (bool, np.bool_)):  # "no" shuffled
-            raise TypeError(f"shuffle must be True or False, got {shuffle!r}")
+        check_flag("shuffle", shuffle)  # "no" shuffled
         self.size = len(dataset)
         self.shuffle = bool(shuffle)
         # as TrainConfig's seed: int() took 1.7 as 1, and numpy's refusal of -1 named no seed
