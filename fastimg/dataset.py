@@ -30,7 +30,7 @@ from fastimg import __version__, stages, store
 from fastimg._provenance import installed_versions
 from fastimg._validation import check_config
 from fastimg.embed.texts import EmptyTextWarning
-from fastimg.images import split_codes
+from fastimg.images import split_codes, training_rows
 from fastimg.info import copied_from
 from fastimg.raster import RASTER_BACKENDS, check_image_dtype
 from fastimg.store import StoreError, StoreReader, StoreWriter
@@ -90,11 +90,7 @@ def corpus_digest(corpus, codes: np.ndarray) -> str:
 def _fit_rows(split_codes: np.ndarray, fit_on: str) -> np.ndarray:
     if fit_on == "all":
         return np.arange(split_codes.shape[0])
-    rows = store.split_rows(split_codes, "train")
-    if rows.size < 2:
-        raise ValueError(f"the training split has {rows.size} rows; the layout needs at least 2 "
-                         f"(use a larger limit, or fit_on='all')")
-    return rows
+    return training_rows(split_codes, " (use a larger limit, or fit_on='all')")
 
 
 def ordered_counts(counts: dict, class_names) -> dict:

@@ -231,16 +231,22 @@ def split_codes(values, n_rows: int, *, source: str = "split",
     return codes.astype(np.int8)
 
 
+def training_rows(codes: np.ndarray, advice: str = "") -> np.ndarray:
+    """The rows of the training split of split ``codes``, the layout's rows; a ValueError
+    (``advice`` added) when there are fewer than the 2 a layout needs."""
+    rows = split_rows(codes, "train")
+    if rows.size < 2:
+        raise ValueError(f"the training split has {rows.size} row{'' if rows.size == 1 else 's'}"
+                         f"; the layout needs at least 2{advice}")
+    return rows
+
+
 def _fit_rows(n_rows: int, fit_rows: int | None, split) -> tuple[str, np.ndarray]:
     """How the layout's rows were chosen and which they are."""
     if split is not None:
         if fit_rows is not None:
             raise ValueError("give either fit_rows or a split, not both")
-        rows = split_rows(split, "train")
-        if rows.size < 2:
-            raise ValueError(f"the split has {rows.size} training rows; the layout needs at "
-                             f"least 2")
-        return "train", rows
+        return "train", training_rows(split)
     if fit_rows is not None and fit_rows < n_rows:
         return "first_rows", np.arange(fit_rows)
     if fit_rows is not None and fit_rows > n_rows:

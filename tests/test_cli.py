@@ -8,7 +8,7 @@ import zarr
 from fastimg import store
 from fastimg.cli import main
 from fastimg.layout import DeepInsightLayout
-from conftest import structured_matrix
+from conftest import one_line, structured_matrix
 
 
 @pytest.mark.parametrize("argv", [
@@ -177,6 +177,20 @@ def test_another_split_file_is_not_up_to_date(rng, tmp_path, capsys):
     assert "built with other settings (input.split_sha256" in capsys.readouterr().err
     assert main([*args, "--force"]) == 0
     assert store.StoreReader(out).split_codes().tolist() == [0] * 40 + [2] * 10 + [1] * 10
+
+
+def test_a_training_split_of_one_row_is_refused_in_one_line(rng, tmp_path, capsys):
+    """The layout is fitted on the training rows ("the split has 1 training rows" before; a
+    corpus's training split has two classes, so two rows, before its layout is reached)."""
+    np.save(tmp_path / "x.npy", structured_matrix(rng, 12, 20).astype(np.float32))
+    (tmp_path / "split.txt").write_text("train\n" + "test\n" * 11)
+    out = tmp_path / "i.zarr"
+    assert main(["images", "--input", str(tmp_path / "x.npy"), "--out", str(out), "--pixels",
+                 "6", "--method", "pca", "--quiet", "--split-file",
+                 str(tmp_path / "split.txt")]) == 2
+    assert one_line(capsys.readouterr().err).endswith(
+        "the training split has 1 row; the layout needs at least 2")
+    assert not out.exists()
 
 
 def test_an_images_build_stopped_after_its_layout_resumes_and_says_so(tmp_path, capsys,
