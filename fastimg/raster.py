@@ -111,12 +111,13 @@ def _wait_for_warm_up(name: str) -> None:
         thread.join()
 
 
-def _check_block(n_bad: int, block: np.ndarray, start: int) -> None:
-    """Name the rows of ``x`` (``block`` its rows from ``start``) whose ``n_bad`` values the
-    kernel found NaN or infinite, as :func:`~fastimg._validation.check_feature_matrix` does
-    (was "input rows 0..9 contain 1 NaN or infinite values": which one, it did not say)."""
+def _check_block(n_bad: int, block: np.ndarray, start: int, name: str = "x") -> None:
+    """Name the rows of ``name`` (``block`` its rows from ``start``) whose ``n_bad`` values
+    the kernel found NaN or infinite, as :func:`~fastimg._validation.check_feature_matrix`
+    does (was "input rows 0..9 contain 1 NaN or infinite values": which one, it did not
+    say)."""
     if n_bad:
-        check_finite_rows(block, "x", offset=start)
+        check_finite_rows(block, name, offset=start)
 
 
 def _described(array) -> str:
@@ -175,9 +176,16 @@ def rasterize(x, plan: RasterPlan, *, backend: str = "auto", out=None) -> np.nda
         dtype or memory order; an unknown ``backend``, or one that cannot run here
         (``"cuda"`` without a CUDA GPU).
     """
+    return rasterize_named(x, plan, backend=backend, out=out, name="x")
+
+
+def rasterize_named(x, plan: RasterPlan, *, backend: str, out, name: str) -> np.ndarray:
+    """:func:`rasterize`, its refusals naming the matrix ``name`` (``X`` for
+    :meth:`fastimg.layout.DeepInsightLayout.transform`)."""
     if not isinstance(plan, RasterPlan):
         raise TypeError(f"plan must be a RasterPlan, got {type(plan).__name__}")
-    x = check_feature_matrix(x, name="x", check_finite=False)  # the kernels count NaN and inf
+    # the kernels count NaN and inf
+    x = check_feature_matrix(x, name=name, check_finite=False)
     if x.shape[1] != plan.n_features:
         raise ValueError(f"expected a matrix with {plan.n_features} features, got shape {x.shape}")
     source = x
@@ -185,14 +193,14 @@ def rasterize(x, plan: RasterPlan, *, backend: str = "auto", out=None) -> np.nda
         with np.errstate(over="ignore"):  # float64 beyond float32's range: named below
             x = x.astype(np.float32)
     out = checked_out(out, (x.shape[0], plan.height, plan.width), backend)
-    name, kernel = RASTER_BACKENDS.get(backend)
-    _wait_for_warm_up(name)
+    resolved, kernel = RASTER_BACKENDS.get(backend)
+    _wait_for_warm_up(resolved)
     n_bad = kernel(x, plan, out)
     if n_bad and source is not x and np.isfinite(source).all():
         # float64 values beyond float32's range became infinite in the cast: said as such
         # (check_feature_matrix's range check), not as NaN or infinite input
-        check_feature_matrix(source, name="x")
-    _check_block(n_bad, x, 0)
+        check_feature_matrix(source, name=name)
+    _check_block(n_bad, x, 0, name)
     return out
 
 

@@ -242,12 +242,17 @@ def test_float64_beyond_float32_is_named_as_such_in_transform(matrix, fitted, pl
     huge = matrix.astype(np.float64) * 1e39
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        with pytest.raises(ValueError, match="beyond float32's range"):
+        # each names its own argument: transform's X was called "x", rasterize's name
+        with pytest.raises(ValueError, match="^X holds values beyond float32's range"):
             fitted.transform(huge, backend=backend)
-        with pytest.raises(ValueError, match="beyond float32's range"):
+        with pytest.raises(ValueError, match="^x holds values beyond float32's range"):
             rasterize(np.full((2, 6), 1e39), plan, backend=backend)
-        with pytest.raises(ValueError, match="NaN or infinite"):  # unchanged
+        with pytest.raises(ValueError, match=r"^x contains NaN or infinite values \(rows \[0"):
             rasterize(np.full((2, 6), np.nan), plan, backend=backend)
+        nan = np.array(matrix[:3], np.float32)
+        nan[1, 0] = np.nan
+        with pytest.raises(ValueError, match=r"^X contains NaN or infinite values \(rows \[1\]"):
+            fitted.transform(nan, backend=backend)
 
 
 def test_rasterize_wants_a_plan():

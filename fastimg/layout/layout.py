@@ -294,14 +294,14 @@ class DeepInsightLayout:
             shape, dtype or memory order; an unknown ``backend``, or one that cannot run here
             (``"cuda"`` without a CUDA GPU).
         """
-        from fastimg.raster import checked_out, rasterize
+        from fastimg.raster import checked_out, rasterize_named
 
         self._check_fitted()
         X = check_feature_matrix(X, n_features=self.n_features, check_finite=False,
                                  rows_required=False)
         if X.shape[0] == 0:  # no rows, no images (encode([]) gives no embeddings either)
             return checked_out(out, (0, *self.config.grid), backend)
-        return rasterize(X, self.raster_plan(), backend=backend, out=out)
+        return rasterize_named(X, self.raster_plan(), backend=backend, out=out, name="X")
 
     def fit_transform(self, X, y=None, **kwargs) -> np.ndarray:
         """:meth:`fit` on ``X``, then :meth:`transform` it (``kwargs`` go to ``transform``).
