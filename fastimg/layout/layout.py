@@ -318,8 +318,8 @@ class DeepInsightLayout:
 
         Returns
         -------
-        ndarray of float32, shape (n_samples, height, width)
-            ``out`` when given.
+        ndarray
+            The images of ``X``, as :meth:`transform` gives them.
 
         Raises
         ------
