@@ -73,6 +73,13 @@ README = Path(__file__).resolve().parents[1] / "README.md"
      "--text-column must be one or more column names, got ('',)"),
     (["build-dataset", "--input", "c.csv", "--out", "o", "--text-column", "a", "--text-column",
       "a"], "--text-column names 'a' twice"),
+    # a file named "-" was drawn ("wrote -"), where predict's --out - is standard output
+    (["show", "s.zarr", "--out", "-"], "argument --out: '-' (standard output) is not an output "
+                                       "of this command: give a path (./- for one named '-')"),
+    # the classes in the texts: built, trained, and scored 1.0 everywhere
+    (["build-dataset", "--input", "c.csv", "--out", "o", "--text-column", "label"],
+     "--label-column 'label' is also a text column; the labels must not be in the texts (name "
+     "each text's column with --text-column, its class's with --label-column)"),
     # ignored by pca, yet in the layout's key: a store differing in it alone was refused
     (["images", "--synthetic", "10x100", "--out", "o", "--method", "pca", "--perplexity", "5"],
      "--perplexity applies to --method tsne; --method pca has no use for it"),

@@ -814,7 +814,8 @@ def test_a_label_column_of_distinct_values_is_refused(tmp_path, column):
     each, with no word of warning."""
     rows = [[f"r{i}", f"text number {i}", "ab"[i % 2]] for i in range(120)]
     path = write_csv(tmp_path / "a.csv", ["id", "text", "label"], rows)
-    message = error(path, label_column=column)
+    swapped = {"text_columns": ("label",)} if column == "text" else {}
+    message = error(path, label_column=column, **swapped)
     assert message.startswith(f"label column {column!r} holds a different value in each of "
                               f"its 120 rows")
     assert "is it the label column? (label_column; columns: 'id', 'text', 'label')" in message
@@ -848,6 +849,8 @@ def test_a_text_column_named_twice_and_empty_column_names_are_refused(tmp_path):
     path = write_csv(tmp_path / "a.csv", ["text", "label"], [["a", "1"], ["b", "0"]])
     with pytest.raises(CorpusError, match="names 'text' twice"):
         cfg(path, text_columns=("text", "text"))
+    with pytest.raises(CorpusError, match="^label_column 'label' is also a text column"):
+        cfg(path, text_columns=("text", "label"))
     for name in ("id_column", "split_column"):
         with pytest.raises(CorpusError, match=f"{name} must be a column name"):
             cfg(path, **{name: ""})

@@ -274,6 +274,22 @@ def test_an_int8_build_records_and_shows_its_engine(built, tiny_bert_dir, capsys
     assert f"int8 ({ran}) on cpu ->" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("command", ["info", "show", "train"])
+def test_a_store_that_lost_its_images_is_one_line(built, tmp_path, capsys, command):
+    """Its images folder deleted, each said "internal error (a bug, please report it):
+    KeyError: 'images'" and exited 1."""
+    damaged = tmp_path / "damaged.zarr"
+    shutil.copytree(built[0], damaged)
+    shutil.rmtree(damaged / store.IMAGES)
+    out = {"info": [], "show": ["--out", str(tmp_path / "s.png")],
+           "train": ["--out", str(tmp_path / "run"), "--weights", "none"]}[command]
+    code = main([command, str(damaged), *out, *(["--quiet"] if command == "train" else [])])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err, err
+    assert err.endswith(f"{damaged} has lost its images array (a folder deleted, or a copy cut "
+                        f"short): the store is damaged; build it again"), err
+
+
 def test_info_json_holds_the_full_attributes_without_layout_arrays(built, capsys):
     path, _ = built
     capsys.readouterr()

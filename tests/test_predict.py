@@ -1023,6 +1023,18 @@ def test_a_label_column_that_is_the_text_column_is_named_so(trained, tmp_path, c
         f"column of each text's true class"), err
 
 
+def test_a_text_column_given_twice_is_refused(trained, tmp_path, capsys):
+    # it was joined twice: other texts than the store's, other probabilities, exit 0
+    corpus = _write_csv(tmp_path / "new.csv", _reviews(3))
+    out = tmp_path / "p.csv"
+    code = main(["predict", str(trained["run"]), "--input", str(corpus), "--text-column", "text",
+                 "--text-column", "text", "--out", str(out), "--quiet"])
+    err = one_line(capsys.readouterr().err)
+    assert code == 2 and err.endswith("--text-column names 'text' twice; each text column is "
+                                      "joined once"), err
+    assert not out.exists()
+
+
 def test_the_csv_names_the_true_class_of_an_integer_label_as_predicted_names_it(trained,
                                                                                  tmp_path):
     # IMDB's labels are 0 / 1, its classes neg / pos: the CSV held 0 beside neg, so

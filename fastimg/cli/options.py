@@ -128,7 +128,11 @@ def _not_a_url(text: str, why: str) -> str:
 
 
 def local_path(text: str) -> Path:
-    """An output written on this machine (:func:`_not_a_url`)."""
+    """An output written on this machine (:func:`_not_a_url`); ``-`` is refused: only
+    predict writes to standard output (show wrote a file named ``-``)."""
+    if text == "-":
+        raise argparse.ArgumentTypeError("'-' (standard output) is not an output of this "
+                                         "command: give a path (./- for one named '-')")
     return Path(_not_a_url(text, "this output is written on this machine"))
 
 

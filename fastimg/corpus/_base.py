@@ -122,6 +122,10 @@ class CorpusConfig:
         object.__setattr__(self, "text_columns", columns)
         if not (isinstance(self.label_column, str) and self.label_column.strip()):
             raise CorpusError(f"label_column must be a column name, got {self.label_column!r}")
+        if self.label_column in columns:  # the classes in the texts: a probe scored 1.0
+            raise CorpusError(f"label_column {self.label_column!r} is also a text column; the "
+                              f"labels must not be in the texts (name each text's column with "
+                              f"text_columns, its class's with label_column)")
         for name in ("id_column", "split_column"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, str) and value.strip()):

@@ -235,6 +235,10 @@ class StoreReader:
     # -- arrays ---------------------------------------------------------------------------
     @property
     def images(self):
+        """The ``images`` array; :class:`StoreError` when a damaged store has lost it."""
+        if IMAGES not in self.group:  # was zarr's bare KeyError: 'images', an internal error
+            raise StoreError(f"{self.path} has lost its {IMAGES} array (a folder deleted, or a "
+                             f"copy cut short): the store is damaged; build it again")
         return self.group[IMAGES]
 
     @property
