@@ -226,6 +226,24 @@ def test_every_flag_the_readme_names_exists():
         assert used <= options[command] | options[""], (command, used - options[command])
 
 
+def test_stores_that_cannot_be_written_or_kept_are_refused_before_any_work(tmp_path, capsys):
+    """memory:// built a whole store, printed "wrote memory://x.zarr" and lost it with the
+    process; https:// was said to have a bad storage option, though none was given."""
+    corpus = tmp_path / "c.csv"
+    corpus.write_text("text,label\n" + "".join(f"film {i},{'pos' if i % 2 else 'neg'}\n"
+                                               for i in range(40)))
+    for out, said in (("memory://x.zarr", "memory://x.zarr: a memory:// store lives only as "
+                                          "long as one Python process"),
+                      ("https://example.com/x.zarr", "https://example.com/x.zarr: https:// "
+                                                     "stores can be read, not written")):
+        code = main(["build-dataset", "--input", str(corpus), "--out", out, "--quiet"])
+        err = one_line(capsys.readouterr().err)
+        assert code == 2 and said in err and "storage option" not in err, err
+    # a store served over HTTP is opened (read) without a word about storage options
+    fs, root = store.location.resolve("https://example.com/x.zarr").fs()
+    assert type(fs).__name__ == "HTTPFileSystem" and root.endswith("example.com/x.zarr")
+
+
 def test_the_readme_names_every_flag_of_every_command():
     """show --per-class, --verbose and --version were in --help only."""
     named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", README.read_text(encoding="utf-8")))

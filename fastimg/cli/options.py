@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 from fastimg import store
+from fastimg.cli.report import UserError
 
 logger = logging.getLogger("fastimg.cli")
 
@@ -81,6 +82,11 @@ def locations(paths, args, *, input_url: bool = False) -> list:
     uses them."""
     options = storage_options(args)
     resolved = [store.location.resolve(path, options) for path in paths]
+    for location in resolved:
+        if not store.location.is_local(location) and location.protocol == "memory":
+            # a build there printed "wrote memory://x.zarr" and was gone with the process
+            raise UserError(f"{location}: a memory:// store lives only as long as one Python "
+                            f"process; give a local path or an object-storage URL")
     if (options and not input_url
             and all(store.location.is_local(location) for location in resolved)):
         for path in paths:

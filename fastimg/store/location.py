@@ -55,7 +55,9 @@ class Location:
 
         try:
             fs, root = url_to_fs(self.url, **self.storage_options)
-            if hasattr(fs, "set_session"):  # s3fs checks its options only when it connects
+            # s3fs checks its options only when it connects (http's has set_session, no
+            # connect: every https store was said to have a bad storage option)
+            if hasattr(fs, "set_session") and hasattr(fs, "connect"):
                 fs.connect()
         except ImportError as exc:
             raise ImportError(f"{self.url}: {exc} ({_install_hint(self._package())})") from exc

@@ -15,6 +15,9 @@ from fastimg._validation import file_in_the_way
 from fastimg.store.location import Location, _access, resolve, store_around
 from fastimg.store.schema import LOCK_SUFFIX, StoreError
 
+#: fsspec protocols that read but cannot write (a store served over HTTP)
+READ_ONLY_PROTOCOLS = ("http", "https")
+
 logger = logging.getLogger("fastimg.store")
 
 
@@ -37,14 +40,18 @@ def build_lock(path):
     Raises
     ------
     StoreError
-        Another command holds the lock (the message names its process and machine), or
-        ``path`` lies inside a store.
+        Another command holds the lock (the message names its process and machine),
+        ``path`` lies inside a store, or is an ``http(s)://`` URL (read-only).
     """
     path = resolve(path)
     around = store_around(path.parent) if isinstance(path, Path) else None
     if around is not None:
         raise StoreError(f"{path} lies inside the store {around}, whose rebuild would delete "
                          f"it; choose an output path outside it")
+    if isinstance(path, Location) and path.protocol.lower() in READ_ONLY_PROTOCOLS:
+        # "Cannot connect to host" offline, fsspec's NotImplementedError online
+        raise StoreError(f"{path}: {path.protocol}:// stores can be read, not written; write "
+                         f"the store to a local path or object storage, then serve it")
     if isinstance(path, Location):
         from fastimg.store.object_lock import hold
 
