@@ -224,9 +224,11 @@ def reused_text(names, sources: dict) -> str:
 def _timings_line(reader: store.StoreReader) -> str | None:
     timings = reader.summary.get("timings") or {}
     parts = [f"{name.removesuffix('_s')} {seconds_text(value)}" for name, value in timings.items()]
-    if not parts:
-        parts = [f"{name} {seconds_text(record['seconds'])}" for name, record in
-                 reader.stages.items() if record.get("seconds") is not None]
+    if not parts:  # every stage reused: their own times, in build order, named as above
+        records = reader.stages
+        parts = [f"{'raster' if name == 'images' else name} "
+                 f"{seconds_text(records[name]['seconds'])}" for name in store.STAGES
+                 if records.get(name, {}).get("seconds") is not None]
     if not parts:
         return None
     line = "timings   " + ", ".join(parts)

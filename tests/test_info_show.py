@@ -290,6 +290,21 @@ def test_a_store_that_lost_its_images_is_one_line(built, tmp_path, capsys, comma
                         f"short): the store is damaged; build it again"), err
 
 
+def test_info_of_a_store_that_reused_every_stage_names_its_times_in_build_order(built,
+                                                                              tmp_path, capsys):
+    """They were listed as copied ("encode, images, layout"), the raster stage named "images"
+    where every other store says "raster"."""
+    out = tmp_path / "again.zarr"
+    assert main(["relayout", str(built[0]), "--out", str(out), "--pixels", "10x14", "--method",
+                 "pca", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    timings = next(line for line in capsys.readouterr().out.splitlines()
+                   if line.startswith("timings"))
+    assert re.match(r"timings   encode [\d.]+ m?s, layout [\d.]+ m?s, raster [\d.]+ m?s; "
+                    r"reused: corpus, encode, layout, images", timings), timings
+
+
 def test_info_json_holds_the_full_attributes_without_layout_arrays(built, capsys):
     path, _ = built
     capsys.readouterr()
