@@ -290,6 +290,22 @@ def test_a_store_that_lost_its_images_is_one_line(built, tmp_path, capsys, comma
                         f"short): the store is damaged; build it again"), err
 
 
+def test_a_store_with_a_damaged_chunk_is_one_line(built, tmp_path, capsys):
+    """A chunk cut short said "internal error (a bug, please report it): RuntimeError: Zstd
+    decompression error" and exited 1."""
+    damaged = tmp_path / "damaged.zarr"
+    shutil.copytree(built[0], damaged)
+    chunk = next(p for p in sorted((damaged / store.IMAGES).rglob("*"))
+                 if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(chunk.read_bytes()[:20])
+    code = main(["show", str(damaged), "--out", str(tmp_path / "s.png")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err, err
+    assert err.startswith("fastimg show: error: stored data could not be decoded ("), err
+    assert err.endswith("a file of the store (or of a feature cache) is damaged, cut short or "
+                        "overwritten; build it again"), err
+
+
 def test_info_of_a_store_that_reused_every_stage_names_its_times_in_build_order(built,
                                                                               tmp_path, capsys):
     """They were listed as copied ("encode, images, layout"), the raster stage named "images"

@@ -87,6 +87,14 @@ _MEMORY_FLAGS = {"images": "--pixels, --synthetic",
                  "predict": "--batch-size", "explain": "--batch-size", "show": "--per-class"}
 
 
+def _undecodable_chunk(exc: BaseException) -> bool:
+    """Whether ``exc`` came out of a codec decoding a chunk (numcodecs' "Zstd decompression
+    error: invalid input data"): a damaged file, not a bug."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return any("numcodecs" in frame.filename and "decode" in frame.name.lower()
+               for frame in frames)
+
+
 def _out_of_memory(exc: BaseException) -> bool:
     """Python's MemoryError (numpy), torch's OutOfMemoryError (CUDA) and its CPU allocator's
     RuntimeError: a setting too large for the machine, not a bug."""
@@ -114,6 +122,11 @@ def report_error(command: str, exc: Exception, *, debug: bool = False,
     if isinstance(exc, (UserError, *USER_ERRORS)):
         print(f"fastimg {command}: error: {as_flag(one_line(exc), flags or {})}",
               file=sys.stderr)
+        return EXIT_USAGE
+    if _undecodable_chunk(exc):
+        print(f"fastimg {command}: error: stored data could not be decoded "
+              f"({type(exc).__name__}: {one_line(exc)}): a file of the store (or of a feature "
+              f"cache) is damaged, cut short or overwritten; build it again", file=sys.stderr)
         return EXIT_USAGE
     if _out_of_memory(exc):
         flags = _MEMORY_FLAGS.get(command)
