@@ -227,6 +227,23 @@ def test_relayout_onto_its_source_is_known_however_it_is_spelled(corpus_csv, tmp
     assert store.StoreReader(src).images.shape[1:] == (10, 10)
 
 
+def test_a_forced_build_through_a_link_replaces_the_store_it_names(corpus_csv, tmp_path,
+                                                                   tiny_bert_dir):
+    """--force onto a symlink to a store (on a larger disk) made the link a folder of its
+    own, left the store it named with the old build, and left the link aside as
+    OUT.replaced for good."""
+    target = tmp_path / "bigdisk" / "store.zarr"
+    target.parent.mkdir()
+    assert main(_build_args(corpus_csv, target, tiny_bert_dir)) == 0
+    link = tmp_path / "link.zarr"
+    link.symlink_to(target)
+    assert main([*_build_args(corpus_csv, link, tiny_bert_dir), "--pixels", "10",
+                 "--force"]) == 0
+    assert link.is_symlink() and store.StoreReader(target).images.shape[1:] == (10, 10)
+    assert not list(tmp_path.glob("link.zarr.*"))  # no .replaced, no .partial beside it
+    assert sorted(p.name for p in target.parent.iterdir()) == ["store.zarr"]
+
+
 def test_a_build_with_the_settings_of_its_store_is_up_to_date(corpus_csv, tmp_path,
                                                              library_build, encode_calls):
     """Without --force the same build again was refused ("already exists, with these

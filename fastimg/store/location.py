@@ -185,7 +185,7 @@ def resolve(path, storage_options: dict | None = None):
     ----------
     path : str, os.PathLike or Location
         A local path, a ``file://`` (or ``local://``) URL, or an fsspec URL (trailing slashes
-        dropped). A :class:`~pathlib.Path` is returned as it is.
+        dropped). A local path that is a symlink is the path it points to.
     storage_options : dict, optional
         fsspec options of a URL; for a :class:`Location`, merged over its own (these win).
 
@@ -212,20 +212,27 @@ def resolve(path, storage_options: dict | None = None):
             return Location(path.url, {**path.storage_options, **storage_options})
         return path
     if isinstance(path, Path):
-        return path
+        return _through_link(path)
     if not isinstance(path, (str, os.PathLike)):  # os.fspath's error names no store
         raise TypeError(f"a store is a path or an fsspec URL (str or os.PathLike), got "
                         f"{type(path).__name__}")
     text = os.fspath(path) if not isinstance(path, str) else path
     if "://" not in text:
         _check_not_a_url(text)
-        return Path(text)
+        return _through_link(Path(text))
     scheme, rest = text.split("://", 1)
     if scheme in ("file", "local"):
-        return Path(rest)
+        return _through_link(Path(rest))
     url = text.rstrip("/")
     _check_bucket_path(text, scheme, rest.rstrip("/"))
     return Location(url, dict(storage_options or {}))
+
+
+def _through_link(path: Path) -> Path:
+    """The store a symlink ``path`` points to (absolute), else ``path``: a build replaces
+    that store, beside it, and keeps the link (``--force`` made the link a folder of its own,
+    left the store it named as it was, and left the link aside as ``.replaced``)."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
 #: protocols whose URLs are ``PROTOCOL://BUCKET/KEY``: a store is a key inside a bucket
