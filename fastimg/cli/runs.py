@@ -92,10 +92,6 @@ def cmd_predict(args) -> int:
     else:
         # by default the columns the run's store was built from, joined as the build did
         columns = args.text_column or run.text_columns or ["text"]
-        twice = next((c for i, c in enumerate(columns) if c in columns[:i]), None)
-        if twice is not None:  # joined twice: other texts than the store's, other answers
-            raise UserError(f"--text-column names {twice!r} twice; each text column is "
-                            f"joined once")
         if args.label_column in columns:  # every label a text: refused, each shown
             where = ("--text-column" if args.text_column
                      else "the store's text column" + "s" * (len(columns) > 1))

@@ -24,6 +24,19 @@ class CorpusError(ValueError):
         super().__init__(re.sub(r"\s*[\r\n]+\s*", " ", str(message)))
 
 
+def check_text_columns(text_columns) -> tuple[str, ...]:
+    """``text_columns`` (one name, or several) as a tuple of names, each once, else a
+    CorpusError: a column named twice is joined twice, into other texts than intended."""
+    columns = (text_columns,) if isinstance(text_columns, str) else tuple(text_columns)
+    if not columns or not all(isinstance(c, str) and c for c in columns):
+        raise CorpusError(f"text_columns must be one or more column names, got {columns!r}")
+    twice = next((c for i, c in enumerate(columns) if c in columns[:i]), None)
+    if twice is not None:
+        raise CorpusError(f"text_columns names {twice!r} twice; each text column is joined "
+                          f"once")
+    return columns
+
+
 def _number(name: str, value) -> float:
     """``value`` as a float (a number, or a string of one), else a CorpusError naming
     ``name`` (``float()``'s own message named neither)."""
@@ -111,14 +124,7 @@ class CorpusConfig:
                 raise CorpusError("input is an empty path")
         if self.dataset is not None and self.dataset not in DATASETS:
             raise CorpusError(f"unknown dataset {self.dataset!r}; built-in: {', '.join(DATASETS)}")
-        columns = (self.text_columns,) if isinstance(self.text_columns, str) else self.text_columns
-        columns = tuple(columns)
-        if not columns or not all(isinstance(c, str) and c for c in columns):
-            raise CorpusError(f"text_columns must be one or more column names, got {columns!r}")
-        twice = next((c for i, c in enumerate(columns) if c in columns[:i]), None)
-        if twice is not None:
-            raise CorpusError(f"text_columns names {twice!r} twice; each text column is "
-                              f"joined once")
+        columns = check_text_columns(self.text_columns)
         object.__setattr__(self, "text_columns", columns)
         if not (isinstance(self.label_column, str) and self.label_column.strip()):
             raise CorpusError(f"label_column must be a column name, got {self.label_column!r}")

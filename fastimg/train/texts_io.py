@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from fastimg._files import replace_file
-from fastimg.corpus._base import CorpusError
+from fastimg.corpus._base import CorpusError, check_text_columns
 
 logger = logging.getLogger("fastimg.train")
 
@@ -47,12 +47,14 @@ def read_input_texts(path, text_columns=("text",), id_column=None, *,
     fastimg.corpus.CorpusError
         (a ``ValueError``) An unreadable file, a file of no table format (the message names
         ``--input -`` for one text per line), a missing column (:class:`MissingColumnError`,
-        whose message lists the columns that exist) or a text with a lone surrogate (the
-        message names its row).
+        whose message lists the columns that exist), a text with a lone surrogate (the
+        message names its row), or ``text_columns`` naming a column twice (it was joined
+        twice, into other texts than the store's).
     """
     from fastimg.corpus.cells import cell_text, id_text, id_values, scalars
     from fastimg.corpus.readers import SUPPORTED, TABLE_SUFFIXES, TAR_SUFFIXES, read_table
 
+    text_columns = check_text_columns(text_columns)
     path = Path(path)
     name = path.name.lower()
     if (path.is_file() and Path(name.removesuffix(".gz")).suffix not in TABLE_SUFFIXES
