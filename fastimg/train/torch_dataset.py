@@ -220,13 +220,12 @@ class StoreSampler(torch.utils.data.Sampler):
         if self.rank >= self.num_replicas:
             raise ValueError(f"rank must be below num_replicas ({self.num_replicas}), "
                              f"got {rank}")
-        check_flag("shuffle", shuffle)  # "no" shuffled
+        self.shuffle = check_flag("shuffle", shuffle)  # "no" shuffled
         self.size = len(dataset)
-        self.shuffle = bool(shuffle)
         # as TrainConfig's seed: int() took 1.7 as 1, and numpy's refusal of -1 named no seed
         self.seed = check_seed("seed", seed)
         self.epoch = 0
-        self._chunkings = dataset.chunkings() if shuffle else None
+        self._chunkings = dataset.chunkings() if self.shuffle else None
         self._check_unchanged = dataset.check_unchanged
 
     def set_epoch(self, epoch: int) -> None:
